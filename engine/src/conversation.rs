@@ -1,0 +1,534 @@
+//! The visible state of one conversation: messages in order with their statuses.
+//!
+//! [`Conversation`] is a plain-Rust mirror of the conversation's automerge document
+//! (see [`crate::doc`]): the document is the replicated truth, this mirror answers reads in
+//! O(1)/O(log n) and reports what each folded event changed. Every update here is a join
+//! (set insert, min of sequences, max of watermarks), which is why any order and any number of
+//! duplicates give the same state.
+
+use crate::event::MediaRef;
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use crate::status::{derive_status, recipient_status, Status, UserMarks};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// A message as its author wrote it (what the `m:` key of the document holds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The `Send` event.
+    pub event: EventId,
+    /// The sending device.
+    pub author: DeviceId,
+    /// The sending user.
+    pub user: UserId,
+    /// The sender's lamport clock at send time.
+    pub lamport: u64,
+    /// The sender's wall clock at send time.
+    pub wall_ms: u64,
+    /// Opaque body.
+    pub body: Vec<u8>,
+    /// Media references.
+    pub media: Vec<MediaRef>,
+}
+
+/// Which cumulative receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Receipt {
+    /// Reached the device.
+    Delivered,
+    /// Read on the device.
+    Read,
+}
+
+/// Watermarks of one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMarks {
+    /// The user the device acts for.
+    pub user: UserId,
+    /// Delivered up to (a read implies delivery, so this is at least `read`).
+    pub delivered: ServerSeq,
+    /// Read up to.
+    pub read: ServerSeq,
+}
+
+/// Something a folded event changed, for the UI to re-render.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A message became visible.
+    MessageAdded {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Its status when it appeared.
+        status: Status,
+    },
+    /// A message's summary status moved.
+    StatusChanged {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Before.
+        from: Status,
+        /// After.
+        to: Status,
+    },
+    /// A device's receipts moved (per-recipient detail, unread counts).
+    MarksChanged {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The device whose watermark moved.
+        device: DeviceId,
+        /// Its user.
+        user: UserId,
+    },
+    /// The member list became known.
+    MembersChanged {
+        /// Conversation.
+        conversation: ConversationId,
+    },
+}
+
+/// One message as a UI shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageView {
+    /// Message id.
+    pub id: MessageId,
+    /// Conversation.
+    pub conversation: ConversationId,
+    /// What the author wrote.
+    pub record: MessageRecord,
+    /// Server sequence, once the relay acknowledged it.
+    pub seq: Option<ServerSeq>,
+    /// Server timestamp, once acknowledged.
+    pub server_ts_ms: Option<u64>,
+    /// Summary status for the sender.
+    pub status: Status,
+}
+
+/// A message's status for one recipient user, with the user's devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientView {
+    /// The recipient user.
+    pub user: UserId,
+    /// Highest status over the user's devices.
+    pub status: Status,
+    /// Each device of the user that sent a receipt, with its watermarks.
+    pub devices: Vec<(DeviceId, DeviceMarks)>,
+}
+
+/// Everything visible about a conversation, for comparing two replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationView {
+    /// Members, once the `Create` event is known.
+    pub members: Option<Vec<UserId>>,
+    /// Messages in view order.
+    pub messages: Vec<MessageView>,
+    /// Per-device watermarks.
+    pub devices: Vec<(DeviceId, DeviceMarks)>,
+}
+
+/// The in-memory state of one conversation.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    id: ConversationId,
+    /// Members and the `Create` event they came from (lowest id wins if a forger made two).
+    members: Option<(EventId, Vec<UserId>)>,
+    messages: HashMap<MessageId, MessageRecord>,
+    /// The lowest sequence and its timestamp per message (a correct relay gives exactly one).
+    seq_of: HashMap<MessageId, (ServerSeq, u64)>,
+    /// Sequence to message, lowest message id per sequence (one, from a correct relay).
+    by_seq: BTreeMap<ServerSeq, MessageId>,
+    /// Messages with a record and no sequence yet, in view order.
+    pending: BTreeSet<(u64, MessageId)>,
+    devices: BTreeMap<DeviceId, DeviceMarks>,
+    users: BTreeMap<UserId, UserMarks>,
+    /// Local outbox outcome, not replicated.
+    failed: HashSet<MessageId>,
+}
+
+impl Conversation {
+    /// An empty conversation.
+    pub fn new(id: ConversationId) -> Conversation {
+        Conversation {
+            id,
+            members: None,
+            messages: HashMap::new(),
+            seq_of: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            devices: BTreeMap::new(),
+            users: BTreeMap::new(),
+            failed: HashSet::new(),
+        }
+    }
+
+    /// The conversation id.
+    pub fn id(&self) -> ConversationId {
+        self.id
+    }
+
+    /// Members, once known.
+    pub fn members(&self) -> Option<&[UserId]> {
+        self.members.as_ref().map(|(_, m)| m.as_slice())
+    }
+
+    /// Number of visible messages.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// True when no message is visible.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Highest sequence of a visible message.
+    pub fn max_seq(&self) -> ServerSeq {
+        self.ordered_acked()
+            .next_back()
+            .map(|(s, _)| s)
+            .unwrap_or_default()
+    }
+
+    /// Summary status of a message.
+    pub fn status(&self, message: &MessageId) -> Option<Status> {
+        let rec = self.messages.get(message)?;
+        Some(self.status_of(message, rec))
+    }
+
+    /// One message.
+    pub fn message(&self, message: &MessageId) -> Option<MessageView> {
+        let rec = self.messages.get(message)?;
+        Some(self.view_of(message, rec))
+    }
+
+    /// All messages in view order: by server sequence, then pending ones by lamport and id.
+    pub fn messages(&self) -> Vec<MessageView> {
+        self.ordered_ids()
+            .filter_map(|m| self.message(&m))
+            .collect()
+    }
+
+    /// The last `n` messages in view order.
+    pub fn latest(&self, n: usize) -> Vec<MessageView> {
+        let mut out: Vec<MessageView> = self
+            .pending
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|(_, m)| self.message(m))
+            .collect();
+        let rest = n.saturating_sub(out.len());
+        out.extend(
+            self.ordered_acked()
+                .rev()
+                .take(rest)
+                .filter_map(|(_, m)| self.message(&m)),
+        );
+        out.reverse();
+        out
+    }
+
+    /// Per-recipient detail for a message.
+    pub fn recipients(&self, message: &MessageId) -> Vec<RecipientView> {
+        let Some(rec) = self.messages.get(message) else {
+            return Vec::new();
+        };
+        let seq = self.seq_of.get(message).map(|(s, _)| *s);
+        let users: Vec<UserId> = match self.members() {
+            Some(m) => m.iter().copied().filter(|u| *u != rec.user).collect(),
+            None => self
+                .users
+                .keys()
+                .copied()
+                .filter(|u| *u != rec.user)
+                .collect(),
+        };
+        users
+            .into_iter()
+            .map(|user| RecipientView {
+                user,
+                status: recipient_status(seq, self.users.get(&user).copied().unwrap_or_default()),
+                devices: self
+                    .devices
+                    .iter()
+                    .filter(|(_, m)| m.user == user)
+                    .map(|(d, m)| (*d, *m))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Messages from other users not yet read by any device of `user`.
+    pub fn unread_count(&self, user: UserId) -> usize {
+        let read = self.users.get(&user).map(|m| m.read).unwrap_or_default();
+        let acked_unread = self
+            .by_seq
+            .range(read.saturating_add(1)..)
+            .filter(|(s, m)| self.seq_of.get(m).is_some_and(|(own, _)| own == *s))
+            .filter(|(_, m)| self.messages.get(m).is_some_and(|r| r.user != user))
+            .count();
+        let pending_unread = self
+            .pending
+            .iter()
+            .filter(|(_, m)| self.messages.get(m).is_some_and(|r| r.user != user))
+            .count();
+        acked_unread + pending_unread
+    }
+
+    /// Watermarks of one user (max over the user's devices).
+    pub fn user_marks(&self, user: &UserId) -> UserMarks {
+        self.users.get(user).copied().unwrap_or_default()
+    }
+
+    /// Watermarks of one device.
+    pub fn device_marks(&self, device: &DeviceId) -> Option<DeviceMarks> {
+        self.devices.get(device).copied()
+    }
+
+    /// Everything visible, for comparisons.
+    pub fn view(&self) -> ConversationView {
+        ConversationView {
+            members: self.members().map(<[UserId]>::to_vec),
+            messages: self.messages(),
+            devices: self.devices.iter().map(|(d, m)| (*d, *m)).collect(),
+        }
+    }
+
+    /// Marks a message FAILED (or clears it). A local outcome: it never enters the document.
+    pub fn set_failed(&mut self, message: MessageId, failed: bool) -> Vec<Change> {
+        let before = self.status(&message);
+        if failed {
+            self.failed.insert(message);
+        } else {
+            self.failed.remove(&message);
+        }
+        self.changed(message, before)
+    }
+
+    // ---- joins, called by the document fold and by the document loader ----
+
+    pub(crate) fn apply_create(&mut self, event: EventId, members: Vec<UserId>) -> Vec<Change> {
+        if self.members.as_ref().is_some_and(|(e, _)| *e <= event) {
+            return Vec::new();
+        }
+        let before = self.all_statuses();
+        self.members = Some((event, members));
+        let mut out = vec![Change::MembersChanged {
+            conversation: self.id,
+        }];
+        out.extend(self.diff_statuses(before));
+        out
+    }
+
+    pub(crate) fn apply_message(&mut self, id: MessageId, record: MessageRecord) -> Vec<Change> {
+        if let Some(existing) = self.messages.get(&id) {
+            // Two different events claiming one message id: keep the lowest event id, so every
+            // replica keeps the same one.
+            if existing.event <= record.event {
+                return Vec::new();
+            }
+            self.pending.remove(&(existing.lamport, id));
+        }
+        if !self.seq_of.contains_key(&id) {
+            self.pending.insert((record.lamport, id));
+        }
+        self.messages.insert(id, record);
+        let status = self.status(&id).unwrap_or(Status::Pending);
+        vec![Change::MessageAdded {
+            conversation: self.id,
+            message: id,
+            status,
+        }]
+    }
+
+    pub(crate) fn apply_ack(&mut self, id: MessageId, seq: ServerSeq, ts_ms: u64) -> Vec<Change> {
+        match self.by_seq.get(&seq) {
+            Some(existing) if *existing <= id => {}
+            _ => {
+                self.by_seq.insert(seq, id);
+            }
+        }
+        if self.seq_of.get(&id).is_some_and(|(s, _)| *s <= seq) {
+            return Vec::new();
+        }
+        let before = self.status(&id);
+        self.seq_of.insert(id, (seq, ts_ms));
+        if let Some(rec) = self.messages.get(&id) {
+            self.pending.remove(&(rec.lamport, id));
+        }
+        self.changed(id, before)
+    }
+
+    pub(crate) fn apply_receipt(
+        &mut self,
+        device: DeviceId,
+        user: UserId,
+        receipt: Receipt,
+        up_to: ServerSeq,
+    ) -> Vec<Change> {
+        let marks = self.devices.entry(device).or_insert(DeviceMarks {
+            user,
+            delivered: 0,
+            read: 0,
+        });
+        let moved = match receipt {
+            Receipt::Delivered if up_to > marks.delivered => {
+                marks.delivered = up_to;
+                true
+            }
+            Receipt::Read if up_to > marks.read => {
+                marks.read = up_to;
+                marks.delivered = marks.delivered.max(up_to);
+                true
+            }
+            _ => false,
+        };
+        if !moved {
+            return Vec::new();
+        }
+        let device_marks = *marks;
+        let old = self.users.get(&user).copied().unwrap_or_default();
+        let new = UserMarks {
+            delivered: old.delivered.max(device_marks.delivered),
+            read: old.read.max(device_marks.read),
+        };
+        let mut out = vec![Change::MarksChanged {
+            conversation: self.id,
+            device,
+            user,
+        }];
+        if new != old {
+            // Only messages in (old, new] of other users can change status.
+            let lo = old.read.min(old.delivered);
+            let affected: Vec<MessageId> = self
+                .by_seq
+                .range(lo.saturating_add(1)..=new.delivered)
+                .map(|(_, m)| *m)
+                .filter(|m| self.messages.get(m).is_some_and(|r| r.user != user))
+                .collect();
+            let before: Vec<(MessageId, Option<Status>)> =
+                affected.iter().map(|m| (*m, self.status(m))).collect();
+            self.users.insert(user, new);
+            for (m, b) in before {
+                out.extend(self.changed(m, b));
+            }
+        }
+        out
+    }
+
+    /// True when folding this ack would change nothing.
+    pub(crate) fn knows_ack(&self, id: &MessageId, seq: ServerSeq) -> bool {
+        self.by_seq.get(&seq).is_some_and(|m| m <= id)
+            && self.seq_of.get(id).is_some_and(|(s, _)| *s <= seq)
+    }
+
+    pub(crate) fn copy_failed_from(&mut self, other: &Conversation) {
+        self.failed.clone_from(&other.failed);
+    }
+
+    /// What changed between `self` and a later state `new` of the same conversation.
+    pub(crate) fn diff_to(&self, new: &Conversation) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.members != new.members {
+            out.push(Change::MembersChanged {
+                conversation: self.id,
+            });
+        }
+        for (id, rec) in &new.messages {
+            let to = new.status_of(id, rec);
+            match self.status(id) {
+                None => out.push(Change::MessageAdded {
+                    conversation: self.id,
+                    message: *id,
+                    status: to,
+                }),
+                Some(from) if from != to => out.push(Change::StatusChanged {
+                    conversation: self.id,
+                    message: *id,
+                    from,
+                    to,
+                }),
+                Some(_) => {}
+            }
+        }
+        for (device, marks) in &new.devices {
+            if self.devices.get(device) != Some(marks) {
+                out.push(Change::MarksChanged {
+                    conversation: self.id,
+                    device: *device,
+                    user: marks.user,
+                });
+            }
+        }
+        out
+    }
+
+    // ---- helpers ----
+
+    /// Acked messages in sequence order, one entry per message (its lowest sequence).
+    fn ordered_acked(&self) -> impl DoubleEndedIterator<Item = (ServerSeq, MessageId)> + '_ {
+        self.by_seq.iter().filter_map(|(s, m)| {
+            let visible = self.messages.contains_key(m)
+                && self.seq_of.get(m).is_some_and(|(own, _)| own == s);
+            visible.then_some((*s, *m))
+        })
+    }
+
+    fn ordered_ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.ordered_acked()
+            .map(|(_, m)| m)
+            .chain(self.pending.iter().map(|(_, m)| *m))
+    }
+
+    fn status_of(&self, id: &MessageId, rec: &MessageRecord) -> Status {
+        derive_status(
+            self.seq_of.get(id).map(|(s, _)| *s),
+            self.failed.contains(id),
+            rec.user,
+            self.members(),
+            &self.users,
+        )
+    }
+
+    fn view_of(&self, id: &MessageId, rec: &MessageRecord) -> MessageView {
+        let seq = self.seq_of.get(id);
+        MessageView {
+            id: *id,
+            conversation: self.id,
+            record: rec.clone(),
+            seq: seq.map(|(s, _)| *s),
+            server_ts_ms: seq.map(|(_, t)| *t),
+            status: self.status_of(id, rec),
+        }
+    }
+
+    fn changed(&self, id: MessageId, before: Option<Status>) -> Vec<Change> {
+        match (before, self.status(&id)) {
+            (Some(from), Some(to)) if from != to => vec![Change::StatusChanged {
+                conversation: self.id,
+                message: id,
+                from,
+                to,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    fn all_statuses(&self) -> Vec<(MessageId, Status)> {
+        self.messages
+            .iter()
+            .map(|(id, rec)| (*id, self.status_of(id, rec)))
+            .collect()
+    }
+
+    fn diff_statuses(&self, before: Vec<(MessageId, Status)>) -> Vec<Change> {
+        before
+            .into_iter()
+            .flat_map(|(m, b)| self.changed(m, Some(b)))
+            .collect()
+    }
+}

@@ -1,0 +1,661 @@
+//! Events: what a device (or the relay) did, signed and named by its hash.
+//!
+//! The envelope layout is documented byte by byte in `docs/FORMAT.md`:
+//!
+//! ```text
+//! envelope := version (1 byte, = 1) | event id (32) | signature (64) | body
+//! body     := postcard(EventHeader) | postcard(kind tag: u16) | postcard(kind payload as bytes)
+//! event id := blake3(version | body)          signature := ed25519(author key, event id)
+//! ```
+//!
+//! The kind travels as a tag plus an opaque payload so that a relay or an older device can
+//! verify, store and forward a kind it does not know yet (`EventKind::Unknown`).
+
+use crate::ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// The only envelope version this build writes and reads.
+pub const EVENT_VERSION: u8 = 1;
+/// Largest envelope accepted, checked before anything is allocated.
+pub const MAX_EVENT_LEN: usize = 64 * 1024;
+/// Largest message body (bytes, opaque: plaintext now, ciphertext once encryption lands).
+pub const MAX_BODY_LEN: usize = 48 * 1024;
+/// Most media references one message may carry.
+pub const MAX_MEDIA_REFS: usize = 16;
+/// Most members listed in one `Create` event.
+pub const MAX_MEMBERS: usize = 1024;
+/// Fixed bytes in front of the body: version, id, signature.
+pub const ENVELOPE_PREFIX_LEN: usize = 1 + 32 + 64;
+
+/// Who did what, where, and when, as the author saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHeader {
+    /// The conversation the event belongs to.
+    pub conversation: ConversationId,
+    /// The signing device (its ed25519 public key).
+    pub author: DeviceId,
+    /// The user the device acts for (checked by the relay; certified per device later).
+    pub user: UserId,
+    /// Per (device, conversation) counter, 1 for the device's first event in the conversation.
+    pub counter: u64,
+    /// Id of the same device's previous event in this conversation (`None` when `counter == 1`).
+    pub prev: Option<EventId>,
+    /// Lamport clock: greater than every event the author had seen in this conversation.
+    pub lamport: u64,
+    /// The author's wall clock in milliseconds since the Unix epoch (informational only).
+    pub wall_ms: u64,
+}
+
+/// A reference from a message to a media blob that travels separately.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// Content address of the blob.
+    pub blob: BlobId,
+    /// Size in bytes.
+    pub len: u64,
+    /// MIME type, e.g. `image/jpeg`.
+    pub mime: String,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A conversation is created with these member users; sequenced first by the relay.
+    Create {
+        /// The members, creator included.
+        members: Vec<UserId>,
+    },
+    /// A message was sent.
+    Send {
+        /// Chosen by the sending device, unique in the conversation.
+        message: MessageId,
+        /// Opaque body bytes.
+        body: Vec<u8>,
+        /// Media that travels apart from the body.
+        media: Vec<MediaRef>,
+    },
+    /// The relay accepted `event` and gave it a place in the conversation's order.
+    ServerAck {
+        /// The acknowledged event.
+        event: EventId,
+        /// The message the event sent, when it was a `Send`.
+        message: Option<MessageId>,
+        /// The event's server sequence.
+        seq: ServerSeq,
+        /// The relay's clock when it sequenced the event, ms since the Unix epoch.
+        server_ts_ms: u64,
+    },
+    /// Every message up to `up_to` reached the authoring device (cumulative).
+    Delivered {
+        /// Highest server sequence covered.
+        up_to: ServerSeq,
+    },
+    /// Every message up to `up_to` was read on the authoring device (cumulative).
+    Read {
+        /// Highest server sequence covered.
+        up_to: ServerSeq,
+    },
+    /// A kind this build does not know: kept, verified and forwarded, but not folded.
+    Unknown {
+        /// The kind tag.
+        tag: u16,
+        /// The kind's encoded payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Stable kind tags. Never reuse a number; new kinds (Edit, Delete, React, membership) take new ones.
+mod tag {
+    pub const CREATE: u16 = 1;
+    pub const SEND: u16 = 2;
+    pub const SERVER_ACK: u16 = 3;
+    pub const DELIVERED: u16 = 4;
+    pub const READ: u16 = 5;
+}
+
+#[derive(Deserialize)]
+struct SendPayload {
+    message: MessageId,
+    #[serde(deserialize_with = "serde_bytes_vec::deserialize")]
+    body: Vec<u8>,
+    media: Vec<MediaRef>,
+}
+
+#[derive(Serialize)]
+struct SendPayloadRef<'a> {
+    message: MessageId,
+    #[serde(with = "serde_bytes_vec")]
+    body: &'a [u8],
+    media: &'a [MediaRef],
+}
+
+#[derive(Serialize, Deserialize)]
+struct AckPayload {
+    event: EventId,
+    message: Option<MessageId>,
+    seq: ServerSeq,
+    server_ts_ms: u64,
+}
+
+/// postcard writes `Vec<u8>` as a sequence of varint-free bytes either way; going through
+/// `serialize_bytes` lets the decoder borrow the slice instead of visiting byte by byte.
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Why bytes were not accepted as an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than the fixed prefix, or a body cut short.
+    #[error("event truncated: {len} bytes")]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+    },
+    /// More bytes than [`MAX_EVENT_LEN`].
+    #[error("event too large: {len} bytes, limit {max}")]
+    TooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A version byte this build does not read.
+    #[error("unknown event version {0}")]
+    UnknownVersion(u8),
+    /// The body is not a valid encoding.
+    #[error("malformed event body: {0}")]
+    Malformed(&'static str),
+    /// Valid postcard, but not the canonical encoding of what it decodes to.
+    #[error("event body is not in canonical form")]
+    NonCanonical,
+    /// A field is outside its limits.
+    #[error("event field {field} out of limits: {len} > {max}")]
+    FieldTooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The id in the envelope is not the hash of the body.
+    #[error("event id mismatch: envelope says {claimed}, body hashes to {actual}")]
+    IdMismatch {
+        /// Id found in the envelope.
+        claimed: EventId,
+        /// Id computed from the body.
+        actual: EventId,
+    },
+    /// The author field is not a usable ed25519 public key.
+    #[error("author {0} is not a valid ed25519 key")]
+    BadKey(DeviceId),
+    /// The signature does not verify under the author's key.
+    #[error("bad signature on event {0}")]
+    BadSignature(EventId),
+}
+
+/// A signed, verified event with its envelope bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    id: EventId,
+    header: EventHeader,
+    kind: EventKind,
+    bytes: Vec<u8>,
+}
+
+impl EventKind {
+    fn to_tagged(&self) -> (u16, Vec<u8>) {
+        match self {
+            EventKind::Create { members } => (tag::CREATE, enc(members)),
+            EventKind::Send {
+                message,
+                body,
+                media,
+            } => (
+                tag::SEND,
+                enc(&SendPayloadRef {
+                    message: *message,
+                    body,
+                    media,
+                }),
+            ),
+            EventKind::ServerAck {
+                event,
+                message,
+                seq,
+                server_ts_ms,
+            } => (
+                tag::SERVER_ACK,
+                enc(&AckPayload {
+                    event: *event,
+                    message: *message,
+                    seq: *seq,
+                    server_ts_ms: *server_ts_ms,
+                }),
+            ),
+            EventKind::Delivered { up_to } => (tag::DELIVERED, enc(up_to)),
+            EventKind::Read { up_to } => (tag::READ, enc(up_to)),
+            EventKind::Unknown { tag, payload } => (*tag, payload.clone()),
+        }
+    }
+
+    fn from_tagged(tag: u16, payload: &[u8]) -> Result<EventKind, DecodeError> {
+        fn exact<'a, T: Deserialize<'a>>(p: &'a [u8]) -> Result<T, DecodeError> {
+            let (v, rest) = postcard::take_from_bytes::<T>(p)
+                .map_err(|_| DecodeError::Malformed("kind payload"))?;
+            if !rest.is_empty() {
+                return Err(DecodeError::Malformed("trailing bytes in kind payload"));
+            }
+            Ok(v)
+        }
+        let kind = match tag {
+            tag::CREATE => EventKind::Create {
+                members: exact(payload)?,
+            },
+            tag::SEND => {
+                let p: SendPayload = exact(payload)?;
+                EventKind::Send {
+                    message: p.message,
+                    body: p.body,
+                    media: p.media,
+                }
+            }
+            tag::SERVER_ACK => {
+                let p: AckPayload = exact(payload)?;
+                EventKind::ServerAck {
+                    event: p.event,
+                    message: p.message,
+                    seq: p.seq,
+                    server_ts_ms: p.server_ts_ms,
+                }
+            }
+            tag::DELIVERED => EventKind::Delivered {
+                up_to: exact(payload)?,
+            },
+            tag::READ => EventKind::Read {
+                up_to: exact(payload)?,
+            },
+            tag => EventKind::Unknown {
+                tag,
+                payload: payload.to_vec(),
+            },
+        };
+        kind.check_limits()?;
+        Ok(kind)
+    }
+
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        let check = |field, len, max| {
+            if len > max {
+                Err(DecodeError::FieldTooLarge { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            EventKind::Create { members } => check("members", members.len(), MAX_MEMBERS),
+            EventKind::Send { body, media, .. } => {
+                check("body", body.len(), MAX_BODY_LEN)?;
+                check("media", media.len(), MAX_MEDIA_REFS)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A short name for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Create { .. } => "create",
+            EventKind::Send { .. } => "send",
+            EventKind::ServerAck { .. } => "server-ack",
+            EventKind::Delivered { .. } => "delivered",
+            EventKind::Read { .. } => "read",
+            EventKind::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// postcard into a `Vec` fails only if a `Serialize` impl reports an error, and ours never do.
+fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    header: &'a EventHeader,
+    tag: u16,
+    #[serde(with = "serde_bytes_vec")]
+    payload: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct BodyOwned<'a> {
+    header: EventHeader,
+    tag: u16,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
+fn hash_body(body: &[u8]) -> EventId {
+    let mut h = blake3::Hasher::new();
+    h.update(&[EVENT_VERSION]);
+    h.update(body);
+    EventId(*h.finalize().as_bytes())
+}
+
+impl Event {
+    /// Signs a new event with `key`. Fails only when a field is over its limit.
+    pub fn sign(
+        key: &SigningKey,
+        header: EventHeader,
+        kind: EventKind,
+    ) -> Result<Event, DecodeError> {
+        kind.check_limits()?;
+        let (tag, payload) = kind.to_tagged();
+        let body = postcard::to_stdvec(&BodyRef {
+            header: &header,
+            tag,
+            payload: &payload,
+        })
+        .map_err(|_| DecodeError::Malformed("unencodable header"))?;
+        let len = ENVELOPE_PREFIX_LEN + body.len();
+        if len > MAX_EVENT_LEN {
+            return Err(DecodeError::TooLarge {
+                len,
+                max: MAX_EVENT_LEN,
+            });
+        }
+        let id = hash_body(&body);
+        let signature = key.sign(&id.0);
+        let mut bytes = Vec::with_capacity(len);
+        bytes.push(EVENT_VERSION);
+        bytes.extend_from_slice(&id.0);
+        bytes.extend_from_slice(&signature.to_bytes());
+        bytes.extend_from_slice(&body);
+        Ok(Event {
+            id,
+            header,
+            kind,
+            bytes,
+        })
+    }
+
+    /// Decodes and fully verifies an envelope from an untrusted source.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        let (event, signature) = Self::decode_parts(bytes)?;
+        let key = verifying_key(&event.header.author)?;
+        key.verify_strict(&event.id.0, &signature)
+            .map_err(|_| DecodeError::BadSignature(event.id))?;
+        Ok(event)
+    }
+
+    /// Decodes a batch, verifying the signatures together (about 3× cheaper per event than
+    /// one by one). Each envelope gets its own result; one bad signature does not reject the rest.
+    pub fn decode_batch<B: AsRef<[u8]>>(envelopes: &[B]) -> Vec<Result<Event, DecodeError>> {
+        let mut out: Vec<Result<Event, DecodeError>> = Vec::with_capacity(envelopes.len());
+        let mut sigs = Vec::with_capacity(envelopes.len());
+        let mut keys = Vec::with_capacity(envelopes.len());
+        let mut idx = Vec::with_capacity(envelopes.len());
+        for (i, env) in envelopes.iter().enumerate() {
+            match Self::decode_parts(env.as_ref()).and_then(|(e, s)| {
+                let k = verifying_key(&e.header.author)?;
+                Ok((e, s, k))
+            }) {
+                Ok((e, s, k)) => {
+                    sigs.push(s);
+                    keys.push(k);
+                    idx.push(i);
+                    out.push(Ok(e));
+                }
+                Err(err) => out.push(Err(err)),
+            }
+        }
+        let ids: Vec<EventId> = idx
+            .iter()
+            .filter_map(|&i| out[i].as_ref().ok().map(|e| e.id))
+            .collect();
+        let msgs: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_err() {
+            // Find the culprits one by one; the rest stay accepted.
+            for (j, &i) in idx.iter().enumerate() {
+                if keys[j].verify_strict(msgs[j], &sigs[j]).is_err() {
+                    out[i] = Err(DecodeError::BadSignature(ids[j]));
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes an envelope that this process verified before (read back from its own store)
+    /// without checking the signature again. The id is still recomputed.
+    pub fn decode_trusted(bytes: &[u8]) -> Result<Event, DecodeError> {
+        Self::decode_parts(bytes).map(|(e, _)| e)
+    }
+
+    fn decode_parts(bytes: &[u8]) -> Result<(Event, Signature), DecodeError> {
+        if bytes.len() > MAX_EVENT_LEN {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_EVENT_LEN,
+            });
+        }
+        let Some((&version, rest)) = bytes.split_first() else {
+            return Err(DecodeError::Truncated { len: 0 });
+        };
+        if version != EVENT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        if bytes.len() < ENVELOPE_PREFIX_LEN {
+            return Err(DecodeError::Truncated { len: bytes.len() });
+        }
+        let (id_bytes, rest) = rest.split_at(32);
+        let (sig_bytes, body) = rest.split_at(64);
+        let mut claimed = [0u8; 32];
+        claimed.copy_from_slice(id_bytes);
+        let claimed = EventId(claimed);
+        let actual = hash_body(body);
+        if claimed != actual {
+            return Err(DecodeError::IdMismatch { claimed, actual });
+        }
+        let (parsed, trailing) =
+            postcard::take_from_bytes::<BodyOwned<'_>>(body).map_err(|e| match e {
+                postcard::Error::DeserializeUnexpectedEnd => {
+                    DecodeError::Truncated { len: bytes.len() }
+                }
+                _ => DecodeError::Malformed("body"),
+            })?;
+        if !trailing.is_empty() {
+            return Err(DecodeError::Malformed("trailing bytes after body"));
+        }
+        let kind = EventKind::from_tagged(parsed.tag, parsed.payload)?;
+        // Only the canonical encoding may carry a given meaning: re-encode and compare, so
+        // that one event cannot be given two ids (postcard accepts over-long varints).
+        let (tag, payload) = kind.to_tagged();
+        let canonical = postcard::to_stdvec(&BodyRef {
+            header: &parsed.header,
+            tag,
+            payload: &payload,
+        })
+        .map_err(|_| DecodeError::Malformed("body"))?;
+        if canonical != body {
+            return Err(DecodeError::NonCanonical);
+        }
+        let mut sig = [0u8; 64];
+        sig.copy_from_slice(sig_bytes);
+        Ok((
+            Event {
+                id: actual,
+                header: parsed.header,
+                kind,
+                bytes: bytes.to_vec(),
+            },
+            Signature::from_bytes(&sig),
+        ))
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The header.
+    pub fn header(&self) -> &EventHeader {
+        &self.header
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> &EventKind {
+        &self.kind
+    }
+
+    /// The envelope bytes, as stored and sent.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The envelope bytes, by value.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The conversation.
+    pub fn conversation(&self) -> ConversationId {
+        self.header.conversation
+    }
+}
+
+fn verifying_key(device: &DeviceId) -> Result<VerifyingKey, DecodeError> {
+    let key = VerifyingKey::from_bytes(&device.0).map_err(|_| DecodeError::BadKey(*device))?;
+    if key.is_weak() {
+        return Err(DecodeError::BadKey(*device));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DeviceKey;
+
+    fn check_round_trip(kind: EventKind) {
+        let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
+        let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
+        let ev = Event::sign(key.signing_key(), header, kind).expect("sign");
+        let back = Event::decode(ev.bytes()).expect("decode");
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        check_round_trip(EventKind::Create {
+            members: vec![UserId([1; 32]), UserId([3; 32])],
+        });
+        check_round_trip(EventKind::Send {
+            message: MessageId([9; 16]),
+            body: b"hello".to_vec(),
+            media: vec![MediaRef {
+                blob: BlobId([4; 32]),
+                len: 10,
+                mime: "image/png".into(),
+            }],
+        });
+        check_round_trip(EventKind::ServerAck {
+            event: EventId([5; 32]),
+            message: Some(MessageId([9; 16])),
+            seq: 42,
+            server_ts_ms: 77,
+        });
+        check_round_trip(EventKind::Delivered { up_to: 3 });
+        check_round_trip(EventKind::Read { up_to: u64::MAX });
+        check_round_trip(EventKind::Unknown {
+            tag: 999,
+            payload: vec![1, 2, 3],
+        });
+    }
+
+    #[test]
+    fn typed_errors() {
+        let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
+        let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
+        let ev = Event::sign(key.signing_key(), header, EventKind::Read { up_to: 1 }).expect("ok");
+        let b = ev.bytes().to_vec();
+        assert_eq!(Event::decode(&[]), Err(DecodeError::Truncated { len: 0 }));
+        assert_eq!(
+            Event::decode(&b[..50]),
+            Err(DecodeError::Truncated { len: 50 })
+        );
+        let mut v = b.clone();
+        v[0] = 2;
+        assert_eq!(Event::decode(&v), Err(DecodeError::UnknownVersion(2)));
+        let mut v = b.clone();
+        v[1] ^= 1;
+        assert!(matches!(
+            Event::decode(&v),
+            Err(DecodeError::IdMismatch { .. })
+        ));
+        let mut v = b.clone();
+        v[40] ^= 1;
+        assert_eq!(Event::decode(&v), Err(DecodeError::BadSignature(ev.id())));
+        let big = vec![1u8; MAX_EVENT_LEN + 1];
+        assert!(matches!(
+            Event::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let body = vec![0u8; MAX_BODY_LEN + 1];
+        let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
+        assert!(matches!(
+            Event::sign(
+                key.signing_key(),
+                header,
+                EventKind::Send {
+                    message: MessageId([0; 16]),
+                    body,
+                    media: vec![]
+                }
+            ),
+            Err(DecodeError::FieldTooLarge { field: "body", .. })
+        ));
+    }
+
+    #[test]
+    fn batch_isolates_bad_signatures() {
+        let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
+        let mut envs: Vec<Vec<u8>> = (1..=8)
+            .map(|i| {
+                let h = key.header(ConversationId([2; 16]), i, None, i, 0);
+                Event::sign(key.signing_key(), h, EventKind::Delivered { up_to: i })
+                    .expect("sign")
+                    .into_bytes()
+            })
+            .collect();
+        envs[3][50] ^= 0xff;
+        let res = Event::decode_batch(&envs);
+        assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 7);
+        assert!(matches!(res[3], Err(DecodeError::BadSignature(_))));
+    }
+}

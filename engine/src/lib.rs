@@ -1,0 +1,34 @@
+//! # tidings-engine
+//!
+//! The sans-IO core of tidings: every user action is an [`Event`], signed by its device
+//! (ed25519), named by its hash (blake3), encoded with postcard, appended to a redb
+//! [`EventLog`] and folded into one automerge document per conversation
+//! ([`ConversationDoc`]), whose plain-Rust mirror ([`Conversation`]) answers reads.
+//!
+//! No async runtime, no sockets, no system clock, no OS randomness: time and key material come
+//! in as arguments, so a simulator can drive many devices deterministically.
+//!
+//! # Layout
+//! - [`ids`]: fixed-size identifiers.
+//! - [`event`]: the event envelope, its codec, signing and verification.
+//! - [`identity`]: device keys.
+//! - [`status`]: the status lattice and how a message's status is derived.
+//! - [`conversation`]: the visible state of a conversation and its read API.
+//! - [`doc`]: the automerge document layout and the fold.
+//! - [`log`]: the redb event log with its indexes, outbox, cursors and snapshots.
+//! - [`store`]: the log and the documents together: append, fold, replay, fast reads.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod conversation;
+pub mod doc;
+pub mod event;
+pub mod identity;
+pub mod ids;
+pub mod status;
+
+pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
+pub use doc::{ConversationDoc, DocError};
+pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef};
+pub use identity::DeviceKey;
+pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+pub use status::Status;

@@ -1,0 +1,4 @@
+//! tidings: offline-first messaging.
+pub use tidings_engine as engine;
+pub use tidings_relay as relay;
+pub use tidings_replica as replica;
