@@ -25,6 +25,7 @@ pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod status;
+pub mod wire;
 
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
 pub use doc::{ConversationDoc, DocError};

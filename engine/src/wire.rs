@@ -1,0 +1,1 @@
+//! The device ↔ relay wire protocol: frames and their codec (sans-IO).
