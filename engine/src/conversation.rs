@@ -370,27 +370,24 @@ impl Conversation {
         receipt: Receipt,
         up_to: ServerSeq,
     ) -> Vec<Change> {
-        let marks = self.devices.entry(device).or_insert(DeviceMarks {
+        let current = self.devices.get(&device).copied().unwrap_or(DeviceMarks {
             user,
             delivered: 0,
             read: 0,
         });
-        let moved = match receipt {
-            Receipt::Delivered if up_to > marks.delivered => {
-                marks.delivered = up_to;
-                true
-            }
-            Receipt::Read if up_to > marks.read => {
-                marks.read = up_to;
+        let mut marks = current;
+        match receipt {
+            Receipt::Delivered => marks.delivered = marks.delivered.max(up_to),
+            Receipt::Read => {
+                marks.read = marks.read.max(up_to);
                 marks.delivered = marks.delivered.max(up_to);
-                true
             }
-            _ => false,
-        };
-        if !moved {
+        }
+        if marks == current {
             return Vec::new();
         }
-        let device_marks = *marks;
+        self.devices.insert(device, marks);
+        let device_marks = marks;
         let old = self.users.get(&user).copied().unwrap_or_default();
         let new = UserMarks {
             delivered: old.delivered.max(device_marks.delivered),

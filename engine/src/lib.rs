@@ -24,7 +24,9 @@ pub mod doc;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod log;
 pub mod status;
+pub mod store;
 pub mod wire;
 
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
@@ -32,4 +34,6 @@ pub use doc::{ConversationDoc, DocError};
 pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef};
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+pub use log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
 pub use status::Status;
+pub use store::{ApplyOutcome, Store, StoreConfig, StoreError};

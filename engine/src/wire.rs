@@ -1,1 +1,951 @@
 //! The device ↔ relay wire protocol: frames and their codec (sans-IO).
+//!
+//! Everything here is data and pure functions: no sockets, no clock, no randomness. The relay
+//! (`tidings-relay`) and the device library (`tidings-replica`) both speak it over one
+//! bidirectional QUIC stream per connection (ALPN [`ALPN`]); `docs/PROTOCOL.md` documents the
+//! byte layout, every frame, the error codes and the authentication transcript.
+//!
+//! ```text
+//! frame := length (u32, big-endian) | postcard(ClientFrame or ServerFrame)   length <= MAX_FRAME_LEN
+//! ```
+//!
+//! Event envelopes travel as opaque bytes inside frames ([`crate::Event::bytes`]); the receiver
+//! decodes and verifies them itself (`Event::decode_batch`).
+//!
+//! # A device's session
+//! 1. Open a QUIC connection with ALPN [`ALPN`], pinning the relay's certificate by its SHA-256
+//!    fingerprint; open one bidirectional stream.
+//! 2. Send [`ClientFrame::Hello`]; receive [`ServerFrame::Challenge`].
+//! 3. Export [`TLS_BINDING_LEN`] bytes of keying material from the TLS session with label
+//!    [`TLS_EXPORTER_LABEL`] and an empty context; send [`ClientFrame::Auth`] with
+//!    [`sign_auth`]; receive [`ServerFrame::Welcome`].
+//! 4. If `Welcome::registered` is false, send a [`DeviceRegistration`] signed by the user's key.
+//! 5. Send [`ClientFrame::Sync`]: the reply lists the device's conversations with their highest
+//!    sequence, and pushes start. Pull what is missing, submit, and report receipt with
+//!    [`ClientFrame::Received`].
+
+use crate::ids::{ConversationId, DeviceId, ServerSeq, UserId};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks, sent in [`ClientFrame::Hello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The QUIC/TLS application protocol name.
+pub const ALPN: &[u8] = b"tidings/1";
+/// Bytes in the length prefix of a frame.
+pub const FRAME_HEADER_LEN: usize = 4;
+/// Largest frame body (the bytes after the length prefix) either side accepts by default;
+/// a relay may configure a lower limit and announces it in [`Welcome`].
+pub const MAX_FRAME_LEN: usize = 2 * 1024 * 1024;
+/// Most envelopes in one [`ClientFrame::Submit`].
+pub const MAX_SUBMIT_BATCH: usize = 512;
+/// Most `(event, ack)` pairs in one [`ServerFrame::Page`] or [`ServerFrame::Push`].
+pub const MAX_PAGE_ITEMS: usize = 1024;
+/// Most conversations listed in one [`ServerFrame::Conversations`].
+pub const MAX_LISTED_CONVERSATIONS: usize = 16 * 1024;
+/// Longest human-readable reason or message string in a frame.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Bytes of TLS keying material bound into the authentication transcript.
+pub const TLS_BINDING_LEN: usize = 32;
+/// Label for the TLS keying-material exporter (RFC 5705 / RFC 8446 §7.5); context is empty.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-tidings-auth-v1";
+/// Domain separation prefix of the authentication transcript.
+pub const AUTH_DOMAIN: &[u8] = b"tidings/auth/v1\0";
+/// Domain separation prefix of a device registration statement.
+pub const REGISTER_DOMAIN: &[u8] = b"tidings/register-device/v1\0";
+/// Bytes of the relay's challenge nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// A 64-byte ed25519 signature as it travels in frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SignatureBytes(pub [u8; 64]);
+
+impl fmt::Debug for SignatureBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignatureBytes({})", hex::encode(&self.0[..4]))
+    }
+}
+
+impl From<Signature> for SignatureBytes {
+    fn from(s: Signature) -> Self {
+        SignatureBytes(s.to_bytes())
+    }
+}
+
+impl SignatureBytes {
+    /// Checks the signature over `msg` under `key` (strict verification).
+    pub fn verify(&self, key: &[u8; 32], msg: &[u8]) -> bool {
+        let Ok(key) = VerifyingKey::from_bytes(key) else {
+            return false;
+        };
+        if key.is_weak() {
+            return false;
+        }
+        key.verify_strict(msg, &Signature::from_bytes(&self.0))
+            .is_ok()
+    }
+}
+
+impl Serialize for SignatureBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Two 32-byte arrays: serde has no impl for [u8; 64], and this keeps the encoding
+        // a fixed 64 bytes with no length prefix.
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        a.copy_from_slice(&self.0[..32]);
+        b.copy_from_slice(&self.0[32..]);
+        (a, b).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignatureBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (a, b) = <([u8; 32], [u8; 32])>::deserialize(d)?;
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&a);
+        out[32..].copy_from_slice(&b);
+        Ok(SignatureBytes(out))
+    }
+}
+
+/// A protocol error code, carried by [`ServerFrame::Error`], [`ServerFrame::Refused`] and
+/// [`SubmitOutcome::Rejected`]. A plain number so that a device can read codes newer than
+/// itself; the known ones are the associated constants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The hello named a protocol version the relay does not speak.
+    pub const UNSUPPORTED_VERSION: ErrorCode = ErrorCode(1);
+    /// A frame's length prefix is over the limit.
+    pub const FRAME_TOO_LARGE: ErrorCode = ErrorCode(2);
+    /// A frame body is not a valid encoding.
+    pub const MALFORMED_FRAME: ErrorCode = ErrorCode(3);
+    /// A frame that is not allowed in the session's current state (e.g. Submit before Auth).
+    pub const UNEXPECTED_FRAME: ErrorCode = ErrorCode(4);
+    /// The authentication signature does not verify.
+    pub const AUTH_FAILED: ErrorCode = ErrorCode(5);
+    /// The event's author (or this device) is not registered to the user it claims.
+    pub const NOT_REGISTERED: ErrorCode = ErrorCode(6);
+    /// The user is not a member of the conversation.
+    pub const NOT_MEMBER: ErrorCode = ErrorCode(7);
+    /// The envelope does not decode or its signature does not verify.
+    pub const BAD_EVENT: ErrorCode = ErrorCode(8);
+    /// Devices may not submit this kind (ServerAck).
+    pub const FORBIDDEN_KIND: ErrorCode = ErrorCode(9);
+    /// No Create event was accepted for the conversation.
+    pub const UNKNOWN_CONVERSATION: ErrorCode = ErrorCode(10);
+    /// A different Create event already made this conversation.
+    pub const CONVERSATION_EXISTS: ErrorCode = ErrorCode(11);
+    /// The device is over its events-per-second budget; retry later.
+    pub const RATE_LIMITED: ErrorCode = ErrorCode(12);
+    /// A batch or page request is over its limit.
+    pub const BATCH_TOO_LARGE: ErrorCode = ErrorCode(13);
+    /// Too many connections (in total or from this address).
+    pub const TOO_MANY_CONNECTIONS: ErrorCode = ErrorCode(14);
+    /// The relay failed to store; retry later.
+    pub const INTERNAL: ErrorCode = ErrorCode(15);
+    /// The relay is shutting down; reconnect later.
+    pub const SHUTTING_DOWN: ErrorCode = ErrorCode(16);
+    /// The registration statement does not verify.
+    pub const BAD_REGISTRATION: ErrorCode = ErrorCode(17);
+    /// The device is already registered to another user.
+    pub const DEVICE_TAKEN: ErrorCode = ErrorCode(18);
+    /// Another connection authenticated as the same device; this one is closed.
+    pub const REPLACED: ErrorCode = ErrorCode(19);
+    /// The Create event does not list its author's user as a member.
+    pub const BAD_MEMBERS: ErrorCode = ErrorCode(20);
+    /// The device stopped reading: its queue overflowed.
+    pub const SLOW_CONSUMER: ErrorCode = ErrorCode(21);
+
+    /// A short name for the known codes, `"unknown"` otherwise.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            1 => "unsupported-version",
+            2 => "frame-too-large",
+            3 => "malformed-frame",
+            4 => "unexpected-frame",
+            5 => "auth-failed",
+            6 => "not-registered",
+            7 => "not-member",
+            8 => "bad-event",
+            9 => "forbidden-kind",
+            10 => "unknown-conversation",
+            11 => "conversation-exists",
+            12 => "rate-limited",
+            13 => "batch-too-large",
+            14 => "too-many-connections",
+            15 => "internal",
+            16 => "shutting-down",
+            17 => "bad-registration",
+            18 => "device-taken",
+            19 => "replaced",
+            20 => "bad-members",
+            21 => "slow-consumer",
+            _ => "unknown",
+        }
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ErrorCode({} {})", self.0, self.name())
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// A statement, signed by a user's identity key, that `device` acts for `user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRegistration {
+    /// The user (its ed25519 identity public key).
+    pub user: UserId,
+    /// The device being added.
+    pub device: DeviceId,
+    /// When the user signed it, ms since the Unix epoch (informational).
+    pub issued_ms: u64,
+    /// ed25519 signature by the user key over [`DeviceRegistration::signed_bytes`].
+    pub signature: SignatureBytes,
+}
+
+impl DeviceRegistration {
+    /// The exact bytes the user key signs:
+    /// `REGISTER_DOMAIN | user (32) | device (32) | issued_ms (u64 big-endian)`.
+    pub fn signed_bytes(user: &UserId, device: &DeviceId, issued_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REGISTER_DOMAIN.len() + 72);
+        out.extend_from_slice(REGISTER_DOMAIN);
+        out.extend_from_slice(&user.0);
+        out.extend_from_slice(&device.0);
+        out.extend_from_slice(&issued_ms.to_be_bytes());
+        out
+    }
+
+    /// Signs a registration of `device` with the user's identity key.
+    pub fn sign(user_key: &SigningKey, device: DeviceId, issued_ms: u64) -> DeviceRegistration {
+        let user = UserId(user_key.verifying_key().to_bytes());
+        let sig = user_key.sign(&Self::signed_bytes(&user, &device, issued_ms));
+        DeviceRegistration {
+            user,
+            device,
+            issued_ms,
+            signature: sig.into(),
+        }
+    }
+
+    /// Whether the signature verifies under `user`'s key.
+    pub fn verify(&self) -> bool {
+        let msg = Self::signed_bytes(&self.user, &self.device, self.issued_ms);
+        self.signature.verify(&self.user.0, &msg)
+    }
+}
+
+/// The bytes a device signs to authenticate:
+/// `AUTH_DOMAIN | nonce (32) | tls binding (32) | device (32) | user (32)`.
+pub fn auth_transcript(
+    nonce: &[u8; NONCE_LEN],
+    tls_binding: &[u8; TLS_BINDING_LEN],
+    device: &DeviceId,
+    user: &UserId,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AUTH_DOMAIN.len() + 128);
+    out.extend_from_slice(AUTH_DOMAIN);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(tls_binding);
+    out.extend_from_slice(&device.0);
+    out.extend_from_slice(&user.0);
+    out
+}
+
+/// Signs the authentication transcript with the device key, for [`ClientFrame::Auth`].
+pub fn sign_auth(
+    device_key: &SigningKey,
+    user: &UserId,
+    nonce: &[u8; NONCE_LEN],
+    tls_binding: &[u8; TLS_BINDING_LEN],
+) -> SignatureBytes {
+    let device = DeviceId(device_key.verifying_key().to_bytes());
+    device_key
+        .sign(&auth_transcript(nonce, tls_binding, &device, user))
+        .into()
+}
+
+/// Checks an authentication signature (the relay's side of [`sign_auth`]).
+pub fn verify_auth(
+    signature: &SignatureBytes,
+    device: &DeviceId,
+    user: &UserId,
+    nonce: &[u8; NONCE_LEN],
+    tls_binding: &[u8; TLS_BINDING_LEN],
+) -> bool {
+    signature.verify(
+        &device.0,
+        &auth_transcript(nonce, tls_binding, device, user),
+    )
+}
+
+/// An event envelope with the relay's ServerAck envelope for it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// The event envelope as the author signed it.
+    #[serde(with = "bytes_vec")]
+    pub event: Vec<u8>,
+    /// The ServerAck envelope signed by the relay (gives the event's server sequence).
+    #[serde(with = "bytes_vec")]
+    pub ack: Vec<u8>,
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Item(event {} B, ack {} B)",
+            self.event.len(),
+            self.ack.len()
+        )
+    }
+}
+
+/// One envelope of a submit batch, as bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope(#[serde(with = "bytes_vec")] pub Vec<u8>);
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Envelope({} B)", self.0.len())
+    }
+}
+
+impl AsRef<[u8]> for Envelope {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The outcome for one submitted envelope, in the order of the batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitOutcome {
+    /// Durably sequenced; the ServerAck envelope signed by the relay.
+    Accepted {
+        /// The ack envelope.
+        #[serde(with = "bytes_vec")]
+        ack: Vec<u8>,
+    },
+    /// Not accepted; nothing was stored.
+    Rejected {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// A conversation the device's user is a member of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its highest durably sequenced event.
+    pub max_seq: ServerSeq,
+    /// The highest sequence this device reported as received ([`ClientFrame::Received`]).
+    pub cursor: ServerSeq,
+}
+
+/// The relay's limits as it announces them in [`Welcome`]; a device stays within them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLimits {
+    /// Largest frame body the relay reads.
+    pub max_frame_len: u32,
+    /// Most envelopes per Submit.
+    pub max_submit_batch: u32,
+    /// Most items per Page.
+    pub max_page_items: u32,
+    /// Most requests (frames that get a reply) a device may have unanswered at once; the
+    /// relay stops reading the stream beyond that.
+    pub max_inflight_requests: u32,
+    /// Pushed events a device may leave unacknowledged (by [`ClientFrame::Received`]) before
+    /// the relay switches it to pull mode.
+    pub push_window: u32,
+}
+
+/// The relay's answer to a successful authentication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The relay's DeviceId: the key that signs ServerAck events (also its UserId).
+    pub relay: DeviceId,
+    /// Whether the device is registered to the user it named in Hello.
+    pub registered: bool,
+    /// The relay's limits.
+    pub limits: WireLimits,
+}
+
+/// Frames a device sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// First frame of a connection.
+    Hello {
+        /// Must be [`PROTOCOL_VERSION`].
+        protocol_version: u16,
+        /// The device (its ed25519 public key).
+        device: DeviceId,
+        /// The user the device acts for.
+        user: UserId,
+    },
+    /// Answer to [`ServerFrame::Challenge`]: [`sign_auth`] over the transcript.
+    Auth {
+        /// The signature.
+        signature: SignatureBytes,
+    },
+    /// Adds a device to a user (answered by `Registered` or `Refused`).
+    RegisterDevice {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The statement.
+        registration: DeviceRegistration,
+    },
+    /// Events to sequence (answered by `SubmitResult`, one outcome per envelope, in order).
+    Submit {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The envelopes, at most [`MAX_SUBMIT_BATCH`].
+        events: Vec<Envelope>,
+    },
+    /// Reads a conversation after a sequence (answered by `Page` or `Refused`).
+    Pull {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The conversation.
+        conversation: ConversationId,
+        /// Return events with a sequence strictly greater than this.
+        after_seq: ServerSeq,
+        /// Most items wanted (the relay caps it at its own limit).
+        limit: u32,
+    },
+    /// Lists the device's conversations (answered by `Conversations`) and turns on pushes.
+    Sync {
+        /// Echoed in the reply.
+        request_id: u64,
+    },
+    /// The device durably holds every event of `conversation` up to `up_to` (no reply).
+    Received {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Cumulative: everything up to and including this sequence.
+        up_to: ServerSeq,
+    },
+}
+
+/// Frames the relay sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// Answer to Hello: sign this nonce (see [`auth_transcript`]).
+    Challenge {
+        /// Fresh random bytes.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Authentication succeeded.
+    Welcome(Welcome),
+    /// A fatal error: the relay closes the connection after this frame.
+    Error {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// A request was refused; the session goes on.
+    Refused {
+        /// The request's id.
+        request_id: u64,
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// A registration was stored.
+    Registered {
+        /// The request's id.
+        request_id: u64,
+        /// The user.
+        user: UserId,
+        /// The device now registered to it.
+        device: DeviceId,
+    },
+    /// One outcome per submitted envelope, in the order of the batch.
+    SubmitResult {
+        /// The request's id.
+        request_id: u64,
+        /// The outcomes.
+        outcomes: Vec<SubmitOutcome>,
+    },
+    /// Events of one conversation in sequence order.
+    Page {
+        /// The request's id.
+        request_id: u64,
+        /// The conversation.
+        conversation: ConversationId,
+        /// `(event, ack)` pairs with consecutive sequences after the requested one.
+        items: Vec<Item>,
+        /// More events exist after the last item.
+        more: bool,
+    },
+    /// The device's conversations (answer to Sync).
+    Conversations {
+        /// The request's id.
+        request_id: u64,
+        /// One entry per conversation the device's user is a member of.
+        conversations: Vec<ConversationInfo>,
+    },
+    /// Newly sequenced events for the device, unrequested.
+    Push {
+        /// `(event, ack)` pairs, in sequence order within each conversation.
+        items: Vec<Item>,
+    },
+    /// The device left too many pushes unacknowledged: pushes stop until it pulls what it is
+    /// missing and sends Sync again.
+    PullMode,
+}
+
+/// Why bytes were not accepted as a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The length prefix is over the limit (checked before anything is allocated).
+    #[error("frame too large: {len} bytes, limit {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame body is not a valid encoding.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// A field inside a valid frame is over its limit.
+    #[error("frame field {field} out of limits: {len} > {max}")]
+    FieldTooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl WireError {
+    /// The error code a relay reports for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+            WireError::Malformed(_) | WireError::FieldTooLarge { .. } => ErrorCode::MALFORMED_FRAME,
+        }
+    }
+}
+
+/// A frame type: encodable and decodable with a per-frame limit check.
+pub trait Frame: Serialize + for<'de> Deserialize<'de> + Sized {
+    /// Checks the counts and lengths inside a decoded frame.
+    fn check_limits(&self) -> Result<(), WireError>;
+}
+
+fn check(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        Err(WireError::FieldTooLarge { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+impl Frame for ClientFrame {
+    fn check_limits(&self) -> Result<(), WireError> {
+        match self {
+            ClientFrame::Submit { events, .. } => {
+                check("events", events.len(), MAX_SUBMIT_BATCH)?;
+                for e in events {
+                    check("envelope", e.0.len(), crate::event::MAX_EVENT_LEN)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Frame for ServerFrame {
+    fn check_limits(&self) -> Result<(), WireError> {
+        match self {
+            ServerFrame::Error { message, .. } | ServerFrame::Refused { message, .. } => {
+                check("message", message.len(), MAX_REASON_LEN)
+            }
+            ServerFrame::SubmitResult { outcomes, .. } => {
+                check("outcomes", outcomes.len(), MAX_SUBMIT_BATCH)
+            }
+            ServerFrame::Page { items, .. } | ServerFrame::Push { items } => {
+                check("items", items.len(), MAX_PAGE_ITEMS)
+            }
+            ServerFrame::Conversations { conversations, .. } => check(
+                "conversations",
+                conversations.len(),
+                MAX_LISTED_CONVERSATIONS,
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Encodes a frame with its length prefix, appending to `out`.
+pub fn encode_frame<F: Frame>(frame: &F, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let body = postcard::to_stdvec(frame).map_err(|_| WireError::Malformed("unencodable frame"))?;
+    if body.len() > MAX_FRAME_LEN {
+        return Err(WireError::FrameTooLarge {
+            len: body.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    // len <= MAX_FRAME_LEN < u32::MAX, so the cast cannot truncate.
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Encodes a frame with its length prefix into a new buffer.
+pub fn frame_bytes<F: Frame>(frame: &F) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::new();
+    encode_frame(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Reads a length prefix and checks it against `max_len` (before anything is allocated).
+pub fn decode_len(header: [u8; FRAME_HEADER_LEN], max_len: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max_len {
+        return Err(WireError::FrameTooLarge { len, max: max_len });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (the bytes after the length prefix).
+pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, WireError> {
+    let (frame, rest) = postcard::take_from_bytes::<F>(body).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => WireError::Malformed("frame body cut short"),
+        _ => WireError::Malformed("frame body"),
+    })?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed("trailing bytes after frame"));
+    }
+    frame.check_limits()?;
+    Ok(frame)
+}
+
+/// An incremental decoder for a byte stream of frames (for transports that hand out chunks).
+///
+/// Call order: [`FrameDecoder::push`] bytes as they arrive, then [`FrameDecoder::poll_frame`]
+/// until it returns `Ok(None)`. After an error the stream is unusable: close it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_len: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames longer than `max_len` (at most [`MAX_FRAME_LEN`]).
+    pub fn new(max_len: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_len: max_len.min(MAX_FRAME_LEN),
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn poll_frame<F: Frame>(&mut self) -> Result<Option<F>, WireError> {
+        let Some(header) = self.buf.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = decode_len(*header, self.max_len)?;
+        if self.buf.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        let frame = decode_body(&self.buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len])?;
+        self.buf.drain(..FRAME_HEADER_LEN + len);
+        Ok(Some(frame))
+    }
+
+    /// Bytes buffered but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// `Vec<u8>` through `serialize_bytes`, so decoding copies the slice at once.
+mod bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_round_trip<F: Frame + PartialEq + fmt::Debug>(frame: F) {
+        let bytes = frame_bytes(&frame).expect("encode");
+        let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
+        // Byte by byte: the decoder must wait for whole frames.
+        let mut got = None;
+        for b in &bytes {
+            dec.push(std::slice::from_ref(b));
+            if let Some(f) = dec.poll_frame::<F>().expect("decode") {
+                got = Some(f);
+            }
+        }
+        assert_eq!(got, Some(frame));
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let user = key(1);
+        let dev = key(2);
+        let device = DeviceId(dev.verifying_key().to_bytes());
+        let user_id = UserId(user.verifying_key().to_bytes());
+        check_round_trip(ClientFrame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            device,
+            user: user_id,
+        });
+        check_round_trip(ClientFrame::Auth {
+            signature: sign_auth(&dev, &user_id, &[3; 32], &[4; 32]),
+        });
+        check_round_trip(ClientFrame::RegisterDevice {
+            request_id: 7,
+            registration: DeviceRegistration::sign(&user, device, 99),
+        });
+        check_round_trip(ClientFrame::Submit {
+            request_id: u64::MAX,
+            events: vec![Envelope(vec![1, 2, 3]), Envelope(vec![])],
+        });
+        check_round_trip(ClientFrame::Pull {
+            request_id: 1,
+            conversation: ConversationId([5; 16]),
+            after_seq: 10,
+            limit: 100,
+        });
+        check_round_trip(ClientFrame::Sync { request_id: 2 });
+        check_round_trip(ClientFrame::Received {
+            conversation: ConversationId([5; 16]),
+            up_to: 3,
+        });
+        check_round_trip(ServerFrame::Challenge { nonce: [9; 32] });
+        check_round_trip(ServerFrame::Welcome(Welcome {
+            relay: device,
+            registered: true,
+            limits: WireLimits {
+                max_frame_len: 1,
+                max_submit_batch: 2,
+                max_page_items: 3,
+                max_inflight_requests: 4,
+                push_window: 5,
+            },
+        }));
+        check_round_trip(ServerFrame::Error {
+            code: ErrorCode::FRAME_TOO_LARGE,
+            message: "too big".into(),
+        });
+        check_round_trip(ServerFrame::Refused {
+            request_id: 3,
+            code: ErrorCode::NOT_MEMBER,
+            message: "no".into(),
+        });
+        check_round_trip(ServerFrame::Registered {
+            request_id: 3,
+            user: user_id,
+            device,
+        });
+        check_round_trip(ServerFrame::SubmitResult {
+            request_id: 4,
+            outcomes: vec![
+                SubmitOutcome::Accepted { ack: vec![1; 40] },
+                SubmitOutcome::Rejected {
+                    code: ErrorCode::RATE_LIMITED,
+                    reason: "slow down".into(),
+                },
+            ],
+        });
+        let item = Item {
+            event: vec![1; 10],
+            ack: vec![2; 20],
+        };
+        check_round_trip(ServerFrame::Page {
+            request_id: 5,
+            conversation: ConversationId([5; 16]),
+            items: vec![item.clone()],
+            more: true,
+        });
+        check_round_trip(ServerFrame::Conversations {
+            request_id: 6,
+            conversations: vec![ConversationInfo {
+                conversation: ConversationId([5; 16]),
+                max_seq: 10,
+                cursor: 4,
+            }],
+        });
+        check_round_trip(ServerFrame::Push { items: vec![item] });
+        check_round_trip(ServerFrame::PullMode);
+    }
+
+    /// Golden bytes: a change here is a wire format change (bump PROTOCOL_VERSION and
+    /// update docs/PROTOCOL.md).
+    #[test]
+    fn golden_layout() {
+        let hello = ClientFrame::Hello {
+            protocol_version: 1,
+            device: DeviceId([0xaa; 32]),
+            user: UserId([0xbb; 32]),
+        };
+        let bytes = frame_bytes(&hello).expect("encode");
+        let mut want = vec![0, 0, 0, 66, 0, 1];
+        want.extend_from_slice(&[0xaa; 32]);
+        want.extend_from_slice(&[0xbb; 32]);
+        assert_eq!(bytes, want);
+
+        let received = ClientFrame::Received {
+            conversation: ConversationId([1; 16]),
+            up_to: 300,
+        };
+        let bytes = frame_bytes(&received).expect("encode");
+        let mut want = vec![0, 0, 0, 19, 6];
+        want.extend_from_slice(&[1; 16]);
+        want.extend_from_slice(&[0xac, 0x02]);
+        assert_eq!(bytes, want);
+
+        let sub = ClientFrame::Submit {
+            request_id: 1,
+            events: vec![Envelope(vec![7, 8])],
+        };
+        assert_eq!(
+            frame_bytes(&sub).expect("encode"),
+            vec![0, 0, 0, 6, 3, 1, 1, 2, 7, 8]
+        );
+        assert_eq!(
+            frame_bytes(&ServerFrame::PullMode).expect("encode"),
+            vec![0, 0, 0, 1, 9]
+        );
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading() {
+        let mut dec = FrameDecoder::new(1024);
+        dec.push(&(1025u32).to_be_bytes());
+        assert_eq!(
+            dec.poll_frame::<ClientFrame>(),
+            Err(WireError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+        assert_eq!(
+            decode_len(u32::MAX.to_be_bytes(), MAX_FRAME_LEN),
+            Err(WireError::FrameTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            decode_body::<ClientFrame>(&[200, 1, 2, 3]),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_body::<ClientFrame>(&[]),
+            Err(WireError::Malformed(_))
+        ));
+        // Valid frame followed by a stray byte.
+        let mut b = frame_bytes(&ClientFrame::Sync { request_id: 1 }).expect("encode");
+        b.push(0);
+        assert!(matches!(
+            decode_body::<ClientFrame>(&b[FRAME_HEADER_LEN..]),
+            Err(WireError::Malformed(_))
+        ));
+        // A submit with more envelopes than allowed.
+        let sub = ClientFrame::Submit {
+            request_id: 1,
+            events: vec![Envelope(vec![]); MAX_SUBMIT_BATCH + 1],
+        };
+        let mut body = Vec::new();
+        body = postcard::to_extend(&sub, body).expect("encode");
+        assert_eq!(
+            decode_body::<ClientFrame>(&body),
+            Err(WireError::FieldTooLarge {
+                field: "events",
+                len: MAX_SUBMIT_BATCH + 1,
+                max: MAX_SUBMIT_BATCH
+            })
+        );
+    }
+
+    #[test]
+    fn signatures_bind_their_inputs() {
+        let user = key(1);
+        let dev = key(2);
+        let device = DeviceId(dev.verifying_key().to_bytes());
+        let user_id = UserId(user.verifying_key().to_bytes());
+        let sig = sign_auth(&dev, &user_id, &[3; 32], &[4; 32]);
+        assert!(verify_auth(&sig, &device, &user_id, &[3; 32], &[4; 32]));
+        assert!(!verify_auth(&sig, &device, &user_id, &[3; 32], &[5; 32]));
+        assert!(!verify_auth(&sig, &device, &user_id, &[6; 32], &[4; 32]));
+        assert!(!verify_auth(
+            &sig,
+            &device,
+            &UserId([0; 32]),
+            &[3; 32],
+            &[4; 32]
+        ));
+
+        let reg = DeviceRegistration::sign(&user, device, 5);
+        assert!(reg.verify());
+        let mut forged = reg.clone();
+        forged.device = DeviceId([9; 32]);
+        assert!(!forged.verify());
+        // Signed by the device itself instead of the user key.
+        let self_signed = DeviceRegistration::sign(&dev, device, 5);
+        let claimed = DeviceRegistration {
+            user: user_id,
+            ..self_signed
+        };
+        assert!(!claimed.verify());
+    }
+}

@@ -1,0 +1,841 @@
+//! The event log: every verified event in redb, with the indexes a device needs.
+//!
+//! The log is the truth; automerge documents and the fast-read tables below are derived from
+//! it and can be rebuilt. Table layouts are documented in `docs/FORMAT.md`.
+//!
+//! Everything a local action writes goes into one write transaction ([`LogTxn`]), so a crash
+//! leaves either all of it or none of it.
+
+use crate::conversation::{MessageRecord, MessageView};
+use crate::event::{DecodeError, Event, EventKind};
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use crate::status::{derive_status, UserMarks};
+use redb::{
+    backends::InMemoryBackend, Database, Durability, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
+pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
+/// The table layout this build writes. A file with a higher number is refused.
+pub const LOG_FORMAT_VERSION: u32 = 1;
+
+type Conv = &'static [u8; 16];
+type Id32 = &'static [u8; 32];
+/// (conversation, device, counter)
+type AuthorKey = (Conv, Id32, u64);
+/// (conversation, lamport, message id)
+type UnseqKey = (Conv, u64, &'static [u8; 16]);
+/// (user, delivered, read)
+type MarksValue = (Id32, u64, u64);
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// event id → (log position, envelope)
+const EVENTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("events");
+/// log position → event id (append order)
+const LOG: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("log");
+/// (conversation, log position) → event id
+const CONV_LOG: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("conv_log");
+/// (conversation, author device, counter) → event id
+const BY_AUTHOR: TableDefinition<AuthorKey, &[u8; 32]> = TableDefinition::new("by_author");
+/// (conversation, server seq) → id of the sequenced event (any kind)
+const BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("by_seq");
+/// (conversation, server seq) → id of the `Send` event at that seq (the fast message view)
+const MSG_BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("msg_by_seq");
+/// (conversation, lamport, message id) → `Send` event id, for messages without a seq yet
+const UNSEQUENCED: TableDefinition<UnseqKey, &[u8; 32]> = TableDefinition::new("unsequenced");
+/// acknowledged event id → (seq, server ts, ack event id)
+const ACKS: TableDefinition<&[u8; 32], (u64, u64, &[u8; 32])> = TableDefinition::new("acks");
+/// (conversation, device) → (user, delivered up to, read up to)
+const MARKS: TableDefinition<(Conv, Id32), MarksValue> = TableDefinition::new("marks");
+/// conversation → postcard([`ConversationMeta`])
+const CONVS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("conversations");
+/// outbox position → postcard([`OutboxEntry`])
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// event id → outbox position
+const OUTBOX_BY_EVENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("outbox_by_event");
+/// free-form cursor name → value (e.g. the last pulled server seq of a conversation)
+const CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("cursors");
+/// conversation → (log position covered, saved automerge document)
+const SNAPSHOTS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots");
+
+/// Why the log could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// redb failed (I/O, a full disk, corruption it detected).
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// The file is a database, but not a tidings event log.
+    #[error("{0} is not a tidings event log")]
+    NotOurs(String),
+    /// The file was written by a newer build.
+    #[error("event log format {found} is newer than this build supports ({supported})")]
+    NewerFormat {
+        /// Version in the file.
+        found: u32,
+        /// Highest version this build reads.
+        supported: u32,
+    },
+    /// A stored record does not decode: the file was damaged or written by a bug.
+    #[error("corrupt record in table {table}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for LogError {
+            fn from(e: $t) -> Self {
+                LogError::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn corrupt(table: &'static str, detail: impl ToString) -> LogError {
+    LogError::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
+}
+
+/// Per-conversation facts kept up to date on every append.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationMeta {
+    /// Members and the `Create` event that named them (lowest event id wins).
+    pub members: Option<(EventId, Vec<UserId>)>,
+    /// Highest lamport clock seen.
+    pub max_lamport: u64,
+    /// Highest server seq seen (of any event).
+    pub max_seq: ServerSeq,
+    /// Events stored.
+    pub n_events: u64,
+}
+
+/// Whether the outbox still tries an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxState {
+    /// Waiting for its next attempt.
+    Queued,
+    /// The retry policy ran out: shown FAILED until `retry`.
+    Failed,
+}
+
+/// An event waiting to reach the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Position in the outbox (global send order).
+    pub position: u64,
+    /// The event.
+    pub event: EventId,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The message it sends, for `Send` events.
+    pub message: Option<MessageId>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt (ms since the Unix epoch).
+    pub next_attempt_ms: u64,
+    /// Queued or failed.
+    pub state: OutboxState,
+}
+
+/// What appending one event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at this log position.
+    New {
+        /// Log position.
+        position: u64,
+    },
+    /// Already stored: nothing was written.
+    Duplicate,
+}
+
+/// A redb-backed event log.
+#[derive(Debug)]
+pub struct EventLog {
+    db: Database,
+    incarnation: u64,
+}
+
+impl EventLog {
+    /// Opens or creates the log at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<EventLog, LogError> {
+        let path = path.as_ref();
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                LogError::NotOurs(path.display().to_string())
+            }
+            other => other.into(),
+        })?;
+        Self::init(db, &path.display().to_string())
+    }
+
+    /// A log in memory (redb's in-memory backend), for tests and simulations.
+    pub fn in_memory() -> Result<EventLog, LogError> {
+        let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
+        Self::init(db, "in-memory log")
+    }
+
+    fn init(db: Database, name: &str) -> Result<EventLog, LogError> {
+        let txn = db.begin_write()?;
+        let incarnation;
+        {
+            let fresh = txn.list_tables()?.next().is_none();
+            let mut meta = txn.open_table(META)?;
+            if fresh {
+                meta.insert("magic", LOG_MAGIC)?;
+                meta.insert("format", LOG_FORMAT_VERSION.to_le_bytes().as_slice())?;
+            }
+            let magic = meta.get("magic")?.map(|g| g.value().to_vec());
+            if magic.as_deref() != Some(LOG_MAGIC) {
+                return Err(LogError::NotOurs(name.to_owned()));
+            }
+            let format = meta
+                .get("format")?
+                .and_then(|g| <[u8; 4]>::try_from(g.value()).ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| corrupt("meta", "missing format version"))?;
+            if format > LOG_FORMAT_VERSION {
+                return Err(LogError::NewerFormat {
+                    found: format,
+                    supported: LOG_FORMAT_VERSION,
+                });
+            }
+            // Each open gets a fresh number, used to give rebuilt automerge documents a new
+            // actor id: an actor must never write two different changes with one sequence number.
+            incarnation = meta
+                .get("incarnation")?
+                .and_then(|g| <[u8; 8]>::try_from(g.value()).ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+                + 1;
+            meta.insert("incarnation", incarnation.to_le_bytes().as_slice())?;
+            // Create every table up front, so readers never meet a missing one.
+            txn.open_table(EVENTS)?;
+            txn.open_table(LOG)?;
+            txn.open_table(CONV_LOG)?;
+            txn.open_table(BY_AUTHOR)?;
+            txn.open_table(BY_SEQ)?;
+            txn.open_table(MSG_BY_SEQ)?;
+            txn.open_table(UNSEQUENCED)?;
+            txn.open_table(ACKS)?;
+            txn.open_table(MARKS)?;
+            txn.open_table(CONVS)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(OUTBOX_BY_EVENT)?;
+            txn.open_table(CURSORS)?;
+            txn.open_table(SNAPSHOTS)?;
+        }
+        txn.commit()?;
+        Ok(EventLog { db, incarnation })
+    }
+
+    /// A number that grows with every open of this log.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Runs `f` in one write transaction and commits it durably (fsync) if `f` succeeds. If
+    /// `f` fails or the process dies first, nothing of it is visible afterwards.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        self.write_with(Durability::Immediate, f)
+    }
+
+    /// Like [`EventLog::write`], without the fsync: the commit is durable only once a later
+    /// durable commit succeeds. For bulk loads that end with a durable commit.
+    pub fn write_lazy<T>(
+        &self,
+        f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        self.write_with(Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        let out = {
+            let mut t = LogTxn {
+                txn: &txn,
+                dequeued: Vec::new(),
+            };
+            f(&mut t)?
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Appends verified events in one durable transaction. Idempotent by event id.
+    pub fn append(&self, events: &[Event]) -> Result<Vec<Appended>, LogError> {
+        self.write(|t| events.iter().map(|e| t.append(e)).collect())
+    }
+
+    /// An event by id.
+    pub fn get(&self, id: &EventId) -> Result<Option<Event>, LogError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let Some(guard) = events.get(&id.0)? else {
+            return Ok(None);
+        };
+        let (_, bytes) = guard.value();
+        Event::decode_trusted(bytes)
+            .map(Some)
+            .map_err(|e| corrupt("events", e))
+    }
+
+    /// True when the event is stored.
+    pub fn contains(&self, id: &EventId) -> Result<bool, LogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(EVENTS)?.get(&id.0)?.is_some())
+    }
+
+    /// The highest log position, 0 for an empty log.
+    pub fn head(&self) -> Result<u64, LogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(LOG)?
+            .last()?
+            .map(|(k, _)| k.value())
+            .unwrap_or(0))
+    }
+
+    /// Events of a conversation after log position `after`, in log order, with their positions.
+    pub fn conversation_events(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+    ) -> Result<Vec<(u64, Event)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let conv_log = txn.open_table(CONV_LOG)?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        let lo = (&conversation.0, after.saturating_add(1));
+        let hi = (&conversation.0, u64::MAX);
+        for row in conv_log.range(lo..=hi)? {
+            let (k, id) = row?;
+            let (_, pos) = k.value();
+            let guard = events
+                .get(id.value())?
+                .ok_or_else(|| corrupt("conv_log", "points at a missing event"))?;
+            let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
+            out.push((pos, ev));
+        }
+        Ok(out)
+    }
+
+    /// Every conversation with its facts.
+    pub fn conversations(&self) -> Result<Vec<(ConversationId, ConversationMeta)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONVS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let meta = postcard::from_bytes(v.value()).map_err(|e| corrupt("conversations", e))?;
+            out.push((ConversationId(*k.value()), meta));
+        }
+        Ok(out)
+    }
+
+    /// Facts of one conversation.
+    pub fn conversation_meta(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<ConversationMeta>, LogError> {
+        let txn = self.db.begin_read()?;
+        read_meta(&txn.open_table(CONVS)?, &conversation)
+    }
+
+    /// The last event of `device` in `conversation`: (counter, id).
+    pub fn chain_head(
+        &self,
+        conversation: ConversationId,
+        device: DeviceId,
+    ) -> Result<Option<(u64, EventId)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BY_AUTHOR)?;
+        chain_head(&table, &conversation, &device)
+    }
+
+    /// The outbox in send order.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e))?);
+        }
+        Ok(out)
+    }
+
+    /// A cursor's value (0 when never set).
+    pub fn cursor(&self, name: &[u8]) -> Result<u64, LogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(CURSORS)?
+            .get(name)?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+
+    /// Watermarks of one device in a conversation: (delivered, read).
+    pub fn device_marks(
+        &self,
+        conversation: ConversationId,
+        device: DeviceId,
+    ) -> Result<(ServerSeq, ServerSeq), LogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(MARKS)?
+            .get((&conversation.0, &device.0))?
+            .map(|g| (g.value().1, g.value().2))
+            .unwrap_or((0, 0)))
+    }
+
+    /// The latest snapshot of a conversation's document: (log position covered, bytes).
+    pub fn snapshot(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<(u64, Vec<u8>)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        Ok(table.get(&conversation.0)?.map(|g| {
+            let (pos, bytes) = g.value();
+            (pos, bytes.to_vec())
+        }))
+    }
+
+    /// The server seq and timestamp an event was acknowledged with.
+    pub fn ack_of(&self, event: &EventId) -> Result<Option<(ServerSeq, u64)>, LogError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(ACKS)?
+            .get(&event.0)?
+            .map(|g| (g.value().0, g.value().1)))
+    }
+
+    /// The last `n` messages of a conversation in view order, with statuses, straight from the
+    /// index tables: no automerge document is loaded, so the cost does not grow with history.
+    pub fn latest_messages(
+        &self,
+        conversation: ConversationId,
+        n: usize,
+    ) -> Result<Vec<MessageView>, LogError> {
+        let txn = self.db.begin_read()?;
+        let c = &conversation.0;
+        let meta = read_meta(&txn.open_table(CONVS)?, &conversation)?.unwrap_or_default();
+        let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
+        let events = txn.open_table(EVENTS)?;
+        let acks = txn.open_table(ACKS)?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let outbox_by_event = txn.open_table(OUTBOX_BY_EVENT)?;
+        let members = meta.members.as_ref().map(|(_, m)| m.as_slice());
+
+        let mut ids: Vec<[u8; 32]> = Vec::with_capacity(n);
+        let unseq = txn.open_table(UNSEQUENCED)?;
+        for row in unseq
+            .range((c, 0u64, &[0u8; 16])..=(c, u64::MAX, &[0xffu8; 16]))?
+            .rev()
+            .take(n)
+        {
+            ids.push(*row?.1.value());
+        }
+        let rest = n - ids.len();
+        let by_seq = txn.open_table(MSG_BY_SEQ)?;
+        for row in by_seq.range((c, 0u64)..=(c, u64::MAX))?.rev().take(rest) {
+            ids.push(*row?.1.value());
+        }
+        ids.reverse();
+
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let guard = events
+                .get(&id)?
+                .ok_or_else(|| corrupt("msg_by_seq", "points at a missing event"))?;
+            let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
+            let EventKind::Send {
+                message,
+                body,
+                media,
+            } = ev.kind()
+            else {
+                return Err(corrupt("msg_by_seq", "points at a non-message event"));
+            };
+            let ack = acks.get(&id)?.map(|g| (g.value().0, g.value().1));
+            let failed = match outbox_by_event.get(&id)? {
+                Some(pos) => match outbox.get(pos.value())? {
+                    Some(v) => {
+                        let e: OutboxEntry =
+                            postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e))?;
+                        e.state == OutboxState::Failed
+                    }
+                    None => false,
+                },
+                None => false,
+            };
+            let h = ev.header();
+            out.push(MessageView {
+                id: *message,
+                conversation,
+                seq: ack.map(|a| a.0),
+                server_ts_ms: ack.map(|a| a.1),
+                status: derive_status(ack.map(|a| a.0), failed, h.user, members, &marks),
+                record: MessageRecord {
+                    event: ev.id(),
+                    author: h.author,
+                    user: h.user,
+                    lamport: h.lamport,
+                    wall_ms: h.wall_ms,
+                    body: body.clone(),
+                    media: media.clone(),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Messages from other users that no device of `user` has read, from the index tables.
+    pub fn unread_count(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<usize, LogError> {
+        let txn = self.db.begin_read()?;
+        let c = &conversation.0;
+        let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
+        let read = marks.get(&user).map(|m| m.read).unwrap_or(0);
+        let by_seq = txn.open_table(MSG_BY_SEQ)?;
+        let events = txn.open_table(EVENTS)?;
+        let mut n = 0;
+        for row in by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))? {
+            let id = *row?.1.value();
+            if let Some(g) = events.get(&id)? {
+                let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+                n += usize::from(ev.header().user != user);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One write transaction over the log's tables.
+pub struct LogTxn<'a> {
+    txn: &'a redb::WriteTransaction,
+    dequeued: Vec<EventId>,
+}
+
+impl std::fmt::Debug for LogTxn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogTxn")
+    }
+}
+
+impl<'a> LogTxn<'a> {
+    /// Appends one verified event and updates every index. A duplicate writes nothing.
+    pub fn append(&mut self, event: &Event) -> Result<Appended, LogError> {
+        let id = event.id();
+        let mut events = self.txn.open_table(EVENTS)?;
+        if events.get(&id.0)?.is_some() {
+            return Ok(Appended::Duplicate);
+        }
+        let mut log = self.txn.open_table(LOG)?;
+        let position = log.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        log.insert(position, &id.0)?;
+        events.insert(&id.0, (position, event.bytes()))?;
+        let h = event.header();
+        let c = &h.conversation.0;
+        self.txn
+            .open_table(CONV_LOG)?
+            .insert((c, position), &id.0)?;
+        self.txn
+            .open_table(BY_AUTHOR)?
+            .insert((c, &h.author.0, h.counter), &id.0)?;
+
+        let mut convs = self.txn.open_table(CONVS)?;
+        let mut meta = read_meta(&convs, &h.conversation)?.unwrap_or_default();
+        meta.max_lamport = meta.max_lamport.max(h.lamport);
+        meta.n_events += 1;
+
+        match event.kind() {
+            EventKind::Create { members } if meta.members.as_ref().is_none_or(|(e, _)| id < *e) => {
+                meta.members = Some((id, members.clone()));
+            }
+            EventKind::Send { message, .. } => {
+                let acked = self.txn.open_table(ACKS)?.get(&id.0)?.map(|g| g.value().0);
+                match acked {
+                    Some(seq) => {
+                        self.txn.open_table(MSG_BY_SEQ)?.insert((c, seq), &id.0)?;
+                    }
+                    None => {
+                        self.txn
+                            .open_table(UNSEQUENCED)?
+                            .insert((c, h.lamport, &message.0), &id.0)?;
+                    }
+                }
+            }
+            EventKind::ServerAck {
+                event: acked,
+                seq,
+                server_ts_ms,
+                ..
+            } => {
+                meta.max_seq = meta.max_seq.max(*seq);
+                self.record_ack(h.conversation, *acked, *seq, *server_ts_ms, id, &events)?;
+            }
+            EventKind::Delivered { up_to } | EventKind::Read { up_to } => {
+                let read = matches!(event.kind(), EventKind::Read { .. });
+                let mut marks = self.txn.open_table(MARKS)?;
+                let (d, r) = marks
+                    .get((c, &h.author.0))?
+                    .map(|g| (g.value().1, g.value().2))
+                    .unwrap_or((0, 0));
+                let (d, r) = if read {
+                    (d.max(*up_to), r.max(*up_to))
+                } else {
+                    (d.max(*up_to), r)
+                };
+                marks.insert((c, &h.author.0), (&h.user.0, d, r))?;
+            }
+            _ => {}
+        }
+        convs.insert(c, encode(&meta).as_slice())?;
+        Ok(Appended::New { position })
+    }
+
+    fn record_ack(
+        &mut self,
+        conversation: ConversationId,
+        acked: EventId,
+        seq: ServerSeq,
+        ts: u64,
+        ack_id: EventId,
+        events: &redb::Table<'_, &'static [u8; 32], (u64, &'static [u8])>,
+    ) -> Result<(), LogError> {
+        let c = &conversation.0;
+        let mut acks = self.txn.open_table(ACKS)?;
+        if acks.get(&acked.0)?.is_some_and(|g| g.value().0 <= seq) {
+            return Ok(());
+        }
+        acks.insert(&acked.0, (seq, ts, &ack_id.0))?;
+        self.txn.open_table(BY_SEQ)?.insert((c, seq), &acked.0)?;
+        if let Some(g) = events.get(&acked.0)? {
+            let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+            if let EventKind::Send { message, .. } = ev.kind() {
+                self.txn
+                    .open_table(UNSEQUENCED)?
+                    .remove((c, ev.header().lamport, &message.0))?;
+                self.txn
+                    .open_table(MSG_BY_SEQ)?
+                    .insert((c, seq), &acked.0)?;
+            }
+        }
+        // The relay has it: the outbox is done with it.
+        let pos = self
+            .txn
+            .open_table(OUTBOX_BY_EVENT)?
+            .remove(&acked.0)?
+            .map(|g| g.value());
+        if let Some(pos) = pos {
+            self.txn.open_table(OUTBOX)?.remove(pos)?;
+            self.dequeued.push(acked);
+        }
+        Ok(())
+    }
+
+    /// Events that left the outbox in this transaction because the relay acknowledged them.
+    pub fn take_dequeued(&mut self) -> Vec<EventId> {
+        std::mem::take(&mut self.dequeued)
+    }
+
+    /// Queues an event for the relay, at the end of the outbox.
+    pub fn enqueue(&mut self, event: &Event, now_ms: u64) -> Result<OutboxEntry, LogError> {
+        let mut outbox = self.txn.open_table(OUTBOX)?;
+        let mut by_event = self.txn.open_table(OUTBOX_BY_EVENT)?;
+        if let Some(pos) = by_event.get(&event.id().0)?.map(|g| g.value()) {
+            if let Some(v) = outbox.get(pos)? {
+                return postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e));
+            }
+        }
+        let position = outbox.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        let entry = OutboxEntry {
+            position,
+            event: event.id(),
+            conversation: event.conversation(),
+            message: match event.kind() {
+                EventKind::Send { message, .. } => Some(*message),
+                _ => None,
+            },
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            state: OutboxState::Queued,
+        };
+        outbox.insert(position, encode(&entry).as_slice())?;
+        by_event.insert(&event.id().0, position)?;
+        Ok(entry)
+    }
+
+    /// Rewrites an outbox entry (attempt count, next attempt, state). Gone entries are ignored.
+    pub fn update_outbox(&mut self, entry: &OutboxEntry) -> Result<bool, LogError> {
+        let mut outbox = self.txn.open_table(OUTBOX)?;
+        if outbox.get(entry.position)?.is_none() {
+            return Ok(false);
+        }
+        outbox.insert(entry.position, encode(entry).as_slice())?;
+        Ok(true)
+    }
+
+    /// Whether the relay acknowledged this event.
+    pub fn ack_of(&self, event: &EventId) -> Result<Option<(ServerSeq, u64)>, LogError> {
+        Ok(self
+            .txn
+            .open_table(ACKS)?
+            .get(&event.0)?
+            .map(|g| (g.value().0, g.value().1)))
+    }
+
+    /// The last event of `device` in `conversation`: (counter, id).
+    pub fn chain_head(
+        &self,
+        conversation: ConversationId,
+        device: DeviceId,
+    ) -> Result<Option<(u64, EventId)>, LogError> {
+        chain_head(&self.txn.open_table(BY_AUTHOR)?, &conversation, &device)
+    }
+
+    /// Facts of one conversation.
+    pub fn conversation_meta(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<ConversationMeta>, LogError> {
+        read_meta(&self.txn.open_table(CONVS)?, &conversation)
+    }
+
+    /// Watermarks of one device in a conversation: (delivered, read).
+    pub fn device_marks(
+        &self,
+        conversation: ConversationId,
+        device: DeviceId,
+    ) -> Result<(ServerSeq, ServerSeq), LogError> {
+        Ok(self
+            .txn
+            .open_table(MARKS)?
+            .get((&conversation.0, &device.0))?
+            .map(|g| (g.value().1, g.value().2))
+            .unwrap_or((0, 0)))
+    }
+
+    /// Sets a cursor.
+    pub fn set_cursor(&mut self, name: &[u8], value: u64) -> Result<(), LogError> {
+        self.txn.open_table(CURSORS)?.insert(name, value)?;
+        Ok(())
+    }
+
+    /// A cursor's value (0 when never set).
+    pub fn cursor(&self, name: &[u8]) -> Result<u64, LogError> {
+        Ok(self
+            .txn
+            .open_table(CURSORS)?
+            .get(name)?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+
+    /// Stores a conversation's document as of log position `position`.
+    pub fn put_snapshot(
+        &mut self,
+        conversation: ConversationId,
+        position: u64,
+        bytes: &[u8],
+    ) -> Result<(), LogError> {
+        self.txn
+            .open_table(SNAPSHOTS)?
+            .insert(&conversation.0, (position, bytes))?;
+        Ok(())
+    }
+
+    /// Drops a conversation's snapshot (it will be rebuilt from the log).
+    pub fn drop_snapshot(&mut self, conversation: ConversationId) -> Result<(), LogError> {
+        self.txn.open_table(SNAPSHOTS)?.remove(&conversation.0)?;
+        Ok(())
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard into a Vec fails only when a Serialize impl errors; these derive it.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn read_meta(
+    table: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+    conversation: &ConversationId,
+) -> Result<Option<ConversationMeta>, LogError> {
+    match table.get(&conversation.0)? {
+        Some(v) => postcard::from_bytes(v.value())
+            .map(Some)
+            .map_err(|e| corrupt("conversations", e)),
+        None => Ok(None),
+    }
+}
+
+fn chain_head(
+    table: &impl ReadableTable<AuthorKey, Id32>,
+    conversation: &ConversationId,
+    device: &DeviceId,
+) -> Result<Option<(u64, EventId)>, LogError> {
+    let lo = (&conversation.0, &device.0, 0u64);
+    let hi = (&conversation.0, &device.0, u64::MAX);
+    Ok(table
+        .range(lo..=hi)?
+        .next_back()
+        .transpose()?
+        .map(|(k, v)| {
+            let (_, _, counter) = k.value();
+            (counter, EventId(*v.value()))
+        }))
+}
+
+fn user_marks(
+    table: &impl ReadableTable<(Conv, Id32), MarksValue>,
+    conversation: &ConversationId,
+) -> Result<BTreeMap<UserId, UserMarks>, LogError> {
+    let c = &conversation.0;
+    let mut out: BTreeMap<UserId, UserMarks> = BTreeMap::new();
+    for row in table.range((c, &[0u8; 32])..=(c, &[0xffu8; 32]))? {
+        let (_, v) = row?;
+        let (user, d, r) = v.value();
+        let m = out.entry(UserId(*user)).or_default();
+        m.delivered = m.delivered.max(d);
+        m.read = m.read.max(r);
+    }
+    Ok(out)
+}
+
+impl From<DecodeError> for LogError {
+    fn from(e: DecodeError) -> Self {
+        corrupt("events", e)
+    }
+}

@@ -1,0 +1,504 @@
+//! A device's store: the event log plus the conversations folded from it.
+//!
+//! Call order: author local actions with [`Store::send`], [`Store::mark_read`],
+//! [`Store::mark_delivered`], [`Store::create_conversation`] (each one durable transaction:
+//! event + outbox entry); hand verified remote events to [`Store::apply`]; read with
+//! [`Store::conversation`] (full view, loads the automerge document) or [`Store::latest`] (index
+//! tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
+
+use crate::conversation::{Change, Conversation, MessageView};
+use crate::doc::{ConversationDoc, DocError};
+use crate::event::{DecodeError, Event, EventKind, MediaRef};
+use crate::identity::DeviceKey;
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use crate::log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
+use automerge::ActorId;
+use std::collections::{HashMap, HashSet};
+
+/// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
+pub const MAX_LOADED_DOCS: usize = 256;
+/// A document is snapshotted after at least this many folded events (or its message count,
+/// whichever is larger, so snapshot cost stays proportional to the work folded).
+pub const SNAPSHOT_EVERY: u64 = 1_000;
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Keys whose `ServerAck` events are trusted (the pinned relay keys).
+    pub sequencers: Vec<DeviceId>,
+    /// See [`MAX_LOADED_DOCS`].
+    pub max_loaded_docs: usize,
+    /// See [`SNAPSHOT_EVERY`].
+    pub snapshot_every: u64,
+}
+
+impl StoreConfig {
+    /// Defaults, trusting acks from `sequencer`.
+    pub fn new(sequencer: DeviceId) -> StoreConfig {
+        StoreConfig {
+            sequencers: vec![sequencer],
+            max_loaded_docs: MAX_LOADED_DOCS,
+            snapshot_every: SNAPSHOT_EVERY,
+        }
+    }
+}
+
+/// Why the store refused something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A document could not be used (and the log could not rebuild it).
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    /// An event could not be built.
+    #[error(transparent)]
+    Event(#[from] DecodeError),
+    /// A `ServerAck` not signed by a trusted relay key.
+    #[error("server ack {event} signed by untrusted key {author}")]
+    UntrustedAck {
+        /// The ack event.
+        event: EventId,
+        /// Its author.
+        author: DeviceId,
+    },
+    /// No such message in the outbox.
+    #[error("message {0} is not in the outbox")]
+    NotInOutbox(MessageId),
+}
+
+/// What [`Store::apply`] did with a batch.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    /// Visible changes.
+    pub changes: Vec<Change>,
+    /// Events stored for the first time.
+    pub n_new: usize,
+    /// Events already stored.
+    pub n_duplicate: usize,
+    /// Events refused, with the reason.
+    pub rejected: Vec<(EventId, StoreError)>,
+    /// Own events the relay acknowledged in this batch (they left the outbox).
+    pub acked: Vec<EventId>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    doc: ConversationDoc,
+    /// Highest log position folded into `doc`.
+    position: u64,
+    since_snapshot: u64,
+    last_used: u64,
+}
+
+/// The log and the folded conversations of one device.
+#[derive(Debug)]
+pub struct Store {
+    log: EventLog,
+    key: DeviceKey,
+    config: StoreConfig,
+    docs: HashMap<ConversationId, Loaded>,
+    tick: u64,
+}
+
+impl Store {
+    /// A store over `log`, authoring as `key`.
+    pub fn new(log: EventLog, key: DeviceKey, config: StoreConfig) -> Store {
+        Store {
+            log,
+            key,
+            config,
+            docs: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// The underlying log.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// This device's key.
+    pub fn key(&self) -> &DeviceKey {
+        &self.key
+    }
+
+    /// Creates a conversation with `members` (this device's user is added if missing).
+    pub fn create_conversation(
+        &mut self,
+        conversation: ConversationId,
+        mut members: Vec<UserId>,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        if !members.contains(&self.key.user()) {
+            members.insert(0, self.key.user());
+        }
+        self.author(conversation, EventKind::Create { members }, now_ms)
+    }
+
+    /// Sends a message: durably in the log and the outbox before this returns, PENDING at once.
+    pub fn send(
+        &mut self,
+        conversation: ConversationId,
+        message: MessageId,
+        body: Vec<u8>,
+        media: Vec<MediaRef>,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        self.author(
+            conversation,
+            EventKind::Send {
+                message,
+                body,
+                media,
+            },
+            now_ms,
+        )
+    }
+
+    /// Records that this device read everything up to `up_to`. `None` when that adds nothing.
+    pub fn mark_read(
+        &mut self,
+        conversation: ConversationId,
+        up_to: ServerSeq,
+        now_ms: u64,
+    ) -> Result<Option<(Event, Vec<Change>)>, StoreError> {
+        let (_, read) = self.own_marks(conversation)?;
+        if up_to <= read {
+            return Ok(None);
+        }
+        self.author(conversation, EventKind::Read { up_to }, now_ms)
+            .map(Some)
+    }
+
+    /// Records that everything up to `up_to` reached this device. `None` when that adds nothing.
+    pub fn mark_delivered(
+        &mut self,
+        conversation: ConversationId,
+        up_to: ServerSeq,
+        now_ms: u64,
+    ) -> Result<Option<(Event, Vec<Change>)>, StoreError> {
+        let (delivered, _) = self.own_marks(conversation)?;
+        if up_to <= delivered {
+            return Ok(None);
+        }
+        self.author(conversation, EventKind::Delivered { up_to }, now_ms)
+            .map(Some)
+    }
+
+    fn own_marks(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<(ServerSeq, ServerSeq), StoreError> {
+        Ok(self.log.device_marks(conversation, self.key.device())?)
+    }
+
+    /// Signs a new event of this device, appends it and queues it in one durable transaction,
+    /// then folds it.
+    fn author(
+        &mut self,
+        conversation: ConversationId,
+        kind: EventKind,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        self.ensure_loaded(conversation)?;
+        let key = self.key.clone();
+        let (event, position) = self.log.write(|t| {
+            let head = t.chain_head(conversation, key.device())?;
+            let lamport = t
+                .conversation_meta(conversation)?
+                .map(|m| m.max_lamport)
+                .unwrap_or(0)
+                + 1;
+            let (counter, prev) = match head {
+                Some((c, id)) => (c + 1, Some(id)),
+                None => (1, None),
+            };
+            let header = key.header(conversation, counter, prev, lamport, now_ms);
+            let event =
+                Event::sign(key.signing_key(), header, kind).map_err(|e| LogError::Corrupt {
+                    table: "events",
+                    detail: e.to_string(),
+                })?;
+            let position = match t.append(&event)? {
+                Appended::New { position } => position,
+                Appended::Duplicate => 0,
+            };
+            t.enqueue(&event, now_ms)?;
+            Ok((event, position))
+        })?;
+        let changes = self.fold_new(conversation, &[(position, &event)])?;
+        Ok((event, changes))
+    }
+
+    /// Stores and folds verified remote events in one durable transaction. Duplicates are
+    /// harmless; acks from untrusted keys are refused (and reported) without failing the batch.
+    pub fn apply(&mut self, events: &[Event]) -> Result<ApplyOutcome, StoreError> {
+        let mut outcome = ApplyOutcome::default();
+        let mut accepted: Vec<&Event> = Vec::with_capacity(events.len());
+        for ev in events {
+            if matches!(ev.kind(), EventKind::ServerAck { .. })
+                && !self.config.sequencers.contains(&ev.header().author)
+            {
+                outcome.rejected.push((
+                    ev.id(),
+                    StoreError::UntrustedAck {
+                        event: ev.id(),
+                        author: ev.header().author,
+                    },
+                ));
+            } else {
+                accepted.push(ev);
+            }
+        }
+        let convs: HashSet<ConversationId> = accepted.iter().map(|e| e.conversation()).collect();
+        for c in &convs {
+            self.ensure_loaded(*c)?;
+        }
+        let (results, acked) = self.log.write(|t| {
+            let results = accepted
+                .iter()
+                .map(|ev| t.append(ev))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((results, t.take_dequeued()))
+        })?;
+        outcome.acked = acked;
+        let mut by_conv: HashMap<ConversationId, Vec<(u64, &Event)>> = HashMap::new();
+        for (ev, appended) in accepted.iter().zip(results) {
+            match appended {
+                Appended::New { position } => {
+                    outcome.n_new += 1;
+                    by_conv
+                        .entry(ev.conversation())
+                        .or_default()
+                        .push((position, ev));
+                }
+                Appended::Duplicate => outcome.n_duplicate += 1,
+            }
+        }
+        for (conv, evs) in by_conv {
+            outcome.changes.extend(self.fold_new(conv, &evs)?);
+        }
+        Ok(outcome)
+    }
+
+    /// The full conversation (loads its document: snapshot + log tail).
+    pub fn conversation(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<&Conversation, StoreError> {
+        self.ensure_loaded(conversation)?;
+        Ok(self.loaded(conversation)?.doc.state())
+    }
+
+    /// The conversation's automerge document (loaded if needed).
+    pub fn doc_mut(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<&mut ConversationDoc, StoreError> {
+        self.ensure_loaded(conversation)?;
+        Ok(&mut self.loaded(conversation)?.doc)
+    }
+
+    /// The last `n` messages in view order, from the index tables (no document load).
+    pub fn latest(
+        &self,
+        conversation: ConversationId,
+        n: usize,
+    ) -> Result<Vec<MessageView>, StoreError> {
+        Ok(self.log.latest_messages(conversation, n)?)
+    }
+
+    /// The outbox in send order.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(self.log.outbox()?)
+    }
+
+    /// Records an outbox attempt's outcome (next attempt time, or FAILED when the policy ran
+    /// out) and returns the visible changes.
+    pub fn update_outbox(&mut self, entry: &OutboxEntry) -> Result<Vec<Change>, StoreError> {
+        let present = self.log.write(|t| t.update_outbox(entry))?;
+        if !present {
+            return Ok(Vec::new());
+        }
+        self.show_failed(entry, entry.state == OutboxState::Failed)
+    }
+
+    /// Puts a FAILED message back in the queue for an attempt now.
+    pub fn retry(
+        &mut self,
+        message: MessageId,
+        now_ms: u64,
+    ) -> Result<(OutboxEntry, Vec<Change>), StoreError> {
+        let mut entry = self
+            .log
+            .outbox()?
+            .into_iter()
+            .find(|e| e.message == Some(message))
+            .ok_or(StoreError::NotInOutbox(message))?;
+        entry.state = OutboxState::Queued;
+        entry.attempts = 0;
+        entry.next_attempt_ms = now_ms;
+        self.log.write(|t| t.update_outbox(&entry))?;
+        let changes = self.show_failed(&entry, false)?;
+        Ok((entry, changes))
+    }
+
+    fn show_failed(
+        &mut self,
+        entry: &OutboxEntry,
+        failed: bool,
+    ) -> Result<Vec<Change>, StoreError> {
+        let Some(message) = entry.message else {
+            return Ok(Vec::new());
+        };
+        self.ensure_loaded(entry.conversation)?;
+        Ok(self
+            .loaded(entry.conversation)?
+            .doc
+            .set_failed(message, failed))
+    }
+
+    /// Snapshots every loaded document that folded events since its last snapshot.
+    pub fn snapshot_all(&mut self) -> Result<(), StoreError> {
+        let convs: Vec<ConversationId> = self
+            .docs
+            .iter()
+            .filter(|(_, l)| l.since_snapshot > 0)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in convs {
+            self.snapshot(c)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every loaded document (they reload from snapshot + log tail on next use).
+    pub fn unload_all(&mut self) {
+        self.docs.clear();
+    }
+
+    fn snapshot(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
+        let Some(l) = self.docs.get_mut(&conversation) else {
+            return Ok(());
+        };
+        let bytes = l.doc.save();
+        let position = l.position;
+        l.since_snapshot = 0;
+        self.log
+            .write_lazy(|t| t.put_snapshot(conversation, position, &bytes))?;
+        Ok(())
+    }
+
+    fn loaded(&mut self, conversation: ConversationId) -> Result<&mut Loaded, StoreError> {
+        self.tick += 1;
+        let tick = self.tick;
+        let l = self
+            .docs
+            .get_mut(&conversation)
+            .ok_or(StoreError::Doc(DocError::Op("document not loaded".into())))?;
+        l.last_used = tick;
+        Ok(l)
+    }
+
+    /// Folds events already appended at the given positions into the loaded document.
+    fn fold_new(
+        &mut self,
+        conversation: ConversationId,
+        events: &[(u64, &Event)],
+    ) -> Result<Vec<Change>, StoreError> {
+        let every = self.config.snapshot_every;
+        let l = self.loaded(conversation)?;
+        let mut changes = Vec::new();
+        for (position, ev) in events {
+            if *position <= l.position {
+                continue;
+            }
+            changes.extend(l.doc.fold(ev)?);
+            l.position = *position;
+            l.since_snapshot += 1;
+        }
+        l.doc.commit();
+        if l.since_snapshot >= every.max(l.doc.state().len() as u64) {
+            self.snapshot(conversation)?;
+        }
+        Ok(changes)
+    }
+
+    fn actor(&self, conversation: ConversationId) -> ActorId {
+        // Device, conversation and log incarnation: unique per (device, rebuild).
+        let mut bytes = Vec::with_capacity(32 + 16 + 8);
+        bytes.extend_from_slice(&self.key.device().0[..16]);
+        bytes.extend_from_slice(&conversation.0);
+        bytes.extend_from_slice(&self.log.incarnation().to_be_bytes());
+        ActorId::from(bytes)
+    }
+
+    /// Loads a conversation's document if it is not in memory: the snapshot if it loads, else
+    /// an empty document; then the log tail after the snapshot. A snapshot that fails to load
+    /// is dropped and the document rebuilt from the log (the log is the truth).
+    fn ensure_loaded(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
+        if self.docs.contains_key(&conversation) {
+            return Ok(());
+        }
+        self.evict_if_full()?;
+        let actor = self.actor(conversation);
+        let (mut doc, mut position) = match self.log.snapshot(conversation)? {
+            Some((pos, bytes)) => {
+                match ConversationDoc::load(conversation, &bytes, actor.clone()) {
+                    Ok(doc) => (doc, pos),
+                    Err(err) => {
+                        tracing::warn!(%conversation, %err, "snapshot unusable; rebuilding from the log");
+                        self.log.write_lazy(|t| t.drop_snapshot(conversation))?;
+                        (ConversationDoc::new(conversation, actor), 0)
+                    }
+                }
+            }
+            None => (ConversationDoc::new(conversation, actor), 0),
+        };
+        let tail = self.log.conversation_events(conversation, position)?;
+        let since_snapshot = tail.len() as u64;
+        for (pos, ev) in &tail {
+            doc.fold(ev)?;
+            position = *pos;
+        }
+        doc.commit();
+        for entry in self.log.outbox()? {
+            if entry.conversation == conversation && entry.state == OutboxState::Failed {
+                if let Some(m) = entry.message {
+                    doc.set_failed(m, true);
+                }
+            }
+        }
+        self.tick += 1;
+        self.docs.insert(
+            conversation,
+            Loaded {
+                doc,
+                position,
+                since_snapshot,
+                last_used: self.tick,
+            },
+        );
+        Ok(())
+    }
+
+    fn evict_if_full(&mut self) -> Result<(), StoreError> {
+        if self.docs.len() < self.config.max_loaded_docs.max(1) {
+            return Ok(());
+        }
+        let Some(victim) = self
+            .docs
+            .iter()
+            .min_by_key(|(_, l)| l.last_used)
+            .map(|(c, _)| *c)
+        else {
+            return Ok(());
+        };
+        self.snapshot(victim)?;
+        self.docs.remove(&victim);
+        Ok(())
+    }
+}
