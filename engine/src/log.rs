@@ -530,10 +530,15 @@ impl EventLog {
         let read = marks.get(&user).map(|m| m.read).unwrap_or(0);
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
         let events = txn.open_table(EVENTS)?;
+        let unseq = txn.open_table(UNSEQUENCED)?;
+        let acked = by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))?;
+        let pending = unseq.range((c, 0u64, &[0u8; 16])..=(c, u64::MAX, &[0xffu8; 16]))?;
         let mut n = 0;
-        for row in by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))? {
-            let id = *row?.1.value();
-            if let Some(g) = events.get(&id)? {
+        for id in acked
+            .map(|r| r.map(|(_, v)| *v.value()))
+            .chain(pending.map(|r| r.map(|(_, v)| *v.value())))
+        {
+            if let Some(g) = events.get(&id?)? {
                 let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
                 n += usize::from(ev.header().user != user);
             }
