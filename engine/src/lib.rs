@@ -17,23 +17,30 @@
 //! - [`doc`]: the automerge document layout and the fold.
 //! - [`log`]: the redb event log with its indexes, outbox, cursors and snapshots.
 //! - [`store`]: the log and the documents together: append, fold, replay, fast reads.
+//! - [`retry`]: exponential backoff with jitter.
+//! - [`wire`]: the device ↔ relay frames and their codec.
+//! - [`device`]: the device's protocol state machine (handshake, outbox, catch-up, receipts).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod conversation;
+pub mod device;
 pub mod doc;
 pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod log;
+pub mod retry;
 pub mod status;
 pub mod store;
 pub mod wire;
 
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
+pub use device::{ConnectionState, DeviceConfig, DeviceCore, DeviceError, DeviceEvent};
 pub use doc::{ConversationDoc, DocError};
 pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef};
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 pub use log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
+pub use retry::RetryPolicy;
 pub use status::Status;
 pub use store::{ApplyOutcome, Store, StoreConfig, StoreError};

@@ -108,7 +108,7 @@ proptest! {
 }
 
 /// 6. A write transaction interrupted before commit leaves the previous state: by an error in
-/// the middle of it, and by a panic in the middle of it.
+///    the middle of it, and by a panic in the middle of it.
 #[test]
 fn interrupted_transaction_leaves_previous_state() {
     let c = cast();

@@ -1,0 +1,837 @@
+//! The device side of the protocol as a sans-IO state machine.
+//!
+//! [`DeviceCore`] owns the device's [`Store`] and decides everything the device does on the
+//! wire: the handshake, flushing the outbox in order with backoff, pulling what was missed
+//! since the stored cursor, receipts, reconnect timing. It never touches a socket or a clock.
+//!
+//! # Call order
+//! - App actions: [`DeviceCore::send`], [`DeviceCore::mark_read`], [`DeviceCore::retry`],
+//!   [`DeviceCore::create_conversation`], [`DeviceCore::network_changed`].
+//! - Connection: when [`DeviceCore::poll_connect`] says so, the shell dials; it then calls
+//!   [`DeviceCore::handle_connected`] (with the TLS exporter bytes) or
+//!   [`DeviceCore::handle_connect_failed`]; each frame read goes to
+//!   [`DeviceCore::handle_frame`]; a lost connection to [`DeviceCore::handle_disconnected`].
+//! - Time: call [`DeviceCore::handle_timeout`] at [`DeviceCore::poll_timeout`].
+//! - After every call, drain [`DeviceCore::poll_transmit`] (frames to write, in order) and
+//!   [`DeviceCore::poll_event`] (what the app should show).
+//!
+//! An error from `handle_frame` means the connection is unusable: the shell closes it and
+//! calls `handle_disconnected`.
+
+use crate::conversation::Change;
+use crate::event::{Event, EventKind, MediaRef};
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq};
+use crate::log::{OutboxEntry, OutboxState};
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+use crate::wire::{
+    sign_auth, ClientFrame, DeviceRegistration, Envelope, ErrorCode, Item, ServerFrame,
+    SubmitOutcome, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
+};
+use rand::{rngs::SmallRng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Device protocol settings.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Outbox retries: backoff between unacknowledged submissions, FAILED when exhausted.
+    pub retry: RetryPolicy,
+    /// Reconnect backoff (its `max_attempts` is ignored: a device never stops reconnecting).
+    pub reconnect: RetryPolicy,
+    /// Most events per Submit (capped by [`MAX_SUBMIT_BATCH`]).
+    pub submit_batch: usize,
+    /// Most items asked for per Pull (capped by [`MAX_PAGE_ITEMS`]).
+    pub pull_limit: u32,
+    /// A Submit without a result after this long counts as a failed attempt.
+    pub ack_timeout_ms: u64,
+    /// The user-signed statement that adds this device to its user, sent when the relay does
+    /// not know the device yet.
+    pub registration: Option<DeviceRegistration>,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            retry: RetryPolicy::default(),
+            reconnect: RetryPolicy {
+                base_ms: 500,
+                max_ms: 30_000,
+                max_attempts: u32::MAX,
+                jitter_pct: 20,
+            },
+            submit_batch: 256,
+            pull_limit: MAX_PAGE_ITEMS as u32,
+            ack_timeout_ms: 10_000,
+            registration: None,
+        }
+    }
+}
+
+/// Where the device's connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// No connection (network down, relay unreachable, or waiting to reconnect).
+    Offline,
+    /// Connected, proving the device's key.
+    Authenticating,
+    /// Authenticated; flushing the outbox and catching up.
+    Syncing,
+    /// Caught up; new events arrive as pushes.
+    Online,
+}
+
+/// What the app should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// Visible changes to conversations.
+    Changes(Vec<Change>),
+    /// The connection moved.
+    Connection(ConnectionState),
+    /// Catch-up progress of a conversation.
+    SyncProgress {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Highest sequence held without gaps.
+        received: ServerSeq,
+        /// Highest sequence the relay announced.
+        target: ServerSeq,
+    },
+    /// The relay refused an event or a request.
+    Refused {
+        /// The event, when an event was refused.
+        event: Option<EventId>,
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// Why the connection must be dropped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The relay is not the one this device pins.
+    #[error("relay key {got} is not the pinned {expected}")]
+    WrongRelay {
+        /// Pinned.
+        expected: DeviceId,
+        /// Presented.
+        got: DeviceId,
+    },
+    /// The relay ended the session.
+    #[error("relay closed the session: {code:?}: {message}")]
+    Closed {
+        /// Code.
+        code: ErrorCode,
+        /// Message.
+        message: String,
+    },
+    /// A frame that makes no sense at this point.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+impl From<crate::log::LogError> for DeviceError {
+    fn from(e: crate::log::LogError) -> Self {
+        DeviceError::Store(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Offline,
+    AwaitChallenge,
+    AwaitWelcome,
+    AwaitRegistered,
+    Ready,
+}
+
+/// An outstanding request that expects a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Sync,
+    Pull(ConversationId),
+}
+
+#[derive(Debug)]
+struct Inflight {
+    request_id: u64,
+    entries: Vec<OutboxEntry>,
+    deadline_ms: u64,
+}
+
+/// The device's protocol state machine. See the module docs for the call order.
+#[derive(Debug)]
+pub struct DeviceCore {
+    store: Store,
+    config: DeviceConfig,
+    relay: DeviceId,
+    rng: SmallRng,
+    state: State,
+    online_hint: bool,
+    reconnect_attempts: u32,
+    next_connect_ms: u64,
+    tls_binding: [u8; TLS_BINDING_LEN],
+    next_request: u64,
+    inflight: Option<Inflight>,
+    requests: HashMap<u64, Request>,
+    pulling: HashSet<ConversationId>,
+    sync_sent: bool,
+    targets: HashMap<ConversationId, ServerSeq>,
+    transmit: VecDeque<ClientFrame>,
+    events: VecDeque<DeviceEvent>,
+}
+
+fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
+    let mut k = b"pull/".to_vec();
+    k.extend_from_slice(&conversation.0);
+    k
+}
+
+fn retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RATE_LIMITED | ErrorCode::INTERNAL | ErrorCode::SHUTTING_DOWN
+    )
+}
+
+impl DeviceCore {
+    /// A device over `store`, pinning `relay` (the relay's DeviceId). `seed` drives jitter.
+    pub fn new(store: Store, relay: DeviceId, config: DeviceConfig, seed: u64) -> DeviceCore {
+        DeviceCore {
+            store,
+            config,
+            relay,
+            rng: SmallRng::seed_from_u64(seed),
+            state: State::Offline,
+            online_hint: true,
+            reconnect_attempts: 0,
+            next_connect_ms: 0,
+            tls_binding: [0; TLS_BINDING_LEN],
+            next_request: 1,
+            inflight: None,
+            requests: HashMap::new(),
+            pulling: HashSet::new(),
+            sync_sent: false,
+            targets: HashMap::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The store (for reads).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store (for reads that load documents).
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Where the connection stands.
+    pub fn connection(&self) -> ConnectionState {
+        match self.state {
+            State::Offline => ConnectionState::Offline,
+            State::AwaitChallenge | State::AwaitWelcome | State::AwaitRegistered => {
+                ConnectionState::Authenticating
+            }
+            State::Ready if self.caught_up() => ConnectionState::Online,
+            State::Ready => ConnectionState::Syncing,
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        self.sync_sent && self.requests.is_empty() && self.pulling.is_empty()
+    }
+
+    // ---- app actions ----
+
+    /// Creates a conversation (see [`Store::create_conversation`]).
+    pub fn create_conversation(
+        &mut self,
+        conversation: ConversationId,
+        members: Vec<crate::ids::UserId>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let (_, changes) = self
+            .store
+            .create_conversation(conversation, members, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)
+    }
+
+    /// Sends a message: durable and visible (PENDING) before this returns.
+    pub fn send(
+        &mut self,
+        conversation: ConversationId,
+        message: MessageId,
+        body: Vec<u8>,
+        media: Vec<MediaRef>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let (_, changes) = self
+            .store
+            .send(conversation, message, body, media, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)
+    }
+
+    /// Marks everything up to `up_to` read on this device (defaults to the latest message).
+    pub fn mark_read(
+        &mut self,
+        conversation: ConversationId,
+        up_to: Option<ServerSeq>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let up_to = match up_to {
+            Some(s) => s,
+            None => self.store.conversation(conversation)?.max_seq(),
+        };
+        if let Some((_, changes)) = self.store.mark_read(conversation, up_to, now_ms)? {
+            self.emit(changes);
+        }
+        self.flush(now_ms)
+    }
+
+    /// Puts a FAILED message back in the queue and tries it now.
+    pub fn retry(&mut self, message: MessageId, now_ms: u64) -> Result<(), DeviceError> {
+        let (_, changes) = self.store.retry(message, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)
+    }
+
+    /// The operating system's connectivity signal. Going online retries at once: the
+    /// reconnect backoff and every queued entry's backoff are cut short.
+    pub fn network_changed(&mut self, online: bool, now_ms: u64) -> Result<(), DeviceError> {
+        self.online_hint = online;
+        if online {
+            self.reconnect_attempts = 0;
+            self.next_connect_ms = now_ms;
+            for mut entry in self.store.outbox()? {
+                if entry.state == OutboxState::Queued && entry.next_attempt_ms > now_ms {
+                    entry.next_attempt_ms = now_ms;
+                    let changes = self.store.update_outbox(&entry)?;
+                    self.emit(changes);
+                }
+            }
+            self.flush(now_ms)?;
+        }
+        Ok(())
+    }
+
+    // ---- connection ----
+
+    /// Whether the shell should dial the relay now.
+    pub fn poll_connect(&self, now_ms: u64) -> bool {
+        self.state == State::Offline && self.online_hint && now_ms >= self.next_connect_ms
+    }
+
+    /// The dial failed.
+    pub fn handle_connect_failed(&mut self, now_ms: u64) {
+        self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
+        let delay = self
+            .config
+            .reconnect
+            .delay_ms(self.reconnect_attempts, &mut self.rng);
+        self.next_connect_ms = now_ms + delay;
+    }
+
+    /// A connection is up; `tls_binding` is the exporter output of its TLS session.
+    pub fn handle_connected(&mut self, tls_binding: [u8; TLS_BINDING_LEN], _now_ms: u64) {
+        self.reset_session();
+        self.tls_binding = tls_binding;
+        self.state = State::AwaitChallenge;
+        let key = self.store.key();
+        self.transmit.push_back(ClientFrame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            device: key.device(),
+            user: key.user(),
+        });
+        self.events
+            .push_back(DeviceEvent::Connection(ConnectionState::Authenticating));
+    }
+
+    /// The connection is gone. What was in flight counts as an unacknowledged attempt.
+    pub fn handle_disconnected(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        if self.state == State::Offline {
+            return Ok(());
+        }
+        let inflight = self.inflight.take();
+        self.reset_session();
+        self.state = State::Offline;
+        self.handle_connect_failed(now_ms);
+        if let Some(f) = inflight {
+            for e in f.entries {
+                self.attempt_failed(e, now_ms)?;
+            }
+        }
+        self.events
+            .push_back(DeviceEvent::Connection(ConnectionState::Offline));
+        Ok(())
+    }
+
+    fn reset_session(&mut self) {
+        self.inflight = None;
+        self.requests.clear();
+        self.pulling.clear();
+        self.sync_sent = false;
+        self.transmit.clear();
+    }
+
+    /// A frame from the relay.
+    pub fn handle_frame(&mut self, frame: ServerFrame, now_ms: u64) -> Result<(), DeviceError> {
+        match (self.state, frame) {
+            (_, ServerFrame::Error { code, message }) => Err(DeviceError::Closed { code, message }),
+            (State::AwaitChallenge, ServerFrame::Challenge { nonce }) => {
+                let key = self.store.key();
+                let signature =
+                    sign_auth(key.signing_key(), &key.user(), &nonce, &self.tls_binding);
+                self.transmit.push_back(ClientFrame::Auth { signature });
+                self.state = State::AwaitWelcome;
+                Ok(())
+            }
+            (State::AwaitWelcome, ServerFrame::Welcome(w)) => self.on_welcome(w, now_ms),
+            (State::AwaitRegistered, ServerFrame::Registered { .. }) => self.on_ready(now_ms),
+            (State::AwaitRegistered, ServerFrame::Refused { code, message, .. }) => {
+                Err(DeviceError::Closed { code, message })
+            }
+            (
+                State::Ready,
+                ServerFrame::SubmitResult {
+                    request_id,
+                    outcomes,
+                },
+            ) => self.on_submit_result(request_id, outcomes, now_ms),
+            (
+                State::Ready,
+                ServerFrame::Conversations {
+                    request_id,
+                    conversations,
+                },
+            ) => {
+                self.requests.remove(&request_id);
+                for info in conversations {
+                    self.targets.insert(info.conversation, info.max_seq);
+                    let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
+                    if info.cursor < cursor {
+                        self.transmit.push_back(ClientFrame::Received {
+                            conversation: info.conversation,
+                            up_to: cursor,
+                        });
+                    }
+                    if info.max_seq > cursor {
+                        self.pull(info.conversation, cursor);
+                    }
+                }
+                self.report_if_caught_up();
+                Ok(())
+            }
+            (
+                State::Ready,
+                ServerFrame::Page {
+                    request_id,
+                    conversation,
+                    items,
+                    more,
+                },
+            ) => {
+                self.requests.remove(&request_id);
+                self.pulling.remove(&conversation);
+                self.on_items(items, now_ms)?;
+                if more {
+                    let cursor = self.store.log().cursor(&cursor_key(&conversation))?;
+                    self.pull(conversation, cursor);
+                }
+                self.report_if_caught_up();
+                Ok(())
+            }
+            (State::Ready, ServerFrame::Push { items }) => self.on_items(items, now_ms),
+            (State::Ready, ServerFrame::PullMode) => {
+                self.send_sync();
+                Ok(())
+            }
+            (
+                State::Ready,
+                ServerFrame::Refused {
+                    request_id,
+                    code,
+                    message,
+                },
+            ) => {
+                if let Some(Request::Pull(c)) = self.requests.remove(&request_id) {
+                    self.pulling.remove(&c);
+                }
+                self.events.push_back(DeviceEvent::Refused {
+                    event: None,
+                    code,
+                    reason: message,
+                });
+                self.report_if_caught_up();
+                Ok(())
+            }
+            _ => Err(DeviceError::Protocol("unexpected frame")),
+        }
+    }
+
+    fn on_welcome(&mut self, w: Welcome, now_ms: u64) -> Result<(), DeviceError> {
+        if w.relay != self.relay {
+            return Err(DeviceError::WrongRelay {
+                expected: self.relay,
+                got: w.relay,
+            });
+        }
+        self.config.submit_batch = self
+            .config
+            .submit_batch
+            .min(w.limits.max_submit_batch as usize)
+            .clamp(1, MAX_SUBMIT_BATCH);
+        self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
+        if w.registered {
+            return self.on_ready(now_ms);
+        }
+        let Some(registration) = self.config.registration.clone() else {
+            return Err(DeviceError::Closed {
+                code: ErrorCode::NOT_REGISTERED,
+                message: "device is not registered and has no registration to present".into(),
+            });
+        };
+        let request_id = self.request_id();
+        self.transmit.push_back(ClientFrame::RegisterDevice {
+            request_id,
+            registration,
+        });
+        self.state = State::AwaitRegistered;
+        Ok(())
+    }
+
+    fn on_ready(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        self.state = State::Ready;
+        self.reconnect_attempts = 0;
+        self.events
+            .push_back(DeviceEvent::Connection(ConnectionState::Syncing));
+        // Flush first, then catch up: what the user wrote offline goes out before anything else.
+        self.flush(now_ms)?;
+        if self.inflight.is_none() {
+            self.send_sync();
+        }
+        Ok(())
+    }
+
+    fn send_sync(&mut self) {
+        let request_id = self.request_id();
+        self.requests.insert(request_id, Request::Sync);
+        self.sync_sent = true;
+        self.transmit.push_back(ClientFrame::Sync { request_id });
+    }
+
+    fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
+        if !self.pulling.insert(conversation) {
+            return;
+        }
+        let request_id = self.request_id();
+        self.requests
+            .insert(request_id, Request::Pull(conversation));
+        self.transmit.push_back(ClientFrame::Pull {
+            request_id,
+            conversation,
+            after_seq,
+            limit: self.config.pull_limit,
+        });
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    fn report_if_caught_up(&mut self) {
+        if self.state == State::Ready && self.caught_up() {
+            self.events
+                .push_back(DeviceEvent::Connection(ConnectionState::Online));
+        }
+    }
+
+    // ---- the outbox ----
+
+    /// Submits the next due outbox entries, if connected and nothing is in flight. Per
+    /// conversation, entries go in outbox order: one still backing off holds back the ones
+    /// behind it.
+    fn flush(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        if self.state != State::Ready || self.inflight.is_some() {
+            return Ok(());
+        }
+        let mut blocked: HashSet<ConversationId> = HashSet::new();
+        let mut batch = Vec::new();
+        for entry in self.store.outbox()? {
+            if batch.len() >= self.config.submit_batch {
+                break;
+            }
+            if entry.state != OutboxState::Queued || blocked.contains(&entry.conversation) {
+                continue;
+            }
+            if entry.next_attempt_ms > now_ms {
+                blocked.insert(entry.conversation);
+                continue;
+            }
+            batch.push(entry);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for e in &batch {
+            let ev = self
+                .store
+                .log()
+                .get(&e.event)?
+                .ok_or(DeviceError::Protocol("outbox entry without its event"))?;
+            envelopes.push(Envelope(ev.into_bytes()));
+        }
+        let request_id = self.request_id();
+        self.transmit.push_back(ClientFrame::Submit {
+            request_id,
+            events: envelopes,
+        });
+        self.inflight = Some(Inflight {
+            request_id,
+            entries: batch,
+            deadline_ms: now_ms + self.config.ack_timeout_ms,
+        });
+        Ok(())
+    }
+
+    fn on_submit_result(
+        &mut self,
+        request_id: u64,
+        outcomes: Vec<SubmitOutcome>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let Some(inflight) = self.inflight.take_if(|f| f.request_id == request_id) else {
+            // The answer to a submission already given up on: its acks still count.
+            return self.apply_late_outcomes(outcomes);
+        };
+        if outcomes.len() != inflight.entries.len() {
+            return Err(DeviceError::Protocol("submit result of the wrong length"));
+        }
+        let mut acks = Vec::new();
+        for (entry, outcome) in inflight.entries.into_iter().zip(outcomes) {
+            match outcome {
+                SubmitOutcome::Accepted { ack } => match self.check_ack(&ack, entry.event) {
+                    Some(ev) => acks.push(ev),
+                    None => self.attempt_failed(entry, now_ms)?,
+                },
+                SubmitOutcome::Rejected { code, reason } if retryable(code) => {
+                    tracing::debug!(event = %entry.event, ?code, %reason, "submission deferred");
+                    self.attempt_failed(entry, now_ms)?;
+                }
+                SubmitOutcome::Rejected { code, reason } => {
+                    self.events.push_back(DeviceEvent::Refused {
+                        event: Some(entry.event),
+                        code,
+                        reason,
+                    });
+                    self.give_up(entry)?;
+                }
+            }
+        }
+        let out = self.store.apply(&acks)?;
+        self.emit(out.changes);
+        self.flush(now_ms)?;
+        if self.inflight.is_none() && !self.sync_sent {
+            self.send_sync();
+        }
+        Ok(())
+    }
+
+    fn apply_late_outcomes(&mut self, outcomes: Vec<SubmitOutcome>) -> Result<(), DeviceError> {
+        let acks: Vec<Event> = outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                SubmitOutcome::Accepted { ack } => Event::decode(&ack).ok(),
+                SubmitOutcome::Rejected { .. } => None,
+            })
+            .filter(|a| {
+                a.header().author == self.relay && matches!(a.kind(), EventKind::ServerAck { .. })
+            })
+            .collect();
+        let out = self.store.apply(&acks)?;
+        self.emit(out.changes);
+        Ok(())
+    }
+
+    /// A verified ServerAck from the pinned relay for `event`, or `None`.
+    fn check_ack(&self, bytes: &[u8], event: EventId) -> Option<Event> {
+        let ack = Event::decode(bytes).ok()?;
+        let ok = ack.header().author == self.relay
+            && matches!(ack.kind(), EventKind::ServerAck { event: e, .. } if *e == event);
+        ok.then_some(ack)
+    }
+
+    fn attempt_failed(&mut self, mut entry: OutboxEntry, now_ms: u64) -> Result<(), DeviceError> {
+        entry.attempts = entry.attempts.saturating_add(1);
+        if self.config.retry.exhausted(entry.attempts) {
+            return self.give_up(entry);
+        }
+        entry.next_attempt_ms = now_ms + self.config.retry.delay_ms(entry.attempts, &mut self.rng);
+        let changes = self.store.update_outbox(&entry)?;
+        self.emit(changes);
+        Ok(())
+    }
+
+    fn give_up(&mut self, mut entry: OutboxEntry) -> Result<(), DeviceError> {
+        entry.state = OutboxState::Failed;
+        let changes = self.store.update_outbox(&entry)?;
+        self.emit(changes);
+        Ok(())
+    }
+
+    // ---- catching up ----
+
+    /// Verifies and stores `(event, ack)` pairs from a page or a push, advances each
+    /// conversation's gap-free cursor, tells the relay, and sends one cumulative Delivered
+    /// receipt per conversation for messages of other users.
+    fn on_items(&mut self, items: Vec<Item>, now_ms: u64) -> Result<(), DeviceError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut envelopes: Vec<&[u8]> = Vec::with_capacity(items.len() * 2);
+        for it in &items {
+            envelopes.push(&it.event);
+            envelopes.push(&it.ack);
+        }
+        let decoded = Event::decode_batch(&envelopes);
+        let mut accepted = Vec::with_capacity(decoded.len());
+        // Per conversation: sequences received in this batch, and whether others' messages came.
+        let mut seqs: BTreeMap<ConversationId, (Vec<ServerSeq>, bool)> = BTreeMap::new();
+        let me = self.store.key().user();
+        for pair in decoded.chunks(2) {
+            let (Some(Ok(ev)), Some(Ok(ack))) = (pair.first(), pair.get(1)) else {
+                tracing::warn!("relay sent an item that does not verify; skipped");
+                continue;
+            };
+            let seq = match ack.kind() {
+                EventKind::ServerAck { event, seq, .. }
+                    if *event == ev.id()
+                        && ack.header().author == self.relay
+                        && ack.conversation() == ev.conversation() =>
+                {
+                    *seq
+                }
+                _ => {
+                    tracing::warn!(event = %ev.id(), "item whose ack does not match; skipped");
+                    continue;
+                }
+            };
+            let foreign_message =
+                matches!(ev.kind(), EventKind::Send { .. }) && ev.header().user != me;
+            let e = seqs.entry(ev.conversation()).or_default();
+            e.0.push(seq);
+            e.1 |= foreign_message;
+            accepted.push(ev.clone());
+            accepted.push(ack.clone());
+        }
+        let out = self.store.apply(&accepted)?;
+        for (id, err) in &out.rejected {
+            tracing::warn!(event = %id, %err, "relay item refused by the store");
+        }
+        self.emit(out.changes);
+        for (conversation, (mut got, foreign)) in seqs {
+            got.sort_unstable();
+            let key = cursor_key(&conversation);
+            let before = self.store.log().cursor(&key)?;
+            let mut cursor = before;
+            for s in &got {
+                if *s == cursor + 1 {
+                    cursor = *s;
+                }
+            }
+            if cursor > before {
+                self.store.log().write(|t| t.set_cursor(&key, cursor))?;
+                self.transmit.push_back(ClientFrame::Received {
+                    conversation,
+                    up_to: cursor,
+                });
+            }
+            if got.last().is_some_and(|last| *last > cursor) {
+                // A gap: something between the cursor and what was pushed is missing.
+                self.pull(conversation, cursor);
+            }
+            if foreign {
+                if let Some((_, changes)) =
+                    self.store.mark_delivered(conversation, cursor, now_ms)?
+                {
+                    self.emit(changes);
+                }
+            }
+            let target = self.targets.entry(conversation).or_insert(cursor);
+            *target = (*target).max(cursor);
+            let target = *target;
+            self.events.push_back(DeviceEvent::SyncProgress {
+                conversation,
+                received: cursor,
+                target,
+            });
+        }
+        self.flush(now_ms)
+    }
+
+    // ---- time and outputs ----
+
+    /// Call at (or after) [`DeviceCore::poll_timeout`].
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        if let Some(f) = self.inflight.take_if(|f| f.deadline_ms <= now_ms) {
+            for e in f.entries {
+                self.attempt_failed(e, now_ms)?;
+            }
+        }
+        self.flush(now_ms)
+    }
+
+    /// The next time the device wants [`DeviceCore::handle_timeout`] (or to dial).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.state {
+            State::Offline => self.online_hint.then_some(self.next_connect_ms),
+            State::Ready => {
+                let inflight = self.inflight.as_ref().map(|f| f.deadline_ms);
+                let due = if self.inflight.is_none() {
+                    self.store.outbox().ok().and_then(|o| {
+                        o.iter()
+                            .filter(|e| e.state == OutboxState::Queued)
+                            .map(|e| e.next_attempt_ms)
+                            .min()
+                    })
+                } else {
+                    None
+                };
+                match (inflight, due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The next frame to write.
+    pub fn poll_transmit(&mut self) -> Option<ClientFrame> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the app should know.
+    pub fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.events.pop_front()
+    }
+
+    fn emit(&mut self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            self.events.push_back(DeviceEvent::Changes(changes));
+        }
+    }
+}
