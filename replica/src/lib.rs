@@ -1,1 +1,396 @@
-//! placeholder
+//! # tidings-replica
+//!
+//! The device library app developers embed. Tap send, and the message is on disk and on screen
+//! at once; it leaves when the network comes back; ticks follow as the relay and the other
+//! devices confirm it.
+//!
+//! ```no_run
+//! # async fn demo(dir: &std::path::Path, key: tidings_engine::DeviceKey, config: tidings_replica::ReplicaConfig,
+//! #               conversation: tidings_engine::ConversationId) -> Result<(), tidings_replica::ReplicaError> {
+//! let replica = tidings_replica::Replica::open(dir, key, config).await?;
+//! let mut updates = replica.subscribe();
+//! let message = replica.send(conversation, b"Just took off".to_vec()).await?; // PENDING, durable
+//! while let Some(update) = updates.next().await {
+//!     println!("{update:?}"); // StatusChanged … Sent, Delivered, Read
+//! }
+//! replica.close().await?;
+//! # let _ = message; Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`Replica`]: the handle: app actions and reads, each answered by the driver task.
+//! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
+//!   connection, and moves frames, time and commands into the core.
+//! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
+//!
+//! Architecture invariant: no protocol decision is made here. The core decides what to send,
+//! when to retry and what to pull; this crate only carries bytes and time.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod driver;
+pub mod pin;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tidings_engine::conversation::RecipientView;
+use tidings_engine::log::ConversationMeta;
+use tidings_engine::wire::ErrorCode;
+pub use tidings_engine::{
+    Change, ConnectionState, ConversationId, DeviceConfig, DeviceId, DeviceKey, EventId, MediaRef,
+    MessageId, MessageView, OutboxEntry, RetryPolicy, ServerSeq, Status, UserId,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Commands queued to the driver at most; `send` waits when the driver is this far behind.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Updates buffered per subscriber before the slowest one is told it lagged.
+pub const UPDATE_BUFFER: usize = 16 * 1024;
+
+/// Where the relay is and how to trust it, and the device's protocol settings.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The relay's UDP address.
+    pub relay_addr: SocketAddr,
+    /// The relay's key (it signs the acks this device trusts).
+    pub relay_key: DeviceId,
+    /// SHA-256 of the relay's certificate (DER), as `tidings-relay` prints it.
+    pub relay_cert_sha256: [u8; 32],
+    /// Name sent in the TLS handshake (the pin decides trust, not the name).
+    pub server_name: String,
+    /// Keepalive interval: a dead path is noticed within `idle_timeout`.
+    pub keepalive: Duration,
+    /// Connection idle timeout.
+    pub idle_timeout: Duration,
+    /// Outbox, retry, reconnect and catch-up settings.
+    pub device: DeviceConfig,
+}
+
+impl ReplicaConfig {
+    /// Defaults for a relay at `relay_addr` with the given key and certificate fingerprint:
+    /// keepalive every 1 s, a dead path noticed within 5 s.
+    pub fn new(relay_addr: SocketAddr, relay_key: DeviceId, relay_cert_sha256: [u8; 32]) -> Self {
+        ReplicaConfig {
+            relay_addr,
+            relay_key,
+            relay_cert_sha256,
+            server_name: "tidings-relay".into(),
+            keepalive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            device: DeviceConfig::default(),
+        }
+    }
+}
+
+/// Why a replica call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] tidings_engine::StoreError),
+    /// The device core refused.
+    #[error(transparent)]
+    Device(#[from] tidings_engine::DeviceError),
+    /// The replica was closed.
+    #[error("the replica is closed")]
+    Closed,
+    /// The QUIC endpoint could not be set up.
+    #[error("network setup failed: {0}")]
+    Network(String),
+    /// A body over the limit.
+    #[error("message body of {len} bytes is over the limit of {max}")]
+    BodyTooLarge {
+        /// Size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+/// What a UI renders, pushed as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Update {
+    /// A message appeared (sent here, or received).
+    MessageAdded {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Its status.
+        status: Status,
+    },
+    /// A message's ticks moved.
+    StatusChanged {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Before.
+        from: Status,
+        /// After.
+        to: Status,
+    },
+    /// Something else about a conversation changed (receipts, unread count, members).
+    ConversationChanged {
+        /// Conversation.
+        conversation: ConversationId,
+    },
+    /// The connection moved.
+    Connection(ConnectionState),
+    /// Catch-up progress.
+    SyncProgress {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Highest sequence held without gaps.
+        received: ServerSeq,
+        /// Highest sequence the relay announced.
+        target: ServerSeq,
+    },
+    /// The relay refused something.
+    Refused {
+        /// The event, if an event was refused.
+        event: Option<EventId>,
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+    /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
+    Lagged {
+        /// Updates dropped for this subscriber.
+        missed: u64,
+    },
+}
+
+/// A stream of [`Update`]s.
+#[derive(Debug)]
+pub struct Updates {
+    rx: broadcast::Receiver<Update>,
+}
+
+impl Updates {
+    /// The next update; `None` once the replica is closed.
+    pub async fn next(&mut self) -> Option<Update> {
+        match self.rx.recv().await {
+            Ok(u) => Some(u),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Update::Lagged { missed }),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// One conversation as the UI shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSnapshot {
+    /// Conversation.
+    pub id: ConversationId,
+    /// Members, once known.
+    pub members: Option<Vec<UserId>>,
+    /// Messages in order with statuses.
+    pub messages: Vec<MessageView>,
+    /// Messages from others not read on any device of this user.
+    pub unread: usize,
+}
+
+/// One line of the conversation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// Conversation.
+    pub id: ConversationId,
+    /// Members, once known.
+    pub members: Option<Vec<UserId>>,
+    /// The last message in view order.
+    pub last: Option<MessageView>,
+    /// Unread messages.
+    pub unread: usize,
+}
+
+impl ConversationSummary {
+    fn new(
+        id: ConversationId,
+        meta: ConversationMeta,
+        last: Option<MessageView>,
+        unread: usize,
+    ) -> Self {
+        ConversationSummary {
+            id,
+            members: meta.members.map(|(_, m)| m),
+            last,
+            unread,
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ReplicaError>>;
+
+#[derive(Debug)]
+enum Command {
+    Create(ConversationId, Vec<UserId>, Reply<()>),
+    Send(ConversationId, Vec<u8>, Vec<MediaRef>, Reply<MessageId>),
+    MarkRead(ConversationId, Option<ServerSeq>, Reply<()>),
+    Retry(MessageId, Reply<()>),
+    NetworkChanged(bool, Reply<()>),
+    Conversation(ConversationId, Reply<ConversationSnapshot>),
+    Recipients(ConversationId, MessageId, Reply<Vec<RecipientView>>),
+    Conversations(Reply<Vec<ConversationSummary>>),
+    Outbox(Reply<Vec<OutboxEntry>>),
+    Connection(Reply<ConnectionState>),
+    Close(Reply<()>),
+}
+
+/// A device's handle. Cheap to clone; every clone talks to the same driver task.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    commands: mpsc::Sender<Command>,
+    updates: broadcast::Sender<Update>,
+    device: DeviceId,
+    user: UserId,
+}
+
+impl Replica {
+    /// Opens (or creates) the device's store in `dir` and starts its driver task, which
+    /// connects to the relay in the background. Must be called inside a tokio runtime.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        key: DeviceKey,
+        config: ReplicaConfig,
+    ) -> Result<Replica, ReplicaError> {
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (updates, _) = broadcast::channel(UPDATE_BUFFER);
+        let device = key.device();
+        let user = key.user();
+        driver::start(dir.as_ref(), key, config, rx, updates.clone()).await?;
+        Ok(Replica {
+            commands,
+            updates,
+            device,
+            user,
+        })
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// This device's user.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// Updates from now on.
+    pub fn subscribe(&self) -> Updates {
+        Updates {
+            rx: self.updates.subscribe(),
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ReplicaError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ReplicaError::Closed)?;
+        rx.await.map_err(|_| ReplicaError::Closed)?
+    }
+
+    /// Creates a conversation with `members` (this user is added).
+    pub async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::Create(conversation, members, r))
+            .await
+    }
+
+    /// Sends a message. Returns once it is durably in the local log and outbox and shows as
+    /// PENDING, whether or not the relay is reachable.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        body: Vec<u8>,
+    ) -> Result<MessageId, ReplicaError> {
+        self.send_with_media(conversation, body, Vec::new()).await
+    }
+
+    /// Sends a message that references media blobs.
+    pub async fn send_with_media(
+        &self,
+        conversation: ConversationId,
+        body: Vec<u8>,
+        media: Vec<MediaRef>,
+    ) -> Result<MessageId, ReplicaError> {
+        let max = tidings_engine::event::MAX_BODY_LEN;
+        if body.len() > max {
+            return Err(ReplicaError::BodyTooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        self.call(|r| Command::Send(conversation, body, media, r))
+            .await
+    }
+
+    /// Marks the conversation read on this device up to `up_to` (default: the latest message).
+    /// Every device of this user then shows it read.
+    pub async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        up_to: Option<ServerSeq>,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::MarkRead(conversation, up_to, r))
+            .await
+    }
+
+    /// Tries a FAILED message again.
+    pub async fn retry(&self, message: MessageId) -> Result<(), ReplicaError> {
+        self.call(|r| Command::Retry(message, r)).await
+    }
+
+    /// The operating system's connectivity signal. `true` retries at once.
+    pub async fn network_changed(&self, online: bool) -> Result<(), ReplicaError> {
+        self.call(|r| Command::NetworkChanged(online, r)).await
+    }
+
+    /// One conversation, its messages in order with statuses.
+    pub async fn conversation(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<ConversationSnapshot, ReplicaError> {
+        self.call(|r| Command::Conversation(conversation, r)).await
+    }
+
+    /// Per-recipient detail of a message.
+    pub async fn recipients(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+    ) -> Result<Vec<RecipientView>, ReplicaError> {
+        self.call(|r| Command::Recipients(conversation, message, r))
+            .await
+    }
+
+    /// The conversation list with last messages and unread counts.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, ReplicaError> {
+        self.call(Command::Conversations).await
+    }
+
+    /// What waits to reach the relay, in order.
+    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, ReplicaError> {
+        self.call(Command::Outbox).await
+    }
+
+    /// The connection state.
+    pub async fn connection(&self) -> Result<ConnectionState, ReplicaError> {
+        self.call(Command::Connection).await
+    }
+
+    /// Stops the driver: snapshots documents, closes the connection. Pending messages stay in
+    /// the outbox and go out after the next `open`.
+    pub async fn close(&self) -> Result<(), ReplicaError> {
+        self.call(Command::Close).await
+    }
+}

@@ -1,0 +1,431 @@
+//! The driver task: owns the device core and its connection, and only moves things around.
+//!
+//! Store calls (redb commits with fsync, about 0.2 ms) run on this task: a device does a few
+//! per user action, and keeping them here keeps every state change in one place, in order.
+
+use crate::{
+    pin, Command, ConversationSnapshot, ConversationSummary, ReplicaConfig, ReplicaError, Update,
+};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tidings_engine::wire::{
+    encode_frame, FrameDecoder, ServerFrame, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
+};
+use tidings_engine::{
+    Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store, StoreConfig,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Frames read ahead of the driver per connection; beyond that, QUIC flow control pushes back.
+const READ_AHEAD_FRAMES: usize = 256;
+/// How long `close` waits for the connection to say goodbye.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Live {
+    connection: Connection,
+    send: SendStream,
+    frames: mpsc::Receiver<Result<ServerFrame, String>>,
+    reader: JoinHandle<()>,
+}
+
+type Dialed = Result<(Connection, SendStream, RecvStream, [u8; TLS_BINDING_LEN]), String>;
+
+struct Driver {
+    core: DeviceCore,
+    config: ReplicaConfig,
+    endpoint: Endpoint,
+    commands: mpsc::Receiver<Command>,
+    updates: broadcast::Sender<Update>,
+    live: Option<Live>,
+    dialing: Option<JoinHandle<Dialed>>,
+}
+
+pub(crate) async fn start(
+    dir: &Path,
+    key: DeviceKey,
+    config: ReplicaConfig,
+    commands: mpsc::Receiver<Command>,
+    updates: broadcast::Sender<Update>,
+) -> Result<(), ReplicaError> {
+    std::fs::create_dir_all(dir).map_err(|e| ReplicaError::Network(format!("{dir:?}: {e}")))?;
+    let log = EventLog::open(dir.join("device.redb")).map_err(tidings_engine::StoreError::from)?;
+    let store = Store::new(log, key, StoreConfig::new(config.relay_key));
+    let core = DeviceCore::new(
+        store,
+        config.relay_key,
+        config.device.clone(),
+        rand::random(),
+    );
+    let client = pin::client_config(
+        config.relay_cert_sha256,
+        config.keepalive,
+        config.idle_timeout,
+    )
+    .map_err(ReplicaError::Network)?;
+    let bind: SocketAddr = if config.relay_addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let mut endpoint = Endpoint::client(bind).map_err(|e| ReplicaError::Network(e.to_string()))?;
+    endpoint.set_default_client_config(client);
+    let driver = Driver {
+        core,
+        config,
+        endpoint,
+        commands,
+        updates,
+        live: None,
+        dialing: None,
+    };
+    tokio::spawn(driver.run());
+    Ok(())
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            self.pump().await;
+            let now = now_ms();
+            if self.live.is_none() && self.dialing.is_none() && self.core.poll_connect(now) {
+                self.dialing = Some(tokio::spawn(dial(
+                    self.endpoint.clone(),
+                    self.config.relay_addr,
+                    self.config.server_name.clone(),
+                )));
+            }
+            let wake = match (self.core.poll_timeout(), self.live.is_none(), &self.dialing) {
+                (Some(_), true, Some(_)) => None,
+                (t, _, _) => t,
+            };
+            let sleep = wake.map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now)));
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Close(reply)) => {
+                        let _ = reply.send(self.shutdown().await);
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd).await,
+                    None => {
+                        let _ = self.shutdown().await;
+                        return;
+                    }
+                },
+                frame = next_frame(&mut self.live) => {
+                    let now = now_ms();
+                    match frame {
+                        Some(Ok(f)) => {
+                            if let Err(e) = self.core.handle_frame(f, now) {
+                                tracing::warn!(error = %e, "dropping the relay connection");
+                                self.disconnect(now);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "relay connection lost");
+                            self.disconnect(now);
+                        }
+                        None => self.disconnect(now),
+                    }
+                }
+                dialed = join(&mut self.dialing) => {
+                    self.dialing = None;
+                    let now = now_ms();
+                    match dialed {
+                        Ok((connection, send, recv, binding)) => {
+                            let (tx, frames) = mpsc::channel(READ_AHEAD_FRAMES);
+                            let reader = tokio::spawn(read_frames(recv, tx));
+                            self.live = Some(Live { connection, send, frames, reader });
+                            self.core.handle_connected(binding, now);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "relay unreachable");
+                            self.core.handle_connect_failed(now);
+                        }
+                    }
+                }
+                _ = sleep_until(sleep) => {
+                    if let Err(e) = self.core.handle_timeout(now_ms()) {
+                        tracing::warn!(error = %e, "timeout handling failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes what the core wants sent and publishes what it wants shown.
+    async fn pump(&mut self) {
+        let mut buf = Vec::new();
+        while let Some(frame) = self.core.poll_transmit() {
+            if let Err(e) = encode_frame(&frame, &mut buf) {
+                tracing::error!(error = %e, "a frame of ours does not encode; dropped");
+            }
+        }
+        if !buf.is_empty() {
+            if let Some(live) = self.live.as_mut() {
+                if let Err(e) = live.send.write_all(&buf).await {
+                    tracing::info!(error = %e, "write to relay failed");
+                    self.disconnect(now_ms());
+                }
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            for u in updates_of(event) {
+                // No subscriber is fine: the app reads state when it wants.
+                let _ = self.updates.send(u);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, now: u64) {
+        if let Some(live) = self.live.take() {
+            live.connection.close(0u32.into(), b"reconnecting");
+            live.reader.abort();
+        }
+        if let Err(e) = self.core.handle_disconnected(now) {
+            tracing::warn!(error = %e, "disconnect handling failed");
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ReplicaError> {
+        let result = self.core.store_mut().snapshot_all();
+        if let Some(d) = self.dialing.take() {
+            d.abort();
+        }
+        if let Some(live) = self.live.take() {
+            live.connection.close(0u32.into(), b"closing");
+            live.reader.abort();
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+        result.map_err(ReplicaError::from)
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        let now = now_ms();
+        let core = &mut self.core;
+        match cmd {
+            Command::Create(c, members, r) => {
+                let _ = r.send(
+                    core.create_conversation(c, members, now)
+                        .map_err(Into::into),
+                );
+            }
+            Command::Send(c, body, media, r) => {
+                let id = MessageId(rand::random());
+                let _ = r.send(
+                    core.send(c, id, body, media, now)
+                        .map(|_| id)
+                        .map_err(Into::into),
+                );
+            }
+            Command::MarkRead(c, up_to, r) => {
+                let _ = r.send(core.mark_read(c, up_to, now).map_err(Into::into));
+            }
+            Command::Retry(m, r) => {
+                let _ = r.send(core.retry(m, now).map_err(Into::into));
+            }
+            Command::NetworkChanged(online, r) => {
+                let res = core.network_changed(online, now).map_err(Into::into);
+                if !online {
+                    self.disconnect(now);
+                }
+                let _ = r.send(res);
+            }
+            Command::Conversation(c, r) => {
+                let _ = r.send(snapshot(core, c));
+            }
+            Command::Recipients(c, m, r) => {
+                let res = core
+                    .store_mut()
+                    .conversation(c)
+                    .map(|conv| conv.recipients(&m))
+                    .map_err(Into::into);
+                let _ = r.send(res);
+            }
+            Command::Conversations(r) => {
+                let _ = r.send(summaries(core));
+            }
+            Command::Outbox(r) => {
+                let _ = r.send(core.store().outbox().map_err(Into::into));
+            }
+            Command::Connection(r) => {
+                let _ = r.send(Ok(core.connection()));
+            }
+            Command::Close(_) => {}
+        }
+    }
+}
+
+fn snapshot(
+    core: &mut DeviceCore,
+    id: tidings_engine::ConversationId,
+) -> Result<ConversationSnapshot, ReplicaError> {
+    let user = core.store().key().user();
+    let conv = core.store_mut().conversation(id)?;
+    Ok(ConversationSnapshot {
+        id,
+        members: conv.members().map(<[_]>::to_vec),
+        messages: conv.messages(),
+        unread: conv.unread_count(user),
+    })
+}
+
+fn summaries(core: &DeviceCore) -> Result<Vec<ConversationSummary>, ReplicaError> {
+    let store = core.store();
+    let user = store.key().user();
+    let mut out = Vec::new();
+    for (id, meta) in store
+        .log()
+        .conversations()
+        .map_err(tidings_engine::StoreError::from)?
+    {
+        let last = store.latest(id, 1)?.pop();
+        let unread = store
+            .log()
+            .unread_count(id, user)
+            .map_err(tidings_engine::StoreError::from)?;
+        out.push(ConversationSummary::new(id, meta, last, unread));
+    }
+    Ok(out)
+}
+
+fn updates_of(event: DeviceEvent) -> Vec<Update> {
+    match event {
+        DeviceEvent::Changes(changes) => {
+            let mut out = Vec::with_capacity(changes.len());
+            let mut touched = BTreeSet::new();
+            for ch in changes {
+                match ch {
+                    Change::MessageAdded {
+                        conversation,
+                        message,
+                        status,
+                    } => out.push(Update::MessageAdded {
+                        conversation,
+                        message,
+                        status,
+                    }),
+                    Change::StatusChanged {
+                        conversation,
+                        message,
+                        from,
+                        to,
+                    } => out.push(Update::StatusChanged {
+                        conversation,
+                        message,
+                        from,
+                        to,
+                    }),
+                    Change::MarksChanged { conversation, .. }
+                    | Change::MembersChanged { conversation } => {
+                        touched.insert(conversation);
+                    }
+                    _ => {}
+                }
+            }
+            out.extend(
+                touched
+                    .into_iter()
+                    .map(|conversation| Update::ConversationChanged { conversation }),
+            );
+            out
+        }
+        DeviceEvent::Connection(s) => vec![Update::Connection(s)],
+        DeviceEvent::SyncProgress {
+            conversation,
+            received,
+            target,
+        } => vec![Update::SyncProgress {
+            conversation,
+            received,
+            target,
+        }],
+        DeviceEvent::Refused {
+            event,
+            code,
+            reason,
+        } => vec![Update::Refused {
+            event,
+            code,
+            reason,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+async fn dial(endpoint: Endpoint, addr: SocketAddr, name: String) -> Dialed {
+    let connecting = endpoint.connect(addr, &name).map_err(|e| e.to_string())?;
+    let connection = connecting.await.map_err(|e| e.to_string())?;
+    let mut binding = [0u8; TLS_BINDING_LEN];
+    connection
+        .export_keying_material(&mut binding, TLS_EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS exporter unavailable".to_string())?;
+    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    Ok((connection, send, recv, binding))
+}
+
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<ServerFrame, String>>) {
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.poll_frame::<ServerFrame>() {
+                        Ok(Some(frame)) => {
+                            if tx.send(Ok(frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(Err("relay closed the stream".into())).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn next_frame(live: &mut Option<Live>) -> Option<Result<ServerFrame, String>> {
+    match live.as_mut() {
+        Some(l) => l.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join(dialing: &mut Option<JoinHandle<Dialed>>) -> Dialed {
+    match dialing.as_mut() {
+        Some(h) => h.await.map_err(|e| e.to_string())?,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
