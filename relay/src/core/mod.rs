@@ -1,0 +1,1151 @@
+//! The relay's protocol logic, sans-IO: sessions and authentication, membership checks, the
+//! per-conversation sequencer with group commit, device cursors, fan-out decisions and limits.
+//!
+//! [`RelayCore`] owns a [`RelayStore`] and calls it synchronously; it has no sockets, no
+//! clock and no randomness: `now_ms` (Unix milliseconds) and nonces come in as arguments, so
+//! a simulator can drive it on virtual time over a fake network.
+//!
+//! # Call order
+//! 1. A connection arrives: [`RelayCore::handle_connect`] with the peer address, the TLS
+//!    binding exported from the session and a fresh nonce → a [`SessionId`].
+//! 2. Each frame read from it: [`RelayCore::handle_frame`] (or, for Submit frames whose
+//!    signatures the caller verified elsewhere, [`RelayCore::handle_submit_verified`]).
+//! 3. When no input is waiting, or [`RelayCore::wants_commit`] says so: [`RelayCore::commit`],
+//!    one durable transaction for everything staged since the last one. Acks, registrations
+//!    and pushes are produced only after it.
+//! 4. After every call: drain [`RelayCore::poll_output`] and deliver each frame to its
+//!    session (or close it).
+//! 5. The connection ends: [`RelayCore::handle_disconnect`].
+//!
+//! ```
+//! use tidings_relay::core::{RelayCore, RelayStore, Output};
+//! use tidings_relay::Limits;
+//! use tidings_engine::{DeviceKey, UserId};
+//! use tidings_engine::wire::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
+//!
+//! let relay_key = DeviceKey::from_seed([1; 32], UserId([0; 32]));
+//! let mut core = RelayCore::new(RelayStore::in_memory()?, relay_key, Limits::default())?;
+//! let session = core.handle_connect("127.0.0.1".parse()?, [7; 32], [9; 32])?;
+//! let device = DeviceKey::from_seed([2; 32], UserId([3; 32]));
+//! core.handle_frame(session, ClientFrame::Hello {
+//!     protocol_version: PROTOCOL_VERSION, device: device.device(), user: device.user(),
+//! }, 0);
+//! match core.poll_output() {
+//!     Some(Output::Frame { frame: ServerFrame::Challenge { nonce }, .. }) => assert_eq!(nonce, [9; 32]),
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod session;
+pub mod store;
+
+pub use store::{ConversationRecord, RelayStore, StoreError};
+
+use crate::limits::Limits;
+use crate::metrics::RelayMetrics;
+use session::{Phase, Session};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use store::{CommitBatch, SequencedRecord};
+use tidings_engine::event::DecodeError;
+use tidings_engine::wire::{
+    self, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode, Item,
+    ServerFrame, SubmitOutcome, Welcome, NONCE_LEN, TLS_BINDING_LEN,
+};
+use tidings_engine::{
+    ConversationId, DeviceId, DeviceKey, Event, EventHeader, EventId, EventKind, ServerSeq, UserId,
+};
+
+/// A connection's handle in the core.
+pub type SessionId = u64;
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this frame on the session's stream.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The frame.
+        frame: ServerFrame,
+    },
+    /// Send `ServerFrame::Error { code, message }`, then close the connection. The core has
+    /// already forgotten the session.
+    Close {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+/// Why a connection was refused before any frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The relay holds its maximum number of connections.
+    #[error("too many connections ({max})")]
+    TooManyConnections {
+        /// The limit.
+        max: usize,
+    },
+    /// The address holds its maximum number of connections.
+    #[error("too many connections from {addr} ({max})")]
+    TooManyFromAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A point-in-time view of the core, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Authenticated sessions.
+    pub connected_devices: usize,
+    /// All sessions, authenticated or not.
+    pub sessions: usize,
+    /// Events staged for the next commit.
+    pub staged_events: usize,
+    /// Pushed events not yet acknowledged, over all sessions.
+    pub fanout_queue_depth: usize,
+    /// Per connected device (lowercase hex id): events of its conversations above its cursors.
+    pub device_backlog: Vec<(DeviceId, u64)>,
+    /// Conversations known.
+    pub conversations: usize,
+}
+
+/// The relay's sans-IO core. See the module documentation for the call order.
+#[derive(Debug)]
+pub struct RelayCore {
+    store: RelayStore,
+    key: DeviceKey,
+    limits: Limits,
+    metrics: RelayMetrics,
+    next_session: SessionId,
+    sessions: BTreeMap<SessionId, Session>,
+    per_ip: HashMap<IpAddr, usize>,
+    device_sessions: HashMap<DeviceId, SessionId>,
+    devices: HashMap<DeviceId, UserId>,
+    user_devices: HashMap<UserId, Vec<DeviceId>>,
+    user_convs: HashMap<UserId, BTreeSet<ConversationId>>,
+    convs: HashMap<ConversationId, Conv>,
+    staged: Staged,
+    outputs: VecDeque<Output>,
+}
+
+#[derive(Debug)]
+struct Conv {
+    /// As durably stored; `None` while the Create event is only staged.
+    committed: Option<ConversationRecord>,
+    /// Including staged events.
+    head: ConversationRecord,
+}
+
+#[derive(Debug, Default)]
+struct Staged {
+    events: Vec<StagedEvent>,
+    by_id: HashMap<EventId, usize>,
+    submits: Vec<PendingSubmit>,
+    registrations: Vec<PendingRegistration>,
+    cursors: BTreeMap<(DeviceId, ConversationId), ServerSeq>,
+    touched: BTreeSet<ConversationId>,
+    since_ms: Option<u64>,
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.registrations.is_empty() && self.cursors.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct StagedEvent {
+    event: Event,
+    ack: Event,
+    seq: ServerSeq,
+    origin: SessionId,
+}
+
+#[derive(Debug)]
+struct PendingSubmit {
+    session: SessionId,
+    request_id: u64,
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Done(SubmitOutcome),
+    Staged(usize),
+}
+
+#[derive(Debug)]
+struct PendingRegistration {
+    session: SessionId,
+    request_id: u64,
+    user: UserId,
+    device: DeviceId,
+}
+
+fn rejected(code: ErrorCode, reason: impl Into<String>) -> SubmitOutcome {
+    SubmitOutcome::Rejected {
+        code,
+        reason: reason.into(),
+    }
+}
+
+impl RelayCore {
+    /// A core over `store`, signing acks with `key` (its DeviceId is the relay's identity).
+    pub fn new(store: RelayStore, key: DeviceKey, limits: Limits) -> Result<RelayCore, StoreError> {
+        RelayCore::with_metrics(store, key, limits, RelayMetrics::default())
+    }
+
+    /// Same as [`RelayCore::new`], reporting into `metrics`.
+    pub fn with_metrics(
+        store: RelayStore,
+        key: DeviceKey,
+        limits: Limits,
+        metrics: RelayMetrics,
+    ) -> Result<RelayCore, StoreError> {
+        let mut core = RelayCore {
+            store,
+            key,
+            limits: limits.clamped(),
+            metrics,
+            next_session: 1,
+            sessions: BTreeMap::new(),
+            per_ip: HashMap::new(),
+            device_sessions: HashMap::new(),
+            devices: HashMap::new(),
+            user_devices: HashMap::new(),
+            user_convs: HashMap::new(),
+            convs: HashMap::new(),
+            staged: Staged::default(),
+            outputs: VecDeque::new(),
+        };
+        core.load()?;
+        Ok(core)
+    }
+
+    fn load(&mut self) -> Result<(), StoreError> {
+        for (device, user) in self.store.devices()? {
+            self.add_device(device, user);
+        }
+        for (id, rec) in self.store.conversations()? {
+            for m in &rec.members {
+                self.user_convs.entry(*m).or_default().insert(id);
+            }
+            self.convs.insert(
+                id,
+                Conv {
+                    committed: Some(rec.clone()),
+                    head: rec,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn add_device(&mut self, device: DeviceId, user: UserId) {
+        if self.devices.insert(device, user).is_none() {
+            self.user_devices.entry(user).or_default().push(device);
+        }
+    }
+
+    /// The relay's identity: the DeviceId that signs acks (also used as its UserId).
+    pub fn relay_id(&self) -> DeviceId {
+        self.key.device()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store (read access, for tests and metrics).
+    pub fn store(&self) -> &RelayStore {
+        &self.store
+    }
+
+    /// Drops all in-memory state, staged work included, and gives the store back: what a
+    /// crash leaves behind.
+    pub fn into_store(self) -> RelayStore {
+        self.store
+    }
+
+    /// A new connection from `peer`. `tls_binding` is the keying material exported from its
+    /// TLS session, `nonce` fresh random bytes for its challenge.
+    pub fn handle_connect(
+        &mut self,
+        peer: IpAddr,
+        tls_binding: [u8; TLS_BINDING_LEN],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<SessionId, ConnectError> {
+        if self.sessions.len() >= self.limits.max_connections {
+            self.metrics.connection_refused();
+            return Err(ConnectError::TooManyConnections {
+                max: self.limits.max_connections,
+            });
+        }
+        let n = self.per_ip.entry(peer).or_default();
+        if *n >= self.limits.max_connections_per_ip {
+            self.metrics.connection_refused();
+            return Err(ConnectError::TooManyFromAddress {
+                addr: peer,
+                max: self.limits.max_connections_per_ip,
+            });
+        }
+        *n += 1;
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions
+            .insert(id, Session::new(peer, tls_binding, nonce));
+        Ok(id)
+    }
+
+    /// The connection ended (by either side). Staged events of the session still commit; the
+    /// device gets their acks by resubmitting.
+    pub fn handle_disconnect(&mut self, session: SessionId) {
+        self.forget(session);
+    }
+
+    fn forget(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(n) = self.per_ip.get_mut(&s.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&s.peer);
+            }
+        }
+        if let Phase::Ready { device, .. } = s.phase {
+            if self.device_sessions.get(&device) == Some(&session) {
+                self.device_sessions.remove(&device);
+            }
+            self.metrics.set_connected(self.device_sessions.len());
+        }
+        self.update_fanout_metric();
+    }
+
+    fn close(&mut self, session: SessionId, code: ErrorCode, message: impl Into<String>) {
+        if self.sessions.contains_key(&session) {
+            self.forget(session);
+            self.outputs.push_back(Output::Close {
+                session,
+                code,
+                message: message.into(),
+            });
+        }
+    }
+
+    fn send(&mut self, session: SessionId, frame: ServerFrame) {
+        self.outputs.push_back(Output::Frame { session, frame });
+    }
+
+    fn refuse(&mut self, session: SessionId, request_id: u64, code: ErrorCode, msg: &str) {
+        self.send(
+            session,
+            ServerFrame::Refused {
+                request_id,
+                code,
+                message: msg.to_string(),
+            },
+        );
+    }
+
+    /// Closes every session with `code` (e.g. [`ErrorCode::SHUTTING_DOWN`]).
+    pub fn close_all(&mut self, code: ErrorCode, message: &str) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.close(id, code, message);
+        }
+    }
+
+    /// The next thing for the shell to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// One frame from a session.
+    pub fn handle_frame(&mut self, session: SessionId, frame: ClientFrame, now_ms: u64) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        match (&s.phase, frame) {
+            (
+                Phase::AwaitHello,
+                ClientFrame::Hello {
+                    protocol_version,
+                    device,
+                    user,
+                },
+            ) => self.on_hello(session, protocol_version, device, user),
+            (Phase::AwaitAuth { .. }, ClientFrame::Auth { signature }) => {
+                self.on_auth(session, signature)
+            }
+            (Phase::Ready { .. }, ClientFrame::Submit { request_id, events }) => {
+                if events.len() > self.limits.max_submit_batch {
+                    return self.batch_too_large(session, request_id, events.len());
+                }
+                let results = verify_batch(&events);
+                self.handle_submit_verified(session, request_id, results, now_ms);
+            }
+            (Phase::Ready { .. }, frame) => self.on_request(session, frame, now_ms),
+            (_, frame) => self.close(
+                session,
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} not allowed here", frame_name(&frame)),
+            ),
+        }
+    }
+
+    fn batch_too_large(&mut self, session: SessionId, request_id: u64, n: usize) {
+        let msg = format!("{n} events, limit {}", self.limits.max_submit_batch);
+        self.refuse(session, request_id, ErrorCode::BATCH_TOO_LARGE, &msg);
+    }
+
+    fn on_hello(&mut self, session: SessionId, version: u16, device: DeviceId, user: UserId) {
+        if version != wire::PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {version} not supported; this relay speaks {}",
+                wire::PROTOCOL_VERSION
+            );
+            return self.close(session, ErrorCode::UNSUPPORTED_VERSION, msg);
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.phase = Phase::AwaitAuth { device, user };
+        let nonce = s.nonce;
+        self.send(session, ServerFrame::Challenge { nonce });
+    }
+
+    fn on_auth(&mut self, session: SessionId, signature: wire::SignatureBytes) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let Phase::AwaitAuth { device, user } = s.phase else {
+            return;
+        };
+        if !wire::verify_auth(&signature, &device, &user, &s.nonce, &s.tls_binding) {
+            return self.close(session, ErrorCode::AUTH_FAILED, "signature does not verify");
+        }
+        let cursors = match self.store.cursors(&device) {
+            Ok(c) => c,
+            Err(e) => return self.close(session, ErrorCode::INTERNAL, e.to_string()),
+        };
+        if let Some(old) = self.device_sessions.insert(device, session) {
+            self.close(old, ErrorCode::REPLACED, "the device connected again");
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.phase = Phase::Ready { device, user };
+            s.cursors = cursors;
+        }
+        self.metrics.set_connected(self.device_sessions.len());
+        let registered = self.devices.get(&device) == Some(&user);
+        let welcome = Welcome {
+            relay: self.key.device(),
+            registered,
+            limits: self.limits.wire(),
+        };
+        self.send(session, ServerFrame::Welcome(welcome));
+    }
+
+    /// The session's device and user, if it authenticated and its device is registered to
+    /// the user it claimed.
+    fn registered(&self, session: SessionId) -> Option<(DeviceId, UserId)> {
+        let s = self.sessions.get(&session)?;
+        let Phase::Ready { device, user } = s.phase else {
+            return None;
+        };
+        (self.devices.get(&device) == Some(&user)).then_some((device, user))
+    }
+
+    fn on_request(&mut self, session: SessionId, frame: ClientFrame, now_ms: u64) {
+        match frame {
+            ClientFrame::RegisterDevice {
+                request_id,
+                registration,
+            } => self.on_register(session, request_id, registration, now_ms),
+            ClientFrame::Pull {
+                request_id,
+                conversation,
+                after_seq,
+                limit,
+            } => self.on_pull(session, request_id, conversation, after_seq, limit),
+            ClientFrame::Sync { request_id } => self.on_sync(session, request_id),
+            ClientFrame::Received {
+                conversation,
+                up_to,
+            } => self.on_received(session, conversation, up_to, now_ms),
+            frame => self.close(
+                session,
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} not allowed here", frame_name(&frame)),
+            ),
+        }
+    }
+
+    fn on_register(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        reg: DeviceRegistration,
+        now_ms: u64,
+    ) {
+        if !reg.verify() {
+            let msg = "registration signature does not verify under the user key";
+            return self.refuse(session, request_id, ErrorCode::BAD_REGISTRATION, msg);
+        }
+        let staged_user = self
+            .staged
+            .registrations
+            .iter()
+            .find(|r| r.device == reg.device)
+            .map(|r| r.user);
+        match self.devices.get(&reg.device).copied().or(staged_user) {
+            Some(u) if u != reg.user => {
+                let msg = "device is registered to another user";
+                self.refuse(session, request_id, ErrorCode::DEVICE_TAKEN, msg)
+            }
+            Some(_) if staged_user.is_none() => self.send(
+                session,
+                ServerFrame::Registered {
+                    request_id,
+                    user: reg.user,
+                    device: reg.device,
+                },
+            ),
+            _ => {
+                self.staged.since_ms.get_or_insert(now_ms);
+                self.staged.registrations.push(PendingRegistration {
+                    session,
+                    request_id,
+                    user: reg.user,
+                    device: reg.device,
+                });
+            }
+        }
+    }
+
+    fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.convs
+            .get(conv)
+            .is_some_and(|c| c.head.members.contains(user))
+    }
+
+    fn committed_seq(&self, conv: &ConversationId) -> Option<ServerSeq> {
+        self.convs
+            .get(conv)
+            .and_then(|c| c.committed.as_ref())
+            .map(|r| r.max_seq)
+    }
+
+    fn on_pull(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        conv: ConversationId,
+        after_seq: ServerSeq,
+        limit: u32,
+    ) {
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        if !self.is_member(&user, &conv) || self.committed_seq(&conv).is_none() {
+            let msg = "unknown conversation or not a member";
+            return self.refuse(session, request_id, ErrorCode::NOT_MEMBER, msg);
+        }
+        let limit = (limit as usize).clamp(1, self.limits.max_page_items);
+        let budget = self.limits.max_frame_len.saturating_sub(4096);
+        match self.store.page(&conv, after_seq, limit, budget) {
+            Ok((items, more)) => self.send(
+                session,
+                ServerFrame::Page {
+                    request_id,
+                    conversation: conv,
+                    items,
+                    more,
+                },
+            ),
+            Err(e) => self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        }
+    }
+
+    fn on_sync(&mut self, session: SessionId, request_id: u64) {
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        let mut list = Vec::new();
+        if let (Some(convs), Some(s)) = (self.user_convs.get(&user), self.sessions.get(&session)) {
+            for c in convs.iter().take(wire::MAX_LISTED_CONVERSATIONS) {
+                let Some(max_seq) = self.convs.get(c).and_then(|c| c.committed.as_ref()) else {
+                    continue;
+                };
+                list.push(ConversationInfo {
+                    conversation: *c,
+                    max_seq: max_seq.max_seq,
+                    cursor: s.cursors.get(c).copied().unwrap_or(0),
+                });
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.push_on = true;
+            s.pull_mode = false;
+        }
+        self.send(
+            session,
+            ServerFrame::Conversations {
+                request_id,
+                conversations: list,
+            },
+        );
+    }
+
+    fn on_received(&mut self, session: SessionId, conv: ConversationId, up_to: u64, now: u64) {
+        let Some((device, user)) = self.registered(session) else {
+            return;
+        };
+        let Some(max) = self.committed_seq(&conv) else {
+            return;
+        };
+        if !self.is_member(&user, &conv) {
+            return;
+        }
+        let up_to = up_to.min(max);
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.acknowledge(conv, up_to);
+        let cur = s.cursors.entry(conv).or_insert(0);
+        if up_to > *cur {
+            *cur = up_to;
+            self.staged.cursors.insert((device, conv), up_to);
+            self.staged.since_ms.get_or_insert(now);
+        }
+        self.update_fanout_metric();
+    }
+
+    /// A Submit whose envelopes were decoded and verified by the caller (with
+    /// [`verify_batch`], e.g. on another thread), one result per envelope in batch order.
+    pub fn handle_submit_verified(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        results: Vec<Result<Event, DecodeError>>,
+        now_ms: u64,
+    ) {
+        if !matches!(
+            self.sessions.get(&session).map(|s| &s.phase),
+            Some(Phase::Ready { .. })
+        ) {
+            return self.close(session, ErrorCode::UNEXPECTED_FRAME, "Submit before Auth");
+        }
+        if results.len() > self.limits.max_submit_batch {
+            return self.batch_too_large(session, request_id, results.len());
+        }
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        let ids: Vec<EventId> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|e| e.id()))
+            .collect();
+        let known = match self.store.lookup(&ids) {
+            Ok(k) => k,
+            Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        };
+        let mut known = known.into_iter();
+        let mut slots = Vec::with_capacity(results.len());
+        let mut n_rejected = 0;
+        for r in results {
+            let slot = match r {
+                Err(e) => Slot::Done(rejected(ErrorCode::BAD_EVENT, e.to_string())),
+                Ok(ev) => {
+                    let stored = known.next().flatten();
+                    self.submit_one(session, user, ev, stored, now_ms)
+                }
+            };
+            if matches!(slot, Slot::Done(SubmitOutcome::Rejected { .. })) {
+                n_rejected += 1;
+            }
+            slots.push(slot);
+        }
+        self.metrics.rejected(n_rejected);
+        if slots.iter().all(|s| matches!(s, Slot::Done(_))) {
+            let outcomes = slots
+                .into_iter()
+                .filter_map(|s| match s {
+                    Slot::Done(o) => Some(o),
+                    Slot::Staged(_) => None,
+                })
+                .collect();
+            self.send(
+                session,
+                ServerFrame::SubmitResult {
+                    request_id,
+                    outcomes,
+                },
+            );
+        } else {
+            self.staged.submits.push(PendingSubmit {
+                session,
+                request_id,
+                slots,
+            });
+        }
+    }
+
+    fn submit_one(
+        &mut self,
+        session: SessionId,
+        user: UserId,
+        ev: Event,
+        stored: Option<(ConversationId, ServerSeq, Vec<u8>)>,
+        now_ms: u64,
+    ) -> Slot {
+        let conv = ev.conversation();
+        if matches!(ev.kind(), EventKind::ServerAck { .. }) {
+            return Slot::Done(rejected(
+                ErrorCode::FORBIDDEN_KIND,
+                "devices may not submit ServerAck events",
+            ));
+        }
+        let created_here = matches!(ev.kind(), EventKind::Create { .. });
+        if let EventKind::Create { members } = ev.kind() {
+            if !members.contains(&ev.header().user) || !members.contains(&user) {
+                return Slot::Done(rejected(
+                    ErrorCode::BAD_MEMBERS,
+                    "a Create event must list its author's user and the submitter's user",
+                ));
+            }
+        }
+        if !created_here || self.convs.contains_key(&conv) {
+            if !self.convs.contains_key(&conv) {
+                return Slot::Done(rejected(
+                    ErrorCode::UNKNOWN_CONVERSATION,
+                    "no Create event for this conversation",
+                ));
+            }
+            if !self.is_member(&user, &conv) || !self.is_member(&ev.header().user, &conv) {
+                return Slot::Done(rejected(
+                    ErrorCode::NOT_MEMBER,
+                    "user is not a member of the conversation",
+                ));
+            }
+        }
+        // Resubmission: the same ack, nothing stored twice.
+        if let Some((_, _, ack)) = stored {
+            return Slot::Done(SubmitOutcome::Accepted { ack });
+        }
+        if let Some(&idx) = self.staged.by_id.get(&ev.id()) {
+            return Slot::Staged(idx);
+        }
+        if created_here && self.convs.contains_key(&conv) {
+            return Slot::Done(rejected(
+                ErrorCode::CONVERSATION_EXISTS,
+                "another Create event made this conversation",
+            ));
+        }
+        if self.devices.get(&ev.header().author) != Some(&ev.header().user) {
+            return Slot::Done(rejected(
+                ErrorCode::NOT_REGISTERED,
+                "the author device is not registered to the event's user",
+            ));
+        }
+        let (limits, Some(s)) = (&self.limits, self.sessions.get_mut(&session)) else {
+            return Slot::Done(rejected(ErrorCode::INTERNAL, "session vanished"));
+        };
+        if !s
+            .bucket
+            .take(now_ms, limits.events_per_sec, limits.event_burst)
+        {
+            return Slot::Done(rejected(ErrorCode::RATE_LIMITED, "over the device's rate"));
+        }
+        if let EventKind::Create { members } = ev.kind() {
+            self.convs.insert(
+                conv,
+                Conv {
+                    committed: None,
+                    head: ConversationRecord {
+                        members: members.clone(),
+                        max_seq: 0,
+                        last_ack: EventId([0; 32]),
+                        last_ts_ms: 0,
+                    },
+                },
+            );
+        }
+        match self.sequence(session, ev, now_ms) {
+            Ok(idx) => Slot::Staged(idx),
+            Err(e) => Slot::Done(rejected(ErrorCode::INTERNAL, e.to_string())),
+        }
+    }
+
+    /// Gives `ev` the next sequence of its conversation and signs its ack (staged).
+    fn sequence(
+        &mut self,
+        origin: SessionId,
+        ev: Event,
+        now_ms: u64,
+    ) -> Result<usize, DecodeError> {
+        let conv_id = ev.conversation();
+        let relay = self.key.device();
+        let Some(conv) = self.convs.get_mut(&conv_id) else {
+            return Err(DecodeError::Malformed("conversation vanished"));
+        };
+        let head = &mut conv.head;
+        let seq = head.max_seq + 1;
+        let ts = now_ms.max(head.last_ts_ms);
+        let header = EventHeader {
+            conversation: conv_id,
+            author: relay,
+            user: UserId(relay.0),
+            counter: seq,
+            prev: (head.max_seq > 0).then_some(head.last_ack),
+            lamport: ev.header().lamport,
+            wall_ms: ts,
+        };
+        let message = match ev.kind() {
+            EventKind::Send { message, .. } => Some(*message),
+            _ => None,
+        };
+        let kind = EventKind::ServerAck {
+            event: ev.id(),
+            message,
+            seq,
+            server_ts_ms: ts,
+        };
+        let ack = Event::sign(self.key.signing_key(), header, kind)?;
+        head.max_seq = seq;
+        head.last_ack = ack.id();
+        head.last_ts_ms = ts;
+        let idx = self.staged.events.len();
+        self.staged.by_id.insert(ev.id(), idx);
+        self.staged.touched.insert(conv_id);
+        self.staged.since_ms.get_or_insert(now_ms);
+        self.staged.events.push(StagedEvent {
+            event: ev,
+            ack,
+            seq,
+            origin,
+        });
+        Ok(idx)
+    }
+
+    /// Whether anything waits for a commit.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// When the staged work must be committed at the latest (ms), if any is staged.
+    pub fn commit_deadline(&self) -> Option<u64> {
+        self.staged
+            .since_ms
+            .filter(|_| self.has_staged())
+            .map(|t| t.saturating_add(self.limits.commit_window_ms))
+    }
+
+    /// Whether to commit now rather than wait for more input: the batch is full or its
+    /// window has passed. (A shell also commits whenever no input is waiting.)
+    pub fn wants_commit(&self, now_ms: u64) -> bool {
+        self.has_staged()
+            && (self.staged.events.len() >= self.limits.max_commit_batch
+                || self.commit_deadline().is_some_and(|d| now_ms >= d))
+    }
+
+    /// Writes everything staged in one durable transaction, then answers the submitters,
+    /// confirms registrations and pushes the new events to online member devices. On a store
+    /// error the staged events are refused with [`ErrorCode::INTERNAL`] and the sequencer
+    /// goes back to the last committed state.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.has_staged() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let result = self.write(&staged);
+        match result {
+            Ok(()) => {
+                self.after_commit(staged);
+                Ok(())
+            }
+            Err(e) => {
+                self.after_failure(staged, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&self, staged: &Staged) -> Result<(), StoreError> {
+        let mut batch = CommitBatch::default();
+        for s in &staged.events {
+            batch.events.push(SequencedRecord {
+                conversation: s.event.conversation(),
+                seq: s.seq,
+                event_id: s.event.id(),
+                event: s.event.bytes(),
+                ack: s.ack.bytes(),
+            });
+        }
+        for c in &staged.touched {
+            if let Some(conv) = self.convs.get(c) {
+                batch.conversations.push((*c, &conv.head));
+            }
+        }
+        for r in &staged.registrations {
+            batch.devices.push((r.device, r.user));
+        }
+        for ((d, c), s) in &staged.cursors {
+            batch.cursors.push((*d, *c, *s));
+        }
+        self.store.commit(&batch)
+    }
+
+    fn after_failure(&mut self, staged: Staged, e: &StoreError) {
+        let msg = format!("store failure: {e}");
+        for c in &staged.touched {
+            let Some(conv) = self.convs.get_mut(c) else {
+                continue;
+            };
+            match &conv.committed {
+                Some(rec) => conv.head = rec.clone(),
+                None => {
+                    self.convs.remove(c);
+                }
+            }
+        }
+        self.metrics.rejected(staged.events.len());
+        for p in staged.submits {
+            let outcomes = p
+                .slots
+                .into_iter()
+                .map(|s| match s {
+                    Slot::Done(o) => o,
+                    Slot::Staged(_) => rejected(ErrorCode::INTERNAL, msg.clone()),
+                })
+                .collect();
+            self.send_live(
+                p.session,
+                ServerFrame::SubmitResult {
+                    request_id: p.request_id,
+                    outcomes,
+                },
+            );
+        }
+        for r in staged.registrations {
+            self.send_live(
+                r.session,
+                ServerFrame::Refused {
+                    request_id: r.request_id,
+                    code: ErrorCode::INTERNAL,
+                    message: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn send_live(&mut self, session: SessionId, frame: ServerFrame) {
+        if self.sessions.contains_key(&session) {
+            self.send(session, frame);
+        }
+    }
+
+    fn after_commit(&mut self, staged: Staged) {
+        self.metrics.committed();
+        self.metrics.accepted(staged.events.len());
+        for c in &staged.touched {
+            let Some(conv) = self.convs.get_mut(c) else {
+                continue;
+            };
+            if conv.committed.is_none() {
+                for m in &conv.head.members {
+                    self.user_convs.entry(*m).or_default().insert(*c);
+                }
+            }
+            conv.committed = Some(conv.head.clone());
+        }
+        for r in staged.registrations {
+            self.add_device(r.device, r.user);
+            self.send_live(
+                r.session,
+                ServerFrame::Registered {
+                    request_id: r.request_id,
+                    user: r.user,
+                    device: r.device,
+                },
+            );
+        }
+        for p in staged.submits {
+            let outcomes = p
+                .slots
+                .into_iter()
+                .map(|s| match s {
+                    Slot::Done(o) => o,
+                    Slot::Staged(i) => match staged.events.get(i) {
+                        Some(e) => SubmitOutcome::Accepted {
+                            ack: e.ack.bytes().to_vec(),
+                        },
+                        None => rejected(ErrorCode::INTERNAL, "lost staged event"),
+                    },
+                })
+                .collect();
+            self.send_live(
+                p.session,
+                ServerFrame::SubmitResult {
+                    request_id: p.request_id,
+                    outcomes,
+                },
+            );
+        }
+        self.fan_out(&staged.events);
+        self.update_fanout_metric();
+    }
+
+    /// Pushes each new event to every online, push-enabled device of every member, except
+    /// the connection that submitted it (it has the ack). A device past its push window is
+    /// switched to pull mode instead of being buffered for.
+    fn fan_out(&mut self, events: &[StagedEvent]) {
+        let mut per_session: BTreeMap<SessionId, Vec<Item>> = BTreeMap::new();
+        let window = self.limits.push_window;
+        for e in events {
+            let conv = e.event.conversation();
+            let Some(c) = self.convs.get(&conv) else {
+                continue;
+            };
+            for user in &c.head.members {
+                let Some(devs) = self.user_devices.get(user) else {
+                    continue;
+                };
+                for d in devs {
+                    let Some(&sid) = self.device_sessions.get(d) else {
+                        continue;
+                    };
+                    if sid == e.origin {
+                        continue;
+                    }
+                    let Some(s) = self.sessions.get_mut(&sid) else {
+                        continue;
+                    };
+                    if !s.push_on || s.pull_mode {
+                        continue;
+                    }
+                    if s.unacked() >= window {
+                        s.enter_pull_mode();
+                        per_session.remove(&sid);
+                        self.metrics.pull_mode_switch();
+                        self.outputs.push_back(Output::Frame {
+                            session: sid,
+                            frame: ServerFrame::PullMode,
+                        });
+                        continue;
+                    }
+                    s.pushed(conv, e.seq);
+                    per_session.entry(sid).or_default().push(Item {
+                        event: e.event.bytes().to_vec(),
+                        ack: e.ack.bytes().to_vec(),
+                    });
+                }
+            }
+        }
+        let budget = self.limits.max_frame_len.saturating_sub(4096);
+        let max_items = self.limits.max_page_items;
+        for (sid, items) in per_session {
+            let still_pushing = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.push_on && !s.pull_mode);
+            if !still_pushing {
+                continue;
+            }
+            for chunk in chunk_items(items, max_items, budget) {
+                self.send(sid, ServerFrame::Push { items: chunk });
+            }
+        }
+    }
+
+    fn update_fanout_metric(&self) {
+        let depth: usize = self.sessions.values().map(|s| s.unacked()).sum();
+        self.metrics.set_fanout_depth(depth);
+    }
+
+    /// A snapshot for metrics and tests.
+    pub fn stats(&self) -> CoreStats {
+        let mut backlog = Vec::new();
+        for (device, sid) in &self.device_sessions {
+            let (Some(s), Some(user)) = (self.sessions.get(sid), self.devices.get(device)) else {
+                continue;
+            };
+            let mut n = 0u64;
+            for c in self.user_convs.get(user).into_iter().flatten() {
+                let max = self.committed_seq(c).unwrap_or(0);
+                n += max.saturating_sub(s.cursors.get(c).copied().unwrap_or(0));
+            }
+            backlog.push((*device, n));
+        }
+        backlog.sort();
+        CoreStats {
+            connected_devices: self.device_sessions.len(),
+            sessions: self.sessions.len(),
+            staged_events: self.staged.events.len(),
+            fanout_queue_depth: self.sessions.values().map(|s| s.unacked()).sum(),
+            device_backlog: backlog,
+            conversations: self.convs.len(),
+        }
+    }
+
+    /// The metrics this core reports into.
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+}
+
+/// Splits items into frames of at most `max_items` and about `budget` bytes.
+fn chunk_items(items: Vec<Item>, max_items: usize, budget: usize) -> Vec<Vec<Item>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for it in items {
+        let size = it.event.len() + it.ack.len() + 16;
+        if !cur.is_empty() && (cur.len() >= max_items || bytes + size > budget) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Decodes and verifies a Submit's envelopes together (batch ed25519): the CPU-heavy part of
+/// a submit, which a shell may run off the core's thread.
+pub fn verify_batch(envelopes: &[Envelope]) -> Vec<Result<Event, DecodeError>> {
+    Event::decode_batch(envelopes)
+}
+
+fn frame_name(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Hello { .. } => "Hello",
+        ClientFrame::Auth { .. } => "Auth",
+        ClientFrame::RegisterDevice { .. } => "RegisterDevice",
+        ClientFrame::Submit { .. } => "Submit",
+        ClientFrame::Pull { .. } => "Pull",
+        ClientFrame::Sync { .. } => "Sync",
+        ClientFrame::Received { .. } => "Received",
+        _ => "frame",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,396 @@
+//! The relay's durable state in redb: sequenced events with their acks, conversations,
+//! device registrations and device cursors. Synchronous; the core calls it directly.
+//!
+//! Tables (keys are fixed-size byte arrays, integers big-endian so that byte order is
+//! numeric order):
+//! - `events`: conversation (16) | seq (8) → (event envelope, ack envelope)
+//! - `event_index`: event id (32) → conversation (16) | seq (8)
+//! - `conversations`: conversation (16) → postcard([`ConversationRecord`])
+//! - `devices`: device (32) → user (32)
+//! - `cursors`: device (32) | conversation (16) → highest sequence the device reported received
+//! - `meta`: `"schema"` → [`SCHEMA_VERSION`]
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tidings_engine::wire::Item;
+use tidings_engine::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
+
+/// Version of the table layout; a store written by another version is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+
+type SeqKey = [u8; 24];
+type CursorKey = [u8; 48];
+
+const EVENTS: TableDefinition<SeqKey, (&[u8], &[u8])> = TableDefinition::new("events");
+const EVENT_INDEX: TableDefinition<[u8; 32], SeqKey> = TableDefinition::new("event_index");
+const CONVERSATIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("conversations");
+const DEVICES: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("devices");
+const CURSORS: TableDefinition<CursorKey, u64> = TableDefinition::new("cursors");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb reported an error.
+    #[error("relay store: {0}")]
+    Redb(#[from] redb::Error),
+    /// A record does not decode: the file was damaged or written by something else.
+    #[error("relay store is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The file was written with another table layout.
+    #[error("relay store schema {found}, this build reads {expected}")]
+    Schema {
+        /// Found in the file.
+        found: u64,
+        /// Expected.
+        expected: u64,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    redb::DatabaseError
+);
+
+/// What the relay keeps per conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    /// Member users, from the Create event.
+    pub members: Vec<UserId>,
+    /// Highest sequence stored.
+    pub max_seq: ServerSeq,
+    /// Id of the ack of `max_seq` (the `prev` of the next ack).
+    pub last_ack: EventId,
+    /// Server timestamp of `max_seq`; later acks never go below it.
+    pub last_ts_ms: u64,
+}
+
+/// One sequenced event to write.
+#[derive(Debug)]
+pub struct SequencedRecord<'a> {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its sequence.
+    pub seq: ServerSeq,
+    /// The event's id.
+    pub event_id: EventId,
+    /// The event envelope.
+    pub event: &'a [u8],
+    /// The ack envelope.
+    pub ack: &'a [u8],
+}
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct CommitBatch<'a> {
+    /// New events.
+    pub events: Vec<SequencedRecord<'a>>,
+    /// Conversations whose record changed.
+    pub conversations: Vec<(ConversationId, &'a ConversationRecord)>,
+    /// New device registrations.
+    pub devices: Vec<(DeviceId, UserId)>,
+    /// Cursor updates.
+    pub cursors: Vec<(DeviceId, ConversationId, ServerSeq)>,
+}
+
+impl CommitBatch<'_> {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.conversations.is_empty()
+            && self.devices.is_empty()
+            && self.cursors.is_empty()
+    }
+}
+
+/// The relay's redb store.
+#[derive(Debug)]
+pub struct RelayStore {
+    db: Database,
+    durability: Durability,
+}
+
+fn seq_key(conv: &ConversationId, seq: ServerSeq) -> SeqKey {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&conv.0);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_seq_key(k: &SeqKey) -> (ConversationId, ServerSeq) {
+    let mut c = [0u8; 16];
+    c.copy_from_slice(&k[..16]);
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&k[16..]);
+    (ConversationId(c), u64::from_be_bytes(s))
+}
+
+fn cursor_key(device: &DeviceId, conv: &ConversationId) -> CursorKey {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(&device.0);
+    k[32..].copy_from_slice(&conv.0);
+    k
+}
+
+impl RelayStore {
+    /// Opens (creating the tables if needed) a store on an open database. `durable` selects
+    /// `Durability::Immediate` (fsync per commit) or `Durability::None` (tests, simulations).
+    pub fn open(db: Database, durable: bool) -> Result<RelayStore, StoreError> {
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(EVENTS)?;
+            txn.open_table(EVENT_INDEX)?;
+            txn.open_table(CONVERSATIONS)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(CURSORS)?;
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => {
+                    return Err(StoreError::Schema {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            }
+        }
+        txn.commit()?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        Ok(RelayStore { db, durability })
+    }
+
+    /// A store in memory (redb's `InMemoryBackend`), for tests and the simulator.
+    pub fn in_memory() -> Result<RelayStore, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        RelayStore::open(db, false)
+    }
+
+    /// Gives the database back (e.g. to reopen it as after a restart in a simulation).
+    pub fn into_database(self) -> Database {
+        self.db
+    }
+
+    /// Writes a batch in one transaction; returns after it is durable.
+    pub fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(self.durability)?;
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut index = txn.open_table(EVENT_INDEX)?;
+            for r in &batch.events {
+                let k = seq_key(&r.conversation, r.seq);
+                events.insert(k, (r.event, r.ack))?;
+                index.insert(r.event_id.0, k)?;
+            }
+            let mut convs = txn.open_table(CONVERSATIONS)?;
+            for (id, rec) in &batch.conversations {
+                let bytes = postcard::to_stdvec(rec)
+                    .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
+                convs.insert(id.0, bytes.as_slice())?;
+            }
+            let mut devices = txn.open_table(DEVICES)?;
+            for (d, u) in &batch.devices {
+                devices.insert(d.0, u.0)?;
+            }
+            let mut cursors = txn.open_table(CURSORS)?;
+            for (d, c, s) in &batch.cursors {
+                cursors.insert(cursor_key(d, c), *s)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every conversation record.
+    pub fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rec: ConversationRecord = postcard::from_bytes(v.value())
+                .map_err(|_| StoreError::Corrupt("conversation record"))?;
+            out.push((ConversationId(k.value()), rec));
+        }
+        Ok(out)
+    }
+
+    /// Every device registration.
+    pub fn devices(&self) -> Result<Vec<(DeviceId, UserId)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEVICES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((DeviceId(k.value()), UserId(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// A device's stored cursors.
+    pub fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CURSORS)?;
+        let lo = cursor_key(device, &ConversationId([0; 16]));
+        let hi = cursor_key(device, &ConversationId([0xff; 16]));
+        let mut out = HashMap::new();
+        for row in table.range(lo..=hi)? {
+            let (k, v) = row?;
+            let mut c = [0u8; 16];
+            c.copy_from_slice(&k.value()[32..]);
+            out.insert(ConversationId(c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// For each id, where it was sequenced and its ack, if it was.
+    pub fn lookup(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<Option<(ConversationId, ServerSeq, Vec<u8>)>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(EVENT_INDEX)?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(k) = index.get(id.0)?.map(|v| v.value()) else {
+                out.push(None);
+                continue;
+            };
+            let Some(row) = events.get(k)? else {
+                return Err(StoreError::Corrupt("index points at a missing event"));
+            };
+            let (conv, seq) = split_seq_key(&k);
+            out.push(Some((conv, seq, row.value().1.to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// Events of `conv` after `after_seq` in sequence order: at most `limit` items and about
+    /// `max_bytes` of envelopes (always at least one item if any exists). The flag says
+    /// whether more exist.
+    pub fn page(
+        &self,
+        conv: &ConversationId,
+        after_seq: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Item>, bool), StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let lo = seq_key(conv, after_seq.saturating_add(1));
+        let hi = seq_key(conv, u64::MAX);
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        for row in events.range(lo..=hi)? {
+            let (_, v) = row?;
+            let (event, ack) = v.value();
+            let size = event.len() + ack.len() + 16;
+            if items.len() >= limit || (!items.is_empty() && bytes + size > max_bytes) {
+                more = true;
+                break;
+            }
+            bytes += size;
+            items.push(Item {
+                event: event.to_vec(),
+                ack: ack.to_vec(),
+            });
+        }
+        Ok((items, more))
+    }
+
+    /// Number of stored events (for tests and the metrics).
+    pub fn n_events(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(EVENTS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_then_read_back() {
+        let store = RelayStore::in_memory().expect("open");
+        let conv = ConversationId([1; 16]);
+        let rec = ConversationRecord {
+            members: vec![UserId([2; 32])],
+            max_seq: 2,
+            last_ack: EventId([3; 32]),
+            last_ts_ms: 10,
+        };
+        let batch = CommitBatch {
+            events: vec![
+                SequencedRecord {
+                    conversation: conv,
+                    seq: 1,
+                    event_id: EventId([4; 32]),
+                    event: b"e1",
+                    ack: b"a1",
+                },
+                SequencedRecord {
+                    conversation: conv,
+                    seq: 2,
+                    event_id: EventId([5; 32]),
+                    event: b"e2",
+                    ack: b"a2",
+                },
+            ],
+            conversations: vec![(conv, &rec)],
+            devices: vec![(DeviceId([6; 32]), UserId([2; 32]))],
+            cursors: vec![(DeviceId([6; 32]), conv, 1)],
+        };
+        store.commit(&batch).expect("commit");
+        assert_eq!(store.conversations().expect("read"), vec![(conv, rec)]);
+        assert_eq!(
+            store.devices().expect("read"),
+            vec![(DeviceId([6; 32]), UserId([2; 32]))]
+        );
+        assert_eq!(
+            store.cursors(&DeviceId([6; 32])).expect("read").get(&conv),
+            Some(&1)
+        );
+        let found = store
+            .lookup(&[EventId([5; 32]), EventId([9; 32])])
+            .expect("lookup");
+        assert_eq!(found, vec![Some((conv, 2, b"a2".to_vec())), None]);
+        let (items, more) = store.page(&conv, 0, 1, 1 << 20).expect("page");
+        assert_eq!(items.len(), 1);
+        assert!(more);
+        assert_eq!(items[0].event, b"e1");
+        let (items, more) = store.page(&conv, 1, 10, 1 << 20).expect("page");
+        assert_eq!(items.len(), 1);
+        assert!(!more);
+        assert_eq!(items[0].ack, b"a2");
+        // The byte budget stops a page but never makes it empty.
+        let (items, more) = store.page(&conv, 0, 10, 1).expect("page");
+        assert_eq!((items.len(), more), (1, true));
+        assert_eq!(store.n_events().expect("count"), 2);
+    }
+}

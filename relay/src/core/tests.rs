@@ -1,0 +1,734 @@
+//! Unit tests of the core, driven frame by frame with virtual time.
+
+use super::*;
+use ed25519_dalek::SigningKey;
+use tidings_engine::wire::{SignatureBytes, PROTOCOL_VERSION};
+use tidings_engine::MessageId;
+
+const RELAY_SEED: [u8; 32] = [0xee; 32];
+
+fn user_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn user_id(seed: u8) -> UserId {
+    UserId(user_key(seed).verifying_key().to_bytes())
+}
+
+struct Dev {
+    key: DeviceKey,
+    session: SessionId,
+    counter: u64,
+}
+
+struct Net {
+    core: RelayCore,
+    now: u64,
+    inbox: BTreeMap<SessionId, Vec<ServerFrame>>,
+    closed: BTreeMap<SessionId, ErrorCode>,
+}
+
+impl Net {
+    fn new(limits: Limits) -> Net {
+        Net::on_store(RelayStore::in_memory().expect("store"), limits)
+    }
+
+    fn on_store(store: RelayStore, limits: Limits) -> Net {
+        let key = DeviceKey::from_seed(RELAY_SEED, UserId([0; 32]));
+        Net {
+            core: RelayCore::new(store, key, limits).expect("core"),
+            now: 1_000,
+            inbox: BTreeMap::new(),
+            closed: BTreeMap::new(),
+        }
+    }
+
+    /// Commits what is staged and routes the outputs.
+    fn pump(&mut self) {
+        self.core.commit().expect("commit");
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Frame { session, frame } => {
+                    self.inbox.entry(session).or_default().push(frame)
+                }
+                Output::Close { session, code, .. } => {
+                    self.closed.insert(session, code);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, s: SessionId) -> Vec<ServerFrame> {
+        self.inbox.remove(&s).unwrap_or_default()
+    }
+
+    fn frame(&mut self, s: SessionId, f: ClientFrame) -> Vec<ServerFrame> {
+        self.core.handle_frame(s, f, self.now);
+        self.pump();
+        self.take(s)
+    }
+
+    /// Handshake, registration and Sync for device `dev_seed` of user `user_seed`.
+    fn connect(&mut self, user_seed: u8, dev_seed: u8) -> Dev {
+        let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
+        let session = self.handshake(&key);
+        let reg = DeviceRegistration::sign(&user_key(user_seed), key.device(), self.now);
+        let got = self.frame(
+            session,
+            ClientFrame::RegisterDevice {
+                request_id: 1,
+                registration: reg,
+            },
+        );
+        assert!(
+            matches!(got[..], [ServerFrame::Registered { .. }]),
+            "{got:?}"
+        );
+        let got = self.frame(session, ClientFrame::Sync { request_id: 2 });
+        assert!(
+            matches!(got[..], [ServerFrame::Conversations { .. }]),
+            "{got:?}"
+        );
+        Dev {
+            key,
+            session,
+            counter: 0,
+        }
+    }
+
+    fn handshake(&mut self, key: &DeviceKey) -> SessionId {
+        let binding = [key.device().0[0]; 32];
+        let s = self
+            .core
+            .handle_connect("127.0.0.1".parse().expect("ip"), binding, [7; 32])
+            .expect("connect");
+        let got = self.frame(
+            s,
+            ClientFrame::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                device: key.device(),
+                user: key.user(),
+            },
+        );
+        let [ServerFrame::Challenge { nonce }] = got[..] else {
+            panic!("{got:?}")
+        };
+        let signature = wire::sign_auth(key.signing_key(), &key.user(), &nonce, &binding);
+        let got = self.frame(s, ClientFrame::Auth { signature });
+        assert!(matches!(got[..], [ServerFrame::Welcome(_)]), "{got:?}");
+        s
+    }
+
+    fn submit(&mut self, dev: &Dev, events: &[Event]) -> Vec<SubmitOutcome> {
+        let got = self.frame(
+            dev.session,
+            ClientFrame::Submit {
+                request_id: 9,
+                events: events
+                    .iter()
+                    .map(|e| Envelope(e.bytes().to_vec()))
+                    .collect(),
+            },
+        );
+        match &got[..] {
+            [ServerFrame::SubmitResult { outcomes, .. }] => outcomes.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
+    dev.counter += 1;
+    let h = dev.key.header(
+        ConversationId([conv; 16]),
+        dev.counter,
+        None,
+        dev.counter,
+        5,
+    );
+    Event::sign(dev.key.signing_key(), h, kind).expect("sign")
+}
+
+fn create(dev: &mut Dev, conv: u8, members: &[u8]) -> Event {
+    let members = members.iter().map(|&m| user_id(m)).collect();
+    event(dev, conv, EventKind::Create { members })
+}
+
+fn send(dev: &mut Dev, conv: u8, text: &str) -> Event {
+    let message = MessageId([dev.counter as u8; 16]);
+    event(
+        dev,
+        conv,
+        EventKind::Send {
+            message,
+            body: text.as_bytes().to_vec(),
+            media: vec![],
+        },
+    )
+}
+
+/// The sequence an accepted outcome's ack carries, after checking its signature.
+fn seq_of(o: &SubmitOutcome) -> ServerSeq {
+    let SubmitOutcome::Accepted { ack } = o else {
+        panic!("not accepted: {o:?}")
+    };
+    let ack = Event::decode(ack).expect("ack verifies");
+    assert_eq!(
+        ack.header().author,
+        DeviceKey::from_seed(RELAY_SEED, UserId([0; 32])).device()
+    );
+    match ack.kind() {
+        EventKind::ServerAck { seq, .. } => *seq,
+        k => panic!("{k:?}"),
+    }
+}
+
+fn code_of(o: &SubmitOutcome) -> ErrorCode {
+    match o {
+        SubmitOutcome::Rejected { code, .. } => *code,
+        o => panic!("accepted: {o:?}"),
+    }
+}
+
+fn pushed(frames: &[ServerFrame]) -> Vec<Event> {
+    let mut out = Vec::new();
+    for f in frames {
+        if let ServerFrame::Push { items } = f {
+            for it in items {
+                out.push(Event::decode(&it.event).expect("event"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sequences_and_acks_chain() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1, 2]);
+    let s1 = send(&mut a, 1, "hi");
+    let s2 = send(&mut a, 1, "there");
+    let out = net.submit(&a, &[c, s1.clone(), s2]);
+    assert_eq!(out.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let acks: Vec<Event> = out
+        .iter()
+        .map(|o| match o {
+            SubmitOutcome::Accepted { ack } => Event::decode(ack).expect("ack"),
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(acks[0].header().prev, None);
+    assert_eq!(acks[1].header().prev, Some(acks[0].id()));
+    assert_eq!(acks[2].header().prev, Some(acks[1].id()));
+    assert_eq!(acks[1].header().counter, 2);
+    let EventKind::ServerAck { event, message, .. } = acks[1].kind() else {
+        panic!()
+    };
+    assert_eq!(*event, s1.id());
+    assert!(message.is_some());
+    assert_eq!(net.core.store().n_events().expect("n"), 3);
+}
+
+#[test]
+fn resubmission_returns_the_same_ack_and_stores_nothing_twice() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1]);
+    let s = send(&mut a, 1, "once");
+    let first = net.submit(&a, &[c, s.clone()]);
+    let again = net.submit(&a, &[s.clone()]);
+    assert_eq!(again[0], first[1]);
+    // Twice in one batch, not yet committed: one sequence.
+    let t = send(&mut a, 1, "twice");
+    let both = net.submit(&a, &[t.clone(), t]);
+    assert_eq!(both[0], both[1]);
+    assert_eq!(seq_of(&both[0]), 3);
+    assert_eq!(net.core.store().n_events().expect("n"), 3);
+}
+
+#[test]
+fn refuses_what_it_must() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let mut eve = net.connect(3, 30);
+    let c = create(&mut a, 1, &[1, 2]);
+    assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
+
+    // Not a member: submit and pull.
+    let intrusion = send(&mut eve, 1, "let me in");
+    assert_eq!(
+        code_of(&net.submit(&eve, &[intrusion])[0]),
+        ErrorCode::NOT_MEMBER
+    );
+    let got = net.frame(
+        eve.session,
+        ClientFrame::Pull {
+            request_id: 4,
+            conversation: ConversationId([1; 16]),
+            after_seq: 0,
+            limit: 10,
+        },
+    );
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::NOT_MEMBER,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+
+    // A forged signature.
+    let good = send(&mut a, 1, "real");
+    let mut bytes = good.bytes().to_vec();
+    bytes[40] ^= 1;
+    let got = net.frame(
+        a.session,
+        ClientFrame::Submit {
+            request_id: 5,
+            events: vec![Envelope(bytes)],
+        },
+    );
+    let [ServerFrame::SubmitResult { outcomes, .. }] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(code_of(&outcomes[0]), ErrorCode::BAD_EVENT);
+
+    // A ServerAck from a device.
+    let fake_ack = event(
+        &mut a,
+        1,
+        EventKind::ServerAck {
+            event: good.id(),
+            message: None,
+            seq: 99,
+            server_ts_ms: 0,
+        },
+    );
+    assert_eq!(
+        code_of(&net.submit(&a, &[fake_ack])[0]),
+        ErrorCode::FORBIDDEN_KIND
+    );
+
+    // An author device not registered to the user it claims (signed by a stray key).
+    let mut stray = Dev {
+        key: DeviceKey::from_seed([77; 32], user_id(1)),
+        session: a.session,
+        counter: 0,
+    };
+    let e = send(&mut stray, 1, "who am I");
+    assert_eq!(code_of(&net.submit(&a, &[e])[0]), ErrorCode::NOT_REGISTERED);
+
+    // No Create, a second Create, a Create without its author's user.
+    let orphan = send(&mut a, 9, "nowhere");
+    assert_eq!(
+        code_of(&net.submit(&a, &[orphan])[0]),
+        ErrorCode::UNKNOWN_CONVERSATION
+    );
+    let again = create(&mut a, 1, &[1]);
+    assert_eq!(
+        code_of(&net.submit(&a, &[again])[0]),
+        ErrorCode::CONVERSATION_EXISTS
+    );
+    let without_me = create(&mut a, 2, &[2]);
+    assert_eq!(
+        code_of(&net.submit(&a, &[without_me])[0]),
+        ErrorCode::BAD_MEMBERS
+    );
+    assert_eq!(net.core.store().n_events().expect("n"), 1);
+}
+
+#[test]
+fn handshake_failures_close_only_that_session() {
+    let mut net = Net::new(Limits::default());
+    let key = DeviceKey::from_seed([5; 32], user_id(1));
+    let ip = "127.0.0.1".parse().expect("ip");
+    let s = net
+        .core
+        .handle_connect(ip, [1; 32], [2; 32])
+        .expect("connect");
+    net.frame(
+        s,
+        ClientFrame::Hello {
+            protocol_version: 99,
+            device: key.device(),
+            user: key.user(),
+        },
+    );
+    assert_eq!(net.closed.get(&s), Some(&ErrorCode::UNSUPPORTED_VERSION));
+
+    // A signature over another TLS binding (a relayed challenge) does not authenticate.
+    let s = net
+        .core
+        .handle_connect(ip, [1; 32], [2; 32])
+        .expect("connect");
+    net.frame(
+        s,
+        ClientFrame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            device: key.device(),
+            user: key.user(),
+        },
+    );
+    let signature = wire::sign_auth(key.signing_key(), &key.user(), &[2; 32], &[9; 32]);
+    net.frame(s, ClientFrame::Auth { signature });
+    assert_eq!(net.closed.get(&s), Some(&ErrorCode::AUTH_FAILED));
+
+    // Submit before authenticating.
+    let s = net
+        .core
+        .handle_connect(ip, [1; 32], [2; 32])
+        .expect("connect");
+    net.frame(s, ClientFrame::Sync { request_id: 1 });
+    assert_eq!(net.closed.get(&s), Some(&ErrorCode::UNEXPECTED_FRAME));
+    let s2 = net
+        .core
+        .handle_connect(ip, [1; 32], [2; 32])
+        .expect("connect");
+    net.frame(
+        s2,
+        ClientFrame::Auth {
+            signature: SignatureBytes([0; 64]),
+        },
+    );
+    assert_eq!(net.closed.get(&s2), Some(&ErrorCode::UNEXPECTED_FRAME));
+
+    // Others are unaffected.
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1]);
+    assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
+    assert_eq!(net.core.stats().sessions, 1);
+}
+
+#[test]
+fn fans_out_to_every_member_device_but_the_submitter() {
+    let mut net = Net::new(Limits::default());
+    let mut a1 = net.connect(1, 10);
+    let a2 = net.connect(1, 11);
+    let b = net.connect(2, 20);
+    let c = create(&mut a1, 1, &[1, 2]);
+    let s = send(&mut a1, 1, "hello");
+    net.submit(&a1, &[c.clone(), s.clone()]);
+    assert!(net.take(a1.session).is_empty());
+    for d in [&a2, &b] {
+        let got = pushed(&net.take(d.session));
+        assert_eq!(
+            got.iter().map(|e| e.id()).collect::<Vec<_>>(),
+            vec![c.id(), s.id()]
+        );
+    }
+    // Nothing for a device of a non-member.
+    let eve = net.connect(3, 30);
+    let mut b = b;
+    let r = event(&mut b, 1, EventKind::Delivered { up_to: 2 });
+    net.submit(&b, &[r.clone()]);
+    assert!(net.take(eve.session).is_empty());
+    // The receipt reaches both of the sender's devices.
+    assert_eq!(pushed(&net.take(a1.session))[0].id(), r.id());
+    assert_eq!(pushed(&net.take(a2.session))[0].id(), r.id());
+}
+
+#[test]
+fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
+    let mut net = Net::new(Limits::default().with_push_window(3));
+    let mut a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    let c = create(&mut a, 1, &[1, 2]);
+    net.submit(&a, &[c]);
+    for i in 0..5 {
+        let s = send(&mut a, 1, &format!("m{i}"));
+        net.submit(&a, &[s]);
+    }
+    let got = net.take(b.session);
+    assert_eq!(pushed(&got).len(), 3);
+    assert_eq!(got.last(), Some(&ServerFrame::PullMode));
+    assert_eq!(net.core.stats().fanout_queue_depth, 0);
+    let s = send(&mut a, 1, "while pulling");
+    net.submit(&a, &[s]);
+    assert!(net.take(b.session).is_empty());
+    // Catch up: pull everything, acknowledge, sync; pushes resume.
+    let got = net.frame(
+        b.session,
+        ClientFrame::Pull {
+            request_id: 3,
+            conversation: ConversationId([1; 16]),
+            after_seq: 0,
+            limit: 1000,
+        },
+    );
+    let [ServerFrame::Page { items, more, .. }] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((items.len(), *more), (7, false));
+    net.frame(
+        b.session,
+        ClientFrame::Received {
+            conversation: ConversationId([1; 16]),
+            up_to: 7,
+        },
+    );
+    let got = net.frame(b.session, ClientFrame::Sync { request_id: 4 });
+    let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        conversations[..],
+        [ConversationInfo {
+            conversation: ConversationId([1; 16]),
+            max_seq: 7,
+            cursor: 7
+        }]
+    );
+    let s = send(&mut a, 1, "pushed again");
+    net.submit(&a, &[s.clone()]);
+    assert_eq!(pushed(&net.take(b.session))[0].id(), s.id());
+}
+
+#[test]
+fn pages_respect_limits_and_order() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1]);
+    let mut evs = vec![c];
+    for i in 0..9 {
+        evs.push(send(&mut a, 1, &format!("m{i}")));
+    }
+    net.submit(&a, &evs);
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let got = net.frame(
+            a.session,
+            ClientFrame::Pull {
+                request_id: 1,
+                conversation: ConversationId([1; 16]),
+                after_seq: after,
+                limit: 4,
+            },
+        );
+        let [ServerFrame::Page { items, more, .. }] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert!(items.len() <= 4);
+        for it in items {
+            let ack = Event::decode(&it.ack).expect("ack");
+            let EventKind::ServerAck { seq, event, .. } = ack.kind() else {
+                panic!()
+            };
+            assert_eq!(*event, Event::decode(&it.event).expect("event").id());
+            seen.push(*seq);
+            after = *seq;
+        }
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn restart_keeps_committed_events_and_continues_the_sequence() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1]);
+    let s = send(&mut a, 1, "before");
+    let out = net.submit(&a, &[c, s.clone()]);
+    // Staged but never committed: lost in the crash, never acknowledged.
+    let lost = send(&mut a, 1, "in flight");
+    net.core.handle_frame(
+        a.session,
+        ClientFrame::Submit {
+            request_id: 1,
+            events: vec![Envelope(lost.bytes().to_vec())],
+        },
+        net.now,
+    );
+    assert_eq!(net.core.stats().staged_events, 1);
+    let store = std::mem::replace(&mut net.core, {
+        let key = DeviceKey::from_seed(RELAY_SEED, UserId([0; 32]));
+        RelayCore::new(
+            RelayStore::in_memory().expect("store"),
+            key,
+            Limits::default(),
+        )
+        .expect("core")
+    })
+    .into_store();
+    let db = store.into_database();
+    let mut net = Net::on_store(
+        RelayStore::open(db, false).expect("reopen"),
+        Limits::default(),
+    );
+    let a = Dev {
+        session: net.connect(1, 10).session,
+        ..a
+    };
+    assert_eq!(net.submit(&a, &[s])[0], out[1]);
+    let after = net.submit(&a, &[lost]);
+    assert_eq!(seq_of(&after[0]), 3);
+    let SubmitOutcome::Accepted { ack } = &after[0] else {
+        panic!()
+    };
+    let SubmitOutcome::Accepted { ack: prev } = &out[1] else {
+        panic!()
+    };
+    let prev = Event::decode(prev).expect("ack");
+    assert_eq!(
+        Event::decode(ack).expect("ack").header().prev,
+        Some(prev.id())
+    );
+}
+
+#[test]
+fn rate_and_connection_limits() {
+    let mut net = Net::new(
+        Limits::default()
+            .with_rate(10, 3)
+            .with_connections_per_ip(3),
+    );
+    let mut a = net.connect(1, 10);
+    let mut evs = vec![create(&mut a, 1, &[1])];
+    for i in 0..4 {
+        evs.push(send(&mut a, 1, &format!("m{i}")));
+    }
+    let out = net.submit(&a, &evs);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, SubmitOutcome::Accepted { .. }))
+            .count(),
+        3
+    );
+    assert_eq!(code_of(&out[3]), ErrorCode::RATE_LIMITED);
+    // A second later the budget is back.
+    net.now += 1_000;
+    assert_eq!(seq_of(&net.submit(&a, &evs[3..4])[0]), 4);
+
+    let ip = "127.0.0.1".parse().expect("ip");
+    net.core
+        .handle_connect(ip, [0; 32], [0; 32])
+        .expect("second");
+    net.core
+        .handle_connect(ip, [0; 32], [0; 32])
+        .expect("third");
+    assert!(matches!(
+        net.core.handle_connect(ip, [0; 32], [0; 32]),
+        Err(ConnectError::TooManyFromAddress { .. })
+    ));
+    let other = "127.0.0.2".parse().expect("ip");
+    net.core
+        .handle_connect(other, [0; 32], [0; 32])
+        .expect("other address");
+}
+
+#[test]
+fn cursors_persist_and_drive_the_backlog() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    let mut evs = vec![create(&mut a, 1, &[1, 2])];
+    for i in 0..4 {
+        evs.push(send(&mut a, 1, &format!("m{i}")));
+    }
+    net.submit(&a, &evs);
+    let backlog = |net: &Net| {
+        net.core
+            .stats()
+            .device_backlog
+            .into_iter()
+            .find(|(d, _)| *d == b.key.device())
+            .map(|(_, n)| n)
+    };
+    assert_eq!(backlog(&net), Some(5));
+    net.frame(
+        b.session,
+        ClientFrame::Received {
+            conversation: ConversationId([1; 16]),
+            up_to: 3,
+        },
+    );
+    assert_eq!(backlog(&net), Some(2));
+    // A second connection of the same device replaces the first and sees the stored cursor.
+    let s = net.handshake(&b.key);
+    assert_eq!(net.closed.get(&b.session), Some(&ErrorCode::REPLACED));
+    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((conversations[0].max_seq, conversations[0].cursor), (5, 3));
+}
+
+#[test]
+fn registration_rules() {
+    let mut net = Net::new(Limits::default());
+    let key = DeviceKey::from_seed([40; 32], user_id(4));
+    let s = net.handshake(&key);
+    // Unregistered: no submit, pull or sync.
+    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::NOT_REGISTERED,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    // Signed by the wrong key.
+    let bad = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let bad = DeviceRegistration {
+        user: user_id(4),
+        ..bad
+    };
+    let got = net.frame(
+        s,
+        ClientFrame::RegisterDevice {
+            request_id: 2,
+            registration: bad,
+        },
+    );
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::BAD_REGISTRATION,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let good = DeviceRegistration::sign(&user_key(4), key.device(), 0);
+    let got = net.frame(
+        s,
+        ClientFrame::RegisterDevice {
+            request_id: 3,
+            registration: good,
+        },
+    );
+    assert!(
+        matches!(got[..], [ServerFrame::Registered { .. }]),
+        "{got:?}"
+    );
+    // The same device for another user.
+    let other = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let got = net.frame(
+        s,
+        ClientFrame::RegisterDevice {
+            request_id: 4,
+            registration: other,
+        },
+    );
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::DEVICE_TAKEN,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+}

@@ -1,0 +1,182 @@
+//! Operator metrics in Prometheus text format (prometheus-client), one registry per relay so
+//! that several relays in one process (tests) keep their own figures.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Labels of the per-device backlog gauge.
+pub type DeviceLabels = Vec<(String, String)>;
+
+/// The relay's metrics. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct RelayMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    /// Devices with an authenticated connection.
+    pub connected_devices: Gauge,
+    /// Events durably sequenced.
+    pub events_accepted: Counter,
+    /// Submitted events refused.
+    pub events_rejected: Counter,
+    /// Group commits done.
+    pub commits: Counter,
+    /// Pushed events not yet acknowledged by their devices (all connections).
+    pub fanout_queue_depth: Gauge,
+    /// Devices switched to pull mode.
+    pub pull_mode_switches: Counter,
+    /// Bytes of the store file.
+    pub store_size_bytes: Gauge,
+    /// Events stored.
+    pub stored_events: Gauge,
+    /// Per connected device: sequenced events it has not reported received.
+    pub device_backlog: Family<DeviceLabels, Gauge>,
+    /// Connections refused by a limit.
+    pub connections_refused: Counter,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tidings_relay");
+        let connected_devices = Gauge::default();
+        let events_accepted = Counter::default();
+        let events_rejected = Counter::default();
+        let commits = Counter::default();
+        let fanout_queue_depth = Gauge::default();
+        let pull_mode_switches = Counter::default();
+        let store_size_bytes = Gauge::default();
+        let stored_events = Gauge::default();
+        let device_backlog = Family::<DeviceLabels, Gauge>::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "connected_devices",
+            "Devices with an authenticated connection",
+            connected_devices.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events durably sequenced and acknowledged",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Submitted events refused",
+            events_rejected.clone(),
+        );
+        registry.register("commits", "Group commits to the store", commits.clone());
+        registry.register(
+            "fanout_queue_depth",
+            "Pushed events not yet acknowledged by their devices",
+            fanout_queue_depth.clone(),
+        );
+        registry.register(
+            "pull_mode_switches",
+            "Devices switched to pull mode for falling behind",
+            pull_mode_switches.clone(),
+        );
+        registry.register(
+            "store_size_bytes",
+            "Size of the store file in bytes",
+            store_size_bytes.clone(),
+        );
+        registry.register(
+            "stored_events",
+            "Events in the store",
+            stored_events.clone(),
+        );
+        registry.register(
+            "device_backlog_events",
+            "Per connected device: sequenced events it has not reported received",
+            device_backlog.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused by a connection limit",
+            connections_refused.clone(),
+        );
+        RelayMetrics {
+            inner: Arc::new(Inner {
+                registry,
+                connected_devices,
+                events_accepted,
+                events_rejected,
+                commits,
+                fanout_queue_depth,
+                pull_mode_switches,
+                store_size_bytes,
+                stored_events,
+                device_backlog,
+                connections_refused,
+            }),
+        }
+    }
+}
+
+impl RelayMetrics {
+    /// Renders every metric in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    pub(crate) fn set_connected(&self, n: usize) {
+        self.inner.connected_devices.set(as_i64(n));
+    }
+
+    pub(crate) fn accepted(&self, n: usize) {
+        self.inner.events_accepted.inc_by(n as u64);
+    }
+
+    pub(crate) fn rejected(&self, n: usize) {
+        self.inner.events_rejected.inc_by(n as u64);
+    }
+
+    pub(crate) fn committed(&self) {
+        self.inner.commits.inc();
+    }
+
+    pub(crate) fn set_fanout_depth(&self, n: usize) {
+        self.inner.fanout_queue_depth.set(as_i64(n));
+    }
+
+    pub(crate) fn pull_mode_switch(&self) {
+        self.inner.pull_mode_switches.inc();
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
+    }
+
+    pub(crate) fn set_store(&self, bytes: u64, events: u64) {
+        self.inner.store_size_bytes.set(as_i64(bytes));
+        self.inner.stored_events.set(as_i64(events));
+    }
+
+    pub(crate) fn set_backlogs(&self, backlogs: &[(String, u64)]) {
+        self.inner.device_backlog.clear();
+        for (device, n) in backlogs {
+            self.inner
+                .device_backlog
+                .get_or_create(&vec![("device".to_string(), device.clone())])
+                .set(as_i64(*n));
+        }
+    }
+
+    /// Events accepted so far (for tests and tools).
+    pub fn events_accepted(&self) -> u64 {
+        self.inner.events_accepted.get()
+    }
+}
+
+fn as_i64<T: TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
