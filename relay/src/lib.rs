@@ -12,10 +12,31 @@
 //!   and its redb [`core::RelayStore`].
 //! - [`limits`]: every limit as a named constant, overridable through [`Limits`].
 //! - [`metrics`]: Prometheus metrics.
+//! - [`identity`]: the relay's persistent ed25519 key and self-signed certificate.
+//! - [`config`]: [`RelayConfig`], the TOML file's shape.
+//! - [`server`]: the quinn shell: [`start`] from a config, or [`run`] on a bound endpoint.
+//! - [`client`]: a minimal device-side client (tests, tools, reference for device libraries).
+//!
+//! # Starting a relay in-process
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let relay = tidings_relay::start(tidings_relay::RelayConfig::dev(dir.path())).await?;
+//! println!("{} {} {}", relay.addr(), relay.relay_id(), relay.fingerprint());
+//! relay.shutdown().await?;
+//! # Ok(()) }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod client;
+pub mod config;
 pub mod core;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod server;
 
+pub use config::RelayConfig;
+pub use identity::{cert_fingerprint, RelayIdentity};
 pub use limits::Limits;
+pub use server::{run, server_endpoint, start, RelayError, RelayHandle};

@@ -21,25 +21,25 @@ pub struct RelayMetrics {
 struct Inner {
     registry: Registry,
     /// Devices with an authenticated connection.
-    pub connected_devices: Gauge,
+    connected_devices: Gauge,
     /// Events durably sequenced.
-    pub events_accepted: Counter,
+    events_accepted: Counter,
     /// Submitted events refused.
-    pub events_rejected: Counter,
+    events_rejected: Counter,
     /// Group commits done.
-    pub commits: Counter,
+    commits: Counter,
     /// Pushed events not yet acknowledged by their devices (all connections).
-    pub fanout_queue_depth: Gauge,
+    fanout_queue_depth: Gauge,
     /// Devices switched to pull mode.
-    pub pull_mode_switches: Counter,
+    pull_mode_switches: Counter,
     /// Bytes of the store file.
-    pub store_size_bytes: Gauge,
+    store_size_bytes: Gauge,
     /// Events stored.
-    pub stored_events: Gauge,
+    stored_events: Gauge,
     /// Per connected device: sequenced events it has not reported received.
-    pub device_backlog: Family<DeviceLabels, Gauge>,
+    device_backlog: Family<DeviceLabels, Gauge>,
     /// Connections refused by a limit.
-    pub connections_refused: Counter,
+    connections_refused: Counter,
 }
 
 impl Default for RelayMetrics {
@@ -156,9 +156,16 @@ impl RelayMetrics {
         self.inner.connections_refused.inc();
     }
 
-    pub(crate) fn set_store(&self, bytes: u64, events: u64) {
+    pub(crate) fn set_store_size(&self, bytes: u64) {
         self.inner.store_size_bytes.set(as_i64(bytes));
-        self.inner.stored_events.set(as_i64(events));
+    }
+
+    pub(crate) fn set_stored_events(&self, n: u64) {
+        self.inner.stored_events.set(as_i64(n));
+    }
+
+    pub(crate) fn add_stored_events(&self, n: usize) {
+        self.inner.stored_events.inc_by(as_i64(n));
     }
 
     pub(crate) fn set_backlogs(&self, backlogs: &[(String, u64)]) {

@@ -229,6 +229,7 @@ impl RelayCore {
             outputs: VecDeque::new(),
         };
         core.load()?;
+        core.metrics.set_stored_events(core.store.n_events()?);
         Ok(core)
     }
 
@@ -842,6 +843,11 @@ impl RelayCore {
         Ok(idx)
     }
 
+    /// Events staged for the next commit.
+    pub fn n_staged_events(&self) -> usize {
+        self.staged.events.len()
+    }
+
     /// Whether anything waits for a commit.
     pub fn has_staged(&self) -> bool {
         !self.staged.is_empty()
@@ -962,6 +968,7 @@ impl RelayCore {
     fn after_commit(&mut self, staged: Staged) {
         self.metrics.committed();
         self.metrics.accepted(staged.events.len());
+        self.metrics.add_stored_events(staged.events.len());
         for c in &staged.touched {
             let Some(conv) = self.convs.get_mut(c) else {
                 continue;

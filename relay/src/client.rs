@@ -1,0 +1,485 @@
+//! A minimal device-side client for tests, tools and as a reference for device libraries
+//! (apps use `tidings-replica`, which implements the same steps on its own).
+//!
+//! It shows the whole handshake: QUIC with ALPN `tidings/1` and a certificate pinned by its
+//! SHA-256 fingerprint ([`PinnedCertVerifier`]), Hello → Challenge, the TLS keying-material
+//! export bound into the signed transcript, Auth → Welcome.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tidings_engine::wire::{
+    self, ClientFrame, DeviceRegistration, Envelope, ErrorCode, Item, ServerFrame, SubmitOutcome,
+    Welcome,
+};
+use tidings_engine::{ConversationId, DeviceKey, Event, ServerSeq};
+use tokio::sync::mpsc;
+
+/// The server name a client dials (the certificate is pinned, so the name is not checked
+/// against a CA; it must be one of the certificate's names).
+pub const SERVER_NAME: &str = "tidings-relay";
+/// Frames buffered from the reader task before it stops reading.
+pub const CLIENT_QUEUE: usize = 4096;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The fingerprint is not 64 lowercase hex characters.
+    #[error("bad certificate fingerprint")]
+    BadFingerprint,
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Socket failure.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// A frame failed to encode or decode.
+    #[error("wire: {0}")]
+    Wire(#[from] wire::WireError),
+    /// The relay sent an Error frame.
+    #[error("relay error {code}: {message}")]
+    Relay {
+        /// The code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+    },
+    /// The relay refused a request.
+    #[error("refused {code}: {message}")]
+    Refused {
+        /// The code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+    },
+    /// The stream ended.
+    #[error("the relay closed the stream")]
+    Closed,
+    /// An unexpected frame.
+    #[error("unexpected frame: {0}")]
+    Unexpected(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// A rustls verifier that accepts exactly one certificate: the one whose SHA-256 (of the DER
+/// encoding) equals the pinned fingerprint. Handshake signatures are still verified.
+#[derive(Debug)]
+pub struct PinnedCertVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinnedCertVerifier {
+    /// A verifier for a fingerprint in the relay's format (64 lowercase hex characters).
+    pub fn new(fingerprint: &str) -> Result<PinnedCertVerifier, ClientError> {
+        let mut fp = [0u8; 32];
+        hex::decode_to_slice(fingerprint, &mut fp).map_err(|_| ClientError::BadFingerprint)?;
+        Ok(PinnedCertVerifier {
+            fingerprint: fp,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A quinn client config that pins the relay certificate and speaks ALPN `tidings/1`.
+pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(fingerprint)?))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral loopback-or-any port that several clients can share.
+pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    Ok(quinn::Endpoint::client(bind)?)
+}
+
+/// An authenticated session with a relay.
+#[derive(Debug)]
+pub struct RelayClient {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    frames: mpsc::Receiver<Result<ServerFrame, ClientError>>,
+    stash: VecDeque<ServerFrame>,
+    next_request: u64,
+    welcome: Welcome,
+    buf: Vec<u8>,
+}
+
+impl RelayClient {
+    /// Connects, pins the certificate and authenticates as `key`.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        fingerprint: &str,
+        key: &DeviceKey,
+    ) -> Result<RelayClient, ClientError> {
+        let conn = endpoint
+            .connect_with(client_config(fingerprint)?, addr, SERVER_NAME)?
+            .await?;
+        let (send, recv) = conn.open_bi().await?;
+        let (tx, frames) = mpsc::channel(CLIENT_QUEUE);
+        tokio::spawn(read_frames(recv, tx));
+        let mut c = RelayClient {
+            conn,
+            send,
+            frames,
+            stash: VecDeque::new(),
+            next_request: 1,
+            welcome: Welcome {
+                relay: key.device(),
+                registered: false,
+                limits: crate::Limits::default().wire(),
+            },
+            buf: Vec::new(),
+        };
+        c.send(&ClientFrame::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            device: key.device(),
+            user: key.user(),
+        })
+        .await?;
+        let nonce = match c.next_frame().await? {
+            ServerFrame::Challenge { nonce } => nonce,
+            f => return Err(ClientError::Unexpected(format!("{f:?}"))),
+        };
+        let mut binding = [0u8; wire::TLS_BINDING_LEN];
+        c.conn
+            .export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Unexpected("keying material export failed".into()))?;
+        let signature = wire::sign_auth(key.signing_key(), &key.user(), &nonce, &binding);
+        c.send(&ClientFrame::Auth { signature }).await?;
+        match c.next_frame().await? {
+            ServerFrame::Welcome(w) => c.welcome = w,
+            f => return Err(ClientError::Unexpected(format!("{f:?}"))),
+        }
+        Ok(c)
+    }
+
+    /// What the relay said in Welcome.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The QUIC connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        self.buf.clear();
+        wire::encode_frame(frame, &mut self.buf)?;
+        self.send.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Sends raw bytes on the stream (for tests of malformed input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The next frame from the relay, stashed ones first. An Error frame becomes an error.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        if let Some(f) = self.stash.pop_front() {
+            return Ok(f);
+        }
+        match self.frames.recv().await {
+            Some(Ok(ServerFrame::Error { code, message })) => {
+                Err(ClientError::Relay { code, message })
+            }
+            Some(r) => r,
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// The next frame, waiting at most `timeout`.
+    pub async fn next_frame_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<ServerFrame, ClientError> {
+        tokio::time::timeout(timeout, self.next_frame())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    /// Waits for the reply to `request_id`, stashing other frames (pushes) for later.
+    async fn reply(&mut self, request_id: u64) -> Result<ServerFrame, ClientError> {
+        let mut others = Vec::new();
+        let result = loop {
+            let f = match self.frames.recv().await {
+                Some(Ok(ServerFrame::Error { code, message })) => {
+                    break Err(ClientError::Relay { code, message })
+                }
+                Some(Ok(f)) => f,
+                Some(Err(e)) => break Err(e),
+                None => break Err(ClientError::Closed),
+            };
+            match &f {
+                ServerFrame::Refused {
+                    request_id: r,
+                    code,
+                    message,
+                } if *r == request_id => {
+                    break Err(ClientError::Refused {
+                        code: *code,
+                        message: message.clone(),
+                    })
+                }
+                ServerFrame::Registered { request_id: r, .. }
+                | ServerFrame::SubmitResult { request_id: r, .. }
+                | ServerFrame::Page { request_id: r, .. }
+                | ServerFrame::Conversations { request_id: r, .. }
+                    if *r == request_id =>
+                {
+                    break Ok(f)
+                }
+                _ => others.push(f),
+            }
+        };
+        self.stash.extend(others);
+        result
+    }
+
+    /// Registers this device to the user whose identity key is `user_key`.
+    pub async fn register(
+        &mut self,
+        user_key: &ed25519_dalek::SigningKey,
+        device: tidings_engine::DeviceId,
+        issued_ms: u64,
+    ) -> Result<(), ClientError> {
+        let request_id = self.request_id();
+        let registration = DeviceRegistration::sign(user_key, device, issued_ms);
+        self.send(&ClientFrame::RegisterDevice {
+            request_id,
+            registration,
+        })
+        .await?;
+        self.reply(request_id).await.map(|_| ())
+    }
+
+    /// Lists the device's conversations and turns pushes on.
+    pub async fn sync(&mut self) -> Result<Vec<wire::ConversationInfo>, ClientError> {
+        let request_id = self.request_id();
+        self.send(&ClientFrame::Sync { request_id }).await?;
+        match self.reply(request_id).await? {
+            ServerFrame::Conversations { conversations, .. } => Ok(conversations),
+            f => Err(ClientError::Unexpected(format!("{f:?}"))),
+        }
+    }
+
+    /// Sends a Submit without waiting; returns its request id.
+    pub async fn submit_nowait(&mut self, events: &[Event]) -> Result<u64, ClientError> {
+        let request_id = self.request_id();
+        let events = events
+            .iter()
+            .map(|e| Envelope(e.bytes().to_vec()))
+            .collect();
+        self.send(&ClientFrame::Submit { request_id, events })
+            .await?;
+        Ok(request_id)
+    }
+
+    /// Submits events and waits for their outcomes.
+    pub async fn submit(&mut self, events: &[Event]) -> Result<Vec<SubmitOutcome>, ClientError> {
+        let request_id = self.submit_nowait(events).await?;
+        match self.reply(request_id).await? {
+            ServerFrame::SubmitResult { outcomes, .. } => Ok(outcomes),
+            f => Err(ClientError::Unexpected(format!("{f:?}"))),
+        }
+    }
+
+    /// One page of a conversation after `after_seq`.
+    pub async fn pull(
+        &mut self,
+        conversation: ConversationId,
+        after_seq: ServerSeq,
+        limit: u32,
+    ) -> Result<(Vec<Item>, bool), ClientError> {
+        let request_id = self.request_id();
+        self.send(&ClientFrame::Pull {
+            request_id,
+            conversation,
+            after_seq,
+            limit,
+        })
+        .await?;
+        match self.reply(request_id).await? {
+            ServerFrame::Page { items, more, .. } => Ok((items, more)),
+            f => Err(ClientError::Unexpected(format!("{f:?}"))),
+        }
+    }
+
+    /// Every event of a conversation after `after_seq`, page by page.
+    pub async fn pull_all(
+        &mut self,
+        conversation: ConversationId,
+        mut after_seq: ServerSeq,
+    ) -> Result<Vec<Item>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let (items, more) = self.pull(conversation, after_seq, u32::MAX).await?;
+            for it in &items {
+                after_seq = ack_seq(&it.ack)?;
+            }
+            all.extend(items);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Reports that everything up to `up_to` in `conversation` is stored on the device.
+    pub async fn received(
+        &mut self,
+        conversation: ConversationId,
+        up_to: ServerSeq,
+    ) -> Result<(), ClientError> {
+        self.send(&ClientFrame::Received {
+            conversation,
+            up_to,
+        })
+        .await
+    }
+
+    /// The items of the next Push frame, waiting at most `timeout`.
+    pub async fn next_push(&mut self, timeout: Duration) -> Result<Vec<Item>, ClientError> {
+        loop {
+            match self.next_frame_within(timeout).await? {
+                ServerFrame::Push { items } => return Ok(items),
+                ServerFrame::PullMode => {
+                    return Err(ClientError::Unexpected("switched to pull mode".into()))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// The server sequence an ack envelope carries (verifying its signature).
+pub fn ack_seq(ack: &[u8]) -> Result<ServerSeq, ClientError> {
+    let ack = Event::decode(ack).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    match ack.kind() {
+        tidings_engine::EventKind::ServerAck { seq, .. } => Ok(*seq),
+        k => Err(ClientError::Unexpected(format!("not an ack: {}", k.name()))),
+    }
+}
+
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<ServerFrame, ClientError>>,
+) {
+    loop {
+        let mut header = [0u8; wire::FRAME_HEADER_LEN];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let result = match wire::decode_len(header, wire::MAX_FRAME_LEN) {
+            Ok(len) => {
+                let mut body = vec![0u8; len];
+                if recv.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                wire::decode_body::<ServerFrame>(&body).map_err(ClientError::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        let stop = result.is_err();
+        if tx.send(result).await.is_err() || stop {
+            return;
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The async shell: quinn connections in, frames through the core, frames out.
+//!
+//! - One **core thread** owns the [`RelayCore`] and its redb store. It takes inputs from a
+//!   bounded queue, stages submits from every connection, commits once no input is waiting
+//!   (or the batch is full: group commit), then routes the outputs. Blocking redb calls stay
+//!   off the async runtime.
+//! - One **driver task** per connection reads frames, verifies Submit signatures in batches
+//!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
+//!   sends the frames the core routes to it. A connection may have at most
+//!   `max_inflight_requests` unanswered requests: past that its driver stops reading and QUIC
+//!   flow control pushes back on the device.
+//! - [`run`] takes a bound endpoint and a shutdown future; [`start`] opens everything from a
+//!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
+
+use crate::config::RelayConfig;
+use crate::core::{
+    verify_batch, ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId,
+};
+use crate::identity::{IdentityError, RelayIdentity};
+use crate::metrics::RelayMetrics;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tidings_engine::event::DecodeError;
+use tidings_engine::wire::{self, ClientFrame, ErrorCode, ServerFrame};
+use tidings_engine::{DeviceId, Event};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// Seconds a new connection has to open its stream and say Hello.
+pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Frames a writer drains into one write.
+const WRITE_COALESCE: usize = 64;
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The identity could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::core::StoreError),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Binding a socket or another IO failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The core thread stopped unexpectedly.
+    #[error("the relay core stopped")]
+    CoreGone,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running relay, owning its tasks: dropping it stops the relay abruptly (staged but
+/// uncommitted events are lost, as in a crash; everything acknowledged is on disk).
+/// [`RelayHandle::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct RelayHandle {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    relay_id: DeviceId,
+    fingerprint: String,
+    metrics: RelayMetrics,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    core: CoreThread,
+}
+
+impl RelayHandle {
+    /// The QUIC address devices connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics HTTP address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The relay's DeviceId (signs ServerAck events).
+    pub fn relay_id(&self) -> DeviceId {
+        self.relay_id
+    }
+
+    /// The certificate fingerprint devices pin (lowercase hex SHA-256 of the DER certificate).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The relay's metrics.
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+
+    /// Stops accepting, commits what is staged, answers it, closes every connection with
+    /// `SHUTTING_DOWN` and waits for the store to close.
+    pub async fn shutdown(mut self) -> Result<(), RelayError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = match self.task.take() {
+            Some(t) => t.await.unwrap_or(Err(RelayError::CoreGone)),
+            None => Ok(()),
+        };
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        let core = std::mem::take(&mut self.core);
+        tokio::task::spawn_blocking(move || core.join())
+            .await
+            .map_err(|_| RelayError::CoreGone)?;
+        result
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        self.core.crash();
+        std::mem::take(&mut self.core).join();
+    }
+}
+
+/// The core thread's handle: crash it, join it.
+#[derive(Debug, Default)]
+struct CoreThread {
+    crash: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CoreThread {
+    fn crash(&mut self) {
+        if let Some(tx) = self.crash.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens the data directory, the store and the identity, binds the QUIC endpoint (and the
+/// metrics endpoint) and starts serving. Must be called inside a tokio runtime.
+pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+    let identity = RelayIdentity::load_or_create(&config.data_dir)?;
+    let db_path = config.data_dir.join("relay.redb");
+    let db = redb::Database::create(&db_path).map_err(crate::core::StoreError::from)?;
+    let store = RelayStore::open(db, config.durable)?;
+    let metrics = RelayMetrics::default();
+    let core = RelayCore::with_metrics(
+        store,
+        identity.key().clone(),
+        config.limits.clone(),
+        metrics.clone(),
+    )?;
+    let endpoint = server_endpoint(&identity, config.listen, config.idle_timeout_secs)?;
+    let addr = endpoint.local_addr().map_err(|source| RelayError::Io {
+        what: "reading the QUIC address",
+        source,
+    })?;
+    let (core_thread, core_tx) = spawn_core(core)?;
+    let (metrics_addr, metrics_task) = match config.metrics_listen {
+        Some(a) => {
+            let listener =
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|source| RelayError::Io {
+                        what: "binding the metrics address",
+                        source,
+                    })?;
+            let local = listener.local_addr().map_err(|source| RelayError::Io {
+                what: "reading the metrics address",
+                source,
+            })?;
+            let task = tokio::spawn(serve_metrics(
+                listener,
+                metrics.clone(),
+                core_tx.clone(),
+                db_path,
+            ));
+            (Some(local), Some(task))
+        }
+        None => (None, None),
+    };
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let shell = Shell {
+        core_tx,
+        limits: config.limits.clone().clamped(),
+    };
+    let task = tokio::spawn(shell.serve(
+        endpoint,
+        async move {
+            let _ = shutdown_rx.await;
+        },
+        grace,
+    ));
+    info!(%addr, relay = %identity.relay_id(), fingerprint = %identity.fingerprint(), "relay listening");
+    Ok(RelayHandle {
+        addr,
+        metrics_addr,
+        relay_id: identity.relay_id(),
+        fingerprint: identity.fingerprint(),
+        metrics,
+        shutdown: Some(shutdown_tx),
+        task: Some(task),
+        metrics_task,
+        core: core_thread,
+    })
+}
+
+/// Serves `endpoint` with `core` until `shutdown` completes, then shuts down gracefully (final
+/// commit, `SHUTTING_DOWN` to every device). For callers that bind their own endpoint (see
+/// [`server_endpoint`]); [`start`] does everything from a config.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    core: RelayCore,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let limits = core.limits().clone();
+    let (thread, core_tx) = spawn_core(core)?;
+    let shell = Shell { core_tx, limits };
+    let result = shell
+        .serve(
+            endpoint,
+            shutdown,
+            Duration::from_secs(crate::limits::SHUTDOWN_GRACE_SECS),
+        )
+        .await;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|_| RelayError::CoreGone)?;
+    result
+}
+
+/// A QUIC server endpoint with the relay's certificate and ALPN, bound to `addr`.
+pub fn server_endpoint(
+    identity: &RelayIdentity,
+    addr: SocketAddr,
+    idle_timeout_secs: u64,
+) -> Result<quinn::Endpoint, RelayError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert().clone()], identity.cert_key())?;
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| RelayError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(
+            quinn::IdleTimeout::try_from(Duration::from_secs(idle_timeout_secs.max(1))).ok(),
+        );
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).map_err(|source| RelayError::Io {
+        what: "binding the QUIC address",
+        source,
+    })
+}
+
+/// What a connection writer is told to do.
+#[derive(Debug)]
+enum Outbound {
+    Frame(ServerFrame),
+    Close(ErrorCode, String),
+}
+
+/// Inputs of the core thread.
+enum CoreInput {
+    Connect {
+        peer: std::net::IpAddr,
+        binding: [u8; wire::TLS_BINDING_LEN],
+        out: mpsc::Sender<Outbound>,
+        conn: quinn::Connection,
+        reply: oneshot::Sender<Result<SessionId, ConnectError>>,
+    },
+    Frame(SessionId, ClientFrame),
+    Submit(SessionId, u64, Vec<Result<Event, DecodeError>>),
+    Disconnect(SessionId),
+    Stats(oneshot::Sender<CoreStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Route {
+    out: mpsc::Sender<Outbound>,
+    conn: quinn::Connection,
+}
+
+fn spawn_core(core: RelayCore) -> Result<(CoreThread, mpsc::Sender<CoreInput>), RelayError> {
+    let (tx, rx) = mpsc::channel(core.limits().core_queue);
+    let (crash_tx, crash_rx) = oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| RelayError::Io {
+            what: "starting the core runtime",
+            source,
+        })?;
+    let thread = std::thread::Builder::new()
+        .name("tidings-relay-core".into())
+        .spawn(move || rt.block_on(core_loop(core, rx, crash_rx)))
+        .map_err(|source| RelayError::Io {
+            what: "spawning the core thread",
+            source,
+        })?;
+    Ok((
+        CoreThread {
+            crash: Some(crash_tx),
+            thread: Some(thread),
+        },
+        tx,
+    ))
+}
+
+struct CoreDriver {
+    core: RelayCore,
+    routes: HashMap<SessionId, Route>,
+}
+
+impl CoreDriver {
+    /// Handles one input; returns the shutdown reply when the input asks to stop.
+    fn handle(&mut self, input: CoreInput) -> Option<oneshot::Sender<()>> {
+        let now = now_ms();
+        match input {
+            CoreInput::Connect {
+                peer,
+                binding,
+                out,
+                conn,
+                reply,
+            } => {
+                let nonce: [u8; wire::NONCE_LEN] = rand::random();
+                let r = self.core.handle_connect(peer, binding, nonce);
+                if let Ok(s) = r {
+                    self.routes.insert(s, Route { out, conn });
+                }
+                let _ = reply.send(r);
+            }
+            CoreInput::Frame(s, f) => self.core.handle_frame(s, f, now),
+            CoreInput::Submit(s, id, results) => {
+                self.core.handle_submit_verified(s, id, results, now)
+            }
+            CoreInput::Disconnect(s) => {
+                self.core.handle_disconnect(s);
+                self.routes.remove(&s);
+            }
+            CoreInput::Stats(reply) => {
+                let _ = reply.send(self.core.stats());
+            }
+            CoreInput::Shutdown(reply) => return Some(reply),
+        }
+        self.route();
+        None
+    }
+
+    fn commit(&mut self) {
+        if let Err(e) = self.core.commit() {
+            warn!(error = %e, "group commit failed; staged events refused");
+        }
+        self.route();
+    }
+
+    fn route(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Frame { session, frame } => {
+                    let Some(r) = self.routes.get(&session) else {
+                        continue;
+                    };
+                    if r.out.try_send(Outbound::Frame(frame)).is_err() {
+                        // Cannot happen while the device respects its in-flight limit and the
+                        // push window; if it does, the device is not reading.
+                        let code = ErrorCode::SLOW_CONSUMER;
+                        r.conn.close(code.0.into(), b"slow consumer");
+                        self.core.handle_disconnect(session);
+                        self.routes.remove(&session);
+                    }
+                }
+                Output::Close {
+                    session,
+                    code,
+                    message,
+                } => {
+                    if let Some(r) = self.routes.remove(&session) {
+                        if r.out.try_send(Outbound::Close(code, message)).is_err() {
+                            r.conn.close(code.0.into(), b"closed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn core_loop(
+    core: RelayCore,
+    mut rx: mpsc::Receiver<CoreInput>,
+    mut crash: oneshot::Receiver<()>,
+) {
+    let mut d = CoreDriver {
+        core,
+        routes: HashMap::new(),
+    };
+    loop {
+        let input = if d.core.has_staged() {
+            let wait = d
+                .core
+                .commit_deadline()
+                .map(|t| t.saturating_sub(now_ms()))
+                .unwrap_or(0);
+            if wait == 0 || d.core.wants_commit(now_ms()) {
+                d.commit();
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut crash => return,
+                i = rx.recv() => i,
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => { d.commit(); continue; }
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut crash => return,
+                i = rx.recv() => i,
+            }
+        };
+        let Some(input) = input else {
+            // Every sender is gone: the shell stopped without a shutdown. Like a crash.
+            return;
+        };
+        if let Some(reply) = d.handle(input) {
+            return finish(d, reply);
+        }
+        // Drain what is already waiting, so that one commit covers it all.
+        let max = d.core.limits().max_commit_batch;
+        while d.core.n_staged_events() < max {
+            match rx.try_recv() {
+                Ok(i) => {
+                    if let Some(reply) = d.handle(i) {
+                        return finish(d, reply);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if crash_requested(&mut crash) {
+            return;
+        }
+    }
+}
+
+fn crash_requested(crash: &mut oneshot::Receiver<()>) -> bool {
+    !matches!(crash.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+}
+
+fn finish(mut d: CoreDriver, reply: oneshot::Sender<()>) {
+    d.commit();
+    d.core
+        .close_all(ErrorCode::SHUTTING_DOWN, "the relay is shutting down");
+    d.route();
+    drop(d);
+    let _ = reply.send(());
+}
+
+struct Shell {
+    core_tx: mpsc::Sender<CoreInput>,
+    limits: crate::limits::Limits,
+}
+
+impl Shell {
+    async fn serve(
+        self,
+        endpoint: quinn::Endpoint,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> Result<(), RelayError> {
+        let mut conns = JoinSet::new();
+        let shell = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let shell = shell.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = shell.connection(incoming).await {
+                            debug!(error = %e, "connection ended");
+                        }
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        info!("relay shutting down");
+        endpoint.set_server_config(None);
+        let (tx, rx) = oneshot::channel();
+        let core_alive = shell.core_tx.send(CoreInput::Shutdown(tx)).await.is_ok();
+        let committed = core_alive && rx.await.is_ok();
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            conns.abort_all();
+        }
+        endpoint.close(ErrorCode::SHUTTING_DOWN.0.into(), b"shutting down");
+        let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+        if committed {
+            Ok(())
+        } else {
+            Err(RelayError::CoreGone)
+        }
+    }
+
+    async fn connection(&self, incoming: quinn::Incoming) -> Result<(), ConnError> {
+        let conn = incoming.accept()?.await?;
+        let mut binding = [0u8; wire::TLS_BINDING_LEN];
+        conn.export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
+            .map_err(|_| ConnError::Protocol("keying material export failed"))?;
+        let handshake = Duration::from_secs(HANDSHAKE_TIMEOUT_SECS);
+        let (send, recv) = tokio::time::timeout(handshake, conn.accept_bi())
+            .await
+            .map_err(|_| ConnError::Protocol("no stream opened in time"))??;
+        let capacity = self.limits.max_inflight_requests + self.limits.push_window + 16;
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.core_tx
+            .send(CoreInput::Connect {
+                peer: conn.remote_address().ip(),
+                binding,
+                out: out_tx.clone(),
+                conn: conn.clone(),
+                reply: reply_tx,
+            })
+            .await
+            .map_err(|_| ConnError::CoreGone)?;
+        let session = match reply_rx.await.map_err(|_| ConnError::CoreGone)? {
+            Ok(s) => s,
+            Err(e) => {
+                let code = ErrorCode::TOO_MANY_CONNECTIONS;
+                let mut send = send;
+                write_close(&mut send, &conn, code, &e.to_string()).await;
+                return Ok(());
+            }
+        };
+        let inflight = Arc::new(Semaphore::new(self.limits.max_inflight_requests));
+        let writer = tokio::spawn(write_loop(send, conn.clone(), out_rx, inflight.clone()));
+        let result = self.read_loop(session, recv, &out_tx, &inflight).await;
+        let _ = self.core_tx.send(CoreInput::Disconnect(session)).await;
+        drop(out_tx);
+        // The writer ends once the core dropped its route and the queue is drained.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        conn.close(0u32.into(), b"");
+        result
+    }
+
+    async fn read_loop(
+        &self,
+        session: SessionId,
+        mut recv: quinn::RecvStream,
+        out: &mpsc::Sender<Outbound>,
+        inflight: &Semaphore,
+    ) -> Result<(), ConnError> {
+        let max_len = self.limits.max_frame_len;
+        loop {
+            let mut header = [0u8; wire::FRAME_HEADER_LEN];
+            match recv.read_exact(&mut header).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(()),
+                Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+            }
+            let frame = match wire::decode_len(header, max_len) {
+                Ok(len) => {
+                    let mut body = vec![0u8; len];
+                    match recv.read_exact(&mut body).await {
+                        Ok(()) => wire::decode_body::<ClientFrame>(&body),
+                        Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(()),
+                        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    // Only this connection closes; the relay goes on serving everyone else.
+                    let _ = out.send(Outbound::Close(e.code(), e.to_string())).await;
+                    return Err(ConnError::Wire(e));
+                }
+            };
+            let is_request = matches!(
+                frame,
+                ClientFrame::RegisterDevice { .. }
+                    | ClientFrame::Submit { .. }
+                    | ClientFrame::Pull { .. }
+                    | ClientFrame::Sync { .. }
+            );
+            if is_request {
+                // Released by the writer when it writes the reply.
+                inflight
+                    .acquire()
+                    .await
+                    .map_err(|_| ConnError::CoreGone)?
+                    .forget();
+            }
+            let input = match frame {
+                ClientFrame::Submit { request_id, events }
+                    if events.len() <= self.limits.max_submit_batch =>
+                {
+                    CoreInput::Submit(session, request_id, verify_batch(&events))
+                }
+                f => CoreInput::Frame(session, f),
+            };
+            self.core_tx
+                .send(input)
+                .await
+                .map_err(|_| ConnError::CoreGone)?;
+        }
+    }
+}
+
+fn is_reply(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Refused { .. }
+            | ServerFrame::Registered { .. }
+            | ServerFrame::SubmitResult { .. }
+            | ServerFrame::Page { .. }
+            | ServerFrame::Conversations { .. }
+    )
+}
+
+async fn write_loop(
+    mut send: quinn::SendStream,
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Outbound>,
+    inflight: Arc<Semaphore>,
+) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut replies = 0;
+        let mut close = None;
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(o) = next.take() {
+            match o {
+                Outbound::Frame(f) => {
+                    replies += usize::from(is_reply(&f));
+                    if let Err(e) = wire::encode_frame(&f, &mut buf) {
+                        warn!(error = %e, "dropping an unencodable frame");
+                    }
+                }
+                Outbound::Close(code, message) => {
+                    close = Some((code, message));
+                    break;
+                }
+            }
+            n += 1;
+            if n < WRITE_COALESCE {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() && send.write_all(&buf).await.is_err() {
+            return;
+        }
+        inflight.add_permits(replies);
+        if let Some((code, message)) = close {
+            write_close(&mut send, &conn, code, &message).await;
+            return;
+        }
+    }
+}
+
+/// Sends the Error frame, gives it a moment to arrive, and closes the connection with the
+/// code (so a device learns why even if the frame is lost).
+async fn write_close(
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut message = message.to_string();
+    message.truncate(wire::MAX_REASON_LEN);
+    let frame = ServerFrame::Error {
+        code,
+        message: message.clone(),
+    };
+    if let Ok(bytes) = wire::frame_bytes(&frame) {
+        if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        }
+    }
+    conn.close(code.0.into(), message.as_bytes());
+}
+
+/// Why a connection ended early (logged at debug level).
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("frame: {0}")]
+    Wire(wire::WireError),
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("the core stopped")]
+    CoreGone,
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: RelayMetrics,
+    core_tx: mpsc::Sender<CoreInput>,
+    db_path: PathBuf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let core_tx = core_tx.clone();
+        let db_path = db_path.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                if head.len() > crate::limits::MAX_METRICS_REQUEST {
+                    return;
+                }
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            let ok = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ");
+            let (status, body) = if ok {
+                let (tx, rx) = oneshot::channel();
+                if core_tx.send(CoreInput::Stats(tx)).await.is_ok() {
+                    if let Ok(stats) = rx.await {
+                        let backlog: Vec<(String, u64)> = stats
+                            .device_backlog
+                            .iter()
+                            .map(|(d, n)| (d.to_string(), *n))
+                            .collect();
+                        metrics.set_backlogs(&backlog);
+                    }
+                }
+                let size = std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0);
+                metrics.set_store_size(size);
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
