@@ -67,6 +67,9 @@ from_redb!(
     redb::DatabaseError
 );
 
+/// Where an event was sequenced: its conversation, its sequence and its ack envelope.
+pub type Sequenced = (ConversationId, ServerSeq, Vec<u8>);
+
 /// What the relay keeps per conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationRecord {
@@ -267,10 +270,7 @@ impl RelayStore {
     }
 
     /// For each id, where it was sequenced and its ack, if it was.
-    pub fn lookup(
-        &self,
-        ids: &[EventId],
-    ) -> Result<Vec<Option<(ConversationId, ServerSeq, Vec<u8>)>>, StoreError> {
+    pub fn lookup(&self, ids: &[EventId]) -> Result<Vec<Option<Sequenced>>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(EVENT_INDEX)?;
         let events = txn.open_table(EVENTS)?;

@@ -237,7 +237,7 @@ fn resubmission_returns_the_same_ack_and_stores_nothing_twice() {
     let c = create(&mut a, 1, &[1]);
     let s = send(&mut a, 1, "once");
     let first = net.submit(&a, &[c, s.clone()]);
-    let again = net.submit(&a, &[s.clone()]);
+    let again = net.submit(&a, std::slice::from_ref(&s));
     assert_eq!(again[0], first[1]);
     // Twice in one batch, not yet committed: one sequence.
     let t = send(&mut a, 1, "twice");
@@ -424,7 +424,7 @@ fn fans_out_to_every_member_device_but_the_submitter() {
     let eve = net.connect(3, 30);
     let mut b = b;
     let r = event(&mut b, 1, EventKind::Delivered { up_to: 2 });
-    net.submit(&b, &[r.clone()]);
+    net.submit(&b, std::slice::from_ref(&r));
     assert!(net.take(eve.session).is_empty());
     // The receipt reaches both of the sender's devices.
     assert_eq!(pushed(&net.take(a1.session))[0].id(), r.id());
@@ -483,7 +483,7 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
         }]
     );
     let s = send(&mut a, 1, "pushed again");
-    net.submit(&a, &[s.clone()]);
+    net.submit(&a, std::slice::from_ref(&s));
     assert_eq!(pushed(&net.take(b.session))[0].id(), s.id());
 }
 

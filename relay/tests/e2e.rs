@@ -1,0 +1,463 @@
+//! End-to-end over real QUIC on 127.0.0.1: relays started in-process, devices using the
+//! reference client. Waits are bounded by timeouts; nothing asserts a duration.
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tidings_engine::wire::{self, ClientFrame, ErrorCode, Item, SubmitOutcome};
+use tidings_engine::{ConversationId, DeviceKey, Event, EventKind, MessageId, ServerSeq, UserId};
+use tidings_relay::client::{ack_seq, client_endpoint, ClientError, RelayClient};
+use tidings_relay::{Limits, RelayConfig, RelayHandle};
+
+const WAIT: Duration = Duration::from_secs(10);
+const CONV: ConversationId = ConversationId([7; 16]);
+
+fn user_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn user_id(seed: u8) -> UserId {
+    UserId(user_key(seed).verifying_key().to_bytes())
+}
+
+struct Device {
+    key: DeviceKey,
+    user_seed: u8,
+    counter: u64,
+    client: RelayClient,
+}
+
+async fn start(dir: &Path, limits: Limits) -> Result<RelayHandle> {
+    let config = RelayConfig::dev(dir)
+        .with_limits(limits)
+        .with_metrics(Some("127.0.0.1:0".parse()?));
+    Ok(tidings_relay::start(config).await?)
+}
+
+async fn connect(
+    ep: &quinn::Endpoint,
+    relay: &RelayHandle,
+    user_seed: u8,
+    dev_seed: u8,
+) -> Result<Device> {
+    let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
+    let mut client = RelayClient::connect(ep, relay.addr(), relay.fingerprint(), &key).await?;
+    assert_eq!(client.welcome().relay, relay.relay_id());
+    if !client.welcome().registered {
+        client
+            .register(&user_key(user_seed), key.device(), 1)
+            .await?;
+    }
+    client.sync().await?;
+    Ok(Device {
+        key,
+        user_seed,
+        counter: 0,
+        client,
+    })
+}
+
+async fn reconnect(ep: &quinn::Endpoint, relay: &RelayHandle, d: Device) -> Result<Device> {
+    let seed = d.key.seed()[0];
+    let counter = d.counter;
+    let mut fresh = connect(ep, relay, d.user_seed, seed).await?;
+    fresh.counter = counter;
+    Ok(fresh)
+}
+
+impl Device {
+    fn event(&mut self, kind: EventKind) -> Event {
+        self.counter += 1;
+        let h = self.key.header(CONV, self.counter, None, self.counter, 1);
+        Event::sign(self.key.signing_key(), h, kind).expect("sign")
+    }
+
+    fn create(&mut self, members: &[u8]) -> Event {
+        let members = members.iter().map(|&m| user_id(m)).collect();
+        self.event(EventKind::Create { members })
+    }
+
+    fn send(&mut self, text: &str) -> Event {
+        let mut message = [0u8; 16];
+        message[..8].copy_from_slice(&self.counter.to_be_bytes());
+        message[8] = self.key.seed()[0];
+        self.event(EventKind::Send {
+            message: MessageId(message),
+            body: text.as_bytes().to_vec(),
+            media: vec![],
+        })
+    }
+
+    async fn submit_ok(&mut self, events: &[Event]) -> Result<Vec<ServerSeq>> {
+        let outcomes = self.client.submit(events).await?;
+        outcomes.iter().map(seq_of).collect()
+    }
+
+    /// Collects pushed events until `n` arrived.
+    async fn pushed(&mut self, n: usize) -> Result<Vec<(Event, ServerSeq)>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            for it in self.client.next_push(WAIT).await? {
+                out.push(decode(&it)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn seq_of(o: &SubmitOutcome) -> Result<ServerSeq> {
+    match o {
+        SubmitOutcome::Accepted { ack } => Ok(ack_seq(ack)?),
+        SubmitOutcome::Rejected { code, reason } => bail!("rejected {code}: {reason}"),
+    }
+}
+
+fn code_of(o: &SubmitOutcome) -> Option<ErrorCode> {
+    match o {
+        SubmitOutcome::Rejected { code, .. } => Some(*code),
+        SubmitOutcome::Accepted { .. } => None,
+    }
+}
+
+fn decode(it: &Item) -> Result<(Event, ServerSeq)> {
+    let e = Event::decode(&it.event).context("event")?;
+    let ack = Event::decode(&it.ack).context("ack")?;
+    let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
+        bail!("not an ack")
+    };
+    assert_eq!(*event, e.id());
+    Ok((e, *seq))
+}
+
+fn endpoint() -> Result<quinn::Endpoint> {
+    Ok(client_endpoint("127.0.0.1:0".parse::<SocketAddr>()?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_three_devices() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), Limits::default()).await?;
+    let ep = endpoint()?;
+    let mut alice_phone = connect(&ep, &relay, 1, 11).await?;
+    let mut alice_laptop = connect(&ep, &relay, 1, 12).await?;
+    let mut bob = connect(&ep, &relay, 2, 21).await?;
+
+    // Submit and ack; fan-out to Bob and to Alice's laptop, not back to the phone.
+    let create = alice_phone.create(&[1, 2]);
+    let hello = alice_phone.send("Just took off");
+    assert_eq!(
+        alice_phone
+            .submit_ok(&[create.clone(), hello.clone()])
+            .await?,
+        vec![1, 2]
+    );
+    for d in [&mut bob, &mut alice_laptop] {
+        let got = d.pushed(2).await?;
+        assert_eq!(got[0].0.id(), create.id());
+        assert_eq!((got[1].0.id(), got[1].1), (hello.id(), 2));
+        d.client.received(CONV, 2).await?;
+    }
+
+    // Resubmission: same sequence, nothing stored twice.
+    assert_eq!(
+        alice_phone.submit_ok(std::slice::from_ref(&hello)).await?,
+        vec![2]
+    );
+
+    // Bob goes offline; Alice sends three more; Bob comes back and pulls since his cursor.
+    bob.client.close();
+    let more: Vec<Event> = (0..3).map(|i| alice_phone.send(&format!("m{i}"))).collect();
+    assert_eq!(alice_phone.submit_ok(&more).await?, vec![3, 4, 5]);
+    let mut bob = reconnect(&ep, &relay, bob).await?;
+    let convs = bob.client.sync().await?;
+    assert_eq!(convs.len(), 1);
+    assert_eq!((convs[0].max_seq, convs[0].cursor), (5, 2));
+    let missed = bob.client.pull_all(CONV, convs[0].cursor).await?;
+    let ids: Vec<_> = missed
+        .iter()
+        .map(|it| decode(it).map(|(e, _)| e.id()))
+        .collect::<Result<_>>()?;
+    assert_eq!(ids, more.iter().map(|e| e.id()).collect::<Vec<_>>());
+
+    // Bob's receipt reaches both of Alice's devices.
+    let read = bob.event(EventKind::Read { up_to: 5 });
+    assert_eq!(bob.submit_ok(std::slice::from_ref(&read)).await?, vec![6]);
+    let laptop_view = alice_laptop.pushed(4).await?;
+    assert_eq!(
+        laptop_view.last().map(|(e, s)| (e.id(), *s)),
+        Some((read.id(), 6))
+    );
+    let phone_view = alice_phone.pushed(1).await?;
+    assert_eq!(phone_view[0].0.id(), read.id());
+
+    // The metrics endpoint reports what happened.
+    let text = fetch_metrics(relay.metrics_addr().context("metrics")?).await?;
+    assert!(
+        text.contains("tidings_relay_events_accepted_total 6"),
+        "{text}"
+    );
+    assert!(text.contains("tidings_relay_connected_devices 3"), "{text}");
+    assert!(
+        text.contains("tidings_relay_device_backlog_events{device="),
+        "{text}"
+    );
+    relay.shutdown().await?;
+    Ok(())
+}
+
+async fn fetch_metrics(addr: SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), Limits::default()).await?;
+    let ep = endpoint()?;
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let mut eve = connect(&ep, &relay, 3, 31).await?;
+    let create = alice.create(&[1, 2]);
+    alice.submit_ok(&[create]).await?;
+
+    // A non-member cannot submit or pull.
+    let intrusion = eve.send("hi");
+    let out = eve.client.submit(&[intrusion]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::NOT_MEMBER));
+    match eve.client.pull(CONV, 0, 10).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
+        other => bail!("pull by a non-member: {other:?}"),
+    }
+    // A forged signature.
+    let real = alice.send("real");
+    let mut forged = real.bytes().to_vec();
+    forged[50] ^= 0x40;
+    alice
+        .client
+        .send(&ClientFrame::Submit {
+            request_id: 900,
+            events: vec![wire::Envelope(forged)],
+        })
+        .await?;
+    match alice.client.next_frame_within(WAIT).await? {
+        wire::ServerFrame::SubmitResult { outcomes, .. } => {
+            assert_eq!(code_of(&outcomes[0]), Some(ErrorCode::BAD_EVENT))
+        }
+        f => bail!("{f:?}"),
+    }
+    // The same device pretending to be a ServerAck author.
+    let fake = alice.event(EventKind::ServerAck {
+        event: real.id(),
+        message: None,
+        seq: 1,
+        server_ts_ms: 0,
+    });
+    let out = alice.client.submit(&[fake]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::FORBIDDEN_KIND));
+    // Authentication with a key other than the one named in Hello: refused.
+    let stranger = DeviceKey::from_seed([99; 32], user_id(1));
+    let liar = DeviceKey::from_seed([98; 32], user_id(1));
+    let (conn, mut send, mut recv) = raw(&ep, &relay).await?;
+    send_frame(&mut send, &hello(&stranger, wire::PROTOCOL_VERSION)).await?;
+    let wire::ServerFrame::Challenge { nonce } = read_frame(&mut recv).await? else {
+        bail!("no challenge")
+    };
+    let mut binding = [0u8; wire::TLS_BINDING_LEN];
+    conn.export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow::anyhow!("export"))?;
+    let signature = wire::sign_auth(liar.signing_key(), &stranger.user(), &nonce, &binding);
+    send_frame(&mut send, &ClientFrame::Auth { signature }).await?;
+    match read_frame(&mut recv).await? {
+        wire::ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::AUTH_FAILED),
+        f => bail!("{f:?}"),
+    }
+    assert_eq!(alice.submit_ok(&[real]).await?, vec![2]);
+    // Wrong certificate pin: no connection at all.
+    let wrong = "00".repeat(32);
+    assert!(RelayClient::connect(&ep, relay.addr(), &wrong, &stranger)
+        .await
+        .is_err());
+    relay.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_that_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), Limits::default()).await?;
+    let ep = endpoint()?;
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let create = alice.create(&[1]);
+    alice.submit_ok(&[create]).await?;
+
+    // Oversized: a length prefix over the limit, refused before anything is read.
+    let mut big = connect(&ep, &relay, 2, 21).await?;
+    let len = (wire::MAX_FRAME_LEN as u32) + 1;
+    big.client.send_raw(&len.to_be_bytes()).await?;
+    match big.client.next_frame_within(WAIT).await {
+        Err(ClientError::Relay { code, .. }) => assert_eq!(code, ErrorCode::FRAME_TOO_LARGE),
+        other => bail!("oversized frame: {other:?}"),
+    }
+    // Garbage: a valid length with an undecodable body.
+    let mut junk = connect(&ep, &relay, 3, 31).await?;
+    let mut bytes = 5u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe, 0x01, 0x02, 0x03]);
+    junk.client.send_raw(&bytes).await?;
+    match junk.client.next_frame_within(WAIT).await {
+        Err(ClientError::Relay { code, .. }) => assert_eq!(code, ErrorCode::MALFORMED_FRAME),
+        other => bail!("garbage frame: {other:?}"),
+    }
+    // A protocol version the relay does not speak, on a raw connection.
+    let key = DeviceKey::from_seed([41; 32], user_id(4));
+    let (_conn, mut send, mut recv) = raw(&ep, &relay).await?;
+    send_frame(&mut send, &hello(&key, 99)).await?;
+    match read_frame(&mut recv).await? {
+        wire::ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::UNSUPPORTED_VERSION),
+        f => bail!("{f:?}"),
+    }
+
+    // Alice's connection is untouched.
+    let m = alice.send("still here");
+    assert_eq!(alice.submit_ok(&[m]).await?, vec![2]);
+    relay.shutdown().await?;
+    Ok(())
+}
+
+async fn raw(
+    ep: &quinn::Endpoint,
+    relay: &RelayHandle,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let conn = ep
+        .connect_with(
+            tidings_relay::client::client_config(relay.fingerprint())?,
+            relay.addr(),
+            tidings_relay::client::SERVER_NAME,
+        )?
+        .await?;
+    let (send, recv) = conn.open_bi().await?;
+    Ok((conn, send, recv))
+}
+
+fn hello(key: &DeviceKey, protocol_version: u16) -> ClientFrame {
+    ClientFrame::Hello {
+        protocol_version,
+        device: key.device(),
+        user: key.user(),
+    }
+}
+
+async fn send_frame(send: &mut quinn::SendStream, f: &ClientFrame) -> Result<()> {
+    send.write_all(&wire::frame_bytes(f)?).await?;
+    Ok(())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<wire::ServerFrame> {
+    let mut header = [0u8; 4];
+    tokio::time::timeout(WAIT, recv.read_exact(&mut header)).await??;
+    let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(WAIT, recv.read_exact(&mut body)).await??;
+    Ok(wire::decode_body(&body)?)
+}
+
+/// Sends `n` messages, returns the acked sequences.
+async fn send_many(d: &mut Device, n: usize) -> Result<Vec<ServerSeq>> {
+    let evs: Vec<Event> = (0..n).map(|i| d.send(&format!("n{i}"))).collect();
+    d.submit_ok(&evs).await
+}
+
+async fn check_all_there(ep: &quinn::Endpoint, relay: &RelayHandle, upto: ServerSeq) -> Result<()> {
+    let mut reader = connect(ep, relay, 2, 22).await?;
+    let items = reader.client.pull_all(CONV, 0).await?;
+    let seqs: Vec<ServerSeq> = items
+        .iter()
+        .map(|it| decode(it).map(|(_, s)| s))
+        .collect::<Result<_>>()?;
+    assert_eq!(seqs, (1..=upto).collect::<Vec<_>>());
+    reader.client.close();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_acked_events_and_continues_the_sequence() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ep = endpoint()?;
+
+    let relay = start(dir.path(), Limits::default()).await?;
+    let id = (relay.relay_id(), relay.fingerprint().to_string());
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let create = alice.create(&[1, 2]);
+    alice.submit_ok(&[create]).await?;
+    assert_eq!(
+        send_many(&mut alice, 20).await?,
+        (2..=21).collect::<Vec<_>>()
+    );
+    // Graceful.
+    relay.shutdown().await?;
+
+    let relay = start(dir.path(), Limits::default()).await?;
+    assert_eq!((relay.relay_id(), relay.fingerprint().to_string()), id);
+    let mut alice = reconnect(&ep, &relay, alice).await?;
+    check_all_there(&ep, &relay, 21).await?;
+    assert_eq!(
+        send_many(&mut alice, 5).await?,
+        (22..=26).collect::<Vec<_>>()
+    );
+    // Abrupt: drop without shutdown while a submit may be in flight.
+    let in_flight = alice.send("in flight");
+    alice
+        .client
+        .submit_nowait(std::slice::from_ref(&in_flight))
+        .await?;
+    drop(relay);
+
+    let relay = start(dir.path(), Limits::default()).await?;
+    let mut alice = reconnect(&ep, &relay, alice).await?;
+    // The in-flight event was either acked as 27 before the drop or never stored; resending
+    // it gives 27 either way, and the next one 28: no gap, no reuse.
+    assert_eq!(alice.submit_ok(&[in_flight]).await?, vec![27]);
+    assert_eq!(send_many(&mut alice, 1).await?, vec![28]);
+    check_all_there(&ep, &relay, 28).await?;
+    relay.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), Limits::default().with_push_window(8)).await?;
+    let ep = endpoint()?;
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let mut bob = connect(&ep, &relay, 2, 21).await?;
+    let create = alice.create(&[1, 2]);
+    alice.submit_ok(&[create]).await?;
+    for _ in 0..4 {
+        send_many(&mut alice, 5).await?;
+    }
+    // Bob never acknowledged: after the window he is told to pull.
+    let mut n_pushed = 0;
+    loop {
+        match bob.client.next_frame_within(WAIT).await? {
+            wire::ServerFrame::Push { items } => n_pushed += items.len(),
+            wire::ServerFrame::PullMode => break,
+            f => bail!("{f:?}"),
+        }
+    }
+    assert!(n_pushed <= 8);
+    let all = bob.client.pull_all(CONV, 0).await?;
+    assert_eq!(all.len(), 21);
+    bob.client.received(CONV, 21).await?;
+    bob.client.sync().await?;
+    let m = alice.send("pushes again");
+    alice.submit_ok(std::slice::from_ref(&m)).await?;
+    assert_eq!(bob.pushed(1).await?[0].0.id(), m.id());
+    relay.shutdown().await?;
+    Ok(())
+}
