@@ -1,0 +1,264 @@
+//! The seed scenario, end to end on loopback: a relay, Alice's phone and laptop, Bob's phone.
+//!
+//! Alice goes into airplane mode and sends three messages (⏰ PENDING, in order); Bob is offline
+//! too. Alice comes back (✓ SENT on both her devices); Bob comes back (messages arrive in order,
+//! ✓✓ DELIVERED); Bob reads (✓✓ READ on both of Alice's devices). Exits 0 when every message
+//! ended READ on every device of Alice, 1 with the reason otherwise.
+//!
+//! `cargo run --release --example offline_demo`
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tidings::engine::wire::DeviceRegistration;
+use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status, UserId};
+use tidings::relay::config::RelayConfig;
+use tidings::relay::server::{self, RelayHandle};
+use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::{Replica, ReplicaConfig, Update};
+
+/// How long any one step may take before the demo gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Device {
+    name: &'static str,
+    replica: Replica,
+}
+
+fn label(status: Status) -> String {
+    match status {
+        Status::Pending => "⏰ PENDING".into(),
+        Status::Failed => "❗ FAILED".into(),
+        Status::Sent => "✓ SENT".into(),
+        Status::Delivered => "✓✓ DELIVERED".into(),
+        Status::Read => "✓✓ READ (blue)".into(),
+    }
+}
+
+async fn open_device(
+    name: &'static str,
+    dir: &Path,
+    user_key: &SigningKey,
+    relay: &RelayHandle,
+) -> Result<Device> {
+    let user = UserId(user_key.verifying_key().to_bytes());
+    let key = DeviceKey::from_seed(rand::random(), user);
+    let fingerprint =
+        parse_fingerprint(relay.fingerprint()).context("relay printed a bad fingerprint")?;
+    let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fingerprint);
+    config.device.registration = Some(DeviceRegistration::sign(user_key, key.device(), 0));
+    // Snappy for a demo: retries from 200 ms, reconnects from 100 ms.
+    config.device.retry = RetryPolicy {
+        base_ms: 200,
+        max_ms: 2_000,
+        ..RetryPolicy::default()
+    };
+    config.device.reconnect = RetryPolicy {
+        base_ms: 100,
+        max_ms: 1_000,
+        max_attempts: u32::MAX,
+        jitter_pct: 20,
+    };
+    let replica = Replica::open(dir.join(name), key, config).await?;
+    // Print every status change this device sees, as it happens.
+    let mut updates = replica.subscribe();
+    tokio::spawn(async move {
+        while let Some(u) = updates.next().await {
+            if let Update::StatusChanged {
+                message, from, to, ..
+            } = u
+            {
+                println!(
+                    "    [{name:>12}] {}… {} → {}",
+                    &message.to_string()[..6],
+                    label(from),
+                    label(to)
+                );
+            }
+        }
+    });
+    Ok(Device { name, replica })
+}
+
+/// Polls `check` until it returns true, or fails after [`STEP_TIMEOUT`].
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    while !check().await? {
+        if start.elapsed() > STEP_TIMEOUT {
+            bail!("timed out after {STEP_TIMEOUT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn statuses(d: &Device, conv: ConversationId, ids: &[MessageId]) -> Result<Vec<Status>> {
+    let snap = d.replica.conversation(conv).await?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            snap.messages
+                .iter()
+                .find(|m| m.id == *id)
+                .map(|m| m.status)
+                .unwrap_or(Status::Pending)
+        })
+        .collect())
+}
+
+async fn all_at(d: &Device, conv: ConversationId, ids: &[MessageId], want: Status) -> Result<bool> {
+    let snap = d.replica.conversation(conv).await?;
+    Ok(ids.iter().all(|id| {
+        snap.messages
+            .iter()
+            .any(|m| m.id == *id && m.status.rank() >= want.rank())
+    }))
+}
+
+async fn show(d: &Device, conv: ConversationId) -> Result<()> {
+    let snap = d.replica.conversation(conv).await?;
+    println!("  {} sees ({} unread):", d.name, snap.unread);
+    for m in &snap.messages {
+        println!(
+            "    {:<28} {}",
+            format!("\"{}\"", String::from_utf8_lossy(&m.record.body)),
+            label(m.status)
+        );
+    }
+    Ok(())
+}
+
+async fn demo() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    println!("tidings offline demo — relay and three devices on loopback\n");
+    let relay = server::start(RelayConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: tmp.path().join("relay"),
+        ..RelayConfig::default()
+    })
+    .await?;
+    println!(
+        "relay listening on {} (key {}…, certificate {}…)",
+        relay.addr(),
+        &relay.relay_id().to_string()[..12],
+        &relay.fingerprint()[..16]
+    );
+
+    let alice = SigningKey::from_bytes(&rand::random());
+    let bob = SigningKey::from_bytes(&rand::random());
+    let bob_id = UserId(bob.verifying_key().to_bytes());
+    let phone = open_device("alice-phone", tmp.path(), &alice, &relay).await?;
+    let laptop = open_device("alice-laptop", tmp.path(), &alice, &relay).await?;
+    let bob_phone = open_device("bob-phone", tmp.path(), &bob, &relay).await?;
+
+    let conv = ConversationId(rand::random());
+    phone
+        .replica
+        .create_conversation(conv, vec![bob_id])
+        .await?;
+    for d in [&phone, &laptop, &bob_phone] {
+        wait_until("every device to see the conversation", || async {
+            Ok(d.replica.conversation(conv).await?.members.is_some())
+        })
+        .await?;
+    }
+    println!("conversation created; all three devices connected\n");
+
+    println!("1. Alice's phone goes into airplane mode; Bob's phone is off the network too.");
+    phone.replica.network_changed(false).await?;
+    bob_phone.replica.network_changed(false).await?;
+
+    println!("2. Alice sends three messages while offline:");
+    let texts = ["Just took off", "See you in Lisbon", "Landing at 6"];
+    let mut ids = Vec::new();
+    for t in texts {
+        ids.push(phone.replica.send(conv, t.as_bytes().to_vec()).await?);
+    }
+    show(&phone, conv).await?;
+    if statuses(&phone, conv, &ids).await? != vec![Status::Pending; 3] {
+        bail!("messages sent offline should all be PENDING");
+    }
+
+    println!("\n3. Alice's phone is back online:");
+    phone.replica.network_changed(true).await?;
+    for d in [&phone, &laptop] {
+        wait_until("SENT on Alice's devices", || {
+            all_at(d, conv, &ids, Status::Sent)
+        })
+        .await?;
+    }
+    show(&phone, conv).await?;
+    show(&laptop, conv).await?;
+
+    println!("\n4. Bob's phone is back online:");
+    bob_phone.replica.network_changed(true).await?;
+    wait_until("Bob to receive all three", || async {
+        let got: Vec<MessageId> = bob_phone
+            .replica
+            .conversation(conv)
+            .await?
+            .messages
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        Ok(got == ids)
+    })
+    .await?;
+    show(&bob_phone, conv).await?;
+    for d in [&phone, &laptop] {
+        wait_until("DELIVERED on Alice's devices", || {
+            all_at(d, conv, &ids, Status::Delivered)
+        })
+        .await?;
+    }
+    show(&phone, conv).await?;
+
+    println!("\n5. Bob reads the conversation:");
+    bob_phone.replica.mark_read(conv, None).await?;
+    for d in [&phone, &laptop] {
+        wait_until("READ on Alice's devices", || {
+            all_at(d, conv, &ids, Status::Read)
+        })
+        .await?;
+    }
+    show(&phone, conv).await?;
+    show(&laptop, conv).await?;
+    show(&bob_phone, conv).await?;
+
+    for d in [&phone, &laptop] {
+        let st = statuses(d, conv, &ids).await?;
+        if st != vec![Status::Read; 3] {
+            bail!(
+                "{} ended with {:?}, expected every message READ",
+                d.name,
+                st
+            );
+        }
+    }
+    for d in [&phone, &laptop, &bob_phone] {
+        d.replica.close().await?;
+    }
+    relay.shutdown().await?;
+    println!("\nevery message ended READ on both of Alice's devices ✓✓");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    if let Err(e) = demo().await {
+        eprintln!("\noffline demo FAILED: {e:#}");
+        std::process::exit(1);
+    }
+}

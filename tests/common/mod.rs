@@ -1,0 +1,192 @@
+//! Shared helpers for the end-to-end tests: cast of users and devices, and a sans-IO world
+//! that wires device cores to a relay core on virtual time.
+#![allow(dead_code)]
+
+pub mod net;
+
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use tidings::engine::wire::DeviceRegistration;
+use tidings::engine::{
+    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceKey, EventLog, Store, StoreConfig,
+    UserId,
+};
+use tidings::relay::core::{Output, RelayCore, RelayStore, SessionId};
+use tidings::relay::Limits;
+
+/// A user: identity key and its id.
+pub struct User {
+    pub key: SigningKey,
+    pub id: UserId,
+}
+
+pub fn user(seed: u8) -> User {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let id = UserId(key.verifying_key().to_bytes());
+    User { key, id }
+}
+
+/// A device key of `user`, with the registration its user signed for it.
+pub fn device(user: &User, seed: u8) -> (DeviceKey, DeviceRegistration) {
+    let key = DeviceKey::from_seed([seed; 32], user.id);
+    let reg = DeviceRegistration::sign(&user.key, key.device(), 0);
+    (key, reg)
+}
+
+pub const CONV: ConversationId = ConversationId([0xc0; 16]);
+
+/// One device in the sans-IO world.
+pub struct SimDevice {
+    pub core: DeviceCore,
+    pub session: Option<SessionId>,
+    pub reachable: bool,
+    pub events: Vec<DeviceEvent>,
+}
+
+/// Devices and a relay core, connected by perfect in-memory links, on virtual time.
+pub struct World {
+    pub relay: RelayCore,
+    pub devices: Vec<SimDevice>,
+    pub now: u64,
+    sessions: HashMap<SessionId, usize>,
+}
+
+impl World {
+    pub fn new(relay_seed: u8) -> World {
+        let relay_key = DeviceKey::from_seed([relay_seed; 32], UserId([0; 32]));
+        let relay_key = DeviceKey::from_seed([relay_seed; 32], UserId(relay_key.device().0));
+        let relay = RelayCore::new(
+            RelayStore::in_memory().expect("relay store"),
+            relay_key,
+            Limits::default(),
+        )
+        .expect("relay core");
+        World {
+            relay,
+            devices: Vec::new(),
+            now: 1_000_000,
+            sessions: HashMap::new(),
+        }
+    }
+
+    pub fn add_device(&mut self, key: DeviceKey, reg: DeviceRegistration) -> usize {
+        let relay_id = self.relay.relay_id();
+        let store = Store::new(
+            EventLog::in_memory().expect("log"),
+            key,
+            StoreConfig::new(relay_id),
+        );
+        let config = DeviceConfig {
+            registration: Some(reg),
+            ..DeviceConfig::default()
+        };
+        let idx = self.devices.len();
+        self.devices.push(SimDevice {
+            core: DeviceCore::new(store, relay_id, config, idx as u64),
+            session: None,
+            reachable: false,
+            events: Vec::new(),
+        });
+        idx
+    }
+
+    /// Cuts or restores a device's network (the OS signal goes to the core too).
+    pub fn set_online(&mut self, idx: usize, online: bool) {
+        let now = self.now;
+        let d = &mut self.devices[idx];
+        d.reachable = online;
+        d.core
+            .network_changed(online, now)
+            .expect("network_changed");
+        if !online {
+            if let Some(s) = d.session.take() {
+                self.sessions.remove(&s);
+                self.relay.handle_disconnect(s);
+                d.core.handle_disconnected(now).expect("disconnected");
+            }
+        }
+    }
+
+    /// Moves frames until nothing moves, advancing time by `step_ms` between rounds, for at
+    /// most `max_ms` of virtual time.
+    pub fn run(&mut self, max_ms: u64) {
+        let end = self.now + max_ms;
+        loop {
+            let moved = self.round();
+            if !moved {
+                // Jump to the next timer, if any is due before the end.
+                let next = self
+                    .devices
+                    .iter()
+                    .filter_map(|d| d.core.poll_timeout())
+                    .filter(|t| *t > self.now)
+                    .min();
+                match next {
+                    Some(t) if t <= end => self.now = t,
+                    _ => break,
+                }
+            }
+            if self.now > end {
+                break;
+            }
+        }
+    }
+
+    fn round(&mut self) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        for idx in 0..self.devices.len() {
+            let d = &mut self.devices[idx];
+            if d.session.is_none() && d.reachable && d.core.poll_connect(now) {
+                let binding = [idx as u8 + 1; 32];
+                let s = self
+                    .relay
+                    .handle_connect("127.0.0.1".parse().expect("ip"), binding, [idx as u8; 32])
+                    .expect("connect");
+                d.session = Some(s);
+                self.sessions.insert(s, idx);
+                d.core.handle_connected(binding, now);
+                moved = true;
+            }
+            d.core.handle_timeout(now).expect("timeout");
+            while let Some(frame) = d.core.poll_transmit() {
+                if let Some(s) = d.session {
+                    self.relay.handle_frame(s, frame, now);
+                    moved = true;
+                }
+            }
+            while let Some(ev) = d.core.poll_event() {
+                d.events.push(ev);
+            }
+        }
+        if self.relay.has_staged() {
+            self.relay.commit().expect("relay commit");
+        }
+        while let Some(out) = self.relay.poll_output() {
+            moved = true;
+            match out {
+                Output::Frame { session, frame } => {
+                    if let Some(&idx) = self.sessions.get(&session) {
+                        let d = &mut self.devices[idx];
+                        if let Err(e) = d.core.handle_frame(frame, now) {
+                            panic!("device {idx} refused a frame: {e}");
+                        }
+                        while let Some(ev) = d.core.poll_event() {
+                            d.events.push(ev);
+                        }
+                    }
+                }
+                Output::Close {
+                    session,
+                    code,
+                    message,
+                } => {
+                    if let Some(idx) = self.sessions.remove(&session) {
+                        panic!("relay closed device {idx}: {code:?} {message}");
+                    }
+                }
+            }
+        }
+        moved
+    }
+}

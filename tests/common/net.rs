@@ -1,0 +1,176 @@
+//! Real relays and replicas on loopback, and a UDP proxy that can cut the path.
+
+use super::User;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidings::engine::wire::DeviceRegistration;
+use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status};
+use tidings::relay::config::RelayConfig;
+use tidings::relay::server::{self, RelayHandle};
+use tidings::relay::Limits;
+use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::{Replica, ReplicaConfig};
+use tokio::net::UdpSocket;
+
+/// A relay on 127.0.0.1:0 with its data in `dir`.
+pub async fn relay(dir: &Path, limits: Limits) -> RelayHandle {
+    server::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        limits,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts")
+}
+
+/// Device settings for tests: quick retries and reconnects, a dead path noticed in ~2 s.
+pub fn config(
+    relay: &RelayHandle,
+    addr: SocketAddr,
+    key: &DeviceKey,
+    user: &User,
+) -> ReplicaConfig {
+    let fp = parse_fingerprint(relay.fingerprint()).expect("fingerprint");
+    let mut c = ReplicaConfig::new(addr, relay.relay_id(), fp);
+    c.keepalive = Duration::from_millis(300);
+    c.idle_timeout = Duration::from_secs(2);
+    c.device.registration = Some(DeviceRegistration::sign(&user.key, key.device(), 0));
+    c.device.retry = RetryPolicy {
+        base_ms: 100,
+        max_ms: 1_000,
+        max_attempts: 50,
+        jitter_pct: 20,
+    };
+    c.device.reconnect = RetryPolicy {
+        base_ms: 50,
+        max_ms: 500,
+        max_attempts: u32::MAX,
+        jitter_pct: 20,
+    };
+    c.device.ack_timeout_ms = 1_000;
+    c
+}
+
+pub async fn open(dir: &Path, name: &str, key: DeviceKey, config: ReplicaConfig) -> Replica {
+    Replica::open(dir.join(name), key, config)
+        .await
+        .expect("replica opens")
+}
+
+/// Polls until `check` holds, panicking with `what` after `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Message ids in view order.
+pub async fn ids(r: &Replica, conv: ConversationId) -> Vec<MessageId> {
+    r.conversation(conv)
+        .await
+        .expect("conversation")
+        .messages
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// Statuses of `ids` as `r` sees them (Pending for an unknown one).
+pub async fn statuses(r: &Replica, conv: ConversationId, want: &[MessageId]) -> Vec<Status> {
+    let snap = r.conversation(conv).await.expect("conversation");
+    want.iter()
+        .map(|id| {
+            snap.messages
+                .iter()
+                .find(|m| m.id == *id)
+                .map(|m| m.status)
+                .unwrap_or(Status::Pending)
+        })
+        .collect()
+}
+
+/// True when every message in `want` is at least `status` on `r`.
+pub async fn all_at_least(
+    r: &Replica,
+    conv: ConversationId,
+    want: &[MessageId],
+    status: Status,
+) -> bool {
+    statuses(r, conv, want)
+        .await
+        .iter()
+        .all(|s| s.rank() >= status.rank())
+}
+
+/// A UDP forwarder between one client and the relay that can drop either direction.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub drop_to_server: Arc<AtomicBool>,
+    pub drop_to_client: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let back = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        back.connect(upstream).await.expect("connect");
+        let addr = front.local_addr().expect("addr");
+        let drop_to_server = Arc::new(AtomicBool::new(false));
+        let drop_to_client = Arc::new(AtomicBool::new(false));
+        let (ds, dc) = (drop_to_server.clone(), drop_to_client.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let mut a = vec![0u8; 65_536];
+            let mut b = vec![0u8; 65_536];
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if !ds.load(Ordering::Relaxed) {
+                            let _ = back.send(&a[..n]).await;
+                        }
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { return };
+                        if let (Some(c), false) = (client, dc.load(Ordering::Relaxed)) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Proxy {
+            addr,
+            drop_to_server,
+            drop_to_client,
+            task,
+        }
+    }
+
+    /// Both directions dropped (`false`) or passed (`true`).
+    pub fn set_up(&self, up: bool) {
+        self.drop_to_server.store(!up, Ordering::Relaxed);
+        self.drop_to_client.store(!up, Ordering::Relaxed);
+    }
+}

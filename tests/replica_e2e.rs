@@ -1,0 +1,410 @@
+//! The device library against a real relay on 127.0.0.1 over QUIC.
+
+mod common;
+
+use common::net::{all_at_least, config, eventually, ids, open, relay, statuses, Proxy};
+use common::{device, user};
+use std::time::Duration;
+use tidings::engine::{ConversationId, MessageId, RetryPolicy, Status};
+use tidings::relay::Limits;
+
+fn conv(n: u8) -> ConversationId {
+    ConversationId([n; 16])
+}
+
+/// Alice's phone, Alice's laptop and Bob's phone, all connected, in one conversation.
+struct Trio {
+    _dir: tempfile::TempDir,
+    relay: tidings::relay::server::RelayHandle,
+    phone: tidings::replica::Replica,
+    laptop: tidings::replica::Replica,
+    bob: tidings::replica::Replica,
+    conv: ConversationId,
+}
+
+async fn trio(limits: Limits) -> Trio {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), limits).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (k1, _) = device(&alice, 11);
+    let (k2, _) = device(&alice, 12);
+    let (k3, _) = device(&bobu, 21);
+    let phone = open(
+        dir.path(),
+        "phone",
+        k1.clone(),
+        config(&relay, relay.addr(), &k1, &alice),
+    )
+    .await;
+    let laptop = open(
+        dir.path(),
+        "laptop",
+        k2.clone(),
+        config(&relay, relay.addr(), &k2, &alice),
+    )
+    .await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &bobu),
+    )
+    .await;
+    let c = conv(1);
+    phone
+        .create_conversation(c, vec![bobu.id])
+        .await
+        .expect("create");
+    for r in [&phone, &laptop, &bob] {
+        eventually(20, "conversation everywhere", || async {
+            r.conversation(c).await.expect("conv").members.is_some()
+        })
+        .await;
+    }
+    Trio {
+        _dir: dir,
+        relay,
+        phone,
+        laptop,
+        bob,
+        conv: c,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airplane_mode_sends_show_pending_then_go_out_in_order() {
+    let t = trio(Limits::default()).await;
+    t.phone.network_changed(false).await.expect("offline");
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            t.phone
+                .send(t.conv, format!("offline {i}").into_bytes())
+                .await
+                .expect("send"),
+        );
+        // Visible at once, PENDING, in send order, before any network.
+        assert_eq!(ids(&t.phone, t.conv).await, sent);
+        assert_eq!(
+            statuses(&t.phone, t.conv, &sent).await,
+            vec![Status::Pending; sent.len()]
+        );
+    }
+    assert_eq!(t.phone.outbox().await.expect("outbox").len(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        statuses(&t.phone, t.conv, &sent).await,
+        vec![Status::Pending; 5],
+        "still offline"
+    );
+
+    t.phone.network_changed(true).await.expect("online");
+    eventually(20, "SENT on the phone", || {
+        all_at_least(&t.phone, t.conv, &sent, Status::Sent)
+    })
+    .await;
+    eventually(20, "Bob has them", || async {
+        ids(&t.bob, t.conv).await == sent
+    })
+    .await;
+    // Server order equals send order.
+    let snap = t.bob.conversation(t.conv).await.expect("conv");
+    let seqs: Vec<u64> = snap.messages.iter().map(|m| m.seq.expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(t.phone.outbox().await.expect("outbox").is_empty());
+    t.relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_device_delivers_its_outbox_exactly_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (k1, _) = device(&alice, 11);
+    let (k3, _) = device(&bobu, 21);
+    let bob = open(
+        dir.path(),
+        "bob",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &bobu),
+    )
+    .await;
+    let c = conv(2);
+    let cfg = config(&relay, relay.addr(), &k1, &alice);
+
+    // The phone runs on its own runtime so that it can be killed without any cleanup.
+    let (d, k, cfg2, bob_id) = (dir.path().to_path_buf(), k1.clone(), cfg.clone(), bobu.id);
+    let sent: Vec<MessageId> = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let sent = rt.block_on(async move {
+            let phone = open(&d, "phone", k, cfg2).await;
+            phone.network_changed(false).await.expect("offline");
+            phone
+                .create_conversation(c, vec![bob_id])
+                .await
+                .expect("create");
+            let mut sent = Vec::new();
+            for i in 0..10 {
+                sent.push(
+                    phone
+                        .send(c, format!("before crash {i}").into_bytes())
+                        .await
+                        .expect("send"),
+                );
+            }
+            // The handle is never dropped: the driver gets no close, takes no snapshot.
+            std::mem::forget(phone);
+            sent
+        });
+        // Every task is dropped where it stands.
+        rt.shutdown_timeout(Duration::from_secs(2));
+        sent
+    })
+    .join()
+    .expect("device thread");
+    let phone = open(dir.path(), "phone", k1, cfg).await;
+    assert_eq!(
+        phone.outbox().await.expect("outbox").len(),
+        11,
+        "create + 10 sends survived"
+    );
+    assert_eq!(ids(&phone, c).await, sent);
+    eventually(20, "Bob has all ten", || async {
+        ids(&bob, c).await.len() == 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&bob, c).await, sent, "exactly once, in order");
+    eventually(20, "phone outbox drained", || async {
+        phone.outbox().await.expect("o").is_empty()
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_ack_is_retried_and_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
+    let proxy = Proxy::start(relay.addr()).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (k1, _) = device(&alice, 11);
+    let (k2, _) = device(&alice, 12);
+    let (k3, _) = device(&bobu, 21);
+    // The phone talks through the proxy; the others directly.
+    let phone = open(
+        dir.path(),
+        "phone",
+        k1.clone(),
+        config(&relay, proxy.addr, &k1, &alice),
+    )
+    .await;
+    let laptop = open(
+        dir.path(),
+        "laptop",
+        k2.clone(),
+        config(&relay, relay.addr(), &k2, &alice),
+    )
+    .await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &bobu),
+    )
+    .await;
+    let c = conv(3);
+    phone
+        .create_conversation(c, vec![bobu.id])
+        .await
+        .expect("create");
+    eventually(20, "bob sees the conversation", || async {
+        bob.conversation(c).await.expect("c").members.is_some()
+    })
+    .await;
+
+    // The relay gets the submission, its ack never comes back.
+    proxy
+        .drop_to_client
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let m = phone
+        .send(c, b"did you get this?".to_vec())
+        .await
+        .expect("send");
+    eventually(20, "the relay accepted it (Bob has it)", || async {
+        ids(&bob, c).await == vec![m]
+    })
+    .await;
+    assert_eq!(
+        statuses(&phone, c, std::slice::from_ref(&m)).await,
+        vec![Status::Pending],
+        "no ack reached the phone"
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // ack timeout, retries, dead path
+    proxy.set_up(true);
+    eventually(30, "SENT on the phone", || {
+        all_at_least(&phone, c, std::slice::from_ref(&m), Status::Sent)
+    })
+    .await;
+    eventually(20, "the laptop has it", || async {
+        ids(&laptop, c).await == vec![m]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in [&phone, &laptop, &bob] {
+        assert_eq!(
+            ids(r, c).await,
+            vec![m],
+            "one message only, on every device"
+        );
+    }
+    let seq = |snap: tidings::replica::ConversationSnapshot| snap.messages[0].seq;
+    let s = seq(bob.conversation(c).await.expect("c"));
+    assert_eq!(
+        seq(phone.conversation(c).await.expect("c")),
+        s,
+        "the resubmission got the same sequence"
+    );
+    relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_catches_up_on_a_thousand_messages() {
+    let t = trio(Limits::default()).await;
+    t.bob.network_changed(false).await.expect("bob offline");
+    let mut sent = Vec::new();
+    for i in 0..1_000 {
+        sent.push(
+            t.phone
+                .send(t.conv, format!("m{i}").into_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+    eventually(60, "all SENT", || {
+        all_at_least(&t.phone, t.conv, &sent, Status::Sent)
+    })
+    .await;
+    t.bob.network_changed(true).await.expect("bob online");
+    eventually(60, "Bob has all 1,000", || async {
+        ids(&t.bob, t.conv).await.len() == 1_000
+    })
+    .await;
+    let snap = t.bob.conversation(t.conv).await.expect("conv");
+    assert_eq!(
+        snap.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        sent,
+        "server order = send order"
+    );
+    assert_eq!(snap.unread, 1_000);
+    for r in [&t.phone, &t.laptop] {
+        eventually(60, "DELIVERED on Alice's devices", || {
+            all_at_least(r, t.conv, &sent, Status::Delivered)
+        })
+        .await;
+    }
+    t.relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_device_sent_on_laptop_read_state_on_phone() {
+    let t = trio(Limits::default()).await;
+    let m = t
+        .phone
+        .send(t.conv, b"from the phone".to_vec())
+        .await
+        .expect("send");
+    eventually(20, "SENT on the laptop", || {
+        all_at_least(&t.laptop, t.conv, std::slice::from_ref(&m), Status::Sent)
+    })
+    .await;
+    let b = t
+        .bob
+        .send(t.conv, b"hi alice".to_vec())
+        .await
+        .expect("send");
+    eventually(20, "phone got Bob's", || async {
+        ids(&t.phone, t.conv).await.contains(&b)
+    })
+    .await;
+    eventually(20, "laptop got Bob's", || async {
+        ids(&t.laptop, t.conv).await.contains(&b)
+    })
+    .await;
+    assert_eq!(t.phone.conversation(t.conv).await.expect("c").unread, 1);
+    t.laptop
+        .mark_read(t.conv, None)
+        .await
+        .expect("read on laptop");
+    eventually(20, "unread 0 on the phone", || async {
+        t.phone.conversation(t.conv).await.expect("c").unread == 0
+    })
+    .await;
+    let list = t.phone.conversations().await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].unread, 0);
+    eventually(20, "Bob sees his message read", || {
+        all_at_least(&t.bob, t.conv, std::slice::from_ref(&b), Status::Read)
+    })
+    .await;
+    t.relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_fail_and_retry_delivers() {
+    // One event per second per device, a burst of two: the create and one message pass.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 2)).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (k1, _) = device(&alice, 11);
+    let (k3, _) = device(&bobu, 21);
+    let mut cfg = config(&relay, relay.addr(), &k1, &alice);
+    cfg.device.retry = RetryPolicy {
+        base_ms: 20,
+        max_ms: 40,
+        max_attempts: 2,
+        jitter_pct: 0,
+    };
+    let phone = open(dir.path(), "phone", k1.clone(), cfg).await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &bobu),
+    )
+    .await;
+    let c = conv(6);
+    phone
+        .create_conversation(c, vec![bobu.id])
+        .await
+        .expect("create");
+    let first = phone.send(c, b"one".to_vec()).await.expect("send");
+    let second = phone.send(c, b"two".to_vec()).await.expect("send");
+    eventually(20, "first SENT", || {
+        all_at_least(&phone, c, std::slice::from_ref(&first), Status::Sent)
+    })
+    .await;
+    eventually(20, "second FAILED", || async {
+        statuses(&phone, c, std::slice::from_ref(&second)).await == vec![Status::Failed]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the rate refills
+    phone.retry(second).await.expect("retry");
+    eventually(20, "second SENT after retry", || {
+        all_at_least(&phone, c, std::slice::from_ref(&second), Status::Sent)
+    })
+    .await;
+    eventually(20, "second reaches Bob", || async {
+        ids(&bob, c).await == vec![first, second]
+    })
+    .await;
+    eventually(20, "DELIVERED after retry", || {
+        all_at_least(&phone, c, std::slice::from_ref(&second), Status::Delivered)
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+}
