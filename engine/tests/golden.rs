@@ -30,7 +30,10 @@ fn fixtures() -> Vec<(&'static str, Event)> {
     ]
 }
 
-const GOLDEN: &[(&str, &str)] = &[("send", include_str!("golden/send.hex")), ("read", include_str!("golden/read.hex"))];
+const GOLDEN: &[(&str, &str)] = &[
+    ("send", include_str!("golden/send.hex")),
+    ("read", include_str!("golden/read.hex")),
+];
 
 #[test]
 fn envelopes_match_golden_bytes() {
@@ -41,7 +44,11 @@ fn envelopes_match_golden_bytes() {
             std::fs::write(format!("tests/golden/{name}.hex"), &hex_now).expect("write golden");
             continue;
         }
-        let expected = GOLDEN.iter().find(|(n, _)| *n == name).map(|(_, h)| h.trim()).expect("fixture");
+        let expected = GOLDEN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, h)| h.trim())
+            .expect("fixture");
         assert_eq!(hex_now, expected, "{name}: the envelope bytes changed");
         let bytes = hex::decode(expected).expect("hex");
         assert_eq!(Event::decode(&bytes).expect("golden decodes"), ev);
