@@ -151,6 +151,36 @@ enum State {
     Ready,
 }
 
+/// `(event, ack)` pairs of a page or a push with their signatures checked (each pair, or why
+/// it failed). Whether the ack is the pinned relay's and matches its event is checked by the
+/// core.
+#[derive(Debug, Default)]
+pub struct VerifiedItems(Vec<Result<(Event, Event), crate::event::DecodeError>>);
+
+impl VerifiedItems {
+    /// Decodes and batch-verifies every envelope of `items`.
+    pub fn verify(items: Vec<Item>) -> VerifiedItems {
+        let mut envelopes: Vec<&[u8]> = Vec::with_capacity(items.len() * 2);
+        for it in &items {
+            envelopes.push(&it.event);
+            envelopes.push(&it.ack);
+        }
+        let mut decoded = Event::decode_batch(&envelopes).into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        while let (Some(ev), Some(ack)) = (decoded.next(), decoded.next()) {
+            out.push(ev.and_then(|ev| ack.map(|ack| (ev, ack))));
+        }
+        VerifiedItems(out)
+    }
+}
+
+/// A relay frame whose event signatures were checked by [`DeviceCore::prepare`].
+#[derive(Debug)]
+pub struct PreparedFrame {
+    frame: ServerFrame,
+    items: VerifiedItems,
+}
+
 /// An outstanding request that expects a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
@@ -384,8 +414,31 @@ impl DeviceCore {
         self.transmit.clear();
     }
 
-    /// A frame from the relay.
+    /// A frame from the relay. Same as [`DeviceCore::prepare`] then
+    /// [`DeviceCore::handle_prepared`].
     pub fn handle_frame(&mut self, frame: ServerFrame, now_ms: u64) -> Result<(), DeviceError> {
+        self.handle_prepared(Self::prepare(frame), now_ms)
+    }
+
+    /// Checks the signatures of a frame's events: the CPU-heavy part of handling a page or a
+    /// push, pure, so a shell can run it on another thread than the one driving the core.
+    pub fn prepare(mut frame: ServerFrame) -> PreparedFrame {
+        let items = match &mut frame {
+            ServerFrame::Page { items, .. } | ServerFrame::Push { items } => {
+                VerifiedItems::verify(std::mem::take(items))
+            }
+            _ => VerifiedItems(Vec::new()),
+        };
+        PreparedFrame { frame, items }
+    }
+
+    /// A frame from [`DeviceCore::prepare`].
+    pub fn handle_prepared(
+        &mut self,
+        prepared: PreparedFrame,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let PreparedFrame { frame, items } = prepared;
         match (self.state, frame) {
             (_, ServerFrame::Error { code, message }) => Err(DeviceError::Closed { code, message }),
             (State::AwaitChallenge, ServerFrame::Challenge { nonce }) => {
@@ -437,8 +490,8 @@ impl DeviceCore {
                 ServerFrame::Page {
                     request_id,
                     conversation,
-                    items,
                     more,
+                    ..
                 },
             ) => {
                 self.requests.remove(&request_id);
@@ -451,7 +504,7 @@ impl DeviceCore {
                 self.report_if_caught_up();
                 Ok(())
             }
-            (State::Ready, ServerFrame::Push { items }) => self.on_items(items, now_ms),
+            (State::Ready, ServerFrame::Push { .. }) => self.on_items(items, now_ms),
             (State::Ready, ServerFrame::PullMode) => {
                 self.send_sync();
                 Ok(())
@@ -697,24 +750,21 @@ impl DeviceCore {
     /// Verifies and stores `(event, ack)` pairs from a page or a push, advances each
     /// conversation's gap-free cursor, tells the relay, and sends one cumulative Delivered
     /// receipt per conversation for messages of other users.
-    fn on_items(&mut self, items: Vec<Item>, now_ms: u64) -> Result<(), DeviceError> {
-        if items.is_empty() {
+    fn on_items(&mut self, items: VerifiedItems, now_ms: u64) -> Result<(), DeviceError> {
+        if items.0.is_empty() {
             return Ok(());
         }
-        let mut envelopes: Vec<&[u8]> = Vec::with_capacity(items.len() * 2);
-        for it in &items {
-            envelopes.push(&it.event);
-            envelopes.push(&it.ack);
-        }
-        let decoded = Event::decode_batch(&envelopes);
-        let mut accepted = Vec::with_capacity(decoded.len());
+        let mut accepted = Vec::with_capacity(items.0.len() * 2);
         // Per conversation: sequences received in this batch, and whether others' messages came.
         let mut seqs: BTreeMap<ConversationId, (Vec<ServerSeq>, bool)> = BTreeMap::new();
         let me = self.store.key().user();
-        for pair in decoded.chunks(2) {
-            let (Some(Ok(ev)), Some(Ok(ack))) = (pair.first(), pair.get(1)) else {
-                tracing::warn!("relay sent an item that does not verify; skipped");
-                continue;
+        for pair in items.0 {
+            let (ev, ack) = match pair {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay sent an item that does not verify; skipped");
+                    continue;
+                }
             };
             let seq = match ack.kind() {
                 EventKind::ServerAck { event, seq, .. }
@@ -734,8 +784,8 @@ impl DeviceCore {
             let e = seqs.entry(ev.conversation()).or_default();
             e.0.push(seq);
             e.1 |= foreign_message;
-            accepted.push(ev.clone());
-            accepted.push(ack.clone());
+            accepted.push(ev);
+            accepted.push(ack);
         }
         let out = self.store.apply(&accepted)?;
         for (id, err) in &out.rejected {

@@ -14,6 +14,7 @@
 use crate::ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The only envelope version this build writes and reads.
 pub const EVENT_VERSION: u8 = 1;
@@ -421,9 +422,20 @@ impl Event {
         let mut sigs = Vec::with_capacity(envelopes.len());
         let mut keys = Vec::with_capacity(envelopes.len());
         let mut idx = Vec::with_capacity(envelopes.len());
+        // A batch usually has few authors; decompressing a key costs about as much as a
+        // verification, so do it once per author.
+        let mut key_cache: HashMap<DeviceId, VerifyingKey> = HashMap::new();
         for (i, env) in envelopes.iter().enumerate() {
             match Self::decode_parts(env.as_ref()).and_then(|(e, s)| {
-                let k = verifying_key(&e.header.author)?;
+                let author = e.header.author;
+                let k = match key_cache.get(&author) {
+                    Some(k) => *k,
+                    None => {
+                        let k = verifying_key(&author)?;
+                        key_cache.insert(author, k);
+                        k
+                    }
+                };
                 Ok((e, s, k))
             }) {
                 Ok((e, s, k)) => {

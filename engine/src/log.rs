@@ -15,7 +15,7 @@ use redb::{
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
@@ -27,8 +27,8 @@ type Conv = &'static [u8; 16];
 type Id32 = &'static [u8; 32];
 /// (conversation, device, counter)
 type AuthorKey = (Conv, Id32, u64);
-/// (conversation, lamport, message id)
-type UnseqKey = (Conv, u64, &'static [u8; 16]);
+/// (conversation, message id)
+type UnseqKey = (Conv, &'static [u8; 16]);
 /// (user, delivered, read)
 type MarksValue = (Id32, u64, u64);
 
@@ -45,8 +45,8 @@ const BY_AUTHOR: TableDefinition<AuthorKey, &[u8; 32]> = TableDefinition::new("b
 const BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("by_seq");
 /// (conversation, server seq) → id of the `Send` event at that seq (the fast message view)
 const MSG_BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("msg_by_seq");
-/// (conversation, lamport, message id) → `Send` event id, for messages without a seq yet
-const UNSEQUENCED: TableDefinition<UnseqKey, &[u8; 32]> = TableDefinition::new("unsequenced");
+/// (conversation, message id) → (lamport, `Send` event id), for messages without a seq yet
+const UNSEQUENCED: TableDefinition<UnseqKey, (u64, Id32)> = TableDefinition::new("unsequenced");
 /// acknowledged event id → (seq, server ts, ack event id)
 const ACKS: TableDefinition<&[u8; 32], (u64, u64, &[u8; 32])> = TableDefinition::new("acks");
 /// (conversation, device) → (user, delivered up to, read up to)
@@ -279,11 +279,10 @@ impl EventLog {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let out = {
-            let mut t = LogTxn {
-                txn: &txn,
-                dequeued: Vec::new(),
-            };
-            f(&mut t)?
+            let mut t = LogTxn::open(&txn)?;
+            let out = f(&mut t)?;
+            t.finish()?;
+            out
         };
         txn.commit()?;
         Ok(out)
@@ -456,14 +455,10 @@ impl EventLog {
         let members = meta.members.as_ref().map(|(_, m)| m.as_slice());
 
         let mut ids: Vec<[u8; 32]> = Vec::with_capacity(n);
-        let unseq = txn.open_table(UNSEQUENCED)?;
-        for row in unseq
-            .range((c, 0u64, &[0u8; 16])..=(c, u64::MAX, &[0xffu8; 16]))?
-            .rev()
-            .take(n)
-        {
-            ids.push(*row?.1.value());
-        }
+        // Pending messages are few (they wait for the relay): read them all and order them.
+        let mut pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
+        pending.sort_unstable();
+        ids.extend(pending.iter().rev().take(n).map(|(_, _, id)| *id));
         let rest = n - ids.len();
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
         for row in by_seq.range((c, 0u64)..=(c, u64::MAX))?.rev().take(rest) {
@@ -483,7 +478,8 @@ impl EventLog {
                 media,
             } = ev.kind()
             else {
-                return Err(corrupt("msg_by_seq", "points at a non-message event"));
+                tracing::warn!(event = %ev.id(), "an ack named a message for a non-message event");
+                continue;
             };
             let ack = acks.get(&id)?.map(|g| (g.value().0, g.value().1));
             let failed = match outbox_by_event.get(&id)? {
@@ -530,13 +526,12 @@ impl EventLog {
         let read = marks.get(&user).map(|m| m.read).unwrap_or(0);
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
         let events = txn.open_table(EVENTS)?;
-        let unseq = txn.open_table(UNSEQUENCED)?;
+        let pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
         let acked = by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))?;
-        let pending = unseq.range((c, 0u64, &[0u8; 16])..=(c, u64::MAX, &[0xffu8; 16]))?;
         let mut n = 0;
         for id in acked
             .map(|r| r.map(|(_, v)| *v.value()))
-            .chain(pending.map(|r| r.map(|(_, v)| *v.value())))
+            .chain(pending.into_iter().map(|(_, _, id)| Ok(id)))
         {
             if let Some(g) = events.get(&id?)? {
                 let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
@@ -547,9 +542,25 @@ impl EventLog {
     }
 }
 
-/// One write transaction over the log's tables.
+/// One write transaction over the log's tables. Every table is opened once per transaction,
+/// and per-conversation facts are cached and written back once, at the end.
 pub struct LogTxn<'a> {
-    txn: &'a redb::WriteTransaction,
+    events: redb::Table<'a, Id32, (u64, &'static [u8])>,
+    log: redb::Table<'a, u64, Id32>,
+    conv_log: redb::Table<'a, (Conv, u64), Id32>,
+    by_author: redb::Table<'a, AuthorKey, Id32>,
+    by_seq: redb::Table<'a, (Conv, u64), Id32>,
+    msg_by_seq: redb::Table<'a, (Conv, u64), Id32>,
+    unsequenced: redb::Table<'a, UnseqKey, (u64, Id32)>,
+    acks: redb::Table<'a, Id32, (u64, u64, Id32)>,
+    marks: redb::Table<'a, (Conv, Id32), MarksValue>,
+    convs: redb::Table<'a, Conv, &'static [u8]>,
+    outbox: redb::Table<'a, u64, &'static [u8]>,
+    outbox_by_event: redb::Table<'a, Id32, u64>,
+    cursors: redb::Table<'a, &'static [u8], u64>,
+    snapshots: redb::Table<'a, Conv, (u64, &'static [u8])>,
+    metas: HashMap<ConversationId, ConversationMeta>,
+    next_position: Option<u64>,
     dequeued: Vec<EventId>,
 }
 
@@ -560,61 +571,105 @@ impl std::fmt::Debug for LogTxn<'_> {
 }
 
 impl<'a> LogTxn<'a> {
+    fn open(txn: &'a redb::WriteTransaction) -> Result<LogTxn<'a>, LogError> {
+        Ok(LogTxn {
+            events: txn.open_table(EVENTS)?,
+            log: txn.open_table(LOG)?,
+            conv_log: txn.open_table(CONV_LOG)?,
+            by_author: txn.open_table(BY_AUTHOR)?,
+            by_seq: txn.open_table(BY_SEQ)?,
+            msg_by_seq: txn.open_table(MSG_BY_SEQ)?,
+            unsequenced: txn.open_table(UNSEQUENCED)?,
+            acks: txn.open_table(ACKS)?,
+            marks: txn.open_table(MARKS)?,
+            convs: txn.open_table(CONVS)?,
+            outbox: txn.open_table(OUTBOX)?,
+            outbox_by_event: txn.open_table(OUTBOX_BY_EVENT)?,
+            cursors: txn.open_table(CURSORS)?,
+            snapshots: txn.open_table(SNAPSHOTS)?,
+            metas: HashMap::new(),
+            next_position: None,
+            dequeued: Vec::new(),
+        })
+    }
+
+    /// Writes back the cached per-conversation facts.
+    fn finish(mut self) -> Result<(), LogError> {
+        for (conv, meta) in std::mem::take(&mut self.metas) {
+            self.convs.insert(&conv.0, encode(&meta).as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn meta_mut(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<&mut ConversationMeta, LogError> {
+        if !self.metas.contains_key(&conversation) {
+            let meta = read_meta(&self.convs, &conversation)?.unwrap_or_default();
+            self.metas.insert(conversation, meta);
+        }
+        self.metas
+            .get_mut(&conversation)
+            .ok_or_else(|| corrupt("conversations", "cache miss"))
+    }
+
     /// Appends one verified event and updates every index. A duplicate writes nothing.
     pub fn append(&mut self, event: &Event) -> Result<Appended, LogError> {
         let id = event.id();
-        let mut events = self.txn.open_table(EVENTS)?;
-        if events.get(&id.0)?.is_some() {
+        if self.events.get(&id.0)?.is_some() {
             return Ok(Appended::Duplicate);
         }
-        let mut log = self.txn.open_table(LOG)?;
-        let position = log.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
-        log.insert(position, &id.0)?;
-        events.insert(&id.0, (position, event.bytes()))?;
+        let position = match self.next_position {
+            Some(p) => p,
+            None => self.log.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1,
+        };
+        self.next_position = Some(position + 1);
+        self.log.insert(position, &id.0)?;
+        self.events.insert(&id.0, (position, event.bytes()))?;
         let h = event.header();
         let c = &h.conversation.0;
-        self.txn
-            .open_table(CONV_LOG)?
-            .insert((c, position), &id.0)?;
-        self.txn
-            .open_table(BY_AUTHOR)?
-            .insert((c, &h.author.0, h.counter), &id.0)?;
-
-        let mut convs = self.txn.open_table(CONVS)?;
-        let mut meta = read_meta(&convs, &h.conversation)?.unwrap_or_default();
-        meta.max_lamport = meta.max_lamport.max(h.lamport);
-        meta.n_events += 1;
-
+        self.conv_log.insert((c, position), &id.0)?;
+        self.by_author.insert((c, &h.author.0, h.counter), &id.0)?;
+        {
+            let meta = self.meta_mut(h.conversation)?;
+            meta.max_lamport = meta.max_lamport.max(h.lamport);
+            meta.n_events += 1;
+        }
         match event.kind() {
-            EventKind::Create { members } if meta.members.as_ref().is_none_or(|(e, _)| id < *e) => {
-                meta.members = Some((id, members.clone()));
-            }
-            EventKind::Send { message, .. } => {
-                let acked = self.txn.open_table(ACKS)?.get(&id.0)?.map(|g| g.value().0);
-                match acked {
-                    Some(seq) => {
-                        self.txn.open_table(MSG_BY_SEQ)?.insert((c, seq), &id.0)?;
-                    }
-                    None => {
-                        self.txn
-                            .open_table(UNSEQUENCED)?
-                            .insert((c, h.lamport, &message.0), &id.0)?;
-                    }
+            EventKind::Create { members } => {
+                let meta = self.meta_mut(h.conversation)?;
+                if meta.members.as_ref().is_none_or(|(e, _)| id < *e) {
+                    meta.members = Some((id, members.clone()));
                 }
             }
+            EventKind::Send { message, .. } => match self.acks.get(&id.0)?.map(|g| g.value().0) {
+                Some(seq) => {
+                    self.msg_by_seq.insert((c, seq), &id.0)?;
+                }
+                None => {
+                    self.unsequenced
+                        .insert((c, &message.0), (h.lamport, &id.0))?;
+                }
+            },
             EventKind::ServerAck {
                 event: acked,
                 seq,
                 server_ts_ms,
                 ..
             } => {
+                let meta = self.meta_mut(h.conversation)?;
                 meta.max_seq = meta.max_seq.max(*seq);
-                self.record_ack(h.conversation, *acked, *seq, *server_ts_ms, id, &events)?;
+                let message = match event.kind() {
+                    EventKind::ServerAck { message, .. } => *message,
+                    _ => None,
+                };
+                self.record_ack(h.conversation, *acked, message, *seq, *server_ts_ms, id)?;
             }
             EventKind::Delivered { up_to } | EventKind::Read { up_to } => {
                 let read = matches!(event.kind(), EventKind::Read { .. });
-                let mut marks = self.txn.open_table(MARKS)?;
-                let (d, r) = marks
+                let (d, r) = self
+                    .marks
                     .get((c, &h.author.0))?
                     .map(|g| (g.value().1, g.value().2))
                     .unwrap_or((0, 0));
@@ -623,11 +678,10 @@ impl<'a> LogTxn<'a> {
                 } else {
                     (d.max(*up_to), r)
                 };
-                marks.insert((c, &h.author.0), (&h.user.0, d, r))?;
+                self.marks.insert((c, &h.author.0), (&h.user.0, d, r))?;
             }
             _ => {}
         }
-        convs.insert(c, encode(&meta).as_slice())?;
         Ok(Appended::New { position })
     }
 
@@ -635,37 +689,30 @@ impl<'a> LogTxn<'a> {
         &mut self,
         conversation: ConversationId,
         acked: EventId,
+        message: Option<MessageId>,
         seq: ServerSeq,
         ts: u64,
         ack_id: EventId,
-        events: &redb::Table<'_, &'static [u8; 32], (u64, &'static [u8])>,
     ) -> Result<(), LogError> {
         let c = &conversation.0;
-        let mut acks = self.txn.open_table(ACKS)?;
-        if acks.get(&acked.0)?.is_some_and(|g| g.value().0 <= seq) {
+        if self.acks.get(&acked.0)?.is_some_and(|g| g.value().0 <= seq) {
             return Ok(());
         }
-        acks.insert(&acked.0, (seq, ts, &ack_id.0))?;
-        self.txn.open_table(BY_SEQ)?.insert((c, seq), &acked.0)?;
-        if let Some(g) = events.get(&acked.0)? {
-            let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
-            if let EventKind::Send { message, .. } = ev.kind() {
-                self.txn
-                    .open_table(UNSEQUENCED)?
-                    .remove((c, ev.header().lamport, &message.0))?;
-                self.txn
-                    .open_table(MSG_BY_SEQ)?
-                    .insert((c, seq), &acked.0)?;
+        self.acks.insert(&acked.0, (seq, ts, &ack_id.0))?;
+        self.by_seq.insert((c, seq), &acked.0)?;
+        // A Send that is already stored moves from the unsequenced to the sequenced index;
+        // one stored later finds this ack when it is appended. (The ack names the message:
+        // acks come from the trusted relay.)
+        if let Some(message) = message {
+            if self.events.get(&acked.0)?.is_some() {
+                self.unsequenced.remove((c, &message.0))?;
+                self.msg_by_seq.insert((c, seq), &acked.0)?;
             }
         }
         // The relay has it: the outbox is done with it.
-        let pos = self
-            .txn
-            .open_table(OUTBOX_BY_EVENT)?
-            .remove(&acked.0)?
-            .map(|g| g.value());
+        let pos = self.outbox_by_event.remove(&acked.0)?.map(|g| g.value());
         if let Some(pos) = pos {
-            self.txn.open_table(OUTBOX)?.remove(pos)?;
+            self.outbox.remove(pos)?;
             self.dequeued.push(acked);
         }
         Ok(())
@@ -678,14 +725,12 @@ impl<'a> LogTxn<'a> {
 
     /// Queues an event for the relay, at the end of the outbox.
     pub fn enqueue(&mut self, event: &Event, now_ms: u64) -> Result<OutboxEntry, LogError> {
-        let mut outbox = self.txn.open_table(OUTBOX)?;
-        let mut by_event = self.txn.open_table(OUTBOX_BY_EVENT)?;
-        if let Some(pos) = by_event.get(&event.id().0)?.map(|g| g.value()) {
-            if let Some(v) = outbox.get(pos)? {
+        if let Some(pos) = self.outbox_by_event.get(&event.id().0)?.map(|g| g.value()) {
+            if let Some(v) = self.outbox.get(pos)? {
                 return postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e));
             }
         }
-        let position = outbox.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+        let position = self.outbox.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
         let entry = OutboxEntry {
             position,
             event: event.id(),
@@ -698,28 +743,24 @@ impl<'a> LogTxn<'a> {
             next_attempt_ms: now_ms,
             state: OutboxState::Queued,
         };
-        outbox.insert(position, encode(&entry).as_slice())?;
-        by_event.insert(&event.id().0, position)?;
+        self.outbox.insert(position, encode(&entry).as_slice())?;
+        self.outbox_by_event.insert(&event.id().0, position)?;
         Ok(entry)
     }
 
     /// Rewrites an outbox entry (attempt count, next attempt, state). Gone entries are ignored.
     pub fn update_outbox(&mut self, entry: &OutboxEntry) -> Result<bool, LogError> {
-        let mut outbox = self.txn.open_table(OUTBOX)?;
-        if outbox.get(entry.position)?.is_none() {
+        if self.outbox.get(entry.position)?.is_none() {
             return Ok(false);
         }
-        outbox.insert(entry.position, encode(entry).as_slice())?;
+        self.outbox
+            .insert(entry.position, encode(entry).as_slice())?;
         Ok(true)
     }
 
     /// Whether the relay acknowledged this event.
     pub fn ack_of(&self, event: &EventId) -> Result<Option<(ServerSeq, u64)>, LogError> {
-        Ok(self
-            .txn
-            .open_table(ACKS)?
-            .get(&event.0)?
-            .map(|g| (g.value().0, g.value().1)))
+        Ok(self.acks.get(&event.0)?.map(|g| (g.value().0, g.value().1)))
     }
 
     /// The last event of `device` in `conversation`: (counter, id).
@@ -728,15 +769,18 @@ impl<'a> LogTxn<'a> {
         conversation: ConversationId,
         device: DeviceId,
     ) -> Result<Option<(u64, EventId)>, LogError> {
-        chain_head(&self.txn.open_table(BY_AUTHOR)?, &conversation, &device)
+        chain_head(&self.by_author, &conversation, &device)
     }
 
-    /// Facts of one conversation.
+    /// Facts of one conversation, as of this transaction.
     pub fn conversation_meta(
-        &self,
+        &mut self,
         conversation: ConversationId,
     ) -> Result<Option<ConversationMeta>, LogError> {
-        read_meta(&self.txn.open_table(CONVS)?, &conversation)
+        match self.metas.get(&conversation) {
+            Some(m) => Ok(Some(m.clone())),
+            None => read_meta(&self.convs, &conversation),
+        }
     }
 
     /// Watermarks of one device in a conversation: (delivered, read).
@@ -746,8 +790,7 @@ impl<'a> LogTxn<'a> {
         device: DeviceId,
     ) -> Result<(ServerSeq, ServerSeq), LogError> {
         Ok(self
-            .txn
-            .open_table(MARKS)?
+            .marks
             .get((&conversation.0, &device.0))?
             .map(|g| (g.value().1, g.value().2))
             .unwrap_or((0, 0)))
@@ -755,18 +798,13 @@ impl<'a> LogTxn<'a> {
 
     /// Sets a cursor.
     pub fn set_cursor(&mut self, name: &[u8], value: u64) -> Result<(), LogError> {
-        self.txn.open_table(CURSORS)?.insert(name, value)?;
+        self.cursors.insert(name, value)?;
         Ok(())
     }
 
     /// A cursor's value (0 when never set).
     pub fn cursor(&self, name: &[u8]) -> Result<u64, LogError> {
-        Ok(self
-            .txn
-            .open_table(CURSORS)?
-            .get(name)?
-            .map(|g| g.value())
-            .unwrap_or(0))
+        Ok(self.cursors.get(name)?.map(|g| g.value()).unwrap_or(0))
     }
 
     /// Stores a conversation's document as of log position `position`.
@@ -776,15 +814,13 @@ impl<'a> LogTxn<'a> {
         position: u64,
         bytes: &[u8],
     ) -> Result<(), LogError> {
-        self.txn
-            .open_table(SNAPSHOTS)?
-            .insert(&conversation.0, (position, bytes))?;
+        self.snapshots.insert(&conversation.0, (position, bytes))?;
         Ok(())
     }
 
     /// Drops a conversation's snapshot (it will be rebuilt from the log).
     pub fn drop_snapshot(&mut self, conversation: ConversationId) -> Result<(), LogError> {
-        self.txn.open_table(SNAPSHOTS)?.remove(&conversation.0)?;
+        self.snapshots.remove(&conversation.0)?;
         Ok(())
     }
 }
@@ -821,6 +857,25 @@ fn chain_head(
             let (_, _, counter) = k.value();
             (counter, EventId(*v.value()))
         }))
+}
+
+/// A message without a sequence: (lamport, message id, event id), ordered as the view is.
+type Unsequenced = (u64, [u8; 16], [u8; 32]);
+
+/// A conversation's messages without a sequence.
+fn unsequenced(
+    table: &impl ReadableTable<UnseqKey, (u64, Id32)>,
+    conversation: &ConversationId,
+) -> Result<Vec<Unsequenced>, LogError> {
+    let c = &conversation.0;
+    let mut out = Vec::new();
+    for row in table.range((c, &[0u8; 16])..=(c, &[0xffu8; 16]))? {
+        let (k, v) = row?;
+        let (_, m) = k.value();
+        let (lamport, id) = v.value();
+        out.push((lamport, *m, *id));
+    }
+    Ok(out)
 }
 
 fn user_marks(

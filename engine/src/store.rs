@@ -253,6 +253,9 @@ impl Store {
                 accepted.push(ev);
             }
         }
+        // Acks first: a Send whose ack is already stored goes straight to the sequenced index,
+        // instead of into the unsequenced one and out again.
+        accepted.sort_by_key(|e| !matches!(e.kind(), EventKind::ServerAck { .. }));
         let convs: HashSet<ConversationId> = accepted.iter().map(|e| e.conversation()).collect();
         for c in &convs {
             self.ensure_loaded(*c)?;

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tidings_engine::device::PreparedFrame;
 use tidings_engine::wire::{
     encode_frame, FrameDecoder, ServerFrame, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
 };
@@ -36,7 +37,7 @@ fn now_ms() -> u64 {
 struct Live {
     connection: Connection,
     send: SendStream,
-    frames: mpsc::Receiver<Result<ServerFrame, String>>,
+    frames: mpsc::Receiver<Result<PreparedFrame, String>>,
     reader: JoinHandle<()>,
 }
 
@@ -127,7 +128,7 @@ impl Driver {
                     let now = now_ms();
                     match frame {
                         Some(Ok(f)) => {
-                            if let Err(e) = self.core.handle_frame(f, now) {
+                            if let Err(e) = self.core.handle_prepared(f, now) {
                                 tracing::warn!(error = %e, "dropping the relay connection");
                                 self.disconnect(now);
                             }
@@ -375,7 +376,9 @@ async fn dial(endpoint: Endpoint, addr: SocketAddr, name: String) -> Dialed {
     Ok((connection, send, recv, binding))
 }
 
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<ServerFrame, String>>) {
+/// Reads frames and checks their events' signatures here, off the driver, so that verifying
+/// one page overlaps with folding the previous one.
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<PreparedFrame, String>>) {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -385,7 +388,23 @@ async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<ServerFrame, 
                 loop {
                     match decoder.poll_frame::<ServerFrame>() {
                         Ok(Some(frame)) => {
-                            if tx.send(Ok(frame)).await.is_err() {
+                            let prepared = match frame {
+                                f @ (ServerFrame::Page { .. } | ServerFrame::Push { .. }) => {
+                                    match tokio::task::spawn_blocking(move || {
+                                        DeviceCore::prepare(f)
+                                    })
+                                    .await
+                                    {
+                                        Ok(p) => p,
+                                        Err(e) => {
+                                            let _ = tx.send(Err(e.to_string())).await;
+                                            return;
+                                        }
+                                    }
+                                }
+                                f => DeviceCore::prepare(f),
+                            };
+                            if tx.send(Ok(prepared)).await.is_err() {
                                 return;
                             }
                         }
@@ -409,7 +428,7 @@ async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<ServerFrame, 
     }
 }
 
-async fn next_frame(live: &mut Option<Live>) -> Option<Result<ServerFrame, String>> {
+async fn next_frame(live: &mut Option<Live>) -> Option<Result<PreparedFrame, String>> {
     match live.as_mut() {
         Some(l) => l.frames.recv().await,
         None => std::future::pending().await,

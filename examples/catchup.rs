@@ -1,0 +1,180 @@
+//! Catch-up benchmark: a device was offline while N messages arrived in C conversations. It
+//! reconnects; how long until everything is pulled, verified, folded and the Delivered
+//! receipts are acknowledged by the relay?
+//!
+//! `cargo run --release --example catchup -- --messages 100000 --conversations 100`
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tidings::engine::wire::{DeviceRegistration, SubmitOutcome};
+use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, UserId};
+use tidings::relay::client::{client_endpoint, RelayClient};
+use tidings::relay::config::RelayConfig;
+use tidings::relay::server;
+use tidings::relay::Limits;
+use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::{Replica, ReplicaConfig, Update};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Messages waiting for the device, in total.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Conversations they are spread over.
+    #[arg(long, default_value_t = 100)]
+    conversations: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 64)]
+    body: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+/// Signs every event Alice's filler device sends: a Create and the messages, per conversation.
+fn sign_all(key: &DeviceKey, bob: UserId, args: &Args) -> Vec<Event> {
+    let per_conv = args.messages / args.conversations;
+    let mut out = Vec::with_capacity(args.messages + args.conversations);
+    for c in 0..args.conversations {
+        let mut id = [0xcc; 16];
+        id[..8].copy_from_slice(&(c as u64).to_le_bytes());
+        let conv = ConversationId(id);
+        let mut prev: Option<EventId> = None;
+        for i in 0..=per_conv {
+            let counter = i as u64 + 1;
+            let h = key.header(conv, counter, prev, counter, 0);
+            let kind = if i == 0 {
+                EventKind::Create {
+                    members: vec![key.user(), bob],
+                }
+            } else {
+                let mut m = [0u8; 16];
+                m[..8].copy_from_slice(&(c as u64).to_le_bytes());
+                m[8..].copy_from_slice(&(i as u64).to_le_bytes());
+                EventKind::Send {
+                    message: MessageId(m),
+                    body: vec![b'x'; args.body],
+                    media: vec![],
+                }
+            };
+            let ev = Event::sign(key.signing_key(), h, kind).expect("event within limits");
+            prev = Some(ev.id());
+            out.push(ev);
+        }
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let relay = server::start(RelayConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: tmp.path().join("relay"),
+        // The filler device sends far over a phone's rate.
+        limits: Limits::default().with_rate(10_000_000, 10_000_000),
+        ..RelayConfig::default()
+    })
+    .await?;
+    let alice = SigningKey::from_bytes(&rand::random());
+    let bob = SigningKey::from_bytes(&rand::random());
+    let alice_id = UserId(alice.verifying_key().to_bytes());
+    let bob_id = UserId(bob.verifying_key().to_bytes());
+
+    // Fill the relay while Bob's device is off.
+    let filler = DeviceKey::from_seed(rand::random(), alice_id);
+    let t = Instant::now();
+    let events = sign_all(&filler, bob_id, &args);
+    let sign_s = t.elapsed().as_secs_f64();
+    let endpoint = client_endpoint("127.0.0.1:0".parse()?)?;
+    let mut client =
+        RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
+    client.register(&alice, filler.device(), 0).await?;
+    let t = Instant::now();
+    let batch = client.welcome().limits.max_submit_batch as usize;
+    // Creates first (a message may only follow its conversation's creation).
+    let (creates, sends): (Vec<Event>, Vec<Event>) = events
+        .into_iter()
+        .partition(|e| matches!(e.kind(), EventKind::Create { .. }));
+    for chunk in creates.chunks(batch).chain(sends.chunks(batch)) {
+        for o in client.submit(chunk).await? {
+            if let SubmitOutcome::Rejected { code, reason } = o {
+                bail!("filler event rejected: {code:?} {reason}");
+            }
+        }
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    client.close();
+    let n_msgs = sends.len();
+    let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
+    println!(
+        "filled the relay: {} messages in {} conversations (signing {:.2} s, submit {:.2} s = {:.0} events/s)",
+        n_msgs, args.conversations, sign_s, fill_s, (n_msgs + creates.len()) as f64 / fill_s
+    );
+
+    // Bob's device comes online with an empty store.
+    let key = DeviceKey::from_seed(rand::random(), bob_id);
+    let fp = parse_fingerprint(relay.fingerprint()).context("fingerprint")?;
+    let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fp);
+    config.device.registration = Some(DeviceRegistration::sign(&bob, key.device(), 0));
+    let t = Instant::now();
+    let replica = Replica::open(tmp.path().join("bob"), key, config).await?;
+    let mut updates = replica.subscribe();
+    let mut received: HashMap<ConversationId, u64> = HashMap::new();
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let mut folded_s = None;
+    loop {
+        if t.elapsed() > deadline {
+            bail!(
+                "timed out after {deadline:?}: {} of {} conversations caught up",
+                received.values().filter(|s| **s >= per_conv_seq).count(),
+                args.conversations
+            );
+        }
+        match tokio::time::timeout(Duration::from_millis(200), updates.next()).await {
+            Ok(Some(Update::SyncProgress {
+                conversation,
+                received: r,
+                ..
+            })) => {
+                received.insert(conversation, r);
+            }
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => bail!("replica closed"),
+        }
+        let done =
+            received.len() == args.conversations && received.values().all(|s| *s >= per_conv_seq);
+        if done && folded_s.is_none() {
+            folded_s = Some(t.elapsed().as_secs_f64());
+        }
+        if done && replica.outbox().await?.is_empty() {
+            break;
+        }
+    }
+    let total_s = t.elapsed().as_secs_f64();
+    let folded_s = folded_s.unwrap_or(total_s);
+    let list = replica.conversations().await?;
+    let unread: usize = list.iter().map(|c| c.unread).sum();
+    if unread != n_msgs {
+        bail!("expected {n_msgs} unread messages, found {unread}");
+    }
+    println!(
+        "catch-up of {n_msgs} messages in {} conversations:",
+        args.conversations
+    );
+    println!(
+        "  pulled + verified + folded:   {folded_s:>7.2} s  {:>9.0} messages/s",
+        n_msgs as f64 / folded_s
+    );
+    println!(
+        "  … and receipts acknowledged: {total_s:>7.2} s  {:>9.0} messages/s",
+        n_msgs as f64 / total_s
+    );
+    replica.close().await?;
+    relay.shutdown().await?;
+    Ok(())
+}
