@@ -343,12 +343,16 @@ impl DeviceCore {
         if online {
             self.reconnect_attempts = 0;
             self.next_connect_ms = now_ms;
-            for mut entry in self.store.outbox()? {
-                if entry.state == OutboxState::Queued && entry.next_attempt_ms > now_ms {
-                    entry.next_attempt_ms = now_ms;
-                    let changes = self.store.update_outbox(&entry)?;
-                    self.emit(changes);
-                }
+            let waiting: Vec<OutboxEntry> = self
+                .store
+                .outbox_entries()?
+                .filter(|e| e.state == OutboxState::Queued && e.next_attempt_ms > now_ms)
+                .cloned()
+                .collect();
+            for mut entry in waiting {
+                entry.next_attempt_ms = now_ms;
+                let changes = self.store.update_outbox(&entry)?;
+                self.emit(changes);
             }
             self.flush(now_ms)?;
         }
@@ -622,8 +626,9 @@ impl DeviceCore {
         }
         let mut blocked: HashSet<ConversationId> = HashSet::new();
         let mut batch = Vec::new();
-        for entry in self.store.outbox()? {
-            if batch.len() >= self.config.submit_batch {
+        let limit = self.config.submit_batch;
+        for entry in self.store.outbox_entries()? {
+            if batch.len() >= limit {
                 break;
             }
             if entry.state != OutboxState::Queued || blocked.contains(&entry.conversation) {
@@ -633,7 +638,7 @@ impl DeviceCore {
                 blocked.insert(entry.conversation);
                 continue;
             }
-            batch.push(entry);
+            batch.push(entry.clone());
         }
         if batch.is_empty() {
             return Ok(());
@@ -845,14 +850,14 @@ impl DeviceCore {
     }
 
     /// The next time the device wants [`DeviceCore::handle_timeout`] (or to dial).
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&mut self) -> Option<u64> {
         match self.state {
             State::Offline => self.online_hint.then_some(self.next_connect_ms),
             State::Ready => {
                 let inflight = self.inflight.as_ref().map(|f| f.deadline_ms);
                 let due = if self.inflight.is_none() {
-                    self.store.outbox().ok().and_then(|o| {
-                        o.iter()
+                    self.store.outbox_entries().ok().and_then(|mut o| {
+                        o.by_ref()
                             .filter(|e| e.state == OutboxState::Queued)
                             .map(|e| e.next_attempt_ms)
                             .min()

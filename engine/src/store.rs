@@ -13,7 +13,7 @@ use crate::identity::DeviceKey;
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
 use automerge::ActorId;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
 pub const MAX_LOADED_DOCS: usize = 256;
@@ -101,6 +101,9 @@ pub struct Store {
     config: StoreConfig,
     docs: HashMap<ConversationId, Loaded>,
     tick: u64,
+    /// Mirror of the outbox table, loaded on first use: the device core consults the outbox
+    /// on every wake-up, and it changes only through this store.
+    outbox: Option<BTreeMap<u64, OutboxEntry>>,
 }
 
 impl Store {
@@ -112,6 +115,7 @@ impl Store {
             config,
             docs: HashMap::new(),
             tick: 0,
+            outbox: None,
         }
     }
 
@@ -205,7 +209,7 @@ impl Store {
     ) -> Result<(Event, Vec<Change>), StoreError> {
         self.ensure_loaded(conversation)?;
         let key = self.key.clone();
-        let (event, position) = self.log.write(|t| {
+        let (event, position, entry) = self.log.write(|t| {
             let head = t.chain_head(conversation, key.device())?;
             let lamport = t
                 .conversation_meta(conversation)?
@@ -226,9 +230,12 @@ impl Store {
                 Appended::New { position } => position,
                 Appended::Duplicate => 0,
             };
-            t.enqueue(&event, now_ms)?;
-            Ok((event, position))
+            let entry = t.enqueue(&event, now_ms)?;
+            Ok((event, position, entry))
         })?;
+        if let Some(o) = self.outbox.as_mut() {
+            o.insert(entry.position, entry);
+        }
         let changes = self.fold_new(conversation, &[(position, &event)])?;
         Ok((event, changes))
     }
@@ -267,6 +274,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((results, t.take_dequeued()))
         })?;
+        if let Some(o) = self.outbox.as_mut() {
+            let gone: HashSet<&EventId> = acked.iter().collect();
+            o.retain(|_, e| !gone.contains(&e.event));
+        }
         outcome.acked = acked;
         let mut by_conv: HashMap<ConversationId, Vec<(u64, &Event)>> = HashMap::new();
         for (ev, appended) in accepted.iter().zip(results) {
@@ -315,8 +326,23 @@ impl Store {
     }
 
     /// The outbox in send order.
-    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(self.log.outbox()?)
+    pub fn outbox(&mut self) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(self.outbox_map()?.values().cloned().collect())
+    }
+
+    /// Visits the outbox in send order without copying it.
+    pub fn outbox_entries(
+        &mut self,
+    ) -> Result<impl Iterator<Item = &OutboxEntry> + '_, StoreError> {
+        Ok(self.outbox_map()?.values())
+    }
+
+    fn outbox_map(&mut self) -> Result<&mut BTreeMap<u64, OutboxEntry>, StoreError> {
+        if self.outbox.is_none() {
+            let entries = self.log.outbox()?;
+            self.outbox = Some(entries.into_iter().map(|e| (e.position, e)).collect());
+        }
+        Ok(self.outbox.get_or_insert_with(BTreeMap::new))
     }
 
     /// Records an outbox attempt's outcome (next attempt time, or FAILED when the policy ran
@@ -326,6 +352,7 @@ impl Store {
         if !present {
             return Ok(Vec::new());
         }
+        self.outbox_map()?.insert(entry.position, entry.clone());
         self.show_failed(entry, entry.state == OutboxState::Failed)
     }
 
@@ -336,15 +363,15 @@ impl Store {
         now_ms: u64,
     ) -> Result<(OutboxEntry, Vec<Change>), StoreError> {
         let mut entry = self
-            .log
-            .outbox()?
-            .into_iter()
+            .outbox_entries()?
             .find(|e| e.message == Some(message))
+            .cloned()
             .ok_or(StoreError::NotInOutbox(message))?;
         entry.state = OutboxState::Queued;
         entry.attempts = 0;
         entry.next_attempt_ms = now_ms;
         self.log.write(|t| t.update_outbox(&entry))?;
+        self.outbox_map()?.insert(entry.position, entry.clone());
         let changes = self.show_failed(&entry, false)?;
         Ok((entry, changes))
     }
@@ -468,12 +495,13 @@ impl Store {
             position = *pos;
         }
         doc.commit();
-        for entry in self.log.outbox()? {
-            if entry.conversation == conversation && entry.state == OutboxState::Failed {
-                if let Some(m) = entry.message {
-                    doc.set_failed(m, true);
-                }
-            }
+        let failed: Vec<MessageId> = self
+            .outbox_entries()?
+            .filter(|e| e.conversation == conversation && e.state == OutboxState::Failed)
+            .filter_map(|e| e.message)
+            .collect();
+        for m in failed {
+            doc.set_failed(m, true);
         }
         self.tick += 1;
         self.docs.insert(

@@ -258,7 +258,7 @@ impl Driver {
                 let _ = r.send(summaries(core));
             }
             Command::Outbox(r) => {
-                let _ = r.send(core.store().outbox().map_err(Into::into));
+                let _ = r.send(core.store_mut().outbox().map_err(Into::into));
             }
             Command::Connection(r) => {
                 let _ = r.send(Ok(core.connection()));

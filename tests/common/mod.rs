@@ -117,7 +117,7 @@ impl World {
                 // Jump to the next timer, if any is due before the end.
                 let next = self
                     .devices
-                    .iter()
+                    .iter_mut()
                     .filter_map(|d| d.core.poll_timeout())
                     .filter(|t| *t > self.now)
                     .min();
