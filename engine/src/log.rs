@@ -190,8 +190,14 @@ impl EventLog {
 
     /// A log in memory (redb's in-memory backend), for tests and simulations.
     pub fn in_memory() -> Result<EventLog, LogError> {
-        let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
-        Self::init(db, "in-memory log")
+        Self::with_backend(InMemoryBackend::new())
+    }
+
+    /// A log over any redb storage backend: a simulator can hand in one that keeps only what
+    /// was synced, to model a crash that loses every write after the last fsync.
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<EventLog, LogError> {
+        let db = Database::builder().create_with_backend(backend)?;
+        Self::init(db, "log on a custom backend")
     }
 
     fn init(db: Database, name: &str) -> Result<EventLog, LogError> {
