@@ -15,6 +15,7 @@
 //! - [`identity`]: the relay's persistent ed25519 key and self-signed certificate.
 //! - [`config`]: [`RelayConfig`], the TOML file's shape.
 //! - [`server`]: the quinn shell: [`start`] from a config, or [`run`] on a bound endpoint.
+//! - [`verify`]: batch signature verification with a per-connection key cache.
 //! - [`client`]: a minimal device-side client (tests, tools, reference for device libraries).
 //!
 //! # Starting a relay in-process
@@ -35,6 +36,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod verify;
 
 pub use config::RelayConfig;
 pub use identity::{cert_fingerprint, RelayIdentity};

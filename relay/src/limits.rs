@@ -28,6 +28,8 @@ pub const MAX_COMMIT_BATCH: usize = 4096;
 /// Default longest wait (ms) before staged events are committed; 0 commits as soon as no
 /// input is waiting, which batches naturally under load (inputs queue up during an fsync).
 pub const COMMIT_WINDOW_MS: u64 = 0;
+/// Default threads that sign a commit's acks (0: one per available core).
+pub const ACK_SIGN_THREADS: usize = 0;
 /// Default capacity of the queue from connections to the core (inputs).
 pub const CORE_QUEUE: usize = 1024;
 /// Default seconds without traffic before a QUIC connection is dropped.
@@ -65,6 +67,8 @@ pub struct Limits {
     pub commit_window_ms: u64,
     /// See [`CORE_QUEUE`].
     pub core_queue: usize,
+    /// See [`ACK_SIGN_THREADS`].
+    pub ack_sign_threads: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +86,7 @@ impl Default for Limits {
             max_commit_batch: MAX_COMMIT_BATCH,
             commit_window_ms: COMMIT_WINDOW_MS,
             core_queue: CORE_QUEUE,
+            ack_sign_threads: ACK_SIGN_THREADS,
         }
     }
 }

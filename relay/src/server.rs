@@ -13,9 +13,7 @@
 //!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
 
 use crate::config::RelayConfig;
-use crate::core::{
-    verify_batch, ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId,
-};
+use crate::core::{ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
 use std::collections::HashMap;
@@ -592,6 +590,7 @@ impl Shell {
         inflight: &Semaphore,
     ) -> Result<(), ConnError> {
         let max_len = self.limits.max_frame_len;
+        let mut keys = crate::verify::KeyCache::default();
         loop {
             let mut header = [0u8; wire::FRAME_HEADER_LEN];
             match recv.read_exact(&mut header).await {
@@ -637,7 +636,11 @@ impl Shell {
                 ClientFrame::Submit { request_id, events }
                     if events.len() <= self.limits.max_submit_batch =>
                 {
-                    CoreInput::Submit(session, request_id, verify_batch(&events))
+                    CoreInput::Submit(
+                        session,
+                        request_id,
+                        crate::verify::verify_batch_cached(&events, &mut keys),
+                    )
                 }
                 f => CoreInput::Frame(session, f),
             };

@@ -136,6 +136,7 @@ pub struct RelayCore {
     convs: HashMap<ConversationId, Conv>,
     staged: Staged,
     outputs: VecDeque<Output>,
+    sign_threads: usize,
 }
 
 #[derive(Debug)]
@@ -166,8 +167,10 @@ impl Staged {
 #[derive(Debug)]
 struct StagedEvent {
     event: Event,
-    ack: Event,
+    /// The ServerAck envelope, signed when the commit starts (empty until then).
+    ack: Vec<u8>,
     seq: ServerSeq,
+    ts_ms: u64,
     origin: SessionId,
 }
 
@@ -212,10 +215,11 @@ impl RelayCore {
         limits: Limits,
         metrics: RelayMetrics,
     ) -> Result<RelayCore, StoreError> {
+        let limits = limits.clamped();
         let mut core = RelayCore {
             store,
             key,
-            limits: limits.clamped(),
+            limits: limits.clone(),
             metrics,
             next_session: 1,
             sessions: BTreeMap::new(),
@@ -227,6 +231,10 @@ impl RelayCore {
             convs: HashMap::new(),
             staged: Staged::default(),
             outputs: VecDeque::new(),
+            sign_threads: match limits.ack_sign_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
         };
         core.load()?;
         core.metrics.set_stored_events(core.store.n_events()?);
@@ -657,11 +665,11 @@ impl RelayCore {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
-        let ids: Vec<EventId> = results
+        let keys: Vec<store::IndexKey> = results
             .iter()
-            .filter_map(|r| r.as_ref().ok().map(|e| e.id()))
+            .filter_map(|r| r.as_ref().ok().map(store::index_key))
             .collect();
-        let known = match self.store.lookup(&ids) {
+        let known = match self.store.lookup(&keys) {
             Ok(k) => k,
             Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
         };
@@ -792,7 +800,8 @@ impl RelayCore {
         }
     }
 
-    /// Gives `ev` the next sequence of its conversation and signs its ack (staged).
+    /// Gives `ev` the next sequence of its conversation (staged; the ack is signed when the
+    /// commit starts, see [`RelayCore::sign_acks`]).
     fn sequence(
         &mut self,
         origin: SessionId,
@@ -800,47 +809,94 @@ impl RelayCore {
         now_ms: u64,
     ) -> Result<usize, DecodeError> {
         let conv_id = ev.conversation();
-        let relay = self.key.device();
         let Some(conv) = self.convs.get_mut(&conv_id) else {
             return Err(DecodeError::Malformed("conversation vanished"));
         };
         let head = &mut conv.head;
         let seq = head.max_seq + 1;
-        let ts = now_ms.max(head.last_ts_ms);
-        let header = EventHeader {
-            conversation: conv_id,
-            author: relay,
-            user: UserId(relay.0),
-            counter: seq,
-            prev: (head.max_seq > 0).then_some(head.last_ack),
-            lamport: ev.header().lamport,
-            wall_ms: ts,
-        };
-        let message = match ev.kind() {
-            EventKind::Send { message, .. } => Some(*message),
-            _ => None,
-        };
-        let kind = EventKind::ServerAck {
-            event: ev.id(),
-            message,
-            seq,
-            server_ts_ms: ts,
-        };
-        let ack = Event::sign(self.key.signing_key(), header, kind)?;
+        let ts_ms = now_ms.max(head.last_ts_ms);
         head.max_seq = seq;
-        head.last_ack = ack.id();
-        head.last_ts_ms = ts;
+        head.last_ts_ms = ts_ms;
         let idx = self.staged.events.len();
         self.staged.by_id.insert(ev.id(), idx);
         self.staged.touched.insert(conv_id);
         self.staged.since_ms.get_or_insert(now_ms);
         self.staged.events.push(StagedEvent {
             event: ev,
-            ack,
+            ack: Vec::new(),
             seq,
+            ts_ms,
             origin,
         });
         Ok(idx)
+    }
+
+    /// Signs the acks of the staged events: one chain per conversation (each ack's `prev` is
+    /// the previous ack's id), chains spread over threads. Signing is the relay's largest
+    /// per-event cost and conversations are independent, so this uses every core; the result
+    /// does not depend on the number of threads.
+    fn sign_acks(&mut self, events: &mut [StagedEvent]) -> Result<(), DecodeError> {
+        let mut chains: BTreeMap<ConversationId, Vec<usize>> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            chains.entry(e.event.conversation()).or_default().push(i);
+        }
+        let jobs: Vec<(EventId, Vec<usize>)> = chains
+            .into_iter()
+            .map(|(c, idx)| {
+                let last = self.convs.get(&c).map(|cv| cv.head.last_ack);
+                (last.unwrap_or(EventId([0; 32])), idx)
+            })
+            .collect();
+        let n_threads = self.sign_threads.min(jobs.len()).max(1);
+        let key = &self.key;
+        let shared: &[StagedEvent] = events;
+        let signed: Vec<Result<Vec<(usize, Event)>, DecodeError>> =
+            if n_threads == 1 || shared.len() < MIN_PARALLEL_SIGN {
+                jobs.iter()
+                    .map(|(last, idx)| sign_chain(key, shared, *last, idx))
+                    .collect()
+            } else {
+                let mut buckets: Vec<Vec<&(EventId, Vec<usize>)>> = vec![Vec::new(); n_threads];
+                let mut loads = vec![0usize; n_threads];
+                for job in &jobs {
+                    let b = (0..n_threads).min_by_key(|&b| loads[b]).unwrap_or(0);
+                    loads[b] += job.1.len();
+                    buckets[b].push(job);
+                }
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = buckets
+                        .into_iter()
+                        .map(|bucket| {
+                            scope.spawn(move || {
+                                let mut out = Vec::new();
+                                for (last, idx) in bucket {
+                                    out.extend(sign_chain(key, shared, *last, idx)?);
+                                }
+                                Ok(out)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join()
+                                .unwrap_or(Err(DecodeError::Malformed("ack signer panicked")))
+                        })
+                        .collect()
+                })
+            };
+        for part in signed {
+            for (i, ack) in part? {
+                if let Some(c) = self.convs.get_mut(&ack.conversation()) {
+                    // Chains are signed in order, so the last write per conversation wins.
+                    c.head.last_ack = ack.id();
+                }
+                if let Some(e) = events.get_mut(i) {
+                    e.ack = ack.into_bytes();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Events staged for the next commit.
@@ -877,7 +933,12 @@ impl RelayCore {
         if !self.has_staged() {
             return Ok(());
         }
-        let staged = std::mem::take(&mut self.staged);
+        let mut staged = std::mem::take(&mut self.staged);
+        if let Err(e) = self.sign_acks(&mut staged.events) {
+            let e = StoreError::Ack(e);
+            self.after_failure(staged, &e);
+            return Err(e);
+        }
         let result = self.write(&staged);
         match result {
             Ok(()) => {
@@ -897,9 +958,9 @@ impl RelayCore {
             batch.events.push(SequencedRecord {
                 conversation: s.event.conversation(),
                 seq: s.seq,
-                event_id: s.event.id(),
+                index_key: store::index_key(&s.event),
                 event: s.event.bytes(),
-                ack: s.ack.bytes(),
+                ack: &s.ack,
             });
         }
         for c in &staged.touched {
@@ -998,9 +1059,7 @@ impl RelayCore {
                 .map(|s| match s {
                     Slot::Done(o) => o,
                     Slot::Staged(i) => match staged.events.get(i) {
-                        Some(e) => SubmitOutcome::Accepted {
-                            ack: e.ack.bytes().to_vec(),
-                        },
+                        Some(e) => SubmitOutcome::Accepted { ack: e.ack.clone() },
                         None => rejected(ErrorCode::INTERNAL, "lost staged event"),
                     },
                 })
@@ -1058,7 +1117,7 @@ impl RelayCore {
                     s.pushed(conv, e.seq);
                     per_session.entry(sid).or_default().push(Item {
                         event: e.event.bytes().to_vec(),
-                        ack: e.ack.bytes().to_vec(),
+                        ack: e.ack.clone(),
                     });
                 }
             }
@@ -1113,6 +1172,48 @@ impl RelayCore {
     pub fn metrics(&self) -> &RelayMetrics {
         &self.metrics
     }
+}
+
+/// Below this many staged events, acks are signed on the calling thread.
+const MIN_PARALLEL_SIGN: usize = 64;
+
+/// Signs one conversation's chain of acks, in sequence order, after the ack `last`.
+fn sign_chain(
+    key: &DeviceKey,
+    events: &[StagedEvent],
+    mut last: EventId,
+    idx: &[usize],
+) -> Result<Vec<(usize, Event)>, DecodeError> {
+    let relay = key.device();
+    let mut out = Vec::with_capacity(idx.len());
+    for &i in idx {
+        let Some(e) = events.get(i) else {
+            return Err(DecodeError::Malformed("staged event vanished"));
+        };
+        let header = EventHeader {
+            conversation: e.event.conversation(),
+            author: relay,
+            user: UserId(relay.0),
+            counter: e.seq,
+            prev: (e.seq > 1).then_some(last),
+            lamport: e.event.header().lamport,
+            wall_ms: e.ts_ms,
+        };
+        let message = match e.event.kind() {
+            EventKind::Send { message, .. } => Some(*message),
+            _ => None,
+        };
+        let kind = EventKind::ServerAck {
+            event: e.event.id(),
+            message,
+            seq: e.seq,
+            server_ts_ms: e.ts_ms,
+        };
+        let ack = Event::sign(key.signing_key(), header, kind)?;
+        last = ack.id();
+        out.push((i, ack));
+    }
+    Ok(out)
 }
 
 /// Splits items into frames of at most `max_items` and about `budget` bytes.

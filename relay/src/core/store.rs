@@ -4,7 +4,11 @@
 //! Tables (keys are fixed-size byte arrays, integers big-endian so that byte order is
 //! numeric order):
 //! - `events`: conversation (16) | seq (8) → (event envelope, ack envelope)
-//! - `event_index`: event id (32) → conversation (16) | seq (8)
+//! - `event_index`: conversation (16) | author (32) | counter (8) | event id (32) →
+//!   conversation (16) | seq (8). Keyed by author and counter rather than by id alone so that
+//!   a group commit's inserts land next to each other (one device's events are consecutive)
+//!   instead of on as many random pages as events: fewer pages written per fsync. The id
+//!   suffix keeps two different events with the same counter apart.
 //! - `conversations`: conversation (16) → postcard([`ConversationRecord`])
 //! - `devices`: device (32) → user (32)
 //! - `cursors`: device (32) | conversation (16) → highest sequence the device reported received
@@ -17,13 +21,15 @@ use tidings_engine::wire::Item;
 use tidings_engine::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
+/// Key of the `event_index` table (see the module docs).
+pub type IndexKey = [u8; 88];
 
 const EVENTS: TableDefinition<SeqKey, (&[u8], &[u8])> = TableDefinition::new("events");
-const EVENT_INDEX: TableDefinition<[u8; 32], SeqKey> = TableDefinition::new("event_index");
+const EVENT_INDEX: TableDefinition<IndexKey, SeqKey> = TableDefinition::new("event_index");
 const CONVERSATIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("conversations");
 const DEVICES: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("devices");
 const CURSORS: TableDefinition<CursorKey, u64> = TableDefinition::new("cursors");
@@ -39,6 +45,9 @@ pub enum StoreError {
     /// A record does not decode: the file was damaged or written by something else.
     #[error("relay store is corrupt: {0}")]
     Corrupt(&'static str),
+    /// Signing an ack failed (only possible if an event's fields are over their limits).
+    #[error("signing an ack: {0}")]
+    Ack(tidings_engine::event::DecodeError),
     /// The file was written with another table layout.
     #[error("relay store schema {found}, this build reads {expected}")]
     Schema {
@@ -90,8 +99,8 @@ pub struct SequencedRecord<'a> {
     pub conversation: ConversationId,
     /// Its sequence.
     pub seq: ServerSeq,
-    /// The event's id.
-    pub event_id: EventId,
+    /// The event's `event_index` key ([`index_key`]).
+    pub index_key: IndexKey,
     /// The event envelope.
     pub event: &'a [u8],
     /// The ack envelope.
@@ -132,6 +141,17 @@ fn seq_key(conv: &ConversationId, seq: ServerSeq) -> SeqKey {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(&conv.0);
     k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The `event_index` key of an event.
+pub fn index_key(event: &tidings_engine::Event) -> IndexKey {
+    let h = event.header();
+    let mut k = [0u8; 88];
+    k[..16].copy_from_slice(&h.conversation.0);
+    k[16..48].copy_from_slice(&h.author.0);
+    k[48..56].copy_from_slice(&h.counter.to_be_bytes());
+    k[56..].copy_from_slice(&event.id().0);
     k
 }
 
@@ -206,7 +226,7 @@ impl RelayStore {
             for r in &batch.events {
                 let k = seq_key(&r.conversation, r.seq);
                 events.insert(k, (r.event, r.ack))?;
-                index.insert(r.event_id.0, k)?;
+                index.insert(r.index_key, k)?;
             }
             let mut convs = txn.open_table(CONVERSATIONS)?;
             for (id, rec) in &batch.conversations {
@@ -270,13 +290,13 @@ impl RelayStore {
     }
 
     /// For each id, where it was sequenced and its ack, if it was.
-    pub fn lookup(&self, ids: &[EventId]) -> Result<Vec<Option<Sequenced>>, StoreError> {
+    pub fn lookup(&self, keys: &[IndexKey]) -> Result<Vec<Option<Sequenced>>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(EVENT_INDEX)?;
         let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(k) = index.get(id.0)?.map(|v| v.value()) else {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(k) = index.get(key)?.map(|v| v.value()) else {
                 out.push(None);
                 continue;
             };
@@ -350,14 +370,14 @@ mod tests {
                 SequencedRecord {
                     conversation: conv,
                     seq: 1,
-                    event_id: EventId([4; 32]),
+                    index_key: [4; 88],
                     event: b"e1",
                     ack: b"a1",
                 },
                 SequencedRecord {
                     conversation: conv,
                     seq: 2,
-                    event_id: EventId([5; 32]),
+                    index_key: [5; 88],
                     event: b"e2",
                     ack: b"a2",
                 },
@@ -376,9 +396,7 @@ mod tests {
             store.cursors(&DeviceId([6; 32])).expect("read").get(&conv),
             Some(&1)
         );
-        let found = store
-            .lookup(&[EventId([5; 32]), EventId([9; 32])])
-            .expect("lookup");
+        let found = store.lookup(&[[5; 88], [9; 88]]).expect("lookup");
         assert_eq!(found, vec![Some((conv, 2, b"a2".to_vec())), None]);
         let (items, more) = store.page(&conv, 0, 1, 1 << 20).expect("page");
         assert_eq!(items.len(), 1);

@@ -732,3 +732,60 @@ fn registration_rules() {
         "{got:?}"
     );
 }
+
+/// Acks signed on several threads chain exactly as when signed on one.
+#[test]
+fn parallel_ack_signing_matches_serial() {
+    let run = |threads: usize| {
+        let mut net = Net::new(Limits {
+            ack_sign_threads: threads,
+            ..Limits::default()
+        });
+        let mut a = net.connect(1, 10);
+        let mut evs = Vec::new();
+        for conv in 1..=3 {
+            evs.push(create(&mut a, conv, &[1]));
+        }
+        for i in 0..150 {
+            evs.push(send(&mut a, 1 + (i % 3) as u8, &format!("m{i}")));
+        }
+        let mut outcomes = Vec::new();
+        for chunk in evs.chunks(wire::MAX_SUBMIT_BATCH) {
+            // One commit for the whole batch: above the parallel threshold.
+            net.core.handle_frame(
+                a.session,
+                ClientFrame::Submit {
+                    request_id: 1,
+                    events: chunk.iter().map(|e| Envelope(e.bytes().to_vec())).collect(),
+                },
+                net.now,
+            );
+        }
+        net.pump();
+        for f in net.take(a.session) {
+            if let ServerFrame::SubmitResult { outcomes: o, .. } = f {
+                outcomes.extend(o);
+            }
+        }
+        outcomes
+    };
+    let serial = run(1);
+    let parallel = run(2);
+    assert_eq!(serial.len(), 153);
+    assert_eq!(serial, parallel);
+    // Per conversation: sequences 1.. without gaps, each ack's prev the previous ack.
+    let mut last: HashMap<ConversationId, (ServerSeq, EventId)> = HashMap::new();
+    for o in &parallel {
+        let SubmitOutcome::Accepted { ack } = o else {
+            panic!("{o:?}")
+        };
+        let ack = Event::decode(ack).expect("ack");
+        let EventKind::ServerAck { seq, .. } = ack.kind() else {
+            panic!()
+        };
+        let prev = last.get(&ack.conversation()).copied();
+        assert_eq!(*seq, prev.map_or(1, |(s, _)| s + 1));
+        assert_eq!(ack.header().prev, prev.map(|(_, id)| id));
+        last.insert(ack.conversation(), (*seq, ack.id()));
+    }
+}
