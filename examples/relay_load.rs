@@ -308,6 +308,7 @@ async fn run_relay(args: &Args) -> Result<Row> {
                 submit_ns,
                 start,
                 deadline,
+                i,
             )
             .await
         }));
@@ -353,11 +354,13 @@ async fn device_loop(
     submit_ns: Arc<Vec<AtomicU64>>,
     start: Instant,
     deadline: Instant,
+    device_idx: usize,
 ) -> Result<DeviceResult> {
     let per_device_rate = args.rate / args.devices as f64;
     let interval = (per_device_rate > 0.0)
         .then(|| Duration::from_secs_f64(args.batch as f64 / per_device_rate));
-    let mut next_send = start;
+    // Devices start spread over one interval, so paced load arrives evenly, not in bursts.
+    let mut next_send = start + stagger(interval, device_idx, args.devices);
     let mut in_flight: std::collections::HashMap<u64, (Instant, usize)> = Default::default();
     let mut sent = 0;
     let mut res = DeviceResult {
@@ -454,6 +457,11 @@ async fn device_loop(
     Ok(res)
 }
 
+/// Device `i`'s offset within one sending interval.
+fn stagger(interval: Option<Duration>, i: usize, n: usize) -> Duration {
+    interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n.max(1) as f64))
+}
+
 fn event_index(e: &Event) -> Option<usize> {
     match e.kind() {
         EventKind::Send { body, .. } => {
@@ -546,7 +554,7 @@ async fn run_mqtt(args: &Args, bin: &std::path::Path, payload_len: usize) -> Res
                         let per = args.rate / args.devices as f64;
                         let interval =
                             (per > 0.0).then(|| Duration::from_secs_f64(args.batch as f64 / per));
-                        let mut next = start;
+                        let mut next = start + stagger(interval, i, args.devices);
                         for k in 0..args.events {
                             if let Some(iv) = interval {
                                 if k % args.batch == 0 {
