@@ -13,7 +13,9 @@
 //!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
 
 use crate::config::RelayConfig;
-use crate::core::{ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId};
+use crate::core::{
+    CommitJob, ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError,
+};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
 use std::collections::HashMap;
@@ -389,6 +391,24 @@ impl CoreDriver {
         self.route();
     }
 
+    /// Hands the staged batch to the writer thread (or commits it here without one).
+    fn start_commit(&mut self, writer: &mut Option<Writer>) {
+        let Some(w) = writer.as_mut() else {
+            return self.commit();
+        };
+        match self.core.start_commit() {
+            Ok(Some(job)) => {
+                if let Some(job) = w.send(job) {
+                    let result = job.write(self.core.store());
+                    self.core.finish_commit(job, result);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "group commit failed; staged events refused"),
+        }
+        self.route();
+    }
+
     fn route(&mut self) {
         while let Some(o) = self.core.poll_output() {
             match o {
@@ -421,6 +441,63 @@ impl CoreDriver {
     }
 }
 
+/// The writer thread: writes commit jobs one at a time, in order, and hands them back, so
+/// that the core thread stages and signs the next batch while the disk syncs this one.
+struct Writer {
+    jobs: Option<std::sync::mpsc::Sender<CommitJob>>,
+    done: mpsc::Receiver<(CommitJob, Result<(), StoreError>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    busy: bool,
+}
+
+impl Writer {
+    fn spawn(store: RelayStore) -> std::io::Result<Writer> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<CommitJob>();
+        // One job is out at a time, so one slot is enough.
+        let (done_tx, done) = mpsc::channel(1);
+        let thread = std::thread::Builder::new()
+            .name("tidings-relay-writer".into())
+            .spawn(move || {
+                while let Ok(job) = job_rx.recv() {
+                    let result = job.write(&store);
+                    if done_tx.blocking_send((job, result)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            busy: false,
+        })
+    }
+
+    /// Hands a job to the thread; gives it back if the thread is gone.
+    fn send(&mut self, job: CommitJob) -> Option<CommitJob> {
+        match &self.jobs {
+            Some(tx) => {
+                if let Err(e) = tx.send(job) {
+                    return Some(e.0);
+                }
+            }
+            None => return Some(job),
+        }
+        self.busy = true;
+        None
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The thread finishes the job it holds (a commit is all or nothing), then stops.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 async fn core_loop(
     core: RelayCore,
     mut rx: mpsc::Receiver<CoreInput>,
@@ -430,44 +507,60 @@ async fn core_loop(
         core,
         routes: HashMap::new(),
     };
+    let mut writer = match Writer::spawn(d.core.store().clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "no writer thread; committing on the core thread");
+            None
+        }
+    };
+    let max = d.core.limits().max_commit_batch;
     loop {
-        let input = if d.core.has_staged() {
-            let wait = d
-                .core
-                .commit_deadline()
-                .map(|t| t.saturating_sub(now_ms()))
-                .unwrap_or(0);
-            if wait == 0 || d.core.wants_commit(now_ms()) {
-                d.commit();
+        let busy = writer.as_ref().is_some_and(|w| w.busy);
+        if !busy && d.core.wants_commit(now_ms()) {
+            d.start_commit(&mut writer);
+            continue;
+        }
+        let wait = (!busy)
+            .then(|| d.core.commit_deadline())
+            .flatten()
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+        let full = d.core.n_staged_events() >= max;
+        let input = tokio::select! {
+            biased;
+            _ = &mut crash => return,
+            done = async {
+                match writer.as_mut() {
+                    Some(w) => w.done.recv().await,
+                    None => None,
+                }
+            }, if busy => {
+                if let (Some(w), Some((job, result))) = (writer.as_mut(), done) {
+                    w.busy = false;
+                    if let Err(e) = &result {
+                        warn!(error = %e, "group commit failed; its events are refused");
+                    }
+                    d.core.finish_commit(job, result);
+                    d.route();
+                }
                 continue;
             }
-            tokio::select! {
-                biased;
-                _ = &mut crash => return,
-                i = rx.recv() => i,
-                _ = tokio::time::sleep(Duration::from_millis(wait)) => { d.commit(); continue; }
-            }
-        } else {
-            tokio::select! {
-                biased;
-                _ = &mut crash => return,
-                i = rx.recv() => i,
-            }
+            i = rx.recv(), if !(busy && full) => i,
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => continue,
         };
         let Some(input) = input else {
             // Every sender is gone: the shell stopped without a shutdown. Like a crash.
             return;
         };
         if let Some(reply) = d.handle(input) {
-            return finish(d, reply);
+            return finish(d, writer, reply).await;
         }
         // Drain what is already waiting, so that one commit covers it all.
-        let max = d.core.limits().max_commit_batch;
         while d.core.n_staged_events() < max {
             match rx.try_recv() {
                 Ok(i) => {
                     if let Some(reply) = d.handle(i) {
-                        return finish(d, reply);
+                        return finish(d, writer, reply).await;
                     }
                 }
                 Err(_) => break,
@@ -483,7 +576,16 @@ fn crash_requested(crash: &mut oneshot::Receiver<()>) -> bool {
     !matches!(crash.try_recv(), Err(oneshot::error::TryRecvError::Empty))
 }
 
-fn finish(mut d: CoreDriver, reply: oneshot::Sender<()>) {
+/// Graceful end: the commit being written completes, what is staged is committed, every
+/// device is told, then the store closes.
+async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::Sender<()>) {
+    if let Some(w) = writer.as_mut().filter(|w| w.busy) {
+        if let Some((job, result)) = w.done.recv().await {
+            w.busy = false;
+            d.core.finish_commit(job, result);
+        }
+    }
+    drop(writer);
     d.commit();
     d.core
         .close_all(ErrorCode::SHUTTING_DOWN, "the relay is shutting down");

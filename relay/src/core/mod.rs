@@ -137,6 +137,8 @@ pub struct RelayCore {
     staged: Staged,
     outputs: VecDeque<Output>,
     sign_threads: usize,
+    inflight: Option<Inflight>,
+    inflight_waiters: Vec<PendingSubmit>,
 }
 
 #[derive(Debug)]
@@ -185,6 +187,55 @@ struct PendingSubmit {
 enum Slot {
     Done(SubmitOutcome),
     Staged(usize),
+    /// A duplicate of an event in the commit being written: its ack, valid once that commit
+    /// is durable.
+    Inflight(Vec<u8>),
+}
+
+/// What the core remembers of the commit being written.
+#[derive(Debug, Default)]
+struct Inflight {
+    acks: HashMap<EventId, Vec<u8>>,
+    registrations: Vec<(DeviceId, UserId)>,
+}
+
+/// One group commit taken out of the core by [`RelayCore::start_commit`]: write it with
+/// [`CommitJob::write`] (on any thread), then hand it back with [`RelayCore::finish_commit`].
+#[derive(Debug)]
+pub struct CommitJob {
+    staged: Staged,
+    records: Vec<(ConversationId, ConversationRecord)>,
+}
+
+impl CommitJob {
+    /// Writes the job in one durable transaction.
+    pub fn write(&self, store: &RelayStore) -> Result<(), StoreError> {
+        let mut batch = CommitBatch::default();
+        for s in &self.staged.events {
+            batch.events.push(SequencedRecord {
+                conversation: s.event.conversation(),
+                seq: s.seq,
+                index_key: store::index_key(&s.event),
+                event: s.event.bytes(),
+                ack: &s.ack,
+            });
+        }
+        for (c, rec) in &self.records {
+            batch.conversations.push((*c, rec));
+        }
+        for r in &self.staged.registrations {
+            batch.devices.push((r.device, r.user));
+        }
+        for ((d, c), s) in &self.staged.cursors {
+            batch.cursors.push((*d, *c, *s));
+        }
+        store.commit(&batch)
+    }
+
+    /// Events in the job.
+    pub fn n_events(&self) -> usize {
+        self.staged.events.len()
+    }
 }
 
 #[derive(Debug)]
@@ -235,6 +286,8 @@ impl RelayCore {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
+            inflight: None,
+            inflight_waiters: Vec::new(),
         };
         core.load()?;
         core.metrics.set_stored_events(core.store.n_events()?);
@@ -516,8 +569,14 @@ impl RelayCore {
             .staged
             .registrations
             .iter()
-            .find(|r| r.device == reg.device)
-            .map(|r| r.user);
+            .map(|r| (r.device, r.user))
+            .chain(
+                self.inflight
+                    .iter()
+                    .flat_map(|i| i.registrations.iter().copied()),
+            )
+            .find(|(d, _)| *d == reg.device)
+            .map(|(_, u)| u);
         match self.devices.get(&reg.device).copied().or(staged_user) {
             Some(u) if u != reg.user => {
                 let msg = "device is registered to another user";
@@ -690,12 +749,20 @@ impl RelayCore {
             slots.push(slot);
         }
         self.metrics.rejected(n_rejected);
-        if slots.iter().all(|s| matches!(s, Slot::Done(_))) {
+        let any_staged = slots.iter().any(|s| matches!(s, Slot::Staged(_)));
+        let any_inflight = slots.iter().any(|s| matches!(s, Slot::Inflight(_)));
+        if any_inflight && !any_staged {
+            self.inflight_waiters.push(PendingSubmit {
+                session,
+                request_id,
+                slots,
+            });
+        } else if !any_staged {
             let outcomes = slots
                 .into_iter()
                 .filter_map(|s| match s {
                     Slot::Done(o) => Some(o),
-                    Slot::Staged(_) => None,
+                    Slot::Staged(_) | Slot::Inflight(_) => None,
                 })
                 .collect();
             self.send(
@@ -758,6 +825,9 @@ impl RelayCore {
         }
         if let Some(&idx) = self.staged.by_id.get(&ev.id()) {
             return Slot::Staged(idx);
+        }
+        if let Some(ack) = self.inflight.as_ref().and_then(|i| i.acks.get(&ev.id())) {
+            return Slot::Inflight(ack.clone());
         }
         if created_here && self.convs.contains_key(&conv) {
             return Slot::Done(rejected(
@@ -926,87 +996,131 @@ impl RelayCore {
     }
 
     /// Writes everything staged in one durable transaction, then answers the submitters,
-    /// confirms registrations and pushes the new events to online member devices. On a store
-    /// error the staged events are refused with [`ErrorCode::INTERNAL`] and the sequencer
-    /// goes back to the last committed state.
+    /// confirms registrations and pushes the new events to online member devices
+    /// ([`RelayCore::start_commit`], [`CommitJob::write`] and [`RelayCore::finish_commit`] in
+    /// one call). On a store error the staged events are refused with [`ErrorCode::INTERNAL`]
+    /// and the sequencer goes back to the last committed state. Does nothing while a job from
+    /// `start_commit` is out.
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        if !self.has_staged() {
+        let Some(job) = self.start_commit()? else {
             return Ok(());
+        };
+        let result = job.write(&self.store);
+        let out = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Failed(e.to_string())),
+        };
+        self.finish_commit(job, result);
+        out
+    }
+
+    /// Whether a job from [`RelayCore::start_commit`] is being written.
+    pub fn commit_in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Takes everything staged as one group commit and signs its acks. The caller writes the
+    /// job ([`CommitJob::write`], e.g. on a writer thread, while the core goes on staging the
+    /// next batch) and hands it back with [`RelayCore::finish_commit`]; nothing of it is
+    /// answered before that. `None` if nothing is staged or a job is already out (one at a
+    /// time, so commits reach the disk in sequence order).
+    pub fn start_commit(&mut self) -> Result<Option<CommitJob>, StoreError> {
+        if self.inflight.is_some() || !self.has_staged() {
+            return Ok(None);
         }
         let mut staged = std::mem::take(&mut self.staged);
         if let Err(e) = self.sign_acks(&mut staged.events) {
             let e = StoreError::Ack(e);
-            self.after_failure(staged, &e);
+            self.reset_heads();
+            self.fail(staged, &e.to_string());
             return Err(e);
         }
-        let result = self.write(&staged);
+        let records = staged
+            .touched
+            .iter()
+            .filter_map(|c| self.convs.get(c).map(|conv| (*c, conv.head.clone())))
+            .collect();
+        self.inflight = Some(Inflight {
+            acks: staged
+                .events
+                .iter()
+                .map(|e| (e.event.id(), e.ack.clone()))
+                .collect(),
+            registrations: staged
+                .registrations
+                .iter()
+                .map(|r| (r.device, r.user))
+                .collect(),
+        });
+        Ok(Some(CommitJob { staged, records }))
+    }
+
+    /// The outcome of writing `job`. On success its submitters get their acks and its events
+    /// are pushed; on failure they are refused with [`ErrorCode::INTERNAL`], and so is
+    /// everything staged since (its sequences followed the failed ones), and the sequencer
+    /// goes back to the last committed state.
+    pub fn finish_commit(&mut self, job: CommitJob, result: Result<(), StoreError>) {
+        self.inflight = None;
+        let waiters = std::mem::take(&mut self.inflight_waiters);
         match result {
             Ok(()) => {
-                self.after_commit(staged);
-                Ok(())
+                self.after_commit(job.staged, job.records);
+                for p in waiters {
+                    self.answer(p, None);
+                }
             }
             Err(e) => {
-                self.after_failure(staged, &e);
-                Err(e)
-            }
-        }
-    }
-
-    fn write(&self, staged: &Staged) -> Result<(), StoreError> {
-        let mut batch = CommitBatch::default();
-        for s in &staged.events {
-            batch.events.push(SequencedRecord {
-                conversation: s.event.conversation(),
-                seq: s.seq,
-                index_key: store::index_key(&s.event),
-                event: s.event.bytes(),
-                ack: &s.ack,
-            });
-        }
-        for c in &staged.touched {
-            if let Some(conv) = self.convs.get(c) {
-                batch.conversations.push((*c, &conv.head));
-            }
-        }
-        for r in &staged.registrations {
-            batch.devices.push((r.device, r.user));
-        }
-        for ((d, c), s) in &staged.cursors {
-            batch.cursors.push((*d, *c, *s));
-        }
-        self.store.commit(&batch)
-    }
-
-    fn after_failure(&mut self, staged: Staged, e: &StoreError) {
-        let msg = format!("store failure: {e}");
-        for c in &staged.touched {
-            let Some(conv) = self.convs.get_mut(c) else {
-                continue;
-            };
-            match &conv.committed {
-                Some(rec) => conv.head = rec.clone(),
-                None => {
-                    self.convs.remove(c);
+                let msg = format!("store failure: {e}");
+                self.reset_heads();
+                self.fail(job.staged, &msg);
+                let later = std::mem::take(&mut self.staged);
+                self.fail(later, &msg);
+                for p in waiters {
+                    self.answer(p, Some(&msg));
                 }
             }
         }
+    }
+
+    /// Every conversation back to its committed state (uncommitted ones forgotten).
+    fn reset_heads(&mut self) {
+        self.convs.retain(|_, conv| match &conv.committed {
+            Some(rec) => {
+                conv.head = rec.clone();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Answers a submit whose slots are all decided; with `failure`, acks that depended on
+    /// an unwritten commit become INTERNAL refusals.
+    fn answer(&mut self, p: PendingSubmit, failure: Option<&str>) {
+        let outcomes = p
+            .slots
+            .into_iter()
+            .map(|s| match (s, failure) {
+                (Slot::Done(o), _) => o,
+                (Slot::Inflight(ack), None) => SubmitOutcome::Accepted { ack },
+                (Slot::Inflight(_) | Slot::Staged(_), Some(msg)) => {
+                    rejected(ErrorCode::INTERNAL, msg)
+                }
+                (Slot::Staged(_), None) => rejected(ErrorCode::INTERNAL, "lost staged event"),
+            })
+            .collect();
+        self.send_live(
+            p.session,
+            ServerFrame::SubmitResult {
+                request_id: p.request_id,
+                outcomes,
+            },
+        );
+    }
+
+    fn fail(&mut self, staged: Staged, msg: &str) {
         self.metrics.rejected(staged.events.len());
         for p in staged.submits {
-            let outcomes = p
-                .slots
-                .into_iter()
-                .map(|s| match s {
-                    Slot::Done(o) => o,
-                    Slot::Staged(_) => rejected(ErrorCode::INTERNAL, msg.clone()),
-                })
-                .collect();
-            self.send_live(
-                p.session,
-                ServerFrame::SubmitResult {
-                    request_id: p.request_id,
-                    outcomes,
-                },
-            );
+            self.answer(p, Some(msg));
         }
         for r in staged.registrations {
             self.send_live(
@@ -1014,7 +1128,7 @@ impl RelayCore {
                 ServerFrame::Refused {
                     request_id: r.request_id,
                     code: ErrorCode::INTERNAL,
-                    message: msg.clone(),
+                    message: msg.to_string(),
                 },
             );
         }
@@ -1026,20 +1140,20 @@ impl RelayCore {
         }
     }
 
-    fn after_commit(&mut self, staged: Staged) {
+    fn after_commit(&mut self, staged: Staged, records: Vec<(ConversationId, ConversationRecord)>) {
         self.metrics.committed();
         self.metrics.accepted(staged.events.len());
         self.metrics.add_stored_events(staged.events.len());
-        for c in &staged.touched {
-            let Some(conv) = self.convs.get_mut(c) else {
+        for (c, rec) in records {
+            let Some(conv) = self.convs.get_mut(&c) else {
                 continue;
             };
             if conv.committed.is_none() {
-                for m in &conv.head.members {
-                    self.user_convs.entry(*m).or_default().insert(*c);
+                for m in &rec.members {
+                    self.user_convs.entry(*m).or_default().insert(c);
                 }
             }
-            conv.committed = Some(conv.head.clone());
+            conv.committed = Some(rec);
         }
         for r in staged.registrations {
             self.add_device(r.device, r.user);
@@ -1062,6 +1176,7 @@ impl RelayCore {
                         Some(e) => SubmitOutcome::Accepted { ack: e.ack.clone() },
                         None => rejected(ErrorCode::INTERNAL, "lost staged event"),
                     },
+                    Slot::Inflight(ack) => SubmitOutcome::Accepted { ack },
                 })
                 .collect();
             self.send_live(

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// Signing an ack failed (only possible if an event's fields are over their limits).
     #[error("signing an ack: {0}")]
     Ack(tidings_engine::event::DecodeError),
+    /// A commit failed (the error as reported by the writer).
+    #[error("commit failed: {0}")]
+    Failed(String),
     /// The file was written with another table layout.
     #[error("relay store schema {found}, this build reads {expected}")]
     Schema {
@@ -130,10 +133,11 @@ impl CommitBatch<'_> {
     }
 }
 
-/// The relay's redb store.
-#[derive(Debug)]
+/// The relay's redb store. Clones share the database (a writer thread writes commits while
+/// the core reads).
+#[derive(Debug, Clone)]
 pub struct RelayStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
     durability: Durability,
 }
 
@@ -202,7 +206,10 @@ impl RelayStore {
         } else {
             Durability::None
         };
-        Ok(RelayStore { db, durability })
+        Ok(RelayStore {
+            db: std::sync::Arc::new(db),
+            durability,
+        })
     }
 
     /// A store in memory (redb's `InMemoryBackend`), for tests and the simulator.
@@ -211,9 +218,10 @@ impl RelayStore {
         RelayStore::open(db, false)
     }
 
-    /// Gives the database back (e.g. to reopen it as after a restart in a simulation).
-    pub fn into_database(self) -> Database {
-        self.db
+    /// Gives the database back (e.g. to reopen it as after a restart in a simulation);
+    /// `None` while another clone of the store is alive.
+    pub fn into_database(self) -> Option<Database> {
+        std::sync::Arc::try_unwrap(self.db).ok()
     }
 
     /// Writes a batch in one transaction; returns after it is durable.
