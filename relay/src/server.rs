@@ -1,9 +1,13 @@
 //! The async shell: quinn connections in, frames through the core, frames out.
 //!
-//! - One **core thread** owns the [`RelayCore`] and its redb store. It takes inputs from a
-//!   bounded queue, stages submits from every connection, commits once no input is waiting
-//!   (or the batch is full: group commit), then routes the outputs. Blocking redb calls stay
-//!   off the async runtime.
+//! - One **core thread** owns the [`RelayCore`]. It takes inputs from a bounded queue, stages
+//!   submits from every connection and, whenever the writer is free, hands everything staged
+//!   to it as one group commit (acks signed first, spread over the cores). Outputs are routed
+//!   after each input and after each finished commit. Blocking redb calls stay off the async
+//!   runtime.
+//! - One **writer thread** writes one commit at a time (`Durability::Immediate`) while the core
+//!   stages and signs the next, then hands it back; only then are its acks sent and its events
+//!   pushed.
 //! - One **driver task** per connection reads frames, verifies Submit signatures in batches
 //!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
 //!   sends the frames the core routes to it. A connection may have at most
