@@ -1,4 +1,5 @@
-//! The relay's configuration: the TOML file's shape, with documented defaults.
+//! The relay's configuration: the TOML file's shape, with documented defaults (every key
+//! with its default: `relay/relay.example.toml`).
 //!
 //! ```toml
 //! listen = "0.0.0.0:4433"          # QUIC (UDP) address
@@ -153,6 +154,16 @@ mod tests {
         assert!(RelayConfig::from_toml("nonsense = 1").is_err());
         assert_eq!(
             RelayConfig::from_toml("").expect("empty"),
+            RelayConfig::default()
+        );
+    }
+
+    /// The shipped example states exactly the defaults.
+    #[test]
+    fn example_config_is_the_defaults() {
+        let text = include_str!("../relay.example.toml");
+        assert_eq!(
+            RelayConfig::from_toml(text).expect("parse"),
             RelayConfig::default()
         );
     }
