@@ -461,3 +461,102 @@ async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
     relay.shutdown().await?;
     Ok(())
 }
+
+/// A relay process started from the binary, killed with SIGKILL.
+struct RelayProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl RelayProcess {
+    fn spawn(dir: &Path) -> Result<RelayProcess> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings-relay"))
+            .arg("--dev")
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        while addr.is_none() || fingerprint.is_none() {
+            let line = lines
+                .next()
+                .context("relay exited before printing its address")??;
+            if let Some(a) = line.strip_prefix("tidings-relay listening on ") {
+                addr = Some(a.trim().parse()?);
+            }
+            if let Some(f) = line.strip_prefix("certificate sha256:") {
+                fingerprint = Some(f.trim().to_string());
+            }
+        }
+        Ok(RelayProcess {
+            child,
+            addr: addr.context("addr")?,
+            fingerprint: fingerprint.context("fingerprint")?,
+        })
+    }
+
+    async fn connect(&self, ep: &quinn::Endpoint, user_seed: u8, dev_seed: u8) -> Result<Device> {
+        let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
+        let mut client = RelayClient::connect(ep, self.addr, &self.fingerprint, &key).await?;
+        if !client.welcome().registered {
+            client
+                .register(&user_key(user_seed), key.device(), 1)
+                .await?;
+        }
+        client.sync().await?;
+        Ok(Device {
+            key,
+            user_seed,
+            counter: 0,
+            client,
+        })
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acked_event() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ep = endpoint()?;
+    let relay = RelayProcess::spawn(dir.path())?;
+    let mut alice = relay.connect(&ep, 1, 11).await?;
+    let create = alice.create(&[1]);
+    alice.submit_ok(&[create]).await?;
+    let mut acked = 1;
+    for _ in 0..10 {
+        acked = *send_many(&mut alice, 10).await?.last().context("acks")?;
+    }
+    // More in flight, unacknowledged, when the process is killed.
+    let in_flight: Vec<Event> = (0..50).map(|i| alice.send(&format!("late {i}"))).collect();
+    alice.client.submit_nowait(&in_flight).await?;
+    drop(relay);
+
+    let relay = RelayProcess::spawn(dir.path())?;
+    let counter = alice.counter;
+    let mut alice = relay.connect(&ep, 1, 11).await?;
+    alice.counter = counter;
+    let stored = alice.client.pull_all(CONV, 0).await?;
+    let seqs: Vec<ServerSeq> = stored
+        .iter()
+        .map(|it| decode(it).map(|(_, s)| s))
+        .collect::<Result<_>>()?;
+    // Every acked event is there, with no gap; some in-flight ones may be too.
+    assert!(seqs.len() as u64 >= acked);
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Resending the in-flight batch: stored ones keep their sequence, the rest follow.
+    let again = alice.submit_ok(&in_flight).await?;
+    assert_eq!(again, (acked + 1..=acked + 50).collect::<Vec<_>>());
+    Ok(())
+}
