@@ -18,7 +18,7 @@
 use crate::conversation::{Change, Conversation, MessageRecord, Receipt};
 use crate::event::{Event, EventKind};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use automerge::{ActorId, AutoCommit, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ActorId, AutoCommit, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef, ROOT};
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -254,22 +254,35 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Rebuilds the mirror from a document: every value of every key, joined.
+///
+/// One pass over the root map. Only a key holding concurrent values (`conflict`) is looked up
+/// again with `get_all`, so that all of them are joined rather than automerge's winner alone;
+/// a `get_all` per key made loading a large document several times slower.
 fn read_state(id: ConversationId, doc: &AutoCommit) -> Result<Conversation, DocError> {
     let mut state = Conversation::new(id);
-    let keys: Vec<String> = doc.keys(ROOT).collect();
-    for key in keys {
-        let values = doc
-            .get_all(ROOT, key.as_str())
-            .map_err(|e| DocError::Op(e.to_string()))?;
-        for (value, _) in values {
-            let bad = || DocError::BadValue { key: key.clone() };
-            let Value::Scalar(scalar) = value else {
+    for item in doc.map_range(ROOT, ..) {
+        let key: &str = &item.key;
+        let bad = || DocError::BadValue {
+            key: key.to_owned(),
+        };
+        if item.conflict {
+            let values = doc
+                .get_all(ROOT, key)
+                .map_err(|e| DocError::Op(e.to_string()))?;
+            for (value, _) in values {
+                let Value::Scalar(scalar) = value else {
+                    return Err(bad());
+                };
+                let ScalarValue::Bytes(bytes) = scalar.as_ref() else {
+                    return Err(bad());
+                };
+                apply_key(&mut state, key, bytes).ok_or_else(bad)?;
+            }
+        } else {
+            let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value else {
                 return Err(bad());
             };
-            let ScalarValue::Bytes(bytes) = scalar.as_ref() else {
-                return Err(bad());
-            };
-            apply_key(&mut state, &key, bytes).ok_or_else(bad)?;
+            apply_key(&mut state, key, bytes).ok_or_else(bad)?;
         }
     }
     Ok(state)
