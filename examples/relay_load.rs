@@ -300,17 +300,12 @@ async fn run_relay(args: &Args) -> Result<Row> {
         let args = args.clone();
         let submit_ns = submit_ns.clone();
         tasks.push(tokio::spawn(async move {
-            device_loop(
-                &args,
-                client,
-                evs,
-                expected_pushes,
+            let clock = Clock {
                 submit_ns,
                 start,
                 deadline,
-                i,
-            )
-            .await
+            };
+            device_loop(&args, client, evs, expected_pushes, clock, i).await
         }));
     }
     let mut row = Row {
@@ -346,16 +341,26 @@ struct DeviceResult {
     arrival_us: Vec<u64>,
 }
 
+/// Shared timing state of one run: submit times by event, the start and the deadline.
+struct Clock {
+    submit_ns: Arc<Vec<AtomicU64>>,
+    start: Instant,
+    deadline: Instant,
+}
+
 async fn device_loop(
     args: &Args,
     mut client: RelayClient,
     events: Vec<Event>,
     expected_pushes: usize,
-    submit_ns: Arc<Vec<AtomicU64>>,
-    start: Instant,
-    deadline: Instant,
+    clock: Clock,
     device_idx: usize,
 ) -> Result<DeviceResult> {
+    let Clock {
+        submit_ns,
+        start,
+        deadline,
+    } = clock;
     let per_device_rate = args.rate / args.devices as f64;
     let interval = (per_device_rate > 0.0)
         .then(|| Duration::from_secs_f64(args.batch as f64 / per_device_rate));
