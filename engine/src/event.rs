@@ -142,7 +142,7 @@ struct AckPayload {
 
 /// postcard writes `Vec<u8>` as a sequence of varint-free bytes either way; going through
 /// `serialize_bytes` lets the decoder borrow the slice instead of visiting byte by byte.
-mod serde_bytes_vec {
+pub(crate) mod serde_bytes_vec {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

@@ -24,6 +24,7 @@
 //!    sequence, and pushes start. Pull what is missing, submit, and report receipt with
 //!    [`ClientFrame::Received`].
 
+use crate::event::serde_bytes_vec as bytes_vec;
 use crate::ids::{ConversationId, DeviceId, ServerSeq, UserId};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -684,29 +685,6 @@ impl FrameDecoder {
     /// Bytes buffered but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len()
-    }
-}
-
-/// `Vec<u8>` through `serialize_bytes`, so decoding copies the slice at once.
-mod bytes_vec {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-        }
-        d.deserialize_bytes(V)
     }
 }
 
