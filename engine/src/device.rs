@@ -29,12 +29,13 @@ use crate::wire::{
     SubmitOutcome, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Device protocol settings.
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
-    /// Outbox retries: backoff between unacknowledged submissions, FAILED when exhausted.
+    /// Outbox retries: backoff between unacknowledged submissions; a message is FAILED when
+    /// they are exhausted (receipts and creations keep retrying, see `attempt_failed`).
     pub retry: RetryPolicy,
     /// Reconnect backoff (its `max_attempts` is ignored: a device never stops reconnecting).
     pub reconnect: RetryPolicy,
@@ -213,6 +214,9 @@ pub struct DeviceCore {
     pulling: HashSet<ConversationId>,
     sync_sent: bool,
     targets: HashMap<ConversationId, ServerSeq>,
+    /// Per conversation, a sequence up to which the log holds no message of another user
+    /// above this device's delivered mark (saves rescanning on every cursor move).
+    checked_for_delivery: HashMap<ConversationId, ServerSeq>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
 }
@@ -221,6 +225,19 @@ fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
     let mut k = b"pull/".to_vec();
     k.extend_from_slice(&conversation.0);
     k
+}
+
+/// When [`DeviceCore::flush`] can next submit something from `entries` (the outbox in
+/// order). Per conversation only the first queued entry counts: `flush` holds back everything
+/// behind an entry still backing off, so an entry queued later may be due without being
+/// sendable, and waking for it would spin until the one ahead of it is due.
+fn next_attempt_ms<'a>(entries: impl Iterator<Item = &'a OutboxEntry>) -> Option<u64> {
+    let mut heads: HashSet<ConversationId> = HashSet::new();
+    entries
+        .filter(|e| e.state == OutboxState::Queued)
+        .filter(|e| heads.insert(e.conversation))
+        .map(|e| e.next_attempt_ms)
+        .min()
 }
 
 fn retryable(code: ErrorCode) -> bool {
@@ -249,6 +266,7 @@ impl DeviceCore {
             pulling: HashSet::new(),
             sync_sent: false,
             targets: HashMap::new(),
+            checked_for_delivery: HashMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -485,9 +503,11 @@ impl DeviceCore {
                     if info.max_seq > cursor {
                         self.pull(info.conversation, cursor);
                     }
+                    // A receipt a crash kept from being written goes out now.
+                    self.deliver_up_to(info.conversation, cursor, now_ms)?;
                 }
                 self.report_if_caught_up();
-                Ok(())
+                self.flush(now_ms)
             }
             (
                 State::Ready,
@@ -572,12 +592,9 @@ impl DeviceCore {
         self.reconnect_attempts = 0;
         self.events
             .push_back(DeviceEvent::Connection(ConnectionState::Syncing));
-        // Flush first, then catch up: what the user wrote offline goes out before anything else.
-        self.flush(now_ms)?;
-        if self.inflight.is_none() {
-            self.send_sync();
-        }
-        Ok(())
+        // Flush first, then catch up: what the user wrote offline goes out before anything
+        // else; `flush` sends the Sync once nothing more is due.
+        self.flush(now_ms)
     }
 
     fn send_sync(&mut self) {
@@ -624,6 +641,7 @@ impl DeviceCore {
         if self.state != State::Ready || self.inflight.is_some() {
             return Ok(());
         }
+        self.forget_clock_steps(now_ms)?;
         let mut blocked: HashSet<ConversationId> = HashSet::new();
         let mut batch = Vec::new();
         let limit = self.config.submit_batch;
@@ -641,6 +659,12 @@ impl DeviceCore {
             batch.push(entry.clone());
         }
         if batch.is_empty() {
+            // Nothing (more) to submit now: catch up. Entries still backing off must not hold
+            // back the sync, or a device whose last submission timed out would never catch up
+            // on that connection.
+            if !self.sync_sent {
+                self.send_sync();
+            }
             return Ok(());
         }
         let mut envelopes = Vec::with_capacity(batch.len());
@@ -665,6 +689,27 @@ impl DeviceCore {
         Ok(())
     }
 
+    /// An entry due further ahead than any backoff can ask for was scheduled by a clock that
+    /// has since gone backwards (corrected by the network, or another time after a restart):
+    /// it is due now, instead of waiting out the clock's step.
+    fn forget_clock_steps(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        let p = &self.config.retry;
+        let longest = p.max_ms + p.max_ms * u64::from(p.jitter_pct.min(100)) / 100;
+        let horizon = now_ms.saturating_add(longest);
+        let stale: Vec<OutboxEntry> = self
+            .store
+            .outbox_entries()?
+            .filter(|e| e.state == OutboxState::Queued && e.next_attempt_ms > horizon)
+            .cloned()
+            .collect();
+        for mut entry in stale {
+            entry.next_attempt_ms = now_ms;
+            let changes = self.store.update_outbox(&entry)?;
+            self.emit(changes);
+        }
+        Ok(())
+    }
+
     fn on_submit_result(
         &mut self,
         request_id: u64,
@@ -672,8 +717,10 @@ impl DeviceCore {
         now_ms: u64,
     ) -> Result<(), DeviceError> {
         let Some(inflight) = self.inflight.take_if(|f| f.request_id == request_id) else {
-            // The answer to a submission already given up on: its acks still count.
-            return self.apply_late_outcomes(outcomes);
+            // The answer to a submission already given up on: its acks still count, and the
+            // relay is answering, so what waits may go.
+            self.apply_late_outcomes(outcomes, now_ms)?;
+            return self.flush(now_ms);
         };
         if outcomes.len() != inflight.entries.len() {
             return Err(DeviceError::Protocol("submit result of the wrong length"));
@@ -701,14 +748,15 @@ impl DeviceCore {
         }
         let out = self.store.apply(&acks)?;
         self.emit(out.changes);
-        self.flush(now_ms)?;
-        if self.inflight.is_none() && !self.sync_sent {
-            self.send_sync();
-        }
-        Ok(())
+        self.advance_cursors_over(&acks, now_ms)?;
+        self.flush(now_ms)
     }
 
-    fn apply_late_outcomes(&mut self, outcomes: Vec<SubmitOutcome>) -> Result<(), DeviceError> {
+    fn apply_late_outcomes(
+        &mut self,
+        outcomes: Vec<SubmitOutcome>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
         let acks: Vec<Event> = outcomes
             .into_iter()
             .filter_map(|o| match o {
@@ -721,6 +769,72 @@ impl DeviceCore {
             .collect();
         let out = self.store.apply(&acks)?;
         self.emit(out.changes);
+        self.advance_cursors_over(&acks, now_ms)
+    }
+
+    /// The device's own acked events count for its cursors too: the relay does not send them
+    /// back. Without this, the first event of others after one of its own looked like a gap:
+    /// a pull round trip, and a Delivered receipt that stopped short of the new message.
+    fn advance_cursors_over(&mut self, acks: &[Event], now_ms: u64) -> Result<(), DeviceError> {
+        let convs: BTreeSet<ConversationId> = acks.iter().map(|a| a.conversation()).collect();
+        for conversation in convs {
+            self.advance_cursor(conversation, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a conversation's gap-free cursor over every sequence the log now holds after it
+    /// (from pages, pushes and the device's own acks alike), durably, tells the relay, and
+    /// sends the Delivered receipt that is due.
+    fn advance_cursor(
+        &mut self,
+        conversation: ConversationId,
+        now_ms: u64,
+    ) -> Result<ServerSeq, DeviceError> {
+        let key = cursor_key(&conversation);
+        let before = self.store.log().cursor(&key)?;
+        let cursor = self.store.log().contiguous_seq(conversation, before)?;
+        if cursor > before {
+            self.store.log().write(|t| t.set_cursor(&key, cursor))?;
+            self.transmit.push_back(ClientFrame::Received {
+                conversation,
+                up_to: cursor,
+            });
+        }
+        self.deliver_up_to(conversation, cursor, now_ms)?;
+        Ok(cursor)
+    }
+
+    /// Authors a Delivered receipt up to `cursor` when the log holds a message of another
+    /// user above this device's delivered mark. Decided from what is durably stored, not from
+    /// the batch that just arrived: a crash between storing messages (and the cursor) and
+    /// writing the receipt would otherwise lose the receipt for good, and the sender would
+    /// never see DELIVERED. Receipts of others never call for one (no receipt ping-pong).
+    fn deliver_up_to(
+        &mut self,
+        conversation: ConversationId,
+        cursor: ServerSeq,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let key = self.store.key();
+        let (device, user) = (key.device(), key.user());
+        let (delivered, _) = self.store.log().device_marks(conversation, device)?;
+        let checked = self.checked_for_delivery.get(&conversation).copied();
+        let from = delivered.max(checked.unwrap_or(0));
+        if cursor <= from {
+            return Ok(());
+        }
+        let log = self.store.log();
+        if log
+            .message_from_others(conversation, user, from, cursor)?
+            .is_none()
+        {
+            self.checked_for_delivery.insert(conversation, cursor);
+            return Ok(());
+        }
+        if let Some((_, changes)) = self.store.mark_delivered(conversation, cursor, now_ms)? {
+            self.emit(changes);
+        }
         Ok(())
     }
 
@@ -734,7 +848,11 @@ impl DeviceCore {
 
     fn attempt_failed(&mut self, mut entry: OutboxEntry, now_ms: u64) -> Result<(), DeviceError> {
         entry.attempts = entry.attempts.saturating_add(1);
-        if self.config.retry.exhausted(entry.attempts) {
+        // Only a message can be FAILED: the user sees it and can retry it. Receipts and
+        // conversation creations have no retry button; giving up on one would lose it for
+        // good (and a lost Create would make every message behind it fail), so they keep
+        // trying at the policy's longest delay.
+        if entry.message.is_some() && self.config.retry.exhausted(entry.attempts) {
             return self.give_up(entry);
         }
         entry.next_attempt_ms = now_ms + self.config.retry.delay_ms(entry.attempts, &mut self.rng);
@@ -760,9 +878,8 @@ impl DeviceCore {
             return Ok(());
         }
         let mut accepted = Vec::with_capacity(items.0.len() * 2);
-        // Per conversation: sequences received in this batch, and whether others' messages came.
-        let mut seqs: BTreeMap<ConversationId, (Vec<ServerSeq>, bool)> = BTreeMap::new();
-        let me = self.store.key().user();
+        // Per conversation: sequences received in this batch.
+        let mut seqs: BTreeMap<ConversationId, Vec<ServerSeq>> = BTreeMap::new();
         for pair in items.0 {
             let (ev, ack) = match pair {
                 Ok(pair) => pair,
@@ -784,11 +901,7 @@ impl DeviceCore {
                     continue;
                 }
             };
-            let foreign_message =
-                matches!(ev.kind(), EventKind::Send { .. }) && ev.header().user != me;
-            let e = seqs.entry(ev.conversation()).or_default();
-            e.0.push(seq);
-            e.1 |= foreign_message;
+            seqs.entry(ev.conversation()).or_default().push(seq);
             accepted.push(ev);
             accepted.push(ack);
         }
@@ -797,33 +910,11 @@ impl DeviceCore {
             tracing::warn!(event = %id, %err, "relay item refused by the store");
         }
         self.emit(out.changes);
-        for (conversation, (mut got, foreign)) in seqs {
-            got.sort_unstable();
-            let key = cursor_key(&conversation);
-            let before = self.store.log().cursor(&key)?;
-            let mut cursor = before;
-            for s in &got {
-                if *s == cursor + 1 {
-                    cursor = *s;
-                }
-            }
-            if cursor > before {
-                self.store.log().write(|t| t.set_cursor(&key, cursor))?;
-                self.transmit.push_back(ClientFrame::Received {
-                    conversation,
-                    up_to: cursor,
-                });
-            }
-            if got.last().is_some_and(|last| *last > cursor) {
+        for (conversation, got) in seqs {
+            let cursor = self.advance_cursor(conversation, now_ms)?;
+            if got.iter().max().is_some_and(|last| *last > cursor) {
                 // A gap: something between the cursor and what was pushed is missing.
                 self.pull(conversation, cursor);
-            }
-            if foreign {
-                if let Some((_, changes)) =
-                    self.store.mark_delivered(conversation, cursor, now_ms)?
-                {
-                    self.emit(changes);
-                }
             }
             let target = self.targets.entry(conversation).or_insert(cursor);
             *target = (*target).max(cursor);
@@ -856,12 +947,7 @@ impl DeviceCore {
             State::Ready => {
                 let inflight = self.inflight.as_ref().map(|f| f.deadline_ms);
                 let due = if self.inflight.is_none() {
-                    self.store.outbox_entries().ok().and_then(|mut o| {
-                        o.by_ref()
-                            .filter(|e| e.state == OutboxState::Queued)
-                            .map(|e| e.next_attempt_ms)
-                            .min()
-                    })
+                    self.store.outbox_entries().ok().and_then(next_attempt_ms)
                 } else {
                     None
                 };
@@ -890,3 +976,6 @@ impl DeviceCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

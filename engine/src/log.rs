@@ -397,6 +397,58 @@ impl EventLog {
         Ok(out)
     }
 
+    /// The end of the run of sequences held right after `after` in `conversation`: the
+    /// highest `s` such that every sequence in `after + 1..=s` is in the log (`after` itself
+    /// when the next one is missing).
+    pub fn contiguous_seq(
+        &self,
+        conversation: ConversationId,
+        after: ServerSeq,
+    ) -> Result<ServerSeq, LogError> {
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let c = &conversation.0;
+        let mut end = after;
+        for row in by_seq.range((c, after.saturating_add(1))..=(c, u64::MAX))? {
+            let (k, _) = row?;
+            let (_, seq) = k.value();
+            if seq != end + 1 {
+                break;
+            }
+            end = seq;
+        }
+        Ok(end)
+    }
+
+    /// The highest sequence in `after + 1..=up_to` of a message (`Send`) in `conversation` by
+    /// a user other than `user`, from the index tables.
+    pub fn message_from_others(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        after: ServerSeq,
+        up_to: ServerSeq,
+    ) -> Result<Option<ServerSeq>, LogError> {
+        if up_to <= after {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(MSG_BY_SEQ)?;
+        let events = txn.open_table(EVENTS)?;
+        let c = &conversation.0;
+        for row in by_seq.range((c, after + 1)..=(c, up_to))?.rev() {
+            let (k, id) = row?;
+            let Some(guard) = events.get(id.value())? else {
+                return Err(corrupt("msg_by_seq", "points at a missing event"));
+            };
+            let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
+            if ev.header().user != user {
+                return Ok(Some(k.value().1));
+            }
+        }
+        Ok(None)
+    }
+
     /// A cursor's value (0 when never set).
     pub fn cursor(&self, name: &[u8]) -> Result<u64, LogError> {
         let txn = self.db.begin_read()?;
@@ -756,7 +808,11 @@ impl<'a> LogTxn<'a> {
 
     /// Rewrites an outbox entry (attempt count, next attempt, state). Gone entries are ignored.
     pub fn update_outbox(&mut self, entry: &OutboxEntry) -> Result<bool, LogError> {
-        if self.outbox.get(entry.position)?.is_none() {
+        // The position alone does not say the entry is still there: positions start again at
+        // 1 once the outbox empties, so a stale copy of an acknowledged entry would overwrite
+        // whichever event was queued at its old position since.
+        let current = self.outbox_by_event.get(&entry.event.0)?.map(|g| g.value());
+        if current != Some(entry.position) {
             return Ok(false);
         }
         self.outbox
@@ -905,3 +961,6 @@ impl From<DecodeError> for LogError {
         corrupt("events", e)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -370,7 +370,9 @@ impl Store {
         entry.state = OutboxState::Queued;
         entry.attempts = 0;
         entry.next_attempt_ms = now_ms;
-        self.log.write(|t| t.update_outbox(&entry))?;
+        if !self.log.write(|t| t.update_outbox(&entry))? {
+            return Err(StoreError::NotInOutbox(message));
+        }
         self.outbox_map()?.insert(entry.position, entry.clone());
         let changes = self.show_failed(&entry, false)?;
         Ok((entry, changes))

@@ -1,0 +1,374 @@
+//! Unit tests of the device core against a scripted relay.
+
+use super::*;
+use crate::identity::DeviceKey;
+use crate::ids::UserId;
+use crate::log::EventLog;
+use crate::store::StoreConfig;
+use crate::wire::{Item, WireLimits};
+
+const CONV: ConversationId = ConversationId([7; 16]);
+
+fn relay() -> DeviceKey {
+    DeviceKey::from_seed([9; 32], UserId([9; 32]))
+}
+
+/// This device's store, empty.
+fn store() -> Store {
+    let key = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let log = EventLog::in_memory().expect("in-memory log");
+    Store::new(log, key, StoreConfig::new(relay().device()))
+}
+
+/// A device core past the handshake with a scripted relay (its first frames not drained).
+fn ready(config: DeviceConfig, now_ms: u64) -> DeviceCore {
+    let mut core = DeviceCore::new(store(), relay().device(), config, 1);
+    handshake(&mut core, now_ms);
+    core
+}
+
+/// Connects and authenticates with the scripted relay; drains what the core wrote.
+fn handshake(core: &mut DeviceCore, now_ms: u64) {
+    let relay = relay();
+    core.handle_connected([0; TLS_BINDING_LEN], now_ms);
+    core.handle_frame(ServerFrame::Challenge { nonce: [0; 32] }, now_ms)
+        .expect("challenge");
+    let limits = WireLimits {
+        max_frame_len: 1 << 20,
+        max_submit_batch: 16,
+        max_page_items: 16,
+        max_inflight_requests: 8,
+        push_window: 64,
+    };
+    let welcome = Welcome {
+        relay: relay.device(),
+        registered: true,
+        limits,
+    };
+    core.handle_frame(ServerFrame::Welcome(welcome), now_ms)
+        .expect("welcome");
+}
+
+fn drain(core: &mut DeviceCore) -> Vec<ClientFrame> {
+    std::iter::from_fn(|| core.poll_transmit()).collect()
+}
+
+/// Found by the simulator (tests/sim, seed 91): a submission timed out, its answer came
+/// late, and the device, whose catch-up waits for the outbox, never sent its Sync on that
+/// connection: no pulls, no pushes, stuck "Syncing" until the connection died.
+#[test]
+fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
+    let t0 = 1_000_000;
+    let config = DeviceConfig::default();
+    let deadline = t0 + config.ack_timeout_ms;
+    let mut core = ready(config, t0);
+    core.handle_disconnected(t0).expect("disconnect");
+    // Written offline, submitted first thing on the next connection.
+    core.send(CONV, MessageId([1; 16]), b"hi".to_vec(), vec![], t0)
+        .expect("send");
+    handshake(&mut core, t0);
+    let Some(ClientFrame::Submit { request_id, events }) = drain(&mut core)
+        .into_iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+    else {
+        panic!("expected a Submit");
+    };
+    let sent = Event::decode(&events[0].0).expect("own event");
+    core.handle_timeout(deadline).expect("timeout");
+    // The late answer.
+    let relay = relay();
+    let header = relay.header(CONV, 1, None, 1, deadline);
+    let kind = EventKind::ServerAck {
+        event: sent.id(),
+        message: Some(MessageId([1; 16])),
+        seq: 1,
+        server_ts_ms: deadline,
+    };
+    let ack = Event::sign(relay.signing_key(), header, kind).expect("sign ack");
+    let result = ServerFrame::SubmitResult {
+        request_id,
+        outcomes: vec![SubmitOutcome::Accepted {
+            ack: ack.into_bytes(),
+        }],
+    };
+    core.handle_frame(result, deadline + 1)
+        .expect("late result");
+    let frames = drain(&mut core);
+    assert!(
+        frames.iter().any(|f| matches!(f, ClientFrame::Sync { .. })),
+        "no Sync after the submission timed out: {frames:?}"
+    );
+    let status = core
+        .store_mut()
+        .conversation(CONV)
+        .expect("conversation")
+        .status(&MessageId([1; 16]));
+    assert_eq!(status, Some(crate::status::Status::Sent));
+}
+
+/// The relay's ack of `event` at `seq`.
+fn ack(event: &Event, seq: ServerSeq, ts: u64) -> Event {
+    let relay = relay();
+    let message = match event.kind() {
+        EventKind::Send { message, .. } => Some(*message),
+        _ => None,
+    };
+    let header = relay.header(event.conversation(), seq, None, 1, ts);
+    let kind = EventKind::ServerAck {
+        event: event.id(),
+        message,
+        seq,
+        server_ts_ms: ts,
+    };
+    Event::sign(relay.signing_key(), header, kind).expect("sign ack")
+}
+
+fn item(event: &Event, seq: ServerSeq) -> Item {
+    Item {
+        event: event.bytes().to_vec(),
+        ack: ack(event, seq, 1).into_bytes(),
+    }
+}
+
+/// Found by the simulator (tests/sim, seed 0): the device's own acked events did not move
+/// its pull cursor (the relay does not send them back), so the next message of someone
+/// else looked like a gap: a Pull round trip, and a Delivered receipt short of the new
+/// message, then another one.
+#[test]
+fn own_acks_count_for_the_cursor() {
+    let t0 = 1_000_000;
+    let mut core = ready(DeviceConfig::default(), t0);
+    drain(&mut core);
+    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let me = UserId([1; 32]);
+    let h = bob.header(CONV, 1, None, 1, t0);
+    let kind = EventKind::Create {
+        members: vec![bob.user(), me],
+    };
+    let create = Event::sign(bob.signing_key(), h, kind).expect("sign");
+    let push = ServerFrame::Push {
+        items: vec![item(&create, 1)],
+    };
+    core.handle_frame(push, t0).expect("push");
+    drain(&mut core);
+    core.send(CONV, MessageId([1; 16]), b"mine".to_vec(), vec![], t0)
+        .expect("send");
+    let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
+        panic!("expected a Submit");
+    };
+    let mine = Event::decode(&events[0].0).expect("own event");
+    let result = ServerFrame::SubmitResult {
+        request_id,
+        outcomes: vec![SubmitOutcome::Accepted {
+            ack: ack(&mine, 2, t0).into_bytes(),
+        }],
+    };
+    core.handle_frame(result, t0).expect("result");
+    let frames = drain(&mut core);
+    assert!(
+        frames.contains(&ClientFrame::Received {
+            conversation: CONV,
+            up_to: 2
+        }),
+        "own ack not received: {frames:?}"
+    );
+    let h = bob.header(CONV, 2, Some(create.id()), 3, t0);
+    let kind = EventKind::Send {
+        message: MessageId([2; 16]),
+        body: b"theirs".to_vec(),
+        media: vec![],
+    };
+    let theirs = Event::sign(bob.signing_key(), h, kind).expect("sign");
+    let push = ServerFrame::Push {
+        items: vec![item(&theirs, 3)],
+    };
+    core.handle_frame(push, t0).expect("push");
+    let frames = drain(&mut core);
+    assert!(
+        !frames.iter().any(|f| matches!(f, ClientFrame::Pull { .. })),
+        "pulled a gap that is not there: {frames:?}"
+    );
+    let receipts = delivered_receipts(&frames);
+    assert_eq!(receipts, vec![3], "one Delivered, covering the new message");
+}
+
+/// Bob's Create and first message in CONV, with me as the other member.
+fn bobs_conversation(t0: u64) -> (Event, Event) {
+    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let h = bob.header(CONV, 1, None, 1, t0);
+    let kind = EventKind::Create {
+        members: vec![bob.user(), UserId([1; 32])],
+    };
+    let create = Event::sign(bob.signing_key(), h, kind).expect("sign");
+    let h = bob.header(CONV, 2, Some(create.id()), 2, t0);
+    let kind = EventKind::Send {
+        message: MessageId([2; 16]),
+        body: b"theirs".to_vec(),
+        media: vec![],
+    };
+    let send = Event::sign(bob.signing_key(), h, kind).expect("sign");
+    (create, send)
+}
+
+/// Delivered receipts (their `up_to`) among Submit frames.
+fn delivered_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Submit { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match Event::decode(&e.0).expect("own event").kind() {
+            EventKind::Delivered { up_to } => Some(*up_to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Found by the simulator (tests/sim, seed 3584): a power cut struck after a page of
+/// messages and the cursor were stored but before the Delivered receipt was written. After
+/// the restart the cursor said everything had arrived, nothing was pulled again, and the
+/// receipt was never sent: the sender's message stayed SENT for good.
+#[test]
+fn a_receipt_lost_in_a_crash_is_sent_on_the_next_connection() {
+    let t0 = 1_000_000;
+    let (create, send) = bobs_conversation(t0);
+    // What the crash left: both events and the cursor, no receipt.
+    let mut store = store();
+    let events = [
+        create.clone(),
+        ack(&create, 1, t0),
+        send.clone(),
+        ack(&send, 2, t0),
+    ];
+    store.apply(&events).expect("apply");
+    store
+        .log()
+        .write(|t| t.set_cursor(&cursor_key(&CONV), 2))
+        .expect("cursor");
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    handshake(&mut core, t0);
+    let Some(ClientFrame::Sync { request_id }) = drain(&mut core)
+        .into_iter()
+        .find(|f| matches!(f, ClientFrame::Sync { .. }))
+    else {
+        panic!("expected a Sync");
+    };
+    let listing = ServerFrame::Conversations {
+        request_id,
+        conversations: vec![crate::wire::ConversationInfo {
+            conversation: CONV,
+            max_seq: 2,
+            cursor: 2,
+        }],
+    };
+    core.handle_frame(listing, t0).expect("conversations");
+    assert_eq!(delivered_receipts(&drain(&mut core)), vec![2]);
+}
+
+/// Found by the simulator (tests/sim, seed 53): a phone restarted with its clock set back
+/// five minutes, and its queued messages, stamped with the old clock, waited those five
+/// minutes before their first attempt.
+#[test]
+fn a_clock_set_back_does_not_hold_the_outbox() {
+    let late = 1_000_000 + 300_000;
+    let mut core = ready(DeviceConfig::default(), late);
+    drain(&mut core);
+    core.send(CONV, MessageId([1; 16]), b"one".to_vec(), vec![], late)
+        .expect("send");
+    core.handle_disconnected(late).expect("disconnect");
+    core.send(CONV, MessageId([2; 16]), b"two".to_vec(), vec![], late)
+        .expect("send");
+    // Back online with the clock five minutes earlier.
+    let early = 1_000_000;
+    handshake(&mut core, early);
+    let submitted: Vec<usize> = drain(&mut core)
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Submit { events, .. } => Some(events.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(submitted, vec![2], "both messages go out at once");
+}
+
+/// Found by the simulator (tests/sim, seed 0): a receipt whose retries ran out went
+/// FAILED, and nothing ever sent it again (`retry` takes a message id): the receipt was
+/// lost and the sender's ticks never moved. Only messages give up.
+#[test]
+fn only_messages_give_up_when_retries_run_out() {
+    let t0 = 1_000_000;
+    let config = DeviceConfig {
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..DeviceConfig::default()
+    };
+    let ack_timeout = config.ack_timeout_ms;
+    let mut core = ready(config, t0);
+    drain(&mut core);
+    core.send(CONV, MessageId([1; 16]), b"hi".to_vec(), vec![], t0)
+        .expect("send");
+    core.create_conversation(CONV, vec![UserId([2; 32])], t0)
+        .expect("create");
+    let submitted = |core: &mut DeviceCore| match core.poll_transmit() {
+        Some(ClientFrame::Submit { events, .. }) => events.len(),
+        other => panic!("expected a Submit, got {other:?}"),
+    };
+    assert_eq!(submitted(&mut core), 1, "the message alone");
+    // Its one attempt times out: the message is FAILED, the Create goes out.
+    core.handle_timeout(t0 + ack_timeout).expect("timeout");
+    assert_eq!(submitted(&mut core), 1, "the Create alone");
+    // The Create's one attempt times out too: it stays queued.
+    core.handle_timeout(t0 + 2 * ack_timeout).expect("timeout");
+    let outbox = core.store_mut().outbox().expect("outbox");
+    let states: Vec<(Option<MessageId>, OutboxState)> =
+        outbox.iter().map(|e| (e.message, e.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (Some(MessageId([1; 16])), OutboxState::Failed),
+            (None, OutboxState::Queued),
+        ]
+    );
+    let next = core.poll_timeout().expect("the Create is retried");
+    core.handle_timeout(next).expect("timeout");
+    assert_eq!(submitted(&mut core), 1, "the Create again");
+}
+
+/// Found by the simulator (tests/sim, seed 0): a message queued behind one that is backing
+/// off is due but held back, and `poll_timeout` asked to be woken for it at once, again and
+/// again, until the first one was due: a busy loop in the shell.
+#[test]
+fn poll_timeout_ignores_entries_held_behind_a_backing_off_one() {
+    let t0 = 1_000_000;
+    let config = DeviceConfig::default();
+    let ack_timeout = config.ack_timeout_ms;
+    let mut core = ready(config, t0);
+    drain(&mut core);
+    core.send(CONV, MessageId([1; 16]), b"first".to_vec(), vec![], t0)
+        .expect("send");
+    assert!(matches!(
+        core.poll_transmit(),
+        Some(ClientFrame::Submit { .. })
+    ));
+    // No answer: the attempt times out and the first message backs off.
+    let t1 = t0 + ack_timeout;
+    core.handle_timeout(t1).expect("timeout");
+    let backoff_until = core.poll_timeout().expect("a wake-up for the retry");
+    assert!(backoff_until > t1);
+    // A second message in the same conversation waits behind the first.
+    core.send(CONV, MessageId([2; 16]), b"second".to_vec(), vec![], t1)
+        .expect("send");
+    assert!(core.poll_transmit().is_none(), "sent ahead of the first");
+    core.handle_timeout(t1).expect("timeout");
+    assert_eq!(core.poll_timeout(), Some(backoff_until));
+    // When the first is due, both go out in order.
+    core.handle_timeout(backoff_until).expect("timeout");
+    match core.poll_transmit() {
+        Some(ClientFrame::Submit { events, .. }) => assert_eq!(events.len(), 2),
+        other => panic!("expected one Submit of both messages, got {other:?}"),
+    }
+}
