@@ -1,0 +1,251 @@
+//! The oracle: what the simulator saw happen, and the invariants checked against it.
+//!
+//! - Every ack the relay emitted (in a SubmitResult, Push or Page) is recorded; one sequence
+//!   per event, one event per sequence, across relay restarts.
+//! - Per device and message, the highest status rank ever shown: it may never go down, not
+//!   even across a crash of the device (every status comes from durably committed events).
+//! - Per device, the messages ever shown: none may disappear.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use tidings::engine::{
+    ConversationId, DeviceCore, Event, EventId, EventKind, MessageId, MessageView, ServerSeq,
+    Status, UserId,
+};
+use tidings::relay::core::RelayStore;
+
+pub type Violation = String;
+
+/// Most events read per page when walking the relay's store.
+const STORE_PAGE: usize = 256;
+
+#[derive(Debug, Default)]
+pub struct Oracle {
+    /// (conversation, seq) → the event the relay acked at that seq.
+    by_seq: BTreeMap<(ConversationId, ServerSeq), EventId>,
+    /// event → where the relay acked it.
+    seq_of: HashMap<EventId, (ConversationId, ServerSeq)>,
+    /// Messages whose `send` returned Ok: message → (conversation, device index).
+    pub sent: BTreeMap<MessageId, (ConversationId, usize)>,
+    /// Per device: (conversation, message) → highest status rank shown.
+    ranks: Vec<HashMap<(ConversationId, MessageId), u8>>,
+    pub n_acks: u64,
+}
+
+impl Oracle {
+    pub fn new(n_devices: usize) -> Oracle {
+        Oracle {
+            ranks: vec![HashMap::new(); n_devices],
+            ..Oracle::default()
+        }
+    }
+
+    /// An ack envelope the relay emitted.
+    pub fn record_ack(&mut self, ack: &[u8]) -> Result<(), Violation> {
+        let ev = Event::decode_trusted(ack)
+            .map_err(|e| format!("relay emitted an ack that does not decode: {e}"))?;
+        let EventKind::ServerAck { event, seq, .. } = ev.kind() else {
+            return Err(format!(
+                "relay emitted a non-ack as an ack: {:?}",
+                ev.kind()
+            ));
+        };
+        let conv = ev.conversation();
+        match self.by_seq.get(&(conv, *seq)) {
+            Some(prev) if prev != event => {
+                return Err(format!(
+                    "relay acked two events at seq {seq} of {conv}: {prev} then {event} \
+                     (an acknowledged event was lost or the sequencer reused a seq)"
+                ))
+            }
+            Some(_) => {}
+            None => {
+                self.by_seq.insert((conv, *seq), *event);
+                self.n_acks += 1;
+            }
+        }
+        match self.seq_of.get(event) {
+            Some(&(c, s)) if (c, s) != (conv, *seq) => Err(format!(
+                "relay acked event {event} twice: seq {s} of {c}, then seq {seq} of {conv}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.seq_of.insert(*event, (conv, *seq));
+                Ok(())
+            }
+        }
+    }
+
+    /// Every ack ever emitted is in the relay's store, with the same event at the same seq,
+    /// and every conversation's sequences there are 1..=max without a gap.
+    pub fn check_relay_store(&self, store: &RelayStore) -> Result<(), Violation> {
+        let records = store
+            .conversations()
+            .map_err(|e| format!("relay store unreadable: {e}"))?;
+        let mut stored: HashMap<(ConversationId, ServerSeq), EventId> = HashMap::new();
+        let mut n_total = 0u64;
+        for (conv, rec) in &records {
+            let mut after = 0;
+            loop {
+                let (items, more) = store
+                    .page(conv, after, STORE_PAGE, usize::MAX)
+                    .map_err(|e| format!("relay store page: {e}"))?;
+                for it in &items {
+                    let ev = Event::decode_trusted(&it.event)
+                        .map_err(|e| format!("stored event does not decode: {e}"))?;
+                    let ack = Event::decode_trusted(&it.ack)
+                        .map_err(|e| format!("stored ack does not decode: {e}"))?;
+                    let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
+                        return Err("stored ack is not a ServerAck".into());
+                    };
+                    if *event != ev.id() {
+                        return Err(format!("stored ack at seq {seq} names another event"));
+                    }
+                    if *seq != after + 1 {
+                        return Err(format!(
+                            "relay store of {conv}: seq {seq} follows {after} (gap or duplicate)"
+                        ));
+                    }
+                    after = *seq;
+                    stored.insert((*conv, *seq), ev.id());
+                }
+                if !more || items.is_empty() {
+                    break;
+                }
+            }
+            if after != rec.max_seq {
+                return Err(format!(
+                    "relay store of {conv}: events up to seq {after}, record says {}",
+                    rec.max_seq
+                ));
+            }
+            n_total += after;
+        }
+        let n_events = store
+            .n_events()
+            .map_err(|e| format!("relay store count: {e}"))?;
+        if n_events != n_total {
+            return Err(format!(
+                "relay store holds {n_events} events, its conversations account for {n_total}"
+            ));
+        }
+        for ((conv, seq), event) in &self.by_seq {
+            match stored.get(&(*conv, *seq)) {
+                Some(e) if e == event => {}
+                Some(e) => {
+                    return Err(format!(
+                        "acknowledged event {event} (seq {seq} of {conv}) was replaced by {e} \
+                         in the relay's store"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "acknowledged event {event} (seq {seq} of {conv}) is missing from the \
+                         relay's store"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one device's view of `conv` and raises its status high-water marks.
+    /// `member`: whether the device's user is a member.
+    pub fn check_device_view(
+        &mut self,
+        dev: usize,
+        core: &mut DeviceCore,
+        conv: ConversationId,
+        member: bool,
+    ) -> Result<(), Violation> {
+        let c = core
+            .store_mut()
+            .conversation(conv)
+            .map_err(|e| format!("store error reading {conv}: {e}"))?;
+        if !member {
+            if c.members().is_some() || !c.is_empty() {
+                return Err(format!(
+                    "a device of a non-member holds conversation {conv} ({} messages)",
+                    c.len()
+                ));
+            }
+            return Ok(());
+        }
+        let view = c.messages();
+        check_unique(&view)?;
+        let ranks = &mut self.ranks[dev];
+        let mut shown: HashSet<MessageId> = HashSet::with_capacity(view.len());
+        for m in &view {
+            shown.insert(m.id);
+            let r = m.status.rank();
+            let best = ranks.entry((conv, m.id)).or_insert(r);
+            if r < *best {
+                return Err(format!(
+                    "status of message {} went backwards: rank {} → {:?} (rank {r})",
+                    m.id, *best, m.status
+                ));
+            }
+            *best = r;
+            if let Some(seq) = m.seq {
+                match self.by_seq.get(&(conv, seq)) {
+                    Some(e) if *e == m.record.event => {}
+                    Some(e) => {
+                        return Err(format!(
+                            "message {} shown at seq {seq}, but the relay acked {e} there",
+                            m.id
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "message {} shown at seq {seq}, an ack the relay never emitted",
+                            m.id
+                        ))
+                    }
+                }
+            }
+        }
+        for (c2, id) in ranks.keys() {
+            if *c2 == conv && !shown.contains(id) {
+                return Err(format!("message {id} was shown before and disappeared"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// No message twice, no two messages at one seq.
+pub fn check_unique(view: &[MessageView]) -> Result<(), Violation> {
+    let mut ids = BTreeSet::new();
+    let mut seqs = BTreeMap::new();
+    for m in view {
+        if !ids.insert(m.id) {
+            return Err(format!("message {} appears twice", m.id));
+        }
+        if let Some(s) = m.seq {
+            if let Some(other) = seqs.insert(s, m.id) {
+                return Err(format!("messages {other} and {} share seq {s}", m.id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The final-state requirements on a converged conversation view.
+pub fn check_final_view(
+    conv: ConversationId,
+    view: &[MessageView],
+    members: &[UserId],
+) -> Result<(), Violation> {
+    for m in view {
+        if m.seq.is_none() {
+            return Err(format!("message {} of {conv} never got a seq", m.id));
+        }
+        let has_recipients = members.iter().any(|u| *u != m.record.user);
+        if has_recipients && m.status.rank() < Status::Delivered.rank() {
+            return Err(format!(
+                "message {} of {conv} reached every member device but shows {:?}, not DELIVERED",
+                m.id, m.status
+            ));
+        }
+    }
+    Ok(())
+}

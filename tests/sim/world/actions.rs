@@ -1,0 +1,267 @@
+//! What happens during the fault phase: app actions and faults, at random times, in
+//! proportions drawn per seed.
+
+use super::*;
+
+/// What a seed turns on, and how much.
+#[derive(Debug, Clone)]
+pub(super) struct Profile {
+    pub(super) fault_ms: u64,
+    pub(super) action_mean_ms: u64,
+    pub(super) third_user: bool,
+    pub(super) two_convs: bool,
+    /// Transport chaos below QUIC: (drop, duplicate, reorder) probabilities per frame.
+    pub(super) chaos: Option<(f64, f64, f64)>,
+    pub(super) spike: f64,
+    /// Weights of [`Action`]s.
+    pub(super) weights: Vec<(Action, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Send,
+    Read,
+    Offline,
+    Retry,
+    Partition,
+    KillConn,
+    DeviceCrash,
+    DevicePowerCut,
+    RelayCrash,
+    RelayPowerCut,
+}
+
+impl Profile {
+    pub(super) fn draw(rng: &mut SmallRng) -> Profile {
+        let intensity = [0u32, 1, 2, 4][rng.random_range(0..4)];
+        let crashes = [0u32, 1, 2][rng.random_range(0..3)];
+        let chaos = rng.random_bool(0.4).then(|| {
+            (
+                rng.random_range(0.0..0.05),
+                rng.random_range(0.0..0.05),
+                rng.random_range(0.0..0.08),
+            )
+        });
+        Profile {
+            fault_ms: rng.random_range(15_000..75_000),
+            action_mean_ms: rng.random_range(800..2_500),
+            third_user: rng.random_bool(0.5),
+            two_convs: rng.random_bool(0.7),
+            chaos,
+            spike: rng.random_range(0.0..0.05),
+            weights: vec![
+                (Action::Send, 30),
+                (Action::Read, 8),
+                (Action::Offline, 2 * intensity),
+                (Action::Retry, 4),
+                (Action::Partition, 3 * intensity),
+                (Action::KillConn, 2 * intensity),
+                (Action::DeviceCrash, 2 * crashes),
+                (Action::DevicePowerCut, 2 * crashes),
+                (Action::RelayCrash, crashes),
+                (Action::RelayPowerCut, crashes),
+            ],
+        }
+    }
+}
+
+impl Sim {
+    pub(super) fn action(&mut self) -> Result<(), Violation> {
+        let total: u32 = self.profile.weights.iter().map(|(_, w)| w).sum();
+        let mut x = self.rng.random_range(0..total.max(1));
+        let mut kind = Action::Send;
+        for (a, w) in &self.profile.weights {
+            if x < *w {
+                kind = *a;
+                break;
+            }
+            x -= w;
+        }
+        let i = self.rng.random_range(0..self.devices.len());
+        let up = self.devices[i].core.is_some();
+        match kind {
+            Action::Send if up => self.app_send(i),
+            Action::Read if up => self.app_read(i),
+            Action::Retry if up => self.app_retry(i, false),
+            Action::Offline if up && self.devices[i].os_online => {
+                self.stats.offline_periods += 1;
+                self.devices[i].offline_id += 1;
+                let id = self.devices[i].offline_id;
+                let back = self.now + self.rng.random_range(1_000..60_000);
+                self.queue.push(
+                    back,
+                    Ev::BackOnline {
+                        device: i,
+                        offline: id,
+                    },
+                );
+                self.set_os_online(i, false)
+            }
+            Action::Partition if self.devices[i].partition == Partition::None => {
+                let p = match self.rng.random_range(0..4) {
+                    0 | 1 => {
+                        self.stats.partitions_both += 1;
+                        Partition::Both
+                    }
+                    2 => {
+                        self.stats.partitions_up += 1;
+                        Partition::Up
+                    }
+                    _ => {
+                        self.stats.partitions_down += 1;
+                        Partition::Down
+                    }
+                };
+                let d = &mut self.devices[i];
+                d.partition = p;
+                d.partition_id += 1;
+                d.partition_since = self.now;
+                let (pid, conn) = (d.partition_id, d.conn);
+                let until = self.now + self.rng.random_range(1_000..90_000);
+                tr!(
+                    self,
+                    "{} PARTITION {p:?} until +{} ms",
+                    self.devices[i].name,
+                    until - self.now
+                );
+                self.queue.push(
+                    until,
+                    Ev::HealPartition {
+                        device: i,
+                        partition: pid,
+                    },
+                );
+                if let Some(conn) = conn {
+                    self.queue.push(self.now + IDLE_MS, Ev::IdleCheck { conn });
+                }
+                Ok(())
+            }
+            Action::KillConn => {
+                if let Some(conn) = self.devices[i].conn {
+                    tr!(self, "{} conn {conn} DIES", self.devices[i].name);
+                    let a = self.now + self.rng.random_range(0..IDLE_MS);
+                    let b = self.now + self.rng.random_range(0..IDLE_MS);
+                    self.kill_conn(conn, Some(a), Some(b));
+                }
+                Ok(())
+            }
+            Action::DeviceCrash if up => {
+                self.stats.device_crashes += 1;
+                self.crash_device(i)
+            }
+            Action::DevicePowerCut if up => {
+                let n = self.rng.random_range(1..=4);
+                tr!(
+                    self,
+                    "{} power cut armed at its sync +{n}",
+                    self.devices[i].name
+                );
+                self.devices[i].disk.arm_power_cut(n);
+                Ok(())
+            }
+            Action::RelayCrash if self.relay.core.is_some() => {
+                self.stats.relay_crashes += 1;
+                self.crash_relay()
+            }
+            Action::RelayPowerCut if self.relay.core.is_some() => {
+                let n = self.rng.random_range(1..=3);
+                tr!(self, "relay power cut armed at its sync +{n}");
+                self.relay.disk.arm_power_cut(n);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Conversations the device can show (it holds their Create event).
+    pub(super) fn known_convs(&mut self, i: usize) -> Result<Vec<ConversationId>, Violation> {
+        let user = self.devices[i].user;
+        let ids: Vec<ConversationId> = self
+            .convs
+            .iter()
+            .filter(|c| c.members.contains(&user))
+            .map(|c| c.id)
+            .collect();
+        let core = self.core(i)?;
+        let mut out = Vec::new();
+        for id in ids {
+            let c = core
+                .store_mut()
+                .conversation(id)
+                .map_err(|e| format!("reading {id}: {e}"))?;
+            if c.members().is_some() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn app_send(&mut self, i: usize) -> Result<(), Violation> {
+        let known = self.known_convs(i)?;
+        if known.is_empty() {
+            return Ok(());
+        }
+        let conv = known[self.rng.random_range(0..known.len())];
+        let message = MessageId(self.rng.random());
+        self.n_messages += 1;
+        let body = format!("{} #{}", self.devices[i].name, self.n_messages).into_bytes();
+        let now = self.devices[i].dev_now(self.now);
+        tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
+        self.stats.sends += 1;
+        let r = self.core(i)?.send(conv, message, body, Vec::new(), now);
+        if r.is_ok() {
+            self.oracle.sent.insert(message, (conv, i));
+        }
+        self.after_app_call(i, r, "send")
+    }
+
+    pub(super) fn app_read(&mut self, i: usize) -> Result<(), Violation> {
+        let known = self.known_convs(i)?;
+        if known.is_empty() {
+            return Ok(());
+        }
+        let conv = known[self.rng.random_range(0..known.len())];
+        let now = self.devices[i].dev_now(self.now);
+        tr!(self, "{} READ {conv}", self.devices[i].name);
+        self.stats.reads += 1;
+        let r = self.core(i)?.mark_read(conv, None, now);
+        self.after_app_call(i, r, "mark_read")
+    }
+
+    /// The user taps retry on one FAILED message (or on all of them).
+    pub(super) fn app_retry(&mut self, i: usize, all: bool) -> Result<(), Violation> {
+        let known = self.known_convs(i)?;
+        let mut failed = Vec::new();
+        for conv in known {
+            let c = self
+                .core(i)?
+                .store_mut()
+                .conversation(conv)
+                .map_err(|e| format!("reading {conv}: {e}"))?;
+            failed.extend(
+                c.messages()
+                    .into_iter()
+                    .filter(|m| m.status == Status::Failed)
+                    .map(|m| m.id),
+            );
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        if !all {
+            let pick = failed[self.rng.random_range(0..failed.len())];
+            failed = vec![pick];
+        }
+        for m in failed {
+            if self.devices[i].core.is_none() {
+                break;
+            }
+            let now = self.devices[i].dev_now(self.now);
+            tr!(self, "{} RETRY {m}", self.devices[i].name);
+            self.stats.retries += 1;
+            let r = self.core(i)?.retry(m, now);
+            self.after_app_call(i, r, "retry")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! The heal, convergence, and the checks at every step and at the end.
+
+use super::*;
+
+impl Sim {
+    pub(super) fn heal(&mut self) -> Result<(), Violation> {
+        self.healing = true;
+        self.heal_start = self.now;
+        tr!(self, "HEAL: faults stop");
+        self.relay.disk.disarm();
+        if self.relay.core.is_none() {
+            self.relay_restart()?;
+        }
+        for i in 0..self.devices.len() {
+            self.devices[i].disk.disarm();
+            if self.devices[i].partition != Partition::None {
+                self.heal_partition(i);
+            }
+            if self.devices[i].core.is_none() {
+                self.device_restart(i)?;
+            }
+            if !self.devices[i].os_online {
+                self.set_os_online(i, true)?;
+            }
+        }
+        let tainted: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.alive && c.tainted)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in tainted {
+            let a = self.now + self.rng.random_range(0..2_000);
+            let b = self.now + self.rng.random_range(0..2_000);
+            self.kill_conn(conn, Some(a), Some(b));
+        }
+        self.queue.push(self.now + HEAL_TICK_MS, Ev::HealTick);
+        Ok(())
+    }
+
+    pub(super) fn heal_tick(&mut self) -> Result<(), Violation> {
+        for i in 0..self.devices.len() {
+            self.app_retry(i, true)?;
+        }
+        if self.converged()? {
+            let ms = self.now - self.heal_start;
+            tr!(self, "CONVERGED {ms} ms after the heal");
+            self.stats.converge_ms_max = ms;
+            self.stats.converge_ms_sum = ms;
+            self.done = true;
+            return Ok(());
+        }
+        if self.now - self.heal_start > HEAL_BOUND_MS {
+            return fail(format!(
+                "no convergence within {HEAL_BOUND_MS} ms of the heal: {}",
+                self.divergence()?
+            ));
+        }
+        self.queue.push(self.now + HEAL_TICK_MS, Ev::HealTick);
+        Ok(())
+    }
+
+    /// Relay max seq per conversation.
+    pub(super) fn relay_heads(&self) -> Result<BTreeMap<ConversationId, u64>, Violation> {
+        let core = self.relay.core.as_ref().ok_or("relay down")?;
+        store_heads(core.store())
+    }
+
+    /// What still differs (for the failure message), or "" when converged.
+    pub(super) fn divergence(&mut self) -> Result<String, Violation> {
+        if self.relay.core.as_ref().is_none_or(|r| r.has_staged()) {
+            return Ok("relay down or has staged work".into());
+        }
+        let heads = self.relay_heads()?;
+        let mut why = Vec::new();
+        for i in 0..self.devices.len() {
+            let name = self.devices[i].name.clone();
+            let user = self.devices[i].user;
+            let core = self.devices[i].core.as_mut().ok_or("device down")?;
+            let outbox = core
+                .store_mut()
+                .outbox()
+                .map_err(|e| format!("outbox of {name}: {e}"))?;
+            if let Some(first) = outbox.first() {
+                let shown = match first.message {
+                    Some(m) => core
+                        .store_mut()
+                        .conversation(first.conversation)
+                        .map_err(|e| format!("{e}"))?
+                        .message(&m)
+                        .map(|v| format!("shown {:?} at seq {:?}", v.status, v.seq)),
+                    None => None,
+                };
+                why.push(format!(
+                    "{name}: {} outbox entries (first: {first:?}, {shown:?})",
+                    outbox.len(),
+                ));
+            }
+            for spec in &self.convs {
+                if !spec.members.contains(&user) {
+                    continue;
+                }
+                let head = heads.get(&spec.id).copied().unwrap_or(0);
+                // Its own events come back as acks, not pages, so the pull cursor may lag;
+                // what matters is that the device holds everything the relay sequenced.
+                let held = core
+                    .store()
+                    .log()
+                    .conversation_meta(spec.id)
+                    .map_err(|e| format!("meta: {e}"))?
+                    .map_or(0, |m| m.max_seq);
+                let mut key = b"pull/".to_vec();
+                key.extend_from_slice(&spec.id.0);
+                let cursor = core
+                    .store()
+                    .log()
+                    .cursor(&key)
+                    .map_err(|e| format!("cursor: {e}"))?;
+                if held != head || cursor != head {
+                    why.push(format!(
+                        "{name}: holds {} up to seq {held}, cursor {cursor}, relay head {head} \
+                         ({:?})",
+                        spec.id,
+                        core.connection()
+                    ));
+                }
+            }
+        }
+        for spec in &self.convs {
+            let mut first: Option<(String, tidings::engine::ConversationView)> = None;
+            for i in 0..self.devices.len() {
+                if !spec.members.contains(&self.devices[i].user) {
+                    continue;
+                }
+                let name = self.devices[i].name.clone();
+                let core = self.devices[i].core.as_mut().ok_or("device down")?;
+                let view = core
+                    .store_mut()
+                    .conversation(spec.id)
+                    .map_err(|e| format!("{e}"))?
+                    .view();
+                match &first {
+                    None => first = Some((name, view)),
+                    Some((n0, v0)) if *v0 != view => {
+                        why.push(format!(
+                            "{} differs between {n0} and {name}: {}",
+                            spec.id,
+                            describe_diff(v0, &view)
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(why.join("; "))
+    }
+
+    pub(super) fn converged(&mut self) -> Result<bool, Violation> {
+        Ok(self.divergence()?.is_empty())
+    }
+
+    pub(super) fn finish(&mut self) -> Result<Report, Violation> {
+        let core = self.relay.core.as_ref().ok_or("relay down at the end")?;
+        self.oracle.check_relay_store(core.store())?;
+        for i in 0..self.devices.len() {
+            self.devices[i].dirty = true;
+        }
+        self.check_dirty()?;
+        let sent: Vec<(MessageId, ConversationId)> = self
+            .oracle
+            .sent
+            .iter()
+            .map(|(m, (c, _))| (*m, *c))
+            .collect();
+        for spec_idx in 0..self.convs.len() {
+            let id = self.convs[spec_idx].id;
+            let members: Vec<UserId> = self.convs[spec_idx]
+                .members
+                .iter()
+                .map(|u| self.users[*u].id)
+                .collect();
+            let mut digest = Vec::new();
+            for i in 0..self.devices.len() {
+                if !self.convs[spec_idx].members.contains(&self.devices[i].user) {
+                    continue;
+                }
+                let name = self.devices[i].name.clone();
+                let core = self.devices[i].core.as_mut().ok_or("device down")?;
+                let c = core
+                    .store_mut()
+                    .conversation(id)
+                    .map_err(|e| format!("{e}"))?;
+                let view = c.messages();
+                check_unique(&view)?;
+                check_final_view(id, &view, &members).map_err(|e| format!("{name}: {e}"))?;
+                for (m, conv) in &sent {
+                    if *conv == id && c.message(m).is_none() {
+                        return fail(format!(
+                            "message {m} sent in {id} (send returned Ok) never reached {name}"
+                        ));
+                    }
+                }
+                if digest.is_empty() {
+                    for m in &view {
+                        digest.extend_from_slice(&m.id.0);
+                        digest.extend_from_slice(&m.seq.unwrap_or(0).to_be_bytes());
+                        digest.push(m.status.rank());
+                    }
+                }
+                self.stats.messages_delivered_everywhere += view.len() as u64;
+            }
+            self.trace.absorb(&digest);
+        }
+        self.stats.seeds = 1;
+        self.stats.steps = self.step;
+        self.stats.acks = self.oracle.n_acks;
+        self.stats.virtual_ms = self.now - T0;
+        tr!(
+            self,
+            "END: {} acks, all invariants hold",
+            self.oracle.n_acks
+        );
+        Ok(Report {
+            trace_hash: self.trace.hash_hex(),
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Per-step checks of every device whose view changed (and of all of them now and then).
+    pub(super) fn check_dirty(&mut self) -> Result<(), Violation> {
+        let all = self.step.is_multiple_of(FULL_CHECK_EVERY);
+        for i in 0..self.devices.len() {
+            if !(self.devices[i].dirty || all) {
+                continue;
+            }
+            self.devices[i].dirty = false;
+            let user = self.devices[i].user;
+            let name = self.devices[i].name.clone();
+            let Some(core) = self.devices[i].core.as_mut() else {
+                continue;
+            };
+            for spec in &self.convs {
+                let member = spec.members.contains(&user);
+                self.oracle
+                    .check_device_view(i, core, spec.id, member)
+                    .map_err(|e| format!("device {name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+fn describe_diff(
+    a: &tidings::engine::ConversationView,
+    b: &tidings::engine::ConversationView,
+) -> String {
+    if a.members != b.members {
+        return "members".into();
+    }
+    if a.messages.len() != b.messages.len() {
+        return format!("{} vs {} messages", a.messages.len(), b.messages.len());
+    }
+    for (x, y) in a.messages.iter().zip(&b.messages) {
+        if x != y {
+            return format!(
+                "message {} (seq {:?}, {:?}) vs {} (seq {:?}, {:?})",
+                x.id, x.seq, x.status, y.id, y.seq, y.status
+            );
+        }
+    }
+    if a.devices != b.devices {
+        return format!("device marks {:?} vs {:?}", a.devices, b.devices);
+    }
+    "?".into()
+}
+
+/// Highest sequence per conversation in a relay store.
+pub(super) fn store_heads(store: &RelayStore) -> Result<BTreeMap<ConversationId, u64>, Violation> {
+    Ok(store
+        .conversations()
+        .map_err(|e| format!("relay store: {e}"))?
+        .into_iter()
+        .map(|(c, r)| (c, r.max_seq))
+        .collect())
+}

@@ -1,0 +1,151 @@
+//! What a run did, summed over seeds for the report.
+
+use super::HEAL_BOUND_MS;
+use std::fmt;
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub seeds: u64,
+    pub steps: u64,
+    pub frames: u64,
+    pub frames_lost_to_dead_connections: u64,
+    pub chaos_dropped: u64,
+    pub chaos_duplicated: u64,
+    pub chaos_reordered: u64,
+    pub delay_spikes: u64,
+    pub partitions_both: u64,
+    pub partitions_up: u64,
+    pub partitions_down: u64,
+    pub idle_timeouts: u64,
+    pub connections: u64,
+    pub connection_kills: u64,
+    pub dial_failures: u64,
+    pub device_crashes: u64,
+    pub device_power_cuts: u64,
+    pub relay_crashes: u64,
+    pub relay_power_cuts: u64,
+    pub device_restarts: u64,
+    pub relay_restarts: u64,
+    pub clock_changes: u64,
+    pub offline_periods: u64,
+    pub sends: u64,
+    pub reads: u64,
+    pub retries: u64,
+    pub device_errors: u64,
+    pub relay_closes: u64,
+    pub acks: u64,
+    pub messages_delivered_everywhere: u64,
+    pub converge_ms_max: u64,
+    pub converge_ms_sum: u64,
+    pub virtual_ms: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( self.$f += o.$f; )* };
+        }
+        sum!(
+            seeds,
+            steps,
+            frames,
+            frames_lost_to_dead_connections,
+            chaos_dropped,
+            chaos_duplicated,
+            chaos_reordered,
+            delay_spikes,
+            partitions_both,
+            partitions_up,
+            partitions_down,
+            idle_timeouts,
+            connections,
+            connection_kills,
+            dial_failures,
+            device_crashes,
+            device_power_cuts,
+            relay_crashes,
+            relay_power_cuts,
+            device_restarts,
+            relay_restarts,
+            clock_changes,
+            offline_periods,
+            sends,
+            reads,
+            retries,
+            device_errors,
+            relay_closes,
+            acks,
+            messages_delivered_everywhere,
+            converge_ms_sum,
+            virtual_ms
+        );
+        self.converge_ms_max = self.converge_ms_max.max(o.converge_ms_max);
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let avg = self.converge_ms_sum / self.seeds.max(1);
+        writeln!(
+            f,
+            "seeds {}, steps {}, virtual time {} h",
+            self.seeds,
+            self.steps,
+            self.virtual_ms / 3_600_000
+        )?;
+        writeln!(
+            f,
+            "app: {} sends, {} reads, {} retries of FAILED, {} offline periods; {} acks emitted; \
+             {} messages checked on every member device",
+            self.sends,
+            self.reads,
+            self.retries,
+            self.offline_periods,
+            self.acks,
+            self.messages_delivered_everywhere
+        )?;
+        writeln!(
+            f,
+            "network: {} frames, {} delay spikes, {} lost with dead connections; \
+             chaos: {} dropped, {} duplicated, {} reordered",
+            self.frames,
+            self.delay_spikes,
+            self.frames_lost_to_dead_connections,
+            self.chaos_dropped,
+            self.chaos_duplicated,
+            self.chaos_reordered
+        )?;
+        writeln!(
+            f,
+            "connections: {} opened, {} killed, {} idle timeouts, {} dial failures, \
+             {} dropped by a device error, {} closed by the relay; partitions: {} two-way, \
+             {} device→relay, {} relay→device",
+            self.connections,
+            self.connection_kills,
+            self.idle_timeouts,
+            self.dial_failures,
+            self.device_errors,
+            self.relay_closes,
+            self.partitions_both,
+            self.partitions_up,
+            self.partitions_down
+        )?;
+        writeln!(
+            f,
+            "crashes: {} device crashes + {} device power cuts ({} restarts), {} relay crashes \
+             + {} relay power cuts ({} restarts), {} device clock changes",
+            self.device_crashes,
+            self.device_power_cuts,
+            self.device_restarts,
+            self.relay_crashes,
+            self.relay_power_cuts,
+            self.relay_restarts,
+            self.clock_changes
+        )?;
+        write!(
+            f,
+            "convergence after the heal: max {} ms, mean {} ms (bound {} ms)",
+            self.converge_ms_max, avg, HEAL_BOUND_MS
+        )
+    }
+}
