@@ -80,6 +80,10 @@ pub enum LogError {
         /// Highest version this build reads.
         supported: u32,
     },
+    /// The file's pages do not match their checksums: it was damaged after it was written.
+    /// Nothing is read from it (and it is never reset).
+    #[error("{0} is damaged: its pages do not match their checksums")]
+    Damaged(String),
     /// A stored record does not decode: the file was damaged or written by a bug.
     #[error("corrupt record in table {table}: {detail}")]
     Corrupt {
@@ -200,7 +204,20 @@ impl EventLog {
         Self::init(db, "log on a custom backend")
     }
 
-    fn init(db: Database, name: &str) -> Result<EventLog, LogError> {
+    fn init(mut db: Database, name: &str) -> Result<EventLog, LogError> {
+        // redb checks page checksums only when it recovers from a crash. A file damaged after
+        // a clean close would be read as it is, and a damaged page makes redb index out of
+        // bounds (a panic) or return wrong values. So every page is checked once, here, before
+        // anything is read: a damaged log is an error, never a panic or silent loss.
+        match db.check_integrity() {
+            Ok(true) => {}
+            // redb repaired it, possibly back to an earlier commit: events may be gone.
+            Ok(false) => return Err(LogError::Damaged(name.to_owned())),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
+                return Err(LogError::Damaged(name.to_owned()))
+            }
+            Err(e) => return Err(e.into()),
+        }
         let txn = db.begin_write()?;
         let incarnation;
         {

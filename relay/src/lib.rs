@@ -17,6 +17,7 @@
 //! - [`server`]: the quinn shell: [`start`] from a config, or [`run`] on a bound endpoint.
 //! - [`verify`]: batch signature verification with a per-connection key cache.
 //! - [`client`]: a minimal device-side client (tests, tools, reference for device libraries).
+//! - [`cli`]: the `tidings-relay` command line (flags, config, tracing, run until a signal).
 //!
 //! # Starting a relay in-process
 //! ```no_run
@@ -29,6 +30,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;

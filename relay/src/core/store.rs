@@ -177,7 +177,20 @@ fn cursor_key(device: &DeviceId, conv: &ConversationId) -> CursorKey {
 impl RelayStore {
     /// Opens (creating the tables if needed) a store on an open database. `durable` selects
     /// `Durability::Immediate` (fsync per commit) or `Durability::None` (tests, simulations).
-    pub fn open(db: Database, durable: bool) -> Result<RelayStore, StoreError> {
+    ///
+    /// Every page is checked against its checksum first (redb itself checks them only when it
+    /// recovers from a crash, and a damaged page makes it panic or return wrong values): a
+    /// damaged file is [`StoreError::Corrupt`], never a panic or silent loss.
+    pub fn open(mut db: Database, durable: bool) -> Result<RelayStore, StoreError> {
+        match db.check_integrity() {
+            Ok(true) => {}
+            // Repaired, possibly back to an earlier commit: acked events may be gone.
+            Ok(false) => return Err(StoreError::Corrupt("file damaged (repaired by redb)")),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
+                return Err(StoreError::Corrupt("file damaged (page checksums)"))
+            }
+            Err(e) => return Err(e.into()),
+        }
         let txn = db.begin_write()?;
         {
             txn.open_table(EVENTS)?;

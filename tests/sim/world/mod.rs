@@ -148,7 +148,9 @@ struct CommitInFlight {
 
 struct ConvSpec {
     id: ConversationId,
+    /// Member users (indexes into `Sim::users`).
     members: Vec<usize>,
+    /// The user whose first device creates it.
     creator: usize,
 }
 
@@ -268,10 +270,11 @@ impl Sim {
             creator: 0,
         }];
         if profile.two_convs {
+            // A group of everyone, created by the last user (B, or C when there is one).
             convs.push(ConvSpec {
                 id: ConversationId([0xC1; 16]),
                 members: (0..n_users).collect(),
-                creator: 2,
+                creator: n_users - 1,
             });
         }
         let n_devices = devices.len();

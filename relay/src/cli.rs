@@ -1,0 +1,107 @@
+//! The `tidings-relay` command line: flags, config, tracing, then the relay until SIGINT or
+//! SIGTERM, then a graceful shutdown (final commit, every device told).
+//!
+//! In the library so that other binaries can run the same relay (the workspace's crash tests
+//! start it as a process they can SIGKILL); `main.rs` only calls [`main`]. Being a binary's
+//! logic, it reports errors with anyhow.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+use crate::RelayConfig;
+
+/// The relay's flags.
+#[derive(Debug, Parser)]
+#[command(name = "tidings-relay", version, about = "tidings relay node")]
+pub struct Args {
+    /// TOML config file (see the `config` module docs for keys and defaults).
+    #[arg(long, conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Development mode: loopback on a free port, self-signed certificate, data in
+    /// --data-dir or a fresh temporary directory.
+    #[arg(long)]
+    pub dev: bool,
+    /// Data directory (overrides the config's `data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC listen address (overrides the config's `listen`).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Metrics HTTP address (overrides the config's `metrics_listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Parses the process's flags, starts tracing and a tokio runtime, and runs the relay.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(args))
+}
+
+/// Runs the relay with `args` until SIGINT or SIGTERM. Prints the address, relay id and
+/// certificate fingerprint on stdout once it listens.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut _temp = None;
+    let mut config = if args.dev {
+        let dir = match &args.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("tidings-relay-")
+                    .tempdir()
+                    .context("creating a temporary data directory")?;
+                let p = t.path().to_path_buf();
+                _temp = Some(t);
+                p
+            }
+        };
+        RelayConfig::dev(dir)
+    } else if let Some(path) = &args.config {
+        RelayConfig::load(path)?
+    } else {
+        anyhow::bail!("give --config relay.toml or --dev (see --help)");
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.listen {
+        config.listen = a;
+    }
+    if args.metrics_listen.is_some() {
+        config.metrics_listen = args.metrics_listen;
+    }
+    let relay = crate::start(config.clone())
+        .await
+        .context("starting the relay")?;
+    println!("tidings-relay listening on {}", relay.addr());
+    println!("relay id:              {}", relay.relay_id());
+    println!("certificate sha256:    {}", relay.fingerprint());
+    println!("data dir:              {}", config.data_dir.display());
+    if let Some(m) = relay.metrics_addr() {
+        println!("metrics:               http://{m}/metrics");
+    }
+    wait_for_signal().await?;
+    relay.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

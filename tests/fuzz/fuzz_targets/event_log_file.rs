@@ -1,0 +1,4 @@
+//! See `tidings_fuzz::check_event_log_file`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tidings_fuzz::check_event_log_file(data));
