@@ -26,6 +26,10 @@ pub const MAX_BODY_LEN: usize = 48 * 1024;
 pub const MAX_MEDIA_REFS: usize = 16;
 /// Most members listed in one `Create` event.
 pub const MAX_MEMBERS: usize = 1024;
+/// Most sealed keys in one `EpochKeys` event (a 256-member group with two devices each).
+pub const MAX_SEALED_KEYS: usize = 512;
+/// Largest sealed key (an X25519 public key, a 32-byte key and a 16-byte tag, with room).
+pub const MAX_SEALED_KEY_LEN: usize = 128;
 /// Fixed bytes in front of the body: version, id, signature.
 pub const ENVELOPE_PREFIX_LEN: usize = 1 + 32 + 64;
 
@@ -57,6 +61,16 @@ pub struct MediaRef {
     pub len: u64,
     /// MIME type, e.g. `image/jpeg`.
     pub mime: String,
+}
+
+/// A conversation key sealed to one device (see `docs/SECURITY.md` for the construction).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    /// The recipient device.
+    pub device: DeviceId,
+    /// The sealed key: opened only with that device's X25519 secret.
+    #[serde(with = "serde_bytes_vec")]
+    pub sealed: Vec<u8>,
 }
 
 /// What happened.
@@ -98,6 +112,35 @@ pub enum EventKind {
         /// Highest server sequence covered.
         up_to: ServerSeq,
     },
+    /// An admin of the conversation adds `user` (see [`crate::membership`] for the rules).
+    /// A new key epoch follows every membership change.
+    AddMember {
+        /// The user added.
+        user: UserId,
+        /// Whether the new member may add and remove members too.
+        admin: bool,
+    },
+    /// An admin removes `user`, or a member leaves (`user` is the author's own user).
+    RemoveMember {
+        /// The user removed.
+        user: UserId,
+    },
+    /// Conversation keys, each sealed to one member device's X25519 key.
+    ///
+    /// `epoch: None` starts a new epoch whose id is this event's id; `Some(e)` shares the key
+    /// of the existing epoch `e` again (with a device that asked for it, or on purpose to show a
+    /// new member earlier history).
+    EpochKeys {
+        /// The epoch shared again, or `None` for a new epoch named by this event.
+        epoch: Option<EventId>,
+        /// One sealed copy of the key per recipient device.
+        keys: Vec<SealedKey>,
+    },
+    /// The author's device lacks the key of `epoch` and asks the members' devices to share it.
+    KeyRequest {
+        /// The epoch whose key is missing.
+        epoch: EventId,
+    },
     /// A kind this build does not know: kept, verified and forwarded, but not folded.
     Unknown {
         /// The kind tag.
@@ -114,6 +157,28 @@ mod tag {
     pub const SERVER_ACK: u16 = 3;
     pub const DELIVERED: u16 = 4;
     pub const READ: u16 = 5;
+    pub const ADD_MEMBER: u16 = 6;
+    pub const REMOVE_MEMBER: u16 = 7;
+    pub const EPOCH_KEYS: u16 = 8;
+    pub const KEY_REQUEST: u16 = 9;
+}
+
+#[derive(Serialize, Deserialize)]
+struct AddMemberPayload {
+    user: UserId,
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+struct EpochKeysPayload {
+    epoch: Option<EventId>,
+    keys: Vec<SealedKey>,
+}
+
+#[derive(Serialize)]
+struct EpochKeysPayloadRef<'a> {
+    epoch: Option<EventId>,
+    keys: &'a [SealedKey],
 }
 
 #[derive(Deserialize)]
@@ -261,6 +326,22 @@ impl EventKind {
             ),
             EventKind::Delivered { up_to } => (tag::DELIVERED, enc(up_to)),
             EventKind::Read { up_to } => (tag::READ, enc(up_to)),
+            EventKind::AddMember { user, admin } => (
+                tag::ADD_MEMBER,
+                enc(&AddMemberPayload {
+                    user: *user,
+                    admin: *admin,
+                }),
+            ),
+            EventKind::RemoveMember { user } => (tag::REMOVE_MEMBER, enc(user)),
+            EventKind::EpochKeys { epoch, keys } => (
+                tag::EPOCH_KEYS,
+                enc(&EpochKeysPayloadRef {
+                    epoch: *epoch,
+                    keys,
+                }),
+            ),
+            EventKind::KeyRequest { epoch } => (tag::KEY_REQUEST, enc(epoch)),
             EventKind::Unknown { tag, payload } => (*tag, payload.clone()),
         }
     }
@@ -301,6 +382,26 @@ impl EventKind {
             tag::READ => EventKind::Read {
                 up_to: exact(payload)?,
             },
+            tag::ADD_MEMBER => {
+                let p: AddMemberPayload = exact(payload)?;
+                EventKind::AddMember {
+                    user: p.user,
+                    admin: p.admin,
+                }
+            }
+            tag::REMOVE_MEMBER => EventKind::RemoveMember {
+                user: exact(payload)?,
+            },
+            tag::EPOCH_KEYS => {
+                let p: EpochKeysPayload = exact(payload)?;
+                EventKind::EpochKeys {
+                    epoch: p.epoch,
+                    keys: p.keys,
+                }
+            }
+            tag::KEY_REQUEST => EventKind::KeyRequest {
+                epoch: exact(payload)?,
+            },
             tag => EventKind::Unknown {
                 tag,
                 payload: payload.to_vec(),
@@ -324,6 +425,11 @@ impl EventKind {
                 check("body", body.len(), MAX_BODY_LEN)?;
                 check("media", media.len(), MAX_MEDIA_REFS)
             }
+            EventKind::EpochKeys { keys, .. } => {
+                check("keys", keys.len(), MAX_SEALED_KEYS)?;
+                keys.iter()
+                    .try_for_each(|k| check("sealed key", k.sealed.len(), MAX_SEALED_KEY_LEN))
+            }
             _ => Ok(()),
         }
     }
@@ -336,6 +442,10 @@ impl EventKind {
             EventKind::ServerAck { .. } => "server-ack",
             EventKind::Delivered { .. } => "delivered",
             EventKind::Read { .. } => "read",
+            EventKind::AddMember { .. } => "add-member",
+            EventKind::RemoveMember { .. } => "remove-member",
+            EventKind::EpochKeys { .. } => "epoch-keys",
+            EventKind::KeyRequest { .. } => "key-request",
             EventKind::Unknown { .. } => "unknown",
         }
     }
@@ -604,6 +714,27 @@ mod tests {
         });
         check_round_trip(EventKind::Delivered { up_to: 3 });
         check_round_trip(EventKind::Read { up_to: u64::MAX });
+        check_round_trip(EventKind::AddMember {
+            user: UserId([7; 32]),
+            admin: true,
+        });
+        check_round_trip(EventKind::RemoveMember {
+            user: UserId([7; 32]),
+        });
+        check_round_trip(EventKind::EpochKeys {
+            epoch: None,
+            keys: vec![SealedKey {
+                device: DeviceId([8; 32]),
+                sealed: vec![0xAB; 80],
+            }],
+        });
+        check_round_trip(EventKind::EpochKeys {
+            epoch: Some(EventId([6; 32])),
+            keys: vec![],
+        });
+        check_round_trip(EventKind::KeyRequest {
+            epoch: EventId([6; 32]),
+        });
         check_round_trip(EventKind::Unknown {
             tag: 999,
             payload: vec![1, 2, 3],

@@ -12,6 +12,7 @@
 //! - [`ids`]: fixed-size identifiers.
 //! - [`event`]: the event envelope, its codec, signing and verification.
 //! - [`identity`]: device keys.
+//! - [`membership`]: who belongs to a conversation and who may change that.
 //! - [`status`]: the status lattice and how a message's status is derived.
 //! - [`conversation`]: the visible state of a conversation and its read API.
 //! - [`doc`]: the automerge document layout and the fold.
@@ -29,6 +30,7 @@ pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod log;
+pub mod membership;
 pub mod retry;
 pub mod status;
 pub mod store;
@@ -37,10 +39,11 @@ pub mod wire;
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
 pub use device::{ConnectionState, DeviceConfig, DeviceCore, DeviceError, DeviceEvent};
 pub use doc::{ConversationDoc, DocError};
-pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef};
+pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef, SealedKey};
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 pub use log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
+pub use membership::{Membership, MembershipError, Role};
 pub use retry::RetryPolicy;
 pub use status::Status;
 pub use store::{ApplyOutcome, Store, StoreConfig, StoreError};
