@@ -21,7 +21,7 @@
 use crate::conversation::Change;
 use crate::event::{Event, EventKind, MediaRef};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq};
-use crate::log::{OutboxEntry, OutboxState};
+use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 use crate::wire::{
@@ -98,6 +98,9 @@ pub enum DeviceEvent {
         /// Highest sequence the relay announced.
         target: ServerSeq,
     },
+    /// A break in an author's chain of events (see [`ChainIssue`]): events were withheld,
+    /// dropped or reordered on the way, or an author signed two events for one place.
+    Chain(ChainIssue),
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -217,6 +220,10 @@ pub struct DeviceCore {
     /// Per conversation, a sequence up to which the log holds no message of another user
     /// above this device's delivered mark (saves rescanning on every cursor move).
     checked_for_delivery: HashMap<ConversationId, ServerSeq>,
+    /// Chain gaps already reported (each once per process).
+    reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
+    /// Whether this session's catch-up was checked for chain gaps.
+    gaps_checked: bool,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
 }
@@ -266,6 +273,8 @@ impl DeviceCore {
             pulling: HashSet::new(),
             sync_sent: false,
             targets: HashMap::new(),
+            reported_gaps: HashSet::new(),
+            gaps_checked: false,
             checked_for_delivery: HashMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -433,6 +442,7 @@ impl DeviceCore {
         self.requests.clear();
         self.pulling.clear();
         self.sync_sent = false;
+        self.gaps_checked = false;
         self.transmit.clear();
     }
 
@@ -506,7 +516,7 @@ impl DeviceCore {
                     // A receipt a crash kept from being written goes out now.
                     self.deliver_up_to(info.conversation, cursor, now_ms)?;
                 }
-                self.report_if_caught_up();
+                self.report_if_caught_up()?;
                 self.flush(now_ms)
             }
             (
@@ -525,7 +535,7 @@ impl DeviceCore {
                     let cursor = self.store.log().cursor(&cursor_key(&conversation))?;
                     self.pull(conversation, cursor);
                 }
-                self.report_if_caught_up();
+                self.report_if_caught_up()?;
                 Ok(())
             }
             (State::Ready, ServerFrame::Push { .. }) => self.on_items(items, now_ms),
@@ -549,7 +559,7 @@ impl DeviceCore {
                     code,
                     reason: message,
                 });
-                self.report_if_caught_up();
+                self.report_if_caught_up()?;
                 Ok(())
             }
             _ => Err(DeviceError::Protocol("unexpected frame")),
@@ -625,11 +635,57 @@ impl DeviceCore {
         id
     }
 
-    fn report_if_caught_up(&mut self) {
+    fn report_if_caught_up(&mut self) -> Result<(), DeviceError> {
         if self.state == State::Ready && self.caught_up() {
             self.events
                 .push_back(DeviceEvent::Connection(ConnectionState::Online));
+            if !self.gaps_checked {
+                self.gaps_checked = true;
+                self.report_gaps()?;
+            }
         }
+        Ok(())
+    }
+
+    /// Once caught up, every author's chain the log holds should be complete up to its
+    /// highest event: what is missing below was withheld or dropped (or the author has not
+    /// managed to send it yet: a message that went FAILED there, or that the relay refused).
+    /// Reported once per missing place.
+    fn report_gaps(&mut self) -> Result<(), DeviceError> {
+        let mut convs: Vec<ConversationId> = self.targets.keys().copied().collect();
+        convs.sort();
+        for conversation in convs {
+            for issue in self.store.log().chain_gaps(conversation)? {
+                let ChainIssue::Gap {
+                    author, missing, ..
+                } = &issue
+                else {
+                    continue;
+                };
+                let fresh: Vec<u64> = missing
+                    .iter()
+                    .copied()
+                    .filter(|n| self.reported_gaps.insert((conversation, *author, *n)))
+                    .collect();
+                if !fresh.is_empty() {
+                    tracing::warn!(%conversation, %author, missing = ?fresh, "gap in an author's chain");
+                    self.events.push_back(DeviceEvent::Chain(ChainIssue::Gap {
+                        conversation,
+                        author: *author,
+                        missing: fresh,
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_outcome(&mut self, out: crate::store::ApplyOutcome) {
+        for issue in out.chain_issues {
+            tracing::warn!(?issue, "break in an author's chain");
+            self.events.push_back(DeviceEvent::Chain(issue));
+        }
+        self.emit(out.changes);
     }
 
     // ---- the outbox ----
@@ -747,7 +803,7 @@ impl DeviceCore {
             }
         }
         let out = self.store.apply(&acks)?;
-        self.emit(out.changes);
+        self.emit_outcome(out);
         self.advance_cursors_over(&acks, now_ms)?;
         self.flush(now_ms)
     }
@@ -768,7 +824,7 @@ impl DeviceCore {
             })
             .collect();
         let out = self.store.apply(&acks)?;
-        self.emit(out.changes);
+        self.emit_outcome(out);
         self.advance_cursors_over(&acks, now_ms)
     }
 
@@ -909,7 +965,7 @@ impl DeviceCore {
         for (id, err) in &out.rejected {
             tracing::warn!(event = %id, %err, "relay item refused by the store");
         }
-        self.emit(out.changes);
+        self.emit_outcome(out);
         for (conversation, got) in seqs {
             let cursor = self.advance_cursor(conversation, now_ms)?;
             if got.iter().max().is_some_and(|last| *last > cursor) {

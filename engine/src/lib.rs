@@ -42,7 +42,7 @@ pub use doc::{ConversationDoc, DocError};
 pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef, SealedKey};
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-pub use log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
+pub use log::{Appended, ChainIssue, EventLog, LogError, OutboxEntry, OutboxState};
 pub use membership::{Membership, MembershipError, Role};
 pub use retry::RetryPolicy;
 pub use status::Status;

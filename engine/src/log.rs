@@ -172,6 +172,54 @@ pub enum Appended {
     Duplicate,
 }
 
+/// A break in one device's chain of events in a conversation (its per-conversation counter
+/// and `prev` link), as this device's log sees it. Only the author can sign its events, so a
+/// fork means the author's key signed two events for one place (a cloned, restored or
+/// misbehaving device); a broken link or a gap means events were withheld, dropped or
+/// reordered on the way (by the relay, for example).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainIssue {
+    /// Two different events claim the same place in an author's chain.
+    Fork {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The author device.
+        author: DeviceId,
+        /// The contested place.
+        counter: u64,
+        /// The event stored first (it keeps the place in the index).
+        first: EventId,
+        /// The other one.
+        second: EventId,
+    },
+    /// An event's `prev` does not name the author's event before it (or names one where
+    /// there can be none, at counter 1).
+    BrokenLink {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The author device.
+        author: DeviceId,
+        /// The event's place.
+        counter: u64,
+        /// What the event names as its predecessor.
+        prev: Option<EventId>,
+        /// The event the log holds at `counter - 1`, if any.
+        found: Option<EventId>,
+    },
+    /// An author's events are missing below one the log holds.
+    Gap {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The author device.
+        author: DeviceId,
+        /// The missing places (at most [`MAX_GAP_REPORT`] of them).
+        missing: Vec<u64>,
+    },
+}
+
+/// Most missing places one [`ChainIssue::Gap`] lists.
+pub const MAX_GAP_REPORT: usize = 64;
+
 /// A redb-backed event log.
 #[derive(Debug)]
 pub struct EventLog {
@@ -400,6 +448,46 @@ impl EventLog {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BY_AUTHOR)?;
         chain_head(&table, &conversation, &device)
+    }
+
+    /// Per author of the conversation, the places missing below the highest one the log holds
+    /// (see [`ChainIssue::Gap`]). Empty when every chain is complete.
+    pub fn chain_gaps(&self, conversation: ConversationId) -> Result<Vec<ChainIssue>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BY_AUTHOR)?;
+        let c = &conversation.0;
+        let mut out = Vec::new();
+        let mut current: Option<(DeviceId, u64, Vec<u64>)> = None;
+        let flush = |cur: Option<(DeviceId, u64, Vec<u64>)>, out: &mut Vec<ChainIssue>| {
+            if let Some((author, _, missing)) = cur {
+                if !missing.is_empty() {
+                    out.push(ChainIssue::Gap {
+                        conversation,
+                        author,
+                        missing,
+                    });
+                }
+            }
+        };
+        for row in table.range((c, &[0u8; 32], 0u64)..=(c, &[0xFFu8; 32], u64::MAX))? {
+            let (k, _) = row?;
+            let (_, author, counter) = k.value();
+            let author = DeviceId(*author);
+            if current.as_ref().is_none_or(|(a, _, _)| *a != author) {
+                flush(current.take(), &mut out);
+                current = Some((author, 0, Vec::new()));
+            }
+            if let Some((_, last, missing)) = current.as_mut() {
+                let mut n = *last + 1;
+                while n < counter && missing.len() < MAX_GAP_REPORT {
+                    missing.push(n);
+                    n += 1;
+                }
+                *last = counter;
+            }
+        }
+        flush(current, &mut out);
+        Ok(out)
     }
 
     /// The outbox in send order.
@@ -637,6 +725,7 @@ pub struct LogTxn<'a> {
     metas: HashMap<ConversationId, ConversationMeta>,
     next_position: Option<u64>,
     dequeued: Vec<EventId>,
+    chain_issues: Vec<ChainIssue>,
 }
 
 impl std::fmt::Debug for LogTxn<'_> {
@@ -665,6 +754,7 @@ impl<'a> LogTxn<'a> {
             metas: HashMap::new(),
             next_position: None,
             dequeued: Vec::new(),
+            chain_issues: Vec::new(),
         })
     }
 
@@ -705,7 +795,7 @@ impl<'a> LogTxn<'a> {
         let h = event.header();
         let c = &h.conversation.0;
         self.conv_log.insert((c, position), &id.0)?;
-        self.by_author.insert((c, &h.author.0, h.counter), &id.0)?;
+        self.check_chain(event)?;
         {
             let meta = self.meta_mut(h.conversation)?;
             meta.max_lamport = meta.max_lamport.max(h.lamport);
@@ -796,6 +886,85 @@ impl<'a> LogTxn<'a> {
     /// Events that left the outbox in this transaction because the relay acknowledged them.
     pub fn take_dequeued(&mut self) -> Vec<EventId> {
         std::mem::take(&mut self.dequeued)
+    }
+
+    /// Breaks in authors' chains found by the appends of this transaction.
+    pub fn take_chain_issues(&mut self) -> Vec<ChainIssue> {
+        std::mem::take(&mut self.chain_issues)
+    }
+
+    /// Indexes `event` at its place in its author's chain, and records a [`ChainIssue`] when
+    /// that place is taken by another event, or when `prev` does not name the author's event
+    /// before it (checked both ways: against the one before, and the one after if it arrived
+    /// first). The event is stored either way: the issue is reported, the first event at a
+    /// place keeps the index.
+    fn check_chain(&mut self, event: &Event) -> Result<(), LogError> {
+        let id = event.id();
+        let h = event.header();
+        let (conversation, author, counter) = (h.conversation, h.author, h.counter);
+        let c = &conversation.0;
+        let taken = self
+            .by_author
+            .get((c, &author.0, counter))?
+            .map(|g| EventId(*g.value()));
+        match taken {
+            Some(first) if first != id => {
+                self.chain_issues.push(ChainIssue::Fork {
+                    conversation,
+                    author,
+                    counter,
+                    first,
+                    second: id,
+                });
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
+            None => {
+                self.by_author.insert((c, &author.0, counter), &id.0)?;
+            }
+        }
+        let broken = |found: Option<EventId>| ChainIssue::BrokenLink {
+            conversation,
+            author,
+            counter,
+            prev: h.prev,
+            found,
+        };
+        // The first event of a chain names no predecessor; every other one does.
+        if (counter <= 1) != h.prev.is_none() {
+            self.chain_issues.push(broken(None));
+            return Ok(());
+        }
+        if counter > 1 {
+            let before = self
+                .by_author
+                .get((c, &author.0, counter - 1))?
+                .map(|g| EventId(*g.value()));
+            if let Some(before) = before {
+                if Some(before) != h.prev {
+                    self.chain_issues.push(broken(Some(before)));
+                }
+            }
+        }
+        let after = self
+            .by_author
+            .get((c, &author.0, counter.saturating_add(1)))?
+            .map(|g| EventId(*g.value()));
+        if let Some(after) = after {
+            if let Some(g) = self.events.get(&after.0)? {
+                let next = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+                if next.header().prev != Some(id) {
+                    self.chain_issues.push(ChainIssue::BrokenLink {
+                        conversation,
+                        author,
+                        counter: counter + 1,
+                        prev: next.header().prev,
+                        found: Some(id),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Queues an event for the relay, at the end of the outbox.

@@ -11,7 +11,7 @@ use crate::doc::{ConversationDoc, DocError};
 use crate::event::{DecodeError, Event, EventKind, MediaRef};
 use crate::identity::DeviceKey;
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use crate::log::{Appended, EventLog, LogError, OutboxEntry, OutboxState};
+use crate::log::{Appended, ChainIssue, EventLog, LogError, OutboxEntry, OutboxState};
 use automerge::ActorId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -82,6 +82,8 @@ pub struct ApplyOutcome {
     pub rejected: Vec<(EventId, StoreError)>,
     /// Own events the relay acknowledged in this batch (they left the outbox).
     pub acked: Vec<EventId>,
+    /// Breaks in authors' chains these events revealed.
+    pub chain_issues: Vec<ChainIssue>,
 }
 
 #[derive(Debug)]
@@ -267,13 +269,14 @@ impl Store {
         for c in &convs {
             self.ensure_loaded(*c)?;
         }
-        let (results, acked) = self.log.write(|t| {
+        let (results, acked, chain_issues) = self.log.write(|t| {
             let results = accepted
                 .iter()
                 .map(|ev| t.append(ev))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((results, t.take_dequeued()))
+            Ok((results, t.take_dequeued(), t.take_chain_issues()))
         })?;
+        outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {
             let gone: HashSet<&EventId> = acked.iter().collect();
             o.retain(|_, e| !gone.contains(&e.event));

@@ -361,6 +361,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
             code,
             reason,
         }],
+        DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         _ => Vec::new(),
     }
 }

@@ -157,6 +157,9 @@ pub enum Update {
         /// Why, for people.
         reason: String,
     },
+    /// A break in an author's chain of events: events withheld, dropped or reordered on the
+    /// way (by the relay, say), or an author that signed two events for one place.
+    Chain(tidings_engine::ChainIssue),
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.

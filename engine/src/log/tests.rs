@@ -65,3 +65,97 @@ fn a_stale_entry_does_not_overwrite_the_one_now_at_its_position() {
     assert!(!present, "a gone entry was updated");
     assert_eq!(log.outbox().expect("outbox"), vec![queued]);
 }
+
+/// A message at `counter` that names `prev` as its predecessor.
+fn linked(key: &DeviceKey, counter: u64, prev: Option<EventId>, message: u8) -> Event {
+    let header = key.header(CONV, counter, prev, counter, 1_000);
+    let kind = EventKind::Send {
+        message: MessageId([message; 16]),
+        body: vec![message],
+        media: Vec::new(),
+    };
+    Event::sign(key.signing_key(), header, kind).expect("sign")
+}
+
+fn issues_of(log: &EventLog, events: &[Event]) -> Vec<ChainIssue> {
+    log.write(|t| {
+        for e in events {
+            t.append(e)?;
+        }
+        Ok(t.take_chain_issues())
+    })
+    .expect("append")
+}
+
+#[test]
+fn chains_report_gaps_forks_and_broken_links() {
+    let author = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let e1 = linked(&author, 1, None, 1);
+    let e2 = linked(&author, 2, Some(e1.id()), 2);
+    let e3 = linked(&author, 3, Some(e2.id()), 3);
+    // 1 and 3 arrive, 2 is withheld: a gap, and nothing else is wrong.
+    assert_eq!(issues_of(&log, &[e1.clone(), e3.clone()]), vec![]);
+    assert_eq!(
+        log.chain_gaps(CONV).expect("gaps"),
+        vec![ChainIssue::Gap {
+            conversation: CONV,
+            author: author.device(),
+            missing: vec![2],
+        }]
+    );
+    // 2 arrives late and links both ways: the gap closes.
+    assert_eq!(issues_of(&log, &[e2.clone()]), vec![]);
+    assert_eq!(log.chain_gaps(CONV).expect("gaps"), vec![]);
+    // Another event signed for place 2: a fork; the first keeps the place.
+    let other2 = linked(&author, 2, Some(e1.id()), 22);
+    assert_eq!(
+        issues_of(&log, &[other2.clone()]),
+        vec![ChainIssue::Fork {
+            conversation: CONV,
+            author: author.device(),
+            counter: 2,
+            first: e2.id(),
+            second: other2.id(),
+        }]
+    );
+    // Place 4 names 1 as its predecessor: a broken link.
+    let bad4 = linked(&author, 4, Some(e1.id()), 4);
+    assert_eq!(
+        issues_of(&log, &[bad4.clone()]),
+        vec![ChainIssue::BrokenLink {
+            conversation: CONV,
+            author: author.device(),
+            counter: 4,
+            prev: Some(e1.id()),
+            found: Some(e3.id()),
+        }]
+    );
+    // 6 arrives before 5, and 5 is not what 6 names: the break shows when 5 arrives.
+    let e6 = linked(&author, 6, Some(EventId([6; 32])), 6);
+    assert_eq!(issues_of(&log, &[e6.clone()]), vec![]);
+    let e5 = linked(&author, 5, Some(bad4.id()), 5);
+    assert_eq!(
+        issues_of(&log, &[e5.clone()]),
+        vec![ChainIssue::BrokenLink {
+            conversation: CONV,
+            author: author.device(),
+            counter: 6,
+            prev: Some(EventId([6; 32])),
+            found: Some(e5.id()),
+        }]
+    );
+    // A first event that names a predecessor, or a later one that names none.
+    let other = DeviceKey::from_seed([2; 32], UserId([1; 32]));
+    let issues = issues_of(
+        &log,
+        &[
+            linked(&other, 1, Some(e1.id()), 31),
+            linked(&other, 2, None, 32),
+        ],
+    );
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert!(issues
+        .iter()
+        .all(|i| matches!(i, ChainIssue::BrokenLink { found: None, .. })));
+}

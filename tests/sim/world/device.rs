@@ -271,14 +271,39 @@ impl Sim {
         }
         let mut changed = false;
         let mut states = Vec::new();
+        let mut chain = Vec::new();
         while let Some(ev) = core.poll_event() {
             match ev {
                 DeviceEvent::Changes(c) => changed |= !c.is_empty(),
                 DeviceEvent::Connection(state) => states.push(state),
+                DeviceEvent::Chain(issue) => chain.push(issue),
                 _ => {}
             }
         }
         self.devices[i].dirty |= changed;
+        for issue in chain {
+            // Every device here is honest and so is the relay: no author signs two events
+            // for one place and no link breaks. A gap can be honest for a while (a message
+            // that went FAILED at its author while later ones were acked).
+            match issue {
+                ChainIssue::Gap {
+                    author, missing, ..
+                } => {
+                    self.stats.chain_gaps += 1;
+                    tr!(
+                        self,
+                        "{} reports a gap in {author}'s chain: {missing:?}",
+                        self.devices[i].name
+                    );
+                }
+                other => {
+                    return fail(format!(
+                        "{} reports a broken chain with honest parties: {other:?}",
+                        self.devices[i].name
+                    ))
+                }
+            }
+        }
         for state in states {
             tr!(self, "{} is {state:?}", self.devices[i].name);
         }

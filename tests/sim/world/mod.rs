@@ -22,8 +22,8 @@ use tidings::engine::wire::{
     ClientFrame, DeviceRegistration, ErrorCode, ServerFrame, SubmitOutcome,
 };
 use tidings::engine::{
-    ConversationId, DeviceConfig, DeviceCore, DeviceError, DeviceEvent, DeviceKey, EventLog,
-    MessageId, RetryPolicy, Status, Store, StoreConfig, UserId,
+    ChainIssue, ConversationId, DeviceConfig, DeviceCore, DeviceError, DeviceEvent, DeviceKey,
+    EventLog, MessageId, RetryPolicy, Status, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{CommitJob, Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;

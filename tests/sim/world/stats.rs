@@ -34,6 +34,7 @@ pub struct Stats {
     pub device_errors: u64,
     pub relay_closes: u64,
     pub acks: u64,
+    pub chain_gaps: u64,
     pub messages_delivered_everywhere: u64,
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
@@ -75,6 +76,7 @@ impl Stats {
             device_errors,
             relay_closes,
             acks,
+            chain_gaps,
             messages_delivered_everywhere,
             converge_ms_sum,
             virtual_ms
@@ -96,13 +98,14 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "app: {} sends, {} reads, {} retries of FAILED, {} offline periods; {} acks emitted; \
-             {} messages checked on every member device",
+             {} messages checked on every member device; {} chain gaps reported",
             self.sends,
             self.reads,
             self.retries,
             self.offline_periods,
             self.acks,
-            self.messages_delivered_everywhere
+            self.messages_delivered_everywhere,
+            self.chain_gaps
         )?;
         writeln!(
             f,
