@@ -19,6 +19,8 @@ struct Dev {
     key: DeviceKey,
     session: SessionId,
     counter: u64,
+    /// Per conversation: the device's last counter and event id there (its chain).
+    chain: BTreeMap<u8, (u64, EventId)>,
 }
 
 struct Net {
@@ -72,7 +74,8 @@ impl Net {
     fn connect(&mut self, user_seed: u8, dev_seed: u8) -> Dev {
         let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
         let session = self.handshake(&key);
-        let reg = DeviceRegistration::sign(&user_key(user_seed), key.device(), self.now);
+        let reg =
+            DeviceRegistration::sign(&user_key(user_seed), key.device(), [dev_seed; 32], self.now);
         let got = self.frame(
             session,
             ClientFrame::RegisterDevice {
@@ -93,6 +96,7 @@ impl Net {
             key,
             session,
             counter: 0,
+            chain: BTreeMap::new(),
         }
     }
 
@@ -139,14 +143,16 @@ impl Net {
 
 fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
     dev.counter += 1;
-    let h = dev.key.header(
-        ConversationId([conv; 16]),
-        dev.counter,
-        None,
-        dev.counter,
-        5,
-    );
-    Event::sign(dev.key.signing_key(), h, kind).expect("sign")
+    let (n, prev) = match dev.chain.get(&conv) {
+        Some(&(n, id)) => (n + 1, Some(id)),
+        None => (1, None),
+    };
+    let h = dev
+        .key
+        .header(ConversationId([conv; 16]), n, prev, dev.counter, 5);
+    let ev = Event::sign(dev.key.signing_key(), h, kind).expect("sign");
+    dev.chain.insert(conv, (n, ev.id()));
+    ev
 }
 
 fn create(dev: &mut Dev, conv: u8, members: &[u8]) -> Event {
@@ -318,6 +324,7 @@ fn refuses_what_it_must() {
         key: DeviceKey::from_seed([77; 32], user_id(1)),
         session: a.session,
         counter: 0,
+        chain: BTreeMap::new(),
     };
     let e = send(&mut stray, 1, "who am I");
     assert_eq!(code_of(&net.submit(&a, &[e])[0]), ErrorCode::NOT_REGISTERED);
@@ -678,7 +685,7 @@ fn registration_rules() {
         "{got:?}"
     );
     // Signed by the wrong key.
-    let bad = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let bad = DeviceRegistration::sign(&user_key(5), key.device(), [0; 32], 0);
     let bad = DeviceRegistration {
         user: user_id(4),
         ..bad
@@ -700,7 +707,7 @@ fn registration_rules() {
         ),
         "{got:?}"
     );
-    let good = DeviceRegistration::sign(&user_key(4), key.device(), 0);
+    let good = DeviceRegistration::sign(&user_key(4), key.device(), [0; 32], 0);
     let got = net.frame(
         s,
         ClientFrame::RegisterDevice {
@@ -713,7 +720,7 @@ fn registration_rules() {
         "{got:?}"
     );
     // The same device for another user.
-    let other = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let other = DeviceRegistration::sign(&user_key(5), key.device(), [0; 32], 0);
     let got = net.frame(
         s,
         ClientFrame::RegisterDevice {
