@@ -1124,10 +1124,10 @@ impl RelayCore {
     fn check_chain(&self, ev: &Event, stored: &ChainInfo) -> Option<SubmitOutcome> {
         let h = ev.header();
         let id = ev.id();
-        if (h.counter <= 1) != h.prev.is_none() || h.counter == 0 {
+        if h.counter == 0 || (h.counter == 1 && h.prev.is_some()) {
             return Some(rejected(
                 ErrorCode::BROKEN_CHAIN,
-                "prev must be absent exactly for counter 1",
+                "counters start at 1, with no prev",
             ));
         }
         let here = (h.conversation, h.author, h.counter);
@@ -1145,8 +1145,8 @@ impl RelayCore {
             .chain_at(&(h.conversation, h.author, h.counter - 1))
             .map(|(p, _)| p)
             .or(stored.pred);
-        if let (Some(p), Some(prev)) = (pred, h.prev) {
-            if p != prev {
+        if let Some(p) = pred {
+            if h.prev != Some(p) {
                 return Some(rejected(
                     ErrorCode::BROKEN_CHAIN,
                     "prev is not the device's event at counter - 1",
