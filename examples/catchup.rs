@@ -93,7 +93,9 @@ async fn main() -> Result<()> {
     let endpoint = client_endpoint("127.0.0.1:0".parse()?)?;
     let mut client =
         RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
-    client.register(&alice, filler.device(), 0).await?;
+    client
+        .register(&alice, filler.device(), filler.device().0, 0)
+        .await?;
     let t = Instant::now();
     let batch = client.welcome().limits.max_submit_batch as usize;
     // Creates first (a message may only follow its conversation's creation).
@@ -120,7 +122,12 @@ async fn main() -> Result<()> {
     let key = DeviceKey::from_seed(rand::random(), bob_id);
     let fp = parse_fingerprint(relay.fingerprint()).context("fingerprint")?;
     let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fp);
-    config.device.registration = Some(DeviceRegistration::sign(&bob, key.device(), 0));
+    config.device.registration = Some(DeviceRegistration::sign(
+        &bob,
+        key.device(),
+        key.device().0,
+        0,
+    ));
     let t = Instant::now();
     let replica = Replica::open(tmp.path().join("bob"), key, config).await?;
     let mut updates = replica.subscribe();

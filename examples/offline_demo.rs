@@ -48,7 +48,12 @@ async fn open_device(
     let fingerprint =
         parse_fingerprint(relay.fingerprint()).context("relay printed a bad fingerprint")?;
     let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fingerprint);
-    config.device.registration = Some(DeviceRegistration::sign(user_key, key.device(), 0));
+    config.device.registration = Some(DeviceRegistration::sign(
+        user_key,
+        key.device(),
+        key.device().0,
+        0,
+    ));
     // Snappy for a demo: retries from 200 ms, reconnects from 100 ms.
     config.device.retry = RetryPolicy {
         base_ms: 200,

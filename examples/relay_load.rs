@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidings::engine::wire::{ServerFrame, SubmitOutcome};
-use tidings::engine::{ConversationId, DeviceKey, Event, EventKind, MessageId, UserId};
+use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, UserId};
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::{Limits, RelayConfig};
 
@@ -187,7 +187,7 @@ fn main() -> Result<()> {
 
 fn rows_envelope_len(args: &Args) -> Result<usize> {
     let key = DeviceKey::from_seed(device_seed(0), UserId([0; 32]));
-    let h = key.header(conv_id(0), 2, None, 2, 0);
+    let h = key.header(conv_id(0), 2, Some(EventId([0; 32])), 2, 0);
     let e = Event::sign(
         key.signing_key(),
         h,
@@ -207,8 +207,9 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Signs every device's events (before the clock starts), on both cores.
-fn sign_all(args: &Args, keys: &[DeviceKey]) -> Vec<Vec<Event>> {
+/// Signs every device's events (before the clock starts), on both cores. Each device's events
+/// form its chain in its conversation: after `heads[i]` (a creator's Create) or from counter 1.
+fn sign_all(args: &Args, keys: &[DeviceKey], heads: &[Option<EventId>]) -> Vec<Vec<Event>> {
     let n = keys.len();
     let mut out: Vec<Vec<Event>> = vec![Vec::new(); n];
     std::thread::scope(|s| {
@@ -218,10 +219,12 @@ fn sign_all(args: &Args, keys: &[DeviceKey]) -> Vec<Vec<Event>> {
                 for (j, evs) in chunk.iter_mut().enumerate() {
                     let i = base + j;
                     let key = &keys[i];
+                    let mut prev = heads.get(i).copied().flatten();
+                    let first = if prev.is_some() { 2 } else { 1 };
                     for k in 0..args.events {
                         let idx = i * args.events + k;
-                        let counter = k as u64 + 2;
-                        let h = key.header(conv_id(conv_of(args, i)), counter, None, counter, 0);
+                        let counter = k as u64 + first;
+                        let h = key.header(conv_id(conv_of(args, i)), counter, prev, counter, 0);
                         let mut message = [0u8; 16];
                         message[..8].copy_from_slice(&(idx as u64).to_be_bytes());
                         let kind = EventKind::Send {
@@ -230,6 +233,7 @@ fn sign_all(args: &Args, keys: &[DeviceKey]) -> Vec<Vec<Event>> {
                             media: vec![],
                         };
                         if let Ok(e) = Event::sign(key.signing_key(), h, kind) {
+                            prev = Some(e.id());
                             evs.push(e);
                         }
                     }
@@ -264,9 +268,11 @@ async fn run_relay(args: &Args) -> Result<Row> {
     for (i, key) in keys.iter().enumerate() {
         let ep = &endpoints[i % endpoints.len()];
         let mut c = RelayClient::connect(ep, relay.addr(), relay.fingerprint(), key).await?;
-        c.register(&user_key(i), key.device(), 0).await?;
+        c.register(&user_key(i), key.device(), key.device().0, 0)
+            .await?;
         clients.push(c);
     }
+    let mut heads = vec![None; args.devices];
     for c in 0..args.conversations {
         let m = members(args, c);
         let creator = m[0];
@@ -277,6 +283,9 @@ async fn run_relay(args: &Args) -> Result<Row> {
             h,
             EventKind::Create { members: users },
         )?;
+        if conv_of(args, creator) == c {
+            heads[creator] = Some(create.id());
+        }
         let out = clients[creator].submit(&[create]).await?;
         if !matches!(out[..], [SubmitOutcome::Accepted { .. }]) {
             bail!("create refused: {out:?}");
@@ -285,7 +294,7 @@ async fn run_relay(args: &Args) -> Result<Row> {
     for c in clients.iter_mut() {
         c.sync().await?;
     }
-    let events = sign_all(args, &keys);
+    let events = sign_all(args, &keys, &heads);
     let total: usize = events.iter().map(|e| e.len()).sum();
     let submit_ns: Arc<Vec<AtomicU64>> = Arc::new(
         (0..args.devices * args.events)

@@ -53,8 +53,14 @@ pub const TLS_BINDING_LEN: usize = 32;
 pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-tidings-auth-v1";
 /// Domain separation prefix of the authentication transcript.
 pub const AUTH_DOMAIN: &[u8] = b"tidings/auth/v1\0";
-/// Domain separation prefix of a device registration statement.
-pub const REGISTER_DOMAIN: &[u8] = b"tidings/register-device/v1\0";
+/// Domain separation prefix of a device registration statement (a device certificate).
+pub const REGISTER_DOMAIN: &[u8] = b"tidings/register-device/v2\0";
+/// Domain separation prefix of a device revocation statement.
+pub const REVOKE_DOMAIN: &[u8] = b"tidings/revoke-device/v1\0";
+/// Most users named in one [`ClientFrame::Devices`].
+pub const MAX_DEVICE_QUERY_USERS: usize = 1024;
+/// Most registrations, and most revocations, in one [`ServerFrame::Devices`].
+pub const MAX_LISTED_DEVICES: usize = 4096;
 /// Bytes of the relay's challenge nonce.
 pub const NONCE_LEN: usize = 32;
 
@@ -159,6 +165,18 @@ impl ErrorCode {
     pub const BAD_MEMBERS: ErrorCode = ErrorCode(20);
     /// The device stopped reading: its queue overflowed.
     pub const SLOW_CONSUMER: ErrorCode = ErrorCode(21);
+    /// The device (or the event's author device) was revoked by its user.
+    pub const REVOKED: ErrorCode = ErrorCode(22);
+    /// The revocation statement does not verify, or its user is not the device's user.
+    pub const BAD_REVOCATION: ErrorCode = ErrorCode(23);
+    /// The membership rules refuse the event (e.g. a non-admin adds a member, or somebody
+    /// removes the creator); the message is the rule broken.
+    pub const FORBIDDEN: ErrorCode = ErrorCode(24);
+    /// Another event with the same (conversation, author, counter) is stored.
+    pub const CHAIN_FORK: ErrorCode = ErrorCode(25);
+    /// The event's `prev` does not match the author's stored event at `counter - 1`, or the
+    /// stored event at `counter + 1` names another `prev`.
+    pub const BROKEN_CHAIN: ErrorCode = ErrorCode(26);
 
     /// A short name for the known codes, `"unknown"` otherwise.
     pub fn name(self) -> &'static str {
@@ -184,6 +202,11 @@ impl ErrorCode {
             19 => "replaced",
             20 => "bad-members",
             21 => "slow-consumer",
+            22 => "revoked",
+            23 => "bad-revocation",
+            24 => "forbidden",
+            25 => "chain-fork",
+            26 => "broken-chain",
             _ => "unknown",
         }
     }
@@ -201,13 +224,17 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// A statement, signed by a user's identity key, that `device` acts for `user`.
+/// A device certificate: a statement, signed by a user's identity key, that `device` acts
+/// for `user` and that `agreement` is the device's X25519 public key (other devices seal
+/// conversation keys to it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRegistration {
     /// The user (its ed25519 identity public key).
     pub user: UserId,
-    /// The device being added.
+    /// The device being added (its ed25519 signing public key).
     pub device: DeviceId,
+    /// The device's X25519 public key.
+    pub agreement: [u8; 32],
     /// When the user signed it, ms since the Unix epoch (informational).
     pub issued_ms: u64,
     /// ed25519 signature by the user key over [`DeviceRegistration::signed_bytes`].
@@ -216,21 +243,80 @@ pub struct DeviceRegistration {
 
 impl DeviceRegistration {
     /// The exact bytes the user key signs:
-    /// `REGISTER_DOMAIN | user (32) | device (32) | issued_ms (u64 big-endian)`.
-    pub fn signed_bytes(user: &UserId, device: &DeviceId, issued_ms: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(REGISTER_DOMAIN.len() + 72);
+    /// `REGISTER_DOMAIN | user (32) | device (32) | agreement (32) | issued_ms (u64 big-endian)`.
+    pub fn signed_bytes(
+        user: &UserId,
+        device: &DeviceId,
+        agreement: &[u8; 32],
+        issued_ms: u64,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REGISTER_DOMAIN.len() + 104);
         out.extend_from_slice(REGISTER_DOMAIN);
+        out.extend_from_slice(&user.0);
+        out.extend_from_slice(&device.0);
+        out.extend_from_slice(agreement);
+        out.extend_from_slice(&issued_ms.to_be_bytes());
+        out
+    }
+
+    /// Signs a certificate of `device` (with its X25519 key `agreement`) with the user's
+    /// identity key.
+    pub fn sign(
+        user_key: &SigningKey,
+        device: DeviceId,
+        agreement: [u8; 32],
+        issued_ms: u64,
+    ) -> DeviceRegistration {
+        let user = UserId(user_key.verifying_key().to_bytes());
+        let sig = user_key.sign(&Self::signed_bytes(&user, &device, &agreement, issued_ms));
+        DeviceRegistration {
+            user,
+            device,
+            agreement,
+            issued_ms,
+            signature: sig.into(),
+        }
+    }
+
+    /// Whether the signature verifies under `user`'s key.
+    pub fn verify(&self) -> bool {
+        let msg = Self::signed_bytes(&self.user, &self.device, &self.agreement, self.issued_ms);
+        self.signature.verify(&self.user.0, &msg)
+    }
+}
+
+/// A statement, signed by a user's identity key, that `device` no longer acts for `user`
+/// (lost or retired). Final: a revoked device cannot authenticate or be registered again, and
+/// events it authored are refused from then on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevocation {
+    /// The user (its ed25519 identity public key).
+    pub user: UserId,
+    /// The device revoked.
+    pub device: DeviceId,
+    /// When the user signed it, ms since the Unix epoch (informational).
+    pub issued_ms: u64,
+    /// ed25519 signature by the user key over [`DeviceRevocation::signed_bytes`].
+    pub signature: SignatureBytes,
+}
+
+impl DeviceRevocation {
+    /// The exact bytes the user key signs:
+    /// `REVOKE_DOMAIN | user (32) | device (32) | issued_ms (u64 big-endian)`.
+    pub fn signed_bytes(user: &UserId, device: &DeviceId, issued_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REVOKE_DOMAIN.len() + 72);
+        out.extend_from_slice(REVOKE_DOMAIN);
         out.extend_from_slice(&user.0);
         out.extend_from_slice(&device.0);
         out.extend_from_slice(&issued_ms.to_be_bytes());
         out
     }
 
-    /// Signs a registration of `device` with the user's identity key.
-    pub fn sign(user_key: &SigningKey, device: DeviceId, issued_ms: u64) -> DeviceRegistration {
+    /// Signs a revocation of `device` with the user's identity key.
+    pub fn sign(user_key: &SigningKey, device: DeviceId, issued_ms: u64) -> DeviceRevocation {
         let user = UserId(user_key.verifying_key().to_bytes());
         let sig = user_key.sign(&Self::signed_bytes(&user, &device, issued_ms));
-        DeviceRegistration {
+        DeviceRevocation {
             user,
             device,
             issued_ms,
@@ -439,6 +525,23 @@ pub enum ClientFrame {
         /// Cumulative: everything up to and including this sequence.
         up_to: ServerSeq,
     },
+    /// Revokes a device of a user (answered by `Revoked` or `Refused`). Any authenticated
+    /// device may send it: the user's signature is what counts.
+    Revoke {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The statement.
+        revocation: DeviceRevocation,
+    },
+    /// Asks for the device certificates and revocations of `users` (answered by `Devices`).
+    /// The relay answers only for the asking device's own user and users who share a
+    /// conversation with it; other users are left out silently.
+    Devices {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// At most [`MAX_DEVICE_QUERY_USERS`].
+        users: Vec<UserId>,
+    },
 }
 
 /// Frames the relay sends.
@@ -510,6 +613,24 @@ pub enum ServerFrame {
     /// The device left too many pushes unacknowledged: pushes stop until it pulls what it is
     /// missing and sends Sync again.
     PullMode,
+    /// A revocation was stored (or was already).
+    Revoked {
+        /// The request's id.
+        request_id: u64,
+        /// The user.
+        user: UserId,
+        /// The device revoked.
+        device: DeviceId,
+    },
+    /// Answer to [`ClientFrame::Devices`]: signed statements a device verifies itself.
+    Devices {
+        /// The request's id.
+        request_id: u64,
+        /// Certificates of the users' devices, revoked ones included.
+        registrations: Vec<DeviceRegistration>,
+        /// Revocations of the users' devices.
+        revocations: Vec<DeviceRevocation>,
+    },
 }
 
 /// Why bytes were not accepted as a frame.
@@ -573,6 +694,9 @@ impl Frame for ClientFrame {
                 }
                 Ok(())
             }
+            ClientFrame::Devices { users, .. } => {
+                check("users", users.len(), MAX_DEVICE_QUERY_USERS)
+            }
             _ => Ok(()),
         }
     }
@@ -595,6 +719,14 @@ impl Frame for ServerFrame {
                 conversations.len(),
                 MAX_LISTED_CONVERSATIONS,
             ),
+            ServerFrame::Devices {
+                registrations,
+                revocations,
+                ..
+            } => {
+                check("registrations", registrations.len(), MAX_LISTED_DEVICES)?;
+                check("revocations", revocations.len(), MAX_LISTED_DEVICES)
+            }
             _ => Ok(()),
         }
     }
@@ -727,7 +859,7 @@ mod tests {
         });
         check_round_trip(ClientFrame::RegisterDevice {
             request_id: 7,
-            registration: DeviceRegistration::sign(&user, device, 99),
+            registration: DeviceRegistration::sign(&user, device, [8; 32], 99),
         });
         check_round_trip(ClientFrame::Submit {
             request_id: u64::MAX,
@@ -800,6 +932,24 @@ mod tests {
         });
         check_round_trip(ServerFrame::Push { items: vec![item] });
         check_round_trip(ServerFrame::PullMode);
+        check_round_trip(ClientFrame::Revoke {
+            request_id: 8,
+            revocation: DeviceRevocation::sign(&user, device, 100),
+        });
+        check_round_trip(ClientFrame::Devices {
+            request_id: 9,
+            users: vec![user_id, UserId([7; 32])],
+        });
+        check_round_trip(ServerFrame::Revoked {
+            request_id: 8,
+            user: user_id,
+            device,
+        });
+        check_round_trip(ServerFrame::Devices {
+            request_id: 9,
+            registrations: vec![DeviceRegistration::sign(&user, device, [8; 32], 99)],
+            revocations: vec![DeviceRevocation::sign(&user, device, 100)],
+        });
     }
 
     /// Golden bytes: a change here is a wire format change (bump PROTOCOL_VERSION and
@@ -928,6 +1078,89 @@ mod tests {
                     conversation: ConversationId(c),
                     up_to,
                 }),
+                (any::<u64>(), revocation()).prop_map(|(id, revocation)| ClientFrame::Revoke {
+                    request_id: id,
+                    revocation,
+                }),
+                (
+                    any::<u64>(),
+                    proptest::collection::vec(any::<[u8; 32]>(), 0..8)
+                )
+                    .prop_map(|(id, users)| ClientFrame::Devices {
+                        request_id: id,
+                        users: users.into_iter().map(UserId).collect(),
+                    }),
+            ]
+        }
+
+        fn signature() -> impl Strategy<Value = SignatureBytes> {
+            (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(a, b)| {
+                let mut s = [0u8; 64];
+                s[..32].copy_from_slice(&a);
+                s[32..].copy_from_slice(&b);
+                SignatureBytes(s)
+            })
+        }
+
+        fn registration() -> impl Strategy<Value = DeviceRegistration> {
+            (
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                signature(),
+            )
+                .prop_map(|(u, d, agreement, issued_ms, signature)| {
+                    DeviceRegistration {
+                        user: UserId(u),
+                        device: DeviceId(d),
+                        agreement,
+                        issued_ms,
+                        signature,
+                    }
+                })
+        }
+
+        fn revocation() -> impl Strategy<Value = DeviceRevocation> {
+            (
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                signature(),
+            )
+                .prop_map(|(u, d, issued_ms, signature)| DeviceRevocation {
+                    user: UserId(u),
+                    device: DeviceId(d),
+                    issued_ms,
+                    signature,
+                })
+        }
+
+        fn server_frame() -> impl Strategy<Value = ServerFrame> {
+            prop_oneof![
+                (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(id, u, d)| {
+                    ServerFrame::Revoked {
+                        request_id: id,
+                        user: UserId(u),
+                        device: DeviceId(d),
+                    }
+                }),
+                (
+                    any::<u64>(),
+                    proptest::collection::vec(registration(), 0..6),
+                    proptest::collection::vec(revocation(), 0..6)
+                )
+                    .prop_map(|(id, registrations, revocations)| {
+                        ServerFrame::Devices {
+                            request_id: id,
+                            registrations,
+                            revocations,
+                        }
+                    }),
+                any::<u16>().prop_map(|c| ServerFrame::Error {
+                    code: ErrorCode(c),
+                    message: format!("code {c}"),
+                }),
             ]
         }
 
@@ -944,6 +1177,22 @@ mod tests {
                 let got = match first {
                     Some(f) => f,
                     None => dec.poll_frame::<ClientFrame>().expect("decode").expect("whole"),
+                };
+                prop_assert_eq!(got, f);
+            }
+
+            /// The same for the relay's frames, the device list answer included.
+            #[test]
+            fn server_frames_round_trip(f in server_frame(), split in 0usize..64) {
+                let bytes = frame_bytes(&f).expect("encode");
+                let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
+                let (a, b) = bytes.split_at(split.min(bytes.len()));
+                dec.push(a);
+                let first = dec.poll_frame::<ServerFrame>().expect("decode");
+                dec.push(b);
+                let got = match first {
+                    Some(f) => f,
+                    None => dec.poll_frame::<ServerFrame>().expect("decode").expect("whole"),
                 };
                 prop_assert_eq!(got, f);
             }
@@ -978,17 +1227,76 @@ mod tests {
             &[4; 32]
         ));
 
-        let reg = DeviceRegistration::sign(&user, device, 5);
+        let reg = DeviceRegistration::sign(&user, device, [8; 32], 5);
         assert!(reg.verify());
         let mut forged = reg.clone();
         forged.device = DeviceId([9; 32]);
         assert!(!forged.verify());
+        // The agreement key is certified too.
+        let mut swapped = reg.clone();
+        swapped.agreement = [9; 32];
+        assert!(!swapped.verify());
         // Signed by the device itself instead of the user key.
-        let self_signed = DeviceRegistration::sign(&dev, device, 5);
+        let self_signed = DeviceRegistration::sign(&dev, device, [8; 32], 5);
         let claimed = DeviceRegistration {
             user: user_id,
             ..self_signed
         };
         assert!(!claimed.verify());
+
+        let rev = DeviceRevocation::sign(&user, device, 6);
+        assert!(rev.verify());
+        let mut forged = rev.clone();
+        forged.device = DeviceId([9; 32]);
+        assert!(!forged.verify());
+        // A registration signature is not a revocation signature (separate domains).
+        let as_rev = DeviceRevocation {
+            user: user_id,
+            device,
+            issued_ms: 5,
+            signature: reg.signature,
+        };
+        assert!(!as_rev.verify());
+        let by_device = DeviceRevocation {
+            user: user_id,
+            ..DeviceRevocation::sign(&dev, device, 6)
+        };
+        assert!(!by_device.verify());
+    }
+
+    #[test]
+    fn device_lists_are_bounded() {
+        let users = ClientFrame::Devices {
+            request_id: 1,
+            users: vec![UserId([0; 32]); MAX_DEVICE_QUERY_USERS + 1],
+        };
+        let body = postcard::to_stdvec(&users).expect("encode");
+        assert_eq!(
+            decode_body::<ClientFrame>(&body),
+            Err(WireError::FieldTooLarge {
+                field: "users",
+                len: MAX_DEVICE_QUERY_USERS + 1,
+                max: MAX_DEVICE_QUERY_USERS
+            })
+        );
+        let rev = DeviceRevocation {
+            user: UserId([1; 32]),
+            device: DeviceId([2; 32]),
+            issued_ms: 0,
+            signature: SignatureBytes([0; 64]),
+        };
+        let devices = ServerFrame::Devices {
+            request_id: 1,
+            registrations: vec![],
+            revocations: vec![rev; MAX_LISTED_DEVICES + 1],
+        };
+        let body = postcard::to_stdvec(&devices).expect("encode");
+        assert!(matches!(
+            decode_body::<ServerFrame>(&body),
+            Err(WireError::FieldTooLarge {
+                field: "revocations",
+                ..
+            })
+        ));
     }
 }

@@ -329,15 +329,17 @@ impl RelayClient {
         result
     }
 
-    /// Registers this device to the user whose identity key is `user_key`.
+    /// Registers this device (with its X25519 key `agreement`) to the user whose identity
+    /// key is `user_key`.
     pub async fn register(
         &mut self,
         user_key: &ed25519_dalek::SigningKey,
         device: tidings_engine::DeviceId,
+        agreement: [u8; 32],
         issued_ms: u64,
     ) -> Result<(), ClientError> {
         let request_id = self.request_id();
-        let registration = DeviceRegistration::sign(user_key, device, issued_ms);
+        let registration = DeviceRegistration::sign(user_key, device, agreement, issued_ms);
         self.send(&ClientFrame::RegisterDevice {
             request_id,
             registration,

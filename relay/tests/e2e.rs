@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tidings_engine::wire::{self, ClientFrame, ErrorCode, Item, SubmitOutcome};
-use tidings_engine::{ConversationId, DeviceKey, Event, EventKind, MessageId, ServerSeq, UserId};
+use tidings_engine::{
+    ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, ServerSeq, UserId,
+};
 use tidings_relay::client::{ack_seq, client_endpoint, ClientError, RelayClient};
 use tidings_relay::{Limits, RelayConfig, RelayHandle};
 
@@ -26,6 +28,8 @@ struct Device {
     key: DeviceKey,
     user_seed: u8,
     counter: u64,
+    /// Id of the device's last event (its chain's head).
+    last: Option<EventId>,
     client: RelayClient,
 }
 
@@ -47,7 +51,7 @@ async fn connect(
     assert_eq!(client.welcome().relay, relay.relay_id());
     if !client.welcome().registered {
         client
-            .register(&user_key(user_seed), key.device(), 1)
+            .register(&user_key(user_seed), key.device(), key.device().0, 1)
             .await?;
     }
     client.sync().await?;
@@ -55,6 +59,7 @@ async fn connect(
         key,
         user_seed,
         counter: 0,
+        last: None,
         client,
     })
 }
@@ -64,14 +69,19 @@ async fn reconnect(ep: &quinn::Endpoint, relay: &RelayHandle, d: Device) -> Resu
     let counter = d.counter;
     let mut fresh = connect(ep, relay, d.user_seed, seed).await?;
     fresh.counter = counter;
+    fresh.last = d.last;
     Ok(fresh)
 }
 
 impl Device {
     fn event(&mut self, kind: EventKind) -> Event {
         self.counter += 1;
-        let h = self.key.header(CONV, self.counter, None, self.counter, 1);
-        Event::sign(self.key.signing_key(), h, kind).expect("sign")
+        let h = self
+            .key
+            .header(CONV, self.counter, self.last, self.counter, 1);
+        let ev = Event::sign(self.key.signing_key(), h, kind).expect("sign");
+        self.last = Some(ev.id());
+        ev
     }
 
     fn create(&mut self, members: &[u8]) -> Event {
@@ -506,7 +516,7 @@ impl RelayProcess {
         let mut client = RelayClient::connect(ep, self.addr, &self.fingerprint, &key).await?;
         if !client.welcome().registered {
             client
-                .register(&user_key(user_seed), key.device(), 1)
+                .register(&user_key(user_seed), key.device(), key.device().0, 1)
                 .await?;
         }
         client.sync().await?;
@@ -514,6 +524,7 @@ impl RelayProcess {
             key,
             user_seed,
             counter: 0,
+            last: None,
             client,
         })
     }
@@ -544,9 +555,10 @@ async fn kill_9_loses_no_acked_event() -> Result<()> {
     drop(relay);
 
     let relay = RelayProcess::spawn(dir.path())?;
-    let counter = alice.counter;
+    let (counter, last) = (alice.counter, alice.last);
     let mut alice = relay.connect(&ep, 1, 11).await?;
     alice.counter = counter;
+    alice.last = last;
     let stored = alice.client.pull_all(CONV, 0).await?;
     let seqs: Vec<ServerSeq> = stored
         .iter()

@@ -91,6 +91,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
     config.device.registration = Some(DeviceRegistration::sign(
         user_key.signing_key(),
         key.device(),
+        key.device().0,
         0,
     ));
     config.device.retry = RetryPolicy {

@@ -38,7 +38,12 @@ pub fn config(
     let mut c = ReplicaConfig::new(addr, relay.relay_id(), fp);
     c.keepalive = Duration::from_millis(300);
     c.idle_timeout = Duration::from_secs(2);
-    c.device.registration = Some(DeviceRegistration::sign(&user.key, key.device(), 0));
+    c.device.registration = Some(DeviceRegistration::sign(
+        &user.key,
+        key.device(),
+        key.device().0,
+        0,
+    ));
     c.device.retry = RetryPolicy {
         base_ms: 100,
         max_ms: 1_000,

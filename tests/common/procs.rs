@@ -120,7 +120,12 @@ pub fn replica_config(relay: &RelayProc, key: &DeviceKey, user: &User) -> Replic
     let mut c = ReplicaConfig::new(relay.addr, relay.relay_id, fp);
     c.keepalive = Duration::from_millis(200);
     c.idle_timeout = Duration::from_secs(1);
-    c.device.registration = Some(DeviceRegistration::sign(&user.key, key.device(), 0));
+    c.device.registration = Some(DeviceRegistration::sign(
+        &user.key,
+        key.device(),
+        key.device().0,
+        0,
+    ));
     c.device.retry = RetryPolicy {
         base_ms: 100,
         max_ms: 1_000,

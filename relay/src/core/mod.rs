@@ -40,7 +40,7 @@
 mod session;
 pub mod store;
 
-pub use store::{ConversationRecord, RelayStore, StoreError};
+pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
@@ -50,12 +50,16 @@ use std::net::IpAddr;
 use store::{CommitBatch, SequencedRecord};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{
-    self, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode, Item,
-    ServerFrame, SubmitOutcome, Welcome, NONCE_LEN, TLS_BINDING_LEN,
+    self, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode,
+    Item, ServerFrame, SubmitOutcome, Welcome, NONCE_LEN, TLS_BINDING_LEN,
 };
 use tidings_engine::{
-    ConversationId, DeviceId, DeviceKey, Event, EventHeader, EventId, EventKind, ServerSeq, UserId,
+    ConversationId, DeviceId, DeviceKey, Event, EventHeader, EventId, EventKind, Membership,
+    MembershipError, ServerSeq, UserId,
 };
+
+/// One place in a device's chain: (conversation, author, counter).
+type ChainSlot = (ConversationId, DeviceId, u64);
 
 /// A connection's handle in the core.
 pub type SessionId = u64;
@@ -131,6 +135,10 @@ pub struct RelayCore {
     per_ip: HashMap<IpAddr, usize>,
     device_sessions: HashMap<DeviceId, SessionId>,
     devices: HashMap<DeviceId, UserId>,
+    /// Durable device certificates, served by `Devices`.
+    certs: HashMap<DeviceId, DeviceRegistration>,
+    /// Revocations, durable or staged (they take effect when accepted).
+    revoked: HashMap<DeviceId, DeviceRevocation>,
     user_devices: HashMap<UserId, Vec<DeviceId>>,
     user_convs: HashMap<UserId, BTreeSet<ConversationId>>,
     convs: HashMap<ConversationId, Conv>,
@@ -155,14 +163,22 @@ struct Staged {
     by_id: HashMap<EventId, usize>,
     submits: Vec<PendingSubmit>,
     registrations: Vec<PendingRegistration>,
+    revocations: Vec<PendingRevocation>,
     cursors: BTreeMap<(DeviceId, ConversationId), ServerSeq>,
     touched: BTreeSet<ConversationId>,
+    /// Conversations created or whose membership changed in this batch.
+    membership_changed: BTreeSet<ConversationId>,
+    /// Staged events by their place in their author's chain.
+    chain: HashMap<ChainSlot, usize>,
     since_ms: Option<u64>,
 }
 
 impl Staged {
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.registrations.is_empty() && self.cursors.is_empty()
+        self.events.is_empty()
+            && self.registrations.is_empty()
+            && self.revocations.is_empty()
+            && self.cursors.is_empty()
     }
 }
 
@@ -197,6 +213,9 @@ enum Slot {
 struct Inflight {
     acks: HashMap<EventId, Vec<u8>>,
     registrations: Vec<(DeviceId, UserId)>,
+    revocations: Vec<DeviceId>,
+    /// The events being written, by chain place: (id, prev).
+    chain: HashMap<ChainSlot, (EventId, Option<EventId>)>,
 }
 
 /// One group commit taken out of the core by [`RelayCore::start_commit`]: write it with
@@ -216,6 +235,7 @@ impl CommitJob {
                 conversation: s.event.conversation(),
                 seq: s.seq,
                 index_key: store::index_key(&s.event),
+                prev: s.event.header().prev,
                 event: s.event.bytes(),
                 ack: &s.ack,
             });
@@ -224,7 +244,10 @@ impl CommitJob {
             batch.conversations.push((*c, rec));
         }
         for r in &self.staged.registrations {
-            batch.devices.push((r.device, r.user));
+            batch.devices.push(&r.cert);
+        }
+        for r in &self.staged.revocations {
+            batch.revocations.push(&r.revocation);
         }
         for ((d, c), s) in &self.staged.cursors {
             batch.cursors.push((*d, *c, *s));
@@ -244,6 +267,26 @@ struct PendingRegistration {
     request_id: u64,
     user: UserId,
     device: DeviceId,
+    cert: DeviceRegistration,
+}
+
+#[derive(Debug)]
+struct PendingRevocation {
+    session: SessionId,
+    request_id: u64,
+    revocation: DeviceRevocation,
+}
+
+/// The rejection for an event the membership rules refuse.
+fn membership_rejection(e: &MembershipError) -> SubmitOutcome {
+    let code = match e {
+        MembershipError::NotMember(_) => ErrorCode::NOT_MEMBER,
+        MembershipError::AlreadyCreated => ErrorCode::CONVERSATION_EXISTS,
+        MembershipError::CreatorNotListed => ErrorCode::BAD_MEMBERS,
+        MembershipError::RelayOnly => ErrorCode::FORBIDDEN_KIND,
+        _ => ErrorCode::FORBIDDEN,
+    };
+    rejected(code, e.to_string())
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> SubmitOutcome {
@@ -277,6 +320,8 @@ impl RelayCore {
             per_ip: HashMap::new(),
             device_sessions: HashMap::new(),
             devices: HashMap::new(),
+            certs: HashMap::new(),
+            revoked: HashMap::new(),
             user_devices: HashMap::new(),
             user_convs: HashMap::new(),
             convs: HashMap::new(),
@@ -295,11 +340,15 @@ impl RelayCore {
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
-        for (device, user) in self.store.devices()? {
-            self.add_device(device, user);
+        for cert in self.store.registrations()? {
+            self.add_device(cert.device, cert.user);
+            self.certs.insert(cert.device, cert);
+        }
+        for rev in self.store.revocations()? {
+            self.revoked.insert(rev.device, rev);
         }
         for (id, rec) in self.store.conversations()? {
-            for m in &rec.members {
+            for m in rec.membership.members() {
                 self.user_convs.entry(*m).or_default().insert(id);
             }
             self.convs.insert(
@@ -498,6 +547,13 @@ impl RelayCore {
         if !wire::verify_auth(&signature, &device, &user, &s.nonce, &s.tls_binding) {
             return self.close(session, ErrorCode::AUTH_FAILED, "signature does not verify");
         }
+        if self.revoked.contains_key(&device) {
+            return self.close(
+                session,
+                ErrorCode::REVOKED,
+                "the device was revoked by its user",
+            );
+        }
         let cursors = match self.store.cursors(&device) {
             Ok(c) => c,
             Err(e) => return self.close(session, ErrorCode::INTERNAL, e.to_string()),
@@ -526,7 +582,8 @@ impl RelayCore {
         let Phase::Ready { device, user } = s.phase else {
             return None;
         };
-        (self.devices.get(&device) == Some(&user)).then_some((device, user))
+        (self.devices.get(&device) == Some(&user) && !self.revoked.contains_key(&device))
+            .then_some((device, user))
     }
 
     fn on_request(&mut self, session: SessionId, frame: ClientFrame, now_ms: u64) {
@@ -542,6 +599,13 @@ impl RelayCore {
                 limit,
             } => self.on_pull(session, request_id, conversation, after_seq, limit),
             ClientFrame::Sync { request_id } => self.on_sync(session, request_id),
+            ClientFrame::Revoke {
+                request_id,
+                revocation,
+            } => self.on_revoke(session, request_id, revocation, now_ms),
+            ClientFrame::Devices { request_id, users } => {
+                self.on_devices(session, request_id, &users)
+            }
             ClientFrame::Received {
                 conversation,
                 up_to,
@@ -565,24 +629,23 @@ impl RelayCore {
             let msg = "registration signature does not verify under the user key";
             return self.refuse(session, request_id, ErrorCode::BAD_REGISTRATION, msg);
         }
-        let staged_user = self
-            .staged
-            .registrations
-            .iter()
-            .map(|r| (r.device, r.user))
-            .chain(
-                self.inflight
-                    .iter()
-                    .flat_map(|i| i.registrations.iter().copied()),
-            )
-            .find(|(d, _)| *d == reg.device)
-            .map(|(_, u)| u);
+        if self.revoked.contains_key(&reg.device) {
+            let msg = "the device was revoked and cannot be registered again";
+            return self.refuse(session, request_id, ErrorCode::REVOKED, msg);
+        }
+        let staged_user = self.staged_device_user(&reg.device);
+        // A newer certificate of a registered device replaces the stored one (e.g. a new
+        // agreement key); an older or equal one is answered without storing anything.
+        let renewal = self
+            .certs
+            .get(&reg.device)
+            .is_some_and(|c| c.user == reg.user && c.issued_ms < reg.issued_ms && *c != reg);
         match self.devices.get(&reg.device).copied().or(staged_user) {
             Some(u) if u != reg.user => {
                 let msg = "device is registered to another user";
                 self.refuse(session, request_id, ErrorCode::DEVICE_TAKEN, msg)
             }
-            Some(_) if staged_user.is_none() => self.send(
+            Some(_) if staged_user.is_none() && !renewal => self.send(
                 session,
                 ServerFrame::Registered {
                     request_id,
@@ -597,15 +660,155 @@ impl RelayCore {
                     request_id,
                     user: reg.user,
                     device: reg.device,
+                    cert: reg,
                 });
             }
         }
     }
 
+    /// The user a device is being registered to in the staged batch or the commit in flight.
+    fn staged_device_user(&self, device: &DeviceId) -> Option<UserId> {
+        self.staged
+            .registrations
+            .iter()
+            .map(|r| (r.device, r.user))
+            .chain(
+                self.inflight
+                    .iter()
+                    .flat_map(|i| i.registrations.iter().copied()),
+            )
+            .find(|(d, _)| d == device)
+            .map(|(_, u)| u)
+    }
+
+    fn on_revoke(&mut self, session: SessionId, request_id: u64, rev: DeviceRevocation, now: u64) {
+        if !rev.verify() {
+            let msg = "revocation signature does not verify under the user key";
+            return self.refuse(session, request_id, ErrorCode::BAD_REVOCATION, msg);
+        }
+        let user = self
+            .devices
+            .get(&rev.device)
+            .copied()
+            .or_else(|| self.staged_device_user(&rev.device));
+        if user != Some(rev.user) {
+            let msg = "the device is not registered to the revoking user";
+            return self.refuse(session, request_id, ErrorCode::BAD_REVOCATION, msg);
+        }
+        let pending = self
+            .staged
+            .revocations
+            .iter()
+            .any(|r| r.revocation.device == rev.device)
+            || self
+                .inflight
+                .as_ref()
+                .is_some_and(|i| i.revocations.contains(&rev.device));
+        if self.revoked.contains_key(&rev.device) && !pending {
+            return self.send(
+                session,
+                ServerFrame::Revoked {
+                    request_id,
+                    user: rev.user,
+                    device: rev.device,
+                },
+            );
+        }
+        // In force at once: the device's session ends and nothing more of it is accepted;
+        // the answer waits for the commit.
+        self.revoked
+            .entry(rev.device)
+            .or_insert_with(|| rev.clone());
+        if let Some(&sid) = self.device_sessions.get(&rev.device) {
+            self.close(
+                sid,
+                ErrorCode::REVOKED,
+                "the device was revoked by its user",
+            );
+        }
+        self.staged.since_ms.get_or_insert(now);
+        self.staged.revocations.push(PendingRevocation {
+            session,
+            request_id,
+            revocation: rev,
+        });
+    }
+
+    fn on_devices(&mut self, session: SessionId, request_id: u64, users: &[UserId]) {
+        let Some((_, me)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        let my_convs = self.user_convs.get(&me);
+        let shares = |u: &UserId| {
+            *u == me
+                || my_convs.into_iter().flatten().any(|c| {
+                    self.convs
+                        .get(c)
+                        .and_then(|c| c.committed.as_ref())
+                        .is_some_and(|r| r.membership.is_member(u))
+                })
+        };
+        let mut registrations = Vec::new();
+        let mut revocations = Vec::new();
+        let mut seen = BTreeSet::new();
+        for u in users {
+            if !seen.insert(*u) || !shares(u) {
+                continue;
+            }
+            for d in self.user_devices.get(u).into_iter().flatten() {
+                if let Some(c) = self.certs.get(d) {
+                    registrations.push(c.clone());
+                }
+                // Only durable revocations: the answer states what the relay keeps.
+                let pending = self
+                    .staged
+                    .revocations
+                    .iter()
+                    .any(|r| r.revocation.device == *d)
+                    || self
+                        .inflight
+                        .as_ref()
+                        .is_some_and(|i| i.revocations.contains(d));
+                if let (Some(r), false) = (self.revoked.get(d), pending) {
+                    revocations.push(r.clone());
+                }
+            }
+        }
+        if registrations.len() > wire::MAX_LISTED_DEVICES
+            || revocations.len() > wire::MAX_LISTED_DEVICES
+        {
+            let msg = format!(
+                "over {} devices; ask for fewer users",
+                wire::MAX_LISTED_DEVICES
+            );
+            return self.refuse(session, request_id, ErrorCode::BATCH_TOO_LARGE, &msg);
+        }
+        self.send(
+            session,
+            ServerFrame::Devices {
+                request_id,
+                registrations,
+                revocations,
+            },
+        );
+    }
+
+    /// Whether `user` is a member at the head of the order (staged events included): what
+    /// submissions are checked against.
     fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
         self.convs
             .get(conv)
-            .is_some_and(|c| c.head.members.contains(user))
+            .is_some_and(|c| c.head.membership.is_member(user))
+    }
+
+    /// Whether `user` is a member after the last durable event: what reads are checked
+    /// against.
+    fn is_committed_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.convs
+            .get(conv)
+            .and_then(|c| c.committed.as_ref())
+            .is_some_and(|r| r.membership.is_member(user))
     }
 
     fn committed_seq(&self, conv: &ConversationId) -> Option<ServerSeq> {
@@ -627,7 +830,7 @@ impl RelayCore {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
-        if !self.is_member(&user, &conv) || self.committed_seq(&conv).is_none() {
+        if !self.is_committed_member(&user, &conv) {
             let msg = "unknown conversation or not a member";
             return self.refuse(session, request_id, ErrorCode::NOT_MEMBER, msg);
         }
@@ -685,7 +888,7 @@ impl RelayCore {
         let Some(max) = self.committed_seq(&conv) else {
             return;
         };
-        if !self.is_member(&user, &conv) {
+        if !self.is_committed_member(&user, &conv) {
             return;
         }
         let up_to = up_to.min(max);
@@ -724,11 +927,8 @@ impl RelayCore {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
-        let keys: Vec<store::IndexKey> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().map(store::index_key))
-            .collect();
-        let known = match self.store.lookup(&keys) {
+        let evs: Vec<&Event> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let known = match self.store.chain(&evs) {
             Ok(k) => k,
             Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
         };
@@ -739,8 +939,8 @@ impl RelayCore {
             let slot = match r {
                 Err(e) => Slot::Done(rejected(ErrorCode::BAD_EVENT, e.to_string())),
                 Ok(ev) => {
-                    let stored = known.next().flatten();
-                    self.submit_one(session, user, ev, stored, now_ms)
+                    let chain = known.next().unwrap_or_default();
+                    self.submit_one(session, user, ev, chain, now_ms)
                 }
             };
             if matches!(slot, Slot::Done(SubmitOutcome::Rejected { .. })) {
@@ -786,10 +986,13 @@ impl RelayCore {
         session: SessionId,
         user: UserId,
         ev: Event,
-        stored: Option<(ConversationId, ServerSeq, Vec<u8>)>,
+        chain: ChainInfo,
         now_ms: u64,
     ) -> Slot {
         let conv = ev.conversation();
+        let id = ev.id();
+        let author = ev.header().author;
+        let author_user = ev.header().user;
         if matches!(ev.kind(), EventKind::ServerAck { .. }) {
             return Slot::Done(rejected(
                 ErrorCode::FORBIDDEN_KIND,
@@ -798,48 +1001,71 @@ impl RelayCore {
         }
         let created_here = matches!(ev.kind(), EventKind::Create { .. });
         if let EventKind::Create { members } = ev.kind() {
-            if !members.contains(&ev.header().user) || !members.contains(&user) {
+            if !members.contains(&author_user) || !members.contains(&user) {
                 return Slot::Done(rejected(
                     ErrorCode::BAD_MEMBERS,
                     "a Create event must list its author's user and the submitter's user",
                 ));
             }
         }
-        if !created_here || self.convs.contains_key(&conv) {
-            if !self.convs.contains_key(&conv) {
+        // Resubmission of an accepted event (by its user, or a member): the same ack,
+        // nothing stored twice, whatever happened since (removal, revocation).
+        if author_user == user || self.is_member(&user, &conv) {
+            if let Some((_, _, ack)) = chain.stored {
+                return Slot::Done(SubmitOutcome::Accepted { ack });
+            }
+            if let Some(&idx) = self.staged.by_id.get(&id) {
+                return Slot::Staged(idx);
+            }
+            if let Some(ack) = self.inflight.as_ref().and_then(|i| i.acks.get(&id)) {
+                return Slot::Inflight(ack.clone());
+            }
+        }
+        if !self.convs.contains_key(&conv) {
+            if !created_here {
                 return Slot::Done(rejected(
                     ErrorCode::UNKNOWN_CONVERSATION,
                     "no Create event for this conversation",
                 ));
             }
-            if !self.is_member(&user, &conv) || !self.is_member(&ev.header().user, &conv) {
-                return Slot::Done(rejected(
-                    ErrorCode::NOT_MEMBER,
-                    "user is not a member of the conversation",
-                ));
-            }
-        }
-        // Resubmission: the same ack, nothing stored twice.
-        if let Some((_, _, ack)) = stored {
-            return Slot::Done(SubmitOutcome::Accepted { ack });
-        }
-        if let Some(&idx) = self.staged.by_id.get(&ev.id()) {
-            return Slot::Staged(idx);
-        }
-        if let Some(ack) = self.inflight.as_ref().and_then(|i| i.acks.get(&ev.id())) {
-            return Slot::Inflight(ack.clone());
-        }
-        if created_here && self.convs.contains_key(&conv) {
+        } else if created_here {
             return Slot::Done(rejected(
                 ErrorCode::CONVERSATION_EXISTS,
                 "another Create event made this conversation",
             ));
         }
-        if self.devices.get(&ev.header().author) != Some(&ev.header().user) {
+        if self.revoked.contains_key(&author) {
+            return Slot::Done(rejected(
+                ErrorCode::REVOKED,
+                "the author device was revoked by its user",
+            ));
+        }
+        if self.devices.get(&author) != Some(&author_user) {
             return Slot::Done(rejected(
                 ErrorCode::NOT_REGISTERED,
                 "the author device is not registered to the event's user",
             ));
+        }
+        let membership = if let EventKind::Create { members } = ev.kind() {
+            match Membership::create(author_user, members) {
+                Ok(m) => Some(m),
+                Err(e) => return Slot::Done(membership_rejection(&e)),
+            }
+        } else {
+            if !self.is_member(&user, &conv) {
+                return Slot::Done(rejected(
+                    ErrorCode::NOT_MEMBER,
+                    "the submitting user is not a member of the conversation",
+                ));
+            }
+            let head = self.convs.get(&conv).map(|c| &c.head.membership);
+            if let Some(Err(e)) = head.map(|m| m.check(author_user, ev.kind())) {
+                return Slot::Done(membership_rejection(&e));
+            }
+            None
+        };
+        if let Some(outcome) = self.check_chain(&ev, &chain) {
+            return Slot::Done(outcome);
         }
         let (limits, Some(s)) = (&self.limits, self.sessions.get_mut(&session)) else {
             return Slot::Done(rejected(ErrorCode::INTERNAL, "session vanished"));
@@ -850,24 +1076,97 @@ impl RelayCore {
         {
             return Slot::Done(rejected(ErrorCode::RATE_LIMITED, "over the device's rate"));
         }
-        if let EventKind::Create { members } = ev.kind() {
+        if let Some(membership) = membership {
             self.convs.insert(
                 conv,
                 Conv {
                     committed: None,
                     head: ConversationRecord {
-                        members: members.clone(),
+                        membership,
                         max_seq: 0,
                         last_ack: EventId([0; 32]),
                         last_ts_ms: 0,
                     },
                 },
             );
+            self.staged.membership_changed.insert(conv);
+        } else if Membership::changes_membership(ev.kind()) {
+            // Checked above against the same head: this applies.
+            if let Some(c) = self.convs.get_mut(&conv) {
+                if let Err(e) = c.head.membership.apply(author_user, ev.kind()) {
+                    return Slot::Done(membership_rejection(&e));
+                }
+            }
+            self.staged.membership_changed.insert(conv);
         }
         match self.sequence(session, ev, now_ms) {
             Ok(idx) => Slot::Staged(idx),
             Err(e) => Slot::Done(rejected(ErrorCode::INTERNAL, e.to_string())),
         }
+    }
+
+    /// The (id, prev) of the event at a chain place, staged, in flight or stored.
+    fn chain_at(&self, slot: &ChainSlot) -> Option<(EventId, Option<EventId>)> {
+        if let Some(e) = self
+            .staged
+            .chain
+            .get(slot)
+            .and_then(|&i| self.staged.events.get(i))
+        {
+            return Some((e.event.id(), e.event.header().prev));
+        }
+        self.inflight
+            .as_ref()
+            .and_then(|i| i.chain.get(slot).copied())
+    }
+
+    /// Refuses an event that forks or breaks its author's chain (see docs/PROTOCOL.md).
+    fn check_chain(&self, ev: &Event, stored: &ChainInfo) -> Option<SubmitOutcome> {
+        let h = ev.header();
+        let id = ev.id();
+        if h.counter == 0 || (h.counter == 1 && h.prev.is_some()) {
+            return Some(rejected(
+                ErrorCode::BROKEN_CHAIN,
+                "counters start at 1, with no prev",
+            ));
+        }
+        let here = (h.conversation, h.author, h.counter);
+        let fork = stored.fork.is_some() || self.chain_at(&here).is_some_and(|(o, _)| o != id);
+        if fork {
+            return Some(rejected(
+                ErrorCode::CHAIN_FORK,
+                format!(
+                    "another event of this device has counter {} in the conversation",
+                    h.counter
+                ),
+            ));
+        }
+        let pred = self
+            .chain_at(&(h.conversation, h.author, h.counter - 1))
+            .map(|(p, _)| p)
+            .or(stored.pred);
+        if let Some(p) = pred {
+            if h.prev != Some(p) {
+                return Some(rejected(
+                    ErrorCode::BROKEN_CHAIN,
+                    "prev is not the device's event at counter - 1",
+                ));
+            }
+        }
+        let succ = h.counter.checked_add(1).and_then(|n| {
+            self.chain_at(&(h.conversation, h.author, n))
+                .map(|(_, p)| p)
+                .or(stored.succ_prev)
+        });
+        if let Some(sp) = succ {
+            if sp != Some(id) {
+                return Some(rejected(
+                    ErrorCode::BROKEN_CHAIN,
+                    "the device's event at counter + 1 names another prev",
+                ));
+            }
+        }
+        None
     }
 
     /// Gives `ev` the next sequence of its conversation (staged; the ack is signed when the
@@ -889,6 +1188,10 @@ impl RelayCore {
         head.last_ts_ms = ts_ms;
         let idx = self.staged.events.len();
         self.staged.by_id.insert(ev.id(), idx);
+        let h = ev.header();
+        self.staged
+            .chain
+            .insert((h.conversation, h.author, h.counter), idx);
         self.staged.touched.insert(conv_id);
         self.staged.since_ms.get_or_insert(now_ms);
         self.staged.events.push(StagedEvent {
@@ -1051,6 +1354,22 @@ impl RelayCore {
                 .iter()
                 .map(|r| (r.device, r.user))
                 .collect(),
+            revocations: staged
+                .revocations
+                .iter()
+                .map(|r| r.revocation.device)
+                .collect(),
+            chain: staged
+                .events
+                .iter()
+                .map(|e| {
+                    let h = e.event.header();
+                    (
+                        (h.conversation, h.author, h.counter),
+                        (e.event.id(), h.prev),
+                    )
+                })
+                .collect(),
         });
         Ok(Some(CommitJob { staged, records }))
     }
@@ -1132,6 +1451,26 @@ impl RelayCore {
                 },
             );
         }
+        for r in staged.revocations {
+            // Not durable: forgotten unless it was stored before (the relay refuses only for
+            // what it keeps); the user sends it again.
+            let durable = self
+                .store
+                .revocations()
+                .map(|all| all.iter().any(|d| d.device == r.revocation.device))
+                .unwrap_or(true);
+            if !durable {
+                self.revoked.remove(&r.revocation.device);
+            }
+            self.send_live(
+                r.session,
+                ServerFrame::Refused {
+                    request_id: r.request_id,
+                    code: ErrorCode::INTERNAL,
+                    message: msg.to_string(),
+                },
+            );
+        }
     }
 
     fn send_live(&mut self, session: SessionId, frame: ServerFrame) {
@@ -1144,12 +1483,32 @@ impl RelayCore {
         self.metrics.committed();
         self.metrics.accepted(staged.events.len());
         self.metrics.add_stored_events(staged.events.len());
+        // Membership before this batch, for the conversations it changed: fan-out replays
+        // the batch from there so that every event reaches the members at its place.
+        let mut replay: HashMap<ConversationId, Option<Membership>> = HashMap::new();
+        for c in &staged.membership_changed {
+            let before = self
+                .convs
+                .get(c)
+                .and_then(|cv| cv.committed.as_ref())
+                .map(|r| r.membership.clone());
+            replay.insert(*c, before);
+        }
         for (c, rec) in records {
             let Some(conv) = self.convs.get_mut(&c) else {
                 continue;
             };
-            if conv.committed.is_none() {
-                for m in &rec.members {
+            if staged.membership_changed.contains(&c) {
+                if let Some(old) = &conv.committed {
+                    for m in old.membership.members() {
+                        if !rec.membership.is_member(m) {
+                            if let Some(set) = self.user_convs.get_mut(m) {
+                                set.remove(&c);
+                            }
+                        }
+                    }
+                }
+                for m in rec.membership.members() {
                     self.user_convs.entry(*m).or_default().insert(c);
                 }
             }
@@ -1157,12 +1516,29 @@ impl RelayCore {
         }
         for r in staged.registrations {
             self.add_device(r.device, r.user);
+            let newer = self
+                .certs
+                .get(&r.device)
+                .is_none_or(|c| c.issued_ms < r.cert.issued_ms);
+            if newer {
+                self.certs.insert(r.device, r.cert);
+            }
             self.send_live(
                 r.session,
                 ServerFrame::Registered {
                     request_id: r.request_id,
                     user: r.user,
                     device: r.device,
+                },
+            );
+        }
+        for r in staged.revocations {
+            self.send_live(
+                r.session,
+                ServerFrame::Revoked {
+                    request_id: r.request_id,
+                    user: r.revocation.user,
+                    device: r.revocation.device,
                 },
             );
         }
@@ -1187,56 +1563,73 @@ impl RelayCore {
                 },
             );
         }
-        self.fan_out(&staged.events);
+        self.fan_out(&staged.events, replay);
         self.update_fanout_metric();
     }
 
-    /// Pushes each new event to every online, push-enabled device of every member, except
-    /// the connection that submitted it (it has the ack). A device past its push window is
-    /// switched to pull mode instead of being buffered for.
-    fn fan_out(&mut self, events: &[StagedEvent]) {
-        let mut per_session: BTreeMap<SessionId, Vec<Item>> = BTreeMap::new();
-        let window = self.limits.push_window;
+    /// Pushes each new event to every online, push-enabled device of every member at the
+    /// event's place in the order (for a membership change: the members before it and an
+    /// added user), except the connection that submitted it (it has the ack). A device past
+    /// its push window is switched to pull mode instead of being buffered for.
+    ///
+    /// `replay` holds, for each conversation whose membership the events change, the
+    /// membership before them; the others use their committed record.
+    fn fan_out(
+        &mut self,
+        events: &[StagedEvent],
+        mut replay: HashMap<ConversationId, Option<Membership>>,
+    ) {
+        let mut ctx = FanOut {
+            per_session: BTreeMap::new(),
+            window: self.limits.push_window,
+            user_devices: &self.user_devices,
+            device_sessions: &self.device_sessions,
+            sessions: &mut self.sessions,
+            outputs: &mut self.outputs,
+            metrics: &self.metrics,
+        };
         for e in events {
             let conv = e.event.conversation();
-            let Some(c) = self.convs.get(&conv) else {
-                continue;
+            let item = Item {
+                event: e.event.bytes().to_vec(),
+                ack: e.ack.clone(),
             };
-            for user in &c.head.members {
-                let Some(devs) = self.user_devices.get(user) else {
-                    continue;
-                };
-                for d in devs {
-                    let Some(&sid) = self.device_sessions.get(d) else {
+            match replay.get_mut(&conv) {
+                Some(state) => {
+                    let author = e.event.header().user;
+                    let mut extra = None;
+                    match e.event.kind() {
+                        EventKind::Create { members } => {
+                            *state = Membership::create(author, members).ok();
+                        }
+                        kind => {
+                            if let EventKind::AddMember { user, .. } = kind {
+                                extra = Some(*user);
+                            }
+                            // Recipients: the members before the change...
+                            if let Some(m) = state.as_ref() {
+                                ctx.push(m.members().chain(extra.iter()), conv, e, &item);
+                            }
+                            if let Some(m) = state.as_mut() {
+                                // Accepted by the same rules when it was sequenced.
+                                let _ = m.apply(author, kind);
+                            }
+                            continue;
+                        }
+                    }
+                    if let Some(m) = state.as_ref() {
+                        ctx.push(m.members(), conv, e, &item);
+                    }
+                }
+                None => {
+                    let Some(rec) = self.convs.get(&conv).and_then(|c| c.committed.as_ref()) else {
                         continue;
                     };
-                    if sid == e.origin {
-                        continue;
-                    }
-                    let Some(s) = self.sessions.get_mut(&sid) else {
-                        continue;
-                    };
-                    if !s.push_on || s.pull_mode {
-                        continue;
-                    }
-                    if s.unacked() >= window {
-                        s.enter_pull_mode();
-                        per_session.remove(&sid);
-                        self.metrics.pull_mode_switch();
-                        self.outputs.push_back(Output::Frame {
-                            session: sid,
-                            frame: ServerFrame::PullMode,
-                        });
-                        continue;
-                    }
-                    s.pushed(conv, e.seq);
-                    per_session.entry(sid).or_default().push(Item {
-                        event: e.event.bytes().to_vec(),
-                        ack: e.ack.clone(),
-                    });
+                    ctx.push(rec.membership.members(), conv, e, &item);
                 }
             }
         }
+        let per_session = std::mem::take(&mut ctx.per_session);
         let budget = self.limits.max_frame_len.saturating_sub(4096);
         let max_items = self.limits.max_page_items;
         for (sid, items) in per_session {
@@ -1286,6 +1679,60 @@ impl RelayCore {
     /// The metrics this core reports into.
     pub fn metrics(&self) -> &RelayMetrics {
         &self.metrics
+    }
+}
+
+/// The parts of the core one fan-out pass works with.
+struct FanOut<'a> {
+    per_session: BTreeMap<SessionId, Vec<Item>>,
+    window: usize,
+    user_devices: &'a HashMap<UserId, Vec<DeviceId>>,
+    device_sessions: &'a HashMap<DeviceId, SessionId>,
+    sessions: &'a mut BTreeMap<SessionId, Session>,
+    outputs: &'a mut VecDeque<Output>,
+    metrics: &'a RelayMetrics,
+}
+
+impl FanOut<'_> {
+    /// Queues `item` for the online, push-enabled devices of `users`.
+    fn push<'u>(
+        &mut self,
+        users: impl Iterator<Item = &'u UserId>,
+        conv: ConversationId,
+        e: &StagedEvent,
+        item: &Item,
+    ) {
+        for user in users {
+            let Some(devs) = self.user_devices.get(user) else {
+                continue;
+            };
+            for d in devs {
+                let Some(&sid) = self.device_sessions.get(d) else {
+                    continue;
+                };
+                if sid == e.origin {
+                    continue;
+                }
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    continue;
+                };
+                if !s.push_on || s.pull_mode {
+                    continue;
+                }
+                if s.unacked() >= self.window {
+                    s.enter_pull_mode();
+                    self.per_session.remove(&sid);
+                    self.metrics.pull_mode_switch();
+                    self.outputs.push_back(Output::Frame {
+                        session: sid,
+                        frame: ServerFrame::PullMode,
+                    });
+                    continue;
+                }
+                s.pushed(conv, e.seq);
+                self.per_session.entry(sid).or_default().push(item.clone());
+            }
+        }
     }
 }
 
@@ -1366,6 +1813,8 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::Pull { .. } => "Pull",
         ClientFrame::Sync { .. } => "Sync",
         ClientFrame::Received { .. } => "Received",
+        ClientFrame::Revoke { .. } => "Revoke",
+        ClientFrame::Devices { .. } => "Devices",
         _ => "frame",
     }
 }

@@ -1,27 +1,29 @@
-//! The relay's durable state in redb: sequenced events with their acks, conversations,
-//! device registrations and device cursors. Synchronous; the core calls it directly.
+//! The relay's durable state in redb: sequenced events with their acks, conversations (with
+//! their membership), device certificates, device revocations and device cursors. Synchronous; the core calls it directly.
 //!
 //! Tables (keys are fixed-size byte arrays, integers big-endian so that byte order is
 //! numeric order):
 //! - `events`: conversation (16) | seq (8) → (event envelope, ack envelope)
 //! - `event_index`: conversation (16) | author (32) | counter (8) | event id (32) →
-//!   conversation (16) | seq (8). Keyed by author and counter rather than by id alone so that
+//!   conversation (16) | seq (8) | prev (32: the event's `prev`, zeros for none). Keyed by author and counter rather than by id alone so that
 //!   a group commit's inserts land next to each other (one device's events are consecutive)
 //!   instead of on as many random pages as events: fewer pages written per fsync. The id
-//!   suffix keeps two different events with the same counter apart.
+//!   suffix keeps two different events with the same counter apart; the relay refuses a
+//!   second one (a chain fork), and the `prev` in the value lets it check chains.
 //! - `conversations`: conversation (16) → postcard([`ConversationRecord`])
-//! - `devices`: device (32) → user (32)
+//! - `device_certs`: device (32) → postcard([`DeviceRegistration`])
+//! - `revocations`: device (32) → postcard([`DeviceRevocation`])
 //! - `cursors`: device (32) | conversation (16) → highest sequence the device reported received
 //! - `meta`: `"schema"` → [`SCHEMA_VERSION`]
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use tidings_engine::wire::Item;
-use tidings_engine::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Item};
+use tidings_engine::{ConversationId, DeviceId, Event, EventId, Membership, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -29,9 +31,11 @@ type CursorKey = [u8; 48];
 pub type IndexKey = [u8; 88];
 
 const EVENTS: TableDefinition<SeqKey, (&[u8], &[u8])> = TableDefinition::new("events");
-const EVENT_INDEX: TableDefinition<IndexKey, SeqKey> = TableDefinition::new("event_index");
+type IndexValue = [u8; 56];
+const EVENT_INDEX: TableDefinition<IndexKey, IndexValue> = TableDefinition::new("event_index");
 const CONVERSATIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("conversations");
-const DEVICES: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("devices");
+const DEVICES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("device_certs");
+const REVOCATIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("revocations");
 const CURSORS: TableDefinition<CursorKey, u64> = TableDefinition::new("cursors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -85,8 +89,9 @@ pub type Sequenced = (ConversationId, ServerSeq, Vec<u8>);
 /// What the relay keeps per conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationRecord {
-    /// Member users, from the Create event.
-    pub members: Vec<UserId>,
+    /// The members after `max_seq`: from the Create event, then every accepted AddMember and
+    /// RemoveMember in sequence order.
+    pub membership: Membership,
     /// Highest sequence stored.
     pub max_seq: ServerSeq,
     /// Id of the ack of `max_seq` (the `prev` of the next ack).
@@ -104,6 +109,8 @@ pub struct SequencedRecord<'a> {
     pub seq: ServerSeq,
     /// The event's `event_index` key ([`index_key`]).
     pub index_key: IndexKey,
+    /// The event's `prev` (the same author's previous event in the conversation).
+    pub prev: Option<EventId>,
     /// The event envelope.
     pub event: &'a [u8],
     /// The ack envelope.
@@ -117,8 +124,10 @@ pub struct CommitBatch<'a> {
     pub events: Vec<SequencedRecord<'a>>,
     /// Conversations whose record changed.
     pub conversations: Vec<(ConversationId, &'a ConversationRecord)>,
-    /// New device registrations.
-    pub devices: Vec<(DeviceId, UserId)>,
+    /// New or renewed device certificates.
+    pub devices: Vec<&'a DeviceRegistration>,
+    /// New device revocations.
+    pub revocations: Vec<&'a DeviceRevocation>,
     /// Cursor updates.
     pub cursors: Vec<(DeviceId, ConversationId, ServerSeq)>,
 }
@@ -129,6 +138,7 @@ impl CommitBatch<'_> {
         self.events.is_empty()
             && self.conversations.is_empty()
             && self.devices.is_empty()
+            && self.revocations.is_empty()
             && self.cursors.is_empty()
     }
 }
@@ -157,6 +167,54 @@ pub fn index_key(event: &tidings_engine::Event) -> IndexKey {
     k[48..56].copy_from_slice(&h.counter.to_be_bytes());
     k[56..].copy_from_slice(&event.id().0);
     k
+}
+
+fn index_value(seq: &SeqKey, prev: Option<EventId>) -> IndexValue {
+    let mut v = [0u8; 56];
+    v[..24].copy_from_slice(seq);
+    if let Some(p) = prev {
+        v[24..].copy_from_slice(&p.0);
+    }
+    v
+}
+
+fn split_index_value(v: &IndexValue) -> (SeqKey, Option<EventId>) {
+    let mut k = [0u8; 24];
+    k.copy_from_slice(&v[..24]);
+    let mut p = [0u8; 32];
+    p.copy_from_slice(&v[24..]);
+    (k, (p != [0; 32]).then_some(EventId(p)))
+}
+
+/// The `event_index` keys of every event of `author` at `counter` in `conv`.
+fn slot_range(conv: &ConversationId, author: &DeviceId, counter: u64) -> (IndexKey, IndexKey) {
+    let mut lo = [0u8; 88];
+    lo[..16].copy_from_slice(&conv.0);
+    lo[16..48].copy_from_slice(&author.0);
+    lo[48..56].copy_from_slice(&counter.to_be_bytes());
+    let mut hi = lo;
+    hi[56..].copy_from_slice(&[0xff; 32]);
+    (lo, hi)
+}
+
+fn id_of(k: &IndexKey) -> EventId {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&k[56..]);
+    EventId(id)
+}
+
+/// What the store holds around one event's place in its author's chain
+/// ([`RelayStore::chain`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainInfo {
+    /// The event itself, if it was sequenced: where, and its ack.
+    pub stored: Option<Sequenced>,
+    /// Another event stored at the same (conversation, author, counter): a fork.
+    pub fork: Option<EventId>,
+    /// Id of the author's stored event at `counter - 1`.
+    pub pred: Option<EventId>,
+    /// The `prev` of the author's stored event at `counter + 1`, if one is stored.
+    pub succ_prev: Option<Option<EventId>>,
 }
 
 fn split_seq_key(k: &SeqKey) -> (ConversationId, ServerSeq) {
@@ -193,11 +251,7 @@ impl RelayStore {
         }
         let txn = db.begin_write()?;
         {
-            txn.open_table(EVENTS)?;
-            txn.open_table(EVENT_INDEX)?;
-            txn.open_table(CONVERSATIONS)?;
-            txn.open_table(DEVICES)?;
-            txn.open_table(CURSORS)?;
+            // The schema first: a file of another layout may hold tables of other types.
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema")?.map(|v| v.value());
             match found {
@@ -212,6 +266,12 @@ impl RelayStore {
                     })
                 }
             }
+            txn.open_table(EVENTS)?;
+            txn.open_table(EVENT_INDEX)?;
+            txn.open_table(CONVERSATIONS)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(REVOCATIONS)?;
+            txn.open_table(CURSORS)?;
         }
         txn.commit()?;
         let durability = if durable {
@@ -247,7 +307,7 @@ impl RelayStore {
             for r in &batch.events {
                 let k = seq_key(&r.conversation, r.seq);
                 events.insert(k, (r.event, r.ack))?;
-                index.insert(r.index_key, k)?;
+                index.insert(r.index_key, index_value(&k, r.prev))?;
             }
             let mut convs = txn.open_table(CONVERSATIONS)?;
             for (id, rec) in &batch.conversations {
@@ -256,8 +316,16 @@ impl RelayStore {
                 convs.insert(id.0, bytes.as_slice())?;
             }
             let mut devices = txn.open_table(DEVICES)?;
-            for (d, u) in &batch.devices {
-                devices.insert(d.0, u.0)?;
+            for r in &batch.devices {
+                let bytes = postcard::to_stdvec(r)
+                    .map_err(|_| StoreError::Corrupt("unencodable registration"))?;
+                devices.insert(r.device.0, bytes.as_slice())?;
+            }
+            let mut revocations = txn.open_table(REVOCATIONS)?;
+            for r in &batch.revocations {
+                let bytes = postcard::to_stdvec(r)
+                    .map_err(|_| StoreError::Corrupt("unencodable revocation"))?;
+                revocations.insert(r.device.0, bytes.as_slice())?;
             }
             let mut cursors = txn.open_table(CURSORS)?;
             for (d, c, s) in &batch.cursors {
@@ -282,14 +350,45 @@ impl RelayStore {
         Ok(out)
     }
 
-    /// Every device registration.
+    /// Every device registration, as (device, user).
     pub fn devices(&self) -> Result<Vec<(DeviceId, UserId)>, StoreError> {
+        Ok(self
+            .registrations()?
+            .into_iter()
+            .map(|r| (r.device, r.user))
+            .collect())
+    }
+
+    /// Every device certificate, as stored (verified when it was accepted).
+    pub fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEVICES)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            out.push((DeviceId(k.value()), UserId(v.value())));
+            let r: DeviceRegistration = postcard::from_bytes(v.value())
+                .map_err(|_| StoreError::Corrupt("device certificate"))?;
+            if r.device.0 != k.value() {
+                return Err(StoreError::Corrupt("device certificate under another key"));
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Every device revocation, as stored (verified when it was accepted).
+    pub fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REVOCATIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let r: DeviceRevocation = postcard::from_bytes(v.value())
+                .map_err(|_| StoreError::Corrupt("device revocation"))?;
+            if r.device.0 != k.value() {
+                return Err(StoreError::Corrupt("device revocation under another key"));
+            }
+            out.push(r);
         }
         Ok(out)
     }
@@ -317,7 +416,7 @@ impl RelayStore {
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let Some(k) = index.get(key)?.map(|v| v.value()) else {
+            let Some((k, _)) = index.get(key)?.map(|v| split_index_value(&v.value())) else {
                 out.push(None);
                 continue;
             };
@@ -326,6 +425,50 @@ impl RelayStore {
             };
             let (conv, seq) = split_seq_key(&k);
             out.push(Some((conv, seq, row.value().1.to_vec())));
+        }
+        Ok(out)
+    }
+
+    /// For each event, what the store holds at its place in its author's chain: the event
+    /// itself (a resubmission), another event with its counter (a fork), the author's events
+    /// at `counter - 1` and `counter + 1`.
+    pub fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(EVENT_INDEX)?;
+        let table = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let h = ev.header();
+            let id = ev.id();
+            let mut info = ChainInfo::default();
+            let (lo, hi) = slot_range(&h.conversation, &h.author, h.counter);
+            for row in index.range(lo..=hi)? {
+                let (k, v) = row?;
+                let other = id_of(&k.value());
+                if other == id {
+                    let (sk, _) = split_index_value(&v.value());
+                    let Some(row) = table.get(sk)? else {
+                        return Err(StoreError::Corrupt("index points at a missing event"));
+                    };
+                    let (conv, seq) = split_seq_key(&sk);
+                    info.stored = Some((conv, seq, row.value().1.to_vec()));
+                } else {
+                    info.fork.get_or_insert(other);
+                }
+            }
+            if let Some(before) = h.counter.checked_sub(1) {
+                let (lo, hi) = slot_range(&h.conversation, &h.author, before);
+                if let Some(row) = index.range(lo..=hi)?.next() {
+                    info.pred = Some(id_of(&row?.0.value()));
+                }
+            }
+            if let Some(after) = h.counter.checked_add(1) {
+                let (lo, hi) = slot_range(&h.conversation, &h.author, after);
+                if let Some(row) = index.range(lo..=hi)?.next() {
+                    info.succ_prev = Some(split_index_value(&row?.1.value()).1);
+                }
+            }
+            out.push(info);
         }
         Ok(out)
     }
@@ -379,9 +522,22 @@ mod tests {
     #[test]
     fn commit_then_read_back() {
         let store = RelayStore::in_memory().expect("open");
+        let cert = DeviceRegistration {
+            user: UserId([2; 32]),
+            device: DeviceId([6; 32]),
+            agreement: [8; 32],
+            issued_ms: 1,
+            signature: tidings_engine::wire::SignatureBytes([0; 64]),
+        };
+        let rev = DeviceRevocation {
+            user: UserId([2; 32]),
+            device: DeviceId([6; 32]),
+            issued_ms: 2,
+            signature: tidings_engine::wire::SignatureBytes([0; 64]),
+        };
         let conv = ConversationId([1; 16]);
         let rec = ConversationRecord {
-            members: vec![UserId([2; 32])],
+            membership: Membership::create(UserId([2; 32]), &[UserId([2; 32])]).expect("create"),
             max_seq: 2,
             last_ack: EventId([3; 32]),
             last_ts_ms: 10,
@@ -392,6 +548,7 @@ mod tests {
                     conversation: conv,
                     seq: 1,
                     index_key: [4; 88],
+                    prev: None,
                     event: b"e1",
                     ack: b"a1",
                 },
@@ -399,12 +556,14 @@ mod tests {
                     conversation: conv,
                     seq: 2,
                     index_key: [5; 88],
+                    prev: Some(EventId([4; 32])),
                     event: b"e2",
                     ack: b"a2",
                 },
             ],
             conversations: vec![(conv, &rec)],
-            devices: vec![(DeviceId([6; 32]), UserId([2; 32]))],
+            devices: vec![&cert],
+            revocations: vec![&rev],
             cursors: vec![(DeviceId([6; 32]), conv, 1)],
         };
         store.commit(&batch).expect("commit");
@@ -413,6 +572,8 @@ mod tests {
             store.devices().expect("read"),
             vec![(DeviceId([6; 32]), UserId([2; 32]))]
         );
+        assert_eq!(store.registrations().expect("read"), vec![cert.clone()]);
+        assert_eq!(store.revocations().expect("read"), vec![rev.clone()]);
         assert_eq!(
             store.cursors(&DeviceId([6; 32])).expect("read").get(&conv),
             Some(&1)

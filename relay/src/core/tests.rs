@@ -19,6 +19,8 @@ struct Dev {
     key: DeviceKey,
     session: SessionId,
     counter: u64,
+    /// Per conversation: the device's last counter and event id there (its chain).
+    chain: BTreeMap<u8, (u64, EventId)>,
 }
 
 struct Net {
@@ -72,7 +74,8 @@ impl Net {
     fn connect(&mut self, user_seed: u8, dev_seed: u8) -> Dev {
         let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
         let session = self.handshake(&key);
-        let reg = DeviceRegistration::sign(&user_key(user_seed), key.device(), self.now);
+        let reg =
+            DeviceRegistration::sign(&user_key(user_seed), key.device(), [dev_seed; 32], self.now);
         let got = self.frame(
             session,
             ClientFrame::RegisterDevice {
@@ -93,6 +96,7 @@ impl Net {
             key,
             session,
             counter: 0,
+            chain: BTreeMap::new(),
         }
     }
 
@@ -130,6 +134,11 @@ impl Net {
                     .collect(),
             },
         );
+        // Pushes of earlier events may come first.
+        let got: Vec<ServerFrame> = got
+            .into_iter()
+            .filter(|f| !matches!(f, ServerFrame::Push { .. }))
+            .collect();
         match &got[..] {
             [ServerFrame::SubmitResult { outcomes, .. }] => outcomes.clone(),
             other => panic!("{other:?}"),
@@ -139,14 +148,16 @@ impl Net {
 
 fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
     dev.counter += 1;
-    let h = dev.key.header(
-        ConversationId([conv; 16]),
-        dev.counter,
-        None,
-        dev.counter,
-        5,
-    );
-    Event::sign(dev.key.signing_key(), h, kind).expect("sign")
+    let (n, prev) = match dev.chain.get(&conv) {
+        Some(&(n, id)) => (n + 1, Some(id)),
+        None => (1, None),
+    };
+    let h = dev
+        .key
+        .header(ConversationId([conv; 16]), n, prev, dev.counter, 5);
+    let ev = Event::sign(dev.key.signing_key(), h, kind).expect("sign");
+    dev.chain.insert(conv, (n, ev.id()));
+    ev
 }
 
 fn create(dev: &mut Dev, conv: u8, members: &[u8]) -> Event {
@@ -318,6 +329,7 @@ fn refuses_what_it_must() {
         key: DeviceKey::from_seed([77; 32], user_id(1)),
         session: a.session,
         counter: 0,
+        chain: BTreeMap::new(),
     };
     let e = send(&mut stray, 1, "who am I");
     assert_eq!(code_of(&net.submit(&a, &[e])[0]), ErrorCode::NOT_REGISTERED);
@@ -678,7 +690,7 @@ fn registration_rules() {
         "{got:?}"
     );
     // Signed by the wrong key.
-    let bad = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let bad = DeviceRegistration::sign(&user_key(5), key.device(), [0; 32], 0);
     let bad = DeviceRegistration {
         user: user_id(4),
         ..bad
@@ -700,7 +712,7 @@ fn registration_rules() {
         ),
         "{got:?}"
     );
-    let good = DeviceRegistration::sign(&user_key(4), key.device(), 0);
+    let good = DeviceRegistration::sign(&user_key(4), key.device(), [0; 32], 0);
     let got = net.frame(
         s,
         ClientFrame::RegisterDevice {
@@ -713,7 +725,7 @@ fn registration_rules() {
         "{got:?}"
     );
     // The same device for another user.
-    let other = DeviceRegistration::sign(&user_key(5), key.device(), 0);
+    let other = DeviceRegistration::sign(&user_key(5), key.device(), [0; 32], 0);
     let got = net.frame(
         s,
         ClientFrame::RegisterDevice {
@@ -873,4 +885,383 @@ fn pipelined_commits() {
         vec![4, 5]
     );
     assert_eq!(net.core.store().n_events().expect("n"), 5);
+}
+
+/// A crash and restart of the core on the same store.
+fn restart(net: Net) -> Net {
+    let db = net
+        .core
+        .into_store()
+        .into_database()
+        .expect("sole owner of the database");
+    Net::on_store(
+        RelayStore::open(db, false).expect("reopen"),
+        Limits::default(),
+    )
+}
+
+fn pull(net: &mut Net, dev: &Dev, conv: u8) -> Result<Vec<Item>, ErrorCode> {
+    let got = net.frame(
+        dev.session,
+        ClientFrame::Pull {
+            request_id: 5,
+            conversation: ConversationId([conv; 16]),
+            after_seq: 0,
+            limit: 100,
+        },
+    );
+    match &got[..] {
+        [ServerFrame::Page { items, .. }] => Ok(items.clone()),
+        [ServerFrame::Refused { code, .. }] => Err(*code),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn add(dev: &mut Dev, conv: u8, user: u8, admin: bool) -> Event {
+    let user = user_id(user);
+    event(dev, conv, EventKind::AddMember { user, admin })
+}
+
+fn remove(dev: &mut Dev, conv: u8, user: u8) -> Event {
+    let user = user_id(user);
+    event(dev, conv, EventKind::RemoveMember { user })
+}
+
+fn revoke(net: &mut Net, from: SessionId, rev: DeviceRevocation) -> ServerFrame {
+    let mut got = net.frame(
+        from,
+        ClientFrame::Revoke {
+            request_id: 3,
+            revocation: rev,
+        },
+    );
+    got.retain(|f| !matches!(f, ServerFrame::Push { .. }));
+    assert_eq!(got.len(), 1, "{got:?}");
+    got.remove(0)
+}
+
+#[test]
+fn a_revoked_device_cannot_auth_submit_or_register_again() {
+    let mut net = Net::new(Limits::default());
+    let mut a1 = net.connect(1, 10);
+    let a2 = net.connect(1, 11);
+    let c = create(&mut a1, 1, &[1]);
+    seq_of(&net.submit(&a1, &[c])[0]);
+    // Signed before the revocation, submitted after: refused too.
+    let late = send(&mut a1, 1, "from a lost phone");
+
+    let rev = DeviceRevocation::sign(&user_key(1), a1.key.device(), 5);
+    let got = revoke(&mut net, a2.session, rev.clone());
+    assert!(
+        matches!(got, ServerFrame::Revoked { device, .. } if device == a1.key.device()),
+        "{got:?}"
+    );
+    assert_eq!(net.closed.get(&a1.session), Some(&ErrorCode::REVOKED));
+    assert_eq!(code_of(&net.submit(&a2, &[late])[0]), ErrorCode::REVOKED);
+    // Sending it again is answered the same way.
+    assert!(matches!(
+        revoke(&mut net, a2.session, rev),
+        ServerFrame::Revoked { .. }
+    ));
+
+    // Survives a restart: Auth is refused with a clear code, so is registering again.
+    let mut net = restart(net);
+    let s = net
+        .core
+        .handle_connect("127.0.0.1".parse().expect("ip"), [1; 32], [7; 32])
+        .expect("connect");
+    net.frame(
+        s,
+        ClientFrame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            device: a1.key.device(),
+            user: a1.key.user(),
+        },
+    );
+    let signature = wire::sign_auth(a1.key.signing_key(), &a1.key.user(), &[7; 32], &[1; 32]);
+    net.frame(s, ClientFrame::Auth { signature });
+    assert_eq!(net.closed.get(&s), Some(&ErrorCode::REVOKED));
+
+    let a2 = net.connect(1, 11);
+    let again = DeviceRegistration::sign(&user_key(1), a1.key.device(), [3; 32], 99);
+    let got = net.frame(
+        a2.session,
+        ClientFrame::RegisterDevice {
+            request_id: 4,
+            registration: again,
+        },
+    );
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::REVOKED,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn forged_revocations_are_refused() {
+    let mut net = Net::new(Limits::default());
+    let a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    // User 2 revoking user 1's device, with a valid signature of user 2.
+    let rev = DeviceRevocation::sign(&user_key(2), a.key.device(), 1);
+    let got = revoke(&mut net, b.session, rev);
+    assert!(
+        matches!(
+            got,
+            ServerFrame::Refused {
+                code: ErrorCode::BAD_REVOCATION,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    // Claims user 1 but signed by user 2.
+    let rev = DeviceRevocation {
+        user: user_id(1),
+        ..DeviceRevocation::sign(&user_key(2), a.key.device(), 1)
+    };
+    let got = revoke(&mut net, b.session, rev);
+    assert!(
+        matches!(
+            got,
+            ServerFrame::Refused {
+                code: ErrorCode::BAD_REVOCATION,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert!(!net.closed.contains_key(&a.session));
+    assert!(net.core.store().revocations().expect("read").is_empty());
+}
+
+#[test]
+fn devices_lists_verified_certificates_of_co_members_only() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    let b2 = net.connect(2, 21);
+    let stranger = net.connect(3, 30);
+    let c = create(&mut a, 1, &[1, 2]);
+    seq_of(&net.submit(&a, &[c])[0]);
+    let rev = DeviceRevocation::sign(&user_key(2), b2.key.device(), 7);
+    assert!(matches!(
+        revoke(&mut net, b.session, rev.clone()),
+        ServerFrame::Revoked { .. }
+    ));
+    let ask = |net: &mut Net, dev: &Dev, users: &[u8]| {
+        let got = net.frame(
+            dev.session,
+            ClientFrame::Devices {
+                request_id: 8,
+                users: users.iter().map(|&u| user_id(u)).collect(),
+            },
+        );
+        match &got[..] {
+            [ServerFrame::Devices {
+                registrations,
+                revocations,
+                ..
+            }] => (registrations.clone(), revocations.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (regs, revs) = ask(&mut net, &a, &[1, 2, 3]);
+    let mut devices: Vec<DeviceId> = regs.iter().map(|r| r.device).collect();
+    devices.sort();
+    let mut want = vec![a.key.device(), b.key.device(), b2.key.device()];
+    want.sort();
+    assert_eq!(devices, want, "user 3 shares nothing with user 1");
+    assert!(regs.iter().all(|r| r.verify()));
+    let b_cert = regs.iter().find(|r| r.device == b.key.device()).expect("b");
+    assert_eq!(b_cert.agreement, [20; 32]);
+    assert_eq!(revs, vec![rev]);
+    assert!(revs.iter().all(|r| r.verify()));
+    // The stranger sees only itself.
+    let (regs, revs) = ask(&mut net, &stranger, &[1, 2, 3]);
+    assert_eq!(
+        regs.iter().map(|r| r.device).collect::<Vec<_>>(),
+        vec![stranger.key.device()]
+    );
+    assert!(revs.is_empty());
+    // Certificates survive a restart.
+    let mut net = restart(net);
+    let a = net.connect(1, 10);
+    let (regs, _) = ask(&mut net, &a, &[2]);
+    assert_eq!(regs.len(), 2);
+}
+
+#[test]
+fn membership_rules_are_enforced_in_server_order() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let mut b = net.connect(2, 20);
+    let mut c = net.connect(3, 30);
+    let created = create(&mut a, 1, &[1, 2]);
+    seq_of(&net.submit(&a, &[created])[0]);
+    // A non-member writes nothing.
+    let e = send(&mut c, 1, "let me in");
+    assert_eq!(code_of(&net.submit(&c, &[e])[0]), ErrorCode::NOT_MEMBER);
+    // A member who is not an admin adds nobody, and nobody removes the creator.
+    let e = add(&mut b, 1, 3, false);
+    let out = net.submit(&b, &[e]);
+    assert_eq!(code_of(&out[0]), ErrorCode::FORBIDDEN);
+    let SubmitOutcome::Rejected { reason, .. } = &out[0] else {
+        panic!()
+    };
+    assert!(reason.contains("not an admin"), "{reason}");
+    let e = remove(&mut b, 1, 1);
+    assert_eq!(code_of(&net.submit(&b, &[e])[0]), ErrorCode::FORBIDDEN);
+    // The admin adds user 3 and removes user 2 in one batch, with a message of 2 between
+    // them: in server order, 2 is still a member for the message and not after.
+    let e1 = add(&mut a, 1, 3, false);
+    let e2 = remove(&mut a, 1, 2);
+    let out = net.submit(&a, &[e1, e2]);
+    assert_eq!((seq_of(&out[0]), seq_of(&out[1])), (2, 3));
+    let e = send(&mut b, 1, "still here?");
+    assert_eq!(code_of(&net.submit(&b, &[e])[0]), ErrorCode::NOT_MEMBER);
+    let e = send(&mut c, 1, "hello all");
+    assert_eq!(seq_of(&net.submit(&c, &[e])[0]), 4);
+}
+
+#[test]
+fn added_members_read_and_get_pushes_removed_members_do_not() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    let c = net.connect(3, 30);
+    let created = create(&mut a, 1, &[1, 2]);
+    seq_of(&net.submit(&a, &[created])[0]);
+    assert_eq!(pull(&mut net, &c, 1).err(), Some(ErrorCode::NOT_MEMBER));
+    net.take(b.session);
+
+    let e = add(&mut a, 1, 3, false);
+    seq_of(&net.submit(&a, &[e])[0]);
+    // The added member is pushed its own addition and can read the conversation.
+    let got = pushed(&net.take(c.session));
+    assert!(
+        matches!(got[..], [ref e] if matches!(e.kind(), EventKind::AddMember { .. })),
+        "{got:?}"
+    );
+    assert_eq!(pull(&mut net, &c, 1).map(|i| i.len()), Ok(2));
+    let got = net.frame(c.session, ClientFrame::Sync { request_id: 6 });
+    assert!(
+        matches!(&got[..], [ServerFrame::Conversations { conversations, .. }] if conversations.len() == 1),
+        "{got:?}"
+    );
+    let e = send(&mut a, 1, "welcome");
+    seq_of(&net.submit(&a, &[e])[0]);
+    assert_eq!(pushed(&net.take(c.session)).len(), 1);
+    assert_eq!(pushed(&net.take(b.session)).len(), 2);
+
+    // The removed member is told of its removal, then nothing more.
+    let e = remove(&mut a, 1, 2);
+    seq_of(&net.submit(&a, &[e])[0]);
+    assert_eq!(pushed(&net.take(b.session)).len(), 1);
+    let e = send(&mut a, 1, "after b left");
+    seq_of(&net.submit(&a, &[e])[0]);
+    assert!(pushed(&net.take(b.session)).is_empty());
+    assert_eq!(pull(&mut net, &b, 1).err(), Some(ErrorCode::NOT_MEMBER));
+
+    // All of it survives a restart.
+    let mut net = restart(net);
+    let b = net.connect(2, 20);
+    let mut c = net.connect(3, 30);
+    assert_eq!(pull(&mut net, &b, 1).err(), Some(ErrorCode::NOT_MEMBER));
+    assert_eq!(pull(&mut net, &c, 1).map(|i| i.len()), Ok(5));
+    let e = send(&mut c, 1, "after restart");
+    assert_eq!(seq_of(&net.submit(&c, &[e])[0]), 6);
+    let e = event(
+        &mut Dev {
+            key: b.key.clone(),
+            session: b.session,
+            counter: 50,
+            chain: BTreeMap::new(),
+        },
+        1,
+        EventKind::Read { up_to: 1 },
+    );
+    assert_eq!(code_of(&net.submit(&b, &[e])[0]), ErrorCode::NOT_MEMBER);
+}
+
+#[test]
+fn chains_refuse_forks_and_broken_prev_but_resubmission_is_idempotent() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let created = create(&mut a, 1, &[1]);
+    let first = send(&mut a, 1, "one");
+    let out = net.submit(&a, &[created, first.clone()]);
+    let ack = out[1].clone();
+    seq_of(&ack);
+    // Identical resubmission: the same ack.
+    assert_eq!(net.submit(&a, std::slice::from_ref(&first))[0], ack);
+
+    // Another event at the same counter (2): a fork.
+    let mut twin = Dev {
+        key: a.key.clone(),
+        session: a.session,
+        counter: 90,
+        chain: BTreeMap::new(),
+    };
+    twin.chain
+        .insert(1, (1, first.header().prev.expect("the create")));
+    let fork = send(&mut twin, 1, "two-faced");
+    assert_eq!(fork.header().counter, 2);
+    assert_eq!(code_of(&net.submit(&a, &[fork])[0]), ErrorCode::CHAIN_FORK);
+
+    // Counter 3 whose prev is not the stored counter 2.
+    let mut skew = Dev {
+        key: a.key.clone(),
+        session: a.session,
+        counter: 95,
+        chain: BTreeMap::new(),
+    };
+    skew.chain.insert(1, (2, EventId([0x55; 32])));
+    let broken = send(&mut skew, 1, "out of line");
+    assert_eq!(
+        code_of(&net.submit(&a, &[broken])[0]),
+        ErrorCode::BROKEN_CHAIN
+    );
+
+    // A staged event at counter 4 (the relay does not hold 3): then a counter 3 that the
+    // held counter 4 does not name as its prev.
+    let mut ahead = Dev {
+        key: a.key.clone(),
+        session: a.session,
+        counter: 97,
+        chain: BTreeMap::new(),
+    };
+    ahead.chain.insert(1, (3, EventId([0x66; 32])));
+    let four = send(&mut ahead, 1, "four");
+    seq_of(&net.submit(&a, &[four])[0]);
+    let three = send(&mut a, 1, "three");
+    assert_eq!(three.header().counter, 3);
+    assert_eq!(
+        code_of(&net.submit(&a, &[three])[0]),
+        ErrorCode::BROKEN_CHAIN
+    );
+
+    // Counter 1 with a prev is malformed.
+    let mut bad = Dev {
+        key: a.key.clone(),
+        session: a.session,
+        counter: 99,
+        chain: BTreeMap::new(),
+    };
+    bad.chain.insert(2, (0, EventId([1; 32])));
+    let created2 = create(&mut bad, 2, &[1]);
+    assert_eq!(
+        code_of(&net.submit(&a, &[created2])[0]),
+        ErrorCode::BROKEN_CHAIN
+    );
+    // And all of it after a restart, against the stored chain.
+    let mut net = restart(net);
+    let a2 = net.connect(1, 10);
+    assert_eq!(net.submit(&a2, &[first])[0], ack);
 }

@@ -213,6 +213,7 @@ fn client_frame(r: &mut Reader<'_>) -> ClientFrame {
             registration: DeviceRegistration {
                 user: UserId(r.array()),
                 device: DeviceId(r.array()),
+                agreement: r.array(),
                 issued_ms: r.u64(),
                 signature: SignatureBytes(r.array()),
             },
@@ -934,12 +935,26 @@ pub fn relay_store_file() -> &'static [u8] {
                 conversation: CONV,
                 seq: i as u64 + 1,
                 index_key: tidings_relay::core::store::index_key(e),
+                prev: e.header().prev,
                 event: e.bytes(),
                 ack: a.bytes(),
             })
             .collect();
+        // The fixture users are plain ids, not keys: the relay verifies certificates when
+        // it accepts them, not when it loads them.
+        let certs = [alice(), bob()].map(|d| DeviceRegistration {
+            user: d.user(),
+            device: d.device(),
+            agreement: d.device().0,
+            issued_ms: 0,
+            signature: SignatureBytes([0; 64]),
+        });
         let rec = ConversationRecord {
-            members: vec![alice().user(), bob().user()],
+            membership: tidings_engine::Membership::create(
+                alice().user(),
+                &[alice().user(), bob().user()],
+            )
+            .expect("fixture membership"),
             max_seq: records.len() as u64,
             last_ack: pairs.last().map(|(_, a)| a.id()).expect("acks"),
             last_ts_ms: 5_000 + records.len() as u64,
@@ -948,10 +963,8 @@ pub fn relay_store_file() -> &'static [u8] {
             .commit(&CommitBatch {
                 events: records,
                 conversations: vec![(CONV, &rec)],
-                devices: vec![
-                    (alice().device(), alice().user()),
-                    (bob().device(), bob().user()),
-                ],
+                devices: certs.iter().collect(),
+                revocations: vec![],
                 cursors: vec![(bob().device(), CONV, 3)],
             })
             .expect("fixture commit");

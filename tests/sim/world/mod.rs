@@ -231,7 +231,8 @@ impl Sim {
         for (u, user) in users.iter().enumerate() {
             for d in 0..per_user[u] {
                 let key = DeviceKey::from_seed([(16 * (u + 1) + d) as u8; 32], user.id);
-                let registration = DeviceRegistration::sign(&user.key, key.device(), 0);
+                let registration =
+                    DeviceRegistration::sign(&user.key, key.device(), key.device().0, 0);
                 let config = DeviceConfig {
                     retry: RetryPolicy {
                         base_ms: [500, 1_000][rng.random_range(0..2)],
