@@ -105,12 +105,12 @@ fn chains_report_gaps_forks_and_broken_links() {
         }]
     );
     // 2 arrives late and links both ways: the gap closes.
-    assert_eq!(issues_of(&log, &[e2.clone()]), vec![]);
+    assert_eq!(issues_of(&log, std::slice::from_ref(&e2)), vec![]);
     assert_eq!(log.chain_gaps(CONV).expect("gaps"), vec![]);
     // Another event signed for place 2: a fork; the first keeps the place.
     let other2 = linked(&author, 2, Some(e1.id()), 22);
     assert_eq!(
-        issues_of(&log, &[other2.clone()]),
+        issues_of(&log, std::slice::from_ref(&other2)),
         vec![ChainIssue::Fork {
             conversation: CONV,
             author: author.device(),
@@ -122,7 +122,7 @@ fn chains_report_gaps_forks_and_broken_links() {
     // Place 4 names 1 as its predecessor: a broken link.
     let bad4 = linked(&author, 4, Some(e1.id()), 4);
     assert_eq!(
-        issues_of(&log, &[bad4.clone()]),
+        issues_of(&log, std::slice::from_ref(&bad4)),
         vec![ChainIssue::BrokenLink {
             conversation: CONV,
             author: author.device(),
@@ -133,10 +133,10 @@ fn chains_report_gaps_forks_and_broken_links() {
     );
     // 6 arrives before 5, and 5 is not what 6 names: the break shows when 5 arrives.
     let e6 = linked(&author, 6, Some(EventId([6; 32])), 6);
-    assert_eq!(issues_of(&log, &[e6.clone()]), vec![]);
+    assert_eq!(issues_of(&log, std::slice::from_ref(&e6)), vec![]);
     let e5 = linked(&author, 5, Some(bad4.id()), 5);
     assert_eq!(
-        issues_of(&log, &[e5.clone()]),
+        issues_of(&log, std::slice::from_ref(&e5)),
         vec![ChainIssue::BrokenLink {
             conversation: CONV,
             author: author.device(),
