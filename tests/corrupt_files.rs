@@ -143,8 +143,7 @@ struct RelayView {
 }
 
 fn relay_view(path: &Path) -> Result<RelayView, Box<dyn std::error::Error>> {
-    let db = redb::Database::create(path)?;
-    let store = RelayStore::open(db, true)?;
+    let store = RelayStore::open_path(path, true)?;
     let conversations = store.conversations()?;
     let devices = store.devices()?;
     let (items, _) = store.page(&checks::CONV, 0, 10_000, usize::MAX)?;

@@ -2,6 +2,8 @@
 //! on every `cargo test`, so that a broken invariant shows up without a fuzzing run. The long
 //! runs and their figures are in docs/RELIABILITY.md ("Fuzzing").
 
+// `let_redb_panics_unwind` is for the fuzzer processes only.
+#[allow(dead_code)]
 #[path = "fuzz/src/lib.rs"]
 mod checks;
 
@@ -80,4 +82,22 @@ fn fixtures_load_undamaged() {
     checks::check_event_log_file(&[0]);
     checks::check_relay_store_file(&[0]);
     checks::check_conversation_doc(&[1]);
+}
+
+/// Crashes the fuzzers found, kept as regression tests: each input damaged a real file so that
+/// redb panicked while opening it (`unreachable!` reading its allocator state), before any
+/// checksum check could run. Opening now gives `LogError::Damaged` / `StoreError::Corrupt`.
+#[test]
+fn fuzz_crashes_stay_fixed() {
+    // tests/fuzz/artifacts/event_log_file/crash-c20c878c7c76948d73e78a8f4bb1e1a4616fe36e
+    checks::check_event_log_file(&[0x00, 0x00, 0x00, 0x05, 0x00]);
+    let (bytes, _) = checks::patch(checks::event_log_file(), &[0x00, 0x00, 0x05, 0x00]);
+    let err = tidings::engine::EventLog::with_backend(checks::MemFile::from_bytes(&bytes))
+        .expect_err("the damaged log is refused");
+    assert!(
+        matches!(err, tidings::engine::LogError::Damaged(_)),
+        "{err}"
+    );
+    // tests/fuzz/artifacts/relay_store_file/crash-915af4ec1b6f05b26432cf0d3e9b5c9cc9553e7e
+    checks::check_relay_store_file(&[0x00, 0x00, 0x70, 0xb7, 0x00]);
 }

@@ -227,17 +227,39 @@ pub struct EventLog {
     incarnation: u64,
 }
 
+/// Runs `open`, a redb `Database::create*` call, turning a panic inside redb into
+/// `Ok(None)`.
+///
+/// redb reads its allocator state while opening a file, before anything can check the file's
+/// checksums, and some damaged files make it panic there (`unreachable!` in its B-tree
+/// cursor; found by the `event_log_file` and `relay_store_file` fuzz targets). A damaged file
+/// must give an error, not take the process down, so the open runs under `catch_unwind`.
+/// Nothing of the half-opened database survives the panic. The default panic hook still
+/// prints redb's message to stderr.
+pub fn guarded_open<F>(open: F) -> Result<Option<Database>, redb::DatabaseError>
+where
+    F: FnOnce() -> Result<Database, redb::DatabaseError>,
+{
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+        Ok(result) => result.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
 impl EventLog {
     /// Opens or creates the log at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<EventLog, LogError> {
         let path = path.as_ref();
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
-                LogError::NotOurs(path.display().to_string())
-            }
-            other => other.into(),
-        })?;
-        Self::init(db, &path.display().to_string())
+        let name = path.display().to_string();
+        let db = guarded_open(|| Database::create(path))
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                    LogError::NotOurs(name.clone())
+                }
+                other => other.into(),
+            })?
+            .ok_or_else(|| LogError::Damaged(name.clone()))?;
+        Self::init(db, &name)
     }
 
     /// A log in memory (redb's in-memory backend), for tests and simulations.
@@ -248,8 +270,10 @@ impl EventLog {
     /// A log over any redb storage backend: a simulator can hand in one that keeps only what
     /// was synced, to model a crash that loses every write after the last fsync.
     pub fn with_backend(backend: impl redb::StorageBackend) -> Result<EventLog, LogError> {
-        let db = Database::builder().create_with_backend(backend)?;
-        Self::init(db, "log on a custom backend")
+        let name = "log on a custom backend";
+        let db = guarded_open(|| Database::builder().create_with_backend(backend))?
+            .ok_or_else(|| LogError::Damaged(name.to_owned()))?;
+        Self::init(db, name)
     }
 
     fn init(mut db: Database, name: &str) -> Result<EventLog, LogError> {

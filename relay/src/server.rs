@@ -175,8 +175,7 @@ impl CoreThread {
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let identity = RelayIdentity::load_or_create(&config.data_dir)?;
     let db_path = config.data_dir.join("relay.redb");
-    let db = redb::Database::create(&db_path).map_err(crate::core::StoreError::from)?;
-    let store = RelayStore::open(db, config.durable)?;
+    let store = RelayStore::open_path(&db_path, config.durable)?;
     let metrics = RelayMetrics::default();
     let core = RelayCore::with_metrics(
         store,

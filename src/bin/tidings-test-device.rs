@@ -15,7 +15,6 @@
 //! (repeatable: other users of the conversation) and `--create`. Keys come from the seeds as in
 //! the tests: the user key is `[user-seed; 32]`, the device key `[device-seed; 32]`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{ConversationId, DeviceId, DeviceKey, RetryPolicy, Status, UserId};
@@ -24,37 +23,42 @@ use tidings::replica::{Replica, ReplicaConfig, Update};
 
 type Error = Box<dyn std::error::Error>;
 
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tidings-test-device",
+    about = "headless device for the crash tests"
+)]
 struct Flags {
-    values: HashMap<String, Vec<String>>,
-}
-
-impl Flags {
-    fn parse() -> Result<Flags, Error> {
-        let mut values: HashMap<String, Vec<String>> = HashMap::new();
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            let name = a.strip_prefix("--").ok_or(format!("unexpected {a}"))?;
-            if name == "create" {
-                values.entry(name.into()).or_default().push(String::new());
-                continue;
-            }
-            let v = args.next().ok_or(format!("--{name} needs a value"))?;
-            values.entry(name.into()).or_default().push(v);
-        }
-        Ok(Flags { values })
-    }
-
-    fn one(&self, name: &str) -> Result<&str, Error> {
-        self.values
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
-            .ok_or_else(|| format!("--{name} is required").into())
-    }
-
-    fn all(&self, name: &str) -> &[String] {
-        self.values.get(name).map(Vec::as_slice).unwrap_or_default()
-    }
+    /// Data directory of the replica.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// The relay's address.
+    #[arg(long)]
+    relay: std::net::SocketAddr,
+    /// The relay's id (hex).
+    #[arg(long)]
+    relay_id: String,
+    /// SHA-256 of the relay's certificate (hex).
+    #[arg(long)]
+    cert: String,
+    /// The user key is `[user-seed; 32]`.
+    #[arg(long)]
+    user_seed: u8,
+    /// The device key is `[device-seed; 32]`.
+    #[arg(long)]
+    device_seed: u8,
+    /// The conversation (hex).
+    #[arg(long)]
+    conversation: String,
+    /// Messages to send in all.
+    #[arg(long)]
+    count: u64,
+    /// Other users of the conversation (hex), when creating it.
+    #[arg(long)]
+    member: Vec<String>,
+    /// Create the conversation if this device does not know it yet.
+    #[arg(long)]
+    create: bool,
 }
 
 fn main() {
@@ -65,7 +69,7 @@ fn main() {
 }
 
 fn run() -> Result<(), Error> {
-    let flags = Flags::parse()?;
+    let flags = <Flags as clap::Parser>::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,19 +77,15 @@ fn run() -> Result<(), Error> {
         .block_on(device(flags))
 }
 
-fn seed(flags: &Flags, name: &str) -> Result<[u8; 32], Error> {
-    Ok([flags.one(name)?.parse::<u8>()?; 32])
-}
-
 async fn device(flags: Flags) -> Result<(), Error> {
-    let user_key = DeviceKey::from_seed(seed(&flags, "user-seed")?, UserId([0; 32]));
+    let user_key = DeviceKey::from_seed([flags.user_seed; 32], UserId([0; 32]));
     let user = UserId(user_key.device().0);
-    let key = DeviceKey::from_seed(seed(&flags, "device-seed")?, user);
-    let relay_id = DeviceId::from_hex(flags.one("relay-id")?).ok_or("bad --relay-id")?;
-    let cert = parse_fingerprint(flags.one("cert")?).ok_or("bad --cert")?;
-    let conv = ConversationId::from_hex(flags.one("conversation")?).ok_or("bad --conversation")?;
-    let count: u64 = flags.one("count")?.parse()?;
-    let mut config = ReplicaConfig::new(flags.one("relay")?.parse()?, relay_id, cert);
+    let key = DeviceKey::from_seed([flags.device_seed; 32], user);
+    let relay_id = DeviceId::from_hex(&flags.relay_id).ok_or("bad --relay-id")?;
+    let cert = parse_fingerprint(&flags.cert).ok_or("bad --cert")?;
+    let conv = ConversationId::from_hex(&flags.conversation).ok_or("bad --conversation")?;
+    let count = flags.count;
+    let mut config = ReplicaConfig::new(flags.relay, relay_id, cert);
     config.keepalive = Duration::from_millis(300);
     config.idle_timeout = Duration::from_secs(2);
     config.device.registration = Some(DeviceRegistration::sign(
@@ -108,7 +108,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
     };
     config.device.ack_timeout_ms = 1_000;
     let me = key.device();
-    let replica = Replica::open(flags.one("dir")?, key, config).await?;
+    let replica = Replica::open(&flags.dir, key, config).await?;
 
     let mut updates = replica.subscribe();
     tokio::spawn(async move {
@@ -132,9 +132,9 @@ async fn device(flags: Flags) -> Result<(), Error> {
         }
     });
 
-    if flags.values.contains_key("create") && replica.conversation(conv).await?.members.is_none() {
+    if flags.create && replica.conversation(conv).await?.members.is_none() {
         let mut members = Vec::new();
-        for m in flags.all("member") {
+        for m in &flags.member {
             members.push(UserId::from_hex(m).ok_or("bad --member")?);
         }
         replica.create_conversation(conv, members).await?;

@@ -287,8 +287,26 @@ impl RelayStore {
 
     /// A store in memory (redb's `InMemoryBackend`), for tests and the simulator.
     pub fn in_memory() -> Result<RelayStore, StoreError> {
-        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
-        RelayStore::open(db, false)
+        RelayStore::open_backend(redb::backends::InMemoryBackend::new(), false)
+    }
+
+    /// Opens (or creates) the store in the file at `path`. A damaged file is
+    /// [`StoreError::Corrupt`], even one that makes redb itself panic while opening it.
+    pub fn open_path(path: &std::path::Path, durable: bool) -> Result<RelayStore, StoreError> {
+        let db = tidings_engine::log::guarded_open(|| Database::create(path))?
+            .ok_or(StoreError::Corrupt("file damaged (redb failed to open it)"))?;
+        RelayStore::open(db, durable)
+    }
+
+    /// Opens (or creates) the store on any redb storage backend (simulations, fuzzing).
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        durable: bool,
+    ) -> Result<RelayStore, StoreError> {
+        let db =
+            tidings_engine::log::guarded_open(|| Database::builder().create_with_backend(backend))?
+                .ok_or(StoreError::Corrupt("file damaged (redb failed to open it)"))?;
+        RelayStore::open(db, durable)
     }
 
     /// Gives the database back (e.g. to reopen it as after a restart in a simulation);

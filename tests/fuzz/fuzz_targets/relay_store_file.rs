@@ -1,4 +1,7 @@
 //! See `tidings_fuzz::check_relay_store_file`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tidings_fuzz::check_relay_store_file(data));
+libfuzzer_sys::fuzz_target!(
+    init: tidings_fuzz::let_redb_panics_unwind(),
+    |data: &[u8]| tidings_fuzz::check_relay_store_file(data)
+);

@@ -40,6 +40,21 @@ use tidings_relay::core::{RelayCore, RelayStore};
 use tidings_relay::verify::{verify_batch_cached, KeyCache};
 use tidings_relay::Limits;
 
+/// For the file targets: lets a panic raised inside redb unwind instead of aborting at once
+/// (libfuzzer-sys's hook aborts on every panic, caught or not). `guarded_open` in the engine
+/// catches the panics redb raises while opening a damaged file and returns an error; a redb
+/// panic anywhere else is not caught, reaches `fuzz_target!`'s own `catch_unwind` and aborts
+/// there, so it is still reported as a crash. Every other panic aborts here, as before.
+pub fn let_redb_panics_unwind() {
+    let abort_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
+        if !in_redb {
+            abort_hook(info);
+        }
+    }));
+}
+
 /// Reads an input front to back; past the end every read gives zeros, so any input is usable.
 #[derive(Debug)]
 pub struct Reader<'a> {
@@ -983,10 +998,7 @@ pub fn check_relay_store_file(data: &[u8]) {
         let at = r_offset(data, bytes.len());
         bytes.truncate(at);
     }
-    let Ok(db) = Database::builder().create_with_backend(MemFile::from_bytes(&bytes)) else {
-        return;
-    };
-    let Ok(store) = RelayStore::open(db, false) else {
+    let Ok(store) = RelayStore::open_backend(MemFile::from_bytes(&bytes), false) else {
         return;
     };
     let _ = read_relay_store(&store);
