@@ -24,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod conversation;
+pub mod crypto;
 pub mod device;
 pub mod doc;
 pub mod event;

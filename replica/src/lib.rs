@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod driver;
+pub mod keystore;
 pub mod pin;
 
 use std::net::SocketAddr;
