@@ -9,7 +9,7 @@ use clap::Parser;
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::{DeviceRegistration, SubmitOutcome};
+use tidings::engine::wire::SubmitOutcome;
 use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, UserId};
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::config::RelayConfig;
@@ -94,7 +94,7 @@ async fn main() -> Result<()> {
     let mut client =
         RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
     client
-        .register(&alice, filler.device(), filler.device().0, 0)
+        .register(&alice, filler.device(), filler.agreement_public().0, 0)
         .await?;
     let t = Instant::now();
     let batch = client.welcome().limits.max_submit_batch as usize;
@@ -122,12 +122,7 @@ async fn main() -> Result<()> {
     let key = DeviceKey::from_seed(rand::random(), bob_id);
     let fp = parse_fingerprint(relay.fingerprint()).context("fingerprint")?;
     let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fp);
-    config.device.registration = Some(DeviceRegistration::sign(
-        &bob,
-        key.device(),
-        key.device().0,
-        0,
-    ));
+    config.device.registration = Some(key.certificate(&bob, 0));
     let t = Instant::now();
     let replica = Replica::open(tmp.path().join("bob"), key, config).await?;
     let mut updates = replica.subscribe();

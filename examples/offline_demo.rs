@@ -12,7 +12,6 @@ use ed25519_dalek::SigningKey;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status, UserId};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
@@ -48,12 +47,7 @@ async fn open_device(
     let fingerprint =
         parse_fingerprint(relay.fingerprint()).context("relay printed a bad fingerprint")?;
     let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fingerprint);
-    config.device.registration = Some(DeviceRegistration::sign(
-        user_key,
-        key.device(),
-        key.device().0,
-        0,
-    ));
+    config.device.registration = Some(key.certificate(user_key, 0));
     // Snappy for a demo: retries from 200 ms, reconnects from 100 ms.
     config.device.retry = RetryPolicy {
         base_ms: 200,

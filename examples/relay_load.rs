@@ -268,7 +268,7 @@ async fn run_relay(args: &Args) -> Result<Row> {
     for (i, key) in keys.iter().enumerate() {
         let ep = &endpoints[i % endpoints.len()];
         let mut c = RelayClient::connect(ep, relay.addr(), relay.fingerprint(), key).await?;
-        c.register(&user_key(i), key.device(), key.device().0, 0)
+        c.register(&user_key(i), key.device(), key.agreement_public().0, 0)
             .await?;
         clients.push(c);
     }

@@ -147,9 +147,14 @@ async fn relay_killed_mid_send_loses_no_acked_message() {
         let mut c = RelayClient::connect(&ep, addr, &relay.fingerprint, &observer)
             .await
             .expect("observer connects");
-        c.register(&alice.key, observer.device(), observer.device().0, 0)
-            .await
-            .expect("observer registers");
+        c.register(
+            &alice.key,
+            observer.device(),
+            observer.agreement_public().0,
+            0,
+        )
+        .await
+        .expect("observer registers");
         c.close();
     }
 

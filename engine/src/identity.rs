@@ -1,14 +1,22 @@
 //! Device keys. The engine takes key material as bytes: randomness comes from the caller.
 
+use crate::crypto::{AgreementPublic, AgreementSecret};
 use crate::event::EventHeader;
 use crate::ids::{ConversationId, DeviceId, EventId, UserId};
+use crate::wire::DeviceRegistration;
 use ed25519_dalek::SigningKey;
 use std::fmt;
 
-/// A device's ed25519 signing key and the user it acts for.
+/// Domain string for deriving a device's X25519 seed from its ed25519 seed (see
+/// [`DeviceKey::from_seed`]).
+const AGREEMENT_FROM_SIGNING: &str = "tidings 2026-11 device X25519 seed from the ed25519 seed";
+
+/// A device's keys: its ed25519 signing key (its id), its X25519 agreement key (conversation
+/// keys are sealed to it), and the user it acts for.
 #[derive(Clone)]
 pub struct DeviceKey {
     signing: SigningKey,
+    agreement: AgreementSecret,
     device: DeviceId,
     user: UserId,
 }
@@ -24,15 +32,38 @@ impl fmt::Debug for DeviceKey {
 }
 
 impl DeviceKey {
-    /// A key from 32 secret bytes (from the OS RNG, or a test seed).
+    /// Keys from one 32-byte secret (from the OS RNG, or a test seed): the X25519 seed is
+    /// derived from it with blake3's key derivation, so one secret restores both keys.
     pub fn from_seed(seed: [u8; 32], user: UserId) -> DeviceKey {
-        let signing = SigningKey::from_bytes(&seed);
+        let agreement = blake3::derive_key(AGREEMENT_FROM_SIGNING, &seed);
+        Self::from_seeds(seed, agreement, user)
+    }
+
+    /// Keys from two independent secrets (what the replica's key store keeps).
+    pub fn from_seeds(signing_seed: [u8; 32], agreement_seed: [u8; 32], user: UserId) -> DeviceKey {
+        let signing = SigningKey::from_bytes(&signing_seed);
         let device = DeviceId(signing.verifying_key().to_bytes());
         DeviceKey {
             signing,
+            agreement: AgreementSecret::from_seed(agreement_seed),
             device,
             user,
         }
+    }
+
+    /// The X25519 secret conversation keys are sealed to.
+    pub fn agreement(&self) -> &AgreementSecret {
+        &self.agreement
+    }
+
+    /// The X25519 public key, published in the device's certificate.
+    pub fn agreement_public(&self) -> AgreementPublic {
+        self.agreement.public()
+    }
+
+    /// This device's certificate, signed by its user's identity key.
+    pub fn certificate(&self, user_key: &SigningKey, issued_ms: u64) -> DeviceRegistration {
+        DeviceRegistration::sign(user_key, self.device, self.agreement_public().0, issued_ms)
     }
 
     /// The secret bytes, for storing the key on the device.

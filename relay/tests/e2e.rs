@@ -51,7 +51,12 @@ async fn connect(
     assert_eq!(client.welcome().relay, relay.relay_id());
     if !client.welcome().registered {
         client
-            .register(&user_key(user_seed), key.device(), key.device().0, 1)
+            .register(
+                &user_key(user_seed),
+                key.device(),
+                key.agreement_public().0,
+                1,
+            )
             .await?;
     }
     client.sync().await?;
@@ -516,7 +521,12 @@ impl RelayProcess {
         let mut client = RelayClient::connect(ep, self.addr, &self.fingerprint, &key).await?;
         if !client.welcome().registered {
             client
-                .register(&user_key(user_seed), key.device(), key.device().0, 1)
+                .register(
+                    &user_key(user_seed),
+                    key.device(),
+                    key.agreement_public().0,
+                    1,
+                )
                 .await?;
         }
         client.sync().await?;

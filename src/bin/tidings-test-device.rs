@@ -16,7 +16,6 @@
 //! the tests: the user key is `[user-seed; 32]`, the device key `[device-seed; 32]`.
 
 use std::time::Duration;
-use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{ConversationId, DeviceId, DeviceKey, RetryPolicy, Status, UserId};
 use tidings::replica::pin::parse_fingerprint;
 use tidings::replica::{Replica, ReplicaConfig, Update};
@@ -88,12 +87,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
     let mut config = ReplicaConfig::new(flags.relay, relay_id, cert);
     config.keepalive = Duration::from_millis(300);
     config.idle_timeout = Duration::from_secs(2);
-    config.device.registration = Some(DeviceRegistration::sign(
-        user_key.signing_key(),
-        key.device(),
-        key.device().0,
-        0,
-    ));
+    config.device.registration = Some(key.certificate(user_key.signing_key(), 0));
     config.device.retry = RetryPolicy {
         base_ms: 100,
         max_ms: 1_000,

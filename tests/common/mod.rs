@@ -29,7 +29,7 @@ pub fn user(seed: u8) -> User {
 /// A device key of `user`, with the registration its user signed for it.
 pub fn device(user: &User, seed: u8) -> (DeviceKey, DeviceRegistration) {
     let key = DeviceKey::from_seed([seed; 32], user.id);
-    let reg = DeviceRegistration::sign(&user.key, key.device(), [seed; 32], 0);
+    let reg = key.certificate(&user.key, 0);
     (key, reg)
 }
 

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
@@ -38,12 +37,7 @@ pub fn config(
     let mut c = ReplicaConfig::new(addr, relay.relay_id(), fp);
     c.keepalive = Duration::from_millis(300);
     c.idle_timeout = Duration::from_secs(2);
-    c.device.registration = Some(DeviceRegistration::sign(
-        &user.key,
-        key.device(),
-        key.device().0,
-        0,
-    ));
+    c.device.registration = Some(key.certificate(&user.key, 0));
     c.device.retry = RetryPolicy {
         base_ms: 100,
         max_ms: 1_000,

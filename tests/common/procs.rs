@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{DeviceId, DeviceKey, RetryPolicy};
 use tidings::replica::pin::parse_fingerprint;
 use tidings::replica::ReplicaConfig;
@@ -120,12 +119,7 @@ pub fn replica_config(relay: &RelayProc, key: &DeviceKey, user: &User) -> Replic
     let mut c = ReplicaConfig::new(relay.addr, relay.relay_id, fp);
     c.keepalive = Duration::from_millis(200);
     c.idle_timeout = Duration::from_secs(1);
-    c.device.registration = Some(DeviceRegistration::sign(
-        &user.key,
-        key.device(),
-        key.device().0,
-        0,
-    ));
+    c.device.registration = Some(key.certificate(&user.key, 0));
     c.device.retry = RetryPolicy {
         base_ms: 100,
         max_ms: 1_000,

@@ -18,9 +18,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use tidings::engine::wire::{
-    ClientFrame, DeviceRegistration, ErrorCode, ServerFrame, SubmitOutcome,
-};
+use tidings::engine::wire::{ClientFrame, ErrorCode, ServerFrame, SubmitOutcome};
 use tidings::engine::{
     ChainIssue, ConversationId, DeviceConfig, DeviceCore, DeviceError, DeviceEvent, DeviceKey,
     EventLog, MessageId, RetryPolicy, Status, Store, StoreConfig, UserId,
@@ -231,8 +229,7 @@ impl Sim {
         for (u, user) in users.iter().enumerate() {
             for d in 0..per_user[u] {
                 let key = DeviceKey::from_seed([(16 * (u + 1) + d) as u8; 32], user.id);
-                let registration =
-                    DeviceRegistration::sign(&user.key, key.device(), key.device().0, 0);
+                let registration = key.certificate(&user.key, 0);
                 let config = DeviceConfig {
                     retry: RetryPolicy {
                         base_ms: [500, 1_000][rng.random_range(0..2)],
