@@ -34,9 +34,9 @@
 //!
 //! The all-zero nonce is safe because every key is used for exactly one encryption: the key is
 //! derived from a fresh ephemeral scalar, so two seals never share a key unless the caller
-//! reuses `ephemeral` for the same recipient and context, which is forbidden. Binding `E` and the
-//! recipient key in the salt makes the key depend on both public keys (no key-compromise
-//! games with a substituted ephemeral), and `context` is bound twice, in the KDF and as AAD.
+//! reuses `ephemeral` for the same recipient and context, which is forbidden. Putting `E` and the
+//! recipient key in the salt ties the derived key to this exact pair of public keys (as HPKE's
+//! `kem_context` does), and `context` is bound twice, in the KDF and as AAD.
 //!
 //! ## Errors
 //! Every opening function accepts arbitrary bytes and answers with a [`CryptoError`]; none of
