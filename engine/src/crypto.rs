@@ -34,9 +34,9 @@
 //!
 //! The all-zero nonce is safe because every key is used for exactly one encryption: the key is
 //! derived from a fresh ephemeral scalar, so two seals never share a key unless the caller
-//! reuses `ephemeral` for the same recipient and context, which is forbidden. Binding `E` and the
-//! recipient key in the salt makes the key depend on both public keys (no key-compromise
-//! games with a substituted ephemeral), and `context` is bound twice, in the KDF and as AAD.
+//! reuses `ephemeral` for the same recipient and context, which is forbidden. Putting `E` and the
+//! recipient key in the salt ties the derived key to this exact pair of public keys (as HPKE's
+//! `kem_context` does), and `context` is bound twice, in the KDF and as AAD.
 //!
 //! ## Errors
 //! Every opening function accepts arbitrary bytes and answers with a [`CryptoError`]; none of
@@ -45,7 +45,7 @@
 //! cannot tell them apart and callers must not try to.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
@@ -271,19 +271,14 @@ pub fn open(
 pub const BODY_OVERHEAD: usize = 24 + TAG_LEN;
 
 fn xencrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8], nonce: [u8; 24]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("a plaintext under 256 GiB always encrypts");
-    let mut out = Vec::with_capacity(24 + ct.len());
+    // One allocation: nonce ‖ plaintext, encrypted in place, then the tag.
+    let mut out = Vec::with_capacity(BODY_OVERHEAD + plaintext.len());
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plaintext);
+    let tag = XChaCha20Poly1305::new(key.into())
+        .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[24..]).into())
+        .expect("a plaintext under 256 GiB always encrypts");
+    out.extend_from_slice(&tag);
     out
 }
 

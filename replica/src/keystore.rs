@@ -340,23 +340,31 @@ impl UserSecret {
     ) -> Result<UserSecret, KeystoreError> {
         let path = dir.as_ref().join(USER_KEY_FILE);
         let bytes = read_secret_file(&path)?;
+        UserSecret::decode(&path, &bytes, passphrase)
+    }
+
+    fn decode(
+        path: &Path,
+        bytes: &[u8],
+        passphrase: Option<&[u8]>,
+    ) -> Result<UserSecret, KeystoreError> {
         let malformed = |reason| KeystoreError::Malformed {
-            path: path.clone(),
+            path: path.to_owned(),
             reason,
         };
-        match user_header(&path, &bytes)? {
+        match user_header(path, bytes)? {
             USER_PLAIN => {
                 if bytes.len() != USER_PLAIN_LEN {
                     return Err(malformed("wrong length"));
                 }
-                if checksum(&bytes[..USER_PLAIN_LEN - 32]) != take32(&bytes, USER_PLAIN_LEN - 32) {
+                if checksum(&bytes[..USER_PLAIN_LEN - 32]) != take32(bytes, USER_PLAIN_LEN - 32) {
                     return Err(malformed("checksum mismatch"));
                 }
-                Ok(UserSecret::from_seed(take32(&bytes, 6)))
+                Ok(UserSecret::from_seed(take32(bytes, 6)))
             }
             _ => {
                 let passphrase = passphrase.ok_or(KeystoreError::PassphraseRequired)?;
-                let wrapped = &bytes[6..];
+                let wrapped = bytes.get(6..).unwrap_or_default();
                 if !crypto::is_passphrase_wrapped(wrapped) {
                     return Err(malformed("wrong length"));
                 }
@@ -582,6 +590,29 @@ mod tests {
         ));
         let loaded = UserSecret::load(dir.path(), Some(b"hunter2")).unwrap();
         assert_eq!(loaded.seed(), user.seed());
+    }
+
+    proptest::proptest! {
+        /// Any file content is an error or a key, never a panic.
+        #[test]
+        fn arbitrary_file_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            device in proptest::prelude::any::<bool>(),
+        ) {
+            let path = Path::new("key");
+            let mut bytes = bytes;
+            if device && bytes.len() >= 5 {
+                bytes[..4].copy_from_slice(DEVICE_MAGIC);
+                bytes[4] = VERSION;
+            }
+            if !device && bytes.len() >= 6 {
+                bytes[..4].copy_from_slice(USER_MAGIC);
+                bytes[4] = VERSION;
+            }
+            let _ = DeviceSecrets::decode(path, &bytes);
+            // Without a passphrase no Argon2 runs (a random in-range cost could take seconds).
+            let _ = UserSecret::decode(path, &bytes, None);
+        }
     }
 
     #[test]
