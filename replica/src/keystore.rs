@@ -178,7 +178,7 @@ impl DeviceSecrets {
 
     /// The device's signing key, acting for `user`.
     pub fn device_key(&self, user: UserId) -> DeviceKey {
-        DeviceKey::from_seed(*self.signing_seed, user)
+        DeviceKey::from_seeds(*self.signing_seed, *self.agreement.to_seed(), user)
     }
 
     /// The X25519 secret that epoch keys are sealed to.
@@ -516,6 +516,11 @@ mod tests {
         assert_eq!(
             loaded.device_key(user).device(),
             secrets.device_key(user).device()
+        );
+        // The device key publishes the stored X25519 key, not one derived from the seed.
+        assert_eq!(
+            loaded.device_key(user).agreement_public(),
+            secrets.agreement().public()
         );
         // No temporary files left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
