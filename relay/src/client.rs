@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidings_engine::wire::{
-    self, ClientFrame, DeviceRegistration, Envelope, ErrorCode, Item, ServerFrame, SubmitOutcome,
-    Welcome,
+    self, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, Item,
+    ServerFrame, SubmitOutcome, Welcome,
 };
-use tidings_engine::{ConversationId, DeviceKey, Event, ServerSeq};
+use tidings_engine::{ConversationId, DeviceKey, Event, ServerSeq, UserId};
 use tokio::sync::mpsc;
 
 /// The server name a client dials (the certificate is pinned, so the name is not checked
@@ -318,6 +318,8 @@ impl RelayClient {
                 | ServerFrame::SubmitResult { request_id: r, .. }
                 | ServerFrame::Page { request_id: r, .. }
                 | ServerFrame::Conversations { request_id: r, .. }
+                | ServerFrame::Revoked { request_id: r, .. }
+                | ServerFrame::Devices { request_id: r, .. }
                     if *r == request_id =>
                 {
                     break Ok(f)
@@ -346,6 +348,37 @@ impl RelayClient {
         })
         .await?;
         self.reply(request_id).await.map(|_| ())
+    }
+
+    /// Sends a user-signed revocation and waits until the relay stored it.
+    pub async fn revoke(&mut self, revocation: DeviceRevocation) -> Result<(), ClientError> {
+        let request_id = self.request_id();
+        self.send(&ClientFrame::Revoke {
+            request_id,
+            revocation,
+        })
+        .await?;
+        self.reply(request_id).await.map(|_| ())
+    }
+
+    /// The device certificates and revocations the relay holds for `users` (only users who
+    /// share a conversation with this device's user, and that user itself). Unverified: the
+    /// caller checks every signature (`DeviceRegistration::verify`, `DeviceRevocation::verify`).
+    pub async fn devices(
+        &mut self,
+        users: Vec<UserId>,
+    ) -> Result<(Vec<DeviceRegistration>, Vec<DeviceRevocation>), ClientError> {
+        let request_id = self.request_id();
+        self.send(&ClientFrame::Devices { request_id, users })
+            .await?;
+        match self.reply(request_id).await? {
+            ServerFrame::Devices {
+                registrations,
+                revocations,
+                ..
+            } => Ok((registrations, revocations)),
+            f => Err(ClientError::Unexpected(format!("{f:?}"))),
+        }
     }
 
     /// Lists the device's conversations and turns pushes on.

@@ -582,3 +582,156 @@ async fn kill_9_loses_no_acked_event() -> Result<()> {
     assert_eq!(again, (acked + 1..=acked + 50).collect::<Vec<_>>());
     Ok(())
 }
+
+/// Authenticates `key` over a raw connection and returns the relay's answer to Auth.
+async fn auth_answer(
+    ep: &quinn::Endpoint,
+    relay: &RelayHandle,
+    key: &DeviceKey,
+) -> Result<wire::ServerFrame> {
+    let (conn, mut send, mut recv) = raw(ep, relay).await?;
+    send_frame(&mut send, &hello(key, wire::PROTOCOL_VERSION)).await?;
+    let wire::ServerFrame::Challenge { nonce } = read_frame(&mut recv).await? else {
+        bail!("no challenge")
+    };
+    let mut binding = [0u8; wire::TLS_BINDING_LEN];
+    conn.export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow::anyhow!("export"))?;
+    let signature = wire::sign_auth(key.signing_key(), &key.user(), &nonce, &binding);
+    send_frame(&mut send, &ClientFrame::Auth { signature }).await?;
+    read_frame(&mut recv).await
+}
+
+/// The attacks issue 6 lists that the relay must refuse, over real QUIC: writes by
+/// non-members, non-admins, removed members and revoked devices; forks of a device's chain;
+/// a revoked device's authentication; device lists for strangers. Every refusal has its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_revocation_and_chain_attacks_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), Limits::default()).await?;
+    let ep = endpoint()?;
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let mut alice_laptop = connect(&ep, &relay, 1, 12).await?;
+    let mut bob = connect(&ep, &relay, 2, 21).await?;
+    let mut carol = connect(&ep, &relay, 3, 31).await?;
+    let create = alice.create(&[1, 2]);
+    let hello = alice.send("hello");
+    assert_eq!(alice.submit_ok(&[create, hello.clone()]).await?, vec![1, 2]);
+
+    // Carol is no member: she writes and reads nothing.
+    let intrusion = carol.send("let me in");
+    let out = carol.client.submit(&[intrusion]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::NOT_MEMBER));
+    match carol.client.pull(CONV, 0, 10).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
+        other => bail!("pull by a non-member: {other:?}"),
+    }
+    // Bob is a member but no admin: he cannot add Carol.
+    let add_by_bob = bob.event(EventKind::AddMember {
+        user: user_id(3),
+        admin: false,
+    });
+    let out = bob.client.submit(&[add_by_bob]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::FORBIDDEN));
+    // The relay does not serve Carol's devices to Bob: they share no conversation.
+    let (certs, _) = bob.client.devices(vec![user_id(1), user_id(3)]).await?;
+    assert!(!certs.is_empty());
+    assert!(certs.iter().all(|c| c.user == user_id(1) && c.verify()));
+    assert!(certs
+        .iter()
+        .any(|c| c.device == alice.key.device() && c.agreement == alice.key.agreement_public().0));
+
+    // Alice adds Carol, who can now read the conversation from the start.
+    let add = alice.event(EventKind::AddMember {
+        user: user_id(3),
+        admin: false,
+    });
+    alice.submit_ok(&[add]).await?;
+    let items = carol.client.pull_all(CONV, 0).await?;
+    assert_eq!(items.len(), 3, "Create, hello and the AddMember");
+
+    // Alice removes Bob: his writes and reads are refused from then on.
+    let remove = alice.event(EventKind::RemoveMember { user: user_id(2) });
+    alice.submit_ok(&[remove]).await?;
+    let after = bob.send("still here?");
+    let out = bob.client.submit(&[after]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::NOT_MEMBER));
+    match bob.client.pull(CONV, 0, 10).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
+        other => bail!("pull by a removed member: {other:?}"),
+    }
+
+    // Replays: the same event again is the same event (same seq, stored once); another event
+    // signed for a place Alice's chain already used is a fork.
+    assert_eq!(
+        alice.submit_ok(std::slice::from_ref(&hello)).await?,
+        vec![2]
+    );
+    let fork_header = alice.key.header(CONV, 2, hello.header().prev, 2, 1);
+    let fork = Event::sign(
+        alice.key.signing_key(),
+        fork_header,
+        EventKind::Send {
+            message: MessageId([0xF0; 16]),
+            body: b"other words".to_vec(),
+            media: vec![],
+        },
+    )?;
+    let out = alice.client.submit(&[fork]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::CHAIN_FORK));
+    // An event whose prev does not name the one before it breaks the chain.
+    alice.counter += 1;
+    let broken_header = alice
+        .key
+        .header(CONV, alice.counter, Some(hello.id()), 9, 1);
+    let broken = Event::sign(
+        alice.key.signing_key(),
+        broken_header,
+        EventKind::Read { up_to: 1 },
+    )?;
+    let out = alice.client.submit(&[broken]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::BROKEN_CHAIN));
+    alice.counter -= 1;
+
+    // A revocation Carol forges for Alice's laptop is refused; Alice's own is stored.
+    let forged = wire::DeviceRevocation::sign(&user_key(3), alice_laptop.key.device(), 5);
+    let forged = wire::DeviceRevocation {
+        user: user_id(1),
+        ..forged
+    };
+    match carol.client.revoke(forged).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::BAD_REVOCATION),
+        other => bail!("forged revocation: {other:?}"),
+    }
+    let revocation = wire::DeviceRevocation::sign(&user_key(1), alice_laptop.key.device(), 5);
+    alice.client.revoke(revocation.clone()).await?;
+    // The laptop can no longer submit, and cannot authenticate again.
+    let late = alice_laptop.send("from the lost laptop");
+    // (Or no answer at all: its session may be closed first.)
+    if let Ok(out) = alice_laptop.client.submit(&[late]).await {
+        assert_eq!(code_of(&out[0]), Some(ErrorCode::REVOKED));
+    }
+    match auth_answer(&ep, &relay, &alice_laptop.key).await? {
+        wire::ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::REVOKED),
+        f => bail!("a revoked device authenticated: {f:?}"),
+    }
+    // Co-members learn of the revocation, signed by Alice's user key.
+    let (_, revocations) = carol.client.devices(vec![user_id(1)]).await?;
+    assert_eq!(revocations, vec![revocation.clone()]);
+    assert!(revocations[0].verify());
+
+    // All of it holds after a restart.
+    relay.shutdown().await?;
+    let relay = start(dir.path(), Limits::default()).await?;
+    match auth_answer(&ep, &relay, &alice_laptop.key).await? {
+        wire::ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::REVOKED),
+        f => bail!("a revoked device authenticated after a restart: {f:?}"),
+    }
+    let mut bob = reconnect(&ep, &relay, bob).await?;
+    match bob.client.pull(CONV, 0, 10).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
+        other => bail!("pull by a removed member after a restart: {other:?}"),
+    }
+    relay.shutdown().await?;
+    Ok(())
+}
