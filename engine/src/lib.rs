@@ -11,8 +11,10 @@
 //! # Layout
 //! - [`ids`]: fixed-size identifiers.
 //! - [`event`]: the event envelope, its codec, signing and verification.
-//! - [`identity`]: device keys.
+//! - [`identity`]: device keys (ed25519 signing, X25519 agreement) and certificates.
+//! - [`crypto`]: end-to-end and at-rest encryption primitives.
 //! - [`membership`]: who belongs to a conversation and who may change that.
+//! - [`directory`]: device certificates and revocations as this device verified them.
 //! - [`status`]: the status lattice and how a message's status is derived.
 //! - [`conversation`]: the visible state of a conversation and its read API.
 //! - [`doc`]: the automerge document layout and the fold.
@@ -26,6 +28,7 @@
 pub mod conversation;
 pub mod crypto;
 pub mod device;
+pub mod directory;
 pub mod doc;
 pub mod event;
 pub mod identity;
@@ -39,6 +42,7 @@ pub mod wire;
 
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
 pub use device::{ConnectionState, DeviceConfig, DeviceCore, DeviceError, DeviceEvent};
+pub use directory::{DeviceDirectory, DirectoryRefusal};
 pub use doc::{ConversationDoc, DocError};
 pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef, SealedKey};
 pub use identity::DeviceKey;
