@@ -208,19 +208,7 @@ impl DeviceSecrets {
             path: path.to_owned(),
             reason,
         };
-        if bytes.get(..4) != Some(DEVICE_MAGIC) {
-            return Err(malformed("not a device key file"));
-        }
-        match bytes.get(4) {
-            Some(&VERSION) => {}
-            Some(&version) => {
-                return Err(KeystoreError::UnsupportedVersion {
-                    path: path.to_owned(),
-                    version,
-                })
-            }
-            None => return Err(malformed("truncated")),
-        }
+        check_magic_and_version(path, bytes, DEVICE_MAGIC, "not a device key file")?;
         if bytes.len() != DEVICE_LEN {
             return Err(malformed("wrong length"));
         }
@@ -378,25 +366,39 @@ impl UserSecret {
     }
 }
 
+/// Checks a key file's 4-byte magic and its version byte (the layout both files start with).
+fn check_magic_and_version(
+    path: &Path,
+    bytes: &[u8],
+    magic: &[u8],
+    not_ours: &'static str,
+) -> Result<(), KeystoreError> {
+    if bytes.get(..4) != Some(magic) {
+        return Err(KeystoreError::Malformed {
+            path: path.to_owned(),
+            reason: not_ours,
+        });
+    }
+    match bytes.get(4) {
+        Some(&VERSION) => Ok(()),
+        Some(&version) => Err(KeystoreError::UnsupportedVersion {
+            path: path.to_owned(),
+            version,
+        }),
+        None => Err(KeystoreError::Malformed {
+            path: path.to_owned(),
+            reason: "truncated",
+        }),
+    }
+}
+
 /// Checks magic and version and returns the protection byte.
 fn user_header(path: &Path, bytes: &[u8]) -> Result<u8, KeystoreError> {
     let malformed = |reason| KeystoreError::Malformed {
         path: path.to_owned(),
         reason,
     };
-    if bytes.get(..4) != Some(USER_MAGIC) {
-        return Err(malformed("not a user key file"));
-    }
-    match bytes.get(4) {
-        Some(&VERSION) => {}
-        Some(&version) => {
-            return Err(KeystoreError::UnsupportedVersion {
-                path: path.to_owned(),
-                version,
-            })
-        }
-        None => return Err(malformed("truncated")),
-    }
+    check_magic_and_version(path, bytes, USER_MAGIC, "not a user key file")?;
     match bytes.get(5) {
         Some(&p @ (USER_PLAIN | USER_WRAPPED)) => Ok(p),
         Some(_) => Err(malformed("unknown protection")),

@@ -45,7 +45,7 @@ pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
 use session::{Phase, Session};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use store::{CommitBatch, SequencedRecord};
 use tidings_engine::event::DecodeError;
@@ -1441,35 +1441,33 @@ impl RelayCore {
         for p in staged.submits {
             self.answer(p, Some(msg));
         }
+        let refused = |request_id| ServerFrame::Refused {
+            request_id,
+            code: ErrorCode::INTERNAL,
+            message: msg.to_string(),
+        };
         for r in staged.registrations {
-            self.send_live(
-                r.session,
-                ServerFrame::Refused {
-                    request_id: r.request_id,
-                    code: ErrorCode::INTERNAL,
-                    message: msg.to_string(),
-                },
-            );
+            self.send_live(r.session, refused(r.request_id));
         }
-        for r in staged.revocations {
-            // Not durable: forgotten unless it was stored before (the relay refuses only for
-            // what it keeps); the user sends it again.
-            let durable = self
-                .store
+        // Revocations that were not durable are forgotten, unless stored before (the relay
+        // refuses only for what it keeps); the user sends them again. The stored ones are read
+        // once; if they cannot be read, every revocation is kept (the safe side).
+        let stored: Option<HashSet<DeviceId>> = if staged.revocations.is_empty() {
+            None
+        } else {
+            self.store
                 .revocations()
-                .map(|all| all.iter().any(|d| d.device == r.revocation.device))
-                .unwrap_or(true);
+                .ok()
+                .map(|all| all.iter().map(|d| d.device).collect())
+        };
+        for r in staged.revocations {
+            let durable = stored
+                .as_ref()
+                .is_none_or(|s| s.contains(&r.revocation.device));
             if !durable {
                 self.revoked.remove(&r.revocation.device);
             }
-            self.send_live(
-                r.session,
-                ServerFrame::Refused {
-                    request_id: r.request_id,
-                    code: ErrorCode::INTERNAL,
-                    message: msg.to_string(),
-                },
-            );
+            self.send_live(r.session, refused(r.request_id));
         }
     }
 

@@ -228,14 +228,7 @@ impl Sim {
                 c.dev_attached = false;
             }
         }
-        let r = self.core(i)?.handle_disconnected(now);
-        if let Err(e) = r {
-            return self.device_failed(i, e, "handle_disconnected");
-        }
-        self.drain_device(i)?;
-        self.maybe_dial(i);
-        self.refresh_wake(i);
-        Ok(())
+        self.core_disconnected(i, now)
     }
 
     pub(super) fn device_told(&mut self, conn: ConnId) -> Result<(), Violation> {
@@ -250,6 +243,11 @@ impl Sim {
         self.devices[i].conn = None;
         tr!(self, "{} told conn {conn} is dead", self.devices[i].name);
         let now = self.devices[i].dev_now(self.now);
+        self.core_disconnected(i, now)
+    }
+
+    /// Tells device `i`'s core its connection is gone, then lets it write and redial.
+    fn core_disconnected(&mut self, i: usize, now: u64) -> Result<(), Violation> {
         let r = self.core(i)?.handle_disconnected(now);
         if let Err(e) = r {
             return self.device_failed(i, e, "handle_disconnected");

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// A direction on a connection.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Device to relay.
+    Up,
+    /// Relay to device.
+    Down,
+}
+
 impl Sim {
     pub(super) fn delay(&mut self, dev: usize) -> u64 {
         let base = self.devices[dev].latency_ms;
@@ -32,34 +41,13 @@ impl Sim {
         }
         let delay = self.delay(i);
         let chaos = self.chaos();
-        let c = self
-            .conns
-            .get_mut(&conn)
-            .expect("connection just looked up");
-        match chaos {
-            Chaos::Drop => {
-                self.stats.chaos_dropped += 1;
-                self.taint(conn);
+        let times = self.arrivals(conn, chaos, delay, Direction::Up);
+        if let Some((last, copies)) = times.split_last() {
+            for at in copies {
+                let frame = frame.clone();
+                self.queue.push(*at, Ev::ToRelay { conn, frame });
             }
-            Chaos::Duplicate => {
-                self.stats.chaos_duplicated += 1;
-                let at = (self.now + delay).max(c.up_last);
-                c.up_last = at;
-                let copy = frame.clone();
-                self.queue.push(at, Ev::ToRelay { conn, frame });
-                let again = self.now + delay + self.rng.random_range(0..500);
-                self.queue.push(again, Ev::ToRelay { conn, frame: copy });
-            }
-            Chaos::Reorder => {
-                self.stats.chaos_reordered += 1;
-                let at = self.now + self.rng.random_range(0..=delay);
-                self.queue.push(at, Ev::ToRelay { conn, frame });
-            }
-            Chaos::None => {
-                let at = (self.now + delay).max(c.up_last);
-                c.up_last = at;
-                self.queue.push(at, Ev::ToRelay { conn, frame });
-            }
+            self.queue.push(*last, Ev::ToRelay { conn, frame });
         }
     }
 
@@ -85,33 +73,48 @@ impl Sim {
         } else {
             self.chaos()
         };
-        let c = self
-            .conns
-            .get_mut(&conn)
-            .expect("connection just looked up");
+        let times = self.arrivals(conn, chaos, delay, Direction::Down);
+        if let Some((last, copies)) = times.split_last() {
+            for at in copies {
+                let frame = frame.clone();
+                self.queue.push(*at, Ev::ToDevice { conn, frame });
+            }
+            self.queue.push(*last, Ev::ToDevice { conn, frame });
+        }
+    }
+
+    /// When the copies of one frame on `conn` arrive, in order: none (dropped: the connection
+    /// is tainted), one, or two (duplicated). In-order delivery keeps to the direction's
+    /// watermark; a reordered frame ignores it.
+    fn arrivals(&mut self, conn: ConnId, chaos: Chaos, delay: u64, dir: Direction) -> Vec<u64> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let last = match dir {
+            Direction::Up => &mut c.up_last,
+            Direction::Down => &mut c.down_last,
+        };
         match chaos {
             Chaos::Drop => {
                 self.stats.chaos_dropped += 1;
                 self.taint(conn);
+                Vec::new()
             }
             Chaos::Duplicate => {
                 self.stats.chaos_duplicated += 1;
-                let at = (self.now + delay).max(c.down_last);
-                c.down_last = at;
-                let copy = frame.clone();
-                self.queue.push(at, Ev::ToDevice { conn, frame });
+                let at = (self.now + delay).max(*last);
+                *last = at;
                 let again = self.now + delay + self.rng.random_range(0..500);
-                self.queue.push(again, Ev::ToDevice { conn, frame: copy });
+                vec![at, again]
             }
             Chaos::Reorder => {
                 self.stats.chaos_reordered += 1;
-                let at = self.now + self.rng.random_range(0..=delay);
-                self.queue.push(at, Ev::ToDevice { conn, frame });
+                vec![self.now + self.rng.random_range(0..=delay)]
             }
             Chaos::None => {
-                let at = (self.now + delay).max(c.down_last);
-                c.down_last = at;
-                self.queue.push(at, Ev::ToDevice { conn, frame });
+                let at = (self.now + delay).max(*last);
+                *last = at;
+                vec![at]
             }
         }
     }
