@@ -89,6 +89,14 @@ pub enum Change {
         /// Conversation.
         conversation: ConversationId,
     },
+    /// The key of an epoch reached this device: messages shown as waiting for it can be
+    /// read now.
+    KeyArrived {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The epoch.
+        epoch: EventId,
+    },
 }
 
 /// One message as a UI shows it.
@@ -136,6 +144,9 @@ pub struct Conversation {
     id: ConversationId,
     /// Members and the `Create` event they came from (lowest id wins if a forger made two).
     members: Option<(EventId, Vec<UserId>)>,
+    /// Members after the latest membership change the device's gate admitted, with its
+    /// sequence (the highest sequence wins); overrides the `Create` list.
+    membership: Option<(ServerSeq, Vec<UserId>)>,
     messages: HashMap<MessageId, MessageRecord>,
     /// The lowest sequence and its timestamp per message (a correct relay gives exactly one).
     seq_of: HashMap<MessageId, (ServerSeq, u64)>,
@@ -155,6 +166,7 @@ impl Conversation {
         Conversation {
             id,
             members: None,
+            membership: None,
             messages: HashMap::new(),
             seq_of: HashMap::new(),
             by_seq: BTreeMap::new(),
@@ -172,7 +184,10 @@ impl Conversation {
 
     /// Members, once known.
     pub fn members(&self) -> Option<&[UserId]> {
-        self.members.as_ref().map(|(_, m)| m.as_slice())
+        match &self.membership {
+            Some((_, m)) => Some(m.as_slice()),
+            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
+        }
     }
 
     /// Number of visible messages.
@@ -324,6 +339,25 @@ impl Conversation {
         out
     }
 
+    /// The members after the membership change at `seq` (max-register on the sequence).
+    pub(crate) fn apply_membership(&mut self, seq: ServerSeq, members: Vec<UserId>) -> Vec<Change> {
+        if self.membership.as_ref().is_some_and(|(s, _)| *s >= seq) {
+            return Vec::new();
+        }
+        let before = self.all_statuses();
+        self.membership = Some((seq, members));
+        let mut out = vec![Change::MembersChanged {
+            conversation: self.id,
+        }];
+        out.extend(self.diff_statuses(before));
+        out
+    }
+
+    /// Sequence of the membership change the members come from (0: the `Create` list).
+    pub(crate) fn membership_seq(&self) -> ServerSeq {
+        self.membership.as_ref().map_or(0, |(s, _)| *s)
+    }
+
     pub(crate) fn apply_message(&mut self, id: MessageId, record: MessageRecord) -> Vec<Change> {
         if let Some(existing) = self.messages.get(&id) {
             // Two different events claiming one message id: keep the lowest event id, so every
@@ -430,7 +464,7 @@ impl Conversation {
     /// What changed between `self` and a later state `new` of the same conversation.
     pub(crate) fn diff_to(&self, new: &Conversation) -> Vec<Change> {
         let mut out = Vec::new();
-        if self.members != new.members {
+        if self.members() != new.members() {
             out.push(Change::MembersChanged {
                 conversation: self.id,
             });

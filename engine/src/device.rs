@@ -20,9 +20,10 @@
 
 use crate::conversation::Change;
 use crate::event::{Event, EventKind, MediaRef};
-use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq};
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;
+use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
     sign_auth, ClientFrame, DeviceRegistration, Envelope, ErrorCode, Item, ServerFrame,
@@ -101,6 +102,9 @@ pub enum DeviceEvent {
     /// A break in an author's chain of events (see [`ChainIssue`]): events were withheld,
     /// dropped or reordered on the way, or an author signed two events for one place.
     Chain(ChainIssue),
+    /// An event the relay sequenced that this device's own checks refused (a non-member's,
+    /// a removed member's, a revoked or uncertified device's): kept out of the conversation.
+    Ignored(RefusedEvent),
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -186,10 +190,13 @@ pub struct PreparedFrame {
 }
 
 /// An outstanding request that expects a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Request {
     Sync,
     Pull(ConversationId),
+    /// Device certificates; the answer settles these users for the gates (see
+    /// [`Store::absorb_devices`]).
+    Devices(Vec<UserId>),
 }
 
 #[derive(Debug)]
@@ -224,6 +231,12 @@ pub struct DeviceCore {
     reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
     /// Whether this session's catch-up was checked for chain gaps.
     gaps_checked: bool,
+    /// Whether this session asked for the members' device certificates.
+    directory_asked: bool,
+    /// Users whose certificates a request in flight asks for, to settle a waiting gate.
+    asking: HashSet<UserId>,
+    /// Epoch keys asked for in this process (each once; a restart asks again).
+    keys_requested: HashSet<(ConversationId, EventId)>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
 }
@@ -275,6 +288,9 @@ impl DeviceCore {
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),
             gaps_checked: false,
+            directory_asked: false,
+            asking: HashSet::new(),
+            keys_requested: HashSet::new(),
             checked_for_delivery: HashMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -335,6 +351,32 @@ impl DeviceCore {
         let (_, changes) = self
             .store
             .send(conversation, message, body, media, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)
+    }
+
+    /// Adds `user` to a conversation (an admin's act); the next message starts a new epoch.
+    pub fn add_member(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        admin: bool,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let (_, changes) = self.store.add_member(conversation, user, admin, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)
+    }
+
+    /// Removes `user` from a conversation (an admin's act, or leaving it); the next message
+    /// starts a new epoch without the removed user's devices.
+    pub fn remove_member(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let (_, changes) = self.store.remove_member(conversation, user, now_ms)?;
         self.emit(changes);
         self.flush(now_ms)
     }
@@ -443,6 +485,8 @@ impl DeviceCore {
         self.pulling.clear();
         self.sync_sent = false;
         self.gaps_checked = false;
+        self.directory_asked = false;
+        self.asking.clear();
         self.transmit.clear();
     }
 
@@ -466,6 +510,33 @@ impl DeviceCore {
 
     /// A frame from [`DeviceCore::prepare`].
     pub fn handle_prepared(
+        &mut self,
+        prepared: PreparedFrame,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        self.handle_prepared_inner(prepared, now_ms)?;
+        self.after_frame(now_ms)
+    }
+
+    /// Key work after a frame: answers the key requests it brought, and once caught up asks
+    /// for the keys of messages still waiting for one (once per epoch and session).
+    fn after_frame(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        let mut changes = self.store.answer_key_requests(now_ms)?;
+        if self.state == State::Ready && self.caught_up() {
+            for (conversation, epoch) in self.store.missing_keys() {
+                if self.keys_requested.insert((conversation, epoch)) {
+                    tracing::info!(%conversation, %epoch, "asking for a missing epoch key");
+                    changes.extend(self.store.request_key(conversation, epoch, now_ms)?);
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.emit(changes);
+        }
+        self.flush(now_ms)
+    }
+
+    fn handle_prepared_inner(
         &mut self,
         prepared: PreparedFrame,
         now_ms: u64,
@@ -501,6 +572,7 @@ impl DeviceCore {
                 },
             ) => {
                 self.requests.remove(&request_id);
+                self.ask_directory()?;
                 for info in conversations {
                     self.targets.insert(info.conversation, info.max_seq);
                     let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
@@ -539,6 +611,34 @@ impl DeviceCore {
                 Ok(())
             }
             (State::Ready, ServerFrame::Push { .. }) => self.on_items(items, now_ms),
+            (
+                State::Ready,
+                ServerFrame::Devices {
+                    request_id,
+                    registrations,
+                    revocations,
+                },
+            ) => {
+                let settles = match self.requests.remove(&request_id) {
+                    Some(Request::Devices(users)) => users,
+                    _ => return Err(DeviceError::Protocol("Devices answer to no request")),
+                };
+                for u in &settles {
+                    self.asking.remove(u);
+                }
+                let out = self
+                    .store
+                    .absorb_devices(&registrations, &revocations, &settles)?;
+                let gated = out.gated.clone();
+                self.emit_outcome(out);
+                // Messages the gate let through only now get their receipts now.
+                for c in gated {
+                    let cursor = self.store.log().cursor(&cursor_key(&c))?;
+                    self.deliver_up_to(c, cursor, now_ms)?;
+                }
+                self.report_if_caught_up()?;
+                Ok(())
+            }
             (State::Ready, ServerFrame::PullMode) => {
                 self.send_sync();
                 Ok(())
@@ -551,8 +651,16 @@ impl DeviceCore {
                     message,
                 },
             ) => {
-                if let Some(Request::Pull(c)) = self.requests.remove(&request_id) {
-                    self.pulling.remove(&c);
+                match self.requests.remove(&request_id) {
+                    Some(Request::Pull(c)) => {
+                        self.pulling.remove(&c);
+                    }
+                    Some(Request::Devices(users)) => {
+                        for u in &users {
+                            self.asking.remove(u);
+                        }
+                    }
+                    _ => {}
                 }
                 self.events.push_back(DeviceEvent::Refused {
                     event: None,
@@ -685,7 +793,49 @@ impl DeviceCore {
             tracing::warn!(?issue, "break in an author's chain");
             self.events.push_back(DeviceEvent::Chain(issue));
         }
+        for refused in out.refused {
+            tracing::warn!(conversation = %refused.conversation, event = %refused.event,
+                author = %refused.author, kind = refused.kind, reason = %refused.refusal,
+                "ignored an event the relay sequenced");
+            self.events.push_back(DeviceEvent::Ignored(refused));
+        }
         self.emit(out.changes);
+        if self.state == State::Ready {
+            let users: Vec<UserId> = out
+                .waiting
+                .into_iter()
+                .filter(|u| self.asking.insert(*u))
+                .collect();
+            if !users.is_empty() {
+                self.ask_devices(users.clone(), users);
+            }
+        }
+    }
+
+    /// Once per session: asks for the certificates and revocations of every member of every
+    /// conversation in the log, so the gates and the conversation keys use a fresh directory.
+    fn ask_directory(&mut self) -> Result<(), DeviceError> {
+        if self.directory_asked {
+            return Ok(());
+        }
+        self.directory_asked = true;
+        let mut users: BTreeSet<UserId> = BTreeSet::new();
+        for (c, meta) in self.store.log().conversations()? {
+            users.extend(meta.members.into_iter().flat_map(|(_, m)| m));
+            users.extend(self.store.log().gate(c)?.members());
+        }
+        let users: Vec<UserId> = users.into_iter().collect();
+        for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
+            self.ask_devices(chunk.to_vec(), Vec::new());
+        }
+        Ok(())
+    }
+
+    fn ask_devices(&mut self, users: Vec<UserId>, settles: Vec<UserId>) {
+        let request_id = self.request_id();
+        self.requests.insert(request_id, Request::Devices(settles));
+        self.transmit
+            .push_back(ClientFrame::Devices { request_id, users });
     }
 
     // ---- the outbox ----
@@ -874,6 +1024,8 @@ impl DeviceCore {
     ) -> Result<(), DeviceError> {
         let key = self.store.key();
         let (device, user) = (key.device(), key.user());
+        // Only what this device's gate let through counts as delivered.
+        let cursor = cursor.min(self.store.log().gate(conversation)?.through);
         let (delivered, _) = self.store.log().device_marks(conversation, device)?;
         let checked = self.checked_for_delivery.get(&conversation).copied();
         let from = delivered.max(checked.unwrap_or(0));

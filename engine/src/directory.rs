@@ -61,8 +61,8 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 pub struct DeviceDirectory {
     devices: BTreeMap<DeviceId, Entry>,
-    /// Revoked devices, with the user who revoked them.
-    revoked: BTreeMap<DeviceId, UserId>,
+    /// Revoked devices, with the user who revoked them and when they signed it.
+    revoked: BTreeMap<DeviceId, (UserId, u64)>,
     by_user: BTreeMap<UserId, BTreeSet<DeviceId>>,
 }
 
@@ -93,8 +93,9 @@ impl DeviceDirectory {
         refused
     }
 
-    /// Takes in one certificate.
-    pub fn certify(&mut self, cert: &DeviceRegistration) -> Result<(), DirectoryRefusal> {
+    /// Takes in one certificate. `Ok(true)` when it is now the device's certificate,
+    /// `Ok(false)` when a newer one was already held.
+    pub fn certify(&mut self, cert: &DeviceRegistration) -> Result<bool, DirectoryRefusal> {
         if !cert.verify() {
             return Err(DirectoryRefusal::BadCertificate {
                 user: cert.user,
@@ -113,7 +114,7 @@ impl DeviceDirectory {
                 });
             }
             if e.issued_ms >= cert.issued_ms {
-                return Ok(());
+                return Ok(false);
             }
         }
         self.devices.insert(
@@ -128,12 +129,12 @@ impl DeviceDirectory {
             .entry(cert.user)
             .or_default()
             .insert(cert.device);
-        Ok(())
+        Ok(true)
     }
 
     /// Takes in one revocation. A revocation signed by another user than the device's is
-    /// refused.
-    pub fn revoke(&mut self, rev: &DeviceRevocation) -> Result<(), DirectoryRefusal> {
+    /// refused. `Ok(true)` when it is new.
+    pub fn revoke(&mut self, rev: &DeviceRevocation) -> Result<bool, DirectoryRefusal> {
         if !rev.verify() {
             return Err(DirectoryRefusal::BadRevocation {
                 user: rev.user,
@@ -154,8 +155,13 @@ impl DeviceDirectory {
                 set.remove(&rev.device);
             }
         }
-        self.revoked.insert(rev.device, rev.user);
-        Ok(())
+        let issued = self
+            .revoked
+            .get(&rev.device)
+            .map_or(rev.issued_ms, |(_, t)| (*t).min(rev.issued_ms));
+        let new = self.revoked.get(&rev.device) != Some(&(rev.user, issued));
+        self.revoked.insert(rev.device, (rev.user, issued));
+        Ok(new)
     }
 
     /// The user's devices that are certified and not revoked, with their X25519 keys.
@@ -176,6 +182,17 @@ impl DeviceDirectory {
     /// Whether the device was revoked.
     pub fn is_revoked(&self, device: &DeviceId) -> bool {
         self.revoked.contains_key(device)
+    }
+
+    /// The user who revoked the device and when (the earliest revocation's time, the user's
+    /// clock, ms), if it was revoked.
+    pub fn revocation(&self, device: &DeviceId) -> Option<(UserId, u64)> {
+        self.revoked.get(device).copied()
+    }
+
+    /// Whether the directory holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.revoked.is_empty()
     }
 }
 

@@ -6,6 +6,7 @@
 //! | key | value (postcard bytes) | written by |
 //! |---|---|---|
 //! | `c` | `CreateRecord { event, members }` | the `Create` event |
+//! | `g` | `MembersRecord { seq, members }` | the device's gate, after a membership change at `seq` (highest `seq` wins) |
 //! | `m:<message id hex>` | [`MessageRecord`] | the message's `Send` |
 //! | `s:<seq, 16 hex digits>` | `AckRecord { message, ts_ms }` | the relay's `ServerAck` |
 //! | `d:<device hex>` | `(user, up_to)` | the device's `Delivered` (max-register) |
@@ -46,6 +47,12 @@ pub enum DocError {
 #[derive(Serialize, Deserialize)]
 struct CreateRecord {
     event: EventId,
+    members: Vec<UserId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MembersRecord {
+    seq: ServerSeq,
     members: Vec<UserId>,
 }
 
@@ -108,6 +115,25 @@ impl ConversationDoc {
     /// Marks a message FAILED or clears it (local, not written to the document).
     pub fn set_failed(&mut self, message: MessageId, failed: bool) -> Vec<Change> {
         self.state.set_failed(message, failed)
+    }
+
+    /// Records the members after the membership change the device's gate admitted at `seq`.
+    pub fn set_members(
+        &mut self,
+        seq: ServerSeq,
+        members: Vec<UserId>,
+    ) -> Result<Vec<Change>, DocError> {
+        if self.state.membership_seq() >= seq {
+            return Ok(Vec::new());
+        }
+        self.put(
+            "g".to_owned(),
+            &MembersRecord {
+                seq,
+                members: members.clone(),
+            },
+        )?;
+        Ok(self.state.apply_membership(seq, members))
     }
 
     /// Folds one verified event. Deterministic; idempotent; order-independent in its result.
@@ -294,6 +320,10 @@ fn apply_key(state: &mut Conversation, key: &str, bytes: &[u8]) -> Option<()> {
         "c" => {
             let r: CreateRecord = postcard::from_bytes(bytes).ok()?;
             state.apply_create(r.event, r.members);
+        }
+        "g" => {
+            let r: MembersRecord = postcard::from_bytes(bytes).ok()?;
+            state.apply_membership(r.seq, r.members);
         }
         "m" => {
             let id = MessageId::from_hex(rest)?;

@@ -7,9 +7,12 @@
 //! leaves either all of it or none of it.
 
 use crate::conversation::{MessageRecord, MessageView};
+use crate::directory::DeviceDirectory;
 use crate::event::{DecodeError, Event, EventKind};
+use crate::gate::{Gate, Refusal, Verdict};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::status::{derive_status, UserMarks};
+use crate::wire::{DeviceRegistration, DeviceRevocation};
 use redb::{
     backends::InMemoryBackend, Database, Durability, ReadableDatabase, ReadableTable,
     TableDefinition,
@@ -21,7 +24,7 @@ use std::path::Path;
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
 /// The table layout this build writes. A file with a higher number is refused.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
 type Conv = &'static [u8; 16];
 type Id32 = &'static [u8; 32];
@@ -37,7 +40,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("events");
 /// log position → event id (append order)
 const LOG: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("log");
-/// (conversation, log position) → event id
+/// (conversation, fold position) → event id: the events admitted to the conversation's fold,
+/// in the order they were admitted (own events and relay acks at once, others' events when
+/// the [`Gate`] passed them)
 const CONV_LOG: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("conv_log");
 /// (conversation, author device, counter) → event id
 const BY_AUTHOR: TableDefinition<AuthorKey, &[u8; 32]> = TableDefinition::new("by_author");
@@ -61,6 +66,19 @@ const OUTBOX_BY_EVENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("o
 const CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("cursors");
 /// conversation → (log position covered, saved automerge document)
 const SNAPSHOTS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots");
+/// conversation → postcard([`Gate`]): how far the device's own checks got
+const GATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("gates");
+/// event id → (): stored events of others waiting for the gate
+const HELD: TableDefinition<&[u8; 32], ()> = TableDefinition::new("held");
+/// event id → (conversation, the refusal for people): events the gate refused
+const REFUSED: TableDefinition<&[u8; 32], (&[u8; 16], &str)> = TableDefinition::new("refused");
+/// (conversation, epoch) → the epoch key and what is known of it, sealed under the device's
+/// storage key (see [`crate::store`])
+const EPOCH_KEYS: TableDefinition<(&[u8; 16], &[u8; 32]), &[u8]> =
+    TableDefinition::new("epoch_keys");
+/// (device, 0 = certificate / 1 = revocation) → the signed statement (postcard), as this
+/// device verified it
+const DIRECTORY: TableDefinition<(&[u8; 32], u8), &[u8]> = TableDefinition::new("directory");
 
 /// Why the log could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -163,13 +181,31 @@ pub struct OutboxEntry {
 /// What appending one event did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Appended {
-    /// Stored at this log position.
+    /// Stored, and admitted to its conversation's fold at this position.
     New {
-        /// Log position.
+        /// Fold position in the conversation.
         position: u64,
     },
+    /// Stored, waiting for the conversation's [`Gate`] (see [`LogTxn::advance_gate`]).
+    Held,
     /// Already stored: nothing was written.
     Duplicate,
+}
+
+/// What one run of a conversation's [`Gate`] did.
+#[derive(Debug, Default)]
+pub struct GateRun {
+    /// Events admitted by this run, with their fold positions, in server order. Own events
+    /// the gate passed are not listed: they were folded when they were written.
+    pub admitted: Vec<(u64, Event)>,
+    /// Events refused, with why.
+    pub refused: Vec<(Event, Refusal)>,
+    /// The user whose certificates the gate waits for, if it stopped for that.
+    pub waiting: Option<UserId>,
+    /// The gate after the run.
+    pub gate: Gate,
+    /// Whether the membership changed in this run.
+    pub membership_changed: bool,
 }
 
 /// A break in one device's chain of events in a conversation (its per-conversation counter
@@ -338,6 +374,11 @@ impl EventLog {
             txn.open_table(OUTBOX_BY_EVENT)?;
             txn.open_table(CURSORS)?;
             txn.open_table(SNAPSHOTS)?;
+            txn.open_table(GATES)?;
+            txn.open_table(HELD)?;
+            txn.open_table(REFUSED)?;
+            txn.open_table(DIRECTORY)?;
+            txn.open_table(EPOCH_KEYS)?;
         }
         txn.commit()?;
         Ok(EventLog { db, incarnation })
@@ -624,6 +665,55 @@ impl EventLog {
             .map(|g| (g.value().0, g.value().1)))
     }
 
+    /// A conversation's gate as it was last saved (the default before any event was judged).
+    pub fn gate(&self, conversation: ConversationId) -> Result<Gate, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(GATES)?;
+        match table.get(&conversation.0)? {
+            Some(g) => postcard::from_bytes(g.value()).map_err(|e| corrupt("gates", e)),
+            None => Ok(Gate::default()),
+        }
+    }
+
+    /// The stored (sealed) epoch keys of a conversation.
+    pub fn epoch_keys(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<(EventId, Vec<u8>)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EPOCH_KEYS)?;
+        let c = &conversation.0;
+        let mut out = Vec::new();
+        for row in table.range((c, &[0u8; 32])..=(c, &[0xFFu8; 32]))? {
+            let (k, v) = row?;
+            out.push((EventId(*k.value().1), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Why the gate refused an event, if it did.
+    pub fn refusal(&self, event: &EventId) -> Result<Option<String>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REFUSED)?;
+        Ok(table.get(&event.0)?.map(|g| g.value().1.to_owned()))
+    }
+
+    /// Every certificate and revocation this device took into its directory.
+    pub fn directory(&self) -> Result<(Vec<DeviceRegistration>, Vec<DeviceRevocation>), LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DIRECTORY)?;
+        let (mut certs, mut revs) = (Vec::new(), Vec::new());
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if k.value().1 == 0 {
+                certs.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("directory", e))?);
+            } else {
+                revs.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("directory", e))?);
+            }
+        }
+        Ok((certs, revs))
+    }
+
     /// The last `n` messages of a conversation in view order, with statuses, straight from the
     /// index tables: no automerge document is loaded, so the cost does not grow with history.
     pub fn latest_messages(
@@ -746,7 +836,14 @@ pub struct LogTxn<'a> {
     outbox_by_event: redb::Table<'a, Id32, u64>,
     cursors: redb::Table<'a, &'static [u8], u64>,
     snapshots: redb::Table<'a, Conv, (u64, &'static [u8])>,
+    gates: redb::Table<'a, Conv, &'static [u8]>,
+    held: redb::Table<'a, Id32, ()>,
+    refused: redb::Table<'a, Id32, (Conv, &'static str)>,
+    directory: redb::Table<'a, (Id32, u8), &'static [u8]>,
+    epoch_keys: redb::Table<'a, (Conv, Id32), &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
+    /// Next fold position per conversation, once looked up.
+    fold_next: HashMap<ConversationId, u64>,
     next_position: Option<u64>,
     dequeued: Vec<EventId>,
     chain_issues: Vec<ChainIssue>,
@@ -775,7 +872,13 @@ impl<'a> LogTxn<'a> {
             outbox_by_event: txn.open_table(OUTBOX_BY_EVENT)?,
             cursors: txn.open_table(CURSORS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
+            gates: txn.open_table(GATES)?,
+            held: txn.open_table(HELD)?,
+            refused: txn.open_table(REFUSED)?,
+            directory: txn.open_table(DIRECTORY)?,
+            epoch_keys: txn.open_table(EPOCH_KEYS)?,
             metas: HashMap::new(),
+            fold_next: HashMap::new(),
             next_position: None,
             dequeued: Vec::new(),
             chain_issues: Vec::new(),
@@ -803,11 +906,36 @@ impl<'a> LogTxn<'a> {
             .ok_or_else(|| corrupt("conversations", "cache miss"))
     }
 
-    /// Appends one verified event and updates every index. A duplicate writes nothing.
+    /// Appends one verified event, updates every index and admits it to its conversation's
+    /// fold at once (for the device's own events, relay acks and tests). A duplicate writes
+    /// nothing.
     pub fn append(&mut self, event: &Event) -> Result<Appended, LogError> {
+        if !self.store(event)? {
+            return Ok(Appended::Duplicate);
+        }
+        let position = self.admit(event)?;
+        Ok(Appended::New { position })
+    }
+
+    /// Appends one verified event of another device: stored and chain-checked now, folded only
+    /// once the conversation's gate passed it (relay acks are admitted at once: they come from
+    /// a pinned key and carry no content of their own).
+    pub fn append_held(&mut self, event: &Event) -> Result<Appended, LogError> {
+        if matches!(event.kind(), EventKind::ServerAck { .. }) {
+            return self.append(event);
+        }
+        if !self.store(event)? {
+            return Ok(Appended::Duplicate);
+        }
+        self.held.insert(&event.id().0, ())?;
+        Ok(Appended::Held)
+    }
+
+    /// Writes the event and its append-time indexes. False for a duplicate.
+    fn store(&mut self, event: &Event) -> Result<bool, LogError> {
         let id = event.id();
         if self.events.get(&id.0)?.is_some() {
-            return Ok(Appended::Duplicate);
+            return Ok(false);
         }
         let position = match self.next_position {
             Some(p) => p,
@@ -817,18 +945,37 @@ impl<'a> LogTxn<'a> {
         self.log.insert(position, &id.0)?;
         self.events.insert(&id.0, (position, event.bytes()))?;
         let h = event.header();
-        let c = &h.conversation.0;
-        self.conv_log.insert((c, position), &id.0)?;
         self.check_chain(event)?;
-        {
-            let meta = self.meta_mut(h.conversation)?;
-            meta.max_lamport = meta.max_lamport.max(h.lamport);
-            meta.n_events += 1;
-        }
+        let meta = self.meta_mut(h.conversation)?;
+        meta.max_lamport = meta.max_lamport.max(h.lamport);
+        meta.n_events += 1;
+        Ok(true)
+    }
+
+    /// Puts a stored event in its conversation's fold order and updates the view indexes.
+    fn admit(&mut self, event: &Event) -> Result<u64, LogError> {
+        let id = event.id();
+        let h = event.header();
+        let conv = h.conversation;
+        let c = &conv.0;
+        let position = match self.fold_next.get(&conv) {
+            Some(p) => *p,
+            None => {
+                self.conv_log
+                    .range((c, 0u64)..=(c, u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1)
+                    .unwrap_or(0)
+                    + 1
+            }
+        };
+        self.fold_next.insert(conv, position + 1);
+        self.conv_log.insert((c, position), &id.0)?;
         match event.kind() {
             EventKind::Create { members } => {
-                let meta = self.meta_mut(h.conversation)?;
-                if meta.members.as_ref().is_none_or(|(e, _)| id < *e) {
+                let meta = self.meta_mut(conv)?;
+                if meta.members.is_none() {
                     meta.members = Some((id, members.clone()));
                 }
             }
@@ -845,15 +992,11 @@ impl<'a> LogTxn<'a> {
                 event: acked,
                 seq,
                 server_ts_ms,
-                ..
+                message,
             } => {
-                let meta = self.meta_mut(h.conversation)?;
+                let meta = self.meta_mut(conv)?;
                 meta.max_seq = meta.max_seq.max(*seq);
-                let message = match event.kind() {
-                    EventKind::ServerAck { message, .. } => *message,
-                    _ => None,
-                };
-                self.record_ack(h.conversation, *acked, message, *seq, *server_ts_ms, id)?;
+                self.record_ack(conv, *acked, *message, *seq, *server_ts_ms, id)?;
             }
             EventKind::Delivered { up_to } | EventKind::Read { up_to } => {
                 let read = matches!(event.kind(), EventKind::Read { .. });
@@ -871,7 +1014,72 @@ impl<'a> LogTxn<'a> {
             }
             _ => {}
         }
-        Ok(Appended::New { position })
+        Ok(position)
+    }
+
+    /// Walks `conversation`'s sequenced events in server order from where its gate stopped,
+    /// judging each one (see [`crate::gate`]), until a sequence the log lacks or an author
+    /// the directory does not know. Admitted events of others join the fold order; refused
+    /// ones are recorded and stay out of every view.
+    pub fn advance_gate(
+        &mut self,
+        conversation: ConversationId,
+        directory: &DeviceDirectory,
+        me: DeviceId,
+        answered: &dyn Fn(&UserId) -> bool,
+    ) -> Result<GateRun, LogError> {
+        let c = &conversation.0;
+        let mut gate: Gate = match self.gates.get(c)? {
+            Some(g) => postcard::from_bytes(g.value()).map_err(|e| corrupt("gates", e))?,
+            None => Gate::default(),
+        };
+        let start = gate.through;
+        let mut run = GateRun::default();
+        loop {
+            let seq = gate.through + 1;
+            let Some(id) = self.by_seq.get((c, seq))?.map(|g| *g.value()) else {
+                break;
+            };
+            let Some(bytes) = self.events.get(&id)?.map(|g| g.value().1.to_vec()) else {
+                break;
+            };
+            let event = Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?;
+            let ts = self.acks.get(&id)?.map(|g| g.value().1).unwrap_or(0);
+            match gate.judge(&event, seq, ts, directory, me, answered) {
+                Verdict::Admit { membership_changed } => {
+                    run.membership_changed |= membership_changed;
+                    // Own events, and events stored before gates existed, were admitted
+                    // when they were written.
+                    if self.held.remove(&id)?.is_some() && event.header().author != me {
+                        let position = self.admit(&event)?;
+                        run.admitted.push((position, event));
+                    }
+                }
+                Verdict::Refuse(refusal) => {
+                    self.held.remove(&id)?;
+                    self.msg_by_seq.remove((c, seq))?;
+                    let text = refusal.to_string();
+                    self.refused.insert(&id, (c, text.as_str()))?;
+                    run.refused.push((event, refusal));
+                }
+                Verdict::Wait(user) => {
+                    run.waiting = Some(user);
+                    break;
+                }
+            }
+            gate.through = seq;
+        }
+        if run.membership_changed {
+            let members = gate.members();
+            let meta = self.meta_mut(conversation)?;
+            let create = gate.created_by.unwrap_or(EventId([0; 32]));
+            meta.members = Some((create, members));
+        }
+        if gate.through != start || run.membership_changed {
+            self.gates.insert(c, encode(&gate).as_slice())?;
+        }
+        run.gate = gate;
+        Ok(run)
     }
 
     fn record_ack(
@@ -893,7 +1101,7 @@ impl<'a> LogTxn<'a> {
         // one stored later finds this ack when it is appended. (The ack names the message:
         // acks come from the trusted relay.)
         if let Some(message) = message {
-            if self.events.get(&acked.0)?.is_some() {
+            if self.events.get(&acked.0)?.is_some() && self.held.get(&acked.0)?.is_none() {
                 self.unsequenced.remove((c, &message.0))?;
                 self.msg_by_seq.insert((c, seq), &acked.0)?;
             }
@@ -910,6 +1118,31 @@ impl<'a> LogTxn<'a> {
     /// Events that left the outbox in this transaction because the relay acknowledged them.
     pub fn take_dequeued(&mut self) -> Vec<EventId> {
         std::mem::take(&mut self.dequeued)
+    }
+
+    /// Stores a sealed epoch key record (replacing an older record of the epoch).
+    pub fn put_epoch_key(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        sealed: &[u8],
+    ) -> Result<(), LogError> {
+        self.epoch_keys
+            .insert((&conversation.0, &epoch.0), sealed)?;
+        Ok(())
+    }
+
+    /// Keeps a verified certificate (replacing an older one of the device) or revocation.
+    pub fn put_statement(
+        &mut self,
+        statement: Result<&DeviceRegistration, &DeviceRevocation>,
+    ) -> Result<(), LogError> {
+        let table = &mut self.directory;
+        match statement {
+            Ok(cert) => table.insert((&cert.device.0, 0u8), encode(cert).as_slice())?,
+            Err(rev) => table.insert((&rev.device.0, 1u8), encode(rev).as_slice())?,
+        };
+        Ok(())
     }
 
     /// Breaks in authors' chains found by the appends of this transaction.

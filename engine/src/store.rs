@@ -7,12 +7,19 @@
 //! tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
 
 use crate::conversation::{Change, Conversation, MessageView};
+use crate::directory::DeviceDirectory;
 use crate::doc::{ConversationDoc, DocError};
 use crate::event::{DecodeError, Event, EventKind, MediaRef};
+use crate::gate::Refusal;
 use crate::identity::DeviceKey;
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use crate::log::{Appended, ChainIssue, EventLog, LogError, OutboxEntry, OutboxState};
+use crate::log::{Appended, ChainIssue, EventLog, GateRun, LogError, OutboxEntry, OutboxState};
+use crate::wire::{DeviceRegistration, DeviceRevocation};
 use automerge::ActorId;
+use rand::{rngs::StdRng, SeedableRng};
+
+mod keys;
+pub use keys::Body;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
@@ -30,6 +37,11 @@ pub struct StoreConfig {
     pub max_loaded_docs: usize,
     /// See [`SNAPSHOT_EVERY`].
     pub snapshot_every: u64,
+    /// Whether message bodies are encrypted end to end (on unless measuring the cost).
+    pub encrypt: bool,
+    /// Seed of the store's random generator (epoch keys, nonces); `None` draws one from the
+    /// operating system. Simulations set it to be reproducible; nothing else should.
+    pub entropy: Option<[u8; 32]>,
 }
 
 impl StoreConfig {
@@ -39,6 +51,8 @@ impl StoreConfig {
             sequencers: vec![sequencer],
             max_loaded_docs: MAX_LOADED_DOCS,
             snapshot_every: SNAPSHOT_EVERY,
+            encrypt: true,
+            entropy: None,
         }
     }
 }
@@ -67,6 +81,9 @@ pub enum StoreError {
     /// No such message in the outbox.
     #[error("message {0} is not in the outbox")]
     NotInOutbox(MessageId),
+    /// An epoch key this device should hold is missing.
+    #[error("no key for epoch {0}")]
+    NoKey(EventId),
 }
 
 /// What [`Store::apply`] did with a batch.
@@ -84,6 +101,29 @@ pub struct ApplyOutcome {
     pub acked: Vec<EventId>,
     /// Breaks in authors' chains these events revealed.
     pub chain_issues: Vec<ChainIssue>,
+    /// Sequenced events this device's own checks refused (see [`crate::gate`]): stored as
+    /// evidence, never shown.
+    pub refused: Vec<RefusedEvent>,
+    /// Users whose device certificates a conversation's gate waits for: ask the relay
+    /// (`Devices`) and hand the answer to [`Store::absorb_devices`].
+    pub waiting: Vec<UserId>,
+    /// Conversations whose gate moved forward (receipts may be due).
+    pub gated: Vec<ConversationId>,
+}
+
+/// An event the device refused after the relay sequenced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedEvent {
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The event.
+    pub event: EventId,
+    /// Its author device.
+    pub author: DeviceId,
+    /// Its kind's name.
+    pub kind: &'static str,
+    /// Why.
+    pub refusal: Refusal,
 }
 
 #[derive(Debug)]
@@ -106,19 +146,52 @@ pub struct Store {
     /// Mirror of the outbox table, loaded on first use: the device core consults the outbox
     /// on every wake-up, and it changes only through this store.
     outbox: Option<BTreeMap<u64, OutboxEntry>>,
+    /// Verified device certificates and revocations, loaded from the log on first use.
+    directory: Option<DeviceDirectory>,
+    /// Conversations whose gate waits for a user's certificates.
+    waiting: HashSet<ConversationId>,
+    /// Randomness for keys and nonces.
+    rng: StdRng,
+    /// Seals what the device keeps at rest (epoch keys).
+    storage: crate::crypto::StorageKey,
+    /// Epoch keys, per conversation, loaded on first use.
+    epochs: keys::EpochCache,
+    /// Epochs of folded messages whose key is missing.
+    missing: std::collections::BTreeSet<(ConversationId, EventId)>,
+    /// Key requests folded and not answered yet: (conversation, epoch, device, user).
+    key_requests: Vec<(ConversationId, EventId, DeviceId, UserId)>,
 }
 
 impl Store {
     /// A store over `log`, authoring as `key`.
     pub fn new(log: EventLog, key: DeviceKey, config: StoreConfig) -> Store {
+        let rng = match config.entropy {
+            Some(seed) => StdRng::from_seed(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let storage = keys::derived_storage_key(&key);
         Store {
+            rng,
+            storage,
+            epochs: HashMap::new(),
+            missing: Default::default(),
+            key_requests: Vec::new(),
             log,
             key,
             config,
             docs: HashMap::new(),
             tick: 0,
             outbox: None,
+            directory: None,
+            waiting: HashSet::new(),
         }
+    }
+
+    /// Replaces the key that seals data at rest (by default derived from the device key);
+    /// the replica passes the one its key store keeps. Set it before anything is stored.
+    pub fn set_storage_key(&mut self, key: crate::crypto::StorageKey) {
+        self.storage = key;
+        self.epochs.clear();
     }
 
     /// The underlying log.
@@ -141,10 +214,21 @@ impl Store {
         if !members.contains(&self.key.user()) {
             members.insert(0, self.key.user());
         }
-        self.author(conversation, EventKind::Create { members }, now_ms)
+        let (event, mut changes) =
+            self.author(conversation, EventKind::Create { members }, now_ms)?;
+        if self.config.encrypt {
+            // The first epoch, sealed to the member devices known now (others get it when
+            // this device learns their certificates, or when they ask).
+            let devices = self.member_devices(conversation)?;
+            let (_, more) = self.start_epoch(conversation, 0, &devices, now_ms)?;
+            changes.extend(more);
+        }
+        Ok((event, changes))
     }
 
-    /// Sends a message: durably in the log and the outbox before this returns, PENDING at once.
+    /// Sends a message: encrypted under the conversation's current epoch key (a new epoch is
+    /// started first when the membership changed since), durably in the log and the outbox
+    /// before this returns, PENDING at once.
     pub fn send(
         &mut self,
         conversation: ConversationId,
@@ -153,15 +237,29 @@ impl Store {
         media: Vec<MediaRef>,
         now_ms: u64,
     ) -> Result<(Event, Vec<Change>), StoreError> {
-        self.author(
-            conversation,
-            EventKind::Send {
-                message,
-                body,
-                media,
-            },
-            now_ms,
-        )
+        self.send_encrypted(conversation, message, &body, media, now_ms)
+    }
+
+    /// Adds `user` to the conversation (an admin's act), then starts a new epoch.
+    pub fn add_member(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        admin: bool,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        self.author(conversation, EventKind::AddMember { user, admin }, now_ms)
+    }
+
+    /// Removes `user` from the conversation (an admin's act, or leaving when `user` is this
+    /// device's user). The next message starts a new epoch without the removed user's devices.
+    pub fn remove_member(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        self.author(conversation, EventKind::RemoveMember { user }, now_ms)
     }
 
     /// Records that this device read everything up to `up_to`. `None` when that adds nothing.
@@ -209,6 +307,17 @@ impl Store {
         kind: EventKind,
         now_ms: u64,
     ) -> Result<(Event, Vec<Change>), StoreError> {
+        self.author_with(conversation, now_ms, |_| kind)
+    }
+
+    /// Like [`Store::author`], with the kind made from the event's header (for content bound
+    /// to the header: encrypted bodies, sealed keys).
+    fn author_with(
+        &mut self,
+        conversation: ConversationId,
+        now_ms: u64,
+        make: impl FnOnce(&crate::event::EventHeader) -> EventKind,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
         self.ensure_loaded(conversation)?;
         let key = self.key.clone();
         let (event, position, entry) = self.log.write(|t| {
@@ -223,6 +332,7 @@ impl Store {
                 None => (1, None),
             };
             let header = key.header(conversation, counter, prev, lamport, now_ms);
+            let kind = make(&header);
             let event =
                 Event::sign(key.signing_key(), header, kind).map_err(|e| LogError::Corrupt {
                     table: "events",
@@ -230,7 +340,7 @@ impl Store {
                 })?;
             let position = match t.append(&event)? {
                 Appended::New { position } => position,
-                Appended::Duplicate => 0,
+                Appended::Held | Appended::Duplicate => 0,
             };
             let entry = t.enqueue(&event, now_ms)?;
             Ok((event, position, entry))
@@ -269,12 +379,28 @@ impl Store {
         for c in &convs {
             self.ensure_loaded(*c)?;
         }
-        let (results, acked, chain_issues) = self.log.write(|t| {
+        self.ensure_directory()?;
+        let me = self.key.device();
+        let directory = self
+            .directory
+            .as_ref()
+            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let (results, acked, chain_issues, runs) = self.log.write(|t| {
             let results = accepted
                 .iter()
-                .map(|ev| t.append(ev))
+                .map(|ev| {
+                    if ev.header().author == me {
+                        t.append(ev)
+                    } else {
+                        t.append_held(ev)
+                    }
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((results, t.take_dequeued(), t.take_chain_issues()))
+            let mut runs = Vec::with_capacity(convs.len());
+            for c in &convs {
+                runs.push((*c, t.advance_gate(*c, directory, me, &|_| false)?));
+            }
+            Ok((results, t.take_dequeued(), t.take_chain_issues(), runs))
         })?;
         outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {
@@ -292,13 +418,144 @@ impl Store {
                         .or_default()
                         .push((position, ev));
                 }
+                Appended::Held => outcome.n_new += 1,
                 Appended::Duplicate => outcome.n_duplicate += 1,
             }
         }
-        for (conv, evs) in by_conv {
+        self.fold_runs(by_conv, &runs, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// Folds what appends and gate runs admitted, and reports refusals and waits.
+    fn fold_runs<'e>(
+        &mut self,
+        mut by_conv: HashMap<ConversationId, Vec<(u64, &'e Event)>>,
+        runs: &'e [(ConversationId, GateRun)],
+        outcome: &mut ApplyOutcome,
+    ) -> Result<(), StoreError> {
+        for (conv, run) in runs {
+            if !run.admitted.is_empty() || !run.refused.is_empty() {
+                outcome.gated.push(*conv);
+            }
+            by_conv
+                .entry(*conv)
+                .or_default()
+                .extend(run.admitted.iter().map(|(p, e)| (*p, e)));
+            outcome
+                .refused
+                .extend(run.refused.iter().map(|(ev, refusal)| RefusedEvent {
+                    conversation: *conv,
+                    event: ev.id(),
+                    author: ev.header().author,
+                    kind: ev.kind().name(),
+                    refusal: refusal.clone(),
+                }));
+            match run.waiting {
+                Some(user) => {
+                    self.waiting.insert(*conv);
+                    if !outcome.waiting.contains(&user) {
+                        outcome.waiting.push(user);
+                    }
+                }
+                None => {
+                    self.waiting.remove(conv);
+                }
+            }
+        }
+        for (conv, mut evs) in by_conv {
+            evs.sort_by_key(|(p, _)| *p);
             outcome.changes.extend(self.fold_new(conv, &evs)?);
         }
+        for (conv, run) in runs {
+            let events: Vec<&Event> = run.admitted.iter().map(|(_, e)| e).collect();
+            outcome.changes.extend(self.after_fold(*conv, &events)?);
+        }
+        for (conv, run) in runs {
+            if run.membership_changed {
+                self.ensure_loaded(*conv)?;
+                let changes = self
+                    .loaded(*conv)?
+                    .doc
+                    .set_members(run.gate.changed_at, run.gate.members())?;
+                outcome.changes.extend(changes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in device certificates and revocations from the relay: each is verified here
+    /// (see [`DeviceDirectory`]) and kept in the log; conversations waiting for certificates
+    /// are judged again. `answered` names the users this answer settles: an author of theirs
+    /// that is still unknown is refused as uncertified (pass the users of a request sent for
+    /// [`ApplyOutcome::waiting`]; an answer to an earlier request settles nobody).
+    pub fn absorb_devices(
+        &mut self,
+        registrations: &[DeviceRegistration],
+        revocations: &[DeviceRevocation],
+        answered: &[UserId],
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.ensure_directory()?;
+        let dir = self.directory.get_or_insert_with(DeviceDirectory::new);
+        let mut certs = Vec::new();
+        let mut revs = Vec::new();
+        for r in revocations {
+            if let Ok(true) = dir.revoke(r) {
+                revs.push(r);
+            }
+        }
+        for c in registrations {
+            if let Ok(true) = dir.certify(c) {
+                certs.push(c);
+            }
+        }
+        let waiting: Vec<ConversationId> = self.waiting.iter().copied().collect();
+        for c in &waiting {
+            self.ensure_loaded(*c)?;
+        }
+        let me = self.key.device();
+        let directory = self
+            .directory
+            .as_ref()
+            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let settled = |u: &UserId| answered.contains(u);
+        let runs = self.log.write(|t| {
+            for c in &certs {
+                t.put_statement(Ok(c))?;
+            }
+            for r in &revs {
+                t.put_statement(Err(r))?;
+            }
+            let mut runs = Vec::with_capacity(waiting.len());
+            for c in &waiting {
+                runs.push((*c, t.advance_gate(*c, directory, me, &settled)?));
+            }
+            Ok(runs)
+        })?;
+        let mut outcome = ApplyOutcome::default();
+        self.fold_runs(HashMap::new(), &runs, &mut outcome)?;
         Ok(outcome)
+    }
+
+    /// The device directory (certificates and revocations this device verified).
+    pub fn directory(&mut self) -> Result<&DeviceDirectory, StoreError> {
+        self.ensure_directory()?;
+        self.directory
+            .as_ref()
+            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))
+    }
+
+    fn ensure_directory(&mut self) -> Result<(), StoreError> {
+        if self.directory.is_none() {
+            let (certs, revs) = self.log.directory()?;
+            let mut dir = DeviceDirectory::new();
+            // Verified when they were taken in; verified again here, cheaply enough for the
+            // few hundred devices a device meets.
+            for r in dir.absorb(&certs, &revs) {
+                tracing::warn!(%r, "a stored directory statement no longer verifies");
+            }
+            self.directory = Some(dir);
+        }
+        Ok(())
     }
 
     /// The full conversation (loads its document: snapshot + log tail).
@@ -498,6 +755,10 @@ impl Store {
         for (pos, ev) in &tail {
             doc.fold(ev)?;
             position = *pos;
+        }
+        let gate = self.log.gate(conversation)?;
+        if gate.changed_at > 0 {
+            doc.set_members(gate.changed_at, gate.members())?;
         }
         doc.commit();
         let failed: Vec<MessageId> = self

@@ -218,9 +218,13 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
         config(&c, 1000),
     );
     let outbox = store.outbox().expect("outbox");
-    assert_eq!(outbox.len(), 2, "create and send are both queued");
-    assert_eq!(outbox[1].event, send_id);
-    assert_eq!(outbox[1].message, Some(message));
+    assert_eq!(
+        outbox.len(),
+        3,
+        "create, the first epoch's keys and the send are all queued"
+    );
+    assert_eq!(outbox[2].event, send_id);
+    assert_eq!(outbox[2].message, Some(message));
     // The relay acks the send: it leaves the outbox and shows SENT.
     let sent = store.log().get(&send_id).expect("get").expect("present");
     let h = c.relay.header(CONV, 2, None, sent.header().lamport, 99);
@@ -237,7 +241,7 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
     .expect("sign");
     let out = store.apply(&[ack]).expect("apply");
     assert_eq!(out.acked, vec![send_id]);
-    assert_eq!(store.outbox().expect("outbox").len(), 1);
+    assert_eq!(store.outbox().expect("outbox").len(), 2);
     assert_eq!(
         store.conversation(CONV).expect("conv").status(&message),
         Some(tidings_engine::Status::Sent)

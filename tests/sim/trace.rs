@@ -84,6 +84,9 @@ pub fn client_frame_name(f: &ClientFrame) -> String {
             conversation,
             up_to,
         } => format!("Received({conversation} up to {up_to})"),
+        ClientFrame::Devices { request_id, users } => {
+            format!("Devices#{request_id}({} users)", users.len())
+        }
         _ => "frame".into(),
     }
 }
@@ -122,6 +125,15 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
         } => format!("Conversations#{request_id}({})", conversations.len()),
         ServerFrame::Push { items } => format!("Push({})", items.len()),
         ServerFrame::PullMode => "PullMode".into(),
+        ServerFrame::Devices {
+            request_id,
+            registrations,
+            revocations,
+        } => format!(
+            "Devices#{request_id}({} certificates, {} revocations)",
+            registrations.len(),
+            revocations.len()
+        ),
         _ => "frame".into(),
     }
 }

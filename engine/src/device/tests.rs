@@ -13,11 +13,33 @@ fn relay() -> DeviceKey {
     DeviceKey::from_seed([9; 32], UserId([9; 32]))
 }
 
-/// This device's store, empty.
+/// Bob's user key and his device.
+fn bob() -> DeviceKey {
+    DeviceKey::from_seed([2; 32], bob_user())
+}
+
+fn bob_user_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[2; 32])
+}
+
+fn bob_user() -> UserId {
+    UserId(bob_user_key().verifying_key().to_bytes())
+}
+
+/// This device's store: no events, Bob's device certificate in its directory.
+///
+/// These tests script the outbox frame by frame; bodies go unencrypted so that no epoch-key
+/// events join the outbox. Encryption on this path is covered by `tests/e2ee.rs` and the
+/// simulator.
 fn store() -> Store {
     let key = DeviceKey::from_seed([1; 32], UserId([1; 32]));
     let log = EventLog::in_memory().expect("in-memory log");
-    Store::new(log, key, StoreConfig::new(relay().device()))
+    let mut config = StoreConfig::new(relay().device());
+    config.encrypt = false;
+    let mut store = Store::new(log, key, config);
+    let cert = bob().certificate(&bob_user_key(), 1);
+    store.absorb_devices(&[cert], &[], &[]).expect("directory");
+    store
 }
 
 /// A device core past the handshake with a scripted relay (its first frames not drained).
@@ -139,7 +161,7 @@ fn own_acks_count_for_the_cursor() {
     let t0 = 1_000_000;
     let mut core = ready(DeviceConfig::default(), t0);
     drain(&mut core);
-    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let bob = bob();
     let me = UserId([1; 32]);
     let h = bob.header(CONV, 1, None, 1, t0);
     let kind = EventKind::Create {
@@ -189,12 +211,16 @@ fn own_acks_count_for_the_cursor() {
         "pulled a gap that is not there: {frames:?}"
     );
     let receipts = delivered_receipts(&frames);
-    assert_eq!(receipts, vec![3], "one Delivered, covering the new message");
+    assert_eq!(
+        receipts,
+        vec![3],
+        "one Delivered, covering the new message: {frames:?}"
+    );
 }
 
 /// Bob's Create and first message in CONV, with me as the other member.
 fn bobs_conversation(t0: u64) -> (Event, Event) {
-    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let bob = bob();
     let h = bob.header(CONV, 1, None, 1, t0);
     let kind = EventKind::Create {
         members: vec![bob.user(), UserId([1; 32])],
@@ -311,7 +337,7 @@ fn only_messages_give_up_when_retries_run_out() {
     drain(&mut core);
     core.send(CONV, MessageId([1; 16]), b"hi".to_vec(), vec![], t0)
         .expect("send");
-    core.create_conversation(CONV, vec![UserId([2; 32])], t0)
+    core.create_conversation(CONV, vec![bob_user()], t0)
         .expect("create");
     let submitted = |core: &mut DeviceCore| match core.poll_transmit() {
         Some(ClientFrame::Submit { events, .. }) => events.len(),

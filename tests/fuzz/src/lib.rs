@@ -707,8 +707,12 @@ fn alice() -> DeviceKey {
     DeviceKey::from_seed([1; 32], UserId([0xa1; 32]))
 }
 
+fn bob_user_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0xb0; 32])
+}
+
 fn bob() -> DeviceKey {
-    DeviceKey::from_seed([2; 32], UserId([0xb0; 32]))
+    DeviceKey::from_seed([2; 32], UserId(bob_user_key().verifying_key().to_bytes()))
 }
 
 /// The events of the fixture conversation: a create, messages from two users, the relay's acks
@@ -821,6 +825,11 @@ fn build_event_log(clean: bool) -> Vec<u8> {
     let file = MemFile::default();
     let log = EventLog::with_backend(file.clone()).expect("fixture log");
     let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
+    // Alice's device verified Bob's device certificate (a Devices answer).
+    let cert = bob().certificate(&bob_user_key(), 1);
+    store
+        .absorb_devices(&[cert], &[], &[])
+        .expect("fixture directory");
     let (remote, own): (Vec<Event>, Vec<Event>) = fixture_events()
         .iter()
         .cloned()

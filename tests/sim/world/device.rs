@@ -275,6 +275,12 @@ impl Sim {
                 DeviceEvent::Changes(c) => changed |= !c.is_empty(),
                 DeviceEvent::Connection(state) => states.push(state),
                 DeviceEvent::Chain(issue) => chain.push(issue),
+                DeviceEvent::Ignored(refused) => {
+                    return fail(format!(
+                        "{} ignored an honest event: {refused:?}",
+                        self.devices[i].name
+                    ))
+                }
                 _ => {}
             }
         }
@@ -384,7 +390,13 @@ impl Sim {
         let d = &mut self.devices[i];
         let log = EventLog::with_backend(d.disk.backend())
             .map_err(|e| format!("device {} cannot reopen its durable image: {e}", d.name))?;
-        let store = Store::new(log, d.key.clone(), StoreConfig::new(relay_id));
+        let mut config = StoreConfig::new(relay_id);
+        // Keys and nonces from the seed too: the same seed gives the same trace.
+        let mut entropy = [0u8; 32];
+        entropy[..8].copy_from_slice(&seed.to_le_bytes());
+        entropy[8] = i as u8;
+        config.entropy = Some(entropy);
+        let store = Store::new(log, d.key.clone(), config);
         let mut core = DeviceCore::new(store, relay_id, d.config.clone(), seed);
         if !d.os_online {
             let now = d.dev_now(self.now);

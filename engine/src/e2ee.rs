@@ -1,0 +1,294 @@
+//! End-to-end encryption of message bodies with per-conversation epoch keys.
+//!
+//! A conversation's content key changes with every membership change: a new *epoch*. Its key
+//! is 32 random bytes, sent in an `EpochKeys` event sealed to each member device's X25519 key
+//! ([`crate::crypto::seal`]); the epoch is named by the id of the event that started it. A
+//! message body travels as a [`SealedBody`]: the epoch it uses, then the XChaCha20-Poly1305
+//! ciphertext of the plaintext with the message's identity bound as associated data
+//! ([`body_aad`]), so a body copied into another event (another conversation, author, message
+//! id or position) fails to decrypt.
+//!
+//! Body encoding (the `body` of a `Send`): `0x00 ‖ plaintext` for a body sent without
+//! encryption (only when a store is configured so, for measurements), or
+//! `0x01 ‖ epoch id (32) ‖ nonce (24) ‖ ciphertext ‖ tag (16)`.
+//!
+//! What this gives and does not give is in `docs/SECURITY.md`.
+
+use crate::conversation::MessageRecord;
+use crate::crypto::{self, AgreementPublic, AgreementSecret, CryptoError, EpochKey};
+use crate::event::{MediaRef, SealedKey};
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId};
+
+/// Version byte of a body sent in the clear.
+pub const BODY_PLAIN: u8 = 0;
+/// Version byte of an encrypted body.
+pub const BODY_SEALED_V1: u8 = 1;
+/// Bytes an encrypted body adds to its plaintext.
+pub const SEALED_BODY_OVERHEAD: usize = 1 + 32 + crypto::BODY_OVERHEAD;
+
+const AAD_DOMAIN: &[u8] = b"tidings/body/v1\0";
+const EPOCH_DOMAIN: &[u8] = b"tidings/epoch/v1\0";
+
+/// A body as it travels, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SealedBody<'a> {
+    /// Sent without encryption.
+    Plain(&'a [u8]),
+    /// Encrypted under the key of `epoch`.
+    Sealed {
+        /// The epoch (the id of the `EpochKeys` event that started it).
+        epoch: EventId,
+        /// Nonce, ciphertext and tag.
+        ciphertext: &'a [u8],
+    },
+}
+
+impl<'a> SealedBody<'a> {
+    /// Reads a body's bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<SealedBody<'a>, CryptoError> {
+        match bytes.split_first() {
+            Some((&BODY_PLAIN, rest)) => Ok(SealedBody::Plain(rest)),
+            Some((&BODY_SEALED_V1, rest)) if rest.len() >= 32 + crypto::BODY_OVERHEAD => {
+                let (epoch, ciphertext) = rest.split_at(32);
+                let epoch = EventId(
+                    epoch
+                        .try_into()
+                        .map_err(|_| CryptoError::Malformed("short epoch id"))?,
+                );
+                Ok(SealedBody::Sealed { epoch, ciphertext })
+            }
+            Some((&BODY_SEALED_V1, _)) => Err(CryptoError::Malformed("encrypted body too short")),
+            Some((&v, _)) => Err(CryptoError::UnsupportedVersion(v)),
+            None => Err(CryptoError::Malformed("empty body")),
+        }
+    }
+}
+
+/// What a message's identity binds into its body's encryption: domain, conversation, author
+/// device, user, message id, the author's lamport clock and wall clock, and the media
+/// references. Everything here is signed in the event, so moving a body to any other event
+/// changes the associated data.
+pub fn body_aad(
+    conversation: ConversationId,
+    author: DeviceId,
+    user: crate::ids::UserId,
+    message: MessageId,
+    lamport: u64,
+    wall_ms: u64,
+    media: &[MediaRef],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AAD_DOMAIN.len() + 16 * 2 + 32 * 2 + 16 + 8 * 2);
+    out.extend_from_slice(AAD_DOMAIN);
+    out.extend_from_slice(&conversation.0);
+    out.extend_from_slice(&author.0);
+    out.extend_from_slice(&user.0);
+    out.extend_from_slice(&message.0);
+    out.extend_from_slice(&lamport.to_be_bytes());
+    out.extend_from_slice(&wall_ms.to_be_bytes());
+    out.extend_from_slice(&postcard::to_stdvec(media).unwrap_or_default());
+    out
+}
+
+/// The associated data of a folded message (see [`body_aad`]).
+pub fn record_aad(
+    conversation: ConversationId,
+    message: MessageId,
+    record: &MessageRecord,
+) -> Vec<u8> {
+    body_aad(
+        conversation,
+        record.author,
+        record.user,
+        message,
+        record.lamport,
+        record.wall_ms,
+        &record.media,
+    )
+}
+
+/// Encrypts `plaintext` under `key` of `epoch`. `nonce` must be fresh random bytes.
+pub fn seal_body(
+    epoch: EventId,
+    key: &EpochKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    nonce: [u8; 24],
+) -> Vec<u8> {
+    let ct = crypto::encrypt_body(key, aad, plaintext, nonce);
+    let mut out = Vec::with_capacity(1 + 32 + ct.len());
+    out.push(BODY_SEALED_V1);
+    out.extend_from_slice(&epoch.0);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// A body sent in the clear (measurements only).
+pub fn plain_body(plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + plaintext.len());
+    out.push(BODY_PLAIN);
+    out.extend_from_slice(plaintext);
+    out
+}
+
+/// The sealing context of an epoch key: which conversation, which epoch (for a new epoch,
+/// which event of which device starts it, since its id is not known before it is signed), and
+/// which recipient.
+fn epoch_context(
+    conversation: ConversationId,
+    origin: &EpochOrigin,
+    recipient: &DeviceId,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(EPOCH_DOMAIN.len() + 16 + 1 + 40 + 32);
+    out.extend_from_slice(EPOCH_DOMAIN);
+    out.extend_from_slice(&conversation.0);
+    match origin {
+        EpochOrigin::New { author, counter } => {
+            out.push(0);
+            out.extend_from_slice(&author.0);
+            out.extend_from_slice(&counter.to_be_bytes());
+        }
+        EpochOrigin::Shared(epoch) => {
+            out.push(1);
+            out.extend_from_slice(&epoch.0);
+        }
+    }
+    out.extend_from_slice(&recipient.0);
+    out
+}
+
+/// Where the key in an `EpochKeys` event comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochOrigin {
+    /// A new epoch started by the event at (`author`, `counter`).
+    New {
+        /// The event's author device.
+        author: DeviceId,
+        /// The event's counter in its author's chain.
+        counter: u64,
+    },
+    /// The key of an existing epoch, shared again.
+    Shared(EventId),
+}
+
+/// Seals `key` to each recipient, with one entry of `ephemerals` (fresh random bytes) per
+/// recipient; recipients beyond `ephemerals` are left out. Recipients whose X25519 key is
+/// unusable (a low-order point, which a certificate should never carry) are skipped.
+pub fn seal_epoch_key(
+    conversation: ConversationId,
+    origin: EpochOrigin,
+    key: &EpochKey,
+    recipients: &[(DeviceId, AgreementPublic)],
+    ephemerals: &[[u8; 32]],
+) -> Vec<SealedKey> {
+    recipients
+        .iter()
+        .zip(ephemerals)
+        .filter_map(|((device, public), ephemeral)| {
+            let context = epoch_context(conversation, &origin, device);
+            match crypto::seal(public, &context, key.as_bytes(), *ephemeral) {
+                Ok(sealed) => Some(SealedKey {
+                    device: *device,
+                    sealed,
+                }),
+                Err(err) => {
+                    tracing::warn!(%device, %err, "cannot seal an epoch key to this device");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Opens this device's copy of an epoch key, if the event carries one for `me`.
+pub fn open_epoch_key(
+    conversation: ConversationId,
+    origin: EpochOrigin,
+    keys: &[SealedKey],
+    me: DeviceId,
+    own: &AgreementSecret,
+) -> Option<Result<EpochKey, CryptoError>> {
+    let mine = keys.iter().find(|k| k.device == me)?;
+    let context = epoch_context(conversation, &origin, &me);
+    Some(crypto::open(own, &context, &mine.sealed).and_then(|k| EpochKey::from_slice(&k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::UserId;
+
+    #[test]
+    fn a_body_decrypts_only_with_its_own_identity() {
+        let key = EpochKey::from_bytes([5; 32]);
+        let epoch = EventId([9; 32]);
+        let conv = ConversationId([1; 16]);
+        let aad = |m: u8, lamport: u64| {
+            body_aad(
+                conv,
+                DeviceId([2; 32]),
+                UserId([3; 32]),
+                MessageId([m; 16]),
+                lamport,
+                7,
+                &[],
+            )
+        };
+        let body = seal_body(epoch, &key, &aad(1, 1), b"hello", [4; 24]);
+        let SealedBody::Sealed {
+            epoch: e,
+            ciphertext,
+        } = SealedBody::parse(&body).expect("parse")
+        else {
+            panic!("sealed expected");
+        };
+        assert_eq!(e, epoch);
+        assert_eq!(
+            crypto::decrypt_body(&key, &aad(1, 1), ciphertext).expect("open"),
+            b"hello"
+        );
+        assert!(crypto::decrypt_body(&key, &aad(2, 1), ciphertext).is_err());
+        assert!(crypto::decrypt_body(&key, &aad(1, 2), ciphertext).is_err());
+        assert!(!body.windows(5).any(|w| w == b"hello"));
+        assert_eq!(
+            SealedBody::parse(&plain_body(b"x")),
+            Ok(SealedBody::Plain(b"x"))
+        );
+        assert!(SealedBody::parse(&[1, 2, 3]).is_err());
+        assert!(SealedBody::parse(&[7]).is_err());
+        assert!(SealedBody::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn epoch_keys_open_only_for_their_recipient_and_origin() {
+        let conv = ConversationId([1; 16]);
+        let alice = AgreementSecret::from_seed([1; 32]);
+        let bob = AgreementSecret::from_seed([2; 32]);
+        let (a, b) = (DeviceId([10; 32]), DeviceId([11; 32]));
+        let key = EpochKey::from_bytes([42; 32]);
+        let origin = EpochOrigin::New {
+            author: a,
+            counter: 3,
+        };
+        let recipients = [(a, alice.public()), (b, bob.public())];
+        let sealed = seal_epoch_key(conv, origin, &key, &recipients, &[[1; 32], [2; 32]]);
+        assert_eq!(sealed.len(), 2);
+        let opened = open_epoch_key(conv, origin, &sealed, b, &bob)
+            .expect("mine")
+            .expect("open");
+        assert_eq!(opened.as_bytes(), key.as_bytes());
+        // Another origin, another conversation, or the wrong secret: no key.
+        let other = EpochOrigin::Shared(EventId([0; 32]));
+        assert!(open_epoch_key(conv, other, &sealed, b, &bob)
+            .expect("mine")
+            .is_err());
+        assert!(
+            open_epoch_key(ConversationId([2; 16]), origin, &sealed, b, &bob)
+                .expect("mine")
+                .is_err()
+        );
+        assert!(open_epoch_key(conv, origin, &sealed, b, &alice)
+            .expect("mine")
+            .is_err());
+        assert!(open_epoch_key(conv, origin, &sealed, DeviceId([12; 32]), &bob).is_none());
+    }
+}

@@ -1,0 +1,507 @@
+//! The store's conversation keys: which epoch a message is sent under, new epochs after
+//! membership changes, opening the keys sealed to this device, answering key requests, and
+//! reading bodies (see [`crate::e2ee`] for the formats).
+//!
+//! Epoch keys are kept in the log sealed under the device's storage key, so the data
+//! directory holds no plaintext: bodies stay encrypted in the log and in the documents and
+//! are decrypted when read.
+
+use super::{Store, StoreError};
+use crate::conversation::{Change, MessageView};
+use crate::crypto::{EpochKey, StorageKey};
+use crate::e2ee::{self, EpochOrigin, SealedBody};
+use crate::event::{Event, EventKind, MediaRef, MAX_SEALED_KEYS};
+use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// A message body as the app shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Decrypted.
+    Text(Vec<u8>),
+    /// Sent without encryption (a store configured so, for measurements).
+    Clear(Vec<u8>),
+    /// The key of `epoch` has not reached this device yet; it was asked for.
+    WaitingForKey(EventId),
+    /// The body does not decrypt with the key its epoch names: damaged or moved from another
+    /// event.
+    Unreadable(String),
+}
+
+/// One epoch key with what decides whether new messages may still use it.
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct Epoch {
+    key: [u8; 32],
+    /// The device that started the epoch, when known.
+    creator: Option<DeviceId>,
+    /// Devices the key was sealed to (as far as this device saw).
+    recipients: BTreeSet<DeviceId>,
+    /// For an epoch this device started: the membership change it was started after.
+    based_on: Option<ServerSeq>,
+}
+
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epoch")
+            .field("creator", &self.creator)
+            .field("recipients", &self.recipients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Epoch {
+    fn key(&self) -> EpochKey {
+        EpochKey::from_bytes(self.key)
+    }
+}
+
+/// Conversation → epoch → key, loaded from the log on first use.
+pub(super) type EpochCache = HashMap<ConversationId, HashMap<EventId, Epoch>>;
+
+fn record_context(conversation: ConversationId, epoch: EventId) -> Vec<u8> {
+    let mut c = b"tidings/epoch-record/v1\0".to_vec();
+    c.extend_from_slice(&conversation.0);
+    c.extend_from_slice(&epoch.0);
+    c
+}
+
+/// The storage key a store uses unless told otherwise: derived from the device's X25519
+/// secret, so it is exactly as protected as the device key file.
+pub(super) fn derived_storage_key(key: &crate::identity::DeviceKey) -> StorageKey {
+    let seed = key.agreement().to_seed();
+    StorageKey::from_bytes(blake3::derive_key("tidings storage key v1", &seed[..]))
+}
+
+impl Store {
+    fn random<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.rng.fill_bytes(&mut b);
+        b
+    }
+
+    fn epochs_of(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<&mut HashMap<EventId, Epoch>, StoreError> {
+        if !self.epochs.contains_key(&conversation) {
+            let mut map = HashMap::new();
+            for (epoch, sealed) in self.log.epoch_keys(conversation)? {
+                let context = record_context(conversation, epoch);
+                let opened = self.storage.open_record(&context, &sealed).ok();
+                match opened.and_then(|b| postcard::from_bytes::<Epoch>(&b).ok()) {
+                    Some(e) => {
+                        map.insert(epoch, e);
+                    }
+                    None => tracing::warn!(%conversation, %epoch, "stored epoch key does not open"),
+                }
+            }
+            self.epochs.insert(conversation, map);
+        }
+        Ok(self.epochs.entry(conversation).or_default())
+    }
+
+    fn keep_epoch(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        e: Epoch,
+    ) -> Result<(), StoreError> {
+        let plain = postcard::to_stdvec(&e).unwrap_or_default();
+        let nonce = self.random::<24>();
+        let sealed = self
+            .storage
+            .seal_record(&record_context(conversation, epoch), &plain, nonce);
+        self.log
+            .write_lazy(|t| t.put_epoch_key(conversation, epoch, &sealed))?;
+        self.epochs_of(conversation)?.insert(epoch, e);
+        self.missing.remove(&(conversation, epoch));
+        Ok(())
+    }
+
+    /// Member users now: the gate's membership, or the `Create` list before the relay
+    /// sequenced anything (a conversation created offline).
+    fn member_users(&self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
+        let gate = self.log.gate(conversation)?;
+        if gate.membership.is_some() {
+            return Ok(gate.members());
+        }
+        Ok(self
+            .log
+            .conversation_meta(conversation)?
+            .and_then(|m| m.members)
+            .map(|(_, m)| m)
+            .unwrap_or_default())
+    }
+
+    /// The member devices a new key goes to: every certified, unrevoked device of every member
+    /// the directory knows, and this device.
+    pub(super) fn member_devices(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<Vec<(DeviceId, crate::crypto::AgreementPublic)>, StoreError> {
+        let users = self.member_users(conversation)?;
+        let me = (self.key.device(), self.key.agreement_public());
+        let dir = self.directory()?;
+        let mut out: Vec<_> = users.iter().flat_map(|u| dir.devices_of(u)).collect();
+        if !out.iter().any(|(d, _)| *d == me.0) {
+            out.push(me);
+        }
+        Ok(out)
+    }
+
+    /// The epoch new messages of this conversation use, started (or shared with member devices
+    /// that lack it) first when needed.
+    fn sending_epoch(
+        &mut self,
+        conversation: ConversationId,
+        now_ms: u64,
+    ) -> Result<(EventId, EpochKey, Vec<Change>), StoreError> {
+        let gate = self.log.gate(conversation)?;
+        let devices = self.member_devices(conversation)?;
+        let allowed: BTreeSet<DeviceId> = devices.iter().map(|(d, _)| *d).collect();
+        let me = self.key.device();
+        let mut best: Option<(u64, EventId)> = None;
+        let candidates: Vec<(EventId, Epoch)> = self
+            .epochs_of(conversation)?
+            .iter()
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        for (id, e) in &candidates {
+            // Sealed to nobody outside the membership (a removed member, a revoked device).
+            if !e.recipients.is_subset(&allowed) {
+                continue;
+            }
+            // Started after the last membership change: sequenced after it, or started here
+            // knowing of it.
+            let rank = match self.log.ack_of(id)? {
+                Some((seq, _)) if seq > gate.changed_at => seq,
+                Some(_) => continue,
+                None if e.creator == Some(me) && e.based_on == Some(gate.changed_at) => u64::MAX,
+                None => continue,
+            };
+            if best.is_none_or(|(r, b)| (rank, *id) > (r, b)) {
+                best = Some((rank, *id));
+            }
+        }
+        let mut changes = Vec::new();
+        let epoch = match best {
+            Some((_, id)) => {
+                let missing: Vec<_> = devices
+                    .iter()
+                    .filter(|(d, _)| {
+                        candidates
+                            .iter()
+                            .any(|(i, e)| *i == id && !e.recipients.contains(d))
+                    })
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    changes.extend(self.share_epoch(conversation, id, &missing, now_ms)?);
+                }
+                id
+            }
+            None => {
+                let (id, c) = self.start_epoch(conversation, gate.changed_at, &devices, now_ms)?;
+                changes.extend(c);
+                id
+            }
+        };
+        let key = self
+            .epochs_of(conversation)?
+            .get(&epoch)
+            .map(Epoch::key)
+            .ok_or(StoreError::NoKey(epoch))?;
+        Ok((epoch, key, changes))
+    }
+
+    pub(super) fn start_epoch(
+        &mut self,
+        conversation: ConversationId,
+        based_on: ServerSeq,
+        devices: &[(DeviceId, crate::crypto::AgreementPublic)],
+        now_ms: u64,
+    ) -> Result<(EventId, Vec<Change>), StoreError> {
+        let key = EpochKey::from_bytes(self.random::<32>());
+        let me = self.key.device();
+        let devices: Vec<_> = devices.iter().take(MAX_SEALED_KEYS).copied().collect();
+        let ephemerals: Vec<[u8; 32]> = (0..devices.len()).map(|_| self.random::<32>()).collect();
+        let (event, changes) = self.author_with(conversation, now_ms, |h| {
+            let origin = EpochOrigin::New {
+                author: h.author,
+                counter: h.counter,
+            };
+            let keys = e2ee::seal_epoch_key(conversation, origin, &key, &devices, &ephemerals);
+            EventKind::EpochKeys { epoch: None, keys }
+        })?;
+        let recipients = match event.kind() {
+            EventKind::EpochKeys { keys, .. } => keys.iter().map(|k| k.device).collect(),
+            _ => BTreeSet::new(),
+        };
+        let epoch = Epoch {
+            key: *key.as_bytes(),
+            creator: Some(me),
+            recipients,
+            based_on: Some(based_on),
+        };
+        self.keep_epoch(conversation, event.id(), epoch)?;
+        tracing::debug!(%conversation, epoch = %event.id(), "started a new epoch");
+        Ok((event.id(), changes))
+    }
+
+    /// Shares the key of `epoch` with `devices` (an `EpochKeys` event naming the epoch).
+    fn share_epoch(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        devices: &[(DeviceId, crate::crypto::AgreementPublic)],
+        now_ms: u64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let Some(e) = self.epochs_of(conversation)?.get(&epoch).cloned() else {
+            return Ok(Vec::new());
+        };
+        let key = e.key();
+        let devices: Vec<_> = devices.iter().take(MAX_SEALED_KEYS).copied().collect();
+        let ephemerals: Vec<[u8; 32]> = (0..devices.len()).map(|_| self.random::<32>()).collect();
+        let keys = e2ee::seal_epoch_key(
+            conversation,
+            EpochOrigin::Shared(epoch),
+            &key,
+            &devices,
+            &ephemerals,
+        );
+        let mut updated = e;
+        updated.recipients.extend(keys.iter().map(|k| k.device));
+        let (_, changes) = self.author_with(conversation, now_ms, |_| EventKind::EpochKeys {
+            epoch: Some(epoch),
+            keys,
+        })?;
+        self.keep_epoch(conversation, epoch, updated)?;
+        Ok(changes)
+    }
+
+    /// Encrypts and sends a message (see [`Store::send`]).
+    pub(super) fn send_encrypted(
+        &mut self,
+        conversation: ConversationId,
+        message: MessageId,
+        plaintext: &[u8],
+        media: Vec<MediaRef>,
+        now_ms: u64,
+    ) -> Result<(Event, Vec<Change>), StoreError> {
+        if !self.config.encrypt {
+            let body = e2ee::plain_body(plaintext);
+            return self.author_with(conversation, now_ms, |_| EventKind::Send {
+                message,
+                body,
+                media,
+            });
+        }
+        let (epoch, key, mut changes) = self.sending_epoch(conversation, now_ms)?;
+        let nonce = self.random::<24>();
+        let (event, more) = self.author_with(conversation, now_ms, |h| {
+            let aad = e2ee::body_aad(
+                conversation,
+                h.author,
+                h.user,
+                message,
+                h.lamport,
+                h.wall_ms,
+                &media,
+            );
+            EventKind::Send {
+                message,
+                body: e2ee::seal_body(epoch, &key, &aad, plaintext, nonce),
+                media,
+            }
+        })?;
+        changes.extend(more);
+        Ok((event, changes))
+    }
+
+    /// Looks at folded events of others for keys: opens epoch keys sealed to this device,
+    /// notes epochs whose key is missing, and queues key requests for
+    /// [`Store::answer_key_requests`]. Returns the visible changes (bodies that became
+    /// readable).
+    pub(super) fn after_fold(
+        &mut self,
+        conversation: ConversationId,
+        events: &[&Event],
+    ) -> Result<Vec<Change>, StoreError> {
+        let me = self.key.device();
+        let mut changes = Vec::new();
+        for ev in events {
+            let h = ev.header();
+            match ev.kind() {
+                EventKind::EpochKeys { epoch, keys } => {
+                    let (id, origin) = match epoch {
+                        None => (
+                            ev.id(),
+                            EpochOrigin::New {
+                                author: h.author,
+                                counter: h.counter,
+                            },
+                        ),
+                        Some(e) => (*e, EpochOrigin::Shared(*e)),
+                    };
+                    let known = self.epochs_of(conversation)?.get(&id).cloned();
+                    if let Some(mut e) = known {
+                        // Who else holds it matters for whether new messages may use it.
+                        let before = e.recipients.len();
+                        e.recipients.extend(keys.iter().map(|k| k.device));
+                        if e.recipients.len() != before {
+                            self.keep_epoch(conversation, id, e)?;
+                        }
+                        continue;
+                    }
+                    if h.author == me {
+                        continue;
+                    }
+                    let opened =
+                        e2ee::open_epoch_key(conversation, origin, keys, me, self.key.agreement());
+                    match opened {
+                        Some(Ok(key)) => {
+                            let creator = match epoch {
+                                None => Some(h.author),
+                                Some(e) => self.log.get(e)?.map(|ev| ev.header().author),
+                            };
+                            let e = Epoch {
+                                key: *key.as_bytes(),
+                                creator,
+                                recipients: keys.iter().map(|k| k.device).collect(),
+                                based_on: None,
+                            };
+                            self.keep_epoch(conversation, id, e)?;
+                            changes.push(Change::KeyArrived {
+                                conversation,
+                                epoch: id,
+                            });
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(%conversation, epoch = %id, author = %h.author, %err,
+                                "an epoch key sealed to this device does not open");
+                        }
+                        None => {}
+                    }
+                }
+                EventKind::Send { body, .. } if h.author != me => {
+                    if let Ok(SealedBody::Sealed { epoch, .. }) = SealedBody::parse(body) {
+                        if !self.epochs_of(conversation)?.contains_key(&epoch) {
+                            self.missing.insert((conversation, epoch));
+                        }
+                    }
+                }
+                EventKind::KeyRequest { epoch } if h.author != me => {
+                    self.key_requests
+                        .push((conversation, *epoch, h.author, h.user));
+                }
+                _ => {}
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Answers the key requests folded since the last call (see
+    /// [`Store::answer_key_request`]); the answers are events in the outbox.
+    pub fn answer_key_requests(&mut self, now_ms: u64) -> Result<Vec<Change>, StoreError> {
+        let mut changes = Vec::new();
+        for (conversation, epoch, device, user) in std::mem::take(&mut self.key_requests) {
+            changes.extend(self.answer_key_request(conversation, epoch, device, user, now_ms)?);
+        }
+        Ok(changes)
+    }
+
+    /// Shares `epoch` with the `device` of `user` that asked, when this device started the
+    /// epoch or belongs to the same user, the asking device is certified for `user`, `user` is
+    /// a member now and joined before the epoch started (no history for new members), and
+    /// the device does not hold it already.
+    fn answer_key_request(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        device: DeviceId,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let me = self.key.device();
+        let Some(e) = self.epochs_of(conversation)?.get(&epoch).cloned() else {
+            return Ok(Vec::new());
+        };
+        if e.creator != Some(me) && user != self.key.user() {
+            return Ok(Vec::new());
+        }
+        let gate = self.log.gate(conversation)?;
+        let Some(joined) = gate.joined.get(&user).copied() else {
+            return Ok(Vec::new());
+        };
+        let Some((epoch_seq, _)) = self.log.ack_of(&epoch)? else {
+            return Ok(Vec::new());
+        };
+        if joined > epoch_seq {
+            return Ok(Vec::new());
+        }
+        let dir = self.directory()?;
+        if dir.user_of(&device) != Some(user) {
+            return Ok(Vec::new());
+        }
+        let Some(public) = dir
+            .devices_of(&user)
+            .into_iter()
+            .find(|(d, _)| *d == device)
+            .map(|(_, p)| p)
+        else {
+            return Ok(Vec::new());
+        };
+        tracing::debug!(%conversation, %epoch, %device, "answering a key request");
+        self.share_epoch(conversation, epoch, &[(device, public)], now_ms)
+    }
+
+    /// Epochs of folded messages whose key this device lacks.
+    pub fn missing_keys(&self) -> Vec<(ConversationId, EventId)> {
+        self.missing.iter().copied().collect()
+    }
+
+    /// Asks the conversation's members for the key of `epoch` (a `KeyRequest` event). Nothing
+    /// when the key arrived meanwhile.
+    pub fn request_key(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, StoreError> {
+        if self.epochs_of(conversation)?.contains_key(&epoch) {
+            self.missing.remove(&(conversation, epoch));
+            return Ok(Vec::new());
+        }
+        let (_, changes) =
+            self.author_with(conversation, now_ms, |_| EventKind::KeyRequest { epoch })?;
+        Ok(changes)
+    }
+
+    /// A message's body, decrypted when this device holds its epoch's key.
+    pub fn body(&mut self, message: &MessageView) -> Result<Body, StoreError> {
+        let conversation = message.conversation;
+        match SealedBody::parse(&message.record.body) {
+            Err(e) => Ok(Body::Unreadable(e.to_string())),
+            Ok(SealedBody::Plain(b)) => Ok(Body::Clear(b.to_vec())),
+            Ok(SealedBody::Sealed { epoch, ciphertext }) => {
+                let Some(key) = self.epochs_of(conversation)?.get(&epoch).map(Epoch::key) else {
+                    return Ok(Body::WaitingForKey(epoch));
+                };
+                let aad = e2ee::record_aad(conversation, message.id, &message.record);
+                Ok(match crate::crypto::decrypt_body(&key, &aad, ciphertext) {
+                    Ok(text) => Body::Text(text),
+                    Err(e) => Body::Unreadable(e.to_string()),
+                })
+            }
+        }
+    }
+
+    /// The epoch keys this device holds for a conversation (ids only).
+    pub fn epochs(&mut self, conversation: ConversationId) -> Result<Vec<EventId>, StoreError> {
+        let mut v: Vec<EventId> = self.epochs_of(conversation)?.keys().copied().collect();
+        v.sort();
+        Ok(v)
+    }
+}
