@@ -2,8 +2,10 @@
 //!
 //! Alice goes into airplane mode and sends three messages (⏰ PENDING, in order); Bob is offline
 //! too. Alice comes back (✓ SENT on both her devices); Bob comes back (messages arrive in order,
-//! ✓✓ DELIVERED); Bob reads (✓✓ READ on both of Alice's devices). Exits 0 when every message
-//! ended READ on every device of Alice, 1 with the reason otherwise.
+//! ✓✓ DELIVERED); Bob reads (✓✓ READ on both of Alice's devices). Bodies are encrypted end to
+//! end (🔐): Bob's phone and Alice's laptop decrypt them with the conversation key Alice's phone
+//! sealed to them. Exits 0 when every message ended READ on every device of Alice and readable
+//! on Bob's phone and Alice's laptop, 1 with the reason otherwise.
 //!
 //! `cargo run --release --example offline_demo`
 
@@ -16,7 +18,7 @@ use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status,
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
 use tidings::replica::pin::parse_fingerprint;
-use tidings::replica::{Replica, ReplicaConfig, Update};
+use tidings::replica::{Body, Replica, ReplicaConfig, Update};
 
 /// How long any one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,14 +125,27 @@ async fn all_at(d: &Device, conv: ConversationId, ids: &[MessageId], want: Statu
 async fn show(d: &Device, conv: ConversationId) -> Result<()> {
     let snap = d.replica.conversation(conv).await?;
     println!("  {} sees ({} unread):", d.name, snap.unread);
-    for m in &snap.messages {
-        println!(
-            "    {:<28} {}",
-            format!("\"{}\"", String::from_utf8_lossy(&m.record.body)),
-            label(m.status)
-        );
+    for (m, body) in snap.messages.iter().zip(&snap.bodies) {
+        let text = match body {
+            Body::Text(t) => format!("\"{}\" 🔐", String::from_utf8_lossy(t)),
+            Body::Clear(t) => format!("\"{}\" (unencrypted)", String::from_utf8_lossy(t)),
+            Body::WaitingForKey(_) => "🔒 waiting for key…".to_owned(),
+            Body::Unreadable(why) => format!("⚠ unreadable: {why}"),
+        };
+        println!("    {text:<34} {}", label(m.status));
     }
     Ok(())
+}
+
+/// Whether `d` reads every message of `ids` in clear text (decrypted on the device).
+async fn all_readable(d: &Device, conv: ConversationId, ids: &[MessageId]) -> Result<bool> {
+    let snap = d.replica.conversation(conv).await?;
+    Ok(ids.iter().all(|id| {
+        snap.messages
+            .iter()
+            .zip(&snap.bodies)
+            .any(|(m, b)| m.id == *id && matches!(b, Body::Text(_)))
+    }))
 }
 
 async fn demo() -> Result<()> {
@@ -209,6 +224,14 @@ async fn demo() -> Result<()> {
         Ok(got == ids)
     })
     .await?;
+    // End-to-end encrypted: Bob's phone decrypts with the conversation key Alice's phone
+    // sealed to it (asking for it first if it arrived before the key).
+    for d in [&bob_phone, &laptop] {
+        wait_until("readable (decrypted) on the device", || {
+            all_readable(d, conv, &ids)
+        })
+        .await?;
+    }
     show(&bob_phone, conv).await?;
     for d in [&phone, &laptop] {
         wait_until("DELIVERED on Alice's devices", || {
@@ -245,6 +268,9 @@ async fn demo() -> Result<()> {
     }
     relay.shutdown().await?;
     println!("\nevery message ended READ on both of Alice's devices ✓✓");
+    println!(
+        "every body was encrypted end to end 🔐: the relay stored and forwarded ciphertext only"
+    );
     Ok(())
 }
 

@@ -631,6 +631,19 @@ impl DeviceCore {
                     .absorb_devices(&registrations, &revocations, &settles)?;
                 let gated = out.gated.clone();
                 self.emit_outcome(out);
+                // Newly learned member devices get the epochs this device started.
+                let learned: BTreeSet<UserId> = registrations.iter().map(|r| r.user).collect();
+                if !learned.is_empty() {
+                    for (c, meta) in self.store.log().conversations()? {
+                        let mut members: Vec<UserId> =
+                            meta.members.map(|(_, m)| m).unwrap_or_default();
+                        members.extend(self.store.log().gate(c)?.members());
+                        if members.iter().any(|u| learned.contains(u)) {
+                            let changes = self.store.share_current_epoch(c, now_ms)?;
+                            self.emit(changes);
+                        }
+                    }
+                }
                 // Messages the gate let through only now get their receipts now.
                 for c in gated {
                     let cursor = self.store.log().cursor(&cursor_key(&c))?;
@@ -955,7 +968,33 @@ impl DeviceCore {
         let out = self.store.apply(&acks)?;
         self.emit_outcome(out);
         self.advance_cursors_over(&acks, now_ms)?;
+        self.ask_for_new_members(&acks)?;
         self.flush(now_ms)
+    }
+
+    /// Once the relay accepted this device's `Create` or `AddMember` (the relay serves
+    /// certificates of co-members only), asks for the new members' device certificates: the
+    /// answer shares this device's epoch with their devices.
+    fn ask_for_new_members(&mut self, acks: &[Event]) -> Result<(), DeviceError> {
+        let mut users = BTreeSet::new();
+        for ack in acks {
+            let EventKind::ServerAck { event, .. } = ack.kind() else {
+                continue;
+            };
+            match self.store.log().get(event)?.as_ref().map(Event::kind) {
+                Some(EventKind::Create { members }) => users.extend(members.iter().copied()),
+                Some(EventKind::AddMember { user, .. }) => {
+                    users.insert(*user);
+                }
+                _ => {}
+            }
+        }
+        users.remove(&self.store.key().user());
+        let users: Vec<UserId> = users.into_iter().collect();
+        for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
+            self.ask_devices(chunk.to_vec(), Vec::new());
+        }
+        Ok(())
     }
 
     fn apply_late_outcomes(

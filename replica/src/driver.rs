@@ -62,7 +62,10 @@ pub(crate) async fn start(
 ) -> Result<(), ReplicaError> {
     std::fs::create_dir_all(dir).map_err(|e| ReplicaError::Network(format!("{dir:?}: {e}")))?;
     let log = EventLog::open(dir.join("device.redb")).map_err(tidings_engine::StoreError::from)?;
-    let store = Store::new(log, key, StoreConfig::new(config.relay_key));
+    let mut store = Store::new(log, key, StoreConfig::new(config.relay_key));
+    if let Some(k) = config.storage_key.clone() {
+        store.set_storage_key(k);
+    }
     let core = DeviceCore::new(
         store,
         config.relay_key,
@@ -222,6 +225,12 @@ impl Driver {
                         .map_err(Into::into),
                 );
             }
+            Command::AddMember(c, user, admin, r) => {
+                let _ = r.send(core.add_member(c, user, admin, now).map_err(Into::into));
+            }
+            Command::RemoveMember(c, user, r) => {
+                let _ = r.send(core.remove_member(c, user, now).map_err(Into::into));
+            }
             Command::Send(c, body, media, r) => {
                 let id = MessageId(rand::random());
                 let _ = r.send(
@@ -274,11 +283,19 @@ fn snapshot(
 ) -> Result<ConversationSnapshot, ReplicaError> {
     let user = core.store().key().user();
     let conv = core.store_mut().conversation(id)?;
+    let members = conv.members().map(<[_]>::to_vec);
+    let messages = conv.messages();
+    let unread = conv.unread_count(user);
+    let bodies = messages
+        .iter()
+        .map(|m| core.store_mut().body(m))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ConversationSnapshot {
         id,
-        members: conv.members().map(<[_]>::to_vec),
-        messages: conv.messages(),
-        unread: conv.unread_count(user),
+        members,
+        messages,
+        bodies,
+        unread,
     })
 }
 
@@ -329,6 +346,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
                         to,
                     }),
                     Change::MarksChanged { conversation, .. }
+                    | Change::KeyArrived { conversation, .. }
                     | Change::MembersChanged { conversation } => {
                         touched.insert(conversation);
                     }
@@ -362,6 +380,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
             reason,
         }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
+        DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         _ => Vec::new(),
     }
 }

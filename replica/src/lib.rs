@@ -36,6 +36,7 @@ use std::path::Path;
 use std::time::Duration;
 use tidings_engine::conversation::RecipientView;
 use tidings_engine::log::ConversationMeta;
+pub use tidings_engine::store::Body;
 use tidings_engine::wire::ErrorCode;
 pub use tidings_engine::{
     Change, ConnectionState, ConversationId, DeviceConfig, DeviceId, DeviceKey, EventId, MediaRef,
@@ -65,6 +66,10 @@ pub struct ReplicaConfig {
     pub idle_timeout: Duration,
     /// Outbox, retry, reconnect and catch-up settings.
     pub device: DeviceConfig,
+    /// The key that seals what the store keeps at rest (epoch keys); by default derived
+    /// from the device key. Pass [`keystore::DeviceSecrets::storage_key`] when the device's
+    /// secrets come from the key store.
+    pub storage_key: Option<tidings_engine::crypto::StorageKey>,
 }
 
 impl ReplicaConfig {
@@ -79,6 +84,7 @@ impl ReplicaConfig {
             keepalive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             device: DeviceConfig::default(),
+            storage_key: None,
         }
     }
 }
@@ -161,6 +167,9 @@ pub enum Update {
     /// A break in an author's chain of events: events withheld, dropped or reordered on the
     /// way (by the relay, say), or an author that signed two events for one place.
     Chain(tidings_engine::ChainIssue),
+    /// An event the relay sequenced that this device refused on its own checks (a
+    /// non-member's, a removed member's, a revoked or uncertified device's): not shown.
+    Ignored(tidings_engine::store::RefusedEvent),
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
@@ -194,6 +203,9 @@ pub struct ConversationSnapshot {
     pub members: Option<Vec<UserId>>,
     /// Messages in order with statuses.
     pub messages: Vec<MessageView>,
+    /// The body of each message of `messages`, in the same order: decrypted, or waiting for
+    /// its key (asked for already), or unreadable.
+    pub bodies: Vec<Body>,
     /// Messages from others not read on any device of this user.
     pub unread: usize,
 }
@@ -232,6 +244,8 @@ type Reply<T> = oneshot::Sender<Result<T, ReplicaError>>;
 #[derive(Debug)]
 enum Command {
     Create(ConversationId, Vec<UserId>, Reply<()>),
+    AddMember(ConversationId, UserId, bool, Reply<()>),
+    RemoveMember(ConversationId, UserId, Reply<()>),
     Send(ConversationId, Vec<u8>, Vec<MediaRef>, Reply<MessageId>),
     MarkRead(ConversationId, Option<ServerSeq>, Reply<()>),
     Retry(MessageId, Reply<()>),
@@ -310,8 +324,33 @@ impl Replica {
             .await
     }
 
-    /// Sends a message. Returns once it is durably in the local log and outbox and shows as
-    /// PENDING, whether or not the relay is reachable.
+    /// Adds `user` to a conversation (this user must be an admin of it). The next message
+    /// starts a new key epoch that includes the new member's devices (and only messages from
+    /// then on are readable to them).
+    pub async fn add_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        admin: bool,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::AddMember(conversation, user, admin, r))
+            .await
+    }
+
+    /// Removes `user` from a conversation (an admin's act, or leaving it with this user's
+    /// id). The next message starts a new key epoch without the removed user's devices.
+    pub async fn remove_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::RemoveMember(conversation, user, r))
+            .await
+    }
+
+    /// Sends a message. The body is encrypted end to end under the conversation's key before
+    /// anything is stored. Returns once it is durably in the local log and outbox and shows
+    /// as PENDING, whether or not the relay is reachable.
     pub async fn send(
         &self,
         conversation: ConversationId,

@@ -151,13 +151,53 @@ impl Store {
         Ok(out)
     }
 
-    /// The epoch new messages of this conversation use, started (or shared with member devices
-    /// that lack it) first when needed.
-    fn sending_epoch(
+    /// Shares the epoch this device would send under with member devices that do not hold
+    /// it yet (newly learned certificates), when this device started that epoch. Call after
+    /// the directory learned devices; nothing happens when there is nothing to share.
+    pub fn share_current_epoch(
         &mut self,
         conversation: ConversationId,
         now_ms: u64,
-    ) -> Result<(EventId, EpochKey, Vec<Change>), StoreError> {
+    ) -> Result<Vec<Change>, StoreError> {
+        if !self.config.encrypt {
+            return Ok(Vec::new());
+        }
+        let me = self.key.device();
+        let (best, devices, candidates, _) = self.pick_epoch(conversation)?;
+        let Some(id) = best else {
+            return Ok(Vec::new());
+        };
+        let Some(e) = candidates.iter().find(|(i, _)| *i == id).map(|(_, e)| e) else {
+            return Ok(Vec::new());
+        };
+        if e.creator != Some(me) {
+            return Ok(Vec::new());
+        }
+        let missing: Vec<_> = devices
+            .iter()
+            .filter(|(d, _)| !e.recipients.contains(d))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.share_epoch(conversation, id, &missing, now_ms)
+    }
+
+    /// The best epoch to send under now, if any, with the member devices and the held epochs.
+    #[allow(clippy::type_complexity)]
+    fn pick_epoch(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<
+        (
+            Option<EventId>,
+            Vec<(DeviceId, crate::crypto::AgreementPublic)>,
+            Vec<(EventId, Epoch)>,
+            ServerSeq,
+        ),
+        StoreError,
+    > {
         let gate = self.log.gate(conversation)?;
         let devices = self.member_devices(conversation)?;
         let allowed: BTreeSet<DeviceId> = devices.iter().map(|(d, _)| *d).collect();
@@ -185,9 +225,20 @@ impl Store {
                 best = Some((rank, *id));
             }
         }
+        Ok((best.map(|(_, id)| id), devices, candidates, gate.changed_at))
+    }
+
+    /// The epoch new messages of this conversation use, started (or shared with member devices
+    /// that lack it) first when needed.
+    fn sending_epoch(
+        &mut self,
+        conversation: ConversationId,
+        now_ms: u64,
+    ) -> Result<(EventId, EpochKey, Vec<Change>), StoreError> {
+        let (best, devices, candidates, changed_at) = self.pick_epoch(conversation)?;
         let mut changes = Vec::new();
         let epoch = match best {
-            Some((_, id)) => {
+            Some(id) => {
                 let missing: Vec<_> = devices
                     .iter()
                     .filter(|(d, _)| {
@@ -203,7 +254,7 @@ impl Store {
                 id
             }
             None => {
-                let (id, c) = self.start_epoch(conversation, gate.changed_at, &devices, now_ms)?;
+                let (id, c) = self.start_epoch(conversation, changed_at, &devices, now_ms)?;
                 changes.extend(c);
                 id
             }

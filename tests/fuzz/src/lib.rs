@@ -834,8 +834,10 @@ fn build_event_log(clean: bool) -> Vec<u8> {
         .iter()
         .cloned()
         .partition(|e| e.header().author != alice().device());
-    store.apply(&remote).expect("fixture apply");
+    // Own events first (as the device wrote them), then what the relay sent: the gate
+    // judges the whole order from the Create on.
     store.log().append(&own).expect("fixture own events");
+    store.apply(&remote).expect("fixture apply");
     let last = own.last().expect("own events").clone();
     store
         .log()
@@ -899,6 +901,8 @@ fn read_event_log(log: EventLog) -> Result<(), Box<dyn std::error::Error>> {
         log.device_marks(*c, bob().device())?;
         log.chain_head(*c, alice().device())?;
         log.snapshot(*c)?;
+        log.gate(*c)?;
+        log.epoch_keys(*c)?;
     }
     // The store on top: loads the snapshot (or rebuilds the document from the log).
     let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
