@@ -29,6 +29,8 @@ pub(super) enum Action {
     DevicePowerCut,
     RelayCrash,
     RelayPowerCut,
+    /// A device turns adversary for one frame: it submits an event the rules forbid.
+    Forge,
 }
 
 impl Profile {
@@ -60,6 +62,7 @@ impl Profile {
                 (Action::DevicePowerCut, 2 * crashes),
                 (Action::RelayCrash, crashes),
                 (Action::RelayPowerCut, crashes),
+                (Action::Forge, [0u32, 0, 2, 4][rng.random_range(0..4)]),
             ],
         }
     }
@@ -81,6 +84,7 @@ impl Sim {
         let up = self.devices[i].core.is_some();
         match kind {
             Action::Send if up => self.app_send(i),
+            Action::Forge if up && self.devices[i].conn.is_some() => self.forge(i),
             Action::Read if up => self.app_read(i),
             Action::Retry if up => self.app_retry(i, false),
             Action::Offline if up && self.devices[i].os_online => {
@@ -213,6 +217,90 @@ impl Sim {
             self.oracle.sent.insert(message, (conv, i));
         }
         self.after_app_call(i, r, "send")
+    }
+
+    /// Device `i` submits, on its live connection, an event no honest device writes: a message
+    /// into a conversation its user is not a member of, a membership change by a non-admin, an
+    /// event claiming another user, or a relay ack. The relay must refuse it; at the end, no
+    /// relay store and no device log may hold it (and no honest device may report an event it
+    /// ignored, see `drain_device`).
+    pub(super) fn forge(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(conn) = self.devices[i].conn else {
+            return Ok(());
+        };
+        // Only an authenticated session may submit at all (before that the relay closes it).
+        if !matches!(
+            self.core(i)?.connection(),
+            ConnectionState::Syncing | ConnectionState::Online
+        ) {
+            return Ok(());
+        }
+        let spec = self.rng.random_range(0..self.convs.len());
+        let (conv, members, creator) = {
+            let c = &self.convs[spec];
+            (c.id, c.members.clone(), c.creator)
+        };
+        let user = self.devices[i].user;
+        let other = (user + 1) % self.users.len();
+        let (claimed, kind, what) = match self.rng.random_range(0..4) {
+            0 if !members.contains(&user) => (
+                self.users[user].id,
+                EventKind::Send {
+                    message: MessageId(self.rng.random()),
+                    body: b"forged".to_vec(),
+                    media: Vec::new(),
+                },
+                "a message from a non-member",
+            ),
+            1 if members.contains(&user) && user != creator => (
+                self.users[user].id,
+                EventKind::AddMember {
+                    user: self.users[other].id,
+                    admin: true,
+                },
+                "a membership change by a non-admin",
+            ),
+            2 => (
+                self.users[other].id,
+                EventKind::Read { up_to: 1 },
+                "an event claiming another user",
+            ),
+            _ => (
+                self.users[user].id,
+                EventKind::ServerAck {
+                    event: EventId(self.rng.random()),
+                    message: None,
+                    seq: 1,
+                    server_ts_ms: 0,
+                },
+                "a relay ack",
+            ),
+        };
+        let key = &self.devices[i].key;
+        let counter = self.rng.random_range(1..50);
+        let mut header = key.header(conv, counter, None, counter, self.now);
+        header.user = claimed;
+        if counter > 1 {
+            header.prev = Some(EventId(self.rng.random()));
+        }
+        let event = Event::sign(key.signing_key(), header, kind).map_err(|e| e.to_string())?;
+        tr!(
+            self,
+            "{} FORGES {what} in {conv}: {}",
+            self.devices[i].name,
+            event.id()
+        );
+        self.stats.forged += 1;
+        let request_id = (1 << 60) + self.stats.forged;
+        self.forged.push(event.clone());
+        self.send_up(
+            conn,
+            ClientFrame::Submit {
+                request_id,
+                events: vec![Envelope(event.bytes().to_vec())],
+            },
+        );
+        Ok(())
     }
 
     pub(super) fn app_read(&mut self, i: usize) -> Result<(), Violation> {

@@ -162,6 +162,30 @@ impl Sim {
     pub(super) fn finish(&mut self) -> Result<Report, Violation> {
         let core = self.relay.core.as_ref().ok_or("relay down at the end")?;
         self.oracle.check_relay_store(core.store())?;
+        // Nothing an adversarial device forged was sequenced or reached any device.
+        let keys: Vec<_> = self
+            .forged
+            .iter()
+            .map(tidings::relay::core::store::index_key)
+            .collect();
+        let found = core.store().lookup(&keys).map_err(|e| e.to_string())?;
+        if let Some((ev, _)) = self.forged.iter().zip(&found).find(|(_, f)| f.is_some()) {
+            return fail(format!("the relay sequenced a forged event {}", ev.id()));
+        }
+        for d in &self.devices {
+            if let Some(core) = d.core.as_ref() {
+                for ev in &self.forged {
+                    if core
+                        .store()
+                        .log()
+                        .contains(&ev.id())
+                        .map_err(|e| e.to_string())?
+                    {
+                        return fail(format!("{} holds the forged event {}", d.name, ev.id()));
+                    }
+                }
+            }
+        }
         for i in 0..self.devices.len() {
             self.devices[i].dirty = true;
         }

@@ -18,10 +18,11 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use tidings::engine::wire::{ClientFrame, ErrorCode, ServerFrame, SubmitOutcome};
+use tidings::engine::wire::{ClientFrame, Envelope, ErrorCode, ServerFrame, SubmitOutcome};
 use tidings::engine::{
-    ChainIssue, ConversationId, DeviceConfig, DeviceCore, DeviceError, DeviceEvent, DeviceKey,
-    EventLog, MessageId, RetryPolicy, Status, Store, StoreConfig, UserId,
+    ChainIssue, ConnectionState, ConversationId, DeviceConfig, DeviceCore, DeviceError,
+    DeviceEvent, DeviceKey, Event, EventId, EventKind, EventLog, MessageId, RetryPolicy, Status,
+    Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{CommitJob, Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -180,6 +181,8 @@ pub struct Sim {
     heal_start: u64,
     done: bool,
     n_messages: u64,
+    /// Events adversarial devices submitted (see `Sim::forge`).
+    forged: Vec<Event>,
 }
 
 macro_rules! tr {
@@ -308,6 +311,7 @@ impl Sim {
             heal_start: 0,
             done: false,
             n_messages: 0,
+            forged: Vec::new(),
         };
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)

@@ -35,6 +35,7 @@ pub struct Stats {
     pub relay_closes: u64,
     pub acks: u64,
     pub chain_gaps: u64,
+    pub forged: u64,
     pub messages_delivered_everywhere: u64,
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
@@ -77,6 +78,7 @@ impl Stats {
             relay_closes,
             acks,
             chain_gaps,
+            forged,
             messages_delivered_everywhere,
             converge_ms_sum,
             virtual_ms
@@ -98,14 +100,16 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "app: {} sends, {} reads, {} retries of FAILED, {} offline periods; {} acks emitted; \
-             {} messages checked on every member device; {} chain gaps reported",
+             {} messages checked on every member device; {} chain gaps reported; \
+             {} forged events submitted, all refused",
             self.sends,
             self.reads,
             self.retries,
             self.offline_periods,
             self.acks,
             self.messages_delivered_everywhere,
-            self.chain_gaps
+            self.chain_gaps,
+            self.forged
         )?;
         writeln!(
             f,
