@@ -54,17 +54,18 @@ fn read_until(p: &Proc, want: u64, sent: &mut BTreeSet<u64>, deadline: Instant) 
 
 /// The phone's messages' bodies (indexes) as `r` shows them.
 async fn indexes(r: &Replica, phone: &DeviceKey) -> Vec<u64> {
-    r.conversation(CONV)
-        .await
-        .expect("conversation")
-        .messages
+    let snap = r.conversation(CONV).await.expect("conversation");
+    snap.messages
         .iter()
-        .filter(|m| m.record.author == phone.device())
-        .map(|m| {
-            std::str::from_utf8(&m.record.body)
+        .zip(&snap.bodies)
+        .filter(|(m, _)| m.record.author == phone.device())
+        // Decrypted on the device; a body still waiting for its key counts as no index yet.
+        .map(|(_, body)| match body {
+            tidings::replica::Body::Text(t) => std::str::from_utf8(t)
                 .expect("utf8")
                 .parse()
-                .expect("index")
+                .expect("index"),
+            _ => u64::MAX,
         })
         .collect()
 }

@@ -86,11 +86,16 @@ async fn stored(relay: &RelayProc, observer: &DeviceKey) -> Vec<MessageId> {
 /// The bodies (message indexes) each author's messages show on `r`, in view order.
 async fn by_author(r: &Replica) -> HashMap<DeviceId, Vec<u64>> {
     let mut out: HashMap<DeviceId, Vec<u64>> = HashMap::new();
-    for m in r.conversation(CONV).await.expect("conversation").messages {
-        let i = std::str::from_utf8(&m.record.body)
-            .expect("utf8")
-            .parse()
-            .expect("index");
+    let snap = r.conversation(CONV).await.expect("conversation");
+    for (m, body) in snap.messages.iter().zip(&snap.bodies) {
+        // Decrypted on the device; a body still waiting for its key counts as no index yet.
+        let i = match body {
+            tidings::replica::Body::Text(t) => std::str::from_utf8(t)
+                .expect("utf8")
+                .parse()
+                .expect("index"),
+            _ => u64::MAX,
+        };
         out.entry(m.record.author).or_default().push(i);
     }
     out
