@@ -331,6 +331,10 @@ impl Conversation {
             return Vec::new();
         }
         let before = self.all_statuses();
+        // In id order, like the gate's membership: replicas compare equal either way.
+        let mut members = members;
+        members.sort();
+        members.dedup();
         self.members = Some((event, members));
         let mut out = vec![Change::MembersChanged {
             conversation: self.id,

@@ -630,6 +630,24 @@ impl Store {
         entry.state = OutboxState::Queued;
         entry.attempts = 0;
         entry.next_attempt_ms = now_ms;
+        // What waits ahead of it in its conversation (keys, receipts) goes now too, or the
+        // retried message would wait behind their backoff.
+        let ahead: Vec<OutboxEntry> = self
+            .outbox_entries()?
+            .filter(|e| {
+                e.conversation == entry.conversation
+                    && e.position < entry.position
+                    && e.state == OutboxState::Queued
+                    && e.next_attempt_ms > now_ms
+            })
+            .cloned()
+            .collect();
+        for mut e in ahead {
+            e.next_attempt_ms = now_ms;
+            if self.log.write(|t| t.update_outbox(&e))? {
+                self.outbox_map()?.insert(e.position, e);
+            }
+        }
         if !self.log.write(|t| t.update_outbox(&entry))? {
             return Err(StoreError::NotInOutbox(message));
         }
