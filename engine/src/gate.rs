@@ -17,7 +17,7 @@
 
 use crate::directory::DeviceDirectory;
 use crate::event::{Event, EventKind};
-use crate::ids::{DeviceId, EventId, ServerSeq, UserId};
+use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
 use crate::membership::{Membership, MembershipError};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,10 @@ pub enum Refusal {
     /// The author device was revoked before the relay sequenced the event.
     #[error("device {0} was revoked")]
     Revoked(DeviceId),
+    /// The relay sequenced, in this conversation, an event that names another one (the
+    /// event stays held for its own conversation's gate).
+    #[error("event of conversation {0} sequenced in another conversation")]
+    OtherConversation(ConversationId),
     /// The user's certificates were fetched and none certifies the author device.
     #[error("device {device} is not certified by user {user}")]
     Uncertified {
@@ -179,7 +183,7 @@ fn author_check(
 mod tests {
     use super::*;
     use crate::identity::DeviceKey;
-    use crate::ids::{ConversationId, MessageId};
+    use crate::ids::MessageId;
     use crate::wire::DeviceRevocation;
     use ed25519_dalek::SigningKey;
 

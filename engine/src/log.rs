@@ -1045,7 +1045,16 @@ impl<'a> LogTxn<'a> {
             };
             let event = Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?;
             let ts = self.acks.get(&id)?.map(|g| g.value().1).unwrap_or(0);
-            match gate.judge(&event, seq, ts, directory, me, answered) {
+            // An ack in this conversation for an event of another one: the relay moved it.
+            // Judged here it would be admitted into its own conversation's fold under this
+            // conversation's membership.
+            let foreign = event.conversation() != conversation;
+            let verdict = if foreign {
+                Verdict::Refuse(Refusal::OtherConversation(event.conversation()))
+            } else {
+                gate.judge(&event, seq, ts, directory, me, answered)
+            };
+            match verdict {
                 Verdict::Admit { membership_changed } => {
                     run.membership_changed |= membership_changed;
                     // Own events, and events stored before gates existed, were admitted
@@ -1056,7 +1065,9 @@ impl<'a> LogTxn<'a> {
                     }
                 }
                 Verdict::Refuse(refusal) => {
-                    self.held.remove(&id)?;
+                    if !foreign {
+                        self.held.remove(&id)?;
+                    }
                     self.msg_by_seq.remove((c, seq))?;
                     let text = refusal.to_string();
                     self.refused.insert(&id, (c, text.as_str()))?;
@@ -1092,11 +1103,14 @@ impl<'a> LogTxn<'a> {
         ack_id: EventId,
     ) -> Result<(), LogError> {
         let c = &conversation.0;
+        // The place in this conversation's order, whatever other acks name the event: a
+        // relay that acked it in another conversation first must not leave a hole here
+        // (the gate refuses it there, see `advance_gate`, and judges it here).
+        self.by_seq.insert((c, seq), &acked.0)?;
         if self.acks.get(&acked.0)?.is_some_and(|g| g.value().0 <= seq) {
             return Ok(());
         }
         self.acks.insert(&acked.0, (seq, ts, &ack_id.0))?;
-        self.by_seq.insert((c, seq), &acked.0)?;
         // A Send that is already stored moves from the unsequenced to the sequenced index;
         // one stored later finds this ack when it is appended. (The ack names the message:
         // acks come from the trusted relay.)

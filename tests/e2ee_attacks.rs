@@ -1,0 +1,709 @@
+//! The attacks that must fail, device side: a malicious relay holds the pinned relay key and
+//! sequences whatever it likes; honest stores judge every event themselves (membership at its
+//! place in the order, certified and unrevoked authors, signatures, chains) and decrypt only
+//! what was sealed to them under the identity it was sealed with.
+//!
+//! The relay's own refusals (unauthenticated devices, non-members, other users' devices,
+//! revoked devices, forks) are covered over QUIC by `relay/tests/e2e.rs`
+//! (`refusals`, `membership_revocation_and_chain_attacks_are_refused`); not repeated here.
+
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use tidings::engine::e2ee::SealedBody;
+use tidings::engine::gate::Refusal;
+use tidings::engine::store::{Body, RefusedEvent};
+use tidings::engine::wire::{DeviceRegistration, DeviceRevocation};
+use tidings::engine::{
+    ApplyOutcome, ChainIssue, ConversationId, DecodeError, DeviceKey, Event, EventId, EventKind,
+    EventLog, MembershipError, MessageId, ServerSeq, Store, StoreConfig, UserId,
+};
+
+const X: ConversationId = ConversationId([0xa1; 16]);
+const Y: ConversationId = ConversationId([0xb2; 16]);
+const T0: u64 = 1_000_000;
+
+struct User {
+    key: SigningKey,
+    id: UserId,
+}
+
+fn user(seed: u8) -> User {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let id = UserId(key.verifying_key().to_bytes());
+    User { key, id }
+}
+
+fn device(u: &User, seed: u8) -> (DeviceKey, DeviceRegistration) {
+    let key = DeviceKey::from_seed([seed; 32], u.id);
+    let cert = key.certificate(&u.key, 0);
+    (key, cert)
+}
+
+fn msg(n: u8) -> MessageId {
+    MessageId([n; 16])
+}
+
+/// The relay's key: the sequencer every store pins.
+fn relay_key() -> DeviceKey {
+    DeviceKey::from_seed([0xee; 32], UserId([0xee; 32]))
+}
+
+/// An honest store of `key`, trusting the relay key, knowing `certs`.
+fn store(key: DeviceKey, certs: &[DeviceRegistration]) -> Store {
+    let mut config = StoreConfig::new(relay_key().device());
+    config.entropy = Some([key.device().0[0]; 32]);
+    let mut s = Store::new(EventLog::in_memory().expect("log"), key, config);
+    s.absorb_devices(certs, &[], &[]).expect("certificates");
+    s
+}
+
+/// A relay that signs acks with the pinned key for whatever, wherever, whenever it likes.
+struct EvilRelay {
+    key: DeviceKey,
+    /// Per conversation: next server sequence, and the relay's own chain (counter, last ack).
+    seq: HashMap<ConversationId, ServerSeq>,
+    chain: HashMap<ConversationId, (u64, EventId)>,
+    now: u64,
+}
+
+impl EvilRelay {
+    fn new() -> EvilRelay {
+        EvilRelay {
+            key: relay_key(),
+            seq: HashMap::new(),
+            chain: HashMap::new(),
+            now: T0,
+        }
+    }
+
+    /// A ServerAck in `conv` naming `event` at `seq`, stamped `ts`.
+    fn ack_at(&mut self, conv: ConversationId, event: &Event, seq: ServerSeq, ts: u64) -> Event {
+        let message = match event.kind() {
+            EventKind::Send { message, .. } => Some(*message),
+            _ => None,
+        };
+        let (counter, prev) = match self.chain.get(&conv) {
+            Some((c, id)) => (c + 1, Some(*id)),
+            None => (1, None),
+        };
+        let header = self.key.header(conv, counter, prev, counter, ts);
+        let kind = EventKind::ServerAck {
+            event: event.id(),
+            message,
+            seq,
+            server_ts_ms: ts,
+        };
+        let ack = Event::sign(self.key.signing_key(), header, kind).expect("sign ack");
+        self.chain.insert(conv, (counter, ack.id()));
+        let next = self.seq.entry(conv).or_insert(1);
+        *next = (*next).max(seq + 1);
+        ack
+    }
+
+    /// Sequences `event` next in `conv` (not necessarily its own conversation), now.
+    fn sequence_in(&mut self, conv: ConversationId, event: &Event) -> Event {
+        self.now += 10;
+        let seq = *self.seq.get(&conv).unwrap_or(&1);
+        let ts = self.now;
+        self.ack_at(conv, event, seq, ts)
+    }
+
+    /// Sequences `event` next in its own conversation: the event and its ack.
+    fn sequence(&mut self, event: &Event) -> Vec<Event> {
+        let ack = self.sequence_in(event.conversation(), event);
+        vec![event.clone(), ack]
+    }
+
+    /// Sequences everything in `author`'s outbox, in order, hands the acks back to the author,
+    /// and returns events and acks for the other devices.
+    fn pump(&mut self, author: &mut Store) -> Vec<Event> {
+        let mut batch = Vec::new();
+        for e in outbox_events(author) {
+            batch.extend(self.sequence(&e));
+        }
+        author.apply(&batch).expect("author applies its acks");
+        batch
+    }
+}
+
+fn outbox_events(s: &mut Store) -> Vec<Event> {
+    let ids: Vec<EventId> = s
+        .outbox()
+        .expect("outbox")
+        .iter()
+        .map(|e| e.event)
+        .collect();
+    ids.iter()
+        .map(|id| s.log().get(id).expect("log").expect("own event"))
+        .collect()
+}
+
+fn feed(s: &mut Store, batch: &[Event]) -> ApplyOutcome {
+    let out = s.apply(batch).expect("apply");
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    out
+}
+
+/// An event signed with `key`, at (`conv`, `counter`) with `prev`, as a forger builds it.
+fn forge(
+    key: &DeviceKey,
+    conv: ConversationId,
+    counter: u64,
+    prev: Option<EventId>,
+    kind: EventKind,
+) -> Event {
+    let h = key.header(conv, counter, prev, 100 + counter, T0);
+    Event::sign(key.signing_key(), h, kind).expect("sign")
+}
+
+fn plain_send(m: MessageId) -> EventKind {
+    EventKind::Send {
+        message: m,
+        body: b"\x00plain".to_vec(),
+        media: vec![],
+    }
+}
+
+fn shown(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
+    s.conversation(conv)
+        .expect("conversation")
+        .messages()
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// What the index tables show (no document), and the document rebuilt from the log.
+fn shown_everywhere(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
+    let mut ids = shown(s, conv);
+    ids.extend(s.latest(conv, 100).expect("latest").iter().map(|m| m.id));
+    s.unload_all();
+    ids.extend(shown(s, conv));
+    ids
+}
+
+fn body_of(s: &mut Store, conv: ConversationId, m: MessageId) -> Body {
+    let view = s
+        .conversation(conv)
+        .expect("conversation")
+        .message(&m)
+        .expect("message shown");
+    s.body(&view).expect("body")
+}
+
+fn refusals(out: &ApplyOutcome) -> Vec<(EventId, Refusal)> {
+    out.refused
+        .iter()
+        .map(|r: &RefusedEvent| (r.event, r.refusal.clone()))
+        .collect()
+}
+
+/// Alice (admin, creator), Bob and Carol, one device each; every store knows every
+/// certificate.
+struct Cast {
+    alice: User,
+    bob: User,
+    carol: User,
+    a: DeviceKey,
+    b: DeviceKey,
+    c: DeviceKey,
+    certs: Vec<DeviceRegistration>,
+}
+
+fn cast() -> Cast {
+    let (alice, bob, carol) = (user(1), user(2), user(3));
+    let (a, ca) = device(&alice, 11);
+    let (b, cb) = device(&bob, 21);
+    let (c, cc) = device(&carol, 31);
+    Cast {
+        alice,
+        bob,
+        carol,
+        a,
+        b,
+        c,
+        certs: vec![ca, cb, cc],
+    }
+}
+
+/// Alice creates `conv` with `members` and the relay sequences it (Create, first epoch).
+fn create(
+    relay: &mut EvilRelay,
+    a: &mut Store,
+    conv: ConversationId,
+    members: Vec<UserId>,
+) -> Vec<Event> {
+    a.create_conversation(conv, members, relay.now)
+        .expect("create");
+    relay.pump(a)
+}
+
+#[test]
+fn a_non_members_event_is_refused_and_never_shown() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let created = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    feed(&mut b, &created);
+    let intrusion = forge(&k.c, X, 1, None, plain_send(msg(0xcc)));
+    let batch = relay.sequence(&intrusion);
+    let out = feed(&mut b, &batch);
+    assert_eq!(
+        refusals(&out),
+        vec![(
+            intrusion.id(),
+            Refusal::Membership(MembershipError::NotMember(k.carol.id))
+        )]
+    );
+    assert!(!shown_everywhere(&mut b, X).contains(&msg(0xcc)));
+    // Later honest messages still flow: the gate moved past the refused place.
+    a.send(X, msg(1), b"after".to_vec(), vec![], relay.now)
+        .expect("send");
+    let batch = relay.pump(&mut a);
+    let out = feed(&mut b, &batch);
+    assert!(out.refused.is_empty());
+    assert_eq!(shown(&mut b, X), vec![msg(1)]);
+    assert_eq!(body_of(&mut b, X, msg(1)), Body::Text(b"after".to_vec()));
+}
+
+#[test]
+fn a_removed_members_later_events_and_a_non_admins_changes_are_refused() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let created = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    feed(&mut b, &created);
+    // Bob writes twice and tries to add Carol, all before he learns he was removed.
+    b.send(X, msg(1), b"before".to_vec(), vec![], relay.now)
+        .expect("send");
+    let (add, _) = b.add_member(X, k.carol.id, false, relay.now).expect("add");
+    b.send(X, msg(2), b"after".to_vec(), vec![], relay.now)
+        .expect("send");
+    let own = outbox_events(&mut b);
+    let sends: Vec<&Event> = own
+        .iter()
+        .filter(|e| matches!(e.kind(), EventKind::Send { .. }))
+        .collect();
+    assert_eq!(sends.len(), 2);
+    let (remove, _) = a.remove_member(X, k.bob.id, relay.now).expect("remove");
+    // The relay orders them: Bob's first Send, his AddMember, the removal, his second Send.
+    let mut batch = relay.sequence(sends[0]);
+    batch.extend(relay.sequence(&add));
+    batch.extend(relay.sequence(&remove));
+    batch.extend(relay.sequence(sends[1]));
+    let out = feed(&mut a, &batch);
+    assert_eq!(
+        refusals(&out),
+        vec![
+            (
+                add.id(),
+                Refusal::Membership(MembershipError::NotAdmin(k.bob.id))
+            ),
+            (
+                sends[1].id(),
+                Refusal::Membership(MembershipError::NotMember(k.bob.id))
+            ),
+        ]
+    );
+    let ids = shown_everywhere(&mut a, X);
+    assert!(
+        ids.contains(&msg(1)),
+        "the Send before the removal is shown"
+    );
+    assert!(!ids.contains(&msg(2)), "the Send after the removal is not");
+    assert_eq!(body_of(&mut a, X, msg(1)), Body::Text(b"before".to_vec()));
+    let members = a
+        .conversation(X)
+        .expect("conv")
+        .members()
+        .expect("members")
+        .to_vec();
+    assert_eq!(members, vec![k.alice.id]);
+    // The same order at a third store (Carol was never added).
+    let mut c = store(k.c.clone(), &k.certs);
+    let out = feed(&mut c, &[created, batch].concat());
+    assert_eq!(out.refused.len(), 2);
+}
+
+#[test]
+fn a_revoked_devices_events_sequenced_after_the_revocation_are_refused() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let _ = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let revoked_at = T0 + 5_000;
+    let revocation = DeviceRevocation::sign(&k.bob.key, k.b.device(), revoked_at);
+    a.absorb_devices(&[], &[revocation], &[])
+        .expect("revocation");
+    let before = forge(&k.b, X, 1, None, plain_send(msg(1)));
+    let after = forge(&k.b, X, 2, Some(before.id()), plain_send(msg(2)));
+    let ack_before = relay.ack_at(X, &before, 3, revoked_at - 1);
+    let ack_after = relay.ack_at(X, &after, 4, revoked_at);
+    let out = feed(&mut a, &[before, ack_before, after.clone(), ack_after]);
+    assert_eq!(
+        refusals(&out),
+        vec![(after.id(), Refusal::Revoked(k.b.device()))]
+    );
+    let ids = shown_everywhere(&mut a, X);
+    assert!(ids.contains(&msg(1)));
+    assert!(!ids.contains(&msg(2)));
+}
+
+#[test]
+fn forged_envelopes_do_not_decode_and_a_device_cannot_act_for_another_user() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let _ = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let real = forge(&k.b, X, 1, None, plain_send(msg(1)));
+    assert!(Event::decode(real.bytes()).is_ok());
+    // envelope := version (1) | id (32) | signature (64) | body
+    let mut bad_sig = real.bytes().to_vec();
+    bad_sig[1 + 32 + 10] ^= 0x01;
+    assert!(matches!(
+        Event::decode(&bad_sig),
+        Err(DecodeError::BadSignature(_))
+    ));
+    let mut bad_body = real.bytes().to_vec();
+    let last = bad_body.len() - 1;
+    bad_body[last] ^= 0x01;
+    assert!(matches!(
+        Event::decode(&bad_body),
+        Err(DecodeError::IdMismatch { .. } | DecodeError::Malformed(_) | DecodeError::NonCanonical)
+    ));
+    let mut bad_id = real.bytes().to_vec();
+    bad_id[5] ^= 0x01;
+    assert!(matches!(
+        Event::decode(&bad_id),
+        Err(DecodeError::IdMismatch { .. })
+    ));
+    // Carol's device, certified for Carol, signs as Bob (a member).
+    let liar = DeviceKey::from_seed([31; 32], k.bob.id);
+    assert_eq!(liar.device(), k.c.device());
+    let lie = forge(&liar, X, 1, None, plain_send(msg(2)));
+    let out = feed(&mut a, &relay.sequence(&lie));
+    assert_eq!(
+        refusals(&out),
+        vec![(
+            lie.id(),
+            Refusal::WrongUser {
+                device: k.c.device(),
+                certified: k.carol.id,
+                claimed: k.bob.id,
+            }
+        )]
+    );
+    assert!(!shown_everywhere(&mut a, X).contains(&msg(2)));
+}
+
+#[test]
+fn an_event_resequenced_into_another_conversation_is_not_shown_there_or_in_its_own() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    // X: Alice and Bob. Y: Alice, Bob and Carol.
+    let _ = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let _ = create(&mut relay, &mut a, Y, vec![k.bob.id, k.carol.id]);
+    // Carol, not a member of X, writes into X; the relay sequences it in Y, where she is one.
+    let smuggled = forge(&k.c, X, 1, None, plain_send(msg(0xcc)));
+    let ack = relay.sequence_in(Y, &smuggled);
+    let out = feed(&mut a, &[smuggled.clone(), ack]);
+    assert!(
+        !shown_everywhere(&mut a, Y).contains(&msg(0xcc)),
+        "shown in the conversation the relay put it in"
+    );
+    assert!(
+        !shown_everywhere(&mut a, X).contains(&msg(0xcc)),
+        "shown in its own conversation, where its author is no member: {out:?}"
+    );
+    assert_eq!(
+        refusals(&out),
+        vec![(smuggled.id(), Refusal::OtherConversation(X))]
+    );
+    // Sequenced where it belongs, X's own gate judges it: Carol is no member of X.
+    let out = feed(&mut a, &relay.sequence(&smuggled));
+    assert_eq!(
+        refusals(&out),
+        vec![(
+            smuggled.id(),
+            Refusal::Membership(MembershipError::NotMember(k.carol.id))
+        )]
+    );
+    assert!(!shown_everywhere(&mut a, X).contains(&msg(0xcc)));
+    // Later events of Y still pass the gate.
+    a.send(Y, msg(1), b"y".to_vec(), vec![], relay.now)
+        .expect("send");
+    relay.pump(&mut a);
+    assert!(shown(&mut a, Y).contains(&msg(1)));
+}
+
+#[test]
+fn a_second_event_at_the_same_place_in_a_chain_is_reported_as_a_fork() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let _ = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let first = forge(&k.b, X, 1, None, plain_send(msg(1)));
+    let second = forge(&k.b, X, 1, None, plain_send(msg(2)));
+    assert_ne!(first.id(), second.id());
+    let mut batch = relay.sequence(&first);
+    batch.extend(relay.sequence(&second));
+    let out = feed(&mut a, &batch);
+    assert!(
+        out.chain_issues.contains(&ChainIssue::Fork {
+            conversation: X,
+            author: k.b.device(),
+            counter: 1,
+            first: first.id(),
+            second: second.id(),
+        }),
+        "{:?}",
+        out.chain_issues
+    );
+}
+
+#[test]
+fn a_body_moved_into_another_event_does_not_decrypt() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let cx = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let cy = create(&mut relay, &mut a, Y, vec![k.bob.id]);
+    feed(&mut b, &[cx, cy].concat());
+    let (original, _) = b
+        .send(X, msg(1), b"the original".to_vec(), vec![], relay.now)
+        .expect("send");
+    let batch = relay.pump(&mut b);
+    feed(&mut a, &batch);
+    assert_eq!(
+        body_of(&mut a, X, msg(1)),
+        Body::Text(b"the original".to_vec())
+    );
+    let EventKind::Send { body, .. } = original.kind().clone() else {
+        panic!("a Send")
+    };
+    let Ok(SealedBody::Sealed { epoch, .. }) = SealedBody::parse(&body) else {
+        panic!("an encrypted body")
+    };
+    let h = original.header().clone();
+    let stolen = |m: MessageId| EventKind::Send {
+        message: m,
+        body: body.clone(),
+        media: vec![],
+    };
+    // Same author and key; the message id changes (it must: the original holds its id), alone,
+    // then with the lamport clock, then with the wall clock.
+    let mut prev = h.prev;
+    let mut counter = h.counter;
+    let mut next = |conv: ConversationId, kind: EventKind, lamport: u64, wall: u64| {
+        counter += 1;
+        let hh = k.b.header(conv, counter, prev, lamport, wall);
+        let e = Event::sign(k.b.signing_key(), hh, kind).expect("sign");
+        prev = Some(e.id());
+        e
+    };
+    let other_id = next(X, stolen(msg(2)), h.lamport, h.wall_ms);
+    let other_place = next(X, stolen(msg(3)), h.lamport + 7, h.wall_ms);
+    let other_clock = next(X, stolen(msg(4)), h.lamport, h.wall_ms + 1);
+    let mut batch = Vec::new();
+    for e in [&other_id, &other_place, &other_clock] {
+        batch.extend(relay.sequence(e));
+    }
+    let out = feed(&mut a, &batch);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    for m in [msg(2), msg(3), msg(4)] {
+        assert!(
+            matches!(body_of(&mut a, X, m), Body::Unreadable(_)),
+            "moved body of {m:?} read as {:?}",
+            body_of(&mut a, X, m)
+        );
+    }
+    // Into another conversation (Bob's chain there starts at 1): its epoch is not Y's.
+    let hy = k.b.header(Y, 1, None, h.lamport, h.wall_ms);
+    let other_conv = Event::sign(k.b.signing_key(), hy, stolen(msg(1))).expect("sign");
+    feed(&mut a, &relay.sequence(&other_conv));
+    let moved = body_of(&mut a, Y, msg(1));
+    assert!(
+        matches!(moved, Body::WaitingForKey(e) if e == epoch),
+        "{moved:?}"
+    );
+    // The original still reads.
+    assert_eq!(
+        body_of(&mut a, X, msg(1)),
+        Body::Text(b"the original".to_vec())
+    );
+}
+
+fn new_epochs(batch: &[Event]) -> Vec<(EventId, Vec<tidings::engine::DeviceId>)> {
+    batch
+        .iter()
+        .filter_map(|e| match e.kind() {
+            EventKind::EpochKeys { epoch: None, keys } => {
+                Some((e.id(), keys.iter().map(|k| k.device).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
+    let k = cast();
+    let dave = user(4);
+    let (d, cd) = device(&dave, 41);
+    let certs = [k.certs.clone(), vec![cd]].concat();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &certs);
+    let mut b = store(k.b.clone(), &certs);
+    let mut c = store(k.c.clone(), &certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    a.send(X, msg(1), b"all three".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    a.remove_member(X, k.bob.id, relay.now).expect("remove");
+    log.extend(relay.pump(&mut a));
+    let start = log.len();
+    a.send(X, msg(2), b"without bob".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    let epochs = new_epochs(&log[start..]);
+    assert_eq!(epochs.len(), 1, "the removal starts a new epoch");
+    let (after_removal, sealed_to) = epochs[0].clone();
+    assert!(!sealed_to.contains(&k.b.device()));
+    assert!(sealed_to.contains(&k.c.device()));
+    // The relay keeps feeding Bob everything.
+    feed(&mut b, &log);
+    feed(&mut c, &log);
+    assert_eq!(
+        body_of(&mut b, X, msg(1)),
+        Body::Text(b"all three".to_vec())
+    );
+    assert_eq!(
+        body_of(&mut b, X, msg(2)),
+        Body::WaitingForKey(after_removal)
+    );
+    assert_eq!(
+        body_of(&mut c, X, msg(2)),
+        Body::Text(b"without bob".to_vec())
+    );
+    // Bob asks for the key; Alice gives nothing to a non-member.
+    assert!(b.missing_keys().contains(&(X, after_removal)));
+    b.request_key(X, after_removal, relay.now).expect("request");
+    let ask = relay.pump(&mut b);
+    let out = feed(&mut a, &ask);
+    assert_eq!(
+        refusals(&out),
+        vec![(
+            ask[0].id(),
+            Refusal::Membership(MembershipError::NotMember(k.bob.id))
+        )]
+    );
+    a.answer_key_requests(relay.now).expect("answer");
+    assert!(outbox_events(&mut a).is_empty());
+    log.extend(ask);
+
+    // Dave joins; history before his join stays sealed to him.
+    a.add_member(X, dave.id, false, relay.now).expect("add");
+    log.extend(relay.pump(&mut a));
+    let start = log.len();
+    a.send(X, msg(3), b"welcome dave".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    let epochs = new_epochs(&log[start..]);
+    assert_eq!(epochs.len(), 1, "the join starts a new epoch");
+    assert!(epochs[0].1.contains(&d.device()));
+    let mut dv = store(d.clone(), &certs);
+    feed(&mut dv, &log);
+    assert!(matches!(
+        body_of(&mut dv, X, msg(1)),
+        Body::WaitingForKey(_)
+    ));
+    assert_eq!(
+        body_of(&mut dv, X, msg(2)),
+        Body::WaitingForKey(after_removal)
+    );
+    assert_eq!(
+        body_of(&mut dv, X, msg(3)),
+        Body::Text(b"welcome dave".to_vec())
+    );
+    let missing = dv.missing_keys();
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    for (conv, epoch) in missing {
+        dv.request_key(conv, epoch, relay.now).expect("request");
+    }
+    let asks = relay.pump(&mut dv);
+    let out = feed(&mut a, &asks);
+    assert!(
+        out.refused.is_empty(),
+        "Dave is a member: {:?}",
+        out.refused
+    );
+    a.answer_key_requests(relay.now).expect("answer");
+    assert!(
+        outbox_events(&mut a).is_empty(),
+        "history keys were given to a member who joined after them"
+    );
+    // Carol, a member all along, holds them but is not their creator: nothing either.
+    feed(&mut c, &asks);
+    c.answer_key_requests(relay.now).expect("answer");
+    assert!(outbox_events(&mut c).is_empty());
+    assert!(matches!(
+        body_of(&mut dv, X, msg(1)),
+        Body::WaitingForKey(_)
+    ));
+}
+
+#[test]
+fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
+    let k = cast();
+    let (b2, cb2) = device(&k.bob, 22);
+    let mut relay = EvilRelay::new();
+    // Alice does not know Bob's second device yet when she starts the epoch.
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    a.send(X, msg(1), b"before the link".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    assert!(!new_epochs(&log)[0].1.contains(&b2.device()));
+    let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
+    let mut phone2 = store(b2.clone(), &certs);
+    feed(&mut phone2, &log);
+    assert_eq!(body_of(&mut phone2, X, msg(1)), Body::WaitingForKey(epoch));
+    assert_eq!(phone2.missing_keys(), vec![(X, epoch)]);
+    phone2.request_key(X, epoch, relay.now).expect("request");
+    let ask = outbox_events(&mut phone2);
+    assert_eq!(ask.len(), 1);
+    assert_eq!(ask[0].kind(), &EventKind::KeyRequest { epoch });
+    let ask = relay.pump(&mut phone2);
+    // Alice learns the new device's certificate, then the request.
+    a.absorb_devices(&[cb2], &[], &[]).expect("certificate");
+    let out = feed(&mut a, &ask);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    a.answer_key_requests(relay.now).expect("answer");
+    let answer = outbox_events(&mut a);
+    assert_eq!(answer.len(), 1);
+    match answer[0].kind() {
+        EventKind::EpochKeys {
+            epoch: Some(e),
+            keys,
+        } => {
+            assert_eq!(*e, epoch);
+            assert_eq!(
+                keys.iter().map(|k| k.device).collect::<Vec<_>>(),
+                vec![b2.device()]
+            );
+        }
+        other => panic!("expected shared epoch keys, got {other:?}"),
+    }
+    let answer = relay.pump(&mut a);
+    feed(&mut phone2, &answer);
+    assert_eq!(
+        body_of(&mut phone2, X, msg(1)),
+        Body::Text(b"before the link".to_vec())
+    );
+    assert!(phone2.missing_keys().is_empty());
+}
