@@ -634,10 +634,7 @@ impl DeviceCore {
                 // Newly learned member devices get the epochs this device started.
                 let learned: BTreeSet<UserId> = registrations.iter().map(|r| r.user).collect();
                 if !learned.is_empty() {
-                    for (c, meta) in self.store.log().conversations()? {
-                        let mut members: Vec<UserId> =
-                            meta.members.map(|(_, m)| m).unwrap_or_default();
-                        members.extend(self.store.log().gate(c)?.members());
+                    for (c, members) in self.conversation_users()? {
                         if members.iter().any(|u| learned.contains(u)) {
                             let changes = self.store.share_current_epoch(c, now_ms)?;
                             self.emit(changes);
@@ -833,15 +830,27 @@ impl DeviceCore {
         }
         self.directory_asked = true;
         let mut users: BTreeSet<UserId> = BTreeSet::new();
-        for (c, meta) in self.store.log().conversations()? {
-            users.extend(meta.members.into_iter().flat_map(|(_, m)| m));
-            users.extend(self.store.log().gate(c)?.members());
+        for (_, members) in self.conversation_users()? {
+            users.extend(members);
         }
         let users: Vec<UserId> = users.into_iter().collect();
         for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
             self.ask_devices(chunk.to_vec(), Vec::new());
         }
         Ok(())
+    }
+
+    /// Every conversation in the log with its users: the `Create` list and the members the
+    /// gate knows now (who joined later).
+    fn conversation_users(&self) -> Result<Vec<(ConversationId, Vec<UserId>)>, DeviceError> {
+        let log = self.store.log();
+        let mut out = Vec::new();
+        for (c, meta) in log.conversations()? {
+            let mut users: Vec<UserId> = meta.members.map(|(_, m)| m).unwrap_or_default();
+            users.extend(log.gate(c)?.members());
+            out.push((c, users));
+        }
+        Ok(out)
     }
 
     fn ask_devices(&mut self, users: Vec<UserId>, settles: Vec<UserId>) {

@@ -189,11 +189,6 @@ impl DeviceDirectory {
     pub fn revocation(&self, device: &DeviceId) -> Option<(UserId, u64)> {
         self.revoked.get(device).copied()
     }
-
-    /// Whether the directory holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty() && self.revoked.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ impl Store {
         self.send_encrypted(conversation, message, &body, media, now_ms)
     }
 
-    /// Adds `user` to the conversation (an admin's act), then starts a new epoch.
+    /// Adds `user` to the conversation (an admin's act); the next message starts a new epoch.
     pub fn add_member(
         &mut self,
         conversation: ConversationId,
