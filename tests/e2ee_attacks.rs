@@ -699,6 +699,13 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
         }
         other => panic!("expected shared epoch keys, got {other:?}"),
     }
+    // Asked again before the answer went out: the answer waiting in the outbox serves both.
+    phone2.request_key(X, epoch, relay.now).expect("request");
+    let again = relay.pump(&mut phone2);
+    let out = feed(&mut a, &again);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    a.answer_key_requests(relay.now).expect("answer");
+    assert_eq!(outbox_events(&mut a).len(), 1, "one answer per device");
     let answer = relay.pump(&mut a);
     feed(&mut phone2, &answer);
     assert_eq!(

@@ -171,12 +171,20 @@ async fn crashed_device_delivers_its_outbox_exactly_once_in_order() {
     })
     .join()
     .expect("device thread");
-    let phone = open(dir.path(), "phone", k1, cfg).await;
+    // First reopened where no relay answers (a bound socket that never replies), so what
+    // survived is counted before anything can leave.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent socket");
+    let mut offline_cfg = cfg.clone();
+    offline_cfg.relay_addr = silent.local_addr().expect("addr");
+    let phone = open(dir.path(), "phone", k1.clone(), offline_cfg).await;
     assert_eq!(
         phone.outbox().await.expect("outbox").len(),
         12,
         "create, the first epoch's keys and 10 sends survived"
     );
+    phone.close().await.expect("close");
+    drop(phone);
+    let phone = open(dir.path(), "phone", k1, cfg).await;
     assert_eq!(ids(&phone, c).await, sent);
     eventually(20, "Bob has all ten", || async {
         ids(&bob, c).await.len() == 10
@@ -361,9 +369,10 @@ async fn multi_device_sent_on_laptop_read_state_on_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_fail_and_retry_delivers() {
-    // One event per second per device, a burst of two: the create and one message pass.
+    // One event per second per device, a burst of three: the create, the first epoch's
+    // keys and one message pass; the second message is refused until the rate refills.
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 2)).await;
+    let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 3)).await;
     let (alice, bobu) = (user(1), user(2));
     let (k1, _) = device(&alice, 11);
     let (k3, _) = device(&bobu, 21);
@@ -397,7 +406,10 @@ async fn exhausted_retries_fail_and_retry_delivers() {
         statuses(&phone, c, std::slice::from_ref(&second)).await == vec![Status::Failed]
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await; // the rate refills
+    // The rate refills. The phone learns Bob's device after the create is acked and shares
+    // the epoch with it: that event keeps retrying (events without a retry button never
+    // give up) and takes the first token back, so wait for two.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     phone.retry(second).await.expect("retry");
     eventually(20, "second SENT after retry", || {
         all_at_least(&phone, c, std::slice::from_ref(&second), Status::Sent)

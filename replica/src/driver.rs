@@ -118,7 +118,11 @@ impl Driver {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Close(reply)) => {
-                        let _ = reply.send(self.shutdown().await);
+                        let result = self.shutdown().await;
+                        // The store (and its database file) is released before the caller
+                        // hears back, so the directory can be opened again at once.
+                        drop(self);
+                        let _ = reply.send(result);
                         return;
                     }
                     Some(cmd) => self.command(cmd).await,
@@ -248,6 +252,10 @@ impl Driver {
             Command::NetworkChanged(online, r) => {
                 let res = core.network_changed(online, now).map_err(Into::into);
                 if !online {
+                    // A dial under way would otherwise connect after the app said offline.
+                    if let Some(d) = self.dialing.take() {
+                        d.abort();
+                    }
                     self.disconnect(now);
                 }
                 let _ = r.send(res);

@@ -431,8 +431,9 @@ impl Replica {
         self.call(Command::Connection).await
     }
 
-    /// Stops the driver: snapshots documents, closes the connection. Pending messages stay in
-    /// the outbox and go out after the next `open`.
+    /// Stops the driver: snapshots documents, closes the connection and releases the data
+    /// directory (it can be opened again once this returns). Pending messages stay in the
+    /// outbox and go out after the next `open`.
     pub async fn close(&self) -> Result<(), ReplicaError> {
         self.call(Command::Close).await
     }

@@ -504,8 +504,45 @@ impl Store {
         else {
             return Ok(Vec::new());
         };
+        if self.sharing_pending(conversation, epoch, device)? {
+            // The answer is already on its way (sealed when this device learned the other's
+            // certificate, or an earlier request): a second copy would only cost the
+            // sender's rate and the relay's storage.
+            return Ok(Vec::new());
+        }
         tracing::debug!(%conversation, %epoch, %device, "answering a key request");
         self.share_epoch(conversation, epoch, &[(device, public)], now_ms)
+    }
+
+    /// Whether an `EpochKeys` event of this device still waiting in the outbox seals `epoch`
+    /// to `device`.
+    fn sharing_pending(
+        &mut self,
+        conversation: ConversationId,
+        epoch: EventId,
+        device: DeviceId,
+    ) -> Result<bool, StoreError> {
+        let pending: Vec<EventId> = self
+            .outbox_entries()?
+            .filter(|e| {
+                e.conversation == conversation
+                    && e.message.is_none()
+                    && e.state == crate::log::OutboxState::Queued
+            })
+            .map(|e| e.event)
+            .collect();
+        for id in pending {
+            let Some(ev) = self.log.get(&id)? else {
+                continue;
+            };
+            if let EventKind::EpochKeys { epoch: named, keys } = ev.kind() {
+                let same = named.unwrap_or(id) == epoch;
+                if same && keys.iter().any(|k| k.device == device) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Epochs of folded messages whose key this device lacks.
