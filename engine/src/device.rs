@@ -823,12 +823,17 @@ impl DeviceCore {
     }
 
     /// Once per session: asks for the certificates and revocations of every member of every
-    /// conversation in the log, so the gates and the conversation keys use a fresh directory.
+    /// conversation in the log, so the gates and the conversation keys use a fresh directory,
+    /// and for the authors that stopped a gate.
     fn ask_directory(&mut self) -> Result<(), DeviceError> {
         if self.directory_asked {
             return Ok(());
         }
         self.directory_asked = true;
+        // Gates that stopped at an unknown author (in an earlier session, or before a
+        // restart) ask again: the request that would settle them may have been lost.
+        let out = self.store.recheck_gates()?;
+        self.emit_outcome(out);
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         for (_, members) in self.conversation_users()? {
             users.extend(members);

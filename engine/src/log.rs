@@ -675,6 +675,32 @@ impl EventLog {
         }
     }
 
+    /// Conversations whose gate stopped before an event the log holds (waiting for a device
+    /// certificate): the next sequence after the gate's `through` is in the log.
+    pub fn stalled_gates(&self) -> Result<Vec<ConversationId>, LogError> {
+        let txn = self.db.begin_read()?;
+        let convs = txn.open_table(CONVS)?;
+        let gates = txn.open_table(GATES)?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let mut out = Vec::new();
+        for row in convs.iter()? {
+            let (k, _) = row?;
+            let c = k.value();
+            let through = match gates.get(c)? {
+                Some(g) => {
+                    let gate: Gate =
+                        postcard::from_bytes(g.value()).map_err(|e| corrupt("gates", e))?;
+                    gate.through
+                }
+                None => 0,
+            };
+            if by_seq.get((c, through.saturating_add(1)))?.is_some() {
+                out.push(ConversationId(*c));
+            }
+        }
+        Ok(out)
+    }
+
     /// The stored (sealed) epoch keys of a conversation.
     pub fn epoch_keys(
         &self,

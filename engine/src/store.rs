@@ -536,6 +536,16 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Judges again every conversation whose gate stopped at an event of an author it could
+    /// not place yet. The stalled gates are found in the log, so this covers gates that
+    /// stopped before a restart or whose certificate request was lost with its connection.
+    /// Call once per connection: the outcome's `waiting` names the users to ask about.
+    pub fn recheck_gates(&mut self) -> Result<ApplyOutcome, StoreError> {
+        let stalled = self.log.stalled_gates()?;
+        self.waiting.extend(stalled);
+        self.absorb_devices(&[], &[], &[])
+    }
+
     /// The device directory (certificates and revocations this device verified).
     pub fn directory(&mut self) -> Result<&DeviceDirectory, StoreError> {
         self.ensure_directory()?;

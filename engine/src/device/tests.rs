@@ -398,3 +398,80 @@ fn poll_timeout_ignores_entries_held_behind_a_backing_off_one() {
         other => panic!("expected one Submit of both messages, got {other:?}"),
     }
 }
+
+/// Found by the simulator (tests/sim, seed 848): a device took in a conversation whose
+/// creator's certificate it did not have, asked the relay, and lost the connection (and the
+/// question) before the answer. On the next connections nothing new arrived in that
+/// conversation, so nothing asked again: the gate stayed closed and the device never showed
+/// the conversation. A restart lost even the memory of the stalled gate.
+#[test]
+fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
+    let t0 = 1_000_000;
+    let (create, send) = bobs_conversation(t0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.redb");
+    let key = || DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let config = || {
+        let mut c = StoreConfig::new(relay().device());
+        c.encrypt = false;
+        c
+    };
+    {
+        // Bob's certificate is unknown here: his events wait behind the gate.
+        let log = EventLog::open(&path).expect("log");
+        let mut store = Store::new(log, key(), config());
+        let events = [
+            create.clone(),
+            ack(&create, 1, t0),
+            send.clone(),
+            ack(&send, 2, t0),
+        ];
+        let out = store.apply(&events).expect("apply");
+        assert_eq!(out.waiting, vec![bob_user()]);
+        store
+            .log()
+            .write(|t| t.set_cursor(&cursor_key(&CONV), 2))
+            .expect("cursor");
+    }
+    // Restarted: the question asked before is gone with the old connection.
+    let log = EventLog::open(&path).expect("log");
+    let store = Store::new(log, key(), config());
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    handshake(&mut core, t0);
+    let Some(ClientFrame::Sync { request_id }) = drain(&mut core)
+        .into_iter()
+        .find(|f| matches!(f, ClientFrame::Sync { .. }))
+    else {
+        panic!("expected a Sync");
+    };
+    // Nothing new in the conversation.
+    let listing = ServerFrame::Conversations {
+        request_id,
+        conversations: vec![crate::wire::ConversationInfo {
+            conversation: CONV,
+            max_seq: 2,
+            cursor: 2,
+        }],
+    };
+    core.handle_frame(listing, t0).expect("conversations");
+    let asked: Vec<(u64, Vec<UserId>)> = drain(&mut core)
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Devices { request_id, users } => Some((request_id, users)),
+            _ => None,
+        })
+        .collect();
+    let Some((request_id, _)) = asked.iter().find(|(_, u)| u.contains(&bob_user())) else {
+        panic!("no certificate request for Bob: {asked:?}");
+    };
+    // The answer opens the gate: the conversation shows, with Bob's message.
+    let answer = ServerFrame::Devices {
+        request_id: *request_id,
+        registrations: vec![bob().certificate(&bob_user_key(), 1)],
+        revocations: vec![],
+    };
+    core.handle_frame(answer, t0).expect("devices");
+    let conv = core.store_mut().conversation(CONV).expect("conversation");
+    assert_eq!(conv.members().map(<[_]>::len), Some(2));
+    assert_eq!(conv.messages().len(), 1);
+}

@@ -278,7 +278,7 @@ fn describe_diff(
     b: &tidings::engine::ConversationView,
 ) -> String {
     if a.members != b.members {
-        return "members".into();
+        return format!("members {:?} vs {:?}", a.members, b.members);
     }
     if a.messages.len() != b.messages.len() {
         return format!("{} vs {} messages", a.messages.len(), b.messages.len());
