@@ -1,7 +1,8 @@
 //! The attacks that must fail, device side: a malicious relay holds the pinned relay key and
 //! sequences whatever it likes; honest stores judge every event themselves (membership at its
 //! place in the order, certified and unrevoked authors, signatures, chains) and decrypt only
-//! what was sealed to them under the identity it was sealed with.
+//! what was sealed to them under the identity it was sealed with. The last test checks, on
+//! the same cast, that membership changes never move a message's status back.
 //!
 //! The relay's own refusals (unauthenticated devices, non-members, other users' devices,
 //! revoked devices, forks) are covered over QUIC by `relay/tests/e2e.rs`
@@ -15,7 +16,7 @@ use tidings::engine::store::{Body, RefusedEvent};
 use tidings::engine::wire::{DeviceRegistration, DeviceRevocation};
 use tidings::engine::{
     ApplyOutcome, ChainIssue, ConversationId, DecodeError, DeviceKey, Event, EventId, EventKind,
-    EventLog, MembershipError, MessageId, ServerSeq, Store, StoreConfig, UserId,
+    EventLog, MembershipError, MessageId, ServerSeq, Status, Store, StoreConfig, UserId,
 };
 
 const X: ConversationId = ConversationId([0xa1; 16]);
@@ -713,4 +714,74 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
         Body::Text(b"before the link".to_vec())
     );
     assert!(phone2.missing_keys().is_empty());
+}
+
+/// Statuses of Alice's messages on her store and on the index tables, before and after the
+/// document is rebuilt from the log.
+fn statuses(s: &mut Store, conv: ConversationId) -> Vec<Vec<(MessageId, Status)>> {
+    let of_doc = |s: &mut Store| -> Vec<(MessageId, Status)> {
+        let view = s.conversation(conv).expect("conversation");
+        view.messages().iter().map(|m| (m.id, m.status)).collect()
+    };
+    let live = of_doc(s);
+    let index: Vec<(MessageId, Status)> = s
+        .latest(conv, 100)
+        .expect("latest")
+        .iter()
+        .map(|m| (m.id, m.status))
+        .collect();
+    s.unload_all();
+    let mut all = vec![live, index, of_doc(s)];
+    for v in &mut all {
+        v.sort_by_key(|(id, _)| *id);
+    }
+    all
+}
+
+/// Not an attack: membership changes must not move a status back. A message's recipients are
+/// the members at its sequence, on every path (live fold, index tables, rebuilt document).
+#[test]
+fn a_members_join_or_removal_never_moves_a_status_back() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut c = store(k.c.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    a.send(X, msg(1), b"to bob".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    feed(&mut b, &log);
+    let top = b.conversation(X).expect("conversation").max_seq();
+    b.mark_read(X, top, relay.now).expect("read");
+    let read = relay.pump(&mut b);
+    log.extend(read.iter().cloned());
+    feed(&mut a, &read);
+    let one_read = vec![(msg(1), Status::Read)];
+    assert_eq!(statuses(&mut a, X), vec![one_read.clone(); 3]);
+    // Carol joins: she never saw msg 1, and it stays read.
+    a.add_member(X, k.carol.id, false, relay.now).expect("add");
+    let added = relay.pump(&mut a);
+    log.extend(added.iter().cloned());
+    feed(&mut b, &added);
+    assert_eq!(statuses(&mut a, X), vec![one_read; 3]);
+    // msg 2 goes to Bob and Carol: Bob reads it, Carol only receives it.
+    a.send(X, msg(2), b"to both".to_vec(), vec![], relay.now)
+        .expect("send");
+    let sent = relay.pump(&mut a);
+    log.extend(sent.iter().cloned());
+    feed(&mut b, &sent);
+    feed(&mut c, &log);
+    let top = b.conversation(X).expect("conversation").max_seq();
+    b.mark_read(X, top, relay.now).expect("read");
+    c.mark_delivered(X, top, relay.now).expect("delivered");
+    let mut marks = relay.pump(&mut b);
+    marks.extend(relay.pump(&mut c));
+    feed(&mut a, &marks);
+    let want = vec![(msg(1), Status::Read), (msg(2), Status::Delivered)];
+    assert_eq!(statuses(&mut a, X), vec![want.clone(); 3]);
+    // Carol leaves: msg 2 was hers too, so it does not turn Read without her.
+    a.remove_member(X, k.carol.id, relay.now).expect("remove");
+    relay.pump(&mut a);
+    assert_eq!(statuses(&mut a, X), vec![want; 3]);
 }

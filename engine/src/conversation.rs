@@ -144,9 +144,10 @@ pub struct Conversation {
     id: ConversationId,
     /// Members and the `Create` event they came from (lowest id wins if a forger made two).
     members: Option<(EventId, Vec<UserId>)>,
-    /// Members after the latest membership change the device's gate admitted, with its
-    /// sequence (the highest sequence wins); overrides the `Create` list.
-    membership: Option<(ServerSeq, Vec<UserId>)>,
+    /// Members after each membership change the device's gate admitted, by the change's
+    /// sequence; the latest overrides the `Create` list. A message's recipients are the
+    /// members at its sequence, so a later join or removal never moves its status back.
+    memberships: BTreeMap<ServerSeq, Vec<UserId>>,
     messages: HashMap<MessageId, MessageRecord>,
     /// The lowest sequence and its timestamp per message (a correct relay gives exactly one).
     seq_of: HashMap<MessageId, (ServerSeq, u64)>,
@@ -166,7 +167,7 @@ impl Conversation {
         Conversation {
             id,
             members: None,
-            membership: None,
+            memberships: BTreeMap::new(),
             messages: HashMap::new(),
             seq_of: HashMap::new(),
             by_seq: BTreeMap::new(),
@@ -184,7 +185,19 @@ impl Conversation {
 
     /// Members, once known.
     pub fn members(&self) -> Option<&[UserId]> {
-        match &self.membership {
+        match self.memberships.last_key_value() {
+            Some((_, m)) => Some(m.as_slice()),
+            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
+        }
+    }
+
+    /// Members at sequence `seq`: after the last membership change at or before it (the
+    /// current members for a message not sequenced yet).
+    pub fn members_at(&self, seq: Option<ServerSeq>) -> Option<&[UserId]> {
+        let Some(seq) = seq else {
+            return self.members();
+        };
+        match self.memberships.range(..=seq).next_back() {
             Some((_, m)) => Some(m.as_slice()),
             None => self.members.as_ref().map(|(_, m)| m.as_slice()),
         }
@@ -253,7 +266,7 @@ impl Conversation {
             return Vec::new();
         };
         let seq = self.seq_of.get(message).map(|(s, _)| *s);
-        let users: Vec<UserId> = match self.members() {
+        let users: Vec<UserId> = match self.members_at(seq) {
             Some(m) => m.iter().copied().filter(|u| *u != rec.user).collect(),
             None => self
                 .users
@@ -343,23 +356,31 @@ impl Conversation {
         out
     }
 
-    /// The members after the membership change at `seq` (max-register on the sequence).
+    /// The members after the membership change at `seq` (one value per sequence: the gate
+    /// of every device computes the same; the first one kept wins).
     pub(crate) fn apply_membership(&mut self, seq: ServerSeq, members: Vec<UserId>) -> Vec<Change> {
-        if self.membership.as_ref().is_some_and(|(s, _)| *s >= seq) {
+        if self.memberships.contains_key(&seq) {
             return Vec::new();
         }
         let before = self.all_statuses();
-        self.membership = Some((seq, members));
-        let mut out = vec![Change::MembersChanged {
-            conversation: self.id,
-        }];
+        let latest = self
+            .memberships
+            .last_key_value()
+            .is_none_or(|(s, _)| *s < seq);
+        self.memberships.insert(seq, members);
+        let mut out = Vec::new();
+        if latest {
+            out.push(Change::MembersChanged {
+                conversation: self.id,
+            });
+        }
         out.extend(self.diff_statuses(before));
         out
     }
 
-    /// Sequence of the membership change the members come from (0: the `Create` list).
-    pub(crate) fn membership_seq(&self) -> ServerSeq {
-        self.membership.as_ref().map_or(0, |(s, _)| *s)
+    /// Whether the membership change at `seq` is known.
+    pub(crate) fn has_membership(&self, seq: ServerSeq) -> bool {
+        self.memberships.contains_key(&seq)
     }
 
     pub(crate) fn apply_message(&mut self, id: MessageId, record: MessageRecord) -> Vec<Change> {
@@ -524,7 +545,7 @@ impl Conversation {
             self.seq_of.get(id).map(|(s, _)| *s),
             self.failed.contains(id),
             rec.user,
-            self.members(),
+            self.members_at(self.seq_of.get(id).map(|(s, _)| *s)),
             &self.users,
         )
     }

@@ -987,8 +987,8 @@ impl DeviceCore {
     }
 
     /// Once the relay accepted this device's `Create` or `AddMember` (the relay serves
-    /// certificates of co-members only), asks for the new members' device certificates: the
-    /// answer shares this device's epoch with their devices.
+    /// certificates of current and former co-members only), asks for the new members' device
+    /// certificates: the answer shares this device's epoch with their devices.
     fn ask_for_new_members(&mut self, acks: &[Event]) -> Result<(), DeviceError> {
         let mut users = BTreeSet::new();
         for ack in acks {

@@ -6,7 +6,7 @@
 //! | key | value (postcard bytes) | written by |
 //! |---|---|---|
 //! | `c` | `CreateRecord { event, members }` | the `Create` event |
-//! | `g` | `MembersRecord { seq, members }` | the device's gate, after a membership change at `seq` (highest `seq` wins) |
+//! | `g:<seq, 16 hex digits>` | `MembersRecord { seq, members }` | the device's gate, after the membership change at `seq` (the `Create` included) |
 //! | `m:<message id hex>` | [`MessageRecord`] | the message's `Send` |
 //! | `s:<seq, 16 hex digits>` | `AckRecord { message, ts_ms }` | the relay's `ServerAck` |
 //! | `d:<device hex>` | `(user, up_to)` | the device's `Delivered` (max-register) |
@@ -123,11 +123,11 @@ impl ConversationDoc {
         seq: ServerSeq,
         members: Vec<UserId>,
     ) -> Result<Vec<Change>, DocError> {
-        if self.state.membership_seq() >= seq {
+        if self.state.has_membership(seq) {
             return Ok(Vec::new());
         }
         self.put(
-            "g".to_owned(),
+            format!("g:{seq:016x}"),
             &MembersRecord {
                 seq,
                 members: members.clone(),

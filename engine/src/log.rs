@@ -140,14 +140,33 @@ fn corrupt(table: &'static str, detail: impl ToString) -> LogError {
 /// Per-conversation facts kept up to date on every append.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationMeta {
-    /// Members and the `Create` event that named them (lowest event id wins).
+    /// Members and the `Create` event that named them (lowest event id wins); after the gate
+    /// admitted a membership change, the members it left.
     pub members: Option<(EventId, Vec<UserId>)>,
+    /// Every membership the gate admitted, by the sequence of the change (the `Create`
+    /// included), in server order. A message's recipients are the members at its sequence
+    /// (see [`ConversationMeta::members_at`]).
+    pub history: Vec<(ServerSeq, Vec<UserId>)>,
     /// Highest lamport clock seen.
     pub max_lamport: u64,
     /// Highest server seq seen (of any event).
     pub max_seq: ServerSeq,
     /// Events stored.
     pub n_events: u64,
+}
+
+impl ConversationMeta {
+    /// The members at sequence `seq` (the latest known for a message not sequenced yet).
+    pub fn members_at(&self, seq: Option<ServerSeq>) -> Option<&[UserId]> {
+        let at = match seq {
+            Some(s) => self.history.iter().rev().find(|(c, _)| *c <= s),
+            None => self.history.last(),
+        };
+        match at {
+            Some((_, m)) => Some(m.as_slice()),
+            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
+        }
+    }
 }
 
 /// Whether the outbox still tries an entry.
@@ -206,6 +225,8 @@ pub struct GateRun {
     pub gate: Gate,
     /// Whether the membership changed in this run.
     pub membership_changed: bool,
+    /// Each membership change admitted in this run: its sequence and the members after it.
+    pub changes: Vec<(ServerSeq, Vec<UserId>)>,
 }
 
 /// A break in one device's chain of events in a conversation (its per-conversation counter
@@ -755,8 +776,6 @@ impl EventLog {
         let acks = txn.open_table(ACKS)?;
         let outbox = txn.open_table(OUTBOX)?;
         let outbox_by_event = txn.open_table(OUTBOX_BY_EVENT)?;
-        let members = meta.members.as_ref().map(|(_, m)| m.as_slice());
-
         let mut ids: Vec<[u8; 32]> = Vec::with_capacity(n);
         // Pending messages are few (they wait for the relay): read them all and order them.
         let mut pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
@@ -802,7 +821,13 @@ impl EventLog {
                 conversation,
                 seq: ack.map(|a| a.0),
                 server_ts_ms: ack.map(|a| a.1),
-                status: derive_status(ack.map(|a| a.0), failed, h.user, members, &marks),
+                status: derive_status(
+                    ack.map(|a| a.0),
+                    failed,
+                    h.user,
+                    meta.members_at(ack.map(|a| a.0)),
+                    &marks,
+                ),
                 record: MessageRecord {
                     event: ev.id(),
                     author: h.author,
@@ -1083,6 +1108,9 @@ impl<'a> LogTxn<'a> {
             match verdict {
                 Verdict::Admit { membership_changed } => {
                     run.membership_changed |= membership_changed;
+                    if membership_changed {
+                        run.changes.push((seq, gate.members()));
+                    }
                     // Own events, and events stored before gates existed, were admitted
                     // when they were written.
                     if self.held.remove(&id)?.is_some() && event.header().author != me {
@@ -1111,6 +1139,7 @@ impl<'a> LogTxn<'a> {
             let meta = self.meta_mut(conversation)?;
             let create = gate.created_by.unwrap_or(EventId([0; 32]));
             meta.members = Some((create, members));
+            meta.history.extend(run.changes.iter().cloned());
         }
         if gate.through != start || run.membership_changed {
             self.gates.insert(c, encode(&gate).as_slice())?;

@@ -471,13 +471,14 @@ impl Store {
             outcome.changes.extend(self.after_fold(*conv, &events)?);
         }
         for (conv, run) in runs {
-            if run.membership_changed {
+            if !run.changes.is_empty() {
                 self.ensure_loaded(*conv)?;
-                let changes = self
-                    .loaded(*conv)?
-                    .doc
-                    .set_members(run.gate.changed_at, run.gate.members())?;
-                outcome.changes.extend(changes);
+                let doc = &mut self.loaded(*conv)?.doc;
+                for (seq, members) in &run.changes {
+                    outcome
+                        .changes
+                        .extend(doc.set_members(*seq, members.clone())?);
+                }
             }
         }
         Ok(())
@@ -783,6 +784,16 @@ impl Store {
         for (pos, ev) in &tail {
             doc.fold(ev)?;
             position = *pos;
+        }
+        // Every membership the gate admitted, not only the latest: a message's recipients are
+        // the members at its sequence (a snapshot older than a change, or none, lacks some).
+        let history = self
+            .log
+            .conversation_meta(conversation)?
+            .map(|m| m.history)
+            .unwrap_or_default();
+        for (seq, members) in history {
+            doc.set_members(seq, members)?;
         }
         let gate = self.log.gate(conversation)?;
         if gate.changed_at > 0 {

@@ -212,6 +212,61 @@ impl Oracle {
     }
 }
 
+/// A conversation's membership as the relay's store orders it.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Members after the last sequenced event.
+    pub current: BTreeSet<UserId>,
+    /// Per user, the sequence of their first join (1 for the `Create` list).
+    pub first_join: HashMap<UserId, ServerSeq>,
+    /// Per user no longer a member, the sequence of their (last) removal.
+    pub removed_at: HashMap<UserId, ServerSeq>,
+    /// The members after each change, by its sequence.
+    pub versions: BTreeMap<ServerSeq, BTreeSet<UserId>>,
+}
+
+impl Timeline {
+    /// Walks the relay's store of `conv` in server order.
+    pub fn of(store: &RelayStore, conv: &ConversationId) -> Result<Timeline, Violation> {
+        let mut t = Timeline::default();
+        let mut after = 0;
+        loop {
+            let (items, more) = store
+                .page(conv, after, STORE_PAGE, usize::MAX)
+                .map_err(|e| format!("relay store page: {e}"))?;
+            for it in &items {
+                let ev = Event::decode_trusted(&it.event)
+                    .map_err(|e| format!("stored event does not decode: {e}"))?;
+                after += 1;
+                match ev.kind() {
+                    EventKind::Create { members } => {
+                        for u in members.iter().chain([&ev.header().user]) {
+                            t.join(*u, after);
+                        }
+                    }
+                    EventKind::AddMember { user, .. } => t.join(*user, after),
+                    EventKind::RemoveMember { user } => {
+                        t.current.remove(user);
+                        t.removed_at.insert(*user, after);
+                    }
+                    _ => continue,
+                }
+                t.versions.insert(after, t.current.clone());
+            }
+            if !more || items.is_empty() {
+                break;
+            }
+        }
+        Ok(t)
+    }
+
+    fn join(&mut self, user: UserId, seq: ServerSeq) {
+        self.current.insert(user);
+        self.first_join.entry(user).or_insert(seq);
+        self.removed_at.remove(&user);
+    }
+}
+
 /// No message twice, no two messages at one seq.
 pub fn check_unique(view: &[MessageView]) -> Result<(), Violation> {
     let mut ids = BTreeSet::new();
@@ -229,18 +284,28 @@ pub fn check_unique(view: &[MessageView]) -> Result<(), Violation> {
     Ok(())
 }
 
-/// The final-state requirements on a converged conversation view.
+/// The final-state requirements on a converged conversation view. A message's recipients
+/// are the members at its sequence; it must be DELIVERED when it has some and all of them
+/// are still members (one removed since may never have received it).
 pub fn check_final_view(
     conv: ConversationId,
     view: &[MessageView],
-    members: &[UserId],
+    timeline: &Timeline,
 ) -> Result<(), Violation> {
     for m in view {
-        if m.seq.is_none() {
+        let Some(seq) = m.seq else {
             return Err(format!("message {} of {conv} never got a seq", m.id));
-        }
-        let has_recipients = members.iter().any(|u| *u != m.record.user);
-        if has_recipients && m.status.rank() < Status::Delivered.rank() {
+        };
+        let Some((_, members)) = timeline.versions.range(..=seq).next_back() else {
+            return Err(format!(
+                "message {} of {conv} sequenced before its Create",
+                m.id
+            ));
+        };
+        let mut recipients = members.iter().filter(|u| **u != m.record.user).peekable();
+        let has_recipients = recipients.peek().is_some();
+        let all_stayed = recipients.all(|u| timeline.current.contains(u));
+        if has_recipients && all_stayed && m.status.rank() < Status::Delivered.rank() {
             return Err(format!(
                 "message {} of {conv} reached every member device but shows {:?}, not DELIVERED",
                 m.id, m.status

@@ -140,7 +140,10 @@ pub struct RelayCore {
     /// Revocations, durable or staged (they take effect when accepted).
     revoked: HashMap<DeviceId, DeviceRevocation>,
     user_devices: HashMap<UserId, Vec<DeviceId>>,
+    /// Conversations each user is a member of now (committed).
     user_convs: HashMap<UserId, BTreeSet<ConversationId>>,
+    /// Conversations each user was removed from (committed; a re-added user is in both).
+    user_former: HashMap<UserId, BTreeSet<ConversationId>>,
     convs: HashMap<ConversationId, Conv>,
     staged: Staged,
     outputs: VecDeque<Output>,
@@ -324,6 +327,7 @@ impl RelayCore {
             revoked: HashMap::new(),
             user_devices: HashMap::new(),
             user_convs: HashMap::new(),
+            user_former: HashMap::new(),
             convs: HashMap::new(),
             staged: Staged::default(),
             outputs: VecDeque::new(),
@@ -350,6 +354,9 @@ impl RelayCore {
         for (id, rec) in self.store.conversations()? {
             for m in rec.membership.members() {
                 self.user_convs.entry(*m).or_default().insert(id);
+            }
+            for m in &rec.former {
+                self.user_former.entry(*m).or_default().insert(id);
             }
             self.convs.insert(
                 id,
@@ -734,19 +741,26 @@ impl RelayCore {
         });
     }
 
+    /// Certificates and durable revocations of the asked users who are or were members of a
+    /// conversation the asking user is or was a member of, and of itself.
     fn on_devices(&mut self, session: SessionId, request_id: u64, users: &[UserId]) {
         let Some((_, me)) = self.registered(session) else {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
-        let my_convs = self.user_convs.get(&me);
+        // A removed member's device may still hold events from its time in the conversation
+        // that it has not verified yet (it crashed before asking, say): it needs the same
+        // certificates as the members.
+        let my_convs = self.user_convs.get(&me).into_iter().flatten();
+        let my_former = self.user_former.get(&me).into_iter().flatten();
+        let my_convs: BTreeSet<&ConversationId> = my_convs.chain(my_former).collect();
         let shares = |u: &UserId| {
             *u == me
-                || my_convs.into_iter().flatten().any(|c| {
+                || my_convs.iter().any(|c| {
                     self.convs
                         .get(c)
                         .and_then(|c| c.committed.as_ref())
-                        .is_some_and(|r| r.membership.is_member(u))
+                        .is_some_and(|r| r.knows(u))
                 })
         };
         let mut registrations = Vec::new();
@@ -1083,6 +1097,7 @@ impl RelayCore {
                     committed: None,
                     head: ConversationRecord {
                         membership,
+                        former: BTreeSet::new(),
                         max_seq: 0,
                         last_ack: EventId([0; 32]),
                         last_ts_ms: 0,
@@ -1095,6 +1110,9 @@ impl RelayCore {
             if let Some(c) = self.convs.get_mut(&conv) {
                 if let Err(e) = c.head.membership.apply(author_user, ev.kind()) {
                     return Slot::Done(membership_rejection(&e));
+                }
+                if let EventKind::RemoveMember { user } = ev.kind() {
+                    c.head.former.insert(*user);
                 }
             }
             self.staged.membership_changed.insert(conv);
@@ -1508,6 +1526,9 @@ impl RelayCore {
                 }
                 for m in rec.membership.members() {
                     self.user_convs.entry(*m).or_default().insert(c);
+                }
+                for m in &rec.former {
+                    self.user_former.entry(*m).or_default().insert(c);
                 }
             }
             conv.committed = Some(rec);

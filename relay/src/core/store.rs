@@ -18,12 +18,12 @@
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Item};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, Membership, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -92,12 +92,22 @@ pub struct ConversationRecord {
     /// The members after `max_seq`: from the Create event, then every accepted AddMember and
     /// RemoveMember in sequence order.
     pub membership: Membership,
+    /// Users removed at some point (re-added ones stay listed): devices that catch up still
+    /// need their device certificates to verify what they wrote while members.
+    pub former: BTreeSet<UserId>,
     /// Highest sequence stored.
     pub max_seq: ServerSeq,
     /// Id of the ack of `max_seq` (the `prev` of the next ack).
     pub last_ack: EventId,
     /// Server timestamp of `max_seq`; later acks never go below it.
     pub last_ts_ms: u64,
+}
+
+impl ConversationRecord {
+    /// Whether `user` is a member now or was one before.
+    pub fn knows(&self, user: &UserId) -> bool {
+        self.membership.is_member(user) || self.former.contains(user)
+    }
 }
 
 /// One sequenced event to write.
@@ -556,6 +566,7 @@ mod tests {
         let conv = ConversationId([1; 16]);
         let rec = ConversationRecord {
             membership: Membership::create(UserId([2; 32]), &[UserId([2; 32])]).expect("create"),
+            former: BTreeSet::from([UserId([9; 32])]),
             max_seq: 2,
             last_ack: EventId([3; 32]),
             last_ts_ms: 10,

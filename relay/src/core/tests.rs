@@ -1098,6 +1098,60 @@ fn devices_lists_verified_certificates_of_co_members_only() {
 }
 
 #[test]
+fn devices_keeps_serving_certificates_across_a_removal_but_not_to_strangers() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let mut b = net.connect(2, 20);
+    let c = net.connect(3, 30);
+    let stranger = net.connect(4, 40);
+    let created = create(&mut a, 1, &[1, 2, 3]);
+    seq_of(&net.submit(&a, &[created])[0]);
+    let said = send(&mut b, 1, "before I leave");
+    seq_of(&net.submit(&b, &[said])[0]);
+    let gone = remove(&mut a, 1, 2);
+    seq_of(&net.submit(&a, &[gone])[0]);
+    let ask = |net: &mut Net, dev: &Dev, users: &[u8]| -> Vec<DeviceId> {
+        let got = net.frame(
+            dev.session,
+            ClientFrame::Devices {
+                request_id: 9,
+                users: users.iter().map(|&u| user_id(u)).collect(),
+            },
+        );
+        // Pushes of the events above may come first.
+        let listed = got.iter().find_map(|f| match f {
+            ServerFrame::Devices { registrations, .. } => Some(registrations),
+            _ => None,
+        });
+        let mut d: Vec<DeviceId> = listed
+            .unwrap_or_else(|| panic!("{got:?}"))
+            .iter()
+            .map(|r| r.device)
+            .collect();
+        d.sort();
+        d
+    };
+    // c catches up on b's message after b left: it still needs b's certificate.
+    let mut want = vec![a.key.device(), b.key.device(), c.key.device()];
+    want.sort();
+    assert_eq!(ask(&mut net, &c, &[1, 2, 3]), want);
+    // The removed member may still hold unverified events from its time as a member.
+    let mut want = vec![a.key.device(), c.key.device()];
+    want.sort();
+    assert_eq!(ask(&mut net, &b, &[1, 3]), want);
+    // A stranger still learns nothing.
+    assert_eq!(
+        ask(&mut net, &stranger, &[1, 2, 3, 4]),
+        vec![stranger.key.device()]
+    );
+    // The former member is remembered across a restart.
+    let mut net = restart(net);
+    let c = net.connect(3, 30);
+    assert_eq!(ask(&mut net, &c, &[2]), vec![b.key.device()]);
+    let b = net.connect(2, 20);
+    assert_eq!(ask(&mut net, &b, &[3]), vec![c.key.device()]);
+}
+#[test]
 fn membership_rules_are_enforced_in_server_order() {
     let mut net = Net::new(Limits::default());
     let mut a = net.connect(1, 10);

@@ -31,6 +31,8 @@ pub(super) enum Action {
     RelayPowerCut,
     /// A device turns adversary for one frame: it submits an event the rules forbid.
     Forge,
+    /// The conversation's admin removes a member, or adds a user (back).
+    Membership,
 }
 
 impl Profile {
@@ -63,6 +65,7 @@ impl Profile {
                 (Action::RelayCrash, crashes),
                 (Action::RelayPowerCut, crashes),
                 (Action::Forge, [0u32, 0, 2, 4][rng.random_range(0..4)]),
+                (Action::Membership, [0u32, 0, 1, 3][rng.random_range(0..4)]),
             ],
         }
     }
@@ -86,6 +89,7 @@ impl Sim {
             Action::Send if up => self.app_send(i),
             Action::Forge if up && self.devices[i].conn.is_some() => self.forge(i),
             Action::Read if up => self.app_read(i),
+            Action::Membership => self.app_membership(),
             Action::Retry if up => self.app_retry(i, false),
             Action::Offline if up && self.devices[i].os_online => {
                 self.stats.offline_periods += 1;
@@ -177,13 +181,14 @@ impl Sim {
         }
     }
 
-    /// Conversations the device can show (it holds their Create event).
+    /// Conversations the device can show (it holds their Create event). A removed member's
+    /// devices keep showing the conversation (and try to write into it until they learn).
     pub(super) fn known_convs(&mut self, i: usize) -> Result<Vec<ConversationId>, Violation> {
         let user = self.devices[i].user;
         let ids: Vec<ConversationId> = self
             .convs
             .iter()
-            .filter(|c| c.members.contains(&user))
+            .filter(|c| c.ever.contains(&user))
             .map(|c| c.id)
             .collect();
         let core = self.core(i)?;
@@ -236,14 +241,20 @@ impl Sim {
             return Ok(());
         }
         let spec = self.rng.random_range(0..self.convs.len());
-        let (conv, members, creator) = {
+        let (conv, ever, creator) = {
             let c = &self.convs[spec];
-            (c.id, c.members.clone(), c.creator)
+            (c.id, c.ever.clone(), c.creator)
         };
         let user = self.devices[i].user;
         let other = (user + 1) % self.users.len();
-        let (claimed, kind, what) = match self.rng.random_range(0..4) {
-            0 if !members.contains(&user) => (
+        let pick = self.rng.random_range(0..4);
+        if pick == 0 && !ever.contains(&user) && !self.convs[spec].no_add.contains(&user) {
+            // Never to be added to it: an add sequenced before the forgery arrives would
+            // make it a member's message.
+            self.convs[spec].no_add.push(user);
+        }
+        let (claimed, kind, what) = match pick {
+            0 if !ever.contains(&user) => (
                 self.users[user].id,
                 EventKind::Send {
                     message: MessageId(self.rng.random()),
@@ -252,7 +263,7 @@ impl Sim {
                 },
                 "a message from a non-member",
             ),
-            1 if members.contains(&user) && user != creator => (
+            1 if ever.contains(&user) && user != creator => (
                 self.users[user].id,
                 EventKind::AddMember {
                     user: self.users[other].id,
@@ -301,6 +312,71 @@ impl Sim {
             },
         );
         Ok(())
+    }
+
+    /// The admin (the creator's first device) removes a member for good, or adds a user who
+    /// never was one. One change at a time: the previous one must be sequenced and through
+    /// the admin's gate (or lost in a crash), so each change is valid where the relay places
+    /// it. (Adding a removed member back is not drawn: see docs/RELIABILITY.md.)
+    pub(super) fn app_membership(&mut self) -> Result<(), Violation> {
+        let spec = self.rng.random_range(0..self.convs.len());
+        let (conv, creator, last) = {
+            let c = &self.convs[spec];
+            (c.id, c.creator, c.last_change)
+        };
+        let Some(admin) = self.devices.iter().position(|d| d.user == creator) else {
+            return Ok(());
+        };
+        let Some(core) = self.devices[admin].core.as_mut() else {
+            return Ok(());
+        };
+        let log = core.store().log();
+        let gate = log.gate(conv).map_err(|e| format!("gate: {e}"))?;
+        if gate.membership.is_none() {
+            return Ok(());
+        }
+        if let Some(last) = last {
+            let lost = !log.contains(&last).map_err(|e| format!("log: {e}"))?;
+            match log.ack_of(&last).map_err(|e| format!("ack: {e}"))? {
+                Some((seq, _)) if seq <= gate.through => {}
+                None if lost => {}
+                _ => return Ok(()),
+            }
+        }
+        let members = gate.members();
+        let target = self.rng.random_range(0..self.users.len());
+        if target == creator {
+            return Ok(());
+        }
+        let id = self.users[target].id;
+        let now = self.devices[admin].dev_now(self.now);
+        let name = self.devices[admin].name.clone();
+        let r = if members.contains(&id) {
+            tr!(self, "{name} REMOVES user {target} from {conv}");
+            self.stats.removals += 1;
+            self.core(admin)?.remove_member(conv, id, now)
+        } else if self.convs[spec].ever.contains(&target)
+            || self.convs[spec].no_add.contains(&target)
+        {
+            return Ok(());
+        } else {
+            tr!(self, "{name} ADDS user {target} to {conv}");
+            self.stats.additions += 1;
+            self.convs[spec].ever.push(target);
+            self.core(admin)?.add_member(conv, id, false, now)
+        };
+        if r.is_ok() {
+            // The change is the admin's newest event in the conversation.
+            let core = self.core(admin)?;
+            let key = core.store().key().device();
+            let head = core
+                .store()
+                .log()
+                .chain_head(conv, key)
+                .map_err(|e| format!("chain head: {e}"))?;
+            self.convs[spec].last_change = head.map(|(_, id)| id);
+        }
+        self.after_app_call(admin, r, "membership change")
     }
 
     pub(super) fn app_read(&mut self, i: usize) -> Result<(), Violation> {

@@ -66,21 +66,40 @@ impl Sim {
         store_heads(core.store())
     }
 
+    /// Each conversation's membership as the relay's store orders it.
+    pub(super) fn timelines(&self) -> Result<BTreeMap<ConversationId, Timeline>, Violation> {
+        let core = self.relay.core.as_ref().ok_or("relay down")?;
+        let mut out = BTreeMap::new();
+        for spec in &self.convs {
+            out.insert(spec.id, Timeline::of(core.store(), &spec.id)?);
+        }
+        Ok(out)
+    }
+
     /// What still differs (for the failure message), or "" when converged.
     pub(super) fn divergence(&mut self) -> Result<String, Violation> {
         if self.relay.core.as_ref().is_none_or(|r| r.has_staged()) {
             return Ok("relay down or has staged work".into());
         }
         let heads = self.relay_heads()?;
+        let lines = self.timelines()?;
+        let is_member = |conv: &ConversationId, user: UserId| {
+            lines.get(conv).is_some_and(|t| t.current.contains(&user))
+        };
         let mut why = Vec::new();
         for i in 0..self.devices.len() {
             let name = self.devices[i].name.clone();
-            let user = self.devices[i].user;
+            let user_id = self.users[self.devices[i].user].id;
             let core = self.devices[i].core.as_mut().ok_or("device down")?;
-            let outbox = core
+            // What a removed member's device still holds for that conversation (refused,
+            // FAILED) never goes; it is not waited for.
+            let outbox: Vec<_> = core
                 .store_mut()
                 .outbox()
-                .map_err(|e| format!("outbox of {name}: {e}"))?;
+                .map_err(|e| format!("outbox of {name}: {e}"))?
+                .into_iter()
+                .filter(|e| is_member(&e.conversation, user_id))
+                .collect();
             if let Some(first) = outbox.first() {
                 let shown = match first.message {
                     Some(m) => core
@@ -97,7 +116,7 @@ impl Sim {
                 ));
             }
             for spec in &self.convs {
-                if !spec.members.contains(&user) {
+                if !is_member(&spec.id, user_id) {
                     continue;
                 }
                 let head = heads.get(&spec.id).copied().unwrap_or(0);
@@ -129,7 +148,7 @@ impl Sim {
         for spec in &self.convs {
             let mut first: Option<(String, tidings::engine::ConversationView)> = None;
             for i in 0..self.devices.len() {
-                if !spec.members.contains(&self.devices[i].user) {
+                if !is_member(&spec.id, self.users[self.devices[i].user].id) {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
@@ -190,22 +209,39 @@ impl Sim {
             self.devices[i].dirty = true;
         }
         self.check_dirty()?;
-        let sent: Vec<(MessageId, ConversationId)> = self
-            .oracle
-            .sent
-            .iter()
-            .map(|(m, (c, _))| (*m, *c))
-            .collect();
+        let lines = self.timelines()?;
+        self.check_membership_windows(&lines)?;
+        let mut sent: Vec<(MessageId, ConversationId)> = Vec::new();
+        for (m, (c, author)) in self.oracle.sent.clone() {
+            let author_user = self.users[self.devices[author].user].id;
+            if !lines
+                .get(&c)
+                .is_some_and(|t| t.current.contains(&author_user))
+            {
+                // Sent by a member removed since: it must reach everyone only if the relay
+                // sequenced it (before the removal); otherwise it stays FAILED at its author.
+                let core = self.devices[author].core.as_mut().ok_or("device down")?;
+                let seq = core
+                    .store_mut()
+                    .conversation(c)
+                    .map_err(|e| format!("{e}"))?
+                    .message(&m)
+                    .and_then(|v| v.seq);
+                if seq.is_none() {
+                    continue;
+                }
+            }
+            sent.push((m, c));
+        }
         for spec_idx in 0..self.convs.len() {
             let id = self.convs[spec_idx].id;
-            let members: Vec<UserId> = self.convs[spec_idx]
-                .members
-                .iter()
-                .map(|u| self.users[*u].id)
-                .collect();
+            let timeline = lines.get(&id).ok_or("no timeline")?;
             let mut digest = Vec::new();
             for i in 0..self.devices.len() {
-                if !self.convs[spec_idx].members.contains(&self.devices[i].user) {
+                if !timeline
+                    .current
+                    .contains(&self.users[self.devices[i].user].id)
+                {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
@@ -216,7 +252,7 @@ impl Sim {
                     .map_err(|e| format!("{e}"))?;
                 let view = c.messages();
                 check_unique(&view)?;
-                check_final_view(id, &view, &members).map_err(|e| format!("{name}: {e}"))?;
+                check_final_view(id, &view, timeline).map_err(|e| format!("{name}: {e}"))?;
                 for (m, conv) in &sent {
                     if *conv == id && c.message(m).is_none() {
                         return fail(format!(
@@ -250,6 +286,55 @@ impl Sim {
         })
     }
 
+    /// What membership changes promise, on every device: a member removed for good holds no
+    /// message the relay sequenced after the removal, and a user added later reads no message
+    /// sequenced before they first joined (they may hold it, sealed).
+    fn check_membership_windows(
+        &mut self,
+        lines: &BTreeMap<ConversationId, Timeline>,
+    ) -> Result<(), Violation> {
+        for spec_idx in 0..self.convs.len() {
+            let id = self.convs[spec_idx].id;
+            let Some(t) = lines.get(&id) else { continue };
+            for i in 0..self.devices.len() {
+                let user = self.users[self.devices[i].user].id;
+                let removed = t.removed_at.get(&user).copied();
+                let joined = t.first_join.get(&user).copied().unwrap_or(0);
+                if removed.is_none() && joined <= 1 {
+                    continue;
+                }
+                let name = self.devices[i].name.clone();
+                let core = self.devices[i].core.as_mut().ok_or("device down")?;
+                let view = core
+                    .store_mut()
+                    .conversation(id)
+                    .map_err(|e| format!("{e}"))?
+                    .messages();
+                for m in &view {
+                    let Some(seq) = m.seq else { continue };
+                    if removed.is_some_and(|r| seq > r) {
+                        return fail(format!(
+                            "{name} holds message {} (seq {seq} of {id}), sequenced after its \
+                             user was removed at seq {removed:?}",
+                            m.id
+                        ));
+                    }
+                    if seq < joined {
+                        let body = core.store_mut().body(m).map_err(|e| format!("{e}"))?;
+                        if matches!(body, Body::Text(_)) {
+                            return fail(format!(
+                                "{name} reads message {} (seq {seq} of {id}) from before its \
+                                 user joined at seq {joined}",
+                                m.id
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Per-step checks of every device whose view changed (and of all of them now and then).
     pub(super) fn check_dirty(&mut self) -> Result<(), Violation> {
         let all = self.step.is_multiple_of(FULL_CHECK_EVERY);
@@ -264,7 +349,7 @@ impl Sim {
                 continue;
             };
             for spec in &self.convs {
-                let member = spec.members.contains(&user);
+                let member = spec.ever.contains(&user);
                 self.oracle
                     .check_device_view(i, core, spec.id, member)
                     .map_err(|e| format!("device {name}: {e}"))?;

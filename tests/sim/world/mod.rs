@@ -8,7 +8,7 @@
 //! every member device holds the same view as the others, or fails if that takes longer than
 //! [`HEAL_BOUND_MS`].
 
-use crate::check::{check_final_view, check_unique, Oracle, Violation};
+use crate::check::{check_final_view, check_unique, Oracle, Timeline, Violation};
 use crate::disk::SimDisk;
 use crate::net::{Conn, ConnId, Ev, Queue, IDLE_MS};
 use crate::trace::{client_frame_name, server_frame_name, Trace};
@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use tidings::engine::store::Body;
 use tidings::engine::wire::{ClientFrame, Envelope, ErrorCode, ServerFrame, SubmitOutcome};
 use tidings::engine::{
     ChainIssue, ConnectionState, ConversationId, DeviceConfig, DeviceCore, DeviceError,
@@ -147,10 +148,29 @@ struct CommitInFlight {
 
 struct ConvSpec {
     id: ConversationId,
-    /// Member users (indexes into `Sim::users`).
-    members: Vec<usize>,
-    /// The user whose first device creates it.
+    /// Every user that was ever a member, or is being added (indexes into `Sim::users`); the
+    /// `Create` lists the first ones. Who is a member at the end is read from the relay's
+    /// store (see `check::Timeline`).
+    ever: Vec<usize>,
+    /// Users never to be added: they forged a message into it as non-members, and that
+    /// forgery must stay refused.
+    no_add: Vec<usize>,
+    /// The user whose first device creates it, and changes its membership.
     creator: usize,
+    /// The admin's latest membership change (see `Sim::app_membership`).
+    last_change: Option<EventId>,
+}
+
+impl ConvSpec {
+    fn new(id: ConversationId, members: Vec<usize>, creator: usize) -> ConvSpec {
+        ConvSpec {
+            id,
+            ever: members,
+            no_add: Vec::new(),
+            creator,
+            last_change: None,
+        }
+    }
 }
 
 /// The result of a passing run.
@@ -265,18 +285,14 @@ impl Sim {
                 });
             }
         }
-        let mut convs = vec![ConvSpec {
-            id: ConversationId([0xC0; 16]),
-            members: vec![0, 1],
-            creator: 0,
-        }];
+        let mut convs = vec![ConvSpec::new(ConversationId([0xC0; 16]), vec![0, 1], 0)];
         if profile.two_convs {
             // A group of everyone, created by the last user (B, or C when there is one).
-            convs.push(ConvSpec {
-                id: ConversationId([0xC1; 16]),
-                members: (0..n_users).collect(),
-                creator: n_users - 1,
-            });
+            convs.push(ConvSpec::new(
+                ConversationId([0xC1; 16]),
+                (0..n_users).collect(),
+                n_users - 1,
+            ));
         }
         let n_devices = devices.len();
         let mut sim = Sim {
@@ -369,7 +385,7 @@ impl Sim {
             let creator = self.devices.iter().position(|d| d.user == creator);
             let Some(dev) = creator else { continue };
             let members: Vec<UserId> = self.convs[c]
-                .members
+                .ever
                 .iter()
                 .map(|u| self.users[*u].id)
                 .collect();

@@ -36,6 +36,8 @@ pub struct Stats {
     pub acks: u64,
     pub chain_gaps: u64,
     pub forged: u64,
+    pub removals: u64,
+    pub additions: u64,
     pub messages_delivered_everywhere: u64,
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
@@ -79,6 +81,8 @@ impl Stats {
             acks,
             chain_gaps,
             forged,
+            removals,
+            additions,
             messages_delivered_everywhere,
             converge_ms_sum,
             virtual_ms
@@ -101,7 +105,7 @@ impl fmt::Display for Stats {
             f,
             "app: {} sends, {} reads, {} retries of FAILED, {} offline periods; {} acks emitted; \
              {} messages checked on every member device; {} chain gaps reported; \
-             {} forged events submitted, all refused",
+             {} forged events submitted, all refused; {} members removed, {} users added",
             self.sends,
             self.reads,
             self.retries,
@@ -109,7 +113,9 @@ impl fmt::Display for Stats {
             self.acks,
             self.messages_delivered_everywhere,
             self.chain_gaps,
-            self.forged
+            self.forged,
+            self.removals,
+            self.additions
         )?;
         writeln!(
             f,
