@@ -79,6 +79,9 @@ const EPOCH_KEYS: TableDefinition<(&[u8; 16], &[u8; 32]), &[u8]> =
 /// (device, 0 = certificate / 1 = revocation) → the signed statement (postcard), as this
 /// device verified it
 const DIRECTORY: TableDefinition<(&[u8; 32], u8), &[u8]> = TableDefinition::new("directory");
+/// (conversation, seq of a membership change the gate admitted) → postcard(`Vec<UserId>`): the
+/// members after it. A message's recipients are the members at its seq.
+const MEMBERSHIPS: TableDefinition<(&[u8; 16], u64), &[u8]> = TableDefinition::new("memberships");
 
 /// Why the log could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +144,9 @@ fn corrupt(table: &'static str, detail: impl ToString) -> LogError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationMeta {
     /// Members and the `Create` event that named them (lowest event id wins); after the gate
-    /// admitted a membership change, the members it left.
+    /// admitted a membership change, the members it left. Earlier memberships are in
+    /// [`EventLog::membership_history`].
     pub members: Option<(EventId, Vec<UserId>)>,
-    /// Every membership the gate admitted, by the sequence of the change (the `Create`
-    /// included), in server order. A message's recipients are the members at its sequence
-    /// (see [`ConversationMeta::members_at`]).
-    pub history: Vec<(ServerSeq, Vec<UserId>)>,
     /// Highest lamport clock seen.
     pub max_lamport: u64,
     /// Highest server seq seen (of any event).
@@ -155,18 +155,36 @@ pub struct ConversationMeta {
     pub n_events: u64,
 }
 
-impl ConversationMeta {
-    /// The members at sequence `seq` (the latest known for a message not sequenced yet).
-    pub fn members_at(&self, seq: Option<ServerSeq>) -> Option<&[UserId]> {
-        let at = match seq {
-            Some(s) => self.history.iter().rev().find(|(c, _)| *c <= s),
-            None => self.history.last(),
-        };
-        match at {
-            Some((_, m)) => Some(m.as_slice()),
-            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
-        }
+/// Every membership change the gate admitted in one conversation: (seq of the change, the
+/// members after it), in server order.
+pub type MembershipHistory = Vec<(ServerSeq, Vec<UserId>)>;
+
+/// The members at `seq` (the latest for a message not sequenced yet): after the last change
+/// in `history` at or below it, else `fallback` (the `Create` list).
+fn members_at<'h>(
+    history: &'h MembershipHistory,
+    fallback: Option<&'h [UserId]>,
+    seq: Option<ServerSeq>,
+) -> Option<&'h [UserId]> {
+    let at = match seq {
+        Some(s) => history.iter().rev().find(|(c, _)| *c <= s),
+        None => history.last(),
+    };
+    at.map(|(_, m)| m.as_slice()).or(fallback)
+}
+
+fn read_history(
+    table: &impl ReadableTable<(&'static [u8; 16], u64), &'static [u8]>,
+    conversation: &ConversationId,
+) -> Result<MembershipHistory, LogError> {
+    let c = &conversation.0;
+    let mut out = Vec::new();
+    for row in table.range((c, 0u64)..=(c, u64::MAX))? {
+        let (k, v) = row?;
+        let members = postcard::from_bytes(v.value()).map_err(|e| corrupt("memberships", e))?;
+        out.push((k.value().1, members));
     }
+    Ok(out)
 }
 
 /// Whether the outbox still tries an entry.
@@ -398,6 +416,7 @@ impl EventLog {
             txn.open_table(GATES)?;
             txn.open_table(HELD)?;
             txn.open_table(REFUSED)?;
+            txn.open_table(MEMBERSHIPS)?;
             txn.open_table(DIRECTORY)?;
             txn.open_table(EPOCH_KEYS)?;
         }
@@ -523,6 +542,15 @@ impl EventLog {
     ) -> Result<Option<ConversationMeta>, LogError> {
         let txn = self.db.begin_read()?;
         read_meta(&txn.open_table(CONVS)?, &conversation)
+    }
+
+    /// Every membership change the gate admitted in a conversation, in server order.
+    pub fn membership_history(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<MembershipHistory, LogError> {
+        let txn = self.db.begin_read()?;
+        read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)
     }
 
     /// The last event of `device` in `conversation`: (counter, id).
@@ -771,6 +799,8 @@ impl EventLog {
         let txn = self.db.begin_read()?;
         let c = &conversation.0;
         let meta = read_meta(&txn.open_table(CONVS)?, &conversation)?.unwrap_or_default();
+        let history = read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)?;
+        let first = meta.members.as_ref().map(|(_, m)| m.as_slice());
         let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
         let events = txn.open_table(EVENTS)?;
         let acks = txn.open_table(ACKS)?;
@@ -825,7 +855,7 @@ impl EventLog {
                     ack.map(|a| a.0),
                     failed,
                     h.user,
-                    meta.members_at(ack.map(|a| a.0)),
+                    members_at(&history, first, ack.map(|a| a.0)),
                     &marks,
                 ),
                 record: MessageRecord {
@@ -892,6 +922,7 @@ pub struct LogTxn<'a> {
     refused: redb::Table<'a, Id32, (Conv, &'static str)>,
     directory: redb::Table<'a, (Id32, u8), &'static [u8]>,
     epoch_keys: redb::Table<'a, (Conv, Id32), &'static [u8]>,
+    memberships: redb::Table<'a, (Conv, u64), &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -928,6 +959,7 @@ impl<'a> LogTxn<'a> {
             refused: txn.open_table(REFUSED)?,
             directory: txn.open_table(DIRECTORY)?,
             epoch_keys: txn.open_table(EPOCH_KEYS)?,
+            memberships: txn.open_table(MEMBERSHIPS)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -1139,7 +1171,10 @@ impl<'a> LogTxn<'a> {
             let meta = self.meta_mut(conversation)?;
             let create = gate.created_by.unwrap_or(EventId([0; 32]));
             meta.members = Some((create, members));
-            meta.history.extend(run.changes.iter().cloned());
+            for (seq, members) in &run.changes {
+                self.memberships
+                    .insert((c, *seq), encode(members).as_slice())?;
+            }
         }
         if gate.through != start || run.membership_changed {
             self.gates.insert(c, encode(&gate).as_slice())?;

@@ -787,12 +787,7 @@ impl Store {
         }
         // Every membership the gate admitted, not only the latest: a message's recipients are
         // the members at its sequence (a snapshot older than a change, or none, lacks some).
-        let history = self
-            .log
-            .conversation_meta(conversation)?
-            .map(|m| m.history)
-            .unwrap_or_default();
-        for (seq, members) in history {
+        for (seq, members) in self.log.membership_history(conversation)? {
             doc.set_members(seq, members)?;
         }
         let gate = self.log.gate(conversation)?;
