@@ -85,32 +85,14 @@ impl Oracle {
         let mut n_total = 0u64;
         for (conv, rec) in &records {
             let mut after = 0;
-            loop {
-                let (items, more) = store
-                    .page(conv, after, STORE_PAGE, usize::MAX)
-                    .map_err(|e| format!("relay store page: {e}"))?;
-                for it in &items {
-                    let ev = Event::decode_trusted(&it.event)
-                        .map_err(|e| format!("stored event does not decode: {e}"))?;
-                    let ack = Event::decode_trusted(&it.ack)
-                        .map_err(|e| format!("stored ack does not decode: {e}"))?;
-                    let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
-                        return Err("stored ack is not a ServerAck".into());
-                    };
-                    if *event != ev.id() {
-                        return Err(format!("stored ack at seq {seq} names another event"));
-                    }
-                    if *seq != after + 1 {
-                        return Err(format!(
-                            "relay store of {conv}: seq {seq} follows {after} (gap or duplicate)"
-                        ));
-                    }
-                    after = *seq;
-                    stored.insert((*conv, *seq), ev.id());
+            for (ev, seq) in stored_events(store, conv)? {
+                if seq != after + 1 {
+                    return Err(format!(
+                        "relay store of {conv}: seq {seq} follows {after} (gap or duplicate)"
+                    ));
                 }
-                if !more || items.is_empty() {
-                    break;
-                }
+                after = seq;
+                stored.insert((*conv, seq), ev.id());
             }
             if after != rec.max_seq {
                 return Err(format!(
@@ -229,33 +211,21 @@ impl Timeline {
     /// Walks the relay's store of `conv` in server order.
     pub fn of(store: &RelayStore, conv: &ConversationId) -> Result<Timeline, Violation> {
         let mut t = Timeline::default();
-        let mut after = 0;
-        loop {
-            let (items, more) = store
-                .page(conv, after, STORE_PAGE, usize::MAX)
-                .map_err(|e| format!("relay store page: {e}"))?;
-            for it in &items {
-                let ev = Event::decode_trusted(&it.event)
-                    .map_err(|e| format!("stored event does not decode: {e}"))?;
-                after += 1;
-                match ev.kind() {
-                    EventKind::Create { members } => {
-                        for u in members.iter().chain([&ev.header().user]) {
-                            t.join(*u, after);
-                        }
+        for (ev, seq) in stored_events(store, conv)? {
+            match ev.kind() {
+                EventKind::Create { members } => {
+                    for u in members.iter().chain([&ev.header().user]) {
+                        t.join(*u, seq);
                     }
-                    EventKind::AddMember { user, .. } => t.join(*user, after),
-                    EventKind::RemoveMember { user } => {
-                        t.current.remove(user);
-                        t.removed_at.insert(*user, after);
-                    }
-                    _ => continue,
                 }
-                t.versions.insert(after, t.current.clone());
+                EventKind::AddMember { user, .. } => t.join(*user, seq),
+                EventKind::RemoveMember { user } => {
+                    t.current.remove(user);
+                    t.removed_at.insert(*user, seq);
+                }
+                _ => continue,
             }
-            if !more || items.is_empty() {
-                break;
-            }
+            t.versions.insert(seq, t.current.clone());
         }
         Ok(t)
     }
@@ -264,6 +234,38 @@ impl Timeline {
         self.current.insert(user);
         self.first_join.entry(user).or_insert(seq);
         self.removed_at.remove(&user);
+    }
+}
+
+/// Every event the relay stored in `conv`, in server order, with the seq of its ack (checked
+/// to name it).
+fn stored_events(
+    store: &RelayStore,
+    conv: &ConversationId,
+) -> Result<Vec<(Event, ServerSeq)>, Violation> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (items, more) = store
+            .page(conv, after, STORE_PAGE, usize::MAX)
+            .map_err(|e| format!("relay store page: {e}"))?;
+        for it in &items {
+            let ev = Event::decode_trusted(&it.event)
+                .map_err(|e| format!("stored event does not decode: {e}"))?;
+            let ack = Event::decode_trusted(&it.ack)
+                .map_err(|e| format!("stored ack does not decode: {e}"))?;
+            let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
+                return Err("stored ack is not a ServerAck".into());
+            };
+            if *event != ev.id() {
+                return Err(format!("stored ack at seq {seq} names another event"));
+            }
+            after = *seq;
+            out.push((ev, *seq));
+        }
+        if !more || items.is_empty() {
+            return Ok(out);
+        }
     }
 }
 

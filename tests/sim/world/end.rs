@@ -145,25 +145,21 @@ impl Sim {
                 }
             }
         }
-        for spec in &self.convs {
+        let ids: Vec<ConversationId> = self.convs.iter().map(|c| c.id).collect();
+        for id in ids {
             let mut first: Option<(String, tidings::engine::ConversationView)> = None;
             for i in 0..self.devices.len() {
-                if !is_member(&spec.id, self.users[self.devices[i].user].id) {
+                if !is_member(&id, self.users[self.devices[i].user].id) {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
-                let core = self.devices[i].core.as_mut().ok_or("device down")?;
-                let view = core
-                    .store_mut()
-                    .conversation(spec.id)
-                    .map_err(|e| format!("{e}"))?
-                    .view();
+                let view = self.shown(i, id)?.view();
                 match &first {
                     None => first = Some((name, view)),
                     Some((n0, v0)) if *v0 != view => {
                         why.push(format!(
                             "{} differs between {n0} and {name}: {}",
-                            spec.id,
+                            id,
                             describe_diff(v0, &view)
                         ));
                     }
@@ -220,13 +216,7 @@ impl Sim {
             {
                 // Sent by a member removed since: it must reach everyone only if the relay
                 // sequenced it (before the removal); otherwise it stays FAILED at its author.
-                let core = self.devices[author].core.as_mut().ok_or("device down")?;
-                let seq = core
-                    .store_mut()
-                    .conversation(c)
-                    .map_err(|e| format!("{e}"))?
-                    .message(&m)
-                    .and_then(|v| v.seq);
+                let seq = self.shown(author, c)?.message(&m).and_then(|v| v.seq);
                 if seq.is_none() {
                     continue;
                 }
@@ -245,16 +235,11 @@ impl Sim {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
-                let core = self.devices[i].core.as_mut().ok_or("device down")?;
-                let c = core
-                    .store_mut()
-                    .conversation(id)
-                    .map_err(|e| format!("{e}"))?;
-                let view = c.messages();
+                let view = self.shown(i, id)?.messages();
                 check_unique(&view)?;
                 check_final_view(id, &view, timeline).map_err(|e| format!("{name}: {e}"))?;
                 for (m, conv) in &sent {
-                    if *conv == id && c.message(m).is_none() {
+                    if *conv == id && !view.iter().any(|v| v.id == *m) {
                         return fail(format!(
                             "message {m} sent in {id} (send returned Ok) never reached {name}"
                         ));
@@ -304,12 +289,7 @@ impl Sim {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
-                let core = self.devices[i].core.as_mut().ok_or("device down")?;
-                let view = core
-                    .store_mut()
-                    .conversation(id)
-                    .map_err(|e| format!("{e}"))?
-                    .messages();
+                let view = self.shown(i, id)?.messages();
                 for m in &view {
                     let Some(seq) = m.seq else { continue };
                     if removed.is_some_and(|r| seq > r) {
@@ -320,7 +300,11 @@ impl Sim {
                         ));
                     }
                     if seq < joined {
-                        let body = core.store_mut().body(m).map_err(|e| format!("{e}"))?;
+                        let body = self
+                            .core(i)?
+                            .store_mut()
+                            .body(m)
+                            .map_err(|e| format!("{e}"))?;
                         if matches!(body, Body::Text(_)) {
                             return fail(format!(
                                 "{name} reads message {} (seq {seq} of {id}) from before its \

@@ -21,9 +21,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use tidings::engine::store::Body;
 use tidings::engine::wire::{ClientFrame, Envelope, ErrorCode, ServerFrame, SubmitOutcome};
 use tidings::engine::{
-    ChainIssue, ConnectionState, ConversationId, DeviceConfig, DeviceCore, DeviceError,
-    DeviceEvent, DeviceKey, Event, EventId, EventKind, EventLog, MessageId, RetryPolicy, Status,
-    Store, StoreConfig, UserId,
+    ChainIssue, ConnectionState, Conversation, ConversationId, DeviceConfig, DeviceCore,
+    DeviceError, DeviceEvent, DeviceKey, Event, EventId, EventKind, EventLog, MessageId,
+    RetryPolicy, Status, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{CommitJob, Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -404,6 +404,15 @@ impl Sim {
         let name = &self.devices[i].name;
         let msg = format!("device {name} is down");
         self.devices[i].core.as_mut().ok_or(msg)
+    }
+
+    /// What device `i` shows of conversation `id`.
+    fn shown(&mut self, i: usize, id: ConversationId) -> Result<&Conversation, Violation> {
+        let name = self.devices[i].name.clone();
+        self.core(i)?
+            .store_mut()
+            .conversation(id)
+            .map_err(|e| format!("{name}: {e}"))
     }
 
     fn next_action_gap(&mut self) -> u64 {
