@@ -87,17 +87,76 @@ fn fixtures_load_undamaged() {
 /// Crashes the fuzzers found, kept as regression tests: each input damaged a real file so that
 /// redb panicked while opening it (`unreachable!` reading its allocator state), before any
 /// checksum check could run. Opening now gives `LogError::Damaged` / `StoreError::Corrupt`.
+///
+/// The recorded inputs patch fixed offsets, and the fixture files change whenever the formats
+/// do, so they alone would stop reaching redb's panic without anyone noticing. So the test also
+/// damages the first byte of every page of today's fixtures, notes which damage made redb
+/// panic (a panic hook that records it on this thread), and checks that there is such damage
+/// and that each one is refused with the typed error.
 #[test]
 fn fuzz_crashes_stay_fixed() {
     // tests/fuzz/artifacts/event_log_file/crash-c20c878c7c76948d73e78a8f4bb1e1a4616fe36e
     checks::check_event_log_file(&[0x00, 0x00, 0x00, 0x05, 0x00]);
-    let (bytes, _) = checks::patch(checks::event_log_file(), &[0x00, 0x00, 0x05, 0x00]);
-    let err = tidings::engine::EventLog::with_backend(checks::MemFile::from_bytes(&bytes))
-        .expect_err("the damaged log is refused");
-    assert!(
-        matches!(err, tidings::engine::LogError::Damaged(_)),
-        "{err}"
-    );
     // tests/fuzz/artifacts/relay_store_file/crash-915af4ec1b6f05b26432cf0d3e9b5c9cc9553e7e
     checks::check_relay_store_file(&[0x00, 0x00, 0x70, 0xb7, 0x00]);
+
+    let log_panics = pages_where_redb_panics(checks::event_log_file(), |bytes| {
+        match tidings::engine::EventLog::with_backend(checks::MemFile::from_bytes(bytes)) {
+            Err(tidings::engine::LogError::Damaged(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("opened".to_owned()),
+        }
+    });
+    assert!(
+        !log_panics.is_empty(),
+        "no damaged page of the fixture log makes redb panic: the guard is not exercised"
+    );
+    let store_panics = pages_where_redb_panics(checks::relay_store_file(), |bytes| {
+        match tidings_relay::core::RelayStore::open_backend(
+            checks::MemFile::from_bytes(bytes),
+            false,
+        ) {
+            Err(tidings_relay::core::StoreError::Corrupt(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("opened".to_owned()),
+        }
+    });
+    assert!(
+        !store_panics.is_empty(),
+        "no damaged page of the fixture relay store makes redb panic: the guard is not exercised"
+    );
+}
+
+thread_local! {
+    static REDB_PANICKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Inverts the first byte of each 4 KiB page of `file` and opens it with `open`; for every
+/// damage that made redb panic, `open` must report the typed error (`Ok`). Returns those pages.
+fn pages_where_redb_panics(file: &[u8], open: impl Fn(&[u8]) -> Result<(), String>) -> Vec<usize> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.location().is_some_and(|l| l.file().contains("/redb-")) {
+                REDB_PANICKED.with(|p| p.set(true));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let mut pages = Vec::new();
+    for at in (0..file.len()).step_by(4096) {
+        let mut bytes = file.to_vec();
+        bytes[at] ^= 0xff;
+        REDB_PANICKED.with(|p| p.set(false));
+        let result = open(&bytes);
+        if REDB_PANICKED.with(|p| p.get()) {
+            if let Err(got) = result {
+                panic!("page at {at}: redb panicked and the open gave {got}, not the typed error");
+            }
+            pages.push(at);
+        }
+    }
+    pages
 }
