@@ -100,40 +100,31 @@ fn fuzz_crashes_stay_fixed() {
     // tests/fuzz/artifacts/relay_store_file/crash-915af4ec1b6f05b26432cf0d3e9b5c9cc9553e7e
     checks::check_relay_store_file(&[0x00, 0x00, 0x70, 0xb7, 0x00]);
 
-    let log_panics = pages_where_redb_panics(checks::event_log_file(), |bytes| {
+    redb_panics_are_refused("fixture log", checks::event_log_file(), |bytes| {
         match tidings::engine::EventLog::with_backend(checks::MemFile::from_bytes(bytes)) {
             Err(tidings::engine::LogError::Damaged(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
             Ok(_) => Err("opened".to_owned()),
         }
     });
-    assert!(
-        !log_panics.is_empty(),
-        "no damaged page of the fixture log makes redb panic: the guard is not exercised"
-    );
-    let store_panics = pages_where_redb_panics(checks::relay_store_file(), |bytes| {
-        match tidings_relay::core::RelayStore::open_backend(
-            checks::MemFile::from_bytes(bytes),
-            false,
-        ) {
+    redb_panics_are_refused("fixture relay store", checks::relay_store_file(), |bytes| {
+        let file = checks::MemFile::from_bytes(bytes);
+        match tidings_relay::core::RelayStore::open_backend(file, false) {
             Err(tidings_relay::core::StoreError::Corrupt(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
             Ok(_) => Err("opened".to_owned()),
         }
     });
-    assert!(
-        !store_panics.is_empty(),
-        "no damaged page of the fixture relay store makes redb panic: the guard is not exercised"
-    );
 }
 
 thread_local! {
     static REDB_PANICKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Inverts the first byte of each 4 KiB page of `file` and opens it with `open`; for every
-/// damage that made redb panic, `open` must report the typed error (`Ok`). Returns those pages.
-fn pages_where_redb_panics(file: &[u8], open: impl Fn(&[u8]) -> Result<(), String>) -> Vec<usize> {
+/// Inverts the first byte of each 4 KiB page of `file` and opens it with `open`: for every
+/// damage that made redb panic, `open` must report the typed error (`Ok`), and at least one
+/// damage must make redb panic, or the guard is not exercised.
+fn redb_panics_are_refused(what: &str, file: &[u8], open: impl Fn(&[u8]) -> Result<(), String>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -158,5 +149,8 @@ fn pages_where_redb_panics(file: &[u8], open: impl Fn(&[u8]) -> Result<(), Strin
             pages.push(at);
         }
     }
-    pages
+    assert!(
+        !pages.is_empty(),
+        "no damaged page of the {what} makes redb panic: the guard is not exercised"
+    );
 }

@@ -147,7 +147,7 @@ pub struct Conversation {
     /// Members after each membership change the device's gate admitted, by the change's
     /// sequence; the latest overrides the `Create` list. A message's recipients are the
     /// members at its sequence, so a later join or removal never moves its status back.
-    memberships: BTreeMap<ServerSeq, Vec<UserId>>,
+    memberships: MembershipHistory,
     messages: HashMap<MessageId, MessageRecord>,
     /// The lowest sequence and its timestamp per message (a correct relay gives exactly one).
     seq_of: HashMap<MessageId, (ServerSeq, u64)>,
@@ -159,6 +159,25 @@ pub struct Conversation {
     users: BTreeMap<UserId, UserMarks>,
     /// Local outbox outcome, not replicated.
     failed: HashSet<MessageId>,
+}
+
+/// Every membership change a device's gate admitted in one conversation: the change's
+/// sequence → the members after it.
+pub type MembershipHistory = BTreeMap<ServerSeq, Vec<UserId>>;
+
+/// The members at `seq` (the latest for a message not sequenced yet): after the last change in
+/// `history` at or below it, else `create` (the `Create` list). The one rule for a message's
+/// recipients, used by the document and by the log's message listing.
+pub(crate) fn members_at<'h>(
+    history: &'h MembershipHistory,
+    create: Option<&'h [UserId]>,
+    seq: Option<ServerSeq>,
+) -> Option<&'h [UserId]> {
+    let at = match seq {
+        Some(s) => history.range(..=s).next_back(),
+        None => history.last_key_value(),
+    };
+    at.map(|(_, m)| m.as_slice()).or(create)
 }
 
 impl Conversation {
@@ -185,22 +204,14 @@ impl Conversation {
 
     /// Members, once known.
     pub fn members(&self) -> Option<&[UserId]> {
-        match self.memberships.last_key_value() {
-            Some((_, m)) => Some(m.as_slice()),
-            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
-        }
+        self.members_at(None)
     }
 
     /// Members at sequence `seq`: after the last membership change at or before it (the
     /// current members for a message not sequenced yet).
     pub fn members_at(&self, seq: Option<ServerSeq>) -> Option<&[UserId]> {
-        let Some(seq) = seq else {
-            return self.members();
-        };
-        match self.memberships.range(..=seq).next_back() {
-            Some((_, m)) => Some(m.as_slice()),
-            None => self.members.as_ref().map(|(_, m)| m.as_slice()),
-        }
+        let create = self.members.as_ref().map(|(_, m)| m.as_slice());
+        members_at(&self.memberships, create, seq)
     }
 
     /// Number of visible messages.

@@ -6,7 +6,7 @@
 //! Everything a local action writes goes into one write transaction ([`LogTxn`]), so a crash
 //! leaves either all of it or none of it.
 
-use crate::conversation::{MessageRecord, MessageView};
+use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
 use crate::directory::DeviceDirectory;
 use crate::event::{DecodeError, Event, EventKind};
 use crate::gate::{Gate, Refusal, Verdict};
@@ -155,34 +155,16 @@ pub struct ConversationMeta {
     pub n_events: u64,
 }
 
-/// Every membership change the gate admitted in one conversation: (seq of the change, the
-/// members after it), in server order.
-pub type MembershipHistory = Vec<(ServerSeq, Vec<UserId>)>;
-
-/// The members at `seq` (the latest for a message not sequenced yet): after the last change
-/// in `history` at or below it, else `fallback` (the `Create` list).
-fn members_at<'h>(
-    history: &'h MembershipHistory,
-    fallback: Option<&'h [UserId]>,
-    seq: Option<ServerSeq>,
-) -> Option<&'h [UserId]> {
-    let at = match seq {
-        Some(s) => history.iter().rev().find(|(c, _)| *c <= s),
-        None => history.last(),
-    };
-    at.map(|(_, m)| m.as_slice()).or(fallback)
-}
-
 fn read_history(
     table: &impl ReadableTable<(&'static [u8; 16], u64), &'static [u8]>,
     conversation: &ConversationId,
 ) -> Result<MembershipHistory, LogError> {
     let c = &conversation.0;
-    let mut out = Vec::new();
+    let mut out = MembershipHistory::new();
     for row in table.range((c, 0u64)..=(c, u64::MAX))? {
         let (k, v) = row?;
         let members = postcard::from_bytes(v.value()).map_err(|e| corrupt("memberships", e))?;
-        out.push((k.value().1, members));
+        out.insert(k.value().1, members);
     }
     Ok(out)
 }
@@ -241,9 +223,8 @@ pub struct GateRun {
     pub waiting: Option<UserId>,
     /// The gate after the run.
     pub gate: Gate,
-    /// Whether the membership changed in this run.
-    pub membership_changed: bool,
-    /// Each membership change admitted in this run: its sequence and the members after it.
+    /// Each membership change admitted in this run (none: the membership did not change): its
+    /// sequence and the members after it.
     pub changes: Vec<(ServerSeq, Vec<UserId>)>,
 }
 
@@ -1139,7 +1120,6 @@ impl<'a> LogTxn<'a> {
             };
             match verdict {
                 Verdict::Admit { membership_changed } => {
-                    run.membership_changed |= membership_changed;
                     if membership_changed {
                         run.changes.push((seq, gate.members()));
                     }
@@ -1166,7 +1146,7 @@ impl<'a> LogTxn<'a> {
             }
             gate.through = seq;
         }
-        if run.membership_changed {
+        if !run.changes.is_empty() {
             let members = gate.members();
             let meta = self.meta_mut(conversation)?;
             let create = gate.created_by.unwrap_or(EventId([0; 32]));
@@ -1176,7 +1156,7 @@ impl<'a> LogTxn<'a> {
                     .insert((c, *seq), encode(members).as_slice())?;
             }
         }
-        if gate.through != start || run.membership_changed {
+        if gate.through != start || !run.changes.is_empty() {
             self.gates.insert(c, encode(&gate).as_slice())?;
         }
         run.gate = gate;

@@ -787,12 +787,10 @@ impl Store {
         }
         // Every membership the gate admitted, not only the latest: a message's recipients are
         // the members at its sequence (a snapshot older than a change, or none, lacks some).
+        // The gate writes each change's row in the transaction that admits it, the latest
+        // (`gate.changed_at`) included.
         for (seq, members) in self.log.membership_history(conversation)? {
             doc.set_members(seq, members)?;
-        }
-        let gate = self.log.gate(conversation)?;
-        if gate.changed_at > 0 {
-            doc.set_members(gate.changed_at, gate.members())?;
         }
         doc.commit();
         let failed: Vec<MessageId> = self
