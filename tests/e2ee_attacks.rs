@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use tidings::engine::e2ee::SealedBody;
 use tidings::engine::gate::Refusal;
-use tidings::engine::store::{Body, RefusedEvent};
+use tidings::engine::store::{Body, KeyShareRefusal, RefusedEvent, RefusedKeyShare};
 use tidings::engine::wire::{DeviceRegistration, DeviceRevocation};
 use tidings::engine::{
     ApplyOutcome, ChainIssue, ConversationId, DecodeError, DeviceKey, Event, EventId, EventKind,
@@ -51,9 +51,9 @@ fn relay_key() -> DeviceKey {
 
 /// An honest store of `key`, trusting the relay key, knowing `certs`.
 fn store(key: DeviceKey, certs: &[DeviceRegistration]) -> Store {
-    let mut config = StoreConfig::new(relay_key().device());
-    config.entropy = Some([key.device().0[0]; 32]);
-    let mut s = Store::new(EventLog::in_memory().expect("log"), key, config);
+    let config = StoreConfig::new(relay_key().device());
+    let entropy = [key.device().0[0]; 32];
+    let mut s = Store::new(EventLog::in_memory().expect("log"), key, config, entropy);
     s.absorb_devices(certs, &[], &[]).expect("certificates");
     s
 }
@@ -542,9 +542,9 @@ fn new_epochs(batch: &[Event]) -> Vec<(EventId, Vec<tidings::engine::DeviceId>)>
     batch
         .iter()
         .filter_map(|e| match e.kind() {
-            EventKind::EpochKeys { epoch: None, keys } => {
-                Some((e.id(), keys.iter().map(|k| k.device).collect()))
-            }
+            EventKind::EpochKeys {
+                epoch: None, keys, ..
+            } => Some((e.id(), keys.iter().map(|k| k.device).collect())),
             _ => None,
         })
         .collect()
@@ -691,6 +691,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
         EventKind::EpochKeys {
             epoch: Some(e),
             keys,
+            ..
         } => {
             assert_eq!(*e, epoch);
             assert_eq!(
@@ -827,16 +828,30 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
         None,
         EventKind::EpochKeys {
             epoch: Some(epoch),
+            commitment: None,
             keys,
         },
     );
-    log.extend(relay.sequence(&poison));
+    let poisoned = relay.sequence(&poison);
+    feed(&mut a, &poisoned);
+    log.extend(poisoned);
     let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
     let mut phone2 = store(b2.clone(), &certs);
-    feed(&mut phone2, &log);
+    let out = feed(&mut phone2, &log);
+    assert_eq!(
+        out.refused_keys,
+        vec![RefusedKeyShare {
+            conversation: X,
+            epoch,
+            event: poison.id(),
+            author: k.c.device(),
+            reason: KeyShareRefusal::Mismatch,
+        }]
+    );
     // The wrong key is not kept: the body waits for the right one, and the key is asked for.
     assert_eq!(body_of(&mut phone2, X, msg(1)), Body::WaitingForKey(epoch));
     assert_eq!(phone2.missing_keys(), vec![(X, epoch)]);
+    // Asking again and again until a share matches: here Alice, the epoch's opener, answers.
     phone2.request_key(X, epoch, relay.now).expect("request");
     let ask = relay.pump(&mut phone2);
     a.absorb_devices(&[cb2], &[], &[]).expect("certificate");
@@ -884,22 +899,27 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
         &[(k.b.device(), k.b.agreement_public())],
         &[[0x74; 32]],
     ));
-    let open = forge(&k.c, X, 1, None, EventKind::EpochKeys { epoch: None, keys });
+    // She commits to the key she gave Alice, the one public value every device checks.
+    let commitment = tidings::engine::e2ee::epoch_commitment(X, k.c.device(), 1, &k1);
+    let open = forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: None,
+            commitment: Some(commitment),
+            keys,
+        },
+    );
     let start = log.len();
     log.extend(relay.sequence(&open));
     let epoch = open.id();
     // Carol writes under the key she gave Alice.
     let send = {
         let h = k.c.header(X, 2, Some(open.id()), 200, T0);
-        let aad = tidings::engine::e2ee::body_aad(
-            X,
-            h.author,
-            h.user,
-            msg(9),
-            h.lamport,
-            h.wall_ms,
-            &[],
-        );
+        let aad =
+            tidings::engine::e2ee::body_aad(X, h.author, h.user, msg(9), h.lamport, h.wall_ms, &[]);
         let body = tidings::engine::e2ee::seal_body(epoch, &k1, &aad, b"split", [0x75; 24]);
         Event::sign(
             k.c.signing_key(),
@@ -913,8 +933,17 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
         .expect("sign")
     };
     log.extend(relay.sequence(&send));
-    feed(&mut a, &log[start..]);
-    feed(&mut b, &log[start..]);
+    let out_a = feed(&mut a, &log[start..]);
+    let out_b = feed(&mut b, &log[start..]);
+    assert!(out_a.refused_keys.is_empty(), "{:?}", out_a.refused_keys);
+    assert_eq!(
+        out_b
+            .refused_keys
+            .iter()
+            .map(|r| (r.epoch, r.author, r.reason))
+            .collect::<Vec<_>>(),
+        vec![(epoch, k.c.device(), KeyShareRefusal::Mismatch)]
+    );
     // Alice's key matches what Carol committed to; Bob's does not and is refused: Bob never
     // holds a second key for the epoch, he waits for (and asks for) the committed one.
     assert_eq!(body_of(&mut a, X, msg(9)), Body::Text(b"split".to_vec()));
@@ -980,8 +1009,11 @@ fn a_body_at_the_plaintext_limit_is_read_and_one_byte_more_is_refused_typed() {
     let mut a = store(k.a.clone(), &k.certs);
     let mut b = store(k.b.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    let max =
-        tidings::engine::event::MAX_BODY_LEN - tidings::engine::e2ee::SEALED_BODY_OVERHEAD;
+    let max = tidings::engine::e2ee::MAX_PLAINTEXT_LEN;
+    assert_eq!(
+        max,
+        tidings::engine::event::MAX_BODY_LEN - tidings::engine::e2ee::SEALED_BODY_OVERHEAD
+    );
     a.send(X, msg(1), vec![7; max], vec![], relay.now)
         .expect("a body at the limit is sent");
     log.extend(relay.pump(&mut a));
@@ -991,8 +1023,15 @@ fn a_body_at_the_plaintext_limit_is_read_and_one_byte_more_is_refused_typed() {
         .send(X, msg(2), vec![7; max + 1], vec![], relay.now)
         .expect_err("one byte more is refused");
     assert!(
-        !matches!(err, tidings::engine::StoreError::Log(_)),
+        matches!(
+            err,
+            tidings::engine::StoreError::BodyTooLarge { len, max: m } if len == max + 1 && m == max
+        ),
         "{err:?}"
+    );
+    assert!(
+        outbox_events(&mut a).is_empty(),
+        "nothing of a refused body is queued"
     );
 }
 
@@ -1002,10 +1041,10 @@ fn reopening_a_store_with_the_same_entropy_never_repeats_a_nonce() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("alice.redb");
     let open = || {
-        let mut config = StoreConfig::new(relay_key().device());
-        config.entropy = Some([9; 32]);
+        let config = StoreConfig::new(relay_key().device());
         let log = EventLog::open(&path).expect("log");
-        let mut s = Store::new(log, k.a.clone(), config);
+        // The same entropy at every open, as a careless caller would pass it.
+        let mut s = Store::new(log, k.a.clone(), config, [9; 32]);
         s.absorb_devices(&k.certs, &[], &[]).expect("certificates");
         s
     };

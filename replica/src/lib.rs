@@ -105,7 +105,7 @@ pub enum ReplicaError {
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
-    /// A body over the limit.
+    /// A body over the limit ([`tidings_engine::e2ee::MAX_PLAINTEXT_LEN`]).
     #[error("message body of {len} bytes is over the limit of {max}")]
     BodyTooLarge {
         /// Size.
@@ -113,6 +113,9 @@ pub enum ReplicaError {
         /// Limit.
         max: usize,
     },
+    /// The OS random number generator failed (the store is seeded from it at every open).
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
 }
 
 /// What a UI renders, pushed as it happens.
@@ -366,7 +369,7 @@ impl Replica {
         body: Vec<u8>,
         media: Vec<MediaRef>,
     ) -> Result<MessageId, ReplicaError> {
-        let max = tidings_engine::event::MAX_BODY_LEN;
+        let max = tidings_engine::e2ee::MAX_PLAINTEXT_LEN;
         if body.len() > max {
             return Err(ReplicaError::BodyTooLarge {
                 len: body.len(),
