@@ -58,7 +58,10 @@ fn engine_source_draws_no_os_randomness() {
         "getrandom",
         "from_entropy",
     ];
-    let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
     let mut n_files = 0;
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read engine sources") {
