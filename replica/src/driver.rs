@@ -398,6 +398,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
+        DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
         _ => Vec::new(),
     }
 }

@@ -173,6 +173,10 @@ pub enum Update {
     /// An event the relay sequenced that this device refused on its own checks (a
     /// non-member's, a removed member's, a revoked or uncertified device's): not shown.
     Ignored(tidings_engine::store::RefusedEvent),
+    /// An epoch-key share that opened here but is not the key its epoch committed to (a wrong
+    /// key from a member, or an opener that gave devices different keys): not kept; the key is
+    /// asked for again.
+    KeyShareRefused(tidings_engine::store::RefusedKeyShare),
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
