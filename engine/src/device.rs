@@ -105,6 +105,10 @@ pub enum DeviceEvent {
     /// An event the relay sequenced that this device's own checks refused (a non-member's,
     /// a removed member's, a revoked or uncertified device's): kept out of the conversation.
     Ignored(RefusedEvent),
+    /// An epoch-key share that opened on this device but is not the key the epoch committed
+    /// to (a wrong key from a member, or a split by the epoch's opener): not kept; the key is
+    /// asked for again.
+    KeyShareRefused(crate::store::RefusedKeyShare),
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -235,7 +239,8 @@ pub struct DeviceCore {
     directory_asked: bool,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
     asking: HashSet<UserId>,
-    /// Epoch keys asked for in this process (each once; a restart asks again).
+    /// Epoch keys asked for in this process (each once, until a refused share makes a key
+    /// worth asking for again; a restart asks again).
     keys_requested: HashSet<(ConversationId, EventId)>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
@@ -808,6 +813,13 @@ impl DeviceCore {
                 author = %refused.author, kind = refused.kind, reason = %refused.refusal,
                 "ignored an event the relay sequenced");
             self.events.push_back(DeviceEvent::Ignored(refused));
+        }
+        for refused in out.refused_keys {
+            // Asked again once caught up: the answer of a member whose key matches is taken
+            // in, however many wrong ones came first (each one costs its sender an event).
+            self.keys_requested
+                .remove(&(refused.conversation, refused.epoch));
+            self.events.push_back(DeviceEvent::KeyShareRefused(refused));
         }
         self.emit(out.changes);
         if self.state == State::Ready {

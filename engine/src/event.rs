@@ -27,7 +27,9 @@ pub const MAX_BODY_LEN: usize = 48 * 1024;
 pub const MAX_MEDIA_REFS: usize = 16;
 /// Most members listed in one `Create` event.
 pub const MAX_MEMBERS: usize = 1024;
-/// Most sealed keys in one `EpochKeys` event (a 256-member group with two devices each).
+/// Most sealed keys in one `EpochKeys` event (a 256-member group with two devices each; keeps
+/// the event under [`MAX_EVENT_LEN`]). An epoch with more recipient devices is shared over
+/// several events: the opening one, then re-shares naming the epoch.
 pub const MAX_SEALED_KEYS: usize = 512;
 /// Largest sealed key (an X25519 public key, a 32-byte key and a 16-byte tag, with room).
 pub const MAX_SEALED_KEY_LEN: usize = 128;
@@ -148,11 +150,19 @@ pub enum EventKind {
     /// Conversation keys, each sealed to one member device's X25519 key.
     ///
     /// `epoch: None` starts a new epoch whose id is this event's id; `Some(e)` shares the key
-    /// of the existing epoch `e` again (with a device that asked for it, or on purpose to show a
-    /// new member earlier history).
+    /// of the existing epoch `e` again (with a device that asked for it, with devices beyond
+    /// [`MAX_SEALED_KEYS`], or on purpose to show a new member earlier history).
+    ///
+    /// An opening event carries `commitment`, the one public commitment to the epoch's key
+    /// ([`crate::e2ee::epoch_commitment`]): every device checks the key it opens, from this
+    /// event or from any re-share, against it. A re-share carries none (`None`; an event with
+    /// both is refused). An opening without one was written before commitments existed
+    /// (tag 8); its keys are no longer taken in.
     EpochKeys {
         /// The epoch shared again, or `None` for a new epoch named by this event.
         epoch: Option<EventId>,
+        /// For an opening: the commitment to the epoch key.
+        commitment: Option<[u8; 32]>,
         /// One sealed copy of the key per recipient device.
         keys: Vec<SealedKey>,
     },
@@ -181,6 +191,8 @@ mod tag {
     pub const REMOVE_MEMBER: u16 = 7;
     pub const EPOCH_KEYS: u16 = 8;
     pub const KEY_REQUEST: u16 = 9;
+    /// An `EpochKeys` that opens an epoch with a key commitment.
+    pub const EPOCH_OPEN: u16 = 10;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -198,6 +210,18 @@ struct EpochKeysPayload {
 #[derive(Serialize)]
 struct EpochKeysPayloadRef<'a> {
     epoch: Option<EventId>,
+    keys: &'a [SealedKey],
+}
+
+#[derive(Deserialize)]
+struct EpochOpenPayload {
+    commitment: [u8; 32],
+    keys: Vec<SealedKey>,
+}
+
+#[derive(Serialize)]
+struct EpochOpenPayloadRef<'a> {
+    commitment: [u8; 32],
     keys: &'a [SealedKey],
 }
 
@@ -363,7 +387,20 @@ impl EventKind {
                 }),
             ),
             EventKind::RemoveMember { user } => (tag::REMOVE_MEMBER, enc(user)),
-            EventKind::EpochKeys { epoch, keys } => (
+            EventKind::EpochKeys {
+                epoch: None,
+                commitment: Some(commitment),
+                keys,
+            } => (
+                tag::EPOCH_OPEN,
+                enc(&EpochOpenPayloadRef {
+                    commitment: *commitment,
+                    keys,
+                }),
+            ),
+            // A re-share; or an uncommitted opening (only as written before tag 10). A
+            // re-share with a commitment never gets here: `check_limits` refuses it.
+            EventKind::EpochKeys { epoch, keys, .. } => (
                 tag::EPOCH_KEYS,
                 enc(&EpochKeysPayloadRef {
                     epoch: *epoch,
@@ -425,6 +462,15 @@ impl EventKind {
                 let p: EpochKeysPayload = exact(payload)?;
                 EventKind::EpochKeys {
                     epoch: p.epoch,
+                    commitment: None,
+                    keys: p.keys,
+                }
+            }
+            tag::EPOCH_OPEN => {
+                let p: EpochOpenPayload = exact(payload)?;
+                EventKind::EpochKeys {
+                    epoch: None,
+                    commitment: Some(p.commitment),
                     keys: p.keys,
                 }
             }
@@ -454,6 +500,13 @@ impl EventKind {
                 check("body", body.len(), MAX_BODY_LEN)?;
                 check("media", media.len(), MAX_MEDIA_REFS)
             }
+            EventKind::EpochKeys {
+                epoch: Some(_),
+                commitment: Some(_),
+                ..
+            } => Err(DecodeError::Malformed(
+                "a key re-share carries a commitment",
+            )),
             EventKind::EpochKeys { keys, .. } => {
                 check("keys", keys.len(), MAX_SEALED_KEYS)?;
                 keys.iter()
@@ -750,6 +803,16 @@ mod tests {
         });
         check_round_trip(EventKind::EpochKeys {
             epoch: None,
+            commitment: Some([0xC0; 32]),
+            keys: vec![SealedKey {
+                device: DeviceId([8; 32]),
+                sealed: vec![0xAB; 80],
+            }],
+        });
+        // An opening written before commitments (tag 8) still decodes.
+        check_round_trip(EventKind::EpochKeys {
+            epoch: None,
+            commitment: None,
             keys: vec![SealedKey {
                 device: DeviceId([8; 32]),
                 sealed: vec![0xAB; 80],
@@ -757,6 +820,7 @@ mod tests {
         });
         check_round_trip(EventKind::EpochKeys {
             epoch: Some(EventId([6; 32])),
+            commitment: None,
             keys: vec![],
         });
         check_round_trip(EventKind::KeyRequest {

@@ -105,7 +105,7 @@ pub enum ReplicaError {
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
-    /// A body over the limit.
+    /// A body over the limit ([`tidings_engine::e2ee::MAX_PLAINTEXT_LEN`]).
     #[error("message body of {len} bytes is over the limit of {max}")]
     BodyTooLarge {
         /// Size.
@@ -113,6 +113,9 @@ pub enum ReplicaError {
         /// Limit.
         max: usize,
     },
+    /// The OS random number generator failed (the store is seeded from it at every open).
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
 }
 
 /// What a UI renders, pushed as it happens.
@@ -170,6 +173,10 @@ pub enum Update {
     /// An event the relay sequenced that this device refused on its own checks (a
     /// non-member's, a removed member's, a revoked or uncertified device's): not shown.
     Ignored(tidings_engine::store::RefusedEvent),
+    /// An epoch-key share that opened here but is not the key its epoch committed to (a wrong
+    /// key from a member, or an opener that gave devices different keys): not kept; the key is
+    /// asked for again.
+    KeyShareRefused(tidings_engine::store::RefusedKeyShare),
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
@@ -366,7 +373,7 @@ impl Replica {
         body: Vec<u8>,
         media: Vec<MediaRef>,
     ) -> Result<MessageId, ReplicaError> {
-        let max = tidings_engine::event::MAX_BODY_LEN;
+        let max = tidings_engine::e2ee::MAX_PLAINTEXT_LEN;
         if body.len() > max {
             return Err(ReplicaError::BodyTooLarge {
                 len: body.len(),
