@@ -87,7 +87,7 @@ impl Net {
             matches!(got[..], [ServerFrame::Registered { .. }]),
             "{got:?}"
         );
-        let got = self.frame(session, ClientFrame::Sync { request_id: 2 });
+        let got = self.frame(session, ClientFrame::Sync { request_id: 2, after: None });
         assert!(
             matches!(got[..], [ServerFrame::Conversations { .. }]),
             "{got:?}"
@@ -134,10 +134,10 @@ impl Net {
                     .collect(),
             },
         );
-        // Pushes of earlier events may come first.
+        // Pushes of earlier events (or the switch to pull mode) may come first.
         let got: Vec<ServerFrame> = got
             .into_iter()
-            .filter(|f| !matches!(f, ServerFrame::Push { .. }))
+            .filter(|f| !matches!(f, ServerFrame::Push { .. } | ServerFrame::PullMode))
             .collect();
         match &got[..] {
             [ServerFrame::SubmitResult { outcomes, .. }] => outcomes.clone(),
@@ -394,7 +394,7 @@ fn handshake_failures_close_only_that_session() {
         .core
         .handle_connect(ip, [1; 32], [2; 32])
         .expect("connect");
-    net.frame(s, ClientFrame::Sync { request_id: 1 });
+    net.frame(s, ClientFrame::Sync { request_id: 1, after: None });
     assert_eq!(net.closed.get(&s), Some(&ErrorCode::UNEXPECTED_FRAME));
     let s2 = net
         .core
@@ -482,7 +482,7 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
             up_to: 7,
         },
     );
-    let got = net.frame(b.session, ClientFrame::Sync { request_id: 4 });
+    let got = net.frame(b.session, ClientFrame::Sync { request_id: 4, after: None });
     let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
         panic!("{got:?}")
     };
@@ -665,7 +665,7 @@ fn cursors_persist_and_drive_the_backlog() {
     // A second connection of the same device replaces the first and sees the stored cursor.
     let s = net.handshake(&b.key);
     assert_eq!(net.closed.get(&b.session), Some(&ErrorCode::REPLACED));
-    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    let got = net.frame(s, ClientFrame::Sync { request_id: 1, after: None });
     let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
         panic!("{got:?}")
     };
@@ -678,7 +678,7 @@ fn registration_rules() {
     let key = DeviceKey::from_seed([40; 32], user_id(4));
     let s = net.handshake(&key);
     // Unregistered: no submit, pull or sync.
-    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    let got = net.frame(s, ClientFrame::Sync { request_id: 1, after: None });
     assert!(
         matches!(
             got[..],
@@ -1204,7 +1204,7 @@ fn added_members_read_and_get_pushes_removed_members_do_not() {
         "{got:?}"
     );
     assert_eq!(pull(&mut net, &c, 1).map(|i| i.len()), Ok(2));
-    let got = net.frame(c.session, ClientFrame::Sync { request_id: 6 });
+    let got = net.frame(c.session, ClientFrame::Sync { request_id: 6, after: None });
     assert!(
         matches!(&got[..], [ServerFrame::Conversations { conversations, .. }] if conversations.len() == 1),
         "{got:?}"
@@ -1318,4 +1318,87 @@ fn chains_refuse_forks_and_broken_prev_but_resubmission_is_idempotent() {
     let mut net = restart(net);
     let a2 = net.connect(1, 10);
     assert_eq!(net.submit(&a2, &[first])[0], ack);
+}
+
+/// Every conversation the relay lists to `dev` in answer to Sync (all pages).
+fn sync_all(net: &mut Net, dev: &Dev) -> Vec<ConversationInfo> {
+    let got = net.frame(dev.session, ClientFrame::Sync { request_id: 77, after: None });
+    let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
+        panic!("{got:?}")
+    };
+    conversations.clone()
+}
+
+/// A Create of the conversation with the big-endian id `n` (first event of its chain).
+fn create_numbered(dev: &mut Dev, n: u32, members: &[UserId]) -> Event {
+    let mut id = [0u8; 16];
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    dev.counter += 1;
+    let h = dev.key.header(ConversationId(id), 1, None, dev.counter, 5);
+    Event::sign(
+        dev.key.signing_key(),
+        h,
+        EventKind::Create {
+            members: members.to_vec(),
+        },
+    )
+    .expect("sign")
+}
+
+/// Submits `events` in batches the relay takes, asserting each is accepted or refused with
+/// one of `allowed`; returns how many were accepted.
+fn submit_all(net: &mut Net, dev: &Dev, events: &[Event], allowed: &[ErrorCode]) -> usize {
+    let mut n = 0;
+    for chunk in events.chunks(wire::MAX_SUBMIT_BATCH) {
+        for o in net.submit(dev, chunk) {
+            match o {
+                SubmitOutcome::Accepted { .. } => n += 1,
+                SubmitOutcome::Rejected { code, reason } => {
+                    assert!(allowed.contains(&code), "{code:?}: {reason}")
+                }
+            }
+        }
+    }
+    n
+}
+
+/// More conversations than one Sync answer holds: every one of them is still listed, the
+/// last in byte order included (it used to be cut at 16,384).
+#[test]
+fn sync_lists_every_conversation_however_many() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut a = net.connect(1, 10);
+    let n = wire::MAX_LISTED_CONVERSATIONS as u32 + 100;
+    let evs: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut a, i, &[user_id(1)]))
+        .collect();
+    assert_eq!(submit_all(&mut net, &a, &evs, &[]), n as usize);
+    let listed = sync_all(&mut net, &a);
+    assert_eq!(listed.len(), n as usize);
+    let mut last = [0u8; 16];
+    last[12..].copy_from_slice(&(n - 1).to_be_bytes());
+    assert!(listed.iter().any(|c| c.conversation == ConversationId(last)));
+}
+
+/// A stranger lists the victim in more conversations than one Sync answer holds, with ids
+/// that sort before the victim's real ones: the victim's conversations still sync.
+#[test]
+fn stranger_flood_does_not_push_real_conversations_out_of_sync() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut stranger = net.connect(3, 30);
+    let mut victim = net.connect(2, 20);
+    let n = wire::MAX_LISTED_CONVERSATIONS as u32 + 100;
+    let flood: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut stranger, i, &[user_id(3), user_id(2)]))
+        .collect();
+    // However many of these the relay takes, none may cost the victim its conversations.
+    submit_all(&mut net, &stranger, &flood, &[ErrorCode::INVITATIONS_FULL]);
+    let real = create_numbered(&mut victim, u32::MAX, &[user_id(2)]);
+    assert_eq!(submit_all(&mut net, &victim, &[real.clone()], &[]), 1);
+    let listed = sync_all(&mut net, &victim);
+    assert!(
+        listed.iter().any(|c| c.conversation == real.conversation()),
+        "the victim's own conversation is missing from {} listed",
+        listed.len()
+    );
 }
