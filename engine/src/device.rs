@@ -28,9 +28,9 @@ use crate::retry::RetryPolicy;
 use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode,
-    Invitation, Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
-    MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
+    sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode, Invitation,
+    Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH,
+    PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

@@ -391,8 +391,14 @@ impl RelayClient {
     /// and the blocked users.
     pub async fn sync_state(
         &mut self,
-    ) -> Result<(Vec<wire::ConversationInfo>, Vec<wire::Invitation>, Vec<UserId>), ClientError>
-    {
+    ) -> Result<
+        (
+            Vec<wire::ConversationInfo>,
+            Vec<wire::Invitation>,
+            Vec<UserId>,
+        ),
+        ClientError,
+    > {
         let mut all = Vec::new();
         let mut state = None;
         let mut after = None;

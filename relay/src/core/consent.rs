@@ -14,8 +14,7 @@
 use super::store::{Decision, InvitationRecord, RelayStore, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tidings_engine::wire::{
-    ErrorCode, Invitation, MAX_BLOCKED_USERS, MAX_INVITATIONS_PER_INVITER,
-    MAX_PENDING_INVITATIONS,
+    ErrorCode, Invitation, MAX_BLOCKED_USERS, MAX_INVITATIONS_PER_INVITER, MAX_PENDING_INVITATIONS,
 };
 use tidings_engine::{ConversationId, EventKind, UserId};
 

@@ -294,7 +294,9 @@ impl CommitJob {
         for ((d, c), s) in &self.staged.cursors {
             batch.cursors.push((*d, *c, *s));
         }
-        batch.invitations.extend_from_slice(&self.staged.invitations);
+        batch
+            .invitations
+            .extend_from_slice(&self.staged.invitations);
         for r in &self.staged.user_requests {
             batch.invitations.extend_from_slice(&r.rows);
             batch.blocks.extend_from_slice(&r.blocks);
