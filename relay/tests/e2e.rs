@@ -164,16 +164,12 @@ async fn two_users_three_devices() -> Result<()> {
     let create = alice_phone.create(&[1, 2]);
     let hello = alice_phone.send("Just took off");
     assert_eq!(
-        alice_phone
-            .submit_ok(std::slice::from_ref(&create))
-            .await?,
+        alice_phone.submit_ok(std::slice::from_ref(&create)).await?,
         vec![1]
     );
     bob.client.accept(CONV).await?;
     assert_eq!(
-        alice_phone
-            .submit_ok(std::slice::from_ref(&hello))
-            .await?,
+        alice_phone.submit_ok(std::slice::from_ref(&hello)).await?,
         vec![2]
     );
     let got = alice_laptop.pushed(2).await?;
@@ -800,15 +796,19 @@ async fn invitation_flood_acceptance_and_blocking() -> Result<()> {
 
     // Eve floods Bob with invitations whose ids sort before Alice's conversation.
     let n = wire::MAX_INVITATIONS_PER_INVITER as u32 + 8;
-    let flood: Vec<Event> = (0..n).map(|i| create_numbered(&mut eve, i, &[3, 2])).collect();
+    let flood: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut eve, i, &[3, 2]))
+        .collect();
     let out = eve.client.submit(&flood).await?;
     let accepted = out
         .iter()
         .filter(|o| matches!(o, SubmitOutcome::Accepted { .. }))
         .count();
     assert_eq!(accepted, wire::MAX_INVITATIONS_PER_INVITER);
-    assert!(out.iter().all(|o| matches!(o, SubmitOutcome::Accepted { .. })
-        || code_of(o) == Some(ErrorCode::INVITATIONS_FULL)));
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, SubmitOutcome::Accepted { .. })
+            || code_of(o) == Some(ErrorCode::INVITATIONS_FULL)));
     let (convs, invitations, _) = bob_laptop.client.sync_state().await?;
     assert_eq!(
         convs.iter().map(|c| c.conversation).collect::<Vec<_>>(),
@@ -831,7 +831,10 @@ async fn invitation_flood_acceptance_and_blocking() -> Result<()> {
     let mut bob_phone = reconnect(&ep, &relay, bob_phone).await?;
     let (convs, invitations, blocked) = bob_phone.client.sync_state().await?;
     assert_eq!(
-        convs.iter().map(|c| (c.conversation, c.max_seq)).collect::<Vec<_>>(),
+        convs
+            .iter()
+            .map(|c| (c.conversation, c.max_seq))
+            .collect::<Vec<_>>(),
         vec![(CONV, 2)]
     );
     assert!(invitations.is_empty());

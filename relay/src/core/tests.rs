@@ -1515,7 +1515,10 @@ fn stranger_flood_does_not_push_real_conversations_out_of_sync() {
     // However many of these the relay takes, none may cost the victim its conversations.
     submit_all(&mut net, &stranger, &flood, &[ErrorCode::INVITATIONS_FULL]);
     let real = create_numbered(&mut victim, u32::MAX, &[user_id(2)]);
-    assert_eq!(submit_all(&mut net, &victim, &[real.clone()], &[]), 1);
+    assert_eq!(
+        submit_all(&mut net, &victim, std::slice::from_ref(&real), &[]),
+        1
+    );
     let listed = sync_all(&mut net, &victim);
     assert!(
         listed.iter().any(|c| c.conversation == real.conversation()),
