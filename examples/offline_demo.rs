@@ -176,6 +176,17 @@ async fn demo() -> Result<()> {
         .replica
         .create_conversation(conv, vec![bob_id])
         .await?;
+    // For Bob it is an invitation: nothing of it reaches his devices until he accepts.
+    wait_until("Bob's phone to get the invitation", || async {
+        Ok(bob_phone
+            .replica
+            .invitations()
+            .await?
+            .iter()
+            .any(|i| i.conversation == conv))
+    })
+    .await?;
+    bob_phone.replica.accept(conv).await?;
     for d in [&phone, &laptop, &bob_phone] {
         wait_until("every device to see the conversation", || async {
             Ok(d.replica.conversation(conv).await?.members.is_some())

@@ -290,6 +290,12 @@ async fn run_relay(args: &Args) -> Result<Row> {
         if !matches!(out[..], [SubmitOutcome::Accepted { .. }]) {
             bail!("create refused: {out:?}");
         }
+        // The other members take the invitation, or nothing would be pushed to them.
+        for &i in &m[1..] {
+            if keys[i].user() != keys[creator].user() {
+                clients[i].accept(conv_id(c)).await?;
+            }
+        }
     }
     for c in clients.iter_mut() {
         c.sync().await?;

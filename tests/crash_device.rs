@@ -6,7 +6,7 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::net::{config, eventually, open, relay};
+use common::net::{accept_invitation, config, eventually, open, relay};
 use common::{device, user};
 use procs::{spawn_device, DeviceArgs, Proc};
 use rand::rngs::StdRng;
@@ -125,7 +125,8 @@ async fn device_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
     // No index was reported durable twice across the runs (`read_until` checks); one that was
     // durable but killed before it printed is found in the log by the next run, not redone.
 
-    // Bob has every message exactly once, in send order.
+    // Bob has every message exactly once, in send order (once he took the invitation).
+    accept_invitation(&bob_phone, CONV).await;
     eventually(60, "Bob has all of them", || async {
         indexes(&bob_phone, &phone).await.len() as u64 >= COUNT
     })

@@ -8,7 +8,7 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::net::{eventually, open};
+use common::net::{accept_invitation, eventually, open};
 use common::{device, user};
 use procs::{replica_config, spawn_relay, RelayProc};
 use rand::rngs::StdRng;
@@ -139,6 +139,7 @@ async fn relay_killed_mid_send_loses_no_acked_message() {
         .create_conversation(CONV, vec![bob.id])
         .await
         .expect("create");
+    accept_invitation(&devices[2], CONV).await;
     for d in &devices {
         eventually(30, "the conversation everywhere", || async {
             d.conversation(CONV).await.expect("c").members.is_some()

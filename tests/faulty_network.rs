@@ -6,7 +6,7 @@ mod common;
 #[path = "common/faults.rs"]
 mod faults;
 
-use common::net::{all_at_least, config, eventually, ids, open};
+use common::net::{accept_invitation, all_at_least, config, eventually, ids, open};
 use common::{device, user};
 use faults::{FaultProxy, Faults};
 use std::collections::HashSet;
@@ -54,6 +54,7 @@ async fn lossy_duplicating_reordering_network_still_converges() {
         .create_conversation(CONV, vec![bob.id])
         .await
         .expect("create");
+    accept_invitation(&devices[2], CONV).await;
     for d in &devices {
         eventually(60, "the conversation everywhere", || async {
             d.conversation(CONV).await.expect("conv").members.is_some()

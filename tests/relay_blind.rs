@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::net::{config, eventually, ids, open, relay};
+use common::net::{accept_invitation, config, eventually, ids, open, relay};
 use common::{device, user};
 use std::path::Path;
 use tidings::engine::store::Body;
@@ -65,6 +65,7 @@ async fn the_relay_stores_no_plaintext() {
         .create_conversation(conv, vec![bobu.id])
         .await
         .expect("create");
+    accept_invitation(&bob, conv).await;
     eventually(20, "Bob sees the conversation", || async {
         bob.conversation(conv)
             .await

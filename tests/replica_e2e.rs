@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::net::{all_at_least, config, eventually, ids, open, relay, statuses, Proxy};
+use common::net::{
+    accept_invitation, all_at_least, config, eventually, ids, open, relay, statuses, Proxy,
+};
 use common::{device, user};
 use std::time::Duration;
 use tidings::engine::{ConversationId, MessageId, RetryPolicy, Status};
@@ -55,6 +57,7 @@ async fn trio(limits: Limits) -> Trio {
         .create_conversation(c, vec![bobu.id])
         .await
         .expect("create");
+    accept_invitation(&bob, c).await;
     for r in [&phone, &laptop, &bob] {
         eventually(20, "conversation everywhere", || async {
             r.conversation(c).await.expect("conv").members.is_some()
@@ -186,6 +189,7 @@ async fn crashed_device_delivers_its_outbox_exactly_once_in_order() {
     drop(phone);
     let phone = open(dir.path(), "phone", k1, cfg).await;
     assert_eq!(ids(&phone, c).await, sent);
+    accept_invitation(&bob, c).await;
     eventually(20, "Bob has all ten", || async {
         ids(&bob, c).await.len() == 10
     })
@@ -235,6 +239,7 @@ async fn lost_ack_is_retried_and_stored_once() {
         .create_conversation(c, vec![bobu.id])
         .await
         .expect("create");
+    accept_invitation(&bob, c).await;
     eventually(20, "bob sees the conversation", || async {
         bob.conversation(c).await.expect("c").members.is_some()
     })
@@ -415,6 +420,8 @@ async fn exhausted_retries_fail_and_retry_delivers() {
         all_at_least(&phone, c, std::slice::from_ref(&second), Status::Sent)
     })
     .await;
+    // Bob takes the invitation (a request, not an event: it costs the phone no token).
+    accept_invitation(&bob, c).await;
     eventually(20, "second reaches Bob", || async {
         ids(&bob, c).await == vec![first, second]
     })

@@ -6,7 +6,9 @@
 //!
 //! # Call order
 //! - App actions: [`DeviceCore::send`], [`DeviceCore::mark_read`], [`DeviceCore::retry`],
-//!   [`DeviceCore::create_conversation`], [`DeviceCore::network_changed`].
+//!   [`DeviceCore::create_conversation`], [`DeviceCore::network_changed`], and the user's
+//!   say in invitations: [`DeviceCore::accept`], [`DeviceCore::decline`],
+//!   [`DeviceCore::block`], [`DeviceCore::unblock`].
 //! - Connection: when [`DeviceCore::poll_connect`] says so, the shell dials; it then calls
 //!   [`DeviceCore::handle_connected`] (with the TLS exporter bytes) or
 //!   [`DeviceCore::handle_connect_failed`]; each frame read goes to
@@ -26,8 +28,9 @@ use crate::retry::RetryPolicy;
 use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    sign_auth, ClientFrame, DeviceRegistration, Envelope, ErrorCode, Item, ServerFrame,
-    SubmitOutcome, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
+    sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode, Invitation,
+    Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH,
+    PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -109,6 +112,10 @@ pub enum DeviceEvent {
     /// to (a wrong key from a member, or a split by the epoch's opener): not kept; the key is
     /// asked for again.
     KeyShareRefused(crate::store::RefusedKeyShare),
+    /// The user's invitations or blocks changed: an invitation arrived (or was listed on
+    /// catch-up), or this or another device of the user accepted, declined, blocked or
+    /// unblocked.
+    User(UserChange),
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -193,10 +200,24 @@ pub struct PreparedFrame {
     items: VerifiedItems,
 }
 
+/// The user's say in an invitation or about another user, sent to the relay, which keeps it
+/// for every device of the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserAction {
+    Accept(ConversationId),
+    Decline(ConversationId),
+    Block(UserId),
+    Unblock(UserId),
+}
+
 /// An outstanding request that expects a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Request {
     Sync,
+    /// A later page of the Sync answer.
+    SyncPage,
+    /// Answered by `UserState`; sent again after a reconnect until answered.
+    User(UserAction),
     Pull(ConversationId),
     /// Device certificates; the answer settles these users for the gates (see
     /// [`Store::absorb_devices`]).
@@ -242,6 +263,13 @@ pub struct DeviceCore {
     /// Epoch keys asked for in this process (each once, until a refused share makes a key
     /// worth asking for again; a restart asks again).
     keys_requested: HashSet<(ConversationId, EventId)>,
+    /// Pending invitations, as the relay last listed them (and changed since).
+    invitations: BTreeMap<ConversationId, Invitation>,
+    /// Users this user blocks, as the relay last listed them.
+    blocked: BTreeSet<UserId>,
+    /// User actions waiting for a connection (in memory: they also reach the relay through
+    /// any other device the user acts on).
+    user_actions: VecDeque<UserAction>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
 }
@@ -297,6 +325,9 @@ impl DeviceCore {
             asking: HashSet::new(),
             keys_requested: HashSet::new(),
             checked_for_delivery: HashMap::new(),
+            invitations: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            user_actions: VecDeque::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -384,6 +415,65 @@ impl DeviceCore {
         let (_, changes) = self.store.remove_member(conversation, user, now_ms)?;
         self.emit(changes);
         self.flush(now_ms)
+    }
+
+    /// Accepts an invitation (or takes back a decline): the relay lists and pushes the
+    /// conversation to every device of the user from then on, and this device catches up
+    /// on it. Sent when connected; [`DeviceEvent::User`] reports it once durable.
+    pub fn accept(&mut self, conversation: ConversationId) {
+        self.user_action(UserAction::Accept(conversation));
+    }
+
+    /// Declines an invitation: never listed or pushed to the user's devices (unless
+    /// accepted later).
+    pub fn decline(&mut self, conversation: ConversationId) {
+        self.user_action(UserAction::Decline(conversation));
+    }
+
+    /// Blocks a user: the relay refuses its Creates and AddMembers listing this user, and
+    /// declines its pending invitations.
+    pub fn block(&mut self, user: UserId) {
+        self.user_action(UserAction::Block(user));
+    }
+
+    /// Unblocks a user.
+    pub fn unblock(&mut self, user: UserId) {
+        self.user_action(UserAction::Unblock(user));
+    }
+
+    /// Pending invitations, as the relay last told this device.
+    pub fn invitations(&self) -> Vec<Invitation> {
+        self.invitations.values().cloned().collect()
+    }
+
+    /// Users this user blocks, as the relay last told this device.
+    pub fn blocked(&self) -> Vec<UserId> {
+        self.blocked.iter().copied().collect()
+    }
+
+    fn user_action(&mut self, action: UserAction) {
+        if self.state == State::Ready {
+            self.send_user_action(action);
+        } else {
+            self.user_actions.push_back(action);
+        }
+    }
+
+    fn send_user_action(&mut self, action: UserAction) {
+        let request_id = self.request_id();
+        self.requests.insert(request_id, Request::User(action));
+        self.transmit.push_back(match action {
+            UserAction::Accept(conversation) => ClientFrame::Accept {
+                request_id,
+                conversation,
+            },
+            UserAction::Decline(conversation) => ClientFrame::Decline {
+                request_id,
+                conversation,
+            },
+            UserAction::Block(user) => ClientFrame::Block { request_id, user },
+            UserAction::Unblock(user) => ClientFrame::Unblock { request_id, user },
+        });
     }
 
     /// Marks everything up to `up_to` read on this device (defaults to the latest message).
@@ -486,6 +576,19 @@ impl DeviceCore {
 
     fn reset_session(&mut self) {
         self.inflight = None;
+        // Unanswered user actions go again on the next connection, in their order.
+        let mut unanswered: Vec<(u64, UserAction)> = self
+            .requests
+            .iter()
+            .filter_map(|(id, r)| match r {
+                Request::User(a) => Some((*id, *a)),
+                _ => None,
+            })
+            .collect();
+        unanswered.sort_by_key(|(id, _)| *id);
+        for (_, a) in unanswered.into_iter().rev() {
+            self.user_actions.push_front(a);
+        }
         self.requests.clear();
         self.pulling.clear();
         self.sync_sent = false;
@@ -574,9 +677,22 @@ impl DeviceCore {
                 ServerFrame::Conversations {
                     request_id,
                     conversations,
+                    next,
+                    invitations,
+                    blocked,
                 },
             ) => {
-                self.requests.remove(&request_id);
+                let first = match self.requests.remove(&request_id) {
+                    Some(Request::Sync) => true,
+                    Some(Request::SyncPage) => false,
+                    _ => return Err(DeviceError::Protocol("Conversations answer to no Sync")),
+                };
+                if first {
+                    self.listed(invitations, blocked);
+                }
+                if let Some(after) = next {
+                    self.send_sync_page(Some(after));
+                }
                 self.ask_directory()?;
                 for info in conversations {
                     self.targets.insert(info.conversation, info.max_seq);
@@ -616,6 +732,19 @@ impl DeviceCore {
                 Ok(())
             }
             (State::Ready, ServerFrame::Push { .. }) => self.on_items(items, now_ms),
+            (State::Ready, ServerFrame::UserState { request_id, change }) => {
+                match self.requests.remove(&request_id) {
+                    Some(Request::User(_)) => {}
+                    _ => return Err(DeviceError::Protocol("UserState answer to no request")),
+                }
+                self.on_user_change(change)?;
+                self.report_if_caught_up()?;
+                self.flush(now_ms)
+            }
+            (State::Ready, ServerFrame::UserChanged { change }) => {
+                self.on_user_change(change)?;
+                self.flush(now_ms)
+            }
             (
                 State::Ready,
                 ServerFrame::Devices {
@@ -725,16 +854,86 @@ impl DeviceCore {
         self.reconnect_attempts = 0;
         self.events
             .push_back(DeviceEvent::Connection(ConnectionState::Syncing));
+        while let Some(a) = self.user_actions.pop_front() {
+            self.send_user_action(a);
+        }
         // Flush first, then catch up: what the user wrote offline goes out before anything
         // else; `flush` sends the Sync once nothing more is due.
         self.flush(now_ms)
     }
 
     fn send_sync(&mut self) {
-        let request_id = self.request_id();
-        self.requests.insert(request_id, Request::Sync);
         self.sync_sent = true;
-        self.transmit.push_back(ClientFrame::Sync { request_id });
+        self.send_sync_page(None);
+    }
+
+    /// Asks for one page of the conversation list: the first (`None`), or the one after a
+    /// conversation id. A device asks until an answer names no next page.
+    fn send_sync_page(&mut self, after: Option<ConversationId>) {
+        let request_id = self.request_id();
+        let request = match after {
+            None => Request::Sync,
+            Some(_) => Request::SyncPage,
+        };
+        self.requests.insert(request_id, request);
+        self.transmit
+            .push_back(ClientFrame::Sync { request_id, after });
+    }
+
+    /// The invitations and blocks the first Sync page lists: the relay's word replaces what
+    /// this device held; invitations new to it are reported.
+    fn listed(&mut self, invitations: Vec<Invitation>, blocked: Vec<UserId>) {
+        let fresh: Vec<Invitation> = invitations
+            .iter()
+            .filter(|i| !self.invitations.contains_key(&i.conversation))
+            .cloned()
+            .collect();
+        self.invitations = invitations
+            .into_iter()
+            .map(|i| (i.conversation, i))
+            .collect();
+        self.blocked = blocked.into_iter().collect();
+        for i in fresh {
+            self.events
+                .push_back(DeviceEvent::User(UserChange::Invited(i)));
+        }
+    }
+
+    /// A durable change of the user's state, from this device's request or another's.
+    fn on_user_change(&mut self, change: UserChange) -> Result<(), DeviceError> {
+        match &change {
+            UserChange::Invited(i) => {
+                self.invitations.insert(i.conversation, i.clone());
+            }
+            UserChange::Accepted(info) => {
+                self.invitations.remove(&info.conversation);
+                self.catch_up_on(info)?;
+            }
+            UserChange::Declined(c) => {
+                self.invitations.remove(c);
+            }
+            UserChange::Blocked(u) => {
+                self.blocked.insert(*u);
+                self.invitations.retain(|_, i| i.inviter != *u);
+            }
+            UserChange::Unblocked(u) => {
+                self.blocked.remove(u);
+            }
+        }
+        self.events.push_back(DeviceEvent::User(change));
+        Ok(())
+    }
+
+    /// Starts catching up on a conversation the relay lists: pulls what is missing after
+    /// the stored cursor.
+    fn catch_up_on(&mut self, info: &ConversationInfo) -> Result<ServerSeq, DeviceError> {
+        let target = self.targets.entry(info.conversation).or_insert(0);
+        *target = (*target).max(info.max_seq);
+        let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
+        if info.max_seq > cursor {
+            self.pull(info.conversation, cursor);
+        }
+        Ok(cursor)
     }
 
     fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {

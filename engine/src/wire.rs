@@ -43,8 +43,20 @@ pub const MAX_FRAME_LEN: usize = 2 * 1024 * 1024;
 pub const MAX_SUBMIT_BATCH: usize = 512;
 /// Most `(event, ack)` pairs in one [`ServerFrame::Page`] or [`ServerFrame::Push`].
 pub const MAX_PAGE_ITEMS: usize = 1024;
-/// Most conversations listed in one [`ServerFrame::Conversations`].
+/// Most conversations listed in one [`ServerFrame::Conversations`] (one page of the Sync
+/// answer; a device asks for the next page with [`ClientFrame::Sync`]'s `after`).
 pub const MAX_LISTED_CONVERSATIONS: usize = 16 * 1024;
+/// Most pending invitations the relay keeps for one user: a Create or AddMember that would
+/// invite a user past it is refused with [`ErrorCode::INVITATIONS_FULL`]. Also the most
+/// listed in one [`ServerFrame::Conversations`].
+pub const MAX_PENDING_INVITATIONS: usize = 1024;
+/// Most pending invitations one inviting user may hold for one invited user: a single
+/// stranger cannot fill [`MAX_PENDING_INVITATIONS`].
+pub const MAX_INVITATIONS_PER_INVITER: usize = 32;
+/// Most users one user may block ([`ClientFrame::Block`] past it is refused with
+/// [`ErrorCode::BLOCK_LIST_FULL`]); also the most listed in one
+/// [`ServerFrame::Conversations`].
+pub const MAX_BLOCKED_USERS: usize = 1024;
 /// Longest human-readable reason or message string in a frame.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Bytes of TLS keying material bound into the authentication transcript.
@@ -170,6 +182,13 @@ impl ErrorCode {
     /// The event's `prev` does not match the author's stored event at `counter - 1`, or the
     /// stored event at `counter + 1` names another `prev`.
     pub const BROKEN_CHAIN: ErrorCode = ErrorCode(26);
+    /// A user the event invites (lists in a Create, or adds) has blocked the event's user.
+    pub const BLOCKED: ErrorCode = ErrorCode(40);
+    /// A user the event invites holds [`MAX_PENDING_INVITATIONS`] pending invitations, or
+    /// [`MAX_INVITATIONS_PER_INVITER`] from the event's user.
+    pub const INVITATIONS_FULL: ErrorCode = ErrorCode(41);
+    /// The user already blocks [`MAX_BLOCKED_USERS`] users.
+    pub const BLOCK_LIST_FULL: ErrorCode = ErrorCode(42);
 
     /// A short name for the known codes, `"unknown"` otherwise.
     pub fn name(self) -> &'static str {
@@ -200,6 +219,9 @@ impl ErrorCode {
             24 => "forbidden",
             25 => "chain-fork",
             26 => "broken-chain",
+            40 => "blocked",
+            41 => "invitations-full",
+            42 => "block-list-full",
             _ => "unknown",
         }
     }
@@ -435,6 +457,38 @@ pub struct ConversationInfo {
     pub cursor: ServerSeq,
 }
 
+/// A conversation another user put this device's user in (by its Create or an AddMember),
+/// which the user has neither accepted nor declined: its events are not pushed or listed as a
+/// conversation until the user accepts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The user whose event (Create or AddMember) listed the invited user.
+    pub inviter: UserId,
+}
+
+/// A change of a user's own state at the relay: what it accepted, declined or blocked, and
+/// invitations it received. Answers [`ClientFrame::Accept`] and its siblings
+/// ([`ServerFrame::UserState`]) and is pushed to the user's other online devices
+/// ([`ServerFrame::UserChanged`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum UserChange {
+    /// A new pending invitation.
+    Invited(Invitation),
+    /// The user accepted the conversation: it is listed and pushed from now on; pull what is
+    /// missing from the device's cursor.
+    Accepted(ConversationInfo),
+    /// The user declined the invitation: never listed or pushed (unless accepted later).
+    Declined(ConversationId),
+    /// The user blocked this user: its Creates and AddMembers listing the blocking user are
+    /// refused ([`ErrorCode::BLOCKED`]), and its pending invitations were declined.
+    Blocked(UserId),
+    /// The user no longer blocks this user.
+    Unblocked(UserId),
+}
+
 /// The relay's limits as it announces them in [`Welcome`]; a device stays within them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireLimits {
@@ -506,10 +560,14 @@ pub enum ClientFrame {
         /// Most items wanted (the relay caps it at its own limit).
         limit: u32,
     },
-    /// Lists the device's conversations (answered by `Conversations`) and turns on pushes.
+    /// Lists the device's accepted conversations, one page at a time (answered by
+    /// `Conversations`), and turns on pushes.
     Sync {
         /// Echoed in the reply.
         request_id: u64,
+        /// `None` for the first page; then the `next` of the previous answer: the page lists
+        /// conversations whose ids sort after it.
+        after: Option<ConversationId>,
     },
     /// The device durably holds every event of `conversation` up to `up_to` (no reply).
     Received {
@@ -534,6 +592,35 @@ pub enum ClientFrame {
         request_id: u64,
         /// At most [`MAX_DEVICE_QUERY_USERS`].
         users: Vec<UserId>,
+    },
+    /// Accepts an invitation (or takes back a decline) for every device of the user
+    /// (answered by `UserState` after it is durable, or `Refused`).
+    Accept {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// A conversation the user is a member of.
+        conversation: ConversationId,
+    },
+    /// Declines an invitation (answered by `UserState` after it is durable, or `Refused`).
+    Decline {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// A conversation the user is a member of.
+        conversation: ConversationId,
+    },
+    /// Blocks a user (answered by `UserState` after it is durable, or `Refused`).
+    Block {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The user to block.
+        user: UserId,
+    },
+    /// Unblocks a user (answered by `UserState` after it is durable).
+    Unblock {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The user to unblock.
+        user: UserId,
     },
 }
 
@@ -591,12 +678,19 @@ pub enum ServerFrame {
         /// More events exist after the last item.
         more: bool,
     },
-    /// The device's conversations (answer to Sync).
+    /// One page of the device's conversations (answer to Sync).
     Conversations {
         /// The request's id.
         request_id: u64,
-        /// One entry per conversation the device's user is a member of.
+        /// One entry per accepted conversation of the page, in id order.
         conversations: Vec<ConversationInfo>,
+        /// `Some(last id of the page)` when more follow: ask with `Sync { after: next }`.
+        next: Option<ConversationId>,
+        /// The user's pending invitations (first page only, at most
+        /// [`MAX_PENDING_INVITATIONS`]).
+        invitations: Vec<Invitation>,
+        /// The users this user blocks (first page only, at most [`MAX_BLOCKED_USERS`]).
+        blocked: Vec<UserId>,
     },
     /// Newly sequenced events for the device, unrequested.
     Push {
@@ -623,6 +717,19 @@ pub enum ServerFrame {
         registrations: Vec<DeviceRegistration>,
         /// Revocations of the users' devices.
         revocations: Vec<DeviceRevocation>,
+    },
+    /// Answer to `Accept`, `Decline`, `Block` and `Unblock`: the change is durable.
+    UserState {
+        /// The request's id.
+        request_id: u64,
+        /// What changed (or already held).
+        change: UserChange,
+    },
+    /// Unrequested: the device's user changed (from another of its devices), or got an
+    /// invitation.
+    UserChanged {
+        /// What changed.
+        change: UserChange,
     },
 }
 
@@ -707,11 +814,20 @@ impl Frame for ServerFrame {
             ServerFrame::Page { items, .. } | ServerFrame::Push { items } => {
                 check("items", items.len(), MAX_PAGE_ITEMS)
             }
-            ServerFrame::Conversations { conversations, .. } => check(
-                "conversations",
-                conversations.len(),
-                MAX_LISTED_CONVERSATIONS,
-            ),
+            ServerFrame::Conversations {
+                conversations,
+                invitations,
+                blocked,
+                ..
+            } => {
+                check(
+                    "conversations",
+                    conversations.len(),
+                    MAX_LISTED_CONVERSATIONS,
+                )?;
+                check("invitations", invitations.len(), MAX_PENDING_INVITATIONS)?;
+                check("blocked", blocked.len(), MAX_BLOCKED_USERS)
+            }
             ServerFrame::Devices {
                 registrations,
                 revocations,
@@ -864,7 +980,47 @@ mod tests {
             after_seq: 10,
             limit: 100,
         });
-        check_round_trip(ClientFrame::Sync { request_id: 2 });
+        check_round_trip(ClientFrame::Sync {
+            request_id: 2,
+            after: None,
+        });
+        check_round_trip(ClientFrame::Sync {
+            request_id: 2,
+            after: Some(ConversationId([5; 16])),
+        });
+        check_round_trip(ClientFrame::Accept {
+            request_id: 10,
+            conversation: ConversationId([5; 16]),
+        });
+        check_round_trip(ClientFrame::Decline {
+            request_id: 11,
+            conversation: ConversationId([5; 16]),
+        });
+        check_round_trip(ClientFrame::Block {
+            request_id: 12,
+            user: user_id,
+        });
+        check_round_trip(ClientFrame::Unblock {
+            request_id: 13,
+            user: user_id,
+        });
+        check_round_trip(ServerFrame::UserState {
+            request_id: 12,
+            change: UserChange::Blocked(user_id),
+        });
+        check_round_trip(ServerFrame::UserChanged {
+            change: UserChange::Invited(Invitation {
+                conversation: ConversationId([5; 16]),
+                inviter: user_id,
+            }),
+        });
+        check_round_trip(ServerFrame::UserChanged {
+            change: UserChange::Accepted(ConversationInfo {
+                conversation: ConversationId([5; 16]),
+                max_seq: 3,
+                cursor: 1,
+            }),
+        });
         check_round_trip(ClientFrame::Received {
             conversation: ConversationId([5; 16]),
             up_to: 3,
@@ -922,6 +1078,12 @@ mod tests {
                 max_seq: 10,
                 cursor: 4,
             }],
+            next: Some(ConversationId([5; 16])),
+            invitations: vec![Invitation {
+                conversation: ConversationId([6; 16]),
+                inviter: user_id,
+            }],
+            blocked: vec![UserId([7; 32])],
         });
         check_round_trip(ServerFrame::Push { items: vec![item] });
         check_round_trip(ServerFrame::PullMode);
@@ -1015,7 +1177,11 @@ mod tests {
             Err(WireError::Malformed(_))
         ));
         // Valid frame followed by a stray byte.
-        let mut b = frame_bytes(&ClientFrame::Sync { request_id: 1 }).expect("encode");
+        let mut b = frame_bytes(&ClientFrame::Sync {
+            request_id: 1,
+            after: None,
+        })
+        .expect("encode");
         b.push(0);
         assert!(matches!(
             decode_body::<ClientFrame>(&b[FRAME_HEADER_LEN..]),

@@ -320,6 +320,7 @@ impl RelayClient {
                 | ServerFrame::Conversations { request_id: r, .. }
                 | ServerFrame::Revoked { request_id: r, .. }
                 | ServerFrame::Devices { request_id: r, .. }
+                | ServerFrame::UserState { request_id: r, .. }
                     if *r == request_id =>
                 {
                     break Ok(f)
@@ -381,14 +382,81 @@ impl RelayClient {
         }
     }
 
-    /// Lists the device's conversations and turns pushes on.
+    /// Lists the device's accepted conversations (every page) and turns pushes on.
     pub async fn sync(&mut self) -> Result<Vec<wire::ConversationInfo>, ClientError> {
+        Ok(self.sync_state().await?.0)
+    }
+
+    /// Every page of the Sync answer: the accepted conversations, the pending invitations
+    /// and the blocked users.
+    pub async fn sync_state(
+        &mut self,
+    ) -> Result<
+        (
+            Vec<wire::ConversationInfo>,
+            Vec<wire::Invitation>,
+            Vec<UserId>,
+        ),
+        ClientError,
+    > {
+        let mut all = Vec::new();
+        let mut state = None;
+        let mut after = None;
+        loop {
+            let request_id = self.request_id();
+            self.send(&ClientFrame::Sync { request_id, after }).await?;
+            match self.reply(request_id).await? {
+                ServerFrame::Conversations {
+                    conversations,
+                    next,
+                    invitations,
+                    blocked,
+                    ..
+                } => {
+                    all.extend(conversations);
+                    state.get_or_insert((invitations, blocked));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                f => return Err(ClientError::Unexpected(format!("{f:?}"))),
+            }
+        }
+        let (invitations, blocked) = state.unwrap_or_default();
+        Ok((all, invitations, blocked))
+    }
+
+    /// Sends a user request (Accept, Decline, Block, Unblock) and waits for its durable
+    /// answer.
+    pub async fn user_request(
+        &mut self,
+        make: impl FnOnce(u64) -> ClientFrame,
+    ) -> Result<wire::UserChange, ClientError> {
         let request_id = self.request_id();
-        self.send(&ClientFrame::Sync { request_id }).await?;
+        self.send(&make(request_id)).await?;
         match self.reply(request_id).await? {
-            ServerFrame::Conversations { conversations, .. } => Ok(conversations),
+            ServerFrame::UserState { change, .. } => Ok(change),
             f => Err(ClientError::Unexpected(format!("{f:?}"))),
         }
+    }
+
+    /// Accepts an invitation.
+    pub async fn accept(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<wire::UserChange, ClientError> {
+        self.user_request(|request_id| ClientFrame::Accept {
+            request_id,
+            conversation,
+        })
+        .await
+    }
+
+    /// Blocks a user.
+    pub async fn block(&mut self, user: UserId) -> Result<wire::UserChange, ClientError> {
+        self.user_request(|request_id| ClientFrame::Block { request_id, user })
+            .await
     }
 
     /// Sends a Submit without waiting; returns its request id.

@@ -728,6 +728,10 @@ impl Shell {
                     | ClientFrame::Submit { .. }
                     | ClientFrame::Pull { .. }
                     | ClientFrame::Sync { .. }
+                    | ClientFrame::Accept { .. }
+                    | ClientFrame::Decline { .. }
+                    | ClientFrame::Block { .. }
+                    | ClientFrame::Unblock { .. }
             );
             if is_request {
                 // Released by the writer when it writes the reply.
@@ -765,6 +769,7 @@ fn is_reply(f: &ServerFrame) -> bool {
             | ServerFrame::SubmitResult { .. }
             | ServerFrame::Page { .. }
             | ServerFrame::Conversations { .. }
+            | ServerFrame::UserState { .. }
     )
 }
 

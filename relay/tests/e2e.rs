@@ -159,21 +159,27 @@ async fn two_users_three_devices() -> Result<()> {
     let mut alice_laptop = connect(&ep, &relay, 1, 12).await?;
     let mut bob = connect(&ep, &relay, 2, 21).await?;
 
-    // Submit and ack; fan-out to Bob and to Alice's laptop, not back to the phone.
+    // Submit and ack; fan-out to Alice's laptop, not back to the phone, and to Bob once he
+    // accepted the invitation (he pulls the Create).
     let create = alice_phone.create(&[1, 2]);
     let hello = alice_phone.send("Just took off");
     assert_eq!(
-        alice_phone
-            .submit_ok(&[create.clone(), hello.clone()])
-            .await?,
-        vec![1, 2]
+        alice_phone.submit_ok(std::slice::from_ref(&create)).await?,
+        vec![1]
     );
-    for d in [&mut bob, &mut alice_laptop] {
-        let got = d.pushed(2).await?;
-        assert_eq!(got[0].0.id(), create.id());
-        assert_eq!((got[1].0.id(), got[1].1), (hello.id(), 2));
-        d.client.received(CONV, 2).await?;
-    }
+    bob.client.accept(CONV).await?;
+    assert_eq!(
+        alice_phone.submit_ok(std::slice::from_ref(&hello)).await?,
+        vec![2]
+    );
+    let got = alice_laptop.pushed(2).await?;
+    assert_eq!(got[0].0.id(), create.id());
+    assert_eq!((got[1].0.id(), got[1].1), (hello.id(), 2));
+    alice_laptop.client.received(CONV, 2).await?;
+    let got = bob.pushed(1).await?;
+    assert_eq!((got[0].0.id(), got[0].1), (hello.id(), 2));
+    assert_eq!(bob.client.pull(CONV, 0, 1).await?.0.len(), 1);
+    bob.client.received(CONV, 2).await?;
 
     // Resubmission: same sequence, nothing stored twice.
     assert_eq!(
@@ -453,6 +459,7 @@ async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
     let mut bob = connect(&ep, &relay, 2, 21).await?;
     let create = alice.create(&[1, 2]);
     alice.submit_ok(&[create]).await?;
+    bob.client.accept(CONV).await?;
     for _ in 0..4 {
         send_many(&mut alice, 5).await?;
     }
@@ -462,6 +469,7 @@ async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
         match bob.client.next_frame_within(WAIT).await? {
             wire::ServerFrame::Push { items } => n_pushed += items.len(),
             wire::ServerFrame::PullMode => break,
+            wire::ServerFrame::UserChanged { .. } => {}
             f => bail!("{f:?}"),
         }
     }
@@ -732,6 +740,109 @@ async fn membership_revocation_and_chain_attacks_are_refused() -> Result<()> {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
         other => bail!("pull by a removed member after a restart: {other:?}"),
     }
+    relay.shutdown().await?;
+    Ok(())
+}
+
+/// The first event of a conversation with the big-endian id `n` (it sorts before `CONV`).
+fn create_numbered(d: &mut Device, n: u32, members: &[u8]) -> Event {
+    let mut id = [0u8; 16];
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    d.counter += 1;
+    let h = d.key.header(ConversationId(id), 1, None, d.counter, 1);
+    let members = members.iter().map(|&m| user_id(m)).collect();
+    Event::sign(d.key.signing_key(), h, EventKind::Create { members }).expect("sign")
+}
+
+/// Invitations over real QUIC: a stranger's flood of invitations leaves the victim's accepted
+/// conversation in its catch-up; acceptance on one device reaches the user's other device at
+/// once; a blocked user's Create listing the victim is refused; all of it survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitation_flood_acceptance_and_blocking() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = Limits::default().with_rate(1_000_000, 1_000_000);
+    let relay = start(dir.path(), limits.clone()).await?;
+    let ep = endpoint()?;
+    let mut alice = connect(&ep, &relay, 1, 11).await?;
+    let mut bob_phone = connect(&ep, &relay, 2, 21).await?;
+    let mut bob_laptop = connect(&ep, &relay, 2, 22).await?;
+    let mut eve = connect(&ep, &relay, 3, 31).await?;
+
+    // Alice invites Bob; he accepts on his phone; his laptop is told without asking.
+    let create = alice.create(&[1, 2]);
+    alice.submit_ok(&[create]).await?;
+    let (convs, invitations, _) = bob_phone.client.sync_state().await?;
+    assert!(convs.is_empty());
+    assert_eq!(invitations.len(), 1);
+    assert_eq!(invitations[0].conversation, CONV);
+    bob_phone.client.accept(CONV).await?;
+    loop {
+        match bob_laptop.client.next_frame_within(WAIT).await? {
+            wire::ServerFrame::UserChanged {
+                change: wire::UserChange::Accepted(info),
+            } => {
+                assert_eq!((info.conversation, info.max_seq), (CONV, 1));
+                break;
+            }
+            wire::ServerFrame::UserChanged { .. } => {}
+            f => bail!("{f:?}"),
+        }
+    }
+    let hello = alice.send("hello Bob");
+    alice.submit_ok(std::slice::from_ref(&hello)).await?;
+    for d in [&mut bob_phone, &mut bob_laptop] {
+        assert_eq!(d.pushed(1).await?[0].0.id(), hello.id());
+    }
+
+    // Eve floods Bob with invitations whose ids sort before Alice's conversation.
+    let n = wire::MAX_INVITATIONS_PER_INVITER as u32 + 8;
+    let flood: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut eve, i, &[3, 2]))
+        .collect();
+    let out = eve.client.submit(&flood).await?;
+    let accepted = out
+        .iter()
+        .filter(|o| matches!(o, SubmitOutcome::Accepted { .. }))
+        .count();
+    assert_eq!(accepted, wire::MAX_INVITATIONS_PER_INVITER);
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, SubmitOutcome::Accepted { .. })
+            || code_of(o) == Some(ErrorCode::INVITATIONS_FULL)));
+    let (convs, invitations, _) = bob_laptop.client.sync_state().await?;
+    assert_eq!(
+        convs.iter().map(|c| c.conversation).collect::<Vec<_>>(),
+        vec![CONV]
+    );
+    assert_eq!(invitations.len(), wire::MAX_INVITATIONS_PER_INVITER);
+
+    // Bob blocks Eve from his laptop: her invitations go, her next one is refused.
+    bob_laptop.client.block(user_id(3)).await?;
+    let again = create_numbered(&mut eve, 10_000, &[3, 2]);
+    let out = eve.client.submit(&[again]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::BLOCKED));
+    let (_, invitations, blocked) = bob_phone.client.sync_state().await?;
+    assert!(invitations.is_empty());
+    assert_eq!(blocked, vec![user_id(3)]);
+
+    // After a restart: the acceptance and the block hold.
+    relay.shutdown().await?;
+    let relay = start(dir.path(), limits).await?;
+    let mut bob_phone = reconnect(&ep, &relay, bob_phone).await?;
+    let (convs, invitations, blocked) = bob_phone.client.sync_state().await?;
+    assert_eq!(
+        convs
+            .iter()
+            .map(|c| (c.conversation, c.max_seq))
+            .collect::<Vec<_>>(),
+        vec![(CONV, 2)]
+    );
+    assert!(invitations.is_empty());
+    assert_eq!(blocked, vec![user_id(3)]);
+    let mut eve = reconnect(&ep, &relay, eve).await?;
+    let again = create_numbered(&mut eve, 10_001, &[3, 2]);
+    let out = eve.client.submit(&[again]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::BLOCKED));
     relay.shutdown().await?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use crate::{
     pin, Command, ConversationSnapshot, ConversationSummary, ReplicaConfig, ReplicaError, Update,
+    UserAction,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::BTreeSet;
@@ -13,7 +14,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::device::PreparedFrame;
 use tidings_engine::wire::{
-    encode_frame, FrameDecoder, ServerFrame, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
+    encode_frame, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
+    TLS_EXPORTER_LABEL,
 };
 use tidings_engine::{
     Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store, StoreConfig,
@@ -289,6 +291,21 @@ impl Driver {
             Command::Connection(r) => {
                 let _ = r.send(Ok(core.connection()));
             }
+            Command::User(action, r) => {
+                match action {
+                    UserAction::Accept(c) => core.accept(c),
+                    UserAction::Decline(c) => core.decline(c),
+                    UserAction::Block(u) => core.block(u),
+                    UserAction::Unblock(u) => core.unblock(u),
+                }
+                let _ = r.send(Ok(()));
+            }
+            Command::Invitations(r) => {
+                let _ = r.send(Ok(core.invitations()));
+            }
+            Command::Blocked(r) => {
+                let _ = r.send(Ok(core.blocked()));
+            }
             Command::Close(_) => {}
         }
     }
@@ -399,6 +416,16 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
+        DeviceEvent::User(change) => match change {
+            UserChange::Invited(i) => vec![Update::Invited(i)],
+            UserChange::Accepted(info) => vec![Update::Accepted {
+                conversation: info.conversation,
+            }],
+            UserChange::Declined(conversation) => vec![Update::Declined { conversation }],
+            UserChange::Blocked(user) => vec![Update::Blocked { user }],
+            UserChange::Unblocked(user) => vec![Update::Unblocked { user }],
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     }
 }

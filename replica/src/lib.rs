@@ -38,6 +38,7 @@ use tidings_engine::conversation::RecipientView;
 use tidings_engine::log::ConversationMeta;
 pub use tidings_engine::store::Body;
 use tidings_engine::wire::ErrorCode;
+pub use tidings_engine::wire::Invitation;
 pub use tidings_engine::{
     Change, ConnectionState, ConversationId, DeviceConfig, DeviceId, DeviceKey, EventId, MediaRef,
     MessageId, MessageView, OutboxEntry, RetryPolicy, ServerSeq, Status, UserId,
@@ -177,6 +178,30 @@ pub enum Update {
     /// key from a member, or an opener that gave devices different keys): not kept; the key is
     /// asked for again.
     KeyShareRefused(tidings_engine::store::RefusedKeyShare),
+    /// Another user put this user in a conversation (created it listing this user, or added
+    /// it): nothing of it reaches this device until the user accepts ([`Replica::accept`]).
+    Invited(Invitation),
+    /// The user accepted the conversation, on this device or another: it catches up now.
+    Accepted {
+        /// Conversation.
+        conversation: ConversationId,
+    },
+    /// The user declined the invitation, on this device or another.
+    Declined {
+        /// Conversation.
+        conversation: ConversationId,
+    },
+    /// The user blocked `user`, on this device or another: its invitations are gone and new
+    /// ones are refused.
+    Blocked {
+        /// The blocked user.
+        user: UserId,
+    },
+    /// The user unblocked `user`.
+    Unblocked {
+        /// The user.
+        user: UserId,
+    },
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
@@ -262,7 +287,19 @@ enum Command {
     Conversations(Reply<Vec<ConversationSummary>>),
     Outbox(Reply<Vec<OutboxEntry>>),
     Connection(Reply<ConnectionState>),
+    User(UserAction, Reply<()>),
+    Invitations(Reply<Vec<Invitation>>),
+    Blocked(Reply<Vec<UserId>>),
     Close(Reply<()>),
+}
+
+/// The user's say in an invitation or about another user.
+#[derive(Clone, Copy, Debug)]
+enum UserAction {
+    Accept(ConversationId),
+    Decline(ConversationId),
+    Block(UserId),
+    Unblock(UserId),
 }
 
 /// A device's handle. Cheap to clone; every clone talks to the same driver task.
@@ -431,6 +468,44 @@ impl Replica {
     /// What waits to reach the relay, in order.
     pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, ReplicaError> {
         self.call(Command::Outbox).await
+    }
+
+    /// Accepts an invitation (see [`Update::Invited`]) for every device of this user: the
+    /// conversation is listed and pushed from then on. Sent when connected; confirmed by
+    /// [`Update::Accepted`] once the relay stored it.
+    pub async fn accept(&self, conversation: ConversationId) -> Result<(), ReplicaError> {
+        self.call(|r| Command::User(UserAction::Accept(conversation), r))
+            .await
+    }
+
+    /// Declines an invitation; confirmed by [`Update::Declined`].
+    pub async fn decline(&self, conversation: ConversationId) -> Result<(), ReplicaError> {
+        self.call(|r| Command::User(UserAction::Decline(conversation), r))
+            .await
+    }
+
+    /// Blocks a user: its Creates and AddMembers listing this user are refused and its
+    /// pending invitations declined; confirmed by [`Update::Blocked`].
+    pub async fn block(&self, user: UserId) -> Result<(), ReplicaError> {
+        self.call(|r| Command::User(UserAction::Block(user), r))
+            .await
+    }
+
+    /// Unblocks a user; confirmed by [`Update::Unblocked`].
+    pub async fn unblock(&self, user: UserId) -> Result<(), ReplicaError> {
+        self.call(|r| Command::User(UserAction::Unblock(user), r))
+            .await
+    }
+
+    /// Pending invitations, as the relay last told this device (empty before the first
+    /// catch-up of this process).
+    pub async fn invitations(&self) -> Result<Vec<Invitation>, ReplicaError> {
+        self.call(Command::Invitations).await
+    }
+
+    /// Users this user blocks, as the relay last told this device.
+    pub async fn blocked(&self) -> Result<Vec<UserId>, ReplicaError> {
+        self.call(Command::Blocked).await
     }
 
     /// The connection state.

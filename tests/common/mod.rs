@@ -6,7 +6,7 @@ pub mod net;
 
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
-use tidings::engine::wire::DeviceRegistration;
+use tidings::engine::wire::{DeviceRegistration, UserChange};
 use tidings::engine::{
     ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceKey, EventLog, Store, StoreConfig,
     UserId,
@@ -41,6 +41,19 @@ pub struct SimDevice {
     pub session: Option<SessionId>,
     pub reachable: bool,
     pub events: Vec<DeviceEvent>,
+}
+
+impl SimDevice {
+    /// Keeps what the core reports; like an app whose user takes every invitation, accepts
+    /// each one as it arrives (the relay holds the conversation back until then).
+    fn take_events(&mut self) {
+        while let Some(ev) = self.core.poll_event() {
+            if let DeviceEvent::User(UserChange::Invited(inv)) = &ev {
+                self.core.accept(inv.conversation);
+            }
+            self.events.push(ev);
+        }
+    }
 }
 
 /// Devices and a relay core, connected by perfect in-memory links, on virtual time.
@@ -156,9 +169,7 @@ impl World {
                     moved = true;
                 }
             }
-            while let Some(ev) = d.core.poll_event() {
-                d.events.push(ev);
-            }
+            d.take_events();
         }
         if self.relay.has_staged() {
             self.relay.commit().expect("relay commit");
@@ -172,9 +183,7 @@ impl World {
                         if let Err(e) = d.core.handle_frame(frame, now) {
                             panic!("device {idx} refused a frame: {e}");
                         }
-                        while let Some(ev) = d.core.poll_event() {
-                            d.events.push(ev);
-                        }
+                        d.take_events();
                     }
                 }
                 Output::Close {

@@ -76,6 +76,19 @@ where
     }
 }
 
+/// Waits until the relay has told `r` of its invitation to `conv`, then accepts it (what
+/// the invited user's app does when the user taps "accept").
+pub async fn accept_invitation(r: &Replica, conv: ConversationId) {
+    eventually(20, "the invitation", || async {
+        r.invitations()
+            .await
+            .map(|inv| inv.iter().any(|i| i.conversation == conv))
+            .unwrap_or(false)
+    })
+    .await;
+    r.accept(conv).await.expect("accept");
+}
+
 /// Message ids in view order.
 pub async fn ids(r: &Replica, conv: ConversationId) -> Vec<MessageId> {
     r.conversation(conv)

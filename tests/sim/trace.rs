@@ -79,7 +79,20 @@ pub fn client_frame_name(f: &ClientFrame) -> String {
             conversation,
             ..
         } => format!("Pull#{request_id}({conversation} after {after_seq})"),
-        ClientFrame::Sync { request_id } => format!("Sync#{request_id}"),
+        ClientFrame::Sync { request_id, after } => match after {
+            None => format!("Sync#{request_id}"),
+            Some(a) => format!("Sync#{request_id}(after {a})"),
+        },
+        ClientFrame::Accept {
+            request_id,
+            conversation,
+        } => format!("Accept#{request_id}({conversation})"),
+        ClientFrame::Decline {
+            request_id,
+            conversation,
+        } => format!("Decline#{request_id}({conversation})"),
+        ClientFrame::Block { request_id, .. } => format!("Block#{request_id}"),
+        ClientFrame::Unblock { request_id, .. } => format!("Unblock#{request_id}"),
         ClientFrame::Received {
             conversation,
             up_to,
@@ -122,7 +135,19 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
         ServerFrame::Conversations {
             request_id,
             conversations,
-        } => format!("Conversations#{request_id}({})", conversations.len()),
+            next,
+            invitations,
+            ..
+        } => format!(
+            "Conversations#{request_id}({}, {} invitations, more {})",
+            conversations.len(),
+            invitations.len(),
+            next.is_some()
+        ),
+        ServerFrame::UserState { request_id, change } => {
+            format!("UserState#{request_id}({change:?})")
+        }
+        ServerFrame::UserChanged { change } => format!("UserChanged({change:?})"),
         ServerFrame::Push { items } => format!("Push({})", items.len()),
         ServerFrame::PullMode => "PullMode".into(),
         ServerFrame::Devices {

@@ -275,7 +275,7 @@ fn a_receipt_lost_in_a_crash_is_sent_on_the_next_connection() {
         .expect("cursor");
     let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
     handshake(&mut core, t0);
-    let Some(ClientFrame::Sync { request_id }) = drain(&mut core)
+    let Some(ClientFrame::Sync { request_id, .. }) = drain(&mut core)
         .into_iter()
         .find(|f| matches!(f, ClientFrame::Sync { .. }))
     else {
@@ -288,6 +288,9 @@ fn a_receipt_lost_in_a_crash_is_sent_on_the_next_connection() {
             max_seq: 2,
             cursor: 2,
         }],
+        next: None,
+        invitations: vec![],
+        blocked: vec![],
     };
     core.handle_frame(listing, t0).expect("conversations");
     assert_eq!(delivered_receipts(&drain(&mut core)), vec![2]);
@@ -438,7 +441,7 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
     let store = Store::new(log, key(), config(), [1; 32]);
     let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
     handshake(&mut core, t0);
-    let Some(ClientFrame::Sync { request_id }) = drain(&mut core)
+    let Some(ClientFrame::Sync { request_id, .. }) = drain(&mut core)
         .into_iter()
         .find(|f| matches!(f, ClientFrame::Sync { .. }))
     else {
@@ -452,6 +455,9 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
             max_seq: 2,
             cursor: 2,
         }],
+        next: None,
+        invitations: vec![],
+        blocked: vec![],
     };
     core.handle_frame(listing, t0).expect("conversations");
     let asked: Vec<(u64, Vec<UserId>)> = drain(&mut core)
@@ -474,4 +480,145 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
     let conv = core.store_mut().conversation(CONV).expect("conversation");
     assert_eq!(conv.members().map(<[_]>::len), Some(2));
     assert_eq!(conv.messages().len(), 1);
+}
+
+fn sync_request(frames: &[ClientFrame]) -> (u64, Option<ConversationId>) {
+    frames
+        .iter()
+        .find_map(|f| match f {
+            ClientFrame::Sync { request_id, after } => Some((*request_id, *after)),
+            _ => None,
+        })
+        .expect("a Sync")
+}
+
+/// The device asks for every page of the conversation list, and pulls what each page lists.
+#[test]
+fn catch_up_asks_for_every_page_of_the_list() {
+    let t0 = 1_000_000;
+    let mut core = ready(DeviceConfig::default(), t0);
+    let (request_id, after) = sync_request(&drain(&mut core));
+    assert_eq!(after, None);
+    let first = ConversationId([1; 16]);
+    let last = ConversationId([0xfe; 16]);
+    let page = |request_id, c, next| ServerFrame::Conversations {
+        request_id,
+        conversations: vec![crate::wire::ConversationInfo {
+            conversation: c,
+            max_seq: 3,
+            cursor: 0,
+        }],
+        next,
+        invitations: vec![],
+        blocked: vec![],
+    };
+    core.handle_frame(page(request_id, first, Some(first)), t0)
+        .expect("page 1");
+    let frames = drain(&mut core);
+    assert_ne!(core.connection(), ConnectionState::Online);
+    let (request_id, after) = sync_request(&frames);
+    assert_eq!(after, Some(first));
+    core.handle_frame(page(request_id, last, None), t0)
+        .expect("page 2");
+    let pulled: Vec<ConversationId> = drain(&mut core)
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Pull { conversation, .. } => Some(conversation),
+            _ => None,
+        })
+        .collect();
+    assert!(pulled.contains(&last), "{pulled:?}");
+    assert!(!frames
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Sync { after: None, .. })));
+}
+
+/// Invitations come with the first page and as they arrive; accepting sends the request,
+/// and its answer starts the catch-up on the conversation. An action taken offline goes out
+/// on the next connection, and again after a reconnect until answered.
+#[test]
+fn invitations_are_listed_accepted_and_blocked() {
+    use crate::wire::{Invitation, UserChange};
+    let t0 = 1_000_000;
+    let mut core = ready(DeviceConfig::default(), t0);
+    let (request_id, _) = sync_request(&drain(&mut core));
+    let stranger = UserId([9; 32]);
+    let inv = |c: u8, inviter| Invitation {
+        conversation: ConversationId([c; 16]),
+        inviter,
+    };
+    core.handle_frame(
+        ServerFrame::Conversations {
+            request_id,
+            conversations: vec![],
+            next: None,
+            invitations: vec![inv(1, bob_user()), inv(2, stranger)],
+            blocked: vec![],
+        },
+        t0,
+    )
+    .expect("list");
+    assert_eq!(
+        core.invitations(),
+        vec![inv(1, bob_user()), inv(2, stranger)]
+    );
+    let events: Vec<DeviceEvent> = std::iter::from_fn(|| core.poll_event()).collect();
+    assert!(events.contains(&DeviceEvent::User(UserChange::Invited(inv(2, stranger)))));
+    core.handle_frame(
+        ServerFrame::UserChanged {
+            change: UserChange::Invited(inv(3, stranger)),
+        },
+        t0,
+    )
+    .expect("invited");
+    assert_eq!(core.invitations().len(), 3);
+
+    core.accept(ConversationId([1; 16]));
+    let accept_id = drain(&mut core)
+        .into_iter()
+        .find_map(|f| match f {
+            ClientFrame::Accept { request_id, .. } => Some(request_id),
+            _ => None,
+        })
+        .expect("an Accept");
+    let info = crate::wire::ConversationInfo {
+        conversation: ConversationId([1; 16]),
+        max_seq: 4,
+        cursor: 0,
+    };
+    core.handle_frame(
+        ServerFrame::UserState {
+            request_id: accept_id,
+            change: UserChange::Accepted(info),
+        },
+        t0,
+    )
+    .expect("accepted");
+    assert!(drain(&mut core).iter().any(
+        |f| matches!(f, ClientFrame::Pull { conversation, .. } if *conversation == ConversationId([1; 16]))
+    ));
+    // Blocked from another device: the stranger's invitations go.
+    core.handle_frame(
+        ServerFrame::UserChanged {
+            change: UserChange::Blocked(stranger),
+        },
+        t0,
+    )
+    .expect("blocked");
+    assert!(core.invitations().is_empty());
+    assert_eq!(core.blocked(), vec![stranger]);
+
+    // Offline: the action waits for a connection, and is sent again if unanswered.
+    core.handle_disconnected(t0).expect("offline");
+    core.unblock(stranger);
+    assert!(drain(&mut core).is_empty());
+    handshake(&mut core, t0 + 60_000);
+    assert!(drain(&mut core)
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Unblock { user, .. } if *user == stranger)));
+    core.handle_disconnected(t0 + 60_000).expect("offline");
+    handshake(&mut core, t0 + 120_000);
+    assert!(drain(&mut core)
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Unblock { user, .. } if *user == stranger)));
 }

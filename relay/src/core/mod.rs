@@ -37,6 +37,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod consent;
 mod session;
 pub mod store;
 
@@ -44,14 +45,16 @@ pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
+use consent::Consent;
 use session::{Phase, Session};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use store::{CommitBatch, SequencedRecord};
+use std::ops::Bound;
+use store::{CommitBatch, Decision, InvitationRecord, SequencedRecord};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{
     self, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode,
-    Item, ServerFrame, SubmitOutcome, Welcome, NONCE_LEN, TLS_BINDING_LEN,
+    Item, ServerFrame, SubmitOutcome, UserChange, Welcome, NONCE_LEN, TLS_BINDING_LEN,
 };
 use tidings_engine::{
     ConversationId, DeviceId, DeviceKey, Event, EventHeader, EventId, EventKind, Membership,
@@ -145,6 +148,8 @@ pub struct RelayCore {
     /// Conversations each user was removed from (committed; a re-added user is in both).
     user_former: HashMap<UserId, BTreeSet<ConversationId>>,
     convs: HashMap<ConversationId, Conv>,
+    /// Each user's invitations, decisions and blocks (durable, plus staged invitations).
+    consent: Consent,
     staged: Staged,
     outputs: VecDeque<Output>,
     sign_threads: usize,
@@ -167,6 +172,10 @@ struct Staged {
     submits: Vec<PendingSubmit>,
     registrations: Vec<PendingRegistration>,
     revocations: Vec<PendingRevocation>,
+    /// Invitation rows of the staged Creates and AddMembers (already in `consent`).
+    invitations: Vec<InvitationRecord>,
+    /// Accept, Decline, Block and Unblock requests (applied to `consent` once durable).
+    user_requests: Vec<PendingUserRequest>,
     cursors: BTreeMap<(DeviceId, ConversationId), ServerSeq>,
     touched: BTreeSet<ConversationId>,
     /// Conversations created or whose membership changed in this batch.
@@ -182,8 +191,38 @@ impl Staged {
             && self.registrations.is_empty()
             && self.revocations.is_empty()
             && self.cursors.is_empty()
+            && self.invitations.is_empty()
+            && self.user_requests.is_empty()
     }
 }
+
+/// What a user asked to change about itself.
+#[derive(Debug, Clone, Copy)]
+enum UserRequest {
+    Accept(ConversationId),
+    Decline(ConversationId),
+    Block(UserId),
+    Unblock(UserId),
+}
+
+/// A user request waiting for the commit that makes it durable.
+#[derive(Debug)]
+struct PendingUserRequest {
+    session: SessionId,
+    request_id: u64,
+    user: UserId,
+    request: UserRequest,
+    /// Invitation rows it writes (the decision; for a block, the blocked user's pending
+    /// invitations declined).
+    rows: Vec<InvitationRecord>,
+    /// Block rows it writes.
+    blocks: Vec<(UserId, UserId, bool)>,
+}
+
+/// The most bytes one [`ConversationInfo`] takes in a frame: the id and two varints.
+const CONVERSATION_INFO_MAX_LEN: usize = 16 + 10 + 10;
+/// The most bytes one [`wire::Invitation`] takes in a frame.
+const INVITATION_MAX_LEN: usize = 16 + 32;
 
 #[derive(Debug)]
 struct StagedEvent {
@@ -254,6 +293,13 @@ impl CommitJob {
         }
         for ((d, c), s) in &self.staged.cursors {
             batch.cursors.push((*d, *c, *s));
+        }
+        batch
+            .invitations
+            .extend_from_slice(&self.staged.invitations);
+        for r in &self.staged.user_requests {
+            batch.invitations.extend_from_slice(&r.rows);
+            batch.blocks.extend_from_slice(&r.blocks);
         }
         store.commit(&batch)
     }
@@ -329,6 +375,7 @@ impl RelayCore {
             user_convs: HashMap::new(),
             user_former: HashMap::new(),
             convs: HashMap::new(),
+            consent: Consent::default(),
             staged: Staged::default(),
             outputs: VecDeque::new(),
             sign_threads: match limits.ack_sign_threads {
@@ -351,6 +398,7 @@ impl RelayCore {
         for rev in self.store.revocations()? {
             self.revoked.insert(rev.device, rev);
         }
+        self.consent = Consent::load(&self.store)?;
         for (id, rec) in self.store.conversations()? {
             for m in rec.membership.members() {
                 self.user_convs.entry(*m).or_default().insert(id);
@@ -605,7 +653,7 @@ impl RelayCore {
                 after_seq,
                 limit,
             } => self.on_pull(session, request_id, conversation, after_seq, limit),
-            ClientFrame::Sync { request_id } => self.on_sync(session, request_id),
+            ClientFrame::Sync { request_id, after } => self.on_sync(session, request_id, after),
             ClientFrame::Revoke {
                 request_id,
                 revocation,
@@ -617,6 +665,30 @@ impl RelayCore {
                 conversation,
                 up_to,
             } => self.on_received(session, conversation, up_to, now_ms),
+            ClientFrame::Accept {
+                request_id,
+                conversation,
+            } => self.on_user_request(
+                session,
+                request_id,
+                UserRequest::Accept(conversation),
+                now_ms,
+            ),
+            ClientFrame::Decline {
+                request_id,
+                conversation,
+            } => self.on_user_request(
+                session,
+                request_id,
+                UserRequest::Decline(conversation),
+                now_ms,
+            ),
+            ClientFrame::Block { request_id, user } => {
+                self.on_user_request(session, request_id, UserRequest::Block(user), now_ms)
+            }
+            ClientFrame::Unblock { request_id, user } => {
+                self.on_user_request(session, request_id, UserRequest::Unblock(user), now_ms)
+            }
             frame => self.close(
                 session,
                 ErrorCode::UNEXPECTED_FRAME,
@@ -864,20 +936,50 @@ impl RelayCore {
         }
     }
 
-    fn on_sync(&mut self, session: SessionId, request_id: u64) {
+    /// One page of the user's accepted conversations after `after`, in id order; the first
+    /// page also carries the pending invitations and the blocked users. Pages are cut by
+    /// count and by the frame budget, and every page but the last names the next `after`:
+    /// however many conversations a user is in, a device reaches all of them.
+    fn on_sync(&mut self, session: SessionId, request_id: u64, after: Option<ConversationId>) {
         let Some((_, user)) = self.registered(session) else {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
-        let mut list = Vec::new();
+        let (invitations, blocked) = if after.is_none() {
+            let invitations: Vec<wire::Invitation> = self
+                .consent
+                .pending(&user)
+                .into_iter()
+                .filter(|i| self.is_committed_member(&user, &i.conversation))
+                .take(wire::MAX_PENDING_INVITATIONS)
+                .collect();
+            let mut blocked = self.consent.blocked(&user);
+            blocked.truncate(wire::MAX_BLOCKED_USERS);
+            (invitations, blocked)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let lists = invitations.len() * INVITATION_MAX_LEN + blocked.len() * 32;
+        let budget = self.limits.max_frame_len.saturating_sub(4096 + lists);
+        let page = (budget / CONVERSATION_INFO_MAX_LEN).clamp(1, wire::MAX_LISTED_CONVERSATIONS);
+        let mut list: Vec<ConversationInfo> = Vec::new();
+        let mut next = None;
         if let (Some(convs), Some(s)) = (self.user_convs.get(&user), self.sessions.get(&session)) {
-            for c in convs.iter().take(wire::MAX_LISTED_CONVERSATIONS) {
-                let Some(max_seq) = self.convs.get(c).and_then(|c| c.committed.as_ref()) else {
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for c in convs.range((lower, Bound::Unbounded)) {
+                if !self.consent.is_accepted(&user, c) {
+                    continue;
+                }
+                let Some(rec) = self.convs.get(c).and_then(|c| c.committed.as_ref()) else {
                     continue;
                 };
+                if list.len() == page {
+                    next = list.last().map(|i| i.conversation);
+                    break;
+                }
                 list.push(ConversationInfo {
                     conversation: *c,
-                    max_seq: max_seq.max_seq,
+                    max_seq: rec.max_seq,
                     cursor: s.cursors.get(c).copied().unwrap_or(0),
                 });
             }
@@ -891,8 +993,158 @@ impl RelayCore {
             ServerFrame::Conversations {
                 request_id,
                 conversations: list,
+                next,
+                invitations,
+                blocked,
             },
         );
+    }
+
+    /// Accept, Decline, Block or Unblock from one of the user's devices: checked now,
+    /// answered with `UserState` once durable (and told to the user's other devices).
+    fn on_user_request(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        request: UserRequest,
+        now_ms: u64,
+    ) {
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        let mut rows = Vec::new();
+        let mut blocks = Vec::new();
+        match request {
+            UserRequest::Accept(c) | UserRequest::Decline(c) => {
+                if !self.is_member(&user, &c) {
+                    let msg = "unknown conversation or not a member";
+                    return self.refuse(session, request_id, ErrorCode::NOT_MEMBER, msg);
+                }
+                let decision = match request {
+                    UserRequest::Accept(_) => Decision::Accepted,
+                    _ => Decision::Declined,
+                };
+                let inviter = self
+                    .consent
+                    .inviter(&user, &c)
+                    .or_else(|| self.convs.get(&c).map(|cv| cv.head.membership.creator()))
+                    .unwrap_or(user);
+                rows.push(InvitationRecord {
+                    user,
+                    conversation: c,
+                    decision,
+                    inviter,
+                });
+            }
+            UserRequest::Block(other) => {
+                if other == user {
+                    let msg = "a user cannot block itself";
+                    return self.refuse(session, request_id, ErrorCode::FORBIDDEN, msg);
+                }
+                if !self.consent.can_block(&user, &other) {
+                    let msg = format!("already blocking {} users", wire::MAX_BLOCKED_USERS);
+                    return self.refuse(session, request_id, ErrorCode::BLOCK_LIST_FULL, &msg);
+                }
+                for c in self.consent.pending_from(&user, &other) {
+                    rows.push(InvitationRecord {
+                        user,
+                        conversation: c,
+                        decision: Decision::Declined,
+                        inviter: other,
+                    });
+                }
+                blocks.push((user, other, true));
+            }
+            UserRequest::Unblock(other) => blocks.push((user, other, false)),
+        }
+        self.staged.since_ms.get_or_insert(now_ms);
+        self.staged.user_requests.push(PendingUserRequest {
+            session,
+            request_id,
+            user,
+            request,
+            rows,
+            blocks,
+        });
+    }
+
+    /// The change a durable user request made, as `session` sees it.
+    fn user_change(&self, request: UserRequest, session: SessionId) -> UserChange {
+        match request {
+            UserRequest::Accept(c) => UserChange::Accepted(ConversationInfo {
+                conversation: c,
+                max_seq: self.committed_seq(&c).unwrap_or(0),
+                cursor: self
+                    .sessions
+                    .get(&session)
+                    .and_then(|s| s.cursors.get(&c).copied())
+                    .unwrap_or(0),
+            }),
+            UserRequest::Decline(c) => UserChange::Declined(c),
+            UserRequest::Block(u) => UserChange::Blocked(u),
+            UserRequest::Unblock(u) => UserChange::Unblocked(u),
+        }
+    }
+
+    /// The authenticated sessions of `user`'s devices.
+    fn user_sessions(&self, user: &UserId) -> Vec<SessionId> {
+        self.user_devices
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| self.device_sessions.get(d).copied())
+            .filter(|sid| self.registered(*sid).is_some())
+            .collect()
+    }
+
+    /// Applies durable user requests and new invitations: answers the requests, and tells
+    /// every other online device of each user what changed.
+    fn settle_consent(
+        &mut self,
+        invitations: Vec<InvitationRecord>,
+        requests: Vec<PendingUserRequest>,
+    ) {
+        for r in requests {
+            for row in &r.rows {
+                self.consent
+                    .set(row.user, row.conversation, row.decision, row.inviter);
+            }
+            for (u, o, on) in &r.blocks {
+                self.consent.set_block(*u, *o, *on);
+            }
+            let change = self.user_change(r.request, r.session);
+            self.send_live(
+                r.session,
+                ServerFrame::UserState {
+                    request_id: r.request_id,
+                    change,
+                },
+            );
+            for sid in self.user_sessions(&r.user) {
+                if sid != r.session {
+                    let change = self.user_change(r.request, sid);
+                    self.send(sid, ServerFrame::UserChanged { change });
+                }
+            }
+        }
+        for row in invitations {
+            if row.decision != Decision::Pending {
+                continue;
+            }
+            let change = UserChange::Invited(wire::Invitation {
+                conversation: row.conversation,
+                inviter: row.inviter,
+            });
+            for sid in self.user_sessions(&row.user) {
+                self.send(
+                    sid,
+                    ServerFrame::UserChanged {
+                        change: change.clone(),
+                    },
+                );
+            }
+        }
     }
 
     fn on_received(&mut self, session: SessionId, conv: ConversationId, up_to: u64, now: u64) {
@@ -1081,6 +1333,10 @@ impl RelayCore {
         if let Some(outcome) = self.check_chain(&ev, &chain) {
             return Slot::Done(outcome);
         }
+        let invitations = match self.consent.rows_for(author_user, conv, ev.kind()) {
+            Ok(rows) => rows,
+            Err((code, reason)) => return Slot::Done(rejected(code, reason)),
+        };
         let (limits, Some(s)) = (&self.limits, self.sessions.get_mut(&session)) else {
             return Slot::Done(rejected(ErrorCode::INTERNAL, "session vanished"));
         };
@@ -1116,6 +1372,12 @@ impl RelayCore {
                 }
             }
             self.staged.membership_changed.insert(conv);
+        }
+        // Counted at once, so that the caps hold within a batch too.
+        for row in invitations {
+            self.consent
+                .set(row.user, row.conversation, row.decision, row.inviter);
+            self.staged.invitations.push(row);
         }
         match self.sequence(session, ev, now_ms) {
             Ok(idx) => Slot::Staged(idx),
@@ -1419,8 +1681,13 @@ impl RelayCore {
         }
     }
 
-    /// Every conversation back to its committed state (uncommitted ones forgotten).
+    /// Every conversation back to its committed state (uncommitted ones forgotten), and
+    /// the users' consent back to what is stored (if it cannot be read, staged invitations
+    /// stay counted: the caps err on the safe side).
     fn reset_heads(&mut self) {
+        if let Ok(c) = Consent::load(&self.store) {
+            self.consent = c;
+        }
         self.convs.retain(|_, conv| match &conv.committed {
             Some(rec) => {
                 conv.head = rec.clone();
@@ -1465,6 +1732,9 @@ impl RelayCore {
             message: msg.to_string(),
         };
         for r in staged.registrations {
+            self.send_live(r.session, refused(r.request_id));
+        }
+        for r in staged.user_requests {
             self.send_live(r.session, refused(r.request_id));
         }
         // Revocations that were not durable are forgotten, unless stored before (the relay
@@ -1582,6 +1852,7 @@ impl RelayCore {
                 },
             );
         }
+        self.settle_consent(staged.invitations, staged.user_requests);
         self.fan_out(&staged.events, replay);
         self.update_fanout_metric();
     }
@@ -1603,6 +1874,7 @@ impl RelayCore {
             window: self.limits.push_window,
             user_devices: &self.user_devices,
             device_sessions: &self.device_sessions,
+            consent: &self.consent,
             sessions: &mut self.sessions,
             outputs: &mut self.outputs,
             metrics: &self.metrics,
@@ -1707,13 +1979,15 @@ struct FanOut<'a> {
     window: usize,
     user_devices: &'a HashMap<UserId, Vec<DeviceId>>,
     device_sessions: &'a HashMap<DeviceId, SessionId>,
+    consent: &'a Consent,
     sessions: &'a mut BTreeMap<SessionId, Session>,
     outputs: &'a mut VecDeque<Output>,
     metrics: &'a RelayMetrics,
 }
 
 impl FanOut<'_> {
-    /// Queues `item` for the online, push-enabled devices of `users`.
+    /// Queues `item` for the online, push-enabled devices of those of `users` who accepted
+    /// the conversation (an invitation's events wait for the user's acceptance).
     fn push<'u>(
         &mut self,
         users: impl Iterator<Item = &'u UserId>,
@@ -1722,6 +1996,9 @@ impl FanOut<'_> {
         item: &Item,
     ) {
         for user in users {
+            if !self.consent.is_accepted(user, &conv) {
+                continue;
+            }
             let Some(devs) = self.user_devices.get(user) else {
                 continue;
             };
@@ -1834,6 +2111,10 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::Received { .. } => "Received",
         ClientFrame::Revoke { .. } => "Revoke",
         ClientFrame::Devices { .. } => "Devices",
+        ClientFrame::Accept { .. } => "Accept",
+        ClientFrame::Decline { .. } => "Decline",
+        ClientFrame::Block { .. } => "Block",
+        ClientFrame::Unblock { .. } => "Unblock",
         _ => "frame",
     }
 }

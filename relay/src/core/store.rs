@@ -14,6 +14,10 @@
 //! - `device_certs`: device (32) → postcard([`DeviceRegistration`])
 //! - `revocations`: device (32) → postcard([`DeviceRevocation`])
 //! - `cursors`: device (32) | conversation (16) → highest sequence the device reported received
+//! - `invitations`: user (32) | conversation (16) → decision (1: 0 pending, 1 accepted,
+//!   2 declined) | inviter (32): the user's say in a conversation another user listed it in
+//!   (and `accepted` for one it created)
+//! - `blocked`: user (32) | blocked user (32) → 1
 //! - `meta`: `"schema"` → [`SCHEMA_VERSION`]
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -23,7 +27,7 @@ use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Item};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, Membership, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -38,6 +42,12 @@ const DEVICES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("device_c
 const REVOCATIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("revocations");
 const CURSORS: TableDefinition<CursorKey, u64> = TableDefinition::new("cursors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+type UserConvKey = [u8; 48];
+type DecisionValue = [u8; 33];
+const INVITATIONS: TableDefinition<UserConvKey, DecisionValue> =
+    TableDefinition::new("invitations");
+type UserPairKey = [u8; 64];
+const BLOCKED: TableDefinition<UserPairKey, u8> = TableDefinition::new("blocked");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +120,44 @@ impl ConversationRecord {
     }
 }
 
+/// A user's say in a conversation it was listed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Invited, not answered yet.
+    Pending,
+    /// Accepted (or created by the user).
+    Accepted,
+    /// Declined.
+    Declined,
+}
+
+/// One row of the `invitations` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvitationRecord {
+    /// The invited user.
+    pub user: UserId,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its decision.
+    pub decision: Decision,
+    /// Who listed it (the user itself for a conversation it created).
+    pub inviter: UserId,
+}
+
+fn user_conv_key(user: &UserId, conv: &ConversationId) -> UserConvKey {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(&user.0);
+    k[32..].copy_from_slice(&conv.0);
+    k
+}
+
+fn user_pair_key(user: &UserId, other: &UserId) -> UserPairKey {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&user.0);
+    k[32..].copy_from_slice(&other.0);
+    k
+}
+
 /// One sequenced event to write.
 #[derive(Debug)]
 pub struct SequencedRecord<'a> {
@@ -140,6 +188,10 @@ pub struct CommitBatch<'a> {
     pub revocations: Vec<&'a DeviceRevocation>,
     /// Cursor updates.
     pub cursors: Vec<(DeviceId, ConversationId, ServerSeq)>,
+    /// Invitation rows to write (new invitations and decisions), in order.
+    pub invitations: Vec<InvitationRecord>,
+    /// (user, other, blocks): block rows to write (`true`) or delete (`false`), in order.
+    pub blocks: Vec<(UserId, UserId, bool)>,
 }
 
 impl CommitBatch<'_> {
@@ -150,6 +202,8 @@ impl CommitBatch<'_> {
             && self.devices.is_empty()
             && self.revocations.is_empty()
             && self.cursors.is_empty()
+            && self.invitations.is_empty()
+            && self.blocks.is_empty()
     }
 }
 
@@ -282,6 +336,8 @@ impl RelayStore {
             txn.open_table(DEVICES)?;
             txn.open_table(REVOCATIONS)?;
             txn.open_table(CURSORS)?;
+            txn.open_table(INVITATIONS)?;
+            txn.open_table(BLOCKED)?;
         }
         txn.commit()?;
         let durability = if durable {
@@ -359,6 +415,25 @@ impl RelayStore {
             for (d, c, s) in &batch.cursors {
                 cursors.insert(cursor_key(d, c), *s)?;
             }
+            let mut invitations = txn.open_table(INVITATIONS)?;
+            for r in &batch.invitations {
+                let mut v = [0u8; 33];
+                v[0] = match r.decision {
+                    Decision::Pending => 0,
+                    Decision::Accepted => 1,
+                    Decision::Declined => 2,
+                };
+                v[1..].copy_from_slice(&r.inviter.0);
+                invitations.insert(user_conv_key(&r.user, &r.conversation), v)?;
+            }
+            let mut blocked = txn.open_table(BLOCKED)?;
+            for (u, o, on) in &batch.blocks {
+                if *on {
+                    blocked.insert(user_pair_key(u, o), 1)?;
+                } else {
+                    blocked.remove(user_pair_key(u, o))?;
+                }
+            }
         }
         txn.commit()?;
         Ok(())
@@ -417,6 +492,53 @@ impl RelayStore {
                 return Err(StoreError::Corrupt("device revocation under another key"));
             }
             out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Every row of the `invitations` table.
+    pub fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INVITATIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (k, v) = (k.value(), v.value());
+            let decision = match v[0] {
+                0 => Decision::Pending,
+                1 => Decision::Accepted,
+                2 => Decision::Declined,
+                _ => return Err(StoreError::Corrupt("invitation decision")),
+            };
+            let mut user = [0u8; 32];
+            user.copy_from_slice(&k[..32]);
+            let mut conv = [0u8; 16];
+            conv.copy_from_slice(&k[32..]);
+            let mut inviter = [0u8; 32];
+            inviter.copy_from_slice(&v[1..]);
+            out.push(InvitationRecord {
+                user: UserId(user),
+                conversation: ConversationId(conv),
+                decision,
+                inviter: UserId(inviter),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every (user, blocked user) pair.
+    pub fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOCKED)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            let mut u = [0u8; 32];
+            u.copy_from_slice(&k[..32]);
+            let mut o = [0u8; 32];
+            o.copy_from_slice(&k[32..]);
+            out.push((UserId(u), UserId(o)));
         }
         Ok(out)
     }
@@ -594,8 +716,27 @@ mod tests {
             devices: vec![&cert],
             revocations: vec![&rev],
             cursors: vec![(DeviceId([6; 32]), conv, 1)],
+            invitations: vec![InvitationRecord {
+                user: UserId([7; 32]),
+                conversation: conv,
+                decision: Decision::Declined,
+                inviter: UserId([2; 32]),
+            }],
+            blocks: vec![
+                (UserId([7; 32]), UserId([2; 32]), true),
+                (UserId([7; 32]), UserId([3; 32]), true),
+                (UserId([7; 32]), UserId([3; 32]), false),
+            ],
         };
         store.commit(&batch).expect("commit");
+        assert_eq!(
+            store.invitations().expect("read"),
+            batch.invitations.clone()
+        );
+        assert_eq!(
+            store.blocked().expect("read"),
+            vec![(UserId([7; 32]), UserId([2; 32]))]
+        );
         assert_eq!(store.conversations().expect("read"), vec![(conv, rec)]);
         assert_eq!(
             store.devices().expect("read"),

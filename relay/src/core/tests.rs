@@ -87,7 +87,13 @@ impl Net {
             matches!(got[..], [ServerFrame::Registered { .. }]),
             "{got:?}"
         );
-        let got = self.frame(session, ClientFrame::Sync { request_id: 2 });
+        let got = self.frame(
+            session,
+            ClientFrame::Sync {
+                request_id: 2,
+                after: None,
+            },
+        );
         assert!(
             matches!(got[..], [ServerFrame::Conversations { .. }]),
             "{got:?}"
@@ -134,10 +140,17 @@ impl Net {
                     .collect(),
             },
         );
-        // Pushes of earlier events may come first.
+        // Pushes of earlier events (or the switch to pull mode) may come first.
         let got: Vec<ServerFrame> = got
             .into_iter()
-            .filter(|f| !matches!(f, ServerFrame::Push { .. }))
+            .filter(|f| {
+                !matches!(
+                    f,
+                    ServerFrame::Push { .. }
+                        | ServerFrame::PullMode
+                        | ServerFrame::UserChanged { .. }
+                )
+            })
             .collect();
         match &got[..] {
             [ServerFrame::SubmitResult { outcomes, .. }] => outcomes.clone(),
@@ -394,7 +407,13 @@ fn handshake_failures_close_only_that_session() {
         .core
         .handle_connect(ip, [1; 32], [2; 32])
         .expect("connect");
-    net.frame(s, ClientFrame::Sync { request_id: 1 });
+    net.frame(
+        s,
+        ClientFrame::Sync {
+            request_id: 1,
+            after: None,
+        },
+    );
     assert_eq!(net.closed.get(&s), Some(&ErrorCode::UNEXPECTED_FRAME));
     let s2 = net
         .core
@@ -422,16 +441,24 @@ fn fans_out_to_every_member_device_but_the_submitter() {
     let a2 = net.connect(1, 11);
     let b = net.connect(2, 20);
     let c = create(&mut a1, 1, &[1, 2]);
+    net.submit(&a1, std::slice::from_ref(&c));
+    // For Bob the conversation is an invitation: told, nothing pushed until he accepts.
+    let got = net.take(b.session);
+    assert!(
+        matches!(&got[..], [ServerFrame::UserChanged { change: UserChange::Invited(i) }] if i.conversation == c.conversation()),
+        "{got:?}"
+    );
+    accept(&mut net, &b, 1);
     let s = send(&mut a1, 1, "hello");
-    net.submit(&a1, &[c.clone(), s.clone()]);
+    net.submit(&a1, std::slice::from_ref(&s));
     assert!(net.take(a1.session).is_empty());
-    for d in [&a2, &b] {
-        let got = pushed(&net.take(d.session));
-        assert_eq!(
-            got.iter().map(|e| e.id()).collect::<Vec<_>>(),
-            vec![c.id(), s.id()]
-        );
-    }
+    let got = pushed(&net.take(a2.session));
+    assert_eq!(
+        got.iter().map(|e| e.id()).collect::<Vec<_>>(),
+        vec![c.id(), s.id()]
+    );
+    let got = pushed(&net.take(b.session));
+    assert_eq!(got.iter().map(|e| e.id()).collect::<Vec<_>>(), vec![s.id()]);
     // Nothing for a device of a non-member.
     let eve = net.connect(3, 30);
     let mut b = b;
@@ -450,6 +477,7 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
     let b = net.connect(2, 20);
     let c = create(&mut a, 1, &[1, 2]);
     net.submit(&a, &[c]);
+    accept(&mut net, &b, 1);
     for i in 0..5 {
         let s = send(&mut a, 1, &format!("m{i}"));
         net.submit(&a, &[s]);
@@ -482,7 +510,13 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
             up_to: 7,
         },
     );
-    let got = net.frame(b.session, ClientFrame::Sync { request_id: 4 });
+    let got = net.frame(
+        b.session,
+        ClientFrame::Sync {
+            request_id: 4,
+            after: None,
+        },
+    );
     let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
         panic!("{got:?}")
     };
@@ -645,6 +679,7 @@ fn cursors_persist_and_drive_the_backlog() {
         evs.push(send(&mut a, 1, &format!("m{i}")));
     }
     net.submit(&a, &evs);
+    accept(&mut net, &b, 1);
     let backlog = |net: &Net| {
         net.core
             .stats()
@@ -665,7 +700,13 @@ fn cursors_persist_and_drive_the_backlog() {
     // A second connection of the same device replaces the first and sees the stored cursor.
     let s = net.handshake(&b.key);
     assert_eq!(net.closed.get(&b.session), Some(&ErrorCode::REPLACED));
-    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    let got = net.frame(
+        s,
+        ClientFrame::Sync {
+            request_id: 1,
+            after: None,
+        },
+    );
     let [ServerFrame::Conversations { conversations, .. }] = &got[..] else {
         panic!("{got:?}")
     };
@@ -678,7 +719,13 @@ fn registration_rules() {
     let key = DeviceKey::from_seed([40; 32], user_id(4));
     let s = net.handshake(&key);
     // Unregistered: no submit, pull or sync.
-    let got = net.frame(s, ClientFrame::Sync { request_id: 1 });
+    let got = net.frame(
+        s,
+        ClientFrame::Sync {
+            request_id: 1,
+            after: None,
+        },
+    );
     assert!(
         matches!(
             got[..],
@@ -935,7 +982,12 @@ fn revoke(net: &mut Net, from: SessionId, rev: DeviceRevocation) -> ServerFrame 
             revocation: rev,
         },
     );
-    got.retain(|f| !matches!(f, ServerFrame::Push { .. }));
+    got.retain(|f| {
+        !matches!(
+            f,
+            ServerFrame::Push { .. } | ServerFrame::UserChanged { .. }
+        )
+    });
     assert_eq!(got.len(), 1, "{got:?}");
     got.remove(0)
 }
@@ -1194,17 +1246,26 @@ fn added_members_read_and_get_pushes_removed_members_do_not() {
     seq_of(&net.submit(&a, &[created])[0]);
     assert_eq!(pull(&mut net, &c, 1).err(), Some(ErrorCode::NOT_MEMBER));
     net.take(b.session);
+    accept(&mut net, &b, 1);
 
     let e = add(&mut a, 1, 3, false);
     seq_of(&net.submit(&a, &[e])[0]);
-    // The added member is pushed its own addition and can read the conversation.
-    let got = pushed(&net.take(c.session));
+    // The added member is told of its invitation (nothing pushed before it accepts), and
+    // can read the conversation.
+    let got = net.take(c.session);
     assert!(
-        matches!(got[..], [ref e] if matches!(e.kind(), EventKind::AddMember { .. })),
+        matches!(&got[..], [ServerFrame::UserChanged { change: UserChange::Invited(i) }] if i.inviter == user_id(1)),
         "{got:?}"
     );
+    accept(&mut net, &c, 1);
     assert_eq!(pull(&mut net, &c, 1).map(|i| i.len()), Ok(2));
-    let got = net.frame(c.session, ClientFrame::Sync { request_id: 6 });
+    let got = net.frame(
+        c.session,
+        ClientFrame::Sync {
+            request_id: 6,
+            after: None,
+        },
+    );
     assert!(
         matches!(&got[..], [ServerFrame::Conversations { conversations, .. }] if conversations.len() == 1),
         "{got:?}"
@@ -1318,4 +1379,267 @@ fn chains_refuse_forks_and_broken_prev_but_resubmission_is_idempotent() {
     let mut net = restart(net);
     let a2 = net.connect(1, 10);
     assert_eq!(net.submit(&a2, &[first])[0], ack);
+}
+
+/// Every conversation the relay lists to `dev` in answer to Sync (all pages).
+fn sync_all(net: &mut Net, dev: &Dev) -> Vec<ConversationInfo> {
+    sync_state(net, dev).0
+}
+
+/// The whole Sync answer: every page's conversations, the invitations and the blocked users.
+fn sync_state(
+    net: &mut Net,
+    dev: &Dev,
+) -> (Vec<ConversationInfo>, Vec<wire::Invitation>, Vec<UserId>) {
+    let mut all = Vec::new();
+    let mut first = None;
+    let mut after = None;
+    loop {
+        let got = net.frame(
+            dev.session,
+            ClientFrame::Sync {
+                request_id: 77,
+                after,
+            },
+        );
+        let Some(ServerFrame::Conversations {
+            conversations,
+            next,
+            invitations,
+            blocked,
+            ..
+        }) = got
+            .into_iter()
+            .find(|f| matches!(f, ServerFrame::Conversations { .. }))
+        else {
+            panic!("no Conversations answer")
+        };
+        all.extend(conversations);
+        first.get_or_insert((invitations, blocked));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let (invitations, blocked) = first.unwrap_or_default();
+    (all, invitations, blocked)
+}
+
+/// A user request from `dev`, answered once durable; the change it made.
+fn user_request(net: &mut Net, dev: &Dev, f: ClientFrame) -> Result<UserChange, ErrorCode> {
+    let got = net.frame(dev.session, f);
+    for f in got {
+        match f {
+            ServerFrame::UserState { change, .. } => return Ok(change),
+            ServerFrame::Refused { code, .. } => return Err(code),
+            _ => {}
+        }
+    }
+    panic!("no answer to the user request")
+}
+
+/// `dev`'s user accepts the conversation `conv` (see `create`).
+fn accept(net: &mut Net, dev: &Dev, conv: u8) {
+    let f = ClientFrame::Accept {
+        request_id: 88,
+        conversation: ConversationId([conv; 16]),
+    };
+    let change = user_request(net, dev, f).expect("accepted");
+    assert!(matches!(change, UserChange::Accepted(_)), "{change:?}");
+}
+
+/// A Create of the conversation with the big-endian id `n` (first event of its chain).
+fn create_numbered(dev: &mut Dev, n: u32, members: &[UserId]) -> Event {
+    let mut id = [0u8; 16];
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    dev.counter += 1;
+    let h = dev.key.header(ConversationId(id), 1, None, dev.counter, 5);
+    Event::sign(
+        dev.key.signing_key(),
+        h,
+        EventKind::Create {
+            members: members.to_vec(),
+        },
+    )
+    .expect("sign")
+}
+
+/// Submits `events` in batches the relay takes, asserting each is accepted or refused with
+/// one of `allowed`; returns how many were accepted.
+fn submit_all(net: &mut Net, dev: &Dev, events: &[Event], allowed: &[ErrorCode]) -> usize {
+    let mut n = 0;
+    for chunk in events.chunks(wire::MAX_SUBMIT_BATCH) {
+        for o in net.submit(dev, chunk) {
+            match o {
+                SubmitOutcome::Accepted { .. } => n += 1,
+                SubmitOutcome::Rejected { code, reason } => {
+                    assert!(allowed.contains(&code), "{code:?}: {reason}")
+                }
+            }
+        }
+    }
+    n
+}
+
+/// More conversations than one Sync answer holds: every one of them is still listed, the
+/// last in byte order included (it used to be cut at 16,384).
+#[test]
+fn sync_lists_every_conversation_however_many() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut a = net.connect(1, 10);
+    let n = wire::MAX_LISTED_CONVERSATIONS as u32 + 100;
+    let evs: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut a, i, &[user_id(1)]))
+        .collect();
+    assert_eq!(submit_all(&mut net, &a, &evs, &[]), n as usize);
+    let listed = sync_all(&mut net, &a);
+    assert_eq!(listed.len(), n as usize);
+    let mut last = [0u8; 16];
+    last[12..].copy_from_slice(&(n - 1).to_be_bytes());
+    assert!(listed
+        .iter()
+        .any(|c| c.conversation == ConversationId(last)));
+}
+
+/// A stranger lists the victim in more conversations than one Sync answer holds, with ids
+/// that sort before the victim's real ones: the victim's conversations still sync.
+#[test]
+fn stranger_flood_does_not_push_real_conversations_out_of_sync() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut stranger = net.connect(3, 30);
+    let mut victim = net.connect(2, 20);
+    let n = wire::MAX_LISTED_CONVERSATIONS as u32 + 100;
+    let flood: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut stranger, i, &[user_id(3), user_id(2)]))
+        .collect();
+    // However many of these the relay takes, none may cost the victim its conversations.
+    submit_all(&mut net, &stranger, &flood, &[ErrorCode::INVITATIONS_FULL]);
+    let real = create_numbered(&mut victim, u32::MAX, &[user_id(2)]);
+    assert_eq!(
+        submit_all(&mut net, &victim, std::slice::from_ref(&real), &[]),
+        1
+    );
+    let listed = sync_all(&mut net, &victim);
+    assert!(
+        listed.iter().any(|c| c.conversation == real.conversation()),
+        "the victim's own conversation is missing from {} listed",
+        listed.len()
+    );
+}
+
+/// Invitations are listed apart and capped; acceptance on one device reaches the user's other
+/// device at once and lists the conversation; a blocked user's Create and AddMember listing
+/// the blocker are refused; all of it survives a restart.
+#[test]
+fn invitations_are_accepted_declined_and_blocked_per_user() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut alice = net.connect(1, 10);
+    let bob1 = net.connect(2, 20);
+    let bob2 = net.connect(2, 21);
+    let mut eve = net.connect(3, 30);
+
+    // Alice invites Bob; both of Bob's devices are told; nothing is listed yet.
+    let c = create(&mut alice, 1, &[1, 2]);
+    seq_of(&net.submit(&alice, &[c])[0]);
+    let (convs, invitations, _) = sync_state(&mut net, &bob1);
+    assert!(convs.is_empty());
+    assert_eq!(
+        invitations,
+        vec![wire::Invitation {
+            conversation: ConversationId([1; 16]),
+            inviter: user_id(1)
+        }]
+    );
+    net.take(bob2.session);
+    // Bob accepts on one device: the other hears it without asking.
+    accept(&mut net, &bob1, 1);
+    let got = net.take(bob2.session);
+    assert!(
+        matches!(&got[..], [ServerFrame::UserChanged { change: UserChange::Accepted(i) }] if i.conversation == ConversationId([1; 16]) && i.max_seq == 1),
+        "{got:?}"
+    );
+    let (convs, invitations, _) = sync_state(&mut net, &bob2);
+    assert_eq!(convs.len(), 1);
+    assert!(invitations.is_empty());
+
+    // One stranger holds at most MAX_INVITATIONS_PER_INVITER of Bob's invitations.
+    let n = wire::MAX_INVITATIONS_PER_INVITER as u32 + 5;
+    let flood: Vec<Event> = (0..n)
+        .map(|i| create_numbered(&mut eve, 1000 + i, &[user_id(3), user_id(2)]))
+        .collect();
+    let taken = submit_all(&mut net, &eve, &flood, &[ErrorCode::INVITATIONS_FULL]);
+    assert_eq!(taken, wire::MAX_INVITATIONS_PER_INVITER);
+    assert_eq!(
+        sync_state(&mut net, &bob1).1.len(),
+        wire::MAX_INVITATIONS_PER_INVITER
+    );
+    // Bob declines one, then blocks Eve: her pending invitations go, her new ones are refused.
+    let declined = flood[0].conversation();
+    let f = ClientFrame::Decline {
+        request_id: 5,
+        conversation: declined,
+    };
+    assert_eq!(
+        user_request(&mut net, &bob1, f),
+        Ok(UserChange::Declined(declined))
+    );
+    let f = ClientFrame::Block {
+        request_id: 6,
+        user: user_id(3),
+    };
+    assert_eq!(
+        user_request(&mut net, &bob2, f),
+        Ok(UserChange::Blocked(user_id(3)))
+    );
+    let (_, invitations, blocked) = sync_state(&mut net, &bob1);
+    assert!(invitations.is_empty());
+    assert_eq!(blocked, vec![user_id(3)]);
+    let again = create_numbered(&mut eve, 5000, &[user_id(3), user_id(2)]);
+    assert_eq!(code_of(&net.submit(&eve, &[again])[0]), ErrorCode::BLOCKED);
+    let mut own = create(&mut eve, 7, &[3]);
+    seq_of(&net.submit(&eve, std::slice::from_ref(&own))[0]);
+    let add_bob = add(&mut eve, 7, 2, false);
+    assert_eq!(
+        code_of(&net.submit(&eve, &[add_bob])[0]),
+        ErrorCode::BLOCKED
+    );
+    // Others may still invite Bob; a user cannot block itself.
+    let f = ClientFrame::Block {
+        request_id: 7,
+        user: user_id(2),
+    };
+    assert_eq!(user_request(&mut net, &bob1, f), Err(ErrorCode::FORBIDDEN));
+    own = create(&mut alice, 2, &[1, 2]);
+    seq_of(&net.submit(&alice, &[own])[0]);
+
+    // After a restart: the acceptance, the block and the pending invitation are still there.
+    let mut net = restart(net);
+    let bob = net.connect(2, 20);
+    let mut eve = net.connect(3, 30);
+    let (convs, invitations, blocked) = sync_state(&mut net, &bob);
+    assert_eq!(
+        convs.iter().map(|c| c.conversation).collect::<Vec<_>>(),
+        vec![ConversationId([1; 16])]
+    );
+    assert_eq!(
+        invitations
+            .iter()
+            .map(|i| i.conversation)
+            .collect::<Vec<_>>(),
+        vec![ConversationId([2; 16])]
+    );
+    assert_eq!(blocked, vec![user_id(3)]);
+    let again = create_numbered(&mut eve, 6000, &[user_id(3), user_id(2)]);
+    assert_eq!(code_of(&net.submit(&eve, &[again])[0]), ErrorCode::BLOCKED);
+    // Unblocked, Eve may invite Bob again.
+    let f = ClientFrame::Unblock {
+        request_id: 8,
+        user: user_id(3),
+    };
+    assert_eq!(
+        user_request(&mut net, &bob, f),
+        Ok(UserChange::Unblocked(user_id(3)))
+    );
+    let again = create_numbered(&mut eve, 6001, &[user_id(3), user_id(2)]);
+    assert_eq!(submit_all(&mut net, &eve, &[again], &[]), 1);
 }

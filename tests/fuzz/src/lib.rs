@@ -245,6 +245,7 @@ fn client_frame(r: &mut Reader<'_>) -> ClientFrame {
         },
         5 => ClientFrame::Sync {
             request_id: r.u64(),
+            after: (r.u8() & 1 == 1).then(|| ConversationId(r.array())),
         },
         _ => ClientFrame::Received {
             conversation: ConversationId(r.array()),
@@ -322,6 +323,14 @@ fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
                     cursor: r.u64(),
                 })
                 .collect(),
+            next: (r.u8() & 1 == 1).then(|| ConversationId(r.array())),
+            invitations: (0..r.u8() % 4)
+                .map(|_| tidings_engine::wire::Invitation {
+                    conversation: ConversationId(r.array()),
+                    inviter: UserId(r.array()),
+                })
+                .collect(),
+            blocked: (0..r.u8() % 4).map(|_| UserId(r.array())).collect(),
         },
         8 => ServerFrame::Push {
             items: (0..r.u8() % 8).map(|_| item(r)).collect(),
@@ -1005,6 +1014,8 @@ pub fn relay_store_file() -> &'static [u8] {
                 devices: certs.iter().collect(),
                 revocations: vec![],
                 cursors: vec![(bob().device(), CONV, 3)],
+                invitations: vec![],
+                blocks: vec![],
             })
             .expect("fixture commit");
         drop(store);

@@ -270,11 +270,15 @@ impl Sim {
         let mut changed = false;
         let mut states = Vec::new();
         let mut chain = Vec::new();
+        let mut invited = Vec::new();
         while let Some(ev) = core.poll_event() {
             match ev {
                 DeviceEvent::Changes(c) => changed |= !c.is_empty(),
                 DeviceEvent::Connection(state) => states.push(state),
                 DeviceEvent::Chain(issue) => chain.push(issue),
+                // Every user here takes every invitation, as an app does when its user
+                // taps "accept" (the relay keeps the conversation from the device till then).
+                DeviceEvent::User(UserChange::Invited(inv)) => invited.push(inv.conversation),
                 DeviceEvent::Ignored(refused) => {
                     return fail(format!(
                         "{} ignored an honest event: {refused:?}",
@@ -283,6 +287,12 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+        for c in invited {
+            core.accept(c);
+        }
+        while let Some(f) = core.poll_transmit() {
+            frames.push(f);
         }
         self.devices[i].dirty |= changed;
         for issue in chain {
