@@ -23,8 +23,7 @@ use std::time::Duration;
 use tidings::engine::store::Body;
 use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{
-    ConversationId, DeviceKey, Event, EventId, EventKind, EventLog, MessageId, Store, StoreConfig,
-    UserId,
+    ConversationId, DeviceKey, Event, EventId, EventKind, EventLog, Store, StoreConfig, UserId,
 };
 
 /// Messages in the catch-up.
@@ -119,12 +118,6 @@ fn label(encrypt: bool) -> &'static str {
     }
 }
 
-fn message_id(i: u64) -> MessageId {
-    let mut id = [0x4d; 16];
-    id[..8].copy_from_slice(&i.to_be_bytes());
-    MessageId(id)
-}
-
 fn body(i: u64) -> Vec<u8> {
     let mut b = vec![b'x'; BODY_LEN];
     let tag = format!("message {i}: ");
@@ -170,9 +163,7 @@ fn catchup_events(alice: &Member, bob: &Member, encrypt: bool, n: u64) -> Vec<Ev
         .create_conversation(CONV, vec![bob.device.user()], T0)
         .expect("create");
     for i in 0..n {
-        store
-            .send(CONV, message_id(i), body(i), vec![], T0 + 1 + i)
-            .expect("send");
+        store.send(CONV, body(i), vec![], T0 + 1 + i).expect("send");
     }
     let mut relay = Sequencer::new();
     let mut out = Vec::new();
@@ -234,11 +225,7 @@ fn e2ee<M: common::Clock>(c: &mut Criterion<M>) {
             |b| {
                 b.iter(|| {
                     i += 1;
-                    black_box(
-                        store
-                            .send(CONV, message_id(i), body(i), vec![], T0 + i)
-                            .expect("send"),
-                    )
+                    black_box(store.send(CONV, body(i), vec![], T0 + i).expect("send"))
                 })
             },
         );
@@ -332,9 +319,7 @@ fn e2ee<M: common::Clock>(c: &mut Criterion<M>) {
     {
         let (_dir, mut store) = after_removal(true);
         let before = store.epochs(CONV).expect("epochs").len();
-        store
-            .send(CONV, message_id(0), body(0), vec![], T0 + 2)
-            .expect("send");
+        store.send(CONV, body(0), vec![], T0 + 2).expect("send");
         assert_eq!(store.epochs(CONV).expect("epochs").len(), before + 1);
         let events = authored(&mut store);
         let rekey = events
@@ -360,9 +345,7 @@ fn e2ee<M: common::Clock>(c: &mut Criterion<M>) {
                 b.iter_batched(
                     || after_removal(encrypt),
                     |(dir, mut store)| {
-                        let sent = store
-                            .send(CONV, message_id(0), body(0), vec![], T0 + 2)
-                            .expect("send");
+                        let sent = store.send(CONV, body(0), vec![], T0 + 2).expect("send");
                         (dir, store, sent)
                     },
                     BatchSize::PerIteration,

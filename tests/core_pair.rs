@@ -29,14 +29,15 @@ fn seed_scenario_pending_to_read_across_an_outage() {
     // Airplane mode for Alice's phone and Bob: three messages, PENDING in order.
     w.set_online(phone, false);
     w.set_online(bob_phone, false);
-    let ids: Vec<MessageId> = (0..3u8).map(|i| MessageId([i + 1; 16])).collect();
-    for (i, id) in ids.iter().enumerate() {
+    let mut ids: Vec<MessageId> = Vec::new();
+    for i in 0..3u8 {
         w.now += 10;
         let now = w.now;
-        w.devices[phone]
+        let id = w.devices[phone]
             .core
-            .send(CONV, *id, format!("message {i}").into_bytes(), vec![], now)
+            .send(CONV, format!("message {i}").into_bytes(), vec![], now)
             .expect("send");
+        ids.push(id);
     }
     w.run(10_000);
     let view = w.devices[phone]

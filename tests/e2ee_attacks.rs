@@ -154,7 +154,26 @@ fn forge(
     kind: EventKind,
 ) -> Event {
     let h = key.header(conv, counter, prev, 100 + counter, T0);
+    let kind = bound(&h, kind);
     Event::sign(key.signing_key(), h, kind).expect("sign")
+}
+
+/// `kind` with a `Send`'s message id replaced by the one bound to `h` (what an honest or a
+/// forging device must write for the event to be judged on anything else).
+fn bound(h: &tidings::engine::EventHeader, kind: EventKind) -> EventKind {
+    match kind {
+        EventKind::Send { body, media, .. } => EventKind::Send {
+            message: h.message_id(),
+            body,
+            media,
+        },
+        other => other,
+    }
+}
+
+/// The message a `Send` carries.
+fn id_of(e: &Event) -> MessageId {
+    e.message().expect("a Send")
 }
 
 fn plain_send(m: MessageId) -> EventKind {
@@ -257,15 +276,19 @@ fn a_non_members_event_is_refused_and_never_shown() {
             Refusal::Membership(MembershipError::NotMember(k.carol.id))
         )]
     );
-    assert!(!shown_everywhere(&mut b, X).contains(&msg(0xcc)));
+    assert!(!shown_everywhere(&mut b, X).contains(&id_of(&intrusion)));
     // Later honest messages still flow: the gate moved past the refused place.
-    a.send(X, msg(1), b"after".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"after".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     let batch = relay.pump(&mut a);
     let out = feed(&mut b, &batch);
     assert!(out.refused.is_empty());
-    assert_eq!(shown(&mut b, X), vec![msg(1)]);
-    assert_eq!(body_of(&mut b, X, msg(1)), Body::Text(b"after".to_vec()));
+    assert_eq!(shown(&mut b, X), vec![m1]);
+    assert_eq!(body_of(&mut b, X, m1), Body::Text(b"after".to_vec()));
 }
 
 #[test]
@@ -277,11 +300,19 @@ fn a_removed_members_later_events_and_a_non_admins_changes_are_refused() {
     let created = create(&mut relay, &mut a, X, vec![k.bob.id]);
     feed(&mut b, &created);
     // Bob writes twice and tries to add Carol, all before he learns he was removed.
-    b.send(X, msg(1), b"before".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = b
+        .send(X, b"before".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     let (add, _) = b.add_member(X, k.carol.id, false, relay.now).expect("add");
-    b.send(X, msg(2), b"after".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m2 = b
+        .send(X, b"after".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     let own = outbox_events(&mut b);
     let sends: Vec<&Event> = own
         .iter()
@@ -309,12 +340,9 @@ fn a_removed_members_later_events_and_a_non_admins_changes_are_refused() {
         ]
     );
     let ids = shown_everywhere(&mut a, X);
-    assert!(
-        ids.contains(&msg(1)),
-        "the Send before the removal is shown"
-    );
-    assert!(!ids.contains(&msg(2)), "the Send after the removal is not");
-    assert_eq!(body_of(&mut a, X, msg(1)), Body::Text(b"before".to_vec()));
+    assert!(ids.contains(&m1), "the Send before the removal is shown");
+    assert!(!ids.contains(&m2), "the Send after the removal is not");
+    assert_eq!(body_of(&mut a, X, m1), Body::Text(b"before".to_vec()));
     let members = a
         .conversation(X)
         .expect("conv")
@@ -340,6 +368,7 @@ fn a_revoked_devices_events_sequenced_after_the_revocation_are_refused() {
         .expect("revocation");
     let before = forge(&k.b, X, 1, None, plain_send(msg(1)));
     let after = forge(&k.b, X, 2, Some(before.id()), plain_send(msg(2)));
+    let (before_id, after_id) = (id_of(&before), id_of(&after));
     let ack_before = relay.ack_at(X, &before, 3, revoked_at - 1);
     let ack_after = relay.ack_at(X, &after, 4, revoked_at);
     let out = feed(&mut a, &[before, ack_before, after.clone(), ack_after]);
@@ -348,8 +377,8 @@ fn a_revoked_devices_events_sequenced_after_the_revocation_are_refused() {
         vec![(after.id(), Refusal::Revoked(k.b.device()))]
     );
     let ids = shown_everywhere(&mut a, X);
-    assert!(ids.contains(&msg(1)));
-    assert!(!ids.contains(&msg(2)));
+    assert!(ids.contains(&before_id));
+    assert!(!ids.contains(&after_id));
 }
 
 #[test]
@@ -396,7 +425,7 @@ fn forged_envelopes_do_not_decode_and_a_device_cannot_act_for_another_user() {
             }
         )]
     );
-    assert!(!shown_everywhere(&mut a, X).contains(&msg(2)));
+    assert!(!shown_everywhere(&mut a, X).contains(&id_of(&lie)));
 }
 
 #[test]
@@ -412,11 +441,11 @@ fn an_event_resequenced_into_another_conversation_is_not_shown_there_or_in_its_o
     let ack = relay.sequence_in(Y, &smuggled);
     let out = feed(&mut a, &[smuggled.clone(), ack]);
     assert!(
-        !shown_everywhere(&mut a, Y).contains(&msg(0xcc)),
+        !shown_everywhere(&mut a, Y).contains(&id_of(&smuggled)),
         "shown in the conversation the relay put it in"
     );
     assert!(
-        !shown_everywhere(&mut a, X).contains(&msg(0xcc)),
+        !shown_everywhere(&mut a, X).contains(&id_of(&smuggled)),
         "shown in its own conversation, where its author is no member: {out:?}"
     );
     assert_eq!(
@@ -432,12 +461,16 @@ fn an_event_resequenced_into_another_conversation_is_not_shown_there_or_in_its_o
             Refusal::Membership(MembershipError::NotMember(k.carol.id))
         )]
     );
-    assert!(!shown_everywhere(&mut a, X).contains(&msg(0xcc)));
+    assert!(!shown_everywhere(&mut a, X).contains(&id_of(&smuggled)));
     // Later events of Y still pass the gate.
-    a.send(Y, msg(1), b"y".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(Y, b"y".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     relay.pump(&mut a);
-    assert!(shown(&mut a, Y).contains(&msg(1)));
+    assert!(shown(&mut a, Y).contains(&m1));
 }
 
 #[test]
@@ -475,14 +508,12 @@ fn a_body_moved_into_another_event_does_not_decrypt() {
     let cy = create(&mut relay, &mut a, Y, vec![k.bob.id]);
     feed(&mut b, &[cx, cy].concat());
     let (original, _) = b
-        .send(X, msg(1), b"the original".to_vec(), vec![], relay.now)
+        .send(X, b"the original".to_vec(), vec![], relay.now)
         .expect("send");
+    let m1 = id_of(&original);
     let batch = relay.pump(&mut b);
     feed(&mut a, &batch);
-    assert_eq!(
-        body_of(&mut a, X, msg(1)),
-        Body::Text(b"the original".to_vec())
-    );
+    assert_eq!(body_of(&mut a, X, m1), Body::Text(b"the original".to_vec()));
     let EventKind::Send { body, .. } = original.kind().clone() else {
         panic!("a Send")
     };
@@ -502,6 +533,7 @@ fn a_body_moved_into_another_event_does_not_decrypt() {
     let mut next = |conv: ConversationId, kind: EventKind, lamport: u64, wall: u64| {
         counter += 1;
         let hh = k.b.header(conv, counter, prev, lamport, wall);
+        let kind = bound(&hh, kind);
         let e = Event::sign(k.b.signing_key(), hh, kind).expect("sign");
         prev = Some(e.id());
         e
@@ -515,7 +547,7 @@ fn a_body_moved_into_another_event_does_not_decrypt() {
     }
     let out = feed(&mut a, &batch);
     assert!(out.refused.is_empty(), "{:?}", out.refused);
-    for m in [msg(2), msg(3), msg(4)] {
+    for m in [&other_id, &other_place, &other_clock].map(id_of) {
         assert!(
             matches!(body_of(&mut a, X, m), Body::Unreadable(_)),
             "moved body of {m:?} read as {:?}",
@@ -524,18 +556,16 @@ fn a_body_moved_into_another_event_does_not_decrypt() {
     }
     // Into another conversation (Bob's chain there starts at 1): its epoch is not Y's.
     let hy = k.b.header(Y, 1, None, h.lamport, h.wall_ms);
-    let other_conv = Event::sign(k.b.signing_key(), hy, stolen(msg(1))).expect("sign");
+    let kind = bound(&hy, stolen(msg(1)));
+    let other_conv = Event::sign(k.b.signing_key(), hy, kind).expect("sign");
     feed(&mut a, &relay.sequence(&other_conv));
-    let moved = body_of(&mut a, Y, msg(1));
+    let moved = body_of(&mut a, Y, id_of(&other_conv));
     assert!(
         matches!(moved, Body::WaitingForKey(e) if e == epoch),
         "{moved:?}"
     );
     // The original still reads.
-    assert_eq!(
-        body_of(&mut a, X, msg(1)),
-        Body::Text(b"the original".to_vec())
-    );
+    assert_eq!(body_of(&mut a, X, m1), Body::Text(b"the original".to_vec()));
 }
 
 fn new_epochs(batch: &[Event]) -> Vec<(EventId, Vec<tidings::engine::DeviceId>)> {
@@ -561,14 +591,22 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     let mut b = store(k.b.clone(), &certs);
     let mut c = store(k.c.clone(), &certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    a.send(X, msg(1), b"all three".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"all three".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     a.remove_member(X, k.bob.id, relay.now).expect("remove");
     log.extend(relay.pump(&mut a));
     let start = log.len();
-    a.send(X, msg(2), b"without bob".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m2 = a
+        .send(X, b"without bob".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     let epochs = new_epochs(&log[start..]);
     assert_eq!(epochs.len(), 1, "the removal starts a new epoch");
@@ -578,18 +616,9 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     // The relay keeps feeding Bob everything.
     feed(&mut b, &log);
     feed(&mut c, &log);
-    assert_eq!(
-        body_of(&mut b, X, msg(1)),
-        Body::Text(b"all three".to_vec())
-    );
-    assert_eq!(
-        body_of(&mut b, X, msg(2)),
-        Body::WaitingForKey(after_removal)
-    );
-    assert_eq!(
-        body_of(&mut c, X, msg(2)),
-        Body::Text(b"without bob".to_vec())
-    );
+    assert_eq!(body_of(&mut b, X, m1), Body::Text(b"all three".to_vec()));
+    assert_eq!(body_of(&mut b, X, m2), Body::WaitingForKey(after_removal));
+    assert_eq!(body_of(&mut c, X, m2), Body::Text(b"without bob".to_vec()));
     // Bob asks for the key; Alice gives nothing to a non-member.
     assert!(b.missing_keys().contains(&(X, after_removal)));
     b.request_key(X, after_removal, relay.now).expect("request");
@@ -610,24 +639,22 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     a.add_member(X, dave.id, false, relay.now).expect("add");
     log.extend(relay.pump(&mut a));
     let start = log.len();
-    a.send(X, msg(3), b"welcome dave".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m3 = a
+        .send(X, b"welcome dave".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     let epochs = new_epochs(&log[start..]);
     assert_eq!(epochs.len(), 1, "the join starts a new epoch");
     assert!(epochs[0].1.contains(&d.device()));
     let mut dv = store(d.clone(), &certs);
     feed(&mut dv, &log);
-    assert!(matches!(
-        body_of(&mut dv, X, msg(1)),
-        Body::WaitingForKey(_)
-    ));
+    assert!(matches!(body_of(&mut dv, X, m1), Body::WaitingForKey(_)));
+    assert_eq!(body_of(&mut dv, X, m2), Body::WaitingForKey(after_removal));
     assert_eq!(
-        body_of(&mut dv, X, msg(2)),
-        Body::WaitingForKey(after_removal)
-    );
-    assert_eq!(
-        body_of(&mut dv, X, msg(3)),
+        body_of(&mut dv, X, m3),
         Body::Text(b"welcome dave".to_vec())
     );
     let missing = dv.missing_keys();
@@ -651,10 +678,7 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     feed(&mut c, &asks);
     c.answer_key_requests(relay.now).expect("answer");
     assert!(outbox_events(&mut c).is_empty());
-    assert!(matches!(
-        body_of(&mut dv, X, msg(1)),
-        Body::WaitingForKey(_)
-    ));
+    assert!(matches!(body_of(&mut dv, X, m1), Body::WaitingForKey(_)));
 }
 
 #[test]
@@ -665,15 +689,19 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     // Alice does not know Bob's second device yet when she starts the epoch.
     let mut a = store(k.a.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    a.send(X, msg(1), b"before the link".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"before the link".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     assert!(!new_epochs(&log)[0].1.contains(&b2.device()));
     let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
     let mut phone2 = store(b2.clone(), &certs);
     feed(&mut phone2, &log);
-    assert_eq!(body_of(&mut phone2, X, msg(1)), Body::WaitingForKey(epoch));
+    assert_eq!(body_of(&mut phone2, X, m1), Body::WaitingForKey(epoch));
     assert_eq!(phone2.missing_keys(), vec![(X, epoch)]);
     phone2.request_key(X, epoch, relay.now).expect("request");
     let ask = outbox_events(&mut phone2);
@@ -711,7 +739,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     let answer = relay.pump(&mut a);
     feed(&mut phone2, &answer);
     assert_eq!(
-        body_of(&mut phone2, X, msg(1)),
+        body_of(&mut phone2, X, m1),
         Body::Text(b"before the link".to_vec())
     );
     assert!(phone2.missing_keys().is_empty());
@@ -749,8 +777,12 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     let mut b = store(k.b.clone(), &k.certs);
     let mut c = store(k.c.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    a.send(X, msg(1), b"to bob".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"to bob".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     feed(&mut b, &log);
     let top = b.conversation(X).expect("conversation").max_seq();
@@ -758,7 +790,7 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     let read = relay.pump(&mut b);
     log.extend(read.iter().cloned());
     feed(&mut a, &read);
-    let one_read = vec![(msg(1), Status::Read)];
+    let one_read = vec![(m1, Status::Read)];
     assert_eq!(statuses(&mut a, X), vec![one_read.clone(); 3]);
     // Carol joins: she never saw msg 1, and it stays read.
     a.add_member(X, k.carol.id, false, relay.now).expect("add");
@@ -767,8 +799,12 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     feed(&mut b, &added);
     assert_eq!(statuses(&mut a, X), vec![one_read; 3]);
     // msg 2 goes to Bob and Carol: Bob reads it, Carol only receives it.
-    a.send(X, msg(2), b"to both".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m2 = a
+        .send(X, b"to both".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     let sent = relay.pump(&mut a);
     log.extend(sent.iter().cloned());
     feed(&mut b, &sent);
@@ -779,7 +815,7 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     let mut marks = relay.pump(&mut b);
     marks.extend(relay.pump(&mut c));
     feed(&mut a, &marks);
-    let want = vec![(msg(1), Status::Read), (msg(2), Status::Delivered)];
+    let want = vec![(m1, Status::Read), (m2, Status::Delivered)];
     assert_eq!(statuses(&mut a, X), vec![want.clone(); 3]);
     // Carol leaves: msg 2 was hers too, so it does not turn Read without her.
     a.remove_member(X, k.carol.id, relay.now).expect("remove");
@@ -808,8 +844,12 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     // Alice does not know Bob's second device when she starts the epoch.
     let mut a = store(k.a.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    a.send(X, msg(1), b"before the link".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"before the link".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     // Carol, a member, hands Bob's new device a key of her own for Alice's epoch.
@@ -849,7 +889,7 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
         }]
     );
     // The wrong key is not kept: the body waits for the right one, and the key is asked for.
-    assert_eq!(body_of(&mut phone2, X, msg(1)), Body::WaitingForKey(epoch));
+    assert_eq!(body_of(&mut phone2, X, m1), Body::WaitingForKey(epoch));
     assert_eq!(phone2.missing_keys(), vec![(X, epoch)]);
     // Asking again and again until a share matches: here Alice, the epoch's opener, answers.
     phone2.request_key(X, epoch, relay.now).expect("request");
@@ -860,7 +900,7 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     let answer = relay.pump(&mut a);
     feed(&mut phone2, &answer);
     assert_eq!(
-        body_of(&mut phone2, X, msg(1)),
+        body_of(&mut phone2, X, m1),
         Body::Text(b"before the link".to_vec())
     );
     assert!(phone2.missing_keys().is_empty());
@@ -918,14 +958,22 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
     // Carol writes under the key she gave Alice.
     let send = {
         let h = k.c.header(X, 2, Some(open.id()), 200, T0);
-        let aad =
-            tidings::engine::e2ee::body_aad(X, h.author, h.user, msg(9), h.lamport, h.wall_ms, &[]);
+        let aad = tidings::engine::e2ee::body_aad(
+            X,
+            h.author,
+            h.user,
+            h.message_id(),
+            h.lamport,
+            h.wall_ms,
+            &[],
+        );
         let body = tidings::engine::e2ee::seal_body(epoch, &k1, &aad, b"split", [0x75; 24]);
+        let message = h.message_id();
         Event::sign(
             k.c.signing_key(),
             h,
             EventKind::Send {
-                message: msg(9),
+                message,
                 body,
                 media: vec![],
             },
@@ -933,6 +981,7 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
         .expect("sign")
     };
     log.extend(relay.sequence(&send));
+    let m9 = id_of(&send);
     let out_a = feed(&mut a, &log[start..]);
     let out_b = feed(&mut b, &log[start..]);
     assert!(out_a.refused_keys.is_empty(), "{:?}", out_a.refused_keys);
@@ -946,8 +995,8 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
     );
     // Alice's key matches what Carol committed to; Bob's does not and is refused: Bob never
     // holds a second key for the epoch, he waits for (and asks for) the committed one.
-    assert_eq!(body_of(&mut a, X, msg(9)), Body::Text(b"split".to_vec()));
-    assert_eq!(body_of(&mut b, X, msg(9)), Body::WaitingForKey(epoch));
+    assert_eq!(body_of(&mut a, X, m9), Body::Text(b"split".to_vec()));
+    assert_eq!(body_of(&mut b, X, m9), Body::WaitingForKey(epoch));
     assert_eq!(b.missing_keys(), vec![(X, epoch)]);
 }
 
@@ -985,8 +1034,12 @@ fn every_device_of_a_group_past_512_devices_reads_its_messages() {
     // A membership change: the next message starts a new epoch for every device at once.
     a.add_member(X, user(99).id, false, relay.now).expect("add");
     log.extend(relay.pump(&mut a));
-    a.send(X, msg(1), b"to all of you".to_vec(), vec![], relay.now)
-        .expect("send");
+    let m1 = a
+        .send(X, b"to all of you".to_vec(), vec![], relay.now)
+        .expect("send")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     let alice_cert = k.certs[0].clone();
     for (key, _) in &devices {
@@ -994,7 +1047,7 @@ fn every_device_of_a_group_past_512_devices_reads_its_messages() {
         let mut s = store(key.clone(), std::slice::from_ref(&alice_cert));
         feed(&mut s, &log);
         assert_eq!(
-            body_of(&mut s, X, msg(1)),
+            body_of(&mut s, X, m1),
             Body::Text(b"to all of you".to_vec()),
             "device {}",
             key.device()
@@ -1014,13 +1067,17 @@ fn a_body_at_the_plaintext_limit_is_read_and_one_byte_more_is_refused_typed() {
         max,
         tidings::engine::event::MAX_BODY_LEN - tidings::engine::e2ee::SEALED_BODY_OVERHEAD
     );
-    a.send(X, msg(1), vec![7; max], vec![], relay.now)
-        .expect("a body at the limit is sent");
+    let m1 = a
+        .send(X, vec![7; max], vec![], relay.now)
+        .expect("a body at the limit is sent")
+        .0
+        .message()
+        .expect("a Send");
     log.extend(relay.pump(&mut a));
     feed(&mut b, &log);
-    assert_eq!(body_of(&mut b, X, msg(1)), Body::Text(vec![7; max]));
+    assert_eq!(body_of(&mut b, X, m1), Body::Text(vec![7; max]));
     let err = a
-        .send(X, msg(2), vec![7; max + 1], vec![], relay.now)
+        .send(X, vec![7; max + 1], vec![], relay.now)
         .expect_err("one byte more is refused");
     assert!(
         matches!(
@@ -1050,14 +1107,100 @@ fn reopening_a_store_with_the_same_entropy_never_repeats_a_nonce() {
     };
     // The same steps after each open: a conversation, a message.
     let mut sent = Vec::new();
-    for (conv, m) in [(X, msg(1)), (Y, msg(2))] {
+    for conv in [X, Y] {
         let mut a = open();
         a.create_conversation(conv, vec![k.bob.id], T0)
             .expect("create");
         let (ev, _) = a
-            .send(conv, m, b"same steps".to_vec(), vec![], T0)
+            .send(conv, b"same steps".to_vec(), vec![], T0)
             .expect("send");
         sent.push(ev);
     }
     assert_ne!(nonce_of(&sent[0]), nonce_of(&sent[1]), "a nonce repeated");
+}
+
+/// Issue #12, "message hijack": a member who saw Alice's message signs a `Send` of the same
+/// message id, grinding his wall clock until his event id is the lower one (the document
+/// kept the lowest event id for a message id). Every device must keep showing Alice's author,
+/// body and place, and report Bob's event as refused.
+#[test]
+fn a_member_cannot_take_over_another_members_message() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut c = store(k.c.clone(), &k.certs);
+    let created = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    feed(&mut b, &created);
+    feed(&mut c, &created);
+    let (original, _) = a
+        .send(X, b"alice wrote this".to_vec(), vec![], relay.now)
+        .expect("send");
+    let m = id_of(&original);
+    let batch = relay.pump(&mut a);
+    feed(&mut b, &batch);
+    feed(&mut c, &batch);
+    let place = c
+        .conversation(X)
+        .expect("conversation")
+        .message(&m)
+        .expect("shown")
+        .seq;
+    assert!(place.is_some());
+    // Bob copies the sealed body (he can read it) and grinds for a lower event id.
+    let EventKind::Send { body, .. } = original.kind().clone() else {
+        panic!("a Send")
+    };
+    let hijack = (0..10_000u64)
+        .map(|wall| {
+            let h = k.b.header(X, 1, None, 100, T0 + wall);
+            let kind = EventKind::Send {
+                message: m,
+                body: body.clone(),
+                media: vec![],
+            };
+            Event::sign(k.b.signing_key(), h, kind).expect("sign")
+        })
+        .find(|e| e.id() < original.id())
+        .expect("a lower event id");
+    assert!(
+        matches!(
+            Event::decode(hijack.bytes()),
+            Err(DecodeError::UnboundMessage { .. })
+        ),
+        "the relay's decode refuses it"
+    );
+    // A relay that sequences it anyway: every device refuses it on its own.
+    let batch = relay.sequence(&hijack);
+    let out = feed(&mut c, &batch);
+    assert_eq!(
+        refusals(&out),
+        vec![(
+            hijack.id(),
+            Refusal::Shape(DecodeError::UnboundMessage {
+                event: hijack.id(),
+                message: m,
+            })
+        )]
+    );
+    feed(&mut a, &batch);
+    for s in [&mut a, &mut c] {
+        let view = s
+            .conversation(X)
+            .expect("conversation")
+            .message(&m)
+            .expect("shown");
+        assert_eq!(
+            view.record.author,
+            k.a.device(),
+            "the author stays Alice's device"
+        );
+        assert_eq!(view.record.event, original.id());
+        assert_eq!(view.seq, place, "the place stays the original's");
+        assert_eq!(body_of(s, X, m), Body::Text(b"alice wrote this".to_vec()));
+        assert_eq!(
+            shown_everywhere(s, X).iter().filter(|x| **x == m).count(),
+            3
+        );
+    }
 }

@@ -376,19 +376,18 @@ impl DeviceCore {
     }
 
     /// Sends a message: durable and visible (PENDING) before this returns.
+    /// Returns the message's id, bound to this device ([`crate::EventHeader::message_id`]).
     pub fn send(
         &mut self,
         conversation: ConversationId,
-        message: MessageId,
         body: Vec<u8>,
         media: Vec<MediaRef>,
         now_ms: u64,
-    ) -> Result<(), DeviceError> {
-        let (_, changes) = self
-            .store
-            .send(conversation, message, body, media, now_ms)?;
+    ) -> Result<MessageId, DeviceError> {
+        let (event, changes) = self.store.send(conversation, body, media, now_ms)?;
         self.emit(changes);
-        self.flush(now_ms)
+        self.flush(now_ms)?;
+        Ok(event.header().message_id())
     }
 
     /// Adds `user` to a conversation (an admin's act); the next message starts a new epoch.

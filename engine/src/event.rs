@@ -602,7 +602,7 @@ impl Event {
     /// event's own rules ([`Event::check_rules`]) and the signature under the one rule of
     /// [`crate::signature`].
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-        Self::decode_with(bytes, |author| author_key(author))
+        Self::decode_with(bytes, author_key)
     }
 
     /// [`Event::decode`] with the author's key from `key_of` (a cache of decoded keys: the
@@ -748,6 +748,14 @@ impl Event {
         self.bytes
     }
 
+    /// The message a `Send` carries.
+    pub fn message(&self) -> Option<MessageId> {
+        match &self.kind {
+            EventKind::Send { message, .. } => Some(*message),
+            _ => None,
+        }
+    }
+
     /// The conversation.
     pub fn conversation(&self) -> ConversationId {
         self.header.conversation
@@ -767,9 +775,53 @@ mod tests {
     fn check_round_trip(kind: EventKind) {
         let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
         let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
+        let kind = match kind {
+            EventKind::Send { body, media, .. } => EventKind::Send {
+                message: header.message_id(),
+                body,
+                media,
+            },
+            other => other,
+        };
         let ev = Event::sign(key.signing_key(), header, kind).expect("sign");
         let back = Event::decode(ev.bytes()).expect("decode");
         assert_eq!(back, ev);
+    }
+
+    /// A `Send` of a message id not bound to its author is refused wherever an envelope is
+    /// decoded (relay and device, single or batch), and the bound id is accepted.
+    #[test]
+    fn a_send_must_carry_the_message_id_bound_to_its_author() {
+        let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+        let mallory = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+        let conv = ConversationId([2; 16]);
+        let h = alice.header(conv, 1, None, 1, 1000);
+        let taken = h.message_id();
+        let send = |m| EventKind::Send {
+            message: m,
+            body: b"x".to_vec(),
+            media: vec![],
+        };
+        let honest = Event::sign(alice.signing_key(), h, send(taken)).expect("sign");
+        assert!(Event::decode(honest.bytes()).is_ok());
+        // Mallory signs a Send of Alice's message id, whatever his header says.
+        for wall in 0..8 {
+            let hm = mallory.header(conv, 1, None, 1, wall);
+            let hijack = Event::sign(mallory.signing_key(), hm, send(taken)).expect("sign");
+            let expected = Err(DecodeError::UnboundMessage {
+                event: hijack.id(),
+                message: taken,
+            });
+            assert_eq!(Event::decode(hijack.bytes()), expected);
+            assert_eq!(Event::decode_batch(&[hijack.bytes()])[0], expected);
+        }
+        // Ids differ per conversation, author and counter.
+        let other = [
+            alice.header(ConversationId([3; 16]), 1, None, 1, 1000),
+            mallory.header(conv, 1, None, 1, 1000),
+            alice.header(conv, 2, None, 1, 1000),
+        ];
+        assert!(other.iter().all(|h| h.message_id() != taken));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - its author device must be certified by the user named in the event (the device
 //!   [`DeviceDirectory`] verifies certificates under the user's key), and not revoked before
 //!   the relay sequenced it;
+//! - the event must meet its own rules ([`Event::check_rules`]: a message id is bound to its
+//!   author), exactly as the relay checks them;
 //! - the user must be allowed to do what the event does, by the [`Membership`] rules, under the
 //!   membership in force at that point of the order (so a removed member's later events, and
 //!   anything from a non-member, are refused whatever the relay accepted).
@@ -48,6 +50,11 @@ pub enum Refusal {
     /// event stays held for its own conversation's gate).
     #[error("event of conversation {0} sequenced in another conversation")]
     OtherConversation(ConversationId),
+    /// The event breaks a rule it must meet by itself ([`Event::check_rules`]): a `Send` of a
+    /// message id that is not bound to its author (an attempt to take over someone else's
+    /// message).
+    #[error(transparent)]
+    Shape(#[from] crate::event::DecodeError),
     /// The user's certificates were fetched and none certifies the author device.
     #[error("device {device} is not certified by user {user}")]
     Uncertified {
@@ -102,6 +109,11 @@ impl Gate {
         answered: &dyn Fn(&UserId) -> bool,
     ) -> Verdict {
         let h = event.header();
+        // The same rule the relay applies when it decodes a submission: an event that breaks
+        // it is refused here too, whoever sequenced it.
+        if let Err(e) = event.check_rules() {
+            return Verdict::Refuse(e.into());
+        }
         if h.author != me {
             if let Err(r) = author_check(h.author, h.user, server_ts_ms, directory, answered) {
                 return r;

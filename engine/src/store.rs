@@ -254,10 +254,13 @@ impl Store {
     /// started first when the membership changed since), durably in the log and the outbox
     /// before this returns, PENDING at once. A body over [`crate::e2ee::MAX_PLAINTEXT_LEN`]
     /// is refused with [`StoreError::BodyTooLarge`] before anything is written.
+    ///
+    /// The message id is derived from the event's header ([`EventHeader::message_id`]): a
+    /// message belongs to its author. Read it from the returned event
+    /// ([`Event::message`]).
     pub fn send(
         &mut self,
         conversation: ConversationId,
-        message: MessageId,
         body: Vec<u8>,
         media: Vec<MediaRef>,
         now_ms: u64,
@@ -269,7 +272,7 @@ impl Store {
                 max,
             });
         }
-        self.send_encrypted(conversation, message, &body, media, now_ms)
+        self.send_encrypted(conversation, &body, media, now_ms)
     }
 
     /// Adds `user` to the conversation (an admin's act); the next message starts a new epoch.

@@ -8,7 +8,7 @@ use common::{cast, events, script, CONV};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use tidings_engine::{
-    Appended, DecodeError, DeviceKey, Event, EventLog, LogError, MessageId, Store, StoreConfig,
+    Appended, DecodeError, DeviceKey, Event, EventLog, LogError, Store, StoreConfig,
 };
 
 fn config(cast: &common::Cast, snapshot_every: u64) -> StoreConfig {
@@ -191,8 +191,7 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("device.redb");
     let phone = c.devices[0].clone();
-    let message = MessageId([42; 16]);
-    let send_id = {
+    let (send_id, message) = {
         let mut store = Store::new(
             EventLog::open(&path).expect("open"),
             phone.clone(),
@@ -202,15 +201,13 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
         store
             .create_conversation(CONV, vec![c.devices[2].user()], 1)
             .expect("create");
-        let (ev, changes) = store
-            .send(CONV, message, b"hi".to_vec(), vec![], 2)
-            .expect("send");
+        let (ev, changes) = store.send(CONV, b"hi".to_vec(), vec![], 2).expect("send");
         assert!(!changes.is_empty());
         assert_eq!(
             store.latest(CONV, 10).expect("latest")[0].status,
             tidings_engine::Status::Pending
         );
-        ev.id()
+        (ev.id(), ev.message().expect("a Send"))
         // Dropped without any shutdown: a crash.
     };
     let mut store = Store::new(

@@ -29,8 +29,8 @@ fn hex32(s: &str) -> [u8; 32] {
 /// `R = r·B + T` (T of order 8): it satisfies the cofactored equation only.
 fn mixed_order_event(key: &DeviceKey, r: u64) -> Vec<u8> {
     let header = key.header(ConversationId([3; 16]), 1, None, 1, 1_000);
-    let honest = Event::sign(key.signing_key(), header, EventKind::Delivered { up_to: 1 })
-        .expect("sign");
+    let honest =
+        Event::sign(key.signing_key(), header, EventKind::Delivered { up_to: 1 }).expect("sign");
     let mut bytes = honest.into_bytes();
     let id: [u8; 32] = bytes[1..33].try_into().expect("id");
     let torsion = CompressedEdwardsY(hex32(ORDER_8_POINT))
@@ -66,11 +66,25 @@ fn a_mixed_order_signature_gets_the_same_verdict_single_and_in_a_batch() {
     for r in 0..64 {
         let forged = mixed_order_event(&key, r);
         let single = Event::decode(&forged).is_ok();
-        assert!(!single, "nonce {r}: strict single verification accepted a mixed-order signature");
+        assert!(
+            !single,
+            "nonce {r}: strict single verification accepted a mixed-order signature"
+        );
         let alone = Event::decode_batch(&[forged.clone()]);
-        assert_eq!(alone[0].is_ok(), single, "nonce {r}: batch of one disagrees");
+        assert_eq!(
+            alone[0].is_ok(),
+            single,
+            "nonce {r}: batch of one disagrees"
+        );
         let mixed = Event::decode_batch(&[honest.clone(), forged.clone()]);
-        assert!(mixed[0].is_ok(), "nonce {r}: the honest event must stay accepted");
-        assert_eq!(mixed[1].is_ok(), single, "nonce {r}: batch of two disagrees");
+        assert!(
+            mixed[0].is_ok(),
+            "nonce {r}: the honest event must stay accepted"
+        );
+        assert_eq!(
+            mixed[1].is_ok(),
+            single,
+            "nonce {r}: batch of two disagrees"
+        );
     }
 }

@@ -17,9 +17,7 @@ use tidings_engine::wire::{
     encode_frame, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
     TLS_EXPORTER_LABEL,
 };
-use tidings_engine::{
-    Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store, StoreConfig,
-};
+use tidings_engine::{Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, Store, StoreConfig};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -247,12 +245,7 @@ impl Driver {
                 let _ = r.send(core.remove_member(c, user, now).map_err(Into::into));
             }
             Command::Send(c, body, media, r) => {
-                let id = MessageId(rand::random());
-                let _ = r.send(
-                    core.send(c, id, body, media, now)
-                        .map(|_| id)
-                        .map_err(Into::into),
-                );
+                let _ = r.send(core.send(c, body, media, now).map_err(Into::into));
             }
             Command::MarkRead(c, up_to, r) => {
                 let _ = r.send(core.mark_read(c, up_to, now).map_err(Into::into));

@@ -86,8 +86,7 @@ fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
     let mut core = ready(config, t0);
     core.handle_disconnected(t0).expect("disconnect");
     // Written offline, submitted first thing on the next connection.
-    core.send(CONV, MessageId([1; 16]), b"hi".to_vec(), vec![], t0)
-        .expect("send");
+    let m1 = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
     handshake(&mut core, t0);
     let Some(ClientFrame::Submit { request_id, events }) = drain(&mut core)
         .into_iter()
@@ -102,7 +101,7 @@ fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
     let header = relay.header(CONV, 1, None, 1, deadline);
     let kind = EventKind::ServerAck {
         event: sent.id(),
-        message: Some(MessageId([1; 16])),
+        message: Some(m1),
         seq: 1,
         server_ts_ms: deadline,
     };
@@ -124,7 +123,7 @@ fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
         .store_mut()
         .conversation(CONV)
         .expect("conversation")
-        .status(&MessageId([1; 16]));
+        .status(&m1);
     assert_eq!(status, Some(crate::status::Status::Sent));
 }
 
@@ -173,8 +172,7 @@ fn own_acks_count_for_the_cursor() {
     };
     core.handle_frame(push, t0).expect("push");
     drain(&mut core);
-    core.send(CONV, MessageId([1; 16]), b"mine".to_vec(), vec![], t0)
-        .expect("send");
+    core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
     let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
         panic!("expected a Submit");
     };
@@ -196,7 +194,7 @@ fn own_acks_count_for_the_cursor() {
     );
     let h = bob.header(CONV, 2, Some(create.id()), 3, t0);
     let kind = EventKind::Send {
-        message: MessageId([2; 16]),
+        message: h.message_id(),
         body: b"theirs".to_vec(),
         media: vec![],
     };
@@ -228,7 +226,7 @@ fn bobs_conversation(t0: u64) -> (Event, Event) {
     let create = Event::sign(bob.signing_key(), h, kind).expect("sign");
     let h = bob.header(CONV, 2, Some(create.id()), 2, t0);
     let kind = EventKind::Send {
-        message: MessageId([2; 16]),
+        message: h.message_id(),
         body: b"theirs".to_vec(),
         media: vec![],
     };
@@ -304,10 +302,10 @@ fn a_clock_set_back_does_not_hold_the_outbox() {
     let late = 1_000_000 + 300_000;
     let mut core = ready(DeviceConfig::default(), late);
     drain(&mut core);
-    core.send(CONV, MessageId([1; 16]), b"one".to_vec(), vec![], late)
+    core.send(CONV, b"one".to_vec(), vec![], late)
         .expect("send");
     core.handle_disconnected(late).expect("disconnect");
-    core.send(CONV, MessageId([2; 16]), b"two".to_vec(), vec![], late)
+    core.send(CONV, b"two".to_vec(), vec![], late)
         .expect("send");
     // Back online with the clock five minutes earlier.
     let early = 1_000_000;
@@ -338,8 +336,7 @@ fn only_messages_give_up_when_retries_run_out() {
     let ack_timeout = config.ack_timeout_ms;
     let mut core = ready(config, t0);
     drain(&mut core);
-    core.send(CONV, MessageId([1; 16]), b"hi".to_vec(), vec![], t0)
-        .expect("send");
+    let m1 = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
     core.create_conversation(CONV, vec![bob_user()], t0)
         .expect("create");
     let submitted = |core: &mut DeviceCore| match core.poll_transmit() {
@@ -357,10 +354,7 @@ fn only_messages_give_up_when_retries_run_out() {
         outbox.iter().map(|e| (e.message, e.state)).collect();
     assert_eq!(
         states,
-        vec![
-            (Some(MessageId([1; 16])), OutboxState::Failed),
-            (None, OutboxState::Queued),
-        ]
+        vec![(Some(m1), OutboxState::Failed), (None, OutboxState::Queued),]
     );
     let next = core.poll_timeout().expect("the Create is retried");
     core.handle_timeout(next).expect("timeout");
@@ -377,7 +371,7 @@ fn poll_timeout_ignores_entries_held_behind_a_backing_off_one() {
     let ack_timeout = config.ack_timeout_ms;
     let mut core = ready(config, t0);
     drain(&mut core);
-    core.send(CONV, MessageId([1; 16]), b"first".to_vec(), vec![], t0)
+    core.send(CONV, b"first".to_vec(), vec![], t0)
         .expect("send");
     assert!(matches!(
         core.poll_transmit(),
@@ -389,7 +383,7 @@ fn poll_timeout_ignores_entries_held_behind_a_backing_off_one() {
     let backoff_until = core.poll_timeout().expect("a wake-up for the retry");
     assert!(backoff_until > t1);
     // A second message in the same conversation waits behind the first.
-    core.send(CONV, MessageId([2; 16]), b"second".to_vec(), vec![], t1)
+    core.send(CONV, b"second".to_vec(), vec![], t1)
         .expect("send");
     assert!(core.poll_transmit().is_none(), "sent ahead of the first");
     core.handle_timeout(t1).expect("timeout");

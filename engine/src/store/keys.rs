@@ -11,7 +11,7 @@ use crate::conversation::{Change, MessageView};
 use crate::crypto::{EpochKey, StorageKey};
 use crate::e2ee::{self, EpochOrigin, SealedBody};
 use crate::event::{Event, EventKind, MediaRef, MAX_SEALED_KEYS};
-use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -387,15 +387,14 @@ impl Store {
     pub(super) fn send_encrypted(
         &mut self,
         conversation: ConversationId,
-        message: MessageId,
         plaintext: &[u8],
         media: Vec<MediaRef>,
         now_ms: u64,
     ) -> Result<(Event, Vec<Change>), StoreError> {
         if !self.config.encrypt {
             let body = e2ee::plain_body(plaintext);
-            return self.author_with(conversation, now_ms, |_| EventKind::Send {
-                message,
+            return self.author_with(conversation, now_ms, |h| EventKind::Send {
+                message: h.message_id(),
                 body,
                 media,
             });
@@ -403,6 +402,7 @@ impl Store {
         let (epoch, key, mut changes) = self.sending_epoch(conversation, now_ms)?;
         let nonce = self.random::<24>();
         let (event, more) = self.author_with(conversation, now_ms, |h| {
+            let message = h.message_id();
             let aad = e2ee::body_aad(
                 conversation,
                 h.author,

@@ -64,6 +64,15 @@ pub fn events(cast: &Cast, s: &Script) -> Vec<Event> {
         let key = &cast.devices[dev];
         let (c, prev) = heads[dev];
         let h = key.header(CONV, c + 1, prev, lamport, 1_000 + lamport);
+        // A Send carries the id bound to its header, as a real device writes it.
+        let kind = match kind {
+            EventKind::Send { body, media, .. } => EventKind::Send {
+                message: h.message_id(),
+                body,
+                media,
+            },
+            other => other,
+        };
         let ev = Event::sign(key.signing_key(), h, kind).expect("sign");
         heads[dev] = (c + 1, Some(ev.id()));
         out.push(ev.clone());
@@ -82,17 +91,17 @@ pub fn events(cast: &Cast, s: &Script) -> Vec<Event> {
     let mut sends = Vec::new();
     for (i, dev) in s.messages.iter().enumerate() {
         lamport += 1;
-        let message = MessageId([i as u8 + 1; 16]);
         let ev = author(
             *dev,
             EventKind::Send {
-                message,
+                message: MessageId::default(),
                 body: format!("message {i}").into_bytes(),
                 media: vec![],
             },
             lamport,
             &mut out,
         );
+        let message = ev.message().expect("a Send");
         sends.push((ev, message));
     }
     let mut seq = 1;

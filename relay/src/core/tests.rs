@@ -168,6 +168,15 @@ fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
     let h = dev
         .key
         .header(ConversationId([conv; 16]), n, prev, dev.counter, 5);
+    // A Send carries the message id bound to its header, as a device writes it.
+    let kind = match kind {
+        EventKind::Send { body, media, .. } => EventKind::Send {
+            message: h.message_id(),
+            body,
+            media,
+        },
+        other => other,
+    };
     let ev = Event::sign(dev.key.signing_key(), h, kind).expect("sign");
     dev.chain.insert(conv, (n, ev.id()));
     ev
@@ -179,12 +188,11 @@ fn create(dev: &mut Dev, conv: u8, members: &[u8]) -> Event {
 }
 
 fn send(dev: &mut Dev, conv: u8, text: &str) -> Event {
-    let message = MessageId([dev.counter as u8; 16]);
     event(
         dev,
         conv,
         EventKind::Send {
-            message,
+            message: MessageId::default(),
             body: text.as_bytes().to_vec(),
             media: vec![],
         },

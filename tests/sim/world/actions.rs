@@ -211,22 +211,26 @@ impl Sim {
             return Ok(());
         }
         let conv = known[self.rng.random_range(0..known.len())];
-        let message = MessageId(self.rng.random());
         self.n_messages += 1;
         let body = format!("{} #{}", self.devices[i].name, self.n_messages).into_bytes();
         let now = self.devices[i].dev_now(self.now);
-        tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
         self.stats.sends += 1;
-        let r = self.core(i)?.send(conv, message, body, Vec::new(), now);
-        if r.is_ok() {
-            self.oracle.sent.insert(message, (conv, i));
-        }
+        let r = self.core(i)?.send(conv, body, Vec::new(), now);
+        let r = match r {
+            Ok(message) => {
+                tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
+                self.oracle.sent.insert(message, (conv, i));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         self.after_app_call(i, r, "send")
     }
 
     /// Device `i` submits, on its live connection, an event no honest device writes: a message
     /// into a conversation its user is not a member of, a membership change by a non-admin, an
-    /// event claiming another user, or a relay ack. The relay must refuse it; at the end, no
+    /// event claiming another user, a relay ack, or a `Send` of another device's message id
+    /// (a hijack: the id is bound to its author). The relay must refuse it; at the end, no
     /// relay store and no device log may hold it (and no honest device may report an event it
     /// ignored, see `drain_device`).
     pub(super) fn forge(&mut self, i: usize) -> Result<(), Violation> {
@@ -240,14 +244,27 @@ impl Sim {
         ) {
             return Ok(());
         }
-        let spec = self.rng.random_range(0..self.convs.len());
+        let mut spec = self.rng.random_range(0..self.convs.len());
+        let pick = self.rng.random_range(0..5);
+        // A hijack targets a message another device sent, in its conversation.
+        let mut hijacked = None;
+        if pick == 4 && !self.oracle.sent.is_empty() {
+            let n = self.rng.random_range(0..self.oracle.sent.len());
+            if let Some((m, (c, author))) = self.oracle.sent.iter().nth(n) {
+                if let Some(s) = self.convs.iter().position(|x| x.id == *c) {
+                    if *author != i {
+                        spec = s;
+                        hijacked = Some(*m);
+                    }
+                }
+            }
+        }
         let (conv, ever, creator) = {
             let c = &self.convs[spec];
             (c.id, c.ever.clone(), c.creator)
         };
         let user = self.devices[i].user;
         let other = (user + 1) % self.users.len();
-        let pick = self.rng.random_range(0..4);
         if pick == 0 && !ever.contains(&user) && !self.convs[spec].no_add.contains(&user) {
             // Never to be added to it: an add sequenced before the forgery arrives would
             // make it a member's message.
@@ -275,6 +292,15 @@ impl Sim {
                 self.users[other].id,
                 EventKind::Read { up_to: 1 },
                 "an event claiming another user",
+            ),
+            4 if hijacked.is_some() => (
+                self.users[user].id,
+                EventKind::Send {
+                    message: hijacked.unwrap_or_default(),
+                    body: b"hijacked".to_vec(),
+                    media: Vec::new(),
+                },
+                "a Send of another device's message id",
             ),
             _ => (
                 self.users[user].id,
