@@ -26,8 +26,9 @@ use crate::retry::RetryPolicy;
 use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    sign_auth, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, Item, ServerFrame,
-    SubmitOutcome, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
+    sign_auth, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, Item,
+    ServerFrame, SubmitOutcome, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION,
+    TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -957,7 +958,8 @@ impl DeviceCore {
         if rest.is_empty() {
             return Ok(());
         }
-        let progress = sane && (complete > 0 || (resume_after.is_some() && resume_after > ask.after));
+        let progress =
+            sane && (complete > 0 || (resume_after.is_some() && resume_after > ask.after));
         let rest_settles: Vec<UserId> = ask
             .settles
             .iter()
@@ -994,7 +996,10 @@ impl DeviceCore {
             self.failed_asks.remove(u);
             self.reask.remove(u);
         }
-        tracing::warn!(n_users = final_verdict.len(), "no complete certificate answer; events of unknown authors refused");
+        tracing::warn!(
+            n_users = final_verdict.len(),
+            "no complete certificate answer; events of unknown authors refused"
+        );
         let out = self.store.give_up_on(&final_verdict)?;
         self.take_gate_outcome(out, now_ms)
     }

@@ -495,7 +495,10 @@ mod tests {
             (laptop.device(), laptop.agreement_public()),
         ];
         want.sort();
-        assert_eq!(devices, want, "a revocation signed by Mallory banned Alice's device");
+        assert_eq!(
+            devices, want,
+            "a revocation signed by Mallory banned Alice's device"
+        );
         // Alice's own revocation of a device not seen yet waits for its certificate.
         let own = DeviceRevocation::sign(&alice_key, tablet.device(), 5);
         let _ = dir.revoke(&own);
@@ -513,7 +516,8 @@ mod tests {
         let (alice_key, alice) = user(1);
         let phone = DeviceKey::from_seed([11; 32], alice);
         let mut dir = DeviceDirectory::new();
-        dir.certify(&phone.certificate(&alice_key, 1)).expect("first");
+        dir.certify(&phone.certificate(&alice_key, 1))
+            .expect("first");
         let takeover = DeviceRegistration::sign(&alice_key, phone.device(), [66; 32], 9);
         assert!(matches!(
             dir.certify(&takeover),

@@ -361,11 +361,15 @@ mod tests {
         let rev = DeviceRevocation::sign(&a.key, a.dev.device(), 100);
         liar_dir.revoke(&rev).expect("revoke");
         assert!(matches!(
-            g.judge(&send(&a, 2), 2, 99, &liar_dir, ME, &|_| AuthorLookup::Asking),
+            g.judge(&send(&a, 2), 2, 99, &liar_dir, ME, &|_| {
+                AuthorLookup::Asking
+            }),
             Verdict::Admit { .. }
         ));
         assert_eq!(
-            g.judge(&send(&a, 3), 3, 100, &liar_dir, ME, &|_| AuthorLookup::Asking),
+            g.judge(&send(&a, 3), 3, 100, &liar_dir, ME, &|_| {
+                AuthorLookup::Asking
+            }),
             Verdict::Refuse(Refusal::Revoked(a.dev.device()))
         );
     }

@@ -402,7 +402,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut runs = Vec::with_capacity(convs.len());
             for c in &convs {
-                runs.push((*c, t.advance_gate(*c, directory, me, &|_| AuthorLookup::Asking)?));
+                runs.push((
+                    *c,
+                    t.advance_gate(*c, directory, me, &|_| AuthorLookup::Asking)?,
+                ));
             }
             Ok((results, t.take_dequeued(), t.take_chain_issues(), runs))
         })?;

@@ -1183,15 +1183,17 @@ mod tests {
                     any::<u32>(),
                     proptest::option::of(any::<[u8; 32]>())
                 )
-                    .prop_map(|(id, registrations, revocations, complete, resume)| {
-                        ServerFrame::Devices {
-                            request_id: id,
-                            registrations,
-                            revocations,
-                            complete,
-                            resume_after: resume.map(DeviceId),
+                    .prop_map(
+                        |(id, registrations, revocations, complete, resume)| {
+                            ServerFrame::Devices {
+                                request_id: id,
+                                registrations,
+                                revocations,
+                                complete,
+                                resume_after: resume.map(DeviceId),
+                            }
                         }
-                    }),
+                    ),
                 any::<u16>().prop_map(|c| ServerFrame::Error {
                     code: ErrorCode(c),
                     message: format!("code {c}"),

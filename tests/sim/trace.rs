@@ -84,7 +84,9 @@ pub fn client_frame_name(f: &ClientFrame) -> String {
             conversation,
             up_to,
         } => format!("Received({conversation} up to {up_to})"),
-        ClientFrame::Devices { request_id, users } => {
+        ClientFrame::Devices {
+            request_id, users, ..
+        } => {
             format!("Devices#{request_id}({} users)", users.len())
         }
         _ => "frame".into(),
@@ -129,6 +131,7 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
             request_id,
             registrations,
             revocations,
+            ..
         } => format!(
             "Devices#{request_id}({} certificates, {} revocations)",
             registrations.len(),

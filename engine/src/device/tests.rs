@@ -1,11 +1,11 @@
 //! Unit tests of the device core against a scripted relay.
 
 use super::*;
+use crate::gate::Refusal;
 use crate::identity::DeviceKey;
 use crate::ids::UserId;
 use crate::log::EventLog;
 use crate::store::StoreConfig;
-use crate::gate::Refusal;
 use crate::wire::{Item, WireLimits};
 
 const CONV: ConversationId = ConversationId([7; 16]);
@@ -494,7 +494,12 @@ fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
     config.encrypt = false;
     // Bob's certificate is unknown here: his events wait behind the gate.
     let mut store = Store::new(EventLog::in_memory().expect("log"), key, config);
-    let events = [create.clone(), ack(&create, 1, t0), send.clone(), ack(&send, 2, t0)];
+    let events = [
+        create.clone(),
+        ack(&create, 1, t0),
+        send.clone(),
+        ack(&send, 2, t0),
+    ];
     let out = store.apply(&events).expect("apply");
     assert_eq!(out.waiting, vec![bob_user()]);
     let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);

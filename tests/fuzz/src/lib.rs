@@ -983,7 +983,6 @@ pub fn relay_store_file() -> &'static [u8] {
                 &[alice().user(), bob().user()],
             )
             .expect("fixture membership"),
-            former: Default::default(),
             max_seq: records.len() as u64,
             last_ack: pairs.last().map(|(_, a)| a.id()).expect("acks"),
             last_ts_ms: 5_000 + records.len() as u64,
