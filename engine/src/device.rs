@@ -216,12 +216,21 @@ struct DevicesAsk {
 }
 
 /// How many times a device asks the relay for a user's certificates, for a gate waiting at
-/// that user's event, without getting a complete answer (refused, unanswered within the
-/// ack timeout, or lost with its connection) before that event gets its final verdict,
-/// [`crate::gate::Refusal::Unanswered`]. Counted per process.
+/// that user's event, and gets an answer that is not the complete one (a refusal, or a page
+/// that moves nothing forward) before that event gets its final verdict,
+/// [`crate::gate::Refusal::Unanswered`]. A refusal the relay marks as passing
+/// (`RATE_LIMITED`, `INTERNAL`, `SHUTTING_DOWN`) counts a quarter. Asks lost with their
+/// connection or unanswered within the ack timeout are asked again without counting: an
+/// honest network failure must not refuse an honest event (a relay that stays silent is
+/// withholding, like a relay that does not deliver an event). Counted per process.
 pub const MAX_DEVICE_ASKS: u32 = 4;
-/// Wait before asking again after the first failed ask; doubled after each one.
+/// Wait before asking again after a failed ask; doubled after each one, at most
+/// [`MAX_DEVICE_ASK_RETRY_MS`].
 pub const DEVICE_ASK_RETRY_MS: u64 = 1_000;
+/// Longest wait between two asks for the same user.
+pub const MAX_DEVICE_ASK_RETRY_MS: u64 = 60_000;
+/// Quarter-ask units: see [`MAX_DEVICE_ASKS`].
+const ASK_UNITS: u32 = 4;
 
 #[derive(Debug)]
 struct Inflight {
@@ -497,17 +506,7 @@ impl DeviceCore {
             return Ok(());
         }
         let inflight = self.inflight.take();
-        let lost: Vec<UserId> = self
-            .requests
-            .values()
-            .filter_map(|r| match r {
-                Request::Devices(a) => Some(a.settles.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
         self.reset_session();
-        self.failed_ask(&lost, now_ms)?;
         self.state = State::Offline;
         self.handle_connect_failed(now_ms);
         if let Some(f) = inflight {
@@ -699,7 +698,10 @@ impl DeviceCore {
                     Some(Request::Pull(c)) => {
                         self.pulling.remove(&c);
                     }
-                    Some(Request::Devices(ask)) => self.failed_ask(&ask.settles, now_ms)?,
+                    Some(Request::Devices(ask)) => {
+                        let units = if retryable(code) { 1 } else { ASK_UNITS };
+                        self.failed_ask(&ask.settles, now_ms, units)?
+                    }
                     _ => {}
                 }
                 self.events.push_back(DeviceEvent::Refused {
@@ -970,22 +972,23 @@ impl DeviceCore {
             self.ask_devices(rest.to_vec(), rest_settles, resume_after, now_ms);
             Ok(())
         } else {
-            self.failed_ask(&rest_settles, now_ms)
+            self.failed_ask(&rest_settles, now_ms, ASK_UNITS)
         }
     }
 
-    /// Asks for `users` (waited for by a gate) failed: ask again later, or, after
-    /// [`MAX_DEVICE_ASKS`], give their events their final verdict.
-    fn failed_ask(&mut self, users: &[UserId], now_ms: u64) -> Result<(), DeviceError> {
+    /// Asks for `users` (waited for by a gate) failed, counting `units` quarter asks (0: not
+    /// counted): ask again later, or, after [`MAX_DEVICE_ASKS`], give their events their
+    /// final verdict.
+    fn failed_ask(&mut self, users: &[UserId], now_ms: u64, units: u32) -> Result<(), DeviceError> {
         let mut final_verdict = Vec::new();
         for u in users {
             self.asking.remove(u);
             let n = self.failed_asks.entry(*u).or_default();
-            *n += 1;
-            if *n >= MAX_DEVICE_ASKS {
+            *n += units;
+            if *n >= MAX_DEVICE_ASKS * ASK_UNITS {
                 final_verdict.push(*u);
             } else {
-                let wait = DEVICE_ASK_RETRY_MS << (*n - 1).min(16);
+                let wait = (DEVICE_ASK_RETRY_MS << (*n).min(16)).min(MAX_DEVICE_ASK_RETRY_MS);
                 self.reask.insert(*u, now_ms.saturating_add(wait));
             }
         }
@@ -1030,7 +1033,7 @@ impl DeviceCore {
             .collect();
         for id in expired {
             if let Some(Request::Devices(ask)) = self.requests.remove(&id) {
-                self.failed_ask(&ask.settles, now_ms)?;
+                self.failed_ask(&ask.settles, now_ms, 0)?;
             }
         }
         if self.state != State::Ready {

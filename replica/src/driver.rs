@@ -389,6 +389,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
+        DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
         _ => Vec::new(),
     }
 }

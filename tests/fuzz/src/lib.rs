@@ -991,6 +991,7 @@ pub fn relay_store_file() -> &'static [u8] {
             .commit(&CommitBatch {
                 events: records,
                 conversations: vec![(CONV, &rec)],
+                former: vec![],
                 devices: certs.iter().collect(),
                 revocations: vec![],
                 cursors: vec![(bob().device(), CONV, 3)],
