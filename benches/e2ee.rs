@@ -108,7 +108,6 @@ impl Sequencer {
 fn config(encrypt: bool) -> StoreConfig {
     let mut c = StoreConfig::new(relay().device());
     c.encrypt = encrypt;
-    c.entropy = Some([7; 32]);
     c
 }
 
@@ -141,7 +140,7 @@ fn file_store(
 ) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = EventLog::open(dir.path().join("e2ee.redb")).expect("open log");
-    let mut store = Store::new(log, key.clone(), config(encrypt));
+    let mut store = Store::new(log, key.clone(), config(encrypt), [7; 32]);
     store.absorb_devices(certs, &[], &[]).expect("certificates");
     (dir, store)
 }
@@ -163,7 +162,7 @@ fn authored(store: &mut Store) -> Vec<Event> {
 /// Alice's store, each event followed by its ack.
 fn catchup_events(alice: &Member, bob: &Member, encrypt: bool, n: u64) -> Vec<Event> {
     let log = EventLog::in_memory().expect("log");
-    let mut store = Store::new(log, alice.device.clone(), config(encrypt));
+    let mut store = Store::new(log, alice.device.clone(), config(encrypt), [7; 32]);
     store
         .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
         .expect("certificates");

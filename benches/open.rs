@@ -28,7 +28,12 @@ fn fixture(cast: &common::Cast, n_messages: u64) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("open.redb");
     let log = EventLog::open(&path).expect("open");
-    let mut store = Store::new(log, cast.alice.clone(), StoreConfig::new(cast.relay_id()));
+    let mut store = Store::new(
+        log,
+        cast.alice.clone(),
+        StoreConfig::new(cast.relay_id()),
+        [3; 32],
+    );
     for batch in events.chunks(APPLY_BATCH) {
         store.apply(batch).expect("apply");
     }
@@ -43,7 +48,12 @@ fn fixture(cast: &common::Cast, n_messages: u64) -> Fixture {
 
 fn open_store(cast: &common::Cast, path: &Path) -> Store {
     let log = EventLog::open(path).expect("open");
-    Store::new(log, cast.alice.clone(), StoreConfig::new(cast.relay_id()))
+    Store::new(
+        log,
+        cast.alice.clone(),
+        StoreConfig::new(cast.relay_id()),
+        [3; 32],
+    )
 }
 
 /// Times `f` from a closed store each iteration; closing the store is not timed.

@@ -45,7 +45,7 @@ fn replay<M: common::Clock>(c: &mut Criterion<M>) {
     // Keep every document in memory: an eviction would snapshot it and the next round would
     // no longer be a replay from the log.
     config.max_loaded_docs = 2 * N_CONVERSATIONS as usize;
-    let mut store = Store::new(log, cast.alice.clone(), config);
+    let mut store = Store::new(log, cast.alice.clone(), config, [3; 32]);
 
     let mut g = c.benchmark_group(common::group::<M>("replay"));
     common::slow_group_settings(&mut g, Duration::from_secs(40));

@@ -44,7 +44,12 @@ fn device_view(path: &Path) -> Result<DeviceView, Box<dyn std::error::Error>> {
     let outbox = log.outbox()?;
     let latest = log.latest_messages(checks::CONV, 100)?;
     let cursor = log.cursor(b"pull/c0")?;
-    let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
+    let mut store = Store::new(
+        log,
+        alice(),
+        StoreConfig::new(relay_key().device()),
+        [5; 32],
+    );
     let messages = store.conversation(checks::CONV)?.messages();
     Ok(DeviceView {
         events,
@@ -193,7 +198,12 @@ async fn relay_refuses_to_start_on_a_file_that_is_not_its_store() {
 fn damaged_snapshot_is_rebuilt_from_the_log() {
     let log =
         EventLog::with_backend(checks::MemFile::from_bytes(checks::event_log_file())).expect("log");
-    let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
+    let mut store = Store::new(
+        log,
+        alice(),
+        StoreConfig::new(relay_key().device()),
+        [5; 32],
+    );
     let good = store.conversation(checks::CONV).expect("conv").messages();
     let (pos, snap) = store
         .log()

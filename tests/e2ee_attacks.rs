@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use tidings::engine::e2ee::SealedBody;
 use tidings::engine::gate::Refusal;
-use tidings::engine::store::{Body, RefusedEvent};
+use tidings::engine::store::{Body, KeyShareRefusal, RefusedEvent, RefusedKeyShare};
 use tidings::engine::wire::{DeviceRegistration, DeviceRevocation};
 use tidings::engine::{
     ApplyOutcome, ChainIssue, ConversationId, DecodeError, DeviceKey, Event, EventId, EventKind,
@@ -51,9 +51,9 @@ fn relay_key() -> DeviceKey {
 
 /// An honest store of `key`, trusting the relay key, knowing `certs`.
 fn store(key: DeviceKey, certs: &[DeviceRegistration]) -> Store {
-    let mut config = StoreConfig::new(relay_key().device());
-    config.entropy = Some([key.device().0[0]; 32]);
-    let mut s = Store::new(EventLog::in_memory().expect("log"), key, config);
+    let config = StoreConfig::new(relay_key().device());
+    let entropy = [key.device().0[0]; 32];
+    let mut s = Store::new(EventLog::in_memory().expect("log"), key, config, entropy);
     s.absorb_devices(certs, &[], &[]).expect("certificates");
     s
 }
@@ -542,9 +542,9 @@ fn new_epochs(batch: &[Event]) -> Vec<(EventId, Vec<tidings::engine::DeviceId>)>
     batch
         .iter()
         .filter_map(|e| match e.kind() {
-            EventKind::EpochKeys { epoch: None, keys } => {
-                Some((e.id(), keys.iter().map(|k| k.device).collect()))
-            }
+            EventKind::EpochKeys {
+                epoch: None, keys, ..
+            } => Some((e.id(), keys.iter().map(|k| k.device).collect())),
             _ => None,
         })
         .collect()
@@ -691,6 +691,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
         EventKind::EpochKeys {
             epoch: Some(e),
             keys,
+            ..
         } => {
             assert_eq!(*e, epoch);
             assert_eq!(
@@ -784,4 +785,279 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     a.remove_member(X, k.carol.id, relay.now).expect("remove");
     relay.pump(&mut a);
     assert_eq!(statuses(&mut a, X), vec![want; 3]);
+}
+
+// ---- Epoch keys (issue #12): poisoning, large groups, the body limit, nonces ----
+
+/// The sealed-body nonce of a `Send` event.
+fn nonce_of(ev: &Event) -> Vec<u8> {
+    let EventKind::Send { body, .. } = ev.kind() else {
+        panic!("a send expected, got {}", ev.kind().name());
+    };
+    match SealedBody::parse(body).expect("body") {
+        SealedBody::Sealed { ciphertext, .. } => ciphertext[..24].to_vec(),
+        other => panic!("an encrypted body expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
+    let k = cast();
+    let (b2, cb2) = device(&k.bob, 22);
+    let mut relay = EvilRelay::new();
+    // Alice does not know Bob's second device when she starts the epoch.
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    a.send(X, msg(1), b"before the link".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    // Carol, a member, hands Bob's new device a key of her own for Alice's epoch.
+    let wrong = tidings::engine::crypto::EpochKey::from_bytes([0x66; 32]);
+    let keys = tidings::engine::e2ee::seal_epoch_key(
+        X,
+        tidings::engine::e2ee::EpochOrigin::Shared(epoch),
+        &wrong,
+        &[(b2.device(), b2.agreement_public())],
+        &[[0x67; 32]],
+    );
+    let poison = forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: Some(epoch),
+            commitment: None,
+            keys,
+        },
+    );
+    let poisoned = relay.sequence(&poison);
+    feed(&mut a, &poisoned);
+    log.extend(poisoned);
+    let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
+    let mut phone2 = store(b2.clone(), &certs);
+    let out = feed(&mut phone2, &log);
+    assert_eq!(
+        out.refused_keys,
+        vec![RefusedKeyShare {
+            conversation: X,
+            epoch,
+            event: poison.id(),
+            author: k.c.device(),
+            reason: KeyShareRefusal::Mismatch,
+        }]
+    );
+    // The wrong key is not kept: the body waits for the right one, and the key is asked for.
+    assert_eq!(body_of(&mut phone2, X, msg(1)), Body::WaitingForKey(epoch));
+    assert_eq!(phone2.missing_keys(), vec![(X, epoch)]);
+    // Asking again and again until a share matches: here Alice, the epoch's opener, answers.
+    phone2.request_key(X, epoch, relay.now).expect("request");
+    let ask = relay.pump(&mut phone2);
+    a.absorb_devices(&[cb2], &[], &[]).expect("certificate");
+    feed(&mut a, &ask);
+    a.answer_key_requests(relay.now).expect("answer");
+    let answer = relay.pump(&mut a);
+    feed(&mut phone2, &answer);
+    assert_eq!(
+        body_of(&mut phone2, X, msg(1)),
+        Body::Text(b"before the link".to_vec())
+    );
+    assert!(phone2.missing_keys().is_empty());
+}
+
+#[test]
+fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut c = store(k.c.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    feed(&mut b, &log);
+    feed(&mut c, &log);
+    // Carol opens an epoch with one key for Alice and another for Bob: a split group.
+    let (k1, k2) = (
+        tidings::engine::crypto::EpochKey::from_bytes([0x71; 32]),
+        tidings::engine::crypto::EpochKey::from_bytes([0x72; 32]),
+    );
+    let origin = tidings::engine::e2ee::EpochOrigin::New {
+        author: k.c.device(),
+        counter: 1,
+    };
+    let mut keys = tidings::engine::e2ee::seal_epoch_key(
+        X,
+        origin,
+        &k1,
+        &[(k.a.device(), k.a.agreement_public())],
+        &[[0x73; 32]],
+    );
+    keys.extend(tidings::engine::e2ee::seal_epoch_key(
+        X,
+        origin,
+        &k2,
+        &[(k.b.device(), k.b.agreement_public())],
+        &[[0x74; 32]],
+    ));
+    // She commits to the key she gave Alice, the one public value every device checks.
+    let commitment = tidings::engine::e2ee::epoch_commitment(X, k.c.device(), 1, &k1);
+    let open = forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: None,
+            commitment: Some(commitment),
+            keys,
+        },
+    );
+    let start = log.len();
+    log.extend(relay.sequence(&open));
+    let epoch = open.id();
+    // Carol writes under the key she gave Alice.
+    let send = {
+        let h = k.c.header(X, 2, Some(open.id()), 200, T0);
+        let aad =
+            tidings::engine::e2ee::body_aad(X, h.author, h.user, msg(9), h.lamport, h.wall_ms, &[]);
+        let body = tidings::engine::e2ee::seal_body(epoch, &k1, &aad, b"split", [0x75; 24]);
+        Event::sign(
+            k.c.signing_key(),
+            h,
+            EventKind::Send {
+                message: msg(9),
+                body,
+                media: vec![],
+            },
+        )
+        .expect("sign")
+    };
+    log.extend(relay.sequence(&send));
+    let out_a = feed(&mut a, &log[start..]);
+    let out_b = feed(&mut b, &log[start..]);
+    assert!(out_a.refused_keys.is_empty(), "{:?}", out_a.refused_keys);
+    assert_eq!(
+        out_b
+            .refused_keys
+            .iter()
+            .map(|r| (r.epoch, r.author, r.reason))
+            .collect::<Vec<_>>(),
+        vec![(epoch, k.c.device(), KeyShareRefusal::Mismatch)]
+    );
+    // Alice's key matches what Carol committed to; Bob's does not and is refused: Bob never
+    // holds a second key for the epoch, he waits for (and asks for) the committed one.
+    assert_eq!(body_of(&mut a, X, msg(9)), Body::Text(b"split".to_vec()));
+    assert_eq!(body_of(&mut b, X, msg(9)), Body::WaitingForKey(epoch));
+    assert_eq!(b.missing_keys(), vec![(X, epoch)]);
+}
+
+/// Users of `n_devices` devices each, certified; returns the users and the devices' keys and
+/// certificates.
+fn big_group(n_users: u8, n_devices: u8) -> (Vec<User>, Vec<(DeviceKey, DeviceRegistration)>) {
+    let users: Vec<User> = (0..n_users).map(|i| user(100 + i)).collect();
+    let mut devices = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        for j in 0..n_devices {
+            let mut seed = [0u8; 32];
+            seed[0] = 0xd0;
+            seed[1] = i as u8;
+            seed[2] = j;
+            let key = DeviceKey::from_seed(seed, u.id);
+            let cert = key.certificate(&u.key, 0);
+            devices.push((key, cert));
+        }
+    }
+    (users, devices)
+}
+
+#[test]
+fn every_device_of_a_group_past_512_devices_reads_its_messages() {
+    let k = cast();
+    // 65 users of 8 devices: 520 devices besides Alice's.
+    let (users, devices) = big_group(65, 8);
+    assert!(devices.len() + 1 > tidings::engine::event::MAX_SEALED_KEYS);
+    let mut certs = k.certs.clone();
+    certs.extend(devices.iter().map(|(_, c)| c.clone()));
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &certs);
+    let members: Vec<UserId> = users.iter().map(|u| u.id).collect();
+    let mut log = create(&mut relay, &mut a, X, members);
+    // A membership change: the next message starts a new epoch for every device at once.
+    a.add_member(X, user(99).id, false, relay.now).expect("add");
+    log.extend(relay.pump(&mut a));
+    a.send(X, msg(1), b"to all of you".to_vec(), vec![], relay.now)
+        .expect("send");
+    log.extend(relay.pump(&mut a));
+    let alice_cert = k.certs[0].clone();
+    for (key, _) in &devices {
+        // A reader needs only the author's certificate.
+        let mut s = store(key.clone(), std::slice::from_ref(&alice_cert));
+        feed(&mut s, &log);
+        assert_eq!(
+            body_of(&mut s, X, msg(1)),
+            Body::Text(b"to all of you".to_vec()),
+            "device {}",
+            key.device()
+        );
+    }
+}
+
+#[test]
+fn a_body_at_the_plaintext_limit_is_read_and_one_byte_more_is_refused_typed() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let max = tidings::engine::e2ee::MAX_PLAINTEXT_LEN;
+    assert_eq!(
+        max,
+        tidings::engine::event::MAX_BODY_LEN - tidings::engine::e2ee::SEALED_BODY_OVERHEAD
+    );
+    a.send(X, msg(1), vec![7; max], vec![], relay.now)
+        .expect("a body at the limit is sent");
+    log.extend(relay.pump(&mut a));
+    feed(&mut b, &log);
+    assert_eq!(body_of(&mut b, X, msg(1)), Body::Text(vec![7; max]));
+    let err = a
+        .send(X, msg(2), vec![7; max + 1], vec![], relay.now)
+        .expect_err("one byte more is refused");
+    assert!(
+        matches!(
+            err,
+            tidings::engine::StoreError::BodyTooLarge { len, max: m } if len == max + 1 && m == max
+        ),
+        "{err:?}"
+    );
+    assert!(
+        outbox_events(&mut a).is_empty(),
+        "nothing of a refused body is queued"
+    );
+}
+
+#[test]
+fn reopening_a_store_with_the_same_entropy_never_repeats_a_nonce() {
+    let k = cast();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alice.redb");
+    let open = || {
+        let config = StoreConfig::new(relay_key().device());
+        let log = EventLog::open(&path).expect("log");
+        // The same entropy at every open, as a careless caller would pass it.
+        let mut s = Store::new(log, k.a.clone(), config, [9; 32]);
+        s.absorb_devices(&k.certs, &[], &[]).expect("certificates");
+        s
+    };
+    // The same steps after each open: a conversation, a message.
+    let mut sent = Vec::new();
+    for (conv, m) in [(X, msg(1)), (Y, msg(2))] {
+        let mut a = open();
+        a.create_conversation(conv, vec![k.bob.id], T0)
+            .expect("create");
+        let (ev, _) = a
+            .send(conv, m, b"same steps".to_vec(), vec![], T0)
+            .expect("send");
+        sent.push(ev);
+    }
+    assert_ne!(nonce_of(&sent[0]), nonce_of(&sent[1]), "a nonce repeated");
 }

@@ -99,7 +99,7 @@ async fn the_relay_stores_no_plaintext() {
 
     // The recipient does read it: its store, reopened from its data directory, decrypts.
     let log = EventLog::open(dir.path().join("bob").join("device.redb")).expect("bob's log");
-    let mut store = Store::new(log, kb, StoreConfig::new(relay_id));
+    let mut store = Store::new(log, kb, StoreConfig::new(relay_id), [5; 32]);
     let view = store
         .conversation(conv)
         .expect("conversation")

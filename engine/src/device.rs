@@ -109,6 +109,10 @@ pub enum DeviceEvent {
     /// A device certificate or revocation the relay served that this device's directory
     /// refused (a changed agreement key, a revocation signed by another user, ...).
     Directory(crate::directory::DirectoryRefusal),
+    /// An epoch-key share that opened on this device but is not the key the epoch committed
+    /// to (a wrong key from a member, or a split by the epoch's opener): not kept; the key is
+    /// asked for again.
+    KeyShareRefused(crate::store::RefusedKeyShare),
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -273,7 +277,8 @@ pub struct DeviceCore {
     failed_asks: HashMap<UserId, u32>,
     /// Users to ask about again, and when.
     reask: BTreeMap<UserId, u64>,
-    /// Epoch keys asked for in this process (each once; a restart asks again).
+    /// Epoch keys asked for in this process (each once, until a refused share makes a key
+    /// worth asking for again; a restart asks again).
     keys_requested: HashSet<(ConversationId, EventId)>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
@@ -844,6 +849,13 @@ impl DeviceCore {
                 author = %refused.author, kind = refused.kind, reason = %refused.refusal,
                 "ignored an event the relay sequenced");
             self.events.push_back(DeviceEvent::Ignored(refused));
+        }
+        for refused in out.refused_keys {
+            // Asked again once caught up: the answer of a member whose key matches is taken
+            // in, however many wrong ones came first (each one costs its sender an event).
+            self.keys_requested
+                .remove(&(refused.conversation, refused.epoch));
+            self.events.push_back(DeviceEvent::KeyShareRefused(refused));
         }
         self.emit(out.changes);
         if self.state == State::Ready {

@@ -25,9 +25,36 @@ pub const BODY_PLAIN: u8 = 0;
 pub const BODY_SEALED_V1: u8 = 1;
 /// Bytes an encrypted body adds to its plaintext.
 pub const SEALED_BODY_OVERHEAD: usize = 1 + 32 + crypto::BODY_OVERHEAD;
+/// Largest message plaintext a store sends: the body limit of an event less what encryption
+/// adds, so a plaintext within it always fits once sealed. Bodies sent in the clear (a store
+/// configured so for measurements) keep the same limit, so one number holds for the app.
+pub const MAX_PLAINTEXT_LEN: usize = crate::event::MAX_BODY_LEN - SEALED_BODY_OVERHEAD;
 
 const AAD_DOMAIN: &[u8] = b"tidings/body/v1\0";
 const EPOCH_DOMAIN: &[u8] = b"tidings/epoch/v1\0";
+const COMMIT_DOMAIN: &[u8] = b"tidings/epoch-commit/v1\0";
+
+/// The public commitment to an epoch key that the epoch's opening event carries: keyed
+/// BLAKE3 under the key of `domain ‖ conversation ‖ author ‖ counter`. The epoch id cannot be
+/// bound (it is the hash of the event that carries the commitment), so the opening event's
+/// place is: author device and counter, fixed by its signature, name one event of the
+/// conversation. Every device compares the key it opens with this value, so a member cannot
+/// hand out another key for the epoch, and an opener cannot seal different keys to different
+/// devices, without the devices noticing. It reveals nothing of the key (a keyed hash of a
+/// public message under a 256-bit random key).
+pub fn epoch_commitment(
+    conversation: ConversationId,
+    author: DeviceId,
+    counter: u64,
+    key: &EpochKey,
+) -> [u8; 32] {
+    let mut msg = Vec::with_capacity(COMMIT_DOMAIN.len() + 16 + 32 + 8);
+    msg.extend_from_slice(COMMIT_DOMAIN);
+    msg.extend_from_slice(&conversation.0);
+    msg.extend_from_slice(&author.0);
+    msg.extend_from_slice(&counter.to_be_bytes());
+    *blake3::keyed_hash(key.as_bytes(), &msg).as_bytes()
+}
 
 /// A body as it travels, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]

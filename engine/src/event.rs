@@ -12,6 +12,7 @@
 //! verify, store and forward a kind it does not know yet (`EventKind::Unknown`).
 
 use crate::ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
+use crate::signature;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,7 +27,9 @@ pub const MAX_BODY_LEN: usize = 48 * 1024;
 pub const MAX_MEDIA_REFS: usize = 16;
 /// Most members listed in one `Create` event.
 pub const MAX_MEMBERS: usize = 1024;
-/// Most sealed keys in one `EpochKeys` event (a 256-member group with two devices each).
+/// Most sealed keys in one `EpochKeys` event (a 256-member group with two devices each; keeps
+/// the event under [`MAX_EVENT_LEN`]). An epoch with more recipient devices is shared over
+/// several events: the opening one, then re-shares naming the epoch.
 pub const MAX_SEALED_KEYS: usize = 512;
 /// Largest sealed key (an X25519 public key, a 32-byte key and a 16-byte tag, with room).
 pub const MAX_SEALED_KEY_LEN: usize = 128;
@@ -50,6 +53,25 @@ pub struct EventHeader {
     pub lamport: u64,
     /// The author's wall clock in milliseconds since the Unix epoch (informational only).
     pub wall_ms: u64,
+}
+
+/// Domain of [`EventHeader::message_id`].
+const MESSAGE_ID_DOMAIN: &str = "tidings 2026-12 message id from conversation, author, counter";
+
+impl EventHeader {
+    /// The id a `Send` with this header must carry: derived from the conversation, the
+    /// authoring device and its counter, so that a message belongs to its author. Another
+    /// device cannot sign a `Send` of the same id (its author differs), and the author cannot
+    /// sign two (its counter is a chain position: a second event there is a fork, refused).
+    pub fn message_id(&self) -> MessageId {
+        let mut h = blake3::Hasher::new_derive_key(MESSAGE_ID_DOMAIN);
+        h.update(&self.conversation.0);
+        h.update(&self.author.0);
+        h.update(&self.counter.to_le_bytes());
+        let mut id = [0u8; MessageId::LEN];
+        id.copy_from_slice(&h.finalize().as_bytes()[..MessageId::LEN]);
+        MessageId(id)
+    }
 }
 
 /// A reference from a message to a media blob that travels separately.
@@ -128,11 +150,19 @@ pub enum EventKind {
     /// Conversation keys, each sealed to one member device's X25519 key.
     ///
     /// `epoch: None` starts a new epoch whose id is this event's id; `Some(e)` shares the key
-    /// of the existing epoch `e` again (with a device that asked for it, or on purpose to show a
-    /// new member earlier history).
+    /// of the existing epoch `e` again (with a device that asked for it, with devices beyond
+    /// [`MAX_SEALED_KEYS`], or on purpose to show a new member earlier history).
+    ///
+    /// An opening event carries `commitment`, the one public commitment to the epoch's key
+    /// ([`crate::e2ee::epoch_commitment`]): every device checks the key it opens, from this
+    /// event or from any re-share, against it. A re-share carries none (`None`; an event with
+    /// both is refused). An opening without one was written before commitments existed
+    /// (tag 8); its keys are no longer taken in.
     EpochKeys {
         /// The epoch shared again, or `None` for a new epoch named by this event.
         epoch: Option<EventId>,
+        /// For an opening: the commitment to the epoch key.
+        commitment: Option<[u8; 32]>,
         /// One sealed copy of the key per recipient device.
         keys: Vec<SealedKey>,
     },
@@ -161,6 +191,8 @@ mod tag {
     pub const REMOVE_MEMBER: u16 = 7;
     pub const EPOCH_KEYS: u16 = 8;
     pub const KEY_REQUEST: u16 = 9;
+    /// An `EpochKeys` that opens an epoch with a key commitment.
+    pub const EPOCH_OPEN: u16 = 10;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +210,18 @@ struct EpochKeysPayload {
 #[derive(Serialize)]
 struct EpochKeysPayloadRef<'a> {
     epoch: Option<EventId>,
+    keys: &'a [SealedKey],
+}
+
+#[derive(Deserialize)]
+struct EpochOpenPayload {
+    commitment: [u8; 32],
+    keys: Vec<SealedKey>,
+}
+
+#[derive(Serialize)]
+struct EpochOpenPayloadRef<'a> {
+    commitment: [u8; 32],
     keys: &'a [SealedKey],
 }
 
@@ -283,6 +327,15 @@ pub enum DecodeError {
     /// The signature does not verify under the author's key.
     #[error("bad signature on event {0}")]
     BadSignature(EventId),
+    /// A `Send` whose message id is not the one bound to its author and counter
+    /// ([`EventHeader::message_id`]): an attempt to take over another device's message.
+    #[error("event {event} sends message {message}, which is not bound to its author")]
+    UnboundMessage {
+        /// The event.
+        event: EventId,
+        /// The message id it claims.
+        message: MessageId,
+    },
 }
 
 /// A signed, verified event with its envelope bytes.
@@ -334,7 +387,20 @@ impl EventKind {
                 }),
             ),
             EventKind::RemoveMember { user } => (tag::REMOVE_MEMBER, enc(user)),
-            EventKind::EpochKeys { epoch, keys } => (
+            EventKind::EpochKeys {
+                epoch: None,
+                commitment: Some(commitment),
+                keys,
+            } => (
+                tag::EPOCH_OPEN,
+                enc(&EpochOpenPayloadRef {
+                    commitment: *commitment,
+                    keys,
+                }),
+            ),
+            // A re-share; or an uncommitted opening (only as written before tag 10). A
+            // re-share with a commitment never gets here: `check_limits` refuses it.
+            EventKind::EpochKeys { epoch, keys, .. } => (
                 tag::EPOCH_KEYS,
                 enc(&EpochKeysPayloadRef {
                     epoch: *epoch,
@@ -396,6 +462,15 @@ impl EventKind {
                 let p: EpochKeysPayload = exact(payload)?;
                 EventKind::EpochKeys {
                     epoch: p.epoch,
+                    commitment: None,
+                    keys: p.keys,
+                }
+            }
+            tag::EPOCH_OPEN => {
+                let p: EpochOpenPayload = exact(payload)?;
+                EventKind::EpochKeys {
+                    epoch: None,
+                    commitment: Some(p.commitment),
                     keys: p.keys,
                 }
             }
@@ -425,6 +500,13 @@ impl EventKind {
                 check("body", body.len(), MAX_BODY_LEN)?;
                 check("media", media.len(), MAX_MEDIA_REFS)
             }
+            EventKind::EpochKeys {
+                epoch: Some(_),
+                commitment: Some(_),
+                ..
+            } => Err(DecodeError::Malformed(
+                "a key re-share carries a commitment",
+            )),
             EventKind::EpochKeys { keys, .. } => {
                 check("keys", keys.len(), MAX_SEALED_KEYS)?;
                 keys.iter()
@@ -516,61 +598,62 @@ impl Event {
         })
     }
 
-    /// Decodes and fully verifies an envelope from an untrusted source.
+    /// Decodes and fully verifies an envelope from an untrusted source: the id, the
+    /// event's own rules ([`Event::check_rules`]) and the signature under the one rule of
+    /// [`crate::signature`].
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        Self::decode_with(bytes, |author| author_key(author))
+    }
+
+    /// [`Event::decode`] with the author's key from `key_of` (a cache of decoded keys: the
+    /// relay keeps one per connection). The checks are exactly those of `decode`.
+    pub fn decode_with(
+        bytes: &[u8],
+        key_of: impl FnOnce(&DeviceId) -> Result<VerifyingKey, DecodeError>,
+    ) -> Result<Event, DecodeError> {
         let (event, signature) = Self::decode_parts(bytes)?;
-        let key = verifying_key(&event.header.author)?;
-        key.verify_strict(&event.id.0, &signature)
-            .map_err(|_| DecodeError::BadSignature(event.id))?;
+        event.check_rules()?;
+        let key = key_of(&event.header.author)?;
+        if !signature::verify(&key, &event.id.0, &signature) {
+            return Err(DecodeError::BadSignature(event.id));
+        }
         Ok(event)
     }
 
-    /// Decodes a batch, verifying the signatures together (about 3× cheaper per event than
-    /// one by one). Each envelope gets its own result; one bad signature does not reject the rest.
+    /// Decodes and verifies a batch, each envelope on its own (one bad envelope does not
+    /// reject the rest). The same rule as [`Event::decode`] for every envelope: see
+    /// [`crate::signature`] for why there is no ed25519 batch equation here. Author keys are
+    /// decoded once per batch.
     pub fn decode_batch<B: AsRef<[u8]>>(envelopes: &[B]) -> Vec<Result<Event, DecodeError>> {
-        let mut out: Vec<Result<Event, DecodeError>> = Vec::with_capacity(envelopes.len());
-        let mut sigs = Vec::with_capacity(envelopes.len());
-        let mut keys = Vec::with_capacity(envelopes.len());
-        let mut idx = Vec::with_capacity(envelopes.len());
-        // A batch usually has few authors; decompressing a key costs about as much as a
-        // verification, so do it once per author.
-        let mut key_cache: HashMap<DeviceId, VerifyingKey> = HashMap::new();
-        for (i, env) in envelopes.iter().enumerate() {
-            match Self::decode_parts(env.as_ref()).and_then(|(e, s)| {
-                let author = e.header.author;
-                let k = match key_cache.get(&author) {
-                    Some(k) => *k,
-                    None => {
-                        let k = verifying_key(&author)?;
-                        key_cache.insert(author, k);
-                        k
-                    }
-                };
-                Ok((e, s, k))
-            }) {
-                Ok((e, s, k)) => {
-                    sigs.push(s);
-                    keys.push(k);
-                    idx.push(i);
-                    out.push(Ok(e));
-                }
-                Err(err) => out.push(Err(err)),
-            }
-        }
-        let ids: Vec<EventId> = idx
+        let mut keys: HashMap<DeviceId, VerifyingKey> = HashMap::new();
+        envelopes
             .iter()
-            .filter_map(|&i| out[i].as_ref().ok().map(|e| e.id))
-            .collect();
-        let msgs: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_err() {
-            // Find the culprits one by one; the rest stay accepted.
-            for (j, &i) in idx.iter().enumerate() {
-                if keys[j].verify_strict(msgs[j], &sigs[j]).is_err() {
-                    out[i] = Err(DecodeError::BadSignature(ids[j]));
-                }
+            .map(|env| {
+                Self::decode_with(env.as_ref(), |author| {
+                    if let Some(k) = keys.get(author) {
+                        return Ok(*k);
+                    }
+                    let k = author_key(author)?;
+                    keys.insert(*author, k);
+                    Ok(k)
+                })
+            })
+            .collect()
+    }
+
+    /// The rules an event must meet by itself, whoever checks it (relay or device, before
+    /// any state is looked at): a `Send` carries the message id bound to its header
+    /// ([`EventHeader::message_id`]), so that no other device can claim that message.
+    pub fn check_rules(&self) -> Result<(), DecodeError> {
+        match &self.kind {
+            EventKind::Send { message, .. } if *message != self.header.message_id() => {
+                Err(DecodeError::UnboundMessage {
+                    event: self.id,
+                    message: *message,
+                })
             }
+            _ => Ok(()),
         }
-        out
     }
 
     /// Decodes an envelope that this process verified before (read back from its own store)
@@ -671,12 +754,9 @@ impl Event {
     }
 }
 
-fn verifying_key(device: &DeviceId) -> Result<VerifyingKey, DecodeError> {
-    let key = VerifyingKey::from_bytes(&device.0).map_err(|_| DecodeError::BadKey(*device))?;
-    if key.is_weak() {
-        return Err(DecodeError::BadKey(*device));
-    }
-    Ok(key)
+/// The author's key under the one signature rule ([`crate::signature::verifying_key`]).
+pub fn author_key(device: &DeviceId) -> Result<VerifyingKey, DecodeError> {
+    signature::verifying_key(&device.0).ok_or(DecodeError::BadKey(*device))
 }
 
 #[cfg(test)]
@@ -723,6 +803,16 @@ mod tests {
         });
         check_round_trip(EventKind::EpochKeys {
             epoch: None,
+            commitment: Some([0xC0; 32]),
+            keys: vec![SealedKey {
+                device: DeviceId([8; 32]),
+                sealed: vec![0xAB; 80],
+            }],
+        });
+        // An opening written before commitments (tag 8) still decodes.
+        check_round_trip(EventKind::EpochKeys {
+            epoch: None,
+            commitment: None,
             keys: vec![SealedKey {
                 device: DeviceId([8; 32]),
                 sealed: vec![0xAB; 80],
@@ -730,6 +820,7 @@ mod tests {
         });
         check_round_trip(EventKind::EpochKeys {
             epoch: Some(EventId([6; 32])),
+            commitment: None,
             keys: vec![],
         });
         check_round_trip(EventKind::KeyRequest {

@@ -38,6 +38,7 @@ pub mod ids;
 pub mod log;
 pub mod membership;
 pub mod retry;
+pub mod signature;
 pub mod status;
 pub mod store;
 pub mod wire;

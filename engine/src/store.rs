@@ -19,7 +19,7 @@ use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod keys;
-pub use keys::Body;
+pub use keys::{Body, KeyShareRefusal, RefusedKeyShare};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
@@ -39,9 +39,6 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// Whether message bodies are encrypted end to end (on unless measuring the cost).
     pub encrypt: bool,
-    /// Seed of the store's random generator (epoch keys, nonces); `None` draws one from the
-    /// operating system. Simulations set it to be reproducible; nothing else should.
-    pub entropy: Option<[u8; 32]>,
 }
 
 impl StoreConfig {
@@ -52,7 +49,6 @@ impl StoreConfig {
             max_loaded_docs: MAX_LOADED_DOCS,
             snapshot_every: SNAPSHOT_EVERY,
             encrypt: true,
-            entropy: None,
         }
     }
 }
@@ -84,6 +80,14 @@ pub enum StoreError {
     /// An epoch key this device should hold is missing.
     #[error("no key for epoch {0}")]
     NoKey(EventId),
+    /// A message body longer than [`crate::e2ee::MAX_PLAINTEXT_LEN`].
+    #[error("message body of {len} bytes is over the limit of {max}")]
+    BodyTooLarge {
+        /// The body's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What [`Store::apply`] did with a batch.
@@ -113,6 +117,9 @@ pub struct ApplyOutcome {
     /// certificate changing a device's agreement key, a foreign revocation, ...): ignored,
     /// reported.
     pub directory_refused: Vec<DirectoryRefusal>,
+    /// Epoch-key shares that opened here but were refused (see [`RefusedKeyShare`]): their
+    /// epochs are still missing and worth asking for again.
+    pub refused_keys: Vec<RefusedKeyShare>,
 }
 
 /// An event the device refused after the relay sequenced it.
@@ -128,6 +135,16 @@ pub struct RefusedEvent {
     pub kind: &'static str,
     /// Why.
     pub refusal: Refusal,
+}
+
+/// The store generator's seed: the caller's entropy, the log's incarnation (persisted, raised
+/// at every open) and the device, hashed together.
+fn rng_seed(entropy: &[u8; 32], incarnation: u64, device: DeviceId) -> [u8; 32] {
+    let mut input = Vec::with_capacity(32 + 8 + 32);
+    input.extend_from_slice(entropy);
+    input.extend_from_slice(&incarnation.to_be_bytes());
+    input.extend_from_slice(&device.0);
+    blake3::derive_key("tidings store rng v1", &input)
 }
 
 #[derive(Debug)]
@@ -164,15 +181,21 @@ pub struct Store {
     missing: std::collections::BTreeSet<(ConversationId, EventId)>,
     /// Key requests folded and not answered yet: (conversation, epoch, device, user).
     key_requests: Vec<(ConversationId, EventId, DeviceId, UserId)>,
+    /// Epoch-key shares refused since the last [`ApplyOutcome`].
+    refused_keys: Vec<RefusedKeyShare>,
 }
 
 impl Store {
     /// A store over `log`, authoring as `key`.
-    pub fn new(log: EventLog, key: DeviceKey, config: StoreConfig) -> Store {
-        let rng = match config.entropy {
-            Some(seed) => StdRng::from_seed(seed),
-            None => StdRng::from_os_rng(),
-        };
+    ///
+    /// `entropy` seeds every random value the store makes (epoch keys, X25519 ephemerals,
+    /// nonces): the engine never reads the OS generator, so the caller passes fresh OS
+    /// randomness at every open (the replica does) or a seed (the simulator). The generator's
+    /// seed also mixes in the log's incarnation, a number the log persists and raises on
+    /// every open, and the device id: passing the same `entropy` twice, across restarts or
+    /// by mistake, still gives a different stream, so no nonce, ephemeral or key repeats.
+    pub fn new(log: EventLog, key: DeviceKey, config: StoreConfig, entropy: [u8; 32]) -> Store {
+        let rng = StdRng::from_seed(rng_seed(&entropy, log.incarnation(), key.device()));
         let storage = keys::derived_storage_key(&key);
         Store {
             rng,
@@ -180,6 +203,7 @@ impl Store {
             epochs: HashMap::new(),
             missing: Default::default(),
             key_requests: Vec::new(),
+            refused_keys: Vec::new(),
             log,
             key,
             config,
@@ -232,7 +256,8 @@ impl Store {
 
     /// Sends a message: encrypted under the conversation's current epoch key (a new epoch is
     /// started first when the membership changed since), durably in the log and the outbox
-    /// before this returns, PENDING at once.
+    /// before this returns, PENDING at once. A body over [`crate::e2ee::MAX_PLAINTEXT_LEN`]
+    /// is refused with [`StoreError::BodyTooLarge`] before anything is written.
     pub fn send(
         &mut self,
         conversation: ConversationId,
@@ -241,6 +266,13 @@ impl Store {
         media: Vec<MediaRef>,
         now_ms: u64,
     ) -> Result<(Event, Vec<Change>), StoreError> {
+        let max = crate::e2ee::MAX_PLAINTEXT_LEN;
+        if body.len() > max {
+            return Err(StoreError::BodyTooLarge {
+                len: body.len(),
+                max,
+            });
+        }
         self.send_encrypted(conversation, message, &body, media, now_ms)
     }
 
@@ -477,6 +509,7 @@ impl Store {
             let events: Vec<&Event> = run.admitted.iter().map(|(_, e)| e).collect();
             outcome.changes.extend(self.after_fold(*conv, &events)?);
         }
+        outcome.refused_keys.extend(self.take_refused_keys());
         for (conv, run) in runs {
             if !run.changes.is_empty() {
                 self.ensure_loaded(*conv)?;

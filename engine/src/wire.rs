@@ -26,7 +26,7 @@
 
 use crate::event::serde_bytes_vec as bytes_vec;
 use crate::ids::{ConversationId, DeviceId, ServerSeq, UserId};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -86,16 +86,9 @@ impl From<Signature> for SignatureBytes {
 }
 
 impl SignatureBytes {
-    /// Checks the signature over `msg` under `key` (strict verification).
+    /// Checks the signature over `msg` under `key` (the one rule of [`crate::signature`]).
     pub fn verify(&self, key: &[u8; 32], msg: &[u8]) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(key) else {
-            return false;
-        };
-        if key.is_weak() {
-            return false;
-        }
-        key.verify_strict(msg, &Signature::from_bytes(&self.0))
-            .is_ok()
+        crate::signature::verify_bytes(key, msg, &self.0)
     }
 }
 

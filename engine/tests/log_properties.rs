@@ -37,7 +37,7 @@ proptest! {
         let c = cast();
         let evs = events(&c, &s);
         let bob = c.devices[2].clone();
-        let mut store = Store::new(EventLog::in_memory().expect("log"), bob.clone(), config(&c, snapshot_every));
+        let mut store = Store::new(EventLog::in_memory().expect("log"), bob.clone(), config(&c, snapshot_every), [2; 32]);
         for chunk in evs.chunks(batch) {
             store.apply(chunk).expect("apply");
         }
@@ -55,7 +55,7 @@ proptest! {
         store.unload_all();
         prop_assert_eq!(store.conversation(CONV).expect("conv").view(), live.clone());
         // Full replay, snapshots ignored.
-        let mut fresh = Store::new(EventLog::in_memory().expect("log"), bob, config(&c, u64::MAX));
+        let mut fresh = Store::new(EventLog::in_memory().expect("log"), bob, config(&c, u64::MAX), [2; 32]);
         let mut all = Vec::new();
         for (_, e) in store.log().conversation_events(CONV, 0).expect("events") {
             all.push(e);
@@ -197,6 +197,7 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
             EventLog::open(&path).expect("open"),
             phone.clone(),
             config(&c, 1000),
+            [2; 32],
         );
         store
             .create_conversation(CONV, vec![c.devices[2].user()], 1)
@@ -216,6 +217,7 @@ fn local_send_is_durable_with_its_outbox_entry_and_leaves_on_ack() {
         EventLog::open(&path).expect("reopen"),
         phone,
         config(&c, 1000),
+        [2; 32],
     );
     let outbox = store.outbox().expect("outbox");
     assert_eq!(
@@ -266,6 +268,7 @@ fn untrusted_acks_are_refused() {
         EventLog::in_memory().expect("log"),
         c.devices[2].clone(),
         cfg,
+        [2; 32],
     );
     let out = store.apply(&evs).expect("apply");
     assert_eq!(out.rejected.len(), 2, "both relay acks are refused");
@@ -333,6 +336,7 @@ fn corrupt_snapshot_is_rebuilt_from_the_log() {
         EventLog::in_memory().expect("log"),
         c.devices[2].clone(),
         config(&c, 1),
+        [2; 32],
     );
     store.apply(&evs).expect("apply");
     let live = store.conversation(CONV).expect("conv").view();

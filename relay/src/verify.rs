@@ -1,15 +1,14 @@
-//! Batch verification of submitted envelopes with a per-connection cache of decoded author
-//! keys.
+//! Verification of submitted envelopes with a per-connection cache of decoded author keys.
 //!
-//! Same checks as `Event::decode_batch` (decode, recompute the id, reject weak keys, one batch
-//! ed25519 verification, strict one-by-one verification to find the culprits when the batch
-//! fails), but the Edwards-point decompression of each author key, a few microseconds, is done
-//! once per author per connection instead of once per event: a device's events are almost all
-//! its own.
+//! The checks are the engine's own (`Event::decode_with`: id, event rules, the one signature
+//! rule of `tidings_engine::signature`), so the relay accepts exactly what devices accept;
+//! only the Edwards-point decompression of each author key, a few microseconds, is done once
+//! per author per connection instead of once per event: a device's events are almost all its
+//! own.
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
-use tidings_engine::event::{DecodeError, ENVELOPE_PREFIX_LEN};
+use tidings_engine::event::{author_key, DecodeError};
 use tidings_engine::{DeviceId, Event};
 
 /// Most author keys one connection keeps decoded.
@@ -26,10 +25,7 @@ impl KeyCache {
         if let Some(k) = self.keys.get(device) {
             return Ok(*k);
         }
-        let key = VerifyingKey::from_bytes(&device.0).map_err(|_| DecodeError::BadKey(*device))?;
-        if key.is_weak() {
-            return Err(DecodeError::BadKey(*device));
-        }
+        let key = author_key(device)?;
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
@@ -38,53 +34,15 @@ impl KeyCache {
     }
 }
 
-/// The signature bytes of an envelope (`version (1) | id (32) | signature (64) | body`, see
-/// docs/FORMAT.md); only called on envelopes that decoded, so the prefix is there.
-fn signature_of(envelope: &[u8]) -> Option<Signature> {
-    let bytes: [u8; 64] = envelope.get(33..ENVELOPE_PREFIX_LEN)?.try_into().ok()?;
-    Some(Signature::from_bytes(&bytes))
-}
-
 /// Decodes and verifies envelopes, one result per envelope, in order.
 pub fn verify_batch_cached<B: AsRef<[u8]>>(
     envelopes: &[B],
     cache: &mut KeyCache,
 ) -> Vec<Result<Event, DecodeError>> {
-    let mut out: Vec<Result<Event, DecodeError>> = Vec::with_capacity(envelopes.len());
-    let mut idx = Vec::with_capacity(envelopes.len());
-    let mut sigs = Vec::with_capacity(envelopes.len());
-    let mut keys = Vec::with_capacity(envelopes.len());
-    for (i, env) in envelopes.iter().enumerate() {
-        let parsed = Event::decode_trusted(env.as_ref()).and_then(|e| {
-            let key = cache.get(&e.header().author)?;
-            let sig = signature_of(env.as_ref()).ok_or(DecodeError::Truncated {
-                len: env.as_ref().len(),
-            })?;
-            Ok((e, key, sig))
-        });
-        match parsed {
-            Ok((e, key, sig)) => {
-                idx.push(i);
-                keys.push(key);
-                sigs.push(sig);
-                out.push(Ok(e));
-            }
-            Err(err) => out.push(Err(err)),
-        }
-    }
-    let ids: Vec<[u8; 32]> = idx
+    envelopes
         .iter()
-        .filter_map(|&i| out[i].as_ref().ok().map(|e| e.id().0))
-        .collect();
-    let msgs: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
-    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_err() {
-        for (j, &i) in idx.iter().enumerate() {
-            if keys[j].verify_strict(msgs[j], &sigs[j]).is_err() {
-                out[i] = Err(DecodeError::BadSignature(tidings_engine::EventId(ids[j])));
-            }
-        }
-    }
-    out
+        .map(|env| Event::decode_with(env.as_ref(), |author| cache.get(author)))
+        .collect()
 }
 
 #[cfg(test)]

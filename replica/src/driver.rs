@@ -62,7 +62,16 @@ pub(crate) async fn start(
 ) -> Result<(), ReplicaError> {
     std::fs::create_dir_all(dir).map_err(|e| ReplicaError::Network(format!("{dir:?}: {e}")))?;
     let log = EventLog::open(dir.join("device.redb")).map_err(tidings_engine::StoreError::from)?;
-    let mut store = Store::new(log, key, StoreConfig::new(config.relay_key));
+    // The engine draws no randomness of its own: fresh OS entropy at every open.
+    let entropy = {
+        use rand::TryRngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| ReplicaError::Random(e.to_string()))?;
+        bytes
+    };
+    let mut store = Store::new(log, key, StoreConfig::new(config.relay_key), entropy);
     if let Some(k) = config.storage_key.clone() {
         store.set_storage_key(k);
     }
@@ -390,6 +399,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
+        DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
         _ => Vec::new(),
     }
 }

@@ -105,7 +105,7 @@ pub enum ReplicaError {
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
-    /// A body over the limit.
+    /// A body over the limit ([`tidings_engine::e2ee::MAX_PLAINTEXT_LEN`]).
     #[error("message body of {len} bytes is over the limit of {max}")]
     BodyTooLarge {
         /// Size.
@@ -113,6 +113,9 @@ pub enum ReplicaError {
         /// Limit.
         max: usize,
     },
+    /// The OS random number generator failed (the store is seeded from it at every open).
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
 }
 
 /// What a UI renders, pushed as it happens.
@@ -174,6 +177,10 @@ pub enum Update {
     /// changed agreement key, a revocation signed by another user than the device's): the
     /// directory keeps what it had.
     Directory(tidings_engine::directory::DirectoryRefusal),
+    /// An epoch-key share that opened here but is not the key its epoch committed to (a wrong
+    /// key from a member, or an opener that gave devices different keys): not kept; the key is
+    /// asked for again.
+    KeyShareRefused(tidings_engine::store::RefusedKeyShare),
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
@@ -370,7 +377,7 @@ impl Replica {
         body: Vec<u8>,
         media: Vec<MediaRef>,
     ) -> Result<MessageId, ReplicaError> {
-        let max = tidings_engine::event::MAX_BODY_LEN;
+        let max = tidings_engine::e2ee::MAX_PLAINTEXT_LEN;
         if body.len() > max {
             return Err(ReplicaError::BodyTooLarge {
                 len: body.len(),

@@ -75,6 +75,7 @@ impl World {
             EventLog::in_memory().expect("log"),
             key,
             StoreConfig::new(relay_id),
+            [4; 32],
         );
         let config = DeviceConfig {
             registration: Some(reg),

@@ -37,7 +37,7 @@ fn store() -> Store {
     let log = EventLog::in_memory().expect("in-memory log");
     let mut config = StoreConfig::new(relay().device());
     config.encrypt = false;
-    let mut store = Store::new(log, key, config);
+    let mut store = Store::new(log, key, config, [1; 32]);
     let cert = bob().certificate(&bob_user_key(), 1);
     store.absorb_devices(&[cert], &[], &[]).expect("directory");
     store
@@ -420,7 +420,7 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
     {
         // Bob's certificate is unknown here: his events wait behind the gate.
         let log = EventLog::open(&path).expect("log");
-        let mut store = Store::new(log, key(), config());
+        let mut store = Store::new(log, key(), config(), [1; 32]);
         let events = [
             create.clone(),
             ack(&create, 1, t0),
@@ -436,7 +436,7 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
     }
     // Restarted: the question asked before is gone with the old connection.
     let log = EventLog::open(&path).expect("log");
-    let store = Store::new(log, key(), config());
+    let store = Store::new(log, key(), config(), [1; 32]);
     let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
     handshake(&mut core, t0);
     let Some(ClientFrame::Sync { request_id }) = drain(&mut core)
@@ -493,7 +493,7 @@ fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
     let mut config = StoreConfig::new(relay().device());
     config.encrypt = false;
     // Bob's certificate is unknown here: his events wait behind the gate.
-    let mut store = Store::new(EventLog::in_memory().expect("log"), key, config);
+    let mut store = Store::new(EventLog::in_memory().expect("log"), key, config, [1; 32]);
     let events = [
         create.clone(),
         ack(&create, 1, t0),

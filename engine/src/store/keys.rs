@@ -30,6 +30,40 @@ pub enum Body {
     Unreadable(String),
 }
 
+/// An epoch-key share that opened for this device but was not taken in: the key it carries
+/// is not the one the epoch's opening event committed to, or the epoch has no commitment to
+/// check it against. The body stays waiting for its key and the key is asked for again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedKeyShare {
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The epoch the share is for.
+    pub epoch: EventId,
+    /// The `EpochKeys` event that carried the share.
+    pub event: EventId,
+    /// Its author device.
+    pub author: DeviceId,
+    /// Why.
+    pub reason: KeyShareRefusal,
+}
+
+/// Why an epoch-key share was refused (see [`RefusedKeyShare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyShareRefusal {
+    /// The key opened, but it is not the key the opening event committed to: a wrong key
+    /// handed out by a member, or an opener that sealed different keys to different devices.
+    #[error("the key does not match the epoch's commitment")]
+    Mismatch,
+    /// The epoch's opening event carries no commitment (written before commitments existed).
+    #[error("the epoch's opening event carries no key commitment")]
+    Uncommitted,
+    /// The re-share names an epoch whose opening event this device does not hold in this
+    /// conversation.
+    #[error("the epoch's opening event is unknown here")]
+    UnknownOpening,
+}
+
 /// One epoch key with what decides whether new messages may still use it.
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Epoch {
@@ -276,15 +310,22 @@ impl Store {
     ) -> Result<(EventId, Vec<Change>), StoreError> {
         let key = EpochKey::from_bytes(self.random::<32>());
         let me = self.key.device();
-        let devices: Vec<_> = devices.iter().take(MAX_SEALED_KEYS).copied().collect();
-        let ephemerals: Vec<[u8; 32]> = (0..devices.len()).map(|_| self.random::<32>()).collect();
-        let (event, changes) = self.author_with(conversation, now_ms, |h| {
+        // The opening event carries the commitment and the first shares; the other devices
+        // get theirs in re-shares right after it (no silent cut: see `MAX_SEALED_KEYS`).
+        let (first, rest) = devices.split_at(devices.len().min(MAX_SEALED_KEYS));
+        let ephemerals: Vec<[u8; 32]> = (0..first.len()).map(|_| self.random::<32>()).collect();
+        let (event, mut changes) = self.author_with(conversation, now_ms, |h| {
             let origin = EpochOrigin::New {
                 author: h.author,
                 counter: h.counter,
             };
-            let keys = e2ee::seal_epoch_key(conversation, origin, &key, &devices, &ephemerals);
-            EventKind::EpochKeys { epoch: None, keys }
+            let keys = e2ee::seal_epoch_key(conversation, origin, &key, first, &ephemerals);
+            let commitment = e2ee::epoch_commitment(conversation, h.author, h.counter, &key);
+            EventKind::EpochKeys {
+                epoch: None,
+                commitment: Some(commitment),
+                keys,
+            }
         })?;
         let recipients = match event.kind() {
             EventKind::EpochKeys { keys, .. } => keys.iter().map(|k| k.device).collect(),
@@ -297,6 +338,9 @@ impl Store {
             based_on: Some(based_on),
         };
         self.keep_epoch(conversation, event.id(), epoch)?;
+        if !rest.is_empty() {
+            changes.extend(self.share_epoch(conversation, event.id(), rest, now_ms)?);
+        }
         tracing::debug!(%conversation, epoch = %event.id(), "started a new epoch");
         Ok((event.id(), changes))
     }
@@ -313,22 +357,29 @@ impl Store {
             return Ok(Vec::new());
         };
         let key = e.key();
-        let devices: Vec<_> = devices.iter().take(MAX_SEALED_KEYS).copied().collect();
-        let ephemerals: Vec<[u8; 32]> = (0..devices.len()).map(|_| self.random::<32>()).collect();
-        let keys = e2ee::seal_epoch_key(
-            conversation,
-            EpochOrigin::Shared(epoch),
-            &key,
-            &devices,
-            &ephemerals,
-        );
         let mut updated = e;
-        updated.recipients.extend(keys.iter().map(|k| k.device));
-        let (_, changes) = self.author_with(conversation, now_ms, |_| EventKind::EpochKeys {
-            epoch: Some(epoch),
-            keys,
-        })?;
-        self.keep_epoch(conversation, epoch, updated)?;
+        let mut changes = Vec::new();
+        // One event per `MAX_SEALED_KEYS` devices; each is kept as soon as it is queued, so a
+        // crash between two leaves the rest to the next send (it shares with devices missing
+        // from the recipients) or to their key requests.
+        for chunk in devices.chunks(MAX_SEALED_KEYS) {
+            let ephemerals: Vec<[u8; 32]> = (0..chunk.len()).map(|_| self.random::<32>()).collect();
+            let keys = e2ee::seal_epoch_key(
+                conversation,
+                EpochOrigin::Shared(epoch),
+                &key,
+                chunk,
+                &ephemerals,
+            );
+            updated.recipients.extend(keys.iter().map(|k| k.device));
+            let (_, more) = self.author_with(conversation, now_ms, |_| EventKind::EpochKeys {
+                epoch: Some(epoch),
+                commitment: None,
+                keys,
+            })?;
+            changes.extend(more);
+            self.keep_epoch(conversation, epoch, updated.clone())?;
+        }
         Ok(changes)
     }
 
@@ -385,7 +436,7 @@ impl Store {
         for ev in events {
             let h = ev.header();
             match ev.kind() {
-                EventKind::EpochKeys { epoch, keys } => {
+                EventKind::EpochKeys { epoch, keys, .. } => {
                     let (id, origin) = match epoch {
                         None => (
                             ev.id(),
@@ -411,6 +462,26 @@ impl Store {
                     }
                     let opened =
                         e2ee::open_epoch_key(conversation, origin, keys, me, self.key.agreement());
+                    let opened = match opened {
+                        Some(Ok(key)) => match self.check_share(conversation, ev, id, &key)? {
+                            Ok(()) => Some(Ok(key)),
+                            Err(reason) => {
+                                tracing::warn!(%conversation, epoch = %id, author = %h.author,
+                                    %reason, "refused an epoch-key share");
+                                self.refused_keys.push(RefusedKeyShare {
+                                    conversation,
+                                    epoch: id,
+                                    event: ev.id(),
+                                    author: h.author,
+                                    reason,
+                                });
+                                // Still missing: the device asks again.
+                                self.missing.insert((conversation, id));
+                                None
+                            }
+                        },
+                        other => other,
+                    };
                     match opened {
                         Some(Ok(key)) => {
                             let creator = match epoch {
@@ -451,6 +522,50 @@ impl Store {
             }
         }
         Ok(changes)
+    }
+
+    /// Whether `key`, opened from the `EpochKeys` event `ev` for epoch `epoch`, is the key the
+    /// epoch's opening event committed to.
+    fn check_share(
+        &self,
+        conversation: ConversationId,
+        ev: &Event,
+        epoch: EventId,
+        key: &EpochKey,
+    ) -> Result<Result<(), KeyShareRefusal>, StoreError> {
+        let opening = if ev.id() == epoch {
+            Some(ev.clone())
+        } else {
+            self.log.get(&epoch)?
+        };
+        let Some(opening) = opening.filter(|o| o.conversation() == conversation) else {
+            return Ok(Err(KeyShareRefusal::UnknownOpening));
+        };
+        let commitment = match opening.kind() {
+            EventKind::EpochKeys {
+                epoch: None,
+                commitment: Some(c),
+                ..
+            } => *c,
+            EventKind::EpochKeys {
+                epoch: None,
+                commitment: None,
+                ..
+            } => return Ok(Err(KeyShareRefusal::Uncommitted)),
+            _ => return Ok(Err(KeyShareRefusal::UnknownOpening)),
+        };
+        let h = opening.header();
+        let expected = e2ee::epoch_commitment(conversation, h.author, h.counter, key);
+        Ok(if expected == commitment {
+            Ok(())
+        } else {
+            Err(KeyShareRefusal::Mismatch)
+        })
+    }
+
+    /// Epoch-key shares refused since the last call (see [`RefusedKeyShare`]).
+    pub(super) fn take_refused_keys(&mut self) -> Vec<RefusedKeyShare> {
+        std::mem::take(&mut self.refused_keys)
     }
 
     /// Answers the key requests folded since the last call (see
@@ -535,7 +650,10 @@ impl Store {
             let Some(ev) = self.log.get(&id)? else {
                 continue;
             };
-            if let EventKind::EpochKeys { epoch: named, keys } = ev.kind() {
+            if let EventKind::EpochKeys {
+                epoch: named, keys, ..
+            } = ev.kind()
+            {
                 let same = named.unwrap_or(id) == epoch;
                 if same && keys.iter().any(|k| k.device == device) {
                     return Ok(true);

@@ -824,7 +824,12 @@ pub fn event_log_file_unclean() -> &'static [u8] {
 fn build_event_log(clean: bool) -> Vec<u8> {
     let file = MemFile::default();
     let log = EventLog::with_backend(file.clone()).expect("fixture log");
-    let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
+    let mut store = Store::new(
+        log,
+        alice(),
+        StoreConfig::new(relay_key().device()),
+        [5; 32],
+    );
     // Alice's device verified Bob's device certificate (a Devices answer).
     let cert = bob().certificate(&bob_user_key(), 1);
     store
@@ -905,7 +910,12 @@ fn read_event_log(log: EventLog) -> Result<(), Box<dyn std::error::Error>> {
         log.epoch_keys(*c)?;
     }
     // The store on top: loads the snapshot (or rebuilds the document from the log).
-    let mut store = Store::new(log, alice(), StoreConfig::new(relay_key().device()));
+    let mut store = Store::new(
+        log,
+        alice(),
+        StoreConfig::new(relay_key().device()),
+        [5; 32],
+    );
     store.outbox()?;
     for (c, _) in convs {
         let view = store.conversation(c)?;

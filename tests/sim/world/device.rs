@@ -390,13 +390,12 @@ impl Sim {
         let d = &mut self.devices[i];
         let log = EventLog::with_backend(d.disk.backend())
             .map_err(|e| format!("device {} cannot reopen its durable image: {e}", d.name))?;
-        let mut config = StoreConfig::new(relay_id);
+        let config = StoreConfig::new(relay_id);
         // Keys and nonces from the seed too: the same seed gives the same trace.
         let mut entropy = [0u8; 32];
         entropy[..8].copy_from_slice(&seed.to_le_bytes());
         entropy[8] = i as u8;
-        config.entropy = Some(entropy);
-        let store = Store::new(log, d.key.clone(), config);
+        let store = Store::new(log, d.key.clone(), config, entropy);
         let mut core = DeviceCore::new(store, relay_id, d.config.clone(), seed);
         if !d.os_online {
             let now = d.dev_now(self.now);
