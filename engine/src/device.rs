@@ -28,9 +28,9 @@ use crate::retry::RetryPolicy;
 use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
-    sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, Envelope, ErrorCode, Invitation,
-    Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH,
-    PROTOCOL_VERSION, TLS_BINDING_LEN,
+    sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope,
+    ErrorCode, Invitation, Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
+    MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -108,6 +108,9 @@ pub enum DeviceEvent {
     /// An event the relay sequenced that this device's own checks refused (a non-member's,
     /// a removed member's, a revoked or uncertified device's): kept out of the conversation.
     Ignored(RefusedEvent),
+    /// A device certificate or revocation the relay served that this device's directory
+    /// refused (a changed agreement key, a revocation signed by another user, ...).
+    Directory(crate::directory::DirectoryRefusal),
     /// An epoch-key share that opened on this device but is not the key the epoch committed
     /// to (a wrong key from a member, or a split by the epoch's opener): not kept; the key is
     /// asked for again.
@@ -219,10 +222,39 @@ enum Request {
     /// Answered by `UserState`; sent again after a reconnect until answered.
     User(UserAction),
     Pull(ConversationId),
-    /// Device certificates; the answer settles these users for the gates (see
-    /// [`Store::absorb_devices`]).
-    Devices(Vec<UserId>),
+    /// One page of device certificates.
+    Devices(DevicesAsk),
 }
+
+/// A `Devices` request in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DevicesAsk {
+    /// The users asked, in order.
+    users: Vec<UserId>,
+    /// Those whose complete answer settles a waiting gate (see [`Store::absorb_devices`]).
+    settles: Vec<UserId>,
+    /// Where the first user's devices start (a continuation page).
+    after: Option<DeviceId>,
+    /// Past this with no answer, the ask counts as failed.
+    deadline_ms: u64,
+}
+
+/// How many times a device asks the relay for a user's certificates, for a gate waiting at
+/// that user's event, and gets an answer that is not the complete one (a refusal, or a page
+/// that moves nothing forward) before that event gets its final verdict,
+/// [`crate::gate::Refusal::Unanswered`]. A refusal the relay marks as passing
+/// (`RATE_LIMITED`, `INTERNAL`, `SHUTTING_DOWN`) counts a quarter. Asks lost with their
+/// connection or unanswered within the ack timeout are asked again without counting: an
+/// honest network failure must not refuse an honest event (a relay that stays silent is
+/// withholding, like a relay that does not deliver an event). Counted per process.
+pub const MAX_DEVICE_ASKS: u32 = 4;
+/// Wait before asking again after a failed ask; doubled after each one, at most
+/// [`MAX_DEVICE_ASK_RETRY_MS`].
+pub const DEVICE_ASK_RETRY_MS: u64 = 1_000;
+/// Longest wait between two asks for the same user.
+pub const MAX_DEVICE_ASK_RETRY_MS: u64 = 60_000;
+/// Quarter-ask units: see [`MAX_DEVICE_ASKS`].
+const ASK_UNITS: u32 = 4;
 
 #[derive(Debug)]
 struct Inflight {
@@ -260,6 +292,11 @@ pub struct DeviceCore {
     directory_asked: bool,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
     asking: HashSet<UserId>,
+    /// Failed asks per user for a waiting gate (see [`MAX_DEVICE_ASKS`]), kept across
+    /// connections.
+    failed_asks: HashMap<UserId, u32>,
+    /// Users to ask about again, and when.
+    reask: BTreeMap<UserId, u64>,
     /// Epoch keys asked for in this process (each once, until a refused share makes a key
     /// worth asking for again; a restart asks again).
     keys_requested: HashSet<(ConversationId, EventId)>,
@@ -323,6 +360,8 @@ impl DeviceCore {
             gaps_checked: false,
             directory_asked: false,
             asking: HashSet::new(),
+            failed_asks: HashMap::new(),
+            reask: BTreeMap::new(),
             keys_requested: HashSet::new(),
             checked_for_delivery: HashMap::new(),
             invitations: BTreeMap::new(),
@@ -692,7 +731,7 @@ impl DeviceCore {
                 if let Some(after) = next {
                     self.send_sync_page(Some(after));
                 }
-                self.ask_directory()?;
+                self.ask_directory(now_ms)?;
                 for info in conversations {
                     self.targets.insert(info.conversation, info.max_seq);
                     let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
@@ -750,20 +789,18 @@ impl DeviceCore {
                     request_id,
                     registrations,
                     revocations,
+                    complete,
+                    resume_after,
                 },
             ) => {
-                let settles = match self.requests.remove(&request_id) {
-                    Some(Request::Devices(users)) => users,
-                    _ => return Err(DeviceError::Protocol("Devices answer to no request")),
-                };
-                for u in &settles {
-                    self.asking.remove(u);
-                }
-                let out = self
-                    .store
-                    .absorb_devices(&registrations, &revocations, &settles)?;
-                let gated = out.gated.clone();
-                self.emit_outcome(out);
+                self.on_devices_page(
+                    request_id,
+                    &registrations,
+                    &revocations,
+                    complete as usize,
+                    resume_after,
+                    now_ms,
+                )?;
                 // Newly learned member devices get the epochs this device started.
                 let learned: BTreeSet<UserId> = registrations.iter().map(|r| r.user).collect();
                 if !learned.is_empty() {
@@ -773,11 +810,6 @@ impl DeviceCore {
                             self.emit(changes);
                         }
                     }
-                }
-                // Messages the gate let through only now get their receipts now.
-                for c in gated {
-                    let cursor = self.store.log().cursor(&cursor_key(&c))?;
-                    self.deliver_up_to(c, cursor, now_ms)?;
                 }
                 self.report_if_caught_up()?;
                 Ok(())
@@ -798,10 +830,9 @@ impl DeviceCore {
                     Some(Request::Pull(c)) => {
                         self.pulling.remove(&c);
                     }
-                    Some(Request::Devices(users)) => {
-                        for u in &users {
-                            self.asking.remove(u);
-                        }
+                    Some(Request::Devices(ask)) => {
+                        let units = if retryable(code) { 1 } else { ASK_UNITS };
+                        self.failed_ask(&ask.settles, now_ms, units)?
                     }
                     _ => {}
                 }
@@ -1001,10 +1032,14 @@ impl DeviceCore {
         Ok(())
     }
 
-    fn emit_outcome(&mut self, out: crate::store::ApplyOutcome) {
+    fn emit_outcome(&mut self, out: crate::store::ApplyOutcome, now_ms: u64) {
         for issue in out.chain_issues {
             tracing::warn!(?issue, "break in an author's chain");
             self.events.push_back(DeviceEvent::Chain(issue));
+        }
+        for refused in out.directory_refused {
+            tracing::warn!(%refused, "ignored a device statement the relay served");
+            self.events.push_back(DeviceEvent::Directory(refused));
         }
         for refused in out.refused {
             tracing::warn!(conversation = %refused.conversation, event = %refused.event,
@@ -1027,7 +1062,7 @@ impl DeviceCore {
                 .filter(|u| self.asking.insert(*u))
                 .collect();
             if !users.is_empty() {
-                self.ask_devices(users.clone(), users);
+                self.ask_devices(users.clone(), users, None, now_ms);
             }
         }
     }
@@ -1035,7 +1070,7 @@ impl DeviceCore {
     /// Once per session: asks for the certificates and revocations of every member of every
     /// conversation in the log, so the gates and the conversation keys use a fresh directory,
     /// and for the authors that stopped a gate.
-    fn ask_directory(&mut self) -> Result<(), DeviceError> {
+    fn ask_directory(&mut self, now_ms: u64) -> Result<(), DeviceError> {
         if self.directory_asked {
             return Ok(());
         }
@@ -1043,14 +1078,14 @@ impl DeviceCore {
         // Gates that stopped at an unknown author (in an earlier session, or before a
         // restart) ask again: the request that would settle them may have been lost.
         let out = self.store.recheck_gates()?;
-        self.emit_outcome(out);
+        self.emit_outcome(out, now_ms);
         let mut users: BTreeSet<UserId> = BTreeSet::new();
         for (_, members) in self.conversation_users()? {
             users.extend(members);
         }
         let users: Vec<UserId> = users.into_iter().collect();
         for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
-            self.ask_devices(chunk.to_vec(), Vec::new());
+            self.ask_devices(chunk.to_vec(), Vec::new(), None, now_ms);
         }
         Ok(())
     }
@@ -1068,11 +1103,174 @@ impl DeviceCore {
         Ok(out)
     }
 
-    fn ask_devices(&mut self, users: Vec<UserId>, settles: Vec<UserId>) {
+    fn ask_devices(
+        &mut self,
+        users: Vec<UserId>,
+        settles: Vec<UserId>,
+        after: Option<DeviceId>,
+        now_ms: u64,
+    ) {
         let request_id = self.request_id();
-        self.requests.insert(request_id, Request::Devices(settles));
-        self.transmit
-            .push_back(ClientFrame::Devices { request_id, users });
+        let ask = DevicesAsk {
+            users: users.clone(),
+            settles,
+            after,
+            deadline_ms: now_ms.saturating_add(self.config.ack_timeout_ms),
+        };
+        self.requests.insert(request_id, Request::Devices(ask));
+        self.transmit.push_back(ClientFrame::Devices {
+            request_id,
+            users,
+            after,
+        });
+    }
+
+    /// One page of a `Devices` answer: its statements are taken in, the users it completes
+    /// settle their gates, and the rest is asked for. A page that moves nothing forward
+    /// counts as a failed ask. An answer to a request given up on (timed out) is taken in
+    /// and settles nobody.
+    fn on_devices_page(
+        &mut self,
+        request_id: u64,
+        registrations: &[DeviceRegistration],
+        revocations: &[DeviceRevocation],
+        complete: usize,
+        resume_after: Option<DeviceId>,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let ask = match self.requests.remove(&request_id) {
+            Some(Request::Devices(ask)) => ask,
+            Some(_) => return Err(DeviceError::Protocol("Devices answer to another request")),
+            None => DevicesAsk {
+                users: Vec::new(),
+                settles: Vec::new(),
+                after: None,
+                deadline_ms: now_ms,
+            },
+        };
+        let n = ask.users.len();
+        let sane = complete <= n && (resume_after.is_none() || complete < n);
+        let (done, rest) = ask.users.split_at(complete.min(n));
+        let settled: Vec<UserId> = ask
+            .settles
+            .iter()
+            .filter(|u| sane && done.contains(u))
+            .copied()
+            .collect();
+        for u in &settled {
+            self.asking.remove(u);
+            self.failed_asks.remove(u);
+            self.reask.remove(u);
+        }
+        let out = self
+            .store
+            .absorb_devices(registrations, revocations, &settled)?;
+        self.take_gate_outcome(out, now_ms)?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let progress =
+            sane && (complete > 0 || (resume_after.is_some() && resume_after > ask.after));
+        let rest_settles: Vec<UserId> = ask
+            .settles
+            .iter()
+            .filter(|u| rest.contains(u))
+            .copied()
+            .collect();
+        if progress {
+            self.ask_devices(rest.to_vec(), rest_settles, resume_after, now_ms);
+            Ok(())
+        } else {
+            self.failed_ask(&rest_settles, now_ms, ASK_UNITS)
+        }
+    }
+
+    /// Asks for `users` (waited for by a gate) failed, counting `units` quarter asks (0: not
+    /// counted): ask again later, or, after [`MAX_DEVICE_ASKS`], give their events their
+    /// final verdict.
+    fn failed_ask(&mut self, users: &[UserId], now_ms: u64, units: u32) -> Result<(), DeviceError> {
+        let mut final_verdict = Vec::new();
+        for u in users {
+            self.asking.remove(u);
+            let n = self.failed_asks.entry(*u).or_default();
+            *n += units;
+            if *n >= MAX_DEVICE_ASKS * ASK_UNITS {
+                final_verdict.push(*u);
+            } else {
+                let wait = (DEVICE_ASK_RETRY_MS << (*n).min(16)).min(MAX_DEVICE_ASK_RETRY_MS);
+                self.reask.insert(*u, now_ms.saturating_add(wait));
+            }
+        }
+        if final_verdict.is_empty() {
+            return Ok(());
+        }
+        for u in &final_verdict {
+            self.failed_asks.remove(u);
+            self.reask.remove(u);
+        }
+        tracing::warn!(
+            n_users = final_verdict.len(),
+            "no complete certificate answer; events of unknown authors refused"
+        );
+        let out = self.store.give_up_on(&final_verdict)?;
+        self.take_gate_outcome(out, now_ms)
+    }
+
+    /// Reports what judging waiting gates again did; messages the gates let through only now
+    /// get their receipts now.
+    fn take_gate_outcome(
+        &mut self,
+        out: crate::store::ApplyOutcome,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let gated = out.gated.clone();
+        self.emit_outcome(out, now_ms);
+        for c in gated {
+            let cursor = self.store.log().cursor(&cursor_key(&c))?;
+            self.deliver_up_to(c, cursor, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Asks failed by timeout, and asks due again.
+    fn devices_timeouts(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| matches!(r, Request::Devices(a) if a.deadline_ms <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(Request::Devices(ask)) = self.requests.remove(&id) {
+                self.failed_ask(&ask.settles, now_ms, 0)?;
+            }
+        }
+        if self.state != State::Ready {
+            return Ok(());
+        }
+        let due: Vec<UserId> = self
+            .reask
+            .iter()
+            .filter(|(_, t)| **t <= now_ms)
+            .map(|(u, _)| *u)
+            .collect();
+        for u in &due {
+            self.reask.remove(u);
+        }
+        let users: Vec<UserId> = due.into_iter().filter(|u| self.asking.insert(*u)).collect();
+        for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
+            self.ask_devices(chunk.to_vec(), chunk.to_vec(), None, now_ms);
+        }
+        Ok(())
+    }
+
+    /// The earliest Devices deadline or re-ask.
+    fn devices_wakeup(&self) -> Option<u64> {
+        let deadlines = self.requests.values().filter_map(|r| match r {
+            Request::Devices(a) if !a.settles.is_empty() => Some(a.deadline_ms),
+            _ => None,
+        });
+        deadlines.chain(self.reask.values().copied()).min()
     }
 
     // ---- the outbox ----
@@ -1190,16 +1388,16 @@ impl DeviceCore {
             }
         }
         let out = self.store.apply(&acks)?;
-        self.emit_outcome(out);
+        self.emit_outcome(out, now_ms);
         self.advance_cursors_over(&acks, now_ms)?;
-        self.ask_for_new_members(&acks)?;
+        self.ask_for_new_members(&acks, now_ms)?;
         self.flush(now_ms)
     }
 
     /// Once the relay accepted this device's `Create` or `AddMember` (the relay serves
     /// certificates of current and former co-members only), asks for the new members' device
     /// certificates: the answer shares this device's epoch with their devices.
-    fn ask_for_new_members(&mut self, acks: &[Event]) -> Result<(), DeviceError> {
+    fn ask_for_new_members(&mut self, acks: &[Event], now_ms: u64) -> Result<(), DeviceError> {
         let mut users = BTreeSet::new();
         for ack in acks {
             let EventKind::ServerAck { event, .. } = ack.kind() else {
@@ -1216,7 +1414,7 @@ impl DeviceCore {
         users.remove(&self.store.key().user());
         let users: Vec<UserId> = users.into_iter().collect();
         for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
-            self.ask_devices(chunk.to_vec(), Vec::new());
+            self.ask_devices(chunk.to_vec(), Vec::new(), None, now_ms);
         }
         Ok(())
     }
@@ -1237,7 +1435,7 @@ impl DeviceCore {
             })
             .collect();
         let out = self.store.apply(&acks)?;
-        self.emit_outcome(out);
+        self.emit_outcome(out, now_ms);
         self.advance_cursors_over(&acks, now_ms)
     }
 
@@ -1380,7 +1578,7 @@ impl DeviceCore {
         for (id, err) in &out.rejected {
             tracing::warn!(event = %id, %err, "relay item refused by the store");
         }
-        self.emit_outcome(out);
+        self.emit_outcome(out, now_ms);
         for (conversation, got) in seqs {
             let cursor = self.advance_cursor(conversation, now_ms)?;
             if got.iter().max().is_some_and(|last| *last > cursor) {
@@ -1408,6 +1606,7 @@ impl DeviceCore {
                 self.attempt_failed(e, now_ms)?;
             }
         }
+        self.devices_timeouts(now_ms)?;
         self.flush(now_ms)
     }
 
@@ -1422,10 +1621,10 @@ impl DeviceCore {
                 } else {
                     None
                 };
-                match (inflight, due) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [inflight, due, self.devices_wakeup()]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             _ => None,
         }

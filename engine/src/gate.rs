@@ -14,8 +14,10 @@
 //!
 //! Refused events stay in the log (they are evidence) but are never folded into the
 //! conversation; each one is reported once. An event whose author the directory does not know
-//! yet makes the gate wait for that user's certificates; once the relay answered and the device
-//! is still unknown, the event is refused as uncertified.
+//! yet makes the gate wait for that user's certificates; once the relay's complete answer is in
+//! and the device is still unknown (or its certificate did not verify), the event is refused as
+//! uncertified, and when the relay gave no complete answer after the device asked a bounded
+//! number of times, as unanswered. Every event gets a final verdict in bounded time.
 
 use crate::directory::DeviceDirectory;
 use crate::event::{Event, EventKind};
@@ -63,6 +65,26 @@ pub enum Refusal {
         /// The user the event names.
         user: UserId,
     },
+    /// The relay gave no complete answer about the user's certificates, however often the
+    /// device asked: the author device is unproven.
+    #[error("no answer about the certificates of user {user} (author device {device})")]
+    Unanswered {
+        /// The author device.
+        device: DeviceId,
+        /// The user the event names.
+        user: UserId,
+    },
+}
+
+/// Where a device stands in learning a user's certificates, for [`Gate::judge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorLookup {
+    /// Not asked, or asked and not answered yet: wait.
+    Asking,
+    /// The relay's complete answer about the user is in the directory.
+    Answered,
+    /// The device asked as often as it asks, without a complete answer.
+    GaveUp,
 }
 
 /// What the gate decided about one event.
@@ -96,9 +118,10 @@ pub struct Gate {
 
 impl Gate {
     /// Judges `event`, sequenced at `seq` at `server_ts_ms`, and applies it when admitted.
-    /// The device's own events (author `me`) need no certificate. `answered(user)` says whether the relay answered a request for `user`'s certificates
-    /// since this event was first held: then an unknown author is refused instead of waited
-    /// for.
+    /// The device's own events (author `me`) need no certificate. `lookup(user)` says
+    /// whether the relay answered a request for `user`'s certificates since this event was
+    /// first held (then an unknown author is refused instead of waited for), or whether the
+    /// device gave up asking (refused too).
     pub fn judge(
         &mut self,
         event: &Event,
@@ -106,7 +129,7 @@ impl Gate {
         server_ts_ms: u64,
         directory: &DeviceDirectory,
         me: DeviceId,
-        answered: &dyn Fn(&UserId) -> bool,
+        lookup: &dyn Fn(&UserId) -> AuthorLookup,
     ) -> Verdict {
         let h = event.header();
         // The same rule the relay applies when it decodes a submission: an event that breaks
@@ -115,7 +138,7 @@ impl Gate {
             return Verdict::Refuse(e.into());
         }
         if h.author != me {
-            if let Err(r) = author_check(h.author, h.user, server_ts_ms, directory, answered) {
+            if let Err(r) = author_check(h.author, h.user, server_ts_ms, directory, lookup) {
                 return r;
             }
         }
@@ -168,7 +191,7 @@ fn author_check(
     user: UserId,
     server_ts_ms: u64,
     directory: &DeviceDirectory,
-    answered: &dyn Fn(&UserId) -> bool,
+    lookup: &dyn Fn(&UserId) -> AuthorLookup,
 ) -> Result<(), Verdict> {
     let certified = match directory.revocation(&device) {
         Some((owner, at)) => {
@@ -186,8 +209,11 @@ fn author_check(
             certified: owner,
             claimed: user,
         })),
-        None if answered(&user) => Err(Verdict::Refuse(Refusal::Uncertified { device, user })),
-        None => Err(Verdict::Wait(user)),
+        None => match lookup(&user) {
+            AuthorLookup::Answered => Err(Verdict::Refuse(Refusal::Uncertified { device, user })),
+            AuthorLookup::GaveUp => Err(Verdict::Refuse(Refusal::Unanswered { device, user })),
+            AuthorLookup::Asking => Err(Verdict::Wait(user)),
+        },
     }
 }
 
@@ -237,7 +263,7 @@ mod tests {
         for u in [&a, &b, &c] {
             dir.certify(&u.dev.certificate(&u.key, 1)).expect("cert");
         }
-        let never = |_: &UserId| false;
+        let never = |_: &UserId| AuthorLookup::Asking;
         let mut g = Gate::default();
         let create = ev(
             &a,
@@ -307,17 +333,25 @@ mod tests {
             },
         );
         assert!(matches!(
-            g.judge(&create, 1, 0, &dir, ME, &|_| false),
+            g.judge(&create, 1, 0, &dir, ME, &|_| AuthorLookup::Asking),
             Verdict::Admit { .. }
         ));
         // b's device is unknown: wait for b's certificates, refuse once they came without it.
         assert_eq!(
-            g.judge(&send(&b, 1), 2, 0, &dir, ME, &|_| false),
+            g.judge(&send(&b, 1), 2, 0, &dir, ME, &|_| AuthorLookup::Asking),
             Verdict::Wait(b.id)
         );
         assert_eq!(
-            g.judge(&send(&b, 1), 2, 0, &dir, ME, &|u| *u == b.id),
+            g.judge(&send(&b, 1), 2, 0, &dir, ME, &|_| AuthorLookup::Answered),
             Verdict::Refuse(Refusal::Uncertified {
+                device: b.dev.device(),
+                user: b.id
+            })
+        );
+        // No complete answer after every ask: a final verdict all the same.
+        assert_eq!(
+            g.judge(&send(&b, 1), 2, 0, &dir, ME, &|_| AuthorLookup::GaveUp),
+            Verdict::Refuse(Refusal::Unanswered {
                 device: b.dev.device(),
                 user: b.id
             })
@@ -328,7 +362,7 @@ mod tests {
         let h = lie.header(ConversationId([7; 16]), 1, None, 1, 0);
         let forged = Event::sign(lie.signing_key(), h, EventKind::Read { up_to: 1 }).expect("sign");
         assert_eq!(
-            g.judge(&forged, 2, 0, &liar_dir, ME, &|_| false),
+            g.judge(&forged, 2, 0, &liar_dir, ME, &|_| AuthorLookup::Asking),
             Verdict::Refuse(Refusal::WrongUser {
                 device: a.dev.device(),
                 certified: a.id,
@@ -339,11 +373,15 @@ mod tests {
         let rev = DeviceRevocation::sign(&a.key, a.dev.device(), 100);
         liar_dir.revoke(&rev).expect("revoke");
         assert!(matches!(
-            g.judge(&send(&a, 2), 2, 99, &liar_dir, ME, &|_| false),
+            g.judge(&send(&a, 2), 2, 99, &liar_dir, ME, &|_| {
+                AuthorLookup::Asking
+            }),
             Verdict::Admit { .. }
         ));
         assert_eq!(
-            g.judge(&send(&a, 3), 3, 100, &liar_dir, ME, &|_| false),
+            g.judge(&send(&a, 3), 3, 100, &liar_dir, ME, &|_| {
+                AuthorLookup::Asking
+            }),
             Verdict::Refuse(Refusal::Revoked(a.dev.device()))
         );
     }

@@ -1090,7 +1090,7 @@ impl<'a> LogTxn<'a> {
         conversation: ConversationId,
         directory: &DeviceDirectory,
         me: DeviceId,
-        answered: &dyn Fn(&UserId) -> bool,
+        lookup: &dyn Fn(&UserId) -> crate::gate::AuthorLookup,
     ) -> Result<GateRun, LogError> {
         let c = &conversation.0;
         let mut gate: Gate = match self.gates.get(c)? {
@@ -1116,7 +1116,7 @@ impl<'a> LogTxn<'a> {
             let verdict = if foreign {
                 Verdict::Refuse(Refusal::OtherConversation(event.conversation()))
             } else {
-                gate.judge(&event, seq, ts, directory, me, answered)
+                gate.judge(&event, seq, ts, directory, me, lookup)
             };
             match verdict {
                 Verdict::Admit { membership_changed } => {

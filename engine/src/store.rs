@@ -7,10 +7,10 @@
 //! tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
 
 use crate::conversation::{Change, Conversation, MessageView};
-use crate::directory::DeviceDirectory;
+use crate::directory::{Certified, DeviceDirectory, DirectoryRefusal, Revoked};
 use crate::doc::{ConversationDoc, DocError};
 use crate::event::{DecodeError, Event, EventKind, MediaRef};
-use crate::gate::Refusal;
+use crate::gate::{AuthorLookup, Refusal};
 use crate::identity::DeviceKey;
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{Appended, ChainIssue, EventLog, GateRun, LogError, OutboxEntry, OutboxState};
@@ -113,6 +113,10 @@ pub struct ApplyOutcome {
     pub waiting: Vec<UserId>,
     /// Conversations whose gate moved forward (receipts may be due).
     pub gated: Vec<ConversationId>,
+    /// Device statements the relay served that this device's directory refused (a
+    /// certificate changing a device's agreement key, a foreign revocation, ...): ignored,
+    /// reported.
+    pub directory_refused: Vec<DirectoryRefusal>,
     /// Epoch-key shares that opened here but were refused (see [`RefusedKeyShare`]): their
     /// epochs are still missing and worth asking for again.
     pub refused_keys: Vec<RefusedKeyShare>,
@@ -433,7 +437,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut runs = Vec::with_capacity(convs.len());
             for c in &convs {
-                runs.push((*c, t.advance_gate(*c, directory, me, &|_| false)?));
+                runs.push((
+                    *c,
+                    t.advance_gate(*c, directory, me, &|_| AuthorLookup::Asking)?,
+                ));
             }
             Ok((results, t.take_dequeued(), t.take_chain_issues(), runs))
         })?;
@@ -522,27 +529,70 @@ impl Store {
 
     /// Takes in device certificates and revocations from the relay: each is verified here
     /// (see [`DeviceDirectory`]) and kept in the log; conversations waiting for certificates
-    /// are judged again. `answered` names the users this answer settles: an author of theirs
-    /// that is still unknown is refused as uncertified (pass the users of a request sent for
-    /// [`ApplyOutcome::waiting`]; an answer to an earlier request settles nobody).
+    /// are judged again. `answered` names the users this answer settles (the relay's
+    /// complete answer about them is in): an author of theirs that is still unknown is
+    /// refused as uncertified (pass the users of a request sent for [`ApplyOutcome::waiting`]
+    /// whose last page arrived; an answer to an earlier request settles nobody). Statements
+    /// the directory refuses (a changed agreement key, say) are in
+    /// [`ApplyOutcome::directory_refused`].
     pub fn absorb_devices(
         &mut self,
         registrations: &[DeviceRegistration],
         revocations: &[DeviceRevocation],
         answered: &[UserId],
     ) -> Result<ApplyOutcome, StoreError> {
+        let lookup = |u: &UserId| {
+            if answered.contains(u) {
+                AuthorLookup::Answered
+            } else {
+                AuthorLookup::Asking
+            }
+        };
+        self.absorb_with(registrations, revocations, &lookup)
+    }
+
+    /// The relay gave no complete answer about `users` after the device asked as often as it
+    /// asks ([`crate::device::MAX_DEVICE_ASKS`]): events of their authors still unknown get
+    /// their final verdict, [`Refusal::Unanswered`].
+    pub fn give_up_on(&mut self, users: &[UserId]) -> Result<ApplyOutcome, StoreError> {
+        let lookup = |u: &UserId| {
+            if users.contains(u) {
+                AuthorLookup::GaveUp
+            } else {
+                AuthorLookup::Asking
+            }
+        };
+        self.absorb_with(&[], &[], &lookup)
+    }
+
+    fn absorb_with(
+        &mut self,
+        registrations: &[DeviceRegistration],
+        revocations: &[DeviceRevocation],
+        lookup: &dyn Fn(&UserId) -> AuthorLookup,
+    ) -> Result<ApplyOutcome, StoreError> {
         self.ensure_directory()?;
         let dir = self.directory.get_or_insert_with(DeviceDirectory::new);
         let mut certs = Vec::new();
         let mut revs = Vec::new();
-        for r in revocations {
-            if let Ok(true) = dir.revoke(r) {
-                revs.push(r);
+        let mut directory_refused = Vec::new();
+        // Certificates first: a revocation counts only against its user's certificate.
+        for c in registrations {
+            match dir.certify(c) {
+                Ok(Certified::New) => certs.push(c.clone()),
+                Ok(Certified::Revoked(r)) => {
+                    certs.push(c.clone());
+                    revs.push(r);
+                }
+                Ok(Certified::Held) => {}
+                Err(e) => directory_refused.push(e),
             }
         }
-        for c in registrations {
-            if let Ok(true) = dir.certify(c) {
-                certs.push(c);
+        for r in revocations {
+            match dir.revoke(r) {
+                Ok(Revoked::New) => revs.push(r.clone()),
+                Ok(Revoked::Held | Revoked::Pending) => {}
+                Err(e) => directory_refused.push(e),
             }
         }
         let waiting: Vec<ConversationId> = self.waiting.iter().copied().collect();
@@ -554,7 +604,6 @@ impl Store {
             .directory
             .as_ref()
             .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
-        let settled = |u: &UserId| answered.contains(u);
         let runs = self.log.write(|t| {
             for c in &certs {
                 t.put_statement(Ok(c))?;
@@ -564,11 +613,14 @@ impl Store {
             }
             let mut runs = Vec::with_capacity(waiting.len());
             for c in &waiting {
-                runs.push((*c, t.advance_gate(*c, directory, me, &settled)?));
+                runs.push((*c, t.advance_gate(*c, directory, me, lookup)?));
             }
             Ok(runs)
         })?;
-        let mut outcome = ApplyOutcome::default();
+        let mut outcome = ApplyOutcome {
+            directory_refused,
+            ..ApplyOutcome::default()
+        };
         self.fold_runs(HashMap::new(), &runs, &mut outcome)?;
         Ok(outcome)
     }

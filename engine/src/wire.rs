@@ -71,8 +71,13 @@ pub const REGISTER_DOMAIN: &[u8] = b"tidings/register-device/v2\0";
 pub const REVOKE_DOMAIN: &[u8] = b"tidings/revoke-device/v1\0";
 /// Most users named in one [`ClientFrame::Devices`].
 pub const MAX_DEVICE_QUERY_USERS: usize = 1024;
-/// Most registrations, and most revocations, in one [`ServerFrame::Devices`].
+/// Most registrations, and most revocations, in one [`ServerFrame::Devices`] page (a relay
+/// also keeps a page within its frame length, see [`MAX_DEVICE_STATEMENTS_LEN`]).
 pub const MAX_LISTED_DEVICES: usize = 4096;
+/// Most encoded bytes one device takes in a [`ServerFrame::Devices`] page: its certificate
+/// (at most 170 bytes) and its revocation (at most 138). A relay puts at most
+/// `(max_frame_len - 4096) / MAX_DEVICE_STATEMENTS_LEN` devices in a page.
+pub const MAX_DEVICE_STATEMENTS_LEN: usize = 320;
 /// Bytes of the relay's challenge nonce.
 pub const NONCE_LEN: usize = 32;
 
@@ -189,6 +194,12 @@ impl ErrorCode {
     pub const INVITATIONS_FULL: ErrorCode = ErrorCode(41);
     /// The user already blocks [`MAX_BLOCKED_USERS`] users.
     pub const BLOCK_LIST_FULL: ErrorCode = ErrorCode(42);
+    /// The user has the most device ids it may have
+    /// ([`crate::directory::MAX_DEVICES_PER_USER`], revoked ones included).
+    pub const TOO_MANY_DEVICES: ErrorCode = ErrorCode(27);
+    /// A certificate of a registered device with another agreement (X25519) key: a device
+    /// keeps its key for its lifetime.
+    pub const AGREEMENT_KEY_CHANGED: ErrorCode = ErrorCode(28);
 
     /// A short name for the known codes, `"unknown"` otherwise.
     pub fn name(self) -> &'static str {
@@ -222,6 +233,8 @@ impl ErrorCode {
             40 => "blocked",
             41 => "invitations-full",
             42 => "block-list-full",
+            27 => "too-many-devices",
+            28 => "agreement-key-changed",
             _ => "unknown",
         }
     }
@@ -584,14 +597,19 @@ pub enum ClientFrame {
         /// The statement.
         revocation: DeviceRevocation,
     },
-    /// Asks for the device certificates and revocations of `users` (answered by `Devices`).
-    /// The relay answers only for the asking device's own user and users who share a
-    /// conversation with it; other users are left out silently.
+    /// Asks for the device certificates and revocations of `users` (answered by one
+    /// `Devices` page). The relay answers only for the asking device's own user and users who
+    /// share (or shared) a conversation with it; other users are answered with nothing.
+    /// Statements come user by user in the order asked, each user's devices in id order; a
+    /// page that does not reach the end says where to go on (see [`ServerFrame::Devices`]).
     Devices {
         /// Echoed in the reply.
         request_id: u64,
         /// At most [`MAX_DEVICE_QUERY_USERS`].
         users: Vec<UserId>,
+        /// The first user's devices start after this one (a continuation); `None` from the
+        /// start.
+        after: Option<DeviceId>,
     },
     /// Accepts an invitation (or takes back a decline) for every device of the user
     /// (answered by `UserState` after it is durable, or `Refused`).
@@ -709,7 +727,8 @@ pub enum ServerFrame {
         /// The device revoked.
         device: DeviceId,
     },
-    /// Answer to [`ClientFrame::Devices`]: signed statements a device verifies itself.
+    /// Answer to [`ClientFrame::Devices`]: one page of signed statements a device verifies
+    /// itself.
     Devices {
         /// The request's id.
         request_id: u64,
@@ -717,6 +736,13 @@ pub enum ServerFrame {
         registrations: Vec<DeviceRegistration>,
         /// Revocations of the users' devices.
         revocations: Vec<DeviceRevocation>,
+        /// How many of the asked users, from the first, are complete: every statement the
+        /// relay holds about them was in this page (or, for the first, in the pages before).
+        /// Equal to the number asked when the answer is whole.
+        complete: u32,
+        /// Set when the page stopped inside the user at index `complete`: ask again for the
+        /// users from `complete` on, with this device as `after`.
+        resume_after: Option<DeviceId>,
     },
     /// Answer to `Accept`, `Decline`, `Block` and `Unblock`: the change is durable.
     UserState {
@@ -1094,6 +1120,7 @@ mod tests {
         check_round_trip(ClientFrame::Devices {
             request_id: 9,
             users: vec![user_id, UserId([7; 32])],
+            after: Some(device),
         });
         check_round_trip(ServerFrame::Revoked {
             request_id: 8,
@@ -1104,6 +1131,8 @@ mod tests {
             request_id: 9,
             registrations: vec![DeviceRegistration::sign(&user, device, [8; 32], 99)],
             revocations: vec![DeviceRevocation::sign(&user, device, 100)],
+            complete: 1,
+            resume_after: Some(device),
         });
     }
 
@@ -1243,11 +1272,13 @@ mod tests {
                 }),
                 (
                     any::<u64>(),
-                    proptest::collection::vec(any::<[u8; 32]>(), 0..8)
+                    proptest::collection::vec(any::<[u8; 32]>(), 0..8),
+                    proptest::option::of(any::<[u8; 32]>())
                 )
-                    .prop_map(|(id, users)| ClientFrame::Devices {
+                    .prop_map(|(id, users, after)| ClientFrame::Devices {
                         request_id: id,
                         users: users.into_iter().map(UserId).collect(),
+                        after: after.map(DeviceId),
                     }),
             ]
         }
@@ -1307,15 +1338,21 @@ mod tests {
                 (
                     any::<u64>(),
                     proptest::collection::vec(registration(), 0..6),
-                    proptest::collection::vec(revocation(), 0..6)
+                    proptest::collection::vec(revocation(), 0..6),
+                    any::<u32>(),
+                    proptest::option::of(any::<[u8; 32]>())
                 )
-                    .prop_map(|(id, registrations, revocations)| {
-                        ServerFrame::Devices {
-                            request_id: id,
-                            registrations,
-                            revocations,
+                    .prop_map(
+                        |(id, registrations, revocations, complete, resume)| {
+                            ServerFrame::Devices {
+                                request_id: id,
+                                registrations,
+                                revocations,
+                                complete,
+                                resume_after: resume.map(DeviceId),
+                            }
                         }
-                    }),
+                    ),
                 any::<u16>().prop_map(|c| ServerFrame::Error {
                     code: ErrorCode(c),
                     message: format!("code {c}"),
@@ -1428,6 +1465,7 @@ mod tests {
         let users = ClientFrame::Devices {
             request_id: 1,
             users: vec![UserId([0; 32]); MAX_DEVICE_QUERY_USERS + 1],
+            after: None,
         };
         let body = postcard::to_stdvec(&users).expect("encode");
         assert_eq!(
@@ -1448,6 +1486,8 @@ mod tests {
             request_id: 1,
             registrations: vec![],
             revocations: vec![rev; MAX_LISTED_DEVICES + 1],
+            complete: 0,
+            resume_after: None,
         };
         let body = postcard::to_stdvec(&devices).expect("encode");
         assert!(matches!(

@@ -70,7 +70,7 @@ fn a_mixed_order_signature_gets_the_same_verdict_single_and_in_a_batch() {
             !single,
             "nonce {r}: strict single verification accepted a mixed-order signature"
         );
-        let alone = Event::decode_batch(&[forged.clone()]);
+        let alone = Event::decode_batch(std::slice::from_ref(&forged));
         assert_eq!(
             alone[0].is_ok(),
             single,

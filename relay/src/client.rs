@@ -365,20 +365,47 @@ impl RelayClient {
     /// The device certificates and revocations the relay holds for `users` (only users who
     /// share a conversation with this device's user, and that user itself). Unverified: the
     /// caller checks every signature (`DeviceRegistration::verify`, `DeviceRevocation::verify`).
+    /// Follows the answer's pages to the end.
     pub async fn devices(
         &mut self,
-        users: Vec<UserId>,
+        mut users: Vec<UserId>,
     ) -> Result<(Vec<DeviceRegistration>, Vec<DeviceRevocation>), ClientError> {
-        let request_id = self.request_id();
-        self.send(&ClientFrame::Devices { request_id, users })
+        let mut regs = Vec::new();
+        let mut revs = Vec::new();
+        let mut after = None;
+        loop {
+            let request_id = self.request_id();
+            self.send(&ClientFrame::Devices {
+                request_id,
+                users: users.clone(),
+                after,
+            })
             .await?;
-        match self.reply(request_id).await? {
-            ServerFrame::Devices {
-                registrations,
-                revocations,
-                ..
-            } => Ok((registrations, revocations)),
-            f => Err(ClientError::Unexpected(format!("{f:?}"))),
+            match self.reply(request_id).await? {
+                ServerFrame::Devices {
+                    registrations,
+                    revocations,
+                    complete,
+                    resume_after,
+                    ..
+                } => {
+                    regs.extend(registrations);
+                    revs.extend(revocations);
+                    let complete = complete as usize;
+                    let progress = complete > 0 || (resume_after.is_some() && resume_after > after);
+                    if complete >= users.len() {
+                        return Ok((regs, revs));
+                    }
+                    if !progress {
+                        return Err(ClientError::Unexpected(
+                            "a Devices page without progress".into(),
+                        ));
+                    }
+                    users.drain(..complete);
+                    after = resume_after;
+                }
+                f => return Err(ClientError::Unexpected(format!("{f:?}"))),
+            }
         }
     }
 

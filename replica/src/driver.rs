@@ -408,6 +408,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
+        DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
         DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
         DeviceEvent::User(change) => match change {
             UserChange::Invited(i) => vec![Update::Invited(i)],

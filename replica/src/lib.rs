@@ -174,6 +174,10 @@ pub enum Update {
     /// An event the relay sequenced that this device refused on its own checks (a
     /// non-member's, a removed member's, a revoked or uncertified device's): not shown.
     Ignored(tidings_engine::store::RefusedEvent),
+    /// A device certificate or revocation the relay served that this device refused (a
+    /// changed agreement key, a revocation signed by another user than the device's): the
+    /// directory keeps what it had.
+    Directory(tidings_engine::directory::DirectoryRefusal),
     /// An epoch-key share that opened here but is not the key its epoch committed to (a wrong
     /// key from a member, or an opener that gave devices different keys): not kept; the key is
     /// asked for again.

@@ -97,7 +97,9 @@ pub fn client_frame_name(f: &ClientFrame) -> String {
             conversation,
             up_to,
         } => format!("Received({conversation} up to {up_to})"),
-        ClientFrame::Devices { request_id, users } => {
+        ClientFrame::Devices {
+            request_id, users, ..
+        } => {
             format!("Devices#{request_id}({} users)", users.len())
         }
         _ => "frame".into(),
@@ -154,6 +156,7 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
             request_id,
             registrations,
             revocations,
+            ..
         } => format!(
             "Devices#{request_id}({} certificates, {} revocations)",
             registrations.len(),

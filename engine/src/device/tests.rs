@@ -1,6 +1,7 @@
 //! Unit tests of the device core against a scripted relay.
 
 use super::*;
+use crate::gate::Refusal;
 use crate::identity::DeviceKey;
 use crate::ids::UserId;
 use crate::log::EventLog;
@@ -457,11 +458,13 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
     let asked: Vec<(u64, Vec<UserId>)> = drain(&mut core)
         .into_iter()
         .filter_map(|f| match f {
-            ClientFrame::Devices { request_id, users } => Some((request_id, users)),
+            ClientFrame::Devices {
+                request_id, users, ..
+            } => Some((request_id, users)),
             _ => None,
         })
         .collect();
-    let Some((request_id, _)) = asked.iter().find(|(_, u)| u.contains(&bob_user())) else {
+    let Some((request_id, users)) = asked.iter().find(|(_, u)| u.contains(&bob_user())) else {
         panic!("no certificate request for Bob: {asked:?}");
     };
     // The answer opens the gate: the conversation shows, with Bob's message.
@@ -469,6 +472,8 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
         request_id: *request_id,
         registrations: vec![bob().certificate(&bob_user_key(), 1)],
         revocations: vec![],
+        complete: users.len() as u32,
+        resume_after: None,
     };
     core.handle_frame(answer, t0).expect("devices");
     let conv = core.store_mut().conversation(CONV).expect("conversation");
@@ -615,4 +620,82 @@ fn invitations_are_listed_accepted_and_blocked() {
     assert!(drain(&mut core)
         .iter()
         .any(|f| matches!(f, ClientFrame::Unblock { user, .. } if *user == stranger)));
+}
+
+/// Issue #12, "Device-registration freeze": a relay that refuses (or never answers) the
+/// request for an author's certificates — an answer over its size limit was refused — left
+/// the gate waiting at that author's first event for good, and every event behind it with
+/// it. The device asks a bounded number of times, then gives the event a final verdict.
+#[test]
+fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
+    let t0 = 1_000_000;
+    let (create, send) = bobs_conversation(t0);
+    let key = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let mut config = StoreConfig::new(relay().device());
+    config.encrypt = false;
+    // Bob's certificate is unknown here: his events wait behind the gate.
+    let mut store = Store::new(EventLog::in_memory().expect("log"), key, config, [1; 32]);
+    let events = [
+        create.clone(),
+        ack(&create, 1, t0),
+        send.clone(),
+        ack(&send, 2, t0),
+    ];
+    let out = store.apply(&events).expect("apply");
+    assert_eq!(out.waiting, vec![bob_user()]);
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    handshake(&mut core, t0);
+    let mut now = t0;
+    let mut ignored = Vec::new();
+    let mut refusals = 0;
+    for _ in 0..64 {
+        for f in drain(&mut core) {
+            match f {
+                ClientFrame::Sync { request_id, .. } => {
+                    let listing = ServerFrame::Conversations {
+                        request_id,
+                        conversations: vec![crate::wire::ConversationInfo {
+                            conversation: CONV,
+                            max_seq: 2,
+                            cursor: 2,
+                        }],
+                        next: None,
+                        invitations: vec![],
+                        blocked: vec![],
+                    };
+                    core.handle_frame(listing, now).expect("conversations");
+                }
+                ClientFrame::Devices { request_id, .. } => {
+                    refusals += 1;
+                    let refused = ServerFrame::Refused {
+                        request_id,
+                        code: ErrorCode::BATCH_TOO_LARGE,
+                        message: "over 4096 devices; ask for fewer users".into(),
+                    };
+                    core.handle_frame(refused, now).expect("refused");
+                }
+                _ => {}
+            }
+        }
+        while let Some(e) = core.poll_event() {
+            if let DeviceEvent::Ignored(r) = e {
+                ignored.push(r);
+            }
+        }
+        if !ignored.is_empty() {
+            break;
+        }
+        now = core.poll_timeout().unwrap_or(now + 60_000).max(now + 1);
+        core.handle_timeout(now).expect("timeout");
+    }
+    assert!(
+        !ignored.is_empty(),
+        "no verdict after {refusals} refused certificate requests: the gate waits forever"
+    );
+    assert_eq!(ignored[0].event, create.id());
+    assert!(
+        matches!(ignored[0].refusal, Refusal::Unanswered { user, .. } if user == bob_user()),
+        "{:?}",
+        ignored[0].refusal
+    );
 }

@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::ops::Bound;
 use store::{CommitBatch, Decision, InvitationRecord, SequencedRecord};
+use tidings_engine::directory::{self, CertificateCheck, DirectoryRefusal, RevocationCheck};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{
     self, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode,
@@ -180,6 +181,8 @@ struct Staged {
     touched: BTreeSet<ConversationId>,
     /// Conversations created or whose membership changed in this batch.
     membership_changed: BTreeSet<ConversationId>,
+    /// Users removed from a conversation in this batch.
+    former: Vec<(ConversationId, UserId)>,
     /// Staged events by their place in their author's chain.
     chain: HashMap<ChainSlot, usize>,
     since_ms: Option<u64>,
@@ -255,6 +258,8 @@ enum Slot {
 struct Inflight {
     acks: HashMap<EventId, Vec<u8>>,
     registrations: Vec<(DeviceId, UserId)>,
+    /// The certificates being written.
+    certs: Vec<DeviceRegistration>,
     revocations: Vec<DeviceId>,
     /// The events being written, by chain place: (id, prev).
     chain: HashMap<ChainSlot, (EventId, Option<EventId>)>,
@@ -285,6 +290,7 @@ impl CommitJob {
         for (c, rec) in &self.records {
             batch.conversations.push((*c, rec));
         }
+        batch.former.extend(self.staged.former.iter().copied());
         for r in &self.staged.registrations {
             batch.devices.push(&r.cert);
         }
@@ -399,12 +405,12 @@ impl RelayCore {
             self.revoked.insert(rev.device, rev);
         }
         self.consent = Consent::load(&self.store)?;
+        for (c, u) in self.store.former_members()? {
+            self.user_former.entry(u).or_default().insert(c);
+        }
         for (id, rec) in self.store.conversations()? {
             for m in rec.membership.members() {
                 self.user_convs.entry(*m).or_default().insert(id);
-            }
-            for m in &rec.former {
-                self.user_former.entry(*m).or_default().insert(id);
             }
             self.convs.insert(
                 id,
@@ -658,9 +664,11 @@ impl RelayCore {
                 request_id,
                 revocation,
             } => self.on_revoke(session, request_id, revocation, now_ms),
-            ClientFrame::Devices { request_id, users } => {
-                self.on_devices(session, request_id, &users)
-            }
+            ClientFrame::Devices {
+                request_id,
+                users,
+                after,
+            } => self.on_devices(session, request_id, &users, after),
             ClientFrame::Received {
                 conversation,
                 up_to,
@@ -704,27 +712,26 @@ impl RelayCore {
         reg: DeviceRegistration,
         now_ms: u64,
     ) {
-        if !reg.verify() {
-            let msg = "registration signature does not verify under the user key";
-            return self.refuse(session, request_id, ErrorCode::BAD_REGISTRATION, msg);
-        }
-        if self.revoked.contains_key(&reg.device) {
-            let msg = "the device was revoked and cannot be registered again";
-            return self.refuse(session, request_id, ErrorCode::REVOKED, msg);
-        }
-        let staged_user = self.staged_device_user(&reg.device);
-        // A newer certificate of a registered device replaces the stored one (e.g. a new
-        // agreement key); an older or equal one is answered without storing anything.
-        let renewal = self
-            .certs
-            .get(&reg.device)
-            .is_some_and(|c| c.user == reg.user && c.issued_ms < reg.issued_ms && *c != reg);
-        match self.devices.get(&reg.device).copied().or(staged_user) {
-            Some(u) if u != reg.user => {
-                let msg = "device is registered to another user";
-                self.refuse(session, request_id, ErrorCode::DEVICE_TAKEN, msg)
+        // The one directory rule (the devices' own, see `tidings_engine::directory`), against
+        // the certificate held, staged or in flight.
+        let staged = self.staged_registration(&reg.device);
+        let held = staged.as_ref().or_else(|| self.certs.get(&reg.device));
+        let revoked = self.revoked.contains_key(&reg.device);
+        let n_devices = self.n_devices(&reg.user);
+        match directory::check_certificate(&reg, held, revoked, n_devices) {
+            Err(e) => {
+                let code = match e {
+                    DirectoryRefusal::BadCertificate { .. } => ErrorCode::BAD_REGISTRATION,
+                    DirectoryRefusal::Revoked(_) => ErrorCode::REVOKED,
+                    DirectoryRefusal::OtherUser { .. } => ErrorCode::DEVICE_TAKEN,
+                    DirectoryRefusal::AgreementChanged { .. } => ErrorCode::AGREEMENT_KEY_CHANGED,
+                    DirectoryRefusal::TooManyDevices { .. } => ErrorCode::TOO_MANY_DEVICES,
+                    _ => ErrorCode::BAD_REGISTRATION,
+                };
+                self.refuse(session, request_id, code, &e.to_string())
             }
-            Some(_) if staged_user.is_none() && !renewal => self.send(
+            // Already registered (an equal or older certificate): nothing to store.
+            Ok(CertificateCheck::Held) if staged.is_none() => self.send(
                 session,
                 ServerFrame::Registered {
                     request_id,
@@ -732,7 +739,7 @@ impl RelayCore {
                     device: reg.device,
                 },
             ),
-            _ => {
+            Ok(_) => {
                 self.staged.since_ms.get_or_insert(now_ms);
                 self.staged.registrations.push(PendingRegistration {
                     session,
@@ -743,6 +750,39 @@ impl RelayCore {
                 });
             }
         }
+    }
+
+    /// Device ids of `user`, revoked ones included, registered or being registered.
+    fn n_devices(&self, user: &UserId) -> usize {
+        let known = self.user_devices.get(user).map_or(0, Vec::len);
+        let mut new: BTreeSet<DeviceId> = BTreeSet::new();
+        let staged = self.staged.registrations.iter().map(|r| (r.device, r.user));
+        let inflight = self
+            .inflight
+            .iter()
+            .flat_map(|i| i.registrations.iter().copied());
+        for (d, u) in staged.chain(inflight) {
+            if u == *user && !self.devices.contains_key(&d) {
+                new.insert(d);
+            }
+        }
+        known + new.len()
+    }
+
+    /// The newest certificate of `device` staged or in flight, if any.
+    fn staged_registration(&self, device: &DeviceId) -> Option<DeviceRegistration> {
+        let staged = self
+            .staged
+            .registrations
+            .iter()
+            .filter(|r| r.device == *device)
+            .map(|r| &r.cert);
+        let inflight = self
+            .inflight
+            .iter()
+            .flat_map(|i| i.certs.iter())
+            .filter(|c| c.device == *device);
+        staged.chain(inflight).max_by_key(|c| c.issued_ms).cloned()
     }
 
     /// The user a device is being registered to in the staged batch or the commit in flight.
@@ -761,18 +801,28 @@ impl RelayCore {
     }
 
     fn on_revoke(&mut self, session: SessionId, request_id: u64, rev: DeviceRevocation, now: u64) {
-        if !rev.verify() {
-            let msg = "revocation signature does not verify under the user key";
-            return self.refuse(session, request_id, ErrorCode::BAD_REVOCATION, msg);
-        }
-        let user = self
+        // The one directory rule: only the user that certified the device revokes it. The
+        // relay knows every registration, so a revocation of a device it has no certificate
+        // of (pending on a device) is refused here.
+        let certified_by = self
             .devices
             .get(&rev.device)
             .copied()
             .or_else(|| self.staged_device_user(&rev.device));
-        if user != Some(rev.user) {
-            let msg = "the device is not registered to the revoking user";
-            return self.refuse(session, request_id, ErrorCode::BAD_REVOCATION, msg);
+        match directory::check_revocation(&rev, certified_by) {
+            Ok(RevocationCheck::Applies) => {}
+            Ok(RevocationCheck::Pending) => {
+                let msg = "the device is not registered to the revoking user";
+                return self.refuse(session, request_id, ErrorCode::BAD_REVOCATION, msg);
+            }
+            Err(e) => {
+                return self.refuse(
+                    session,
+                    request_id,
+                    ErrorCode::BAD_REVOCATION,
+                    &e.to_string(),
+                )
+            }
         }
         let pending = self
             .staged
@@ -815,7 +865,13 @@ impl RelayCore {
 
     /// Certificates and durable revocations of the asked users who are or were members of a
     /// conversation the asking user is or was a member of, and of itself.
-    fn on_devices(&mut self, session: SessionId, request_id: u64, users: &[UserId]) {
+    fn on_devices(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        users: &[UserId],
+        after: Option<DeviceId>,
+    ) {
         let Some((_, me)) = self.registered(session) else {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
@@ -832,18 +888,45 @@ impl RelayCore {
                     self.convs
                         .get(c)
                         .and_then(|c| c.committed.as_ref())
-                        .is_some_and(|r| r.knows(u))
+                        .is_some_and(|r| r.membership.is_member(u))
+                        || self.user_former.get(u).is_some_and(|f| f.contains(*c))
                 })
         };
+        // One page: users in the order asked, each user's devices in id order, at most
+        // `max_devices` devices (certificate and revocation each) so that the frame stays
+        // within the relay's frame length.
+        let max_devices = (self.limits.max_frame_len.saturating_sub(4096)
+            / wire::MAX_DEVICE_STATEMENTS_LEN)
+            .clamp(1, wire::MAX_LISTED_DEVICES);
         let mut registrations = Vec::new();
         let mut revocations = Vec::new();
         let mut seen = BTreeSet::new();
-        for u in users {
+        let mut complete = users.len();
+        let mut resume_after = None;
+        let mut n_listed = 0usize;
+        'users: for (i, u) in users.iter().enumerate() {
             if !seen.insert(*u) || !shares(u) {
                 continue;
             }
-            for d in self.user_devices.get(u).into_iter().flatten() {
-                if let Some(c) = self.certs.get(d) {
+            let mut devices: Vec<DeviceId> = self
+                .user_devices
+                .get(u)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            devices.sort();
+            let start = if i == 0 { after } else { None };
+            let mut last = start;
+            for d in devices.into_iter().filter(|d| start.is_none_or(|a| *d > a)) {
+                if n_listed >= max_devices {
+                    complete = i;
+                    resume_after = last;
+                    break 'users;
+                }
+                n_listed += 1;
+                last = Some(d);
+                if let Some(c) = self.certs.get(&d) {
                     registrations.push(c.clone());
                 }
                 // Only durable revocations: the answer states what the relay keeps.
@@ -851,31 +934,26 @@ impl RelayCore {
                     .staged
                     .revocations
                     .iter()
-                    .any(|r| r.revocation.device == *d)
+                    .any(|r| r.revocation.device == d)
                     || self
                         .inflight
                         .as_ref()
-                        .is_some_and(|i| i.revocations.contains(d));
-                if let (Some(r), false) = (self.revoked.get(d), pending) {
+                        .is_some_and(|i| i.revocations.contains(&d));
+                if let (Some(r), false) = (self.revoked.get(&d), pending) {
                     revocations.push(r.clone());
                 }
             }
         }
-        if registrations.len() > wire::MAX_LISTED_DEVICES
-            || revocations.len() > wire::MAX_LISTED_DEVICES
-        {
-            let msg = format!(
-                "over {} devices; ask for fewer users",
-                wire::MAX_LISTED_DEVICES
-            );
-            return self.refuse(session, request_id, ErrorCode::BATCH_TOO_LARGE, &msg);
-        }
+        // `complete` fits: users are at most MAX_DEVICE_QUERY_USERS.
+        let complete = u32::try_from(complete).unwrap_or(u32::MAX);
         self.send(
             session,
             ServerFrame::Devices {
                 request_id,
                 registrations,
                 revocations,
+                complete,
+                resume_after,
             },
         );
     }
@@ -1353,7 +1431,6 @@ impl RelayCore {
                     committed: None,
                     head: ConversationRecord {
                         membership,
-                        former: BTreeSet::new(),
                         max_seq: 0,
                         last_ack: EventId([0; 32]),
                         last_ts_ms: 0,
@@ -1368,7 +1445,7 @@ impl RelayCore {
                     return Slot::Done(membership_rejection(&e));
                 }
                 if let EventKind::RemoveMember { user } = ev.kind() {
-                    c.head.former.insert(*user);
+                    self.staged.former.push((conv, *user));
                 }
             }
             self.staged.membership_changed.insert(conv);
@@ -1634,6 +1711,11 @@ impl RelayCore {
                 .iter()
                 .map(|r| (r.device, r.user))
                 .collect(),
+            certs: staged
+                .registrations
+                .iter()
+                .map(|r| r.cert.clone())
+                .collect(),
             revocations: staged
                 .revocations
                 .iter()
@@ -1797,11 +1879,11 @@ impl RelayCore {
                 for m in rec.membership.members() {
                     self.user_convs.entry(*m).or_default().insert(c);
                 }
-                for m in &rec.former {
-                    self.user_former.entry(*m).or_default().insert(c);
-                }
             }
             conv.committed = Some(rec);
+        }
+        for (c, u) in &staged.former {
+            self.user_former.entry(*u).or_default().insert(*c);
         }
         for r in staged.registrations {
             self.add_device(r.device, r.user);

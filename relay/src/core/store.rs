@@ -11,6 +11,9 @@
 //!   suffix keeps two different events with the same counter apart; the relay refuses a
 //!   second one (a chain fork), and the `prev` in the value lets it check chains.
 //! - `conversations`: conversation (16) → postcard([`ConversationRecord`])
+//! - `former_members`: conversation (16) | user (32) → (): users removed from the conversation
+//!   at some point (a row per user, written once, so that a commit does not rewrite an
+//!   ever-growing set; schema 5, migrated from the `former` field of schema 4's record)
 //! - `device_certs`: device (32) → postcard([`DeviceRegistration`])
 //! - `revocations`: device (32) → postcard([`DeviceRevocation`])
 //! - `cursors`: device (32) | conversation (16) → highest sequence the device reported received
@@ -38,6 +41,8 @@ const EVENTS: TableDefinition<SeqKey, (&[u8], &[u8])> = TableDefinition::new("ev
 type IndexValue = [u8; 56];
 const EVENT_INDEX: TableDefinition<IndexKey, IndexValue> = TableDefinition::new("event_index");
 const CONVERSATIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("conversations");
+type FormerKey = [u8; 48];
+const FORMER: TableDefinition<FormerKey, ()> = TableDefinition::new("former_members");
 const DEVICES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("device_certs");
 const REVOCATIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("revocations");
 const CURSORS: TableDefinition<CursorKey, u64> = TableDefinition::new("cursors");
@@ -102,9 +107,6 @@ pub struct ConversationRecord {
     /// The members after `max_seq`: from the Create event, then every accepted AddMember and
     /// RemoveMember in sequence order.
     pub membership: Membership,
-    /// Users removed at some point (re-added ones stay listed): devices that catch up still
-    /// need their device certificates to verify what they wrote while members.
-    pub former: BTreeSet<UserId>,
     /// Highest sequence stored.
     pub max_seq: ServerSeq,
     /// Id of the ack of `max_seq` (the `prev` of the next ack).
@@ -113,11 +115,21 @@ pub struct ConversationRecord {
     pub last_ts_ms: u64,
 }
 
-impl ConversationRecord {
-    /// Whether `user` is a member now or was one before.
-    pub fn knows(&self, user: &UserId) -> bool {
-        self.membership.is_member(user) || self.former.contains(user)
-    }
+/// Schema 4's conversation record: former members inside it (read by the migration only).
+#[derive(Deserialize)]
+struct ConversationRecordV4 {
+    membership: Membership,
+    former: BTreeSet<UserId>,
+    max_seq: ServerSeq,
+    last_ack: EventId,
+    last_ts_ms: u64,
+}
+
+fn former_key(conv: &ConversationId, user: &UserId) -> FormerKey {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&conv.0);
+    k[16..].copy_from_slice(&user.0);
+    k
 }
 
 /// A user's say in a conversation it was listed in.
@@ -182,6 +194,9 @@ pub struct CommitBatch<'a> {
     pub events: Vec<SequencedRecord<'a>>,
     /// Conversations whose record changed.
     pub conversations: Vec<(ConversationId, &'a ConversationRecord)>,
+    /// Users removed from a conversation (users devices that catch up still need the
+    /// certificates of, to verify what they wrote while members).
+    pub former: Vec<(ConversationId, UserId)>,
     /// New or renewed device certificates.
     pub devices: Vec<&'a DeviceRegistration>,
     /// New device revocations.
@@ -199,6 +214,7 @@ impl CommitBatch<'_> {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.conversations.is_empty()
+            && self.former.is_empty()
             && self.devices.is_empty()
             && self.revocations.is_empty()
             && self.cursors.is_empty()
@@ -296,6 +312,35 @@ fn cursor_key(device: &DeviceId, conv: &ConversationId) -> CursorKey {
     k
 }
 
+/// Schema 4 → 5: former members move out of the conversation records into their table.
+fn migrate_v4(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut convs = txn.open_table(CONVERSATIONS)?;
+    let mut former = txn.open_table(FORMER)?;
+    let mut old = Vec::new();
+    for row in convs.iter()? {
+        let (k, v) = row?;
+        let rec: ConversationRecordV4 = postcard::from_bytes(v.value())
+            .map_err(|_| StoreError::Corrupt("conversation record (schema 4)"))?;
+        old.push((k.value(), rec));
+    }
+    for (k, rec) in old {
+        let conv = ConversationId(k);
+        for u in &rec.former {
+            former.insert(former_key(&conv, u), ())?;
+        }
+        let new = ConversationRecord {
+            membership: rec.membership,
+            max_seq: rec.max_seq,
+            last_ack: rec.last_ack,
+            last_ts_ms: rec.last_ts_ms,
+        };
+        let bytes = postcard::to_stdvec(&new)
+            .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
+        convs.insert(k, bytes.as_slice())?;
+    }
+    Ok(())
+}
+
 impl RelayStore {
     /// Opens (creating the tables if needed) a store on an open database. `durable` selects
     /// `Durability::Immediate` (fsync per commit) or `Durability::None` (tests, simulations).
@@ -323,6 +368,10 @@ impl RelayStore {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(4) => {
+                    migrate_v4(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
                 Some(found) => {
                     return Err(StoreError::Schema {
                         found,
@@ -333,6 +382,7 @@ impl RelayStore {
             txn.open_table(EVENTS)?;
             txn.open_table(EVENT_INDEX)?;
             txn.open_table(CONVERSATIONS)?;
+            txn.open_table(FORMER)?;
             txn.open_table(DEVICES)?;
             txn.open_table(REVOCATIONS)?;
             txn.open_table(CURSORS)?;
@@ -399,6 +449,10 @@ impl RelayStore {
                     .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
                 convs.insert(id.0, bytes.as_slice())?;
             }
+            let mut former = txn.open_table(FORMER)?;
+            for (c, u) in &batch.former {
+                former.insert(former_key(c, u), ())?;
+            }
             let mut devices = txn.open_table(DEVICES)?;
             for r in &batch.devices {
                 let bytes = postcard::to_stdvec(r)
@@ -449,6 +503,23 @@ impl RelayStore {
             let rec: ConversationRecord = postcard::from_bytes(v.value())
                 .map_err(|_| StoreError::Corrupt("conversation record"))?;
             out.push((ConversationId(k.value()), rec));
+        }
+        Ok(out)
+    }
+
+    /// Every (conversation, user) a user was removed from.
+    pub fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FORMER)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            let mut c = [0u8; 16];
+            c.copy_from_slice(&k[..16]);
+            let mut u = [0u8; 32];
+            u.copy_from_slice(&k[16..]);
+            out.push((ConversationId(c), UserId(u)));
         }
         Ok(out)
     }
@@ -688,7 +759,6 @@ mod tests {
         let conv = ConversationId([1; 16]);
         let rec = ConversationRecord {
             membership: Membership::create(UserId([2; 32]), &[UserId([2; 32])]).expect("create"),
-            former: BTreeSet::from([UserId([9; 32])]),
             max_seq: 2,
             last_ack: EventId([3; 32]),
             last_ts_ms: 10,
@@ -713,6 +783,7 @@ mod tests {
                 },
             ],
             conversations: vec![(conv, &rec)],
+            former: vec![(conv, UserId([9; 32]))],
             devices: vec![&cert],
             revocations: vec![&rev],
             cursors: vec![(DeviceId([6; 32]), conv, 1)],
@@ -739,6 +810,10 @@ mod tests {
         );
         assert_eq!(store.conversations().expect("read"), vec![(conv, rec)]);
         assert_eq!(
+            store.former_members().expect("read"),
+            vec![(conv, UserId([9; 32]))]
+        );
+        assert_eq!(
             store.devices().expect("read"),
             vec![(DeviceId([6; 32]), UserId([2; 32]))]
         );
@@ -762,5 +837,58 @@ mod tests {
         let (items, more) = store.page(&conv, 0, 10, 1).expect("page");
         assert_eq!((items.len(), more), (1, true));
         assert_eq!(store.n_events().expect("count"), 2);
+    }
+
+    /// A schema-4 file (former members inside the conversation record) opens as schema 5,
+    /// its former members moved into their table.
+    #[test]
+    fn a_schema_4_store_is_migrated() {
+        #[derive(Serialize)]
+        struct V4 {
+            membership: Membership,
+            former: BTreeSet<UserId>,
+            max_seq: ServerSeq,
+            last_ack: EventId,
+            last_ts_ms: u64,
+        }
+        let conv = ConversationId([1; 16]);
+        let membership = Membership::create(UserId([2; 32]), &[UserId([2; 32])]).expect("create");
+        let old = V4 {
+            membership: membership.clone(),
+            former: BTreeSet::from([UserId([9; 32]), UserId([8; 32])]),
+            max_seq: 7,
+            last_ack: EventId([3; 32]),
+            last_ts_ms: 10,
+        };
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", 4)
+                .expect("schema");
+            let bytes = postcard::to_stdvec(&old).expect("encode");
+            txn.open_table(CONVERSATIONS)
+                .expect("convs")
+                .insert(conv.0, bytes.as_slice())
+                .expect("record");
+        }
+        txn.commit().expect("commit");
+        let store = RelayStore::open(db, false).expect("migrated");
+        let rec = ConversationRecord {
+            membership,
+            max_seq: 7,
+            last_ack: EventId([3; 32]),
+            last_ts_ms: 10,
+        };
+        assert_eq!(store.conversations().expect("read"), vec![(conv, rec)]);
+        let mut former = store.former_members().expect("read");
+        former.sort();
+        assert_eq!(
+            former,
+            vec![(conv, UserId([8; 32])), (conv, UserId([9; 32]))]
+        );
     }
 }

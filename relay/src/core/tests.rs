@@ -1121,6 +1121,7 @@ fn devices_lists_verified_certificates_of_co_members_only() {
             ClientFrame::Devices {
                 request_id: 8,
                 users: users.iter().map(|&u| user_id(u)).collect(),
+                after: None,
             },
         );
         match &got[..] {
@@ -1176,6 +1177,7 @@ fn devices_keeps_serving_certificates_across_a_removal_but_not_to_strangers() {
             ClientFrame::Devices {
                 request_id: 9,
                 users: users.iter().map(|&u| user_id(u)).collect(),
+                after: None,
             },
         );
         // Pushes of the events above may come first.
@@ -1650,4 +1652,227 @@ fn invitations_are_accepted_declined_and_blocked_per_user() {
     );
     let again = create_numbered(&mut eve, 6001, &[user_id(3), user_id(2)]);
     assert_eq!(submit_all(&mut net, &eve, &[again], &[]), 1);
+}
+
+/// Registers a certificate of device `dev_seed` (a key derived from it, any agreement key)
+/// for user `user_seed` from `session`; the answer.
+fn register_for(net: &mut Net, session: SessionId, user_seed: u8, dev: [u8; 32]) -> ServerFrame {
+    let key = DeviceKey::from_seed(dev, user_id(user_seed));
+    let reg = DeviceRegistration::sign(&user_key(user_seed), key.device(), dev, net.now);
+    let got = net.frame(
+        session,
+        ClientFrame::RegisterDevice {
+            request_id: 5,
+            registration: reg,
+        },
+    );
+    got.into_iter()
+        .find(|f| {
+            matches!(
+                f,
+                ServerFrame::Registered { .. } | ServerFrame::Refused { .. }
+            )
+        })
+        .expect("an answer")
+}
+
+fn device_seed(user: u8, n: usize) -> [u8; 32] {
+    let mut s = [user; 32];
+    s[..8].copy_from_slice(&(n as u64 + 1_000).to_be_bytes());
+    s
+}
+
+/// Issue #12, "Device-registration freeze": a user could register any number of devices,
+/// until a `Devices` answer about them was over its limit and refused.
+#[test]
+fn devices_per_user_are_capped_revoked_ones_included() {
+    let mut net = Net::new(Limits::default());
+    let a = net.connect(1, 10);
+    let cap = tidings_engine::directory::MAX_DEVICES_PER_USER;
+    // Device 10 is one already.
+    let mut refused = Vec::new();
+    for n in 1..cap + 40 {
+        if let ServerFrame::Refused { code, .. } =
+            register_for(&mut net, a.session, 1, device_seed(1, n))
+        {
+            refused.push((n, code));
+        }
+    }
+    assert_eq!(
+        refused.first(),
+        Some(&(cap, ErrorCode::TOO_MANY_DEVICES)),
+        "{} devices registered for one user",
+        cap + 40 - refused.len()
+    );
+    assert_eq!(refused.len(), 40);
+    // Revoking one does not free its place: revoked ids are kept for good.
+    let gone = DeviceKey::from_seed(device_seed(1, 1), user_id(1)).device();
+    let rev = DeviceRevocation::sign(&user_key(1), gone, net.now);
+    assert!(matches!(
+        revoke(&mut net, a.session, rev),
+        ServerFrame::Revoked { .. }
+    ));
+    assert!(matches!(
+        register_for(&mut net, a.session, 1, device_seed(1, 9_999)),
+        ServerFrame::Refused {
+            code: ErrorCode::TOO_MANY_DEVICES,
+            ..
+        }
+    ));
+    // The cap survives a restart.
+    let mut net = restart(net);
+    let a = net.connect(1, 10);
+    assert!(matches!(
+        register_for(&mut net, a.session, 1, device_seed(1, 9_998)),
+        ServerFrame::Refused {
+            code: ErrorCode::TOO_MANY_DEVICES,
+            ..
+        }
+    ));
+}
+
+/// Issue #12, "Device-registration freeze": one `Devices` answer held every statement asked
+/// for, and was refused over 4,096 devices (or went over the frame length): an honest
+/// 1,024-user ask could not be answered. Pages now stay within both limits, and the asker
+/// goes on from where a page stopped.
+#[test]
+fn devices_answers_are_paged_within_the_frame_length() {
+    let limits = Limits::default().with_max_frame_len(0);
+    let max_frame_len = limits.clone().clamped().max_frame_len;
+    let mut net = Net::new(limits);
+    let mut a = net.connect(1, 10);
+    let users: Vec<u8> = vec![2, 3, 4];
+    let mut want = vec![a.key.device()];
+    for &u in &users {
+        let d = net.connect(u, u * 10);
+        want.push(d.key.device());
+        for n in 0..150 {
+            let seed = device_seed(u, n);
+            assert!(matches!(
+                register_for(&mut net, d.session, u, seed),
+                ServerFrame::Registered { .. }
+            ));
+            want.push(DeviceKey::from_seed(seed, user_id(u)).device());
+        }
+    }
+    let created = create(&mut a, 1, &[1, 2, 3, 4]);
+    seq_of(&net.submit(&a, &[created])[0]);
+    let mut asked: Vec<UserId> = [1, 2, 3, 4].iter().map(|&u| user_id(u)).collect();
+    let mut after = None;
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 100, "no end to the pages");
+        let frames = net.frame(
+            a.session,
+            ClientFrame::Devices {
+                request_id: 40,
+                users: asked.clone(),
+                after,
+            },
+        );
+        let page = frames
+            .into_iter()
+            .find(|f| matches!(f, ServerFrame::Devices { .. } | ServerFrame::Refused { .. }))
+            .expect("an answer");
+        let len = wire::frame_bytes(&page).expect("encode").len();
+        assert!(
+            len <= max_frame_len,
+            "a {len}-byte answer, frame limit {max_frame_len}"
+        );
+        let ServerFrame::Devices {
+            registrations,
+            complete,
+            resume_after,
+            ..
+        } = page
+        else {
+            panic!("{page:?}");
+        };
+        got.extend(registrations.iter().map(|r| r.device));
+        let complete = complete as usize;
+        if complete >= asked.len() {
+            break;
+        }
+        asked.drain(..complete);
+        after = resume_after;
+    }
+    assert!(pages > 1);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+/// Issue #12, "Re-certification takeover": a newer certificate of a registered device with
+/// another X25519 key replaced the stored one ("newer wins"); whoever held the user key then
+/// received that device's epoch keys.
+#[test]
+fn recertifying_a_device_with_another_agreement_key_is_refused() {
+    let mut net = Net::new(Limits::default());
+    let a = net.connect(1, 10);
+    let takeover = DeviceRegistration::sign(&user_key(1), a.key.device(), [66; 32], net.now + 5);
+    let got = net.frame(
+        a.session,
+        ClientFrame::RegisterDevice {
+            request_id: 3,
+            registration: takeover,
+        },
+    );
+    assert!(
+        matches!(
+            got[..],
+            [ServerFrame::Refused {
+                code: ErrorCode::AGREEMENT_KEY_CHANGED,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let stored = net.core.store().registrations().expect("read");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].agreement, [10; 32]);
+    // A renewal with the same keys is stored.
+    let renewal = DeviceRegistration::sign(&user_key(1), a.key.device(), [10; 32], net.now + 6);
+    let got = net.frame(
+        a.session,
+        ClientFrame::RegisterDevice {
+            request_id: 4,
+            registration: renewal.clone(),
+        },
+    );
+    assert!(
+        matches!(got[..], [ServerFrame::Registered { .. }]),
+        "{got:?}"
+    );
+    assert_eq!(
+        net.core.store().registrations().expect("read"),
+        vec![renewal]
+    );
+}
+
+/// Issue #12, "Smaller ones": the conversation record held every user ever removed, and
+/// every commit touching the conversation rewrote it whole.
+#[test]
+fn a_conversation_record_does_not_grow_with_its_former_members() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let created = create(&mut a, 1, &[1]);
+    seq_of(&net.submit(&a, &[created])[0]);
+    let record_len = |net: &Net| {
+        let convs = net.core.store().conversations().expect("read");
+        postcard::to_stdvec(&convs[0].1).expect("encode").len()
+    };
+    let before = record_len(&net);
+    for u in 2..40u8 {
+        let add = add(&mut a, 1, u, false);
+        seq_of(&net.submit(&a, &[add])[0]);
+        let gone = remove(&mut a, 1, u);
+        seq_of(&net.submit(&a, &[gone])[0]);
+    }
+    let after = record_len(&net);
+    assert!(
+        after <= before + 16,
+        "the record grew from {before} to {after} bytes with 38 former members"
+    );
 }

@@ -1002,7 +1002,6 @@ pub fn relay_store_file() -> &'static [u8] {
                 &[alice().user(), bob().user()],
             )
             .expect("fixture membership"),
-            former: Default::default(),
             max_seq: records.len() as u64,
             last_ack: pairs.last().map(|(_, a)| a.id()).expect("acks"),
             last_ts_ms: 5_000 + records.len() as u64,
@@ -1011,6 +1010,7 @@ pub fn relay_store_file() -> &'static [u8] {
             .commit(&CommitBatch {
                 events: records,
                 conversations: vec![(CONV, &rec)],
+                former: vec![],
                 devices: certs.iter().collect(),
                 revocations: vec![],
                 cursors: vec![(bob().device(), CONV, 3)],
