@@ -411,11 +411,11 @@ impl RelayCore {
             });
         }
         let n = self.per_ip.entry(peer).or_default();
-        if *n >= self.limits.max_connections_per_ip {
+        if *n >= self.limits.max_connections_per_prefix {
             self.metrics.connection_refused();
             return Err(ConnectError::TooManyFromAddress {
                 addr: peer,
-                max: self.limits.max_connections_per_ip,
+                max: self.limits.max_connections_per_prefix,
             });
         }
         *n += 1;
