@@ -1408,6 +1408,23 @@ fn rates_are_per_device_and_per_user_across_reconnects() {
     assert_eq!(seq_of(&out[0]), 1);
 }
 
+/// Rate buckets are bounded: past the limit, idle (refilled) buckets are dropped, and a
+/// dropped bucket behaves like a full one.
+#[test]
+fn rate_buckets_stay_bounded() {
+    let mut limits = Limits::default().with_rate(1_000, 1);
+    limits.max_rate_buckets = 4;
+    let mut net = Net::new(limits);
+    for u in 1..=6u8 {
+        let mut d = net.connect(u, 100 + u);
+        let ev = create(&mut d, u, &[u]);
+        let out = net.submit(&d, &[ev]);
+        assert_eq!(seq_of(&out[0]), 1, "user {u}");
+        net.now += 10;
+    }
+    assert!(net.core.n_rate_buckets() <= 4);
+}
+
 /// The ack's server timestamp.
 fn ts_of(o: &SubmitOutcome) -> u64 {
     let SubmitOutcome::Accepted { ack } = o else {
