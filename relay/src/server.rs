@@ -751,20 +751,19 @@ impl Shell {
         // and Auth. Keep-alives do not move it.
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.limits.handshake_timeout_ms);
-        let accepted = tokio::time::timeout_at(deadline, async {
-            let conn = incoming.accept()?.await?;
-            let (send, recv) = conn.accept_bi().await?;
-            Ok::<_, ConnError>((conn, send, recv))
-        })
-        .await;
-        let (conn, send, recv) = match accepted {
-            Ok(r) => r?,
-            Err(_) => {
-                // The connection (if any) is dropped with the future: closed.
-                self.metrics.handshake_timeout();
-                return Ok(());
-            }
+        let Ok(conn) = tokio::time::timeout_at(deadline, incoming.accept()?).await else {
+            // The QUIC handshake itself did not finish: dropped, so closed.
+            self.metrics.handshake_timeout();
+            return Ok(());
         };
+        let conn = conn?;
+        let Ok(stream) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+            self.metrics.handshake_timeout();
+            let code = ErrorCode::AUTH_FAILED;
+            conn.close(code.0.into(), b"no authentication before the handshake deadline");
+            return Ok(());
+        };
+        let (send, recv) = stream?;
         let mut binding = [0u8; wire::TLS_BINDING_LEN];
         conn.export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
             .map_err(|_| ConnError::Protocol("keying material export failed"))?;
