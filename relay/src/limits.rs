@@ -175,9 +175,7 @@ impl Limits {
         self.ipv6_prefix_len = self.ipv6_prefix_len.min(128);
         self.handshake_timeout_ms = self.handshake_timeout_ms.max(1);
         // Hello and Auth always fit.
-        self.max_handshake_frame_len = self
-            .max_handshake_frame_len
-            .clamp(128, self.max_frame_len);
+        self.max_handshake_frame_len = self.max_handshake_frame_len.clamp(128, self.max_frame_len);
         self.max_commit_batch = self.max_commit_batch.max(1);
         self.core_queue = self.core_queue.max(1);
         self

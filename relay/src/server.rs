@@ -26,12 +26,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{self, ClientFrame, ErrorCode, ServerFrame};
 use tidings_engine::{DeviceId, Event};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -749,8 +749,8 @@ impl Shell {
     async fn connection(&self, incoming: quinn::Incoming) -> Result<(), ConnError> {
         // One deadline for everything before Welcome: the QUIC handshake, the stream, Hello
         // and Auth. Keep-alives do not move it.
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.limits.handshake_timeout_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.limits.handshake_timeout_ms);
         let Ok(conn) = tokio::time::timeout_at(deadline, incoming.accept()?).await else {
             // The QUIC handshake itself did not finish: dropped, so closed.
             self.metrics.handshake_timeout();
@@ -760,7 +760,10 @@ impl Shell {
         let Ok(stream) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
             self.metrics.handshake_timeout();
             let code = ErrorCode::AUTH_FAILED;
-            conn.close(code.0.into(), b"no authentication before the handshake deadline");
+            conn.close(
+                code.0.into(),
+                b"no authentication before the handshake deadline",
+            );
             return Ok(());
         };
         let (send, recv) = stream?;

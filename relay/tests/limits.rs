@@ -127,7 +127,9 @@ async fn raw_device(
 /// The application close code of a closed connection.
 fn close_code(e: &quinn::ConnectionError) -> Option<u16> {
     match e {
-        quinn::ConnectionError::ApplicationClosed(c) => u16::try_from(c.error_code.into_inner()).ok(),
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            u16::try_from(c.error_code.into_inner()).ok()
+        }
         _ => None,
     }
 }
@@ -160,7 +162,8 @@ async fn handshake_deadline_closes_strangers_despite_keepalive() -> Result<()> {
     let relay = start(dir.path(), limits, 1).await?;
     let ep = endpoint()?;
     let key = DeviceKey::from_seed([11; 32], user_id(1));
-    let (_honest, mut honest_send, mut honest_recv) = raw_device(&ep, &relay, None, 1, &key).await?;
+    let (_honest, mut honest_send, mut honest_recv) =
+        raw_device(&ep, &relay, None, 1, &key).await?;
 
     let silent = ep
         .connect_with(config(&relay, None)?, relay.addr(), SERVER_NAME)?

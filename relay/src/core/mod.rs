@@ -1093,7 +1093,10 @@ impl RelayCore {
             return Slot::Done(rejected(ErrorCode::INTERNAL, "session vanished"));
         };
         if let Err(who) = self.rates.take(device, user, now_ms, &self.limits) {
-            return Slot::Done(rejected(ErrorCode::RATE_LIMITED, format!("over the {who}'s rate")));
+            return Slot::Done(rejected(
+                ErrorCode::RATE_LIMITED,
+                format!("over the {who}'s rate"),
+            ));
         }
         if let Some(membership) = membership {
             self.convs.insert(

@@ -1363,11 +1363,7 @@ fn connections_are_limited_per_address_prefix() {
 /// does not refill the device's bucket, and a user's devices share the user's bucket.
 #[test]
 fn rates_are_per_device_and_per_user_across_reconnects() {
-    let mut net = Net::new(
-        Limits::default()
-            .with_rate(10, 3)
-            .with_user_rate(10, 5),
-    );
+    let mut net = Net::new(Limits::default().with_rate(10, 3).with_user_rate(10, 5));
     let mut a = net.connect(1, 10);
     let mut evs = vec![create(&mut a, 1, &[1])];
     for i in 0..3 {
@@ -1520,8 +1516,7 @@ fn every_request_gets_exactly_one_answer() {
         for r in &requests {
             let id = r.request_id().expect("a request");
             let got = net.frame(session, r.clone());
-            let answers: Vec<&ServerFrame> =
-                got.iter().filter(|f| f.answers().is_some()).collect();
+            let answers: Vec<&ServerFrame> = got.iter().filter(|f| f.answers().is_some()).collect();
             assert!(
                 matches!(answers[..], [f] if f.answers() == Some(id)),
                 "{r:?} on session {session}: {got:?}"
