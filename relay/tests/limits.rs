@@ -263,8 +263,10 @@ async fn strangers_get_nothing_read_or_verified() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_kind_is_metered() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut limits = Limits::default();
-    limits.max_inflight_requests = 4;
+    let limits = Limits {
+        max_inflight_requests: 4,
+        ..Limits::default()
+    };
     let relay = start(dir.path(), limits, 30).await?;
     let ep = endpoint()?;
     let key = DeviceKey::from_seed([31; 32], user_id(3));
