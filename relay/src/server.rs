@@ -10,9 +10,12 @@
 //!   pushed.
 //! - One **driver task** per connection reads frames, verifies Submit signatures in batches
 //!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
-//!   sends the frames the core routes to it. A connection may have at most
-//!   `max_inflight_requests` unanswered requests: past that its driver stops reading and QUIC
-//!   flow control pushes back on the device.
+//!   sends the frames the core routes to it. Before `Welcome` the driver reads only small
+//!   Hello/Auth frames, within one handshake deadline, and verifies nothing. After it, every
+//!   request kind goes through the connection's [`Meter`]: at most `max_inflight_requests`
+//!   unanswered, and only with room in the outgoing queue (`max_outgoing_bytes`) for each
+//!   one's largest answer; past that its driver stops reading and QUIC flow control pushes back
+//!   on the device.
 //! - [`run`] takes a bound endpoint and a shutdown future; [`start`] opens everything from a
 //!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
 
