@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::{self, ClientFrame, ServerFrame};
+use tidings::engine::wire::{self, ClientFrame};
 use tidings::engine::{ConversationId, DeviceKey, Event, EventKind, MessageId, UserId};
 use tidings::relay::client::{client_config, client_endpoint, RelayClient, SERVER_NAME};
 use tidings::relay::{Limits, RelayConfig};
