@@ -247,7 +247,7 @@ fn sign_all(args: &Args, keys: &[DeviceKey], heads: &[Option<EventId>]) -> Vec<V
 async fn run_relay(args: &Args) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let limits = Limits::default()
-        .with_connections_per_ip(args.devices + 16)
+        .with_connections_per_prefix(args.devices + 16)
         .with_rate(10_000_000, 10_000_000);
     let relay = tidings::relay::start(
         RelayConfig::dev(dir.path())

@@ -30,8 +30,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The protocol version this build speaks, sent in [`ClientFrame::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks, sent in [`ClientFrame::Hello`]. 2: paged `Sync`
+/// and `Devices`, invitations and blocks (issue #12).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The QUIC/TLS application protocol name.
 pub const ALPN: &[u8] = b"tidings/1";
 /// Bytes in the length prefix of a frame.
@@ -759,6 +760,60 @@ pub enum ServerFrame {
     },
 }
 
+impl ClientFrame {
+    /// The request id of a request: a frame the relay answers with exactly one frame (see
+    /// [`ServerFrame::answers`]). `None` for the handshake frames and `Received`, which get no
+    /// answer. The relay meters requests by this, so a new request kind must say it here.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Hello { .. } | ClientFrame::Auth { .. } | ClientFrame::Received { .. } => {
+                None
+            }
+            ClientFrame::RegisterDevice { request_id, .. }
+            | ClientFrame::Submit { request_id, .. }
+            | ClientFrame::Pull { request_id, .. }
+            | ClientFrame::Sync { request_id, .. }
+            | ClientFrame::Revoke { request_id, .. }
+            | ClientFrame::Devices { request_id, .. }
+            | ClientFrame::Accept { request_id, .. }
+            | ClientFrame::Decline { request_id, .. }
+            | ClientFrame::Block { request_id, .. }
+            | ClientFrame::Unblock { request_id, .. } => Some(*request_id),
+        }
+    }
+
+    /// Whether the frame belongs to the handshake (allowed before `Welcome`, see
+    /// [`decode_handshake`]).
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, ClientFrame::Hello { .. } | ClientFrame::Auth { .. })
+    }
+}
+
+impl ServerFrame {
+    /// The request a frame answers, if it is an answer: every request
+    /// ([`ClientFrame::request_id`]) gets exactly one of these, `Refused` included. `None` for
+    /// frames the relay sends unasked (`Challenge`, `Welcome`, `Error`, `Push`, `PullMode`,
+    /// `UserChanged`).
+    pub fn answers(&self) -> Option<u64> {
+        match self {
+            ServerFrame::Challenge { .. }
+            | ServerFrame::Welcome(_)
+            | ServerFrame::Error { .. }
+            | ServerFrame::Push { .. }
+            | ServerFrame::PullMode
+            | ServerFrame::UserChanged { .. } => None,
+            ServerFrame::Refused { request_id, .. }
+            | ServerFrame::Registered { request_id, .. }
+            | ServerFrame::SubmitResult { request_id, .. }
+            | ServerFrame::Page { request_id, .. }
+            | ServerFrame::Conversations { request_id, .. }
+            | ServerFrame::Revoked { request_id, .. }
+            | ServerFrame::Devices { request_id, .. }
+            | ServerFrame::UserState { request_id, .. } => Some(*request_id),
+        }
+    }
+}
+
 /// Why bytes were not accepted as a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -774,6 +829,12 @@ pub enum WireError {
     /// The frame body is not a valid encoding.
     #[error("malformed frame: {0}")]
     Malformed(&'static str),
+    /// A frame other than `Hello` or `Auth` before authentication (not decoded).
+    #[error("frame variant {variant} is not allowed before authentication")]
+    NotHandshake {
+        /// The frame's variant index.
+        variant: u32,
+    },
     /// A field inside a valid frame is over its limit.
     #[error("frame field {field} out of limits: {len} > {max}")]
     FieldTooLarge {
@@ -792,6 +853,7 @@ impl WireError {
         match self {
             WireError::FrameTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
             WireError::Malformed(_) | WireError::FieldTooLarge { .. } => ErrorCode::MALFORMED_FRAME,
+            WireError::NotHandshake { .. } => ErrorCode::UNEXPECTED_FRAME,
         }
     }
 }
@@ -909,6 +971,32 @@ pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, WireError> {
     }
     frame.check_limits()?;
     Ok(frame)
+}
+
+/// Decodes a frame body read before authentication. Only `Hello` and `Auth` are decoded;
+/// any other frame is refused by its variant index alone ([`WireError::NotHandshake`]), so
+/// nothing a stranger sends beyond the handshake is decoded (a `Submit`'s envelopes are not
+/// even split).
+pub fn decode_handshake(body: &[u8]) -> Result<ClientFrame, WireError> {
+    // postcard writes an enum's variant index first, as a varint: Hello is 0, Auth is 1, both
+    // one byte.
+    match body.first() {
+        Some(0 | 1) => decode_body(body),
+        Some(&variant) => Err(WireError::NotHandshake {
+            variant: u32::from(variant),
+        }),
+        None => Err(WireError::Malformed("empty frame body")),
+    }
+}
+
+/// The bytes [`encode_frame`] writes for `frame` (length prefix included), counted without
+/// encoding it.
+pub fn encoded_len<F: Frame>(frame: &F) -> usize {
+    let body = postcard::serialize_with_flavor(frame, postcard::ser_flavors::Size::default())
+        // Counting cannot fail for our frame types; an impossible failure counts as the
+        // largest frame, which errs on the side of the limit.
+        .unwrap_or(MAX_FRAME_LEN);
+    FRAME_HEADER_LEN + body
 }
 
 /// An incremental decoder for a byte stream of frames (for transports that hand out chunks).
@@ -1393,6 +1481,26 @@ mod tests {
                 prop_assert_eq!(got, f);
             }
 
+            /// The counted length is the encoded length, and before authentication exactly
+            /// the handshake frames decode (every other kind is refused by its variant).
+            #[test]
+            fn client_frames_count_and_handshake(f in client_frame()) {
+                let bytes = frame_bytes(&f).expect("encode");
+                prop_assert_eq!(encoded_len(&f), bytes.len());
+                let got = decode_handshake(&bytes[FRAME_HEADER_LEN..]);
+                if f.is_handshake() {
+                    prop_assert_eq!(got, Ok(f));
+                } else {
+                    prop_assert!(matches!(got, Err(WireError::NotHandshake { .. })), "{:?}", got);
+                }
+            }
+
+            /// The same count for the relay's frames.
+            #[test]
+            fn server_frames_count(f in server_frame()) {
+                prop_assert_eq!(encoded_len(&f), frame_bytes(&f).expect("encode").len());
+            }
+
             /// Untrusted bytes never panic the decoders: a frame or a typed error.
             #[test]
             fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -1458,6 +1566,135 @@ mod tests {
             ..DeviceRevocation::sign(&dev, device, 6)
         };
         assert!(!by_device.verify());
+    }
+
+    /// Which frame answers which, stated once: every request kind has a request id and each of
+    /// its answers (refusal included) names it; unasked frames answer nothing.
+    #[test]
+    fn requests_and_their_answers() {
+        let user = key(1);
+        let device = DeviceId(key(2).verifying_key().to_bytes());
+        let user_id = UserId(user.verifying_key().to_bytes());
+        let requests = [
+            ClientFrame::RegisterDevice {
+                request_id: 1,
+                registration: DeviceRegistration::sign(&user, device, [8; 32], 1),
+            },
+            ClientFrame::Submit {
+                request_id: 2,
+                events: vec![],
+            },
+            ClientFrame::Pull {
+                request_id: 3,
+                conversation: ConversationId([5; 16]),
+                after_seq: 0,
+                limit: 1,
+            },
+            ClientFrame::Sync {
+                request_id: 4,
+                after: None,
+            },
+            ClientFrame::Revoke {
+                request_id: 5,
+                revocation: DeviceRevocation::sign(&user, device, 1),
+            },
+            ClientFrame::Devices {
+                request_id: 6,
+                users: vec![],
+                after: None,
+            },
+            ClientFrame::Accept {
+                request_id: 7,
+                conversation: ConversationId([5; 16]),
+            },
+            ClientFrame::Decline {
+                request_id: 8,
+                conversation: ConversationId([5; 16]),
+            },
+            ClientFrame::Block {
+                request_id: 9,
+                user: user_id,
+            },
+            ClientFrame::Unblock {
+                request_id: 10,
+                user: user_id,
+            },
+        ];
+        for (i, r) in requests.iter().enumerate() {
+            assert_eq!(r.request_id(), Some(i as u64 + 1), "{r:?}");
+            assert!(!r.is_handshake());
+        }
+        let unanswered = [
+            ClientFrame::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                device,
+                user: user_id,
+            },
+            ClientFrame::Auth {
+                signature: SignatureBytes([0; 64]),
+            },
+            ClientFrame::Received {
+                conversation: ConversationId([5; 16]),
+                up_to: 1,
+            },
+        ];
+        assert!(unanswered.iter().all(|f| f.request_id().is_none()));
+        let answers = [
+            ServerFrame::Refused {
+                request_id: 9,
+                code: ErrorCode::INTERNAL,
+                message: String::new(),
+            },
+            ServerFrame::Registered {
+                request_id: 9,
+                user: user_id,
+                device,
+            },
+            ServerFrame::SubmitResult {
+                request_id: 9,
+                outcomes: vec![],
+            },
+            ServerFrame::Page {
+                request_id: 9,
+                conversation: ConversationId([5; 16]),
+                items: vec![],
+                more: false,
+            },
+            ServerFrame::Conversations {
+                request_id: 9,
+                conversations: vec![],
+                next: None,
+                invitations: vec![],
+                blocked: vec![],
+            },
+            ServerFrame::UserState {
+                request_id: 9,
+                change: UserChange::Unblocked(user_id),
+            },
+            ServerFrame::Revoked {
+                request_id: 9,
+                user: user_id,
+                device,
+            },
+            ServerFrame::Devices {
+                request_id: 9,
+                registrations: vec![],
+                revocations: vec![],
+                complete: 0,
+                resume_after: None,
+            },
+        ];
+        assert!(answers.iter().all(|f| f.answers() == Some(9)));
+        let unasked = [
+            ServerFrame::Challenge { nonce: [0; 32] },
+            ServerFrame::Error {
+                code: ErrorCode::INTERNAL,
+                message: String::new(),
+            },
+            ServerFrame::Push { items: vec![] },
+            ServerFrame::PullMode,
+        ];
+        assert!(unasked.iter().all(|f| f.answers().is_none()));
     }
 
     #[test]

@@ -15,14 +15,45 @@ pub const MAX_PAGE_ITEMS: usize = wire::MAX_PAGE_ITEMS;
 pub const MAX_INFLIGHT_REQUESTS: usize = 32;
 /// Default pushed events a device may leave unacknowledged before it is switched to pull mode.
 pub const PUSH_WINDOW: usize = 4096;
-/// Default sustained events per second accepted from one device.
+/// Default bytes of frames queued for one connection and not yet handed to QUIC. A request is
+/// read only while the queue has room for the largest answer of every request in flight
+/// (each counts as [`wire::MAX_FRAME_LEN`]); a frame that does not fit closes the connection
+/// with `SLOW_CONSUMER`.
+pub const MAX_OUTGOING_BYTES: usize = 16 * 1024 * 1024;
+/// Default sustained events per second accepted from one device (over all its connections).
 pub const EVENTS_PER_SEC: u32 = 5_000;
 /// Default burst of events one device may submit above its sustained rate.
 pub const EVENT_BURST: u32 = 10_000;
+/// Default sustained events per second accepted from all the devices of one user.
+pub const USER_EVENTS_PER_SEC: u32 = 10_000;
+/// Default burst of events all the devices of one user may submit above their sustained rate.
+pub const USER_EVENT_BURST: u32 = 20_000;
+/// Default most rate buckets (devices plus users) the relay keeps; past it, buckets that
+/// refilled completely (indistinguishable from new ones) are dropped first, then the least
+/// recently used.
+pub const MAX_RATE_BUCKETS: usize = 100_000;
 /// Default most connections in total.
 pub const MAX_CONNECTIONS: usize = 10_000;
-/// Default most connections from one IP address.
-pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default most connections from one address prefix (see [`IPV4_PREFIX_LEN`] and
+/// [`IPV6_PREFIX_LEN`]).
+pub const MAX_CONNECTIONS_PER_PREFIX: usize = 256;
+/// Default prefix length (bits) that groups IPv4 peers for [`MAX_CONNECTIONS_PER_PREFIX`]: 32,
+/// one address. A /24 would make the users behind one provider's NAT pool share a limit, while
+/// an attacker rarely holds many IPv4 addresses.
+pub const IPV4_PREFIX_LEN: u8 = 32;
+/// Default prefix length (bits) that groups IPv6 peers: 64, the block a provider hands one
+/// subscriber (an attacker has 2^64 addresses in it for free).
+pub const IPV6_PREFIX_LEN: u8 = 64;
+/// Default milliseconds from the first packet of a connection to `Welcome`: an unauthenticated
+/// connection is closed then, whatever keep-alives it sends.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default largest frame body read before authentication: `Hello` (67 bytes), `Auth` (65) and
+/// anything of a registration's size fit; nothing larger is read from a stranger.
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 512;
+/// Default most milliseconds a conversation's `server_ts_ms` may stay ahead of the relay's
+/// clock: within it stamps never decrease (small clock steps back are absorbed); past it the
+/// previous stamp came from a clock that was wrong, and stamps follow the clock again.
+pub const MAX_TS_LEAD_MS: u64 = 60_000;
 /// Default most events in one group commit.
 pub const MAX_COMMIT_BATCH: usize = 4096;
 /// Default longest wait (ms) before staged events are committed; 0 commits as soon as no
@@ -51,16 +82,35 @@ pub struct Limits {
     pub max_page_items: usize,
     /// See [`MAX_INFLIGHT_REQUESTS`].
     pub max_inflight_requests: usize,
+    /// See [`MAX_OUTGOING_BYTES`].
+    pub max_outgoing_bytes: usize,
     /// See [`PUSH_WINDOW`].
     pub push_window: usize,
     /// See [`EVENTS_PER_SEC`].
     pub events_per_sec: u32,
     /// See [`EVENT_BURST`].
     pub event_burst: u32,
+    /// See [`USER_EVENTS_PER_SEC`].
+    pub user_events_per_sec: u32,
+    /// See [`USER_EVENT_BURST`].
+    pub user_event_burst: u32,
+    /// See [`MAX_RATE_BUCKETS`].
+    pub max_rate_buckets: usize,
     /// See [`MAX_CONNECTIONS`].
     pub max_connections: usize,
-    /// See [`MAX_CONNECTIONS_PER_IP`].
-    pub max_connections_per_ip: usize,
+    /// See [`MAX_CONNECTIONS_PER_PREFIX`] (formerly `max_connections_per_ip`).
+    #[serde(alias = "max_connections_per_ip")]
+    pub max_connections_per_prefix: usize,
+    /// See [`IPV4_PREFIX_LEN`] (at most 32).
+    pub ipv4_prefix_len: u8,
+    /// See [`IPV6_PREFIX_LEN`] (at most 128).
+    pub ipv6_prefix_len: u8,
+    /// See [`HANDSHAKE_TIMEOUT_MS`].
+    pub handshake_timeout_ms: u64,
+    /// See [`MAX_HANDSHAKE_FRAME_LEN`].
+    pub max_handshake_frame_len: usize,
+    /// See [`MAX_TS_LEAD_MS`].
+    pub max_ts_lead_ms: u64,
     /// See [`MAX_COMMIT_BATCH`].
     pub max_commit_batch: usize,
     /// See [`COMMIT_WINDOW_MS`].
@@ -78,11 +128,20 @@ impl Default for Limits {
             max_submit_batch: MAX_SUBMIT_BATCH,
             max_page_items: MAX_PAGE_ITEMS,
             max_inflight_requests: MAX_INFLIGHT_REQUESTS,
+            max_outgoing_bytes: MAX_OUTGOING_BYTES,
             push_window: PUSH_WINDOW,
             events_per_sec: EVENTS_PER_SEC,
             event_burst: EVENT_BURST,
+            user_events_per_sec: USER_EVENTS_PER_SEC,
+            user_event_burst: USER_EVENT_BURST,
+            max_rate_buckets: MAX_RATE_BUCKETS,
             max_connections: MAX_CONNECTIONS,
-            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+            max_connections_per_prefix: MAX_CONNECTIONS_PER_PREFIX,
+            ipv4_prefix_len: IPV4_PREFIX_LEN,
+            ipv6_prefix_len: IPV6_PREFIX_LEN,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+            max_handshake_frame_len: MAX_HANDSHAKE_FRAME_LEN,
+            max_ts_lead_ms: MAX_TS_LEAD_MS,
             max_commit_batch: MAX_COMMIT_BATCH,
             commit_window_ms: COMMIT_WINDOW_MS,
             core_queue: CORE_QUEUE,
@@ -100,27 +159,81 @@ impl Limits {
         self.max_submit_batch = self.max_submit_batch.clamp(1, wire::MAX_SUBMIT_BATCH);
         self.max_page_items = self.max_page_items.clamp(1, wire::MAX_PAGE_ITEMS);
         self.max_inflight_requests = self.max_inflight_requests.max(1);
+        // Room for at least one largest answer, so that a request can always be read.
+        self.max_outgoing_bytes = self
+            .max_outgoing_bytes
+            .max(wire::FRAME_HEADER_LEN + wire::MAX_FRAME_LEN);
         self.push_window = self.push_window.max(1);
         self.events_per_sec = self.events_per_sec.max(1);
         self.event_burst = self.event_burst.max(1);
+        self.user_events_per_sec = self.user_events_per_sec.max(1);
+        self.user_event_burst = self.user_event_burst.max(1);
+        self.max_rate_buckets = self.max_rate_buckets.max(2);
         self.max_connections = self.max_connections.max(1);
-        self.max_connections_per_ip = self.max_connections_per_ip.max(1);
+        self.max_connections_per_prefix = self.max_connections_per_prefix.max(1);
+        self.ipv4_prefix_len = self.ipv4_prefix_len.min(32);
+        self.ipv6_prefix_len = self.ipv6_prefix_len.min(128);
+        self.handshake_timeout_ms = self.handshake_timeout_ms.max(1);
+        // Hello and Auth always fit.
+        self.max_handshake_frame_len = self.max_handshake_frame_len.clamp(128, self.max_frame_len);
         self.max_commit_batch = self.max_commit_batch.max(1);
         self.core_queue = self.core_queue.max(1);
         self
     }
 
-    /// Sets [`Limits::events_per_sec`] and [`Limits::event_burst`].
+    /// Sets the rate of one device and of one user ([`Limits::events_per_sec`],
+    /// [`Limits::event_burst`], [`Limits::user_events_per_sec`], [`Limits::user_event_burst`])
+    /// to the same values.
     pub fn with_rate(mut self, events_per_sec: u32, event_burst: u32) -> Limits {
         self.events_per_sec = events_per_sec;
         self.event_burst = event_burst;
+        self.user_events_per_sec = events_per_sec;
+        self.user_event_burst = event_burst;
         self
     }
 
-    /// Sets [`Limits::max_connections_per_ip`].
-    pub fn with_connections_per_ip(mut self, n: usize) -> Limits {
-        self.max_connections_per_ip = n;
+    /// Sets [`Limits::user_events_per_sec`] and [`Limits::user_event_burst`].
+    pub fn with_user_rate(mut self, events_per_sec: u32, event_burst: u32) -> Limits {
+        self.user_events_per_sec = events_per_sec;
+        self.user_event_burst = event_burst;
         self
+    }
+
+    /// Sets [`Limits::max_connections_per_prefix`].
+    pub fn with_connections_per_prefix(mut self, n: usize) -> Limits {
+        self.max_connections_per_prefix = n;
+        self
+    }
+
+    /// Sets [`Limits::handshake_timeout_ms`].
+    pub fn with_handshake_timeout_ms(mut self, ms: u64) -> Limits {
+        self.handshake_timeout_ms = ms;
+        self
+    }
+
+    /// Sets [`Limits::max_outgoing_bytes`].
+    pub fn with_outgoing_bytes(mut self, n: usize) -> Limits {
+        self.max_outgoing_bytes = n;
+        self
+    }
+
+    /// The prefix of `peer` that connection limits count by: the address cut to
+    /// [`Limits::ipv4_prefix_len`] or [`Limits::ipv6_prefix_len`] bits. An IPv4-mapped IPv6
+    /// address (a dual-stack socket's view of an IPv4 peer) counts as the IPv4 address.
+    pub fn address_prefix(&self, peer: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match peer.to_canonical() {
+            IpAddr::V4(a) => {
+                let bits = u32::from(self.ipv4_prefix_len.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u32::from(self.ipv6_prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
     }
 
     /// Sets [`Limits::push_window`].

@@ -40,6 +40,16 @@ struct Inner {
     device_backlog: Family<DeviceLabels, Gauge>,
     /// Connections refused by a limit.
     connections_refused: Counter,
+    /// Submitted envelopes decoded and signature-checked (only for authenticated connections).
+    envelopes_verified: Counter,
+    /// Requests (frames that get an answer) read from connections.
+    requests_read: Counter,
+    /// Connections closed for not authenticating before the handshake deadline.
+    handshake_timeouts: Counter,
+    /// Requests read and not yet answered, over all connections.
+    requests_in_flight: Gauge,
+    /// Bytes of frames queued for connections and not yet handed to QUIC.
+    outgoing_bytes: Gauge,
 }
 
 impl Default for RelayMetrics {
@@ -55,6 +65,11 @@ impl Default for RelayMetrics {
         let stored_events = Gauge::default();
         let device_backlog = Family::<DeviceLabels, Gauge>::default();
         let connections_refused = Counter::default();
+        let envelopes_verified = Counter::default();
+        let requests_read = Counter::default();
+        let handshake_timeouts = Counter::default();
+        let requests_in_flight = Gauge::default();
+        let outgoing_bytes = Gauge::default();
         registry.register(
             "connected_devices",
             "Devices with an authenticated connection",
@@ -101,6 +116,31 @@ impl Default for RelayMetrics {
             "Connections refused by a connection limit",
             connections_refused.clone(),
         );
+        registry.register(
+            "envelopes_verified",
+            "Submitted envelopes decoded and signature-checked (only for authenticated connections)",
+            envelopes_verified.clone(),
+        );
+        registry.register(
+            "requests_read",
+            "Requests (frames that get an answer) read from connections",
+            requests_read.clone(),
+        );
+        registry.register(
+            "handshake_timeouts",
+            "Connections closed for not authenticating before the handshake deadline",
+            handshake_timeouts.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests read and not yet answered, over all connections",
+            requests_in_flight.clone(),
+        );
+        registry.register(
+            "outgoing_bytes",
+            "Bytes of frames queued for connections and not yet handed to QUIC",
+            outgoing_bytes.clone(),
+        );
         RelayMetrics {
             inner: Arc::new(Inner {
                 registry,
@@ -114,6 +154,11 @@ impl Default for RelayMetrics {
                 stored_events,
                 device_backlog,
                 connections_refused,
+                envelopes_verified,
+                requests_read,
+                handshake_timeouts,
+                requests_in_flight,
+                outgoing_bytes,
             }),
         }
     }
@@ -176,6 +221,57 @@ impl RelayMetrics {
                 .get_or_create(&vec![("device".to_string(), device.clone())])
                 .set(as_i64(*n));
         }
+    }
+
+    pub(crate) fn verified(&self, n: usize) {
+        self.inner.envelopes_verified.inc_by(n as u64);
+    }
+
+    pub(crate) fn request_read(&self) {
+        self.inner.requests_read.inc();
+        self.inner.requests_in_flight.inc();
+    }
+
+    pub(crate) fn requests_answered(&self, n: usize) {
+        self.inner.requests_in_flight.dec_by(as_i64(n));
+    }
+
+    pub(crate) fn handshake_timeout(&self) {
+        self.inner.handshake_timeouts.inc();
+    }
+
+    pub(crate) fn outgoing(&self, delta: i64) {
+        self.inner.outgoing_bytes.inc_by(delta);
+    }
+
+    /// Submitted envelopes decoded and signature-checked so far (for tests and tools).
+    pub fn envelopes_verified(&self) -> u64 {
+        self.inner.envelopes_verified.get()
+    }
+
+    /// Requests read from connections so far (for tests and tools).
+    pub fn requests_read(&self) -> u64 {
+        self.inner.requests_read.get()
+    }
+
+    /// Requests read and not yet answered, over all connections (for tests and tools).
+    pub fn requests_in_flight(&self) -> i64 {
+        self.inner.requests_in_flight.get()
+    }
+
+    /// Connections closed at the handshake deadline so far (for tests and tools).
+    pub fn handshake_timeouts(&self) -> u64 {
+        self.inner.handshake_timeouts.get()
+    }
+
+    /// Connections refused by a connection limit so far (for tests and tools).
+    pub fn connections_refused(&self) -> u64 {
+        self.inner.connections_refused.get()
+    }
+
+    /// Bytes queued for connections and not yet handed to QUIC (for tests and tools).
+    pub fn outgoing_bytes(&self) -> i64 {
+        self.inner.outgoing_bytes.get()
     }
 
     /// Events accepted so far (for tests and tools).

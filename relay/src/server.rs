@@ -10,9 +10,12 @@
 //!   pushed.
 //! - One **driver task** per connection reads frames, verifies Submit signatures in batches
 //!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
-//!   sends the frames the core routes to it. A connection may have at most
-//!   `max_inflight_requests` unanswered requests: past that its driver stops reading and QUIC
-//!   flow control pushes back on the device.
+//!   sends the frames the core routes to it. Before `Welcome` the driver reads only small
+//!   Hello/Auth frames, within one handshake deadline, and verifies nothing. After it, every
+//!   request kind goes through the connection's [`Meter`]: at most `max_inflight_requests`
+//!   unanswered, and only with room in the outgoing queue (`max_outgoing_bytes`) for each
+//!   one's largest answer; past that its driver stops reading and QUIC flow control pushes back
+//!   on the device.
 //! - [`run`] takes a bound endpoint and a shutdown future; [`start`] opens everything from a
 //!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
 
@@ -26,17 +29,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{self, ClientFrame, ErrorCode, ServerFrame};
 use tidings_engine::{DeviceId, Event};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-/// Seconds a new connection has to open its stream and say Hello.
-pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Frames a writer drains into one write.
 const WRITE_COALESCE: usize = 64;
 
@@ -217,6 +219,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let shell = Shell {
         core_tx,
         limits: config.limits.clone().clamped(),
+        metrics: metrics.clone(),
     };
     let task = tokio::spawn(shell.serve(
         endpoint,
@@ -248,8 +251,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let limits = core.limits().clone();
+    let metrics = core.metrics().clone();
     let (thread, core_tx) = spawn_core(core)?;
-    let shell = Shell { core_tx, limits };
+    let shell = Shell {
+        core_tx,
+        limits,
+        metrics,
+    };
     let result = shell
         .serve(
             endpoint,
@@ -295,7 +303,8 @@ pub fn server_endpoint(
 /// What a connection writer is told to do.
 #[derive(Debug)]
 enum Outbound {
-    Frame(ServerFrame),
+    /// A frame and its encoded length (charged to the connection's [`Meter`]).
+    Frame(ServerFrame, usize),
     Close(ErrorCode, String),
 }
 
@@ -306,9 +315,12 @@ enum CoreInput {
         binding: [u8; wire::TLS_BINDING_LEN],
         out: mpsc::Sender<Outbound>,
         conn: quinn::Connection,
+        meter: Arc<Meter>,
         reply: oneshot::Sender<Result<SessionId, ConnectError>>,
     },
     Frame(SessionId, ClientFrame),
+    /// A handshake frame; the reply says whether the session is now authenticated.
+    Handshake(SessionId, ClientFrame, oneshot::Sender<bool>),
     Submit(SessionId, u64, Vec<Result<Event, DecodeError>>),
     Disconnect(SessionId),
     Stats(oneshot::Sender<CoreStats>),
@@ -318,6 +330,85 @@ enum CoreInput {
 struct Route {
     out: mpsc::Sender<Outbound>,
     conn: quinn::Connection,
+    meter: Arc<Meter>,
+}
+
+/// One connection's metering, shared by its reader, the core thread and its writer: every
+/// request (a frame with [`ClientFrame::request_id`]) is admitted here before it is read on,
+/// and released when its answer ([`ServerFrame::answers`]) is handed to QUIC; every frame for
+/// the connection is charged its encoded bytes while it waits for the writer.
+///
+/// A request is admitted only while fewer than `max_requests` are unanswered AND the queue has
+/// room for the largest possible answer of each of them (`reserve` bytes apiece): so answers
+/// never overflow the queue, and a device that does not read its answers is slowed (its stream
+/// is not read, QUIC flow control pushes back). Bytes that would take the queue past
+/// `max_bytes` (pushes to a device that stopped reading) close the connection.
+#[derive(Debug)]
+struct Meter {
+    max_requests: usize,
+    max_bytes: usize,
+    reserve: usize,
+    inflight: AtomicUsize,
+    queued: AtomicUsize,
+    room: Notify,
+}
+
+impl Meter {
+    fn new(limits: &crate::limits::Limits) -> Meter {
+        Meter {
+            max_requests: limits.max_inflight_requests,
+            max_bytes: limits.max_outgoing_bytes,
+            reserve: wire::FRAME_HEADER_LEN + wire::MAX_FRAME_LEN,
+            inflight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let n = self.inflight.load(Ordering::Acquire);
+        let queued = self.queued.load(Ordering::Acquire);
+        n < self.max_requests
+            && queued.saturating_add((n + 1).saturating_mul(self.reserve)) <= self.max_bytes
+    }
+
+    /// Waits until one more request fits, and counts it (one reader per connection).
+    async fn admit(&self) {
+        loop {
+            let freed = self.room.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.has_room() {
+                self.inflight.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Charges `len` bytes to the queue; false if they do not fit.
+    fn try_queue(&self, len: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(len).filter(|&n| n <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    /// The writer handed `bytes` to QUIC, `answers` of them answers.
+    fn written(&self, bytes: usize, answers: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(bytes))
+            });
+        let _ = self
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(answers))
+            });
+        self.room.notify_one();
+    }
 }
 
 fn spawn_core(core: RelayCore) -> Result<(CoreThread, mpsc::Sender<CoreInput>), RelayError> {
@@ -361,16 +452,21 @@ impl CoreDriver {
                 binding,
                 out,
                 conn,
+                meter,
                 reply,
             } => {
                 let nonce: [u8; wire::NONCE_LEN] = rand::random();
                 let r = self.core.handle_connect(peer, binding, nonce);
                 if let Ok(s) = r {
-                    self.routes.insert(s, Route { out, conn });
+                    self.routes.insert(s, Route { out, conn, meter });
                 }
                 let _ = reply.send(r);
             }
             CoreInput::Frame(s, f) => self.core.handle_frame(s, f, now),
+            CoreInput::Handshake(s, f, reply) => {
+                self.core.handle_frame(s, f, now);
+                let _ = reply.send(self.core.is_authenticated(s));
+            }
             CoreInput::Submit(s, id, results) => {
                 self.core.handle_submit_verified(s, id, results, now)
             }
@@ -419,9 +515,16 @@ impl CoreDriver {
                     let Some(r) = self.routes.get(&session) else {
                         continue;
                     };
-                    if r.out.try_send(Outbound::Frame(frame)).is_err() {
-                        // Cannot happen while the device respects its in-flight limit and the
-                        // push window; if it does, the device is not reading.
+                    let len = wire::encoded_len(&frame);
+                    let queued = r.meter.try_queue(len);
+                    if queued && r.out.try_send(Outbound::Frame(frame, len)).is_ok() {
+                        self.core.metrics().outgoing(as_i64(len));
+                    } else {
+                        if queued {
+                            r.meter.written(len, 0);
+                        }
+                        // Answers always fit (requests are admitted with room for theirs):
+                        // this is pushes to a device that does not read them.
                         let code = ErrorCode::SLOW_CONSUMER;
                         r.conn.close(code.0.into(), b"slow consumer");
                         self.core.handle_disconnect(session);
@@ -600,6 +703,7 @@ async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::S
 struct Shell {
     core_tx: mpsc::Sender<CoreInput>,
     limits: crate::limits::Limits,
+    metrics: RelayMetrics,
 }
 
 impl Shell {
@@ -646,16 +750,32 @@ impl Shell {
     }
 
     async fn connection(&self, incoming: quinn::Incoming) -> Result<(), ConnError> {
-        let conn = incoming.accept()?.await?;
+        // One deadline for everything before Welcome: the QUIC handshake, the stream, Hello
+        // and Auth. Keep-alives do not move it.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.limits.handshake_timeout_ms);
+        let Ok(conn) = tokio::time::timeout_at(deadline, incoming.accept()?).await else {
+            // The QUIC handshake itself did not finish: dropped, so closed.
+            self.metrics.handshake_timeout();
+            return Ok(());
+        };
+        let conn = conn?;
+        let Ok(stream) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+            self.metrics.handshake_timeout();
+            let code = ErrorCode::AUTH_FAILED;
+            conn.close(
+                code.0.into(),
+                b"no authentication before the handshake deadline",
+            );
+            return Ok(());
+        };
+        let (send, recv) = stream?;
         let mut binding = [0u8; wire::TLS_BINDING_LEN];
         conn.export_keying_material(&mut binding, wire::TLS_EXPORTER_LABEL, b"")
             .map_err(|_| ConnError::Protocol("keying material export failed"))?;
-        let handshake = Duration::from_secs(HANDSHAKE_TIMEOUT_SECS);
-        let (send, recv) = tokio::time::timeout(handshake, conn.accept_bi())
-            .await
-            .map_err(|_| ConnError::Protocol("no stream opened in time"))??;
         let capacity = self.limits.max_inflight_requests + self.limits.push_window + 16;
         let (out_tx, out_rx) = mpsc::channel(capacity);
+        let meter = Arc::new(Meter::new(&self.limits));
         let (reply_tx, reply_rx) = oneshot::channel();
         self.core_tx
             .send(CoreInput::Connect {
@@ -663,6 +783,7 @@ impl Shell {
                 binding,
                 out: out_tx.clone(),
                 conn: conn.clone(),
+                meter: meter.clone(),
                 reply: reply_tx,
             })
             .await
@@ -676,15 +797,104 @@ impl Shell {
                 return Ok(());
             }
         };
-        let inflight = Arc::new(Semaphore::new(self.limits.max_inflight_requests));
-        let writer = tokio::spawn(write_loop(send, conn.clone(), out_rx, inflight.clone()));
-        let result = self.read_loop(session, recv, &out_tx, &inflight).await;
+        let writer = tokio::spawn(write_loop(
+            send,
+            conn.clone(),
+            out_rx,
+            meter.clone(),
+            self.metrics.clone(),
+        ));
+        let mut recv = recv;
+        let result =
+            match tokio::time::timeout_at(deadline, self.handshake(session, &mut recv, &out_tx))
+                .await
+            {
+                Ok(Ok(true)) => self.read_loop(session, recv, &out_tx, &meter).await,
+                Ok(Ok(false)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    self.metrics.handshake_timeout();
+                    let msg = "no authentication before the handshake deadline".to_string();
+                    let _ = out_tx.try_send(Outbound::Close(ErrorCode::AUTH_FAILED, msg));
+                    Ok(())
+                }
+            };
         let _ = self.core_tx.send(CoreInput::Disconnect(session)).await;
         drop(out_tx);
         // The writer ends once the core dropped its route and the queue is drained.
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
         conn.close(0u32.into(), b"");
+        // What the writer did not hand to QUIC leaves the gauges with the connection.
+        let queued = meter.queued.swap(0, Ordering::AcqRel);
+        self.metrics.outgoing(-as_i64(queued));
+        let unanswered = meter.inflight.swap(0, Ordering::AcqRel);
+        self.metrics.requests_answered(unanswered);
         result
+    }
+
+    /// Reads Hello and Auth (small frames, nothing else decoded) and hands them to the core;
+    /// true once the core authenticated the session, false if it refused the Auth.
+    async fn handshake(
+        &self,
+        session: SessionId,
+        recv: &mut quinn::RecvStream,
+        out: &mpsc::Sender<Outbound>,
+    ) -> Result<bool, ConnError> {
+        loop {
+            let Some(body) = self
+                .read_body(recv, self.limits.max_handshake_frame_len, out)
+                .await?
+            else {
+                return Ok(false);
+            };
+            let frame = match wire::decode_handshake(&body) {
+                Ok(f) => f,
+                Err(e) => return Err(self.refuse_frame(e, out).await),
+            };
+            let is_auth = matches!(frame, ClientFrame::Auth { .. });
+            let (tx, rx) = oneshot::channel();
+            self.core_tx
+                .send(CoreInput::Handshake(session, frame, tx))
+                .await
+                .map_err(|_| ConnError::CoreGone)?;
+            if rx.await.map_err(|_| ConnError::CoreGone)? {
+                return Ok(true);
+            }
+            if is_auth {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads one frame body of at most `max_len` bytes; `None` at the end of the stream.
+    async fn read_body(
+        &self,
+        recv: &mut quinn::RecvStream,
+        max_len: usize,
+        out: &mpsc::Sender<Outbound>,
+    ) -> Result<Option<Vec<u8>>, ConnError> {
+        let mut header = [0u8; wire::FRAME_HEADER_LEN];
+        match recv.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(None),
+            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        let len = match wire::decode_len(header, max_len) {
+            Ok(len) => len,
+            Err(e) => return Err(self.refuse_frame(e, out).await),
+        };
+        let mut body = vec![0u8; len];
+        match recv.read_exact(&mut body).await {
+            Ok(()) => Ok(Some(body)),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => Ok(None),
+            Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+        }
+    }
+
+    /// Closes only this connection for a bad frame; the relay goes on serving everyone else.
+    async fn refuse_frame(&self, e: wire::WireError, out: &mpsc::Sender<Outbound>) -> ConnError {
+        let _ = out.send(Outbound::Close(e.code(), e.to_string())).await;
+        ConnError::Wire(e)
     }
 
     async fn read_loop(
@@ -692,59 +902,28 @@ impl Shell {
         session: SessionId,
         mut recv: quinn::RecvStream,
         out: &mpsc::Sender<Outbound>,
-        inflight: &Semaphore,
+        meter: &Meter,
     ) -> Result<(), ConnError> {
         let max_len = self.limits.max_frame_len;
         let mut keys = crate::verify::KeyCache::default();
         loop {
-            let mut header = [0u8; wire::FRAME_HEADER_LEN];
-            match recv.read_exact(&mut header).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(()),
-                Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-            }
-            let frame = match wire::decode_len(header, max_len) {
-                Ok(len) => {
-                    let mut body = vec![0u8; len];
-                    match recv.read_exact(&mut body).await {
-                        Ok(()) => wire::decode_body::<ClientFrame>(&body),
-                        Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(()),
-                        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-                    }
-                }
-                Err(e) => Err(e),
+            let Some(body) = self.read_body(&mut recv, max_len, out).await? else {
+                return Ok(());
             };
-            let frame = match frame {
+            let frame = match wire::decode_body::<ClientFrame>(&body) {
                 Ok(f) => f,
-                Err(e) => {
-                    // Only this connection closes; the relay goes on serving everyone else.
-                    let _ = out.send(Outbound::Close(e.code(), e.to_string())).await;
-                    return Err(ConnError::Wire(e));
-                }
+                Err(e) => return Err(self.refuse_frame(e, out).await),
             };
-            let is_request = matches!(
-                frame,
-                ClientFrame::RegisterDevice { .. }
-                    | ClientFrame::Submit { .. }
-                    | ClientFrame::Pull { .. }
-                    | ClientFrame::Sync { .. }
-                    | ClientFrame::Accept { .. }
-                    | ClientFrame::Decline { .. }
-                    | ClientFrame::Block { .. }
-                    | ClientFrame::Unblock { .. }
-            );
-            if is_request {
-                // Released by the writer when it writes the reply.
-                inflight
-                    .acquire()
-                    .await
-                    .map_err(|_| ConnError::CoreGone)?
-                    .forget();
+            if frame.request_id().is_some() {
+                // Released by the writer when it hands the answer to QUIC.
+                meter.admit().await;
+                self.metrics.request_read();
             }
             let input = match frame {
                 ClientFrame::Submit { request_id, events }
                     if events.len() <= self.limits.max_submit_batch =>
                 {
+                    self.metrics.verified(events.len());
                     CoreInput::Submit(
                         session,
                         request_id,
@@ -761,35 +940,26 @@ impl Shell {
     }
 }
 
-fn is_reply(f: &ServerFrame) -> bool {
-    matches!(
-        f,
-        ServerFrame::Refused { .. }
-            | ServerFrame::Registered { .. }
-            | ServerFrame::SubmitResult { .. }
-            | ServerFrame::Page { .. }
-            | ServerFrame::Conversations { .. }
-            | ServerFrame::UserState { .. }
-    )
-}
-
 async fn write_loop(
     mut send: quinn::SendStream,
     conn: quinn::Connection,
     mut rx: mpsc::Receiver<Outbound>,
-    inflight: Arc<Semaphore>,
+    meter: Arc<Meter>,
+    metrics: RelayMetrics,
 ) {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
-        let mut replies = 0;
+        let mut answers = 0;
+        let mut charged = 0;
         let mut close = None;
         let mut next = Some(first);
         let mut n = 0;
         while let Some(o) = next.take() {
             match o {
-                Outbound::Frame(f) => {
-                    replies += usize::from(is_reply(&f));
+                Outbound::Frame(f, len) => {
+                    answers += usize::from(f.answers().is_some());
+                    charged += len;
                     if let Err(e) = wire::encode_frame(&f, &mut buf) {
                         warn!(error = %e, "dropping an unencodable frame");
                     }
@@ -807,12 +977,18 @@ async fn write_loop(
         if !buf.is_empty() && send.write_all(&buf).await.is_err() {
             return;
         }
-        inflight.add_permits(replies);
+        meter.written(charged, answers);
+        metrics.outgoing(-as_i64(charged));
+        metrics.requests_answered(answers);
         if let Some((code, message)) = close {
             write_close(&mut send, &conn, code, &message).await;
             return;
         }
     }
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Sends the Error frame, gives it a moment to arrive, and closes the connection with the

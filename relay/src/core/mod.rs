@@ -38,6 +38,7 @@
 //! ```
 
 mod consent;
+mod rates;
 mod session;
 pub mod store;
 
@@ -46,6 +47,7 @@ pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
 use consent::Consent;
+use rates::RateBuckets;
 use session::{Phase, Session};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -100,10 +102,10 @@ pub enum ConnectError {
         /// The limit.
         max: usize,
     },
-    /// The address holds its maximum number of connections.
+    /// The address prefix holds its maximum number of connections.
     #[error("too many connections from {addr} ({max})")]
     TooManyFromAddress {
-        /// The address.
+        /// The address prefix (the peer's address cut to the configured prefix length).
         addr: IpAddr,
         /// The limit.
         max: usize,
@@ -136,7 +138,10 @@ pub struct RelayCore {
     metrics: RelayMetrics,
     next_session: SessionId,
     sessions: BTreeMap<SessionId, Session>,
+    /// Connections per address prefix ([`Limits::address_prefix`]).
     per_ip: HashMap<IpAddr, usize>,
+    /// Event budgets of devices and users, kept across connections.
+    rates: RateBuckets,
     device_sessions: HashMap<DeviceId, SessionId>,
     devices: HashMap<DeviceId, UserId>,
     /// Durable device certificates, served by `Devices`.
@@ -373,6 +378,7 @@ impl RelayCore {
             next_session: 1,
             sessions: BTreeMap::new(),
             per_ip: HashMap::new(),
+            rates: RateBuckets::new(limits.max_rate_buckets),
             device_sessions: HashMap::new(),
             devices: HashMap::new(),
             certs: HashMap::new(),
@@ -464,12 +470,13 @@ impl RelayCore {
                 max: self.limits.max_connections,
             });
         }
-        let n = self.per_ip.entry(peer).or_default();
-        if *n >= self.limits.max_connections_per_ip {
+        let prefix = self.limits.address_prefix(peer);
+        let n = self.per_ip.entry(prefix).or_default();
+        if *n >= self.limits.max_connections_per_prefix {
             self.metrics.connection_refused();
             return Err(ConnectError::TooManyFromAddress {
-                addr: peer,
-                max: self.limits.max_connections_per_ip,
+                addr: prefix,
+                max: self.limits.max_connections_per_prefix,
             });
         }
         *n += 1;
@@ -490,10 +497,11 @@ impl RelayCore {
         let Some(s) = self.sessions.remove(&session) else {
             return;
         };
-        if let Some(n) = self.per_ip.get_mut(&s.peer) {
+        let prefix = self.limits.address_prefix(s.peer);
+        if let Some(n) = self.per_ip.get_mut(&prefix) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_ip.remove(&s.peer);
+                self.per_ip.remove(&prefix);
             }
         }
         if let Phase::Ready { device, .. } = s.phase {
@@ -1415,14 +1423,14 @@ impl RelayCore {
             Ok(rows) => rows,
             Err((code, reason)) => return Slot::Done(rejected(code, reason)),
         };
-        let (limits, Some(s)) = (&self.limits, self.sessions.get_mut(&session)) else {
+        let Some(Phase::Ready { device, .. }) = self.sessions.get(&session).map(|s| s.phase) else {
             return Slot::Done(rejected(ErrorCode::INTERNAL, "session vanished"));
         };
-        if !s
-            .bucket
-            .take(now_ms, limits.events_per_sec, limits.event_burst)
-        {
-            return Slot::Done(rejected(ErrorCode::RATE_LIMITED, "over the device's rate"));
+        if let Err(who) = self.rates.take(device, user, now_ms, &self.limits) {
+            return Slot::Done(rejected(
+                ErrorCode::RATE_LIMITED,
+                format!("over the {who}'s rate"),
+            ));
         }
         if let Some(membership) = membership {
             self.convs.insert(
@@ -1540,7 +1548,7 @@ impl RelayCore {
         };
         let head = &mut conv.head;
         let seq = head.max_seq + 1;
-        let ts_ms = now_ms.max(head.last_ts_ms);
+        let ts_ms = server_ts(now_ms, head.last_ts_ms, self.limits.max_ts_lead_ms);
         head.max_seq = seq;
         head.last_ts_ms = ts_ms;
         let idx = self.staged.events.len();
@@ -2049,6 +2057,19 @@ impl RelayCore {
         }
     }
 
+    /// Rate buckets kept (devices plus users; bounded by [`Limits::max_rate_buckets`]).
+    pub fn n_rate_buckets(&self) -> usize {
+        self.rates.len()
+    }
+
+    /// Whether `session` authenticated (got `Welcome`): the shell reads requests, and verifies
+    /// signatures, only for such sessions.
+    pub fn is_authenticated(&self, session: SessionId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| matches!(s.phase, Phase::Ready { .. }))
+    }
+
     /// The metrics this core reports into.
     pub fn metrics(&self) -> &RelayMetrics {
         &self.metrics
@@ -2111,6 +2132,20 @@ impl FanOut<'_> {
                 self.per_session.entry(sid).or_default().push(item.clone());
             }
         }
+    }
+}
+
+/// The server stamp of the next event of a conversation whose last stamp is `last_ms`: the
+/// clock, but never below the last stamp while that is at most `max_lead_ms` ahead of the clock
+/// (small steps back keep stamps non-decreasing). A last stamp further ahead came from a clock
+/// that was wrong (jumped forward, then corrected): following it would stamp every later event
+/// that far ahead forever, so the stamp follows the clock again. Order is the sequence, which
+/// stays strictly increasing whatever the clock does.
+fn server_ts(now_ms: u64, last_ms: u64, max_lead_ms: u64) -> u64 {
+    if last_ms > now_ms && last_ms - now_ms <= max_lead_ms {
+        last_ms
+    } else {
+        now_ms
     }
 }
 

@@ -1,4 +1,4 @@
-//! Per-connection state: handshake phase, cursors, push window and rate budget.
+//! Per-connection state: handshake phase, cursors and push window.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -27,7 +27,6 @@ pub(super) struct Session {
     /// Pushed sequences not yet acknowledged, per conversation (bounded by the push window).
     window: HashMap<ConversationId, VecDeque<ServerSeq>>,
     n_unacked: usize,
-    pub bucket: TokenBucket,
 }
 
 impl Session {
@@ -42,7 +41,6 @@ impl Session {
             cursors: HashMap::new(),
             window: HashMap::new(),
             n_unacked: 0,
-            bucket: TokenBucket::default(),
         }
     }
 
@@ -74,54 +72,9 @@ impl Session {
     }
 }
 
-/// Events-per-second budget, in thousandths of an event so integer arithmetic is exact enough.
-#[derive(Debug, Default)]
-pub(super) struct TokenBucket {
-    milli_tokens: u64,
-    last_ms: Option<u64>,
-}
-
-impl TokenBucket {
-    /// Takes one event from the budget, refilled at `rate` per second up to `burst`.
-    pub fn take(&mut self, now_ms: u64, rate: u32, burst: u32) -> bool {
-        let cap = u64::from(burst) * 1000;
-        match self.last_ms {
-            None => self.milli_tokens = cap,
-            Some(last) => {
-                let elapsed = now_ms.saturating_sub(last);
-                // rate events/s = rate milli-events per ms.
-                let refill = elapsed.saturating_mul(u64::from(rate));
-                self.milli_tokens = self.milli_tokens.saturating_add(refill).min(cap);
-            }
-        }
-        self.last_ms = Some(now_ms.max(self.last_ms.unwrap_or(0)));
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_refills_at_rate_up_to_burst() {
-        let mut b = TokenBucket::default();
-        for _ in 0..5 {
-            assert!(b.take(0, 10, 5));
-        }
-        assert!(!b.take(0, 10, 5));
-        // 100 ms at 10/s gives one event back.
-        assert!(b.take(100, 10, 5));
-        assert!(!b.take(100, 10, 5));
-        // A long pause refills only up to the burst.
-        let granted = (0..20).filter(|_| b.take(60_000, 10, 5)).count();
-        assert_eq!(granted, 5);
-    }
 
     #[test]
     fn window_counts_until_acknowledged() {
