@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tidings::engine::wire::SubmitOutcome;
-use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, UserId};
+use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, UserId};
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server;
@@ -51,11 +51,8 @@ fn sign_all(key: &DeviceKey, bob: UserId, args: &Args) -> Vec<Event> {
                     members: vec![key.user(), bob],
                 }
             } else {
-                let mut m = [0u8; 16];
-                m[..8].copy_from_slice(&(c as u64).to_le_bytes());
-                m[8..].copy_from_slice(&(i as u64).to_le_bytes());
                 EventKind::Send {
-                    message: MessageId(m),
+                    message: h.message_id(),
                     body: vec![b'x'; args.body],
                     media: vec![],
                 }

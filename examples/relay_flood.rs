@@ -95,6 +95,7 @@ impl Honest {
             self.counter,
             1,
         );
+        let kind = h.bind(kind);
         let ev = Event::sign(self.key.signing_key(), h, kind)?;
         self.last = Some(ev.id());
         Ok(ev)
@@ -104,10 +105,8 @@ impl Honest {
     async fn timed_sends(&mut self, n: usize) -> Result<Vec<Duration>> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut message = [0u8; 16];
-            message[..8].copy_from_slice(&self.counter.to_be_bytes());
             let ev = self.event(EventKind::Send {
-                message: MessageId(message),
+                message: MessageId::default(),
                 body: b"hello".to_vec(),
                 media: vec![],
             })?;

@@ -192,7 +192,7 @@ fn rows_envelope_len(args: &Args) -> Result<usize> {
         key.signing_key(),
         h,
         EventKind::Send {
-            message: MessageId([0; 16]),
+            message: MessageId::default(),
             body: body(0, args.payload),
             media: vec![],
         },
@@ -225,10 +225,8 @@ fn sign_all(args: &Args, keys: &[DeviceKey], heads: &[Option<EventId>]) -> Vec<V
                         let idx = i * args.events + k;
                         let counter = k as u64 + first;
                         let h = key.header(conv_id(conv_of(args, i)), counter, prev, counter, 0);
-                        let mut message = [0u8; 16];
-                        message[..8].copy_from_slice(&(idx as u64).to_be_bytes());
                         let kind = EventKind::Send {
-                            message: MessageId(message),
+                            message: h.message_id(),
                             body: body(idx, args.payload),
                             media: vec![],
                         };

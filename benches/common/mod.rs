@@ -177,21 +177,17 @@ impl Stream {
         } else {
             (BOB, ALICE)
         };
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&i.to_be_bytes());
-        id[8..].copy_from_slice(&self.conversation.0[..8]);
-        let message = MessageId(id);
         let body = format!("message {i}: see you at the station at half past six, bring the map")
             .into_bytes();
         let send = self.author(
             from,
             EventKind::Send {
-                message,
+                message: MessageId::default(),
                 body,
                 media: vec![],
             },
         );
-        let ack = self.ack(&send, Some(message));
+        let ack = self.ack(&send, send.message());
         out.push(send);
         out.push(ack);
         let up_to = self.seq;
@@ -222,6 +218,7 @@ impl Stream {
             self.lamport,
             1_700_000_000_000 + self.lamport,
         );
+        let kind = h.bind(kind);
         let ev = Event::sign(key.signing_key(), h, kind).expect("sign");
         self.heads[who] = Head {
             counter: head.counter + 1,

@@ -72,6 +72,20 @@ impl EventHeader {
         id.copy_from_slice(&h.finalize().as_bytes()[..MessageId::LEN]);
         MessageId(id)
     }
+
+    /// `kind` as an event with this header must carry it: a `Send`'s message id replaced by
+    /// [`EventHeader::message_id`]; other kinds unchanged. For code that builds events by hand
+    /// (tools, tests); the store derives the id itself.
+    pub fn bind(&self, kind: EventKind) -> EventKind {
+        match kind {
+            EventKind::Send { body, media, .. } => EventKind::Send {
+                message: self.message_id(),
+                body,
+                media,
+            },
+            other => other,
+        }
+    }
 }
 
 /// A reference from a message to a media blob that travels separately.
@@ -775,14 +789,7 @@ mod tests {
     fn check_round_trip(kind: EventKind) {
         let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
         let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
-        let kind = match kind {
-            EventKind::Send { body, media, .. } => EventKind::Send {
-                message: header.message_id(),
-                body,
-                media,
-            },
-            other => other,
-        };
+        let kind = header.bind(kind);
         let ev = Event::sign(key.signing_key(), header, kind).expect("sign");
         let back = Event::decode(ev.bytes()).expect("decode");
         assert_eq!(back, ev);

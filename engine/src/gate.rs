@@ -244,6 +244,7 @@ mod tests {
         let h = u
             .dev
             .header(ConversationId([7; 16]), counter, None, counter, 0);
+        let kind = h.bind(kind);
         Event::sign(u.dev.signing_key(), h, kind).expect("sign")
     }
 

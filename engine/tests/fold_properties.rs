@@ -143,7 +143,7 @@ fn statuses_walk_the_ticks() {
     let (create, send, acks) = (&evs[0], &evs[1], &evs[2..]);
     doc.fold(create).expect("fold");
     doc.fold(send).expect("fold");
-    let id = MessageId([1; 16]);
+    let id = send.message().expect("a Send");
     assert_eq!(doc.state().status(&id), Some(Status::Pending));
     for a in acks {
         doc.fold(a).expect("fold");

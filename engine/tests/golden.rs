@@ -8,6 +8,7 @@ fn fixtures() -> Vec<(&'static str, Event)> {
     let conv = ConversationId([0x33; 16]);
     let sign = |counter, prev, kind| {
         let h = key.header(conv, counter, prev, counter + 4, 1_700_000_000_000);
+        let kind = h.bind(kind);
         Event::sign(key.signing_key(), h, kind).expect("sign")
     };
     vec![

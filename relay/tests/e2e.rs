@@ -84,6 +84,7 @@ impl Device {
         let h = self
             .key
             .header(CONV, self.counter, self.last, self.counter, 1);
+        let kind = h.bind(kind);
         let ev = Event::sign(self.key.signing_key(), h, kind).expect("sign");
         self.last = Some(ev.id());
         ev
@@ -95,11 +96,8 @@ impl Device {
     }
 
     fn send(&mut self, text: &str) -> Event {
-        let mut message = [0u8; 16];
-        message[..8].copy_from_slice(&self.counter.to_be_bytes());
-        message[8] = self.key.seed()[0];
         self.event(EventKind::Send {
-            message: MessageId(message),
+            message: MessageId::default(),
             body: text.as_bytes().to_vec(),
             media: vec![],
         })
@@ -678,9 +676,9 @@ async fn membership_revocation_and_chain_attacks_are_refused() -> Result<()> {
     let fork_header = alice.key.header(CONV, 2, hello.header().prev, 2, 1);
     let fork = Event::sign(
         alice.key.signing_key(),
-        fork_header,
+        fork_header.clone(),
         EventKind::Send {
-            message: MessageId([0xF0; 16]),
+            message: fork_header.message_id(),
             body: b"other words".to_vec(),
             media: vec![],
         },

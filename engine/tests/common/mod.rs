@@ -65,14 +65,7 @@ pub fn events(cast: &Cast, s: &Script) -> Vec<Event> {
         let (c, prev) = heads[dev];
         let h = key.header(CONV, c + 1, prev, lamport, 1_000 + lamport);
         // A Send carries the id bound to its header, as a real device writes it.
-        let kind = match kind {
-            EventKind::Send { body, media, .. } => EventKind::Send {
-                message: h.message_id(),
-                body,
-                media,
-            },
-            other => other,
-        };
+        let kind = h.bind(kind);
         let ev = Event::sign(key.signing_key(), h, kind).expect("sign");
         heads[dev] = (c + 1, Some(ev.id()));
         out.push(ev.clone());

@@ -169,14 +169,7 @@ fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
         .key
         .header(ConversationId([conv; 16]), n, prev, dev.counter, 5);
     // A Send carries the message id bound to its header, as a device writes it.
-    let kind = match kind {
-        EventKind::Send { body, media, .. } => EventKind::Send {
-            message: h.message_id(),
-            body,
-            media,
-        },
-        other => other,
-    };
+    let kind = h.bind(kind);
     let ev = Event::sign(dev.key.signing_key(), h, kind).expect("sign");
     dev.chain.insert(conv, (n, ev.id()));
     ev

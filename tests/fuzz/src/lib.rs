@@ -486,7 +486,7 @@ fn signed_event(r: &mut Reader<'_>) -> Option<Event> {
         lamport: r.u64(),
         wall_ms: r.u64(),
     };
-    let kind = kind(r);
+    let kind = header.bind(kind(r));
     let unknown_known_tag = matches!(kind, EventKind::Unknown { tag: 1..=5, .. });
     let event = Event::sign(key.signing_key(), header, kind).ok()?;
     // What the encoder writes, the decoder reads back as the same event; the one exception is
@@ -781,6 +781,7 @@ impl Fixture {
         let (counter, prev) = self.chains.entry(key.device()).or_insert((0, None));
         *counter += 1;
         let header = key.header(CONV, *counter, *prev, self.lamport, 1_000 + self.lamport);
+        let kind = header.bind(kind);
         let e = Event::sign(key.signing_key(), header, kind).expect("fixture event");
         *prev = Some(e.id());
         e
