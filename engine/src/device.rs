@@ -286,6 +286,8 @@ pub struct DeviceCore {
     checked_for_delivery: HashMap<ConversationId, ServerSeq>,
     /// Chain gaps already reported (each once per process).
     reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
+    /// Sequences already reported as withheld (a receipt covers them, the log lacks them).
+    reported_withheld: HashSet<(ConversationId, ServerSeq)>,
     /// Whether this session's catch-up was checked for chain gaps.
     gaps_checked: bool,
     /// Whether this session asked for the members' device certificates.
@@ -357,6 +359,7 @@ impl DeviceCore {
             sync_sent: false,
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),
+            reported_withheld: HashSet::new(),
             gaps_checked: false,
             directory_asked: false,
             asking: HashSet::new(),
@@ -1026,6 +1029,26 @@ impl DeviceCore {
                         author: *author,
                         missing: fresh,
                     }));
+                }
+            }
+            if let Some(ChainIssue::Withheld {
+                receipt_up_to,
+                missing,
+                ..
+            }) = self.store.log().receipt_gap(conversation)?
+            {
+                let fresh: Vec<ServerSeq> = missing
+                    .into_iter()
+                    .filter(|n| self.reported_withheld.insert((conversation, *n)))
+                    .collect();
+                if !fresh.is_empty() {
+                    tracing::warn!(%conversation, receipt_up_to, missing = ?fresh, "sequences a receipt covers were withheld");
+                    self.events
+                        .push_back(DeviceEvent::Chain(ChainIssue::Withheld {
+                            conversation,
+                            receipt_up_to,
+                            missing: fresh,
+                        }));
                 }
             }
         }

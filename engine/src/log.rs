@@ -271,6 +271,17 @@ pub enum ChainIssue {
         /// The missing places (at most [`MAX_GAP_REPORT`] of them).
         missing: Vec<u64>,
     },
+    /// A member's receipt (signed by its device) covers sequences this log does not hold,
+    /// after catch-up: the relay withheld them (the tail of an author's chain, or an event no
+    /// later event of its author reveals, such as a `RemoveMember`).
+    Withheld {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The highest sequence a receipt covers.
+        receipt_up_to: ServerSeq,
+        /// The missing sequences (at most [`MAX_GAP_REPORT`] of them).
+        missing: Vec<ServerSeq>,
+    },
 }
 
 /// Most missing places one [`ChainIssue::Gap`] lists.
@@ -595,6 +606,45 @@ impl EventLog {
             out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e))?);
         }
         Ok(out)
+    }
+
+    /// Sequences that members' receipts cover but this log does not hold, between the first
+    /// sequence it holds and the highest receipt (a device that joined later holds nothing
+    /// before its first sequence, which is not a gap). `None` when nothing is missing.
+    pub fn receipt_gap(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<ChainIssue>, LogError> {
+        let txn = self.db.begin_read()?;
+        let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
+        let Some(up_to) = marks.values().map(|m| m.delivered.max(m.read)).max() else {
+            return Ok(None);
+        };
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let c = &conversation.0;
+        let mut expected = None;
+        let mut missing = Vec::new();
+        for row in by_seq.range((c, 0u64)..=(c, up_to))? {
+            let (k, _) = row?;
+            let (_, seq) = k.value();
+            let mut next = expected.unwrap_or(seq);
+            while next < seq && missing.len() < MAX_GAP_REPORT {
+                missing.push(next);
+                next += 1;
+            }
+            expected = Some(seq + 1);
+        }
+        if let Some(mut next) = expected {
+            while next <= up_to && missing.len() < MAX_GAP_REPORT {
+                missing.push(next);
+                next += 1;
+            }
+        }
+        Ok((!missing.is_empty()).then_some(ChainIssue::Withheld {
+            conversation,
+            receipt_up_to: up_to,
+            missing,
+        }))
     }
 
     /// The end of the run of sequences held right after `after` in `conversation`: the

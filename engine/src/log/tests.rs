@@ -159,3 +159,34 @@ fn chains_report_gaps_forks_and_broken_links() {
         .iter()
         .all(|i| matches!(i, ChainIssue::BrokenLink { found: None, .. })));
 }
+
+/// Issue #12, "malicious relay, withholding": a member's receipt covers sequences this log
+/// never got (the tail of an author's chain, which no later event of that author reveals).
+#[test]
+fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
+    let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let log = EventLog::in_memory().expect("log");
+    assert_eq!(log.receipt_gap(CONV).expect("gap"), None);
+    let one = send(&alice, 1, 1);
+    log.append(&[one.clone(), ack(&relay, &one, 1)])
+        .expect("append");
+    // Seqs 2..=4 withheld; Bob's receipt, sequenced at 5, says he has them.
+    let receipt = Event::sign(
+        bob.signing_key(),
+        bob.header(CONV, 1, None, 6, 3_000),
+        EventKind::Delivered { up_to: 4 },
+    )
+    .expect("sign");
+    log.append(&[receipt.clone(), ack(&relay, &receipt, 5)])
+        .expect("append");
+    assert_eq!(
+        log.receipt_gap(CONV).expect("gap"),
+        Some(ChainIssue::Withheld {
+            conversation: CONV,
+            receipt_up_to: 4,
+            missing: vec![2, 3, 4],
+        })
+    );
+}
