@@ -163,6 +163,12 @@ fn id_of(e: &Event) -> MessageId {
     e.message().expect("a Send")
 }
 
+/// `s` sends `body` in `conv`; the message's id.
+fn send_text(s: &mut Store, conv: ConversationId, body: &[u8], now: u64) -> MessageId {
+    let (event, _) = s.send(conv, body.to_vec(), vec![], now).expect("send");
+    id_of(&event)
+}
+
 fn plain_send(m: MessageId) -> EventKind {
     EventKind::Send {
         message: m,
@@ -265,12 +271,7 @@ fn a_non_members_event_is_refused_and_never_shown() {
     );
     assert!(!shown_everywhere(&mut b, X).contains(&id_of(&intrusion)));
     // Later honest messages still flow: the gate moved past the refused place.
-    let m1 = a
-        .send(X, b"after".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"after", relay.now);
     let batch = relay.pump(&mut a);
     let out = feed(&mut b, &batch);
     assert!(out.refused.is_empty());
@@ -287,19 +288,9 @@ fn a_removed_members_later_events_and_a_non_admins_changes_are_refused() {
     let created = create(&mut relay, &mut a, X, vec![k.bob.id]);
     feed(&mut b, &created);
     // Bob writes twice and tries to add Carol, all before he learns he was removed.
-    let m1 = b
-        .send(X, b"before".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut b, X, b"before", relay.now);
     let (add, _) = b.add_member(X, k.carol.id, false, relay.now).expect("add");
-    let m2 = b
-        .send(X, b"after".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m2 = send_text(&mut b, X, b"after", relay.now);
     let own = outbox_events(&mut b);
     let sends: Vec<&Event> = own
         .iter()
@@ -450,12 +441,7 @@ fn an_event_resequenced_into_another_conversation_is_not_shown_there_or_in_its_o
     );
     assert!(!shown_everywhere(&mut a, X).contains(&id_of(&smuggled)));
     // Later events of Y still pass the gate.
-    let m1 = a
-        .send(Y, b"y".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, Y, b"y", relay.now);
     relay.pump(&mut a);
     assert!(shown(&mut a, Y).contains(&m1));
 }
@@ -588,22 +574,12 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     let mut b = store(k.b.clone(), &certs);
     let mut c = store(k.c.clone(), &certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    let m1 = a
-        .send(X, b"all three".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"all three", relay.now);
     log.extend(relay.pump(&mut a));
     a.remove_member(X, k.bob.id, relay.now).expect("remove");
     log.extend(relay.pump(&mut a));
     let start = log.len();
-    let m2 = a
-        .send(X, b"without bob".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m2 = send_text(&mut a, X, b"without bob", relay.now);
     log.extend(relay.pump(&mut a));
     let epochs = new_epochs(&log[start..]);
     assert_eq!(epochs.len(), 1, "the removal starts a new epoch");
@@ -636,12 +612,7 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     a.add_member(X, dave.id, false, relay.now).expect("add");
     log.extend(relay.pump(&mut a));
     let start = log.len();
-    let m3 = a
-        .send(X, b"welcome dave".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m3 = send_text(&mut a, X, b"welcome dave", relay.now);
     log.extend(relay.pump(&mut a));
     let epochs = new_epochs(&log[start..]);
     assert_eq!(epochs.len(), 1, "the join starts a new epoch");
@@ -686,12 +657,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     // Alice does not know Bob's second device yet when she starts the epoch.
     let mut a = store(k.a.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    let m1 = a
-        .send(X, b"before the link".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"before the link", relay.now);
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     assert!(!new_epochs(&log)[0].1.contains(&b2.device()));
@@ -774,12 +740,7 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     let mut b = store(k.b.clone(), &k.certs);
     let mut c = store(k.c.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    let m1 = a
-        .send(X, b"to bob".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"to bob", relay.now);
     log.extend(relay.pump(&mut a));
     feed(&mut b, &log);
     let top = b.conversation(X).expect("conversation").max_seq();
@@ -796,12 +757,7 @@ fn a_members_join_or_removal_never_moves_a_status_back() {
     feed(&mut b, &added);
     assert_eq!(statuses(&mut a, X), vec![one_read; 3]);
     // msg 2 goes to Bob and Carol: Bob reads it, Carol only receives it.
-    let m2 = a
-        .send(X, b"to both".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m2 = send_text(&mut a, X, b"to both", relay.now);
     let sent = relay.pump(&mut a);
     log.extend(sent.iter().cloned());
     feed(&mut b, &sent);
@@ -842,12 +798,7 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     // Alice does not know Bob's second device when she starts the epoch.
     let mut a = store(k.a.clone(), &k.certs);
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    let m1 = a
-        .send(X, b"before the link".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"before the link", relay.now);
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     // Carol, a member, hands Bob's new device a key of her own for Alice's epoch.
@@ -1032,12 +983,7 @@ fn every_device_of_a_group_past_512_devices_reads_its_messages() {
     // A membership change: the next message starts a new epoch for every device at once.
     a.add_member(X, user(99).id, false, relay.now).expect("add");
     log.extend(relay.pump(&mut a));
-    let m1 = a
-        .send(X, b"to all of you".to_vec(), vec![], relay.now)
-        .expect("send")
-        .0
-        .message()
-        .expect("a Send");
+    let m1 = send_text(&mut a, X, b"to all of you", relay.now);
     log.extend(relay.pump(&mut a));
     let alice_cert = k.certs[0].clone();
     for (key, _) in &devices {

@@ -288,6 +288,10 @@ pub struct DeviceCore {
     reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
     /// Sequences already reported as withheld (a receipt covers them, the log lacks them).
     reported_withheld: HashSet<(ConversationId, ServerSeq)>,
+    /// Conversations the relay listed in this connection's Sync, with their sequence then:
+    /// only there does a receipt past what the log holds mean withholding (a removed member's
+    /// device keeps receipts it got pushed but may no longer pull what came before them).
+    synced: HashMap<ConversationId, ServerSeq>,
     /// Whether this session's catch-up was checked for chain gaps.
     gaps_checked: bool,
     /// Whether this session asked for the members' device certificates.
@@ -360,6 +364,7 @@ impl DeviceCore {
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),
             reported_withheld: HashSet::new(),
+            synced: HashMap::new(),
             gaps_checked: false,
             directory_asked: false,
             asking: HashSet::new(),
@@ -634,6 +639,7 @@ impl DeviceCore {
         self.pulling.clear();
         self.sync_sent = false;
         self.gaps_checked = false;
+        self.synced.clear();
         self.directory_asked = false;
         self.asking.clear();
         self.transmit.clear();
@@ -737,6 +743,7 @@ impl DeviceCore {
                 self.ask_directory(now_ms)?;
                 for info in conversations {
                     self.targets.insert(info.conversation, info.max_seq);
+                    self.synced.insert(info.conversation, info.max_seq);
                     let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
                     if info.cursor < cursor {
                         self.transmit.push_back(ClientFrame::Received {
@@ -1031,11 +1038,14 @@ impl DeviceCore {
                     }));
                 }
             }
+            let Some(&listed_seq) = self.synced.get(&conversation) else {
+                continue;
+            };
             if let Some(ChainIssue::Withheld {
                 receipt_up_to,
                 missing,
                 ..
-            }) = self.store.log().receipt_gap(conversation)?
+            }) = self.store.log().receipt_gap(conversation, listed_seq)?
             {
                 let fresh: Vec<ServerSeq> = missing
                     .into_iter()

@@ -609,17 +609,20 @@ impl EventLog {
     }
 
     /// Sequences that members' receipts cover but this log does not hold, between the first
-    /// sequence it holds and the highest receipt (a device that joined later holds nothing
-    /// before its first sequence, which is not a gap). `None` when nothing is missing.
+    /// sequence it holds and the highest receipt, at most `limit` (the relay's announced
+    /// sequence: past it, pushes may still be on their way). A device that joined later holds
+    /// nothing before its first sequence, which is not a gap. `None` when nothing is missing.
     pub fn receipt_gap(
         &self,
         conversation: ConversationId,
+        limit: ServerSeq,
     ) -> Result<Option<ChainIssue>, LogError> {
         let txn = self.db.begin_read()?;
         let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
         let Some(up_to) = marks.values().map(|m| m.delivered.max(m.read)).max() else {
             return Ok(None);
         };
+        let up_to = up_to.min(limit);
         let by_seq = txn.open_table(BY_SEQ)?;
         let c = &conversation.0;
         let mut expected = None;

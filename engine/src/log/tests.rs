@@ -168,7 +168,7 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
     let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
     let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
     let log = EventLog::in_memory().expect("log");
-    assert_eq!(log.receipt_gap(CONV).expect("gap"), None);
+    assert_eq!(log.receipt_gap(CONV, 10).expect("gap"), None);
     let one = send(&alice, 1, 1);
     log.append(&[one.clone(), ack(&relay, &one, 1)])
         .expect("append");
@@ -182,11 +182,21 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
     log.append(&[receipt.clone(), ack(&relay, &receipt, 5)])
         .expect("append");
     assert_eq!(
-        log.receipt_gap(CONV).expect("gap"),
+        log.receipt_gap(CONV, 10).expect("gap"),
         Some(ChainIssue::Withheld {
             conversation: CONV,
             receipt_up_to: 4,
             missing: vec![2, 3, 4],
         })
     );
+    // Only up to what the relay announced: past it, events may still be on their way.
+    assert_eq!(
+        log.receipt_gap(CONV, 2).expect("gap"),
+        Some(ChainIssue::Withheld {
+            conversation: CONV,
+            receipt_up_to: 2,
+            missing: vec![2],
+        })
+    );
+    assert_eq!(log.receipt_gap(CONV, 1).expect("gap"), None);
 }
