@@ -280,17 +280,7 @@ fn a_receipt_lost_in_a_crash_is_sent_on_the_next_connection() {
     else {
         panic!("expected a Sync");
     };
-    let listing = ServerFrame::Conversations {
-        request_id,
-        conversations: vec![crate::wire::ConversationInfo {
-            conversation: CONV,
-            max_seq: 2,
-            cursor: 2,
-        }],
-        next: None,
-        invitations: vec![],
-        blocked: vec![],
-    };
+    let listing = one_conversation_listed(request_id);
     core.handle_frame(listing, t0).expect("conversations");
     assert_eq!(delivered_receipts(&drain(&mut core)), vec![2]);
 }
@@ -443,17 +433,7 @@ fn a_stalled_gate_asks_again_on_the_next_connection_even_after_a_restart() {
         panic!("expected a Sync");
     };
     // Nothing new in the conversation.
-    let listing = ServerFrame::Conversations {
-        request_id,
-        conversations: vec![crate::wire::ConversationInfo {
-            conversation: CONV,
-            max_seq: 2,
-            cursor: 2,
-        }],
-        next: None,
-        invitations: vec![],
-        blocked: vec![],
-    };
+    let listing = one_conversation_listed(request_id);
     core.handle_frame(listing, t0).expect("conversations");
     let asked: Vec<(u64, Vec<UserId>)> = drain(&mut core)
         .into_iter()
@@ -652,17 +632,7 @@ fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
         for f in drain(&mut core) {
             match f {
                 ClientFrame::Sync { request_id, .. } => {
-                    let listing = ServerFrame::Conversations {
-                        request_id,
-                        conversations: vec![crate::wire::ConversationInfo {
-                            conversation: CONV,
-                            max_seq: 2,
-                            cursor: 2,
-                        }],
-                        next: None,
-                        invitations: vec![],
-                        blocked: vec![],
-                    };
+                    let listing = one_conversation_listed(request_id);
                     core.handle_frame(listing, now).expect("conversations");
                 }
                 ClientFrame::Devices { request_id, .. } => {
@@ -698,4 +668,20 @@ fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
         "{:?}",
         ignored[0].refusal
     );
+}
+
+/// The relay's whole Sync answer listing CONV alone, at sequence 2, with the device's cursor
+/// there too.
+fn one_conversation_listed(request_id: u64) -> ServerFrame {
+    ServerFrame::Conversations {
+        request_id,
+        conversations: vec![crate::wire::ConversationInfo {
+            conversation: CONV,
+            max_seq: 2,
+            cursor: 2,
+        }],
+        next: None,
+        invitations: vec![],
+        blocked: vec![],
+    }
 }
