@@ -431,6 +431,7 @@ async fn device_loop(
             ServerFrame::SubmitResult {
                 request_id,
                 outcomes,
+                ..
             } => {
                 let now = Instant::now();
                 let Some((t0, n)) = in_flight.remove(&request_id) else {
@@ -448,21 +449,23 @@ async fn device_loop(
                 res.acked += n;
                 res.last_ack = now;
             }
-            ServerFrame::Push { items } => {
+            ServerFrame::Push { events, records } => {
                 let now_ns = start.elapsed().as_nanos() as u64;
-                let mut top = None;
-                for it in &items {
-                    let ev = Event::decode_trusted(&it.event)?;
+                for it in &events {
+                    let ev = Event::decode_trusted(&it.0)?;
                     if let Some(t) = event_index(&ev).and_then(|i| submit_ns.get(i)) {
                         let t = t.load(Ordering::Relaxed);
                         res.arrival_us.push(now_ns.saturating_sub(t) / 1000);
                     }
-                    let ack = Event::decode_trusted(&it.ack)?;
-                    if let EventKind::ServerAck { seq, .. } = ack.kind() {
-                        top = Some((ev.conversation(), *seq));
+                }
+                let mut top = None;
+                for r in &records {
+                    let st = Event::decode_trusted(&r.0)?;
+                    if let Some(last) = st.last_placed() {
+                        top = Some((st.conversation(), last));
                     }
                 }
-                pushes += items.len();
+                pushes += events.len();
                 if let Some((c, s)) = top {
                     client.received(c, s).await?;
                 }

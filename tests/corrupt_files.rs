@@ -143,7 +143,8 @@ fn damaged_device_log_gives_an_error_or_the_same_data() {
 struct RelayView {
     conversations: Vec<(ConversationId, tidings::relay::core::ConversationRecord)>,
     devices: Vec<(tidings::engine::DeviceId, UserId)>,
-    items: Vec<tidings::engine::wire::Item>,
+    events: Vec<tidings::engine::wire::Envelope>,
+    records: Vec<tidings::engine::wire::Envelope>,
     n_events: u64,
 }
 
@@ -151,13 +152,14 @@ fn relay_view(path: &Path) -> Result<RelayView, Box<dyn std::error::Error>> {
     let store = RelayStore::open_path(path, true)?;
     let conversations = store.conversations()?;
     let devices = store.devices()?;
-    let (items, _) = store.page(&checks::CONV, 0, 10_000, usize::MAX)?;
+    let (events, records, _) = store.page(&checks::CONV, 0, 10_000, usize::MAX)?;
     let n_events = store.n_events()?;
     RelayCore::new(store, relay_key(), Limits::default())?;
     Ok(RelayView {
         conversations,
         devices,
-        items,
+        events,
+        records,
         n_events,
     })
 }

@@ -192,10 +192,10 @@ impl Stream {
         out.push(ack);
         let up_to = self.seq;
         if (i + 1).is_multiple_of(DELIVERED_EVERY) {
-            out.push(self.author(to, EventKind::Delivered { up_to }));
+            out.push(self.author(to, EventKind::Delivered { up_to, head: None }));
         }
         if (i + 1).is_multiple_of(READ_EVERY) {
-            out.push(self.author(to, EventKind::Read { up_to }));
+            out.push(self.author(to, EventKind::Read { up_to, head: None }));
         }
     }
 

@@ -21,7 +21,7 @@
 //! calls `handle_disconnected`.
 
 use crate::conversation::Change;
-use crate::event::{Event, EventKind, MediaRef};
+use crate::event::{Event, EventKind, MediaRef, Placement};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;
@@ -29,7 +29,7 @@ use crate::store::RefusedEvent;
 use crate::store::{Store, StoreError};
 use crate::wire::{
     sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope,
-    ErrorCode, Invitation, Item, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
+    ErrorCode, Invitation, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
     MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 use rand::{rngs::SmallRng, SeedableRng};
@@ -173,27 +173,32 @@ enum State {
     Ready,
 }
 
-/// `(event, ack)` pairs of a page or a push with their signatures checked (each pair, or why
-/// it failed). Whether the ack is the pinned relay's and matches its event is checked by the
-/// core.
+/// The events of a page, a push or a submit answer and the relay statements that place them,
+/// each decoded with its signature checked (or why it failed). Whether a statement is the
+/// pinned relay's and places the events is checked by the core.
 #[derive(Debug, Default)]
-pub struct VerifiedItems(Vec<Result<(Event, Event), crate::event::DecodeError>>);
+pub struct VerifiedItems {
+    events: Vec<Result<Event, crate::event::DecodeError>>,
+    records: Vec<Result<Event, crate::event::DecodeError>>,
+}
 
 impl VerifiedItems {
-    /// Decodes and batch-verifies every envelope of `items`.
-    pub fn verify(items: Vec<Item>) -> VerifiedItems {
-        let mut envelopes: Vec<&[u8]> = Vec::with_capacity(items.len() * 2);
-        for it in &items {
-            envelopes.push(&it.event);
-            envelopes.push(&it.ack);
+    /// Decodes and verifies every envelope: one signature per event, one per statement
+    /// (however many events it places).
+    pub fn verify(events: &[Envelope], records: &[Envelope]) -> VerifiedItems {
+        VerifiedItems {
+            events: Event::decode_batch(events),
+            records: Event::decode_batch(records),
         }
-        let mut decoded = Event::decode_batch(&envelopes).into_iter();
-        let mut out = Vec::with_capacity(items.len());
-        while let (Some(ev), Some(ack)) = (decoded.next(), decoded.next()) {
-            out.push(ev.and_then(|ev| ack.map(|ack| (ev, ack))));
-        }
-        VerifiedItems(out)
     }
+}
+
+/// What the relay statements of one frame place, once checked: the statements themselves
+/// and, per placed event, its conversation and place.
+#[derive(Debug, Default)]
+struct Placed {
+    statements: Vec<Event>,
+    places: HashMap<EventId, (ConversationId, Placement)>,
 }
 
 /// A relay frame whose event signatures were checked by [`DeviceCore::prepare`].
@@ -655,10 +660,21 @@ impl DeviceCore {
     /// push, pure, so a shell can run it on another thread than the one driving the core.
     pub fn prepare(mut frame: ServerFrame) -> PreparedFrame {
         let items = match &mut frame {
-            ServerFrame::Page { items, .. } | ServerFrame::Push { items } => {
-                VerifiedItems::verify(std::mem::take(items))
+            ServerFrame::Page {
+                events, records, ..
             }
-            _ => VerifiedItems(Vec::new()),
+            | ServerFrame::Push { events, records } => {
+                let v = VerifiedItems::verify(events, records);
+                events.clear();
+                records.clear();
+                v
+            }
+            ServerFrame::SubmitResult { records, .. } => {
+                let v = VerifiedItems::verify(&[], records);
+                records.clear();
+                v
+            }
+            _ => VerifiedItems::default(),
         };
         PreparedFrame { frame, items }
     }
@@ -717,8 +733,9 @@ impl DeviceCore {
                 ServerFrame::SubmitResult {
                     request_id,
                     outcomes,
+                    ..
                 },
-            ) => self.on_submit_result(request_id, outcomes, now_ms),
+            ) => self.on_submit_result(request_id, outcomes, items, now_ms),
             (
                 State::Ready,
                 ServerFrame::Conversations {
@@ -1388,24 +1405,32 @@ impl DeviceCore {
         &mut self,
         request_id: u64,
         outcomes: Vec<SubmitOutcome>,
+        items: VerifiedItems,
         now_ms: u64,
     ) -> Result<(), DeviceError> {
+        let placed = self.placed(items.records);
         let Some(inflight) = self.inflight.take_if(|f| f.request_id == request_id) else {
-            // The answer to a submission already given up on: its acks still count, and the
-            // relay is answering, so what waits may go.
-            self.apply_late_outcomes(outcomes, now_ms)?;
+            // The answer to a submission already given up on: its statements still count,
+            // and the relay is answering, so what waits may go.
+            self.apply_statements(placed.statements, now_ms)?;
             return self.flush(now_ms);
         };
         if outcomes.len() != inflight.entries.len() {
             return Err(DeviceError::Protocol("submit result of the wrong length"));
         }
-        let mut acks = Vec::new();
         for (entry, outcome) in inflight.entries.into_iter().zip(outcomes) {
             match outcome {
-                SubmitOutcome::Accepted { ack } => match self.check_ack(&ack, entry.event) {
-                    Some(ev) => acks.push(ev),
-                    None => self.attempt_failed(entry, now_ms)?,
-                },
+                SubmitOutcome::Accepted { seq } => {
+                    // Sequenced only if a signed statement says so, at the place announced.
+                    let signed = placed
+                        .places
+                        .get(&entry.event)
+                        .is_some_and(|(c, p)| *c == entry.conversation && p.seq == seq);
+                    if !signed {
+                        tracing::warn!(event = %entry.event, seq, "acceptance without a matching statement");
+                        self.attempt_failed(entry, now_ms)?;
+                    }
+                }
                 SubmitOutcome::Rejected { code, reason } if retryable(code) => {
                     tracing::debug!(event = %entry.event, ?code, %reason, "submission deferred");
                     self.attempt_failed(entry, now_ms)?;
@@ -1420,25 +1445,43 @@ impl DeviceCore {
                 }
             }
         }
-        let out = self.store.apply(&acks)?;
-        self.emit_outcome(out, now_ms);
-        self.advance_cursors_over(&acks, now_ms)?;
-        self.ask_for_new_members(&acks, now_ms)?;
+        self.apply_statements(placed.statements, now_ms)?;
         self.flush(now_ms)
+    }
+
+    /// Stores the relay's statements of a submit answer: the device's own events they place
+    /// leave the outbox and take their places; others' events they place wait for their page
+    /// or push.
+    fn apply_statements(&mut self, statements: Vec<Event>, now_ms: u64) -> Result<(), DeviceError> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let out = self.store.apply(&statements)?;
+        self.emit_outcome(out, now_ms);
+        self.advance_cursors_over(&statements, now_ms)?;
+        self.ask_for_new_members(&statements, now_ms)
     }
 
     /// Once the relay accepted this device's `Create` or `AddMember` (the relay serves
     /// certificates of current and former co-members only), asks for the new members' device
     /// certificates: the answer shares this device's epoch with their devices.
-    fn ask_for_new_members(&mut self, acks: &[Event], now_ms: u64) -> Result<(), DeviceError> {
+    fn ask_for_new_members(
+        &mut self,
+        statements: &[Event],
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let me = self.store.key().device();
         let mut users = BTreeSet::new();
-        for ack in acks {
-            let EventKind::ServerAck { event, .. } = ack.kind() else {
+        for placement in statements.iter().flat_map(Event::placements) {
+            let Some(event) = self.store.log().get(&placement.event)? else {
                 continue;
             };
-            match self.store.log().get(event)?.as_ref().map(Event::kind) {
-                Some(EventKind::Create { members }) => users.extend(members.iter().copied()),
-                Some(EventKind::AddMember { user, .. }) => {
+            if event.header().author != me {
+                continue;
+            }
+            match event.kind() {
+                EventKind::Create { members } => users.extend(members.iter().copied()),
+                EventKind::AddMember { user, .. } => {
                     users.insert(*user);
                 }
                 _ => {}
@@ -1452,31 +1495,38 @@ impl DeviceCore {
         Ok(())
     }
 
-    fn apply_late_outcomes(
-        &mut self,
-        outcomes: Vec<SubmitOutcome>,
-        now_ms: u64,
-    ) -> Result<(), DeviceError> {
-        let acks: Vec<Event> = outcomes
-            .into_iter()
-            .filter_map(|o| match o {
-                SubmitOutcome::Accepted { ack } => Event::decode(&ack).ok(),
-                SubmitOutcome::Rejected { .. } => None,
-            })
-            .filter(|a| {
-                a.header().author == self.relay && matches!(a.kind(), EventKind::ServerAck { .. })
-            })
-            .collect();
-        let out = self.store.apply(&acks)?;
-        self.emit_outcome(out, now_ms);
-        self.advance_cursors_over(&acks, now_ms)
+    /// Keeps the statements the pinned relay signed and indexes what they place; anything
+    /// else is logged and dropped.
+    fn placed(&self, records: Vec<Result<Event, crate::event::DecodeError>>) -> Placed {
+        let mut out = Placed::default();
+        for record in records {
+            match record {
+                Ok(st) if st.header().author == self.relay && st.kind().is_sequencing() => {
+                    for p in st.placements() {
+                        out.places.insert(p.event, (st.conversation(), p));
+                    }
+                    out.statements.push(st);
+                }
+                Ok(st) => {
+                    tracing::warn!(event = %st.id(), "a record that is not the pinned relay's statement; skipped");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a relay statement that does not verify; skipped");
+                }
+            }
+        }
+        out
     }
 
     /// The device's own acked events count for its cursors too: the relay does not send them
     /// back. Without this, the first event of others after one of its own looked like a gap:
     /// a pull round trip, and a Delivered receipt that stopped short of the new message.
-    fn advance_cursors_over(&mut self, acks: &[Event], now_ms: u64) -> Result<(), DeviceError> {
-        let convs: BTreeSet<ConversationId> = acks.iter().map(|a| a.conversation()).collect();
+    fn advance_cursors_over(
+        &mut self,
+        statements: &[Event],
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let convs: BTreeSet<ConversationId> = statements.iter().map(|a| a.conversation()).collect();
         for conversation in convs {
             self.advance_cursor(conversation, now_ms)?;
         }
@@ -1540,14 +1590,6 @@ impl DeviceCore {
         Ok(())
     }
 
-    /// A verified ServerAck from the pinned relay for `event`, or `None`.
-    fn check_ack(&self, bytes: &[u8], event: EventId) -> Option<Event> {
-        let ack = Event::decode(bytes).ok()?;
-        let ok = ack.header().author == self.relay
-            && matches!(ack.kind(), EventKind::ServerAck { event: e, .. } if *e == event);
-        ok.then_some(ack)
-    }
-
     fn attempt_failed(&mut self, mut entry: OutboxEntry, now_ms: u64) -> Result<(), DeviceError> {
         entry.attempts = entry.attempts.saturating_add(1);
         // Only a message can be FAILED: the user sees it and can retry it. Receipts and
@@ -1572,41 +1614,36 @@ impl DeviceCore {
 
     // ---- catching up ----
 
-    /// Verifies and stores `(event, ack)` pairs from a page or a push, advances each
-    /// conversation's gap-free cursor, tells the relay, and sends one cumulative Delivered
-    /// receipt per conversation for messages of other users.
+    /// Stores the events of a page or a push that the frame's relay statements place (with
+    /// those statements), advances each conversation's gap-free cursor, tells the relay, and
+    /// sends one cumulative Delivered receipt per conversation for messages of other users.
     fn on_items(&mut self, items: VerifiedItems, now_ms: u64) -> Result<(), DeviceError> {
-        if items.0.is_empty() {
+        if items.events.is_empty() {
             return Ok(());
         }
-        let mut accepted = Vec::with_capacity(items.0.len() * 2);
+        let placed = self.placed(items.records);
+        let mut accepted = Vec::with_capacity(items.events.len() + placed.statements.len());
         // Per conversation: sequences received in this batch.
         let mut seqs: BTreeMap<ConversationId, Vec<ServerSeq>> = BTreeMap::new();
-        for pair in items.0 {
-            let (ev, ack) = match pair {
-                Ok(pair) => pair,
+        for ev in items.events {
+            let ev = match ev {
+                Ok(ev) => ev,
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay sent an item that does not verify; skipped");
+                    tracing::warn!(error = %e, "relay sent an event that does not verify; skipped");
                     continue;
                 }
             };
-            let seq = match ack.kind() {
-                EventKind::ServerAck { event, seq, .. }
-                    if *event == ev.id()
-                        && ack.header().author == self.relay
-                        && ack.conversation() == ev.conversation() =>
-                {
-                    *seq
+            match placed.places.get(&ev.id()) {
+                Some((conversation, p)) if *conversation == ev.conversation() => {
+                    seqs.entry(ev.conversation()).or_default().push(p.seq);
+                    accepted.push(ev);
                 }
                 _ => {
-                    tracing::warn!(event = %ev.id(), "item whose ack does not match; skipped");
-                    continue;
+                    tracing::warn!(event = %ev.id(), "event no statement of the frame places; skipped");
                 }
-            };
-            seqs.entry(ev.conversation()).or_default().push(seq);
-            accepted.push(ev);
-            accepted.push(ack);
+            }
         }
+        accepted.extend(placed.statements);
         let out = self.store.apply(&accepted)?;
         for (id, err) in &out.rejected {
             tracing::warn!(event = %id, %err, "relay item refused by the store");

@@ -8,7 +8,7 @@
 //! | `c` | `CreateRecord { event, members }` | the `Create` event |
 //! | `g:<seq, 16 hex digits>` | `MembersRecord { seq, members }` | the device's gate, after the membership change at `seq` (the `Create` included) |
 //! | `m:<message id hex>` | [`MessageRecord`] | the message's `Send` |
-//! | `s:<seq, 16 hex digits>` | `AckRecord { message, ts_ms }` | the relay's `ServerAck` |
+//! | `s:<seq, 16 hex digits>` | `AckRecord { message, ts_ms }` | a placement of the relay's `Sequenced` (or `ServerAck`) |
 //! | `d:<device hex>` | `(user, up_to)` | the device's `Delivered` (max-register) |
 //! | `r:<device hex>` | `(user, up_to)` | the device's `Read` (max-register) |
 //!
@@ -178,29 +178,30 @@ impl ConversationDoc {
                 }
                 changes
             }
-            EventKind::ServerAck {
-                message: Some(message),
-                seq,
-                server_ts_ms,
-                ..
-            } => {
-                if self.state.knows_ack(message, *seq) {
-                    Vec::new()
-                } else {
+            EventKind::ServerAck { .. } | EventKind::Sequenced { .. } => {
+                let mut changes = Vec::new();
+                for p in event.placements() {
+                    let Some(message) = p.message else { continue };
+                    if self.state.knows_ack(&message, p.seq) {
+                        continue;
+                    }
                     self.put(
-                        format!("s:{seq:016x}"),
+                        format!("s:{:016x}", p.seq),
                         &AckRecord {
-                            message: *message,
-                            ts_ms: *server_ts_ms,
+                            message,
+                            ts_ms: p.server_ts_ms,
                         },
                     )?;
-                    self.state.apply_ack(*message, *seq, *server_ts_ms)
+                    changes.extend(self.state.apply_ack(message, p.seq, p.server_ts_ms));
                 }
+                changes
             }
-            EventKind::Delivered { up_to } => {
+            EventKind::Delivered { up_to, .. } => {
                 self.receipt(h.author, h.user, Receipt::Delivered, *up_to)?
             }
-            EventKind::Read { up_to } => self.receipt(h.author, h.user, Receipt::Read, *up_to)?,
+            EventKind::Read { up_to, .. } => {
+                self.receipt(h.author, h.user, Receipt::Read, *up_to)?
+            }
             // Acks of non-message events and kinds from newer builds carry nothing to show.
             _ => Vec::new(),
         };

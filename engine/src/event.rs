@@ -33,6 +33,9 @@ pub const MAX_MEMBERS: usize = 1024;
 pub const MAX_SEALED_KEYS: usize = 512;
 /// Largest sealed key (an X25519 public key, a 32-byte key and a 16-byte tag, with room).
 pub const MAX_SEALED_KEY_LEN: usize = 128;
+/// Most events one `Sequenced` statement places (about 16 KiB of entries: one relay signature
+/// covers up to this many events of one conversation).
+pub const MAX_SEQUENCED_ENTRIES: usize = 256;
 /// Fixed bytes in front of the body: version, id, signature.
 pub const ENVELOPE_PREFIX_LEN: usize = 1 + 32 + 64;
 
@@ -109,6 +112,30 @@ pub struct SealedKey {
     pub sealed: Vec<u8>,
 }
 
+/// One event placed by a [`EventKind::Sequenced`] statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqEntry {
+    /// The placed event.
+    pub event: EventId,
+    /// The message the event sent, when it was a `Send`.
+    pub message: Option<MessageId>,
+    /// The relay's clock when it sequenced the event, ms since the Unix epoch.
+    pub server_ts_ms: u64,
+}
+
+/// Where the relay placed one event: read from a `Sequenced` statement or a legacy `ServerAck`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The placed event.
+    pub event: EventId,
+    /// The message the event sent, when it was a `Send`.
+    pub message: Option<MessageId>,
+    /// Its server sequence.
+    pub seq: ServerSeq,
+    /// The relay's clock when it sequenced the event.
+    pub server_ts_ms: u64,
+}
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -127,7 +154,9 @@ pub enum EventKind {
         /// Media that travels apart from the body.
         media: Vec<MediaRef>,
     },
-    /// The relay accepted `event` and gave it a place in the conversation's order.
+    /// The relay accepted `event` and gave it a place in the conversation's order (one signed
+    /// event per sequenced event: how relays before protocol 3 placed events; kept readable
+    /// for logs written then, see [`EventKind::Sequenced`] for today's statement).
     ServerAck {
         /// The acknowledged event.
         event: EventId,
@@ -138,15 +167,32 @@ pub enum EventKind {
         /// The relay's clock when it sequenced the event, ms since the Unix epoch.
         server_ts_ms: u64,
     },
+    /// The relay's signed statement placing a run of events in the conversation's order: the
+    /// entry at index `i` has server sequence `header.counter + i`. One statement (one
+    /// signature) per conversation per group commit, up to [`MAX_SEQUENCED_ENTRIES`] entries.
+    /// Its header's `prev` names the statement that placed the sequence before `counter`, so
+    /// the statements form a hash chain over (seq, event id, server ts): a statement's id
+    /// commits to every placement since the conversation began.
+    Sequenced {
+        /// The placed events, in sequence order from `header.counter`.
+        entries: Vec<SeqEntry>,
+    },
     /// Every message up to `up_to` reached the authoring device (cumulative).
     Delivered {
         /// Highest server sequence covered.
         up_to: ServerSeq,
+        /// The id of the relay statement that placed `up_to` on the authoring device: its
+        /// chain head there. A device that holds another statement at `up_to` was shown
+        /// another history (`ChainIssue::HeadMismatch`). `None` in receipts written before
+        /// heads were carried (tag 4).
+        head: Option<EventId>,
     },
     /// Every message up to `up_to` was read on the authoring device (cumulative).
     Read {
         /// Highest server sequence covered.
         up_to: ServerSeq,
+        /// As for `Delivered` (tag 5 when `None`).
+        head: Option<EventId>,
     },
     /// An admin of the conversation adds `user` (see [`crate::membership`] for the rules).
     /// A new key epoch follows every membership change.
@@ -207,6 +253,12 @@ mod tag {
     pub const KEY_REQUEST: u16 = 9;
     /// An `EpochKeys` that opens an epoch with a key commitment.
     pub const EPOCH_OPEN: u16 = 10;
+    /// The relay's statement placing a run of events (protocol 3).
+    pub const SEQUENCED: u16 = 11;
+    /// A `Delivered` carrying the chain head its author saw at `up_to`.
+    pub const DELIVERED_AT: u16 = 12;
+    /// A `Read` carrying the chain head its author saw at `up_to`.
+    pub const READ_AT: u16 = 13;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -391,8 +443,17 @@ impl EventKind {
                     server_ts_ms: *server_ts_ms,
                 }),
             ),
-            EventKind::Delivered { up_to } => (tag::DELIVERED, enc(up_to)),
-            EventKind::Read { up_to } => (tag::READ, enc(up_to)),
+            EventKind::Sequenced { entries } => (tag::SEQUENCED, enc(entries)),
+            EventKind::Delivered { up_to, head: None } => (tag::DELIVERED, enc(up_to)),
+            EventKind::Read { up_to, head: None } => (tag::READ, enc(up_to)),
+            EventKind::Delivered {
+                up_to,
+                head: Some(head),
+            } => (tag::DELIVERED_AT, enc(&(*up_to, *head))),
+            EventKind::Read {
+                up_to,
+                head: Some(head),
+            } => (tag::READ_AT, enc(&(*up_to, *head))),
             EventKind::AddMember { user, admin } => (
                 tag::ADD_MEMBER,
                 enc(&AddMemberPayload {
@@ -456,12 +517,31 @@ impl EventKind {
                     server_ts_ms: p.server_ts_ms,
                 }
             }
+            tag::SEQUENCED => EventKind::Sequenced {
+                entries: exact(payload)?,
+            },
             tag::DELIVERED => EventKind::Delivered {
                 up_to: exact(payload)?,
+                head: None,
             },
             tag::READ => EventKind::Read {
                 up_to: exact(payload)?,
+                head: None,
             },
+            tag::DELIVERED_AT => {
+                let (up_to, head): (ServerSeq, EventId) = exact(payload)?;
+                EventKind::Delivered {
+                    up_to,
+                    head: Some(head),
+                }
+            }
+            tag::READ_AT => {
+                let (up_to, head): (ServerSeq, EventId) = exact(payload)?;
+                EventKind::Read {
+                    up_to,
+                    head: Some(head),
+                }
+            }
             tag::ADD_MEMBER => {
                 let p: AddMemberPayload = exact(payload)?;
                 EventKind::AddMember {
@@ -510,6 +590,12 @@ impl EventKind {
         };
         match self {
             EventKind::Create { members } => check("members", members.len(), MAX_MEMBERS),
+            EventKind::Sequenced { entries } if entries.is_empty() => Err(DecodeError::Malformed(
+                "a sequencing statement places no event",
+            )),
+            EventKind::Sequenced { entries } => {
+                check("entries", entries.len(), MAX_SEQUENCED_ENTRIES)
+            }
             EventKind::Send { body, media, .. } => {
                 check("body", body.len(), MAX_BODY_LEN)?;
                 check("media", media.len(), MAX_MEDIA_REFS)
@@ -530,12 +616,22 @@ impl EventKind {
         }
     }
 
+    /// Whether this is the relay's kind: it places events (`Sequenced`, or a legacy
+    /// `ServerAck`) and only the pinned relay key may sign it.
+    pub fn is_sequencing(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Sequenced { .. } | EventKind::ServerAck { .. }
+        )
+    }
+
     /// A short name for logs and traces.
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Create { .. } => "create",
             EventKind::Send { .. } => "send",
             EventKind::ServerAck { .. } => "server-ack",
+            EventKind::Sequenced { .. } => "sequenced",
             EventKind::Delivered { .. } => "delivered",
             EventKind::Read { .. } => "read",
             EventKind::AddMember { .. } => "add-member",
@@ -660,6 +756,18 @@ impl Event {
     /// ([`EventHeader::message_id`]), so that no other device can claim that message.
     pub fn check_rules(&self) -> Result<(), DecodeError> {
         match &self.kind {
+            EventKind::Sequenced { entries }
+                if self.header.counter == 0
+                    || self
+                        .header
+                        .counter
+                        .checked_add(entries.len() as u64)
+                        .is_none() =>
+            {
+                Err(DecodeError::Malformed(
+                    "a sequencing statement outside the sequence range",
+                ))
+            }
             EventKind::Send { message, .. } if *message != self.header.message_id() => {
                 Err(DecodeError::UnboundMessage {
                     event: self.id,
@@ -750,6 +858,49 @@ impl Event {
     /// The kind.
     pub fn kind(&self) -> &EventKind {
         &self.kind
+    }
+
+    /// The places this event gives other events, when it is the relay's (a `Sequenced`
+    /// statement: one per entry; a legacy `ServerAck`: one); empty for every other kind.
+    pub fn placements(&self) -> Vec<Placement> {
+        match &self.kind {
+            EventKind::Sequenced { entries } => entries
+                .iter()
+                .zip(self.header.counter..)
+                .map(|(e, seq)| Placement {
+                    event: e.event,
+                    message: e.message,
+                    seq,
+                    server_ts_ms: e.server_ts_ms,
+                })
+                .collect(),
+            EventKind::ServerAck {
+                event,
+                message,
+                seq,
+                server_ts_ms,
+            } => vec![Placement {
+                event: *event,
+                message: *message,
+                seq: *seq,
+                server_ts_ms: *server_ts_ms,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The highest sequence this relay event places (`None` for every other kind).
+    pub fn last_placed(&self) -> Option<ServerSeq> {
+        match &self.kind {
+            EventKind::Sequenced { entries } => Some(
+                self.header
+                    .counter
+                    .saturating_add(entries.len() as u64)
+                    .saturating_sub(1),
+            ),
+            EventKind::ServerAck { seq, .. } => Some(*seq),
+            _ => None,
+        }
     }
 
     /// The envelope bytes, as stored and sent.
@@ -851,8 +1002,29 @@ mod tests {
             seq: 42,
             server_ts_ms: 77,
         });
-        check_round_trip(EventKind::Delivered { up_to: 3 });
-        check_round_trip(EventKind::Read { up_to: u64::MAX });
+        check_round_trip(EventKind::Delivered {
+            up_to: 3,
+            head: None,
+        });
+        check_round_trip(EventKind::Read {
+            up_to: u64::MAX,
+            head: None,
+        });
+        check_round_trip(EventKind::Delivered {
+            up_to: 3,
+            head: Some(EventId([4; 32])),
+        });
+        check_round_trip(EventKind::Read {
+            up_to: 9,
+            head: Some(EventId([5; 32])),
+        });
+        check_round_trip(EventKind::Sequenced {
+            entries: vec![SeqEntry {
+                event: EventId([6; 32]),
+                message: Some(MessageId([7; 16])),
+                server_ts_ms: 8,
+            }],
+        });
         check_round_trip(EventKind::AddMember {
             user: UserId([7; 32]),
             admin: true,
@@ -895,7 +1067,15 @@ mod tests {
     fn typed_errors() {
         let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
         let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
-        let ev = Event::sign(key.signing_key(), header, EventKind::Read { up_to: 1 }).expect("ok");
+        let ev = Event::sign(
+            key.signing_key(),
+            header,
+            EventKind::Read {
+                up_to: 1,
+                head: None,
+            },
+        )
+        .expect("ok");
         let b = ev.bytes().to_vec();
         assert_eq!(Event::decode(&[]), Err(DecodeError::Truncated { len: 0 }));
         assert_eq!(
@@ -941,9 +1121,16 @@ mod tests {
         let mut envs: Vec<Vec<u8>> = (1..=8)
             .map(|i| {
                 let h = key.header(ConversationId([2; 16]), i, None, i, 0);
-                Event::sign(key.signing_key(), h, EventKind::Delivered { up_to: i })
-                    .expect("sign")
-                    .into_bytes()
+                Event::sign(
+                    key.signing_key(),
+                    h,
+                    EventKind::Delivered {
+                        up_to: i,
+                        head: None,
+                    },
+                )
+                .expect("sign")
+                .into_bytes()
             })
             .collect();
         envs[3][50] ^= 0xff;

@@ -361,7 +361,15 @@ mod tests {
         let mut liar_dir = dir.clone();
         let lie = DeviceKey::from_seed([101; 32], b.id);
         let h = lie.header(ConversationId([7; 16]), 1, None, 1, 0);
-        let forged = Event::sign(lie.signing_key(), h, EventKind::Read { up_to: 1 }).expect("sign");
+        let forged = Event::sign(
+            lie.signing_key(),
+            h,
+            EventKind::Read {
+                up_to: 1,
+                head: None,
+            },
+        )
+        .expect("sign");
         assert_eq!(
             g.judge(&forged, 2, 0, &liar_dir, ME, &|_| AuthorLookup::Asking),
             Verdict::Refuse(Refusal::WrongUser {

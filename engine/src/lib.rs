@@ -47,7 +47,9 @@ pub use conversation::{Change, Conversation, ConversationView, MessageRecord, Me
 pub use device::{ConnectionState, DeviceConfig, DeviceCore, DeviceError, DeviceEvent};
 pub use directory::{DeviceDirectory, DirectoryRefusal};
 pub use doc::{ConversationDoc, DocError};
-pub use event::{DecodeError, Event, EventHeader, EventKind, MediaRef, SealedKey};
+pub use event::{
+    DecodeError, Event, EventHeader, EventKind, MediaRef, Placement, SealedKey, SeqEntry,
+};
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 pub use log::{Appended, ChainIssue, EventLog, LogError, OutboxEntry, OutboxState};

@@ -8,7 +8,7 @@
 
 use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
 use crate::directory::DeviceDirectory;
-use crate::event::{DecodeError, Event, EventKind};
+use crate::event::{DecodeError, Event, EventKind, Placement};
 use crate::gate::{Gate, Refusal, Verdict};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::status::{derive_status, UserMarks};
@@ -82,6 +82,20 @@ const DIRECTORY: TableDefinition<(&[u8; 32], u8), &[u8]> = TableDefinition::new(
 /// (conversation, seq of a membership change the gate admitted) → postcard(`Vec<UserId>`): the
 /// members after it. A message's recipients are the members at its seq.
 const MEMBERSHIPS: TableDefinition<(&[u8; 16], u64), &[u8]> = TableDefinition::new("memberships");
+/// (event id, conversation of the statement) → server seq: places a relay statement gave to
+/// events the log does not hold yet (a statement covers a whole group commit; a page may bring
+/// only part of its events). Moved into `by_seq` of the statement's conversation when the
+/// event arrives (whatever conversation the event names: the gate there judges it), so that a
+/// cursor never passes an event the log lacks.
+const WAITING: TableDefinition<(&[u8; 32], &[u8; 16]), u64> = TableDefinition::new("waiting");
+/// (conversation, last seq placed) → (id, first seq placed) of the relay statement
+/// (`Sequenced`, or a legacy `ServerAck` written from now on) placing that range: the relay's
+/// hash chain, checked like an author's chain but by sequence range, and the chain head a
+/// receipt names.
+const STATEMENTS: TableDefinition<(&[u8; 16], u64), StatementValue> =
+    TableDefinition::new("statements");
+/// A `statements` row: (statement id, first seq it places).
+type StatementValue = (&'static [u8; 32], u64);
 
 /// Why the log could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +285,33 @@ pub enum ChainIssue {
         /// The missing places (at most [`MAX_GAP_REPORT`] of them).
         missing: Vec<u64>,
     },
+    /// The relay's signed statements give one server sequence to two different events: it
+    /// showed this device (or this device and another) two histories.
+    Equivocation {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The contested sequence.
+        seq: ServerSeq,
+        /// The event placed there first (it keeps the place).
+        first: EventId,
+        /// The other one.
+        second: EventId,
+    },
+    /// A member device's receipt names, as the relay statement placing `seq` on that device,
+    /// another statement than the one this log holds there: the relay showed the two devices
+    /// different histories up to `seq` (equivocation).
+    HeadMismatch {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The sequence the receipt covers up to.
+        seq: ServerSeq,
+        /// The statement this log holds there.
+        ours: EventId,
+        /// The one the receipt names.
+        theirs: EventId,
+        /// The device that signed the receipt.
+        device: DeviceId,
+    },
     /// A member's receipt (signed by its device) covers sequences this log does not hold,
     /// after catch-up: the relay withheld them (the tail of an author's chain, or an event no
     /// later event of its author reveals, such as a `RemoveMember`).
@@ -282,6 +323,22 @@ pub enum ChainIssue {
         /// The missing sequences (at most [`MAX_GAP_REPORT`] of them).
         missing: Vec<ServerSeq>,
     },
+}
+
+/// The id of the relay statement in `table` that places `seq` in `conversation`, if the log
+/// holds one.
+fn covering_statement(
+    table: &impl ReadableTable<(&'static [u8; 16], u64), StatementValue>,
+    conversation: &ConversationId,
+    seq: ServerSeq,
+) -> Result<Option<EventId>, LogError> {
+    let c = &conversation.0;
+    let Some(row) = table.range((c, seq)..=(c, u64::MAX))?.next() else {
+        return Ok(None);
+    };
+    let (_, v) = row?;
+    let (id, first) = v.value();
+    Ok((first <= seq).then_some(EventId(*id)))
 }
 
 /// Most missing places one [`ChainIssue::Gap`] lists.
@@ -543,6 +600,17 @@ impl EventLog {
     ) -> Result<MembershipHistory, LogError> {
         let txn = self.db.begin_read()?;
         read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)
+    }
+
+    /// The id of the relay statement placing `seq` in `conversation` (the relay's chain head
+    /// there, as this device was shown it), if the log holds it.
+    pub fn statement_at(
+        &self,
+        conversation: ConversationId,
+        seq: ServerSeq,
+    ) -> Result<Option<EventId>, LogError> {
+        let txn = self.db.begin_read()?;
+        covering_statement(&txn.open_table(STATEMENTS)?, &conversation, seq)
     }
 
     /// The last event of `device` in `conversation`: (counter, id).
@@ -957,6 +1025,8 @@ pub struct LogTxn<'a> {
     directory: redb::Table<'a, (Id32, u8), &'static [u8]>,
     epoch_keys: redb::Table<'a, (Conv, Id32), &'static [u8]>,
     memberships: redb::Table<'a, (Conv, u64), &'static [u8]>,
+    waiting: redb::Table<'a, (Id32, Conv), u64>,
+    statements: redb::Table<'a, (Conv, u64), (Id32, u64)>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -994,6 +1064,8 @@ impl<'a> LogTxn<'a> {
             directory: txn.open_table(DIRECTORY)?,
             epoch_keys: txn.open_table(EPOCH_KEYS)?,
             memberships: txn.open_table(MEMBERSHIPS)?,
+            waiting: txn.open_table(WAITING)?,
+            statements: txn.open_table(STATEMENTS)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -1038,7 +1110,7 @@ impl<'a> LogTxn<'a> {
     /// once the conversation's gate passed it (relay acks are admitted at once: they come from
     /// a pinned key and carry no content of their own).
     pub fn append_held(&mut self, event: &Event) -> Result<Appended, LogError> {
-        if matches!(event.kind(), EventKind::ServerAck { .. }) {
+        if event.kind().is_sequencing() {
             return self.append(event);
         }
         if !self.store(event)? {
@@ -1062,7 +1134,22 @@ impl<'a> LogTxn<'a> {
         self.log.insert(position, &id.0)?;
         self.events.insert(&id.0, (position, event.bytes()))?;
         let h = event.header();
-        self.check_chain(event)?;
+        let mut placed = Vec::new();
+        for row in self
+            .waiting
+            .range((&id.0, &[0u8; 16])..=(&id.0, &[0xffu8; 16]))?
+        {
+            let (k, v) = row?;
+            placed.push((*k.value().1, v.value()));
+        }
+        for (c, seq) in placed {
+            self.waiting.remove((&id.0, &c))?;
+            self.by_seq.insert((&c, seq), &id.0)?;
+        }
+        match event.last_placed() {
+            Some(last) => self.check_statement_chain(event, last)?,
+            None => self.check_chain(event)?,
+        }
         let meta = self.meta_mut(h.conversation)?;
         meta.max_lamport = meta.max_lamport.max(h.lamport);
         meta.n_events += 1;
@@ -1105,17 +1192,29 @@ impl<'a> LogTxn<'a> {
                         .insert((c, &message.0), (h.lamport, &id.0))?;
                 }
             },
-            EventKind::ServerAck {
-                event: acked,
-                seq,
-                server_ts_ms,
-                message,
-            } => {
-                let meta = self.meta_mut(conv)?;
-                meta.max_seq = meta.max_seq.max(*seq);
-                self.record_ack(conv, *acked, *message, *seq, *server_ts_ms, id)?;
+            EventKind::ServerAck { .. } | EventKind::Sequenced { .. } => {
+                let placements = event.placements();
+                if let Some(last) = placements.last() {
+                    let meta = self.meta_mut(conv)?;
+                    meta.max_seq = meta.max_seq.max(last.seq);
+                }
+                for p in placements {
+                    self.record_ack(conv, p, id)?;
+                }
             }
-            EventKind::Delivered { up_to } | EventKind::Read { up_to } => {
+            EventKind::Delivered { up_to, head } | EventKind::Read { up_to, head } => {
+                if let Some(theirs) = *head {
+                    let ours = covering_statement(&self.statements, &conv, *up_to)?;
+                    if let Some(ours) = ours.filter(|o| *o != theirs) {
+                        self.chain_issues.push(ChainIssue::HeadMismatch {
+                            conversation: conv,
+                            seq: *up_to,
+                            ours,
+                            theirs,
+                            device: h.author,
+                        });
+                    }
+                }
                 let read = matches!(event.kind(), EventKind::Read { .. });
                 let (d, r) = self
                     .marks
@@ -1219,17 +1318,40 @@ impl<'a> LogTxn<'a> {
     fn record_ack(
         &mut self,
         conversation: ConversationId,
-        acked: EventId,
-        message: Option<MessageId>,
-        seq: ServerSeq,
-        ts: u64,
+        placement: Placement,
         ack_id: EventId,
     ) -> Result<(), LogError> {
+        let Placement {
+            event: acked,
+            message,
+            seq,
+            server_ts_ms: ts,
+        } = placement;
         let c = &conversation.0;
         // The place in this conversation's order, whatever other acks name the event: a
         // relay that acked it in another conversation first must not leave a hole here
-        // (the gate refuses it there, see `advance_gate`, and judges it here).
-        self.by_seq.insert((c, seq), &acked.0)?;
+        // (the gate refuses it there, see `advance_gate`, and judges it here). An event the
+        // log does not hold yet waits for it: the gap-free cursor counts `by_seq` rows.
+        if self.events.get(&acked.0)?.is_some() {
+            let before = self
+                .by_seq
+                .insert((c, seq), &acked.0)?
+                .map(|g| EventId(*g.value()));
+            if let Some(before) = before.filter(|b| *b != acked) {
+                // Two signed statements give one place to two events: the relay showed
+                // two histories. The first keeps the place.
+                self.by_seq.insert((c, seq), &before.0)?;
+                self.chain_issues.push(ChainIssue::Equivocation {
+                    conversation,
+                    seq,
+                    first: before,
+                    second: acked,
+                });
+                return Ok(());
+            }
+        } else {
+            self.waiting.insert((&acked.0, c), seq)?;
+        }
         if self.acks.get(&acked.0)?.is_some_and(|g| g.value().0 <= seq) {
             return Ok(());
         }
@@ -1353,6 +1475,86 @@ impl<'a> LogTxn<'a> {
                         author,
                         counter: counter + 1,
                         prev: next.header().prev,
+                        found: Some(id),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes a relay statement by the last sequence it places, and records a [`ChainIssue`]
+    /// when another statement ends at the same sequence (the relay signed two histories), or
+    /// when `prev` does not name the statement that ends right before its first sequence
+    /// (checked both ways, as for authors' chains).
+    fn check_statement_chain(&mut self, event: &Event, last: ServerSeq) -> Result<(), LogError> {
+        let id = event.id();
+        let h = event.header();
+        let (conversation, author, first) = (h.conversation, h.author, h.counter);
+        let c = &conversation.0;
+        let taken = self
+            .statements
+            .get((c, last))?
+            .map(|g| EventId(*g.value().0));
+        match taken {
+            Some(other) if other != id => {
+                self.chain_issues.push(ChainIssue::Fork {
+                    conversation,
+                    author,
+                    counter: last,
+                    first: other,
+                    second: id,
+                });
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
+            None => {
+                self.statements.insert((c, last), (&id.0, first))?;
+            }
+        }
+        if (first <= 1) != h.prev.is_none() {
+            self.chain_issues.push(ChainIssue::BrokenLink {
+                conversation,
+                author,
+                counter: first,
+                prev: h.prev,
+                found: None,
+            });
+            return Ok(());
+        }
+        if first > 1 {
+            if let Some(before) = self
+                .statements
+                .get((c, first - 1))?
+                .map(|g| EventId(*g.value().0))
+            {
+                if Some(before) != h.prev {
+                    self.chain_issues.push(ChainIssue::BrokenLink {
+                        conversation,
+                        author,
+                        counter: first,
+                        prev: h.prev,
+                        found: Some(before),
+                    });
+                }
+            }
+        }
+        let after = self
+            .statements
+            .range((c, last.saturating_add(1))..=(c, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(_, v)| EventId(*v.value().0));
+        if let Some(after) = after {
+            if let Some(g) = self.events.get(&after.0)? {
+                let next = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+                let nh = next.header();
+                if nh.counter == last.saturating_add(1) && nh.prev != Some(id) {
+                    self.chain_issues.push(ChainIssue::BrokenLink {
+                        conversation,
+                        author,
+                        counter: nh.counter,
+                        prev: nh.prev,
                         found: Some(id),
                     });
                 }

@@ -12,7 +12,7 @@
 //! - `AddMember` and removing somebody else need an admin. Anyone may leave
 //!   (`RemoveMember` of their own user), except the creator, who can neither leave nor be
 //!   removed (the conversation always has an admin).
-//! - `ServerAck` is the relay's, never a member's.
+//! - `Sequenced` (and the legacy `ServerAck`) is the relay's, never a member's.
 
 use crate::event::{EventKind, MAX_MEMBERS};
 use crate::ids::UserId;
@@ -88,7 +88,9 @@ impl Membership {
     /// Whether an event of kind `kind` by a device of `author` is allowed now.
     pub fn check(&self, author: UserId, kind: &EventKind) -> Result<(), MembershipError> {
         let role = match kind {
-            EventKind::ServerAck { .. } => return Err(MembershipError::RelayOnly),
+            EventKind::ServerAck { .. } | EventKind::Sequenced { .. } => {
+                return Err(MembershipError::RelayOnly)
+            }
             EventKind::Create { .. } => return Err(MembershipError::AlreadyCreated),
             _ => self
                 .members

@@ -31,7 +31,8 @@ pub const SNAPSHOT_EVERY: u64 = 1_000;
 /// Store settings.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    /// Keys whose `ServerAck` events are trusted (the pinned relay keys).
+    /// Keys whose `Sequenced` statements (and legacy `ServerAck`s) are trusted (the pinned
+    /// relay keys).
     pub sequencers: Vec<DeviceId>,
     /// See [`MAX_LOADED_DOCS`].
     pub max_loaded_docs: usize,
@@ -66,7 +67,7 @@ pub enum StoreError {
     /// An event could not be built.
     #[error(transparent)]
     Event(#[from] DecodeError),
-    /// A `ServerAck` not signed by a trusted relay key.
+    /// A `Sequenced` statement or `ServerAck` not signed by a trusted relay key.
     #[error("server ack {event} signed by untrusted key {author}")]
     UntrustedAck {
         /// The ack event.
@@ -312,7 +313,8 @@ impl Store {
         if up_to <= read {
             return Ok(None);
         }
-        self.author(conversation, EventKind::Read { up_to }, now_ms)
+        let head = self.log.statement_at(conversation, up_to)?;
+        self.author(conversation, EventKind::Read { up_to, head }, now_ms)
             .map(Some)
     }
 
@@ -327,7 +329,8 @@ impl Store {
         if up_to <= delivered {
             return Ok(None);
         }
-        self.author(conversation, EventKind::Delivered { up_to }, now_ms)
+        let head = self.log.statement_at(conversation, up_to)?;
+        self.author(conversation, EventKind::Delivered { up_to, head }, now_ms)
             .map(Some)
     }
 
@@ -397,9 +400,7 @@ impl Store {
         let mut outcome = ApplyOutcome::default();
         let mut accepted: Vec<&Event> = Vec::with_capacity(events.len());
         for ev in events {
-            if matches!(ev.kind(), EventKind::ServerAck { .. })
-                && !self.config.sequencers.contains(&ev.header().author)
-            {
+            if ev.kind().is_sequencing() && !self.config.sequencers.contains(&ev.header().author) {
                 outcome.rejected.push((
                     ev.id(),
                     StoreError::UntrustedAck {
@@ -413,7 +414,7 @@ impl Store {
         }
         // Acks first: a Send whose ack is already stored goes straight to the sequenced index,
         // instead of into the unsequenced one and out again.
-        accepted.sort_by_key(|e| !matches!(e.kind(), EventKind::ServerAck { .. }));
+        accepted.sort_by_key(|e| !e.kind().is_sequencing());
         let convs: HashSet<ConversationId> = accepted.iter().map(|e| e.conversation()).collect();
         for c in &convs {
             self.ensure_loaded(*c)?;

@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks, sent in [`ClientFrame::Hello`]. 2: paged `Sync`
-/// and `Devices`, invitations and blocks (issue #12).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// and `Devices`, invitations and blocks (issue #12). 3: events travel with the relay's
+/// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The QUIC/TLS application protocol name.
 pub const ALPN: &[u8] = b"tidings/1";
 /// Bytes in the length prefix of a frame.
@@ -150,7 +151,7 @@ impl ErrorCode {
     pub const NOT_MEMBER: ErrorCode = ErrorCode(7);
     /// The envelope does not decode or its signature does not verify.
     pub const BAD_EVENT: ErrorCode = ErrorCode(8);
-    /// Devices may not submit this kind (ServerAck).
+    /// Devices may not submit this kind (`Sequenced`, `ServerAck`).
     pub const FORBIDDEN_KIND: ErrorCode = ErrorCode(9);
     /// No Create event was accepted for the conversation.
     pub const UNKNOWN_CONVERSATION: ErrorCode = ErrorCode(10);
@@ -404,28 +405,6 @@ pub fn verify_auth(
     )
 }
 
-/// An event envelope with the relay's ServerAck envelope for it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    /// The event envelope as the author signed it.
-    #[serde(with = "bytes_vec")]
-    pub event: Vec<u8>,
-    /// The ServerAck envelope signed by the relay (gives the event's server sequence).
-    #[serde(with = "bytes_vec")]
-    pub ack: Vec<u8>,
-}
-
-impl fmt::Debug for Item {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Item(event {} B, ack {} B)",
-            self.event.len(),
-            self.ack.len()
-        )
-    }
-}
-
 /// One envelope of a submit batch, as bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope(#[serde(with = "bytes_vec")] pub Vec<u8>);
@@ -445,11 +424,11 @@ impl AsRef<[u8]> for Envelope {
 /// The outcome for one submitted envelope, in the order of the batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SubmitOutcome {
-    /// Durably sequenced; the ServerAck envelope signed by the relay.
+    /// Durably sequenced at `seq`; the frame's `records` hold the relay's signed statement
+    /// that places it there.
     Accepted {
-        /// The ack envelope.
-        #[serde(with = "bytes_vec")]
-        ack: Vec<u8>,
+        /// The event's server sequence.
+        seq: ServerSeq,
     },
     /// Not accepted; nothing was stored.
     Rejected {
@@ -523,7 +502,7 @@ pub struct WireLimits {
 /// The relay's answer to a successful authentication.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
-    /// The relay's DeviceId: the key that signs ServerAck events (also its UserId).
+    /// The relay's DeviceId: the key that signs `Sequenced` statements (also its UserId).
     pub relay: DeviceId,
     /// Whether the device is registered to the user it named in Hello.
     pub registered: bool,
@@ -685,6 +664,8 @@ pub enum ServerFrame {
         request_id: u64,
         /// The outcomes.
         outcomes: Vec<SubmitOutcome>,
+        /// The relay's signed `Sequenced` statements placing the accepted events.
+        records: Vec<Envelope>,
     },
     /// Events of one conversation in sequence order.
     Page {
@@ -692,9 +673,11 @@ pub enum ServerFrame {
         request_id: u64,
         /// The conversation.
         conversation: ConversationId,
-        /// `(event, ack)` pairs with consecutive sequences after the requested one.
-        items: Vec<Item>,
-        /// More events exist after the last item.
+        /// Event envelopes with consecutive sequences after the requested one.
+        events: Vec<Envelope>,
+        /// The relay's signed statements placing them (each once, even when it places several).
+        records: Vec<Envelope>,
+        /// More events exist after the last one.
         more: bool,
     },
     /// One page of the device's conversations (answer to Sync).
@@ -713,8 +696,10 @@ pub enum ServerFrame {
     },
     /// Newly sequenced events for the device, unrequested.
     Push {
-        /// `(event, ack)` pairs, in sequence order within each conversation.
-        items: Vec<Item>,
+        /// Event envelopes, in sequence order within each conversation.
+        events: Vec<Envelope>,
+        /// The relay's signed statements placing them.
+        records: Vec<Envelope>,
     },
     /// The device left too many pushes unacknowledged: pushes stop until it pulls what it is
     /// missing and sends Sync again.
@@ -896,11 +881,18 @@ impl Frame for ServerFrame {
             ServerFrame::Error { message, .. } | ServerFrame::Refused { message, .. } => {
                 check("message", message.len(), MAX_REASON_LEN)
             }
-            ServerFrame::SubmitResult { outcomes, .. } => {
-                check("outcomes", outcomes.len(), MAX_SUBMIT_BATCH)
+            ServerFrame::SubmitResult {
+                outcomes, records, ..
+            } => {
+                check("outcomes", outcomes.len(), MAX_SUBMIT_BATCH)?;
+                check("records", records.len(), MAX_SUBMIT_BATCH)
             }
-            ServerFrame::Page { items, .. } | ServerFrame::Push { items } => {
-                check("items", items.len(), MAX_PAGE_ITEMS)
+            ServerFrame::Page {
+                events, records, ..
+            }
+            | ServerFrame::Push { events, records } => {
+                check("events", events.len(), MAX_PAGE_ITEMS)?;
+                check("records", records.len(), MAX_PAGE_ITEMS)
             }
             ServerFrame::Conversations {
                 conversations,
@@ -1168,21 +1160,20 @@ mod tests {
         check_round_trip(ServerFrame::SubmitResult {
             request_id: 4,
             outcomes: vec![
-                SubmitOutcome::Accepted { ack: vec![1; 40] },
+                SubmitOutcome::Accepted { seq: 40 },
                 SubmitOutcome::Rejected {
                     code: ErrorCode::RATE_LIMITED,
                     reason: "slow down".into(),
                 },
             ],
+            records: vec![Envelope(vec![3; 30])],
         });
-        let item = Item {
-            event: vec![1; 10],
-            ack: vec![2; 20],
-        };
+        let (events, records) = (vec![Envelope(vec![1; 10])], vec![Envelope(vec![2; 20])]);
         check_round_trip(ServerFrame::Page {
             request_id: 5,
             conversation: ConversationId([5; 16]),
-            items: vec![item.clone()],
+            events: events.clone(),
+            records: records.clone(),
             more: true,
         });
         check_round_trip(ServerFrame::Conversations {
@@ -1199,7 +1190,7 @@ mod tests {
             }],
             blocked: vec![UserId([7; 32])],
         });
-        check_round_trip(ServerFrame::Push { items: vec![item] });
+        check_round_trip(ServerFrame::Push { events, records });
         check_round_trip(ServerFrame::PullMode);
         check_round_trip(ClientFrame::Revoke {
             request_id: 8,
@@ -1653,11 +1644,13 @@ mod tests {
             ServerFrame::SubmitResult {
                 request_id: 9,
                 outcomes: vec![],
+                records: vec![],
             },
             ServerFrame::Page {
                 request_id: 9,
                 conversation: ConversationId([5; 16]),
-                items: vec![],
+                events: vec![],
+                records: vec![],
                 more: false,
             },
             ServerFrame::Conversations {
@@ -1691,7 +1684,10 @@ mod tests {
                 code: ErrorCode::INTERNAL,
                 message: String::new(),
             },
-            ServerFrame::Push { items: vec![] },
+            ServerFrame::Push {
+                events: vec![],
+                records: vec![],
+            },
             ServerFrame::PullMode,
         ];
         assert!(unasked.iter().all(|f| f.answers().is_none()));

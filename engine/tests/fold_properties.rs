@@ -156,21 +156,33 @@ fn statuses_walk_the_ticks() {
         Event::sign(bob.signing_key(), h, kind).expect("sign")
     };
     doc.fold(&receipt(
-        tidings_engine::EventKind::Delivered { up_to: seq },
+        tidings_engine::EventKind::Delivered {
+            up_to: seq,
+            head: None,
+        },
         1,
     ))
     .expect("fold");
     assert_eq!(doc.state().status(&id), Some(Status::Delivered));
     assert_eq!(doc.state().unread_count(bob.user()), 1);
-    doc.fold(&receipt(tidings_engine::EventKind::Read { up_to: seq }, 2))
-        .expect("fold");
+    doc.fold(&receipt(
+        tidings_engine::EventKind::Read {
+            up_to: seq,
+            head: None,
+        },
+        2,
+    ))
+    .expect("fold");
     assert_eq!(doc.state().status(&id), Some(Status::Read));
     assert_eq!(doc.state().unread_count(bob.user()), 0);
     // An older receipt arriving late changes nothing and writes nothing.
     let before = doc.uncommitted();
     let changes = doc
         .fold(&receipt(
-            tidings_engine::EventKind::Delivered { up_to: 1 },
+            tidings_engine::EventKind::Delivered {
+                up_to: 1,
+                head: None,
+            },
             3,
         ))
         .expect("fold");

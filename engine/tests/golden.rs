@@ -26,7 +26,14 @@ fn fixtures() -> Vec<(&'static str, Event)> {
         ),
         (
             "read",
-            sign(2, Some(EventId([0x55; 32])), EventKind::Read { up_to: 300 }),
+            sign(
+                2,
+                Some(EventId([0x55; 32])),
+                EventKind::Read {
+                    up_to: 300,
+                    head: None,
+                },
+            ),
         ),
     ]
 }

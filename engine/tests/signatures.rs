@@ -29,8 +29,15 @@ fn hex32(s: &str) -> [u8; 32] {
 /// `R = r·B + T` (T of order 8): it satisfies the cofactored equation only.
 fn mixed_order_event(key: &DeviceKey, r: u64) -> Vec<u8> {
     let header = key.header(ConversationId([3; 16]), 1, None, 1, 1_000);
-    let honest =
-        Event::sign(key.signing_key(), header, EventKind::Delivered { up_to: 1 }).expect("sign");
+    let honest = Event::sign(
+        key.signing_key(),
+        header,
+        EventKind::Delivered {
+            up_to: 1,
+            head: None,
+        },
+    )
+    .expect("sign");
     let mut bytes = honest.into_bytes();
     let id: [u8; 32] = bytes[1..33].try_into().expect("id");
     let torsion = CompressedEdwardsY(hex32(ORDER_8_POINT))
@@ -59,7 +66,10 @@ fn a_mixed_order_signature_gets_the_same_verdict_single_and_in_a_batch() {
     let honest = Event::sign(
         other.signing_key(),
         other.header(ConversationId([3; 16]), 1, None, 1, 1_000),
-        EventKind::Read { up_to: 1 },
+        EventKind::Read {
+            up_to: 1,
+            head: None,
+        },
     )
     .expect("sign")
     .into_bytes();

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidings_engine::wire::{
-    self, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, Item,
-    ServerFrame, SubmitOutcome, Welcome,
+    self, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, ServerFrame,
+    SubmitOutcome, Welcome,
 };
 use tidings_engine::{ConversationId, DeviceKey, Event, ServerSeq, UserId};
 use tokio::sync::mpsc;
@@ -513,7 +513,7 @@ impl RelayClient {
         conversation: ConversationId,
         after_seq: ServerSeq,
         limit: u32,
-    ) -> Result<(Vec<Item>, bool), ClientError> {
+    ) -> Result<(Vec<Placed>, bool), ClientError> {
         let request_id = self.request_id();
         self.send(&ClientFrame::Pull {
             request_id,
@@ -523,7 +523,12 @@ impl RelayClient {
         })
         .await?;
         match self.reply(request_id).await? {
-            ServerFrame::Page { items, more, .. } => Ok((items, more)),
+            ServerFrame::Page {
+                events,
+                records,
+                more,
+                ..
+            } => Ok((self.place(&events, &records)?, more)),
             f => Err(ClientError::Unexpected(format!("{f:?}"))),
         }
     }
@@ -533,12 +538,12 @@ impl RelayClient {
         &mut self,
         conversation: ConversationId,
         mut after_seq: ServerSeq,
-    ) -> Result<Vec<Item>, ClientError> {
+    ) -> Result<Vec<Placed>, ClientError> {
         let mut all = Vec::new();
         loop {
             let (items, more) = self.pull(conversation, after_seq, u32::MAX).await?;
-            for it in &items {
-                after_seq = ack_seq(&it.ack)?;
+            if let Some(last) = items.last() {
+                after_seq = last.seq;
             }
             all.extend(items);
             if !more {
@@ -560,11 +565,11 @@ impl RelayClient {
         .await
     }
 
-    /// The items of the next Push frame, waiting at most `timeout`.
-    pub async fn next_push(&mut self, timeout: Duration) -> Result<Vec<Item>, ClientError> {
+    /// The events of the next Push frame, placed, waiting at most `timeout`.
+    pub async fn next_push(&mut self, timeout: Duration) -> Result<Vec<Placed>, ClientError> {
         loop {
             match self.next_frame_within(timeout).await? {
-                ServerFrame::Push { items } => return Ok(items),
+                ServerFrame::Push { events, records } => return self.place(&events, &records),
                 ServerFrame::PullMode => {
                     return Err(ClientError::Unexpected("switched to pull mode".into()))
                 }
@@ -573,19 +578,63 @@ impl RelayClient {
         }
     }
 
+    /// Verifies a frame's events and the relay's statements, and places each event (in the
+    /// frame's order); an event no statement of this relay places is an error.
+    pub fn place(
+        &self,
+        events: &[Envelope],
+        records: &[Envelope],
+    ) -> Result<Vec<Placed>, ClientError> {
+        let bad = |e: tidings_engine::event::DecodeError| ClientError::Unexpected(e.to_string());
+        let mut places = std::collections::HashMap::new();
+        for r in records {
+            let st = Event::decode(&r.0).map_err(bad)?;
+            if st.header().author != self.welcome.relay || !st.kind().is_sequencing() {
+                return Err(ClientError::Unexpected(
+                    "a record that is not the relay's".into(),
+                ));
+            }
+            for p in st.placements() {
+                places.insert(p.event, (p, st.id()));
+            }
+        }
+        events
+            .iter()
+            .map(|e| {
+                let event = Event::decode(&e.0).map_err(bad)?;
+                let Some((p, statement)) = places.get(&event.id()) else {
+                    return Err(ClientError::Unexpected(format!(
+                        "event {} without a statement",
+                        event.id()
+                    )));
+                };
+                Ok(Placed {
+                    seq: p.seq,
+                    server_ts_ms: p.server_ts_ms,
+                    statement: *statement,
+                    event,
+                })
+            })
+            .collect()
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
     }
 }
 
-/// The server sequence an ack envelope carries (verifying its signature).
-pub fn ack_seq(ack: &[u8]) -> Result<ServerSeq, ClientError> {
-    let ack = Event::decode(ack).map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    match ack.kind() {
-        tidings_engine::EventKind::ServerAck { seq, .. } => Ok(*seq),
-        k => Err(ClientError::Unexpected(format!("not an ack: {}", k.name()))),
-    }
+/// An event of a page or a push with the place a verified relay statement gives it.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// The event, its signature checked.
+    pub event: Event,
+    /// Its server sequence.
+    pub seq: ServerSeq,
+    /// The relay's stamp.
+    pub server_ts_ms: u64,
+    /// The id of the statement that placed it.
+    pub statement: tidings_engine::EventId,
 }
 
 async fn read_frames(

@@ -59,9 +59,16 @@ mod tests {
             .map(|i| {
                 let k = if i % 3 == 0 { &b } else { &a };
                 let h = k.header(ConversationId([4; 16]), i, None, i, 0);
-                Event::sign(k.signing_key(), h, EventKind::Delivered { up_to: i })
-                    .expect("sign")
-                    .into_bytes()
+                Event::sign(
+                    k.signing_key(),
+                    h,
+                    EventKind::Delivered {
+                        up_to: i,
+                        head: None,
+                    },
+                )
+                .expect("sign")
+                .into_bytes()
             })
             .collect();
         envs[2][40] ^= 1; // signature

@@ -6,11 +6,11 @@ use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use tidings_engine::wire::{self, ClientFrame, ErrorCode, Item, SubmitOutcome};
+use tidings_engine::wire::{self, ClientFrame, ErrorCode, SubmitOutcome};
 use tidings_engine::{
     ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, ServerSeq, UserId,
 };
-use tidings_relay::client::{ack_seq, client_endpoint, ClientError, RelayClient};
+use tidings_relay::client::{client_endpoint, ClientError, Placed, RelayClient};
 use tidings_relay::{Limits, RelayConfig, RelayHandle};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -122,7 +122,7 @@ impl Device {
 
 fn seq_of(o: &SubmitOutcome) -> Result<ServerSeq> {
     match o {
-        SubmitOutcome::Accepted { ack } => Ok(ack_seq(ack)?),
+        SubmitOutcome::Accepted { seq } => Ok(*seq),
         SubmitOutcome::Rejected { code, reason } => bail!("rejected {code}: {reason}"),
     }
 }
@@ -134,14 +134,9 @@ fn code_of(o: &SubmitOutcome) -> Option<ErrorCode> {
     }
 }
 
-fn decode(it: &Item) -> Result<(Event, ServerSeq)> {
-    let e = Event::decode(&it.event).context("event")?;
-    let ack = Event::decode(&it.ack).context("ack")?;
-    let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
-        bail!("not an ack")
-    };
-    assert_eq!(*event, e.id());
-    Ok((e, *seq))
+/// A placed event as (event, seq); the client checked the statement that places it.
+fn decode(it: &Placed) -> Result<(Event, ServerSeq)> {
+    Ok((it.event.clone(), it.seq))
 }
 
 fn endpoint() -> Result<quinn::Endpoint> {
@@ -201,7 +196,10 @@ async fn two_users_three_devices() -> Result<()> {
     assert_eq!(ids, more.iter().map(|e| e.id()).collect::<Vec<_>>());
 
     // Bob's receipt reaches both of Alice's devices.
-    let read = bob.event(EventKind::Read { up_to: 5 });
+    let read = bob.event(EventKind::Read {
+        up_to: 5,
+        head: None,
+    });
     assert_eq!(bob.submit_ok(std::slice::from_ref(&read)).await?, vec![6]);
     let laptop_view = alice_laptop.pushed(4).await?;
     assert_eq!(
@@ -277,6 +275,16 @@ async fn refusals() -> Result<()> {
         message: None,
         seq: 1,
         server_ts_ms: 0,
+    });
+    let out = alice.client.submit(&[fake]).await?;
+    assert_eq!(code_of(&out[0]), Some(ErrorCode::FORBIDDEN_KIND));
+    // ... or a sequencing statement's.
+    let fake = alice.event(EventKind::Sequenced {
+        entries: vec![tidings_engine::SeqEntry {
+            event: real.id(),
+            message: None,
+            server_ts_ms: 0,
+        }],
     });
     let out = alice.client.submit(&[fake]).await?;
     assert_eq!(code_of(&out[0]), Some(ErrorCode::FORBIDDEN_KIND));
@@ -465,7 +473,7 @@ async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
     let mut n_pushed = 0;
     loop {
         match bob.client.next_frame_within(WAIT).await? {
-            wire::ServerFrame::Push { items } => n_pushed += items.len(),
+            wire::ServerFrame::Push { events, .. } => n_pushed += events.len(),
             wire::ServerFrame::PullMode => break,
             wire::ServerFrame::UserChanged { .. } => {}
             f => bail!("{f:?}"),
@@ -693,7 +701,10 @@ async fn membership_revocation_and_chain_attacks_are_refused() -> Result<()> {
     let broken = Event::sign(
         alice.key.signing_key(),
         broken_header,
-        EventKind::Read { up_to: 1 },
+        EventKind::Read {
+            up_to: 1,
+            head: None,
+        },
     )?;
     let out = alice.client.submit(&[broken]).await?;
     assert_eq!(code_of(&out[0]), Some(ErrorCode::BROKEN_CHAIN));

@@ -1,7 +1,9 @@
 //! The oracle: what the simulator saw happen, and the invariants checked against it.
 //!
-//! - Every ack the relay emitted (in a SubmitResult, Push or Page) is recorded; one sequence
-//!   per event, one event per sequence, across relay restarts.
+//! - Every statement the relay emitted (in a SubmitResult, Push or Page) is recorded; one
+//!   sequence per event, one event per sequence, across relay restarts; the statements of a
+//!   conversation form one chain (each names the one ending right before it, and no two end
+//!   at the same sequence).
 //! - Per device and message, the highest status rank ever shown: it may never go down, not
 //!   even across a crash of the device (every status comes from durably committed events).
 //! - Per device, the messages ever shown: none may disappear.
@@ -24,6 +26,8 @@ pub struct Oracle {
     by_seq: BTreeMap<(ConversationId, ServerSeq), EventId>,
     /// event → where the relay acked it.
     seq_of: HashMap<EventId, (ConversationId, ServerSeq)>,
+    /// (conversation, last seq it places) → the statement's id.
+    statements: HashMap<(ConversationId, ServerSeq), EventId>,
     /// Messages whose `send` returned Ok: message → (conversation, device index).
     pub sent: BTreeMap<MessageId, (ConversationId, usize)>,
     /// Per device: (conversation, message) → highest status rank shown.
@@ -39,17 +43,49 @@ impl Oracle {
         }
     }
 
-    /// An ack envelope the relay emitted.
-    pub fn record_ack(&mut self, ack: &[u8]) -> Result<(), Violation> {
-        let ev = Event::decode_trusted(ack)
-            .map_err(|e| format!("relay emitted an ack that does not decode: {e}"))?;
-        let EventKind::ServerAck { event, seq, .. } = ev.kind() else {
+    /// A statement envelope the relay emitted: its chain link and every place it gives.
+    pub fn record_statement(&mut self, bytes: &[u8]) -> Result<(), Violation> {
+        let st = Event::decode_trusted(bytes)
+            .map_err(|e| format!("relay emitted a statement that does not decode: {e}"))?;
+        let (Some(last), false) = (st.last_placed(), st.placements().is_empty()) else {
             return Err(format!(
-                "relay emitted a non-ack as an ack: {:?}",
-                ev.kind()
+                "relay emitted a non-statement as a statement: {:?}",
+                st.kind()
             ));
         };
-        let conv = ev.conversation();
+        let conv = st.conversation();
+        let h = st.header();
+        if let Some(before) = self.statements.get(&(conv, h.counter.saturating_sub(1))) {
+            if h.prev != Some(*before) {
+                return Err(format!(
+                    "relay statement {} from seq {} of {conv} does not chain to {before}",
+                    st.id(),
+                    h.counter
+                ));
+            }
+        }
+        match self.statements.insert((conv, last), st.id()) {
+            Some(other) if other != st.id() => {
+                return Err(format!(
+                    "relay signed two statements ending at seq {last} of {conv}: {other}, {}",
+                    st.id()
+                ))
+            }
+            _ => {}
+        }
+        for p in st.placements() {
+            self.record_place(conv, p.event, p.seq)?;
+        }
+        Ok(())
+    }
+
+    fn record_place(
+        &mut self,
+        conv: ConversationId,
+        event: EventId,
+        seq: ServerSeq,
+    ) -> Result<(), Violation> {
+        let (event, seq) = (&event, &seq);
         match self.by_seq.get(&(conv, *seq)) {
             Some(prev) if prev != event => {
                 return Err(format!(
@@ -246,22 +282,31 @@ fn stored_events(
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let (items, more) = store
+        let (items, records, more) = store
             .page(conv, after, STORE_PAGE, usize::MAX)
             .map_err(|e| format!("relay store page: {e}"))?;
-        for it in &items {
-            let ev = Event::decode_trusted(&it.event)
-                .map_err(|e| format!("stored event does not decode: {e}"))?;
-            let ack = Event::decode_trusted(&it.ack)
-                .map_err(|e| format!("stored ack does not decode: {e}"))?;
-            let EventKind::ServerAck { event, seq, .. } = ack.kind() else {
-                return Err("stored ack is not a ServerAck".into());
-            };
-            if *event != ev.id() {
-                return Err(format!("stored ack at seq {seq} names another event"));
+        let mut places = HashMap::new();
+        for r in &records {
+            let st = Event::decode_trusted(&r.0)
+                .map_err(|e| format!("stored statement does not decode: {e}"))?;
+            for p in st.placements() {
+                places.insert(p.event, p.seq);
             }
-            after = *seq;
-            out.push((ev, *seq));
+        }
+        for it in &items {
+            let ev = Event::decode_trusted(&it.0)
+                .map_err(|e| format!("stored event does not decode: {e}"))?;
+            let Some(&seq) = places.get(&ev.id()) else {
+                return Err(format!("stored event {} has no statement", ev.id()));
+            };
+            if seq != after + 1 {
+                return Err(format!(
+                    "stored event {} at seq {seq} after {after}",
+                    ev.id()
+                ));
+            }
+            after = seq;
+            out.push((ev, seq));
         }
         if !more || items.is_empty() {
             return Ok(out);

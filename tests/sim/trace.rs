@@ -118,6 +118,7 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
         ServerFrame::SubmitResult {
             request_id,
             outcomes,
+            ..
         } => {
             let ok = outcomes
                 .iter()
@@ -128,11 +129,13 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
         ServerFrame::Page {
             request_id,
             conversation,
-            items,
+            events,
+            records,
             more,
         } => format!(
-            "Page#{request_id}({conversation}, {} items, more {more})",
-            items.len()
+            "Page#{request_id}({conversation}, {} events, {} statements, more {more})",
+            events.len(),
+            records.len()
         ),
         ServerFrame::Conversations {
             request_id,
@@ -150,7 +153,9 @@ pub fn server_frame_name(f: &ServerFrame) -> String {
             format!("UserState#{request_id}({change:?})")
         }
         ServerFrame::UserChanged { change } => format!("UserChanged({change:?})"),
-        ServerFrame::Push { items } => format!("Push({})", items.len()),
+        ServerFrame::Push { events, records } => {
+            format!("Push({}, {} statements)", events.len(), records.len())
+        }
         ServerFrame::PullMode => "PullMode".into(),
         ServerFrame::Devices {
             request_id,

@@ -1,12 +1,13 @@
 //! Unit tests of the device core against a scripted relay.
 
 use super::*;
+use crate::event::SeqEntry;
 use crate::gate::Refusal;
 use crate::identity::DeviceKey;
 use crate::ids::UserId;
 use crate::log::EventLog;
 use crate::store::StoreConfig;
-use crate::wire::{Item, WireLimits};
+use crate::wire::WireLimits;
 
 const CONV: ConversationId = ConversationId([7; 16]);
 
@@ -100,18 +101,18 @@ fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
     // The late answer.
     let relay = relay();
     let header = relay.header(CONV, 1, None, 1, deadline);
-    let kind = EventKind::ServerAck {
-        event: sent.id(),
-        message: Some(m1),
-        seq: 1,
-        server_ts_ms: deadline,
+    let kind = EventKind::Sequenced {
+        entries: vec![SeqEntry {
+            event: sent.id(),
+            message: Some(m1),
+            server_ts_ms: deadline,
+        }],
     };
-    let ack = Event::sign(relay.signing_key(), header, kind).expect("sign ack");
+    let ack = Event::sign(relay.signing_key(), header, kind).expect("sign statement");
     let result = ServerFrame::SubmitResult {
         request_id,
-        outcomes: vec![SubmitOutcome::Accepted {
-            ack: ack.into_bytes(),
-        }],
+        outcomes: vec![SubmitOutcome::Accepted { seq: 1 }],
+        records: vec![Envelope(ack.into_bytes())],
     };
     core.handle_frame(result, deadline + 1)
         .expect("late result");
@@ -128,7 +129,7 @@ fn a_timed_out_submission_does_not_hold_back_the_catch_up() {
     assert_eq!(status, Some(crate::status::Status::Sent));
 }
 
-/// The relay's ack of `event` at `seq`.
+/// The relay's statement placing `event` alone at `seq`.
 fn ack(event: &Event, seq: ServerSeq, ts: u64) -> Event {
     let relay = relay();
     let message = match event.kind() {
@@ -136,19 +137,21 @@ fn ack(event: &Event, seq: ServerSeq, ts: u64) -> Event {
         _ => None,
     };
     let header = relay.header(event.conversation(), seq, None, 1, ts);
-    let kind = EventKind::ServerAck {
-        event: event.id(),
-        message,
-        seq,
-        server_ts_ms: ts,
+    let kind = EventKind::Sequenced {
+        entries: vec![SeqEntry {
+            event: event.id(),
+            message,
+            server_ts_ms: ts,
+        }],
     };
-    Event::sign(relay.signing_key(), header, kind).expect("sign ack")
+    Event::sign(relay.signing_key(), header, kind).expect("sign statement")
 }
 
-fn item(event: &Event, seq: ServerSeq) -> Item {
-    Item {
-        event: event.bytes().to_vec(),
-        ack: ack(event, seq, 1).into_bytes(),
+/// A push of `event` at `seq` with the statement placing it.
+fn push(event: &Event, seq: ServerSeq) -> ServerFrame {
+    ServerFrame::Push {
+        events: vec![Envelope(event.bytes().to_vec())],
+        records: vec![Envelope(ack(event, seq, 1).into_bytes())],
     }
 }
 
@@ -168,10 +171,7 @@ fn own_acks_count_for_the_cursor() {
         members: vec![bob.user(), me],
     };
     let create = Event::sign(bob.signing_key(), h, kind).expect("sign");
-    let push = ServerFrame::Push {
-        items: vec![item(&create, 1)],
-    };
-    core.handle_frame(push, t0).expect("push");
+    core.handle_frame(push(&create, 1), t0).expect("push");
     drain(&mut core);
     core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
     let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
@@ -180,9 +180,8 @@ fn own_acks_count_for_the_cursor() {
     let mine = Event::decode(&events[0].0).expect("own event");
     let result = ServerFrame::SubmitResult {
         request_id,
-        outcomes: vec![SubmitOutcome::Accepted {
-            ack: ack(&mine, 2, t0).into_bytes(),
-        }],
+        outcomes: vec![SubmitOutcome::Accepted { seq: 2 }],
+        records: vec![Envelope(ack(&mine, 2, t0).into_bytes())],
     };
     core.handle_frame(result, t0).expect("result");
     let frames = drain(&mut core);
@@ -200,10 +199,7 @@ fn own_acks_count_for_the_cursor() {
         media: vec![],
     };
     let theirs = Event::sign(bob.signing_key(), h, kind).expect("sign");
-    let push = ServerFrame::Push {
-        items: vec![item(&theirs, 3)],
-    };
-    core.handle_frame(push, t0).expect("push");
+    core.handle_frame(push(&theirs, 3), t0).expect("push");
     let frames = drain(&mut core);
     assert!(
         !frames.iter().any(|f| matches!(f, ClientFrame::Pull { .. })),
@@ -245,7 +241,7 @@ fn delivered_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
         })
         .flatten()
         .filter_map(|e| match Event::decode(&e.0).expect("own event").kind() {
-            EventKind::Delivered { up_to } => Some(*up_to),
+            EventKind::Delivered { up_to, .. } => Some(*up_to),
             _ => None,
         })
         .collect()

@@ -176,7 +176,10 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
     let receipt = Event::sign(
         bob.signing_key(),
         bob.header(CONV, 1, None, 6, 3_000),
-        EventKind::Delivered { up_to: 4 },
+        EventKind::Delivered {
+            up_to: 4,
+            head: None,
+        },
     )
     .expect("sign");
     log.append(&[receipt.clone(), ack(&relay, &receipt, 5)])
@@ -199,4 +202,112 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
         })
     );
     assert_eq!(log.receipt_gap(CONV, 1).expect("gap"), None);
+}
+
+/// The relay's statement placing `events` from `first` on, after the statement `prev`.
+fn statement(relay: &DeviceKey, events: &[&Event], first: u64, prev: Option<EventId>) -> Event {
+    let header = relay.header(CONV, first, prev, 1, 2_000);
+    let entries = events
+        .iter()
+        .map(|e| crate::event::SeqEntry {
+            event: e.id(),
+            message: match e.kind() {
+                EventKind::Send { message, .. } => Some(*message),
+                _ => None,
+            },
+            server_ts_ms: 2_000,
+        })
+        .collect();
+    Event::sign(
+        relay.signing_key(),
+        header,
+        EventKind::Sequenced { entries },
+    )
+    .expect("sign")
+}
+
+/// One statement places a run of events: every event it names takes its place (events the log
+/// does not hold yet wait for it, and the cursor never passes them); the statements chain, and
+/// a statement that does not continue the chain, or a second one over the same range, is
+/// reported.
+#[test]
+fn statements_place_runs_and_chain() {
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let m1 = linked(&alice, 1, None, 1);
+    let m2 = linked(&alice, 2, Some(m1.id()), 2);
+    let m3 = linked(&alice, 3, Some(m2.id()), 3);
+    let first = statement(&relay, &[&m1, &m2], 1, None);
+    // The statement and only the first event: the second waits, the cursor stops at 1.
+    assert_eq!(issues_of(&log, &[first.clone(), m1.clone()]), vec![]);
+    assert_eq!(log.contiguous_seq(CONV, 0).expect("cursor"), 1);
+    assert_eq!(issues_of(&log, std::slice::from_ref(&m2)), vec![]);
+    assert_eq!(log.contiguous_seq(CONV, 0).expect("cursor"), 2);
+    assert_eq!(log.statement_at(CONV, 2).expect("head"), Some(first.id()));
+    // The next statement continues the chain.
+    let second = statement(&relay, &[&m3], 3, Some(first.id()));
+    assert_eq!(issues_of(&log, &[second.clone(), m3.clone()]), vec![]);
+    assert_eq!(log.statement_at(CONV, 3).expect("head"), Some(second.id()));
+    // A statement from 3 that names another predecessor: a broken link in the relay's chain.
+    let liar = statement(&relay, &[&m3], 3, Some(EventId([5; 32])));
+    let issues = issues_of(&log, std::slice::from_ref(&liar));
+    assert!(
+        issues
+            .iter()
+            .any(|i| matches!(i, ChainIssue::Fork { counter: 3, .. })),
+        "{issues:?}"
+    );
+    // Another statement over 1..=2 with the events swapped: two events at one sequence.
+    let swapped = statement(&relay, &[&m2, &m1], 1, None);
+    let issues = issues_of(&log, std::slice::from_ref(&swapped));
+    assert!(
+        issues
+            .iter()
+            .any(|i| matches!(i, ChainIssue::Equivocation { seq: 1, .. })),
+        "{issues:?}"
+    );
+}
+
+/// A receipt carries the statement its author holds at `up_to`: a device holding another one
+/// there reports that the relay showed them different histories; the same one is silent.
+#[test]
+fn a_receipt_naming_another_chain_head_is_reported() {
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let m1 = linked(&alice, 1, None, 1);
+    let m2 = linked(&alice, 2, Some(m1.id()), 2);
+    let shown = statement(&relay, &[&m1, &m2], 1, None);
+    assert_eq!(issues_of(&log, &[shown.clone(), m1, m2.clone()]), vec![]);
+    let mut prev = None;
+    let mut receipt = |counter: u64, head: Option<EventId>| {
+        let h = bob.header(CONV, counter, prev, 9, 3_000);
+        let kind = EventKind::Delivered { up_to: 2, head };
+        let e = Event::sign(bob.signing_key(), h, kind).expect("sign");
+        prev = Some(e.id());
+        e
+    };
+    assert_eq!(issues_of(&log, &[receipt(1, Some(shown.id()))]), vec![]);
+    let other = EventId([3; 32]);
+    let issues = issues_of(&log, &[receipt(2, Some(other))]);
+    assert!(
+        issues.contains(&ChainIssue::HeadMismatch {
+            conversation: CONV,
+            seq: 2,
+            ours: shown.id(),
+            theirs: other,
+            device: bob.device(),
+        }),
+        "{issues:?}"
+    );
+    // A receipt without a head (written before heads were carried) says nothing.
+    let issues = issues_of(&log, &[receipt(3, None)]);
+    assert!(
+        !issues
+            .iter()
+            .any(|i| matches!(i, ChainIssue::HeadMismatch { .. })),
+        "{issues:?}"
+    );
 }

@@ -110,9 +110,9 @@ pub fn events(cast: &Cast, s: &Script) -> Vec<Event> {
         lamport += 1;
         let up_to = seq * u64::from(frac) / 100;
         let kind = if read {
-            EventKind::Read { up_to }
+            EventKind::Read { up_to, head: None }
         } else {
-            EventKind::Delivered { up_to }
+            EventKind::Delivered { up_to, head: None }
         };
         author(dev, kind, lamport, &mut out);
     }

@@ -39,6 +39,7 @@
 
 mod consent;
 mod rates;
+mod sequencing;
 mod session;
 pub mod store;
 
@@ -48,6 +49,7 @@ use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
 use consent::Consent;
 use rates::RateBuckets;
+use sequencing::{Outgoing, Resolved, Statement, ToPlace};
 use session::{Phase, Session};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -57,11 +59,11 @@ use tidings_engine::directory::{self, CertificateCheck, DirectoryRefusal, Revoca
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{
     self, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode,
-    Item, ServerFrame, SubmitOutcome, UserChange, Welcome, NONCE_LEN, TLS_BINDING_LEN,
+    ServerFrame, SubmitOutcome, UserChange, Welcome, NONCE_LEN, TLS_BINDING_LEN,
 };
 use tidings_engine::{
-    ConversationId, DeviceId, DeviceKey, Event, EventHeader, EventId, EventKind, Membership,
-    MembershipError, ServerSeq, UserId,
+    ConversationId, DeviceId, DeviceKey, Event, EventId, EventKind, Membership, MembershipError,
+    ServerSeq, UserId,
 };
 
 /// One place in a device's chain: (conversation, author, counter).
@@ -190,6 +192,8 @@ struct Staged {
     former: Vec<(ConversationId, UserId)>,
     /// Staged events by their place in their author's chain.
     chain: HashMap<ChainSlot, usize>,
+    /// The statements signed when the commit starts: (conversation, first seq, envelope).
+    statements: Vec<(ConversationId, ServerSeq, Statement)>,
     since_ms: Option<u64>,
 }
 
@@ -235,8 +239,8 @@ const INVITATION_MAX_LEN: usize = 16 + 32;
 #[derive(Debug)]
 struct StagedEvent {
     event: Event,
-    /// The ServerAck envelope, signed when the commit starts (empty until then).
-    ack: Vec<u8>,
+    /// The statement placing it, signed when the commit starts (`None` until then).
+    statement: Option<Statement>,
     seq: ServerSeq,
     ts_ms: u64,
     origin: SessionId,
@@ -253,15 +257,17 @@ struct PendingSubmit {
 enum Slot {
     Done(SubmitOutcome),
     Staged(usize),
-    /// A duplicate of an event in the commit being written: its ack, valid once that commit
-    /// is durable.
-    Inflight(Vec<u8>),
+    /// A duplicate of an event in the commit being written: its place and statement, valid
+    /// once that commit is durable.
+    Inflight(ServerSeq, Statement),
+    /// A duplicate of a stored event: its place and the record placing it.
+    Stored(ServerSeq, Statement),
 }
 
 /// What the core remembers of the commit being written.
 #[derive(Debug, Default)]
 struct Inflight {
-    acks: HashMap<EventId, Vec<u8>>,
+    placed: HashMap<EventId, (ServerSeq, Statement)>,
     registrations: Vec<(DeviceId, UserId)>,
     /// The certificates being written.
     certs: Vec<DeviceRegistration>,
@@ -289,8 +295,11 @@ impl CommitJob {
                 index_key: store::index_key(&s.event),
                 prev: s.event.header().prev,
                 event: s.event.bytes(),
-                ack: &s.ack,
+                ack: &[],
             });
+        }
+        for (c, first, st) in &self.staged.statements {
+            batch.statements.push((*c, *first, st));
         }
         for (c, rec) in &self.records {
             batch.conversations.push((*c, rec));
@@ -1009,12 +1018,13 @@ impl RelayCore {
         let limit = (limit as usize).clamp(1, self.limits.max_page_items);
         let budget = self.limits.max_frame_len.saturating_sub(4096);
         match self.store.page(&conv, after_seq, limit, budget) {
-            Ok((items, more)) => self.send(
+            Ok((events, records, more)) => self.send(
                 session,
                 ServerFrame::Page {
                     request_id,
                     conversation: conv,
-                    items,
+                    events,
+                    records,
                     more,
                 },
             ),
@@ -1302,7 +1312,7 @@ impl RelayCore {
         }
         self.metrics.rejected(n_rejected);
         let any_staged = slots.iter().any(|s| matches!(s, Slot::Staged(_)));
-        let any_inflight = slots.iter().any(|s| matches!(s, Slot::Inflight(_)));
+        let any_inflight = slots.iter().any(|s| matches!(s, Slot::Inflight(..)));
         if any_inflight && !any_staged {
             self.inflight_waiters.push(PendingSubmit {
                 session,
@@ -1310,19 +1320,13 @@ impl RelayCore {
                 slots,
             });
         } else if !any_staged {
-            let outcomes = slots
-                .into_iter()
-                .filter_map(|s| match s {
-                    Slot::Done(o) => Some(o),
-                    Slot::Staged(_) | Slot::Inflight(_) => None,
-                })
-                .collect();
-            self.send(
-                session,
-                ServerFrame::SubmitResult {
+            self.answer(
+                PendingSubmit {
+                    session,
                     request_id,
-                    outcomes,
+                    slots,
                 },
+                None,
             );
         } else {
             self.staged.submits.push(PendingSubmit {
@@ -1345,10 +1349,10 @@ impl RelayCore {
         let id = ev.id();
         let author = ev.header().author;
         let author_user = ev.header().user;
-        if matches!(ev.kind(), EventKind::ServerAck { .. }) {
+        if ev.kind().is_sequencing() {
             return Slot::Done(rejected(
                 ErrorCode::FORBIDDEN_KIND,
-                "devices may not submit ServerAck events",
+                "devices may not submit the relay's statements",
             ));
         }
         let created_here = matches!(ev.kind(), EventKind::Create { .. });
@@ -1360,17 +1364,17 @@ impl RelayCore {
                 ));
             }
         }
-        // Resubmission of an accepted event (by its user, or a member): the same ack,
-        // nothing stored twice, whatever happened since (removal, revocation).
+        // Resubmission of an accepted event (by its user, or a member): the same place and
+        // statement, nothing stored twice, whatever happened since (removal, revocation).
         if author_user == user || self.is_member(&user, &conv) {
-            if let Some((_, _, ack)) = chain.stored {
-                return Slot::Done(SubmitOutcome::Accepted { ack });
+            if let Some((_, seq, record)) = chain.stored {
+                return Slot::Stored(seq, Statement::from(record));
             }
             if let Some(&idx) = self.staged.by_id.get(&id) {
                 return Slot::Staged(idx);
             }
-            if let Some(ack) = self.inflight.as_ref().and_then(|i| i.acks.get(&id)) {
-                return Slot::Inflight(ack.clone());
+            if let Some((seq, st)) = self.inflight.as_ref().and_then(|i| i.placed.get(&id)) {
+                return Slot::Inflight(*seq, st.clone());
             }
         }
         if !self.convs.contains_key(&conv) {
@@ -1561,7 +1565,7 @@ impl RelayCore {
         self.staged.since_ms.get_or_insert(now_ms);
         self.staged.events.push(StagedEvent {
             event: ev,
-            ack: Vec::new(),
+            statement: None,
             seq,
             ts_ms,
             origin,
@@ -1569,46 +1573,47 @@ impl RelayCore {
         Ok(idx)
     }
 
-    /// Signs the acks of the staged events: one chain per conversation (each ack's `prev` is
-    /// the previous ack's id), chains spread over threads. Signing is the relay's largest
-    /// per-event cost and conversations are independent, so this uses every core; the result
-    /// does not depend on the number of threads.
-    fn sign_acks(&mut self, events: &mut [StagedEvent]) -> Result<(), DecodeError> {
-        let mut chains: BTreeMap<ConversationId, Vec<usize>> = BTreeMap::new();
-        for (i, e) in events.iter().enumerate() {
-            chains.entry(e.event.conversation()).or_default().push(i);
+    /// Signs the statements of a commit: per conversation, its staged events (consecutive
+    /// sequences) in statements of up to `MAX_SEQUENCED_ENTRIES`, chained after the
+    /// conversation's head; conversations spread over threads (the result does not depend on
+    /// their number). One signature per statement, not per event.
+    fn sign_statements(&mut self, staged: &mut Staged) -> Result<(), DecodeError> {
+        let mut runs: BTreeMap<ConversationId, Vec<ToPlace<'_>>> = BTreeMap::new();
+        for (index, e) in staged.events.iter().enumerate() {
+            runs.entry(e.event.conversation())
+                .or_default()
+                .push(ToPlace {
+                    index,
+                    event: &e.event,
+                    seq: e.seq,
+                    ts_ms: e.ts_ms,
+                });
         }
-        let jobs: Vec<(EventId, Vec<usize>)> = chains
+        let jobs: Vec<(ConversationId, EventId, Vec<ToPlace<'_>>)> = runs
             .into_iter()
-            .map(|(c, idx)| {
+            .map(|(c, run)| {
                 let last = self.convs.get(&c).map(|cv| cv.head.last_ack);
-                (last.unwrap_or(EventId([0; 32])), idx)
+                (c, last.unwrap_or(EventId([0; 32])), run)
             })
             .collect();
         let n_threads = self.sign_threads.min(jobs.len()).max(1);
         let key = &self.key;
-        let shared: &[StagedEvent] = events;
-        let signed: Vec<Result<Vec<(usize, Event)>, DecodeError>> =
-            if n_threads == 1 || shared.len() < MIN_PARALLEL_SIGN {
-                jobs.iter()
-                    .map(|(last, idx)| sign_chain(key, shared, *last, idx))
-                    .collect()
+        let sign = |job: &(ConversationId, EventId, Vec<ToPlace<'_>>)| {
+            sequencing::sign_run(key, job.0, job.1, &job.2)
+        };
+        let signed: Vec<Result<Vec<sequencing::Signed>, DecodeError>> =
+            if n_threads == 1 || jobs.len() < MIN_PARALLEL_SIGN {
+                jobs.iter().map(sign).collect()
             } else {
-                let mut buckets: Vec<Vec<&(EventId, Vec<usize>)>> = vec![Vec::new(); n_threads];
-                let mut loads = vec![0usize; n_threads];
-                for job in &jobs {
-                    let b = (0..n_threads).min_by_key(|&b| loads[b]).unwrap_or(0);
-                    loads[b] += job.1.len();
-                    buckets[b].push(job);
-                }
+                let per_thread = jobs.len().div_ceil(n_threads);
                 std::thread::scope(|scope| {
-                    let handles: Vec<_> = buckets
-                        .into_iter()
-                        .map(|bucket| {
+                    let handles: Vec<_> = jobs
+                        .chunks(per_thread)
+                        .map(|part| {
                             scope.spawn(move || {
                                 let mut out = Vec::new();
-                                for (last, idx) in bucket {
-                                    out.extend(sign_chain(key, shared, *last, idx)?);
+                                for job in part {
+                                    out.extend(sign(job)?);
                                 }
                                 Ok(out)
                             })
@@ -1618,20 +1623,26 @@ impl RelayCore {
                         .into_iter()
                         .map(|h| {
                             h.join()
-                                .unwrap_or(Err(DecodeError::Malformed("ack signer panicked")))
+                                .unwrap_or(Err(DecodeError::Malformed("statement signer panicked")))
                         })
                         .collect()
                 })
             };
+        drop(jobs);
         for part in signed {
-            for (i, ack) in part? {
-                if let Some(c) = self.convs.get_mut(&ack.conversation()) {
-                    // Chains are signed in order, so the last write per conversation wins.
-                    c.head.last_ack = ack.id();
+            for st in part? {
+                if let Some(c) = self.convs.get_mut(&st.conversation) {
+                    // Runs are signed in order, so the last write per conversation wins.
+                    c.head.last_ack = st.id;
                 }
-                if let Some(e) = events.get_mut(i) {
-                    e.ack = ack.into_bytes();
+                for &i in &st.places {
+                    if let Some(e) = staged.events.get_mut(i) {
+                        e.statement = Some(st.envelope.clone());
+                    }
                 }
+                staged
+                    .statements
+                    .push((st.conversation, st.first, st.envelope));
             }
         }
         Ok(())
@@ -1697,7 +1708,7 @@ impl RelayCore {
             return Ok(None);
         }
         let mut staged = std::mem::take(&mut self.staged);
-        if let Err(e) = self.sign_acks(&mut staged.events) {
+        if let Err(e) = self.sign_statements(&mut staged) {
             let e = StoreError::Ack(e);
             self.reset_heads();
             self.fail(staged, &e.to_string());
@@ -1709,10 +1720,10 @@ impl RelayCore {
             .filter_map(|c| self.convs.get(c).map(|conv| (*c, conv.head.clone())))
             .collect();
         self.inflight = Some(Inflight {
-            acks: staged
+            placed: staged
                 .events
                 .iter()
-                .map(|e| (e.event.id(), e.ack.clone()))
+                .filter_map(|e| Some((e.event.id(), (e.seq, e.statement.clone()?))))
                 .collect(),
             registrations: staged
                 .registrations
@@ -1787,28 +1798,33 @@ impl RelayCore {
         });
     }
 
-    /// Answers a submit whose slots are all decided; with `failure`, acks that depended on
+    /// Answers a submit whose slots are all decided; with `failure`, places that depended on
     /// an unwritten commit become INTERNAL refusals.
     fn answer(&mut self, p: PendingSubmit, failure: Option<&str>) {
-        let outcomes = p
-            .slots
-            .into_iter()
-            .map(|s| match (s, failure) {
-                (Slot::Done(o), _) => o,
-                (Slot::Inflight(ack), None) => SubmitOutcome::Accepted { ack },
-                (Slot::Inflight(_) | Slot::Staged(_), Some(msg)) => {
-                    rejected(ErrorCode::INTERNAL, msg)
-                }
-                (Slot::Staged(_), None) => rejected(ErrorCode::INTERNAL, "lost staged event"),
-            })
-            .collect();
+        let resolved = p.slots.into_iter().map(|s| match (s, failure) {
+            (Slot::Done(o), _) => Resolved::Outcome(o),
+            (Slot::Stored(seq, st), _) | (Slot::Inflight(seq, st), None) => {
+                Resolved::Placed(seq, st)
+            }
+            (Slot::Inflight(..) | Slot::Staged(_), Some(msg)) => {
+                Resolved::Outcome(sequencing::lost(msg))
+            }
+            (Slot::Staged(_), None) => Resolved::Outcome(sequencing::lost("lost staged event")),
+        });
+        let (outcomes, records) = sequencing::submit_answer(resolved, self.frame_budget());
         self.send_live(
             p.session,
             ServerFrame::SubmitResult {
                 request_id: p.request_id,
                 outcomes,
+                records,
             },
         );
+    }
+
+    /// Bytes of envelopes one frame may carry (room left for its other fields).
+    fn frame_budget(&self) -> usize {
+        self.limits.max_frame_len.saturating_sub(4096)
     }
 
     fn fail(&mut self, staged: Staged, msg: &str) {
@@ -1921,24 +1937,27 @@ impl RelayCore {
                 },
             );
         }
+        let budget = self.frame_budget();
         for p in staged.submits {
-            let outcomes = p
-                .slots
-                .into_iter()
-                .map(|s| match s {
-                    Slot::Done(o) => o,
-                    Slot::Staged(i) => match staged.events.get(i) {
-                        Some(e) => SubmitOutcome::Accepted { ack: e.ack.clone() },
-                        None => rejected(ErrorCode::INTERNAL, "lost staged event"),
-                    },
-                    Slot::Inflight(ack) => SubmitOutcome::Accepted { ack },
-                })
-                .collect();
+            let resolved = p.slots.into_iter().map(|s| match s {
+                Slot::Done(o) => Resolved::Outcome(o),
+                Slot::Staged(i) => match staged.events.get(i) {
+                    Some(StagedEvent {
+                        seq,
+                        statement: Some(st),
+                        ..
+                    }) => Resolved::Placed(*seq, st.clone()),
+                    _ => Resolved::Outcome(sequencing::lost("lost staged event")),
+                },
+                Slot::Inflight(seq, st) | Slot::Stored(seq, st) => Resolved::Placed(seq, st),
+            });
+            let (outcomes, records) = sequencing::submit_answer(resolved, budget);
             self.send_live(
                 p.session,
                 ServerFrame::SubmitResult {
                     request_id: p.request_id,
                     outcomes,
+                    records,
                 },
             );
         }
@@ -1971,9 +1990,12 @@ impl RelayCore {
         };
         for e in events {
             let conv = e.event.conversation();
-            let item = Item {
+            let Some(statement) = e.statement.clone() else {
+                continue;
+            };
+            let item = Outgoing {
                 event: e.event.bytes().to_vec(),
-                ack: e.ack.clone(),
+                statement,
             };
             match replay.get_mut(&conv) {
                 Some(state) => {
@@ -2011,7 +2033,7 @@ impl RelayCore {
             }
         }
         let per_session = std::mem::take(&mut ctx.per_session);
-        let budget = self.limits.max_frame_len.saturating_sub(4096);
+        let budget = self.frame_budget();
         let max_items = self.limits.max_page_items;
         for (sid, items) in per_session {
             let still_pushing = self
@@ -2021,8 +2043,8 @@ impl RelayCore {
             if !still_pushing {
                 continue;
             }
-            for chunk in chunk_items(items, max_items, budget) {
-                self.send(sid, ServerFrame::Push { items: chunk });
+            for (events, records) in sequencing::push_frames(items, max_items, budget) {
+                self.send(sid, ServerFrame::Push { events, records });
             }
         }
     }
@@ -2078,7 +2100,7 @@ impl RelayCore {
 
 /// The parts of the core one fan-out pass works with.
 struct FanOut<'a> {
-    per_session: BTreeMap<SessionId, Vec<Item>>,
+    per_session: BTreeMap<SessionId, Vec<Outgoing>>,
     window: usize,
     user_devices: &'a HashMap<UserId, Vec<DeviceId>>,
     device_sessions: &'a HashMap<DeviceId, SessionId>,
@@ -2096,7 +2118,7 @@ impl FanOut<'_> {
         users: impl Iterator<Item = &'u UserId>,
         conv: ConversationId,
         e: &StagedEvent,
-        item: &Item,
+        item: &Outgoing,
     ) {
         for user in users {
             if !self.consent.is_accepted(user, &conv) {
@@ -2149,67 +2171,8 @@ fn server_ts(now_ms: u64, last_ms: u64, max_lead_ms: u64) -> u64 {
     }
 }
 
-/// Below this many staged events, acks are signed on the calling thread.
-const MIN_PARALLEL_SIGN: usize = 64;
-
-/// Signs one conversation's chain of acks, in sequence order, after the ack `last`.
-fn sign_chain(
-    key: &DeviceKey,
-    events: &[StagedEvent],
-    mut last: EventId,
-    idx: &[usize],
-) -> Result<Vec<(usize, Event)>, DecodeError> {
-    let relay = key.device();
-    let mut out = Vec::with_capacity(idx.len());
-    for &i in idx {
-        let Some(e) = events.get(i) else {
-            return Err(DecodeError::Malformed("staged event vanished"));
-        };
-        let header = EventHeader {
-            conversation: e.event.conversation(),
-            author: relay,
-            user: UserId(relay.0),
-            counter: e.seq,
-            prev: (e.seq > 1).then_some(last),
-            lamport: e.event.header().lamport,
-            wall_ms: e.ts_ms,
-        };
-        let message = match e.event.kind() {
-            EventKind::Send { message, .. } => Some(*message),
-            _ => None,
-        };
-        let kind = EventKind::ServerAck {
-            event: e.event.id(),
-            message,
-            seq: e.seq,
-            server_ts_ms: e.ts_ms,
-        };
-        let ack = Event::sign(key.signing_key(), header, kind)?;
-        last = ack.id();
-        out.push((i, ack));
-    }
-    Ok(out)
-}
-
-/// Splits items into frames of at most `max_items` and about `budget` bytes.
-fn chunk_items(items: Vec<Item>, max_items: usize, budget: usize) -> Vec<Vec<Item>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut bytes = 0;
-    for it in items {
-        let size = it.event.len() + it.ack.len() + 16;
-        if !cur.is_empty() && (cur.len() >= max_items || bytes + size > budget) {
-            out.push(std::mem::take(&mut cur));
-            bytes = 0;
-        }
-        bytes += size;
-        cur.push(it);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
+/// Below this many conversations in a commit, statements are signed on the calling thread.
+const MIN_PARALLEL_SIGN: usize = 8;
 
 /// Decodes and verifies a Submit's envelopes together (batch ed25519): the CPU-heavy part of
 /// a submit, which a shell may run off the core's thread.

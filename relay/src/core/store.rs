@@ -3,7 +3,11 @@
 //!
 //! Tables (keys are fixed-size byte arrays, integers big-endian so that byte order is
 //! numeric order):
-//! - `events`: conversation (16) | seq (8) → (event envelope, ack envelope)
+//! - `events`: conversation (16) | seq (8) → (event envelope, ack envelope). The ack is empty
+//!   for events sequenced since schema 6: the `statements` row that covers the sequence places
+//!   them. Rows written before keep their own signed `ServerAck`.
+//! - `statements`: conversation (16) | first seq (8) → the relay's signed `Sequenced`
+//!   statement placing the events from that sequence on (schema 6)
 //! - `event_index`: conversation (16) | author (32) | counter (8) | event id (32) →
 //!   conversation (16) | seq (8) | prev (32: the event's `prev`, zeros for none). Keyed by author and counter rather than by id alone so that
 //!   a group commit's inserts land next to each other (one device's events are consecutive)
@@ -21,16 +25,17 @@
 //!   2 declined) | inviter (32): the user's say in a conversation another user listed it in
 //!   (and `accepted` for one it created)
 //! - `blocked`: user (32) | blocked user (32) → 1
-//! - `meta`: `"schema"` → [`SCHEMA_VERSION`]
+//! - `meta`: `"schema"` → [`SCHEMA_VERSION`]. Schema 5 opens as 6 by adding the `statements`
+//!   table; schema 4 is migrated first.
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
-use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Item};
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, Membership, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -38,6 +43,7 @@ type CursorKey = [u8; 48];
 pub type IndexKey = [u8; 88];
 
 const EVENTS: TableDefinition<SeqKey, (&[u8], &[u8])> = TableDefinition::new("events");
+const STATEMENTS: TableDefinition<SeqKey, &[u8]> = TableDefinition::new("statements");
 type IndexValue = [u8; 56];
 const EVENT_INDEX: TableDefinition<IndexKey, IndexValue> = TableDefinition::new("event_index");
 const CONVERSATIONS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("conversations");
@@ -98,7 +104,8 @@ from_redb!(
     redb::DatabaseError
 );
 
-/// Where an event was sequenced: its conversation, its sequence and its ack envelope.
+/// Where an event was sequenced: its conversation, its sequence and the relay record that
+/// places it (a `Sequenced` statement, or the legacy `ServerAck` of an older row).
 pub type Sequenced = (ConversationId, ServerSeq, Vec<u8>);
 
 /// What the relay keeps per conversation.
@@ -183,7 +190,7 @@ pub struct SequencedRecord<'a> {
     pub prev: Option<EventId>,
     /// The event envelope.
     pub event: &'a [u8],
-    /// The ack envelope.
+    /// Its legacy ack envelope: empty (a statement of the batch places it).
     pub ack: &'a [u8],
 }
 
@@ -192,6 +199,8 @@ pub struct SequencedRecord<'a> {
 pub struct CommitBatch<'a> {
     /// New events.
     pub events: Vec<SequencedRecord<'a>>,
+    /// The signed statements placing them: (conversation, first sequence, envelope).
+    pub statements: Vec<(ConversationId, ServerSeq, &'a [u8])>,
     /// Conversations whose record changed.
     pub conversations: Vec<(ConversationId, &'a ConversationRecord)>,
     /// Users removed from a conversation (users devices that catch up still need the
@@ -297,6 +306,38 @@ pub struct ChainInfo {
     pub succ_prev: Option<Option<EventId>>,
 }
 
+/// The relay record placing the event stored at `key` whose row holds `ack`: that legacy ack
+/// when there is one, else the statement covering the sequence, with the statement's key.
+fn placing_record(
+    statements: &impl ReadableTable<SeqKey, &'static [u8]>,
+    key: &SeqKey,
+    ack: &[u8],
+) -> Result<(Option<SeqKey>, Vec<u8>), StoreError> {
+    if !ack.is_empty() {
+        return Ok((None, ack.to_vec()));
+    }
+    let (sk, guard) = covering_statement(statements, key)?;
+    Ok((Some(sk), guard.value().to_vec()))
+}
+
+/// The statement with the highest first sequence at or below the event at `key`, in its
+/// conversation: the one placing it (statements of a conversation cover consecutive ranges).
+fn covering_statement<'t>(
+    statements: &'t impl ReadableTable<SeqKey, &'static [u8]>,
+    key: &SeqKey,
+) -> Result<(SeqKey, redb::AccessGuard<'t, &'static [u8]>), StoreError> {
+    let missing = StoreError::Corrupt("an event no statement places");
+    let Some(row) = statements.range(..=*key)?.next_back() else {
+        return Err(missing);
+    };
+    let (sk, v) = row?;
+    let sk = sk.value();
+    if sk[..16] != key[..16] {
+        return Err(missing);
+    }
+    Ok((sk, v))
+}
+
 fn split_seq_key(k: &SeqKey) -> (ConversationId, ServerSeq) {
     let mut c = [0u8; 16];
     c.copy_from_slice(&k[..16]);
@@ -368,6 +409,10 @@ impl RelayStore {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                // 6 only adds the `statements` table (opened below).
+                Some(5) => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
                 Some(4) => {
                     migrate_v4(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
@@ -380,6 +425,7 @@ impl RelayStore {
                 }
             }
             txn.open_table(EVENTS)?;
+            txn.open_table(STATEMENTS)?;
             txn.open_table(EVENT_INDEX)?;
             txn.open_table(CONVERSATIONS)?;
             txn.open_table(FORMER)?;
@@ -442,6 +488,10 @@ impl RelayStore {
                 let k = seq_key(&r.conversation, r.seq);
                 events.insert(k, (r.event, r.ack))?;
                 index.insert(r.index_key, index_value(&k, r.prev))?;
+            }
+            let mut statements = txn.open_table(STATEMENTS)?;
+            for (c, first, bytes) in &batch.statements {
+                statements.insert(seq_key(c, *first), *bytes)?;
             }
             let mut convs = txn.open_table(CONVERSATIONS)?;
             for (id, rec) in &batch.conversations {
@@ -635,6 +685,7 @@ impl RelayStore {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(EVENT_INDEX)?;
         let events = txn.open_table(EVENTS)?;
+        let statements = txn.open_table(STATEMENTS)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let Some((k, _)) = index.get(key)?.map(|v| split_index_value(&v.value())) else {
@@ -645,7 +696,8 @@ impl RelayStore {
                 return Err(StoreError::Corrupt("index points at a missing event"));
             };
             let (conv, seq) = split_seq_key(&k);
-            out.push(Some((conv, seq, row.value().1.to_vec())));
+            let (_, record) = placing_record(&statements, &k, row.value().1)?;
+            out.push(Some((conv, seq, record)));
         }
         Ok(out)
     }
@@ -657,6 +709,7 @@ impl RelayStore {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(EVENT_INDEX)?;
         let table = txn.open_table(EVENTS)?;
+        let statements = txn.open_table(STATEMENTS)?;
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             let h = ev.header();
@@ -672,7 +725,8 @@ impl RelayStore {
                         return Err(StoreError::Corrupt("index points at a missing event"));
                     };
                     let (conv, seq) = split_seq_key(&sk);
-                    info.stored = Some((conv, seq, row.value().1.to_vec()));
+                    let (_, record) = placing_record(&statements, &sk, row.value().1)?;
+                    info.stored = Some((conv, seq, record));
                 } else {
                     info.fork.get_or_insert(other);
                 }
@@ -694,38 +748,49 @@ impl RelayStore {
         Ok(out)
     }
 
-    /// Events of `conv` after `after_seq` in sequence order: at most `limit` items and about
-    /// `max_bytes` of envelopes (always at least one item if any exists). The flag says
-    /// whether more exist.
+    /// Events of `conv` after `after_seq` in sequence order, with the relay records that
+    /// place them (each once): at most `limit` events and about `max_bytes` of envelopes
+    /// (always at least one event if any exists). The flag says whether more exist.
     pub fn page(
         &self,
         conv: &ConversationId,
         after_seq: ServerSeq,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Item>, bool), StoreError> {
+    ) -> Result<(Vec<Envelope>, Vec<Envelope>, bool), StoreError> {
         let txn = self.db.begin_read()?;
         let events = txn.open_table(EVENTS)?;
+        let statements = txn.open_table(STATEMENTS)?;
         let lo = seq_key(conv, after_seq.saturating_add(1));
         let hi = seq_key(conv, u64::MAX);
-        let mut items = Vec::new();
+        let (mut out, mut records) = (Vec::new(), Vec::new());
+        let mut last_statement: Option<SeqKey> = None;
         let mut bytes = 0usize;
         let mut more = false;
         for row in events.range(lo..=hi)? {
-            let (_, v) = row?;
+            let (k, v) = row?;
             let (event, ack) = v.value();
-            let size = event.len() + ack.len() + 16;
-            if items.len() >= limit || (!items.is_empty() && bytes + size > max_bytes) {
+            let k = k.value();
+            // A statement placing several events of the page travels (and counts) once.
+            let record = if ack.is_empty() {
+                let (sk, guard) = covering_statement(&statements, &k)?;
+                (last_statement != Some(sk)).then(|| (Some(sk), guard.value().to_vec()))
+            } else {
+                Some((None, ack.to_vec()))
+            };
+            let size = event.len() + record.as_ref().map_or(0, |(_, r)| r.len()) + 16;
+            if out.len() >= limit || (!out.is_empty() && bytes + size > max_bytes) {
                 more = true;
                 break;
             }
             bytes += size;
-            items.push(Item {
-                event: event.to_vec(),
-                ack: ack.to_vec(),
-            });
+            out.push(Envelope(event.to_vec()));
+            if let Some((key, record)) = record {
+                last_statement = key;
+                records.push(Envelope(record));
+            }
         }
-        Ok((items, more))
+        Ok((out, records, more))
     }
 
     /// Number of stored events (for tests and the metrics).
@@ -781,7 +846,34 @@ mod tests {
                     event: b"e2",
                     ack: b"a2",
                 },
+                SequencedRecord {
+                    conversation: conv,
+                    seq: 3,
+                    index_key: [6; 88],
+                    prev: None,
+                    event: b"e3",
+                    ack: b"",
+                },
+                SequencedRecord {
+                    conversation: conv,
+                    seq: 4,
+                    index_key: [7; 88],
+                    prev: None,
+                    event: b"e4",
+                    ack: b"",
+                },
+                SequencedRecord {
+                    conversation: conv,
+                    seq: 5,
+                    index_key: [8; 88],
+                    prev: None,
+                    event: b"e5",
+                    ack: b"",
+                },
             ],
+            // Rows 1 and 2 as written before schema 6 (an ack each); 3..=5 placed by
+            // statements from 3 and from 5.
+            statements: vec![(conv, 3, b"s3"), (conv, 5, b"s5")],
             conversations: vec![(conv, &rec)],
             former: vec![(conv, UserId([9; 32]))],
             devices: vec![&cert],
@@ -823,20 +915,81 @@ mod tests {
             store.cursors(&DeviceId([6; 32])).expect("read").get(&conv),
             Some(&1)
         );
-        let found = store.lookup(&[[5; 88], [9; 88]]).expect("lookup");
-        assert_eq!(found, vec![Some((conv, 2, b"a2".to_vec())), None]);
-        let (items, more) = store.page(&conv, 0, 1, 1 << 20).expect("page");
-        assert_eq!(items.len(), 1);
+        let found = store.lookup(&[[5; 88], [9; 88], [7; 88]]).expect("lookup");
+        assert_eq!(
+            found,
+            vec![
+                Some((conv, 2, b"a2".to_vec())),
+                None,
+                Some((conv, 4, b"s3".to_vec()))
+            ]
+        );
+        let bytes = |v: &[Envelope]| v.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+        let (items, records, more) = store.page(&conv, 0, 1, 1 << 20).expect("page");
         assert!(more);
-        assert_eq!(items[0].event, b"e1");
-        let (items, more) = store.page(&conv, 1, 10, 1 << 20).expect("page");
-        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (bytes(&items), bytes(&records)),
+            (vec![b"e1".to_vec()], vec![b"a1".to_vec()])
+        );
+        // Each statement once, however many events of the page it places.
+        let (items, records, more) = store.page(&conv, 1, 10, 1 << 20).expect("page");
         assert!(!more);
-        assert_eq!(items[0].ack, b"a2");
+        assert_eq!(items.len(), 4);
+        assert_eq!(
+            bytes(&records),
+            vec![b"a2".to_vec(), b"s3".to_vec(), b"s5".to_vec()]
+        );
+        // A page starting inside a statement's range still carries it.
+        let (items, records, _) = store.page(&conv, 3, 1, 1 << 20).expect("page");
+        assert_eq!(
+            (bytes(&items), bytes(&records)),
+            (vec![b"e4".to_vec()], vec![b"s3".to_vec()])
+        );
         // The byte budget stops a page but never makes it empty.
-        let (items, more) = store.page(&conv, 0, 10, 1).expect("page");
+        let (items, _, more) = store.page(&conv, 0, 10, 1).expect("page");
         assert_eq!((items.len(), more), (1, true));
-        assert_eq!(store.n_events().expect("count"), 2);
+        assert_eq!(store.n_events().expect("count"), 5);
+    }
+
+    /// A schema-5 file (every event row with its own signed ServerAck) opens as schema 6 and
+    /// serves its rows with those acks; new rows beside them are placed by statements.
+    #[test]
+    fn a_schema_5_store_opens_and_serves_its_acks() {
+        let conv = ConversationId([1; 16]);
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", 5)
+                .expect("schema");
+            txn.open_table(EVENTS)
+                .expect("events")
+                .insert(seq_key(&conv, 1), (&b"e1"[..], &b"a1"[..]))
+                .expect("row");
+        }
+        txn.commit().expect("commit");
+        let store = RelayStore::open(db, false).expect("opens as schema 6");
+        let batch = CommitBatch {
+            events: vec![SequencedRecord {
+                conversation: conv,
+                seq: 2,
+                index_key: [4; 88],
+                prev: None,
+                event: b"e2",
+                ack: b"",
+            }],
+            statements: vec![(conv, 2, b"s2")],
+            ..CommitBatch::default()
+        };
+        store.commit(&batch).expect("commit");
+        let (events, records, more) = store.page(&conv, 0, 10, 1 << 20).expect("page");
+        assert!(!more);
+        assert_eq!(events.len(), 2);
+        let records: Vec<Vec<u8>> = records.into_iter().map(|r| r.0).collect();
+        assert_eq!(records, vec![b"a1".to_vec(), b"s2".to_vec()]);
     }
 
     /// A schema-4 file (former members inside the conversation record) opens as schema 5,

@@ -28,6 +28,8 @@ struct Net {
     now: u64,
     inbox: BTreeMap<SessionId, Vec<ServerFrame>>,
     closed: BTreeMap<SessionId, ErrorCode>,
+    /// The statements of every submit answer, verified, by the events they place.
+    placed_by: HashMap<EventId, Event>,
 }
 
 impl Net {
@@ -42,6 +44,7 @@ impl Net {
             now: 1_000,
             inbox: BTreeMap::new(),
             closed: BTreeMap::new(),
+            placed_by: HashMap::new(),
         }
     }
 
@@ -153,10 +156,59 @@ impl Net {
             })
             .collect();
         match &got[..] {
-            [ServerFrame::SubmitResult { outcomes, .. }] => outcomes.clone(),
+            [ServerFrame::SubmitResult {
+                outcomes, records, ..
+            }] => {
+                for st in statements(records) {
+                    for p in st.placements() {
+                        self.placed_by.insert(p.event, st.clone());
+                    }
+                }
+                outcomes.clone()
+            }
             other => panic!("{other:?}"),
         }
     }
+
+    /// The statement of a submit answer that placed `event`.
+    fn statement_of(&self, event: &Event) -> &Event {
+        self.placed_by
+            .get(&event.id())
+            .expect("a statement placed it")
+    }
+}
+
+/// Statement envelopes, decoded with their signatures checked, and checked to be the relay's.
+fn statements(records: &[Envelope]) -> Vec<Event> {
+    let relay = DeviceKey::from_seed(RELAY_SEED, UserId([0; 32])).device();
+    records
+        .iter()
+        .map(|r| {
+            let st = Event::decode(&r.0).expect("statement verifies");
+            assert_eq!(st.header().author, relay);
+            assert!(matches!(st.kind(), EventKind::Sequenced { .. }));
+            st
+        })
+        .collect()
+}
+
+/// Events of a page or push with the sequences their statements give them.
+fn placed(events: &[Envelope], records: &[Envelope]) -> Vec<(Event, ServerSeq)> {
+    let places: HashMap<EventId, ServerSeq> = statements(records)
+        .iter()
+        .flat_map(Event::placements)
+        .map(|p| (p.event, p.seq))
+        .collect();
+    events
+        .iter()
+        .map(|e| {
+            let e = Event::decode(&e.0).expect("event verifies");
+            let seq = *places
+                .get(&e.id())
+                .expect("a statement of the frame places it");
+            (e, seq)
+        })
+        .collect()
 }
 
 fn event(dev: &mut Dev, conv: u8, kind: EventKind) -> Event {
@@ -192,20 +244,12 @@ fn send(dev: &mut Dev, conv: u8, text: &str) -> Event {
     )
 }
 
-/// The sequence an accepted outcome's ack carries, after checking its signature.
+/// The sequence of an accepted outcome.
 fn seq_of(o: &SubmitOutcome) -> ServerSeq {
-    let SubmitOutcome::Accepted { ack } = o else {
+    let SubmitOutcome::Accepted { seq } = o else {
         panic!("not accepted: {o:?}")
     };
-    let ack = Event::decode(ack).expect("ack verifies");
-    assert_eq!(
-        ack.header().author,
-        DeviceKey::from_seed(RELAY_SEED, UserId([0; 32])).device()
-    );
-    match ack.kind() {
-        EventKind::ServerAck { seq, .. } => *seq,
-        k => panic!("{k:?}"),
-    }
+    *seq
 }
 
 fn code_of(o: &SubmitOutcome) -> ErrorCode {
@@ -218,10 +262,8 @@ fn code_of(o: &SubmitOutcome) -> ErrorCode {
 fn pushed(frames: &[ServerFrame]) -> Vec<Event> {
     let mut out = Vec::new();
     for f in frames {
-        if let ServerFrame::Push { items } = f {
-            for it in items {
-                out.push(Event::decode(&it.event).expect("event"));
-            }
+        if let ServerFrame::Push { events, records } = f {
+            out.extend(placed(events, records).into_iter().map(|(e, _)| e));
         }
     }
     out
@@ -234,25 +276,27 @@ fn sequences_and_acks_chain() {
     let c = create(&mut a, 1, &[1, 2]);
     let s1 = send(&mut a, 1, "hi");
     let s2 = send(&mut a, 1, "there");
-    let out = net.submit(&a, &[c, s1.clone(), s2]);
+    let out = net.submit(&a, &[c.clone(), s1.clone(), s2.clone()]);
     assert_eq!(out.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let acks: Vec<Event> = out
-        .iter()
-        .map(|o| match o {
-            SubmitOutcome::Accepted { ack } => Event::decode(ack).expect("ack"),
-            o => panic!("{o:?}"),
-        })
-        .collect();
-    assert_eq!(acks[0].header().prev, None);
-    assert_eq!(acks[1].header().prev, Some(acks[0].id()));
-    assert_eq!(acks[2].header().prev, Some(acks[1].id()));
-    assert_eq!(acks[1].header().counter, 2);
-    let EventKind::ServerAck { event, message, .. } = acks[1].kind() else {
-        panic!()
-    };
-    assert_eq!(*event, s1.id());
-    assert!(message.is_some());
-    assert_eq!(net.core.store().n_events().expect("n"), 3);
+    // One commit, one conversation: one statement, one signature, for the three events.
+    let st = net.statement_of(&c).clone();
+    assert_eq!(net.statement_of(&s2), &st);
+    assert_eq!((st.header().counter, st.header().prev), (1, None));
+    let places = st.placements();
+    assert_eq!(
+        places.iter().map(|p| (p.event, p.seq)).collect::<Vec<_>>(),
+        vec![(c.id(), 1), (s1.id(), 2), (s2.id(), 3)]
+    );
+    assert!(places[1].message.is_some());
+    // The next commit's statement continues the chain.
+    let s3 = send(&mut a, 1, "again");
+    assert_eq!(seq_of(&net.submit(&a, std::slice::from_ref(&s3))[0]), 4);
+    let next = net.statement_of(&s3);
+    assert_eq!(
+        (next.header().counter, next.header().prev),
+        (4, Some(st.id()))
+    );
+    assert_eq!(net.core.store().n_events().expect("n"), 4);
 }
 
 #[test]
@@ -463,7 +507,14 @@ fn fans_out_to_every_member_device_but_the_submitter() {
     // Nothing for a device of a non-member.
     let eve = net.connect(3, 30);
     let mut b = b;
-    let r = event(&mut b, 1, EventKind::Delivered { up_to: 2 });
+    let r = event(
+        &mut b,
+        1,
+        EventKind::Delivered {
+            up_to: 2,
+            head: None,
+        },
+    );
     net.submit(&b, std::slice::from_ref(&r));
     assert!(net.take(eve.session).is_empty());
     // The receipt reaches both of the sender's devices.
@@ -500,10 +551,16 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
             limit: 1000,
         },
     );
-    let [ServerFrame::Page { items, more, .. }] = &got[..] else {
+    let [ServerFrame::Page {
+        events,
+        records,
+        more,
+        ..
+    }] = &got[..]
+    else {
         panic!("{got:?}")
     };
-    assert_eq!((items.len(), *more), (7, false));
+    assert_eq!((placed(events, records).len(), *more), (7, false));
     net.frame(
         b.session,
         ClientFrame::Received {
@@ -556,18 +613,19 @@ fn pages_respect_limits_and_order() {
                 limit: 4,
             },
         );
-        let [ServerFrame::Page { items, more, .. }] = &got[..] else {
+        let [ServerFrame::Page {
+            events,
+            records,
+            more,
+            ..
+        }] = &got[..]
+        else {
             panic!("{got:?}")
         };
-        assert!(items.len() <= 4);
-        for it in items {
-            let ack = Event::decode(&it.ack).expect("ack");
-            let EventKind::ServerAck { seq, event, .. } = ack.kind() else {
-                panic!()
-            };
-            assert_eq!(*event, Event::decode(&it.event).expect("event").id());
-            seen.push(*seq);
-            after = *seq;
+        assert!(events.len() <= 4);
+        for (_, seq) in placed(events, records) {
+            seen.push(seq);
+            after = seq;
         }
         if !more {
             break;
@@ -613,20 +671,13 @@ fn restart_keeps_committed_events_and_continues_the_sequence() {
         session: net.connect(1, 10).session,
         ..a
     };
-    assert_eq!(net.submit(&a, &[s])[0], out[1]);
-    let after = net.submit(&a, &[lost]);
+    let before = net.submit(&a, std::slice::from_ref(&s));
+    assert_eq!(before[0], out[1]);
+    let after = net.submit(&a, std::slice::from_ref(&lost));
     assert_eq!(seq_of(&after[0]), 3);
-    let SubmitOutcome::Accepted { ack } = &after[0] else {
-        panic!()
-    };
-    let SubmitOutcome::Accepted { ack: prev } = &out[1] else {
-        panic!()
-    };
-    let prev = Event::decode(prev).expect("ack");
-    assert_eq!(
-        Event::decode(ack).expect("ack").header().prev,
-        Some(prev.id())
-    );
+    // The chain continues from the statement stored before the restart.
+    let prev = net.statement_of(&s).id();
+    assert_eq!(net.statement_of(&lost).header().prev, Some(prev));
 }
 
 #[test]
@@ -822,31 +873,35 @@ fn parallel_ack_signing_matches_serial() {
             );
         }
         net.pump();
+        let mut sts = Vec::new();
         for f in net.take(a.session) {
-            if let ServerFrame::SubmitResult { outcomes: o, .. } = f {
+            if let ServerFrame::SubmitResult {
+                outcomes: o,
+                records,
+                ..
+            } = f
+            {
                 outcomes.extend(o);
+                sts.extend(statements(&records));
             }
         }
-        outcomes
+        (outcomes, sts)
     };
     let serial = run(1);
     let parallel = run(2);
-    assert_eq!(serial.len(), 153);
+    assert_eq!(serial.0.len(), 153);
     assert_eq!(serial, parallel);
-    // Per conversation: sequences 1.. without gaps, each ack's prev the previous ack.
+    // One statement per conversation of the commit; per conversation, sequences 1..
+    // without gaps, each statement's prev the previous statement.
+    assert_eq!(parallel.1.len(), 3);
     let mut last: HashMap<ConversationId, (ServerSeq, EventId)> = HashMap::new();
-    for o in &parallel {
-        let SubmitOutcome::Accepted { ack } = o else {
-            panic!("{o:?}")
-        };
-        let ack = Event::decode(ack).expect("ack");
-        let EventKind::ServerAck { seq, .. } = ack.kind() else {
-            panic!()
-        };
-        let prev = last.get(&ack.conversation()).copied();
-        assert_eq!(*seq, prev.map_or(1, |(s, _)| s + 1));
-        assert_eq!(ack.header().prev, prev.map(|(_, id)| id));
-        last.insert(ack.conversation(), (*seq, ack.id()));
+    for st in &parallel.1 {
+        let prev = last.get(&st.conversation()).copied();
+        assert_eq!(st.header().counter, prev.map_or(1, |(s, _)| s + 1));
+        assert_eq!(st.header().prev, prev.map(|(_, id)| id));
+        let end = st.last_placed().expect("places events");
+        assert_eq!(end, 51);
+        last.insert(st.conversation(), (end, st.id()));
     }
 }
 
@@ -878,6 +933,7 @@ fn pipelined_commits() {
                     ServerFrame::SubmitResult {
                         request_id,
                         outcomes,
+                        ..
                     },
                 ..
             } = o
@@ -948,7 +1004,7 @@ fn restart(net: Net) -> Net {
     )
 }
 
-fn pull(net: &mut Net, dev: &Dev, conv: u8) -> Result<Vec<Item>, ErrorCode> {
+fn pull(net: &mut Net, dev: &Dev, conv: u8) -> Result<Vec<(Event, ServerSeq)>, ErrorCode> {
     let got = net.frame(
         dev.session,
         ClientFrame::Pull {
@@ -959,7 +1015,9 @@ fn pull(net: &mut Net, dev: &Dev, conv: u8) -> Result<Vec<Item>, ErrorCode> {
         },
     );
     match &got[..] {
-        [ServerFrame::Page { items, .. }] => Ok(items.clone()),
+        [ServerFrame::Page {
+            events, records, ..
+        }] => Ok(placed(events, records)),
         [ServerFrame::Refused { code, .. }] => Err(*code),
         other => panic!("{other:?}"),
     }
@@ -1303,7 +1361,10 @@ fn added_members_read_and_get_pushes_removed_members_do_not() {
             chain: BTreeMap::new(),
         },
         1,
-        EventKind::Read { up_to: 1 },
+        EventKind::Read {
+            up_to: 1,
+            head: None,
+        },
     );
     assert_eq!(code_of(&net.submit(&b, &[e])[0]), ErrorCode::NOT_MEMBER);
 }
@@ -1971,15 +2032,11 @@ fn rate_buckets_stay_bounded() {
     assert!(net.core.n_rate_buckets() <= 4);
 }
 
-/// The ack's server timestamp.
-fn ts_of(o: &SubmitOutcome) -> u64 {
-    let SubmitOutcome::Accepted { ack } = o else {
-        panic!("not accepted: {o:?}")
-    };
-    match Event::decode(ack).expect("ack verifies").kind() {
-        EventKind::ServerAck { server_ts_ms, .. } => *server_ts_ms,
-        k => panic!("{k:?}"),
-    }
+/// The server timestamp the statement of a submit answer gives `event`.
+fn ts_of(net: &Net, event: &Event) -> u64 {
+    let st = net.statement_of(event);
+    let p = st.placements().into_iter().find(|p| p.event == event.id());
+    p.expect("placed").server_ts_ms
 }
 
 /// A relay clock that jumped a year ahead and came back does not stamp a year ahead forever;
@@ -1992,20 +2049,20 @@ fn a_forward_clock_jump_does_not_stick() {
     net.now = t0;
     let mut a = net.connect(1, 10);
     let ev = create(&mut a, 1, &[1]);
-    let out = net.submit(&a, &[ev]);
-    assert_eq!(ts_of(&out[0]), t0);
+    net.submit(&a, std::slice::from_ref(&ev));
+    assert_eq!(ts_of(&net, &ev), t0);
 
     net.now = t0 + YEAR_MS;
     let ev = send(&mut a, 1, "from the future");
-    let out = net.submit(&a, &[ev]);
-    assert_eq!(ts_of(&out[0]), t0 + YEAR_MS);
+    net.submit(&a, std::slice::from_ref(&ev));
+    assert_eq!(ts_of(&net, &ev), t0 + YEAR_MS);
 
     net.now = t0 + 1_000;
     let ev = send(&mut a, 1, "back to now");
-    let out = net.submit(&a, &[ev]);
+    let out = net.submit(&a, std::slice::from_ref(&ev));
     assert_eq!(seq_of(&out[0]), 3);
     assert_eq!(
-        ts_of(&out[0]),
+        ts_of(&net, &ev),
         t0 + 1_000,
         "the stamp follows the clock once it is far behind the previous stamp"
     );
@@ -2013,9 +2070,9 @@ fn a_forward_clock_jump_does_not_stick() {
     // A small step back (under the lead limit) keeps stamps non-decreasing.
     net.now = t0 + 1_000 - 500;
     let ev = send(&mut a, 1, "small step back");
-    let out = net.submit(&a, &[ev]);
+    let out = net.submit(&a, std::slice::from_ref(&ev));
     assert_eq!(seq_of(&out[0]), 4);
-    assert_eq!(ts_of(&out[0]), t0 + 1_000);
+    assert_eq!(ts_of(&net, &ev), t0 + 1_000);
 }
 
 /// Every request gets exactly one answer naming it, refusals included: the shell's metering

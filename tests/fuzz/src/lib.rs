@@ -28,7 +28,7 @@ use tidings_engine::event::{DecodeError, MAX_EVENT_LEN};
 use tidings_engine::log::ConversationMeta;
 use tidings_engine::wire::{
     decode_body, frame_bytes, ClientFrame, ConversationInfo, DeviceRegistration, Envelope,
-    ErrorCode, FrameDecoder, Item, ServerFrame, SignatureBytes, SubmitOutcome, Welcome, WireLimits,
+    ErrorCode, FrameDecoder, ServerFrame, SignatureBytes, SubmitOutcome, Welcome, WireLimits,
     FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 use tidings_engine::{
@@ -258,11 +258,8 @@ fn string(r: &mut Reader<'_>) -> String {
     String::from_utf8_lossy(&r.bytes(64)).into_owned()
 }
 
-fn item(r: &mut Reader<'_>) -> Item {
-    Item {
-        event: r.bytes(256),
-        ack: r.bytes(256),
-    }
+fn envelopes(r: &mut Reader<'_>) -> Vec<Envelope> {
+    (0..r.u8() % 8).map(|_| Envelope(r.bytes(256))).collect()
 }
 
 fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
@@ -298,7 +295,7 @@ fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
             outcomes: (0..r.u8() % 8)
                 .map(|_| {
                     if r.u8() & 1 == 0 {
-                        SubmitOutcome::Accepted { ack: r.bytes(256) }
+                        SubmitOutcome::Accepted { seq: r.u64() }
                     } else {
                         SubmitOutcome::Rejected {
                             code: ErrorCode(r.uint(2) as u16),
@@ -307,11 +304,13 @@ fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
                     }
                 })
                 .collect(),
+            records: envelopes(r),
         },
         6 => ServerFrame::Page {
             request_id: r.u64(),
             conversation: ConversationId(r.array()),
-            items: (0..r.u8() % 8).map(|_| item(r)).collect(),
+            events: envelopes(r),
+            records: envelopes(r),
             more: r.u8() & 1 == 1,
         },
         7 => ServerFrame::Conversations {
@@ -333,7 +332,8 @@ fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
             blocked: (0..r.u8() % 4).map(|_| UserId(r.array())).collect(),
         },
         8 => ServerFrame::Push {
-            items: (0..r.u8() % 8).map(|_| item(r)).collect(),
+            events: envelopes(r),
+            records: envelopes(r),
         },
         _ => ServerFrame::PullMode,
     }
@@ -464,8 +464,14 @@ fn kind(r: &mut Reader<'_>) -> EventKind {
             seq: r.u64(),
             server_ts_ms: r.u64(),
         },
-        3 => EventKind::Delivered { up_to: r.u64() },
-        4 => EventKind::Read { up_to: r.u64() },
+        3 => EventKind::Delivered {
+            up_to: r.u64(),
+            head: None,
+        },
+        4 => EventKind::Read {
+            up_to: r.u64(),
+            head: None,
+        },
         _ => EventKind::Unknown {
             tag: r.uint(2) as u16,
             payload: r.bytes(200),
@@ -748,8 +754,20 @@ pub fn fixture_events() -> &'static [Event] {
                 },
             );
             if i % 4 == 3 {
-                f.acked(&b, EventKind::Delivered { up_to: seq });
-                f.acked(&b, EventKind::Read { up_to: seq - 1 });
+                f.acked(
+                    &b,
+                    EventKind::Delivered {
+                        up_to: seq,
+                        head: None,
+                    },
+                );
+                f.acked(
+                    &b,
+                    EventKind::Read {
+                        up_to: seq - 1,
+                        head: None,
+                    },
+                );
             }
         }
         // One message still waiting for its ack.
@@ -1009,7 +1027,9 @@ pub fn relay_store_file() -> &'static [u8] {
         };
         store
             .commit(&CommitBatch {
+                // Rows as relays before schema 6 wrote them: each with its own ServerAck.
                 events: records,
+                statements: vec![],
                 conversations: vec![(CONV, &rec)],
                 former: vec![],
                 devices: certs.iter().collect(),
@@ -1046,7 +1066,7 @@ fn read_relay_store(store: &RelayStore) -> Result<(), tidings_relay::core::Store
     for (c, _) in store.conversations()? {
         let mut after = 0;
         loop {
-            let (items, more) = store.page(&c, after, 5, 4096)?;
+            let (items, _, more) = store.page(&c, after, 5, 4096)?;
             after += items.len() as u64;
             if !more || items.is_empty() {
                 break;

@@ -290,7 +290,10 @@ impl Sim {
             ),
             2 => (
                 self.users[other].id,
-                EventKind::Read { up_to: 1 },
+                EventKind::Read {
+                    up_to: 1,
+                    head: None,
+                },
                 "an event claiming another user",
             ),
             4 if hijacked.is_some() => (

@@ -19,9 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use tidings::engine::store::Body;
-use tidings::engine::wire::{
-    ClientFrame, Envelope, ErrorCode, ServerFrame, SubmitOutcome, UserChange,
-};
+use tidings::engine::wire::{ClientFrame, Envelope, ErrorCode, ServerFrame, UserChange};
 use tidings::engine::{
     ChainIssue, ConnectionState, Conversation, ConversationId, DeviceConfig, DeviceCore,
     DeviceError, DeviceEvent, DeviceKey, Event, EventId, EventKind, EventLog, MessageId,

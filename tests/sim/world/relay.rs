@@ -253,16 +253,11 @@ impl Sim {
 
     pub(super) fn record_acks(&mut self, frame: &ServerFrame) -> Result<(), Violation> {
         match frame {
-            ServerFrame::SubmitResult { outcomes, .. } => {
-                for o in outcomes {
-                    if let SubmitOutcome::Accepted { ack } = o {
-                        self.oracle.record_ack(ack)?;
-                    }
-                }
-            }
-            ServerFrame::Push { items } | ServerFrame::Page { items, .. } => {
-                for it in items {
-                    self.oracle.record_ack(&it.ack)?;
+            ServerFrame::SubmitResult { records, .. }
+            | ServerFrame::Push { records, .. }
+            | ServerFrame::Page { records, .. } => {
+                for r in records {
+                    self.oracle.record_statement(&r.0)?;
                 }
             }
             _ => {}
