@@ -115,6 +115,10 @@ pub enum DeviceEvent {
     /// to (a wrong key from a member, or a split by the epoch's opener): not kept; the key is
     /// asked for again.
     KeyShareRefused(crate::store::RefusedKeyShare),
+    /// A member's removal this device holds, verified, that its gate cannot place yet (the
+    /// relay withholds a sequence before it, or an author's certificate is not in): no new
+    /// epoch key goes to that user's devices meanwhile. Reported once per removal and process.
+    RemovalAhead(crate::store::RemovalEvidence),
     /// The user's invitations or blocks changed: an invitation arrived (or was listed on
     /// catch-up), or this or another device of the user accepted, declined, blocked or
     /// unblocked.
@@ -293,6 +297,8 @@ pub struct DeviceCore {
     reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
     /// Sequences already reported as withheld (a receipt covers them, the log lacks them).
     reported_withheld: HashSet<(ConversationId, ServerSeq)>,
+    /// Removals held ahead of a gate already reported (each once per process).
+    reported_removals: HashSet<EventId>,
     /// Conversations the relay listed in this connection's Sync, with their sequence then:
     /// only there does a receipt past what the log holds mean withholding (a removed member's
     /// device keeps receipts it got pushed but may no longer pull what came before them).
@@ -369,6 +375,7 @@ impl DeviceCore {
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),
             reported_withheld: HashSet::new(),
+            reported_removals: HashSet::new(),
             synced: HashMap::new(),
             gaps_checked: false,
             directory_asked: false,
@@ -1096,6 +1103,14 @@ impl DeviceCore {
                 author = %refused.author, kind = refused.kind, reason = %refused.refusal,
                 "ignored an event the relay sequenced");
             self.events.push_back(DeviceEvent::Ignored(refused));
+        }
+        for removal in out.removals_ahead {
+            if self.reported_removals.insert(removal.event) {
+                tracing::warn!(conversation = %removal.conversation, user = %removal.user,
+                    event = %removal.event, seq = ?removal.seq,
+                    "holding a removal the gate cannot place yet: no new keys for that user");
+                self.events.push_back(DeviceEvent::RemovalAhead(removal));
+            }
         }
         for refused in out.refused_keys {
             // Asked again once caught up: the answer of a member whose key matches is taken

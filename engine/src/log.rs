@@ -718,6 +718,38 @@ impl EventLog {
         }))
     }
 
+    /// Sequenced events of `conversation` past `after`, in server order, with their server
+    /// timestamps; at most `limit` sequences are looked at. Past the gate these are events the
+    /// log holds but cannot place yet (a sequence before them is missing).
+    pub fn sequenced_after(
+        &self,
+        conversation: ConversationId,
+        after: ServerSeq,
+        limit: usize,
+    ) -> Result<Vec<(ServerSeq, u64, Event)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let events = txn.open_table(EVENTS)?;
+        let acks = txn.open_table(ACKS)?;
+        let c = &conversation.0;
+        let mut out = Vec::new();
+        for row in by_seq
+            .range((c, after.saturating_add(1))..=(c, u64::MAX))?
+            .take(limit)
+        {
+            let (k, v) = row?;
+            let (_, seq) = k.value();
+            let id = *v.value();
+            let Some(bytes) = events.get(&id)?.map(|g| g.value().1.to_vec()) else {
+                continue;
+            };
+            let event = Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?;
+            let ts = acks.get(&id)?.map(|g| g.value().1).unwrap_or(0);
+            out.push((seq, ts, event));
+        }
+        Ok(out)
+    }
+
     /// The end of the run of sequences held right after `after` in `conversation`: the
     /// highest `s` such that every sequence in `after + 1..=s` is in the log (`after` itself
     /// when the next one is missing).

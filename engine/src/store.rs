@@ -18,7 +18,9 @@ use crate::wire::{DeviceRegistration, DeviceRevocation};
 use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
+mod evidence;
 mod keys;
+pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
 pub use keys::{Body, KeyShareRefusal, RefusedKeyShare};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -121,6 +123,10 @@ pub struct ApplyOutcome {
     /// Epoch-key shares that opened here but were refused (see [`RefusedKeyShare`]): their
     /// epochs are still missing and worth asking for again.
     pub refused_keys: Vec<RefusedKeyShare>,
+    /// Removals this device holds, verified, in the batch's conversations, that the gate
+    /// cannot place yet (see [`Store::removals_ahead`]): no new epoch key goes to those users
+    /// meanwhile. Listed after every batch while they last.
+    pub removals_ahead: Vec<RemovalEvidence>,
 }
 
 /// An event the device refused after the relay sequenced it.
@@ -466,6 +472,12 @@ impl Store {
             }
         }
         self.fold_runs(by_conv, &runs, &mut outcome)?;
+        for c in &convs {
+            let ahead = self.removals_ahead(*c)?;
+            outcome
+                .removals_ahead
+                .extend(ahead.into_iter().filter(|r| r.seq.is_some()));
+        }
         Ok(outcome)
     }
 

@@ -410,6 +410,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
         DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
+        DeviceEvent::RemovalAhead(removal) => vec![Update::RemovalAhead(removal)],
         DeviceEvent::User(change) => match change {
             UserChange::Invited(i) => vec![Update::Invited(i)],
             UserChange::Accepted(info) => vec![Update::Accepted {

@@ -182,6 +182,10 @@ pub enum Update {
     /// key from a member, or an opener that gave devices different keys): not kept; the key is
     /// asked for again.
     KeyShareRefused(tidings_engine::store::RefusedKeyShare),
+    /// A member's removal this device holds, verified, that it cannot place in the
+    /// conversation yet (the relay withholds a sequence before it): no new epoch key goes to
+    /// that user's devices meanwhile.
+    RemovalAhead(tidings_engine::store::RemovalEvidence),
     /// Another user put this user in a conversation (created it listing this user, or added
     /// it): nothing of it reaches this device until the user accepts ([`Replica::accept`]).
     Invited(Invitation),

@@ -669,15 +669,259 @@ fn a_gate_whose_certificate_request_is_never_answered_reaches_a_verdict() {
 /// The relay's whole Sync answer listing CONV alone, at sequence 2, with the device's cursor
 /// there too.
 fn one_conversation_listed(request_id: u64) -> ServerFrame {
+    conversation_listed_at(request_id, 2)
+}
+
+/// The relay's whole Sync answer listing CONV alone, at `seq`, with the device's cursor there
+/// too.
+fn conversation_listed_at(request_id: u64, seq: ServerSeq) -> ServerFrame {
     ServerFrame::Conversations {
         request_id,
         conversations: vec![crate::wire::ConversationInfo {
             conversation: CONV,
-            max_seq: 2,
-            cursor: 2,
+            max_seq: seq,
+            cursor: seq,
         }],
         next: None,
         invitations: vec![],
         blocked: vec![],
     }
+}
+
+/// Events of Bob's device at `counter` after `prev`, as Bob signs them.
+fn bobs(counter: u64, prev: Option<&Event>, kind: EventKind, t0: u64) -> Event {
+    let bob = bob();
+    let h = bob.header(CONV, counter, prev.map(|e| e.id()), counter, t0);
+    let kind = h.bind(kind);
+    Event::sign(bob.signing_key(), h, kind).expect("sign")
+}
+
+/// One round of a scripted relay for a device holding CONV up to sequence 3: lists CONV,
+/// answers `Devices` with `certs` whole, and acknowledges every submitted event at the next
+/// sequence after `seq`. Returns the epochs of the `KeyRequest`s submitted.
+fn relay_round(
+    core: &mut DeviceCore,
+    certs: &[DeviceRegistration],
+    seq: &mut ServerSeq,
+    now_ms: u64,
+) -> Vec<EventId> {
+    let mut asked = Vec::new();
+    for f in drain(core) {
+        match f {
+            ClientFrame::Sync { request_id, .. } => {
+                let listing = conversation_listed_at(request_id, 3);
+                core.handle_frame(listing, now_ms).expect("conversations");
+            }
+            ClientFrame::Devices {
+                request_id, users, ..
+            } => {
+                let answer = ServerFrame::Devices {
+                    request_id,
+                    registrations: certs.to_vec(),
+                    revocations: vec![],
+                    complete: users.len() as u32,
+                    resume_after: None,
+                };
+                core.handle_frame(answer, now_ms).expect("devices");
+            }
+            ClientFrame::Submit { request_id, events } => {
+                let mut outcomes = Vec::new();
+                for e in &events {
+                    let ev = Event::decode(&e.0).expect("own event");
+                    if let EventKind::KeyRequest { epoch } = ev.kind() {
+                        asked.push(*epoch);
+                    }
+                    *seq += 1;
+                    outcomes.push(SubmitOutcome::Accepted {
+                        ack: ack(&ev, *seq, now_ms).into_bytes(),
+                    });
+                }
+                let result = ServerFrame::SubmitResult {
+                    request_id,
+                    outcomes,
+                };
+                core.handle_frame(result, now_ms).expect("result");
+            }
+            _ => {}
+        }
+    }
+    asked
+}
+
+/// Issue #12, "Epoch-key poisoning", at the device core: the store refuses a share whose key
+/// is not the one the epoch committed to and keeps the epoch missing; the core must then ask
+/// again (a new `KeyRequest`), not stay with the one request it made for the epoch.
+#[test]
+fn a_refused_key_share_makes_the_device_ask_again() {
+    use crate::crypto::EpochKey;
+    use crate::e2ee::{self, EpochOrigin};
+    let t0 = 1_000_000;
+    let bob = bob();
+    let me = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    // Bob's conversation with me: his epoch, committed to `right` and sealed to him alone,
+    // and his message under it.
+    let right = EpochKey::from_bytes([0x51; 32]);
+    let create = bobs(
+        1,
+        None,
+        EventKind::Create {
+            members: vec![bob.user(), me.user()],
+        },
+        t0,
+    );
+    let commitment = e2ee::epoch_commitment(CONV, bob.device(), 2, &right);
+    let origin = EpochOrigin::New {
+        author: bob.device(),
+        counter: 2,
+    };
+    let keys = e2ee::seal_epoch_key(
+        CONV,
+        origin,
+        &right,
+        &[(bob.device(), bob.agreement_public())],
+        &[[0x52; 32]],
+    );
+    let opening = bobs(
+        2,
+        Some(&create),
+        EventKind::EpochKeys {
+            epoch: None,
+            commitment: Some(commitment),
+            keys,
+        },
+        t0,
+    );
+    let epoch = opening.id();
+    let h = bob.header(CONV, 3, Some(opening.id()), 3, t0);
+    let message = h.message_id();
+    let aad = e2ee::body_aad(CONV, bob.device(), bob.user(), message, 3, t0, &[]);
+    let body = e2ee::seal_body(epoch, &right, &aad, b"for members", [0x53; 24]);
+    let kind = EventKind::Send {
+        message,
+        body,
+        media: vec![],
+    };
+    let send = Event::sign(bob.signing_key(), h, kind).expect("sign");
+    let mut config = StoreConfig::new(relay().device());
+    config.encrypt = true;
+    let mut store = Store::new(
+        EventLog::in_memory().expect("log"),
+        me.clone(),
+        config,
+        [1; 32],
+    );
+    let cert = bob.certificate(&bob_user_key(), 1);
+    store
+        .absorb_devices(&[cert.clone()], &[], &[])
+        .expect("directory");
+    let events = [
+        create.clone(),
+        ack(&create, 1, t0),
+        opening.clone(),
+        ack(&opening, 2, t0),
+        send.clone(),
+        ack(&send, 3, t0),
+    ];
+    store.apply(&events).expect("apply");
+    store
+        .log()
+        .write(|t| t.set_cursor(&cursor_key(&CONV), 3))
+        .expect("cursor");
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    handshake(&mut core, t0);
+    // Catch-up: the list, the members' certificates, a receipt; the device asks for the key.
+    let certs = [cert];
+    let mut seq = 3;
+    let mut asked = Vec::new();
+    for _ in 0..4 {
+        asked.extend(relay_round(&mut core, &certs, &mut seq, t0));
+    }
+    assert_eq!(asked, vec![epoch], "one request for the missing key");
+    // Bob answers with a key that is not the committed one.
+    let wrong = EpochKey::from_bytes([0x66; 32]);
+    let keys = e2ee::seal_epoch_key(
+        CONV,
+        EpochOrigin::Shared(epoch),
+        &wrong,
+        &[(me.device(), me.agreement_public())],
+        &[[0x67; 32]],
+    );
+    let share = bobs(
+        4,
+        Some(&send),
+        EventKind::EpochKeys {
+            epoch: Some(epoch),
+            commitment: None,
+            keys,
+        },
+        t0,
+    );
+    seq += 1;
+    let push = ServerFrame::Push {
+        items: vec![item(&share, seq)],
+    };
+    core.handle_frame(push, t0).expect("push");
+    let refused: Vec<DeviceEvent> = std::iter::from_fn(|| core.poll_event())
+        .filter(|e| matches!(e, DeviceEvent::KeyShareRefused(_)))
+        .collect();
+    assert_eq!(refused.len(), 1, "the wrong share is refused and reported");
+    let mut again = Vec::new();
+    for _ in 0..4 {
+        again.extend(relay_round(&mut core, &certs, &mut seq, t0));
+    }
+    assert_eq!(
+        again,
+        vec![epoch],
+        "no new KeyRequest after the refused share"
+    );
+}
+
+/// Issue #12, "Malicious relay": a removal pushed past a withheld sequence cannot be placed,
+/// but the device holds it; it says so once (`DeviceEvent::RemovalAhead`), not on every frame.
+#[test]
+fn a_removal_held_past_a_withheld_sequence_is_reported_once() {
+    let t0 = 1_000_000;
+    let mut core = ready(DeviceConfig::default(), t0);
+    drain(&mut core);
+    let carol = UserId([3; 32]);
+    let kind = EventKind::Create {
+        members: vec![bob_user(), UserId([1; 32]), carol],
+    };
+    let create = bobs(1, None, kind, t0);
+    let send = bobs(
+        2,
+        Some(&create),
+        EventKind::Send {
+            message: crate::ids::MessageId([0; 16]),
+            body: b"withheld".to_vec(),
+            media: vec![],
+        },
+        t0,
+    );
+    let removal = bobs(3, Some(&send), EventKind::RemoveMember { user: carol }, t0);
+    let later = bobs(4, Some(&removal), EventKind::Read { up_to: 1 }, t0);
+    // Sequence 2 (Bob's message) never comes.
+    for items in [
+        vec![item(&create, 1)],
+        vec![item(&removal, 3)],
+        vec![item(&later, 4)],
+    ] {
+        core.handle_frame(ServerFrame::Push { items }, t0)
+            .expect("push");
+    }
+    let reported: Vec<crate::store::RemovalEvidence> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::RemovalAhead(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        vec![crate::store::RemovalEvidence {
+            conversation: CONV,
+            user: carol,
+            event: removal.id(),
+            seq: Some(3),
+        }]
+    );
 }

@@ -154,19 +154,26 @@ impl Store {
         Ok(())
     }
 
-    /// Member users now: the gate's membership, or the `Create` list before the relay
-    /// sequenced anything (a conversation created offline).
-    fn member_users(&self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
+    /// Member users new keys go to: the gate's membership, or the `Create` list before the
+    /// relay sequenced anything (a conversation created offline), without the users whose
+    /// removal this device holds ahead of its gate ([`Store::removals_ahead`]).
+    fn member_users(&mut self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
         let gate = self.log.gate(conversation)?;
-        if gate.membership.is_some() {
-            return Ok(gate.members());
-        }
-        Ok(self
-            .log
-            .conversation_meta(conversation)?
-            .and_then(|m| m.members)
-            .map(|(_, m)| m)
-            .unwrap_or_default())
+        let users = if gate.membership.is_some() {
+            gate.members()
+        } else {
+            self.log
+                .conversation_meta(conversation)?
+                .and_then(|m| m.members)
+                .map(|(_, m)| m)
+                .unwrap_or_default()
+        };
+        let removed: BTreeSet<UserId> = self
+            .removals_ahead(conversation)?
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        Ok(users.into_iter().filter(|u| !removed.contains(u)).collect())
     }
 
     /// The member devices a new key goes to: every certified, unrevoked device of every member
@@ -580,8 +587,9 @@ impl Store {
 
     /// Shares `epoch` with the `device` of `user` that asked, when this device started the
     /// epoch or belongs to the same user, the asking device is certified for `user`, `user` is
-    /// a member now and joined before the epoch started (no history for new members), and
-    /// the device does not hold it already.
+    /// a member now and joined before the epoch started (no history for new members), this
+    /// device holds no removal of `user` ahead of its gate, and the device does not hold it
+    /// already.
     fn answer_key_request(
         &mut self,
         conversation: ConversationId,
@@ -605,6 +613,15 @@ impl Store {
             return Ok(Vec::new());
         };
         if joined > epoch_seq {
+            return Ok(Vec::new());
+        }
+        if self
+            .removals_ahead(conversation)?
+            .iter()
+            .any(|r| r.user == user)
+        {
+            tracing::warn!(%conversation, %epoch, %device,
+                "not answering a key request of a user whose removal this device holds");
             return Ok(Vec::new());
         }
         let dir = self.directory()?;
