@@ -30,6 +30,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;
