@@ -7,7 +7,10 @@
 //!
 //! # Call order
 //! 1. A connection arrives: [`RelayCore::handle_connect`] with the peer address, the TLS
-//!    binding exported from the session and a fresh nonce → a [`SessionId`].
+//!    binding exported from the session and a fresh nonce → a [`SessionId`]; the core counts
+//!    it against the connection limits. A shell that admits connections itself, before TLS
+//!    (the server, with [`crate::admission::Admission`]), calls [`RelayCore::handle_admitted`]
+//!    instead, and the core does not count it again.
 //! 2. Each frame read from it: [`RelayCore::handle_frame`] (or, for Submit frames whose
 //!    signatures the caller verified elsewhere, [`RelayCore::handle_submit_verified`]).
 //! 3. When no input is waiting, or [`RelayCore::wants_commit`] says so: [`RelayCore::commit`],
