@@ -401,7 +401,7 @@ async fn strangers(relay: &RelayHandle, addresses: u8, per_address: usize) -> Re
 /// A short flood over real QUIC: 500 strangers from five addresses hold what they get while a
 /// member pipelines 1,000 `Devices` requests. Strangers past the per-prefix limit or the
 /// pending-handshake cap are refused on their first packet, before the handshake completes
-/// (and the relay's metric counts exactly them); past the retry threshold the relay asks for
+/// (the relay's metric counts each at least once); past the retry threshold the relay asks for
 /// address validation; the honest device's sends are all acknowledged; the process's resident
 /// memory grows by less than [`FLOOD_RSS_GROWTH_MIB`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,10 +503,13 @@ async fn a_short_flood_is_refused_before_the_handshake() -> Result<()> {
         flood.conns.len() + flood.refused,
         usize::from(FLOOD_ADDRESSES) * FLOOD_PER_ADDRESS
     );
-    assert_eq!(
+    // At least once each: a stranger's Initial packet sent again (lost reply, retransmit
+    // timer) is refused again.
+    assert!(
+        relay.metrics().refused_before_handshake() >= flood.refused as u64,
+        "the relay counted {} connections refused on their first packet, the strangers saw {}",
         relay.metrics().refused_before_handshake(),
-        flood.refused as u64,
-        "the relay's count of connections refused on their first packet"
+        flood.refused
     );
     assert!(
         relay.metrics().address_validations() > 0,
