@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`core`]: sessions, membership, the sequencer with group commit, cursors, fan-out (sans-IO),
 //!   and its redb [`core::RelayStore`].
+//! - [`admission`]: which connections the relay takes, decided on their first packet and
+//!   counted in one place.
 //! - [`limits`]: every limit as a named constant, overridable through [`Limits`].
 //! - [`metrics`]: Prometheus metrics.
 //! - [`identity`]: the relay's persistent ed25519 key and self-signed certificate.
@@ -30,6 +32,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;

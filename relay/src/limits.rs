@@ -44,6 +44,15 @@ pub const IPV4_PREFIX_LEN: u8 = 32;
 /// Default prefix length (bits) that groups IPv6 peers: 64, the block a provider hands one
 /// subscriber (an attacker has 2^64 addresses in it for free).
 pub const IPV6_PREFIX_LEN: u8 = 64;
+/// Default most connections that have not authenticated yet, over all peers. Checked on a
+/// connection's first packet, before any TLS work: past it new connections are refused at once
+/// (a stateless close), so strangers cannot make the relay spend more than this many
+/// handshakes' state and CPU at a time. Honest devices authenticate within a round trip or
+/// two and leave the count.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Default number of pending connections from which a new peer must first prove its address
+/// (a QUIC Retry round trip; a spoofed source never answers, so it costs one stateless packet).
+pub const RETRY_PENDING_HANDSHAKES: usize = 256;
 /// Default milliseconds from the first packet of a connection to `Welcome`: an unauthenticated
 /// connection is closed then, whatever keep-alives it sends.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -105,6 +114,10 @@ pub struct Limits {
     pub ipv4_prefix_len: u8,
     /// See [`IPV6_PREFIX_LEN`] (at most 128).
     pub ipv6_prefix_len: u8,
+    /// See [`MAX_PENDING_HANDSHAKES`].
+    pub max_pending_handshakes: usize,
+    /// See [`RETRY_PENDING_HANDSHAKES`] (at most `max_pending_handshakes`).
+    pub retry_pending_handshakes: usize,
     /// See [`HANDSHAKE_TIMEOUT_MS`].
     pub handshake_timeout_ms: u64,
     /// See [`MAX_HANDSHAKE_FRAME_LEN`].
@@ -139,6 +152,8 @@ impl Default for Limits {
             max_connections_per_prefix: MAX_CONNECTIONS_PER_PREFIX,
             ipv4_prefix_len: IPV4_PREFIX_LEN,
             ipv6_prefix_len: IPV6_PREFIX_LEN,
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
+            retry_pending_handshakes: RETRY_PENDING_HANDSHAKES,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
             max_handshake_frame_len: MAX_HANDSHAKE_FRAME_LEN,
             max_ts_lead_ms: MAX_TS_LEAD_MS,
@@ -173,6 +188,10 @@ impl Limits {
         self.max_connections_per_prefix = self.max_connections_per_prefix.max(1);
         self.ipv4_prefix_len = self.ipv4_prefix_len.min(32);
         self.ipv6_prefix_len = self.ipv6_prefix_len.min(128);
+        self.max_pending_handshakes = self.max_pending_handshakes.max(1);
+        self.retry_pending_handshakes = self
+            .retry_pending_handshakes
+            .min(self.max_pending_handshakes);
         self.handshake_timeout_ms = self.handshake_timeout_ms.max(1);
         // Hello and Auth always fit.
         self.max_handshake_frame_len = self.max_handshake_frame_len.clamp(128, self.max_frame_len);
@@ -202,6 +221,13 @@ impl Limits {
     /// Sets [`Limits::max_connections_per_prefix`].
     pub fn with_connections_per_prefix(mut self, n: usize) -> Limits {
         self.max_connections_per_prefix = n;
+        self
+    }
+
+    /// Sets [`Limits::max_pending_handshakes`] and [`Limits::retry_pending_handshakes`].
+    pub fn with_pending_handshakes(mut self, max: usize, retry_from: usize) -> Limits {
+        self.max_pending_handshakes = max;
+        self.retry_pending_handshakes = retry_from;
         self
     }
 

@@ -40,6 +40,10 @@ struct Inner {
     device_backlog: Family<DeviceLabels, Gauge>,
     /// Connections refused by a limit.
     connections_refused: Counter,
+    /// Connections refused on their first packet, before any TLS work.
+    refused_before_handshake: Counter,
+    /// Retry packets sent to make a peer prove its address.
+    address_validations: Counter,
     /// Submitted envelopes decoded and signature-checked (only for authenticated connections).
     envelopes_verified: Counter,
     /// Requests (frames that get an answer) read from connections.
@@ -65,6 +69,8 @@ impl Default for RelayMetrics {
         let stored_events = Gauge::default();
         let device_backlog = Family::<DeviceLabels, Gauge>::default();
         let connections_refused = Counter::default();
+        let refused_before_handshake = Counter::default();
+        let address_validations = Counter::default();
         let envelopes_verified = Counter::default();
         let requests_read = Counter::default();
         let handshake_timeouts = Counter::default();
@@ -117,6 +123,16 @@ impl Default for RelayMetrics {
             connections_refused.clone(),
         );
         registry.register(
+            "refused_before_handshake",
+            "Connections refused on their first packet, before any TLS work",
+            refused_before_handshake.clone(),
+        );
+        registry.register(
+            "address_validations",
+            "QUIC Retry packets sent to make a peer prove its address",
+            address_validations.clone(),
+        );
+        registry.register(
             "envelopes_verified",
             "Submitted envelopes decoded and signature-checked (only for authenticated connections)",
             envelopes_verified.clone(),
@@ -154,6 +170,8 @@ impl Default for RelayMetrics {
                 stored_events,
                 device_backlog,
                 connections_refused,
+                refused_before_handshake,
+                address_validations,
                 envelopes_verified,
                 requests_read,
                 handshake_timeouts,
@@ -199,6 +217,14 @@ impl RelayMetrics {
 
     pub(crate) fn connection_refused(&self) {
         self.inner.connections_refused.inc();
+    }
+
+    pub(crate) fn refuse_before_handshake(&self) {
+        self.inner.refused_before_handshake.inc();
+    }
+
+    pub(crate) fn address_validation(&self) {
+        self.inner.address_validations.inc();
     }
 
     pub(crate) fn set_store_size(&self, bytes: u64) {
@@ -267,6 +293,17 @@ impl RelayMetrics {
     /// Connections refused by a connection limit so far (for tests and tools).
     pub fn connections_refused(&self) -> u64 {
         self.inner.connections_refused.get()
+    }
+
+    /// Connections refused on their first packet, before any TLS work, so far (for tests and
+    /// tools; also counted in [`RelayMetrics::connections_refused`]).
+    pub fn refused_before_handshake(&self) -> u64 {
+        self.inner.refused_before_handshake.get()
+    }
+
+    /// QUIC Retry packets sent so far (for tests and tools).
+    pub fn address_validations(&self) -> u64 {
+        self.inner.address_validations.get()
     }
 
     /// Bytes queued for connections and not yet handed to QUIC (for tests and tools).

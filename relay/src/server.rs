@@ -16,13 +16,17 @@
 //!   unanswered, and only with room in the outgoing queue (`max_outgoing_bytes`) for each
 //!   one's largest answer; past that its driver stops reading and QUIC flow control pushes back
 //!   on the device.
+//! - Admission happens on a connection's first packet (`quinn::Incoming`), before any TLS
+//!   work: the shell's [`crate::admission::Admission`] counts every connection, per address
+//!   prefix and those not authenticated yet, and refuses past a limit with a stateless close;
+//!   with many handshakes pending it first makes an unvalidated peer prove its address (QUIC
+//!   Retry). Strangers therefore cost at most `max_pending_handshakes` handshakes' state.
 //! - [`run`] takes a bound endpoint and a shutdown future; [`start`] opens everything from a
 //!   [`RelayConfig`] and returns a [`RelayHandle`] that owns the tasks.
 
+use crate::admission::{AdmissionTicket, SharedAdmission};
 use crate::config::RelayConfig;
-use crate::core::{
-    CommitJob, ConnectError, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError,
-};
+use crate::core::{CommitJob, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
 use std::collections::HashMap;
@@ -216,9 +220,11 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let limits = config.limits.clone().clamped();
     let shell = Shell {
         core_tx,
-        limits: config.limits.clone().clamped(),
+        admission: SharedAdmission::new(&limits),
+        limits,
         metrics: metrics.clone(),
     };
     let task = tokio::spawn(shell.serve(
@@ -255,6 +261,7 @@ pub async fn run(
     let (thread, core_tx) = spawn_core(core)?;
     let shell = Shell {
         core_tx,
+        admission: SharedAdmission::new(&limits),
         limits,
         metrics,
     };
@@ -316,7 +323,7 @@ enum CoreInput {
         out: mpsc::Sender<Outbound>,
         conn: quinn::Connection,
         meter: Arc<Meter>,
-        reply: oneshot::Sender<Result<SessionId, ConnectError>>,
+        reply: oneshot::Sender<SessionId>,
     },
     Frame(SessionId, ClientFrame),
     /// A handshake frame; the reply says whether the session is now authenticated.
@@ -456,11 +463,9 @@ impl CoreDriver {
                 reply,
             } => {
                 let nonce: [u8; wire::NONCE_LEN] = rand::random();
-                let r = self.core.handle_connect(peer, binding, nonce);
-                if let Ok(s) = r {
-                    self.routes.insert(s, Route { out, conn, meter });
-                }
-                let _ = reply.send(r);
+                let s = self.core.handle_admitted(peer, binding, nonce);
+                self.routes.insert(s, Route { out, conn, meter });
+                let _ = reply.send(s);
             }
             CoreInput::Frame(s, f) => self.core.handle_frame(s, f, now),
             CoreInput::Handshake(s, f, reply) => {
@@ -702,6 +707,9 @@ async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::S
 
 struct Shell {
     core_tx: mpsc::Sender<CoreInput>,
+    /// Every QUIC connection of this relay, counted once (the core opens their sessions
+    /// uncounted).
+    admission: SharedAdmission,
     limits: crate::limits::Limits,
     metrics: RelayMetrics,
 }
@@ -721,9 +729,10 @@ impl Shell {
                 _ = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
+                    let Some((incoming, ticket)) = shell.admit(incoming) else { continue };
                     let shell = shell.clone();
                     conns.spawn(async move {
-                        if let Err(e) = shell.connection(incoming).await {
+                        if let Err(e) = shell.connection(incoming, ticket).await {
                             debug!(error = %e, "connection ended");
                         }
                     });
@@ -749,7 +758,35 @@ impl Shell {
         }
     }
 
-    async fn connection(&self, incoming: quinn::Incoming) -> Result<(), ConnError> {
+    /// Decides on a connection's first packet, before any TLS work: admitted (with its
+    /// ticket), asked to prove its address (a Retry packet, no state kept), or refused with a
+    /// stateless close.
+    fn admit(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, AdmissionTicket)> {
+        let peer = incoming.remote_address().ip();
+        let validated = incoming.remote_address_validated();
+        match self.admission.incoming(peer, validated) {
+            Ok(Some(ticket)) => return Some((incoming, ticket)),
+            Ok(None) if incoming.may_retry() => {
+                self.metrics.address_validation();
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                return None;
+            }
+            Ok(None) => debug!(%peer, "an unvalidated connection that cannot be retried"),
+            Err(e) => debug!(%peer, error = %e, "connection refused on its first packet"),
+        }
+        self.metrics.connection_refused();
+        self.metrics.refuse_before_handshake();
+        incoming.refuse();
+        None
+    }
+
+    async fn connection(
+        &self,
+        incoming: quinn::Incoming,
+        mut ticket: AdmissionTicket,
+    ) -> Result<(), ConnError> {
         // One deadline for everything before Welcome: the QUIC handshake, the stream, Hello
         // and Auth. Keep-alives do not move it.
         let deadline =
@@ -788,15 +825,7 @@ impl Shell {
             })
             .await
             .map_err(|_| ConnError::CoreGone)?;
-        let session = match reply_rx.await.map_err(|_| ConnError::CoreGone)? {
-            Ok(s) => s,
-            Err(e) => {
-                let code = ErrorCode::TOO_MANY_CONNECTIONS;
-                let mut send = send;
-                write_close(&mut send, &conn, code, &e.to_string()).await;
-                return Ok(());
-            }
-        };
+        let session = reply_rx.await.map_err(|_| ConnError::CoreGone)?;
         let writer = tokio::spawn(write_loop(
             send,
             conn.clone(),
@@ -809,7 +838,10 @@ impl Shell {
             match tokio::time::timeout_at(deadline, self.handshake(session, &mut recv, &out_tx))
                 .await
             {
-                Ok(Ok(true)) => self.read_loop(session, recv, &out_tx, &meter).await,
+                Ok(Ok(true)) => {
+                    ticket.authenticated();
+                    self.read_loop(session, recv, &out_tx, &meter).await
+                }
                 Ok(Ok(false)) => Ok(()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidings_engine::wire::{self, ClientFrame, Envelope, ErrorCode, ServerFrame};
 use tidings_engine::{ConversationId, DeviceKey, Event, EventKind, UserId};
-use tidings_relay::client::{client_config, client_endpoint, SERVER_NAME};
+use tidings_relay::client::{client_config, client_endpoint, RelayClient, SERVER_NAME};
 use tidings_relay::{Limits, RelayConfig, RelayHandle};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -317,6 +317,210 @@ async fn every_request_kind_is_metered() -> Result<()> {
         let Some(id) = f.answers() else { continue };
         assert!(answered.insert(id), "two answers to {id}");
     }
+    relay.shutdown().await?;
+    Ok(())
+}
+
+/// Peak growth of this test binary's resident memory the short flood may cause: the relay's
+/// side of at most `FLOOD_PENDING` stranger connections plus the 500 client sides, the member's
+/// metered queue and the honest device (measured at about 30 MiB; the bound leaves room for
+/// the other tests of this binary running at the same time).
+const FLOOD_RSS_GROWTH_MIB: u64 = 256;
+const FLOOD_ADDRESSES: u8 = 5;
+const FLOOD_PER_ADDRESS: usize = 100;
+const FLOOD_PER_PREFIX: usize = 64;
+const FLOOD_PENDING: usize = 200;
+const FLOOD_RETRY_FROM: usize = 100;
+/// How long a stranger waits for its handshake: long, so that a loaded machine slows the test
+/// rather than failing it.
+const STRANGER_WAIT: Duration = Duration::from_secs(60);
+
+/// This process's resident memory and its peak, in MiB (`/proc/self/status`).
+fn rss_mib() -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/self/status"))?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("bad line {line}"))?
+            .parse()?;
+        Ok(kib / 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Strangers that hold what they get.
+struct Strangers {
+    conns: Vec<quinn::Connection>,
+    _endpoints: Vec<quinn::Endpoint>,
+    /// Refused by the relay before the handshake completed (`CONNECTION_REFUSED`).
+    refused: usize,
+}
+
+/// One connection attempt per stranger, `per_address` strangers from each of `addresses`
+/// loopback addresses 127.0.1.x, all at once.
+async fn strangers(relay: &RelayHandle, addresses: u8, per_address: usize) -> Result<Strangers> {
+    let mut cfg = client_config(relay.fingerprint())?;
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    cfg.transport_config(Arc::new(t));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut endpoints = Vec::new();
+    for a in 1..=addresses {
+        let ep = client_endpoint(format!("127.0.1.{a}:0").parse()?)?;
+        for _ in 0..per_address {
+            let connecting = ep.connect_with(cfg.clone(), relay.addr(), SERVER_NAME)?;
+            tasks.spawn(async move { tokio::time::timeout(STRANGER_WAIT, connecting).await });
+        }
+        endpoints.push(ep);
+    }
+    let mut s = Strangers {
+        conns: Vec::new(),
+        _endpoints: endpoints,
+        refused: 0,
+    };
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(Ok(c)) => s.conns.push(c),
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                s.refused += 1
+            }
+            Ok(Err(e)) => bail!("a stranger's connection failed otherwise: {e}"),
+            Err(_) => bail!("a stranger's connection neither completed nor was refused"),
+        }
+    }
+    Ok(s)
+}
+
+/// A short flood over real QUIC: 500 strangers from five addresses hold what they get while a
+/// member pipelines 1,000 `Devices` requests. Strangers past the per-prefix limit or the
+/// pending-handshake cap are refused on their first packet, before the handshake completes
+/// (the relay's metric counts each at least once); past the retry threshold the relay asks for
+/// address validation; the honest device's sends are all acknowledged; the process's resident
+/// memory grows by less than [`FLOOD_RSS_GROWTH_MIB`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_flood_is_refused_before_the_handshake() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limits = Limits::default()
+        .with_connections_per_prefix(FLOOD_PER_PREFIX)
+        .with_pending_handshakes(FLOOD_PENDING, FLOOD_RETRY_FROM);
+    let relay = start(dir.path(), limits, 30).await?;
+    let (rss_start, _) = rss_mib()?;
+
+    let honest_ep = client_endpoint("127.0.0.2:0".parse()?)?;
+    let honest_key = DeviceKey::from_seed([41; 32], user_id(4));
+    let mut honest =
+        RelayClient::connect(&honest_ep, relay.addr(), relay.fingerprint(), &honest_key).await?;
+    honest
+        .register(
+            &user_key(4),
+            honest_key.device(),
+            honest_key.agreement_public().0,
+            1,
+        )
+        .await?;
+    let member_ep = client_endpoint("127.0.0.3:0".parse()?)?;
+    let member_key = DeviceKey::from_seed([51; 32], user_id(5));
+    let mut member =
+        RelayClient::connect(&member_ep, relay.addr(), relay.fingerprint(), &member_key).await?;
+    member
+        .register(
+            &user_key(5),
+            member_key.device(),
+            member_key.agreement_public().0,
+            1,
+        )
+        .await?;
+    let mut bytes = Vec::new();
+    for i in 0..1_000u64 {
+        let f = ClientFrame::Devices {
+            request_id: 1_000 + i,
+            users: vec![user_id(4), user_id(5)],
+            after: None,
+        };
+        wire::encode_frame(&f, &mut bytes)?;
+    }
+    // The member never reads its answers: the relay stops reading it (metered).
+    let member_task = tokio::spawn(async move {
+        let _ = tokio::time::timeout(WAIT, member.send_raw(&bytes)).await;
+        member
+    });
+
+    let flood = strangers(&relay, FLOOD_ADDRESSES, FLOOD_PER_ADDRESS).await?;
+    let conv = ConversationId([4; 16]);
+    let mut prev = None;
+    for n in 1..=50u64 {
+        let kind = if n == 1 {
+            EventKind::Create {
+                members: vec![user_id(4), user_id(5)],
+            }
+        } else {
+            EventKind::Send {
+                message: tidings_engine::MessageId::default(),
+                body: format!("m{n}").into_bytes(),
+                media: vec![],
+            }
+        };
+        let h = honest_key.header(conv, n, prev, n, 1);
+        let kind = h.bind(kind);
+        let ev = Event::sign(honest_key.signing_key(), h, kind)?;
+        prev = Some(ev.id());
+        let out = honest.submit(&[ev]).await?;
+        assert!(
+            matches!(out[..], [wire::SubmitOutcome::Accepted { .. }]),
+            "honest send {n} under the flood: {out:?}"
+        );
+    }
+    let (_, rss_peak) = rss_mib()?;
+
+    println!(
+        "short flood: {} strangers completed the handshake, {} refused before it, {} Retry \
+         packets; RSS {rss_start} MiB at start, peak {rss_peak} MiB",
+        flood.conns.len(),
+        flood.refused,
+        relay.metrics().address_validations()
+    );
+    let past_prefix = usize::from(FLOOD_ADDRESSES) * (FLOOD_PER_ADDRESS - FLOOD_PER_PREFIX);
+    assert!(
+        flood.refused >= past_prefix,
+        "{past_prefix} strangers are past the prefix limit; {} were refused before the handshake \
+         ({} completed it)",
+        flood.refused,
+        flood.conns.len()
+    );
+    assert!(
+        flood.conns.len() <= FLOOD_PENDING,
+        "{} strangers completed their handshake past the pending cap {FLOOD_PENDING}",
+        flood.conns.len()
+    );
+    assert_eq!(
+        flood.conns.len() + flood.refused,
+        usize::from(FLOOD_ADDRESSES) * FLOOD_PER_ADDRESS
+    );
+    // At least once each: a stranger's Initial packet sent again (lost reply, retransmit
+    // timer) is refused again.
+    assert!(
+        relay.metrics().refused_before_handshake() >= flood.refused as u64,
+        "the relay counted {} connections refused on their first packet, the strangers saw {}",
+        relay.metrics().refused_before_handshake(),
+        flood.refused
+    );
+    assert!(
+        relay.metrics().address_validations() > 0,
+        "past {FLOOD_RETRY_FROM} pending handshakes, unvalidated peers are asked to validate"
+    );
+    assert!(
+        rss_peak.saturating_sub(rss_start) < FLOOD_RSS_GROWTH_MIB,
+        "resident memory grew from {rss_start} MiB to a peak of {rss_peak} MiB"
+    );
+    member_task.abort();
+    drop(flood);
     relay.shutdown().await?;
     Ok(())
 }

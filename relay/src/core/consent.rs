@@ -148,15 +148,45 @@ impl Consent {
         self.blocks(user, other) || self.n_blocked(user) < MAX_BLOCKED_USERS
     }
 
+    /// The user's pending invitations that still speak for someone: `live(user, conv,
+    /// inviter)` says whether the conversation exists with both of them as members. Counted
+    /// only when the raw count reaches `cap` (below it, stale ones cannot matter), so the
+    /// usual case stays O(1).
+    fn n_live_pending(
+        &self,
+        user: &UserId,
+        inviter: Option<&UserId>,
+        cap: usize,
+        live: &impl Fn(&UserId, &ConversationId, &UserId) -> bool,
+    ) -> usize {
+        let Some(u) = self.users.get(user) else {
+            return 0;
+        };
+        let of_inviter = |i: &UserId| inviter.is_none_or(|want| want == i);
+        let raw = u.pending.values().filter(|i| of_inviter(i)).count();
+        if raw < cap {
+            return raw;
+        }
+        u.pending
+            .iter()
+            .filter(|(c, i)| of_inviter(i) && live(user, c, i))
+            .count()
+    }
+
     /// The rows a `Create` or `AddMember` by `author` in `conv` writes: the author's own
     /// acceptance of a conversation it creates, and a pending invitation for every user it
     /// lists who has no say in the conversation yet. Refused if one of them blocks the
     /// author or holds too many pending invitations. Other kinds write nothing.
+    ///
+    /// Only live invitations count toward the caps: `live(user, conv, inviter)` is false once
+    /// the conversation is gone or either of them left it (a stale invitation stays on record,
+    /// but it no longer takes anyone's room).
     pub fn rows_for(
         &self,
         author: UserId,
         conv: ConversationId,
         kind: &EventKind,
+        live: impl Fn(&UserId, &ConversationId, &UserId) -> bool,
     ) -> Result<Vec<InvitationRecord>, Refusal> {
         let (listed, creates): (Vec<UserId>, bool) = match kind {
             EventKind::Create { members } => (members.clone(), true),
@@ -183,14 +213,16 @@ impl Consent {
             if self.decision(&user, &conv).is_some() {
                 continue;
             }
-            let pending = self.users.get(&user).map_or(0, |u| u.pending.len());
+            let pending = self.n_live_pending(&user, None, MAX_PENDING_INVITATIONS, &live);
             if pending >= MAX_PENDING_INVITATIONS {
                 return Err((
                     ErrorCode::INVITATIONS_FULL,
                     format!("user {user} holds {pending} pending invitations"),
                 ));
             }
-            if self.pending_from(&user, &author).len() >= MAX_INVITATIONS_PER_INVITER {
+            let from_author =
+                self.n_live_pending(&user, Some(&author), MAX_INVITATIONS_PER_INVITER, &live);
+            if from_author >= MAX_INVITATIONS_PER_INVITER {
                 return Err((
                     ErrorCode::INVITATIONS_FULL,
                     format!(

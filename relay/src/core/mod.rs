@@ -7,7 +7,10 @@
 //!
 //! # Call order
 //! 1. A connection arrives: [`RelayCore::handle_connect`] with the peer address, the TLS
-//!    binding exported from the session and a fresh nonce → a [`SessionId`].
+//!    binding exported from the session and a fresh nonce → a [`SessionId`]; the core counts
+//!    it against the connection limits. A shell that admits connections itself, before TLS
+//!    (the server, with [`crate::admission::Admission`]), calls [`RelayCore::handle_admitted`]
+//!    instead, and the core does not count it again.
 //! 2. Each frame read from it: [`RelayCore::handle_frame`] (or, for Submit frames whose
 //!    signatures the caller verified elsewhere, [`RelayCore::handle_submit_verified`]).
 //! 3. When no input is waiting, or [`RelayCore::wants_commit`] says so: [`RelayCore::commit`],
@@ -45,6 +48,7 @@ pub mod store;
 
 pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 
+use crate::admission::Admission;
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
 use consent::Consent;
@@ -104,6 +108,12 @@ pub enum ConnectError {
         /// The limit.
         max: usize,
     },
+    /// The relay holds its maximum number of connections that have not authenticated.
+    #[error("too many connections awaiting authentication ({max})")]
+    TooManyPending {
+        /// The limit.
+        max: usize,
+    },
     /// The address prefix holds its maximum number of connections.
     #[error("too many connections from {addr} ({max})")]
     TooManyFromAddress {
@@ -140,8 +150,9 @@ pub struct RelayCore {
     metrics: RelayMetrics,
     next_session: SessionId,
     sessions: BTreeMap<SessionId, Session>,
-    /// Connections per address prefix ([`Limits::address_prefix`]).
-    per_ip: HashMap<IpAddr, usize>,
+    /// Sessions opened by [`RelayCore::handle_connect`] (those of
+    /// [`RelayCore::handle_admitted`] are counted by the shell).
+    admission: Admission,
     /// Event budgets of devices and users, kept across connections.
     rates: RateBuckets,
     device_sessions: HashMap<DeviceId, SessionId>,
@@ -386,7 +397,7 @@ impl RelayCore {
             metrics,
             next_session: 1,
             sessions: BTreeMap::new(),
-            per_ip: HashMap::new(),
+            admission: Admission::new(&limits),
             rates: RateBuckets::new(limits.max_rate_buckets),
             device_sessions: HashMap::new(),
             devices: HashMap::new(),
@@ -465,35 +476,45 @@ impl RelayCore {
         self.store
     }
 
-    /// A new connection from `peer`. `tls_binding` is the keying material exported from its
-    /// TLS session, `nonce` fresh random bytes for its challenge.
+    /// A new connection from `peer`, counted against the connection limits by the core's own
+    /// [`Admission`]. `tls_binding` is the keying material exported from its TLS session,
+    /// `nonce` fresh random bytes for its challenge.
     pub fn handle_connect(
         &mut self,
         peer: IpAddr,
         tls_binding: [u8; TLS_BINDING_LEN],
         nonce: [u8; NONCE_LEN],
     ) -> Result<SessionId, ConnectError> {
-        if self.sessions.len() >= self.limits.max_connections {
+        if let Err(e) = self.admission.handle_incoming(peer, true) {
             self.metrics.connection_refused();
-            return Err(ConnectError::TooManyConnections {
-                max: self.limits.max_connections,
-            });
+            return Err(e);
         }
-        let prefix = self.limits.address_prefix(peer);
-        let n = self.per_ip.entry(prefix).or_default();
-        if *n >= self.limits.max_connections_per_prefix {
-            self.metrics.connection_refused();
-            return Err(ConnectError::TooManyFromAddress {
-                addr: prefix,
-                max: self.limits.max_connections_per_prefix,
-            });
-        }
-        *n += 1;
+        Ok(self.open_session(peer, tls_binding, nonce, true))
+    }
+
+    /// A new connection from `peer` that an [`Admission`] outside the core already admitted
+    /// and counts (the server's shell, which decides on the first packet, before TLS).
+    pub fn handle_admitted(
+        &mut self,
+        peer: IpAddr,
+        tls_binding: [u8; TLS_BINDING_LEN],
+        nonce: [u8; NONCE_LEN],
+    ) -> SessionId {
+        self.open_session(peer, tls_binding, nonce, false)
+    }
+
+    fn open_session(
+        &mut self,
+        peer: IpAddr,
+        tls_binding: [u8; TLS_BINDING_LEN],
+        nonce: [u8; NONCE_LEN],
+        counted: bool,
+    ) -> SessionId {
         let id = self.next_session;
         self.next_session += 1;
         self.sessions
-            .insert(id, Session::new(peer, tls_binding, nonce));
-        Ok(id)
+            .insert(id, Session::new(peer, tls_binding, nonce, counted));
+        id
     }
 
     /// The connection ended (by either side). Staged events of the session still commit; the
@@ -506,12 +527,9 @@ impl RelayCore {
         let Some(s) = self.sessions.remove(&session) else {
             return;
         };
-        let prefix = self.limits.address_prefix(s.peer);
-        if let Some(n) = self.per_ip.get_mut(&prefix) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_ip.remove(&prefix);
-            }
+        if s.counted {
+            let pending = !matches!(s.phase, Phase::Ready { .. });
+            self.admission.handle_closed(s.peer, pending);
         }
         if let Phase::Ready { device, .. } = s.phase {
             if self.device_sessions.get(&device) == Some(&session) {
@@ -642,6 +660,9 @@ impl RelayCore {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.phase = Phase::Ready { device, user };
             s.cursors = cursors;
+            if s.counted {
+                self.admission.handle_authenticated();
+            }
         }
         self.metrics.set_connected(self.device_sessions.len());
         let registered = self.devices.get(&device) == Some(&user);
@@ -1423,7 +1444,10 @@ impl RelayCore {
         if let Some(outcome) = self.check_chain(&ev, &chain) {
             return Slot::Done(outcome);
         }
-        let invitations = match self.consent.rows_for(author_user, conv, ev.kind()) {
+        let live = |user: &UserId, c: &ConversationId, inviter: &UserId| {
+            self.is_member(user, c) && self.is_member(inviter, c)
+        };
+        let invitations = match self.consent.rows_for(author_user, conv, ev.kind(), live) {
             Ok(rows) => rows,
             Err((code, reason)) => return Slot::Done(rejected(code, reason)),
         };

@@ -15,6 +15,8 @@ pub(super) enum Phase {
 #[derive(Debug)]
 pub(super) struct Session {
     pub peer: IpAddr,
+    /// Counted by the core's own admission (opened by `handle_connect`), not by the shell's.
+    pub counted: bool,
     pub tls_binding: [u8; TLS_BINDING_LEN],
     pub nonce: [u8; NONCE_LEN],
     pub phase: Phase,
@@ -30,9 +32,15 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub fn new(peer: IpAddr, tls_binding: [u8; TLS_BINDING_LEN], nonce: [u8; NONCE_LEN]) -> Self {
+    pub fn new(
+        peer: IpAddr,
+        tls_binding: [u8; TLS_BINDING_LEN],
+        nonce: [u8; NONCE_LEN],
+        counted: bool,
+    ) -> Self {
         Session {
             peer,
+            counted,
             tls_binding,
             nonce,
             phase: Phase::AwaitHello,
@@ -78,7 +86,7 @@ mod tests {
 
     #[test]
     fn window_counts_until_acknowledged() {
-        let mut s = Session::new("127.0.0.1".parse().expect("ip"), [0; 32], [0; 32]);
+        let mut s = Session::new("127.0.0.1".parse().expect("ip"), [0; 32], [0; 32], true);
         let c = ConversationId([1; 16]);
         let d = ConversationId([2; 16]);
         s.pushed(c, 1);

@@ -1708,6 +1708,44 @@ fn invitations_are_accepted_declined_and_blocked_per_user() {
     assert_eq!(submit_all(&mut net, &eve, &[again], &[]), 1);
 }
 
+/// An invitation whose inviter has since left the conversation no longer counts toward the
+/// inviter's cap: it speaks for nobody in the conversation (issue 12, stale invitations).
+#[test]
+fn a_stale_invitation_does_not_count_toward_the_caps() {
+    let mut net = Net::new(Limits::default().with_rate(1_000_000, 1_000_000));
+    let mut alice = net.connect(1, 10);
+    let _bob = net.connect(2, 20);
+    let mut eve = net.connect(3, 30);
+    // In each of Alice's conversations Eve is an admin and invites Bob.
+    let n = u8::try_from(wire::MAX_INVITATIONS_PER_INVITER).expect("fits");
+    for conv in 1..=n {
+        let c = create(&mut alice, conv, &[1]);
+        let a = add(&mut alice, conv, 3, true);
+        assert_eq!(submit_all(&mut net, &alice, &[c, a], &[]), 2);
+        let b = add(&mut eve, conv, 2, false);
+        assert_eq!(submit_all(&mut net, &eve, &[b], &[]), 1);
+    }
+    let more = create_numbered(&mut eve, 9000, &[user_id(3), user_id(2)]);
+    assert_eq!(
+        code_of(&net.submit(&eve, &[more])[0]),
+        ErrorCode::INVITATIONS_FULL
+    );
+    // Eve leaves one of them: that invitation no longer speaks for her, one slot is free.
+    let leave = remove(&mut eve, 1, 3);
+    assert_eq!(submit_all(&mut net, &eve, &[leave], &[]), 1);
+    let more = create_numbered(&mut eve, 9001, &[user_id(3), user_id(2)]);
+    assert_eq!(
+        submit_all(&mut net, &eve, &[more], &[]),
+        1,
+        "a stale invitation still counts toward the inviter's cap"
+    );
+    let more = create_numbered(&mut eve, 9002, &[user_id(3), user_id(2)]);
+    assert_eq!(
+        code_of(&net.submit(&eve, &[more])[0]),
+        ErrorCode::INVITATIONS_FULL
+    );
+}
+
 /// Registers a certificate of device `dev_seed` (a key derived from it, any agreement key)
 /// for user `user_seed` from `session`; the answer.
 fn register_for(net: &mut Net, session: SessionId, user_seed: u8, dev: [u8; 32]) -> ServerFrame {
