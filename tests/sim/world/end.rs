@@ -201,6 +201,7 @@ impl Sim {
                 }
             }
         }
+        self.check_attacks()?;
         for i in 0..self.devices.len() {
             self.devices[i].dirty = true;
         }

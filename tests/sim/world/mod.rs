@@ -161,12 +161,15 @@ struct ConvSpec {
     creator: usize,
     /// The admin's latest membership change (see `Sim::app_membership`).
     last_change: Option<EventId>,
+    /// The users the `Create` lists.
+    initial: Vec<usize>,
 }
 
 impl ConvSpec {
     fn new(id: ConversationId, members: Vec<usize>, creator: usize) -> ConvSpec {
         ConvSpec {
             id,
+            initial: members.clone(),
             ever: members,
             no_add: Vec::new(),
             creator,
@@ -205,6 +208,8 @@ pub struct Sim {
     n_messages: u64,
     /// Events adversarial devices submitted (see `Sim::forge`).
     forged: Vec<Event>,
+    /// Adversarial requests and what they left (see `attacks`).
+    attacks: AttackLog,
 }
 
 macro_rules! tr {
@@ -218,6 +223,7 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, Violation> {
 }
 
 mod actions;
+mod attacks;
 mod device;
 mod end;
 mod network;
@@ -225,6 +231,7 @@ mod relay;
 mod stats;
 
 use actions::Profile;
+use attacks::{AttackLog, ADVERSARY_REQUESTS};
 pub use stats::Stats;
 
 impl Sim {
@@ -297,6 +304,13 @@ impl Sim {
             ));
         }
         let n_devices = devices.len();
+        let attacks = AttackLog {
+            flood_devices: vec![0; users.len()],
+            flood_registered: vec![0; users.len()],
+            agreement: devices.iter().map(|d| d.key.agreement_public().0).collect(),
+            registered: vec![false; n_devices],
+            ..AttackLog::default()
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -330,6 +344,7 @@ impl Sim {
             done: false,
             n_messages: 0,
             forged: Vec::new(),
+            attacks,
         };
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)
