@@ -71,7 +71,7 @@ impl Profile {
                 (Action::RelayPowerCut, crashes),
                 (Action::Forge, [0u32, 0, 2, 4][rng.random_range(0..4)]),
                 (Action::Membership, [0u32, 0, 1, 3][rng.random_range(0..4)]),
-                (Action::Attack, [0u32, 0, 2, 4][rng.random_range(0..4)]),
+                (Action::Attack, [0u32, 2, 4, 6][rng.random_range(0..4)]),
             ],
         }
     }
@@ -222,11 +222,12 @@ impl Sim {
         let body = format!("{} #{}", self.devices[i].name, self.n_messages).into_bytes();
         let now = self.devices[i].dev_now(self.now);
         self.stats.sends += 1;
-        let r = self.core(i)?.send(conv, body, Vec::new(), now);
+        let r = self.core(i)?.send(conv, body.clone(), Vec::new(), now);
         let r = match r {
             Ok(message) => {
                 tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
                 self.oracle.sent.insert(message, (conv, i));
+                self.bodies.insert(message, body);
                 Ok(())
             }
             Err(e) => Err(e),

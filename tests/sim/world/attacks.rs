@@ -9,9 +9,17 @@
 //! - Re-certification: a device id certified again with another agreement key.
 //! - Invitation flood: Creates listing another user, who never accepts them.
 //! - Blocking: the flooded user blocks the flooder.
+//! - Epoch-key poisoning: a device the user registers for the purpose (its "rogue" device,
+//!   which only ever writes `EpochKeys`) shares a wrong key for an existing epoch, or opens an
+//!   epoch committing to one key and seals another to some members. The relay cannot tell;
+//!   every device must refuse the wrong shares (counted from `DeviceEvent::KeyShareRefused`),
+//!   keep asking, and no honest message may read as anything but what was sent
+//!   (`Sim::check_bodies`).
 
 use super::*;
+use tidings::engine::crypto::EpochKey;
 use tidings::engine::directory::MAX_DEVICES_PER_USER;
+use tidings::engine::e2ee::{epoch_commitment, seal_epoch_key, EpochOrigin};
 use tidings::engine::wire::{DeviceRegistration, DeviceRevocation, MAX_INVITATIONS_PER_INVITER};
 use tidings::engine::DeviceId;
 use tidings::relay::core::store::Decision;
@@ -32,15 +40,17 @@ pub(super) enum Attack {
     Recertification,
     InvitationFlood,
     Block,
+    EpochKeyPoison,
 }
 
 impl Attack {
-    pub(super) const ALL: [Attack; 5] = [
+    pub(super) const ALL: [Attack; 6] = [
         Attack::RegistrationFlood,
         Attack::ForeignRevocation,
         Attack::Recertification,
         Attack::InvitationFlood,
         Attack::Block,
+        Attack::EpochKeyPoison,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -50,6 +60,7 @@ impl Attack {
             Attack::Recertification => "re-certifications with another agreement key",
             Attack::InvitationFlood => "invitations from a flooder",
             Attack::Block => "blocks of the flooder",
+            Attack::EpochKeyPoison => "poisoned epoch-key shares sealed",
         }
     }
 }
@@ -74,6 +85,25 @@ pub(super) enum Expect {
         invited: usize,
         convs: Vec<ConversationId>,
     },
+    /// The user's rogue device: stored (or the user is full).
+    RogueDevice { user: usize },
+    /// A rogue `EpochKeys` event: sequenced (the relay cannot read shares), or refused
+    /// (the user was removed meanwhile, or over the rate); its chain place is then free again.
+    Poison { user: usize, n_wrong: u64 },
+}
+
+/// A user's rogue device: registered once, then writes a chain of `EpochKeys` events.
+#[derive(Debug, Default)]
+pub(super) struct Rogue {
+    /// Its registration was written.
+    pub(super) asked: bool,
+    pub(super) registered: bool,
+    /// Per conversation, its last event (counter, id); what it was before the one in flight.
+    pub(super) chains: BTreeMap<ConversationId, (u64, EventId)>,
+    /// The event in flight: its conversation and the chain's end before it. Its answer may
+    /// be lost with the connection: the chain may then hold the event or not, so the rogue
+    /// writes no more.
+    pub(super) inflight: Option<(ConversationId, Option<(u64, EventId)>)>,
 }
 
 /// What the attacks did in one run, beyond the counts.
@@ -95,6 +125,8 @@ pub(super) struct AttackLog {
     pub(super) agreement: Vec<[u8; 32]>,
     /// Per device, whether the relay registered it (it reached `Ready` once).
     pub(super) registered: Vec<bool>,
+    /// Per user, its rogue device.
+    pub(super) rogues: Vec<Rogue>,
 }
 
 impl Sim {
@@ -110,8 +142,16 @@ impl Sim {
         ) {
             return Ok(());
         }
+        // The user's rogue device (see `poison`) is registered at its first attack, so that
+        // later ones can use it.
+        let u = self.devices[i].user;
+        if !self.attacks.rogues[u].asked {
+            self.register_rogue(i, conn);
+        }
+        // Poisoning thrice as often: it needs its rogue device registered first.
         let kinds: Vec<Attack> = Attack::ALL
             .into_iter()
+            .chain([Attack::EpochKeyPoison, Attack::EpochKeyPoison])
             .filter(|a| *a != Attack::RegistrationFlood || self.profile.registration_flood)
             .collect();
         match kinds[self.rng.random_range(0..kinds.len())] {
@@ -120,7 +160,134 @@ impl Sim {
             Attack::Recertification => self.recertify(i, conn),
             Attack::InvitationFlood => self.flood_invitations(i, conn),
             Attack::Block => self.block_flooder(i),
+            Attack::EpochKeyPoison => self.poison(i, conn),
         }
+    }
+
+    fn register_rogue(&mut self, i: usize, conn: ConnId) {
+        let u = self.devices[i].user;
+        self.attacks.rogues[u].asked = true;
+        let registration = rogue_key(u, self.users[u].id).certificate(&self.users[u].key, self.now);
+        let request_id = self.adversary_request(Expect::RogueDevice { user: u });
+        tr!(self, "{} REGISTERS a rogue device", self.devices[i].name);
+        self.send_up(
+            conn,
+            ClientFrame::RegisterDevice {
+                request_id,
+                registration,
+            },
+        );
+    }
+
+    /// Device `i`'s user has its rogue device write a poisoned `EpochKeys` event into a
+    /// conversation (registering the rogue device first).
+    fn poison(&mut self, i: usize, conn: ConnId) -> Result<(), Violation> {
+        let u = self.devices[i].user;
+        let rogue_key = rogue_key(u, self.users[u].id);
+        let rogue = &self.attacks.rogues[u];
+        if !rogue.registered || rogue.inflight.is_some() {
+            return Ok(());
+        }
+        // A conversation the user is a member of at the relay, and an epoch device i holds.
+        let lines = match self.relay.core {
+            Some(_) => self.timelines()?,
+            None => return Ok(()),
+        };
+        let uid = self.users[u].id;
+        let convs: Vec<ConversationId> = lines
+            .iter()
+            .filter(|(_, t)| t.current.contains(&uid))
+            .map(|(c, _)| *c)
+            .collect();
+        if convs.is_empty() {
+            return Ok(());
+        }
+        let conv = convs[self.rng.random_range(0..convs.len())];
+        let epochs = self
+            .core(i)?
+            .store_mut()
+            .epochs(conv)
+            .map_err(|e| format!("epochs: {e}"))?;
+        let members = &lines[&conv].current;
+        let recipients: Vec<(DeviceId, tidings::engine::crypto::AgreementPublic)> = self
+            .devices
+            .iter()
+            .filter(|d| d.user != u && members.contains(&self.users[d.user].id))
+            .map(|d| (d.key.device(), d.key.agreement_public()))
+            .collect();
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let before = self.attacks.rogues[u].chains.get(&conv).copied();
+        let (counter, prev) = before.map_or((1, None), |(c, id)| (c + 1, Some(id)));
+        let wrong = EpochKey::from_bytes(self.rng.random());
+        let ephemerals: Vec<[u8; 32]> = (0..recipients.len()).map(|_| self.rng.random()).collect();
+        let split = epochs.is_empty() || self.rng.random_bool(0.5);
+        let (kind, n_wrong, what) = if split {
+            // An opening that commits to one key and seals another to half the devices.
+            let right = EpochKey::from_bytes(self.rng.random());
+            let origin = EpochOrigin::New {
+                author: rogue_key.device(),
+                counter,
+            };
+            let cut = self.rng.random_range(0..recipients.len());
+            let mut keys = seal_epoch_key(conv, origin, &right, &recipients[..cut], &ephemerals);
+            keys.extend(seal_epoch_key(
+                conv,
+                origin,
+                &wrong,
+                &recipients[cut..],
+                &ephemerals[cut..],
+            ));
+            let commitment = epoch_commitment(conv, rogue_key.device(), counter, &right);
+            let kind = EventKind::EpochKeys {
+                epoch: None,
+                commitment: Some(commitment),
+                keys,
+            };
+            let n_wrong = (recipients.len() - cut) as u64;
+            (
+                kind,
+                n_wrong,
+                format!("opens a split epoch ({n_wrong} wrong shares)"),
+            )
+        } else {
+            let epoch = epochs[self.rng.random_range(0..epochs.len())];
+            let origin = EpochOrigin::Shared(epoch);
+            let keys = seal_epoch_key(conv, origin, &wrong, &recipients, &ephemerals);
+            let kind = EventKind::EpochKeys {
+                epoch: Some(epoch),
+                commitment: None,
+                keys,
+            };
+            let n_wrong = recipients.len() as u64;
+            (
+                kind,
+                n_wrong,
+                format!("shares a wrong key for epoch {epoch}"),
+            )
+        };
+        let header = rogue_key.header(conv, counter, prev, counter, self.now);
+        let event =
+            Event::sign(rogue_key.signing_key(), header, kind).map_err(|e| e.to_string())?;
+        tr!(
+            self,
+            "{}'s rogue device {what} in {conv}: {}",
+            self.devices[i].name,
+            event.id()
+        );
+        let rogue = &mut self.attacks.rogues[u];
+        rogue.chains.insert(conv, (counter, event.id()));
+        rogue.inflight = Some((conv, before));
+        let request_id = self.adversary_request(Expect::Poison { user: u, n_wrong });
+        self.send_up(
+            conn,
+            ClientFrame::Submit {
+                request_id,
+                events: vec![Envelope(event.bytes().to_vec())],
+            },
+        );
+        Ok(())
     }
 
     fn adversary_request(&mut self, expect: Expect) -> u64 {
@@ -150,10 +317,8 @@ impl Sim {
         if !self.registered(u) || start >= MAX_FLOOD_REGISTRATIONS {
             return Ok(());
         }
-        let n = self
-            .rng
-            .random_range(MAX_FLOOD_REGISTRATIONS / 2..=MAX_FLOOD_REGISTRATIONS);
-        let end = (start + n).min(MAX_FLOOD_REGISTRATIONS);
+        // At once past the cap: what the cap is for.
+        let end = MAX_FLOOD_REGISTRATIONS;
         self.attacks.flood_devices[u] = end;
         tr!(
             self,
@@ -403,6 +568,63 @@ impl Sim {
                 invited,
                 convs,
             } => self.invitations_answered(inviter, invited, &convs, frame)?,
+            Expect::RogueDevice { user } => match frame {
+                ServerFrame::Registered { .. } => self.attacks.rogues[user].registered = true,
+                ServerFrame::Refused {
+                    code: ErrorCode::TOO_MANY_DEVICES,
+                    ..
+                } => {}
+                other => return fail(format!("a rogue device's registration got {other:?}")),
+            },
+            Expect::Poison { user, n_wrong } => self.poison_answered(user, n_wrong, frame)?,
+        }
+        Ok(())
+    }
+
+    fn poison_answered(
+        &mut self,
+        user: usize,
+        n_wrong: u64,
+        frame: ServerFrame,
+    ) -> Result<(), Violation> {
+        let rogue = &mut self.attacks.rogues[user];
+        let Some((conv, before)) = rogue.inflight.take() else {
+            return fail("an answer to a rogue event that is not in flight");
+        };
+        let outcome = match frame {
+            ServerFrame::SubmitResult { mut outcomes, .. } if outcomes.len() == 1 => {
+                outcomes.remove(0)
+            }
+            ServerFrame::Refused {
+                code: ErrorCode::RATE_LIMITED,
+                ..
+            } => SubmitOutcome::Rejected {
+                code: ErrorCode::RATE_LIMITED,
+                reason: String::new(),
+            },
+            other => return fail(format!("a rogue EpochKeys event got {other:?}")),
+        };
+        match outcome {
+            SubmitOutcome::Accepted { ack } => {
+                self.oracle.record_ack(&ack)?;
+                self.stats.poison_events += 1;
+                self.stats.attack(Attack::EpochKeyPoison).tried += n_wrong;
+            }
+            SubmitOutcome::Rejected { code, reason } => {
+                if !matches!(
+                    code,
+                    ErrorCode::NOT_MEMBER | ErrorCode::RATE_LIMITED | ErrorCode::REVOKED
+                ) {
+                    return fail(format!(
+                        "a rogue EpochKeys event was refused: code {} ({reason})",
+                        code.0
+                    ));
+                }
+                match before {
+                    Some(b) => rogue.chains.insert(conv, b),
+                    None => rogue.chains.remove(&conv),
+                };
+            }
         }
         Ok(())
     }
@@ -571,6 +793,11 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// The key of user `u`'s rogue device.
+fn rogue_key(u: usize, user: UserId) -> DeviceKey {
+    DeviceKey::from_seed([0xE0 + u as u8; 32], user)
 }
 
 /// A device id of flood device `k` of user `u` (no key behind it: nobody connects as it).

@@ -284,6 +284,7 @@ impl Sim {
                 // does when its user taps "accept" (the relay keeps the conversation from the
                 // device till then); a flooder's stay pending.
                 DeviceEvent::User(UserChange::Invited(inv)) => invited.push(inv.conversation),
+                DeviceEvent::KeyShareRefused(_) => self.stats.key_shares_refused += 1,
                 DeviceEvent::Ignored(refused) => {
                     return fail(format!(
                         "{} ignored an honest event: {refused:?}",

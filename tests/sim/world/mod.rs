@@ -210,6 +210,8 @@ pub struct Sim {
     forged: Vec<Event>,
     /// Adversarial requests and what they left (see `attacks`).
     attacks: AttackLog,
+    /// The body of every message whose `send` returned Ok.
+    bodies: HashMap<MessageId, Vec<u8>>,
 }
 
 macro_rules! tr {
@@ -309,6 +311,9 @@ impl Sim {
             flood_registered: vec![0; users.len()],
             agreement: devices.iter().map(|d| d.key.agreement_public().0).collect(),
             registered: vec![false; n_devices],
+            rogues: (0..users.len())
+                .map(|_| attacks::Rogue::default())
+                .collect(),
             ..AttackLog::default()
         };
         let mut sim = Sim {
@@ -345,6 +350,7 @@ impl Sim {
             n_messages: 0,
             forged: Vec::new(),
             attacks,
+            bodies: HashMap::new(),
         };
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)

@@ -50,6 +50,14 @@ pub struct Stats {
     pub invitations_blocked: u64,
     /// Flood invitations still pending at the end (never accepted, within the cap).
     pub invitations_pending: u64,
+    /// Rogue `EpochKeys` events the relay sequenced.
+    pub poison_events: u64,
+    /// Epoch-key shares devices refused (`DeviceEvent::KeyShareRefused`).
+    pub key_shares_refused: u64,
+    /// Honest message bodies read back at the end and found as sent.
+    pub bodies_checked: u64,
+    /// Honest message bodies still waiting for their epoch key at the end.
+    pub bodies_waiting: u64,
     pub removals: u64,
     pub additions: u64,
     pub messages_delivered_everywhere: u64,
@@ -97,6 +105,10 @@ impl Stats {
             forged,
             invitations_blocked,
             invitations_pending,
+            poison_events,
+            key_shares_refused,
+            bodies_checked,
+            bodies_waiting,
             removals,
             additions,
             messages_delivered_everywhere,
@@ -146,13 +158,25 @@ impl fmt::Display for Stats {
         for (kind, c) in Attack::ALL.iter().zip(&self.attacks) {
             match kind {
                 Attack::Block => write!(f, " {} {};", c.tried, kind.name())?,
+                Attack::EpochKeyPoison => write!(
+                    f,
+                    " {} {} in {} events ({} share refusals by devices);",
+                    c.tried,
+                    kind.name(),
+                    self.poison_events,
+                    self.key_shares_refused
+                )?,
                 _ => write!(f, " {} {} ({} refused);", c.tried, kind.name(), c.refused)?,
             }
         }
         writeln!(
             f,
-            " {} invitations refused as blocked, {} left pending (never shown)",
-            self.invitations_blocked, self.invitations_pending
+            " {} invitations refused as blocked, {} left pending (never shown); honest bodies \
+             at the end: {} read as sent, {} waiting for a key, none unreadable",
+            self.invitations_blocked,
+            self.invitations_pending,
+            self.bodies_checked,
+            self.bodies_waiting
         )?;
         writeln!(
             f,
