@@ -429,6 +429,31 @@ impl Sim {
     fn flood_invitations(&mut self, i: usize, conn: ConnId) -> Result<(), Violation> {
         let u = self.devices[i].user;
         let v = (u + 1 + self.rng.random_range(0..self.users.len() - 1)) % self.users.len();
+        // The flooder's own invitations of `v` into its real conversations would be refused
+        // past the cap too (the user hurts itself): flood only once the Creates of those are
+        // sequenced and no add of `v` may be in flight, and never add `v` to them after.
+        let Some(relay) = self.relay.core.as_ref() else {
+            return Ok(());
+        };
+        let heads = end::store_heads(relay.store())?;
+        let mut no_add = Vec::new();
+        for (s, spec) in self.convs.iter().enumerate() {
+            if spec.creator != u {
+                continue;
+            }
+            let late_add = spec.ever.contains(&v) && !spec.initial.contains(&v);
+            if !heads.contains_key(&spec.id) || late_add {
+                return Ok(());
+            }
+            if !spec.ever.contains(&v) {
+                no_add.push(s);
+            }
+        }
+        for s in no_add {
+            if !self.convs[s].no_add.contains(&v) {
+                self.convs[s].no_add.push(v);
+            }
+        }
         let n = self.rng.random_range(4..=MAX_FLOOD_INVITATIONS);
         let batch = self.relay.limits.max_submit_batch.max(1);
         let now = self.devices[i].dev_now(self.now);
