@@ -89,7 +89,12 @@ pub(super) enum Expect {
     RogueDevice { user: usize },
     /// A rogue `EpochKeys` event: sequenced (the relay cannot read shares), or refused
     /// (the user was removed meanwhile, or over the rate); its chain place is then free again.
-    Poison { user: usize, n_wrong: u64 },
+    Poison {
+        user: usize,
+        n_wrong: u64,
+        device: usize,
+        event: Vec<u8>,
+    },
 }
 
 /// A user's rogue device: registered once, then writes a chain of `EpochKeys` events.
@@ -279,7 +284,12 @@ impl Sim {
         let rogue = &mut self.attacks.rogues[u];
         rogue.chains.insert(conv, (counter, event.id()));
         rogue.inflight = Some((conv, before));
-        let request_id = self.adversary_request(Expect::Poison { user: u, n_wrong });
+        let request_id = self.adversary_request(Expect::Poison {
+            user: u,
+            n_wrong,
+            device: i,
+            event: event.bytes().to_vec(),
+        });
         self.send_up(
             conn,
             ClientFrame::Submit {
@@ -601,7 +611,12 @@ impl Sim {
                 } => {}
                 other => return fail(format!("a rogue device's registration got {other:?}")),
             },
-            Expect::Poison { user, n_wrong } => self.poison_answered(user, n_wrong, frame)?,
+            Expect::Poison {
+                user,
+                n_wrong,
+                device,
+                event,
+            } => self.poison_answered(user, n_wrong, device, event, frame)?,
         }
         Ok(())
     }
@@ -610,6 +625,8 @@ impl Sim {
         &mut self,
         user: usize,
         n_wrong: u64,
+        device: usize,
+        event: Vec<u8>,
         frame: ServerFrame,
     ) -> Result<(), Violation> {
         let rogue = &mut self.attacks.rogues[user];
@@ -634,6 +651,23 @@ impl Sim {
                 self.oracle.record_ack(&ack)?;
                 self.stats.poison_events += 1;
                 self.stats.attack(Attack::EpochKeyPoison).tried += n_wrong;
+                // The relay pushes an event to every session but the one that submitted it,
+                // which holds it: the adversary's shell hands it to its core, as a push
+                // (seeds 4219, 4250, 4376: the device otherwise lacked it until its next Sync).
+                let push = ServerFrame::Push {
+                    items: vec![tidings::engine::wire::Item { event, ack }],
+                };
+                if self.devices[device].core.is_some() && self.devices[device].conn.is_some() {
+                    let now = self.devices[device].dev_now(self.now);
+                    let r = self.core(device)?.handle_frame(push, now);
+                    match r {
+                        Ok(()) => {
+                            self.drain_device(device)?;
+                            self.refresh_wake(device);
+                        }
+                        Err(e) => return self.device_failed(device, e, "handle_frame"),
+                    }
+                }
             }
             SubmitOutcome::Rejected { code, reason } => {
                 if !matches!(
