@@ -13,6 +13,8 @@ pub(super) struct Profile {
     /// Transport chaos below QUIC: (drop, duplicate, reorder) probabilities per frame.
     pub(super) chaos: Option<(f64, f64, f64)>,
     pub(super) spike: f64,
+    /// The adversary may flood the directory (a few seeds: the flood is costly to verify).
+    pub(super) registration_flood: bool,
     /// Weights of [`Action`]s.
     pub(super) weights: Vec<(Action, u32)>,
 }
@@ -33,6 +35,8 @@ pub(super) enum Action {
     Forge,
     /// The conversation's admin removes a member, or adds a user (back).
     Membership,
+    /// A device's shell turns adversary for one request (see `attacks`).
+    Attack,
 }
 
 impl Profile {
@@ -53,6 +57,7 @@ impl Profile {
             two_convs: rng.random_bool(0.7),
             chaos,
             spike: rng.random_range(0.0..0.05),
+            registration_flood: rng.random_bool(1.0 / 8.0),
             weights: vec![
                 (Action::Send, 30),
                 (Action::Read, 8),
@@ -66,6 +71,7 @@ impl Profile {
                 (Action::RelayPowerCut, crashes),
                 (Action::Forge, [0u32, 0, 2, 4][rng.random_range(0..4)]),
                 (Action::Membership, [0u32, 0, 1, 3][rng.random_range(0..4)]),
+                (Action::Attack, [0u32, 2, 4, 6][rng.random_range(0..4)]),
             ],
         }
     }
@@ -88,6 +94,7 @@ impl Sim {
         match kind {
             Action::Send if up => self.app_send(i),
             Action::Forge if up && self.devices[i].conn.is_some() => self.forge(i),
+            Action::Attack if up => self.attack(i),
             Action::Read if up => self.app_read(i),
             Action::Membership => self.app_membership(),
             Action::Retry if up => self.app_retry(i, false),
@@ -215,11 +222,12 @@ impl Sim {
         let body = format!("{} #{}", self.devices[i].name, self.n_messages).into_bytes();
         let now = self.devices[i].dev_now(self.now);
         self.stats.sends += 1;
-        let r = self.core(i)?.send(conv, body, Vec::new(), now);
+        let r = self.core(i)?.send(conv, body.clone(), Vec::new(), now);
         let r = match r {
             Ok(message) => {
                 tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
                 self.oracle.sent.insert(message, (conv, i));
+                self.bodies.insert(message, body);
                 Ok(())
             }
             Err(e) => Err(e),

@@ -169,6 +169,10 @@ impl Sim {
             return Ok(());
         }
         tr!(self, "{} <- {}", d.name, server_frame_name(&frame));
+        if frame.answers().is_some_and(|id| id > ADVERSARY_REQUESTS) {
+            // The adversary's shell keeps the answers to what it wrote.
+            return self.adversary_answer(frame);
+        }
         let now = d.dev_now(self.now);
         let r = self.core(i)?.handle_frame(frame, now);
         match r {
@@ -276,9 +280,11 @@ impl Sim {
                 DeviceEvent::Changes(c) => changed |= !c.is_empty(),
                 DeviceEvent::Connection(state) => states.push(state),
                 DeviceEvent::Chain(issue) => chain.push(issue),
-                // Every user here takes every invitation, as an app does when its user
-                // taps "accept" (the relay keeps the conversation from the device till then).
+                // Every user here takes every invitation to a real conversation, as an app
+                // does when its user taps "accept" (the relay keeps the conversation from the
+                // device till then); a flooder's stay pending.
                 DeviceEvent::User(UserChange::Invited(inv)) => invited.push(inv.conversation),
+                DeviceEvent::KeyShareRefused(_) => self.stats.key_shares_refused += 1,
                 DeviceEvent::Ignored(refused) => {
                     return fail(format!(
                         "{} ignored an honest event: {refused:?}",
@@ -289,7 +295,9 @@ impl Sim {
             }
         }
         for c in invited {
-            core.accept(c);
+            if self.convs.iter().any(|s| s.id == c) {
+                core.accept(c);
+            }
         }
         while let Some(f) = core.poll_transmit() {
             frames.push(f);
@@ -319,6 +327,8 @@ impl Sim {
             }
         }
         for state in states {
+            // Ready: the relay holds the device's certificate.
+            self.attacks.registered[i] |= state == ConnectionState::Syncing;
             tr!(self, "{} is {state:?}", self.devices[i].name);
         }
         for f in frames {

@@ -201,6 +201,7 @@ impl Sim {
                 }
             }
         }
+        self.check_attacks()?;
         for i in 0..self.devices.len() {
             self.devices[i].dirty = true;
         }
@@ -238,6 +239,7 @@ impl Sim {
                 let view = self.shown(i, id)?.messages();
                 check_unique(&view)?;
                 check_final_view(id, &view, timeline).map_err(|e| format!("{name}: {e}"))?;
+                self.check_bodies(i, &view, timeline)?;
                 for (m, conv) in &sent {
                     if *conv == id && !view.iter().any(|v| v.id == *m) {
                         return fail(format!(
@@ -269,6 +271,44 @@ impl Sim {
             trace_hash: self.trace.hash_hex(),
             stats: self.stats.clone(),
         })
+    }
+
+    /// No honest message reads as anything but what was sent, on a member device that may
+    /// read it (its user a member since before its seq): poisoned epoch-key shares may leave a
+    /// body waiting for its key, never decrypted with a wrong one.
+    fn check_bodies(
+        &mut self,
+        i: usize,
+        view: &[tidings::engine::MessageView],
+        timeline: &Timeline,
+    ) -> Result<(), Violation> {
+        let name = self.devices[i].name.clone();
+        let user = self.users[self.devices[i].user].id;
+        let joined = timeline.first_join.get(&user).copied().unwrap_or(0);
+        for m in view {
+            if m.seq.is_none_or(|s| s < joined) {
+                continue;
+            }
+            let Some(sent) = self.bodies.get(&m.id).cloned() else {
+                continue;
+            };
+            let body = self
+                .core(i)?
+                .store_mut()
+                .body(m)
+                .map_err(|e| format!("{name}: {e}"))?;
+            match body {
+                Body::Text(t) if t == sent => self.stats.bodies_checked += 1,
+                Body::WaitingForKey(_) => self.stats.bodies_waiting += 1,
+                other => {
+                    return fail(format!(
+                        "{name} reads message {} as {other:?}, not as sent",
+                        m.id
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What membership changes promise, on every device: a member removed for good holds no

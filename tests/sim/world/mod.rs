@@ -159,12 +159,15 @@ struct ConvSpec {
     creator: usize,
     /// The admin's latest membership change (see `Sim::app_membership`).
     last_change: Option<EventId>,
+    /// The users the `Create` lists.
+    initial: Vec<usize>,
 }
 
 impl ConvSpec {
     fn new(id: ConversationId, members: Vec<usize>, creator: usize) -> ConvSpec {
         ConvSpec {
             id,
+            initial: members.clone(),
             ever: members,
             no_add: Vec::new(),
             creator,
@@ -203,6 +206,10 @@ pub struct Sim {
     n_messages: u64,
     /// Events adversarial devices submitted (see `Sim::forge`).
     forged: Vec<Event>,
+    /// Adversarial requests and what they left (see `attacks`).
+    attacks: AttackLog,
+    /// The body of every message whose `send` returned Ok.
+    bodies: HashMap<MessageId, Vec<u8>>,
 }
 
 macro_rules! tr {
@@ -216,6 +223,7 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, Violation> {
 }
 
 mod actions;
+mod attacks;
 mod device;
 mod end;
 mod network;
@@ -223,6 +231,7 @@ mod relay;
 mod stats;
 
 use actions::Profile;
+use attacks::{AttackLog, ADVERSARY_REQUESTS};
 pub use stats::Stats;
 
 impl Sim {
@@ -295,6 +304,16 @@ impl Sim {
             ));
         }
         let n_devices = devices.len();
+        let attacks = AttackLog {
+            flood_devices: vec![0; users.len()],
+            flood_registered: vec![0; users.len()],
+            agreement: devices.iter().map(|d| d.key.agreement_public().0).collect(),
+            registered: vec![false; n_devices],
+            rogues: (0..users.len())
+                .map(|_| attacks::Rogue::default())
+                .collect(),
+            ..AttackLog::default()
+        };
         let mut sim = Sim {
             seed,
             rng,
@@ -328,6 +347,8 @@ impl Sim {
             done: false,
             n_messages: 0,
             forged: Vec::new(),
+            attacks,
+            bodies: HashMap::new(),
         };
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)

@@ -1,7 +1,15 @@
 //! What a run did, summed over seeds for the report.
 
+use super::attacks::Attack;
 use super::HEAL_BOUND_MS;
 use std::fmt;
+
+/// How often one kind of attack was tried, and refused.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttackCount {
+    pub tried: u64,
+    pub refused: u64,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -36,6 +44,20 @@ pub struct Stats {
     pub acks: u64,
     pub chain_gaps: u64,
     pub forged: u64,
+    /// Per [`Attack`], in the order of [`Attack::ALL`].
+    pub attacks: [AttackCount; Attack::ALL.len()],
+    /// Flood invitations refused because the invited user blocks the flooder.
+    pub invitations_blocked: u64,
+    /// Flood invitations still pending at the end (never accepted, within the cap).
+    pub invitations_pending: u64,
+    /// Rogue `EpochKeys` events the relay sequenced.
+    pub poison_events: u64,
+    /// Epoch-key shares devices refused (`DeviceEvent::KeyShareRefused`).
+    pub key_shares_refused: u64,
+    /// Honest message bodies read back at the end and found as sent.
+    pub bodies_checked: u64,
+    /// Honest message bodies still waiting for their epoch key at the end.
+    pub bodies_waiting: u64,
     pub removals: u64,
     pub additions: u64,
     pub messages_delivered_everywhere: u64,
@@ -81,6 +103,12 @@ impl Stats {
             acks,
             chain_gaps,
             forged,
+            invitations_blocked,
+            invitations_pending,
+            poison_events,
+            key_shares_refused,
+            bodies_checked,
+            bodies_waiting,
             removals,
             additions,
             messages_delivered_everywhere,
@@ -88,6 +116,15 @@ impl Stats {
             virtual_ms
         );
         self.converge_ms_max = self.converge_ms_max.max(o.converge_ms_max);
+        for (a, b) in self.attacks.iter_mut().zip(&o.attacks) {
+            a.tried += b.tried;
+            a.refused += b.refused;
+        }
+    }
+
+    pub(super) fn attack(&mut self, kind: Attack) -> &mut AttackCount {
+        let i = Attack::ALL.iter().position(|a| *a == kind).unwrap_or(0);
+        &mut self.attacks[i]
     }
 }
 
@@ -116,6 +153,30 @@ impl fmt::Display for Stats {
             self.forged,
             self.removals,
             self.additions
+        )?;
+        write!(f, "attacks (tried, refused):")?;
+        for (kind, c) in Attack::ALL.iter().zip(&self.attacks) {
+            match kind {
+                Attack::Block => write!(f, " {} {};", c.tried, kind.name())?,
+                Attack::EpochKeyPoison => write!(
+                    f,
+                    " {} {} in {} events ({} share refusals by devices);",
+                    c.tried,
+                    kind.name(),
+                    self.poison_events,
+                    self.key_shares_refused
+                )?,
+                _ => write!(f, " {} {} ({} refused);", c.tried, kind.name(), c.refused)?,
+            }
+        }
+        writeln!(
+            f,
+            " {} invitations refused as blocked, {} left pending (never shown); honest bodies \
+             at the end: {} read as sent, {} waiting for a key, none unreadable",
+            self.invitations_blocked,
+            self.invitations_pending,
+            self.bodies_checked,
+            self.bodies_waiting
         )?;
         writeln!(
             f,
