@@ -20,7 +20,9 @@ use super::*;
 use tidings::engine::crypto::EpochKey;
 use tidings::engine::directory::MAX_DEVICES_PER_USER;
 use tidings::engine::e2ee::{epoch_commitment, seal_epoch_key, EpochOrigin};
-use tidings::engine::wire::{DeviceRegistration, DeviceRevocation, MAX_INVITATIONS_PER_INVITER};
+use tidings::engine::wire::{
+    DeviceRegistration, DeviceRevocation, SubmitOutcome, MAX_INVITATIONS_PER_INVITER,
+};
 use tidings::engine::DeviceId;
 use tidings::relay::core::store::Decision;
 
@@ -633,29 +635,37 @@ impl Sim {
         let Some((conv, before)) = rogue.inflight.take() else {
             return fail("an answer to a rogue event that is not in flight");
         };
-        let outcome = match frame {
-            ServerFrame::SubmitResult { mut outcomes, .. } if outcomes.len() == 1 => {
-                outcomes.remove(0)
-            }
+        let (outcome, records) = match frame {
+            ServerFrame::SubmitResult {
+                mut outcomes,
+                records,
+                ..
+            } if outcomes.len() == 1 => (outcomes.remove(0), records),
             ServerFrame::Refused {
                 code: ErrorCode::RATE_LIMITED,
                 ..
-            } => SubmitOutcome::Rejected {
-                code: ErrorCode::RATE_LIMITED,
-                reason: String::new(),
-            },
+            } => (
+                SubmitOutcome::Rejected {
+                    code: ErrorCode::RATE_LIMITED,
+                    reason: String::new(),
+                },
+                Vec::new(),
+            ),
             other => return fail(format!("a rogue EpochKeys event got {other:?}")),
         };
         match outcome {
-            SubmitOutcome::Accepted { ack } => {
-                self.oracle.record_ack(&ack)?;
+            SubmitOutcome::Accepted { .. } => {
+                for r in &records {
+                    self.oracle.record_statement(&r.0)?;
+                }
                 self.stats.poison_events += 1;
                 self.stats.attack(Attack::EpochKeyPoison).tried += n_wrong;
                 // The relay pushes an event to every session but the one that submitted it,
                 // which holds it: the adversary's shell hands it to its core, as a push
                 // (seeds 4219, 4250, 4376: the device otherwise lacked it until its next Sync).
                 let push = ServerFrame::Push {
-                    items: vec![tidings::engine::wire::Item { event, ack }],
+                    events: vec![Envelope(event)],
+                    records,
                 };
                 if self.devices[device].core.is_some() && self.devices[device].conn.is_some() {
                     let now = self.devices[device].dev_now(self.now);
@@ -696,7 +706,14 @@ impl Sim {
         frame: ServerFrame,
     ) -> Result<(), Violation> {
         let outcomes = match frame {
-            ServerFrame::SubmitResult { outcomes, .. } if outcomes.len() == convs.len() => outcomes,
+            ServerFrame::SubmitResult {
+                outcomes, records, ..
+            } if outcomes.len() == convs.len() => {
+                for r in &records {
+                    self.oracle.record_statement(&r.0)?;
+                }
+                outcomes
+            }
             // A whole batch refused (over the rate): nothing was stored.
             ServerFrame::Refused {
                 code: ErrorCode::RATE_LIMITED,
@@ -709,8 +726,7 @@ impl Sim {
         };
         for (o, conv) in outcomes.iter().zip(convs) {
             match o {
-                SubmitOutcome::Accepted { ack } => {
-                    self.oracle.record_ack(ack)?;
+                SubmitOutcome::Accepted { .. } => {
                     self.attacks.invitations.push((inviter, invited, *conv));
                 }
                 SubmitOutcome::Rejected { code, .. }
