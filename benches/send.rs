@@ -10,14 +10,21 @@
 //!    the machine falls on every side alike:
 //!    - `store`: `Store::send` of a 100 B body: encrypt, sign, log append + outbox in one
 //!      durable redb transaction, fold into the conversation's document;
-//!    - `replica`: `Replica::send` (offline: the relay address does not answer), one at a
-//!      time: the same plus the hop to the driver task and back;
+//!    - `replica_mt` / `replica_ct`: `Replica::send` (offline: the relay address does not
+//!      answer), one at a time, on a multi-thread / a current-thread tokio runtime: the same
+//!      plus the hop to the driver task and back;
 //!    - `sqlite`: SQLite (bundled, WAL, `synchronous=FULL`): one transaction inserting a
 //!      message row (ids, lamport, timestamp, a body blob as long as our encrypted `Send`
-//!      envelope) and an outbox row, into tables that already hold [`N_HISTORY`] rows.
+//!      envelope) and an outbox row, into tables that already hold [`N_HISTORY`] rows;
+//!    - `redb`: the library floor: redb alone, the same two rows into two tables in one
+//!      `Durability::Immediate` commit (what a send cannot go below while the log is redb).
+//!    - `store_cpu`: the thread CPU time of each `store` send (the rest of its wall time is
+//!      waiting: the fsync, and other processes holding the core);
+//!    - `store_mem`: `Store::send` on redb's in-memory backend: the send path's work without
+//!      any I/O;
 //! 2. Burst: [`BURST`] `Replica::send` calls queued at once, timed until every caller has
-//!    its answer; sends per second, median of [`N_BURSTS`] bursts.
-//! 3. The same three single sends under criterion (means, with its statistics).
+//!    its answer; sends per second, median of [`N_BURSTS`] bursts, on both runtimes.
+//! 3. The same single sends under criterion (means, with its statistics).
 //!
 //! `cargo bench --bench send`
 
@@ -150,6 +157,11 @@ fn history(alice: &Member, bob: &Member) -> Vec<Event> {
 /// size of her `Send` envelope.
 fn alice_log(path: &Path, alice: &Member, bob: &Member, events: &[Event]) -> usize {
     let log = EventLog::open(path).expect("open log");
+    alice_store(log, alice, bob, events).1
+}
+
+/// Alice's store on `log`: the history taken in, one message of hers sent.
+fn alice_store(log: EventLog, alice: &Member, bob: &Member, events: &[Event]) -> (Store, usize) {
     let mut store = Store::new(log, alice.device.clone(), config(), [8; 32]);
     store
         .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
@@ -160,7 +172,7 @@ fn alice_log(path: &Path, alice: &Member, bob: &Member, events: &[Event]) -> usi
     }
     let (sent, _) = store.send(CONV, body(0), vec![], T0).expect("send");
     store.snapshot_all().expect("snapshot");
-    sent.bytes().len()
+    (store, sent.bytes().len())
 }
 
 fn open_store(path: &Path, alice: &Member) -> Store {
@@ -226,6 +238,49 @@ impl Sqlite {
     }
 }
 
+/// The floor: the SQLite peer's transaction done in redb (two rows, two tables, one durable
+/// commit).
+struct RedbFloor {
+    db: redb::Database,
+    body: Vec<u8>,
+    next: u64,
+}
+
+const FLOOR_MESSAGES: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("messages");
+const FLOOR_OUTBOX: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("outbox");
+
+impl RedbFloor {
+    fn open(path: &Path, body_len: usize) -> RedbFloor {
+        let db = redb::Database::create(path).expect("redb open");
+        let mut floor = RedbFloor {
+            db,
+            body: vec![0xab; body_len],
+            next: 0,
+        };
+        for _ in 0..N_HISTORY {
+            floor.insert();
+        }
+        floor
+    }
+
+    fn insert(&mut self) {
+        self.next += 1;
+        let n = self.next;
+        let txn = self.db.begin_write().expect("begin");
+        {
+            let mut messages = txn.open_table(FLOOR_MESSAGES).expect("messages");
+            let mut row = n.to_le_bytes().to_vec();
+            row.extend_from_slice(&self.body);
+            messages.insert(n, row.as_slice()).expect("insert message");
+            let mut outbox = txn.open_table(FLOOR_OUTBOX).expect("outbox");
+            outbox
+                .insert(n, n.to_le_bytes().as_slice())
+                .expect("insert outbox");
+        }
+        txn.commit().expect("commit");
+    }
+}
+
 /// A replica over the log in `dir`, offline: nothing answers at the relay address.
 fn open_replica(rt: &tokio::runtime::Runtime, dir: &Path, alice: &Member) -> Replica {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
@@ -262,86 +317,69 @@ fn report(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    /// The same store on redb's in-memory backend: the send path without I/O.
+    in_memory: Store,
     store_path: std::path::PathBuf,
-    replica_dir: std::path::PathBuf,
+    replica_dirs: [std::path::PathBuf; 2],
     sqlite_path: std::path::PathBuf,
+    floor_path: std::path::PathBuf,
     envelope_len: usize,
 }
 
 fn fixture(alice: &Member, bob: &Member) -> Fixture {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let events = history(alice, bob);
+    let log = EventLog::in_memory().expect("log");
+    let in_memory = alice_store(log, alice, bob, &events).0;
     let store_path = dir.path().join("store.redb");
     let envelope_len = alice_log(&store_path, alice, bob, &events);
-    let replica_dir = dir.path().join("replica");
-    std::fs::create_dir_all(&replica_dir).expect("replica dir");
-    alice_log(&replica_dir.join("device.redb"), alice, bob, &events);
-    let sqlite_path = dir.path().join("peer.sqlite");
+    let replica_dirs = ["replica_mt", "replica_ct"].map(|name| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("replica dir");
+        alice_log(&d.join("device.redb"), alice, bob, &events);
+        d
+    });
     Fixture {
+        in_memory,
         store_path,
-        replica_dir,
-        sqlite_path,
+        replica_dirs,
+        sqlite_path: dir.path().join("peer.sqlite"),
+        floor_path: dir.path().join("floor.redb"),
         envelope_len,
         _dir: dir,
     }
 }
 
-fn main() {
-    let alice = member(0);
-    let bob = member(1);
-    let fx = fixture(&alice, &bob);
-    println!(
-        "fixture: {N_HISTORY} messages of history, Send envelope {} B, files in {}",
-        fx.envelope_len,
-        env!("CARGO_TARGET_TMPDIR")
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut store = open_store(&fx.store_path, &alice);
-    let replica = open_replica(&rt, &fx.replica_dir, &alice);
-    let mut sqlite = Sqlite::open(&fx.sqlite_path, fx.envelope_len);
-    let mut i = 1u64;
+/// A replica and the runtime it runs on: the app picks the runtime, and on 2 cores a
+/// multi-thread runtime adds two cross-thread wake-ups per call (see MEASUREMENTS).
+struct OnRuntime {
+    name: &'static str,
+    rt: tokio::runtime::Runtime,
+    replica: Replica,
+}
 
-    // 1. Latency, alternating rounds.
-    let (mut ours, mut via_replica, mut peer) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        for _ in 0..PER_ROUND {
-            i += 1;
-            ours.push(time(|| {
-                black_box(store.send(CONV, body(i), vec![], T0 + i).expect("send"));
-            }));
-        }
-        for _ in 0..PER_ROUND {
-            i += 1;
-            via_replica.push(time(|| {
-                black_box(rt.block_on(replica.send(CONV, body(i))).expect("send"));
-            }));
-        }
-        for _ in 0..PER_ROUND {
-            peer.push(time(|| sqlite.insert()));
-        }
+impl OnRuntime {
+    fn open(name: &'static str, rt: tokio::runtime::Runtime, dir: &Path, alice: &Member) -> Self {
+        let replica = open_replica(&rt, dir, alice);
+        OnRuntime { name, rt, replica }
     }
-    let (_, store_p99) = report("store", ours);
-    let (_, replica_p99) = report("replica", via_replica);
-    let (_, sqlite_p99) = report("sqlite", peer);
-    println!(
-        "local_send p99 ratio to sqlite: store {:.2}x, replica {:.2}x",
-        store_p99.as_secs_f64() / sqlite_p99.as_secs_f64(),
-        replica_p99.as_secs_f64() / sqlite_p99.as_secs_f64()
-    );
 
-    // 2. Bursts through the replica.
-    let mut rates = Vec::with_capacity(N_BURSTS);
-    for _ in 0..N_BURSTS {
-        let bodies: Vec<Vec<u8>> = (0..BURST as u64).map(|k| body(i + k)).collect();
-        i += BURST as u64;
+    fn send(&self, i: u64) {
+        black_box(
+            self.rt
+                .block_on(self.replica.send(CONV, body(i)))
+                .expect("send"),
+        );
+    }
+
+    /// Sends/s of [`BURST`] sends queued at once, until every caller has its answer.
+    fn burst(&self, first: u64) -> f64 {
+        let bodies: Vec<Vec<u8>> = (0..BURST as u64).map(|k| body(first + k)).collect();
         let took = time(|| {
-            rt.block_on(async {
+            self.rt.block_on(async {
                 let mut tasks = tokio::task::JoinSet::new();
                 for b in bodies {
-                    let r = replica.clone();
+                    let r = self.replica.clone();
                     tasks.spawn(async move { r.send(CONV, b).await });
                 }
                 while let Some(done) = tasks.join_next().await {
@@ -349,16 +387,101 @@ fn main() {
                 }
             })
         });
-        rates.push(BURST as f64 / took.as_secs_f64());
+        BURST as f64 / took.as_secs_f64()
     }
-    rates.sort_by(f64::total_cmp);
+}
+
+fn main() {
+    let alice = member(0);
+    let bob = member(1);
+    let mut fx = fixture(&alice, &bob);
     println!(
-        "local_send/burst   {BURST} queued sends through the replica: median {:.0} sends/s \
-         (min {:.0}, max {:.0}, {N_BURSTS} bursts)",
-        rates[rates.len() / 2],
-        rates[0],
-        rates[rates.len() - 1]
+        "fixture: {N_HISTORY} messages of history, Send envelope {} B, files in {}",
+        fx.envelope_len,
+        env!("CARGO_TARGET_TMPDIR")
     );
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let replicas = [
+        OnRuntime::open("replica_mt", multi, &fx.replica_dirs[0], &alice),
+        OnRuntime::open("replica_ct", current, &fx.replica_dirs[1], &alice),
+    ];
+    let mut store = open_store(&fx.store_path, &alice);
+    let mut sqlite = Sqlite::open(&fx.sqlite_path, fx.envelope_len);
+    let mut floor = RedbFloor::open(&fx.floor_path, fx.envelope_len);
+    let mut i = 1u64;
+
+    // 1. Latency, alternating rounds.
+    let (mut ours, mut ours_cpu, mut in_memory) = (Vec::new(), Vec::new(), Vec::new());
+    let mut via_replica = [Vec::new(), Vec::new()];
+    let (mut peer, mut redb_floor) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            i += 1;
+            let cpu = cpu_time::ThreadTime::now();
+            ours.push(time(|| {
+                black_box(store.send(CONV, body(i), vec![], T0 + i).expect("send"));
+            }));
+            ours_cpu.push(cpu.elapsed());
+        }
+        for _ in 0..PER_ROUND {
+            i += 1;
+            let s = &mut fx.in_memory;
+            in_memory.push(time(|| {
+                black_box(s.send(CONV, body(i), vec![], T0 + i).expect("send"));
+            }));
+        }
+        for (r, samples) in replicas.iter().zip(&mut via_replica) {
+            for _ in 0..PER_ROUND {
+                i += 1;
+                samples.push(time(|| r.send(i)));
+            }
+        }
+        for _ in 0..PER_ROUND {
+            peer.push(time(|| sqlite.insert()));
+        }
+        for _ in 0..PER_ROUND {
+            redb_floor.push(time(|| floor.insert()));
+        }
+    }
+    let mut p99s = vec![("store", report("store", ours).1)];
+    report("store_cpu", ours_cpu);
+    report("store_mem", in_memory);
+    for (r, samples) in replicas.iter().zip(via_replica) {
+        p99s.push((r.name, report(r.name, samples).1));
+    }
+    p99s.push(("redb floor", report("redb", redb_floor).1));
+    let (_, sqlite_p99) = report("sqlite", peer);
+    for (name, p99) in p99s {
+        println!(
+            "local_send p99 ratio to sqlite: {name} {:.2}x",
+            p99.as_secs_f64() / sqlite_p99.as_secs_f64()
+        );
+    }
+
+    // 2. Bursts through the replicas.
+    for r in &replicas {
+        let mut rates = Vec::with_capacity(N_BURSTS);
+        for _ in 0..N_BURSTS {
+            rates.push(r.burst(i));
+            i += BURST as u64;
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "local_send/burst {}: {BURST} queued sends: median {:.0} sends/s (min {:.0}, max {:.0}, \
+             {N_BURSTS} bursts)",
+            r.name,
+            rates[rates.len() / 2],
+            rates[0],
+            rates[rates.len() - 1]
+        );
+    }
 
     // 3. Criterion's view of the same single sends.
     let mut c = Criterion::default().configure_from_args();
@@ -372,17 +495,26 @@ fn main() {
             black_box(store.send(CONV, body(i), vec![], T0 + i).expect("send"))
         })
     });
-    g.bench_function(BenchmarkId::new("replica_send_100B", N_HISTORY), |b| {
-        b.iter(|| {
-            i += 1;
-            black_box(rt.block_on(replica.send(CONV, body(i))).expect("send"))
-        })
-    });
+    for r in &replicas {
+        let id = format!("{}_send_100B", r.name);
+        g.bench_function(BenchmarkId::new(id, N_HISTORY), |b| {
+            b.iter(|| {
+                i += 1;
+                r.send(i)
+            })
+        });
+    }
     g.bench_function(
         BenchmarkId::new("sqlite_wal_full_message_outbox", N_HISTORY),
         |b| b.iter(|| sqlite.insert()),
     );
+    g.bench_function(
+        BenchmarkId::new("redb_immediate_message_outbox", N_HISTORY),
+        |b| b.iter(|| floor.insert()),
+    );
     g.finish();
-    rt.block_on(replica.close()).expect("close");
+    for r in &replicas {
+        r.rt.block_on(r.replica.close()).expect("close");
+    }
     c.final_summary();
 }
