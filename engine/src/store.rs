@@ -460,8 +460,8 @@ impl Store {
         Ok(self.log.device_marks(conversation, self.key.device())?)
     }
 
-    /// Signs a new event of this device, appends it and queues it in one durable transaction,
-    /// then folds it.
+    /// Signs a new event of this device, appends it and queues it in one transaction (durable
+    /// at once, or with the sync that ends [`Store::durably`]), then folds it.
     fn author(
         &mut self,
         conversation: ConversationId,
