@@ -219,7 +219,9 @@ pub enum Appended {
         /// Fold position in the conversation.
         position: u64,
     },
-    /// Stored, waiting for the conversation's [`Gate`] (see [`LogTxn::advance_gate`]).
+    /// Stored, waiting for the conversation's [`Gate`] (see [`LogTxn::advance_gate`]); or a
+    /// relay statement contradicting places the log holds, stored as evidence and never
+    /// folded (see [`LogTxn::append`]).
     Held,
     /// Already stored: nothing was written.
     Duplicate,
@@ -1130,12 +1132,66 @@ impl<'a> LogTxn<'a> {
     /// Appends one verified event, updates every index and admits it to its conversation's
     /// fold at once (for the device's own events, relay acks and tests). A duplicate writes
     /// nothing.
+    ///
+    /// A relay statement that gives a sequence to another event than a statement this log
+    /// already holds (the relay equivocated) is stored as evidence and reported
+    /// ([`ChainIssue::Equivocation`]), but never folded: the places shown first stay, and the
+    /// view never holds two messages claiming one sequence (one of them would vanish).
     pub fn append(&mut self, event: &Event) -> Result<Appended, LogError> {
+        let contested = if event.kind().is_sequencing() && !self.contains_event(event)? {
+            self.contested_places(event)?
+        } else {
+            Vec::new()
+        };
         if !self.store(event)? {
             return Ok(Appended::Duplicate);
         }
+        if !contested.is_empty() {
+            self.chain_issues.extend(contested);
+            return Ok(Appended::Held);
+        }
         let position = self.admit(event)?;
         Ok(Appended::New { position })
+    }
+
+    fn contains_event(&self, event: &Event) -> Result<bool, LogError> {
+        Ok(self.events.get(&event.id().0)?.is_some())
+    }
+
+    /// The places `statement` gives that a statement this log holds gives to another event.
+    fn contested_places(&self, statement: &Event) -> Result<Vec<ChainIssue>, LogError> {
+        let conversation = statement.conversation();
+        let mut issues = Vec::new();
+        // The statement holding the previous place, decoded once for the places it covers.
+        let mut held: Option<(EventId, Vec<Placement>)> = None;
+        for p in statement.placements() {
+            let Some(other) = covering_statement(&self.statements, &conversation, p.seq)? else {
+                continue;
+            };
+            if other == statement.id() {
+                continue;
+            }
+            if held.as_ref().is_none_or(|(id, _)| *id != other) {
+                let Some(g) = self.events.get(&other.0)? else {
+                    continue;
+                };
+                let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+                held = Some((other, ev.placements()));
+            }
+            let theirs = held
+                .as_ref()
+                .and_then(|(_, places)| places.iter().find(|q| q.seq == p.seq))
+                .map(|q| q.event);
+            if let Some(first) = theirs.filter(|e| *e != p.event) {
+                issues.push(ChainIssue::Equivocation {
+                    conversation,
+                    seq: p.seq,
+                    first,
+                    second: p.event,
+                });
+            }
+        }
+        Ok(issues)
     }
 
     /// Appends one verified event of another device: stored and chain-checked now, folded only
