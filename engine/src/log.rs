@@ -94,6 +94,14 @@ const WAITING: TableDefinition<(&[u8; 32], &[u8; 16]), u64> = TableDefinition::n
 /// receipt names.
 const STATEMENTS: TableDefinition<(&[u8; 16], u64), StatementValue> =
     TableDefinition::new("statements");
+/// n → a [`ChainIssue`] this log found (postcard), in the order found: kept so that a report
+/// the process found but died before the app took is reported again by the next process (see
+/// [`EventLog::chain_reports`]). Gaps and withheld sequences are not kept: the device derives
+/// them again after every catch-up. At most [`MAX_CHAIN_REPORTS`] rows.
+const CHAIN_REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("chain_reports");
+/// Most chain reports a log keeps (the first ones: one is enough to know the relay or an
+/// author misbehaved, and a hostile relay must not grow the log without bound).
+pub const MAX_CHAIN_REPORTS: u64 = 256;
 /// A `statements` row: (statement id, first seq it places).
 type StatementValue = (&'static [u8; 32], u64);
 
@@ -249,7 +257,7 @@ pub struct GateRun {
 /// fork means the author's key signed two events for one place (a cloned, restored or
 /// misbehaving device); a broken link or a gap means events were withheld, dropped or
 /// reordered on the way (by the relay, for example).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainIssue {
     /// Two different events claim the same place in an author's chain.
     Fork {
@@ -602,6 +610,20 @@ impl EventLog {
     ) -> Result<MembershipHistory, LogError> {
         let txn = self.db.begin_read()?;
         read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)
+    }
+
+    /// Every fork, broken link, equivocation and head mismatch this log found (the first
+    /// [`MAX_CHAIN_REPORTS`]), in the order found. A device reports them again when it starts:
+    /// the process that found one may have died before the app took the report.
+    pub fn chain_reports(&self) -> Result<Vec<ChainIssue>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHAIN_REPORTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("chain_reports", e))?);
+        }
+        Ok(out)
     }
 
     /// The id of the relay statement placing `seq` in `conversation` (the relay's chain head
@@ -1061,6 +1083,7 @@ pub struct LogTxn<'a> {
     memberships: redb::Table<'a, (Conv, u64), &'static [u8]>,
     waiting: redb::Table<'a, (Id32, Conv), u64>,
     statements: redb::Table<'a, (Conv, u64), (Id32, u64)>,
+    chain_reports: redb::Table<'a, u64, &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -1100,6 +1123,7 @@ impl<'a> LogTxn<'a> {
             memberships: txn.open_table(MEMBERSHIPS)?,
             waiting: txn.open_table(WAITING)?,
             statements: txn.open_table(STATEMENTS)?,
+            chain_reports: txn.open_table(CHAIN_REPORTS)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -1492,9 +1516,23 @@ impl<'a> LogTxn<'a> {
         Ok(())
     }
 
-    /// Breaks in authors' chains found by the appends of this transaction.
-    pub fn take_chain_issues(&mut self) -> Vec<ChainIssue> {
-        std::mem::take(&mut self.chain_issues)
+    /// Breaks in authors' chains found by the appends of this transaction. Forks, broken
+    /// links, equivocations and head mismatches are also kept in the log, within
+    /// [`MAX_CHAIN_REPORTS`] (see [`EventLog::chain_reports`]).
+    pub fn take_chain_issues(&mut self) -> Result<Vec<ChainIssue>, LogError> {
+        let issues = std::mem::take(&mut self.chain_issues);
+        let mut next = self.chain_reports.last()?.map_or(0, |(k, _)| k.value() + 1);
+        for issue in &issues {
+            if next >= MAX_CHAIN_REPORTS {
+                break;
+            }
+            if matches!(issue, ChainIssue::Gap { .. } | ChainIssue::Withheld { .. }) {
+                continue;
+            }
+            self.chain_reports.insert(next, encode(issue).as_slice())?;
+            next += 1;
+        }
+        Ok(issues)
     }
 
     /// Indexes `event` at its place in its author's chain, and records a [`ChainIssue`] when

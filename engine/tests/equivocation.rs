@@ -116,3 +116,71 @@ fn a_statement_contradicting_held_places_is_reported_and_changes_no_view() {
     );
     assert_eq!(places(&mut store), before, "the view changed");
 }
+
+/// A statement continuing the relay's other history breaks the link to the one shown here.
+#[test]
+fn the_statement_after_another_history_is_a_broken_link() {
+    let mut store = store();
+    let create = bobs(
+        1,
+        None,
+        EventKind::Create {
+            members: vec![bob().user(), UserId([1; 32])],
+        },
+    );
+    let m1 = bobs(2, Some(&create), message(b"first"));
+    let m2 = bobs(3, Some(&m1), message(b"second"));
+    let m3 = bobs(4, Some(&m2), message(b"third"));
+    let opening = statement(&[&create], 1, None);
+    let honest = statement(&[&m1, &m2], 2, Some(&opening));
+    let swapped = statement(&[&m2, &m1], 2, Some(&opening));
+    let next = statement(&[&m3], 4, Some(&honest));
+    let out = store
+        .apply(&[create, m1, m2, opening, swapped])
+        .expect("the other history");
+    assert!(out.chain_issues.is_empty(), "{:?}", out.chain_issues);
+    let out = store.apply(&[m3, next]).expect("the next statement");
+    assert!(
+        out.chain_issues
+            .iter()
+            .any(|i| matches!(i, ChainIssue::BrokenLink { counter: 4, .. })),
+        "{:?}",
+        out.chain_issues
+    );
+}
+
+/// Found by the simulator's equivocating relay (tests/sim, seed 566): the device stored the
+/// statement that broke the relay's chain and queued the report, then its process died (a
+/// power cut later in the same call) before the app took the report. The log kept the broken
+/// chain, and nothing ever reported it again.
+#[test]
+fn a_chain_report_survives_a_restart_before_the_app_took_it() {
+    use tidings_engine::{DeviceConfig, DeviceCore, DeviceEvent};
+    let mut store = store();
+    let create = bobs(
+        1,
+        None,
+        EventKind::Create {
+            members: vec![bob().user(), UserId([1; 32])],
+        },
+    );
+    let m1 = bobs(2, Some(&create), message(b"first"));
+    let m2 = bobs(3, Some(&m1), message(b"second"));
+    let opening = statement(&[&create], 1, None);
+    let swapped = statement(&[&m2, &m1], 2, Some(&opening));
+    let honest = statement(&[&m1, &m2], 2, Some(&opening));
+    store
+        .apply(&[create, m1, m2, opening, swapped])
+        .expect("the other history");
+    let out = store.apply(&[honest]).expect("the honest statement");
+    assert!(!out.chain_issues.is_empty(), "nothing found");
+    // The process dies here; the next one starts over the same log.
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    let reported: Vec<ChainIssue> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::Chain(issue) => Some(issue),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, out.chain_issues, "the report was lost");
+}
