@@ -207,17 +207,19 @@ impl fmt::Display for Stats {
         write!(
             f,
             "equivocating relay: {} seeds drawn, {} staged, {} tried (the victim kept the \
-             other history as a member), {} detected, {} not reached; detected by",
+             other history as a member), {} detected, {} not reached; seeds with each report:",
             self.equivocations_drawn,
             self.equivocations_staged,
             self.equivocations_tried,
             self.equivocations_detected,
             self.equivocations_unreached
         )?;
-        for (kind, n) in REPORT_KINDS.iter().zip(&self.equivocation_reports) {
-            write!(f, " {kind} in {n},")?;
-        }
-        writeln!(f, " seeds")?;
+        let reports: Vec<String> = REPORT_KINDS
+            .iter()
+            .zip(&self.equivocation_reports)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        writeln!(f, " {}", reports.join(", "))?;
         writeln!(
             f,
             "network: {} frames, {} delay spikes, {} lost with dead connections; \
