@@ -103,7 +103,9 @@ pub enum DeviceEvent {
         target: ServerSeq,
     },
     /// A break in an author's chain of events (see [`ChainIssue`]): events were withheld,
-    /// dropped or reordered on the way, or an author signed two events for one place.
+    /// dropped or reordered on the way, or an author signed two events for one place. Forks,
+    /// broken links, equivocations and head mismatches are given again by every
+    /// [`DeviceCore::new`] over the same log.
     Chain(ChainIssue),
     /// An event the relay sequenced that this device's own checks refused (a non-member's,
     /// a removed member's, a revoked or uncertified device's): kept out of the conversation.
@@ -356,7 +358,18 @@ fn retryable(code: ErrorCode) -> bool {
 
 impl DeviceCore {
     /// A device over `store`, pinning `relay` (the relay's DeviceId). `seed` drives jitter.
+    ///
+    /// The first events are the chain reports the log holds (forks, broken links,
+    /// equivocations, head mismatches, see [`crate::EventLog::chain_reports`]): a report is
+    /// given at least once, even when the process that found it died before the app took it.
     pub fn new(store: Store, relay: DeviceId, config: DeviceConfig, seed: u64) -> DeviceCore {
+        let events = match store.log().chain_reports() {
+            Ok(reports) => reports.into_iter().map(DeviceEvent::Chain).collect(),
+            Err(err) => {
+                tracing::warn!(%err, "chain reports unreadable; not reported again");
+                VecDeque::new()
+            }
+        };
         DeviceCore {
             store,
             config,
@@ -388,7 +401,7 @@ impl DeviceCore {
             blocked: BTreeSet::new(),
             user_actions: VecDeque::new(),
             transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
         }
     }
 

@@ -94,6 +94,14 @@ const WAITING: TableDefinition<(&[u8; 32], &[u8; 16]), u64> = TableDefinition::n
 /// receipt names.
 const STATEMENTS: TableDefinition<(&[u8; 16], u64), StatementValue> =
     TableDefinition::new("statements");
+/// n → a [`ChainIssue`] this log found (postcard), in the order found: kept so that a report
+/// the process found but died before the app took is reported again by the next process (see
+/// [`EventLog::chain_reports`]). Gaps and withheld sequences are not kept: the device derives
+/// them again after every catch-up. At most [`MAX_CHAIN_REPORTS`] rows.
+const CHAIN_REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("chain_reports");
+/// Most chain reports a log keeps (the first ones: one is enough to know the relay or an
+/// author misbehaved, and a hostile relay must not grow the log without bound).
+pub const MAX_CHAIN_REPORTS: u64 = 256;
 /// A `statements` row: (statement id, first seq it places).
 type StatementValue = (&'static [u8; 32], u64);
 
@@ -219,7 +227,9 @@ pub enum Appended {
         /// Fold position in the conversation.
         position: u64,
     },
-    /// Stored, waiting for the conversation's [`Gate`] (see [`LogTxn::advance_gate`]).
+    /// Stored, waiting for the conversation's [`Gate`] (see [`LogTxn::advance_gate`]); or a
+    /// relay statement contradicting places the log holds, stored as evidence and never
+    /// folded (see [`LogTxn::append`]).
     Held,
     /// Already stored: nothing was written.
     Duplicate,
@@ -247,7 +257,7 @@ pub struct GateRun {
 /// fork means the author's key signed two events for one place (a cloned, restored or
 /// misbehaving device); a broken link or a gap means events were withheld, dropped or
 /// reordered on the way (by the relay, for example).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainIssue {
     /// Two different events claim the same place in an author's chain.
     Fork {
@@ -633,6 +643,20 @@ impl EventLog {
     ) -> Result<MembershipHistory, LogError> {
         let txn = self.db.begin_read()?;
         read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)
+    }
+
+    /// Every fork, broken link, equivocation and head mismatch this log found (the first
+    /// [`MAX_CHAIN_REPORTS`]), in the order found. A device reports them again when it starts:
+    /// the process that found one may have died before the app took the report.
+    pub fn chain_reports(&self) -> Result<Vec<ChainIssue>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHAIN_REPORTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(postcard::from_bytes(v.value()).map_err(|e| corrupt("chain_reports", e))?);
+        }
+        Ok(out)
     }
 
     /// The id of the relay statement placing `seq` in `conversation` (the relay's chain head
@@ -1092,6 +1116,7 @@ pub struct LogTxn<'a> {
     memberships: redb::Table<'a, (Conv, u64), &'static [u8]>,
     waiting: redb::Table<'a, (Id32, Conv), u64>,
     statements: redb::Table<'a, (Conv, u64), (Id32, u64)>,
+    chain_reports: redb::Table<'a, u64, &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -1131,6 +1156,7 @@ impl<'a> LogTxn<'a> {
             memberships: txn.open_table(MEMBERSHIPS)?,
             waiting: txn.open_table(WAITING)?,
             statements: txn.open_table(STATEMENTS)?,
+            chain_reports: txn.open_table(CHAIN_REPORTS)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -1163,12 +1189,66 @@ impl<'a> LogTxn<'a> {
     /// Appends one verified event, updates every index and admits it to its conversation's
     /// fold at once (for the device's own events, relay acks and tests). A duplicate writes
     /// nothing.
+    ///
+    /// A relay statement that gives a sequence to another event than a statement this log
+    /// already holds (the relay equivocated) is stored as evidence and reported
+    /// ([`ChainIssue::Equivocation`]), but never folded: the places shown first stay, and the
+    /// view never holds two messages claiming one sequence (one of them would vanish).
     pub fn append(&mut self, event: &Event) -> Result<Appended, LogError> {
+        let contested = if event.kind().is_sequencing() && !self.contains_event(event)? {
+            self.contested_places(event)?
+        } else {
+            Vec::new()
+        };
         if !self.store(event)? {
             return Ok(Appended::Duplicate);
         }
+        if !contested.is_empty() {
+            self.chain_issues.extend(contested);
+            return Ok(Appended::Held);
+        }
         let position = self.admit(event)?;
         Ok(Appended::New { position })
+    }
+
+    fn contains_event(&self, event: &Event) -> Result<bool, LogError> {
+        Ok(self.events.get(&event.id().0)?.is_some())
+    }
+
+    /// The places `statement` gives that a statement this log holds gives to another event.
+    fn contested_places(&self, statement: &Event) -> Result<Vec<ChainIssue>, LogError> {
+        let conversation = statement.conversation();
+        let mut issues = Vec::new();
+        // The statement holding the previous place, decoded once for the places it covers.
+        let mut held: Option<(EventId, Vec<Placement>)> = None;
+        for p in statement.placements() {
+            let Some(other) = covering_statement(&self.statements, &conversation, p.seq)? else {
+                continue;
+            };
+            if other == statement.id() {
+                continue;
+            }
+            if held.as_ref().is_none_or(|(id, _)| *id != other) {
+                let Some(g) = self.events.get(&other.0)? else {
+                    continue;
+                };
+                let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+                held = Some((other, ev.placements()));
+            }
+            let theirs = held
+                .as_ref()
+                .and_then(|(_, places)| places.iter().find(|q| q.seq == p.seq))
+                .map(|q| q.event);
+            if let Some(first) = theirs.filter(|e| *e != p.event) {
+                issues.push(ChainIssue::Equivocation {
+                    conversation,
+                    seq: p.seq,
+                    first,
+                    second: p.event,
+                });
+            }
+        }
+        Ok(issues)
     }
 
     /// Appends one verified event of another device: stored and chain-checked now, folded only
@@ -1469,9 +1549,23 @@ impl<'a> LogTxn<'a> {
         Ok(())
     }
 
-    /// Breaks in authors' chains found by the appends of this transaction.
-    pub fn take_chain_issues(&mut self) -> Vec<ChainIssue> {
-        std::mem::take(&mut self.chain_issues)
+    /// Breaks in authors' chains found by the appends of this transaction. Forks, broken
+    /// links, equivocations and head mismatches are also kept in the log, within
+    /// [`MAX_CHAIN_REPORTS`] (see [`EventLog::chain_reports`]).
+    pub fn take_chain_issues(&mut self) -> Result<Vec<ChainIssue>, LogError> {
+        let issues = std::mem::take(&mut self.chain_issues);
+        let mut next = self.chain_reports.last()?.map_or(0, |(k, _)| k.value() + 1);
+        for issue in &issues {
+            if next >= MAX_CHAIN_REPORTS {
+                break;
+            }
+            if matches!(issue, ChainIssue::Gap { .. } | ChainIssue::Withheld { .. }) {
+                continue;
+            }
+            self.chain_reports.insert(next, encode(issue).as_slice())?;
+            next += 1;
+        }
+        Ok(issues)
     }
 
     /// Indexes `event` at its place in its author's chain, and records a [`ChainIssue`] when

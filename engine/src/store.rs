@@ -579,7 +579,7 @@ impl Store {
                     t.advance_gate(*c, directory, me, &|_| AuthorLookup::Asking)?,
                 ));
             }
-            Ok((results, t.take_dequeued(), t.take_chain_issues(), runs))
+            Ok((results, t.take_dequeued(), t.take_chain_issues()?, runs))
         })?;
         outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {

@@ -167,13 +167,16 @@ impl Oracle {
     }
 
     /// Checks one device's view of `conv` and raises its status high-water marks.
-    /// `member`: whether the device's user is a member.
+    /// `member`: whether the device's user is a member. `shown_other_history`: the relay
+    /// showed this device another history of `conv` than it acked (an equivocation the
+    /// simulator staged), so the seqs it shows are not compared with the acks.
     pub fn check_device_view(
         &mut self,
         dev: usize,
         core: &mut DeviceCore,
         conv: ConversationId,
         member: bool,
+        shown_other_history: bool,
     ) -> Result<(), Violation> {
         let c = core
             .store_mut()
@@ -203,7 +206,7 @@ impl Oracle {
                 ));
             }
             *best = r;
-            if let Some(seq) = m.seq {
+            if let Some(seq) = m.seq.filter(|_| !shown_other_history) {
                 match self.by_seq.get(&(conv, seq)) {
                     Some(e) if *e == m.record.event => {}
                     Some(e) => {

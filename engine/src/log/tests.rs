@@ -82,7 +82,7 @@ fn issues_of(log: &EventLog, events: &[Event]) -> Vec<ChainIssue> {
         for e in events {
             t.append(e)?;
         }
-        Ok(t.take_chain_issues())
+        t.take_chain_issues()
     })
     .expect("append")
 }

@@ -218,6 +218,11 @@ impl Sim {
             return Ok(());
         }
         let conv = known[self.rng.random_range(0..known.len())];
+        self.app_send_in(i, conv)
+    }
+
+    /// Device `i`'s user sends a message into `conv`.
+    pub(super) fn app_send_in(&mut self, i: usize, conv: ConversationId) -> Result<(), Violation> {
         self.n_messages += 1;
         let body = format!("{} #{}", self.devices[i].name, self.n_messages).into_bytes();
         let now = self.devices[i].dev_now(self.now);

@@ -304,9 +304,13 @@ impl Sim {
         }
         self.devices[i].dirty |= changed;
         for issue in chain {
-            // Every device here is honest and so is the relay: no author signs two events
-            // for one place and no link breaks. A gap can be honest for a while (a message
-            // that went FAILED at its author while later ones were acked).
+            if self.equivocation_report(i, &issue) {
+                continue;
+            }
+            // Every device here is honest and so is the relay (but for the equivocation
+            // above): no author signs two events for one place and no link breaks. A gap can
+            // be honest for a while (a message that went FAILED at its author while later
+            // ones were acked).
             match issue {
                 ChainIssue::Gap {
                     author, missing, ..

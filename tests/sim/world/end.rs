@@ -34,6 +34,7 @@ impl Sim {
             let b = self.now + self.rng.random_range(0..2_000);
             self.kill_conn(conn, Some(a), Some(b));
         }
+        self.equivocation_follow_up()?;
         self.queue.push(self.now + HEAL_TICK_MS, Ev::HealTick);
         Ok(())
     }
@@ -146,10 +147,12 @@ impl Sim {
             }
         }
         let ids: Vec<ConversationId> = self.convs.iter().map(|c| c.id).collect();
+        let exempt = self.equivocation.as_ref().and_then(|e| e.exempt());
         for id in ids {
             let mut first: Option<(String, tidings::engine::ConversationView)> = None;
             for i in 0..self.devices.len() {
-                if !is_member(&id, self.users[self.devices[i].user].id) {
+                // The victim of the relay's lie was shown another history of it.
+                if !is_member(&id, self.users[self.devices[i].user].id) || exempt == Some((i, id)) {
                     continue;
                 }
                 let name = self.devices[i].name.clone();
@@ -202,6 +205,7 @@ impl Sim {
             }
         }
         self.check_attacks()?;
+        self.check_equivocation()?;
         for i in 0..self.devices.len() {
             self.devices[i].dirty = true;
         }
@@ -247,7 +251,8 @@ impl Sim {
                         ));
                     }
                 }
-                if digest.is_empty() {
+                let exempt = self.equivocation.as_ref().and_then(|e| e.exempt());
+                if digest.is_empty() && exempt != Some((i, id)) {
                     for m in &view {
                         digest.extend_from_slice(&m.id.0);
                         digest.extend_from_slice(&m.seq.unwrap_or(0).to_be_bytes());
@@ -362,6 +367,7 @@ impl Sim {
     /// Per-step checks of every device whose view changed (and of all of them now and then).
     pub(super) fn check_dirty(&mut self) -> Result<(), Violation> {
         let all = self.step.is_multiple_of(FULL_CHECK_EVERY);
+        let exempt = self.equivocation.as_ref().and_then(|e| e.exempt());
         for i in 0..self.devices.len() {
             if !(self.devices[i].dirty || all) {
                 continue;
@@ -374,8 +380,9 @@ impl Sim {
             };
             for spec in &self.convs {
                 let member = spec.ever.contains(&user);
+                let shown_other_history = exempt == Some((i, spec.id));
                 self.oracle
-                    .check_device_view(i, core, spec.id, member)
+                    .check_device_view(i, core, spec.id, member, shown_other_history)
                     .map_err(|e| format!("device {name}: {e}"))?;
             }
         }

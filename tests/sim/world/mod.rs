@@ -210,6 +210,8 @@ pub struct Sim {
     attacks: AttackLog,
     /// The body of every message whose `send` returned Ok.
     bodies: HashMap<MessageId, Vec<u8>>,
+    /// The relay's lie to one device, in the seeds that stage one (see `equivocation`).
+    equivocation: Option<Equivocation>,
 }
 
 macro_rules! tr {
@@ -226,12 +228,14 @@ mod actions;
 mod attacks;
 mod device;
 mod end;
+mod equivocation;
 mod network;
 mod relay;
 mod stats;
 
 use actions::Profile;
 use attacks::{AttackLog, ADVERSARY_REQUESTS};
+use equivocation::Equivocation;
 pub use stats::Stats;
 
 impl Sim {
@@ -349,7 +353,9 @@ impl Sim {
             forged: Vec::new(),
             attacks,
             bodies: HashMap::new(),
+            equivocation: None,
         };
+        sim.equivocation = Equivocation::draw(seed, n_devices, &mut sim.stats);
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)
     }

@@ -52,6 +52,7 @@ impl Sim {
     }
 
     pub(super) fn send_down(&mut self, conn: ConnId, frame: ServerFrame) {
+        let frame = self.equivocate(conn, frame);
         self.stats.frames += 1;
         let Some(c) = self.conns.get(&conn) else {
             return;

@@ -1,6 +1,7 @@
 //! What a run did, summed over seeds for the report.
 
 use super::attacks::Attack;
+use super::equivocation::REPORT_KINDS;
 use super::HEAL_BOUND_MS;
 use std::fmt;
 
@@ -61,6 +62,19 @@ pub struct Stats {
     pub removals: u64,
     pub additions: u64,
     pub messages_delivered_everywhere: u64,
+    /// Seeds whose relay means to lie to one device (see `equivocation`).
+    pub equivocations_drawn: u64,
+    /// Of those, the ones where it did (an eligible frame to the victim came in time).
+    pub equivocations_staged: u64,
+    /// Of those, the ones whose victim still held the altered statement as a member at the
+    /// end: detection was reachable.
+    pub equivocations_tried: u64,
+    /// Of those, the ones some device reported (all of them, or the seed fails).
+    pub equivocations_detected: u64,
+    /// Staged, but the victim lost the altered statement or left the conversation.
+    pub equivocations_unreached: u64,
+    /// Per kind of [`REPORT_KINDS`], the detected seeds in which some device reported it.
+    pub equivocation_reports: [u64; REPORT_KINDS.len()],
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
     pub virtual_ms: u64,
@@ -112,10 +126,22 @@ impl Stats {
             removals,
             additions,
             messages_delivered_everywhere,
+            equivocations_drawn,
+            equivocations_staged,
+            equivocations_tried,
+            equivocations_detected,
+            equivocations_unreached,
             converge_ms_sum,
             virtual_ms
         );
         self.converge_ms_max = self.converge_ms_max.max(o.converge_ms_max);
+        for (a, b) in self
+            .equivocation_reports
+            .iter_mut()
+            .zip(&o.equivocation_reports)
+        {
+            *a += b;
+        }
         for (a, b) in self.attacks.iter_mut().zip(&o.attacks) {
             a.tried += b.tried;
             a.refused += b.refused;
@@ -178,6 +204,22 @@ impl fmt::Display for Stats {
             self.bodies_checked,
             self.bodies_waiting
         )?;
+        write!(
+            f,
+            "equivocating relay: {} seeds drawn, {} staged, {} tried (the victim kept the \
+             other history as a member), {} detected, {} not reached; seeds with each report:",
+            self.equivocations_drawn,
+            self.equivocations_staged,
+            self.equivocations_tried,
+            self.equivocations_detected,
+            self.equivocations_unreached
+        )?;
+        let reports: Vec<String> = REPORT_KINDS
+            .iter()
+            .zip(&self.equivocation_reports)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        writeln!(f, " {}", reports.join(", "))?;
         writeln!(
             f,
             "network: {} frames, {} delay spikes, {} lost with dead connections; \
