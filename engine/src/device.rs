@@ -26,7 +26,7 @@ use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId
 use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;
 use crate::store::RefusedEvent;
-use crate::store::{Store, StoreError};
+use crate::store::{Outgoing, Store, StoreError};
 use crate::wire::{
     sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope,
     ErrorCode, Invitation, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
@@ -447,6 +447,32 @@ impl DeviceCore {
         self.emit(changes);
         self.flush(now_ms)?;
         Ok(event.header().message_id())
+    }
+
+    /// Sends several messages with one durable commit ([`Store::send_all`]): each is durable
+    /// and visible (PENDING) before this returns, with its own outcome, in order. The outbox
+    /// is offered to the relay once, after the commit. A failure to offer it is logged, not
+    /// returned: the messages are durable and queued, and go at the next wake-up.
+    pub fn send_all(
+        &mut self,
+        outgoing: Vec<Outgoing>,
+        now_ms: u64,
+    ) -> Vec<Result<MessageId, DeviceError>> {
+        let results = self.store.send_all(outgoing, now_ms);
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                Ok((event, changes)) => {
+                    self.emit(changes);
+                    Ok(event.header().message_id())
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        if let Err(e) = self.flush(now_ms) {
+            tracing::warn!(error = %e, "could not offer the outbox after a send batch");
+        }
+        out
     }
 
     /// Adds `user` to a conversation (an admin's act); the next message starts a new epoch.

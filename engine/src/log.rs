@@ -349,6 +349,8 @@ pub const MAX_GAP_REPORT: usize = 64;
 pub struct EventLog {
     db: Database,
     incarnation: u64,
+    /// Durable commits made through this handle (see [`EventLog::durable_commits`]).
+    durable_commits: std::sync::atomic::AtomicU64,
 }
 
 /// Runs `open`, a redb `Database::create*` call, turning a panic inside redb into
@@ -470,7 +472,11 @@ impl EventLog {
             txn.open_table(EPOCH_KEYS)?;
         }
         txn.commit()?;
-        Ok(EventLog { db, incarnation })
+        Ok(EventLog {
+            db,
+            incarnation,
+            durable_commits: Default::default(),
+        })
     }
 
     /// A number that grows with every open of this log.
@@ -496,6 +502,32 @@ impl EventLog {
         self.write_with(Durability::None, f)
     }
 
+    /// Makes every commit before it durable (one fsync): the end of a run of
+    /// [`EventLog::write_lazy`] commits whose results nobody may rely on before it returns (a
+    /// group of sends, say). redb keeps lazy commits in memory and writes them with the next
+    /// durable commit, all or nothing: a crash before this returns loses the whole run.
+    pub fn sync(&self) -> Result<(), LogError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        self.count_durable(Durability::Immediate);
+        Ok(())
+    }
+
+    /// Durable commits (each one fsync) made through this handle since it was opened: what a
+    /// local action costs in syncs, for tests and benches.
+    pub fn durable_commits(&self) -> u64 {
+        self.durable_commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_durable(&self, durability: Durability) {
+        if matches!(durability, Durability::Immediate) {
+            self.durable_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn write_with<T>(
         &self,
         durability: Durability,
@@ -510,6 +542,7 @@ impl EventLog {
             out
         };
         txn.commit()?;
+        self.count_durable(durability);
         Ok(out)
     }
 

@@ -1,8 +1,10 @@
 //! A device's store: the event log plus the conversations folded from it.
 //!
-//! Call order: author local actions with [`Store::send`], [`Store::mark_read`],
-//! [`Store::mark_delivered`], [`Store::create_conversation`] (each one durable transaction:
-//! event + outbox entry); hand verified remote events to [`Store::apply`]; read with
+//! Call order: author local actions with [`Store::send`], [`Store::send_all`],
+//! [`Store::mark_read`], [`Store::mark_delivered`], [`Store::create_conversation`] (each one
+//! durable commit, one fsync, covering every event it writes with its outbox entry: a send that
+//! first shares its epoch key, or a batch of sends); hand verified remote events to
+//! [`Store::apply`]; read with
 //! [`Store::conversation`] (full view, loads the automerge document) or [`Store::latest`] (index
 //! tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
 
@@ -21,6 +23,8 @@ use rand::{rngs::StdRng, SeedableRng};
 mod evidence;
 mod keys;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
+#[cfg(test)]
+mod tests;
 pub use keys::{Body, KeyShareRefusal, RefusedKeyShare};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -29,6 +33,9 @@ pub const MAX_LOADED_DOCS: usize = 256;
 /// A document is snapshotted after at least this many folded events (or its message count,
 /// whichever is larger, so snapshot cost stays proportional to the work folded).
 pub const SNAPSHOT_EVERY: u64 = 1_000;
+/// Most messages one [`Store::send_all`] takes: one durable commit covers them all, and the
+/// first caller of a batch waits for the last message's work, so the batch stays short.
+pub const MAX_SEND_BATCH: usize = 256;
 
 /// Store settings.
 #[derive(Clone, Debug)]
@@ -80,6 +87,22 @@ pub enum StoreError {
     /// No such message in the outbox.
     #[error("message {0} is not in the outbox")]
     NotInOutbox(MessageId),
+    /// More messages than [`MAX_SEND_BATCH`] for one [`Store::send_all`].
+    #[error("{len} messages in one send batch, over the limit of {max}")]
+    BatchTooLarge {
+        /// Messages in the batch.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The durable commit that ended a [`Store::send_all`] failed: whether the batch's
+    /// messages are on disk is unknown (a later commit may still write them). The store
+    /// dropped what it cached, so reads show what the log holds.
+    #[error("the send batch's durable commit failed: {detail}")]
+    Unsynced {
+        /// The storage error.
+        detail: String,
+    },
     /// An epoch key this device should hold is missing.
     #[error("no key for epoch {0}")]
     NoKey(EventId),
@@ -128,6 +151,20 @@ pub struct ApplyOutcome {
     /// meanwhile. Listed after every batch while they last.
     pub removals_ahead: Vec<RemovalEvidence>,
 }
+
+/// One message for [`Store::send_all`].
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The body (at most [`crate::e2ee::MAX_PLAINTEXT_LEN`] bytes).
+    pub body: Vec<u8>,
+    /// Media it references.
+    pub media: Vec<MediaRef>,
+}
+
+/// What [`Store::send`] returns for one message: the event and the changes to show.
+pub type Sent = (Event, Vec<Change>);
 
 /// An event the device refused after the relay sequenced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,6 +227,10 @@ pub struct Store {
     key_requests: Vec<(ConversationId, EventId, DeviceId, UserId)>,
     /// Epoch-key shares refused since the last [`ApplyOutcome`].
     refused_keys: Vec<RefusedKeyShare>,
+    /// Inside [`Store::durably`]: events are committed without an fsync...
+    deferred: bool,
+    /// ... and one is owed at its end.
+    unsynced: bool,
 }
 
 impl Store {
@@ -219,6 +260,8 @@ impl Store {
             outbox: None,
             directory: None,
             waiting: HashSet::new(),
+            deferred: false,
+            unsynced: false,
         }
     }
 
@@ -249,22 +292,26 @@ impl Store {
         if !members.contains(&self.key.user()) {
             members.insert(0, self.key.user());
         }
-        let (event, mut changes) =
-            self.author(conversation, EventKind::Create { members }, now_ms)?;
-        if self.config.encrypt {
-            // The first epoch, sealed to the member devices known now (others get it when
-            // this device learns their certificates, or when they ask).
-            let devices = self.member_devices(conversation)?;
-            let (_, more) = self.start_epoch(conversation, 0, &devices, now_ms)?;
-            changes.extend(more);
-        }
-        Ok((event, changes))
+        self.durably(|s| {
+            let (event, mut changes) =
+                s.author(conversation, EventKind::Create { members }, now_ms)?;
+            if s.config.encrypt {
+                // The first epoch, sealed to the member devices known now (others get it when
+                // this device learns their certificates, or when they ask).
+                let devices = s.member_devices(conversation)?;
+                let (_, more) = s.start_epoch(conversation, 0, &devices, now_ms)?;
+                changes.extend(more);
+            }
+            Ok((event, changes))
+        })?
     }
 
     /// Sends a message: encrypted under the conversation's current epoch key (a new epoch is
-    /// started first when the membership changed since), durably in the log and the outbox
-    /// before this returns, PENDING at once. A body over [`crate::e2ee::MAX_PLAINTEXT_LEN`]
-    /// is refused with [`StoreError::BodyTooLarge`] before anything is written.
+    /// started, or the current one shared with member devices that lack it, first when
+    /// needed), durably in the log and the outbox before this returns, PENDING at once: one
+    /// durable commit (one fsync) for all the events it writes. A body over
+    /// [`crate::e2ee::MAX_PLAINTEXT_LEN`] is refused with [`StoreError::BodyTooLarge`] before
+    /// anything is written.
     ///
     /// The message id is derived from the event's header ([`EventHeader::message_id`]): a
     /// message belongs to its author. Read it from the returned event
@@ -275,7 +322,55 @@ impl Store {
         body: Vec<u8>,
         media: Vec<MediaRef>,
         now_ms: u64,
-    ) -> Result<(Event, Vec<Change>), StoreError> {
+    ) -> Result<Sent, StoreError> {
+        self.durably(|s| s.send_one(conversation, &body, media, now_ms))?
+    }
+
+    /// Sends several messages, in order, with ONE durable commit for them all (group commit):
+    /// each message is written as [`Store::send`] writes it, and none of them is on disk or
+    /// offered to the relay before the commit at the end. Each message has its own outcome
+    /// (a body over the limit fails alone); if the final commit fails, every message that got
+    /// that far fails with [`StoreError::Unsynced`]. At most [`MAX_SEND_BATCH`] messages: a
+    /// longer batch is refused, every message with [`StoreError::BatchTooLarge`], before
+    /// anything is written.
+    pub fn send_all(
+        &mut self,
+        outgoing: Vec<Outgoing>,
+        now_ms: u64,
+    ) -> Vec<Result<Sent, StoreError>> {
+        let len = outgoing.len();
+        if len > MAX_SEND_BATCH {
+            let max = MAX_SEND_BATCH;
+            return (0..len)
+                .map(|_| Err(StoreError::BatchTooLarge { len, max }))
+                .collect();
+        }
+        let mut results = Vec::with_capacity(outgoing.len());
+        let synced = self.durably(|s| {
+            for o in outgoing {
+                results.push(s.send_one(o.conversation, &o.body, o.media, now_ms));
+            }
+        });
+        if let Err(e) = synced {
+            let detail = e.to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(StoreError::Unsynced {
+                        detail: detail.clone(),
+                    });
+                }
+            }
+        }
+        results
+    }
+
+    fn send_one(
+        &mut self,
+        conversation: ConversationId,
+        body: &[u8],
+        media: Vec<MediaRef>,
+        now_ms: u64,
+    ) -> Result<Sent, StoreError> {
         let max = crate::e2ee::MAX_PLAINTEXT_LEN;
         if body.len() > max {
             return Err(StoreError::BodyTooLarge {
@@ -283,7 +378,34 @@ impl Store {
                 max,
             });
         }
-        self.send_encrypted(conversation, &body, media, now_ms)
+        self.send_encrypted(conversation, body, media, now_ms)
+    }
+
+    /// Runs `f` with the events it authors committed without an fsync, then makes them all
+    /// durable with one: a local action that writes several events, or several actions at
+    /// once, costs one fsync. What `f` wrote is synced even when `f` fails part-way (as each
+    /// event's own durable commit did before), so the log never keeps less than it told.
+    /// Nothing `f` writes may leave the device before this returns: the device core offers
+    /// its outbox to the relay only after the store call returned.
+    ///
+    /// When the sync fails, the cached outbox, documents and epoch keys are dropped (they may
+    /// hold what did not reach the disk) and reload from the log on next use.
+    fn durably<T>(&mut self, f: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
+        let outer = self.deferred;
+        self.deferred = true;
+        let out = f(self);
+        self.deferred = outer;
+        if outer || !self.unsynced {
+            return Ok(out);
+        }
+        self.unsynced = false;
+        if let Err(e) = self.log.sync() {
+            self.outbox = None;
+            self.docs.clear();
+            self.epochs.clear();
+            return Err(e.into());
+        }
+        Ok(out)
     }
 
     /// Adds `user` to the conversation (an admin's act); the next message starts a new epoch.
@@ -347,8 +469,8 @@ impl Store {
         Ok(self.log.device_marks(conversation, self.key.device())?)
     }
 
-    /// Signs a new event of this device, appends it and queues it in one durable transaction,
-    /// then folds it.
+    /// Signs a new event of this device, appends it and queues it in one transaction (durable
+    /// at once, or with the sync that ends [`Store::durably`]), then folds it.
     fn author(
         &mut self,
         conversation: ConversationId,
@@ -368,7 +490,7 @@ impl Store {
     ) -> Result<(Event, Vec<Change>), StoreError> {
         self.ensure_loaded(conversation)?;
         let key = self.key.clone();
-        let (event, position, entry) = self.log.write(|t| {
+        let txn = |t: &mut crate::log::LogTxn<'_>| {
             let head = t.chain_head(conversation, key.device())?;
             let lamport = t
                 .conversation_meta(conversation)?
@@ -392,7 +514,15 @@ impl Store {
             };
             let entry = t.enqueue(&event, now_ms)?;
             Ok((event, position, entry))
-        })?;
+        };
+        let (event, position, entry) = if self.deferred {
+            // Not visible to the relay before `durably` syncs: the device core reads the
+            // outbox only after this store call returns.
+            self.unsynced = true;
+            self.log.write_lazy(txn)?
+        } else {
+            self.log.write(txn)?
+        };
         if let Some(o) = self.outbox.as_mut() {
             o.insert(entry.position, entry);
         }

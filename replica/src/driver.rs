@@ -1,7 +1,8 @@
 //! The driver task: owns the device core and its connection, and only moves things around.
 //!
-//! Store calls (redb commits with fsync, about 0.2 ms) run on this task: a device does a few
-//! per user action, and keeping them here keeps every state change in one place, in order.
+//! Store calls (redb commits with fsync, about 0.2 ms) run on this task: one per user action,
+//! and keeping them here keeps every state change in one place, in order. Sends queued behind
+//! each other share one commit (group commit, see `Driver::send_queued`).
 
 use crate::{
     pin, Command, ConversationSnapshot, ConversationSummary, ReplicaConfig, ReplicaError, Update,
@@ -13,11 +14,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::device::PreparedFrame;
+use tidings_engine::store::{Outgoing, MAX_SEND_BATCH};
 use tidings_engine::wire::{
     encode_frame, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
     TLS_EXPORTER_LABEL,
 };
-use tidings_engine::{Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, Store, StoreConfig};
+use tidings_engine::{
+    Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store, StoreConfig,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -43,6 +47,9 @@ struct Live {
 
 type Dialed = Result<(Connection, SendStream, RecvStream, [u8; TLS_BINDING_LEN]), String>;
 
+/// A `Send` command taken off the queue: the message and who waits for its answer.
+type QueuedSend = (Outgoing, crate::Reply<MessageId>);
+
 struct Driver {
     core: DeviceCore,
     config: ReplicaConfig,
@@ -51,6 +58,8 @@ struct Driver {
     updates: broadcast::Sender<Update>,
     live: Option<Live>,
     dialing: Option<JoinHandle<Dialed>>,
+    /// A command taken off the queue while gathering a send batch, handled next.
+    held: Option<Command>,
 }
 
 pub(crate) async fn start(
@@ -102,6 +111,7 @@ pub(crate) async fn start(
         updates,
         live: None,
         dialing: None,
+        held: None,
     };
     tokio::spawn(driver.run());
     Ok(())
@@ -111,6 +121,13 @@ impl Driver {
     async fn run(mut self) {
         loop {
             self.pump().await;
+            if let Some(cmd) = self.held.take() {
+                match cmd {
+                    Command::Close(reply) => return self.close(reply).await,
+                    cmd => self.command(cmd).await,
+                }
+                continue;
+            }
             let now = now_ms();
             if self.live.is_none() && self.dialing.is_none() && self.core.poll_connect(now) {
                 self.dialing = Some(tokio::spawn(dial(
@@ -126,14 +143,7 @@ impl Driver {
             let sleep = wake.map(|t| Instant::now() + Duration::from_millis(t.saturating_sub(now)));
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
-                    Some(Command::Close(reply)) => {
-                        let result = self.shutdown().await;
-                        // The store (and its database file) is released before the caller
-                        // hears back, so the directory can be opened again at once.
-                        drop(self);
-                        let _ = reply.send(result);
-                        return;
-                    }
+                    Some(Command::Close(reply)) => return self.close(reply).await,
                     Some(cmd) => self.command(cmd).await,
                     None => {
                         let _ = self.shutdown().await;
@@ -215,6 +225,14 @@ impl Driver {
         }
     }
 
+    async fn close(mut self, reply: crate::Reply<()>) {
+        let result = self.shutdown().await;
+        // The store (and its database file) is released before the caller hears back, so
+        // the directory can be opened again at once.
+        drop(self);
+        let _ = reply.send(result);
+    }
+
     async fn shutdown(&mut self) -> Result<(), ReplicaError> {
         let result = self.core.store_mut().snapshot_all();
         if let Some(d) = self.dialing.take() {
@@ -244,8 +262,13 @@ impl Driver {
             Command::RemoveMember(c, user, r) => {
                 let _ = r.send(core.remove_member(c, user, now).map_err(Into::into));
             }
-            Command::Send(c, body, media, r) => {
-                let _ = r.send(core.send(c, body, media, now).map_err(Into::into));
+            Command::Send(conversation, body, media, r) => {
+                let first = Outgoing {
+                    conversation,
+                    body,
+                    media,
+                };
+                self.send_queued((first, r), now);
             }
             Command::MarkRead(c, up_to, r) => {
                 let _ = r.send(core.mark_read(c, up_to, now).map_err(Into::into));
@@ -300,6 +323,39 @@ impl Driver {
                 let _ = r.send(Ok(core.blocked()));
             }
             Command::Close(_) => {}
+        }
+    }
+}
+
+impl Driver {
+    /// Sends `first` and every send queued right behind it (up to [`MAX_SEND_BATCH`]) with
+    /// one durable commit (group commit): while a commit's fsync runs, callers queue up, and
+    /// the next commit takes them all. Each caller hears back only after the commit that
+    /// holds its message is on disk. A queued command of another kind ends the batch and is
+    /// handled right after it, so commands keep their order.
+    fn send_queued(&mut self, first: QueuedSend, now: u64) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_SEND_BATCH {
+            match self.commands.try_recv() {
+                Ok(Command::Send(conversation, body, media, r)) => batch.push((
+                    Outgoing {
+                        conversation,
+                        body,
+                        media,
+                    },
+                    r,
+                )),
+                Ok(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let (outgoing, replies): (Vec<Outgoing>, Vec<_>) = batch.into_iter().unzip();
+        let results = self.core.send_all(outgoing, now);
+        for (r, result) in replies.into_iter().zip(results) {
+            let _ = r.send(result.map_err(Into::into));
         }
     }
 }

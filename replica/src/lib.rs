@@ -402,7 +402,9 @@ impl Replica {
 
     /// Sends a message. The body is encrypted end to end under the conversation's key before
     /// anything is stored. Returns once it is durably in the local log and outbox and shows
-    /// as PENDING, whether or not the relay is reachable.
+    /// as PENDING, whether or not the relay is reachable. Sends queued at once (from several
+    /// tasks, or clones of this handle) share one durable commit: each returns when the
+    /// commit holding its message is on disk.
     pub async fn send(
         &self,
         conversation: ConversationId,

@@ -725,20 +725,20 @@ fn relay_round(
                 core.handle_frame(answer, now_ms).expect("devices");
             }
             ClientFrame::Submit { request_id, events } => {
-                let mut outcomes = Vec::new();
+                let (mut outcomes, mut records) = (Vec::new(), Vec::new());
                 for e in &events {
                     let ev = Event::decode(&e.0).expect("own event");
                     if let EventKind::KeyRequest { epoch } = ev.kind() {
                         asked.push(*epoch);
                     }
                     *seq += 1;
-                    outcomes.push(SubmitOutcome::Accepted {
-                        ack: ack(&ev, *seq, now_ms).into_bytes(),
-                    });
+                    outcomes.push(SubmitOutcome::Accepted { seq: *seq });
+                    records.push(Envelope(ack(&ev, *seq, now_ms).into_bytes()));
                 }
                 let result = ServerFrame::SubmitResult {
                     request_id,
                     outcomes,
+                    records,
                 };
                 core.handle_frame(result, now_ms).expect("result");
             }
@@ -812,7 +812,7 @@ fn a_refused_key_share_makes_the_device_ask_again() {
     );
     let cert = bob.certificate(&bob_user_key(), 1);
     store
-        .absorb_devices(&[cert.clone()], &[], &[])
+        .absorb_devices(std::slice::from_ref(&cert), &[], &[])
         .expect("directory");
     let events = [
         create.clone(),
@@ -857,10 +857,7 @@ fn a_refused_key_share_makes_the_device_ask_again() {
         t0,
     );
     seq += 1;
-    let push = ServerFrame::Push {
-        items: vec![item(&share, seq)],
-    };
-    core.handle_frame(push, t0).expect("push");
+    core.handle_frame(push(&share, seq), t0).expect("push");
     let refused: Vec<DeviceEvent> = std::iter::from_fn(|| core.poll_event())
         .filter(|e| matches!(e, DeviceEvent::KeyShareRefused(_)))
         .collect();
@@ -899,15 +896,18 @@ fn a_removal_held_past_a_withheld_sequence_is_reported_once() {
         t0,
     );
     let removal = bobs(3, Some(&send), EventKind::RemoveMember { user: carol }, t0);
-    let later = bobs(4, Some(&removal), EventKind::Read { up_to: 1 }, t0);
+    let later = bobs(
+        4,
+        Some(&removal),
+        EventKind::Read {
+            up_to: 1,
+            head: None,
+        },
+        t0,
+    );
     // Sequence 2 (Bob's message) never comes.
-    for items in [
-        vec![item(&create, 1)],
-        vec![item(&removal, 3)],
-        vec![item(&later, 4)],
-    ] {
-        core.handle_frame(ServerFrame::Push { items }, t0)
-            .expect("push");
+    for frame in [push(&create, 1), push(&removal, 3), push(&later, 4)] {
+        core.handle_frame(frame, t0).expect("push");
     }
     let reported: Vec<crate::store::RemovalEvidence> = std::iter::from_fn(|| core.poll_event())
         .filter_map(|e| match e {
