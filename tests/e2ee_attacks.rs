@@ -1320,7 +1320,7 @@ fn a_members_wrong_re_share_does_not_count_its_recipient_as_holding_the_key() {
     feed(&mut a, &poisoned);
     log.extend(poisoned);
     // Alice learns the new device and shares her epoch with the member devices that lack it.
-    a.absorb_devices(&[cb2.clone()], &[], &[])
+    a.absorb_devices(std::slice::from_ref(&cb2), &[], &[])
         .expect("certificate");
     a.share_current_epoch(X, relay.now).expect("share");
     let share = relay.pump(&mut a);
