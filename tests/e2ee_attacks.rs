@@ -1264,3 +1264,153 @@ fn a_removal_not_yet_sequenced_keeps_the_next_message_from_the_removed_member() 
     feed(&mut b, &batch);
     assert_eq!(body_of(&mut b, X, m), Body::WaitingForKey(epochs[0].0));
 }
+
+// ---- Who holds an epoch key: re-shares and recipient lists (issue #12 follow-up) ----
+
+/// The devices the `EpochKeys` events of `batch` share `epoch` with again.
+fn re_shared_to(batch: &[Event], epoch: EventId) -> Vec<tidings::engine::DeviceId> {
+    batch
+        .iter()
+        .filter_map(|e| match e.kind() {
+            EventKind::EpochKeys {
+                epoch: Some(named),
+                keys,
+                ..
+            } if *named == epoch => Some(keys.iter().map(|k| k.device)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_members_wrong_re_share_does_not_count_its_recipient_as_holding_the_key() {
+    let k = cast();
+    let (b2, cb2) = device(&k.bob, 22);
+    let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
+    let mut relay = EvilRelay::new();
+    // Neither Alice nor Bob knows Bob's second device when the epoch starts.
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    let m1 = send_text(&mut a, X, b"before the link", relay.now);
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    // Carol, a member, "shares" Alice's epoch with Bob's new device: a key of her own.
+    let wrong = tidings::engine::crypto::EpochKey::from_bytes([0x66; 32]);
+    let keys = tidings::engine::e2ee::seal_epoch_key(
+        X,
+        tidings::engine::e2ee::EpochOrigin::Shared(epoch),
+        &wrong,
+        &[(b2.device(), b2.agreement_public())],
+        &[[0x67; 32]],
+    );
+    let poison = forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: Some(epoch),
+            commitment: None,
+            keys,
+        },
+    );
+    let poisoned = relay.sequence(&poison);
+    feed(&mut a, &poisoned);
+    log.extend(poisoned);
+    // Alice learns the new device and shares her epoch with the member devices that lack it.
+    a.absorb_devices(std::slice::from_ref(&cb2), &[], &[])
+        .expect("certificate");
+    a.share_current_epoch(X, relay.now).expect("share");
+    let share = relay.pump(&mut a);
+    assert_eq!(
+        re_shared_to(&share, epoch),
+        vec![b2.device()],
+        "Alice counts Bob's new device as holding the key although Carol sealed it a wrong one"
+    );
+    log.extend(share);
+    let mut phone2 = store(b2.clone(), &certs);
+    let out = feed(&mut phone2, &log);
+    assert_eq!(out.refused_keys.len(), 1, "{:?}", out.refused_keys);
+    assert_eq!(
+        body_of(&mut phone2, X, m1),
+        Body::Text(b"before the link".to_vec())
+    );
+    assert!(phone2.missing_keys().is_empty());
+    // Bob checks the shares he cannot open against the key he holds: Alice's to his phone is
+    // right, so his next message shares nothing again (honest re-shares still count).
+    b.absorb_devices(&[cb2], &[], &[]).expect("certificate");
+    feed(&mut b, &log);
+    let m2 = send_text(&mut b, X, b"from bob", relay.now);
+    let sent = relay.pump(&mut b);
+    assert_eq!(re_shared_to(&sent, epoch), vec![], "a needless re-share");
+    assert_eq!(new_epochs(&sent), vec![]);
+    feed(&mut phone2, &sent);
+    assert_eq!(
+        body_of(&mut phone2, X, m2),
+        Body::Text(b"from bob".to_vec())
+    );
+}
+
+#[test]
+fn an_honest_sender_shares_an_epoch_with_a_device_its_opener_sealed_a_wrong_key_to() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    feed(&mut b, &log);
+    // Carol opens an epoch, commits to the key she seals to Alice and seals Bob another one.
+    let (k1, k2) = (
+        tidings::engine::crypto::EpochKey::from_bytes([0x71; 32]),
+        tidings::engine::crypto::EpochKey::from_bytes([0x72; 32]),
+    );
+    let origin = tidings::engine::e2ee::EpochOrigin::New {
+        author: k.c.device(),
+        counter: 1,
+    };
+    let mut keys = tidings::engine::e2ee::seal_epoch_key(
+        X,
+        origin,
+        &k1,
+        &[(k.a.device(), k.a.agreement_public())],
+        &[[0x73; 32]],
+    );
+    keys.extend(tidings::engine::e2ee::seal_epoch_key(
+        X,
+        origin,
+        &k2,
+        &[(k.b.device(), k.b.agreement_public())],
+        &[[0x74; 32]],
+    ));
+    let commitment = tidings::engine::e2ee::epoch_commitment(X, k.c.device(), 1, &k1);
+    let open = forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: None,
+            commitment: Some(commitment),
+            keys,
+        },
+    );
+    let start = log.len();
+    log.extend(relay.sequence(&open));
+    let epoch = open.id();
+    feed(&mut a, &log[start..]);
+    let out = feed(&mut b, &log[start..]);
+    assert_eq!(out.refused_keys.len(), 1, "{:?}", out.refused_keys);
+    // Alice sends under Carol's epoch, the newest. Only Carol (who will not) or Bob's own
+    // devices answer Bob's key requests, so Alice must not take Bob for a holder.
+    let m = send_text(&mut a, X, b"for everyone", relay.now);
+    let sent = relay.pump(&mut a);
+    assert!(
+        re_shared_to(&sent, epoch).contains(&k.b.device()),
+        "Alice counts Bob as holding the key although Carol sealed him a wrong one"
+    );
+    feed(&mut b, &sent);
+    assert_eq!(body_of(&mut b, X, m), Body::Text(b"for everyone".to_vec()));
+    assert!(b.missing_keys().is_empty());
+}

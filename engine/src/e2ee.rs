@@ -33,6 +33,7 @@ pub const MAX_PLAINTEXT_LEN: usize = crate::event::MAX_BODY_LEN - SEALED_BODY_OV
 const AAD_DOMAIN: &[u8] = b"tidings/body/v1\0";
 const EPOCH_DOMAIN: &[u8] = b"tidings/epoch/v1\0";
 const COMMIT_DOMAIN: &[u8] = b"tidings/epoch-commit/v1\0";
+const SHARE_EPHEMERAL_CONTEXT: &str = "tidings epoch share ephemeral v1";
 
 /// The public commitment to an epoch key that the epoch's opening event carries: keyed
 /// BLAKE3 under the key of `domain ‖ conversation ‖ author ‖ counter`. The epoch id cannot be
@@ -226,6 +227,55 @@ pub fn seal_epoch_key(
         .collect()
 }
 
+/// The X25519 ephemeral secret a store seals a share of `key` to `recipient` with: derived
+/// from the key and the sealing context instead of drawn at random. A device that holds the
+/// key can then seal the same share again and compare bytes ([`share_matches`]), and so learn
+/// whether a share it cannot open carries the key: it cannot open shares sealed to others.
+/// Only holders of the key can derive the ephemeral, and one ephemeral only ever seals that
+/// one key to that one recipient in that one context, so no key is reused for two plaintexts.
+pub fn share_ephemeral(
+    conversation: ConversationId,
+    origin: EpochOrigin,
+    key: &EpochKey,
+    recipient: &DeviceId,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(SHARE_EPHEMERAL_CONTEXT);
+    h.update(key.as_bytes());
+    h.update(&epoch_context(conversation, &origin, recipient));
+    *h.finalize().as_bytes()
+}
+
+/// Seals `key` to each recipient with ephemerals from [`share_ephemeral`]: shares every
+/// holder of the key can check.
+pub fn seal_epoch_key_checkable(
+    conversation: ConversationId,
+    origin: EpochOrigin,
+    key: &EpochKey,
+    recipients: &[(DeviceId, AgreementPublic)],
+) -> Vec<SealedKey> {
+    let ephemerals: Vec<[u8; 32]> = recipients
+        .iter()
+        .map(|(d, _)| share_ephemeral(conversation, origin, key, d))
+        .collect();
+    seal_epoch_key(conversation, origin, key, recipients, &ephemerals)
+}
+
+/// Whether `share` is `key` sealed to `public` (the recipient's certified X25519 key) as
+/// [`seal_epoch_key_checkable`] seals it. False for a wrong key, a garbled share, another
+/// recipient key, and for a share sealed with another ephemeral (a random one, as stores
+/// before checkable shares drew): such a share may hold the key, but nothing shows it.
+pub fn share_matches(
+    conversation: ConversationId,
+    origin: EpochOrigin,
+    key: &EpochKey,
+    share: &SealedKey,
+    public: &AgreementPublic,
+) -> bool {
+    let context = epoch_context(conversation, &origin, &share.device);
+    let ephemeral = share_ephemeral(conversation, origin, key, &share.device);
+    crypto::seal(public, &context, key.as_bytes(), ephemeral).is_ok_and(|s| s == share.sealed)
+}
+
 /// Opens this device's copy of an epoch key, if the event carries one for `me`.
 pub fn open_epoch_key(
     conversation: ConversationId,
@@ -317,5 +367,43 @@ mod tests {
             .expect("mine")
             .is_err());
         assert!(open_epoch_key(conv, origin, &sealed, DeviceId([12; 32]), &bob).is_none());
+    }
+
+    #[test]
+    fn a_holder_of_the_key_can_check_shares_sealed_to_others() {
+        let conv = ConversationId([1; 16]);
+        let bob = AgreementSecret::from_seed([2; 32]);
+        let b = DeviceId([11; 32]);
+        let key = EpochKey::from_bytes([42; 32]);
+        let origin = EpochOrigin::Shared(EventId([7; 32]));
+        let recipients = [(b, bob.public())];
+        let checkable = seal_epoch_key_checkable(conv, origin, &key, &recipients);
+        let opened = open_epoch_key(conv, origin, &checkable, b, &bob)
+            .expect("mine")
+            .expect("open");
+        assert_eq!(opened.as_bytes(), key.as_bytes());
+        let check = |share: &SealedKey, key: &EpochKey, origin| {
+            share_matches(conv, origin, key, share, &bob.public())
+        };
+        assert!(check(&checkable[0], &key, origin));
+        // Another key, another origin, a random ephemeral, another recipient key: no match.
+        let wrong = EpochKey::from_bytes([43; 32]);
+        let poison = seal_epoch_key_checkable(conv, origin, &wrong, &recipients);
+        assert!(!check(&poison[0], &key, origin));
+        assert!(!check(
+            &checkable[0],
+            &key,
+            EpochOrigin::Shared(EventId([8; 32]))
+        ));
+        let random = seal_epoch_key(conv, origin, &key, &recipients, &[[9; 32]]);
+        assert!(!check(&random[0], &key, origin));
+        let carol = AgreementSecret::from_seed([3; 32]);
+        assert!(!share_matches(
+            conv,
+            origin,
+            &key,
+            &checkable[0],
+            &carol.public()
+        ));
     }
 }

@@ -10,7 +10,7 @@ use super::{Store, StoreError};
 use crate::conversation::{Change, MessageView};
 use crate::crypto::{EpochKey, StorageKey};
 use crate::e2ee::{self, EpochOrigin, SealedBody};
-use crate::event::{Event, EventKind, MediaRef, MAX_SEALED_KEYS};
+use crate::event::{Event, EventKind, MediaRef, SealedKey, MAX_SEALED_KEYS};
 use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -70,17 +70,47 @@ pub(super) struct Epoch {
     key: [u8; 32],
     /// The device that started the epoch, when known.
     creator: Option<DeviceId>,
-    /// Devices the key was sealed to (as far as this device saw).
-    recipients: BTreeSet<DeviceId>,
+    /// Devices any share of the epoch named, as far as this device saw: who may hold the key.
+    /// An epoch named to a device outside the membership is no longer sent under.
+    named: BTreeSet<DeviceId>,
     /// For an epoch this device started: the membership change it was started after.
     based_on: Option<ServerSeq>,
+    /// Devices this device vouches hold the committed key: itself, the devices it sealed the
+    /// key to, and those whose share it sealed again byte for byte
+    /// ([`e2ee::share_matches`]). A sender shares the epoch with every member device missing
+    /// here; a share it cannot check (a wrong or garbled one, or one to a device whose
+    /// certificate it lacks) counts in `named` only, never here.
+    holders: BTreeSet<DeviceId>,
+}
+
+/// An epoch record as stores wrote it before `holders` existed: every named device was taken
+/// for a holder. Read back with `holders = named`, as it was used then.
+#[derive(Deserialize)]
+struct EpochV1 {
+    key: [u8; 32],
+    creator: Option<DeviceId>,
+    named: BTreeSet<DeviceId>,
+    based_on: Option<ServerSeq>,
+}
+
+impl From<EpochV1> for Epoch {
+    fn from(e: EpochV1) -> Epoch {
+        Epoch {
+            key: e.key,
+            creator: e.creator,
+            holders: e.named.clone(),
+            named: e.named,
+            based_on: e.based_on,
+        }
+    }
 }
 
 impl std::fmt::Debug for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Epoch")
             .field("creator", &self.creator)
-            .field("recipients", &self.recipients.len())
+            .field("named", &self.named.len())
+            .field("holders", &self.holders.len())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +123,13 @@ impl Epoch {
 
 /// Conversation → epoch → key, loaded from the log on first use.
 pub(super) type EpochCache = HashMap<ConversationId, HashMap<EventId, Epoch>>;
+
+/// An epoch record read back: the current layout, or the one before `holders`.
+fn decode_epoch(bytes: &[u8]) -> Option<Epoch> {
+    postcard::from_bytes::<Epoch>(bytes)
+        .ok()
+        .or_else(|| postcard::from_bytes::<EpochV1>(bytes).ok().map(Epoch::from))
+}
 
 fn record_context(conversation: ConversationId, epoch: EventId) -> Vec<u8> {
     let mut c = b"tidings/epoch-record/v1\0".to_vec();
@@ -124,7 +161,7 @@ impl Store {
             for (epoch, sealed) in self.log.epoch_keys(conversation)? {
                 let context = record_context(conversation, epoch);
                 let opened = self.storage.open_record(&context, &sealed).ok();
-                match opened.and_then(|b| postcard::from_bytes::<Epoch>(&b).ok()) {
+                match opened.and_then(|b| decode_epoch(&b)) {
                     Some(e) => {
                         map.insert(epoch, e);
                     }
@@ -216,7 +253,7 @@ impl Store {
         }
         let missing: Vec<_> = devices
             .iter()
-            .filter(|(d, _)| !e.recipients.contains(d))
+            .filter(|(d, _)| !e.holders.contains(d))
             .copied()
             .collect();
         if missing.is_empty() {
@@ -251,7 +288,7 @@ impl Store {
             .collect();
         for (id, e) in &candidates {
             // Sealed to nobody outside the membership (a removed member, a revoked device).
-            if !e.recipients.is_subset(&allowed) {
+            if !e.named.is_subset(&allowed) {
                 continue;
             }
             // Started after the last membership change: sequenced after it, or started here
@@ -285,7 +322,7 @@ impl Store {
                     .filter(|(d, _)| {
                         candidates
                             .iter()
-                            .any(|(i, e)| *i == id && !e.recipients.contains(d))
+                            .any(|(i, e)| *i == id && !e.holders.contains(d))
                     })
                     .copied()
                     .collect();
@@ -320,13 +357,12 @@ impl Store {
         // The opening event carries the commitment and the first shares; the other devices
         // get theirs in re-shares right after it (no silent cut: see `MAX_SEALED_KEYS`).
         let (first, rest) = devices.split_at(devices.len().min(MAX_SEALED_KEYS));
-        let ephemerals: Vec<[u8; 32]> = (0..first.len()).map(|_| self.random::<32>()).collect();
         let (event, mut changes) = self.author_with(conversation, now_ms, |h| {
             let origin = EpochOrigin::New {
                 author: h.author,
                 counter: h.counter,
             };
-            let keys = e2ee::seal_epoch_key(conversation, origin, &key, first, &ephemerals);
+            let keys = e2ee::seal_epoch_key_checkable(conversation, origin, &key, first);
             let commitment = e2ee::epoch_commitment(conversation, h.author, h.counter, &key);
             EventKind::EpochKeys {
                 epoch: None,
@@ -334,15 +370,16 @@ impl Store {
                 keys,
             }
         })?;
-        let recipients = match event.kind() {
+        let sealed_to: BTreeSet<DeviceId> = match event.kind() {
             EventKind::EpochKeys { keys, .. } => keys.iter().map(|k| k.device).collect(),
             _ => BTreeSet::new(),
         };
         let epoch = Epoch {
             key: *key.as_bytes(),
             creator: Some(me),
-            recipients,
+            named: sealed_to.clone(),
             based_on: Some(based_on),
+            holders: sealed_to,
         };
         self.keep_epoch(conversation, event.id(), epoch)?;
         if !rest.is_empty() {
@@ -370,15 +407,14 @@ impl Store {
         // crash between two leaves the rest to the next send (it shares with devices missing
         // from the recipients) or to their key requests.
         for chunk in devices.chunks(MAX_SEALED_KEYS) {
-            let ephemerals: Vec<[u8; 32]> = (0..chunk.len()).map(|_| self.random::<32>()).collect();
-            let keys = e2ee::seal_epoch_key(
+            let keys = e2ee::seal_epoch_key_checkable(
                 conversation,
                 EpochOrigin::Shared(epoch),
                 &key,
                 chunk,
-                &ephemerals,
             );
-            updated.recipients.extend(keys.iter().map(|k| k.device));
+            updated.named.extend(keys.iter().map(|k| k.device));
+            updated.holders.extend(keys.iter().map(|k| k.device));
             let (_, more) = self.author_with(conversation, now_ms, |_| EventKind::EpochKeys {
                 epoch: Some(epoch),
                 commitment: None,
@@ -456,10 +492,13 @@ impl Store {
                     };
                     let known = self.epochs_of(conversation)?.get(&id).cloned();
                     if let Some(mut e) = known {
-                        // Who else holds it matters for whether new messages may use it.
-                        let before = e.recipients.len();
-                        e.recipients.extend(keys.iter().map(|k| k.device));
-                        if e.recipients.len() != before {
+                        // Who else may hold it, and who surely does, decide whether new
+                        // messages may use it and whom a sender shares it with.
+                        let (n_named, n_holders) = (e.named.len(), e.holders.len());
+                        e.named.extend(keys.iter().map(|k| k.device));
+                        let checked = self.checked_holders(conversation, origin, &e, keys)?;
+                        e.holders.extend(checked);
+                        if (e.named.len(), e.holders.len()) != (n_named, n_holders) {
                             self.keep_epoch(conversation, id, e)?;
                         }
                         continue;
@@ -495,12 +534,15 @@ impl Store {
                                 None => Some(h.author),
                                 Some(e) => self.log.get(e)?.map(|ev| ev.header().author),
                             };
-                            let e = Epoch {
+                            let mut e = Epoch {
                                 key: *key.as_bytes(),
                                 creator,
-                                recipients: keys.iter().map(|k| k.device).collect(),
+                                named: keys.iter().map(|k| k.device).collect(),
                                 based_on: None,
+                                holders: BTreeSet::from([me]),
                             };
+                            let checked = self.checked_holders(conversation, origin, &e, keys)?;
+                            e.holders.extend(checked);
                             self.keep_epoch(conversation, id, e)?;
                             changes.push(Change::KeyArrived {
                                 conversation,
@@ -529,6 +571,40 @@ impl Store {
             }
         }
         Ok(changes)
+    }
+
+    /// The member devices `keys` (shares sealed under `origin`) give epoch `e`'s key, as far as
+    /// this device can tell: it seals each share again with the key it holds and the device's
+    /// certified X25519 key and compares bytes. Devices it does not know, or already counts,
+    /// are not checked (a scalar multiplication each).
+    fn checked_holders(
+        &mut self,
+        conversation: ConversationId,
+        origin: EpochOrigin,
+        e: &Epoch,
+        keys: &[SealedKey],
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        if keys.iter().all(|k| e.holders.contains(&k.device)) {
+            return Ok(Vec::new());
+        }
+        let key = e.key();
+        let members: HashMap<DeviceId, crate::crypto::AgreementPublic> =
+            self.member_devices(conversation)?.into_iter().collect();
+        let mut out = Vec::new();
+        for share in keys.iter().filter(|k| !e.holders.contains(&k.device)) {
+            let Some(public) = members.get(&share.device) else {
+                continue;
+            };
+            if e2ee::share_matches(conversation, origin, &key, share, public) {
+                out.push(share.device);
+            } else {
+                // A wrong key, or a share sealed with a random ephemeral (older stores): the
+                // device may hold the key, nothing shows it; the next send shares again.
+                tracing::debug!(%conversation, device = %share.device,
+                    "an epoch-key share does not check: its device is not counted as holding it");
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `key`, opened from the `EpochKeys` event `ev` for epoch `epoch`, is the key the
@@ -726,5 +802,30 @@ impl Store {
         let mut v: Vec<EventId> = self.epochs_of(conversation)?.keys().copied().collect();
         v.sort();
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_record_from_before_holders_reads_back_with_its_named_devices_as_holders() {
+        let named = BTreeSet::from([DeviceId([1; 32]), DeviceId([2; 32])]);
+        let old = postcard::to_stdvec(&([7u8; 32], Some(DeviceId([1; 32])), &named, Some(5u64)))
+            .expect("encode");
+        let e = decode_epoch(&old).expect("decodes");
+        assert_eq!(e.key, [7; 32]);
+        assert_eq!(e.creator, Some(DeviceId([1; 32])));
+        assert_eq!(e.based_on, Some(5));
+        assert_eq!((&e.named, &e.holders), (&named, &named));
+        // The current layout round-trips with its own holders.
+        let new = Epoch {
+            holders: BTreeSet::from([DeviceId([1; 32])]),
+            ..e
+        };
+        let back = decode_epoch(&postcard::to_stdvec(&new).expect("encode")).expect("decodes");
+        assert_eq!(back.holders, new.holders);
+        assert_eq!(back.named, named);
     }
 }
