@@ -573,17 +573,19 @@ impl DeviceCore {
         });
     }
 
-    /// Marks everything up to `up_to` read on this device (defaults to the latest message).
+    /// Marks everything up to `up_to` read on this device: by default everything it holds
+    /// without a gap, and never more (a receipt is a watermark; it must not cover messages that
+    /// have not arrived, even when the device's own later messages are acknowledged).
     pub fn mark_read(
         &mut self,
         conversation: ConversationId,
         up_to: Option<ServerSeq>,
         now_ms: u64,
     ) -> Result<(), DeviceError> {
-        let up_to = match up_to {
-            Some(s) => s,
-            None => self.store.conversation(conversation)?.max_seq(),
-        };
+        // A receipt is a watermark: it may cover only what the device holds without a gap (its
+        // own messages acknowledged past a gap are not "everything up to" them).
+        let held = self.store.log().cursor(&cursor_key(&conversation))?;
+        let up_to = up_to.unwrap_or(held).min(held);
         if let Some((_, changes)) = self.store.mark_read(conversation, up_to, now_ms)? {
             self.emit(changes);
         }
@@ -902,6 +904,9 @@ impl DeviceCore {
                 match self.requests.remove(&request_id) {
                     Some(Request::Pull(c)) => {
                         self.pulling.remove(&c);
+                        // Not served, so not caught up: receipts past what the log holds say
+                        // nothing about withholding there (a member removed since the Sync).
+                        self.synced.remove(&c);
                     }
                     Some(Request::Devices(ask)) => {
                         let units = if retryable(code) { 1 } else { ASK_UNITS };

@@ -925,3 +925,45 @@ fn a_removal_held_past_a_withheld_sequence_is_reported_once() {
         }]
     );
 }
+
+/// Found by the simulator (seed 2171 of 5,000): Bob's messages at sequences 2 and 3 had not
+/// reached this device yet, its own message was acknowledged at 4, and the user read the
+/// conversation. `mark_read(None)` took the highest visible sequence (its own message, 4) and
+/// signed "read up to 4": a receipt claiming messages it never showed, which its own
+/// withholding check then reported as withheld by the relay. A receipt covers only the
+/// gap-free part of the conversation.
+#[test]
+fn a_read_receipt_never_covers_a_gap() {
+    let t0 = 1_000_000;
+    let mut core = ready(DeviceConfig::default(), t0);
+    drain(&mut core);
+    let me = core.store().key().device();
+    let kind = EventKind::Create {
+        members: vec![bob_user(), UserId([1; 32])],
+    };
+    let create = bobs(1, None, kind, t0);
+    core.handle_frame(push(&create, 1), t0).expect("push");
+    drain(&mut core);
+    core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
+    let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
+        panic!("expected a Submit");
+    };
+    let mine = Event::decode(&events[0].0).expect("own event");
+    let result = ServerFrame::SubmitResult {
+        request_id,
+        outcomes: vec![SubmitOutcome::Accepted { seq: 4 }],
+        records: vec![Envelope(ack(&mine, 4, t0).into_bytes())],
+    };
+    core.handle_frame(result, t0).expect("result");
+    core.mark_read(CONV, None, t0).expect("read");
+    core.mark_read(CONV, Some(4), t0).expect("read");
+    let (_, read) = core.store().log().device_marks(CONV, me).expect("marks");
+    assert_eq!(read, 1, "read past sequences 2 and 3, which never arrived");
+    let withheld: Vec<ChainIssue> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::Chain(issue @ ChainIssue::Withheld { .. }) => Some(issue),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withheld, vec![], "own receipt reported as withholding");
+}
