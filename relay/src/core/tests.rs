@@ -2,8 +2,10 @@
 
 use super::*;
 use ed25519_dalek::SigningKey;
+use tidings_engine::wire::{self, ClientFrame, ConversationInfo, SubmitOutcome, UserChange};
 use tidings_engine::wire::{SignatureBytes, PROTOCOL_VERSION};
 use tidings_engine::MessageId;
+use tidings_engine::{EventId, EventKind, ServerSeq};
 
 const RELAY_SEED: [u8; 32] = [0xee; 32];
 
