@@ -2,7 +2,10 @@
 //!
 //! - One **core thread** owns the [`RelayCore`]. It takes inputs from a bounded queue, stages
 //!   submits from every connection and, whenever the writer is free, hands everything staged
-//!   to it as one group commit (acks signed first, spread over the cores). Outputs are routed
+//!   to it as one group commit (acks signed first, spread over the cores). A commit holds at
+//!   most `max_commit_batch` events; submits past it wait in the core and fill the next
+//!   commits round-robin by connection, so a flooding device delays another by at most one
+//!   commit; the core thread stops reading only when `core_queue` submits wait. Outputs are routed
 //!   after each input and after each finished commit. Blocking redb calls stay off the async
 //!   runtime.
 //! - One **writer thread** writes one commit at a time (`Durability::Immediate`) while the core
@@ -625,7 +628,6 @@ async fn core_loop(
             None
         }
     };
-    let max = d.core.limits().max_commit_batch;
     loop {
         let busy = writer.as_ref().is_some_and(|w| w.busy);
         if !busy && d.core.wants_commit(now_ms()) {
@@ -636,7 +638,6 @@ async fn core_loop(
             .then(|| d.core.commit_deadline())
             .flatten()
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-        let full = d.core.n_staged_events() >= max;
         let input = tokio::select! {
             biased;
             _ = &mut crash => return,
@@ -656,7 +657,9 @@ async fn core_loop(
                 }
                 continue;
             }
-            i = rx.recv(), if !(busy && full) => i,
+            // The core takes every submit (they wait their turn in it, round-robin by
+            // connection) up to its backlog bound; past it, reading stops.
+            i = rx.recv(), if !d.core.is_backlogged() => i,
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => continue,
         };
         let Some(input) = input else {
@@ -666,8 +669,9 @@ async fn core_loop(
         if let Some(reply) = d.handle(input) {
             return finish(d, writer, reply).await;
         }
-        // Drain what is already waiting, so that one commit covers it all.
-        while d.core.n_staged_events() < max {
+        // Drain what is already waiting, so that one commit covers it all and every
+        // connection's submits are in the core when the next batch is taken.
+        while !d.core.is_backlogged() {
             match rx.try_recv() {
                 Ok(i) => {
                     if let Some(reply) = d.handle(i) {

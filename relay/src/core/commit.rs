@@ -208,6 +208,7 @@ impl RelayCore {
             let e = StoreError::Ack(e);
             self.reset_heads();
             self.fail(staged, &e.to_string());
+            self.admit_waiting();
             return Err(e);
         }
         let records = staged
@@ -248,6 +249,8 @@ impl RelayCore {
                 })
                 .collect(),
         });
+        // The next batch fills from the waiting submits while this one is written.
+        self.admit_waiting();
         Ok(Some(CommitJob { staged, records }))
     }
 
@@ -274,6 +277,7 @@ impl RelayCore {
                 for p in waiters {
                     self.answer(p, Some(&msg));
                 }
+                self.admit_waiting();
             }
         }
     }

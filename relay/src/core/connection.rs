@@ -81,6 +81,7 @@ impl RelayCore {
         let Some(s) = self.sessions.remove(&session) else {
             return;
         };
+        self.waiting.remove_session(session);
         if s.counted {
             let pending = !matches!(s.phase, Phase::Ready { .. });
             self.admission.handle_closed(s.peer, pending);

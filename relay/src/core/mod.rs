@@ -15,7 +15,9 @@
 //!    signatures the caller verified elsewhere, [`RelayCore::handle_submit_verified`]).
 //! 3. When no input is waiting, or [`RelayCore::wants_commit`] says so: [`RelayCore::commit`],
 //!    one durable transaction for everything staged since the last one. Acks, registrations
-//!    and pushes are produced only after it.
+//!    and pushes are produced only after it. Submits past a full batch wait in the core and
+//!    are staged round-robin by session as commits make room; while
+//!    [`RelayCore::is_backlogged`], hand the core no more input.
 //! 4. After every call: drain [`RelayCore::poll_output`] and deliver each frame to its
 //!    session (or close it).
 //! 5. The connection ends: [`RelayCore::handle_disconnect`].
@@ -53,6 +55,7 @@ mod staged;
 pub mod store;
 mod submit;
 mod user_requests;
+mod waiting;
 
 pub use commit::CommitJob;
 pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
@@ -71,6 +74,7 @@ use tidings_engine::wire::{
     DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, ServerFrame,
 };
 use tidings_engine::{ConversationId, DeviceId, DeviceKey, Event, UserId};
+use waiting::Waiting;
 
 /// One place in a device's chain: (conversation, author, counter).
 type ChainSlot = (ConversationId, DeviceId, u64);
@@ -172,6 +176,8 @@ pub struct RelayCore {
     /// Each user's invitations, decisions and blocks (durable, plus staged invitations).
     consent: Consent,
     staged: Staged,
+    /// Submits waiting for room in a commit, served round-robin by session.
+    waiting: Waiting,
     outputs: VecDeque<Output>,
     sign_threads: usize,
     inflight: Option<Inflight>,
@@ -219,6 +225,7 @@ impl RelayCore {
             convs: HashMap::new(),
             consent: Consent::default(),
             staged: Staged::default(),
+            waiting: Waiting::default(),
             outputs: VecDeque::new(),
             sign_threads: match limits.ack_sign_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

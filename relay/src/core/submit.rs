@@ -5,6 +5,7 @@ use super::sequencing::Statement;
 use super::session::Phase;
 use super::staged::{PendingSubmit, Slot, StagedEvent};
 use super::store::{ChainInfo, ConversationRecord};
+use super::waiting::WaitingSubmit;
 use super::{ChainSlot, Conv, RelayCore, SessionId};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{ErrorCode, SubmitOutcome};
@@ -48,6 +49,8 @@ pub(super) fn server_ts(now_ms: u64, last_ms: u64, max_lead_ms: u64) -> u64 {
 impl RelayCore {
     /// A Submit whose envelopes were decoded and verified by the caller (with
     /// [`verify_batch`], e.g. on another thread), one result per envelope in batch order.
+    /// Staged at once while the commit has room, else it waits its turn (see
+    /// [`RelayCore::is_backlogged`]).
     pub fn handle_submit_verified(
         &mut self,
         session: SessionId,
@@ -64,6 +67,26 @@ impl RelayCore {
         if results.len() > self.limits.max_submit_batch {
             return self.batch_too_large(session, request_id, results.len());
         }
+        self.waiting.push(
+            session,
+            WaitingSubmit {
+                request_id,
+                results,
+                now_ms,
+            },
+        );
+        self.admit_waiting();
+    }
+
+    /// Checks a submit's events and stages those accepted for the next commit (answered
+    /// now if none needs a commit).
+    pub(super) fn stage_submit(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        results: Vec<Result<Event, DecodeError>>,
+        now_ms: u64,
+    ) {
         let Some((_, user)) = self.registered(session) else {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
