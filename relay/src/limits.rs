@@ -72,6 +72,9 @@ pub const MAX_COMMIT_BATCH: usize = 4096;
 pub const COMMIT_WINDOW_MS: u64 = 0;
 /// Default threads that sign a commit's acks (0: one per available core).
 pub const ACK_SIGN_THREADS: usize = 0;
+/// Default threads that verify submitted signatures, off the async runtime (0: one per
+/// available core). See [`crate::verify::VerifyPool`].
+pub const VERIFY_THREADS: usize = 0;
 /// Default capacity of the queue from connections to the core (inputs), and the most submits
 /// that wait in the core for room in a commit (past it the core stops reading that queue).
 pub const CORE_QUEUE: usize = 1024;
@@ -135,6 +138,8 @@ pub struct Limits {
     pub core_queue: usize,
     /// See [`ACK_SIGN_THREADS`].
     pub ack_sign_threads: usize,
+    /// See [`VERIFY_THREADS`].
+    pub verify_threads: usize,
 }
 
 impl Default for Limits {
@@ -164,6 +169,7 @@ impl Default for Limits {
             commit_window_ms: COMMIT_WINDOW_MS,
             core_queue: CORE_QUEUE,
             ack_sign_threads: ACK_SIGN_THREADS,
+            verify_threads: VERIFY_THREADS,
         }
     }
 }

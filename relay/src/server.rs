@@ -11,8 +11,9 @@
 //! - One **writer thread** writes one commit at a time (`Durability::Immediate`) while the core
 //!   stages and signs the next, then hands it back; only then are its acks sent and its events
 //!   pushed.
-//! - One **driver task** per connection reads frames, verifies Submit signatures in batches
-//!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
+//! - One **driver task** per connection reads frames, has Submit signatures verified by the
+//!   [`VerifyPool`] (the CPU-heavy part, off the core thread and off the runtime's workers,
+//!   which must keep polling QUIC), and forwards inputs to the core in order; a writer task
 //!   sends the frames the core routes to it. Before `Welcome` the driver reads only small
 //!   Hello/Auth frames, within one handshake deadline, and verifies nothing. After it, every
 //!   request kind goes through the connection's [`Meter`]: at most `max_inflight_requests`
@@ -32,6 +33,7 @@ use crate::config::RelayConfig;
 use crate::core::{CommitJob, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
+use crate::verify::VerifyPool;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -224,12 +226,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = config.limits.clone().clamped();
-    let shell = Shell {
-        core_tx,
-        admission: SharedAdmission::new(&limits),
-        limits,
-        metrics: metrics.clone(),
-    };
+    let shell = Shell::new(core_tx, limits, metrics.clone())?;
     let task = tokio::spawn(shell.serve(
         endpoint,
         async move {
@@ -262,12 +259,7 @@ pub async fn run(
     let limits = core.limits().clone();
     let metrics = core.metrics().clone();
     let (thread, core_tx) = spawn_core(core)?;
-    let shell = Shell {
-        core_tx,
-        admission: SharedAdmission::new(&limits),
-        limits,
-        metrics,
-    };
+    let shell = Shell::new(core_tx, limits, metrics)?;
     let result = shell
         .serve(
             endpoint,
@@ -716,9 +708,29 @@ struct Shell {
     admission: SharedAdmission,
     limits: crate::limits::Limits,
     metrics: RelayMetrics,
+    /// Verifies submits off the runtime's workers; stops with the shell.
+    verify: VerifyPool,
 }
 
 impl Shell {
+    fn new(
+        core_tx: mpsc::Sender<CoreInput>,
+        limits: crate::limits::Limits,
+        metrics: RelayMetrics,
+    ) -> Result<Shell, RelayError> {
+        let verify = VerifyPool::spawn(limits.verify_threads).map_err(|source| RelayError::Io {
+            what: "spawning the verification threads",
+            source,
+        })?;
+        Ok(Shell {
+            core_tx,
+            admission: SharedAdmission::new(&limits),
+            limits,
+            metrics,
+            verify,
+        })
+    }
+
     async fn serve(
         self,
         endpoint: quinn::Endpoint,
@@ -960,11 +972,13 @@ impl Shell {
                     if events.len() <= self.limits.max_submit_batch =>
                 {
                     self.metrics.verified(events.len());
-                    CoreInput::Submit(
-                        session,
-                        request_id,
-                        crate::verify::verify_batch_cached(&events, &mut keys),
-                    )
+                    let (results, cache) = self
+                        .verify
+                        .verify(events, std::mem::take(&mut keys))
+                        .await
+                        .ok_or(ConnError::VerifierGone)?;
+                    keys = cache;
+                    CoreInput::Submit(session, request_id, results)
                 }
                 f => CoreInput::Frame(session, f),
             };
@@ -1062,6 +1076,8 @@ enum ConnError {
     Protocol(&'static str),
     #[error("the core stopped")]
     CoreGone,
+    #[error("the verification threads stopped")]
+    VerifierGone,
 }
 
 async fn serve_metrics(
