@@ -693,7 +693,12 @@ async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::S
         }
     }
     drop(writer);
+    // Submits waiting past a full batch are committed too, batch by batch (each commit
+    // consumes waiting submits, so this ends).
     d.commit();
+    while d.core.has_staged() {
+        d.commit();
+    }
     d.core
         .close_all(ErrorCode::SHUTTING_DOWN, "the relay is shutting down");
     d.route();
