@@ -31,7 +31,7 @@ fn frame_name(f: &ClientFrame) -> &'static str {
 
 impl RelayCore {
     /// A new connection from `peer`, counted against the connection limits by the core's own
-    /// [`Admission`]. `tls_binding` is the keying material exported from its TLS session,
+    /// [`Admission`](crate::admission::Admission). `tls_binding` is the keying material exported from its TLS session,
     /// `nonce` fresh random bytes for its challenge.
     pub fn handle_connect(
         &mut self,
@@ -46,7 +46,7 @@ impl RelayCore {
         Ok(self.open_session(peer, tls_binding, nonce, true))
     }
 
-    /// A new connection from `peer` that an [`Admission`] outside the core already admitted
+    /// A new connection from `peer` that an [`Admission`](crate::admission::Admission) outside the core already admitted
     /// and counts (the server's shell, which decides on the first packet, before TLS).
     pub fn handle_admitted(
         &mut self,

@@ -48,7 +48,7 @@ pub(super) fn server_ts(now_ms: u64, last_ms: u64, max_lead_ms: u64) -> u64 {
 
 impl RelayCore {
     /// A Submit whose envelopes were decoded and verified by the caller (with
-    /// [`verify_batch`], e.g. on another thread), one result per envelope in batch order.
+    /// [`verify_batch`](super::verify_batch), e.g. on another thread), one result per envelope in batch order.
     /// Staged at once while the commit has room, else it waits its turn (see
     /// [`RelayCore::is_backlogged`]).
     pub fn handle_submit_verified(
