@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Prints accepted events/s and p50/p99 latency from submit to ServerAck and from submit to
-//! arrival at another member device. If `mosquitto` is on PATH (Debian package `mosquitto`),
+//! arrival at another member device, and fairness: ack p99/p50 and the spread of the devices'
+//! own median ack latencies. If `mosquitto` is on PATH (Debian package `mosquitto`, which
+//! installs it in /usr/sbin: run with `PATH=$PATH:/usr/sbin`),
 //! it also runs the same load against it (QoS 1, persistent sessions, same payload size, same
 //! senders and receivers) and prints the ratio. It installs nothing itself.
 //!
@@ -65,6 +67,10 @@ struct Args {
     /// Client UDP sockets the devices share.
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
+    /// Worker threads of the relay's own runtime, apart from the devices' (mosquitto runs in
+    /// its own process too); 0 runs the relay on the devices' runtime (before 2026-12-05).
+    #[arg(long, default_value_t = 2)]
+    relay_threads: usize,
 }
 
 /// One run's figures.
@@ -74,9 +80,24 @@ struct Row {
     secs: f64,
     ack_us: Vec<u64>,
     arrival_us: Vec<u64>,
+    /// Each device's median ack latency (µs): a starved device shows here even when the
+    /// overall percentiles hide it.
+    device_ack_p50_us: Vec<u64>,
 }
 
 impl Row {
+    /// Adds one device's figures.
+    fn add(&mut self, r: DeviceResult) {
+        let mut own = r.ack_us.clone();
+        own.sort_unstable();
+        if let Some(m) = own.get(own.len() / 2) {
+            self.device_ack_p50_us.push(*m);
+        }
+        self.events += r.acked;
+        self.ack_us.extend(r.ack_us);
+        self.arrival_us.extend(r.arrival_us);
+    }
+
     fn rate(&self) -> f64 {
         self.events as f64 / self.secs.max(1e-9)
     }
@@ -108,6 +129,17 @@ fn print_rows(rows: &mut [Row]) {
             pct(&r.ack_us, 0.99),
             pct(&r.arrival_us, 0.5),
             pct(&r.arrival_us, 0.99),
+        );
+    }
+    for r in rows.iter_mut() {
+        r.device_ack_p50_us.sort_unstable();
+        println!(
+            "{:<14} fairness: ack p99/p50 {:.1}; device ack medians min {:.2} ms, p50 {:.2} ms, max {:.2} ms",
+            r.system,
+            pct(&r.ack_us, 0.99) / pct(&r.ack_us, 0.5),
+            pct(&r.device_ack_p50_us, 0.0),
+            pct(&r.device_ack_p50_us, 0.5),
+            pct(&r.device_ack_p50_us, 1.0),
         );
     }
 }
@@ -166,7 +198,17 @@ fn main() -> Result<()> {
         if args.rate > 0.0 { format!("{}/s", args.rate) } else { "flood".into() },
         args.payload
     );
-    let mut rows = vec![rt.block_on(run_relay(&args))?];
+    let relay_rt = (args.relay_threads > 0)
+        .then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.relay_threads)
+                .thread_name("relay-rt")
+                .enable_all()
+                .build()
+        })
+        .transpose()?;
+    let relay_on = relay_rt.as_ref().map(|r| r.handle().clone());
+    let mut rows = vec![rt.block_on(run_relay(&args, relay_on))?];
     let envelope_len = rows_envelope_len(&args)?;
     if args.no_mqtt {
         println!("mosquitto: skipped (--no-mqtt)");
@@ -242,17 +284,18 @@ fn sign_all(args: &Args, keys: &[DeviceKey], heads: &[Option<EventId>]) -> Vec<V
     out
 }
 
-async fn run_relay(args: &Args) -> Result<Row> {
+async fn run_relay(args: &Args, relay_on: Option<tokio::runtime::Handle>) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let limits = Limits::default()
         .with_connections_per_prefix(args.devices + 16)
         .with_rate(10_000_000, 10_000_000);
-    let relay = tidings::relay::start(
-        RelayConfig::dev(dir.path())
-            .with_limits(limits)
-            .with_durable(!args.no_fsync),
-    )
-    .await?;
+    let config = RelayConfig::dev(dir.path())
+        .with_limits(limits)
+        .with_durable(!args.no_fsync);
+    let relay = match &relay_on {
+        Some(h) => h.spawn(tidings::relay::start(config)).await??,
+        None => tidings::relay::start(config).await?,
+    };
     let keys: Vec<DeviceKey> = (0..args.devices)
         .map(|i| {
             let user = UserId(user_key(i).verifying_key().to_bytes());
@@ -327,14 +370,13 @@ async fn run_relay(args: &Args) -> Result<Row> {
         secs: 0.0,
         ack_us: Vec::new(),
         arrival_us: Vec::new(),
+        device_ack_p50_us: Vec::new(),
     };
     let mut last_ack = start;
     for t in tasks {
         let r = t.await??;
-        row.events += r.acked;
-        row.ack_us.extend(r.ack_us);
-        row.arrival_us.extend(r.arrival_us);
         last_ack = last_ack.max(r.last_ack);
+        row.add(r);
     }
     row.secs = (last_ack - start).as_secs_f64();
     if row.events != total {
@@ -343,7 +385,10 @@ async fn run_relay(args: &Args) -> Result<Row> {
             row.events, total
         );
     }
-    relay.shutdown().await?;
+    match &relay_on {
+        Some(h) => h.spawn(relay.shutdown()).await??,
+        None => relay.shutdown().await?,
+    }
     Ok(row)
 }
 
@@ -655,14 +700,13 @@ async fn run_mqtt(args: &Args, bin: &std::path::Path, payload_len: usize) -> Res
             secs: 0.0,
             ack_us: Vec::new(),
             arrival_us: Vec::new(),
+            device_ack_p50_us: Vec::new(),
         };
         let mut last = start;
         for t in tasks {
             let r = t.await??;
-            row.events += r.acked;
-            row.ack_us.extend(r.ack_us);
-            row.arrival_us.extend(r.arrival_us);
             last = last.max(r.last_ack);
+            row.add(r);
         }
         row.secs = (last - start).as_secs_f64();
         Ok(row)

@@ -63,14 +63,20 @@ pub const MAX_HANDSHAKE_FRAME_LEN: usize = 512;
 /// clock: within it stamps never decrease (small clock steps back are absorbed); past it the
 /// previous stamp came from a clock that was wrong, and stamps follow the clock again.
 pub const MAX_TS_LEAD_MS: u64 = 60_000;
-/// Default most events in one group commit.
+/// Default most events in one group commit (it may end with the rest of the submit that
+/// crosses it). Submits past it wait in the core and fill the next commits one submit per
+/// connection per round.
 pub const MAX_COMMIT_BATCH: usize = 4096;
 /// Default longest wait (ms) before staged events are committed; 0 commits as soon as no
 /// input is waiting, which batches naturally under load (inputs queue up during an fsync).
 pub const COMMIT_WINDOW_MS: u64 = 0;
 /// Default threads that sign a commit's acks (0: one per available core).
 pub const ACK_SIGN_THREADS: usize = 0;
-/// Default capacity of the queue from connections to the core (inputs).
+/// Default threads that verify submitted signatures, off the async runtime (0: one per
+/// available core). See [`crate::verify::VerifyPool`].
+pub const VERIFY_THREADS: usize = 0;
+/// Default capacity of the queue from connections to the core (inputs), and the most submits
+/// that wait in the core for room in a commit (past it the core stops reading that queue).
 pub const CORE_QUEUE: usize = 1024;
 /// Default seconds without traffic before a QUIC connection is dropped.
 pub const IDLE_TIMEOUT_SECS: u64 = 30;
@@ -132,6 +138,8 @@ pub struct Limits {
     pub core_queue: usize,
     /// See [`ACK_SIGN_THREADS`].
     pub ack_sign_threads: usize,
+    /// See [`VERIFY_THREADS`].
+    pub verify_threads: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +169,7 @@ impl Default for Limits {
             commit_window_ms: COMMIT_WINDOW_MS,
             core_queue: CORE_QUEUE,
             ack_sign_threads: ACK_SIGN_THREADS,
+            verify_threads: VERIFY_THREADS,
         }
     }
 }

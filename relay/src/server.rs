@@ -2,14 +2,18 @@
 //!
 //! - One **core thread** owns the [`RelayCore`]. It takes inputs from a bounded queue, stages
 //!   submits from every connection and, whenever the writer is free, hands everything staged
-//!   to it as one group commit (acks signed first, spread over the cores). Outputs are routed
+//!   to it as one group commit (acks signed first, spread over the cores). A commit holds at
+//!   most `max_commit_batch` events; submits past it wait in the core and fill the next
+//!   commits round-robin by connection, so a flooding device delays another by at most one
+//!   commit; the core thread stops reading only when `core_queue` submits wait. Outputs are routed
 //!   after each input and after each finished commit. Blocking redb calls stay off the async
 //!   runtime.
 //! - One **writer thread** writes one commit at a time (`Durability::Immediate`) while the core
 //!   stages and signs the next, then hands it back; only then are its acks sent and its events
 //!   pushed.
-//! - One **driver task** per connection reads frames, verifies Submit signatures in batches
-//!   (the CPU-heavy part, off the core thread), and forwards inputs to the core; a writer task
+//! - One **driver task** per connection reads frames, has Submit signatures verified by the
+//!   [`VerifyPool`] (the CPU-heavy part, off the core thread and off the runtime's workers,
+//!   which must keep polling QUIC), and forwards inputs to the core in order; a writer task
 //!   sends the frames the core routes to it. Before `Welcome` the driver reads only small
 //!   Hello/Auth frames, within one handshake deadline, and verifies nothing. After it, every
 //!   request kind goes through the connection's [`Meter`]: at most `max_inflight_requests`
@@ -29,6 +33,7 @@ use crate::config::RelayConfig;
 use crate::core::{CommitJob, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
+use crate::verify::VerifyPool;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -221,12 +226,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = config.limits.clone().clamped();
-    let shell = Shell {
-        core_tx,
-        admission: SharedAdmission::new(&limits),
-        limits,
-        metrics: metrics.clone(),
-    };
+    let shell = Shell::new(core_tx, limits, metrics.clone())?;
     let task = tokio::spawn(shell.serve(
         endpoint,
         async move {
@@ -259,12 +259,7 @@ pub async fn run(
     let limits = core.limits().clone();
     let metrics = core.metrics().clone();
     let (thread, core_tx) = spawn_core(core)?;
-    let shell = Shell {
-        core_tx,
-        admission: SharedAdmission::new(&limits),
-        limits,
-        metrics,
-    };
+    let shell = Shell::new(core_tx, limits, metrics)?;
     let result = shell
         .serve(
             endpoint,
@@ -625,7 +620,6 @@ async fn core_loop(
             None
         }
     };
-    let max = d.core.limits().max_commit_batch;
     loop {
         let busy = writer.as_ref().is_some_and(|w| w.busy);
         if !busy && d.core.wants_commit(now_ms()) {
@@ -636,7 +630,6 @@ async fn core_loop(
             .then(|| d.core.commit_deadline())
             .flatten()
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-        let full = d.core.n_staged_events() >= max;
         let input = tokio::select! {
             biased;
             _ = &mut crash => return,
@@ -656,7 +649,9 @@ async fn core_loop(
                 }
                 continue;
             }
-            i = rx.recv(), if !(busy && full) => i,
+            // The core takes every submit (they wait their turn in it, round-robin by
+            // connection) up to its backlog bound; past it, reading stops.
+            i = rx.recv(), if !d.core.is_backlogged() => i,
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => continue,
         };
         let Some(input) = input else {
@@ -666,8 +661,9 @@ async fn core_loop(
         if let Some(reply) = d.handle(input) {
             return finish(d, writer, reply).await;
         }
-        // Drain what is already waiting, so that one commit covers it all.
-        while d.core.n_staged_events() < max {
+        // Drain what is already waiting, so that one commit covers it all and every
+        // connection's submits are in the core when the next batch is taken.
+        while !d.core.is_backlogged() {
             match rx.try_recv() {
                 Ok(i) => {
                     if let Some(reply) = d.handle(i) {
@@ -697,7 +693,12 @@ async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::S
         }
     }
     drop(writer);
+    // Submits waiting past a full batch are committed too, batch by batch (each commit
+    // consumes waiting submits, so this ends).
     d.commit();
+    while d.core.has_staged() {
+        d.commit();
+    }
     d.core
         .close_all(ErrorCode::SHUTTING_DOWN, "the relay is shutting down");
     d.route();
@@ -712,9 +713,29 @@ struct Shell {
     admission: SharedAdmission,
     limits: crate::limits::Limits,
     metrics: RelayMetrics,
+    /// Verifies submits off the runtime's workers; stops with the shell.
+    verify: VerifyPool,
 }
 
 impl Shell {
+    fn new(
+        core_tx: mpsc::Sender<CoreInput>,
+        limits: crate::limits::Limits,
+        metrics: RelayMetrics,
+    ) -> Result<Shell, RelayError> {
+        let verify = VerifyPool::spawn(limits.verify_threads).map_err(|source| RelayError::Io {
+            what: "spawning the verification threads",
+            source,
+        })?;
+        Ok(Shell {
+            core_tx,
+            admission: SharedAdmission::new(&limits),
+            limits,
+            metrics,
+            verify,
+        })
+    }
+
     async fn serve(
         self,
         endpoint: quinn::Endpoint,
@@ -956,11 +977,13 @@ impl Shell {
                     if events.len() <= self.limits.max_submit_batch =>
                 {
                     self.metrics.verified(events.len());
-                    CoreInput::Submit(
-                        session,
-                        request_id,
-                        crate::verify::verify_batch_cached(&events, &mut keys),
-                    )
+                    let (results, cache) = self
+                        .verify
+                        .verify(events, std::mem::take(&mut keys))
+                        .await
+                        .ok_or(ConnError::VerifierGone)?;
+                    keys = cache;
+                    CoreInput::Submit(session, request_id, results)
                 }
                 f => CoreInput::Frame(session, f),
             };
@@ -1058,6 +1081,8 @@ enum ConnError {
     Protocol(&'static str),
     #[error("the core stopped")]
     CoreGone,
+    #[error("the verification threads stopped")]
+    VerifierGone,
 }
 
 async fn serve_metrics(

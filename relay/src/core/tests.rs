@@ -2,8 +2,10 @@
 
 use super::*;
 use ed25519_dalek::SigningKey;
+use tidings_engine::wire::{self, ClientFrame, ConversationInfo, SubmitOutcome, UserChange};
 use tidings_engine::wire::{SignatureBytes, PROTOCOL_VERSION};
 use tidings_engine::MessageId;
+use tidings_engine::{EventId, EventKind, ServerSeq};
 
 const RELAY_SEED: [u8; 32] = [0xee; 32];
 
@@ -2180,4 +2182,89 @@ fn every_request_gets_exactly_one_answer() {
             );
         }
     }
+}
+
+/// A device that queues many submits cannot hold another back: a commit takes at most
+/// `max_commit_batch` events (plus the rest of one submit), one submit per session per round,
+/// so a light device's submit is answered by the next commit however many the flooder queued
+/// before it, and the flooder's backlog follows in later commits, in its own order.
+#[test]
+fn commits_take_sessions_round_robin_within_the_batch_cap() {
+    let limits = Limits {
+        max_commit_batch: 4,
+        ..Limits::default()
+    };
+    let mut net = Net::new(limits);
+    let mut a = net.connect(1, 10);
+    let mut b = net.connect(2, 20);
+    let c = create(&mut a, 1, &[1, 2]);
+    assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
+    accept(&mut net, &b, 1);
+    let submit = |net: &mut Net, dev: &Dev, evs: &[Event], id: u64| {
+        net.core.handle_frame(
+            dev.session,
+            ClientFrame::Submit {
+                request_id: id,
+                events: evs.iter().map(|e| Envelope(e.bytes().to_vec())).collect(),
+            },
+            net.now,
+        );
+    };
+    // The flooder queues 4 submits of 4 events, then the light device one of 1 event.
+    for id in 10..14 {
+        let evs: Vec<Event> = (0..4)
+            .map(|i| send(&mut a, 1, &format!("a{id}.{i}")))
+            .collect();
+        submit(&mut net, &a, &evs, id);
+    }
+    let light = send(&mut b, 1, "b");
+    submit(&mut net, &b, std::slice::from_ref(&light), 20);
+    let answered = |net: &mut Net| -> Vec<(SessionId, u64)> {
+        net.pump();
+        let mut out = Vec::new();
+        for (s, frames) in std::mem::take(&mut net.inbox) {
+            for f in frames {
+                if let ServerFrame::SubmitResult {
+                    request_id,
+                    outcomes,
+                    ..
+                } = f
+                {
+                    assert!(outcomes
+                        .iter()
+                        .all(|o| matches!(o, SubmitOutcome::Accepted { .. })));
+                    out.push((s, request_id));
+                }
+            }
+        }
+        out
+    };
+    let commits: Vec<Vec<(SessionId, u64)>> = (0..8).map(|_| answered(&mut net)).collect();
+    assert_eq!(
+        commits[0],
+        vec![(a.session, 10)],
+        "the first commit was full with the flooder's first submit"
+    );
+    assert!(
+        commits[1].contains(&(b.session, 20)),
+        "the light device waits behind the flooder's backlog: {commits:?}"
+    );
+    for c in &commits {
+        assert!(
+            c.len() <= 2,
+            "a commit past its cap of 4 events: {commits:?}"
+        );
+    }
+    let order: Vec<u64> = commits
+        .iter()
+        .flatten()
+        .filter(|(s, _)| *s == a.session)
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(
+        order,
+        vec![10, 11, 12, 13],
+        "the flooder's submits, each once, in order"
+    );
+    assert!(!net.core.has_staged());
 }

@@ -1,0 +1,170 @@
+//! Reads: `Pull` of a conversation's sequenced events, `Sync` of the conversations a user
+//! belongs to, and `Received`, which moves a device's cursor.
+
+use super::{RelayCore, SessionId};
+use std::ops::Bound;
+use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame};
+use tidings_engine::{ConversationId, ServerSeq, UserId};
+
+/// The most bytes one [`ConversationInfo`] takes in a frame: the id and two varints.
+pub(super) const CONVERSATION_INFO_MAX_LEN: usize = 16 + 10 + 10;
+/// The most bytes one [`wire::Invitation`] takes in a frame.
+pub(super) const INVITATION_MAX_LEN: usize = 16 + 32;
+
+impl RelayCore {
+    /// Whether `user` is a member at the head of the order (staged events included): what
+    /// submissions are checked against.
+    pub(super) fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.convs
+            .get(conv)
+            .is_some_and(|c| c.head.membership.is_member(user))
+    }
+
+    /// Whether `user` is a member after the last durable event: what reads are checked
+    /// against.
+    pub(super) fn is_committed_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.convs
+            .get(conv)
+            .and_then(|c| c.committed.as_ref())
+            .is_some_and(|r| r.membership.is_member(user))
+    }
+
+    pub(super) fn committed_seq(&self, conv: &ConversationId) -> Option<ServerSeq> {
+        self.convs
+            .get(conv)
+            .and_then(|c| c.committed.as_ref())
+            .map(|r| r.max_seq)
+    }
+
+    pub(super) fn on_pull(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        conv: ConversationId,
+        after_seq: ServerSeq,
+        limit: u32,
+    ) {
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        if !self.is_committed_member(&user, &conv) {
+            let msg = "unknown conversation or not a member";
+            return self.refuse(session, request_id, ErrorCode::NOT_MEMBER, msg);
+        }
+        let limit = (limit as usize).clamp(1, self.limits.max_page_items);
+        let budget = self.limits.max_frame_len.saturating_sub(4096);
+        match self.store.page(&conv, after_seq, limit, budget) {
+            Ok((events, records, more)) => self.send(
+                session,
+                ServerFrame::Page {
+                    request_id,
+                    conversation: conv,
+                    events,
+                    records,
+                    more,
+                },
+            ),
+            Err(e) => self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        }
+    }
+
+    /// One page of the user's accepted conversations after `after`, in id order; the first
+    /// page also carries the pending invitations and the blocked users. Pages are cut by
+    /// count and by the frame budget, and every page but the last names the next `after`:
+    /// however many conversations a user is in, a device reaches all of them.
+    pub(super) fn on_sync(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        after: Option<ConversationId>,
+    ) {
+        let Some((_, user)) = self.registered(session) else {
+            let msg = "device is not registered to its user";
+            return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
+        };
+        let (invitations, blocked) = if after.is_none() {
+            let invitations: Vec<wire::Invitation> = self
+                .consent
+                .pending(&user)
+                .into_iter()
+                .filter(|i| self.is_committed_member(&user, &i.conversation))
+                .take(wire::MAX_PENDING_INVITATIONS)
+                .collect();
+            let mut blocked = self.consent.blocked(&user);
+            blocked.truncate(wire::MAX_BLOCKED_USERS);
+            (invitations, blocked)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let lists = invitations.len() * INVITATION_MAX_LEN + blocked.len() * 32;
+        let budget = self.limits.max_frame_len.saturating_sub(4096 + lists);
+        let page = (budget / CONVERSATION_INFO_MAX_LEN).clamp(1, wire::MAX_LISTED_CONVERSATIONS);
+        let mut list: Vec<ConversationInfo> = Vec::new();
+        let mut next = None;
+        if let (Some(convs), Some(s)) = (self.user_convs.get(&user), self.sessions.get(&session)) {
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for c in convs.range((lower, Bound::Unbounded)) {
+                if !self.consent.is_accepted(&user, c) {
+                    continue;
+                }
+                let Some(rec) = self.convs.get(c).and_then(|c| c.committed.as_ref()) else {
+                    continue;
+                };
+                if list.len() == page {
+                    next = list.last().map(|i| i.conversation);
+                    break;
+                }
+                list.push(ConversationInfo {
+                    conversation: *c,
+                    max_seq: rec.max_seq,
+                    cursor: s.cursors.get(c).copied().unwrap_or(0),
+                });
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.push_on = true;
+            s.pull_mode = false;
+        }
+        self.send(
+            session,
+            ServerFrame::Conversations {
+                request_id,
+                conversations: list,
+                next,
+                invitations,
+                blocked,
+            },
+        );
+    }
+
+    pub(super) fn on_received(
+        &mut self,
+        session: SessionId,
+        conv: ConversationId,
+        up_to: u64,
+        now: u64,
+    ) {
+        let Some((device, user)) = self.registered(session) else {
+            return;
+        };
+        let Some(max) = self.committed_seq(&conv) else {
+            return;
+        };
+        if !self.is_committed_member(&user, &conv) {
+            return;
+        }
+        let up_to = up_to.min(max);
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.acknowledge(conv, up_to);
+        let cur = s.cursors.entry(conv).or_insert(0);
+        if up_to > *cur {
+            *cur = up_to;
+            self.staged.cursors.insert((device, conv), up_to);
+            self.staged.since_ms.get_or_insert(now);
+        }
+        self.update_fanout_metric();
+    }
+}
