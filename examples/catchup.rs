@@ -173,7 +173,21 @@ async fn main() -> Result<()> {
         "  … and receipts acknowledged: {total_s:>7.2} s  {:>9.0} messages/s",
         n_msgs as f64 / total_s
     );
+    match peak_resident_kib() {
+        Some(kib) => println!(
+            "  peak resident memory (VmHWM, this whole process: relay, filler and device): {:.1} MiB",
+            kib as f64 / 1024.0
+        ),
+        None => println!("  peak resident memory: /proc/self/status has no VmHWM here"),
+    }
     replica.close().await?;
     relay.shutdown().await?;
     Ok(())
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), in KiB.
+fn peak_resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -487,6 +487,36 @@ impl Conversation {
         out
     }
 
+    /// A message's record, as its author wrote it.
+    pub(crate) fn record(&self, id: &MessageId) -> Option<&MessageRecord> {
+        self.messages.get(id)
+    }
+
+    /// A message's lowest place: (seq, server ts).
+    pub(crate) fn place_of(&self, id: &MessageId) -> Option<(ServerSeq, u64)> {
+        self.seq_of.get(id).copied()
+    }
+
+    /// The `Create` event and the members it named.
+    pub(crate) fn create_record(&self) -> Option<(EventId, &[UserId])> {
+        self.members.as_ref().map(|(e, m)| (*e, m.as_slice()))
+    }
+
+    /// Every membership change known, by sequence.
+    pub(crate) fn memberships(&self) -> &MembershipHistory {
+        &self.memberships
+    }
+
+    /// Every device's watermarks.
+    pub(crate) fn all_device_marks(&self) -> impl Iterator<Item = (&DeviceId, &DeviceMarks)> {
+        self.devices.iter()
+    }
+
+    /// Messages with a record and no place yet, in view order.
+    pub(crate) fn pending_ids(&self) -> Vec<MessageId> {
+        self.pending.iter().map(|(_, m)| *m).collect()
+    }
+
     /// True when folding this ack would change nothing.
     pub(crate) fn knows_ack(&self, id: &MessageId, seq: ServerSeq) -> bool {
         self.by_seq.get(&seq).is_some_and(|m| m <= id)
