@@ -41,7 +41,7 @@ def parse(path):
 
 
 def svg(series):
-    width, height, left, right, top, bottom = 640, 400, 70, 20, 40, 50
+    width, height, left, right, top, bottom = 640, 400, 70, 50, 40, 50
     xs = [x for _, pts in series for x, _ in pts]
     ys = [y for _, pts in series for _, y in pts]
     if not xs:
