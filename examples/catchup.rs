@@ -9,7 +9,7 @@ use clap::Parser;
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::SubmitOutcome;
+use tidings::engine::wire::{SubmitOutcome, MAX_INVITATIONS_PER_INVITER};
 use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, UserId};
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::config::RelayConfig;
@@ -34,11 +34,17 @@ struct Args {
     timeout_secs: u64,
 }
 
-/// Signs every event Alice's filler device sends: a Create and the messages, per conversation.
-fn sign_all(key: &DeviceKey, bob: UserId, args: &Args) -> Vec<Event> {
+/// Signs every event a filler device sends: a Create and the messages, per conversation of
+/// `convs`.
+fn sign_all(
+    key: &DeviceKey,
+    bob: UserId,
+    args: &Args,
+    convs: std::ops::Range<usize>,
+) -> Vec<Event> {
     let per_conv = args.messages / args.conversations;
-    let mut out = Vec::with_capacity(args.messages + args.conversations);
-    for c in 0..args.conversations {
+    let mut out = Vec::with_capacity((per_conv + 1) * convs.len());
+    for c in convs {
         let mut id = [0xcc; 16];
         id[..8].copy_from_slice(&(c as u64).to_le_bytes());
         let conv = ConversationId(id);
@@ -77,42 +83,49 @@ async fn main() -> Result<()> {
         ..RelayConfig::default()
     })
     .await?;
-    let alice = SigningKey::from_bytes(&rand::random());
     let bob = SigningKey::from_bytes(&rand::random());
-    let alice_id = UserId(alice.verifying_key().to_bytes());
     let bob_id = UserId(bob.verifying_key().to_bytes());
 
-    // Fill the relay while Bob's device is off.
-    let filler = DeviceKey::from_seed(rand::random(), alice_id);
-    let t = Instant::now();
-    let events = sign_all(&filler, bob_id, &args);
-    let sign_s = t.elapsed().as_secs_f64();
+    // Fill the relay while Bob's device is off. The relay keeps at most
+    // MAX_INVITATIONS_PER_INVITER pending invitations from one user to another, so the
+    // conversations are spread over as many inviting users as that takes.
     let endpoint = client_endpoint("127.0.0.1:0".parse()?)?;
-    let mut client =
-        RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
-    client
-        .register(&alice, filler.device(), filler.agreement_public().0, 0)
-        .await?;
-    let t = Instant::now();
-    let batch = client.welcome().limits.max_submit_batch as usize;
-    // Creates first (a message may only follow its conversation's creation).
-    let (creates, sends): (Vec<Event>, Vec<Event>) = events
-        .into_iter()
-        .partition(|e| matches!(e.kind(), EventKind::Create { .. }));
-    for chunk in creates.chunks(batch).chain(sends.chunks(batch)) {
-        for o in client.submit(chunk).await? {
-            if let SubmitOutcome::Rejected { code, reason } = o {
-                bail!("filler event rejected: {code:?} {reason}");
+    let (mut sign_s, mut fill_s, mut n_msgs, mut n_creates) = (0.0, 0.0, 0, 0);
+    let per_filler = MAX_INVITATIONS_PER_INVITER;
+    for first in (0..args.conversations).step_by(per_filler) {
+        let convs = first..(first + per_filler).min(args.conversations);
+        let alice = SigningKey::from_bytes(&rand::random());
+        let filler = DeviceKey::from_seed(rand::random(), UserId(alice.verifying_key().to_bytes()));
+        let t = Instant::now();
+        let events = sign_all(&filler, bob_id, &args, convs);
+        sign_s += t.elapsed().as_secs_f64();
+        let mut client =
+            RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
+        client
+            .register(&alice, filler.device(), filler.agreement_public().0, 0)
+            .await?;
+        let t = Instant::now();
+        let batch = client.welcome().limits.max_submit_batch as usize;
+        // Creates first (a message may only follow its conversation's creation).
+        let (creates, sends): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| matches!(e.kind(), EventKind::Create { .. }));
+        for chunk in creates.chunks(batch).chain(sends.chunks(batch)) {
+            for o in client.submit(chunk).await? {
+                if let SubmitOutcome::Rejected { code, reason } = o {
+                    bail!("filler event rejected: {code:?} {reason}");
+                }
             }
         }
+        fill_s += t.elapsed().as_secs_f64();
+        client.close();
+        n_msgs += sends.len();
+        n_creates += creates.len();
     }
-    let fill_s = t.elapsed().as_secs_f64();
-    client.close();
-    let n_msgs = sends.len();
     let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
     println!(
         "filled the relay: {} messages in {} conversations (signing {:.2} s, submit {:.2} s = {:.0} events/s)",
-        n_msgs, args.conversations, sign_s, fill_s, (n_msgs + creates.len()) as f64 / fill_s
+        n_msgs, args.conversations, sign_s, fill_s, (n_msgs + n_creates) as f64 / fill_s
     );
 
     // Bob's device comes online with an empty store.
@@ -173,7 +186,21 @@ async fn main() -> Result<()> {
         "  … and receipts acknowledged: {total_s:>7.2} s  {:>9.0} messages/s",
         n_msgs as f64 / total_s
     );
+    match peak_resident_kib() {
+        Some(kib) => println!(
+            "  peak resident memory (VmHWM, this whole process: relay, filler and device): {:.1} MiB",
+            kib as f64 / 1024.0
+        ),
+        None => println!("  peak resident memory: /proc/self/status has no VmHWM here"),
+    }
     replica.close().await?;
     relay.shutdown().await?;
     Ok(())
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), in KiB.
+fn peak_resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,142 +1,20 @@
 //! The visible state of one conversation: messages in order with their statuses.
 //!
-//! [`Conversation`] is a plain-Rust mirror of the conversation's automerge document
-//! (see [`crate::doc`]): the document is the replicated truth, this mirror answers reads in
+//! [`Conversation`] is a plain-Rust mirror of the conversation's automerge documents
+//! (see [`crate::doc`]): the documents are the replicated truth, this mirror answers reads in
 //! O(1)/O(log n) and reports what each folded event changed. Every update here is a join
 //! (set insert, min of sequences, max of watermarks), which is why any order and any number of
 //! duplicates give the same state.
 
-use crate::event::MediaRef;
+mod view;
+
+pub use view::{
+    Change, ConversationView, DeviceMarks, MessageRecord, MessageView, Receipt, RecipientView,
+};
+
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::status::{derive_status, recipient_status, Status, UserMarks};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-/// A message as its author wrote it (what the `m:` key of the document holds).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageRecord {
-    /// The `Send` event.
-    pub event: EventId,
-    /// The sending device.
-    pub author: DeviceId,
-    /// The sending user.
-    pub user: UserId,
-    /// The sender's lamport clock at send time.
-    pub lamport: u64,
-    /// The sender's wall clock at send time.
-    pub wall_ms: u64,
-    /// Opaque body.
-    pub body: Vec<u8>,
-    /// Media references.
-    pub media: Vec<MediaRef>,
-}
-
-/// Which cumulative receipt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Receipt {
-    /// Reached the device.
-    Delivered,
-    /// Read on the device.
-    Read,
-}
-
-/// Watermarks of one device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceMarks {
-    /// The user the device acts for.
-    pub user: UserId,
-    /// Delivered up to (a read implies delivery, so this is at least `read`).
-    pub delivered: ServerSeq,
-    /// Read up to.
-    pub read: ServerSeq,
-}
-
-/// Something a folded event changed, for the UI to re-render.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Change {
-    /// A message became visible.
-    MessageAdded {
-        /// Conversation.
-        conversation: ConversationId,
-        /// Message.
-        message: MessageId,
-        /// Its status when it appeared.
-        status: Status,
-    },
-    /// A message's summary status moved.
-    StatusChanged {
-        /// Conversation.
-        conversation: ConversationId,
-        /// Message.
-        message: MessageId,
-        /// Before.
-        from: Status,
-        /// After.
-        to: Status,
-    },
-    /// A device's receipts moved (per-recipient detail, unread counts).
-    MarksChanged {
-        /// Conversation.
-        conversation: ConversationId,
-        /// The device whose watermark moved.
-        device: DeviceId,
-        /// Its user.
-        user: UserId,
-    },
-    /// The member list became known.
-    MembersChanged {
-        /// Conversation.
-        conversation: ConversationId,
-    },
-    /// The key of an epoch reached this device: messages shown as waiting for it can be
-    /// read now.
-    KeyArrived {
-        /// Conversation.
-        conversation: ConversationId,
-        /// The epoch.
-        epoch: EventId,
-    },
-}
-
-/// One message as a UI shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MessageView {
-    /// Message id.
-    pub id: MessageId,
-    /// Conversation.
-    pub conversation: ConversationId,
-    /// What the author wrote.
-    pub record: MessageRecord,
-    /// Server sequence, once the relay acknowledged it.
-    pub seq: Option<ServerSeq>,
-    /// Server timestamp, once acknowledged.
-    pub server_ts_ms: Option<u64>,
-    /// Summary status for the sender.
-    pub status: Status,
-}
-
-/// A message's status for one recipient user, with the user's devices.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecipientView {
-    /// The recipient user.
-    pub user: UserId,
-    /// Highest status over the user's devices.
-    pub status: Status,
-    /// Each device of the user that sent a receipt, with its watermarks.
-    pub devices: Vec<(DeviceId, DeviceMarks)>,
-}
-
-/// Everything visible about a conversation, for comparing two replicas.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConversationView {
-    /// Members, once the `Create` event is known.
-    pub members: Option<Vec<UserId>>,
-    /// Messages in view order.
-    pub messages: Vec<MessageView>,
-    /// Per-device watermarks.
-    pub devices: Vec<(DeviceId, DeviceMarks)>,
-}
 
 /// The in-memory state of one conversation.
 #[derive(Clone, Debug)]
@@ -485,6 +363,36 @@ impl Conversation {
             }
         }
         out
+    }
+
+    /// A message's record, as its author wrote it.
+    pub(crate) fn record(&self, id: &MessageId) -> Option<&MessageRecord> {
+        self.messages.get(id)
+    }
+
+    /// A message's lowest place: (seq, server ts).
+    pub(crate) fn place_of(&self, id: &MessageId) -> Option<(ServerSeq, u64)> {
+        self.seq_of.get(id).copied()
+    }
+
+    /// The `Create` event and the members it named.
+    pub(crate) fn create_record(&self) -> Option<(EventId, &[UserId])> {
+        self.members.as_ref().map(|(e, m)| (*e, m.as_slice()))
+    }
+
+    /// Every membership change known, by sequence.
+    pub(crate) fn memberships(&self) -> &MembershipHistory {
+        &self.memberships
+    }
+
+    /// Every device's watermarks.
+    pub(crate) fn all_device_marks(&self) -> impl Iterator<Item = (&DeviceId, &DeviceMarks)> {
+        self.devices.iter()
+    }
+
+    /// Messages with a record and no place yet, in view order.
+    pub(crate) fn pending_ids(&self) -> Vec<MessageId> {
+        self.pending.iter().map(|(_, m)| *m).collect()
     }
 
     /// True when folding this ack would change nothing.

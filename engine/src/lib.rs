@@ -2,8 +2,9 @@
 //!
 //! The sans-IO core of tidings: every user action is an [`Event`], signed by its device
 //! (ed25519), named by its hash (blake3), encoded with postcard, appended to a redb
-//! [`EventLog`] and folded into one automerge document per conversation
-//! ([`ConversationDoc`]), whose plain-Rust mirror ([`Conversation`]) answers reads.
+//! [`EventLog`] and folded into bounded automerge documents per conversation (a segment per
+//! 1,024 sequences and a small head: [`ConversationDoc`]), whose plain-Rust mirror
+//! ([`Conversation`]) answers reads.
 //!
 //! No async runtime, no sockets, no system clock, no OS randomness: time and key material come
 //! in as arguments, so a simulator can drive many devices deterministically.
@@ -46,7 +47,7 @@ pub mod wire;
 pub use conversation::{Change, Conversation, ConversationView, MessageRecord, MessageView};
 pub use device::{ConnectionState, DeviceConfig, DeviceCore, DeviceError, DeviceEvent};
 pub use directory::{DeviceDirectory, DirectoryRefusal};
-pub use doc::{ConversationDoc, DocError};
+pub use doc::{ConversationDoc, DocError, PartId};
 pub use event::{
     DecodeError, Event, EventHeader, EventKind, MediaRef, Placement, SealedKey, SeqEntry,
 };

@@ -64,8 +64,18 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const OUTBOX_BY_EVENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("outbox_by_event");
 /// free-form cursor name → value (e.g. the last pulled server seq of a conversation)
 const CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("cursors");
-/// conversation → (log position covered, saved automerge document)
-const SNAPSHOTS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots");
+/// (conversation, document: a segment number, or `u64::MAX` for the head) → (log position
+/// covered, saved automerge document). The head's row is written at every snapshot and its
+/// position is the one all of the conversation's rows cover (see [`crate::doc::PartId`]).
+const SNAPSHOTS: TableDefinition<(Conv, u64), SnapshotValue> =
+    TableDefinition::new("doc_snapshots");
+/// A `doc_snapshots` row: (log position covered, saved automerge document).
+type SnapshotValue = (u64, &'static [u8]);
+/// The table of one document per conversation that `doc_snapshots` replaced: dropped at open
+/// (snapshots are derived; the documents are rebuilt from the log).
+const OLD_SNAPSHOTS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("snapshots");
+/// The `doc_snapshots` row of a conversation's head document.
+const HEAD_PART: u64 = u64::MAX;
 /// conversation → postcard([`Gate`]): how far the device's own checks got
 const GATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("gates");
 /// event id → (): stored events of others waiting for the gate
@@ -102,6 +112,8 @@ const CHAIN_REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("chain_r
 /// Most chain reports a log keeps (the first ones: one is enough to know the relay or an
 /// author misbehaved, and a hostile relay must not grow the log without bound).
 pub const MAX_CHAIN_REPORTS: u64 = 256;
+/// A conversation's document snapshots: (log position covered, (part number, bytes) each).
+pub type SnapshotParts = (u64, Vec<(u64, Vec<u8>)>);
 /// A `statements` row: (statement id, first seq it places).
 type StatementValue = (&'static [u8; 32], u64);
 
@@ -474,6 +486,7 @@ impl EventLog {
             txn.open_table(OUTBOX_BY_EVENT)?;
             txn.open_table(CURSORS)?;
             txn.open_table(SNAPSHOTS)?;
+            txn.delete_table(OLD_SNAPSHOTS)?;
             txn.open_table(GATES)?;
             txn.open_table(HELD)?;
             txn.open_table(REFUSED)?;
@@ -883,17 +896,38 @@ impl EventLog {
             .unwrap_or((0, 0)))
     }
 
-    /// The latest snapshot of a conversation's document: (log position covered, bytes).
+    /// The latest snapshot of a conversation's head document: (log position covered by every
+    /// document of the conversation, bytes).
     pub fn snapshot(
         &self,
         conversation: ConversationId,
     ) -> Result<Option<(u64, Vec<u8>)>, LogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS)?;
-        Ok(table.get(&conversation.0)?.map(|g| {
+        Ok(table.get((&conversation.0, HEAD_PART))?.map(|g| {
             let (pos, bytes) = g.value();
             (pos, bytes.to_vec())
         }))
+    }
+
+    /// The latest snapshot of every document of a conversation: the log position they cover
+    /// (the head's), and each document's bytes by part number. `None` without a head row.
+    pub fn snapshot_parts(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<SnapshotParts>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let c = &conversation.0;
+        let Some(position) = table.get((c, HEAD_PART))?.map(|g| g.value().0) else {
+            return Ok(None);
+        };
+        let mut parts = Vec::new();
+        for row in table.range((c, 0u64)..=(c, u64::MAX))? {
+            let (k, v) = row?;
+            parts.push((k.value().1, v.value().1.to_vec()));
+        }
+        Ok(Some((position, parts)))
     }
 
     /// The server seq and timestamp an event was acknowledged with.
@@ -1107,7 +1141,7 @@ pub struct LogTxn<'a> {
     outbox: redb::Table<'a, u64, &'static [u8]>,
     outbox_by_event: redb::Table<'a, Id32, u64>,
     cursors: redb::Table<'a, &'static [u8], u64>,
-    snapshots: redb::Table<'a, Conv, (u64, &'static [u8])>,
+    snapshots: redb::Table<'a, (Conv, u64), SnapshotValue>,
     gates: redb::Table<'a, Conv, &'static [u8]>,
     held: redb::Table<'a, Id32, ()>,
     refused: redb::Table<'a, Id32, (Conv, &'static str)>,
@@ -1810,20 +1844,35 @@ impl<'a> LogTxn<'a> {
         Ok(self.cursors.get(name)?.map(|g| g.value()).unwrap_or(0))
     }
 
-    /// Stores a conversation's document as of log position `position`.
+    /// Stores a conversation's head document as of log position `position`.
     pub fn put_snapshot(
         &mut self,
         conversation: ConversationId,
         position: u64,
         bytes: &[u8],
     ) -> Result<(), LogError> {
-        self.snapshots.insert(&conversation.0, (position, bytes))?;
+        self.put_snapshot_part(conversation, HEAD_PART, position, bytes)
+    }
+
+    /// Stores one document of a conversation (by part number, `u64::MAX` for the head) as of
+    /// log position `position`.
+    pub fn put_snapshot_part(
+        &mut self,
+        conversation: ConversationId,
+        part: u64,
+        position: u64,
+        bytes: &[u8],
+    ) -> Result<(), LogError> {
+        self.snapshots
+            .insert((&conversation.0, part), (position, bytes))?;
         Ok(())
     }
 
-    /// Drops a conversation's snapshot (it will be rebuilt from the log).
+    /// Drops every document snapshot of a conversation (they will be rebuilt from the log).
     pub fn drop_snapshot(&mut self, conversation: ConversationId) -> Result<(), LogError> {
-        self.snapshots.remove(&conversation.0)?;
+        let c = &conversation.0;
+        self.snapshots
+            .retain_in((c, 0u64)..=(c, u64::MAX), |_, _| false)?;
         Ok(())
     }
 }

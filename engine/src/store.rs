@@ -10,7 +10,7 @@
 
 use crate::conversation::{Change, Conversation, MessageView};
 use crate::directory::{Certified, DeviceDirectory, DirectoryRefusal, Revoked};
-use crate::doc::{ConversationDoc, DocError};
+use crate::doc::{ConversationDoc, DocError, PartId};
 use crate::event::{DecodeError, Event, EventKind, MediaRef};
 use crate::gate::{AuthorLookup, Refusal};
 use crate::identity::DeviceKey;
@@ -30,8 +30,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
 pub const MAX_LOADED_DOCS: usize = 256;
-/// A document is snapshotted after at least this many folded events (or its message count,
-/// whichever is larger, so snapshot cost stays proportional to the work folded).
+/// A conversation's documents are snapshotted after at least this many folded events; only the
+/// documents written since their last snapshot are saved, so the cost stays proportional to
+/// the work folded.
 pub const SNAPSHOT_EVERY: u64 = 1_000;
 /// Most messages one [`Store::send_all`] takes: one durable commit covers them all, and the
 /// first caller of a batch waits for the last message's work, so the batch stays short.
@@ -936,11 +937,17 @@ impl Store {
         let Some(l) = self.docs.get_mut(&conversation) else {
             return Ok(());
         };
-        let bytes = l.doc.save();
+        // Only the documents written since their last save (the head always): a snapshot
+        // costs what was folded, not the conversation's history.
+        let parts = l.doc.save_parts();
         let position = l.position;
         l.since_snapshot = 0;
-        self.log
-            .write_lazy(|t| t.put_snapshot(conversation, position, &bytes))?;
+        self.log.write_lazy(|t| {
+            for (part, bytes) in &parts {
+                t.put_snapshot_part(conversation, part.to_u64(), position, bytes)?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -973,7 +980,7 @@ impl Store {
             l.since_snapshot += 1;
         }
         l.doc.commit();
-        if l.since_snapshot >= every.max(l.doc.state().len() as u64) {
+        if l.since_snapshot >= every {
             self.snapshot(conversation)?;
         }
         Ok(changes)
@@ -997,9 +1004,13 @@ impl Store {
         }
         self.evict_if_full()?;
         let actor = self.actor(conversation);
-        let (mut doc, mut position) = match self.log.snapshot(conversation)? {
-            Some((pos, bytes)) => {
-                match ConversationDoc::load(conversation, &bytes, actor.clone()) {
+        let (mut doc, mut position) = match self.log.snapshot_parts(conversation)? {
+            Some((pos, rows)) => {
+                let parts: Vec<(PartId, &[u8])> = rows
+                    .iter()
+                    .map(|(k, b)| (PartId::from_u64(*k), b.as_slice()))
+                    .collect();
+                match ConversationDoc::load_parts(conversation, &parts, actor.clone()) {
                     Ok(doc) => (doc, pos),
                     Err(err) => {
                         tracing::warn!(%conversation, %err, "snapshot unusable; rebuilding from the log");
