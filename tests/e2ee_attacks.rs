@@ -192,6 +192,8 @@ fn shown(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
 fn shown_everywhere(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
     let mut ids = shown(s, conv);
     ids.extend(s.latest(conv, 100).expect("latest").iter().map(|m| m.id));
+    let paged = s.reader().page(conv, None, 100).expect("page");
+    ids.extend(paged.iter().map(|r| r.view.id));
     s.unload_all();
     ids.extend(shown(s, conv));
     ids
@@ -203,7 +205,15 @@ fn body_of(s: &mut Store, conv: ConversationId, m: MessageId) -> Body {
         .expect("conversation")
         .message(&m)
         .expect("message shown");
-    s.body(&view).expect("body")
+    let body = s.body(&view).expect("body");
+    // The reader beside the store (index tables, epoch records) reads the same body.
+    let read = s
+        .reader()
+        .message(conv, m)
+        .expect("read")
+        .expect("found by id");
+    assert_eq!((&read.view, &read.body), (&view, &body));
+    body
 }
 
 fn refusals(out: &ApplyOutcome) -> Vec<(EventId, Refusal)> {
@@ -272,6 +282,8 @@ fn a_non_members_event_is_refused_and_never_shown() {
         )]
     );
     assert!(!shown_everywhere(&mut b, X).contains(&id_of(&intrusion)));
+    let by_id = b.reader().message(X, id_of(&intrusion)).expect("read");
+    assert_eq!(by_id, None);
     // Later honest messages still flow: the gate moved past the refused place.
     let m1 = send_text(&mut a, X, b"after", relay.now);
     let batch = relay.pump(&mut a);

@@ -629,15 +629,7 @@ impl EventLog {
 
     /// Every conversation with its facts.
     pub fn conversations(&self) -> Result<Vec<(ConversationId, ConversationMeta)>, LogError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CONVS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let meta = postcard::from_bytes(v.value()).map_err(|e| corrupt("conversations", e))?;
-            out.push((ConversationId(*k.value()), meta));
-        }
-        Ok(out)
+        self.reader().conversations()
     }
 
     /// Facts of one conversation.

@@ -12,9 +12,9 @@
 //! their first message is sequenced or pending.
 
 use super::{
-    corrupt, read_history, read_meta, Conv, EventLog, Id32, LogError, MarksValue, OutboxEntry,
-    OutboxState, UnseqKey, ACKS, CONVS, EPOCH_KEYS, EVENTS, MARKS, MEMBERSHIPS, MSG_BY_ID,
-    MSG_BY_SEQ, OUTBOX, OUTBOX_BY_EVENT, UNSEQUENCED,
+    corrupt, read_history, read_meta, Conv, ConversationMeta, EventLog, Id32, LogError, MarksValue,
+    OutboxEntry, OutboxState, UnseqKey, ACKS, CONVS, EPOCH_KEYS, EVENTS, MARKS, MEMBERSHIPS,
+    MSG_BY_ID, MSG_BY_SEQ, OUTBOX, OUTBOX_BY_EVENT, UNSEQUENCED,
 };
 use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
 use crate::event::{Event, EventKind};
@@ -184,6 +184,19 @@ impl LogReader {
             }
         }
         Ok(n)
+    }
+
+    /// Every conversation with its facts.
+    pub fn conversations(&self) -> Result<Vec<(ConversationId, ConversationMeta)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONVS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let meta = postcard::from_bytes(v.value()).map_err(|e| corrupt("conversations", e))?;
+            out.push((ConversationId(*k.value()), meta));
+        }
+        Ok(out)
     }
 
     /// The stored (sealed) record of one epoch key, if this device holds it.
