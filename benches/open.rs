@@ -91,6 +91,38 @@ fn open(c: &mut Criterion) {
     g.bench_function("log_open_only/100000", |b| {
         b.iter_custom(|iters| timed_from_closed(iters, &alice, &big.path, |_| {}))
     });
+    // Part of that: redb's own open of the file, without `EventLog::open`'s full page check
+    // (`check_integrity`) and its incarnation commit.
+    g.bench_function("redb_open_only/100000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let db = black_box(redb::Database::create(&big.path).expect("redb open"));
+                total += start.elapsed();
+                drop(db);
+            }
+            total
+        })
+    });
+    g.finish();
+
+    // The read alone, the store already open (what `Replica::page` costs a running app).
+    let mut g = c.benchmark_group("page_open_store");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (n, fx) in &fixtures {
+        let store = open_store(&alice, &fx.path);
+        let reader = store.reader();
+        g.bench_with_input(BenchmarkId::new("latest_50", n), fx, |b, _| {
+            b.iter(|| {
+                let page = reader.page(CONV, None, SCREEN).expect("page");
+                all_decrypted(black_box(page).into_iter().map(|r| r.body));
+            })
+        });
+        drop(store);
+    }
     g.finish();
 
     let mut g = c.benchmark_group("open_slow");
