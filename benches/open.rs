@@ -1,72 +1,63 @@
 //! Open: from a closed store (a log file on disk) to a conversation's latest 50 messages in
-//! view order. Fast path: the redb index tables (`Store::latest`); slow path for comparison:
-//! load the automerge document from its snapshot, then `latest(50)`.
+//! view order with their bodies decrypted, what a screen shows. Fast path: the redb index
+//! tables (`MessageReader::page`, what `Replica::page` runs); slow path for comparison: load
+//! the automerge document from its snapshot, then `latest(50)` and `Store::body` for each.
+//!
+//! The conversation is encrypted (`common::encrypted`: Bob's real store sends every message),
+//! so every body read opens its epoch key and decrypts.
 //!
 //! `cargo bench --bench open`
 
 mod common;
 
+use common::encrypted::{alice_store, cast, history, open_alice, Member, CONV};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tidings::engine::{ConversationId, EventLog, Store, StoreConfig};
+use tidings::engine::store::Body;
+use tidings::engine::{EventLog, Store};
 
-/// Events per `Store::apply` batch while building the fixture.
-const APPLY_BATCH: usize = 1_000;
+/// Messages on the screen.
+const SCREEN: usize = 50;
 
 struct Fixture {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    conv: ConversationId,
 }
 
-/// A log file with one conversation of `n_messages`, folded and snapshotted, store closed.
-fn fixture(cast: &common::Cast, n_messages: u64) -> Fixture {
-    let conv = common::conversation_id(n_messages);
-    let events = common::conversation(cast, conv, n_messages);
+/// A log file with one encrypted conversation of `n_messages`, folded and snapshotted, store
+/// closed.
+fn fixture(alice: &Member, bob: &Member, n_messages: u64) -> Fixture {
+    let events = history(alice, bob, n_messages);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("open.redb");
     let log = EventLog::open(&path).expect("open");
-    let mut store = Store::new(
-        log,
-        cast.alice.clone(),
-        StoreConfig::new(cast.relay_id()),
-        [3; 32],
-    );
-    for batch in events.chunks(APPLY_BATCH) {
-        store.apply(batch).expect("apply");
-    }
+    let mut store = alice_store(log, alice, bob, &events);
     store.snapshot_all().expect("snapshot");
     drop(store);
-    Fixture {
-        _dir: dir,
-        path,
-        conv,
-    }
+    Fixture { _dir: dir, path }
 }
 
-fn open_store(cast: &common::Cast, path: &Path) -> Store {
-    let log = EventLog::open(path).expect("open");
-    Store::new(
-        log,
-        cast.alice.clone(),
-        StoreConfig::new(cast.relay_id()),
-        [3; 32],
-    )
+fn open_store(alice: &Member, path: &Path) -> Store {
+    open_alice(EventLog::open(path).expect("open"), alice)
+}
+
+fn all_decrypted(bodies: impl IntoIterator<Item = Body>) {
+    let mut n = 0;
+    for b in bodies {
+        assert!(matches!(b, Body::Text(_)), "{b:?}");
+        n += 1;
+    }
+    assert_eq!(n, SCREEN);
 }
 
 /// Times `f` from a closed store each iteration; closing the store is not timed.
-fn timed_from_closed(
-    iters: u64,
-    cast: &common::Cast,
-    path: &Path,
-    f: impl Fn(&mut Store),
-) -> Duration {
+fn timed_from_closed(iters: u64, alice: &Member, path: &Path, f: impl Fn(&mut Store)) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let start = Instant::now();
-        let mut store = open_store(cast, path);
+        let mut store = open_store(alice, path);
         f(&mut store);
         total += start.elapsed();
         drop(store);
@@ -75,10 +66,10 @@ fn timed_from_closed(
 }
 
 fn open(c: &mut Criterion) {
-    let cast = common::Cast::new();
+    let (alice, bob) = cast();
     let fixtures: Vec<(u64, Fixture)> = [1_000, 100_000]
         .into_iter()
-        .map(|n| (n, fixture(&cast, n)))
+        .map(|n| (n, fixture(&alice, &bob, n)))
         .collect();
 
     let mut g = c.benchmark_group("open_fast");
@@ -88,8 +79,9 @@ fn open(c: &mut Criterion) {
     for (n, fx) in &fixtures {
         g.bench_with_input(BenchmarkId::new("latest_50", n), fx, |b, fx| {
             b.iter_custom(|iters| {
-                timed_from_closed(iters, &cast, &fx.path, |s| {
-                    black_box(s.latest(fx.conv, 50).expect("latest"));
+                timed_from_closed(iters, &alice, &fx.path, |s| {
+                    let page = s.reader().page(CONV, None, SCREEN).expect("page");
+                    all_decrypted(black_box(page).into_iter().map(|r| r.body));
                 })
             })
         });
@@ -97,8 +89,40 @@ fn open(c: &mut Criterion) {
     // Part of the above: opening the redb file alone (one durable write: the incarnation).
     let (_, big) = &fixtures[1];
     g.bench_function("log_open_only/100000", |b| {
-        b.iter_custom(|iters| timed_from_closed(iters, &cast, &big.path, |_| {}))
+        b.iter_custom(|iters| timed_from_closed(iters, &alice, &big.path, |_| {}))
     });
+    // Part of that: redb's own open of the file, without `EventLog::open`'s full page check
+    // (`check_integrity`) and its incarnation commit.
+    g.bench_function("redb_open_only/100000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let db = black_box(redb::Database::create(&big.path).expect("redb open"));
+                total += start.elapsed();
+                drop(db);
+            }
+            total
+        })
+    });
+    g.finish();
+
+    // The read alone, the store already open (what `Replica::page` costs a running app).
+    let mut g = c.benchmark_group("page_open_store");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (n, fx) in &fixtures {
+        let store = open_store(&alice, &fx.path);
+        let reader = store.reader();
+        g.bench_with_input(BenchmarkId::new("latest_50", n), fx, |b, _| {
+            b.iter(|| {
+                let page = reader.page(CONV, None, SCREEN).expect("page");
+                all_decrypted(black_box(page).into_iter().map(|r| r.body));
+            })
+        });
+        drop(store);
+    }
     g.finish();
 
     let mut g = c.benchmark_group("open_slow");
@@ -109,8 +133,10 @@ fn open(c: &mut Criterion) {
             fx,
             |b, fx| {
                 b.iter_custom(|iters| {
-                    timed_from_closed(iters, &cast, &fx.path, |s| {
-                        black_box(s.conversation(fx.conv).expect("load").latest(50));
+                    timed_from_closed(iters, &alice, &fx.path, |s| {
+                        let latest = s.conversation(CONV).expect("load").latest(SCREEN);
+                        let bodies = latest.iter().map(|m| s.body(m).expect("body"));
+                        all_decrypted(black_box(bodies.collect::<Vec<_>>()));
                     })
                 })
             },

@@ -18,10 +18,12 @@ use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status,
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
 use tidings::replica::pin::parse_fingerprint;
-use tidings::replica::{Body, Replica, ReplicaConfig, Update};
+use tidings::replica::{Body, Rendered, Replica, ReplicaConfig, Update};
 
 /// How long any one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages on one screen: what the demo reads of a conversation (`Replica::page`).
+const SCREEN: usize = 50;
 
 struct Device {
     name: &'static str,
@@ -99,52 +101,63 @@ where
     Ok(())
 }
 
+/// The latest screen of `conv` on `d`, with bodies (index reads, no document load).
+async fn screen(d: &Device, conv: ConversationId) -> Result<Vec<Rendered>> {
+    Ok(d.replica.page(conv, None, SCREEN).await?)
+}
+
 async fn statuses(d: &Device, conv: ConversationId, ids: &[MessageId]) -> Result<Vec<Status>> {
-    let snap = d.replica.conversation(conv).await?;
+    let shown = screen(d, conv).await?;
     Ok(ids
         .iter()
         .map(|id| {
-            snap.messages
+            shown
                 .iter()
-                .find(|m| m.id == *id)
-                .map(|m| m.status)
+                .find(|m| m.view.id == *id)
+                .map(|m| m.view.status)
                 .unwrap_or(Status::Pending)
         })
         .collect())
 }
 
 async fn all_at(d: &Device, conv: ConversationId, ids: &[MessageId], want: Status) -> Result<bool> {
-    let snap = d.replica.conversation(conv).await?;
+    let shown = screen(d, conv).await?;
     Ok(ids.iter().all(|id| {
-        snap.messages
+        shown
             .iter()
-            .any(|m| m.id == *id && m.status.rank() >= want.rank())
+            .any(|m| m.view.id == *id && m.view.status.rank() >= want.rank())
     }))
 }
 
 async fn show(d: &Device, conv: ConversationId) -> Result<()> {
-    let snap = d.replica.conversation(conv).await?;
-    println!("  {} sees ({} unread):", d.name, snap.unread);
-    for (m, body) in snap.messages.iter().zip(&snap.bodies) {
-        let text = match body {
+    let shown = screen(d, conv).await?;
+    let unread = d
+        .replica
+        .conversations()
+        .await?
+        .iter()
+        .find(|c| c.id == conv)
+        .map_or(0, |c| c.unread);
+    println!("  {} sees ({unread} unread):", d.name);
+    for m in &shown {
+        let text = match &m.body {
             Body::Text(t) => format!("\"{}\" 🔐", String::from_utf8_lossy(t)),
             Body::Clear(t) => format!("\"{}\" (unencrypted)", String::from_utf8_lossy(t)),
             Body::WaitingForKey(_) => "🔒 waiting for key…".to_owned(),
             Body::Unreadable(why) => format!("⚠ unreadable: {why}"),
         };
-        println!("    {text:<34} {}", label(m.status));
+        println!("    {text:<34} {}", label(m.view.status));
     }
     Ok(())
 }
 
 /// Whether `d` reads every message of `ids` in clear text (decrypted on the device).
 async fn all_readable(d: &Device, conv: ConversationId, ids: &[MessageId]) -> Result<bool> {
-    let snap = d.replica.conversation(conv).await?;
+    let shown = screen(d, conv).await?;
     Ok(ids.iter().all(|id| {
-        snap.messages
+        shown
             .iter()
-            .zip(&snap.bodies)
-            .any(|(m, b)| m.id == *id && matches!(b, Body::Text(_)))
+            .any(|m| m.view.id == *id && matches!(m.body, Body::Text(_)))
     }))
 }
 
@@ -189,7 +202,8 @@ async fn demo() -> Result<()> {
     bob_phone.replica.accept(conv).await?;
     for d in [&phone, &laptop, &bob_phone] {
         wait_until("every device to see the conversation", || async {
-            Ok(d.replica.conversation(conv).await?.members.is_some())
+            let listed = d.replica.conversations().await?;
+            Ok(listed.iter().any(|c| c.id == conv && c.members.is_some()))
         })
         .await?;
     }
@@ -224,13 +238,10 @@ async fn demo() -> Result<()> {
     println!("\n4. Bob's phone is back online:");
     bob_phone.replica.network_changed(true).await?;
     wait_until("Bob to receive all three", || async {
-        let got: Vec<MessageId> = bob_phone
-            .replica
-            .conversation(conv)
+        let got: Vec<MessageId> = screen(&bob_phone, conv)
             .await?
-            .messages
             .iter()
-            .map(|m| m.id)
+            .map(|m| m.view.id)
             .collect();
         Ok(got == ids)
     })

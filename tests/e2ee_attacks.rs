@@ -188,10 +188,13 @@ fn shown(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
         .collect()
 }
 
-/// What the index tables show (no document), and the document rebuilt from the log.
+/// What the document shows, what the index tables show (latest messages, and a page read
+/// beside the store), and the document rebuilt from the log.
 fn shown_everywhere(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
     let mut ids = shown(s, conv);
     ids.extend(s.latest(conv, 100).expect("latest").iter().map(|m| m.id));
+    let paged = s.reader().page(conv, None, 100).expect("page");
+    ids.extend(paged.iter().map(|r| r.view.id));
     s.unload_all();
     ids.extend(shown(s, conv));
     ids
@@ -203,7 +206,15 @@ fn body_of(s: &mut Store, conv: ConversationId, m: MessageId) -> Body {
         .expect("conversation")
         .message(&m)
         .expect("message shown");
-    s.body(&view).expect("body")
+    let body = s.body(&view).expect("body");
+    // The reader beside the store (index tables, epoch records) reads the same body.
+    let read = s
+        .reader()
+        .message(conv, m)
+        .expect("read")
+        .expect("found by id");
+    assert_eq!((&read.view, &read.body), (&view, &body));
+    body
 }
 
 fn refusals(out: &ApplyOutcome) -> Vec<(EventId, Refusal)> {
@@ -272,6 +283,8 @@ fn a_non_members_event_is_refused_and_never_shown() {
         )]
     );
     assert!(!shown_everywhere(&mut b, X).contains(&id_of(&intrusion)));
+    let by_id = b.reader().message(X, id_of(&intrusion)).expect("read");
+    assert_eq!(by_id, None);
     // Later honest messages still flow: the gate moved past the refused place.
     let m1 = send_text(&mut a, X, b"after", relay.now);
     let batch = relay.pump(&mut a);
@@ -1144,9 +1157,11 @@ fn a_member_cannot_take_over_another_members_message() {
         assert_eq!(view.record.event, original.id());
         assert_eq!(view.seq, place, "the place stays the original's");
         assert_eq!(body_of(s, X, m), Body::Text(b"alice wrote this".to_vec()));
+        // Once in each listing: the document, the latest messages, the reader's page, and
+        // the document rebuilt from the log.
         assert_eq!(
             shown_everywhere(s, X).iter().filter(|x| **x == m).count(),
-            3
+            4
         );
     }
 }

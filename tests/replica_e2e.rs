@@ -3,12 +3,14 @@
 mod common;
 
 use common::net::{
-    accept_invitation, all_at_least, config, eventually, ids, open, relay, statuses, Proxy,
+    accept_invitation, all_at_least, all_pages, config, eventually, ids, open, relay, statuses,
+    Proxy,
 };
 use common::{device, user};
 use std::time::Duration;
 use tidings::engine::{ConversationId, MessageId, RetryPolicy, Status};
 use tidings::relay::Limits;
+use tidings::replica::{Body, ReplicaError, Update};
 
 fn conv(n: u8) -> ConversationId {
     ConversationId([n; 16])
@@ -431,4 +433,80 @@ async fn exhausted_retries_fail_and_retry_delivers() {
     })
     .await;
     relay.shutdown().await.expect("shutdown");
+}
+
+/// The first update Bob's device publishes for `message`, with what it carries.
+async fn added(
+    updates: &mut tidings::replica::Updates,
+    message: MessageId,
+) -> Option<Box<tidings::replica::Rendered>> {
+    let wait = async {
+        loop {
+            match updates.next().await.expect("updates") {
+                Update::MessageAdded {
+                    message: m,
+                    rendered,
+                    ..
+                } if m == message => return rendered,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("the message arrives")
+}
+
+/// A UI renders an incoming message from its update alone: the update carries the message's
+/// view and decrypted body, read from the index after the fold. The sender's own update
+/// carries its body too; pages and single reads give the same message, and after `close`
+/// the reads answer `Closed` and the data directory opens again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_message_arrives_rendered_with_its_body() {
+    let t = trio(Limits::default()).await;
+    let mut on_bob = t.bob.subscribe();
+    let mut on_phone = t.phone.subscribe();
+    let m = t
+        .phone
+        .send(t.conv, b"rendered in the update".to_vec())
+        .await
+        .expect("send");
+    let own = added(&mut on_phone, m)
+        .await
+        .expect("rendered for the sender");
+    assert_eq!(own.body, Body::Text(b"rendered in the update".to_vec()));
+    let shown = added(&mut on_bob, m)
+        .await
+        .expect("rendered for the recipient");
+    assert_eq!(shown.view.id, m);
+    assert_eq!(shown.body, Body::Text(b"rendered in the update".to_vec()));
+    let one = t
+        .bob
+        .message(t.conv, m)
+        .await
+        .expect("read")
+        .expect("shown");
+    assert_eq!(one.body, shown.body);
+    assert_eq!(
+        all_pages(&t.bob, t.conv).await.last().map(|r| r.view.id),
+        Some(m)
+    );
+
+    t.bob.close().await.expect("close");
+    assert!(matches!(
+        t.bob.page(t.conv, None, 10).await,
+        Err(ReplicaError::Closed)
+    ));
+    // The handle still lives; its reader went with the driver, so the file opens again.
+    let bobu = user(2);
+    let (k3, _) = device(&bobu, 21);
+    let cfg = config(&t.relay, t.relay.addr(), &k3, &bobu);
+    let again = open(t._dir.path(), "bob", k3, cfg).await;
+    let read = again
+        .message(t.conv, m)
+        .await
+        .expect("read")
+        .expect("shown");
+    assert_eq!(read.body, shown.body);
+    t.relay.shutdown().await.expect("shutdown");
 }

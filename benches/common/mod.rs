@@ -5,6 +5,8 @@
 //! events are signed here, outside any timed section.
 #![allow(dead_code)]
 
+pub mod encrypted;
+
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::Criterion;
 use std::time::Duration;

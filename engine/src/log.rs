@@ -6,25 +6,29 @@
 //! Everything a local action writes goes into one write transaction ([`LogTxn`]), so a crash
 //! leaves either all of it or none of it.
 
-use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
+use crate::conversation::MembershipHistory;
 use crate::directory::DeviceDirectory;
 use crate::event::{DecodeError, Event, EventKind, Placement};
 use crate::gate::{Gate, Refusal, Verdict};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use crate::status::{derive_status, UserMarks};
 use crate::wire::{DeviceRegistration, DeviceRevocation};
 use redb::{
     backends::InMemoryBackend, Database, Durability, ReadableDatabase, ReadableTable,
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+mod index;
+use index::user_marks;
+pub use index::{LogReader, PageCursor, MAX_PAGE_LEN};
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
 /// The table layout this build writes. A file with a higher number is refused.
-pub const LOG_FORMAT_VERSION: u32 = 2;
+pub const LOG_FORMAT_VERSION: u32 = 3;
 
 type Conv = &'static [u8; 16];
 type Id32 = &'static [u8; 32];
@@ -50,6 +54,9 @@ const BY_AUTHOR: TableDefinition<AuthorKey, &[u8; 32]> = TableDefinition::new("b
 const BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("by_seq");
 /// (conversation, server seq) → id of the `Send` event at that seq (the fast message view)
 const MSG_BY_SEQ: TableDefinition<(&[u8; 16], u64), &[u8; 32]> = TableDefinition::new("msg_by_seq");
+/// (conversation, message id) → id of the `Send` event admitted to the conversation's fold
+/// with that message id (the first one): how [`LogReader::message`] finds a message (format 3)
+const MSG_BY_ID: TableDefinition<UnseqKey, Id32> = TableDefinition::new("msg_by_id");
 /// (conversation, message id) → (lamport, `Send` event id), for messages without a seq yet
 const UNSEQUENCED: TableDefinition<UnseqKey, (u64, Id32)> = TableDefinition::new("unsequenced");
 /// acknowledged event id → (seq, server ts, ack event id)
@@ -369,7 +376,8 @@ pub const MAX_GAP_REPORT: usize = 64;
 /// A redb-backed event log.
 #[derive(Debug)]
 pub struct EventLog {
-    db: Database,
+    /// Shared with every [`LogReader`]: redb read transactions run beside the writer.
+    db: Arc<Database>,
     incarnation: u64,
     /// Durable commits made through this handle (see [`EventLog::durable_commits`]).
     durable_commits: std::sync::atomic::AtomicU64,
@@ -478,6 +486,7 @@ impl EventLog {
             txn.open_table(BY_AUTHOR)?;
             txn.open_table(BY_SEQ)?;
             txn.open_table(MSG_BY_SEQ)?;
+            txn.open_table(MSG_BY_ID)?;
             txn.open_table(UNSEQUENCED)?;
             txn.open_table(ACKS)?;
             txn.open_table(MARKS)?;
@@ -493,10 +502,14 @@ impl EventLog {
             txn.open_table(MEMBERSHIPS)?;
             txn.open_table(DIRECTORY)?;
             txn.open_table(EPOCH_KEYS)?;
+            if format < 3 {
+                migrate_msg_by_id(&txn)?;
+                meta.insert("format", LOG_FORMAT_VERSION.to_le_bytes().as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(EventLog {
-            db,
+            db: Arc::new(db),
             incarnation,
             durable_commits: Default::default(),
         })
@@ -629,15 +642,7 @@ impl EventLog {
 
     /// Every conversation with its facts.
     pub fn conversations(&self) -> Result<Vec<(ConversationId, ConversationMeta)>, LogError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CONVS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let meta = postcard::from_bytes(v.value()).map_err(|e| corrupt("conversations", e))?;
-            out.push((ConversationId(*k.value()), meta));
-        }
-        Ok(out)
+        self.reader().conversations()
     }
 
     /// Facts of one conversation.
@@ -1013,116 +1018,6 @@ impl EventLog {
         }
         Ok((certs, revs))
     }
-
-    /// The last `n` messages of a conversation in view order, with statuses, straight from the
-    /// index tables: no automerge document is loaded, so the cost does not grow with history.
-    pub fn latest_messages(
-        &self,
-        conversation: ConversationId,
-        n: usize,
-    ) -> Result<Vec<MessageView>, LogError> {
-        let txn = self.db.begin_read()?;
-        let c = &conversation.0;
-        let meta = read_meta(&txn.open_table(CONVS)?, &conversation)?.unwrap_or_default();
-        let history = read_history(&txn.open_table(MEMBERSHIPS)?, &conversation)?;
-        let first = meta.members.as_ref().map(|(_, m)| m.as_slice());
-        let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
-        let events = txn.open_table(EVENTS)?;
-        let acks = txn.open_table(ACKS)?;
-        let outbox = txn.open_table(OUTBOX)?;
-        let outbox_by_event = txn.open_table(OUTBOX_BY_EVENT)?;
-        let mut ids: Vec<[u8; 32]> = Vec::with_capacity(n);
-        // Pending messages are few (they wait for the relay): read them all and order them.
-        let mut pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
-        pending.sort_unstable();
-        ids.extend(pending.iter().rev().take(n).map(|(_, _, id)| *id));
-        let rest = n - ids.len();
-        let by_seq = txn.open_table(MSG_BY_SEQ)?;
-        for row in by_seq.range((c, 0u64)..=(c, u64::MAX))?.rev().take(rest) {
-            ids.push(*row?.1.value());
-        }
-        ids.reverse();
-
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let guard = events
-                .get(&id)?
-                .ok_or_else(|| corrupt("msg_by_seq", "points at a missing event"))?;
-            let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
-            let EventKind::Send {
-                message,
-                body,
-                media,
-            } = ev.kind()
-            else {
-                tracing::warn!(event = %ev.id(), "an ack named a message for a non-message event");
-                continue;
-            };
-            let ack = acks.get(&id)?.map(|g| (g.value().0, g.value().1));
-            let failed = match outbox_by_event.get(&id)? {
-                Some(pos) => match outbox.get(pos.value())? {
-                    Some(v) => {
-                        let e: OutboxEntry =
-                            postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e))?;
-                        e.state == OutboxState::Failed
-                    }
-                    None => false,
-                },
-                None => false,
-            };
-            let h = ev.header();
-            out.push(MessageView {
-                id: *message,
-                conversation,
-                seq: ack.map(|a| a.0),
-                server_ts_ms: ack.map(|a| a.1),
-                status: derive_status(
-                    ack.map(|a| a.0),
-                    failed,
-                    h.user,
-                    members_at(&history, first, ack.map(|a| a.0)),
-                    &marks,
-                ),
-                record: MessageRecord {
-                    event: ev.id(),
-                    author: h.author,
-                    user: h.user,
-                    lamport: h.lamport,
-                    wall_ms: h.wall_ms,
-                    body: body.clone(),
-                    media: media.clone(),
-                },
-            });
-        }
-        Ok(out)
-    }
-
-    /// Messages from other users that no device of `user` has read, from the index tables.
-    pub fn unread_count(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-    ) -> Result<usize, LogError> {
-        let txn = self.db.begin_read()?;
-        let c = &conversation.0;
-        let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
-        let read = marks.get(&user).map(|m| m.read).unwrap_or(0);
-        let by_seq = txn.open_table(MSG_BY_SEQ)?;
-        let events = txn.open_table(EVENTS)?;
-        let pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
-        let acked = by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))?;
-        let mut n = 0;
-        for id in acked
-            .map(|r| r.map(|(_, v)| *v.value()))
-            .chain(pending.into_iter().map(|(_, _, id)| Ok(id)))
-        {
-            if let Some(g) = events.get(&id?)? {
-                let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
-                n += usize::from(ev.header().user != user);
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// One write transaction over the log's tables. Every table is opened once per transaction,
@@ -1134,6 +1029,7 @@ pub struct LogTxn<'a> {
     by_author: redb::Table<'a, AuthorKey, Id32>,
     by_seq: redb::Table<'a, (Conv, u64), Id32>,
     msg_by_seq: redb::Table<'a, (Conv, u64), Id32>,
+    msg_by_id: redb::Table<'a, UnseqKey, Id32>,
     unsequenced: redb::Table<'a, UnseqKey, (u64, Id32)>,
     acks: redb::Table<'a, Id32, (u64, u64, Id32)>,
     marks: redb::Table<'a, (Conv, Id32), MarksValue>,
@@ -1174,6 +1070,7 @@ impl<'a> LogTxn<'a> {
             by_author: txn.open_table(BY_AUTHOR)?,
             by_seq: txn.open_table(BY_SEQ)?,
             msg_by_seq: txn.open_table(MSG_BY_SEQ)?,
+            msg_by_id: txn.open_table(MSG_BY_ID)?,
             unsequenced: txn.open_table(UNSEQUENCED)?,
             acks: txn.open_table(ACKS)?,
             marks: txn.open_table(MARKS)?,
@@ -1362,15 +1259,20 @@ impl<'a> LogTxn<'a> {
                     meta.members = Some((id, members.clone()));
                 }
             }
-            EventKind::Send { message, .. } => match self.acks.get(&id.0)?.map(|g| g.value().0) {
-                Some(seq) => {
-                    self.msg_by_seq.insert((c, seq), &id.0)?;
+            EventKind::Send { message, .. } => {
+                if self.msg_by_id.get((c, &message.0))?.is_none() {
+                    self.msg_by_id.insert((c, &message.0), &id.0)?;
                 }
-                None => {
-                    self.unsequenced
-                        .insert((c, &message.0), (h.lamport, &id.0))?;
+                match self.acks.get(&id.0)?.map(|g| g.value().0) {
+                    Some(seq) => {
+                        self.msg_by_seq.insert((c, seq), &id.0)?;
+                    }
+                    None => {
+                        self.unsequenced
+                            .insert((c, &message.0), (h.lamport, &id.0))?;
+                    }
                 }
-            },
+            }
             EventKind::ServerAck { .. } | EventKind::Sequenced { .. } => {
                 let placements = event.placements();
                 if let Some(last) = placements.last() {
@@ -1911,39 +1813,28 @@ fn chain_head(
         }))
 }
 
-/// A message without a sequence: (lamport, message id, event id), ordered as the view is.
-type Unsequenced = (u64, [u8; 16], [u8; 32]);
-
-/// A conversation's messages without a sequence.
-fn unsequenced(
-    table: &impl ReadableTable<UnseqKey, (u64, Id32)>,
-    conversation: &ConversationId,
-) -> Result<Vec<Unsequenced>, LogError> {
-    let c = &conversation.0;
-    let mut out = Vec::new();
-    for row in table.range((c, &[0u8; 16])..=(c, &[0xffu8; 16]))? {
+/// Format 3 added `msg_by_id`: fills it from the two message listings of an older log (one
+/// decode per sequenced message, once).
+fn migrate_msg_by_id(txn: &redb::WriteTransaction) -> Result<(), LogError> {
+    let mut by_id = txn.open_table(MSG_BY_ID)?;
+    let events = txn.open_table(EVENTS)?;
+    for row in txn.open_table(UNSEQUENCED)?.iter()? {
         let (k, v) = row?;
-        let (_, m) = k.value();
-        let (lamport, id) = v.value();
-        out.push((lamport, *m, *id));
+        let (c, m) = k.value();
+        by_id.insert((c, m), v.value().1)?;
     }
-    Ok(out)
-}
-
-fn user_marks(
-    table: &impl ReadableTable<(Conv, Id32), MarksValue>,
-    conversation: &ConversationId,
-) -> Result<BTreeMap<UserId, UserMarks>, LogError> {
-    let c = &conversation.0;
-    let mut out: BTreeMap<UserId, UserMarks> = BTreeMap::new();
-    for row in table.range((c, &[0u8; 32])..=(c, &[0xffu8; 32]))? {
-        let (_, v) = row?;
-        let (user, d, r) = v.value();
-        let m = out.entry(UserId(*user)).or_default();
-        m.delivered = m.delivered.max(d);
-        m.read = m.read.max(r);
+    for row in txn.open_table(MSG_BY_SEQ)?.iter()? {
+        let (k, id) = row?;
+        let (c, _) = k.value();
+        let Some(g) = events.get(id.value())? else {
+            return Err(corrupt("msg_by_seq", "points at a missing event"));
+        };
+        let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+        if let EventKind::Send { message, .. } = ev.kind() {
+            by_id.insert((c, &message.0), id.value())?;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 impl From<DecodeError> for LogError {

@@ -22,7 +22,9 @@ use rand::{rngs::StdRng, SeedableRng};
 
 mod evidence;
 mod keys;
+mod read;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
+pub use read::{MessageReader, Rendered};
 #[cfg(test)]
 mod tests;
 pub use keys::{Body, KeyShareRefusal, RefusedKeyShare};

@@ -7,6 +7,7 @@ mod common;
 use common::{cast, events, script, CONV};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use tidings_engine::log::PageCursor;
 use tidings_engine::{
     Appended, DecodeError, DeviceKey, Event, EventLog, LogError, Store, StoreConfig,
 };
@@ -33,6 +34,7 @@ proptest! {
         s in script(),
         batch in 1usize..6,
         snapshot_every in 1u64..8,
+        page_len in 1usize..5,
     ) {
         let c = cast();
         let evs = events(&c, &s);
@@ -47,6 +49,7 @@ proptest! {
             let slow = store.conversation(CONV).expect("conv").latest(n);
             prop_assert_eq!(fast, slow);
         }
+        check_pages(&mut store, page_len)?;
         prop_assert_eq!(
             store.log().unread_count(CONV, bob.user()).expect("unread"),
             store.conversation(CONV).expect("conv").unread_count(bob.user())
@@ -105,6 +108,28 @@ proptest! {
         let _ = Event::decode(&b);
         let _ = Event::decode_batch(&[b.clone(), b]);
     }
+}
+
+/// Pages of `len` messages read back from the latest one, each before the first message of
+/// the last, give the document's whole view in order; each message read by id is its view.
+fn check_pages(store: &mut Store, len: usize) -> Result<(), TestCaseError> {
+    let slow = store.conversation(CONV).expect("conv").messages();
+    let reader = store.log().reader();
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = reader.page(CONV, before, len).expect("page");
+        prop_assert!(page.len() <= len);
+        let Some(first) = page.first() else { break };
+        before = Some(PageCursor::of(first));
+        paged.splice(0..0, page);
+    }
+    prop_assert_eq!(&paged, &slow);
+    for m in &slow {
+        let one = reader.message(CONV, m.id).expect("message");
+        prop_assert_eq!(one.as_ref(), Some(m));
+    }
+    Ok(())
 }
 
 /// 6. A write transaction interrupted before commit leaves the previous state: by an error in

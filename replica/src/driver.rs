@@ -5,22 +5,24 @@
 //! each other share one commit (group commit, see `Driver::send_queued`).
 
 use crate::{
-    pin, Command, ConversationSnapshot, ConversationSummary, ReplicaConfig, ReplicaError, Update,
-    UserAction,
+    pin, Command, ConversationSnapshot, ReadSlot, ReplicaConfig, ReplicaError, Update, UserAction,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::device::PreparedFrame;
-use tidings_engine::store::{Outgoing, MAX_SEND_BATCH};
+use tidings_engine::log::MAX_PAGE_LEN;
+use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
     encode_frame, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
     TLS_EXPORTER_LABEL,
 };
 use tidings_engine::{
-    Change, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store, StoreConfig,
+    Change, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store,
+    StoreConfig,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -56,6 +58,9 @@ struct Driver {
     endpoint: Endpoint,
     commands: mpsc::Receiver<Command>,
     updates: broadcast::Sender<Update>,
+    /// The index reader: renders the messages updates carry, and is shared with the handles.
+    reader: MessageReader,
+    reads: ReadSlot,
     live: Option<Live>,
     dialing: Option<JoinHandle<Dialed>>,
     /// A command taken off the queue while gathering a send batch, handled next.
@@ -68,7 +73,7 @@ pub(crate) async fn start(
     config: ReplicaConfig,
     commands: mpsc::Receiver<Command>,
     updates: broadcast::Sender<Update>,
-) -> Result<(), ReplicaError> {
+) -> Result<ReadSlot, ReplicaError> {
     std::fs::create_dir_all(dir).map_err(|e| ReplicaError::Network(format!("{dir:?}: {e}")))?;
     let log = EventLog::open(dir.join("device.redb")).map_err(tidings_engine::StoreError::from)?;
     // The engine draws no randomness of its own: fresh OS entropy at every open.
@@ -84,6 +89,8 @@ pub(crate) async fn start(
     if let Some(k) = config.storage_key.clone() {
         store.set_storage_key(k);
     }
+    let reader = store.reader();
+    let reads: ReadSlot = Arc::new(RwLock::new(Some(reader.clone())));
     let core = DeviceCore::new(
         store,
         config.relay_key,
@@ -109,12 +116,14 @@ pub(crate) async fn start(
         endpoint,
         commands,
         updates,
+        reader,
+        reads: Arc::clone(&reads),
         live: None,
         dialing: None,
         held: None,
     };
     tokio::spawn(driver.run());
-    Ok(())
+    Ok(reads)
 }
 
 impl Driver {
@@ -208,7 +217,9 @@ impl Driver {
             }
         }
         while let Some(event) = self.core.poll_event() {
-            for u in updates_of(event) {
+            // Nobody to render for: the messages are not read.
+            let reader = (self.updates.receiver_count() > 0).then_some(&self.reader);
+            for u in updates_of(event, reader) {
                 // No subscriber is fine: the app reads state when it wants.
                 let _ = self.updates.send(u);
             }
@@ -227,6 +238,13 @@ impl Driver {
 
     async fn close(mut self, reply: crate::Reply<()>) {
         let result = self.shutdown().await;
+        // Handles lose their reader once the reads under way ended; then the last handle on
+        // the database is the store's.
+        let reads = Arc::clone(&self.reads);
+        let _ = tokio::task::spawn_blocking(move || {
+            *reads.write().unwrap_or_else(|e| e.into_inner()) = None;
+        })
+        .await;
         // The store (and its database file) is released before the caller hears back, so
         // the directory can be opened again at once.
         drop(self);
@@ -297,9 +315,6 @@ impl Driver {
                     .map(|conv| conv.recipients(&m))
                     .map_err(Into::into);
                 let _ = r.send(res);
-            }
-            Command::Conversations(r) => {
-                let _ = r.send(summaries(core));
             }
             Command::Outbox(r) => {
                 let _ = r.send(core.store_mut().outbox().map_err(Into::into));
@@ -382,30 +397,48 @@ fn snapshot(
     })
 }
 
-fn summaries(core: &DeviceCore) -> Result<Vec<ConversationSummary>, ReplicaError> {
-    let store = core.store();
-    let user = store.key().user();
-    let mut out = Vec::new();
-    for (id, meta) in store
-        .log()
-        .conversations()
-        .map_err(tidings_engine::StoreError::from)?
-    {
-        let last = store.latest(id, 1)?.pop();
-        let unread = store
-            .log()
-            .unread_count(id, user)
-            .map_err(tidings_engine::StoreError::from)?;
-        out.push(ConversationSummary::new(id, meta, last, unread));
+/// The messages `changes` name, rendered from the index in one read per [`MAX_PAGE_LEN`]
+/// (after the fold committed, so the index holds them); `None` each without a reader or
+/// when the read fails (logged: the update still says what changed).
+fn rendered(changes: &[Change], reader: Option<&MessageReader>) -> Vec<Option<Box<Rendered>>> {
+    let wanted: Vec<(ConversationId, MessageId)> = changes
+        .iter()
+        .filter_map(|ch| match ch {
+            Change::MessageAdded {
+                conversation,
+                message,
+                ..
+            }
+            | Change::StatusChanged {
+                conversation,
+                message,
+                ..
+            } => Some((*conversation, *message)),
+            _ => None,
+        })
+        .collect();
+    let Some(reader) = reader else {
+        return vec![None; wanted.len()];
+    };
+    let mut out = Vec::with_capacity(wanted.len());
+    for chunk in wanted.chunks(MAX_PAGE_LEN) {
+        match reader.messages(chunk) {
+            Ok(found) => out.extend(found.into_iter().map(|r| r.map(Box::new))),
+            Err(e) => {
+                tracing::warn!(error = %e, "rendering updated messages failed");
+                out.extend(chunk.iter().map(|_| None));
+            }
+        }
     }
-    Ok(out)
+    out
 }
 
-fn updates_of(event: DeviceEvent) -> Vec<Update> {
+fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update> {
     match event {
         DeviceEvent::Changes(changes) => {
             let mut out = Vec::with_capacity(changes.len());
             let mut touched = BTreeSet::new();
+            let mut shown = rendered(&changes, reader).into_iter();
             for ch in changes {
                 match ch {
                     Change::MessageAdded {
@@ -416,6 +449,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
                         conversation,
                         message,
                         status,
+                        rendered: shown.next().flatten(),
                     }),
                     Change::StatusChanged {
                         conversation,
@@ -427,6 +461,7 @@ fn updates_of(event: DeviceEvent) -> Vec<Update> {
                         message,
                         from,
                         to,
+                        rendered: shown.next().flatten(),
                     }),
                     Change::MarksChanged { conversation, .. }
                     | Change::KeyArrived { conversation, .. }

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! # Layout
-//! - [`Replica`]: the handle: app actions and reads, each answered by the driver task.
+//! - [`Replica`]: the handle. App actions, and reads that need the conversation's document,
+//!   are answered by the driver task; [`Replica::page`], [`Replica::message`] and
+//!   [`Replica::conversations`] read the index tables directly, beside it.
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
 //! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
@@ -33,10 +35,13 @@ pub mod pin;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tidings_engine::conversation::RecipientView;
 use tidings_engine::log::ConversationMeta;
-pub use tidings_engine::store::Body;
+pub use tidings_engine::log::{PageCursor, MAX_PAGE_LEN};
+use tidings_engine::store::MessageReader;
+pub use tidings_engine::store::{Body, Rendered};
 use tidings_engine::wire::ErrorCode;
 pub use tidings_engine::wire::Invitation;
 pub use tidings_engine::{
@@ -131,6 +136,11 @@ pub enum Update {
         message: MessageId,
         /// Its status.
         status: Status,
+        /// The message as it is shown, read from the index after the fold: its view and its
+        /// body (decrypted, or waiting for its key, or unreadable), so a UI renders it without
+        /// reading the conversation again. `None` when nobody subscribed at the time, or the
+        /// message was no longer listed when it was read (re-read the page then).
+        rendered: Option<Box<Rendered>>,
     },
     /// A message's ticks moved.
     StatusChanged {
@@ -142,6 +152,8 @@ pub enum Update {
         from: Status,
         /// After.
         to: Status,
+        /// The message as it is shown now (see [`Update::MessageAdded`]).
+        rendered: Option<Box<Rendered>>,
     },
     /// Something else about a conversation changed (receipts, unread count, members).
     ConversationChanged {
@@ -263,6 +275,21 @@ pub struct ConversationSummary {
     pub unread: usize,
 }
 
+/// The conversation list, from the index tables.
+fn summaries(
+    reader: &MessageReader,
+    user: UserId,
+) -> Result<Vec<ConversationSummary>, tidings_engine::StoreError> {
+    let log = reader.log();
+    let mut out = Vec::new();
+    for (id, meta) in log.conversations()? {
+        let last = log.page(id, None, 1)?.pop();
+        let unread = log.unread_count(id, user)?;
+        out.push(ConversationSummary::new(id, meta, last, unread));
+    }
+    Ok(out)
+}
+
 impl ConversationSummary {
     fn new(
         id: ConversationId,
@@ -292,7 +319,6 @@ enum Command {
     NetworkChanged(bool, Reply<()>),
     Conversation(ConversationId, Reply<ConversationSnapshot>),
     Recipients(ConversationId, MessageId, Reply<Vec<RecipientView>>),
-    Conversations(Reply<Vec<ConversationSummary>>),
     Outbox(Reply<Vec<OutboxEntry>>),
     Connection(Reply<ConnectionState>),
     User(UserAction, Reply<()>),
@@ -310,11 +336,18 @@ enum UserAction {
     Unblock(UserId),
 }
 
+/// The reader of the index tables, owned by the driver. Handles hold it weakly: the reader
+/// (and the database file it keeps open) goes with the driver, whether the driver closes or
+/// its runtime drops it, however many handles the app keeps. `close` also empties it after
+/// the reads under way ended, so the file is released when `close` returns.
+pub(crate) type ReadSlot = Arc<RwLock<Option<MessageReader>>>;
+
 /// A device's handle. Cheap to clone; every clone talks to the same driver task.
 #[derive(Clone, Debug)]
 pub struct Replica {
     commands: mpsc::Sender<Command>,
     updates: broadcast::Sender<Update>,
+    reads: Weak<RwLock<Option<MessageReader>>>,
     device: DeviceId,
     user: UserId,
 }
@@ -331,10 +364,11 @@ impl Replica {
         let (updates, _) = broadcast::channel(UPDATE_BUFFER);
         let device = key.device();
         let user = key.user();
-        driver::start(dir.as_ref(), key, config, rx, updates.clone()).await?;
+        let reads = driver::start(dir.as_ref(), key, config, rx, updates.clone()).await?;
         Ok(Replica {
             commands,
             updates,
+            reads: Arc::downgrade(&reads),
             device,
             user,
         })
@@ -452,7 +486,51 @@ impl Replica {
         self.call(|r| Command::NetworkChanged(online, r)).await
     }
 
-    /// One conversation, its messages in order with statuses.
+    /// Runs `f` on the index reader on a blocking thread, beside the driver: the read sees
+    /// the last commit and waits for neither the driver's work nor its command queue.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MessageReader) -> Result<T, tidings_engine::StoreError> + Send + 'static,
+    ) -> Result<T, ReplicaError> {
+        let slot = self.reads.clone();
+        let run = move || {
+            let slot = slot.upgrade().ok_or(ReplicaError::Closed)?;
+            let guard = slot.read().unwrap_or_else(|e| e.into_inner());
+            let reader = guard.as_ref().ok_or(ReplicaError::Closed)?;
+            f(reader).map_err(ReplicaError::from)
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|_| ReplicaError::Closed)?
+    }
+
+    /// Up to `n` messages (at most [`MAX_PAGE_LEN`]) of a conversation just before `before`
+    /// in view order, the latest ones for `None`, with their bodies: what a screen shows.
+    /// Pass [`PageCursor::of`] the first message's view to scroll back. Read from the index
+    /// tables (no document load), decrypting only what it returns, without waiting for the
+    /// driver.
+    pub async fn page(
+        &self,
+        conversation: ConversationId,
+        before: Option<PageCursor>,
+        n: usize,
+    ) -> Result<Vec<Rendered>, ReplicaError> {
+        self.read(move |r| r.page(conversation, before, n)).await
+    }
+
+    /// One message with its body, if it is shown in the conversation; read like
+    /// [`Replica::page`].
+    pub async fn message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+    ) -> Result<Option<Rendered>, ReplicaError> {
+        self.read(move |r| r.message(conversation, message)).await
+    }
+
+    /// One conversation in full: every message in order with its status and body, members
+    /// and unread count. This loads the conversation's document (its whole history), on the
+    /// driver task: a screen of messages is [`Replica::page`].
     pub async fn conversation(
         &self,
         conversation: ConversationId,
@@ -470,9 +548,11 @@ impl Replica {
             .await
     }
 
-    /// The conversation list with last messages and unread counts.
+    /// The conversation list with last messages and unread counts, read from the index
+    /// tables like [`Replica::page`].
     pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, ReplicaError> {
-        self.call(Command::Conversations).await
+        let user = self.user;
+        self.read(move |r| summaries(r, user)).await
     }
 
     /// What waits to reach the relay, in order.

@@ -1,6 +1,7 @@
 //! Real relays and replicas on loopback, and a UDP proxy that can cut the path.
 
 use super::User;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
 use tidings::relay::Limits;
 use tidings::replica::pin::parse_fingerprint;
-use tidings::replica::{Replica, ReplicaConfig};
+use tidings::replica::{PageCursor, Rendered, Replica, ReplicaConfig};
 use tokio::net::UdpSocket;
 
 /// A relay on 127.0.0.1:0 with its data in `dir`.
@@ -89,28 +90,36 @@ pub async fn accept_invitation(r: &Replica, conv: ConversationId) {
     r.accept(conv).await.expect("accept");
 }
 
+/// Every message of `conv` in view order, read a page of `PAGE` at a time from the latest
+/// back (index reads beside the driver, no document load).
+pub async fn all_pages(r: &Replica, conv: ConversationId) -> Vec<Rendered> {
+    const PAGE: usize = 100;
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = r.page(conv, before, PAGE).await.expect("page");
+        let Some(first) = page.first() else {
+            return out;
+        };
+        before = Some(PageCursor::of(&first.view));
+        out.splice(0..0, page);
+    }
+}
+
 /// Message ids in view order.
 pub async fn ids(r: &Replica, conv: ConversationId) -> Vec<MessageId> {
-    r.conversation(conv)
-        .await
-        .expect("conversation")
-        .messages
-        .iter()
-        .map(|m| m.id)
-        .collect()
+    all_pages(r, conv).await.iter().map(|m| m.view.id).collect()
 }
 
 /// Statuses of `ids` as `r` sees them (Pending for an unknown one).
 pub async fn statuses(r: &Replica, conv: ConversationId, want: &[MessageId]) -> Vec<Status> {
-    let snap = r.conversation(conv).await.expect("conversation");
+    let shown: HashMap<MessageId, Status> = all_pages(r, conv)
+        .await
+        .iter()
+        .map(|m| (m.view.id, m.view.status))
+        .collect();
     want.iter()
-        .map(|id| {
-            snap.messages
-                .iter()
-                .find(|m| m.id == *id)
-                .map(|m| m.status)
-                .unwrap_or(Status::Pending)
-        })
+        .map(|id| shown.get(id).copied().unwrap_or(Status::Pending))
         .collect()
 }
 

@@ -311,3 +311,60 @@ fn a_receipt_naming_another_chain_head_is_reported() {
         "{issues:?}"
     );
 }
+
+/// Format 3 added `msg_by_id`; a format-2 log gets it filled at open from its two message
+/// listings (a sequenced and a pending message here), and says format 3 from then on.
+#[test]
+fn a_format_2_log_gets_its_message_index_at_open() {
+    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log.redb");
+    let (placed, pending) = (send(&device, 1, 1), send(&device, 2, 2));
+    {
+        let log = EventLog::open(&path).expect("open");
+        log.append(&[placed.clone(), pending.clone(), ack(&relay, &placed, 1)])
+            .expect("append");
+        // What a format-2 build left: no message index.
+        let txn = log.db.begin_write().expect("write");
+        txn.delete_table(MSG_BY_ID).expect("delete");
+        txn.open_table(META)
+            .expect("meta")
+            .insert("format", 2u32.to_le_bytes().as_slice())
+            .expect("format");
+        txn.commit().expect("commit");
+    }
+    let log = EventLog::open(&path).expect("reopen");
+    let reader = log.reader();
+    for (event, message, seq) in [(&placed, 1, Some(1)), (&pending, 2, None)] {
+        let view = reader
+            .message(CONV, MessageId([message; 16]))
+            .expect("read")
+            .expect("found by id");
+        assert_eq!((view.record.event, view.seq), (event.id(), seq));
+    }
+    let txn = log.db.begin_read().expect("read");
+    let format = txn
+        .open_table(META)
+        .expect("meta")
+        .get("format")
+        .expect("get")
+        .map(|g| g.value().to_vec());
+    assert_eq!(format, Some(3u32.to_le_bytes().to_vec()));
+}
+
+/// `message` reads only what a page would show: a message held for the gate (stored, not
+/// admitted) is neither found by id nor listed.
+#[test]
+fn a_message_held_for_the_gate_is_not_found_by_id() {
+    let other = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let held = send(&other, 1, 3);
+    log.write(|t| t.append_held(&held)).expect("hold");
+    let reader = log.reader();
+    assert_eq!(
+        reader.message(CONV, MessageId([3; 16])).expect("read"),
+        None
+    );
+    assert!(reader.page(CONV, None, 10).expect("page").is_empty());
+}

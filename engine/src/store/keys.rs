@@ -116,7 +116,7 @@ impl std::fmt::Debug for Epoch {
 }
 
 impl Epoch {
-    fn key(&self) -> EpochKey {
+    pub(super) fn key(&self) -> EpochKey {
         EpochKey::from_bytes(self.key)
     }
 }
@@ -129,6 +129,46 @@ fn decode_epoch(bytes: &[u8]) -> Option<Epoch> {
     postcard::from_bytes::<Epoch>(bytes)
         .ok()
         .or_else(|| postcard::from_bytes::<EpochV1>(bytes).ok().map(Epoch::from))
+}
+
+/// A stored epoch record opened with the storage key; `None` (logged) when it does not open.
+pub(super) fn open_epoch(
+    storage: &StorageKey,
+    conversation: ConversationId,
+    epoch: EventId,
+    sealed: &[u8],
+) -> Option<Epoch> {
+    let context = record_context(conversation, epoch);
+    let opened = storage
+        .open_record(&context, sealed)
+        .ok()
+        .and_then(|b| decode_epoch(&b));
+    if opened.is_none() {
+        tracing::warn!(%conversation, %epoch, "stored epoch key does not open");
+    }
+    opened
+}
+
+/// A message's body, with `key_of` finding the key of the epoch it names: the one rule for
+/// reading a body, used by [`Store::body`] and by [`super::MessageReader`].
+pub(super) fn body_of(
+    message: &MessageView,
+    key_of: impl FnOnce(EventId) -> Result<Option<EpochKey>, StoreError>,
+) -> Result<Body, StoreError> {
+    match SealedBody::parse(&message.record.body) {
+        Err(e) => Ok(Body::Unreadable(e.to_string())),
+        Ok(SealedBody::Plain(b)) => Ok(Body::Clear(b.to_vec())),
+        Ok(SealedBody::Sealed { epoch, ciphertext }) => {
+            let Some(key) = key_of(epoch)? else {
+                return Ok(Body::WaitingForKey(epoch));
+            };
+            let aad = e2ee::record_aad(message.conversation, message.id, &message.record);
+            Ok(match crate::crypto::decrypt_body(&key, &aad, ciphertext) {
+                Ok(text) => Body::Text(text),
+                Err(e) => Body::Unreadable(e.to_string()),
+            })
+        }
+    }
 }
 
 fn record_context(conversation: ConversationId, epoch: EventId) -> Vec<u8> {
@@ -159,13 +199,8 @@ impl Store {
         if !self.epochs.contains_key(&conversation) {
             let mut map = HashMap::new();
             for (epoch, sealed) in self.log.epoch_keys(conversation)? {
-                let context = record_context(conversation, epoch);
-                let opened = self.storage.open_record(&context, &sealed).ok();
-                match opened.and_then(|b| decode_epoch(&b)) {
-                    Some(e) => {
-                        map.insert(epoch, e);
-                    }
-                    None => tracing::warn!(%conversation, %epoch, "stored epoch key does not open"),
+                if let Some(e) = open_epoch(&self.storage, conversation, epoch, &sealed) {
+                    map.insert(epoch, e);
                 }
             }
             self.epochs.insert(conversation, map);
@@ -780,21 +815,12 @@ impl Store {
 
     /// A message's body, decrypted when this device holds its epoch's key.
     pub fn body(&mut self, message: &MessageView) -> Result<Body, StoreError> {
-        let conversation = message.conversation;
-        match SealedBody::parse(&message.record.body) {
-            Err(e) => Ok(Body::Unreadable(e.to_string())),
-            Ok(SealedBody::Plain(b)) => Ok(Body::Clear(b.to_vec())),
-            Ok(SealedBody::Sealed { epoch, ciphertext }) => {
-                let Some(key) = self.epochs_of(conversation)?.get(&epoch).map(Epoch::key) else {
-                    return Ok(Body::WaitingForKey(epoch));
-                };
-                let aad = e2ee::record_aad(conversation, message.id, &message.record);
-                Ok(match crate::crypto::decrypt_body(&key, &aad, ciphertext) {
-                    Ok(text) => Body::Text(text),
-                    Err(e) => Body::Unreadable(e.to_string()),
-                })
-            }
-        }
+        body_of(message, |epoch| {
+            Ok(self
+                .epochs_of(message.conversation)?
+                .get(&epoch)
+                .map(Epoch::key))
+        })
     }
 
     /// The epoch keys this device holds for a conversation (ids only).
