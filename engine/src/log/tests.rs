@@ -368,3 +368,25 @@ fn a_message_held_for_the_gate_is_not_found_by_id() {
     );
     assert!(reader.page(CONV, None, 10).expect("page").is_empty());
 }
+
+/// A reader does not wait for a write under way: in the middle of a write transaction (here
+/// on the same thread, so any waiting would never end) it reads the last commit, without the
+/// write's message; after the commit it reads the message.
+#[test]
+fn a_read_beside_an_open_write_sees_the_last_commit() {
+    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let reader = log.reader();
+    let first = send(&device, 1, 1);
+    log.append(std::slice::from_ref(&first)).expect("first");
+    let during = log
+        .write(|t| {
+            t.append(&send(&device, 2, 2))?;
+            reader.page(CONV, None, 10)
+        })
+        .expect("write with a read inside");
+    let ids = |v: &[crate::conversation::MessageView]| v.iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(&during), vec![MessageId([1; 16])]);
+    let after = reader.page(CONV, None, 10).expect("page");
+    assert_eq!(ids(&after), vec![MessageId([1; 16]), MessageId([2; 16])]);
+}
