@@ -148,6 +148,11 @@ async fn main() -> Result<()> {
             );
         }
         match tokio::time::timeout(Duration::from_millis(200), updates.next()).await {
+            // The user agrees to the conversations it was invited to: the relay lists and
+            // pushes a conversation only after that.
+            Ok(Some(Update::Invited(invitation))) => {
+                replica.accept(invitation.conversation).await?;
+            }
             Ok(Some(Update::SyncProgress {
                 conversation,
                 received: r,

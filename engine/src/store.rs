@@ -5,8 +5,8 @@
 //! durable commit, one fsync, covering every event it writes with its outbox entry: a send that
 //! first shares its epoch key, or a batch of sends); hand verified remote events to
 //! [`Store::apply`]; read with
-//! [`Store::conversation`] (full view, loads the automerge document) or [`Store::latest`] (index
-//! tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
+//! [`Store::conversation`] (full view, loads every document of the conversation: O(history)) or
+//! [`Store::latest`] (index tables only, cheap whatever the history). Each call returns the [`Change`]s to show.
 
 use crate::conversation::{Change, Conversation, MessageView};
 use crate::directory::{Certified, DeviceDirectory, DirectoryRefusal, Revoked};
@@ -812,7 +812,7 @@ impl Store {
         Ok(self.loaded(conversation)?.doc.state())
     }
 
-    /// The conversation's automerge document (loaded if needed).
+    /// The conversation's automerge documents (loaded if needed).
     pub fn doc_mut(
         &mut self,
         conversation: ConversationId,
