@@ -155,6 +155,21 @@ fn push(event: &Event, seq: ServerSeq) -> ServerFrame {
     }
 }
 
+/// Sends one message in CONV and answers its Submit: accepted at `seq`, with the statement.
+fn send_acked(core: &mut DeviceCore, seq: ServerSeq, t0: u64) {
+    core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
+    let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
+        panic!("expected a Submit");
+    };
+    let mine = Event::decode(&events[0].0).expect("own event");
+    let result = ServerFrame::SubmitResult {
+        request_id,
+        outcomes: vec![SubmitOutcome::Accepted { seq }],
+        records: vec![Envelope(ack(&mine, seq, t0).into_bytes())],
+    };
+    core.handle_frame(result, t0).expect("result");
+}
+
 /// Found by the simulator (tests/sim, seed 0): the device's own acked events did not move
 /// its pull cursor (the relay does not send them back), so the next message of someone
 /// else looked like a gap: a Pull round trip, and a Delivered receipt short of the new
@@ -173,17 +188,7 @@ fn own_acks_count_for_the_cursor() {
     let create = Event::sign(bob.signing_key(), h, kind).expect("sign");
     core.handle_frame(push(&create, 1), t0).expect("push");
     drain(&mut core);
-    core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
-    let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
-        panic!("expected a Submit");
-    };
-    let mine = Event::decode(&events[0].0).expect("own event");
-    let result = ServerFrame::SubmitResult {
-        request_id,
-        outcomes: vec![SubmitOutcome::Accepted { seq: 2 }],
-        records: vec![Envelope(ack(&mine, 2, t0).into_bytes())],
-    };
-    core.handle_frame(result, t0).expect("result");
+    send_acked(&mut core, 2, t0);
     let frames = drain(&mut core);
     assert!(
         frames.contains(&ClientFrame::Received {
@@ -944,17 +949,7 @@ fn a_read_receipt_never_covers_a_gap() {
     let create = bobs(1, None, kind, t0);
     core.handle_frame(push(&create, 1), t0).expect("push");
     drain(&mut core);
-    core.send(CONV, b"mine".to_vec(), vec![], t0).expect("send");
-    let Some(ClientFrame::Submit { request_id, events }) = core.poll_transmit() else {
-        panic!("expected a Submit");
-    };
-    let mine = Event::decode(&events[0].0).expect("own event");
-    let result = ServerFrame::SubmitResult {
-        request_id,
-        outcomes: vec![SubmitOutcome::Accepted { seq: 4 }],
-        records: vec![Envelope(ack(&mine, 4, t0).into_bytes())],
-    };
-    core.handle_frame(result, t0).expect("result");
+    send_acked(&mut core, 4, t0);
     core.mark_read(CONV, None, t0).expect("read");
     core.mark_read(CONV, Some(4), t0).expect("read");
     let (_, read) = core.store().log().device_marks(CONV, me).expect("marks");
