@@ -465,8 +465,9 @@ impl Replica {
             .await
     }
 
-    /// Marks the conversation read on this device up to `up_to` (default: the latest message).
-    /// Every device of this user then shows it read.
+    /// Marks the conversation read on this device up to `up_to` (default: everything it holds),
+    /// never past a message that has not arrived yet (a receipt is a watermark). Every device of
+    /// this user then shows it read.
     pub async fn mark_read(
         &self,
         conversation: ConversationId,
