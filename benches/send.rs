@@ -28,22 +28,19 @@
 //!
 //! `cargo bench --bench send`
 
+mod common;
+
+use common::encrypted::{self, body, cast, history, relay, Member, CONV, T0};
 use criterion::{BenchmarkId, Criterion};
-use ed25519_dalek::SigningKey;
 use rusqlite::Connection;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tidings::engine::wire::DeviceRegistration;
-use tidings::engine::{
-    ConversationId, DeviceKey, Event, EventId, EventKind, EventLog, Store, StoreConfig, UserId,
-};
+use tidings::engine::{Event, EventLog, Store};
 use tidings::replica::{Replica, ReplicaConfig};
 
 /// Bob's messages already in the conversation.
 const N_HISTORY: u64 = 1_000;
-/// Body size of every message.
-const BODY_LEN: usize = 100;
 /// Rounds of the percentile pass.
 const ROUNDS: usize = 10;
 /// Sends per side per round.
@@ -52,106 +49,6 @@ const PER_ROUND: usize = 100;
 const BURST: usize = 100;
 /// Bursts timed.
 const N_BURSTS: usize = 10;
-
-const CONV: ConversationId = ConversationId([0x5e; 16]);
-const T0: u64 = 1_700_000_000_000;
-
-/// A user (ed25519 identity key) with one certified device.
-struct Member {
-    device: DeviceKey,
-    cert: DeviceRegistration,
-}
-
-fn member(i: u8) -> Member {
-    let user_key = SigningKey::from_bytes(&[0x55 ^ i; 32]);
-    let user = UserId(user_key.verifying_key().to_bytes());
-    let device = DeviceKey::from_seed([0x66 ^ i; 32], user);
-    let cert = device.certificate(&user_key, 1);
-    Member { device, cert }
-}
-
-fn relay() -> DeviceKey {
-    DeviceKey::from_seed([9; 32], UserId([9; 32]))
-}
-
-fn config() -> StoreConfig {
-    StoreConfig::new(relay().device())
-}
-
-fn body(i: u64) -> Vec<u8> {
-    let mut b = vec![b'x'; BODY_LEN];
-    let tag = format!("message {i}: ");
-    b[..tag.len()].copy_from_slice(tag.as_bytes());
-    b
-}
-
-/// Signs the relay's acks, one chain.
-struct Sequencer {
-    key: DeviceKey,
-    seq: u64,
-    head: Option<EventId>,
-}
-
-impl Sequencer {
-    fn ack(&mut self, event: &Event) -> Event {
-        self.seq += 1;
-        let message = match event.kind() {
-            EventKind::Send { message, .. } => Some(*message),
-            _ => None,
-        };
-        let ts = T0 + self.seq;
-        let h = self.key.header(
-            event.conversation(),
-            self.seq,
-            self.head,
-            event.header().lamport,
-            ts,
-        );
-        let kind = EventKind::ServerAck {
-            event: event.id(),
-            message,
-            seq: self.seq,
-            server_ts_ms: ts,
-        };
-        let ack = Event::sign(self.key.signing_key(), h, kind).expect("sign ack");
-        self.head = Some(ack.id());
-        ack
-    }
-}
-
-/// Bob's conversation with Alice as the relay serves it: Bob's events, each with its ack.
-fn history(alice: &Member, bob: &Member) -> Vec<Event> {
-    let log = EventLog::in_memory().expect("log");
-    let mut store = Store::new(log, bob.device.clone(), config(), [7; 32]);
-    store
-        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
-        .expect("certificates");
-    store
-        .create_conversation(CONV, vec![alice.device.user()], T0)
-        .expect("create");
-    for i in 0..N_HISTORY {
-        store.send(CONV, body(i), vec![], T0 + 1 + i).expect("send");
-    }
-    let ids: Vec<EventId> = store
-        .outbox()
-        .expect("outbox")
-        .iter()
-        .map(|e| e.event)
-        .collect();
-    let mut relay = Sequencer {
-        key: relay(),
-        seq: 0,
-        head: None,
-    };
-    let mut out = Vec::new();
-    for id in ids {
-        let ev = store.log().get(&id).expect("get").expect("stored");
-        let ack = relay.ack(&ev);
-        out.push(ev);
-        out.push(ack);
-    }
-    out
-}
 
 /// Alice's log file at `path`: the history taken in, one message of hers sent. Returns the
 /// size of her `Send` envelope.
@@ -162,14 +59,7 @@ fn alice_log(path: &Path, alice: &Member, bob: &Member, events: &[Event]) -> usi
 
 /// Alice's store on `log`: the history taken in, one message of hers sent.
 fn alice_store(log: EventLog, alice: &Member, bob: &Member, events: &[Event]) -> (Store, usize) {
-    let mut store = Store::new(log, alice.device.clone(), config(), [8; 32]);
-    store
-        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
-        .expect("certificates");
-    for page in events.chunks(512) {
-        let out = store.apply(page).expect("apply");
-        assert!(out.rejected.is_empty() && out.refused.is_empty());
-    }
+    let mut store = encrypted::alice_store(log, alice, bob, events);
     let (sent, _) = store.send(CONV, body(0), vec![], T0).expect("send");
     store.snapshot_all().expect("snapshot");
     (store, sent.bytes().len())
@@ -177,7 +67,7 @@ fn alice_store(log: EventLog, alice: &Member, bob: &Member, events: &[Event]) ->
 
 fn open_store(path: &Path, alice: &Member) -> Store {
     let log = EventLog::open(path).expect("open log");
-    Store::new(log, alice.device.clone(), config(), [9; 32])
+    encrypted::open_alice(log, alice)
 }
 
 /// The peer: SQLite in WAL mode with `synchronous=FULL`, a message table and an outbox.
@@ -328,7 +218,7 @@ struct Fixture {
 
 fn fixture(alice: &Member, bob: &Member) -> Fixture {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let events = history(alice, bob);
+    let events = history(alice, bob, N_HISTORY);
     let log = EventLog::in_memory().expect("log");
     let in_memory = alice_store(log, alice, bob, &events).0;
     let store_path = dir.path().join("store.redb");
@@ -392,8 +282,7 @@ impl OnRuntime {
 }
 
 fn main() {
-    let alice = member(0);
-    let bob = member(1);
+    let (alice, bob) = cast();
     let mut fx = fixture(&alice, &bob);
     println!(
         "fixture: {N_HISTORY} messages of history, Send envelope {} B, files in {}",
