@@ -171,9 +171,25 @@ pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig, ClientErr
 }
 
 /// A client endpoint on an ephemeral loopback-or-any port that several clients can share.
+/// Its UDP buffers are asked for [`CLIENT_UDP_BUFFER_BYTES`] (see [`crate::server::udp_socket`]).
 pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
-    Ok(quinn::Endpoint::client(bind)?)
+    let (socket, granted) = crate::server::udp_socket(bind, CLIENT_UDP_BUFFER_BYTES)?;
+    if granted < CLIENT_UDP_BUFFER_BYTES {
+        tracing::debug!(granted, "smaller UDP buffers than asked for");
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no tokio runtime"))?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        runtime,
+    )?)
 }
+
+/// UDP buffer a client endpoint asks for: a device's endpoint carries one connection, a test's
+/// or a load tool's carries hundreds.
+pub const CLIENT_UDP_BUFFER_BYTES: usize = 1 << 20;
 
 /// An authenticated session with a relay.
 #[derive(Debug)]

@@ -7,6 +7,7 @@
 //! metrics_listen = "127.0.0.1:9464" # Prometheus text on GET /metrics; omit to disable
 //! durable = true                    # fsync every group commit
 //! idle_timeout_secs = 30
+//! udp_buffer_bytes = 4194304        # socket receive/send buffers (capped by the kernel)
 //! shutdown_grace_secs = 5
 //!
 //! [limits]                          # see `Limits`; every field optional
@@ -39,6 +40,12 @@ pub struct RelayConfig {
     pub idle_timeout_secs: u64,
     /// Seconds a graceful shutdown waits for connections to close after the final commit.
     pub shutdown_grace_secs: u64,
+    /// Receive and send buffer of the UDP socket, in bytes. A burst of connection attempts or
+    /// of sends arrives faster than one task drains it; what the kernel cannot buffer it drops,
+    /// and a dropped handshake packet costs its sender a retransmission timeout that doubles
+    /// each time. Linux caps the size at `net.core.rmem_max` / `wmem_max`; the relay logs a
+    /// warning with the size it got when the cap is lower.
+    pub udp_buffer_bytes: usize,
     /// Limits.
     pub limits: Limits,
 }
@@ -52,6 +59,7 @@ impl Default for RelayConfig {
             durable: true,
             idle_timeout_secs: limits::IDLE_TIMEOUT_SECS,
             shutdown_grace_secs: limits::SHUTDOWN_GRACE_SECS,
+            udp_buffer_bytes: limits::UDP_BUFFER_BYTES,
             limits: Limits::default(),
         }
     }

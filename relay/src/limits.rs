@@ -82,6 +82,9 @@ pub const CORE_QUEUE: usize = 1024;
 pub const IDLE_TIMEOUT_SECS: u64 = 30;
 /// Default seconds for the graceful shutdown to drain connections before closing them.
 pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// Default UDP socket buffer, in bytes ([`crate::RelayConfig::udp_buffer_bytes`]): about 3,000
+/// full-size QUIC packets.
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// Most bytes of an HTTP request head read by the metrics endpoint.
 pub const MAX_METRICS_REQUEST: usize = 8 * 1024;
 

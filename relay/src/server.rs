@@ -194,7 +194,12 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         config.limits.clone(),
         metrics.clone(),
     )?;
-    let endpoint = server_endpoint(&identity, config.listen, config.idle_timeout_secs)?;
+    let endpoint = server_endpoint(
+        &identity,
+        config.listen,
+        config.idle_timeout_secs,
+        config.udp_buffer_bytes,
+    )?;
     let addr = endpoint.local_addr().map_err(|source| RelayError::Io {
         what: "reading the QUIC address",
         source,
@@ -278,6 +283,7 @@ pub fn server_endpoint(
     identity: &RelayIdentity,
     addr: SocketAddr,
     idle_timeout_secs: u64,
+    udp_buffer_bytes: usize,
 ) -> Result<quinn::Endpoint, RelayError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -296,10 +302,50 @@ pub fn server_endpoint(
             quinn::IdleTimeout::try_from(Duration::from_secs(idle_timeout_secs.max(1))).ok(),
         );
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, addr).map_err(|source| RelayError::Io {
-        what: "binding the QUIC address",
-        source,
-    })
+    let io = |what| move |source| RelayError::Io { what, source };
+    let (socket, granted) =
+        udp_socket(addr, udp_buffer_bytes).map_err(io("binding the QUIC address"))?;
+    if granted < udp_buffer_bytes {
+        warn!(
+            asked = udp_buffer_bytes,
+            granted,
+            "the kernel granted smaller UDP buffers than asked for: bursts of packets will be \
+             dropped sooner; raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        io("starting the QUIC endpoint")(std::io::Error::other("no tokio runtime"))
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(io("starting the QUIC endpoint"))
+}
+
+/// A UDP socket bound to `addr` whose receive and send buffers were asked for `buffer_bytes`
+/// each, and the smaller of the two sizes the kernel granted. It may grant less (Linux caps at
+/// `net.core.rmem_max` / `wmem_max`): the socket works, only with more loss under bursts, so the
+/// caller decides how loudly to say so. An IPv6 address also takes IPv4 where the system allows
+/// it, as `quinn::Endpoint::client` does.
+pub fn udp_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Best effort: some systems refuse dual-stack sockets; IPv6 alone still works.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.set_recv_buffer_size(buffer_bytes)?;
+    sock.set_send_buffer_size(buffer_bytes)?;
+    // Linux reports twice the size granted (its bookkeeping overhead), other systems the size.
+    let granted = sock.recv_buffer_size()?.min(sock.send_buffer_size()?);
+    sock.bind(&addr.into())?;
+    Ok((sock.into(), granted))
 }
 
 /// What a connection writer is told to do.
