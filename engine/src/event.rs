@@ -259,6 +259,12 @@ mod tag {
     pub const DELIVERED_AT: u16 = 12;
     /// A `Read` carrying the chain head its author saw at `up_to`.
     pub const READ_AT: u16 = 13;
+
+    /// Whether this build gives `tag` a kind of its own: an `EventKind::Unknown` must not
+    /// carry one, or it would be read back as that kind (or not at all).
+    pub fn is_known(tag: u16) -> bool {
+        (CREATE..=READ_AT).contains(&tag)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -679,6 +685,9 @@ impl Event {
         kind: EventKind,
     ) -> Result<Event, DecodeError> {
         kind.check_limits()?;
+        if matches!(kind, EventKind::Unknown { tag, .. } if tag::is_known(tag)) {
+            return Err(DecodeError::Malformed("an unknown kind with a known tag"));
+        }
         let (tag, payload) = kind.to_tagged();
         let body = postcard::to_stdvec(&BodyRef {
             header: &header,
@@ -1061,6 +1070,27 @@ mod tests {
             tag: 999,
             payload: vec![1, 2, 3],
         });
+    }
+
+    /// An `Unknown` kind is refused at signing when its tag names a kind of this build: what
+    /// the encoder writes must read back as itself. Found by the fuzz smoke test (tag 9, then
+    /// `KeyRequest`, read back as `Malformed`).
+    #[test]
+    fn an_unknown_kind_never_takes_a_known_tag() {
+        let key = DeviceKey::from_seed([7; 32], UserId([1; 32]));
+        for tag in 0..=64u16 {
+            let header = key.header(ConversationId([2; 16]), 1, None, 1, 1000);
+            let kind = EventKind::Unknown {
+                tag,
+                payload: vec![],
+            };
+            match Event::sign(key.signing_key(), header, kind) {
+                Ok(ev) => assert_eq!(Event::decode_trusted(ev.bytes()), Ok(ev), "tag {tag}"),
+                Err(e) => {
+                    assert!(super::tag::is_known(tag), "tag {tag} refused: {e}");
+                }
+            }
+        }
     }
 
     #[test]
