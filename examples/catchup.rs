@@ -3,14 +3,20 @@
 //! receipts are acknowledged by the relay?
 //!
 //! `cargo run --release --example catchup -- --messages 100000 --conversations 100`
+//!
+//! The relay and the filler devices run in a child process (this example again, with
+//! `--serve`), so the peak resident memory printed is the device's alone; `--in-process` runs
+//! everything in this process, as the first measurements did.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tidings::engine::wire::{SubmitOutcome, MAX_INVITATIONS_PER_INVITER};
-use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, UserId};
+use tidings::engine::{ConversationId, DeviceId, DeviceKey, Event, EventId, EventKind, UserId};
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server;
@@ -32,6 +38,21 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Run the relay and the fillers in this process too (the printed memory is then all of it).
+    #[arg(long)]
+    in_process: bool,
+    /// Internal: be the child that serves the relay for Bob (hex of Bob's user key seed); it
+    /// prints `addr relay-id fingerprint` once filled and stops when its stdin closes.
+    #[arg(long, hide = true)]
+    serve: Option<String>,
+}
+
+/// Where the device finds the filled relay.
+struct Served {
+    addr: SocketAddr,
+    relay_id: DeviceId,
+    fingerprint: String,
+    messages: usize,
 }
 
 /// Signs every event a filler device sends: a Create and the messages, per conversation of
@@ -74,18 +95,121 @@ fn sign_all(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(seed) = &args.serve {
+        return serve(&args, seed).await;
+    }
+    let seed: [u8; 32] = rand::random();
+    let bob = SigningKey::from_bytes(&seed);
     let tmp = tempfile::tempdir()?;
+    if args.in_process {
+        let (relay, messages) = fill(&args, &bob, tmp.path()).await?;
+        let served = Served {
+            addr: relay.addr(),
+            relay_id: relay.relay_id(),
+            fingerprint: relay.fingerprint().to_owned(),
+            messages,
+        };
+        catch_up(
+            &args,
+            &bob,
+            &served,
+            tmp.path(),
+            "this whole process: relay, fillers and device",
+        )
+        .await?;
+        relay.shutdown().await?;
+        return Ok(());
+    }
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args().skip(1))
+        .arg("--serve")
+        .arg(hex::encode(seed))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the relay's child process")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let line = tokio::task::spawn_blocking(move || -> Result<String> {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("SERVING ") {
+                return Ok(rest.to_owned());
+            }
+            println!("{line}");
+        }
+        bail!("the relay's child process ended before it served")
+    })
+    .await??;
+    let mut parts = line.split_whitespace();
+    let mut next = |what: &str| {
+        parts
+            .next()
+            .with_context(|| format!("no {what} in {line:?}"))
+    };
+    let served = Served {
+        addr: next("address")?.parse()?,
+        relay_id: DeviceId::from_hex(next("relay id")?).context("relay id")?,
+        fingerprint: next("fingerprint")?.to_owned(),
+        messages: next("count")?.parse()?,
+    };
+    let result = catch_up(
+        &args,
+        &bob,
+        &served,
+        tmp.path(),
+        "this process: the device alone",
+    )
+    .await;
+    // Closing its stdin tells the child to shut the relay down.
+    drop(child.stdin.take());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    result?;
+    if !status.success() {
+        bail!("the relay's child process failed: {status}");
+    }
+    Ok(())
+}
+
+/// The child: fills a relay for Bob (`seed`), says where it is, serves until stdin closes.
+async fn serve(args: &Args, seed: &str) -> Result<()> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(seed, &mut bytes).context("--serve takes 64 hex digits")?;
+    let bob = SigningKey::from_bytes(&bytes);
+    let tmp = tempfile::tempdir()?;
+    let (relay, messages) = fill(args, &bob, tmp.path()).await?;
+    println!(
+        "SERVING {} {} {} {messages}",
+        relay.addr(),
+        relay.relay_id(),
+        relay.fingerprint()
+    );
+    std::io::stdout().flush()?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::stdin().read_to_end(&mut sink)
+    })
+    .await??;
+    relay.shutdown().await?;
+    Ok(())
+}
+
+/// Starts a relay in `dir` and fills it with `args.messages` messages for Bob while his device
+/// is off; returns it and the number of messages.
+async fn fill(
+    args: &Args,
+    bob: &SigningKey,
+    dir: &std::path::Path,
+) -> Result<(server::RelayHandle, usize)> {
     let relay = server::start(RelayConfig {
         listen: "127.0.0.1:0".parse()?,
-        data_dir: tmp.path().join("relay"),
+        data_dir: dir.join("relay"),
         // The filler device sends far over a phone's rate.
         limits: Limits::default().with_rate(10_000_000, 10_000_000),
         ..RelayConfig::default()
     })
     .await?;
-    let bob = SigningKey::from_bytes(&rand::random());
     let bob_id = UserId(bob.verifying_key().to_bytes());
-
     // Fill the relay while Bob's device is off. The relay keeps at most
     // MAX_INVITATIONS_PER_INVITER pending invitations from one user to another, so the
     // conversations are spread over as many inviting users as that takes.
@@ -97,7 +221,7 @@ async fn main() -> Result<()> {
         let alice = SigningKey::from_bytes(&rand::random());
         let filler = DeviceKey::from_seed(rand::random(), UserId(alice.verifying_key().to_bytes()));
         let t = Instant::now();
-        let events = sign_all(&filler, bob_id, &args, convs);
+        let events = sign_all(&filler, bob_id, args, convs);
         sign_s += t.elapsed().as_secs_f64();
         let mut client =
             RelayClient::connect(&endpoint, relay.addr(), relay.fingerprint(), &filler).await?;
@@ -122,19 +246,32 @@ async fn main() -> Result<()> {
         n_msgs += sends.len();
         n_creates += creates.len();
     }
-    let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
     println!(
         "filled the relay: {} messages in {} conversations (signing {:.2} s, submit {:.2} s = {:.0} events/s)",
         n_msgs, args.conversations, sign_s, fill_s, (n_msgs + n_creates) as f64 / fill_s
     );
 
+    Ok((relay, n_msgs))
+}
+
+/// Bob's device comes online with an empty store and catches up from the relay at `served`.
+async fn catch_up(
+    args: &Args,
+    bob: &SigningKey,
+    served: &Served,
+    dir: &std::path::Path,
+    memory_of: &str,
+) -> Result<()> {
+    let n_msgs = served.messages;
+    let bob_id = UserId(bob.verifying_key().to_bytes());
+    let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
     // Bob's device comes online with an empty store.
     let key = DeviceKey::from_seed(rand::random(), bob_id);
-    let fp = parse_fingerprint(relay.fingerprint()).context("fingerprint")?;
-    let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fp);
-    config.device.registration = Some(key.certificate(&bob, 0));
+    let fp = parse_fingerprint(&served.fingerprint).context("fingerprint")?;
+    let mut config = ReplicaConfig::new(served.addr, served.relay_id, fp);
+    config.device.registration = Some(key.certificate(bob, 0));
     let t = Instant::now();
-    let replica = Replica::open(tmp.path().join("bob"), key, config).await?;
+    let replica = Replica::open(dir.join("bob"), key, config).await?;
     let mut updates = replica.subscribe();
     let mut received: HashMap<ConversationId, u64> = HashMap::new();
     let deadline = Duration::from_secs(args.timeout_secs);
@@ -193,13 +330,12 @@ async fn main() -> Result<()> {
     );
     match peak_resident_kib() {
         Some(kib) => println!(
-            "  peak resident memory (VmHWM, this whole process: relay, filler and device): {:.1} MiB",
+            "  peak resident memory (VmHWM, {memory_of}): {:.1} MiB",
             kib as f64 / 1024.0
         ),
         None => println!("  peak resident memory: /proc/self/status has no VmHWM here"),
     }
     replica.close().await?;
-    relay.shutdown().await?;
     Ok(())
 }
 
