@@ -197,9 +197,18 @@ impl PgServer {
     }
 
     /// Creates database `name` and returns its connection string.
+    /// (On a thread of its own: the sync client runs a runtime, which cannot start inside
+    /// an async test's.)
     pub fn create_database(&self, name: &str) -> Result<String> {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
-        c.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        let admin = self.url("postgres");
+        let sql = format!("CREATE DATABASE {name}");
+        std::thread::spawn(move || -> Result<()> {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
+            c.batch_execute(&sql)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("CREATE DATABASE panicked"))??;
         Ok(self.url(name))
     }
 
