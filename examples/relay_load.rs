@@ -263,21 +263,24 @@ fn main() -> Result<()> {
 /// TOAST of `events`; `statements` apart).
 fn print_pg_sizes(url: &str) -> Result<()> {
     let url = url.to_string();
-    let (n, events, statements): (i64, i64, i64) = std::thread::spawn(move || -> Result<_> {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
-        c.batch_execute("CHECKPOINT")?;
-        let row = c.query_one(
-            "SELECT (SELECT count(*) FROM events), pg_total_relation_size('events'), \
-             pg_total_relation_size('statements')",
-            &[],
-        )?;
-        Ok((row.get(0), row.get(1), row.get(2)))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("size query panicked"))??;
+    let (n, events, statements, envelope): (i64, i64, i64, f64) =
+        std::thread::spawn(move || -> Result<_> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            c.batch_execute("CHECKPOINT")?;
+            let row = c.query_one(
+                "SELECT (SELECT count(*) FROM events), pg_total_relation_size('events'), \
+             pg_total_relation_size('statements'), \
+             (SELECT avg(octet_length(event))::float8 FROM events)",
+                &[],
+            )?;
+            Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("size query panicked"))??;
     let per = |b: i64| b as f64 / (n.max(1) as f64);
     println!(
-        "postgres: {n} events; events table with indexes {:.0} B/event, statements {:.0} B/event",
+        "postgres: {n} events, envelope {envelope:.0} B; events table with indexes {:.0} B/event, \
+         statements {:.0} B/event",
         per(events),
         per(statements)
     );
