@@ -4,7 +4,15 @@
 //! ```text
 //! cargo run --release --example relay_load -- [--devices 100] [--conversations 50]
 //!     [--events 3000] [--batch 32] [--window 4] [--rate 0] [--payload 100] [--no-mqtt]
+//!     [--storage redb,postgres]
 //! ```
+//!
+//! `--storage` lists the relay stores to run, one after the other in the same run: `redb`
+//! (default) and/or `postgres`. For `postgres` the example starts a throwaway PostgreSQL
+//! server (fsync and synchronous_commit on, as shipped) with the tests' harness
+//! (`relay/tests/support/pg.rs`: initdb + pg_ctl as the `postgres` user in a temporary
+//! directory); it needs an installed server (`apt-get install -y postgresql`) and says so if
+//! none is found.
 //!
 //! Prints accepted events/s and p50/p99 latency from submit to ServerAck and from submit to
 //! arrival at another member device, and fairness: ack p99/p50 and the spread of the devices'
@@ -32,6 +40,9 @@ use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, Mess
 use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::{Limits, RelayConfig};
 
+#[path = "../relay/tests/support/pg.rs"]
+mod pg;
+
 #[derive(Debug, Parser, Clone)]
 struct Args {
     /// Connected devices.
@@ -55,6 +66,9 @@ struct Args {
     /// Message body bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Relay stores to run, comma-separated: redb, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "redb")]
+    storage: Vec<String>,
     /// Skip the mosquitto comparison.
     #[arg(long)]
     no_mqtt: bool,
@@ -208,7 +222,22 @@ fn main() -> Result<()> {
         })
         .transpose()?;
     let relay_on = relay_rt.as_ref().map(|r| r.handle().clone());
-    let mut rows = vec![rt.block_on(run_relay(&args, relay_on))?];
+    let mut rows = Vec::new();
+    for storage in &args.storage {
+        let (system, server) = match storage.as_str() {
+            "redb" => ("relay/redb", None),
+            "postgres" => ("relay/postgres", Some(pg::PgServer::start(false, &[])?)),
+            other => bail!("--storage {other}: redb or postgres"),
+        };
+        let url = match &server {
+            Some(s) => Some(s.create_database("relay_load")?),
+            None => None,
+        };
+        rows.push(rt.block_on(run_relay(&args, relay_on.clone(), system, url.clone()))?);
+        if let Some(url) = url {
+            print_pg_sizes(&url)?;
+        }
+    }
     let envelope_len = rows_envelope_len(&args)?;
     if args.no_mqtt {
         println!("mosquitto: skipped (--no-mqtt)");
@@ -218,12 +247,43 @@ fn main() -> Result<()> {
         println!("mosquitto: not on PATH, comparison skipped (Debian package `mosquitto`)");
     }
     print_rows(&mut rows);
-    if rows.len() == 2 {
-        println!(
-            "ratio tidings/mosquitto (events/s): {:.2}",
-            rows[0].rate() / rows[1].rate()
-        );
+    if let Some(mqtt) = rows.iter().find(|r| r.system == "mosquitto") {
+        for r in rows.iter().filter(|r| r.system != "mosquitto") {
+            println!(
+                "ratio {}/mosquitto (events/s): {:.2}",
+                r.system,
+                r.rate() / mqtt.rate()
+            );
+        }
     }
+    Ok(())
+}
+
+/// What the PostgreSQL store holds after the run: bytes per event on disk (heap, indexes and
+/// TOAST of `events`; `statements` apart).
+fn print_pg_sizes(url: &str) -> Result<()> {
+    let url = url.to_string();
+    let (n, events, statements, envelope): (i64, i64, i64, f64) =
+        std::thread::spawn(move || -> Result<_> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            c.batch_execute("CHECKPOINT")?;
+            let row = c.query_one(
+                "SELECT (SELECT count(*) FROM events), pg_total_relation_size('events'), \
+             pg_total_relation_size('statements'), \
+             (SELECT avg(octet_length(event))::float8 FROM events)",
+                &[],
+            )?;
+            Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("size query panicked"))??;
+    let per = |b: i64| b as f64 / (n.max(1) as f64);
+    println!(
+        "postgres: {n} events, envelope {envelope:.0} B; events table with indexes {:.0} B/event, \
+         statements {:.0} B/event",
+        per(events),
+        per(statements)
+    );
     Ok(())
 }
 
@@ -284,14 +344,22 @@ fn sign_all(args: &Args, keys: &[DeviceKey], heads: &[Option<EventId>]) -> Vec<V
     out
 }
 
-async fn run_relay(args: &Args, relay_on: Option<tokio::runtime::Handle>) -> Result<Row> {
+async fn run_relay(
+    args: &Args,
+    relay_on: Option<tokio::runtime::Handle>,
+    system: &'static str,
+    postgres: Option<String>,
+) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let limits = Limits::default()
         .with_connections_per_prefix(args.devices + 16)
         .with_rate(10_000_000, 10_000_000);
-    let config = RelayConfig::dev(dir.path())
+    let mut config = RelayConfig::dev(dir.path())
         .with_limits(limits)
         .with_durable(!args.no_fsync);
+    if let Some(url) = postgres {
+        config = config.with_postgres(url);
+    }
     let relay = match &relay_on {
         Some(h) => h.spawn(tidings::relay::start(config)).await??,
         None => tidings::relay::start(config).await?,
@@ -365,7 +433,7 @@ async fn run_relay(args: &Args, relay_on: Option<tokio::runtime::Handle>) -> Res
         }));
     }
     let mut row = Row {
-        system: "tidings-relay",
+        system,
         events: 0,
         secs: 0.0,
         ack_us: Vec::new(),

@@ -9,6 +9,8 @@
 //! idle_timeout_secs = 30
 //! udp_buffer_bytes = 4194304        # socket receive/send buffers (capped by the kernel)
 //! shutdown_grace_secs = 5
+//! storage = "redb"                  # or "postgres", with a connection string:
+//! # postgres = "host=127.0.0.1 port=5432 user=tidings dbname=tidings"
 //!
 //! [limits]                          # see `Limits`; every field optional
 //! events_per_sec = 5000
@@ -23,6 +25,18 @@ use std::path::PathBuf;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "tidings-relay-data";
+
+/// Where the relay keeps its durable state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StorageKind {
+    /// The embedded redb file `relay.redb` in `data_dir`: one relay process.
+    #[default]
+    Redb,
+    /// A PostgreSQL database (`postgres` connection string): several relay nodes may share it.
+    Postgres,
+}
 
 /// Everything a relay needs to start. `Default` plus setters; the TOML file deserializes into it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +60,12 @@ pub struct RelayConfig {
     /// each time. Linux caps the size at `net.core.rmem_max` / `wmem_max`; the relay logs a
     /// warning with the size it got when the cap is lower.
     pub udp_buffer_bytes: usize,
+    /// The store: `"redb"` (default) or `"postgres"`.
+    pub storage: StorageKind,
+    /// PostgreSQL connection string (libpq key=value or URL), for `storage = "postgres"`.
+    /// Relay nodes sharing one database must share one relay identity too (the key and
+    /// certificate files in `data_dir`): they sign one chain of statements per conversation.
+    pub postgres: Option<String>,
     /// Limits.
     pub limits: Limits,
 }
@@ -60,6 +80,8 @@ impl Default for RelayConfig {
             idle_timeout_secs: limits::IDLE_TIMEOUT_SECS,
             shutdown_grace_secs: limits::SHUTDOWN_GRACE_SECS,
             udp_buffer_bytes: limits::UDP_BUFFER_BYTES,
+            storage: StorageKind::Redb,
+            postgres: None,
             limits: Limits::default(),
         }
     }
@@ -138,6 +160,13 @@ impl RelayConfig {
         self
     }
 
+    /// Stores in PostgreSQL at `url` instead of redb.
+    pub fn with_postgres(mut self, url: impl Into<String>) -> Self {
+        self.storage = StorageKind::Postgres;
+        self.postgres = Some(url.into());
+        self
+    }
+
     /// Turns fsync per commit on or off.
     pub fn with_durable(mut self, durable: bool) -> Self {
         self.durable = durable;
@@ -160,6 +189,11 @@ mod tests {
         assert_eq!(c.limits.push_window, limits::PUSH_WINDOW);
         assert!(c.durable);
         assert!(RelayConfig::from_toml("nonsense = 1").is_err());
+        let pg = RelayConfig::from_toml("storage = \"postgres\"\npostgres = \"host=db\"\n")
+            .expect("parse");
+        assert_eq!(pg.storage, StorageKind::Postgres);
+        assert_eq!(pg.postgres.as_deref(), Some("host=db"));
+        assert!(RelayConfig::from_toml("storage = \"sqlite\"").is_err());
         assert_eq!(
             RelayConfig::from_toml("").expect("empty"),
             RelayConfig::default()

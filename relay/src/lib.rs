@@ -9,7 +9,10 @@
 //!
 //! # Layout
 //! - [`core`]: sessions, membership, the sequencer with group commit, cursors, fan-out (sans-IO),
-//!   and its redb [`core::RelayStore`].
+//!   generic over its store.
+//! - [`storage`]: the storage boundary ([`storage::Storage`]): the redb
+//!   [`core::RelayStore`] (embedded default) and [`storage::PgStore`] (PostgreSQL, shared by
+//!   several relay nodes).
 //! - [`admission`]: which connections the relay takes, decided on their first packet and
 //!   counted in one place.
 //! - [`limits`]: every limit as a named constant, overridable through [`Limits`].
@@ -41,9 +44,10 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod storage;
 pub mod verify;
 
-pub use config::RelayConfig;
+pub use config::{RelayConfig, StorageKind};
 pub use identity::{cert_fingerprint, RelayIdentity};
 pub use limits::Limits;
 pub use server::{run, server_endpoint, start, RelayError, RelayHandle};

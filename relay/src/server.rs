@@ -30,9 +30,11 @@
 
 use crate::admission::{AdmissionTicket, SharedAdmission};
 use crate::config::RelayConfig;
+use crate::config::StorageKind;
 use crate::core::{CommitJob, CoreStats, Output, RelayCore, RelayStore, SessionId, StoreError};
 use crate::identity::{IdentityError, RelayIdentity};
 use crate::metrics::RelayMetrics;
+use crate::storage::{AnyStorage, PgStore, Storage};
 use crate::verify::VerifyPool;
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +77,9 @@ pub enum RelayError {
     /// The core thread stopped unexpectedly.
     #[error("the relay core stopped")]
     CoreGone,
+    /// `storage = "postgres"` without a `postgres` connection string.
+    #[error("storage = \"postgres\" needs a `postgres` connection string in the config")]
+    NoPostgres,
 }
 
 fn now_ms() -> u64 {
@@ -186,7 +191,18 @@ impl CoreThread {
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let identity = RelayIdentity::load_or_create(&config.data_dir)?;
     let db_path = config.data_dir.join("relay.redb");
-    let store = RelayStore::open_path(&db_path, config.durable)?;
+    let store = match config.storage {
+        StorageKind::Redb => AnyStorage::Redb(RelayStore::open_path(&db_path, config.durable)?),
+        StorageKind::Postgres => {
+            let url = config.postgres.as_deref().ok_or(RelayError::NoPostgres)?;
+            // Blocking: the connections are opened and the schema checked before serving.
+            let url = url.to_string();
+            let store = tokio::task::spawn_blocking(move || PgStore::connect(&url))
+                .await
+                .map_err(|_| RelayError::CoreGone)??;
+            AnyStorage::Postgres(store)
+        }
+    };
     let metrics = RelayMetrics::default();
     let core = RelayCore::with_metrics(
         store,
@@ -256,9 +272,9 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
 /// Serves `endpoint` with `core` until `shutdown` completes, then shuts down gracefully (final
 /// commit, `SHUTTING_DOWN` to every device). For callers that bind their own endpoint (see
 /// [`server_endpoint`]); [`start`] does everything from a config.
-pub async fn run(
+pub async fn run<S: Storage>(
     endpoint: quinn::Endpoint,
-    core: RelayCore,
+    core: RelayCore<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let limits = core.limits().clone();
@@ -459,7 +475,9 @@ impl Meter {
     }
 }
 
-fn spawn_core(core: RelayCore) -> Result<(CoreThread, mpsc::Sender<CoreInput>), RelayError> {
+fn spawn_core<S: Storage>(
+    core: RelayCore<S>,
+) -> Result<(CoreThread, mpsc::Sender<CoreInput>), RelayError> {
     let (tx, rx) = mpsc::channel(core.limits().core_queue);
     let (crash_tx, crash_rx) = oneshot::channel();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -485,12 +503,12 @@ fn spawn_core(core: RelayCore) -> Result<(CoreThread, mpsc::Sender<CoreInput>), 
     ))
 }
 
-struct CoreDriver {
-    core: RelayCore,
+struct CoreDriver<S: Storage> {
+    core: RelayCore<S>,
     routes: HashMap<SessionId, Route>,
 }
 
-impl CoreDriver {
+impl<S: Storage> CoreDriver<S> {
     /// Handles one input; returns the shutdown reply when the input asks to stop.
     fn handle(&mut self, input: CoreInput) -> Option<oneshot::Sender<()>> {
         let now = now_ms();
@@ -603,7 +621,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(store: RelayStore) -> std::io::Result<Writer> {
+    fn spawn<S: Storage>(store: S) -> std::io::Result<Writer> {
         let (jobs, job_rx) = std::sync::mpsc::channel::<CommitJob>();
         // One job is out at a time, so one slot is enough.
         let (done_tx, done) = mpsc::channel(1);
@@ -650,8 +668,8 @@ impl Drop for Writer {
     }
 }
 
-async fn core_loop(
-    core: RelayCore,
+async fn core_loop<S: Storage>(
+    core: RelayCore<S>,
     mut rx: mpsc::Receiver<CoreInput>,
     mut crash: oneshot::Receiver<()>,
 ) {
@@ -731,7 +749,11 @@ fn crash_requested(crash: &mut oneshot::Receiver<()>) -> bool {
 
 /// Graceful end: the commit being written completes, what is staged is committed, every
 /// device is told, then the store closes.
-async fn finish(mut d: CoreDriver, mut writer: Option<Writer>, reply: oneshot::Sender<()>) {
+async fn finish<S: Storage>(
+    mut d: CoreDriver<S>,
+    mut writer: Option<Writer>,
+    reply: oneshot::Sender<()>,
+) {
     if let Some(w) = writer.as_mut().filter(|w| w.busy) {
         if let Some((job, result)) = w.done.recv().await {
             w.busy = false;

@@ -5,7 +5,8 @@ use super::consent::Consent;
 use super::sequencing::{self, Resolved, ToPlace};
 use super::staged::{Inflight, PendingSubmit, Slot, Staged, StagedEvent};
 use super::store::{self, CommitBatch, ConversationRecord, SequencedRecord, StoreError};
-use super::{RelayCore, RelayStore};
+use super::RelayCore;
+use crate::storage::Storage;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{ErrorCode, ServerFrame};
@@ -21,7 +22,7 @@ pub struct CommitJob {
 
 impl CommitJob {
     /// Writes the job in one durable transaction.
-    pub fn write(&self, store: &RelayStore) -> Result<(), StoreError> {
+    pub fn write(&self, store: &impl Storage) -> Result<(), StoreError> {
         let mut batch = CommitBatch::default();
         for s in &self.staged.events {
             batch.events.push(SequencedRecord {
@@ -68,7 +69,7 @@ impl CommitJob {
 /// Below this many conversations in a commit, statements are signed on the calling thread.
 pub(super) const MIN_PARALLEL_SIGN: usize = 8;
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// Signs the statements of a commit: per conversation, its staged events (consecutive
     /// sequences) in statements of up to `MAX_SEQUENCED_ENTRIES`, chained after the
     /// conversation's head; conversations spread over threads (the result does not depend on
@@ -270,10 +271,18 @@ impl RelayCore {
             }
             Err(e) => {
                 let msg = format!("store failure: {e}");
+                let touched: Vec<ConversationId> = job
+                    .staged
+                    .touched
+                    .iter()
+                    .chain(self.staged.touched.iter())
+                    .copied()
+                    .collect();
                 self.reset_heads();
                 self.fail(job.staged, &msg);
                 let later = std::mem::take(&mut self.staged);
                 self.fail(later, &msg);
+                self.refresh_convs(&touched);
                 for p in waiters {
                     self.answer(p, Some(&msg));
                 }

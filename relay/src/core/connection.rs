@@ -4,6 +4,7 @@
 use super::session::{Phase, Session};
 use super::staged::UserRequest;
 use super::{verify_batch, ConnectError, Output, RelayCore, SessionId};
+use crate::storage::Storage;
 use std::net::IpAddr;
 use tidings_engine::wire::{
     self, ClientFrame, ErrorCode, ServerFrame, Welcome, NONCE_LEN, TLS_BINDING_LEN,
@@ -29,7 +30,7 @@ fn frame_name(f: &ClientFrame) -> &'static str {
     }
 }
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// A new connection from `peer`, counted against the connection limits by the core's own
     /// [`Admission`](crate::admission::Admission). `tls_binding` is the keying material exported from its TLS session,
     /// `nonce` fresh random bytes for its challenge.

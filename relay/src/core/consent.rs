@@ -11,7 +11,8 @@
 //! what the relay delivers to a user's devices, and which Creates and AddMembers it takes
 //! (a refused event was never sequenced, so no device has to agree with the refusal).
 
-use super::store::{Decision, InvitationRecord, RelayStore, StoreError};
+use super::store::{Decision, InvitationRecord, StoreError};
+use crate::storage::Storage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tidings_engine::wire::{
     ErrorCode, Invitation, MAX_BLOCKED_USERS, MAX_INVITATIONS_PER_INVITER, MAX_PENDING_INVITATIONS,
@@ -40,7 +41,7 @@ pub(super) type Refusal = (ErrorCode, String);
 
 impl Consent {
     /// The state as stored.
-    pub fn load(store: &RelayStore) -> Result<Consent, StoreError> {
+    pub fn load(store: &impl Storage) -> Result<Consent, StoreError> {
         let mut c = Consent::default();
         for r in store.invitations()? {
             c.set(r.user, r.conversation, r.decision, r.inviter);

@@ -2,12 +2,13 @@
 
 use super::staged::{PendingRegistration, PendingRevocation};
 use super::{RelayCore, SessionId};
+use crate::storage::Storage;
 use std::collections::BTreeSet;
 use tidings_engine::directory::{self, CertificateCheck, DirectoryRefusal, RevocationCheck};
 use tidings_engine::wire::{self, DeviceRegistration, DeviceRevocation, ErrorCode, ServerFrame};
 use tidings_engine::{ConversationId, DeviceId, UserId};
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     pub(super) fn on_register(
         &mut self,
         session: SessionId,

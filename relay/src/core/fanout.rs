@@ -6,6 +6,7 @@ use super::session::Session;
 use super::staged::StagedEvent;
 use super::{Output, RelayCore, SessionId};
 use crate::metrics::RelayMetrics;
+use crate::storage::Storage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tidings_engine::wire::ServerFrame;
 use tidings_engine::{ConversationId, DeviceId, EventKind, Membership, UserId};
@@ -69,7 +70,7 @@ impl FanOut<'_> {
     }
 }
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// Pushes each new event to every online, push-enabled device of every member at the
     /// event's place in the order (for a membership change: the members before it and an
     /// added user), except the connection that submitted it (it has the ack). A device past

@@ -1,7 +1,8 @@
 //! The relay's protocol logic, sans-IO: sessions and authentication, membership checks, the
 //! per-conversation sequencer with group commit, device cursors, fan-out decisions and limits.
 //!
-//! [`RelayCore`] owns a [`RelayStore`] and calls it synchronously; it has no sockets, no
+//! [`RelayCore`] owns a [`Storage`] (by default the redb [`RelayStore`]; PostgreSQL for a
+//! tier of relay nodes, see [`crate::storage`]) and calls it synchronously; it has no sockets, no
 //! clock and no randomness: `now_ms` (Unix milliseconds) and nonces come in as arguments, so
 //! a simulator can drive it on virtual time over a fake network.
 //!
@@ -63,6 +64,7 @@ pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 use crate::admission::Admission;
 use crate::limits::Limits;
 use crate::metrics::RelayMetrics;
+use crate::storage::Storage;
 use consent::Consent;
 use rates::RateBuckets;
 use session::{Phase, Session};
@@ -149,8 +151,8 @@ pub struct CoreStats {
 
 /// The relay's sans-IO core. See the module documentation for the call order.
 #[derive(Debug)]
-pub struct RelayCore {
-    store: RelayStore,
+pub struct RelayCore<S = RelayStore> {
+    store: S,
     key: DeviceKey,
     limits: Limits,
     metrics: RelayMetrics,
@@ -192,19 +194,19 @@ struct Conv {
     head: ConversationRecord,
 }
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// A core over `store`, signing acks with `key` (its DeviceId is the relay's identity).
-    pub fn new(store: RelayStore, key: DeviceKey, limits: Limits) -> Result<RelayCore, StoreError> {
+    pub fn new(store: S, key: DeviceKey, limits: Limits) -> Result<RelayCore<S>, StoreError> {
         RelayCore::with_metrics(store, key, limits, RelayMetrics::default())
     }
 
     /// Same as [`RelayCore::new`], reporting into `metrics`.
     pub fn with_metrics(
-        store: RelayStore,
+        store: S,
         key: DeviceKey,
         limits: Limits,
         metrics: RelayMetrics,
-    ) -> Result<RelayCore, StoreError> {
+    ) -> Result<RelayCore<S>, StoreError> {
         let limits = limits.clamped();
         let mut core = RelayCore {
             store,
@@ -266,6 +268,54 @@ impl RelayCore {
         Ok(())
     }
 
+    /// Whether the conversation is known, loading it from storage if this node has not seen
+    /// it (another relay node over the same storage may have created it).
+    fn ensure_conv(&mut self, id: &ConversationId) -> bool {
+        if self.convs.contains_key(id) {
+            return true;
+        }
+        match self.store.conversation(id) {
+            Ok(Some(rec)) => {
+                self.cache_conv(*id, rec);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Replaces what this node knows of a conversation by its stored record.
+    fn cache_conv(&mut self, id: ConversationId, rec: ConversationRecord) {
+        let old = self.convs.get(&id).and_then(|c| c.committed.as_ref());
+        for m in old.into_iter().flat_map(|r| r.membership.members()) {
+            if !rec.membership.is_member(m) {
+                if let Some(set) = self.user_convs.get_mut(m) {
+                    set.remove(&id);
+                }
+            }
+        }
+        for m in rec.membership.members() {
+            self.user_convs.entry(*m).or_default().insert(id);
+        }
+        self.convs.insert(
+            id,
+            Conv {
+                committed: Some(rec.clone()),
+                head: rec,
+            },
+        );
+    }
+
+    /// Reads the given conversations' heads again after a failed commit: another node may
+    /// have appended to them (a [`StoreError::Conflict`]), and a head left stale would make
+    /// every later commit to them conflict the same way.
+    fn refresh_convs(&mut self, ids: &[ConversationId]) {
+        for id in ids {
+            if let Ok(Some(rec)) = self.store.conversation(id) {
+                self.cache_conv(*id, rec);
+            }
+        }
+    }
+
     fn add_device(&mut self, device: DeviceId, user: UserId) {
         if self.devices.insert(device, user).is_none() {
             self.user_devices.entry(user).or_default().push(device);
@@ -283,13 +333,13 @@ impl RelayCore {
     }
 
     /// The store (read access, for tests and metrics).
-    pub fn store(&self) -> &RelayStore {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
     /// Drops all in-memory state, staged work included, and gives the store back: what a
     /// crash leaves behind.
-    pub fn into_store(self) -> RelayStore {
+    pub fn into_store(self) -> S {
         self.store
     }
 

@@ -2,6 +2,7 @@
 //! belongs to, and `Received`, which moves a device's cursor.
 
 use super::{RelayCore, SessionId};
+use crate::storage::Storage;
 use std::ops::Bound;
 use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame};
 use tidings_engine::{ConversationId, ServerSeq, UserId};
@@ -11,7 +12,7 @@ pub(super) const CONVERSATION_INFO_MAX_LEN: usize = 16 + 10 + 10;
 /// The most bytes one [`wire::Invitation`] takes in a frame.
 pub(super) const INVITATION_MAX_LEN: usize = 16 + 32;
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// Whether `user` is a member at the head of the order (staged events included): what
     /// submissions are checked against.
     pub(super) fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
@@ -48,6 +49,7 @@ impl RelayCore {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
+        self.ensure_conv(&conv);
         if !self.is_committed_member(&user, &conv) {
             let msg = "unknown conversation or not a member";
             return self.refuse(session, request_id, ErrorCode::NOT_MEMBER, msg);

@@ -76,6 +76,30 @@ pub enum StoreError {
     /// A commit failed (the error as reported by the writer).
     #[error("commit failed: {0}")]
     Failed(String),
+    /// PostgreSQL reported an error (connection, query or transaction).
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// A commit's first event of a conversation does not follow the stored head: another
+    /// relay node appended to it since this one read it. Nothing of the commit was written.
+    #[error("conversation {conversation}: commit expected head {expected}, store holds {found}")]
+    Conflict {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The head the commit was sequenced after.
+        expected: ServerSeq,
+        /// The head in the store.
+        found: ServerSeq,
+    },
+    /// An event id is already stored in its conversation (a resubmission sequenced by another
+    /// node meanwhile). Nothing of the commit was written.
+    #[error("conversation {conversation}: an event of the commit is already stored")]
+    Duplicate {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// The PostgreSQL store's connection thread is gone.
+    #[error("postgres connection thread stopped")]
+    ConnectionGone,
     /// The file was written with another table layout.
     #[error("relay store schema {found}, this build reads {expected}")]
     Schema {
@@ -477,17 +501,70 @@ impl RelayStore {
         std::sync::Arc::try_unwrap(self.db).ok()
     }
 
-    /// Writes a batch in one transaction; returns after it is durable.
+    /// Writes a batch in one transaction; returns after it is durable. The storage contract
+    /// ([`crate::storage`]): a conversation's first new sequence must follow its stored head
+    /// ([`StoreError::Conflict`]), an event stored before is refused
+    /// ([`StoreError::Duplicate`]), a cursor only grows. A refused batch writes nothing.
     pub fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(self.durability)?;
+        match Self::write_batch(&txn, batch) {
+            Ok(()) => txn.commit()?,
+            Err(e) => {
+                txn.abort()?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_batch(
+        txn: &redb::WriteTransaction,
+        batch: &CommitBatch<'_>,
+    ) -> Result<(), StoreError> {
+        {
+            // Dense sequences: each conversation's first new event follows the stored head.
+            let mut first: HashMap<ConversationId, ServerSeq> = HashMap::new();
+            for r in &batch.events {
+                let f = first.entry(r.conversation).or_insert(r.seq);
+                *f = (*f).min(r.seq);
+            }
+            let convs = txn.open_table(CONVERSATIONS)?;
+            for (id, rec) in &batch.conversations {
+                let expected = first.get(id).map_or(rec.max_seq, |f| f.saturating_sub(1));
+                let found = match convs.get(id.0)? {
+                    Some(v) => {
+                        postcard::from_bytes::<ConversationRecord>(v.value())
+                            .map_err(|_| StoreError::Corrupt("conversation record"))?
+                            .max_seq
+                    }
+                    None => 0,
+                };
+                if found != expected {
+                    return Err(StoreError::Conflict {
+                        conversation: *id,
+                        expected,
+                        found,
+                    });
+                }
+            }
+        }
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut index = txn.open_table(EVENT_INDEX)?;
             for r in &batch.events {
                 let k = seq_key(&r.conversation, r.seq);
+                // An id is stored once, forever: a second copy at another sequence would
+                // be the same message twice in the order.
+                if index
+                    .insert(r.index_key, index_value(&k, r.prev))?
+                    .is_some()
+                {
+                    return Err(StoreError::Duplicate {
+                        conversation: r.conversation,
+                    });
+                }
                 events.insert(k, (r.event, r.ack))?;
-                index.insert(r.index_key, index_value(&k, r.prev))?;
             }
             let mut statements = txn.open_table(STATEMENTS)?;
             for (c, first, bytes) in &batch.statements {
@@ -517,7 +594,11 @@ impl RelayStore {
             }
             let mut cursors = txn.open_table(CURSORS)?;
             for (d, c, s) in &batch.cursors {
-                cursors.insert(cursor_key(d, c), *s)?;
+                // A cursor is a maximum: a lower position written later does not move it back.
+                let key = cursor_key(d, c);
+                if cursors.get(key)?.is_none_or(|old| old.value() < *s) {
+                    cursors.insert(key, *s)?;
+                }
             }
             let mut invitations = txn.open_table(INVITATIONS)?;
             for r in &batch.invitations {
@@ -539,7 +620,6 @@ impl RelayStore {
                 }
             }
         }
-        txn.commit()?;
         Ok(())
     }
 
@@ -555,6 +635,21 @@ impl RelayStore {
             out.push((ConversationId(k.value()), rec));
         }
         Ok(out)
+    }
+
+    /// One conversation's record.
+    pub fn conversation(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        let Some(v) = table.get(id.0)? else {
+            return Ok(None);
+        };
+        let rec: ConversationRecord = postcard::from_bytes(v.value())
+            .map_err(|_| StoreError::Corrupt("conversation record"))?;
+        Ok(Some(rec))
     }
 
     /// Every (conversation, user) a user was removed from.

@@ -7,6 +7,7 @@ use super::staged::{PendingSubmit, Slot, StagedEvent};
 use super::store::{ChainInfo, ConversationRecord};
 use super::waiting::WaitingSubmit;
 use super::{ChainSlot, Conv, RelayCore, SessionId};
+use crate::storage::Storage;
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{ErrorCode, SubmitOutcome};
 use tidings_engine::{
@@ -46,7 +47,7 @@ pub(super) fn server_ts(now_ms: u64, last_ms: u64, max_lead_ms: u64) -> u64 {
     }
 }
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// A Submit whose envelopes were decoded and verified by the caller (with
     /// [`verify_batch`](super::verify_batch), e.g. on another thread), one result per envelope in batch order.
     /// Staged at once while the commit has room, else it waits its turn (see
@@ -157,6 +158,7 @@ impl RelayCore {
                 "devices may not submit the relay's statements",
             ));
         }
+        self.ensure_conv(&conv);
         let created_here = matches!(ev.kind(), EventKind::Create { .. });
         if let EventKind::Create { members } = ev.kind() {
             if !members.contains(&author_user) || !members.contains(&user) {

@@ -4,10 +4,11 @@
 use super::staged::{PendingUserRequest, UserRequest};
 use super::store::{Decision, InvitationRecord};
 use super::{RelayCore, SessionId};
+use crate::storage::Storage;
 use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame, UserChange};
 use tidings_engine::UserId;
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// Accept, Decline, Block or Unblock from one of the user's devices: checked now,
     /// answered with `UserState` once durable (and told to the user's other devices).
     pub(super) fn on_user_request(

@@ -9,6 +9,7 @@
 //! pushes back on the devices.
 
 use super::{RelayCore, SessionId};
+use crate::storage::Storage;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use tidings_engine::event::DecodeError;
@@ -68,7 +69,7 @@ impl Waiting {
     }
 }
 
-impl RelayCore {
+impl<S: Storage> RelayCore<S> {
     /// Whether the submits waiting for room in a commit reach `core_queue`: the shell should
     /// stop handing the core input until a commit makes room.
     pub fn is_backlogged(&self) -> bool {

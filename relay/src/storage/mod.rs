@@ -1,0 +1,159 @@
+//! The relay's storage boundary: the durable operations the core needs, as one trait.
+//!
+//! [`Storage`] is what [`RelayCore`](crate::core::RelayCore) calls: append a group commit
+//! (events with dense sequences per conversation, idempotent by event id forever, their signed
+//! `Sequenced` statements, conversation records, directory and consent rows, device cursors as
+//! monotonic maxima), and the reads behind sessions, submits and pulls. Two implementations:
+//!
+//! - [`redb`]: [`RelayStore`], the embedded default (one file, one relay process);
+//! - [`postgres`]: [`PgStore`], PostgreSQL, so that several stateless relay nodes share one
+//!   database (one transaction per group commit, the conversation row as its sequencer).
+//!
+//! The contract both keep (checked by `relay/tests/storage.rs` against one in-memory model):
+//! - a commit is all or nothing;
+//! - a conversation's sequences are dense (1, 2, 3, …): a commit whose first event of a
+//!   conversation does not follow the stored head is refused with [`StoreError::Conflict`]
+//!   (only a store shared by several writers can see one), and an event id stored twice in a
+//!   conversation is refused with [`StoreError::Duplicate`], whatever its sequence;
+//! - a device's cursor only grows: writing a lower one keeps the higher.
+//!
+//! Architecture invariant: the relay core holds no connection, socket or thread of a storage
+//! engine; it calls this trait synchronously (the shell runs commits on its writer thread) and
+//! the PostgreSQL store runs its connections on threads of its own.
+//!
+//! # Layout
+//! - `mod.rs`: the [`Storage`] trait and [`AnyStorage`] (redb or PostgreSQL, chosen by the
+//!   config at start).
+//! - [`redb`]: the trait over [`RelayStore`] (its tables: [`crate::core::store`]).
+//! - [`postgres`]: [`PgStore`] and its schema.
+
+pub mod postgres;
+pub mod redb;
+
+pub use crate::core::store::{
+    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, RelayStore,
+    SequencedRecord, StoreError,
+};
+pub use postgres::PgStore;
+
+use std::collections::HashMap;
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
+use tidings_engine::{ConversationId, DeviceId, Event, ServerSeq, UserId};
+
+/// One page of a conversation: events, the relay records placing them (each once), and
+/// whether more exist.
+pub type Page = (Vec<Envelope>, Vec<Envelope>, bool);
+
+/// The durable operations of the relay core. Clones share the store (the writer thread
+/// commits while the core reads).
+pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// Writes a batch in one transaction; returns after it is durable. Refused whole with
+    /// [`StoreError::Conflict`] if a conversation's first new sequence does not follow its
+    /// stored head, with [`StoreError::Duplicate`] if an event id is already stored in its
+    /// conversation. Cursors are kept as maxima.
+    fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError>;
+
+    /// Every conversation record.
+    fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError>;
+
+    /// One conversation's record, as stored now (a node refreshes its cache from it).
+    fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
+
+    /// Every (conversation, user) a user was removed from.
+    fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError>;
+
+    /// Every device certificate.
+    fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError>;
+
+    /// Every device revocation.
+    fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError>;
+
+    /// Every invitation row.
+    fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError>;
+
+    /// Every (user, blocked user) pair.
+    fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError>;
+
+    /// A device's cursors (the highest sequence it reported received, per conversation).
+    fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError>;
+
+    /// For each event, what is stored at its place in its author's chain (see [`ChainInfo`]).
+    fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError>;
+
+    /// Events of `conv` after `after_seq` in sequence order with the records placing them:
+    /// at most `limit` events and about `max_bytes` (at least one event if any exists).
+    fn page(
+        &self,
+        conv: &ConversationId,
+        after_seq: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// Number of stored events.
+    fn n_events(&self) -> Result<u64, StoreError>;
+}
+
+/// The store a relay started from its config uses: redb or PostgreSQL.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyStorage {
+    /// The embedded redb file.
+    Redb(RelayStore),
+    /// A PostgreSQL database shared by relay nodes.
+    Postgres(PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStorage::Redb($s) => $e,
+            AnyStorage::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Storage for AnyStorage {
+    fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.commit(batch))
+    }
+    fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError> {
+        dispatch!(self, s => Storage::conversations(s))
+    }
+    fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        dispatch!(self, s => Storage::conversation(s, id))
+    }
+    fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError> {
+        dispatch!(self, s => Storage::former_members(s))
+    }
+    fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
+        dispatch!(self, s => Storage::registrations(s))
+    }
+    fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
+        dispatch!(self, s => Storage::revocations(s))
+    }
+    fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError> {
+        dispatch!(self, s => Storage::invitations(s))
+    }
+    fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        dispatch!(self, s => Storage::blocked(s))
+    }
+    fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError> {
+        dispatch!(self, s => Storage::cursors(s, device))
+    }
+    fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError> {
+        dispatch!(self, s => Storage::chain(s, events))
+    }
+    fn page(
+        &self,
+        conv: &ConversationId,
+        after_seq: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        dispatch!(self, s => Storage::page(s, conv, after_seq, limit, max_bytes))
+    }
+    fn n_events(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => Storage::n_events(s))
+    }
+}

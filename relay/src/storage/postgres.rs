@@ -1,0 +1,794 @@
+//! [`Storage`] on PostgreSQL: several relay nodes share one database.
+//!
+//! Mapping (every id and envelope a `bytea`, sequences `int8`):
+//! - `conversations (id PK, max_seq, record)`: the conversation row is its sequencer. A
+//!   commit inserts the rows of its conversations (`ON CONFLICT DO NOTHING`), then locks them
+//!   `FOR UPDATE` in id order (two commits over the same conversations never deadlock), checks
+//!   that each conversation's first new sequence follows `max_seq` ([`StoreError::Conflict`]
+//!   otherwise) and moves `max_seq` on: sequences stay dense whatever number of nodes append.
+//! - `events (conversation, seq) PK, UNIQUE (conversation, event_id)`: an event id is stored
+//!   once per conversation forever ([`StoreError::Duplicate`]); range reads by primary key;
+//!   `(conversation, author, counter)` indexed for the chain checks. Counters are stored
+//!   order-preserving as `int8` (`counter ^ 2^63`), since a device may send any `u64`.
+//! - `statements (conversation, first_seq) PK`: the signed `Sequenced` statements.
+//! - `cursors (device, conversation) PK`: written as `GREATEST(old, new)`.
+//! - `device_certs`, `revocations`, `former_members`, `invitations`, `blocked`: the directory
+//!   and consent rows, as in redb.
+//!
+//! One transaction per group commit, committed with the server's `synchronous_commit`
+//! (durable on the primary, and on a synchronous standby if one is configured). No `NOTIFY`
+//! inside it (a notifying commit takes a global lock). The `postgres` client runs a runtime of
+//! its own, so each connection lives on a thread of this module (one for commits, one for
+//! reads) and callers block on a channel: it works from plain threads and from inside a tokio
+//! runtime alike. A connection found closed is opened again before the next call.
+
+use super::{Page, Storage};
+use crate::core::store::{
+    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, StoreError,
+};
+use postgres::{Client, NoTls};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
+use tidings_engine::{ConversationId, DeviceId, Event, EventId, ServerSeq, UserId};
+
+/// Version of the table layout this build writes.
+pub const PG_SCHEMA_VERSION: i64 = 1;
+
+/// Key of the advisory lock that serializes schema creation between nodes starting together.
+const SCHEMA_LOCK: i64 = 0x7469_6469_6e67;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tidings_meta (key text PRIMARY KEY, value int8 NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (
+    id bytea PRIMARY KEY, max_seq int8 NOT NULL, record bytea);
+CREATE TABLE IF NOT EXISTS events (
+    conversation bytea NOT NULL, seq int8 NOT NULL, event_id bytea NOT NULL,
+    author bytea NOT NULL, counter int8 NOT NULL, prev bytea NOT NULL,
+    event bytea NOT NULL, ack bytea NOT NULL,
+    PRIMARY KEY (conversation, seq),
+    CONSTRAINT events_once UNIQUE (conversation, event_id));
+CREATE INDEX IF NOT EXISTS events_chain ON events (conversation, author, counter);
+CREATE TABLE IF NOT EXISTS statements (
+    conversation bytea NOT NULL, first_seq int8 NOT NULL, statement bytea NOT NULL,
+    PRIMARY KEY (conversation, first_seq));
+CREATE TABLE IF NOT EXISTS former_members (
+    conversation bytea NOT NULL, user_id bytea NOT NULL, PRIMARY KEY (conversation, user_id));
+CREATE TABLE IF NOT EXISTS device_certs (device bytea PRIMARY KEY, cert bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (device bytea PRIMARY KEY, revocation bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (
+    device bytea NOT NULL, conversation bytea NOT NULL, seq int8 NOT NULL,
+    PRIMARY KEY (device, conversation));
+CREATE TABLE IF NOT EXISTS invitations (
+    user_id bytea NOT NULL, conversation bytea NOT NULL, decision int2 NOT NULL,
+    inviter bytea NOT NULL, PRIMARY KEY (user_id, conversation));
+CREATE TABLE IF NOT EXISTS blocked (
+    user_id bytea NOT NULL, other bytea NOT NULL, PRIMARY KEY (user_id, other));
+";
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// One connection on its own thread.
+#[derive(Debug)]
+struct Conn {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Conn {
+    fn spawn(url: &str, name: &str) -> Result<Conn, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let url = url.to_string();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let mut client = match Client::connect(&url, NoTls) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                while let Ok(job) = rx.recv() {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = match Client::connect(&url, NoTls) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reconnecting to postgres");
+                                None
+                            }
+                        };
+                    }
+                    job(&mut client);
+                }
+            })
+            .map_err(|_| StoreError::ConnectionGone)?;
+        ready_rx.recv().map_err(|_| StoreError::ConnectionGone)??;
+        Ok(Conn {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `f` on the connection's thread and waits for its answer.
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |client: &mut Option<Client>| {
+            let r = match client {
+                Some(c) => f(c),
+                None => Err(StoreError::ConnectionGone),
+            };
+            let _ = tx.send(r);
+        });
+        self.jobs
+            .as_ref()
+            .ok_or(StoreError::ConnectionGone)?
+            .send(job)
+            .map_err(|_| StoreError::ConnectionGone)?;
+        rx.recv().map_err(|_| StoreError::ConnectionGone)?
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The relay's store in PostgreSQL (see the module docs). Clones share the connections.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    writer: Arc<Conn>,
+    reader: Arc<Conn>,
+}
+
+fn seq_i64(seq: ServerSeq) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence beyond int8"))
+}
+
+fn seq_u64(seq: i64) -> Result<ServerSeq, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt("negative sequence"))
+}
+
+/// A `u64` counter as an `int8` in the same order.
+fn counter_key(counter: u64) -> i64 {
+    (counter ^ (1 << 63)) as i64
+}
+
+fn counter_of(key: i64) -> u64 {
+    (key as u64) ^ (1 << 63)
+}
+
+fn arr<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt(what))
+}
+
+fn decision_code(d: Decision) -> i16 {
+    match d {
+        Decision::Pending => 0,
+        Decision::Accepted => 1,
+        Decision::Declined => 2,
+    }
+}
+
+fn unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// (user, conversation, decision, inviter).
+type InvitationRow = (Vec<u8>, Vec<u8>, i16, Vec<u8>);
+
+/// A commit's rows, owned (the connection thread outlives the borrowed batch).
+#[derive(Default)]
+struct Rows {
+    /// Per conversation: (first new seq, last new seq, record) for the sequencer check.
+    heads: BTreeMap<[u8; 16], Head>,
+    ev_conv: Vec<Vec<u8>>,
+    ev_seq: Vec<i64>,
+    ev_id: Vec<Vec<u8>>,
+    ev_author: Vec<Vec<u8>>,
+    ev_counter: Vec<i64>,
+    ev_prev: Vec<Vec<u8>>,
+    ev_bytes: Vec<Vec<u8>>,
+    ev_ack: Vec<Vec<u8>>,
+    st_conv: Vec<Vec<u8>>,
+    st_first: Vec<i64>,
+    st_bytes: Vec<Vec<u8>>,
+    former_conv: Vec<Vec<u8>>,
+    former_user: Vec<Vec<u8>>,
+    devices: Vec<(Vec<u8>, Vec<u8>)>,
+    revocations: Vec<(Vec<u8>, Vec<u8>)>,
+    cursors: BTreeMap<(DeviceId, ConversationId), i64>,
+    invitations: Vec<InvitationRow>,
+    blocks: Vec<(Vec<u8>, Vec<u8>, bool)>,
+}
+
+#[derive(Default)]
+struct Head {
+    first: Option<ServerSeq>,
+    last: Option<ServerSeq>,
+    record: Option<(ServerSeq, Vec<u8>)>,
+}
+
+impl Head {
+    /// The stored head the commit was sequenced after.
+    fn expected(&self) -> ServerSeq {
+        match (self.first, &self.record) {
+            (Some(f), _) => f.saturating_sub(1),
+            (None, Some((m, _))) => *m,
+            (None, None) => 0,
+        }
+    }
+
+    fn new_max(&self) -> ServerSeq {
+        let rec = self.record.as_ref().map_or(0, |(m, _)| *m);
+        self.last.unwrap_or(0).max(rec)
+    }
+}
+
+impl Rows {
+    fn of(batch: &CommitBatch<'_>) -> Result<Rows, StoreError> {
+        let mut r = Rows::default();
+        for e in &batch.events {
+            let k = &e.index_key;
+            let h = r.heads.entry(e.conversation.0).or_default();
+            h.first = Some(h.first.map_or(e.seq, |f| f.min(e.seq)));
+            h.last = Some(h.last.map_or(e.seq, |l| l.max(e.seq)));
+            r.ev_conv.push(e.conversation.0.to_vec());
+            r.ev_seq.push(seq_i64(e.seq)?);
+            r.ev_id.push(k[56..].to_vec());
+            r.ev_author.push(k[16..48].to_vec());
+            r.ev_counter
+                .push(counter_key(u64::from_be_bytes(arr(&k[48..56], "counter")?)));
+            r.ev_prev
+                .push(e.prev.map(|p| p.0.to_vec()).unwrap_or_default());
+            r.ev_bytes.push(e.event.to_vec());
+            r.ev_ack.push(e.ack.to_vec());
+        }
+        for (c, first, bytes) in &batch.statements {
+            r.st_conv.push(c.0.to_vec());
+            r.st_first.push(seq_i64(*first)?);
+            r.st_bytes.push(bytes.to_vec());
+        }
+        for (c, rec) in &batch.conversations {
+            let bytes = postcard::to_stdvec(rec)
+                .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
+            r.heads.entry(c.0).or_default().record = Some((rec.max_seq, bytes));
+        }
+        for (c, u) in &batch.former {
+            r.former_conv.push(c.0.to_vec());
+            r.former_user.push(u.0.to_vec());
+        }
+        for d in &batch.devices {
+            let bytes = postcard::to_stdvec(d)
+                .map_err(|_| StoreError::Corrupt("unencodable registration"))?;
+            r.devices.push((d.device.0.to_vec(), bytes));
+        }
+        for d in &batch.revocations {
+            let bytes = postcard::to_stdvec(d)
+                .map_err(|_| StoreError::Corrupt("unencodable revocation"))?;
+            r.revocations.push((d.device.0.to_vec(), bytes));
+        }
+        for (d, c, s) in &batch.cursors {
+            let s = seq_i64(*s)?;
+            let slot = r.cursors.entry((*d, *c)).or_insert(s);
+            *slot = (*slot).max(s);
+        }
+        for i in &batch.invitations {
+            r.invitations.push((
+                i.user.0.to_vec(),
+                i.conversation.0.to_vec(),
+                decision_code(i.decision),
+                i.inviter.0.to_vec(),
+            ));
+        }
+        for (u, o, on) in &batch.blocks {
+            r.blocks.push((u.0.to_vec(), o.0.to_vec(), *on));
+        }
+        Ok(r)
+    }
+
+    fn write(self, client: &mut Client) -> Result<(), StoreError> {
+        let mut tx = client.transaction()?;
+        if !self.heads.is_empty() {
+            // The conversation rows are the sequencers: create missing ones, then lock them
+            // all in id order.
+            let ids: Vec<Vec<u8>> = self.heads.keys().map(|k| k.to_vec()).collect();
+            tx.execute(
+                "INSERT INTO conversations (id, max_seq) \
+                 SELECT id, 0 FROM UNNEST($1::bytea[]) AS u(id) ORDER BY id \
+                 ON CONFLICT (id) DO NOTHING",
+                &[&ids],
+            )?;
+            let rows = tx.query(
+                "SELECT id, max_seq FROM conversations WHERE id = ANY($1::bytea[]) \
+                 ORDER BY id FOR UPDATE",
+                &[&ids],
+            )?;
+            for row in rows {
+                let id: Vec<u8> = row.get(0);
+                let id: [u8; 16] = arr(&id, "conversation id")?;
+                let found = seq_u64(row.get(1))?;
+                let Some(h) = self.heads.get(&id) else {
+                    continue;
+                };
+                if found != h.expected() {
+                    return Err(StoreError::Conflict {
+                        conversation: ConversationId(id),
+                        expected: h.expected(),
+                        found,
+                    });
+                }
+            }
+            // With the rows locked no other commit appends to these conversations: a stored
+            // id found now stays the only copy.
+            if !self.ev_id.is_empty() {
+                let dup = tx.query_opt(
+                    "SELECT e.conversation FROM events e \
+                     JOIN UNNEST($1::bytea[], $2::bytea[]) AS u(c, id) \
+                     ON e.conversation = u.c AND e.event_id = u.id LIMIT 1",
+                    &[&self.ev_conv, &self.ev_id],
+                )?;
+                if let Some(row) = dup {
+                    let c: Vec<u8> = row.get(0);
+                    return Err(StoreError::Duplicate {
+                        conversation: ConversationId(arr(&c, "conversation id")?),
+                    });
+                }
+            }
+            let mut max_seq = Vec::with_capacity(ids.len());
+            let mut records: Vec<Option<Vec<u8>>> = Vec::with_capacity(ids.len());
+            for h in self.heads.values() {
+                max_seq.push(seq_i64(h.new_max())?);
+                records.push(h.record.as_ref().map(|(_, b)| b.clone()));
+            }
+            tx.execute(
+                "UPDATE conversations AS c SET max_seq = u.m, record = COALESCE(u.r, c.record) \
+                 FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[]) AS u(id, m, r) \
+                 WHERE c.id = u.id",
+                &[&ids, &max_seq, &records],
+            )?;
+        }
+        if !self.ev_seq.is_empty() {
+            let inserted = tx.execute(
+                "INSERT INTO events \
+                 (conversation, seq, event_id, author, counter, prev, event, ack) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[], $4::bytea[], \
+                 $5::int8[], $6::bytea[], $7::bytea[], $8::bytea[])",
+                &[
+                    &self.ev_conv,
+                    &self.ev_seq,
+                    &self.ev_id,
+                    &self.ev_author,
+                    &self.ev_counter,
+                    &self.ev_prev,
+                    &self.ev_bytes,
+                    &self.ev_ack,
+                ],
+            );
+            if let Err(e) = inserted {
+                // Only a batch that repeats an id or a sequence within itself gets here.
+                if unique_violation(&e) {
+                    let conversation = ConversationId(arr(&self.ev_conv[0], "conversation id")?);
+                    return Err(StoreError::Duplicate { conversation });
+                }
+                return Err(e.into());
+            }
+        }
+        if !self.st_first.is_empty() {
+            tx.execute(
+                "INSERT INTO statements (conversation, first_seq, statement) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[])",
+                &[&self.st_conv, &self.st_first, &self.st_bytes],
+            )?;
+        }
+        if !self.former_conv.is_empty() {
+            tx.execute(
+                "INSERT INTO former_members (conversation, user_id) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                &[&self.former_conv, &self.former_user],
+            )?;
+        }
+        for (d, bytes) in &self.devices {
+            tx.execute(
+                "INSERT INTO device_certs (device, cert) VALUES ($1, $2) \
+                 ON CONFLICT (device) DO UPDATE SET cert = EXCLUDED.cert",
+                &[d, bytes],
+            )?;
+        }
+        for (d, bytes) in &self.revocations {
+            tx.execute(
+                "INSERT INTO revocations (device, revocation) VALUES ($1, $2) \
+                 ON CONFLICT (device) DO UPDATE SET revocation = EXCLUDED.revocation",
+                &[d, bytes],
+            )?;
+        }
+        if !self.cursors.is_empty() {
+            let mut dev = Vec::with_capacity(self.cursors.len());
+            let mut conv = Vec::with_capacity(self.cursors.len());
+            let mut seq = Vec::with_capacity(self.cursors.len());
+            for ((d, c), s) in &self.cursors {
+                dev.push(d.0.to_vec());
+                conv.push(c.0.to_vec());
+                seq.push(*s);
+            }
+            tx.execute(
+                "INSERT INTO cursors (device, conversation, seq) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[]) \
+                 ON CONFLICT (device, conversation) \
+                 DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)",
+                &[&dev, &conv, &seq],
+            )?;
+        }
+        for (u, c, d, inviter) in &self.invitations {
+            tx.execute(
+                "INSERT INTO invitations (user_id, conversation, decision, inviter) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, conversation) \
+                 DO UPDATE SET decision = EXCLUDED.decision, inviter = EXCLUDED.inviter",
+                &[u, c, d, inviter],
+            )?;
+        }
+        for (u, o, on) in &self.blocks {
+            if *on {
+                tx.execute(
+                    "INSERT INTO blocked (user_id, other) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[u, o],
+                )?;
+            } else {
+                tx.execute(
+                    "DELETE FROM blocked WHERE user_id = $1 AND other = $2",
+                    &[u, o],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The record placing a stored event: its legacy ack, else the statement covering `seq`.
+fn placing(
+    client: &mut Client,
+    conv: &[u8],
+    seq: i64,
+    ack: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    if !ack.is_empty() {
+        return Ok(ack);
+    }
+    let row = client.query_opt(
+        "SELECT statement FROM statements WHERE conversation = $1 AND first_seq <= $2 \
+         ORDER BY first_seq DESC LIMIT 1",
+        &[&conv, &seq],
+    )?;
+    row.map(|r| r.get(0))
+        .ok_or(StoreError::Corrupt("an event no statement places"))
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a libpq-style connection string or URL), creating
+    /// the tables if needed. A database written by another schema version is refused.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let writer = Conn::spawn(url, "tidings-pg-writer")?;
+        writer.call(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            tx.batch_execute(SCHEMA)?;
+            tx.execute(
+                "INSERT INTO tidings_meta (key, value) VALUES ('schema', $1) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&PG_SCHEMA_VERSION],
+            )?;
+            let found: i64 = tx
+                .query_one("SELECT value FROM tidings_meta WHERE key = 'schema'", &[])?
+                .get(0);
+            tx.commit()?;
+            if found != PG_SCHEMA_VERSION {
+                return Err(StoreError::Schema {
+                    found: u64::try_from(found).unwrap_or(0),
+                    expected: PG_SCHEMA_VERSION as u64,
+                });
+            }
+            Ok(())
+        })?;
+        let reader = Conn::spawn(url, "tidings-pg-reader")?;
+        Ok(PgStore {
+            writer: Arc::new(writer),
+            reader: Arc::new(reader),
+        })
+    }
+
+    fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.reader.call(f)
+    }
+}
+
+fn decode_record(bytes: &[u8]) -> Result<ConversationRecord, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt("conversation record"))
+}
+
+impl Storage for PgStore {
+    fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
+        let rows = Rows::of(batch)?;
+        self.writer.call(move |c| rows.write(c))
+    }
+
+    fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query(
+                "SELECT id, record FROM conversations WHERE record IS NOT NULL ORDER BY id",
+                &[],
+            )? {
+                let id: Vec<u8> = row.get(0);
+                let rec: Vec<u8> = row.get(1);
+                out.push((
+                    ConversationId(arr(&id, "conversation id")?),
+                    decode_record(&rec)?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        let id = id.0.to_vec();
+        self.read(move |c| {
+            let row = c.query_opt(
+                "SELECT record FROM conversations WHERE id = $1 AND record IS NOT NULL",
+                &[&id],
+            )?;
+            row.map(|r| decode_record(r.get::<_, &[u8]>(0))).transpose()
+        })
+    }
+
+    fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query(
+                "SELECT conversation, user_id FROM former_members ORDER BY conversation, user_id",
+                &[],
+            )? {
+                out.push((
+                    ConversationId(arr(row.get(0), "conversation id")?),
+                    UserId(arr(row.get(1), "user id")?),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query("SELECT device, cert FROM device_certs ORDER BY device", &[])? {
+                let r: DeviceRegistration = postcard::from_bytes(row.get(1))
+                    .map_err(|_| StoreError::Corrupt("device certificate"))?;
+                if r.device.0[..] != *row.get::<_, &[u8]>(0) {
+                    return Err(StoreError::Corrupt("device certificate under another key"));
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
+    fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query(
+                "SELECT device, revocation FROM revocations ORDER BY device",
+                &[],
+            )? {
+                let r: DeviceRevocation = postcard::from_bytes(row.get(1))
+                    .map_err(|_| StoreError::Corrupt("device revocation"))?;
+                if r.device.0[..] != *row.get::<_, &[u8]>(0) {
+                    return Err(StoreError::Corrupt("device revocation under another key"));
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
+    fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query(
+                "SELECT user_id, conversation, decision, inviter FROM invitations \
+                 ORDER BY user_id, conversation",
+                &[],
+            )? {
+                let decision = match row.get::<_, i16>(2) {
+                    0 => Decision::Pending,
+                    1 => Decision::Accepted,
+                    2 => Decision::Declined,
+                    _ => return Err(StoreError::Corrupt("invitation decision")),
+                };
+                out.push(InvitationRecord {
+                    user: UserId(arr(row.get(0), "user id")?),
+                    conversation: ConversationId(arr(row.get(1), "conversation id")?),
+                    decision,
+                    inviter: UserId(arr(row.get(3), "user id")?),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            for row in c.query(
+                "SELECT user_id, other FROM blocked ORDER BY user_id, other",
+                &[],
+            )? {
+                out.push((
+                    UserId(arr(row.get(0), "user id")?),
+                    UserId(arr(row.get(1), "user id")?),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError> {
+        let device = device.0.to_vec();
+        self.read(move |c| {
+            let mut out = HashMap::new();
+            for row in c.query(
+                "SELECT conversation, seq FROM cursors WHERE device = $1",
+                &[&device],
+            )? {
+                out.insert(
+                    ConversationId(arr(row.get(0), "conversation id")?),
+                    seq_u64(row.get(1))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conv = Vec::with_capacity(events.len());
+        let mut author = Vec::with_capacity(events.len());
+        let mut lo = Vec::with_capacity(events.len());
+        let mut hi = Vec::with_capacity(events.len());
+        let mut slots = Vec::with_capacity(events.len());
+        for ev in events {
+            let h = ev.header();
+            conv.push(h.conversation.0.to_vec());
+            author.push(h.author.0.to_vec());
+            lo.push(counter_key(h.counter.saturating_sub(1)));
+            hi.push(counter_key(h.counter.saturating_add(1)));
+            slots.push((h.conversation, h.counter, ev.id()));
+        }
+        self.read(move |c| {
+            let rows = c.query(
+                "SELECT u.i, e.counter, e.event_id, e.seq, e.prev, e.ack \
+                 FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+                 WITH ORDINALITY AS u(c, a, lo, hi, i) \
+                 JOIN events e ON e.conversation = u.c AND e.author = u.a \
+                 AND e.counter BETWEEN u.lo AND u.hi \
+                 ORDER BY u.i, e.counter, e.event_id",
+                &[&conv, &author, &lo, &hi],
+            )?;
+            let mut out = vec![ChainInfo::default(); slots.len()];
+            for row in rows {
+                let i = usize::try_from(row.get::<_, i64>(0) - 1)
+                    .map_err(|_| StoreError::Corrupt("ordinality"))?;
+                let (Some(&(cid, counter, id)), Some(info)) = (slots.get(i), out.get_mut(i)) else {
+                    continue;
+                };
+                let stored_counter = counter_of(row.get(1));
+                let other = EventId(arr(row.get(2), "event id")?);
+                if stored_counter == counter {
+                    if other == id {
+                        let seq: i64 = row.get(3);
+                        let record = placing(c, &cid.0, seq, row.get(5))?;
+                        info.stored = Some((cid, seq_u64(seq)?, record));
+                    } else {
+                        info.fork.get_or_insert(other);
+                    }
+                } else if counter.checked_sub(1) == Some(stored_counter) {
+                    info.pred.get_or_insert(other);
+                } else if counter.checked_add(1) == Some(stored_counter) && info.succ_prev.is_none()
+                {
+                    let prev: &[u8] = row.get(4);
+                    info.succ_prev = Some(if prev.is_empty() {
+                        None
+                    } else {
+                        Some(EventId(arr(prev, "event id")?))
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn page(
+        &self,
+        conv: &ConversationId,
+        after_seq: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        let conv = conv.0.to_vec();
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c.query(
+                "SELECT seq, event, ack FROM events WHERE conversation = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3",
+                &[&conv, &after, &fetch],
+            )?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                return Ok((Vec::new(), Vec::new(), false));
+            };
+            let (first, last): (i64, i64) = (first.get(0), last.get(0));
+            // The statements covering [first, last]: the one at or below `first`, and after.
+            let statements: Vec<(i64, Vec<u8>)> = c
+                .query(
+                    "SELECT first_seq, statement FROM statements WHERE conversation = $1 \
+                     AND first_seq <= $3 AND first_seq >= COALESCE((SELECT max(first_seq) \
+                     FROM statements WHERE conversation = $1 AND first_seq <= $2), 0) \
+                     ORDER BY first_seq",
+                    &[&conv, &first, &last],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let (mut out, mut records) = (Vec::new(), Vec::new());
+            let mut last_statement: Option<i64> = None;
+            let mut bytes = 0usize;
+            let mut more = false;
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let event: Vec<u8> = row.get(1);
+                let ack: Vec<u8> = row.get(2);
+                let record = if ack.is_empty() {
+                    let Some((sk, st)) = statements.iter().rev().find(|(f, _)| *f <= seq) else {
+                        return Err(StoreError::Corrupt("an event no statement places"));
+                    };
+                    (last_statement != Some(*sk)).then(|| (Some(*sk), st.clone()))
+                } else {
+                    Some((None, ack))
+                };
+                let size = event.len() + record.as_ref().map_or(0, |(_, r)| r.len()) + 16;
+                if out.len() >= limit || (!out.is_empty() && bytes + size > max_bytes) {
+                    more = true;
+                    break;
+                }
+                bytes += size;
+                out.push(Envelope(event));
+                if let Some((key, record)) = record {
+                    last_statement = key;
+                    records.push(Envelope(record));
+                }
+            }
+            Ok((out, records, more))
+        })
+    }
+
+    fn n_events(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_one("SELECT count(*) FROM events", &[])?.get(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}

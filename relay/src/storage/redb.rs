@@ -1,0 +1,57 @@
+//! [`Storage`] over [`RelayStore`], the embedded redb store: the relay's default, one process
+//! per file. Its single writer makes [`StoreError::Conflict`] impossible; the checks of the
+//! contract that cost nothing on one writer (dense sequences, ids stored once) are made by the
+//! core before it stages an event.
+
+use super::{Page, Storage};
+use crate::core::store::{
+    ChainInfo, CommitBatch, ConversationRecord, InvitationRecord, RelayStore, StoreError,
+};
+use std::collections::HashMap;
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation};
+use tidings_engine::{ConversationId, DeviceId, Event, ServerSeq, UserId};
+
+impl Storage for RelayStore {
+    fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
+        RelayStore::commit(self, batch)
+    }
+    fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError> {
+        RelayStore::conversations(self)
+    }
+    fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
+        RelayStore::conversation(self, id)
+    }
+    fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError> {
+        RelayStore::former_members(self)
+    }
+    fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
+        RelayStore::registrations(self)
+    }
+    fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
+        RelayStore::revocations(self)
+    }
+    fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError> {
+        RelayStore::invitations(self)
+    }
+    fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        RelayStore::blocked(self)
+    }
+    fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError> {
+        RelayStore::cursors(self, device)
+    }
+    fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError> {
+        RelayStore::chain(self, events)
+    }
+    fn page(
+        &self,
+        conv: &ConversationId,
+        after_seq: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        RelayStore::page(self, conv, after_seq, limit, max_bytes)
+    }
+    fn n_events(&self) -> Result<u64, StoreError> {
+        RelayStore::n_events(self)
+    }
+}

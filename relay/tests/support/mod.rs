@@ -1,0 +1,2 @@
+//! Helpers shared by the relay's integration tests.
+pub mod pg;
