@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ed25519_dalek::SigningKey;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tidings::engine::wire::{SubmitOutcome, MAX_INVITATIONS_PER_INVITER};
@@ -135,7 +136,7 @@ async fn main() -> Result<()> {
     config.device.registration = Some(key.certificate(&bob, 0));
     let t = Instant::now();
     let replica = Replica::open(tmp.path().join("bob"), key, config).await?;
-    let mut updates = replica.subscribe();
+    let mut updates = replica.updates();
     let mut received: HashMap<ConversationId, u64> = HashMap::new();
     let deadline = Duration::from_secs(args.timeout_secs);
     let mut folded_s = None;

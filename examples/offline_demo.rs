@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
+use futures::StreamExt;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ async fn open_device(
     };
     let replica = Replica::open(dir.join(name), key, config).await?;
     // Print every status change this device sees, as it happens.
-    let mut updates = replica.subscribe();
+    let mut updates = replica.updates();
     tokio::spawn(async move {
         while let Some(u) = updates.next().await {
             if let Update::StatusChanged {

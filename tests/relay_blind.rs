@@ -81,7 +81,7 @@ async fn the_relay_stores_no_plaintext() {
     .await;
     // What Bob's replica shows carries the body encrypted.
     let shown = bob.conversation(conv).await.expect("conv");
-    assert!(!holds(&shown.messages[0].record.body, SECRET));
+    assert!(!holds(&shown.messages[0].view.record.body, SECRET));
 
     phone.close().await.expect("close phone");
     bob.close().await.expect("close bob");
