@@ -766,3 +766,8 @@ impl Replica {
         self.call(Command::Close).await
     }
 }
+
+/// docs/GUIDE.md, compiled: each of its examples is a doctest of this crate.
+#[doc = include_str!("../../docs/GUIDE.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;
