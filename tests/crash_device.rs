@@ -54,7 +54,11 @@ fn read_until(p: &Proc, want: u64, sent: &mut BTreeSet<u64>, deadline: Instant) 
 
 /// The phone's messages' bodies (indexes) as `r` shows them.
 async fn indexes(r: &Replica, phone: &DeviceKey) -> Vec<u64> {
-    let snap = r.conversation(CONV).await.expect("conversation");
+    // Not known yet (the invitation not taken): nothing shown.
+    let snap = match r.conversation(CONV).await {
+        Err(tidings::replica::ReplicaError::UnknownConversation(_)) => return Vec::new(),
+        snap => snap.expect("conversation"),
+    };
     snap.messages
         .iter()
         .map(|r| (&r.view, &r.body))

@@ -83,7 +83,11 @@ async fn stored(relay: &RelayProc, observer: &DeviceKey) -> Vec<MessageId> {
 /// The bodies (message indexes) each author's messages show on `r`, in view order.
 async fn by_author(r: &Replica) -> HashMap<DeviceId, Vec<u64>> {
     let mut out: HashMap<DeviceId, Vec<u64>> = HashMap::new();
-    let snap = r.conversation(CONV).await.expect("conversation");
+    // Not known yet (the invitation not taken): nothing shown.
+    let snap = match r.conversation(CONV).await {
+        Err(tidings::replica::ReplicaError::UnknownConversation(_)) => return out,
+        snap => snap.expect("conversation"),
+    };
     for tidings::replica::Rendered { view: m, body } in &snap.messages {
         // Decrypted on the device; a body still waiting for its key counts as no index yet.
         let i = match body {
