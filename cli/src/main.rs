@@ -445,6 +445,10 @@ async fn status(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
 }
 
 async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("`tidings chat` needs a terminal; for scripts use `tidings send` and `tidings show`");
+    }
     let d = open(home, cli).await?;
     let names = Names::load(home, d.user)?;
     let backend = ReplicaBackend::new(d.replica.clone(), names);
@@ -473,12 +477,19 @@ async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {
     }
     let keys = tx.clone();
     std::thread::spawn(move || read_keys(keys));
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            d.replica.close().await?;
+            bail!("setting up the terminal: {e}");
+        }
+    };
     let result = Session::new(App::new(d.settings.name.clone()), backend)
         .run(&mut terminal, rx)
         .await;
-    ratatui::restore();
+    let restored = ratatui::try_restore();
     d.replica.close().await?;
+    restored.context("restoring the terminal")?;
     result
 }
 

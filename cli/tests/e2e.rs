@@ -232,6 +232,9 @@ fn bad_input_is_one_clear_line_and_a_failure() {
         "could not reach the relay",
     );
 
+    // The terminal client without a terminal.
+    fails(tidings(&alice, &["chat"]), "needs a terminal");
+
     // A damaged key file.
     std::fs::write(alice.join("device.key"), b"not a key").expect("damage");
     fails(tidings(&alice, &["status"]), "device.key");
