@@ -79,6 +79,8 @@ enum Command {
     },
     /// Connection, outbox and unread messages.
     Status,
+    /// This user's devices that this device knows of.
+    Devices,
     /// The terminal chat.
     Chat,
 }
@@ -151,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send { to, text } => send(&home, &cli, to, text, wait).await,
         Command::Show { to } => show(&home, &cli, to, wait).await,
         Command::Status => status(&home, &cli, wait).await,
+        Command::Devices => devices(&home, &cli, wait).await,
         Command::Chat => chat(&home, &cli).await,
     }
 }
@@ -435,6 +438,23 @@ async fn status(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
         let names = Names::load(home, d.user)?;
         for c in d.replica.conversations().await? {
             println!("{}: {} unread", names.conversation(c.id), c.unread);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    d.replica.close().await?;
+    result?;
+    online
+}
+
+async fn devices(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
+    let d = open(home, cli).await?;
+    let online = connect(&d, wait).await;
+    let result = async {
+        let me = d.replica.device();
+        for id in d.replica.devices(d.user).await? {
+            let mark = if id == me { "  (this device)" } else { "" };
+            println!("{id}{mark}");
         }
         Ok::<_, anyhow::Error>(())
     }

@@ -31,8 +31,9 @@ fn relay(dir: &Path) -> Relay {
         .spawn()
         .expect("relay starts");
     let out = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(out).lines();
     let (mut addr, mut pin) = (None, None);
-    for line in std::io::BufReader::new(out).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("relay output");
         if let Some(a) = line.strip_prefix("tidings-relay listening on ") {
             addr = Some(a.trim().to_string());
@@ -41,6 +42,8 @@ fn relay(dir: &Path) -> Relay {
             break;
         }
     }
+    // Keep reading: a relay whose stdout is closed dies at its next line.
+    std::thread::spawn(move || lines.for_each(drop));
     Relay {
         child,
         addr: addr.expect("address line"),
@@ -162,6 +165,9 @@ fn two_users_chat_through_a_relay_and_the_ticks_reach_read() {
     let shown = until(&bob, &["show", "alice"], "alice: hello bob", 60);
     assert!(shown.contains("alice: hello bob"), "{shown}");
     until(&alice, &["show", "bob"], "me: hello bob ✓✓ read", 60);
+
+    let devices = ok(tidings(&bob, &["devices"]), "devices");
+    assert!(devices.contains("(this device)"), "{devices}");
 
     let status = ok(tidings(&bob, &["status"]), "status");
     assert!(status.contains("connection: Online"), "{status}");

@@ -409,6 +409,19 @@ impl Driver {
             Command::Blocked(r) => {
                 let _ = r.send(Ok(core.blocked()));
             }
+            Command::Devices(user, r) => {
+                let me = core.store().key().device();
+                let own = core.store().key().user() == user;
+                let res = core.store_mut().directory().map(|d| {
+                    let mut ids: BTreeSet<_> =
+                        d.devices_of(&user).into_iter().map(|(id, _)| id).collect();
+                    if own {
+                        ids.insert(me);
+                    }
+                    ids.into_iter().filter(|id| !d.is_revoked(id)).collect()
+                });
+                let _ = r.send(res.map_err(Into::into));
+            }
             Command::Close(_) => {}
         }
     }

@@ -404,6 +404,7 @@ enum Command {
     User(UserAction, Reply<()>),
     Invitations(Reply<Vec<Invitation>>),
     Blocked(Reply<Vec<UserId>>),
+    Devices(UserId, Reply<Vec<DeviceId>>),
     Close(Reply<()>),
 }
 
@@ -693,6 +694,12 @@ impl Replica {
     /// Users this user blocks, as the relay last told this device.
     pub async fn blocked(&self) -> Result<Vec<UserId>, ReplicaError> {
         self.call(Command::Blocked).await
+    }
+
+    /// The devices of `user` this device holds certificates of (not revoked), in id order:
+    /// what it has learned from the relay's directory, and itself when `user` is its own.
+    pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceId>, ReplicaError> {
+        self.call(|r| Command::Devices(user, r)).await
     }
 
     /// The connection state, and what went wrong with it if something did.
