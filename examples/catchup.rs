@@ -11,6 +11,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ed25519_dalek::SigningKey;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
@@ -272,7 +273,7 @@ async fn catch_up(
     config.device.registration = Some(key.certificate(bob, 0));
     let t = Instant::now();
     let replica = Replica::open(dir.join("bob"), key, config).await?;
-    let mut updates = replica.subscribe();
+    let mut updates = replica.updates();
     let mut received: HashMap<ConversationId, u64> = HashMap::new();
     let deadline = Duration::from_secs(args.timeout_secs);
     let mut folded_s = None;

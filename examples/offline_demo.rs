@@ -11,14 +11,15 @@
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
+use futures::StreamExt;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status, UserId};
+use tidings::engine::{ConversationId, MessageId, RetryPolicy, Status, UserId};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
-use tidings::replica::pin::parse_fingerprint;
-use tidings::replica::{Body, Rendered, Replica, ReplicaConfig, Update};
+use tidings::replica::keystore::{DeviceSecrets, Keys, UserSecret};
+use tidings::replica::{Body, Connectivity, DeviceConfig, RelayPin, Rendered, Replica, Update};
 
 /// How long any one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,27 +47,40 @@ async fn open_device(
     user_key: &SigningKey,
     relay: &RelayHandle,
 ) -> Result<Device> {
-    let user = UserId(user_key.verifying_key().to_bytes());
-    let key = DeviceKey::from_seed(rand::random(), user);
-    let fingerprint =
-        parse_fingerprint(relay.fingerprint()).context("relay printed a bad fingerprint")?;
-    let mut config = ReplicaConfig::new(relay.addr(), relay.relay_id(), fingerprint);
-    config.device.registration = Some(key.certificate(user_key, 0));
+    // What a real app keeps in its key store (`Keys::create` once, `Keys::load` after).
+    let keys = Keys::from_secrets(
+        DeviceSecrets::generate()?,
+        UserSecret::from_seed(user_key.to_bytes()),
+    );
+    // The string the relay prints on its `pin:` line.
+    let pin: RelayPin = format!("{}@{}", relay.relay_id(), relay.fingerprint())
+        .parse()
+        .context("relay printed a bad pin")?;
     // Snappy for a demo: retries from 200 ms, reconnects from 100 ms.
-    config.device.retry = RetryPolicy {
-        base_ms: 200,
-        max_ms: 2_000,
-        ..RetryPolicy::default()
+    let device = DeviceConfig {
+        retry: RetryPolicy {
+            base_ms: 200,
+            max_ms: 2_000,
+            ..RetryPolicy::default()
+        },
+        reconnect: RetryPolicy {
+            base_ms: 100,
+            max_ms: 1_000,
+            max_attempts: u32::MAX,
+            jitter_pct: 20,
+        },
+        ..DeviceConfig::default()
     };
-    config.device.reconnect = RetryPolicy {
-        base_ms: 100,
-        max_ms: 1_000,
-        max_attempts: u32::MAX,
-        jitter_pct: 20,
-    };
-    let replica = Replica::open(dir.join(name), key, config).await?;
+    let replica = Replica::builder(dir.join(name))
+        .relay([relay.addr()], pin)
+        .keys(keys)
+        // The demo cuts the network itself (`network_changed`).
+        .connectivity(Connectivity::App)
+        .device_config(device)
+        .open()
+        .await?;
     // Print every status change this device sees, as it happens.
-    let mut updates = replica.subscribe();
+    let mut updates = replica.updates();
     tokio::spawn(async move {
         while let Some(u) = updates.next().await {
             if let Update::StatusChanged {

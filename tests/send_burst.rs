@@ -54,7 +54,7 @@ async fn a_burst_of_queued_sends_is_durable_delivered_and_in_order() {
                 .await?
                 .messages
                 .iter()
-                .any(|m| m.id == id);
+                .any(|m| m.view.id == id);
             Ok::<_, tidings::replica::ReplicaError>((id, queued || shown))
         });
     }

@@ -131,6 +131,9 @@ pub enum LogError {
     /// redb failed (I/O, a full disk, corruption it detected).
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
+    /// Another `EventLog` (in this process or another) has the file open.
+    #[error("{0} is already open")]
+    AlreadyOpen(String),
     /// The file is a database, but not a tidings event log.
     #[error("{0} is not a tidings event log")]
     NotOurs(String),
@@ -412,6 +415,7 @@ impl EventLog {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
                     LogError::NotOurs(name.clone())
                 }
+                redb::DatabaseError::DatabaseAlreadyOpen => LogError::AlreadyOpen(name.clone()),
                 other => other.into(),
             })?
             .ok_or_else(|| LogError::Damaged(name.clone()))?;

@@ -19,7 +19,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "dev")]
     pub config: Option<PathBuf>,
     /// Development mode: loopback on a free port, self-signed certificate, data in
-    /// --data-dir or a fresh temporary directory.
+    /// --data-dir or a fresh temporary directory. With --data-dir the port is kept in
+    /// DATA_DIR/dev-listen and taken again at the next start, so devices pinned to the relay
+    /// find it after a restart.
     #[arg(long)]
     pub dev: bool,
     /// Data directory (overrides the config's `data_dir`).
@@ -72,8 +74,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("give --config relay.toml or --dev (see --help)");
     };
+    let keep_port = args.dev && args.data_dir.is_some() && args.listen.is_none();
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    let dev_listen = config.data_dir.join(DEV_LISTEN_FILE);
+    if keep_port {
+        if let Some(a) = read_dev_listen(&dev_listen) {
+            config.listen = a;
+        }
     }
     if let Some(a) = args.listen {
         config.listen = a;
@@ -84,9 +93,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let relay = crate::start(config.clone())
         .await
         .context("starting the relay")?;
+    if keep_port {
+        std::fs::write(&dev_listen, relay.addr().to_string())
+            .with_context(|| format!("writing {}", dev_listen.display()))?;
+    }
     println!("tidings-relay listening on {}", relay.addr());
     println!("relay id:              {}", relay.relay_id());
     println!("certificate sha256:    {}", relay.fingerprint());
+    println!(
+        "pin:                   {}@{}",
+        relay.relay_id(),
+        relay.fingerprint()
+    );
     println!("data dir:              {}", config.data_dir.display());
     if let Some(m) = relay.metrics_addr() {
         println!("metrics:               http://{m}/metrics");
@@ -94,6 +112,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_signal().await?;
     relay.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// The file in a `--dev` relay's data directory that keeps its listen address.
+pub const DEV_LISTEN_FILE: &str = "dev-listen";
+
+/// The address a `--dev` relay listened on last time, if it recorded one.
+fn read_dev_listen(path: &std::path::Path) -> Option<std::net::SocketAddr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -5,24 +5,26 @@
 //! each other share one commit (group commit, see `Driver::send_queued`).
 
 use crate::{
-    pin, Command, ConversationSnapshot, ReadSlot, ReplicaConfig, ReplicaError, Update, UserAction,
+    pin, Command, ConnectionProblem, ConnectionStatus, ConversationSnapshot, ReadSlot,
+    ReplicaConfig, ReplicaError, Update, UserAction,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tidings_engine::device::PreparedFrame;
 use tidings_engine::log::MAX_PAGE_LEN;
 use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
-    encode_frame, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
+    encode_frame, ErrorCode, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
     TLS_EXPORTER_LABEL,
 };
 use tidings_engine::{
-    Change, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store,
-    StoreConfig,
+    Change, ConnectionState, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog,
+    LogError, MessageId, Store, StoreConfig,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -33,13 +35,6 @@ const READ_AHEAD_FRAMES: usize = 256;
 /// How long `close` waits for the connection to say goodbye.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 struct Live {
     connection: Connection,
     send: SendStream,
@@ -48,6 +43,25 @@ struct Live {
 }
 
 type Dialed = Result<(Connection, SendStream, RecvStream, [u8; TLS_BINDING_LEN]), String>;
+
+/// Why the relay closed on the device, for the app.
+fn problem_of(e: &tidings_engine::DeviceError) -> ConnectionProblem {
+    use tidings_engine::DeviceError;
+    match e {
+        DeviceError::Closed { code, .. } if *code == ErrorCode::NOT_REGISTERED => {
+            ConnectionProblem::NotRegistered
+        }
+        DeviceError::Closed { code, message } => ConnectionProblem::Refused {
+            code: *code,
+            message: message.clone(),
+        },
+        DeviceError::WrongRelay { expected, got } => ConnectionProblem::WrongRelay {
+            expected: *expected,
+            got: *got,
+        },
+        other => ConnectionProblem::Other(other.to_string()),
+    }
+}
 
 /// A `Send` command taken off the queue: the message and who waits for its answer.
 type QueuedSend = (Outgoing, crate::Reply<MessageId>);
@@ -65,6 +79,12 @@ struct Driver {
     dialing: Option<JoinHandle<Dialed>>,
     /// A command taken off the queue while gathering a send batch, handled next.
     held: Option<Command>,
+    /// Why the connection last failed, until the relay takes the device.
+    problem: Option<ConnectionProblem>,
+    /// Set by the pinned verifier when a certificate fails the pin.
+    pin_mismatch: Arc<AtomicBool>,
+    /// Which of the relay's addresses the next dial tries.
+    next_addr: usize,
 }
 
 pub(crate) async fn start(
@@ -74,8 +94,19 @@ pub(crate) async fn start(
     commands: mpsc::Receiver<Command>,
     updates: broadcast::Sender<Update>,
 ) -> Result<ReadSlot, ReplicaError> {
-    std::fs::create_dir_all(dir).map_err(|e| ReplicaError::Network(format!("{dir:?}: {e}")))?;
-    let log = EventLog::open(dir.join("device.redb")).map_err(tidings_engine::StoreError::from)?;
+    std::fs::create_dir_all(dir).map_err(|source| ReplicaError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("device.redb");
+    let log = EventLog::open(&path).map_err(|e| match e {
+        LogError::AlreadyOpen(_) => ReplicaError::AlreadyOpen { path: path.clone() },
+        LogError::Storage(redb::Error::Io(source)) => ReplicaError::Io {
+            path: path.clone(),
+            source,
+        },
+        e => tidings_engine::StoreError::from(e).into(),
+    })?;
     // The engine draws no randomness of its own: fresh OS entropy at every open.
     let entropy = {
         use rand::TryRngCore;
@@ -97,10 +128,12 @@ pub(crate) async fn start(
         config.device.clone(),
         rand::random(),
     );
-    let client = pin::client_config(
+    let pin_mismatch = Arc::new(AtomicBool::new(false));
+    let client = pin::pinned_client_config(
         config.relay_cert_sha256,
         config.keepalive,
         config.idle_timeout,
+        Arc::clone(&pin_mismatch),
     )
     .map_err(ReplicaError::Network)?;
     let bind: SocketAddr = if config.relay_addr.is_ipv4() {
@@ -121,6 +154,9 @@ pub(crate) async fn start(
         live: None,
         dialing: None,
         held: None,
+        problem: None,
+        pin_mismatch,
+        next_addr: 0,
     };
     tokio::spawn(driver.run());
     Ok(reads)
@@ -137,11 +173,12 @@ impl Driver {
                 }
                 continue;
             }
-            let now = now_ms();
+            let now = self.now();
             if self.live.is_none() && self.dialing.is_none() && self.core.poll_connect(now) {
+                self.pin_mismatch.store(false, Ordering::Relaxed);
                 self.dialing = Some(tokio::spawn(dial(
                     self.endpoint.clone(),
-                    self.config.relay_addr,
+                    self.dial_addr(),
                     self.config.server_name.clone(),
                 )));
             }
@@ -160,11 +197,12 @@ impl Driver {
                     }
                 },
                 frame = next_frame(&mut self.live) => {
-                    let now = now_ms();
+                    let now = self.now();
                     match frame {
                         Some(Ok(f)) => {
                             if let Err(e) = self.core.handle_prepared(f, now) {
                                 tracing::warn!(error = %e, "dropping the relay connection");
+                                self.problem = Some(problem_of(&e));
                                 self.disconnect(now);
                             }
                         }
@@ -177,7 +215,7 @@ impl Driver {
                 }
                 dialed = join(&mut self.dialing) => {
                     self.dialing = None;
-                    let now = now_ms();
+                    let now = self.now();
                     match dialed {
                         Ok((connection, send, recv, binding)) => {
                             let (tx, frames) = mpsc::channel(READ_AHEAD_FRAMES);
@@ -187,12 +225,22 @@ impl Driver {
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "relay unreachable");
+                            self.problem = Some(if self.pin_mismatch.load(Ordering::Relaxed) {
+                                ConnectionProblem::PinMismatch
+                            } else {
+                                ConnectionProblem::Unreachable(e)
+                            });
+                            self.next_addr = self.next_addr.wrapping_add(1);
                             self.core.handle_connect_failed(now);
+                            // The core reports no state change for a failed dial; the app
+                            // hears why.
+                            let status = ConnectionStatus::new(self.core.connection(), self.problem.clone());
+                            let _ = self.updates.send(Update::Connection(status));
                         }
                     }
                 }
                 _ = sleep_until(sleep) => {
-                    if let Err(e) = self.core.handle_timeout(now_ms()) {
+                    if let Err(e) = self.core.handle_timeout(self.now()) {
                         tracing::warn!(error = %e, "timeout handling failed");
                     }
                 }
@@ -212,17 +260,40 @@ impl Driver {
             if let Some(live) = self.live.as_mut() {
                 if let Err(e) = live.send.write_all(&buf).await {
                     tracing::info!(error = %e, "write to relay failed");
-                    self.disconnect(now_ms());
+                    let now = self.now();
+                    self.disconnect(now);
                 }
             }
         }
         while let Some(event) = self.core.poll_event() {
+            if let DeviceEvent::Connection(state) = event {
+                if matches!(state, ConnectionState::Syncing | ConnectionState::Online) {
+                    self.problem = None;
+                }
+                let status = ConnectionStatus::new(state, self.problem.clone());
+                let _ = self.updates.send(Update::Connection(status));
+                continue;
+            }
             // Nobody to render for: the messages are not read.
             let reader = (self.updates.receiver_count() > 0).then_some(&self.reader);
             for u in updates_of(event, reader) {
                 // No subscriber is fine: the app reads state when it wants.
                 let _ = self.updates.send(u);
             }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// The relay address for the next dial: `relay_addr`, then each fallback in turn after a
+    /// failed dial.
+    fn dial_addr(&self) -> SocketAddr {
+        let n = 1 + self.config.fallback_addrs.len();
+        match self.next_addr % n {
+            0 => self.config.relay_addr,
+            i => self.config.fallback_addrs[i - 1],
         }
     }
 
@@ -265,7 +336,7 @@ impl Driver {
     }
 
     async fn command(&mut self, cmd: Command) {
-        let now = now_ms();
+        let now = self.now();
         let core = &mut self.core;
         match cmd {
             Command::Create(c, members, r) => {
@@ -320,7 +391,8 @@ impl Driver {
                 let _ = r.send(core.store_mut().outbox().map_err(Into::into));
             }
             Command::Connection(r) => {
-                let _ = r.send(Ok(core.connection()));
+                let status = ConnectionStatus::new(core.connection(), self.problem.clone());
+                let _ = r.send(Ok(status));
             }
             Command::User(action, r) => {
                 match action {
@@ -336,6 +408,19 @@ impl Driver {
             }
             Command::Blocked(r) => {
                 let _ = r.send(Ok(core.blocked()));
+            }
+            Command::Devices(user, r) => {
+                let me = core.store().key().device();
+                let own = core.store().key().user() == user;
+                let res = core.store_mut().directory().map(|d| {
+                    let mut ids: BTreeSet<_> =
+                        d.devices_of(&user).into_iter().map(|(id, _)| id).collect();
+                    if own {
+                        ids.insert(me);
+                    }
+                    ids.into_iter().filter(|id| !d.is_revoked(id)).collect()
+                });
+                let _ = r.send(res.map_err(Into::into));
             }
             Command::Close(_) => {}
         }
@@ -367,7 +452,33 @@ impl Driver {
                 Err(_) => break,
             }
         }
-        let (outgoing, replies): (Vec<Outgoing>, Vec<_>) = batch.into_iter().unzip();
+        // A conversation this device does not know is the caller's mistake, answered at the
+        // call rather than as a message that turns FAILED later.
+        let mut known = std::collections::BTreeMap::new();
+        let mut sendable = Vec::with_capacity(batch.len());
+        for (out, r) in batch {
+            let is_known = match known.get(&out.conversation) {
+                Some(k) => Ok(*k),
+                None => knows(&self.core, out.conversation),
+            };
+            match is_known {
+                Ok(true) => {
+                    known.insert(out.conversation, true);
+                    sendable.push((out, r));
+                }
+                Ok(false) => {
+                    known.insert(out.conversation, false);
+                    let _ = r.send(Err(ReplicaError::UnknownConversation(out.conversation)));
+                }
+                Err(e) => {
+                    let _ = r.send(Err(tidings_engine::StoreError::from(e).into()));
+                }
+            }
+        }
+        if sendable.is_empty() {
+            return;
+        }
+        let (outgoing, replies): (Vec<Outgoing>, Vec<_>) = sendable.into_iter().unzip();
         let results = self.core.send_all(outgoing, now);
         for (r, result) in replies.into_iter().zip(results) {
             let _ = r.send(result.map_err(Into::into));
@@ -375,24 +486,39 @@ impl Driver {
     }
 }
 
+/// Whether this device knows `conversation`: created here, or accepted and caught up to its
+/// `Create`.
+fn knows(core: &DeviceCore, conversation: ConversationId) -> Result<bool, LogError> {
+    Ok(core
+        .store()
+        .log()
+        .conversation_meta(conversation)?
+        .is_some_and(|m| m.members.is_some()))
+}
+
 fn snapshot(
     core: &mut DeviceCore,
     id: tidings_engine::ConversationId,
 ) -> Result<ConversationSnapshot, ReplicaError> {
+    if !knows(core, id).map_err(tidings_engine::StoreError::from)? {
+        return Err(ReplicaError::UnknownConversation(id));
+    }
     let user = core.store().key().user();
     let conv = core.store_mut().conversation(id)?;
     let members = conv.members().map(<[_]>::to_vec);
-    let messages = conv.messages();
+    let views = conv.messages();
     let unread = conv.unread_count(user);
-    let bodies = messages
-        .iter()
-        .map(|m| core.store_mut().body(m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages = views
+        .into_iter()
+        .map(|view| {
+            let body = core.store_mut().body(&view)?;
+            Ok(Rendered { view, body })
+        })
+        .collect::<Result<Vec<_>, tidings_engine::StoreError>>()?;
     Ok(ConversationSnapshot {
         id,
         members,
         messages,
-        bodies,
         unread,
     })
 }
@@ -478,7 +604,6 @@ fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update>
             );
             out
         }
-        DeviceEvent::Connection(s) => vec![Update::Connection(s)],
         DeviceEvent::SyncProgress {
             conversation,
             received,

@@ -109,6 +109,91 @@ pub enum KeystoreError {
     /// The OS random number generator failed.
     #[error("the OS random number generator failed: {0}")]
     Random(String),
+    /// [`Keys::create`] found key files already in the directory (it never overwrites them).
+    #[error("{} already exists; keys are never overwritten", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A device's keys as the key store holds them: its secrets, its user's identity seed, and
+/// the certificate that seed signs for the device (how the relay learns the device belongs to
+/// the user).
+///
+/// ```
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use tidings_replica::keystore::Keys;
+/// let dir = tempfile::tempdir()?;
+/// let made = Keys::create(dir.path(), Some(b"correct horse"))?;
+/// let loaded = Keys::load(dir.path(), Some(b"correct horse"))?;
+/// assert_eq!(made.user, loaded.user);
+/// assert_eq!(made.device_key().device(), loaded.device_key().device());
+/// # Ok(()) }
+/// # demo().unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// The device's own secrets.
+    pub device: DeviceSecrets,
+    /// The user's identity seed.
+    pub user_secret: UserSecret,
+    /// The user.
+    pub user: UserId,
+    /// The device's certificate signed by the user's key, presented when the relay does not
+    /// know the device yet.
+    pub registration: Option<tidings_engine::wire::DeviceRegistration>,
+}
+
+impl Keys {
+    /// Makes a new user identity and its first device, and saves both in `dir` (the user key
+    /// under `passphrase` when given). Refuses to overwrite key files ([`KeystoreError::Exists`]).
+    pub fn create(dir: impl AsRef<Path>, passphrase: Option<&[u8]>) -> Result<Keys, KeystoreError> {
+        let dir = dir.as_ref();
+        for name in [DEVICE_KEY_FILE, USER_KEY_FILE] {
+            let path = dir.join(name);
+            if path.exists() {
+                return Err(KeystoreError::Exists { path });
+            }
+        }
+        let device = DeviceSecrets::generate()?;
+        let user_secret = UserSecret::generate()?;
+        device.save(dir)?;
+        user_secret.save(dir, passphrase)?;
+        Ok(Keys::from_secrets(device, user_secret))
+    }
+
+    /// Loads the keys [`Keys::create`] saved in `dir`; `passphrase` opens a protected user key.
+    pub fn load(dir: impl AsRef<Path>, passphrase: Option<&[u8]>) -> Result<Keys, KeystoreError> {
+        let dir = dir.as_ref();
+        let device = DeviceSecrets::load(dir)?;
+        let user_secret = UserSecret::load(dir, passphrase)?;
+        Ok(Keys::from_secrets(device, user_secret))
+    }
+
+    /// The keys of a device of the user whose seed is `user_secret`.
+    pub fn from_secrets(device: DeviceSecrets, user_secret: UserSecret) -> Keys {
+        let user = user_secret.user_id();
+        let user_key = DeviceKey::from_seed(*user_secret.seed(), user);
+        // Issued at 0: the same certificate at every load (ed25519 signatures are
+        // deterministic), so the relay sees one registration per device.
+        let registration = Some(
+            device
+                .device_key(user)
+                .certificate(user_key.signing_key(), 0),
+        );
+        Keys {
+            device,
+            user_secret,
+            user,
+            registration,
+        }
+    }
+
+    /// The device's signing and agreement key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.device.device_key(self.user)
+    }
 }
 
 fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeystoreError> {

@@ -5,10 +5,17 @@
 //! devices confirm it.
 //!
 //! ```no_run
-//! # async fn demo(dir: &std::path::Path, key: tidings_engine::DeviceKey, config: tidings_replica::ReplicaConfig,
-//! #               conversation: tidings_engine::ConversationId) -> Result<(), tidings_replica::ReplicaError> {
-//! let replica = tidings_replica::Replica::open(dir, key, config).await?;
-//! let mut updates = replica.subscribe();
+//! # async fn demo(pin: &str, conversation: tidings_replica::ConversationId)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::StreamExt;
+//! use tidings_replica::{keystore::Keys, Replica};
+//! let keys = Keys::load("data/alice", None)?; // made once by `Keys::create`
+//! let replica = Replica::builder("data/alice")
+//!     .relay(["127.0.0.1:4433".parse()?], pin.parse()?) // the relay's `pin:` line
+//!     .keys(keys)
+//!     .open()
+//!     .await?;
+//! let mut updates = replica.updates();
 //! let message = replica.send(conversation, b"Just took off".to_vec()).await?; // PENDING, durable
 //! while let Some(update) = updates.next().await {
 //!     println!("{update:?}"); // StatusChanged … Sent, Delivered, Read
@@ -24,14 +31,24 @@
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
 //! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
+//! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
+//!   [`Profile`], [`Connectivity`] and [`Clock`], with documented defaults.
+//! - `connectivity`: the operating system's network signal ([`Connectivity::Os`]).
+//! - [`ConnectionStatus`] (`status`): the connection's state and why it last failed.
 //!
 //! Architecture invariant: no protocol decision is made here. The core decides what to send,
 //! when to retry and what to pull; this crate only carries bytes and time.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod builder;
+mod connectivity;
 mod driver;
 pub mod keystore;
 pub mod pin;
+mod status;
+
+pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
+pub use status::{ConnectionProblem, ConnectionStatus};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -60,6 +77,8 @@ pub const UPDATE_BUFFER: usize = 16 * 1024;
 pub struct ReplicaConfig {
     /// The relay's UDP address.
     pub relay_addr: SocketAddr,
+    /// More addresses of the same relay, dialed in turn after `relay_addr` when a dial fails.
+    pub fallback_addrs: Vec<SocketAddr>,
     /// The relay's key (it signs the acks this device trusts).
     pub relay_key: DeviceId,
     /// SHA-256 of the relay's certificate (DER), as `tidings-relay` prints it.
@@ -76,29 +95,61 @@ pub struct ReplicaConfig {
     /// from the device key. Pass [`keystore::DeviceSecrets::storage_key`] when the device's
     /// secrets come from the key store.
     pub storage_key: Option<tidings_engine::crypto::StorageKey>,
+    /// Where network changes come from. [`Connectivity::App`] here (the app, or the test,
+    /// calls [`Replica::network_changed`]); the builder's default is [`Connectivity::Os`].
+    pub connectivity: Connectivity,
+    /// The clock the device stamps events and runs timers by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl ReplicaConfig {
     /// Defaults for a relay at `relay_addr` with the given key and certificate fingerprint:
-    /// keepalive every 1 s, a dead path noticed within 5 s.
+    /// [`Profile::Desktop`] (keepalive every 1 s, a dead path noticed within 5 s), the system
+    /// clock, connectivity from the app. [`Replica::builder`] is the common path.
     pub fn new(relay_addr: SocketAddr, relay_key: DeviceId, relay_cert_sha256: [u8; 32]) -> Self {
         ReplicaConfig {
             relay_addr,
+            fallback_addrs: Vec::new(),
             relay_key,
             relay_cert_sha256,
             server_name: "tidings-relay".into(),
-            keepalive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            keepalive: Profile::Desktop.keepalive(),
+            idle_timeout: Profile::Desktop.idle_timeout(),
             device: DeviceConfig::default(),
             storage_key: None,
+            connectivity: Connectivity::App,
+            clock: Arc::new(SystemClock),
         }
     }
 }
+
+/// The longest message body [`Replica::send`] takes, in bytes: the plaintext limit, after the
+/// end-to-end encryption's overhead is taken from the wire limit of a body.
+pub const MAX_BODY_LEN: usize = tidings_engine::e2ee::MAX_PLAINTEXT_LEN;
 
 /// Why a replica call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplicaError {
+    /// The conversation is not known on this device: never created here, or its invitation
+    /// not accepted yet.
+    #[error("conversation {0} is not known on this device")]
+    UnknownConversation(ConversationId),
+    /// Another replica (in this process or another) has the data directory open.
+    #[error("the data directory {} is already open", path.display())]
+    AlreadyOpen {
+        /// The database file.
+        path: std::path::PathBuf,
+    },
+    /// A file or directory of the replica could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path that failed.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] tidings_engine::StoreError),
@@ -111,17 +162,24 @@ pub enum ReplicaError {
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
-    /// A body over the limit ([`tidings_engine::e2ee::MAX_PLAINTEXT_LEN`]).
-    #[error("message body of {len} bytes is over the limit of {max}")]
+    /// A body over [`MAX_BODY_LEN`].
+    #[error("message body too large: {len} bytes, the limit is {max}")]
     BodyTooLarge {
-        /// Size.
+        /// The body's length in bytes.
         len: usize,
-        /// Limit.
+        /// [`MAX_BODY_LEN`].
         max: usize,
     },
     /// The OS random number generator failed (the store is seeded from it at every open).
     #[error("the OS random number generator failed: {0}")]
     Random(String),
+    /// [`ReplicaBuilder::open`] without a setting it needs.
+    #[error("the replica builder needs {0}")]
+    Missing(&'static str),
+    /// [`Replica::wait_for`]: the message turned FAILED (the outbox gave up; [`Replica::retry`]
+    /// tries again).
+    #[error("message {0} failed to send")]
+    MessageFailed(MessageId),
 }
 
 /// What a UI renders, pushed as it happens.
@@ -160,8 +218,8 @@ pub enum Update {
         /// Conversation.
         conversation: ConversationId,
     },
-    /// The connection moved.
-    Connection(ConnectionState),
+    /// The connection moved, or what went wrong with it changed.
+    Connection(ConnectionStatus),
     /// Catch-up progress.
     SyncProgress {
         /// Conversation.
@@ -229,20 +287,44 @@ pub enum Update {
     },
 }
 
-/// A stream of [`Update`]s.
-#[derive(Debug)]
+/// The [`Update`]s of one subscriber, a [`futures_core::Stream`]: it ends when the replica
+/// closes. A subscriber that falls more than [`UPDATE_BUFFER`] behind gets
+/// [`Update::Lagged`] (never a silent drop) and should re-read what it shows.
 pub struct Updates {
-    rx: broadcast::Receiver<Update>,
+    inner: std::pin::Pin<Box<dyn futures_core::Stream<Item = Update> + Send>>,
+}
+
+impl std::fmt::Debug for Updates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updates").finish_non_exhaustive()
+    }
 }
 
 impl Updates {
-    /// The next update; `None` once the replica is closed.
-    pub async fn next(&mut self) -> Option<Update> {
-        match self.rx.recv().await {
-            Ok(u) => Some(u),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Update::Lagged { missed }),
-            Err(broadcast::error::RecvError::Closed) => None,
+    fn new(rx: broadcast::Receiver<Update>) -> Updates {
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(u) => Some((u, rx)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Some((Update::Lagged { missed }, rx))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Updates {
+            inner: Box::pin(stream),
         }
+    }
+}
+
+impl futures_core::Stream for Updates {
+    type Item = Update;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Update>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
@@ -253,11 +335,9 @@ pub struct ConversationSnapshot {
     pub id: ConversationId,
     /// Members, once known.
     pub members: Option<Vec<UserId>>,
-    /// Messages in order with statuses.
-    pub messages: Vec<MessageView>,
-    /// The body of each message of `messages`, in the same order: decrypted, or waiting for
-    /// its key (asked for already), or unreadable.
-    pub bodies: Vec<Body>,
+    /// Messages in view order, each with its status and its body (decrypted, or waiting for
+    /// its key, asked for already, or unreadable).
+    pub messages: Vec<Rendered>,
     /// Messages from others not read on any device of this user.
     pub unread: usize,
 }
@@ -320,10 +400,11 @@ enum Command {
     Conversation(ConversationId, Reply<ConversationSnapshot>),
     Recipients(ConversationId, MessageId, Reply<Vec<RecipientView>>),
     Outbox(Reply<Vec<OutboxEntry>>),
-    Connection(Reply<ConnectionState>),
+    Connection(Reply<ConnectionStatus>),
     User(UserAction, Reply<()>),
     Invitations(Reply<Vec<Invitation>>),
     Blocked(Reply<Vec<UserId>>),
+    Devices(UserId, Reply<Vec<DeviceId>>),
     Close(Reply<()>),
 }
 
@@ -346,15 +427,23 @@ pub(crate) type ReadSlot = Arc<RwLock<Option<MessageReader>>>;
 #[derive(Clone, Debug)]
 pub struct Replica {
     commands: mpsc::Sender<Command>,
-    updates: broadcast::Sender<Update>,
+    /// Weak: the driver holds the only sender, so every stream ends when it stops.
+    updates: broadcast::WeakSender<Update>,
     reads: Weak<RwLock<Option<MessageReader>>>,
     device: DeviceId,
     user: UserId,
 }
 
 impl Replica {
-    /// Opens (or creates) the device's store in `dir` and starts its driver task, which
-    /// connects to the relay in the background. Must be called inside a tokio runtime.
+    /// Starts opening the device's store in `dir` (created if needed): give it the relay and
+    /// the keys, then [`ReplicaBuilder::open`].
+    pub fn builder(dir: impl Into<std::path::PathBuf>) -> ReplicaBuilder {
+        ReplicaBuilder::new(dir.into())
+    }
+
+    /// Opens (or creates) the device's store in `dir` with every setting spelled out, and
+    /// starts its driver task, which connects to the relay in the background. Must be called
+    /// inside a tokio runtime. [`Replica::builder`] is the common path.
     pub async fn open(
         dir: impl AsRef<Path>,
         key: DeviceKey,
@@ -364,10 +453,15 @@ impl Replica {
         let (updates, _) = broadcast::channel(UPDATE_BUFFER);
         let device = key.device();
         let user = key.user();
-        let reads = driver::start(dir.as_ref(), key, config, rx, updates.clone()).await?;
+        let weak = updates.downgrade();
+        let os_signal = config.connectivity == Connectivity::Os;
+        let reads = driver::start(dir.as_ref(), key, config, rx, updates).await?;
+        if os_signal {
+            connectivity::watch(commands.downgrade());
+        }
         Ok(Replica {
             commands,
-            updates,
+            updates: weak,
             reads: Arc::downgrade(&reads),
             device,
             user,
@@ -384,11 +478,14 @@ impl Replica {
         self.user
     }
 
-    /// Updates from now on.
-    pub fn subscribe(&self) -> Updates {
-        Updates {
-            rx: self.updates.subscribe(),
-        }
+    /// Updates from now on, as a [`futures_core::Stream`]. It ends when the replica closes (at
+    /// once if it is closed already).
+    pub fn updates(&self) -> Updates {
+        let rx = match self.updates.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        };
+        Updates::new(rx)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ReplicaError> {
@@ -454,7 +551,7 @@ impl Replica {
         body: Vec<u8>,
         media: Vec<MediaRef>,
     ) -> Result<MessageId, ReplicaError> {
-        let max = tidings_engine::e2ee::MAX_PLAINTEXT_LEN;
+        let max = MAX_BODY_LEN;
         if body.len() > max {
             return Err(ReplicaError::BodyTooLarge {
                 len: body.len(),
@@ -599,9 +696,74 @@ impl Replica {
         self.call(Command::Blocked).await
     }
 
-    /// The connection state.
-    pub async fn connection(&self) -> Result<ConnectionState, ReplicaError> {
+    /// The devices of `user` this device holds certificates of (not revoked), in id order:
+    /// what it has learned from the relay's directory, and itself when `user` is its own.
+    pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceId>, ReplicaError> {
+        self.call(|r| Command::Devices(user, r)).await
+    }
+
+    /// The connection state, and what went wrong with it if something did.
+    pub async fn connection(&self) -> Result<ConnectionStatus, ReplicaError> {
         self.call(Command::Connection).await
+    }
+
+    /// Waits until `message` of `conversation` shows at least `status` (in the order
+    /// PENDING < SENT < DELIVERED < READ) and returns it as shown. Fails with
+    /// [`ReplicaError::MessageFailed`] if it turns FAILED first (unless FAILED is what was
+    /// asked for), or [`ReplicaError::Closed`]. A message not shown yet (not arrived) is waited for.
+    ///
+    /// ```no_run
+    /// # async fn demo(replica: tidings_replica::Replica, c: tidings_replica::ConversationId)
+    /// # -> Result<(), tidings_replica::ReplicaError> {
+    /// use tidings_replica::Status;
+    /// let id = replica.send(c, b"hi".to_vec()).await?;
+    /// let shown = replica.wait_for(c, id, Status::Read).await?;
+    /// assert_eq!(shown.view.status, Status::Read);
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        status: Status,
+    ) -> Result<Rendered, ReplicaError> {
+        use futures_util::StreamExt;
+        let reached = |r: &Rendered| {
+            if status == Status::Failed {
+                r.view.status == Status::Failed
+            } else {
+                r.view.status != Status::Failed && r.view.status.rank() >= status.rank()
+            }
+        };
+        // Subscribed before the first read, so no change falls between the two.
+        let mut updates = self.updates();
+        loop {
+            if let Some(shown) = self.message(conversation, message).await? {
+                if reached(&shown) {
+                    return Ok(shown);
+                }
+                if shown.view.status == Status::Failed {
+                    return Err(ReplicaError::MessageFailed(message));
+                }
+            }
+            // Anything about the message (or a lag) is a reason to read it again.
+            loop {
+                match updates.next().await {
+                    None => return Err(ReplicaError::Closed),
+                    Some(Update::MessageAdded { message: m, .. })
+                    | Some(Update::StatusChanged { message: m, .. })
+                        if m == message =>
+                    {
+                        break
+                    }
+                    Some(Update::ConversationChanged { conversation: c }) if c == conversation => {
+                        break
+                    }
+                    Some(Update::Lagged { .. }) => break,
+                    Some(_) => {}
+                }
+            }
+        }
     }
 
     /// Stops the driver: snapshots documents, closes the connection and releases the data
@@ -611,3 +773,8 @@ impl Replica {
         self.call(Command::Close).await
     }
 }
+
+/// docs/GUIDE.md, compiled: each of its examples is a doctest of this crate.
+#[doc = include_str!("../../docs/GUIDE.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;

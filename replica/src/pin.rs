@@ -9,6 +9,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidings_engine::wire::ALPN;
@@ -30,6 +31,9 @@ pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
 struct PinnedCert {
     sha256: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// Set when the last certificate seen did not match, so the dialer can tell a pin
+    /// mismatch from an unreachable relay.
+    mismatch: Arc<AtomicBool>,
 }
 
 impl ServerCertVerifier for PinnedCert {
@@ -41,7 +45,9 @@ impl ServerCertVerifier for PinnedCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity.as_ref()) == self.sha256 {
+        let matches = fingerprint(end_entity.as_ref()) == self.sha256;
+        self.mismatch.store(!matches, Ordering::Relaxed);
+        if matches {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -92,12 +98,27 @@ pub fn client_config(
     keepalive: Duration,
     idle_timeout: Duration,
 ) -> Result<quinn::ClientConfig, String> {
+    pinned_client_config(sha256, keepalive, idle_timeout, Arc::default())
+}
+
+/// [`client_config`], setting `mismatch` at every handshake to whether the relay's
+/// certificate failed the pin.
+pub fn pinned_client_config(
+    sha256: [u8; 32],
+    keepalive: Duration,
+    idle_timeout: Duration,
+    mismatch: Arc<AtomicBool>,
+) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert { sha256, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            sha256,
+            provider,
+            mismatch,
+        }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;

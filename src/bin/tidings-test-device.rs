@@ -15,6 +15,7 @@
 //! (repeatable: other users of the conversation) and `--create`. Keys come from the seeds as in
 //! the tests: the user key is `[user-seed; 32]`, the device key `[device-seed; 32]`.
 
+use futures::StreamExt;
 use std::time::Duration;
 use tidings::engine::{ConversationId, DeviceId, DeviceKey, RetryPolicy, Status, UserId};
 use tidings::replica::pin::parse_fingerprint;
@@ -104,7 +105,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
     let me = key.device();
     let replica = Replica::open(&flags.dir, key, config).await?;
 
-    let mut updates = replica.subscribe();
+    let mut updates = replica.updates();
     tokio::spawn(async move {
         while let Some(u) = updates.next().await {
             let acked = match u {
@@ -126,7 +127,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
         }
     });
 
-    if flags.create && replica.conversation(conv).await?.members.is_none() {
+    if flags.create && replica.conversation(conv).await.is_err() {
         let mut members = Vec::new();
         for m in &flags.member {
             members.push(UserId::from_hex(m).ok_or("bad --member")?);
@@ -138,9 +139,8 @@ async fn device(flags: Flags) -> Result<(), Error> {
     let own: Vec<&Body> = snap
         .messages
         .iter()
-        .zip(&snap.bodies)
-        .filter(|(m, _)| m.record.author == me)
-        .map(|(_, b)| b)
+        .filter(|m| m.view.record.author == me)
+        .map(|m| &m.body)
         .collect();
     for (i, body) in own.iter().enumerate() {
         // Its own messages: this device started (or holds) every epoch it sent under.

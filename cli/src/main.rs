@@ -1,0 +1,541 @@
+//! `tidings`: set up a user, add contacts, send and read messages, chat in the terminal.
+//!
+//! Every command works in one data directory (`--dir`, `TIDINGS_DIR`, default
+//! `$HOME/.tidings`). Errors are one line on stderr and a non-zero exit, never a panic.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tidings_cli::app::{App, AppEvent, Key};
+use tidings_cli::backend::{conn, Names, ReplicaBackend};
+use tidings_cli::home::{
+    check_name, contact_code, pair_conversation, parse_contact_code, Contact, Home, Settings,
+};
+use tidings_cli::session::{bus, Session};
+use tidings_engine::{ConnectionState, ConversationId, Status, UserId};
+use tidings_replica::keystore::{Keys, KeystoreError};
+use tidings_replica::{Body, RelayPin, Replica, ReplicaError};
+use tokio::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "offline-first messaging in the terminal"
+)]
+struct Cli {
+    /// Data directory (keys, messages, contacts).
+    #[arg(long, env = "TIDINGS_DIR", global = true)]
+    dir: Option<PathBuf>,
+    /// Passphrase of the user key, if `init` set one.
+    #[arg(
+        long,
+        env = "TIDINGS_PASSPHRASE",
+        hide_env_values = true,
+        global = true
+    )]
+    passphrase: Option<String>,
+    /// Seconds to wait for the relay (connecting, acknowledging, catching up).
+    #[arg(long, default_value_t = 10, global = true)]
+    wait: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates a user identity and its first device here (keys in the key store).
+    Init {
+        /// The relay's address (repeat for more than one).
+        #[arg(long, required = true)]
+        relay: Vec<SocketAddr>,
+        /// The relay's pin, `<relay id>@<certificate sha256>`, as `tidings-relay` prints it.
+        #[arg(long)]
+        pin: String,
+        /// Your name, as contacts see it in your contact code.
+        #[arg(long)]
+        name: String,
+    },
+    /// Contacts: add one by its code, or list them.
+    Contacts {
+        #[command(subcommand)]
+        action: ContactsAction,
+    },
+    /// Sends a message to a contact (by name) or a conversation (by id); waits for ✓.
+    Send {
+        /// A contact's name or a conversation id.
+        to: String,
+        /// The message.
+        text: String,
+    },
+    /// Prints a conversation with its ticks, and marks it read.
+    Show {
+        /// A contact's name or a conversation id.
+        to: String,
+    },
+    /// Connection, outbox and unread messages.
+    Status,
+    /// This user's devices that this device knows of.
+    Devices,
+    /// The terminal chat.
+    Chat,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsAction {
+    /// Adds a contact by the code `tidings init` printed for them.
+    Add {
+        /// `name:user-id`.
+        code: String,
+        /// The name to show (default: the name in the code).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists the contacts.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidings: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidings: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = match &cli.dir {
+        Some(d) => d.clone(),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".tidings"))
+            .context("no --dir and no HOME")?,
+    };
+    let home = Home::new(dir);
+    let wait = Duration::from_secs(cli.wait);
+    match &cli.command {
+        Command::Init { relay, pin, name } => init(&home, &cli, relay, pin, name),
+        Command::Contacts {
+            action: ContactsAction::List,
+        } => {
+            for c in home.contacts()? {
+                println!("{}\t{}", c.name, c.user);
+            }
+            Ok(())
+        }
+        Command::Contacts {
+            action: ContactsAction::Add { code, name },
+        } => add_contact(&home, &cli, code, name.as_deref(), wait).await,
+        Command::Send { to, text } => send(&home, &cli, to, text, wait).await,
+        Command::Show { to } => show(&home, &cli, to, wait).await,
+        Command::Status => status(&home, &cli, wait).await,
+        Command::Devices => devices(&home, &cli, wait).await,
+        Command::Chat => chat(&home, &cli).await,
+    }
+}
+
+fn passphrase(cli: &Cli) -> Option<&[u8]> {
+    cli.passphrase.as_deref().map(str::as_bytes)
+}
+
+fn init(home: &Home, cli: &Cli, relay: &[SocketAddr], pin: &str, name: &str) -> anyhow::Result<()> {
+    check_name(name)?;
+    let pin: RelayPin = pin.parse().context("--pin")?;
+    if home.settings().is_ok() {
+        bail!("{} is set up already", home.dir.display());
+    }
+    std::fs::create_dir_all(&home.dir)
+        .with_context(|| format!("creating {}", home.dir.display()))?;
+    let keys = Keys::create(&home.dir, passphrase(cli)).map_err(keystore_error)?;
+    home.save_settings(&Settings {
+        name: name.to_string(),
+        relay: relay.to_vec(),
+        pin: pin.to_string(),
+    })?;
+    println!("user:         {}", keys.user);
+    println!("device:       {}", keys.device_key().device());
+    println!("contact code: {}", contact_code(name, keys.user));
+    Ok(())
+}
+
+fn keystore_error(e: KeystoreError) -> anyhow::Error {
+    match e {
+        KeystoreError::PassphraseRequired => anyhow::anyhow!(
+            "the user key is protected by a passphrase: give --passphrase or TIDINGS_PASSPHRASE"
+        ),
+        KeystoreError::WrongPassphrase => anyhow::anyhow!("wrong passphrase"),
+        e => anyhow::anyhow!("the key store: {e}"),
+    }
+}
+
+/// A device opened on `home`, with its settings and keys.
+struct Device {
+    replica: Replica,
+    settings: Settings,
+    user: UserId,
+}
+
+async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
+    let settings = home.settings()?;
+    let pin = home.pin(&settings)?;
+    let keys = Keys::load(&home.dir, passphrase(cli)).map_err(keystore_error)?;
+    let user = keys.user;
+    let replica = Replica::builder(&home.dir)
+        .relay(settings.relay.clone(), pin)
+        .keys(keys)
+        .open()
+        .await
+        .map_err(|e| match e {
+            ReplicaError::AlreadyOpen { .. } => anyhow::anyhow!(
+                "{} is in use by another tidings command (a `tidings chat`?)",
+                home.dir.display()
+            ),
+            e => anyhow::Error::new(e).context("opening the data directory"),
+        })?;
+    Ok(Device {
+        replica,
+        settings,
+        user,
+    })
+}
+
+/// Waits until the device is online and caught up.
+async fn connect(d: &Device, wait: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut updates = d.replica.updates();
+    loop {
+        let s = d.replica.connection().await?;
+        if s.state == ConnectionState::Online {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, updates.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the device closed"),
+            Err(_) => {
+                let why = s.problem.map(|p| format!(": {p}")).unwrap_or_default();
+                let addrs: Vec<String> = d.settings.relay.iter().map(|a| a.to_string()).collect();
+                bail!(
+                    "could not reach the relay at {} within {} s{why}",
+                    addrs.join(", "),
+                    wait.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// Accepts the invitations of the conversations with contacts (a contact who added this user
+/// created it), then waits (until `deadline`) for `want` to be known here, if given.
+async fn accept_contacts(
+    d: &Device,
+    home: &Home,
+    want: Option<ConversationId>,
+    deadline: Instant,
+) -> anyhow::Result<bool> {
+    let ours: Vec<ConversationId> = home
+        .contacts()?
+        .iter()
+        .filter_map(|c| ConversationId::from_hex(&c.conversation))
+        .collect();
+    loop {
+        for inv in d.replica.invitations().await? {
+            if ours.contains(&inv.conversation) {
+                d.replica.accept(inv.conversation).await?;
+            }
+        }
+        let Some(c) = want else { return Ok(true) };
+        if d.replica.conversation(c).await.is_ok() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the outbox is empty (what this command wrote reached the relay).
+async fn drain(d: &Device, deadline: Instant) -> anyhow::Result<bool> {
+    loop {
+        if d.replica.outbox().await?.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn add_contact(
+    home: &Home,
+    cli: &Cli,
+    code: &str,
+    name: Option<&str>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let (code_name, them) = parse_contact_code(code)?;
+    let name = match name.map(str::to_string).or(code_name) {
+        Some(n) => n,
+        None => bail!("the code has no name: give --name"),
+    };
+    check_name(&name)?;
+    let d = open(home, cli).await?;
+    if them == d.user {
+        bail!("that is your own contact code");
+    }
+    let conversation = pair_conversation(d.user, them);
+    home.save_contact(Contact {
+        name: name.clone(),
+        user: them.to_string(),
+        conversation: conversation.to_string(),
+    })?;
+    let deadline = Instant::now() + wait;
+    let result = async {
+        connect(&d, wait).await?;
+        // The one whose id sorts first creates the conversation; the other accepts its
+        // invitation. Whoever adds first, both end in the same conversation.
+        let known = d.replica.conversation(conversation).await.is_ok();
+        if d.user.0 < them.0 {
+            if !known {
+                d.replica
+                    .create_conversation(conversation, vec![them])
+                    .await?;
+            }
+            if !drain(&d, deadline).await? {
+                bail!(
+                    "the relay did not confirm the conversation within {} s",
+                    wait.as_secs()
+                );
+            }
+            println!("added {name}");
+        } else if accept_contacts(&d, home, Some(conversation), deadline).await? {
+            println!("added {name}");
+        } else {
+            println!("added {name}; the conversation starts once {name} adds you too");
+        }
+        Ok(())
+    }
+    .await;
+    d.replica.close().await?;
+    result
+}
+
+fn tick(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "⏰",
+        Status::Failed => "FAILED",
+        Status::Sent => "✓",
+        Status::Delivered => "✓✓",
+        Status::Read => "✓✓ read",
+    }
+}
+
+async fn send(home: &Home, cli: &Cli, to: &str, text: &str, wait: Duration) -> anyhow::Result<()> {
+    let conversation = home.resolve(to)?;
+    let d = open(home, cli).await?;
+    let deadline = Instant::now() + wait;
+    let result = async {
+        let online = connect(&d, wait).await;
+        if online.is_ok() {
+            accept_contacts(&d, home, Some(conversation), deadline).await?;
+        }
+        let id = match d.replica.send(conversation, text.as_bytes().to_vec()).await {
+            Ok(id) => id,
+            Err(ReplicaError::UnknownConversation(_)) => bail!(
+                "the conversation with '{to}' has not started: they have to add you too \
+                 (tidings contacts add <your code>)"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        online.context("the message is saved and goes out with the next tidings command")?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, d.replica.wait_for(conversation, id, Status::Sent)).await {
+            Ok(Ok(shown)) => {
+                println!("{id} {}", tick(shown.view.status));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!(
+                "the relay did not confirm {id} within {} s; it stays queued",
+                wait.as_secs()
+            ),
+        }
+    }
+    .await;
+    d.replica.close().await?;
+    result
+}
+
+async fn show(home: &Home, cli: &Cli, to: &str, wait: Duration) -> anyhow::Result<()> {
+    let conversation = home.resolve(to)?;
+    let d = open(home, cli).await?;
+    let deadline = Instant::now() + wait;
+    let result = async {
+        connect(&d, wait).await?;
+        if !accept_contacts(&d, home, Some(conversation), deadline).await? {
+            bail!("the conversation with '{to}' has not started: they have to add you too");
+        }
+        let names = Names::load(home, d.user)?;
+        for r in d.replica.page(conversation, None, 50).await? {
+            let line = names.line(&r);
+            let body = match &r.body {
+                Body::Text(t) | Body::Clear(t) => String::from_utf8_lossy(t).into_owned(),
+                Body::WaitingForKey(_) => "(waiting for key)".into(),
+                _ => "(unreadable)".into(),
+            };
+            if line.mine {
+                println!("{}: {body} {}", line.author, tick(line.status));
+            } else {
+                println!("{}: {body}", line.author);
+            }
+        }
+        d.replica.mark_read(conversation, None).await?;
+        drain(&d, deadline).await?;
+        Ok(())
+    }
+    .await;
+    d.replica.close().await?;
+    result
+}
+
+async fn status(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
+    let d = open(home, cli).await?;
+    let online = connect(&d, wait).await;
+    let result = async {
+        let s = d.replica.connection().await?;
+        println!("user:       {} ({})", d.settings.name, d.user);
+        println!("device:     {}", d.replica.device());
+        match &s.problem {
+            Some(p) => println!("connection: {:?} ({p})", s.state),
+            None => println!("connection: {:?}", s.state),
+        }
+        println!("outbox:     {} waiting", d.replica.outbox().await?.len());
+        let names = Names::load(home, d.user)?;
+        for c in d.replica.conversations().await? {
+            println!("{}: {} unread", names.conversation(c.id), c.unread);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    d.replica.close().await?;
+    result?;
+    online
+}
+
+async fn devices(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
+    let d = open(home, cli).await?;
+    let online = connect(&d, wait).await;
+    let result = async {
+        let me = d.replica.device();
+        for id in d.replica.devices(d.user).await? {
+            let mark = if id == me { "  (this device)" } else { "" };
+            println!("{id}{mark}");
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    d.replica.close().await?;
+    result?;
+    online
+}
+
+async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("`tidings chat` needs a terminal; for scripts use `tidings send` and `tidings show`");
+    }
+    let d = open(home, cli).await?;
+    let names = Names::load(home, d.user)?;
+    let backend = ReplicaBackend::new(d.replica.clone(), names);
+    let (tx, rx) = bus();
+    backend.forward_updates(tx.clone());
+    let first = d.replica.connection().await?;
+    tx.send(AppEvent::Connection(conn(&first))).await?;
+    // Contacts who added this user while it was away: take their conversations.
+    {
+        let (replica, home) = (d.replica.clone(), home.clone());
+        let ours: Vec<ConversationId> = home
+            .contacts()?
+            .iter()
+            .filter_map(|c| ConversationId::from_hex(&c.conversation))
+            .collect();
+        tokio::spawn(async move {
+            let mut updates = replica.updates();
+            while let Some(u) = updates.next().await {
+                if let tidings_replica::Update::Invited(inv) = u {
+                    if ours.contains(&inv.conversation) {
+                        let _ = replica.accept(inv.conversation).await;
+                    }
+                }
+            }
+        });
+    }
+    let keys = tx.clone();
+    std::thread::spawn(move || read_keys(keys));
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            d.replica.close().await?;
+            bail!("setting up the terminal: {e}");
+        }
+    };
+    let result = Session::new(App::new(d.settings.name.clone()), backend)
+        .run(&mut terminal, rx)
+        .await;
+    let restored = ratatui::try_restore();
+    d.replica.close().await?;
+    restored.context("restoring the terminal")?;
+    result
+}
+
+/// The terminal's keys onto the bus, until the bus is gone.
+fn read_keys(bus: tokio::sync::mpsc::Sender<AppEvent>) {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    while let Ok(ev) = event::read() {
+        let Event::Key(k) = ev else { continue };
+        if k.kind != KeyEventKind::Press {
+            continue;
+        }
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        let key = match k.code {
+            KeyCode::Char('c') if ctrl => Key::Quit,
+            KeyCode::Char('r') if ctrl => Key::Retry,
+            KeyCode::Char(c) => Key::Char(c),
+            KeyCode::Enter => Key::Enter,
+            KeyCode::Backspace => Key::Backspace,
+            KeyCode::Up => Key::Up,
+            KeyCode::Down => Key::Down,
+            KeyCode::PageUp => Key::PageUp,
+            KeyCode::Esc => Key::Quit,
+            _ => continue,
+        };
+        if bus.blocking_send(AppEvent::Key(key)).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The `tidings` command end to end: a relay and two users as real processes on 127.0.0.1.
+//! Alice and Bob set up, add each other, Alice sends, Bob reads, Alice sees the blue ticks;
+//! bad input gives one clear line and a non-zero exit.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The relay process, killed when dropped.
+struct Relay {
+    child: Child,
+    addr: String,
+    pin: String,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay(dir: &Path) -> Relay {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings-cli-test-relay"))
+        .arg("--dev")
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("relay starts");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(out).lines();
+    let (mut addr, mut pin) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.expect("relay output");
+        if let Some(a) = line.strip_prefix("tidings-relay listening on ") {
+            addr = Some(a.trim().to_string());
+        } else if let Some(p) = line.strip_prefix("pin:") {
+            pin = Some(p.trim().to_string());
+            break;
+        }
+    }
+    // Keep reading: a relay whose stdout is closed dies at its next line.
+    std::thread::spawn(move || lines.for_each(drop));
+    Relay {
+        child,
+        addr: addr.expect("address line"),
+        pin: pin.expect("pin line"),
+    }
+}
+
+fn tidings(dir: &Path, args: &[&str]) -> Output {
+    tidings_env(dir, args, &[])
+}
+
+fn tidings_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("TIDINGS_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("tidings runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "tidings {args:?} panicked: {stderr}"
+    );
+    out
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails with one line on stderr that contains `says`.
+fn fails(out: Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success: {stderr}"
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "a panic's exit code: {stderr}"
+    );
+    assert!(
+        stderr.contains(says),
+        "stderr {stderr:?} should say {says:?}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+}
+
+fn init(dir: &Path, relay: &Relay, name: &str, env: &[(&str, &str)]) -> String {
+    let out = tidings_env(
+        dir,
+        &[
+            "init",
+            "--relay",
+            &relay.addr,
+            "--pin",
+            &relay.pin,
+            "--name",
+            name,
+        ],
+        env,
+    );
+    let out = ok(out, "init");
+    out.lines()
+        .find_map(|l| l.strip_prefix("contact code:"))
+        .expect("a contact code")
+        .trim()
+        .to_string()
+}
+
+/// Runs `args` until its stdout contains `want` (each run connects, catches up and exits).
+fn until(dir: &Path, args: &[&str], want: &str, secs: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let out = tidings(dir, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && stdout.contains(want) {
+            return stdout;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "tidings {args:?} never showed {want:?}; last stdout {stdout:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_users_chat_through_a_relay_and_the_ticks_reach_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"));
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice_code = init(&alice, &relay, "alice", &[]);
+    let bob_code = init(&bob, &relay, "bob", &[]);
+
+    ok(
+        tidings(&alice, &["contacts", "add", &bob_code]),
+        "alice adds bob",
+    );
+    ok(
+        tidings(&bob, &["contacts", "add", &alice_code]),
+        "bob adds alice",
+    );
+
+    let sent = until(&alice, &["send", "bob", "hello bob"], "✓", 60);
+    assert!(!sent.contains("FAILED"), "{sent}");
+    let shown = until(&bob, &["show", "alice"], "alice: hello bob", 60);
+    assert!(shown.contains("alice: hello bob"), "{shown}");
+    until(&alice, &["show", "bob"], "me: hello bob ✓✓ read", 60);
+
+    let devices = ok(tidings(&bob, &["devices"]), "devices");
+    assert!(devices.contains("(this device)"), "{devices}");
+
+    let status = ok(tidings(&bob, &["status"]), "status");
+    assert!(status.contains("connection: Online"), "{status}");
+    assert!(status.contains("alice: 0 unread"), "{status}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_failure() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"));
+
+    // Unknown conversation.
+    let alice = tmp.path().join("alice");
+    init(&alice, &relay, "alice", &[]);
+    fails(
+        tidings(&alice, &["send", "nobody", "hi"]),
+        "unknown conversation 'nobody'",
+    );
+    // A command before init.
+    fails(
+        tidings(&tmp.path().join("nowhere"), &["status"]),
+        "run `tidings init` first",
+    );
+    // A pin that is not one.
+    fails(
+        tidings(
+            &tmp.path().join("x"),
+            &[
+                "init",
+                "--relay",
+                &relay.addr,
+                "--pin",
+                "nonsense",
+                "--name",
+                "x",
+            ],
+        ),
+        "--pin",
+    );
+
+    // Wrong passphrase.
+    let carol = tmp.path().join("carol");
+    init(&carol, &relay, "carol", &[("TIDINGS_PASSPHRASE", "right")]);
+    fails(
+        tidings_env(&carol, &["status"], &[("TIDINGS_PASSPHRASE", "wrong")]),
+        "wrong passphrase",
+    );
+    fails(tidings(&carol, &["status"]), "protected by a passphrase");
+    ok(
+        tidings_env(&carol, &["status"], &[("TIDINGS_PASSPHRASE", "right")]),
+        "the right passphrase",
+    );
+
+    // Unreachable relay: a port nobody listens on.
+    let dave = tmp.path().join("dave");
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let nowhere = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let out = tidings(
+        &dave,
+        &[
+            "init", "--relay", &nowhere, "--pin", &relay.pin, "--name", "dave",
+        ],
+    );
+    ok(out, "init dave");
+    fails(
+        tidings(&dave, &["--wait", "2", "status"]),
+        "could not reach the relay",
+    );
+
+    // The terminal client without a terminal.
+    fails(tidings(&alice, &["chat"]), "needs a terminal");
+
+    // A damaged key file.
+    std::fs::write(alice.join("device.key"), b"not a key").expect("damage");
+    fails(tidings(&alice, &["status"]), "device.key");
+}
