@@ -42,8 +42,9 @@ fn relay(dir: &Path) -> Relay {
             break;
         }
     }
-    // Keep reading: a relay whose stdout is closed dies at its next line.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Stop reading, as a script that took the pin would: the relay must keep serving with its
+    // stdout closed (it used to die at its next `println!`).
+    drop(lines);
     Relay {
         child,
         addr: addr.expect("address line"),
@@ -244,4 +245,57 @@ fn bad_input_is_one_clear_line_and_a_failure() {
     // A damaged key file.
     std::fs::write(alice.join("device.key"), b"not a key").expect("damage");
     fails(tidings(&alice, &["status"]), "device.key");
+}
+
+/// A relay started by a script that went away (its stdout closed before the relay printed its
+/// address and pin) keeps serving, and stops cleanly on SIGTERM. It used to panic in
+/// `println!` and exit with 101.
+#[test]
+fn a_relay_keeps_serving_with_its_stdout_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("relay");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings-cli-test-relay"))
+        .arg("--dev")
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relay starts");
+    // Close the read end before the relay can print anything.
+    drop(child.stdout.take());
+    let listen = dir.join("dev-listen");
+    let started = Instant::now();
+    while !listen.exists() {
+        assert!(
+            child.try_wait().expect("relay status").is_none(),
+            "the relay exited before it listened"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the relay never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It prints right after recording its address; give a dying relay ample time to die.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(5) {
+        if let Some(status) = child.try_wait().expect("relay status") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("the relay died with its stdout closed: {status}; stderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = child.wait().expect("relay exits");
+    assert!(status.success(), "the relay did not stop cleanly: {status}");
 }

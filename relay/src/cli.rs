@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use std::io::Write;
 use std::path::PathBuf;
 
 use crate::RelayConfig;
@@ -42,6 +43,8 @@ pub fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // stdout carries the address and pin for scripts; logs go to stderr.
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
@@ -97,18 +100,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&dev_listen, relay.addr().to_string())
             .with_context(|| format!("writing {}", dev_listen.display()))?;
     }
-    println!("tidings-relay listening on {}", relay.addr());
-    println!("relay id:              {}", relay.relay_id());
-    println!("certificate sha256:    {}", relay.fingerprint());
-    println!(
-        "pin:                   {}@{}",
+    let mut banner = format!(
+        "tidings-relay listening on {}\nrelay id:              {}\ncertificate sha256:    {}\n\
+         pin:                   {}@{}\ndata dir:              {}\n",
+        relay.addr(),
         relay.relay_id(),
-        relay.fingerprint()
+        relay.fingerprint(),
+        relay.relay_id(),
+        relay.fingerprint(),
+        config.data_dir.display()
     );
-    println!("data dir:              {}", config.data_dir.display());
     if let Some(m) = relay.metrics_addr() {
-        println!("metrics:               http://{m}/metrics");
+        banner.push_str(&format!("metrics:               http://{m}/metrics\n"));
     }
+    // Whoever started the relay may have closed our stdout (a script that read the pin and
+    // went away): that is no reason to stop serving, where `println!` would panic.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!("could not print the relay's address and pin to stdout: {e}");
+    }
+    drop(out);
     wait_for_signal().await?;
     relay.shutdown().await.context("shutting down")?;
     Ok(())
