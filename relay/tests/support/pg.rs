@@ -36,9 +36,18 @@ pub fn find_bin() -> Option<PathBuf> {
     found.pop().map(|(_, b)| b)
 }
 
+/// Installs Debian's package unless a server appeared meanwhile. The tests of one binary run
+/// on parallel threads and would otherwise run apt-get side by side, and all but one would fail
+/// on dpkg's lock; another process holding it (an upgrade) is waited for.
 fn install() -> Result<()> {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if find_bin().is_some() {
+        return Ok(());
+    }
     let run = |args: &[&str]| {
         Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
