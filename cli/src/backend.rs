@@ -64,7 +64,7 @@ impl Names {
             _ if !r.view.record.media.is_empty() => {
                 Shown::WaitingForMedia(format!("{} attachment(s)", r.view.record.media.len()))
             }
-            Body::Text(t) | Body::Clear(t) => Shown::Text(String::from_utf8_lossy(t).into_owned()),
+            Body::Text(t) | Body::Clear(t) => Shown::Text(printable(t)),
             Body::WaitingForKey(_) => Shown::WaitingForKey,
             _ => Shown::Unreadable,
         };
@@ -82,8 +82,25 @@ impl Names {
 pub fn conn(s: &ConnectionStatus) -> Conn {
     Conn {
         state: s.state,
-        problem: s.problem.as_ref().map(|p| p.to_string()),
+        problem: s
+            .problem
+            .as_ref()
+            .map(|p| printable(p.to_string().as_bytes())),
     }
+}
+
+/// Text from someone else (a contact's message, a relay's refusal) as it may reach a terminal:
+/// control characters, escape sequences among them, would let the sender clear the screen,
+/// fake lines or set the clipboard. Line breaks and tabs become spaces, the rest U+FFFD.
+pub fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => ' ',
+            c if c.is_control() => '\u{FFFD}',
+            c => c,
+        })
+        .collect()
 }
 
 /// [`ChatBackend`] over a replica.
@@ -203,5 +220,20 @@ impl ChatBackend for ReplicaBackend {
 
     async fn outbox_len(&self) -> anyhow::Result<usize> {
         Ok(self.replica.outbox().await?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escape_sequences_never_reach_the_terminal() {
+        let shown = printable(b"hi\x1b]52;c;aGk=\x07\x1b[2J\r\nthere\tyou");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "hi\u{FFFD}]52;c;aGk=\u{FFFD}\u{FFFD}[2J\u{FFFD} there you"
+        );
     }
 }

@@ -7,11 +7,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tidings_cli::app::{App, AppEvent, Key};
-use tidings_cli::backend::{conn, Names, ReplicaBackend};
+use tidings_cli::backend::{conn, printable, Names, ReplicaBackend};
 use tidings_cli::home::{
     check_name, contact_code, pair_conversation, parse_contact_code, Contact, Home, Settings,
 };
@@ -20,6 +21,9 @@ use tidings_engine::{ConnectionState, ConversationId, Status, UserId};
 use tidings_replica::keystore::{Keys, KeystoreError};
 use tidings_replica::{Body, RelayPin, Replica, ReplicaError};
 use tokio::time::Instant;
+
+/// The longest `--wait`: a deadline past it could overflow the clock.
+const MAX_WAIT_SECS: u64 = 86_400;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,8 +43,9 @@ struct Cli {
         global = true
     )]
     passphrase: Option<String>,
-    /// Seconds to wait for the relay (connecting, acknowledging, catching up).
-    #[arg(long, default_value_t = 10, global = true)]
+    /// Seconds to wait for the relay (connecting, acknowledging, catching up), at most a day.
+    #[arg(long, default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     wait: u64,
     #[command(subcommand)]
     command: Command,
@@ -168,7 +173,11 @@ fn init(home: &Home, cli: &Cli, relay: &[SocketAddr], pin: &str, name: &str) -> 
     if home.settings().is_ok() {
         bail!("{} is set up already", home.dir.display());
     }
-    std::fs::create_dir_all(&home.dir)
+    // Owner only: besides the keys it holds the log, the contacts and the settings.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&home.dir)
         .with_context(|| format!("creating {}", home.dir.display()))?;
     let keys = Keys::create(&home.dir, passphrase(cli)).map_err(keystore_error)?;
     home.save_settings(&Settings {
@@ -404,7 +413,7 @@ async fn show(home: &Home, cli: &Cli, to: &str, wait: Duration) -> anyhow::Resul
         for r in d.replica.page(conversation, None, 50).await? {
             let line = names.line(&r);
             let body = match &r.body {
-                Body::Text(t) | Body::Clear(t) => String::from_utf8_lossy(t).into_owned(),
+                Body::Text(t) | Body::Clear(t) => printable(t),
                 Body::WaitingForKey(_) => "(waiting for key)".into(),
                 _ => "(unreadable)".into(),
             };
@@ -500,6 +509,8 @@ async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {
     let mut terminal = match ratatui::try_init() {
         Ok(t) => t,
         Err(e) => {
+            // try_init may have switched raw mode on before it failed.
+            let _ = ratatui::try_restore();
             d.replica.close().await?;
             bail!("setting up the terminal: {e}");
         }

@@ -197,7 +197,8 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
             let url = config.postgres.as_deref().ok_or(RelayError::NoPostgres)?;
             // Blocking: the connections are opened and the schema checked before serving.
             let url = url.to_string();
-            let store = tokio::task::spawn_blocking(move || PgStore::connect(&url))
+            let durable = config.durable;
+            let store = tokio::task::spawn_blocking(move || PgStore::connect_with(&url, durable))
                 .await
                 .map_err(|_| RelayError::CoreGone)??;
             AnyStorage::Postgres(store)

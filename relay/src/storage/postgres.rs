@@ -15,8 +15,11 @@
 //! - `device_certs`, `revocations`, `former_members`, `invitations`, `blocked`: the directory
 //!   and consent rows, as in redb.
 //!
-//! One transaction per group commit, committed with the server's `synchronous_commit`
-//! (durable on the primary, and on a synchronous standby if one is configured). No `NOTIFY`
+//! One transaction per group commit, committed with `synchronous_commit = on` (durable on the
+//! primary, and on a synchronous standby if one is configured), whatever the server's default,
+//! unless the relay is configured `durable = false`. Every session carries statement, lock and
+//! idle-in-transaction timeouts and TCP keepalives, so a silent network or a partitioned node
+//! cannot hold the core thread or another node's locked rows for long. No `NOTIFY`
 //! inside it (a notifying commit takes a global lock). The `postgres` client runs a runtime of
 //! its own, so each connection lives on a thread of this module (one for commits, one for
 //! reads) and callers block on a channel: it works from plain threads and from inside a tokio
@@ -30,6 +33,7 @@ use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, ServerSeq, UserId};
 
@@ -76,15 +80,44 @@ struct Conn {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a connect may take when the connection string does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dead peer on a silent network is noticed after this (keepalives, unacknowledged data).
+const DEAD_PEER_AFTER: Duration = Duration::from_secs(30);
+/// Server-side bounds for every session: no statement, lock wait or open transaction of a
+/// node can hold the core thread, or another node's rows, for longer. A partitioned node's
+/// transaction (and its `FOR UPDATE` locks) is ended by the server.
+const SESSION_BOUNDS: &str = "SET statement_timeout = '30s'; SET lock_timeout = '10s'; \
+     SET idle_in_transaction_session_timeout = '30s'";
+
+/// Opens one session with the bounds above; `durable` asks for `synchronous_commit = on`
+/// whatever the server's default, so that an ack always follows a durable commit.
+fn open_client(url: &str, durable: bool) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(DEAD_PEER_AFTER)
+        .tcp_user_timeout(DEAD_PEER_AFTER);
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(SESSION_BOUNDS)?;
+    if durable {
+        client.batch_execute("SET synchronous_commit = on")?;
+    }
+    Ok(client)
+}
+
 impl Conn {
-    fn spawn(url: &str, name: &str) -> Result<Conn, StoreError> {
+    fn spawn(url: &str, name: &str, durable: bool) -> Result<Conn, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let url = url.to_string();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let mut client = match Client::connect(&url, NoTls) {
+                let mut client = match open_client(&url, durable) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -94,7 +127,7 @@ impl Conn {
                 let _ = ready_tx.send(Ok(()));
                 while let Ok(job) = rx.recv() {
                     if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match Client::connect(&url, NoTls) {
+                        client = match open_client(&url, durable) {
                             Ok(c) => Some(c),
                             Err(e) => {
                                 tracing::warn!(error = %e, "reconnecting to postgres");
@@ -476,9 +509,16 @@ fn placing(
 
 impl PgStore {
     /// Connects to the database at `url` (a libpq-style connection string or URL), creating
-    /// the tables if needed. A database written by another schema version is refused.
+    /// the tables if needed, with durable commits. A database written by another schema
+    /// version is refused.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let writer = Conn::spawn(url, "tidings-pg-writer")?;
+        Self::connect_with(url, true)
+    }
+
+    /// [`PgStore::connect`]; `durable = false` leaves `synchronous_commit` to the server (a
+    /// relay configured with `durable = false`, for benchmarks).
+    pub fn connect_with(url: &str, durable: bool) -> Result<PgStore, StoreError> {
+        let writer = Conn::spawn(url, "tidings-pg-writer", durable)?;
         writer.call(|c| {
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
@@ -500,7 +540,7 @@ impl PgStore {
             }
             Ok(())
         })?;
-        let reader = Conn::spawn(url, "tidings-pg-reader")?;
+        let reader = Conn::spawn(url, "tidings-pg-reader", durable)?;
         Ok(PgStore {
             writer: Arc::new(writer),
             reader: Arc::new(reader),
