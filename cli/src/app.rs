@@ -57,6 +57,8 @@ pub enum AppEvent {
     },
     /// Something about a conversation changed (unread counts, members): read the list again.
     Changed,
+    /// Updates were missed (the subscriber lagged): read the list and the open pane again.
+    Resync,
     /// The connection moved.
     Connection(Conn),
     /// Catch-up progress (received, target) of some conversation.
@@ -163,6 +165,11 @@ impl App {
             } => self.page_read(conversation, lines, older),
             AppEvent::Message { conversation, line } => self.message(conversation, line),
             AppEvent::Changed => vec![Action::LoadConversations],
+            AppEvent::Resync => {
+                let mut actions = vec![Action::LoadConversations];
+                actions.extend(self.current_id().map(Action::LoadLatest));
+                actions
+            }
             AppEvent::Connection(c) => {
                 if c.state == ConnectionState::Online {
                     self.progress = None;

@@ -145,8 +145,8 @@ impl ReplicaBackend {
                     Update::MessageAdded { .. }
                     | Update::StatusChanged { .. }
                     | Update::ConversationChanged { .. }
-                    | Update::Accepted { .. }
-                    | Update::Lagged { .. } => AppEvent::Changed,
+                    | Update::Accepted { .. } => AppEvent::Changed,
+                    Update::Lagged { .. } => AppEvent::Resync,
                     Update::Connection(s) => AppEvent::Connection(conn(&s)),
                     Update::SyncProgress {
                         received, target, ..

@@ -493,14 +493,37 @@ async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {
             .iter()
             .filter_map(|c| ConversationId::from_hex(&c.conversation))
             .collect();
+        // Subscribed before the sweep, so an invitation that arrives in between is not missed;
+        // one that failed to be accepted is tried again at the next connection.
+        let mut updates = replica.updates();
+        let errors = tx.clone();
         tokio::spawn(async move {
-            let mut updates = replica.updates();
-            while let Some(u) = updates.next().await {
-                if let tidings_replica::Update::Invited(inv) = u {
+            let accept_ours = || async {
+                for inv in replica.invitations().await? {
                     if ours.contains(&inv.conversation) {
-                        let _ = replica.accept(inv.conversation).await;
+                        replica.accept(inv.conversation).await?;
                     }
                 }
+                Ok::<(), ReplicaError>(())
+            };
+            let mut sweep = true;
+            loop {
+                if sweep {
+                    if let Err(e) = accept_ours().await {
+                        let _ = errors
+                            .send(AppEvent::Error(format!("accepting a contact: {e}")))
+                            .await;
+                    }
+                }
+                sweep = match updates.next().await {
+                    None => break,
+                    Some(tidings_replica::Update::Invited(inv)) => ours.contains(&inv.conversation),
+                    Some(tidings_replica::Update::Connection(c)) => {
+                        c.state == ConnectionState::Online
+                    }
+                    Some(tidings_replica::Update::Lagged { .. }) => true,
+                    Some(_) => false,
+                };
             }
         });
     }

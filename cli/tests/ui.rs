@@ -330,3 +330,31 @@ async fn failed_with_retry() {
         fake.calls()
     );
 }
+
+/// Updates the client missed (its subscriber lagged) are read again: the open pane shows a
+/// message that arrived with no `Message` event for it. `Changed` alone reads only the list.
+#[tokio::test]
+async fn a_lagged_stream_reloads_the_open_pane() {
+    let fake = bob_and_carol();
+    fake.lines
+        .lock()
+        .expect("lock")
+        .push((conv(1), line(msg(1), false, "bob", "first", Status::Sent)));
+    let mut s = Session::new(App::new("alice"), fake.clone());
+    s.start().await;
+    s.step(online()).await;
+    fake.lines
+        .lock()
+        .expect("lock")
+        .push((conv(1), line(msg(2), false, "bob", "missed", Status::Sent)));
+    let shows_missed = |s: &Session<Fake>| {
+        s.app()
+            .lines
+            .iter()
+            .any(|l| l.shown == Shown::Text("missed".into()))
+    };
+    s.step(AppEvent::Changed).await;
+    assert!(!shows_missed(&s), "the list alone was read");
+    s.step(AppEvent::Resync).await;
+    assert!(shows_missed(&s), "the pane was not read again after a lag");
+}
