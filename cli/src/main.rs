@@ -35,7 +35,8 @@ struct Cli {
     /// Data directory (keys, messages, contacts).
     #[arg(long, env = "TIDINGS_DIR", global = true)]
     dir: Option<PathBuf>,
-    /// Passphrase of the user key, if `init` set one.
+    /// Passphrase of the user key, if `init` set one. Prefer `TIDINGS_PASSPHRASE`: a flag is
+    /// visible to every local user in the process list.
     #[arg(
         long,
         env = "TIDINGS_PASSPHRASE",
@@ -170,6 +171,9 @@ fn passphrase(cli: &Cli) -> Option<&[u8]> {
 fn init(home: &Home, cli: &Cli, relay: &[SocketAddr], pin: &str, name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     let pin: RelayPin = pin.parse().context("--pin")?;
+    if cli.passphrase.as_deref() == Some("") {
+        bail!("an empty passphrase protects nothing: leave TIDINGS_PASSPHRASE unset for none");
+    }
     if home.settings().is_ok() {
         bail!("{} is set up already", home.dir.display());
     }

@@ -209,6 +209,23 @@ fn bad_input_is_one_clear_line_and_a_failure() {
         "--pin",
     );
 
+    // An empty passphrase is refused at init, not taken as one.
+    fails(
+        tidings_env(
+            &tmp.path().join("dave"),
+            &[
+                "init",
+                "--relay",
+                &relay.addr,
+                "--pin",
+                &relay.pin,
+                "--name",
+                "dave",
+            ],
+            &[("TIDINGS_PASSPHRASE", "")],
+        ),
+        "empty passphrase",
+    );
     // Wrong passphrase.
     let carol = tmp.path().join("carol");
     init(&carol, &relay, "carol", &[("TIDINGS_PASSPHRASE", "right")]);
