@@ -328,17 +328,19 @@ async fn add_contact(
         conversation: conversation.to_string(),
     })?;
     let deadline = Instant::now() + wait;
+    // The one whose id sorts first creates the conversation; the other accepts its
+    // invitation. Whoever adds first, both end in the same conversation. The creation is
+    // local first, like a message: with the relay down it waits in the outbox and leaves with
+    // the next command that connects.
+    let creator = d.user.0 < them.0;
+    if creator && d.replica.conversation(conversation).await.is_err() {
+        d.replica
+            .create_conversation(conversation, vec![them])
+            .await?;
+    }
     let result = async {
         connect(&d, wait).await?;
-        // The one whose id sorts first creates the conversation; the other accepts its
-        // invitation. Whoever adds first, both end in the same conversation.
-        let known = d.replica.conversation(conversation).await.is_ok();
-        if d.user.0 < them.0 {
-            if !known {
-                d.replica
-                    .create_conversation(conversation, vec![them])
-                    .await?;
-            }
+        if creator {
             if !drain(&d, deadline).await? {
                 bail!(
                     "the relay did not confirm the conversation within {} s",

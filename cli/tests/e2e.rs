@@ -316,3 +316,35 @@ fn a_relay_keeps_serving_with_its_stdout_closed() {
     let status = child.wait().expect("relay exits");
     assert!(status.success(), "the relay did not stop cleanly: {status}");
 }
+
+/// The user who creates a pair's conversation (the one whose id sorts first) adds the other
+/// while the relay is down: the creation waits in the outbox like a message and the chat
+/// starts once the relay is back. Before, it was made only after connecting, so it was never
+/// made, and the other side waited for an invitation that never came.
+#[test]
+fn a_contact_added_while_the_relay_is_down_still_starts_the_conversation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay_dir = tmp.path().join("relay");
+    let relay_up = relay(&relay_dir);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice_code = init(&alice, &relay_up, "alice", &[]);
+    let bob_code = init(&bob, &relay_up, "bob", &[]);
+    let id = |code: &str| code.rsplit_once(':').expect("name:id").1.to_string();
+    let ((creator, creator_name), (other, other_name, other_code), creator_code) =
+        if id(&alice_code) < id(&bob_code) {
+            ((&alice, "alice"), (&bob, "bob", &bob_code), &alice_code)
+        } else {
+            ((&bob, "bob"), (&alice, "alice", &alice_code), &bob_code)
+        };
+    drop(relay_up);
+    // With the relay down the command cannot confirm anything; what it kept is what counts.
+    let _ = tidings(creator, &["--wait", "1", "contacts", "add", other_code]);
+    let _relay_back = relay(&relay_dir);
+    ok(
+        tidings(other, &["contacts", "add", creator_code]),
+        "the other side adds the creator",
+    );
+    until(creator, &["send", other_name, "made offline"], "✓", 60);
+    let want = format!("{creator_name}: made offline");
+    until(other, &["show", creator_name], &want, 60);
+}
