@@ -254,16 +254,7 @@ impl<S: Storage> RelayCore<S> {
             self.user_former.entry(u).or_default().insert(c);
         }
         for (id, rec) in self.store.conversations()? {
-            for m in rec.membership.members() {
-                self.user_convs.entry(*m).or_default().insert(id);
-            }
-            self.convs.insert(
-                id,
-                Conv {
-                    committed: Some(rec.clone()),
-                    head: rec,
-                },
-            );
+            self.cache_conv(id, rec);
         }
         Ok(())
     }
