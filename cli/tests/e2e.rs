@@ -104,8 +104,9 @@ fn fails(out: Output, says: &str) {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
 
-fn init(dir: &Path, relay: &Relay, name: &str, env: &[(&str, &str)]) -> String {
-    let out = tidings_env(
+/// `tidings init` of `name` against `relay`, as it ends.
+fn run_init(dir: &Path, relay: &Relay, name: &str, env: &[(&str, &str)]) -> Output {
+    tidings_env(
         dir,
         &[
             "init",
@@ -117,8 +118,11 @@ fn init(dir: &Path, relay: &Relay, name: &str, env: &[(&str, &str)]) -> String {
             name,
         ],
         env,
-    );
-    let out = ok(out, "init");
+    )
+}
+
+fn init(dir: &Path, relay: &Relay, name: &str, env: &[(&str, &str)]) -> String {
+    let out = ok(run_init(dir, relay, name, env), "init");
     out.lines()
         .find_map(|l| l.strip_prefix("contact code:"))
         .expect("a contact code")
@@ -211,17 +215,10 @@ fn bad_input_is_one_clear_line_and_a_failure() {
 
     // An empty passphrase is refused at init, not taken as one.
     fails(
-        tidings_env(
+        run_init(
             &tmp.path().join("dave"),
-            &[
-                "init",
-                "--relay",
-                &relay.addr,
-                "--pin",
-                &relay.pin,
-                "--name",
-                "dave",
-            ],
+            &relay,
+            "dave",
             &[("TIDINGS_PASSPHRASE", "")],
         ),
         "empty passphrase",

@@ -555,6 +555,25 @@ impl PgStore {
     }
 }
 
+/// Rows of (device, postcard record) whose record must name the device it is stored under;
+/// `corrupt` says what is damaged when a record does not decode, or names another device.
+fn per_device<T: serde::de::DeserializeOwned>(
+    c: &mut Client,
+    sql: &str,
+    corrupt: (&'static str, &'static str),
+    device_of: impl Fn(&T) -> DeviceId,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in c.query(sql, &[])? {
+        let r: T = postcard::from_bytes(row.get(1)).map_err(|_| StoreError::Corrupt(corrupt.0))?;
+        if device_of(&r).0[..] != *row.get::<_, &[u8]>(0) {
+            return Err(StoreError::Corrupt(corrupt.1));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 fn decode_record(bytes: &[u8]) -> Result<ConversationRecord, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt("conversation record"))
 }
@@ -612,34 +631,23 @@ impl Storage for PgStore {
 
     fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query("SELECT device, cert FROM device_certs ORDER BY device", &[])? {
-                let r: DeviceRegistration = postcard::from_bytes(row.get(1))
-                    .map_err(|_| StoreError::Corrupt("device certificate"))?;
-                if r.device.0[..] != *row.get::<_, &[u8]>(0) {
-                    return Err(StoreError::Corrupt("device certificate under another key"));
-                }
-                out.push(r);
-            }
-            Ok(out)
+            per_device(
+                c,
+                "SELECT device, cert FROM device_certs ORDER BY device",
+                ("device certificate", "device certificate under another key"),
+                |r: &DeviceRegistration| r.device,
+            )
         })
     }
 
     fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query(
+            per_device(
+                c,
                 "SELECT device, revocation FROM revocations ORDER BY device",
-                &[],
-            )? {
-                let r: DeviceRevocation = postcard::from_bytes(row.get(1))
-                    .map_err(|_| StoreError::Corrupt("device revocation"))?;
-                if r.device.0[..] != *row.get::<_, &[u8]>(0) {
-                    return Err(StoreError::Corrupt("device revocation under another key"));
-                }
-                out.push(r);
-            }
-            Ok(out)
+                ("device revocation", "device revocation under another key"),
+                |r: &DeviceRevocation| r.device,
+            )
         })
     }
 
