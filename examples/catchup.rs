@@ -39,6 +39,9 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// The device log's page cache in MiB (default: the replica's, 16 MiB; redb's own is 1,024).
+    #[arg(long)]
+    log_cache_mib: Option<usize>,
     /// Run the relay and the fillers in this process too (the printed memory is then all of it).
     #[arg(long)]
     in_process: bool,
@@ -270,6 +273,9 @@ async fn catch_up(
     let key = DeviceKey::from_seed(rand::random(), bob_id);
     let fp = parse_fingerprint(&served.fingerprint).context("fingerprint")?;
     let mut config = ReplicaConfig::new(served.addr, served.relay_id, fp);
+    if let Some(mib) = args.log_cache_mib {
+        config.log_cache_bytes = mib * 1024 * 1024;
+    }
     config.device.registration = Some(key.certificate(bob, 0));
     let t = Instant::now();
     let replica = Replica::open(dir.join("bob"), key, config).await?;

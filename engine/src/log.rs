@@ -42,10 +42,10 @@ pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
 pub const LOG_FORMAT_VERSION: u32 = 3;
 
 /// Bytes of redb's page cache for a log [`EventLog::open`] opens. redb's own default is 1 GiB,
-/// which a device filling its log (a week's catch-up) does grow into: the cache, not the
-/// folded documents, was most of a device's resident memory. What a screen reads is a few
-/// index pages; a catch-up writes each page once.
-pub const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// which a device filling its log (a week's catch-up) grows into: with it, a 100k-message
+/// catch-up peaked at about 70 MiB more resident memory (docs/BENCHMARKS.md). What a screen
+/// reads is a few index pages; a catch-up writes each page once.
+pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A redb-backed event log.
 #[derive(Debug)]
@@ -77,23 +77,27 @@ where
 }
 
 impl EventLog {
-    /// Opens or creates the log at `path`.
+    /// Opens or creates the log at `path`, with a page cache of [`LOG_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<EventLog, LogError> {
+        Self::open_with_cache(path, LOG_CACHE_BYTES)
+    }
+
+    /// Opens or creates the log at `path`, with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<EventLog, LogError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let db = guarded_open(|| {
-            Database::builder()
-                .set_cache_size(LOG_CACHE_BYTES)
-                .create(path)
-        })
-        .map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
-                LogError::NotOurs(name.clone())
-            }
-            redb::DatabaseError::DatabaseAlreadyOpen => LogError::AlreadyOpen(name.clone()),
-            other => other.into(),
-        })?
-        .ok_or_else(|| LogError::Damaged(name.clone()))?;
+        let db = guarded_open(|| Database::builder().set_cache_size(cache_bytes).create(path))
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                    LogError::NotOurs(name.clone())
+                }
+                redb::DatabaseError::DatabaseAlreadyOpen => LogError::AlreadyOpen(name.clone()),
+                other => other.into(),
+            })?
+            .ok_or_else(|| LogError::Damaged(name.clone()))?;
         Self::init(db, &name)
     }
 

@@ -99,7 +99,7 @@ pub(crate) async fn start(
         source,
     })?;
     let path = dir.join("device.redb");
-    let log = EventLog::open(&path).map_err(|e| match e {
+    let log = EventLog::open_with_cache(&path, config.log_cache_bytes).map_err(|e| match e {
         LogError::AlreadyOpen(_) => ReplicaError::AlreadyOpen { path: path.clone() },
         LogError::Storage(redb::Error::Io(source)) => ReplicaError::Io {
             path: path.clone(),

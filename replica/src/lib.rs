@@ -100,6 +100,9 @@ pub struct ReplicaConfig {
     pub connectivity: Connectivity,
     /// The clock the device stamps events and runs timers by.
     pub clock: Arc<dyn Clock>,
+    /// Bytes of the log's page cache (default [`tidings_engine::log::LOG_CACHE_BYTES`]): the
+    /// most of the device's memory that grows with what it reads and writes.
+    pub log_cache_bytes: usize,
 }
 
 impl ReplicaConfig {
@@ -119,6 +122,7 @@ impl ReplicaConfig {
             storage_key: None,
             connectivity: Connectivity::App,
             clock: Arc::new(SystemClock),
+            log_cache_bytes: tidings_engine::log::LOG_CACHE_BYTES,
         }
     }
 }
