@@ -9,13 +9,14 @@ use crate::{
     ReplicaConfig, ReplicaError, Update, UserAction,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tidings_engine::device::PreparedFrame;
+use tidings_engine::link::LinkSlot;
 use tidings_engine::log::MAX_PAGE_LEN;
 use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
@@ -51,6 +52,9 @@ fn problem_of(e: &tidings_engine::DeviceError) -> ConnectionProblem {
         DeviceError::Closed { code, .. } if *code == ErrorCode::NOT_REGISTERED => {
             ConnectionProblem::NotRegistered
         }
+        DeviceError::Closed { code, .. } if *code == ErrorCode::REVOKED => {
+            ConnectionProblem::Revoked
+        }
         DeviceError::Closed { code, message } => ConnectionProblem::Refused {
             code: *code,
             message: message.clone(),
@@ -85,6 +89,10 @@ struct Driver {
     pin_mismatch: Arc<AtomicBool>,
     /// Which of the relay's addresses the next dial tries.
     next_addr: usize,
+    /// Callers waiting for the relay's answer to a link deposit, by slot.
+    link_replies: HashMap<LinkSlot, Vec<crate::Reply<u64>>>,
+    /// Callers waiting for the relay's answer to a revocation, by device.
+    revoke_replies: HashMap<tidings_engine::DeviceId, Vec<crate::Reply<()>>>,
 }
 
 pub(crate) async fn start(
@@ -157,6 +165,8 @@ pub(crate) async fn start(
         problem: None,
         pin_mismatch,
         next_addr: 0,
+        link_replies: HashMap::new(),
+        revoke_replies: HashMap::new(),
     };
     tokio::spawn(driver.run());
     Ok(reads)
@@ -266,6 +276,21 @@ impl Driver {
             }
         }
         while let Some(event) = self.core.poll_event() {
+            let event = match event {
+                DeviceEvent::LinkDeposit { slot, outcome } => {
+                    for r in self.link_replies.remove(&slot).unwrap_or_default() {
+                        let _ = r.send(outcome.clone().map_err(refused));
+                    }
+                    continue;
+                }
+                DeviceEvent::Revocation { device, outcome } => {
+                    for r in self.revoke_replies.remove(&device).unwrap_or_default() {
+                        let _ = r.send(outcome.clone().map_err(refused));
+                    }
+                    continue;
+                }
+                other => other,
+            };
             if let DeviceEvent::Connection(state) = event {
                 if matches!(state, ConnectionState::Syncing | ConnectionState::Online) {
                     self.problem = None;
@@ -422,8 +447,45 @@ impl Driver {
                 });
                 let _ = r.send(res.map_err(Into::into));
             }
+            Command::DeviceList(user, r) => {
+                let me = core.store().key().device();
+                let own = core.store().key().user() == user;
+                let res = core.store_mut().directory().map(|d| {
+                    let mut all: std::collections::BTreeMap<_, _> =
+                        d.all_devices_of(&user).into_iter().collect();
+                    if own {
+                        all.entry(me).or_insert(false);
+                    }
+                    all.into_iter()
+                        .map(|(id, revoked)| crate::DeviceEntry { id, revoked })
+                        .collect()
+                });
+                let _ = r.send(res.map_err(Into::into));
+            }
+            Command::LinkDevice(slot, sealed, r) => match core.deposit_link(slot, sealed) {
+                Ok(()) => self.link_replies.entry(slot).or_default().push(r),
+                Err(e) => {
+                    let _ = r.send(Err(e.into()));
+                }
+            },
+            Command::Revoke(revocation, r) => {
+                let device = revocation.device;
+                match core.revoke(revocation) {
+                    Ok(()) => self.revoke_replies.entry(device).or_default().push(r),
+                    Err(e) => {
+                        let _ = r.send(Err(e.into()));
+                    }
+                }
+            }
             Command::Close(_) => {}
         }
+    }
+}
+
+fn refused(r: tidings_engine::device::RequestRefused) -> ReplicaError {
+    ReplicaError::Refused {
+        code: r.code,
+        reason: r.reason,
     }
 }
 

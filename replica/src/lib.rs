@@ -31,6 +31,8 @@
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
 //! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
+//! - [`link`]: linking a new device of the user with a one-time code
+//!   ([`Replica::link_device`] on the existing device, [`link::join`] on the new one).
 //! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
 //!   [`Profile`], [`Connectivity`] and [`Clock`], with documented defaults.
 //! - `connectivity`: the operating system's network signal ([`Connectivity::Os`]).
@@ -44,6 +46,7 @@ mod builder;
 mod connectivity;
 mod driver;
 pub mod keystore;
+pub mod link;
 pub mod pin;
 mod status;
 
@@ -180,6 +183,27 @@ pub enum ReplicaError {
     /// tries again).
     #[error("message {0} failed to send")]
     MessageFailed(MessageId),
+    /// The relay refused a request: a link deposit ([`Replica::link_device`]) or a revocation
+    /// ([`Replica::revoke_device`]).
+    #[error("the relay refused: {reason} ({code})")]
+    Refused {
+        /// The relay's code.
+        code: ErrorCode,
+        /// The relay's words.
+        reason: String,
+    },
+    /// Making a link bundle failed (too large, say).
+    #[error(transparent)]
+    Link(#[from] link::LinkJoinError),
+}
+
+/// One device of a user, as this device's directory holds it ([`Replica::device_list`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceEntry {
+    /// The device.
+    pub id: DeviceId,
+    /// Whether its user revoked it.
+    pub revoked: bool,
 }
 
 /// What a UI renders, pushed as it happens.
@@ -405,6 +429,9 @@ enum Command {
     Invitations(Reply<Vec<Invitation>>),
     Blocked(Reply<Vec<UserId>>),
     Devices(UserId, Reply<Vec<DeviceId>>),
+    DeviceList(UserId, Reply<Vec<DeviceEntry>>),
+    LinkDevice(tidings_engine::link::LinkSlot, Vec<u8>, Reply<u64>),
+    Revoke(tidings_engine::wire::DeviceRevocation, Reply<()>),
     Close(Reply<()>),
 }
 
@@ -700,6 +727,52 @@ impl Replica {
     /// what it has learned from the relay's directory, and itself when `user` is its own.
     pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceId>, ReplicaError> {
         self.call(|r| Command::Devices(user, r)).await
+    }
+
+    /// Every device of `user` this device holds a certificate of, revoked ones included, in
+    /// id order (and itself when `user` is its own).
+    pub async fn device_list(&self, user: UserId) -> Result<Vec<DeviceEntry>, ReplicaError> {
+        self.call(|r| Command::DeviceList(user, r)).await
+    }
+
+    /// Leaves `bundle` at the relay, sealed under a fresh one-time code, for a new device of
+    /// this user ([`link::join`] takes it there): returns the code to show. Waits for the
+    /// relay's answer (offline, until connected: bound it with a timeout). The relay keeps the
+    /// bundle for its link TTL (ten minutes by default) or until taken once.
+    pub async fn link_device(
+        &self,
+        bundle: &link::LinkBundle,
+    ) -> Result<link::LinkInvite, ReplicaError> {
+        use rand::TryRngCore;
+        let mut secret = zeroize::Zeroizing::new([0u8; tidings_engine::link::LINK_SECRET_LEN]);
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut secret[..])
+            .and_then(|()| rand::rngs::OsRng.try_fill_bytes(&mut nonce))
+            .map_err(|e| ReplicaError::Random(e.to_string()))?;
+        let secret = tidings_engine::link::LinkSecret::from_bytes(*secret);
+        let plain = bundle.encode()?;
+        let sealed = secret
+            .seal(&plain, nonce)
+            .map_err(|e| ReplicaError::Link(e.into()))?;
+        let slot = secret.slot();
+        let expires_ms = self.call(|r| Command::LinkDevice(slot, sealed, r)).await?;
+        Ok(link::LinkInvite {
+            code: secret.code(),
+            expires_ms,
+        })
+    }
+
+    /// Revokes a device of this user with a revocation signed by the user's key
+    /// ([`keystore::Keys::revocation`]). Returns once the relay stored it: the device is
+    /// refused from then on, and this device no longer seals conversation keys to it (other
+    /// devices stop when they next read the user's devices). Waits for the relay's answer
+    /// (offline, until connected: bound it with a timeout).
+    pub async fn revoke_device(
+        &self,
+        revocation: tidings_engine::wire::DeviceRevocation,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::Revoke(revocation, r)).await
     }
 
     /// The connection state, and what went wrong with it if something did.

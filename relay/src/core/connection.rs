@@ -26,6 +26,8 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::Decline { .. } => "Decline",
         ClientFrame::Block { .. } => "Block",
         ClientFrame::Unblock { .. } => "Unblock",
+        ClientFrame::LinkDeposit { .. } => "LinkDeposit",
+        ClientFrame::LinkTake { .. } => "LinkTake",
         _ => "frame",
     }
 }
@@ -162,6 +164,9 @@ impl<S: Storage> RelayCore<S> {
             ) => self.on_hello(session, protocol_version, device, user),
             (Phase::AwaitAuth { .. }, ClientFrame::Auth { signature }) => {
                 self.on_auth(session, signature)
+            }
+            (Phase::AwaitHello, ClientFrame::LinkTake { slot }) => {
+                self.on_link_take(session, slot, now_ms)
             }
             (Phase::Ready { .. }, ClientFrame::Submit { request_id, events }) => {
                 if events.len() > self.limits.max_submit_batch {
@@ -308,6 +313,11 @@ impl<S: Storage> RelayCore<S> {
             ClientFrame::Unblock { request_id, user } => {
                 self.on_user_request(session, request_id, UserRequest::Unblock(user), now_ms)
             }
+            ClientFrame::LinkDeposit {
+                request_id,
+                slot,
+                sealed,
+            } => self.on_link_deposit(session, request_id, slot, sealed, now_ms),
             frame => self.close(
                 session,
                 ErrorCode::UNEXPECTED_FRAME,

@@ -48,6 +48,7 @@ mod connection;
 mod consent;
 mod devices;
 mod fanout;
+mod link;
 mod pull;
 mod rates;
 mod sequencing;
@@ -177,6 +178,8 @@ pub struct RelayCore<S = RelayStore> {
     convs: HashMap<ConversationId, Conv>,
     /// Each user's invitations, decisions and blocks (durable, plus staged invitations).
     consent: Consent,
+    /// Link bundles waiting for new devices (in memory).
+    links: link::Mailbox,
     staged: Staged,
     /// Submits waiting for room in a commit, served round-robin by session.
     waiting: Waiting,
@@ -226,6 +229,7 @@ impl<S: Storage> RelayCore<S> {
             user_former: HashMap::new(),
             convs: HashMap::new(),
             consent: Consent::default(),
+            links: link::Mailbox::default(),
             staged: Staged::default(),
             waiting: Waiting::default(),
             outputs: VecDeque::new(),
@@ -384,5 +388,7 @@ pub fn verify_batch(envelopes: &[Envelope]) -> Vec<Result<Event, DecodeError>> {
     Event::decode_batch(envelopes)
 }
 
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod tests;
