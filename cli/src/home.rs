@@ -27,6 +27,14 @@ pub struct Settings {
     pub relay: Vec<SocketAddr>,
     /// The relay's pin, `<relay id>@<certificate sha256>`.
     pub pin: String,
+    /// Whether this user sends read receipts (`tidings receipts on|off`; copied to a device
+    /// `tidings link` sets up). Off, others' READ shows as DELIVERED too.
+    #[serde(default = "on")]
+    pub read_receipts: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// What `tidings link` carries to the new device besides the user's keys and the relay: the
@@ -38,6 +46,9 @@ pub struct Carried {
     /// The contacts.
     #[serde(default)]
     pub contact: Vec<Contact>,
+    /// The user's read receipt setting.
+    #[serde(default = "on")]
+    pub read_receipts: bool,
 }
 
 impl Carried {

@@ -104,6 +104,13 @@ enum Command {
     Status,
     /// This user's devices that this device knows of, revoked ones marked.
     Devices,
+    /// Read receipts: `on` (others see when you read their messages) or `off` (nobody does,
+    /// and you do not see theirs). Without an argument, shows the setting.
+    Receipts {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
     /// The terminal chat.
     Chat,
 }
@@ -175,6 +182,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => join(&home, &cli, relay, pin, code, wait).await,
         Command::Link => link(&home, &cli, wait).await,
         Command::Revoke { device } => revoke(&home, &cli, device, wait).await,
+        Command::Receipts { state } => {
+            let mut settings = home.settings()?;
+            if let Some(state) = state {
+                settings.read_receipts = state == "on";
+                home.save_settings(&settings)?;
+            }
+            let now = if settings.read_receipts { "on" } else { "off" };
+            println!("read receipts: {now}");
+            Ok(())
+        }
         Command::Contacts {
             action: ContactsAction::List,
         } => {
@@ -218,6 +235,7 @@ fn init(home: &Home, cli: &Cli, relay: &[SocketAddr], pin: &str, name: &str) -> 
         name: name.to_string(),
         relay: relay.to_vec(),
         pin: pin.to_string(),
+        read_receipts: true,
     })?;
     println!("user:         {}", keys.user);
     println!("device:       {}", keys.device_key().device());
@@ -251,6 +269,7 @@ async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
     let replica = Replica::builder(&home.dir)
         .relay(settings.relay.clone(), pin)
         .keys(keys.clone())
+        .read_receipts(settings.read_receipts)
         .open()
         .await
         .map_err(|e| match e {
@@ -530,6 +549,7 @@ async fn link(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
         let carried = Carried {
             name: d.settings.name.clone(),
             contact: home.contacts()?,
+            read_receipts: d.settings.read_receipts,
         };
         let pin = home.pin(&d.settings)?;
         let bundle = LinkBundle::new(&d.keys, d.settings.relay.clone(), pin, carried.encode()?);
@@ -605,6 +625,7 @@ async fn join(
         name: carried.name.clone(),
         relay: relay.to_vec(),
         pin: pin.to_string(),
+        read_receipts: carried.read_receipts,
     })?;
     println!("user:         {} ({})", carried.name, keys.user);
     println!("device:       {}", keys.device_key().device());

@@ -446,3 +446,39 @@ fn a_linked_device_reads_new_messages_until_it_is_revoked() {
     until(&bob, &["send", "alice", "after the revocation"], "✓", 60);
     until(&alice, &["show", "bob"], "bob: after the revocation", 60);
 }
+
+/// Bob turns read receipts off: Alice's message he reads stays ✓✓ on her side, and by
+/// WhatsApp's rule his own message Alice reads shows ✓✓, not read, to him. Turned on again, the
+/// read she sent shows.
+#[test]
+fn with_read_receipts_off_nobody_sees_reads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"));
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice_code = init(&alice, &relay, "alice", &[]);
+    let bob_code = init(&bob, &relay, "bob", &[]);
+    ok(
+        tidings(&alice, &["contacts", "add", &bob_code]),
+        "alice adds bob",
+    );
+    ok(
+        tidings(&bob, &["contacts", "add", &alice_code]),
+        "bob adds alice",
+    );
+    let off = ok(tidings(&bob, &["receipts", "off"]), "receipts off");
+    assert!(off.contains("read receipts: off"), "{off}");
+
+    until(&alice, &["send", "bob", "hi bob"], "✓", 60);
+    // Bob's `show` reads the message and ends only once its outbox is empty: a Read it made
+    // would be at the relay before Alice looks.
+    until(&bob, &["show", "alice"], "alice: hi bob", 60);
+    let seen = until(&alice, &["show", "bob"], "me: hi bob ✓✓", 60);
+    assert!(!seen.contains("read"), "Bob's read was sent: {seen}");
+
+    until(&bob, &["send", "alice", "hi alice"], "✓", 60);
+    until(&alice, &["show", "bob"], "bob: hi alice", 60);
+    let seen = until(&bob, &["show", "alice"], "me: hi alice ✓✓", 60);
+    assert!(!seen.contains("read"), "Alice's read shown to Bob: {seen}");
+    ok(tidings(&bob, &["receipts", "on"]), "receipts on");
+    until(&bob, &["show", "alice"], "me: hi alice ✓✓ read", 60);
+}

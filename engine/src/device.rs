@@ -55,6 +55,11 @@ pub struct DeviceConfig {
     /// The user-signed statement that adds this device to its user, sent when the relay does
     /// not know the device yet.
     pub registration: Option<DeviceRegistration>,
+    /// Whether [`DeviceCore::mark_read`] tells the conversation (a `Read` event: the senders'
+    /// blue ticks, and the user's other devices' unread counts). Off, the device keeps its read
+    /// mark to itself ([`crate::log::local_read_key`]); by WhatsApp's rule the app then shows
+    /// others' READ as DELIVERED too (the replica does).
+    pub read_receipts: bool,
 }
 
 impl Default for DeviceConfig {
@@ -71,6 +76,7 @@ impl Default for DeviceConfig {
             pull_limit: MAX_PAGE_ITEMS as u32,
             ack_timeout_ms: 10_000,
             registration: None,
+            read_receipts: true,
         }
     }
 }
@@ -624,10 +630,34 @@ impl DeviceCore {
         // own messages acknowledged past a gap are not "everything up to" them).
         let held = self.store.log().cursor(&cursor_key(&conversation))?;
         let up_to = up_to.unwrap_or(held).min(held);
+        if !self.config.read_receipts {
+            return self.mark_read_locally(conversation, up_to);
+        }
         if let Some((_, changes)) = self.store.mark_read(conversation, up_to, now_ms)? {
             self.emit(changes);
         }
         self.flush(now_ms)
+    }
+
+    /// Read receipts off: the read mark stays on this device, nothing is sent.
+    fn mark_read_locally(
+        &mut self,
+        conversation: ConversationId,
+        up_to: ServerSeq,
+    ) -> Result<(), DeviceError> {
+        let key = crate::log::local_read_key(&conversation);
+        if up_to <= self.store.log().cursor(&key)? {
+            return Ok(());
+        }
+        self.store.log().write(|t| t.set_cursor(&key, up_to))?;
+        let key = self.store.key();
+        let (device, user) = (key.device(), key.user());
+        self.emit(vec![Change::MarksChanged {
+            conversation,
+            device,
+            user,
+        }]);
+        Ok(())
     }
 
     /// Puts a FAILED message back in the queue and tries it now.

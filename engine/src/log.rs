@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 mod index;
 use index::user_marks;
-pub use index::{LogReader, PageCursor, MAX_PAGE_LEN};
+pub use index::{local_read_key, LogReader, PageCursor, MAX_PAGE_LEN};
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";

@@ -157,6 +157,7 @@ pub struct ReplicaBuilder {
     connectivity: Connectivity,
     clock: Arc<dyn Clock>,
     device: DeviceConfig,
+    read_receipts: bool,
 }
 
 impl ReplicaBuilder {
@@ -169,7 +170,18 @@ impl ReplicaBuilder {
             connectivity: Connectivity::default(),
             clock: Arc::new(SystemClock),
             device: DeviceConfig::default(),
+            read_receipts: true,
         }
+    }
+
+    /// Read receipts (default on). Off, the device tells nobody what its user read (no `Read`
+    /// event: senders' ticks stop at ✓✓ delivered and the user's other devices keep their own
+    /// unread counts), and, by WhatsApp's rule, shows others' READ as DELIVERED. A per-user
+    /// choice: give every device of the user the same value (the `tidings` command keeps it in
+    /// its settings file and copies it to a device it links).
+    pub fn read_receipts(mut self, on: bool) -> Self {
+        self.read_receipts = on;
+        self
     }
 
     /// The relay: its addresses (tried in turn, one per dial) and its pin.
@@ -223,6 +235,7 @@ impl ReplicaBuilder {
         config.connectivity = self.connectivity;
         config.clock = self.clock;
         config.device = self.device;
+        config.device.read_receipts = self.read_receipts;
         config.device.registration = keys.registration.clone();
         config.storage_key = Some(keys.device.storage_key().clone());
         Ok((self.dir, keys, config))

@@ -301,7 +301,7 @@ impl Driver {
             }
             // Nobody to render for: the messages are not read.
             let reader = (self.updates.receiver_count() > 0).then_some(&self.reader);
-            for u in updates_of(event, reader) {
+            for u in updates_of(event, reader, self.config.device.read_receipts) {
                 // No subscriber is fine: the app reads state when it wants.
                 let _ = self.updates.send(u);
             }
@@ -621,12 +621,18 @@ fn rendered(changes: &[Change], reader: Option<&MessageReader>) -> Vec<Option<Bo
     out
 }
 
-fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update> {
+fn updates_of(
+    event: DeviceEvent,
+    reader: Option<&MessageReader>,
+    read_receipts: bool,
+) -> Vec<Update> {
+    let shown = |r: Option<Box<Rendered>>| r.map(|r| Box::new(crate::as_shown(*r, read_receipts)));
+    let shown_status = |s| crate::status_shown(s, read_receipts);
     match event {
         DeviceEvent::Changes(changes) => {
             let mut out = Vec::with_capacity(changes.len());
             let mut touched = BTreeSet::new();
-            let mut shown = rendered(&changes, reader).into_iter();
+            let mut views = rendered(&changes, reader).into_iter();
             for ch in changes {
                 match ch {
                     Change::MessageAdded {
@@ -636,21 +642,28 @@ fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update>
                     } => out.push(Update::MessageAdded {
                         conversation,
                         message,
-                        status,
-                        rendered: shown.next().flatten(),
+                        status: shown_status(status),
+                        rendered: shown(views.next().flatten()),
                     }),
                     Change::StatusChanged {
                         conversation,
                         message,
                         from,
                         to,
-                    } => out.push(Update::StatusChanged {
-                        conversation,
-                        message,
-                        from,
-                        to,
-                        rendered: shown.next().flatten(),
-                    }),
+                    } => {
+                        let rendered = shown(views.next().flatten());
+                        let (from, to) = (shown_status(from), shown_status(to));
+                        // DELIVERED → READ with receipts off: nothing to show.
+                        if from != to {
+                            out.push(Update::StatusChanged {
+                                conversation,
+                                message,
+                                from,
+                                to,
+                                rendered,
+                            });
+                        }
+                    }
                     Change::MarksChanged { conversation, .. }
                     | Change::KeyArrived { conversation, .. }
                     | Change::MembersChanged { conversation } => {

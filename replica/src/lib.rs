@@ -459,6 +459,23 @@ pub struct Replica {
     reads: Weak<RwLock<Option<MessageReader>>>,
     device: DeviceId,
     user: UserId,
+    /// [`ReplicaBuilder::read_receipts`]: off, others' READ shows as DELIVERED.
+    read_receipts: bool,
+}
+
+/// By WhatsApp's rule, a user who sends no read receipts sees none: READ shows as DELIVERED.
+pub(crate) fn as_shown(mut r: Rendered, read_receipts: bool) -> Rendered {
+    r.view.status = status_shown(r.view.status, read_receipts);
+    r
+}
+
+/// [`as_shown`] for a bare status.
+pub(crate) fn status_shown(s: Status, read_receipts: bool) -> Status {
+    if !read_receipts && s == Status::Read {
+        Status::Delivered
+    } else {
+        s
+    }
 }
 
 impl Replica {
@@ -482,6 +499,7 @@ impl Replica {
         let user = key.user();
         let weak = updates.downgrade();
         let os_signal = config.connectivity == Connectivity::Os;
+        let read_receipts = config.device.read_receipts;
         let reads = driver::start(dir.as_ref(), key, config, rx, updates).await?;
         if os_signal {
             connectivity::watch(commands.downgrade());
@@ -492,6 +510,7 @@ impl Replica {
             reads: Arc::downgrade(&reads),
             device,
             user,
+            read_receipts,
         })
     }
 
@@ -640,7 +659,9 @@ impl Replica {
         before: Option<PageCursor>,
         n: usize,
     ) -> Result<Vec<Rendered>, ReplicaError> {
-        self.read(move |r| r.page(conversation, before, n)).await
+        let receipts = self.read_receipts;
+        let page = self.read(move |r| r.page(conversation, before, n)).await?;
+        Ok(page.into_iter().map(|r| as_shown(r, receipts)).collect())
     }
 
     /// One message with its body, if it is shown in the conversation; read like
@@ -650,7 +671,9 @@ impl Replica {
         conversation: ConversationId,
         message: MessageId,
     ) -> Result<Option<Rendered>, ReplicaError> {
-        self.read(move |r| r.message(conversation, message)).await
+        let receipts = self.read_receipts;
+        let shown = self.read(move |r| r.message(conversation, message)).await?;
+        Ok(shown.map(|r| as_shown(r, receipts)))
     }
 
     /// One conversation in full: every message in order with its status and body, members
@@ -660,7 +683,13 @@ impl Replica {
         &self,
         conversation: ConversationId,
     ) -> Result<ConversationSnapshot, ReplicaError> {
-        self.call(|r| Command::Conversation(conversation, r)).await
+        let mut snapshot = self
+            .call(|r| Command::Conversation(conversation, r))
+            .await?;
+        for m in &mut snapshot.messages {
+            m.view.status = status_shown(m.view.status, self.read_receipts);
+        }
+        Ok(snapshot)
     }
 
     /// Per-recipient detail of a message.
@@ -784,6 +813,8 @@ impl Replica {
     /// PENDING < SENT < DELIVERED < READ) and returns it as shown. Fails with
     /// [`ReplicaError::MessageFailed`] if it turns FAILED first (unless FAILED is what was
     /// asked for), or [`ReplicaError::Closed`]. A message not shown yet (not arrived) is waited for.
+    /// With read receipts off ([`ReplicaBuilder::read_receipts`]) READ is never shown: waiting
+    /// for it waits until the replica closes.
     ///
     /// ```no_run
     /// # async fn demo(replica: tidings_replica::Replica, c: tidings_replica::ConversationId)
