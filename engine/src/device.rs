@@ -150,6 +150,12 @@ pub enum DeviceEvent {
         /// Done, or why not.
         outcome: Result<(), RequestRefused>,
     },
+    /// The relay's `Welcome` said how long it keeps a silent connection
+    /// ([`Welcome::idle_timeout_ms`]): a device on battery need not keep it alive more often.
+    RelayIdle {
+        /// The relay's idle timeout, in ms.
+        idle_timeout_ms: u64,
+    },
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -1037,6 +1043,11 @@ impl DeviceCore {
             .min(w.limits.max_submit_batch as usize)
             .clamp(1, MAX_SUBMIT_BATCH);
         self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
+        if w.idle_timeout_ms > 0 {
+            self.events.push_back(DeviceEvent::RelayIdle {
+                idle_timeout_ms: u64::from(w.idle_timeout_ms),
+            });
+        }
         if w.registered {
             return self.on_ready(now_ms);
         }

@@ -33,8 +33,9 @@ use std::fmt;
 
 /// The protocol version this build speaks, sent in [`ClientFrame::Hello`]. 2: paged `Sync`
 /// and `Devices`, invitations and blocks (issue #12). 3: events travel with the relay's
-/// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13). 4:
+/// device links (`LinkDeposit`, `LinkTake`) and `Welcome::idle_timeout_ms` (issue 18).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The QUIC/TLS application protocol name.
 pub const ALPN: &[u8] = b"tidings/1";
 /// Bytes in the length prefix of a frame.
@@ -517,6 +518,10 @@ pub struct Welcome {
     pub registered: bool,
     /// The relay's limits.
     pub limits: WireLimits,
+    /// How long the relay keeps a connection that carries nothing (its QUIC idle timeout):
+    /// a device must send something (a keepalive) within it, and need not more often. A device
+    /// on battery uses it to sleep as long as the relay lets it.
+    pub idle_timeout_ms: u32,
 }
 
 /// Frames a device sends.
@@ -1197,6 +1202,7 @@ mod tests {
         check_round_trip(ServerFrame::Welcome(Welcome {
             relay: device,
             registered: true,
+            idle_timeout_ms: 30_000,
             limits: WireLimits {
                 max_frame_len: 1,
                 max_submit_batch: 2,

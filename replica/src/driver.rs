@@ -283,6 +283,10 @@ impl Driver {
                     }
                     continue;
                 }
+                DeviceEvent::RelayIdle { idle_timeout_ms } => {
+                    self.take_relay_idle(Duration::from_millis(idle_timeout_ms));
+                    continue;
+                }
                 DeviceEvent::Revocation { device, outcome } => {
                     for r in self.revoke_replies.remove(&device).unwrap_or_default() {
                         let _ = r.send(outcome.clone().map_err(refused));
@@ -305,6 +309,33 @@ impl Driver {
                 // No subscriber is fine: the app reads state when it wants.
                 let _ = self.updates.send(u);
             }
+        }
+    }
+
+    /// The relay told its idle timeout: connections from the next one on use the profile's
+    /// timing for it (a live connection keeps the transport settings it was dialed with).
+    fn take_relay_idle(&mut self, relay_idle: Duration) {
+        let (keepalive, idle) = self.config.profile.timing_for_relay(relay_idle);
+        if (keepalive, idle) == (self.config.keepalive, self.config.idle_timeout) {
+            return;
+        }
+        match pin::pinned_client_config(
+            self.config.relay_cert_sha256,
+            keepalive,
+            idle,
+            Arc::clone(&self.pin_mismatch),
+        ) {
+            Ok(client) => {
+                tracing::info!(
+                    ?keepalive,
+                    ?idle,
+                    "keepalive set from the relay's idle timeout"
+                );
+                self.endpoint.set_default_client_config(client);
+                self.config.keepalive = keepalive;
+                self.config.idle_timeout = idle;
+            }
+            Err(e) => tracing::warn!(error = %e, "keeping the profile's keepalive"),
         }
     }
 

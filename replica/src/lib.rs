@@ -92,6 +92,9 @@ pub struct ReplicaConfig {
     pub keepalive: Duration,
     /// Connection idle timeout.
     pub idle_timeout: Duration,
+    /// The profile `keepalive` and `idle_timeout` came from: once a relay says how long it keeps
+    /// a silent connection, the next connections use [`Profile::timing_for_relay`].
+    pub profile: Profile,
     /// Outbox, retry, reconnect and catch-up settings.
     pub device: DeviceConfig,
     /// The key that seals what the store keeps at rest (epoch keys); by default derived
@@ -118,6 +121,7 @@ impl ReplicaConfig {
             server_name: "tidings-relay".into(),
             keepalive: Profile::Desktop.keepalive(),
             idle_timeout: Profile::Desktop.idle_timeout(),
+            profile: Profile::Desktop,
             device: DeviceConfig::default(),
             storage_key: None,
             connectivity: Connectivity::App,

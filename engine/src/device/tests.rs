@@ -68,9 +68,24 @@ fn handshake(core: &mut DeviceCore, now_ms: u64) {
         relay: relay.device(),
         registered: true,
         limits,
+        idle_timeout_ms: 30_000,
     };
     core.handle_frame(ServerFrame::Welcome(welcome), now_ms)
         .expect("welcome");
+}
+
+/// The relay's idle timeout in `Welcome` reaches the app (issue 18: a phone sleeps as long as
+/// the relay lets it).
+#[test]
+fn welcome_tells_the_relays_idle_timeout() {
+    let mut core = ready(DeviceConfig::default(), 1_000);
+    let told: Vec<u64> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::RelayIdle { idle_timeout_ms } => Some(idle_timeout_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![30_000]);
 }
 
 fn drain(core: &mut DeviceCore) -> Vec<ClientFrame> {

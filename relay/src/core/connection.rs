@@ -248,6 +248,7 @@ impl<S: Storage> RelayCore<S> {
             relay: self.key.device(),
             registered,
             limits: self.limits.wire(),
+            idle_timeout_ms: u32::try_from(self.idle_timeout_ms).unwrap_or(u32::MAX),
         };
         self.send(session, ServerFrame::Welcome(welcome));
     }

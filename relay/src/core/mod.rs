@@ -180,6 +180,8 @@ pub struct RelayCore<S = RelayStore> {
     consent: Consent,
     /// Link bundles waiting for new devices (in memory).
     links: link::Mailbox,
+    /// The shell's QUIC idle timeout, told to devices in `Welcome`.
+    idle_timeout_ms: u64,
     staged: Staged,
     /// Submits waiting for room in a commit, served round-robin by session.
     waiting: Waiting,
@@ -230,6 +232,7 @@ impl<S: Storage> RelayCore<S> {
             convs: HashMap::new(),
             consent: Consent::default(),
             links: link::Mailbox::default(),
+            idle_timeout_ms: crate::limits::IDLE_TIMEOUT_SECS * 1000,
             staged: Staged::default(),
             waiting: Waiting::default(),
             outputs: VecDeque::new(),
@@ -320,6 +323,13 @@ impl<S: Storage> RelayCore<S> {
     /// The relay's identity: the DeviceId that signs acks (also used as its UserId).
     pub fn relay_id(&self) -> DeviceId {
         self.key.device()
+    }
+
+    /// Tells the core the QUIC idle timeout its shell runs connections with (default
+    /// [`crate::limits::IDLE_TIMEOUT_SECS`]): devices learn it in `Welcome` and may keep their
+    /// connection alive just often enough for it.
+    pub fn set_idle_timeout_ms(&mut self, ms: u64) {
+        self.idle_timeout_ms = ms.max(1);
     }
 
     /// The limits in force.
