@@ -27,6 +27,43 @@ pub struct Settings {
     pub relay: Vec<SocketAddr>,
     /// The relay's pin, `<relay id>@<certificate sha256>`.
     pub pin: String,
+    /// Whether this user sends read receipts (`tidings receipts on|off`; copied to a device
+    /// `tidings link` sets up). Off, others' READ shows as DELIVERED too.
+    #[serde(default = "on")]
+    pub read_receipts: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+/// What `tidings link` carries to the new device besides the user's keys and the relay: the
+/// user's name and contacts (inside the sealed link bundle, see `tidings_replica::link`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    /// The user's name.
+    pub name: String,
+    /// The contacts.
+    #[serde(default)]
+    pub contact: Vec<Contact>,
+    /// The user's read receipt setting.
+    #[serde(default = "on")]
+    pub read_receipts: bool,
+}
+
+impl Carried {
+    /// The bytes the bundle carries.
+    pub fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(toml::to_string(self)?.into_bytes())
+    }
+
+    /// Reads what [`Carried::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Carried> {
+        let text = std::str::from_utf8(bytes).context("the link bundle's settings are damaged")?;
+        let c: Carried = toml::from_str(text).context("the link bundle's settings are damaged")?;
+        check_name(&c.name)?;
+        Ok(c)
+    }
 }
 
 /// One contact.
@@ -103,6 +140,12 @@ impl Home {
         let mut contacts = self.contacts()?;
         contacts.retain(|o| o.user != c.user);
         contacts.push(c);
+        let file = ContactsFile { contact: contacts };
+        write(&self.dir.join(CONTACTS_FILE), &toml::to_string(&file)?)
+    }
+
+    /// Writes every contact at once (a device set up by `tidings init --link`).
+    pub fn save_contacts(&self, contacts: Vec<Contact>) -> anyhow::Result<()> {
         let file = ContactsFile { contact: contacts };
         write(&self.dir.join(CONTACTS_FILE), &toml::to_string(&file)?)
     }

@@ -13,13 +13,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tidings_cli::app::{App, AppEvent, Key};
 use tidings_cli::backend::{conn, printable, Names, ReplicaBackend};
+use tidings_cli::home::Carried;
 use tidings_cli::home::{
     check_name, contact_code, pair_conversation, parse_contact_code, Contact, Home, Settings,
 };
 use tidings_cli::session::{bus, Session};
+use tidings_engine::link::LinkError;
+use tidings_engine::DeviceId;
 use tidings_engine::{ConnectionState, ConversationId, Status, UserId};
 use tidings_replica::keystore::{Keys, KeystoreError};
-use tidings_replica::{Body, RelayPin, Replica, ReplicaError};
+use tidings_replica::link::{LinkBundle, LinkJoinError};
+use tidings_replica::{Body, ConnectionProblem, RelayPin, Replica, ReplicaError};
 use tokio::time::Instant;
 
 /// The longest `--wait`: a deadline past it could overflow the clock.
@@ -54,7 +58,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Creates a user identity and its first device here (keys in the key store).
+    /// Creates a user identity and its first device here (keys in the key store), or with
+    /// `--link`, a new device of an existing user.
     Init {
         /// The relay's address (repeat for more than one).
         #[arg(long, required = true)]
@@ -63,8 +68,20 @@ enum Command {
         #[arg(long)]
         pin: String,
         /// Your name, as contacts see it in your contact code.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "link", conflicts_with = "link")]
+        name: Option<String>,
+        /// The one-time code `tidings link` showed on one of your devices: this device joins
+        /// that user (name and contacts come along).
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+    },
+    /// Shows a one-time code that sets up a new device of yours (`tidings init --link`).
+    Link,
+    /// Revokes one of your devices: the relay refuses it from then on and no new message is
+    /// readable on it.
+    Revoke {
+        /// The device id, as `tidings devices` prints it.
+        device: String,
     },
     /// Contacts: add one by its code, or list them.
     Contacts {
@@ -85,8 +102,15 @@ enum Command {
     },
     /// Connection, outbox and unread messages.
     Status,
-    /// This user's devices that this device knows of.
+    /// This user's devices that this device knows of, revoked ones marked.
     Devices,
+    /// Read receipts: `on` (others see when you read their messages) or `off` (nobody does,
+    /// and you do not see theirs). Without an argument, shows the setting.
+    Receipts {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
     /// The terminal chat.
     Chat,
 }
@@ -144,7 +168,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::new(dir);
     let wait = Duration::from_secs(cli.wait);
     match &cli.command {
-        Command::Init { relay, pin, name } => init(&home, &cli, relay, pin, name),
+        Command::Init {
+            relay,
+            pin,
+            name,
+            link: None,
+        } => init(&home, &cli, relay, pin, name.as_deref().unwrap_or_default()),
+        Command::Init {
+            relay,
+            pin,
+            link: Some(code),
+            ..
+        } => join(&home, &cli, relay, pin, code, wait).await,
+        Command::Link => link(&home, &cli, wait).await,
+        Command::Revoke { device } => revoke(&home, &cli, device, wait).await,
+        Command::Receipts { state } => {
+            let mut settings = home.settings()?;
+            if let Some(state) = state {
+                settings.read_receipts = state == "on";
+                home.save_settings(&settings)?;
+            }
+            let now = if settings.read_receipts { "on" } else { "off" };
+            println!("read receipts: {now}");
+            Ok(())
+        }
         Command::Contacts {
             action: ContactsAction::List,
         } => {
@@ -188,6 +235,7 @@ fn init(home: &Home, cli: &Cli, relay: &[SocketAddr], pin: &str, name: &str) -> 
         name: name.to_string(),
         relay: relay.to_vec(),
         pin: pin.to_string(),
+        read_receipts: true,
     })?;
     println!("user:         {}", keys.user);
     println!("device:       {}", keys.device_key().device());
@@ -210,6 +258,7 @@ struct Device {
     replica: Replica,
     settings: Settings,
     user: UserId,
+    keys: Keys,
 }
 
 async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
@@ -219,7 +268,8 @@ async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
     let user = keys.user;
     let replica = Replica::builder(&home.dir)
         .relay(settings.relay.clone(), pin)
-        .keys(keys)
+        .keys(keys.clone())
+        .read_receipts(settings.read_receipts)
         .open()
         .await
         .map_err(|e| match e {
@@ -233,6 +283,7 @@ async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
         replica,
         settings,
         user,
+        keys,
     })
 }
 
@@ -244,6 +295,12 @@ async fn connect(d: &Device, wait: Duration) -> anyhow::Result<()> {
         let s = d.replica.connection().await?;
         if s.state == ConnectionState::Online {
             return Ok(());
+        }
+        if s.problem == Some(ConnectionProblem::Revoked) {
+            bail!(
+                "this device was revoked by its user: set it up again as a new device \
+                 (tidings init --link, with a code from one of your other devices)"
+            );
         }
         match tokio::time::timeout_at(deadline, updates.next()).await {
             Ok(Some(_)) => {}
@@ -467,9 +524,13 @@ async fn devices(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
     let online = connect(&d, wait).await;
     let result = async {
         let me = d.replica.device();
-        for id in d.replica.devices(d.user).await? {
-            let mark = if id == me { "  (this device)" } else { "" };
-            println!("{id}{mark}");
+        for entry in d.replica.device_list(d.user).await? {
+            let mark = match (entry.id == me, entry.revoked) {
+                (true, _) => "  (this device)",
+                (false, true) => "  (revoked)",
+                (false, false) => "",
+            };
+            println!("{}{mark}", entry.id);
         }
         Ok::<_, anyhow::Error>(())
     }
@@ -477,6 +538,134 @@ async fn devices(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
     d.replica.close().await?;
     result?;
     online
+}
+
+/// `tidings link`: leaves this user's keys, name and contacts at the relay for a new device,
+/// sealed under a one-time code, and shows the code.
+async fn link(home: &Home, cli: &Cli, wait: Duration) -> anyhow::Result<()> {
+    let d = open(home, cli).await?;
+    let result = async {
+        connect(&d, wait).await?;
+        let carried = Carried {
+            name: d.settings.name.clone(),
+            contact: home.contacts()?,
+            read_receipts: d.settings.read_receipts,
+        };
+        let pin = home.pin(&d.settings)?;
+        let bundle = LinkBundle::new(&d.keys, d.settings.relay.clone(), pin, carried.encode()?);
+        let invite = match tokio::time::timeout(wait, d.replica.link_device(&bundle)).await {
+            Ok(Ok(invite)) => invite,
+            Ok(Err(ReplicaError::Link(LinkJoinError::Link(LinkError::TooLarge { .. })))) => {
+                bail!("too many contacts to carry in a link code")
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => bail!(
+                "the relay did not take the link within {} s",
+                wait.as_secs()
+            ),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let minutes = invite.expires_ms.saturating_sub(now_ms).div_ceil(60_000);
+        let addrs: Vec<String> = d.settings.relay.iter().map(|a| a.to_string()).collect();
+        println!("link code:    {}", invite.code);
+        println!("valid for:    {minutes} minutes, once");
+        println!(
+            "on the new device: tidings init --link {} --relay {} --pin {}",
+            invite.code,
+            addrs.join(" --relay "),
+            d.settings.pin
+        );
+        Ok(())
+    }
+    .await;
+    d.replica.close().await?;
+    result
+}
+
+/// `tidings init --link <code>`: takes the bundle `tidings link` left, makes this device's own
+/// keys for that user, and registers with the relay.
+async fn join(
+    home: &Home,
+    cli: &Cli,
+    relay: &[SocketAddr],
+    pin: &str,
+    code: &str,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let pin: RelayPin = pin.parse().context("--pin")?;
+    if cli.passphrase.as_deref() == Some("") {
+        bail!("an empty passphrase protects nothing: leave TIDINGS_PASSPHRASE unset for none");
+    }
+    if home.settings().is_ok() {
+        bail!("{} is set up already", home.dir.display());
+    }
+    let bundle = tidings_replica::link::join(relay, &pin, code)
+        .await
+        .map_err(|e| match e {
+            LinkJoinError::Code(e) => anyhow::anyhow!("--link: not a link code: {e}"),
+            LinkJoinError::Link(LinkError::NotFound) => anyhow::anyhow!(
+                "no link is waiting under this code: it is wrong, expired, or was used already \
+                 (run `tidings link` again on your other device)"
+            ),
+            e => anyhow::Error::new(e),
+        })?;
+    let carried = Carried::decode(&bundle.app)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&home.dir)
+        .with_context(|| format!("creating {}", home.dir.display()))?;
+    let keys = Keys::create_linked(&home.dir, passphrase(cli), bundle.user_secret.clone())
+        .map_err(keystore_error)?;
+    home.save_contacts(carried.contact.clone())?;
+    // The addresses that just reached the relay, rather than the old device's view of it.
+    home.save_settings(&Settings {
+        name: carried.name.clone(),
+        relay: relay.to_vec(),
+        pin: pin.to_string(),
+        read_receipts: carried.read_receipts,
+    })?;
+    println!("user:         {} ({})", carried.name, keys.user);
+    println!("device:       {}", keys.device_key().device());
+    println!("contacts:     {}", carried.contact.len());
+    let d = open(home, cli).await?;
+    let online = connect(&d, wait).await;
+    d.replica.close().await?;
+    online.context("linked; the relay takes this device with the next tidings command")
+}
+
+/// `tidings revoke <device>`.
+async fn revoke(home: &Home, cli: &Cli, device: &str, wait: Duration) -> anyhow::Result<()> {
+    let Some(id) = DeviceId::from_hex(device.trim()) else {
+        bail!("'{device}' is not a device id (64 hex digits, as `tidings devices` prints it)");
+    };
+    let d = open(home, cli).await?;
+    let result = async {
+        if id == d.replica.device() {
+            bail!("that is this device: revoke it from another of your devices");
+        }
+        connect(&d, wait).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let revocation = d.keys.revocation(id, now_ms);
+        match tokio::time::timeout(wait, d.replica.revoke_device(revocation)).await {
+            Ok(Ok(())) => {
+                println!("revoked {id}");
+                Ok(())
+            }
+            Ok(Err(ReplicaError::Refused { reason, .. })) => {
+                bail!("the relay refused to revoke {id}: {reason}")
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("the relay did not confirm within {} s", wait.as_secs()),
+        }
+    }
+    .await;
+    d.replica.close().await?;
+    result
 }
 
 async fn chat(home: &Home, cli: &Cli) -> anyhow::Result<()> {

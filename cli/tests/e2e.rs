@@ -345,3 +345,140 @@ fn a_contact_added_while_the_relay_is_down_still_starts_the_conversation() {
     let want = format!("{creator_name}: made offline");
     until(other, &["show", creator_name], &want, 60);
 }
+
+/// The line of `out` that starts with `label`, without it.
+fn field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in {out:?}"))
+        .trim()
+        .to_string()
+}
+
+fn join_args<'a>(relay: &'a Relay, code: &'a str) -> Vec<&'a str> {
+    vec![
+        "init",
+        "--link",
+        code,
+        "--relay",
+        &relay.addr,
+        "--pin",
+        &relay.pin,
+    ]
+}
+
+/// Alice links a second device with the code `tidings link` shows: it comes with her name and
+/// contacts and reads what Bob sends after the link. Alice revokes it: the relay refuses it
+/// from then on, and her devices list it as revoked. A mistyped, unknown or used code is one
+/// clear line and a failure.
+#[test]
+fn a_linked_device_reads_new_messages_until_it_is_revoked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"));
+    let (alice, phone, bob) = (
+        tmp.path().join("alice"),
+        tmp.path().join("alice-phone"),
+        tmp.path().join("bob"),
+    );
+    let alice_code = init(&alice, &relay, "alice", &[]);
+    let bob_code = init(&bob, &relay, "bob", &[]);
+    ok(
+        tidings(&alice, &["contacts", "add", &bob_code]),
+        "alice adds bob",
+    );
+    ok(
+        tidings(&bob, &["contacts", "add", &alice_code]),
+        "bob adds alice",
+    );
+    until(&bob, &["send", "alice", "before the link"], "✓", 60);
+
+    let shown = ok(tidings(&alice, &["link"]), "link");
+    let code = field(&shown, "link code:");
+
+    // A typo is caught by the code's checksum, before anything is sent.
+    let mut typo: Vec<char> = code.chars().collect();
+    typo[0] = if typo[0] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    let nowhere = tmp.path().join("nowhere");
+    fails(
+        tidings(&nowhere, &join_args(&relay, &typo)),
+        "not a link code",
+    );
+    // A well-formed code nobody showed.
+    let unknown = tidings_engine::link::LinkSecret::from_bytes([7; 16]).code();
+    fails(
+        tidings(&nowhere, &join_args(&relay, &unknown)),
+        "no link is waiting under this code",
+    );
+    assert!(!nowhere.join("tidings.toml").exists(), "nothing set up");
+
+    let joined = ok(tidings(&phone, &join_args(&relay, &code)), "join");
+    let phone_device = field(&joined, "device:");
+    assert!(joined.contains("alice"), "{joined}");
+    assert_eq!(field(&joined, "contacts:"), "1", "{joined}");
+    // The code is used up.
+    fails(
+        tidings(&tmp.path().join("again"), &join_args(&relay, &code)),
+        "no link is waiting under this code",
+    );
+
+    until(&bob, &["send", "alice", "after the link"], "✓", 60);
+    until(&phone, &["show", "bob"], "bob: after the link", 60);
+    until(&phone, &["send", "bob", "from the phone"], "✓", 60);
+    until(&bob, &["show", "alice"], "alice: from the phone", 60);
+    until(&alice, &["devices"], &phone_device, 60);
+
+    let revoked = ok(tidings(&alice, &["revoke", &phone_device]), "revoke");
+    assert!(
+        revoked.contains(&format!("revoked {phone_device}")),
+        "{revoked}"
+    );
+    fails(tidings(&phone, &["status"]), "revoked by its user");
+    let devices = ok(tidings(&alice, &["devices"]), "devices");
+    assert!(
+        devices.contains(&format!("{phone_device}  (revoked)")),
+        "{devices}"
+    );
+    // Revoking again is answered the same; a device id that is not one is refused at once.
+    ok(tidings(&alice, &["revoke", &phone_device]), "revoke again");
+    fails(tidings(&alice, &["revoke", "xyz"]), "is not a device id");
+    // Alice and Bob go on without it.
+    until(&bob, &["send", "alice", "after the revocation"], "✓", 60);
+    until(&alice, &["show", "bob"], "bob: after the revocation", 60);
+}
+
+/// Bob turns read receipts off: Alice's message he reads stays ✓✓ on her side, and by
+/// WhatsApp's rule his own message Alice reads shows ✓✓, not read, to him. Turned on again, the
+/// read she sent shows.
+#[test]
+fn with_read_receipts_off_nobody_sees_reads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"));
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice_code = init(&alice, &relay, "alice", &[]);
+    let bob_code = init(&bob, &relay, "bob", &[]);
+    ok(
+        tidings(&alice, &["contacts", "add", &bob_code]),
+        "alice adds bob",
+    );
+    ok(
+        tidings(&bob, &["contacts", "add", &alice_code]),
+        "bob adds alice",
+    );
+    let off = ok(tidings(&bob, &["receipts", "off"]), "receipts off");
+    assert!(off.contains("read receipts: off"), "{off}");
+
+    until(&alice, &["send", "bob", "hi bob"], "✓", 60);
+    // Bob's `show` reads the message and ends only once its outbox is empty: a Read it made
+    // would be at the relay before Alice looks.
+    until(&bob, &["show", "alice"], "alice: hi bob", 60);
+    let seen = until(&alice, &["show", "bob"], "me: hi bob ✓✓", 60);
+    assert!(!seen.contains("read"), "Bob's read was sent: {seen}");
+
+    until(&bob, &["send", "alice", "hi alice"], "✓", 60);
+    until(&alice, &["show", "bob"], "bob: hi alice", 60);
+    let seen = until(&bob, &["show", "alice"], "me: hi alice ✓✓", 60);
+    assert!(!seen.contains("read"), "Alice's read shown to Bob: {seen}");
+    ok(tidings(&bob, &["receipts", "on"]), "receipts on");
+    until(&bob, &["show", "alice"], "me: hi alice ✓✓ read", 60);
+}

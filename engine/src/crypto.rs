@@ -270,7 +270,7 @@ pub fn open(
 /// Bytes [`encrypt_body`] and [`StorageKey::seal_record`] add: nonce and tag.
 pub const BODY_OVERHEAD: usize = 24 + TAG_LEN;
 
-fn xencrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8], nonce: [u8; 24]) -> Vec<u8> {
+pub(crate) fn xencrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8], nonce: [u8; 24]) -> Vec<u8> {
     // One allocation: nonce ‖ plaintext, encrypted in place, then the tag.
     let mut out = Vec::with_capacity(BODY_OVERHEAD + plaintext.len());
     out.extend_from_slice(&nonce);
@@ -282,7 +282,7 @@ fn xencrypt(key: &[u8; 32], aad: &[u8], plaintext: &[u8], nonce: [u8; 24]) -> Ve
     out
 }
 
-fn xdecrypt(key: &[u8; 32], aad: &[u8], bytes: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub(crate) fn xdecrypt(key: &[u8; 32], aad: &[u8], bytes: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if bytes.len() < BODY_OVERHEAD {
         return Err(CryptoError::Malformed(
             "ciphertext shorter than nonce and tag",

@@ -6,9 +6,10 @@
 //!
 //! # Call order
 //! - App actions: [`DeviceCore::send`], [`DeviceCore::mark_read`], [`DeviceCore::retry`],
-//!   [`DeviceCore::create_conversation`], [`DeviceCore::network_changed`], and the user's
+//!   [`DeviceCore::create_conversation`], [`DeviceCore::network_changed`], the user's
 //!   say in invitations: [`DeviceCore::accept`], [`DeviceCore::decline`],
-//!   [`DeviceCore::block`], [`DeviceCore::unblock`].
+//!   [`DeviceCore::block`], [`DeviceCore::unblock`], and the user's devices:
+//!   [`DeviceCore::deposit_link`], [`DeviceCore::revoke`].
 //! - Connection: when [`DeviceCore::poll_connect`] says so, the shell dials; it then calls
 //!   [`DeviceCore::handle_connected`] (with the TLS exporter bytes) or
 //!   [`DeviceCore::handle_connect_failed`]; each frame read goes to
@@ -32,6 +33,8 @@ use crate::wire::{
     ErrorCode, Invitation, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
     MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
+use linking::DeviceRequest;
+pub use linking::RequestRefused;
 use rand::{rngs::SmallRng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -52,6 +55,11 @@ pub struct DeviceConfig {
     /// The user-signed statement that adds this device to its user, sent when the relay does
     /// not know the device yet.
     pub registration: Option<DeviceRegistration>,
+    /// Whether [`DeviceCore::mark_read`] tells the conversation (a `Read` event: the senders'
+    /// blue ticks, and the user's other devices' unread counts). Off, the device keeps its read
+    /// mark to itself ([`crate::log::local_read_key`]); by WhatsApp's rule the app then shows
+    /// others' READ as DELIVERED too (the replica does).
+    pub read_receipts: bool,
 }
 
 impl Default for DeviceConfig {
@@ -68,6 +76,7 @@ impl Default for DeviceConfig {
             pull_limit: MAX_PAGE_ITEMS as u32,
             ack_timeout_ms: 10_000,
             registration: None,
+            read_receipts: true,
         }
     }
 }
@@ -125,6 +134,28 @@ pub enum DeviceEvent {
     /// catch-up), or this or another device of the user accepted, declined, blocked or
     /// unblocked.
     User(UserChange),
+    /// The relay answered [`DeviceCore::deposit_link`]: the bundle waits in `slot` until the
+    /// relay time `expires_ms` (Unix ms), or the relay refused it.
+    LinkDeposit {
+        /// The slot.
+        slot: crate::link::LinkSlot,
+        /// When the relay drops the bundle, or why it did not take it.
+        outcome: Result<u64, RequestRefused>,
+    },
+    /// The relay answered [`DeviceCore::revoke`]: the revocation is durable (this device's
+    /// directory holds it too), or the relay refused it.
+    Revocation {
+        /// The revoked device.
+        device: DeviceId,
+        /// Done, or why not.
+        outcome: Result<(), RequestRefused>,
+    },
+    /// The relay's `Welcome` said how long it keeps a silent connection
+    /// ([`Welcome::idle_timeout_ms`]): a device on battery need not keep it alive more often.
+    RelayIdle {
+        /// The relay's idle timeout, in ms.
+        idle_timeout_ms: u64,
+    },
     /// The relay refused an event or a request.
     Refused {
         /// The event, when an event was refused.
@@ -162,6 +193,20 @@ pub enum DeviceError {
     /// A frame that makes no sense at this point.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
+    /// [`DeviceCore::deposit_link`] with a bundle over [`crate::link::MAX_LINK_BUNDLE_LEN`].
+    #[error("link bundle too large: {len} bytes, the limit is {max}")]
+    LinkTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// [`DeviceCore::revoke`] with a revocation that is not this user's, or does not verify.
+    #[error("the revocation of device {device} is not signed by this device's user")]
+    BadRevocation {
+        /// The device it names.
+        device: DeviceId,
+    },
 }
 
 impl From<crate::log::LogError> for DeviceError {
@@ -235,6 +280,8 @@ enum Request {
     Pull(ConversationId),
     /// One page of device certificates.
     Devices(DevicesAsk),
+    /// A link deposit or a revocation; sent again after a reconnect until answered.
+    Device(DeviceRequest),
 }
 
 /// A `Devices` request in flight.
@@ -326,6 +373,8 @@ pub struct DeviceCore {
     /// User actions waiting for a connection (in memory: they also reach the relay through
     /// any other device the user acts on).
     user_actions: VecDeque<UserAction>,
+    /// Link deposits and revocations waiting for a connection.
+    device_requests: VecDeque<DeviceRequest>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<DeviceEvent>,
 }
@@ -400,6 +449,7 @@ impl DeviceCore {
             invitations: BTreeMap::new(),
             blocked: BTreeSet::new(),
             user_actions: VecDeque::new(),
+            device_requests: VecDeque::new(),
             transmit: VecDeque::new(),
             events,
         }
@@ -586,10 +636,34 @@ impl DeviceCore {
         // own messages acknowledged past a gap are not "everything up to" them).
         let held = self.store.log().cursor(&cursor_key(&conversation))?;
         let up_to = up_to.unwrap_or(held).min(held);
+        if !self.config.read_receipts {
+            return self.mark_read_locally(conversation, up_to);
+        }
         if let Some((_, changes)) = self.store.mark_read(conversation, up_to, now_ms)? {
             self.emit(changes);
         }
         self.flush(now_ms)
+    }
+
+    /// Read receipts off: the read mark stays on this device, nothing is sent.
+    fn mark_read_locally(
+        &mut self,
+        conversation: ConversationId,
+        up_to: ServerSeq,
+    ) -> Result<(), DeviceError> {
+        let key = crate::log::local_read_key(&conversation);
+        if up_to <= self.store.log().cursor(&key)? {
+            return Ok(());
+        }
+        self.store.log().write(|t| t.set_cursor(&key, up_to))?;
+        let key = self.store.key();
+        let (device, user) = (key.device(), key.user());
+        self.emit(vec![Change::MarksChanged {
+            conversation,
+            device,
+            user,
+        }]);
+        Ok(())
     }
 
     /// Puts a FAILED message back in the queue and tries it now.
@@ -687,6 +761,18 @@ impl DeviceCore {
         unanswered.sort_by_key(|(id, _)| *id);
         for (_, a) in unanswered.into_iter().rev() {
             self.user_actions.push_front(a);
+        }
+        let mut unanswered: Vec<(u64, DeviceRequest)> = self
+            .requests
+            .iter()
+            .filter_map(|(id, r)| match r {
+                Request::Device(d) => Some((*id, d.clone())),
+                _ => None,
+            })
+            .collect();
+        unanswered.sort_by_key(|(id, _)| *id);
+        for (_, d) in unanswered.into_iter().rev() {
+            self.device_requests.push_front(d);
         }
         self.requests.clear();
         self.pulling.clear();
@@ -889,6 +975,20 @@ impl DeviceCore {
                 self.report_if_caught_up()?;
                 Ok(())
             }
+            (
+                State::Ready,
+                ServerFrame::LinkDeposited {
+                    request_id,
+                    slot,
+                    expires_ms,
+                },
+            ) => self.on_link_deposited(request_id, slot, expires_ms),
+            (
+                State::Ready,
+                ServerFrame::Revoked {
+                    request_id, device, ..
+                },
+            ) => self.on_revoked(request_id, device, now_ms),
             (State::Ready, ServerFrame::PullMode) => {
                 self.send_sync();
                 Ok(())
@@ -911,6 +1011,10 @@ impl DeviceCore {
                     Some(Request::Devices(ask)) => {
                         let units = if retryable(code) { 1 } else { ASK_UNITS };
                         self.failed_ask(&ask.settles, now_ms, units)?
+                    }
+                    Some(Request::Device(d)) => {
+                        self.device_request_refused(d, code, message);
+                        return self.report_if_caught_up();
                     }
                     _ => {}
                 }
@@ -939,6 +1043,11 @@ impl DeviceCore {
             .min(w.limits.max_submit_batch as usize)
             .clamp(1, MAX_SUBMIT_BATCH);
         self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
+        if w.idle_timeout_ms > 0 {
+            self.events.push_back(DeviceEvent::RelayIdle {
+                idle_timeout_ms: u64::from(w.idle_timeout_ms),
+            });
+        }
         if w.registered {
             return self.on_ready(now_ms);
         }
@@ -964,6 +1073,9 @@ impl DeviceCore {
             .push_back(DeviceEvent::Connection(ConnectionState::Syncing));
         while let Some(a) = self.user_actions.pop_front() {
             self.send_user_action(a);
+        }
+        while let Some(d) = self.device_requests.pop_front() {
+            self.send_device_request(d);
         }
         // Flush first, then catch up: what the user wrote offline goes out before anything
         // else; `flush` sends the Sync once nothing more is due.
@@ -1776,5 +1888,6 @@ impl DeviceCore {
     }
 }
 
+mod linking;
 #[cfg(test)]
 mod tests;

@@ -341,6 +341,17 @@ impl DeviceDirectory {
             .collect()
     }
 
+    /// Every device of the user this directory holds a certificate of, revoked ones
+    /// included, in id order, each with whether it is revoked.
+    pub fn all_devices_of(&self, user: &UserId) -> Vec<(DeviceId, bool)> {
+        self.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| self.devices.get(d).map(|e| (*d, e.revoked_ms.is_some())))
+            .collect()
+    }
+
     /// The user a certified, unrevoked device acts for.
     pub fn user_of(&self, device: &DeviceId) -> Option<UserId> {
         self.devices

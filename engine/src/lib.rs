@@ -36,6 +36,7 @@ pub mod event;
 pub mod gate;
 pub mod identity;
 pub mod ids;
+pub mod link;
 pub mod log;
 pub mod membership;
 pub mod retry;

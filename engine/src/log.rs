@@ -26,7 +26,7 @@ mod txn;
 use error::corrupt;
 pub use error::LogError;
 use index::user_marks;
-pub use index::{LogReader, PageCursor, MAX_PAGE_LEN};
+pub use index::{local_read_key, LogReader, PageCursor, MAX_PAGE_LEN};
 use records::{covering_statement, read_history};
 pub use records::{
     Appended, ChainIssue, ConversationMeta, GateRun, OutboxEntry, OutboxState, MAX_GAP_REPORT,

@@ -26,14 +26,16 @@
 
 use crate::event::serde_bytes_vec as bytes_vec;
 use crate::ids::{ConversationId, DeviceId, ServerSeq, UserId};
+pub use crate::link::{LinkSlot, MAX_LINK_BUNDLE_LEN};
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks, sent in [`ClientFrame::Hello`]. 2: paged `Sync`
 /// and `Devices`, invitations and blocks (issue #12). 3: events travel with the relay's
-/// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13). 4:
+/// device links (`LinkDeposit`, `LinkTake`) and `Welcome::idle_timeout_ms` (issue 18).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The QUIC/TLS application protocol name.
 pub const ALPN: &[u8] = b"tidings/1";
 /// Bytes in the length prefix of a frame.
@@ -202,6 +204,12 @@ impl ErrorCode {
     /// A certificate of a registered device with another agreement (X25519) key: a device
     /// keeps its key for its lifetime.
     pub const AGREEMENT_KEY_CHANGED: ErrorCode = ErrorCode(28);
+    /// [`ClientFrame::LinkTake`]: no bundle waits in the slot (a wrong code, an expired
+    /// bundle, or one taken already).
+    pub const LINK_NOT_FOUND: ErrorCode = ErrorCode(43);
+    /// [`ClientFrame::LinkDeposit`]: the relay holds as many link bundles as it keeps, in
+    /// total or for the user (they expire within the relay's link TTL).
+    pub const LINK_FULL: ErrorCode = ErrorCode(44);
 
     /// A short name for the known codes, `"unknown"` otherwise.
     pub fn name(self) -> &'static str {
@@ -235,6 +243,8 @@ impl ErrorCode {
             40 => "blocked",
             41 => "invitations-full",
             42 => "block-list-full",
+            43 => "link-not-found",
+            44 => "link-full",
             27 => "too-many-devices",
             28 => "agreement-key-changed",
             _ => "unknown",
@@ -508,6 +518,10 @@ pub struct Welcome {
     pub registered: bool,
     /// The relay's limits.
     pub limits: WireLimits,
+    /// How long the relay keeps a connection that carries nothing (its QUIC idle timeout):
+    /// a device must send something (a keepalive) within it, and need not more often. A device
+    /// on battery uses it to sleep as long as the relay lets it.
+    pub idle_timeout_ms: u32,
 }
 
 /// Frames a device sends.
@@ -620,7 +634,30 @@ pub enum ClientFrame {
         /// The user to unblock.
         user: UserId,
     },
+    /// Keeps a sealed link bundle for a new device of this user in `slot`, for the relay's
+    /// link TTL or until taken (answered by `LinkDeposited` or `Refused`). Registered devices
+    /// only. See [`crate::link`].
+    LinkDeposit {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// Where the bundle waits ([`crate::link::LinkSecret::slot`]).
+        slot: LinkSlot,
+        /// The sealed bundle, at most [`MAX_LINK_BUNDLE_LEN`] bytes.
+        #[serde(with = "bytes_vec")]
+        sealed: Vec<u8>,
+    },
+    /// Takes the bundle in `slot`, once. A handshake frame: the first and only frame of a
+    /// connection from a device that has no identity yet (answered by `LinkBundle`, or by
+    /// `Error` with [`ErrorCode::LINK_NOT_FOUND`] or [`ErrorCode::RATE_LIMITED`]).
+    LinkTake {
+        /// The slot.
+        slot: LinkSlot,
+    },
 }
+
+/// The postcard variant index of [`ClientFrame::LinkTake`] (its first byte on the wire):
+/// [`decode_handshake`] decodes it before authentication, like `Hello` (0) and `Auth` (1).
+pub const LINK_TAKE_VARIANT: u8 = 14;
 
 /// Frames the relay sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -743,6 +780,23 @@ pub enum ServerFrame {
         /// What changed.
         change: UserChange,
     },
+    /// Answer to [`ClientFrame::LinkDeposit`]: the bundle waits in the slot until
+    /// `expires_ms` (relay clock, Unix milliseconds) or until taken.
+    LinkDeposited {
+        /// The request's id.
+        request_id: u64,
+        /// The slot.
+        slot: LinkSlot,
+        /// When the relay drops the bundle.
+        expires_ms: u64,
+    },
+    /// Answer to [`ClientFrame::LinkTake`]: the bundle, now gone from the relay. The relay
+    /// reads nothing more on the connection.
+    LinkBundle {
+        /// The sealed bundle.
+        #[serde(with = "bytes_vec")]
+        sealed: Vec<u8>,
+    },
 }
 
 impl ClientFrame {
@@ -751,9 +805,10 @@ impl ClientFrame {
     /// answer. The relay meters requests by this, so a new request kind must say it here.
     pub fn request_id(&self) -> Option<u64> {
         match self {
-            ClientFrame::Hello { .. } | ClientFrame::Auth { .. } | ClientFrame::Received { .. } => {
-                None
-            }
+            ClientFrame::Hello { .. }
+            | ClientFrame::Auth { .. }
+            | ClientFrame::Received { .. }
+            | ClientFrame::LinkTake { .. } => None,
             ClientFrame::RegisterDevice { request_id, .. }
             | ClientFrame::Submit { request_id, .. }
             | ClientFrame::Pull { request_id, .. }
@@ -763,14 +818,18 @@ impl ClientFrame {
             | ClientFrame::Accept { request_id, .. }
             | ClientFrame::Decline { request_id, .. }
             | ClientFrame::Block { request_id, .. }
-            | ClientFrame::Unblock { request_id, .. } => Some(*request_id),
+            | ClientFrame::Unblock { request_id, .. }
+            | ClientFrame::LinkDeposit { request_id, .. } => Some(*request_id),
         }
     }
 
     /// Whether the frame belongs to the handshake (allowed before `Welcome`, see
     /// [`decode_handshake`]).
     pub fn is_handshake(&self) -> bool {
-        matches!(self, ClientFrame::Hello { .. } | ClientFrame::Auth { .. })
+        matches!(
+            self,
+            ClientFrame::Hello { .. } | ClientFrame::Auth { .. } | ClientFrame::LinkTake { .. }
+        )
     }
 }
 
@@ -786,7 +845,8 @@ impl ServerFrame {
             | ServerFrame::Error { .. }
             | ServerFrame::Push { .. }
             | ServerFrame::PullMode
-            | ServerFrame::UserChanged { .. } => None,
+            | ServerFrame::UserChanged { .. }
+            | ServerFrame::LinkBundle { .. } => None,
             ServerFrame::Refused { request_id, .. }
             | ServerFrame::Registered { request_id, .. }
             | ServerFrame::SubmitResult { request_id, .. }
@@ -794,7 +854,8 @@ impl ServerFrame {
             | ServerFrame::Conversations { request_id, .. }
             | ServerFrame::Revoked { request_id, .. }
             | ServerFrame::Devices { request_id, .. }
-            | ServerFrame::UserState { request_id, .. } => Some(*request_id),
+            | ServerFrame::UserState { request_id, .. }
+            | ServerFrame::LinkDeposited { request_id, .. } => Some(*request_id),
         }
     }
 }
@@ -870,6 +931,9 @@ impl Frame for ClientFrame {
             ClientFrame::Devices { users, .. } => {
                 check("users", users.len(), MAX_DEVICE_QUERY_USERS)
             }
+            ClientFrame::LinkDeposit { sealed, .. } => {
+                check("sealed", sealed.len(), MAX_LINK_BUNDLE_LEN)
+            }
             _ => Ok(()),
         }
     }
@@ -915,6 +979,9 @@ impl Frame for ServerFrame {
             } => {
                 check("registrations", registrations.len(), MAX_LISTED_DEVICES)?;
                 check("revocations", revocations.len(), MAX_LISTED_DEVICES)
+            }
+            ServerFrame::LinkBundle { sealed } => {
+                check("sealed", sealed.len(), MAX_LINK_BUNDLE_LEN)
             }
             _ => Ok(()),
         }
@@ -972,9 +1039,9 @@ pub fn decode_body<F: Frame>(body: &[u8]) -> Result<F, WireError> {
 pub fn decode_handshake(body: &[u8]) -> Result<ClientFrame, WireError> {
     // postcard writes an enum's variant index first, as a varint: Hello is 0, Auth is 1, both
     // one byte.
-    match body.first() {
-        Some(0 | 1) => decode_body(body),
-        Some(&variant) => Err(WireError::NotHandshake {
+    match body.first().copied() {
+        Some(0 | 1 | LINK_TAKE_VARIANT) => decode_body(body),
+        Some(variant) => Err(WireError::NotHandshake {
             variant: u32::from(variant),
         }),
         None => Err(WireError::Malformed("empty frame body")),
@@ -1135,6 +1202,7 @@ mod tests {
         check_round_trip(ServerFrame::Welcome(Welcome {
             relay: device,
             registered: true,
+            idle_timeout_ms: 30_000,
             limits: WireLimits {
                 max_frame_len: 1,
                 max_submit_batch: 2,
@@ -1359,6 +1427,19 @@ mod tests {
                         users: users.into_iter().map(UserId).collect(),
                         after: after.map(DeviceId),
                     }),
+                (
+                    any::<u64>(),
+                    any::<[u8; 32]>(),
+                    proptest::collection::vec(any::<u8>(), 0..64)
+                )
+                    .prop_map(|(id, slot, sealed)| ClientFrame::LinkDeposit {
+                        request_id: id,
+                        slot: LinkSlot(slot),
+                        sealed,
+                    }),
+                any::<[u8; 32]>().prop_map(|slot| ClientFrame::LinkTake {
+                    slot: LinkSlot(slot)
+                }),
             ]
         }
 
@@ -1436,6 +1517,15 @@ mod tests {
                     code: ErrorCode(c),
                     message: format!("code {c}"),
                 }),
+                (any::<u64>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(id, slot, t)| {
+                    ServerFrame::LinkDeposited {
+                        request_id: id,
+                        slot: LinkSlot(slot),
+                        expires_ms: t,
+                    }
+                }),
+                proptest::collection::vec(any::<u8>(), 0..64)
+                    .prop_map(|sealed| ServerFrame::LinkBundle { sealed }),
             ]
         }
 
@@ -1502,6 +1592,30 @@ mod tests {
                 while let Ok(Some(_)) = dec.poll_frame::<ClientFrame>() {}
             }
         }
+    }
+
+    #[test]
+    fn link_take_is_the_variant_the_handshake_decoder_admits() {
+        let take = ClientFrame::LinkTake {
+            slot: LinkSlot([5; 32]),
+        };
+        let bytes = frame_bytes(&take).expect("encode");
+        assert_eq!(bytes[FRAME_HEADER_LEN], LINK_TAKE_VARIANT);
+        assert_eq!(decode_handshake(&bytes[FRAME_HEADER_LEN..]), Ok(take));
+        let deposit = ClientFrame::LinkDeposit {
+            request_id: 1,
+            slot: LinkSlot([5; 32]),
+            sealed: vec![0; MAX_LINK_BUNDLE_LEN + 1],
+        };
+        let bytes = frame_bytes(&deposit).expect("encode");
+        assert_eq!(
+            decode_body::<ClientFrame>(&bytes[FRAME_HEADER_LEN..]),
+            Err(WireError::FieldTooLarge {
+                field: "sealed",
+                len: MAX_LINK_BUNDLE_LEN + 1,
+                max: MAX_LINK_BUNDLE_LEN
+            })
+        );
     }
 
     #[test]

@@ -227,6 +227,7 @@ impl RelayClient {
                 relay: key.device(),
                 registered: false,
                 limits: crate::Limits::default().wire(),
+                idle_timeout_ms: 0,
             },
             buf: Vec::new(),
         };

@@ -28,7 +28,20 @@ pub const EVENT_BURST: u32 = 10_000;
 pub const USER_EVENTS_PER_SEC: u32 = 10_000;
 /// Default burst of events all the devices of one user may submit above their sustained rate.
 pub const USER_EVENT_BURST: u32 = 20_000;
-/// Default most rate buckets (devices plus users) the relay keeps; past it, buckets that
+/// Default most link bundles ([`tidings_engine::link`]) the relay keeps at once, over all users
+/// (in memory: a relay restart drops them, and the user links again).
+pub const MAX_LINK_SLOTS: usize = 1024;
+/// Default most link bundles one user keeps at once.
+pub const MAX_LINK_SLOTS_PER_USER: usize = 4;
+/// Default milliseconds a link bundle waits to be taken: ten minutes.
+pub const LINK_TTL_MS: u64 = 10 * 60 * 1000;
+/// Default sustained link takes per second from one address prefix. A take comes before any
+/// identity (the new device has none yet); this and the connection limits bound what a
+/// stranger can make the relay do with them (a slot is 256 bits: guessing one is hopeless).
+pub const LINK_TAKES_PER_SEC: u32 = 1;
+/// Default burst of link takes from one address prefix.
+pub const LINK_TAKE_BURST: u32 = 5;
+/// Default most rate buckets (devices, users and address prefixes) the relay keeps; past it, buckets that
 /// refilled completely (indistinguishable from new ones) are dropped first, then the least
 /// recently used.
 pub const MAX_RATE_BUCKETS: usize = 100_000;
@@ -114,6 +127,16 @@ pub struct Limits {
     pub user_event_burst: u32,
     /// See [`MAX_RATE_BUCKETS`].
     pub max_rate_buckets: usize,
+    /// See [`MAX_LINK_SLOTS`].
+    pub max_link_slots: usize,
+    /// See [`MAX_LINK_SLOTS_PER_USER`].
+    pub max_link_slots_per_user: usize,
+    /// See [`LINK_TTL_MS`].
+    pub link_ttl_ms: u64,
+    /// See [`LINK_TAKES_PER_SEC`].
+    pub link_takes_per_sec: u32,
+    /// See [`LINK_TAKE_BURST`].
+    pub link_take_burst: u32,
     /// See [`MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// See [`MAX_CONNECTIONS_PER_PREFIX`] (formerly `max_connections_per_ip`).
@@ -159,6 +182,11 @@ impl Default for Limits {
             user_events_per_sec: USER_EVENTS_PER_SEC,
             user_event_burst: USER_EVENT_BURST,
             max_rate_buckets: MAX_RATE_BUCKETS,
+            max_link_slots: MAX_LINK_SLOTS,
+            max_link_slots_per_user: MAX_LINK_SLOTS_PER_USER,
+            link_ttl_ms: LINK_TTL_MS,
+            link_takes_per_sec: LINK_TAKES_PER_SEC,
+            link_take_burst: LINK_TAKE_BURST,
             max_connections: MAX_CONNECTIONS,
             max_connections_per_prefix: MAX_CONNECTIONS_PER_PREFIX,
             ipv4_prefix_len: IPV4_PREFIX_LEN,
@@ -196,6 +224,11 @@ impl Limits {
         self.user_events_per_sec = self.user_events_per_sec.max(1);
         self.user_event_burst = self.user_event_burst.max(1);
         self.max_rate_buckets = self.max_rate_buckets.max(2);
+        self.max_link_slots = self.max_link_slots.max(1);
+        self.max_link_slots_per_user = self.max_link_slots_per_user.max(1);
+        self.link_ttl_ms = self.link_ttl_ms.max(1);
+        self.link_takes_per_sec = self.link_takes_per_sec.max(1);
+        self.link_take_burst = self.link_take_burst.max(1);
         self.max_connections = self.max_connections.max(1);
         self.max_connections_per_prefix = self.max_connections_per_prefix.max(1);
         self.ipv4_prefix_len = self.ipv4_prefix_len.min(32);
@@ -272,6 +305,19 @@ impl Limits {
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         }
+    }
+
+    /// Sets [`Limits::link_ttl_ms`].
+    pub fn with_link_ttl_ms(mut self, ms: u64) -> Limits {
+        self.link_ttl_ms = ms;
+        self
+    }
+
+    /// Sets [`Limits::link_takes_per_sec`] and [`Limits::link_take_burst`].
+    pub fn with_link_takes(mut self, per_sec: u32, burst: u32) -> Limits {
+        self.link_takes_per_sec = per_sec;
+        self.link_take_burst = burst;
+        self
     }
 
     /// Sets [`Limits::push_window`].

@@ -205,12 +205,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         }
     };
     let metrics = RelayMetrics::default();
-    let core = RelayCore::with_metrics(
+    let mut core = RelayCore::with_metrics(
         store,
         identity.key().clone(),
         config.limits.clone(),
         metrics.clone(),
     )?;
+    core.set_idle_timeout_ms(config.idle_timeout_secs.max(1).saturating_mul(1000));
     let endpoint = server_endpoint(
         &identity,
         config.listen,

@@ -94,6 +94,23 @@ impl Profile {
             Profile::Mobile => Duration::from_secs(60),
         }
     }
+
+    /// The keepalive and idle timeout to use once the relay said how long it keeps a silent
+    /// connection (`Welcome::idle_timeout_ms`). Desktop keeps its own (it wants a dead path
+    /// noticed fast). Mobile sleeps as long as the relay lets it: idle timeout the relay's, a
+    /// keepalive at three quarters of it (one lost keepalive short of the relay dropping it is
+    /// enough margin; at least 1 s). With the default relay (30 s) that is 22.5 s; a relay set
+    /// to 300 s for phones lets them wake every 225 s. NAT mappings shorter than that are the
+    /// platform's business: mobile platforms reconnect on their own connectivity signal.
+    pub fn timing_for_relay(self, relay_idle: Duration) -> (Duration, Duration) {
+        match self {
+            Profile::Desktop => (self.keepalive(), self.idle_timeout()),
+            Profile::Mobile => {
+                let idle = relay_idle.max(Duration::from_secs(1));
+                ((idle * 3 / 4).max(Duration::from_secs(1)), idle)
+            }
+        }
+    }
 }
 
 /// Where the device learns that the network came or went.
@@ -157,6 +174,7 @@ pub struct ReplicaBuilder {
     connectivity: Connectivity,
     clock: Arc<dyn Clock>,
     device: DeviceConfig,
+    read_receipts: bool,
 }
 
 impl ReplicaBuilder {
@@ -169,7 +187,18 @@ impl ReplicaBuilder {
             connectivity: Connectivity::default(),
             clock: Arc::new(SystemClock),
             device: DeviceConfig::default(),
+            read_receipts: true,
         }
+    }
+
+    /// Read receipts (default on). Off, the device tells nobody what its user read (no `Read`
+    /// event: senders' ticks stop at ✓✓ delivered and the user's other devices keep their own
+    /// unread counts), and, by WhatsApp's rule, shows others' READ as DELIVERED. A per-user
+    /// choice: give every device of the user the same value (the `tidings` command keeps it in
+    /// its settings file and copies it to a device it links).
+    pub fn read_receipts(mut self, on: bool) -> Self {
+        self.read_receipts = on;
+        self
     }
 
     /// The relay: its addresses (tried in turn, one per dial) and its pin.
@@ -220,9 +249,11 @@ impl ReplicaBuilder {
         config.fallback_addrs = rest.to_vec();
         config.keepalive = self.profile.keepalive();
         config.idle_timeout = self.profile.idle_timeout();
+        config.profile = self.profile;
         config.connectivity = self.connectivity;
         config.clock = self.clock;
         config.device = self.device;
+        config.device.read_receipts = self.read_receipts;
         config.device.registration = keys.registration.clone();
         config.storage_key = Some(keys.device.storage_key().clone());
         Ok((self.dir, keys, config))
@@ -232,5 +263,32 @@ impl ReplicaBuilder {
     pub async fn open(self) -> Result<Replica, ReplicaError> {
         let (dir, keys, config) = self.config()?;
         Replica::open(dir, keys.device_key(), config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phone_sleeps_as_long_as_the_relay_lets_it_and_a_desktop_does_not() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            Profile::Mobile.timing_for_relay(s(30)),
+            (Duration::from_millis(22_500), s(30))
+        );
+        assert_eq!(Profile::Mobile.timing_for_relay(s(300)), (s(225), s(300)));
+        // A relay that keeps silent connections only briefly gets keepalives often enough.
+        assert_eq!(
+            Profile::Mobile.timing_for_relay(Duration::from_millis(10)),
+            (s(1), s(1))
+        );
+        assert_eq!(
+            Profile::Desktop.timing_for_relay(s(300)),
+            (
+                Profile::Desktop.keepalive(),
+                Profile::Desktop.idle_timeout()
+            )
+        );
     }
 }

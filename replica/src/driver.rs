@@ -9,13 +9,14 @@ use crate::{
     ReplicaConfig, ReplicaError, Update, UserAction,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tidings_engine::device::PreparedFrame;
+use tidings_engine::link::LinkSlot;
 use tidings_engine::log::MAX_PAGE_LEN;
 use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
@@ -51,6 +52,9 @@ fn problem_of(e: &tidings_engine::DeviceError) -> ConnectionProblem {
         DeviceError::Closed { code, .. } if *code == ErrorCode::NOT_REGISTERED => {
             ConnectionProblem::NotRegistered
         }
+        DeviceError::Closed { code, .. } if *code == ErrorCode::REVOKED => {
+            ConnectionProblem::Revoked
+        }
         DeviceError::Closed { code, message } => ConnectionProblem::Refused {
             code: *code,
             message: message.clone(),
@@ -85,6 +89,10 @@ struct Driver {
     pin_mismatch: Arc<AtomicBool>,
     /// Which of the relay's addresses the next dial tries.
     next_addr: usize,
+    /// Callers waiting for the relay's answer to a link deposit, by slot.
+    link_replies: HashMap<LinkSlot, Vec<crate::Reply<u64>>>,
+    /// Callers waiting for the relay's answer to a revocation, by device.
+    revoke_replies: HashMap<tidings_engine::DeviceId, Vec<crate::Reply<()>>>,
 }
 
 pub(crate) async fn start(
@@ -157,6 +165,8 @@ pub(crate) async fn start(
         problem: None,
         pin_mismatch,
         next_addr: 0,
+        link_replies: HashMap::new(),
+        revoke_replies: HashMap::new(),
     };
     tokio::spawn(driver.run());
     Ok(reads)
@@ -266,6 +276,25 @@ impl Driver {
             }
         }
         while let Some(event) = self.core.poll_event() {
+            let event = match event {
+                DeviceEvent::LinkDeposit { slot, outcome } => {
+                    for r in self.link_replies.remove(&slot).unwrap_or_default() {
+                        let _ = r.send(outcome.clone().map_err(refused));
+                    }
+                    continue;
+                }
+                DeviceEvent::RelayIdle { idle_timeout_ms } => {
+                    self.take_relay_idle(Duration::from_millis(idle_timeout_ms));
+                    continue;
+                }
+                DeviceEvent::Revocation { device, outcome } => {
+                    for r in self.revoke_replies.remove(&device).unwrap_or_default() {
+                        let _ = r.send(outcome.clone().map_err(refused));
+                    }
+                    continue;
+                }
+                other => other,
+            };
             if let DeviceEvent::Connection(state) = event {
                 if matches!(state, ConnectionState::Syncing | ConnectionState::Online) {
                     self.problem = None;
@@ -276,10 +305,37 @@ impl Driver {
             }
             // Nobody to render for: the messages are not read.
             let reader = (self.updates.receiver_count() > 0).then_some(&self.reader);
-            for u in updates_of(event, reader) {
+            for u in updates_of(event, reader, self.config.device.read_receipts) {
                 // No subscriber is fine: the app reads state when it wants.
                 let _ = self.updates.send(u);
             }
+        }
+    }
+
+    /// The relay told its idle timeout: connections from the next one on use the profile's
+    /// timing for it (a live connection keeps the transport settings it was dialed with).
+    fn take_relay_idle(&mut self, relay_idle: Duration) {
+        let (keepalive, idle) = self.config.profile.timing_for_relay(relay_idle);
+        if (keepalive, idle) == (self.config.keepalive, self.config.idle_timeout) {
+            return;
+        }
+        match pin::pinned_client_config(
+            self.config.relay_cert_sha256,
+            keepalive,
+            idle,
+            Arc::clone(&self.pin_mismatch),
+        ) {
+            Ok(client) => {
+                tracing::info!(
+                    ?keepalive,
+                    ?idle,
+                    "keepalive set from the relay's idle timeout"
+                );
+                self.endpoint.set_default_client_config(client);
+                self.config.keepalive = keepalive;
+                self.config.idle_timeout = idle;
+            }
+            Err(e) => tracing::warn!(error = %e, "keeping the profile's keepalive"),
         }
     }
 
@@ -422,8 +478,45 @@ impl Driver {
                 });
                 let _ = r.send(res.map_err(Into::into));
             }
+            Command::DeviceList(user, r) => {
+                let me = core.store().key().device();
+                let own = core.store().key().user() == user;
+                let res = core.store_mut().directory().map(|d| {
+                    let mut all: std::collections::BTreeMap<_, _> =
+                        d.all_devices_of(&user).into_iter().collect();
+                    if own {
+                        all.entry(me).or_insert(false);
+                    }
+                    all.into_iter()
+                        .map(|(id, revoked)| crate::DeviceEntry { id, revoked })
+                        .collect()
+                });
+                let _ = r.send(res.map_err(Into::into));
+            }
+            Command::LinkDevice(slot, sealed, r) => match core.deposit_link(slot, sealed) {
+                Ok(()) => self.link_replies.entry(slot).or_default().push(r),
+                Err(e) => {
+                    let _ = r.send(Err(e.into()));
+                }
+            },
+            Command::Revoke(revocation, r) => {
+                let device = revocation.device;
+                match core.revoke(revocation) {
+                    Ok(()) => self.revoke_replies.entry(device).or_default().push(r),
+                    Err(e) => {
+                        let _ = r.send(Err(e.into()));
+                    }
+                }
+            }
             Command::Close(_) => {}
         }
+    }
+}
+
+fn refused(r: tidings_engine::device::RequestRefused) -> ReplicaError {
+    ReplicaError::Refused {
+        code: r.code,
+        reason: r.reason,
     }
 }
 
@@ -559,12 +652,18 @@ fn rendered(changes: &[Change], reader: Option<&MessageReader>) -> Vec<Option<Bo
     out
 }
 
-fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update> {
+fn updates_of(
+    event: DeviceEvent,
+    reader: Option<&MessageReader>,
+    read_receipts: bool,
+) -> Vec<Update> {
+    let shown = |r: Option<Box<Rendered>>| r.map(|r| Box::new(crate::as_shown(*r, read_receipts)));
+    let shown_status = |s| crate::status_shown(s, read_receipts);
     match event {
         DeviceEvent::Changes(changes) => {
             let mut out = Vec::with_capacity(changes.len());
             let mut touched = BTreeSet::new();
-            let mut shown = rendered(&changes, reader).into_iter();
+            let mut views = rendered(&changes, reader).into_iter();
             for ch in changes {
                 match ch {
                     Change::MessageAdded {
@@ -574,21 +673,28 @@ fn updates_of(event: DeviceEvent, reader: Option<&MessageReader>) -> Vec<Update>
                     } => out.push(Update::MessageAdded {
                         conversation,
                         message,
-                        status,
-                        rendered: shown.next().flatten(),
+                        status: shown_status(status),
+                        rendered: shown(views.next().flatten()),
                     }),
                     Change::StatusChanged {
                         conversation,
                         message,
                         from,
                         to,
-                    } => out.push(Update::StatusChanged {
-                        conversation,
-                        message,
-                        from,
-                        to,
-                        rendered: shown.next().flatten(),
-                    }),
+                    } => {
+                        let rendered = shown(views.next().flatten());
+                        let (from, to) = (shown_status(from), shown_status(to));
+                        // DELIVERED → READ with receipts off: nothing to show.
+                        if from != to {
+                            out.push(Update::StatusChanged {
+                                conversation,
+                                message,
+                                from,
+                                to,
+                                rendered,
+                            });
+                        }
+                    }
                     Change::MarksChanged { conversation, .. }
                     | Change::KeyArrived { conversation, .. }
                     | Change::MembersChanged { conversation } => {

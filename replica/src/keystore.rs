@@ -163,6 +163,37 @@ impl Keys {
         Ok(Keys::from_secrets(device, user_secret))
     }
 
+    /// Makes a new device of an existing user (whose seed came in a link bundle, see
+    /// [`crate::link`]) and saves both in `dir`, like [`Keys::create`].
+    pub fn create_linked(
+        dir: impl AsRef<Path>,
+        passphrase: Option<&[u8]>,
+        user_secret: UserSecret,
+    ) -> Result<Keys, KeystoreError> {
+        let dir = dir.as_ref();
+        for name in [DEVICE_KEY_FILE, USER_KEY_FILE] {
+            let path = dir.join(name);
+            if path.exists() {
+                return Err(KeystoreError::Exists { path });
+            }
+        }
+        let device = DeviceSecrets::generate()?;
+        device.save(dir)?;
+        user_secret.save(dir, passphrase)?;
+        Ok(Keys::from_secrets(device, user_secret))
+    }
+
+    /// A revocation of `device` (a device of this user) signed by the user's key, for
+    /// [`crate::Replica::revoke_device`]. `issued_ms` is the user's clock (Unix ms).
+    pub fn revocation(
+        &self,
+        device: tidings_engine::DeviceId,
+        issued_ms: u64,
+    ) -> tidings_engine::wire::DeviceRevocation {
+        let user_key = DeviceKey::from_seed(*self.user_secret.seed(), self.user);
+        tidings_engine::wire::DeviceRevocation::sign(user_key.signing_key(), device, issued_ms)
+    }
+
     /// Loads the keys [`Keys::create`] saved in `dir`; `passphrase` opens a protected user key.
     pub fn load(dir: impl AsRef<Path>, passphrase: Option<&[u8]>) -> Result<Keys, KeystoreError> {
         let dir = dir.as_ref();

@@ -31,6 +31,8 @@
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
 //! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
+//! - [`link`]: linking a new device of the user with a one-time code
+//!   ([`Replica::link_device`] on the existing device, [`link::join`] on the new one).
 //! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
 //!   [`Profile`], [`Connectivity`] and [`Clock`], with documented defaults.
 //! - `connectivity`: the operating system's network signal ([`Connectivity::Os`]).
@@ -44,6 +46,7 @@ mod builder;
 mod connectivity;
 mod driver;
 pub mod keystore;
+pub mod link;
 pub mod pin;
 mod status;
 
@@ -89,6 +92,9 @@ pub struct ReplicaConfig {
     pub keepalive: Duration,
     /// Connection idle timeout.
     pub idle_timeout: Duration,
+    /// The profile `keepalive` and `idle_timeout` came from: once a relay says how long it keeps
+    /// a silent connection, the next connections use [`Profile::timing_for_relay`].
+    pub profile: Profile,
     /// Outbox, retry, reconnect and catch-up settings.
     pub device: DeviceConfig,
     /// The key that seals what the store keeps at rest (epoch keys); by default derived
@@ -118,6 +124,7 @@ impl ReplicaConfig {
             server_name: "tidings-relay".into(),
             keepalive: Profile::Desktop.keepalive(),
             idle_timeout: Profile::Desktop.idle_timeout(),
+            profile: Profile::Desktop,
             device: DeviceConfig::default(),
             storage_key: None,
             connectivity: Connectivity::App,
@@ -184,6 +191,27 @@ pub enum ReplicaError {
     /// tries again).
     #[error("message {0} failed to send")]
     MessageFailed(MessageId),
+    /// The relay refused a request: a link deposit ([`Replica::link_device`]) or a revocation
+    /// ([`Replica::revoke_device`]).
+    #[error("the relay refused: {reason} ({code})")]
+    Refused {
+        /// The relay's code.
+        code: ErrorCode,
+        /// The relay's words.
+        reason: String,
+    },
+    /// Making a link bundle failed (too large, say).
+    #[error(transparent)]
+    Link(#[from] link::LinkJoinError),
+}
+
+/// One device of a user, as this device's directory holds it ([`Replica::device_list`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceEntry {
+    /// The device.
+    pub id: DeviceId,
+    /// Whether its user revoked it.
+    pub revoked: bool,
 }
 
 /// What a UI renders, pushed as it happens.
@@ -409,6 +437,9 @@ enum Command {
     Invitations(Reply<Vec<Invitation>>),
     Blocked(Reply<Vec<UserId>>),
     Devices(UserId, Reply<Vec<DeviceId>>),
+    DeviceList(UserId, Reply<Vec<DeviceEntry>>),
+    LinkDevice(tidings_engine::link::LinkSlot, Vec<u8>, Reply<u64>),
+    Revoke(tidings_engine::wire::DeviceRevocation, Reply<()>),
     Close(Reply<()>),
 }
 
@@ -436,6 +467,23 @@ pub struct Replica {
     reads: Weak<RwLock<Option<MessageReader>>>,
     device: DeviceId,
     user: UserId,
+    /// [`ReplicaBuilder::read_receipts`]: off, others' READ shows as DELIVERED.
+    read_receipts: bool,
+}
+
+/// By WhatsApp's rule, a user who sends no read receipts sees none: READ shows as DELIVERED.
+pub(crate) fn as_shown(mut r: Rendered, read_receipts: bool) -> Rendered {
+    r.view.status = status_shown(r.view.status, read_receipts);
+    r
+}
+
+/// [`as_shown`] for a bare status.
+pub(crate) fn status_shown(s: Status, read_receipts: bool) -> Status {
+    if !read_receipts && s == Status::Read {
+        Status::Delivered
+    } else {
+        s
+    }
 }
 
 impl Replica {
@@ -459,6 +507,7 @@ impl Replica {
         let user = key.user();
         let weak = updates.downgrade();
         let os_signal = config.connectivity == Connectivity::Os;
+        let read_receipts = config.device.read_receipts;
         let reads = driver::start(dir.as_ref(), key, config, rx, updates).await?;
         if os_signal {
             connectivity::watch(commands.downgrade());
@@ -469,6 +518,7 @@ impl Replica {
             reads: Arc::downgrade(&reads),
             device,
             user,
+            read_receipts,
         })
     }
 
@@ -617,7 +667,9 @@ impl Replica {
         before: Option<PageCursor>,
         n: usize,
     ) -> Result<Vec<Rendered>, ReplicaError> {
-        self.read(move |r| r.page(conversation, before, n)).await
+        let receipts = self.read_receipts;
+        let page = self.read(move |r| r.page(conversation, before, n)).await?;
+        Ok(page.into_iter().map(|r| as_shown(r, receipts)).collect())
     }
 
     /// One message with its body, if it is shown in the conversation; read like
@@ -627,7 +679,9 @@ impl Replica {
         conversation: ConversationId,
         message: MessageId,
     ) -> Result<Option<Rendered>, ReplicaError> {
-        self.read(move |r| r.message(conversation, message)).await
+        let receipts = self.read_receipts;
+        let shown = self.read(move |r| r.message(conversation, message)).await?;
+        Ok(shown.map(|r| as_shown(r, receipts)))
     }
 
     /// One conversation in full: every message in order with its status and body, members
@@ -637,7 +691,13 @@ impl Replica {
         &self,
         conversation: ConversationId,
     ) -> Result<ConversationSnapshot, ReplicaError> {
-        self.call(|r| Command::Conversation(conversation, r)).await
+        let mut snapshot = self
+            .call(|r| Command::Conversation(conversation, r))
+            .await?;
+        for m in &mut snapshot.messages {
+            m.view.status = status_shown(m.view.status, self.read_receipts);
+        }
+        Ok(snapshot)
     }
 
     /// Per-recipient detail of a message.
@@ -706,6 +766,52 @@ impl Replica {
         self.call(|r| Command::Devices(user, r)).await
     }
 
+    /// Every device of `user` this device holds a certificate of, revoked ones included, in
+    /// id order (and itself when `user` is its own).
+    pub async fn device_list(&self, user: UserId) -> Result<Vec<DeviceEntry>, ReplicaError> {
+        self.call(|r| Command::DeviceList(user, r)).await
+    }
+
+    /// Leaves `bundle` at the relay, sealed under a fresh one-time code, for a new device of
+    /// this user ([`link::join`] takes it there): returns the code to show. Waits for the
+    /// relay's answer (offline, until connected: bound it with a timeout). The relay keeps the
+    /// bundle for its link TTL (ten minutes by default) or until taken once.
+    pub async fn link_device(
+        &self,
+        bundle: &link::LinkBundle,
+    ) -> Result<link::LinkInvite, ReplicaError> {
+        use rand::TryRngCore;
+        let mut secret = zeroize::Zeroizing::new([0u8; tidings_engine::link::LINK_SECRET_LEN]);
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut secret[..])
+            .and_then(|()| rand::rngs::OsRng.try_fill_bytes(&mut nonce))
+            .map_err(|e| ReplicaError::Random(e.to_string()))?;
+        let secret = tidings_engine::link::LinkSecret::from_bytes(*secret);
+        let plain = bundle.encode()?;
+        let sealed = secret
+            .seal(&plain, nonce)
+            .map_err(|e| ReplicaError::Link(e.into()))?;
+        let slot = secret.slot();
+        let expires_ms = self.call(|r| Command::LinkDevice(slot, sealed, r)).await?;
+        Ok(link::LinkInvite {
+            code: secret.code(),
+            expires_ms,
+        })
+    }
+
+    /// Revokes a device of this user with a revocation signed by the user's key
+    /// ([`keystore::Keys::revocation`]). Returns once the relay stored it: the device is
+    /// refused from then on, and this device no longer seals conversation keys to it (other
+    /// devices stop when they next read the user's devices). Waits for the relay's answer
+    /// (offline, until connected: bound it with a timeout).
+    pub async fn revoke_device(
+        &self,
+        revocation: tidings_engine::wire::DeviceRevocation,
+    ) -> Result<(), ReplicaError> {
+        self.call(|r| Command::Revoke(revocation, r)).await
+    }
+
     /// The connection state, and what went wrong with it if something did.
     pub async fn connection(&self) -> Result<ConnectionStatus, ReplicaError> {
         self.call(Command::Connection).await
@@ -715,6 +821,8 @@ impl Replica {
     /// PENDING < SENT < DELIVERED < READ) and returns it as shown. Fails with
     /// [`ReplicaError::MessageFailed`] if it turns FAILED first (unless FAILED is what was
     /// asked for), or [`ReplicaError::Closed`]. A message not shown yet (not arrived) is waited for.
+    /// With read receipts off ([`ReplicaBuilder::read_receipts`]) READ is never shown: waiting
+    /// for it waits until the replica closes.
     ///
     /// ```no_run
     /// # async fn demo(replica: tidings_replica::Replica, c: tidings_replica::ConversationId)

@@ -43,6 +43,10 @@ pub enum ConnectionProblem {
     /// signed by its user) to present.
     #[error("this device is not registered with the relay")]
     NotRegistered,
+    /// The user revoked this device (from another of its devices): the relay refuses it for
+    /// good. Its data directory can only be set up again as a new device.
+    #[error("this device was revoked by its user")]
+    Revoked,
     /// The relay refused the device, with a code.
     #[error("the relay refused: {message} ({code:?})")]
     Refused {

@@ -68,9 +68,24 @@ fn handshake(core: &mut DeviceCore, now_ms: u64) {
         relay: relay.device(),
         registered: true,
         limits,
+        idle_timeout_ms: 30_000,
     };
     core.handle_frame(ServerFrame::Welcome(welcome), now_ms)
         .expect("welcome");
+}
+
+/// The relay's idle timeout in `Welcome` reaches the app (issue 18: a phone sleeps as long as
+/// the relay lets it).
+#[test]
+fn welcome_tells_the_relays_idle_timeout() {
+    let mut core = ready(DeviceConfig::default(), 1_000);
+    let told: Vec<u64> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::RelayIdle { idle_timeout_ms } => Some(idle_timeout_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![30_000]);
 }
 
 fn drain(core: &mut DeviceCore) -> Vec<ClientFrame> {
@@ -961,4 +976,71 @@ fn a_read_receipt_never_covers_a_gap() {
         })
         .collect();
     assert_eq!(withheld, vec![], "own receipt reported as withholding");
+}
+
+fn read_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Submit { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match Event::decode(&e.0).expect("own event").kind() {
+            EventKind::Read { up_to, .. } => Some(*up_to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Read receipts off (issue 18): reading a conversation sends no `Read` event and moves no
+/// shared mark, yet the device's own unread count goes to zero; on, the receipt goes out.
+#[test]
+fn with_read_receipts_off_reading_tells_nobody() {
+    for receipts in [true, false] {
+        let t0 = 1_000_000;
+        let config = DeviceConfig {
+            read_receipts: receipts,
+            ..DeviceConfig::default()
+        };
+        let mut core = ready(config, t0);
+        drain(&mut core);
+        let (create, send) = bobs_conversation(t0);
+        core.handle_frame(push(&create, 1), t0).expect("push");
+        core.handle_frame(push(&send, 2), t0).expect("push");
+        drain(&mut core);
+        let (me, user) = (core.store().key().device(), core.store().key().user());
+        assert_eq!(
+            core.store().log().unread_count(CONV, user).expect("count"),
+            1
+        );
+        core.mark_read(CONV, None, t0).expect("read");
+        // Sent, or queued behind the Delivered receipt in flight.
+        let mut sent = read_receipts(&drain(&mut core));
+        for entry in core.store_mut().outbox().expect("outbox") {
+            let event = core
+                .store()
+                .log()
+                .get(&entry.event)
+                .expect("get")
+                .expect("held");
+            if let EventKind::Read { up_to, .. } = event.kind() {
+                sent.push(*up_to);
+            }
+        }
+        let (_, read) = core.store().log().device_marks(CONV, me).expect("marks");
+        if receipts {
+            assert_eq!((sent, read), (vec![2], 2));
+        } else {
+            assert_eq!(
+                (sent, read),
+                (vec![], 0),
+                "a receipt left with receipts off"
+            );
+        }
+        assert_eq!(
+            core.store().log().unread_count(CONV, user).expect("count"),
+            0
+        );
+    }
 }

@@ -60,6 +60,15 @@ impl PageCursor {
     }
 }
 
+/// The cursor (see [`EventLog::cursor`]) that holds how far this device read a conversation
+/// without telling anyone: a device with read receipts off sends no `Read` event, and keeps
+/// its own read mark here for its unread counts.
+pub fn local_read_key(conversation: &ConversationId) -> Vec<u8> {
+    let mut k = b"read-local/".to_vec();
+    k.extend_from_slice(&conversation.0);
+    k
+}
+
 /// A read handle on an [`EventLog`]'s index tables. Cheap to clone and `Send + Sync`: it shares
 /// the log's redb database, whose read transactions see the last commit and never wait behind
 /// the writer. It keeps the database (and its file lock) open while it lives.
@@ -159,7 +168,8 @@ impl LogReader {
         Ok(out)
     }
 
-    /// Messages from other users that no device of `user` has read, from the index tables.
+    /// Messages from other users that no device of `user` has read, from the index tables
+    /// (nor this device, on its own, with read receipts off: see [`local_read_key`]).
     pub fn unread_count(
         &self,
         conversation: ConversationId,
@@ -168,7 +178,12 @@ impl LogReader {
         let txn = self.db.begin_read()?;
         let c = &conversation.0;
         let marks = user_marks(&txn.open_table(MARKS)?, &conversation)?;
-        let read = marks.get(&user).map(|m| m.read).unwrap_or(0);
+        let local = txn
+            .open_table(super::CURSORS)?
+            .get(local_read_key(&conversation).as_slice())?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let read = marks.get(&user).map(|m| m.read).unwrap_or(0).max(local);
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
         let events = txn.open_table(EVENTS)?;
         let pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;

@@ -291,3 +291,60 @@ fn a_batch_on_a_failing_disk_fails_whole_and_is_absent_after_a_crash() {
     let mut store = store_on(log, &member(1));
     assert_eq!(store.outbox().expect("outbox"), queued, "none of the batch");
 }
+
+/// The recipient devices of each `EpochKeys` event in the outbox, in order.
+fn sealed_to(store: &mut Store) -> Vec<Vec<DeviceId>> {
+    let ids: Vec<EventId> = store
+        .outbox()
+        .expect("outbox")
+        .iter()
+        .map(|e| e.event)
+        .collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let event = store.log().get(&id).expect("get").expect("stored");
+        if let EventKind::EpochKeys { keys, .. } = event.kind() {
+            out.push(keys.iter().map(|k| k.device).collect());
+        }
+    }
+    out
+}
+
+/// Issue 18: once a device's directory holds the revocation of a member's device (the
+/// revoking device takes it when the relay answers `Revoked`; the others when they read the
+/// user's devices), its next message starts an epoch without that device.
+#[test]
+fn a_revoked_device_gets_no_new_epoch() {
+    let (mut store, bob) = alice_before_sharing(EventLog::in_memory().expect("log"));
+    let bob_key = SigningKey::from_bytes(&[2; 32]);
+    let phone = DeviceKey::from_seed([0x77; 32], bob.device.user());
+    store
+        .absorb_devices(&[phone.certificate(&bob_key, 1)], &[], &[])
+        .expect("Bob's phone");
+    store
+        .send(CONV, b"to both".to_vec(), Vec::new(), T0 + 1)
+        .expect("send");
+    let before = sealed_to(&mut store);
+    assert!(
+        before.iter().flatten().any(|d| *d == phone.device()),
+        "the phone got the first epoch: {before:?}"
+    );
+    let revocation = crate::wire::DeviceRevocation::sign(&bob_key, phone.device(), T0 + 2);
+    store
+        .absorb_devices(&[], &[revocation], &[])
+        .expect("revocation");
+    store
+        .send(CONV, b"not to the phone".to_vec(), Vec::new(), T0 + 3)
+        .expect("send");
+    let after = sealed_to(&mut store);
+    let new: Vec<DeviceId> = after[before.len()..].iter().flatten().copied().collect();
+    assert!(!new.is_empty(), "a new epoch was started: {after:?}");
+    assert!(
+        !new.contains(&phone.device()),
+        "sealed to the revoked phone: {new:?}"
+    );
+    assert!(
+        new.contains(&bob.device.device()),
+        "Bob's other device: {new:?}"
+    );
+}

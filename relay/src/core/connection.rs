@@ -26,6 +26,8 @@ fn frame_name(f: &ClientFrame) -> &'static str {
         ClientFrame::Decline { .. } => "Decline",
         ClientFrame::Block { .. } => "Block",
         ClientFrame::Unblock { .. } => "Unblock",
+        ClientFrame::LinkDeposit { .. } => "LinkDeposit",
+        ClientFrame::LinkTake { .. } => "LinkTake",
         _ => "frame",
     }
 }
@@ -163,6 +165,9 @@ impl<S: Storage> RelayCore<S> {
             (Phase::AwaitAuth { .. }, ClientFrame::Auth { signature }) => {
                 self.on_auth(session, signature)
             }
+            (Phase::AwaitHello, ClientFrame::LinkTake { slot }) => {
+                self.on_link_take(session, slot, now_ms)
+            }
             (Phase::Ready { .. }, ClientFrame::Submit { request_id, events }) => {
                 if events.len() > self.limits.max_submit_batch {
                     return self.batch_too_large(session, request_id, events.len());
@@ -243,6 +248,7 @@ impl<S: Storage> RelayCore<S> {
             relay: self.key.device(),
             registered,
             limits: self.limits.wire(),
+            idle_timeout_ms: u32::try_from(self.idle_timeout_ms).unwrap_or(u32::MAX),
         };
         self.send(session, ServerFrame::Welcome(welcome));
     }
@@ -308,6 +314,11 @@ impl<S: Storage> RelayCore<S> {
             ClientFrame::Unblock { request_id, user } => {
                 self.on_user_request(session, request_id, UserRequest::Unblock(user), now_ms)
             }
+            ClientFrame::LinkDeposit {
+                request_id,
+                slot,
+                sealed,
+            } => self.on_link_deposit(session, request_id, slot, sealed, now_ms),
             frame => self.close(
                 session,
                 ErrorCode::UNEXPECTED_FRAME,

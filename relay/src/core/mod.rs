@@ -48,6 +48,7 @@ mod connection;
 mod consent;
 mod devices;
 mod fanout;
+mod link;
 mod pull;
 mod rates;
 mod sequencing;
@@ -177,6 +178,10 @@ pub struct RelayCore<S = RelayStore> {
     convs: HashMap<ConversationId, Conv>,
     /// Each user's invitations, decisions and blocks (durable, plus staged invitations).
     consent: Consent,
+    /// Link bundles waiting for new devices (in memory).
+    links: link::Mailbox,
+    /// The shell's QUIC idle timeout, told to devices in `Welcome`.
+    idle_timeout_ms: u64,
     staged: Staged,
     /// Submits waiting for room in a commit, served round-robin by session.
     waiting: Waiting,
@@ -226,6 +231,8 @@ impl<S: Storage> RelayCore<S> {
             user_former: HashMap::new(),
             convs: HashMap::new(),
             consent: Consent::default(),
+            links: link::Mailbox::default(),
+            idle_timeout_ms: crate::limits::IDLE_TIMEOUT_SECS * 1000,
             staged: Staged::default(),
             waiting: Waiting::default(),
             outputs: VecDeque::new(),
@@ -318,6 +325,13 @@ impl<S: Storage> RelayCore<S> {
         self.key.device()
     }
 
+    /// Tells the core the QUIC idle timeout its shell runs connections with (default
+    /// [`crate::limits::IDLE_TIMEOUT_SECS`]): devices learn it in `Welcome` and may keep their
+    /// connection alive just often enough for it.
+    pub fn set_idle_timeout_ms(&mut self, ms: u64) {
+        self.idle_timeout_ms = ms.max(1);
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -384,5 +398,7 @@ pub fn verify_batch(envelopes: &[Envelope]) -> Vec<Result<Event, DecodeError>> {
     Event::decode_batch(envelopes)
 }
 
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod tests;

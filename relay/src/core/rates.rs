@@ -1,5 +1,6 @@
 //! Event budgets per device and per user: token buckets kept by the core across connections,
 //! so that reconnecting does not refill them and a user's devices share the user's budget.
+//! Also the budget of link takes per address prefix (a take comes before any identity).
 //!
 //! Memory is bounded by [`Limits::max_rate_buckets`]: a bucket that refilled completely is
 //! indistinguishable from a new one and is dropped first; if every bucket is in use, the least
@@ -7,6 +8,7 @@
 
 use crate::limits::Limits;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use tidings_engine::{DeviceId, UserId};
 
 /// Budgets of devices and users.
@@ -14,6 +16,8 @@ use tidings_engine::{DeviceId, UserId};
 pub(super) struct RateBuckets {
     devices: HashMap<DeviceId, TokenBucket>,
     users: HashMap<UserId, TokenBucket>,
+    /// Link takes per address prefix ([`Limits::address_prefix`]).
+    addresses: HashMap<IpAddr, TokenBucket>,
     max: usize,
 }
 
@@ -22,12 +26,28 @@ impl RateBuckets {
         RateBuckets {
             devices: HashMap::new(),
             users: HashMap::new(),
+            addresses: HashMap::new(),
             max: max.max(2),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.devices.len() + self.users.len()
+        self.devices.len() + self.users.len() + self.addresses.len()
+    }
+
+    /// Takes one link take from the budget of the address prefix `prefix`
+    /// ([`Limits::link_takes_per_sec`], [`Limits::link_take_burst`]); false when spent.
+    pub fn take_link(&mut self, prefix: IpAddr, now_ms: u64, limits: &Limits) -> bool {
+        if !self.addresses.contains_key(&prefix) && self.len() + 1 > self.max {
+            self.make_room(now_ms, limits);
+        }
+        let b = self.addresses.entry(prefix).or_default();
+        b.refill(now_ms, limits.link_takes_per_sec, limits.link_take_burst);
+        if !b.has_one() {
+            return false;
+        }
+        b.take_one();
+        true
     }
 
     /// Takes one event from the device's and the user's budgets, or from neither; the error
@@ -66,6 +86,8 @@ impl RateBuckets {
         self.devices.retain(|_, b| !b.is_full(now_ms, rate));
         let rate = limits.user_events_per_sec;
         self.users.retain(|_, b| !b.is_full(now_ms, rate));
+        let rate = limits.link_takes_per_sec;
+        self.addresses.retain(|_, b| !b.is_full(now_ms, rate));
         let target = self.max * 3 / 4;
         if self.len() <= target {
             return;
@@ -74,12 +96,14 @@ impl RateBuckets {
             .devices
             .values()
             .chain(self.users.values())
+            .chain(self.addresses.values())
             .map(|b| b.last_ms)
             .collect();
         ages.sort_unstable();
         let cut = ages[self.len() - target.max(1) - 1];
         self.devices.retain(|_, b| b.last_ms > cut);
         self.users.retain(|_, b| b.last_ms > cut);
+        self.addresses.retain(|_, b| b.last_ms > cut);
     }
 }
 

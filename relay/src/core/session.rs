@@ -8,8 +8,16 @@ use tidings_engine::{ConversationId, DeviceId, ServerSeq, UserId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     AwaitHello,
-    AwaitAuth { device: DeviceId, user: UserId },
-    Ready { device: DeviceId, user: UserId },
+    AwaitAuth {
+        device: DeviceId,
+        user: UserId,
+    },
+    Ready {
+        device: DeviceId,
+        user: UserId,
+    },
+    /// A link take was answered: nothing more is read.
+    Linked,
 }
 
 #[derive(Debug)]

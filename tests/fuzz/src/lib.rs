@@ -275,6 +275,7 @@ fn server_frame(r: &mut Reader<'_>) -> ServerFrame {
                 max_inflight_requests: r.uint(4) as u32,
                 push_window: r.uint(4) as u32,
             },
+            idle_timeout_ms: r.uint(4) as u32,
         }),
         2 => ServerFrame::Error {
             code: ErrorCode(r.uint(2) as u16),
