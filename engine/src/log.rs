@@ -43,8 +43,9 @@ pub const LOG_FORMAT_VERSION: u32 = 3;
 
 /// Bytes of redb's page cache for a log [`EventLog::open`] opens. redb's own default is 1 GiB,
 /// which a device filling its log (a week's catch-up) grows into: with it, a 100k-message
-/// catch-up peaked at about 70 MiB more resident memory (docs/BENCHMARKS.md). What a screen
-/// reads is a few index pages; a catch-up writes each page once.
+/// catch-up peaked at 306–317 MiB of resident memory, with 16 MiB at 190–236 MiB
+/// (docs/BENCHMARKS.md). What a screen reads is a few index pages; a catch-up writes each
+/// page once.
 pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A redb-backed event log.
