@@ -3,7 +3,7 @@
 //! bad input gives one clear line and a non-zero exit.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,14 +148,14 @@ fn until(dir: &Path, args: &[&str], want: &str, secs: u64) -> String {
     }
 }
 
-#[test]
-fn two_users_chat_through_a_relay_and_the_ticks_reach_read() {
+/// A relay and two users, Alice and Bob, who added each other: (temp dir, relay, Alice's
+/// directory, Bob's). Keep the first two alive for the test.
+fn alice_and_bob() -> (tempfile::TempDir, Relay, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let relay = relay(&tmp.path().join("relay"));
     let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
     let alice_code = init(&alice, &relay, "alice", &[]);
     let bob_code = init(&bob, &relay, "bob", &[]);
-
     ok(
         tidings(&alice, &["contacts", "add", &bob_code]),
         "alice adds bob",
@@ -164,6 +164,12 @@ fn two_users_chat_through_a_relay_and_the_ticks_reach_read() {
         tidings(&bob, &["contacts", "add", &alice_code]),
         "bob adds alice",
     );
+    (tmp, relay, alice, bob)
+}
+
+#[test]
+fn two_users_chat_through_a_relay_and_the_ticks_reach_read() {
+    let (_tmp, _relay, alice, bob) = alice_and_bob();
 
     let sent = until(&alice, &["send", "bob", "hello bob"], "✓", 60);
     assert!(!sent.contains("FAILED"), "{sent}");
@@ -452,19 +458,7 @@ fn a_linked_device_reads_new_messages_until_it_is_revoked() {
 /// read she sent shows.
 #[test]
 fn with_read_receipts_off_nobody_sees_reads() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let relay = relay(&tmp.path().join("relay"));
-    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    let alice_code = init(&alice, &relay, "alice", &[]);
-    let bob_code = init(&bob, &relay, "bob", &[]);
-    ok(
-        tidings(&alice, &["contacts", "add", &bob_code]),
-        "alice adds bob",
-    );
-    ok(
-        tidings(&bob, &["contacts", "add", &alice_code]),
-        "bob adds alice",
-    );
+    let (_tmp, _relay, alice, bob) = alice_and_bob();
     let off = ok(tidings(&bob, &["receipts", "off"]), "receipts off");
     assert!(off.contains("read receipts: off"), "{off}");
 

@@ -149,18 +149,7 @@ impl Keys {
     /// Makes a new user identity and its first device, and saves both in `dir` (the user key
     /// under `passphrase` when given). Refuses to overwrite key files ([`KeystoreError::Exists`]).
     pub fn create(dir: impl AsRef<Path>, passphrase: Option<&[u8]>) -> Result<Keys, KeystoreError> {
-        let dir = dir.as_ref();
-        for name in [DEVICE_KEY_FILE, USER_KEY_FILE] {
-            let path = dir.join(name);
-            if path.exists() {
-                return Err(KeystoreError::Exists { path });
-            }
-        }
-        let device = DeviceSecrets::generate()?;
-        let user_secret = UserSecret::generate()?;
-        device.save(dir)?;
-        user_secret.save(dir, passphrase)?;
-        Ok(Keys::from_secrets(device, user_secret))
+        Keys::create_linked(dir, passphrase, UserSecret::generate()?)
     }
 
     /// Makes a new device of an existing user (whose seed came in a link bundle, see
