@@ -251,8 +251,8 @@ fn bobs_conversation(t0: u64) -> (Event, Event) {
     (create, send)
 }
 
-/// Delivered receipts (their `up_to`) among Submit frames.
-fn delivered_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
+/// The kinds of the events submitted in Submit frames.
+fn submitted_kinds(frames: &[ClientFrame]) -> Vec<EventKind> {
     frames
         .iter()
         .filter_map(|f| match f {
@@ -260,8 +260,16 @@ fn delivered_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
             _ => None,
         })
         .flatten()
-        .filter_map(|e| match Event::decode(&e.0).expect("own event").kind() {
-            EventKind::Delivered { up_to, .. } => Some(*up_to),
+        .map(|e| Event::decode(&e.0).expect("own event").kind().clone())
+        .collect()
+}
+
+/// Delivered receipts (their `up_to`) among Submit frames.
+fn delivered_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
+    submitted_kinds(frames)
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Delivered { up_to, .. } => Some(up_to),
             _ => None,
         })
         .collect()
@@ -978,16 +986,12 @@ fn a_read_receipt_never_covers_a_gap() {
     assert_eq!(withheld, vec![], "own receipt reported as withholding");
 }
 
+/// Read receipts (their `up_to`) among Submit frames.
 fn read_receipts(frames: &[ClientFrame]) -> Vec<ServerSeq> {
-    frames
-        .iter()
-        .filter_map(|f| match f {
-            ClientFrame::Submit { events, .. } => Some(events),
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|e| match Event::decode(&e.0).expect("own event").kind() {
-            EventKind::Read { up_to, .. } => Some(*up_to),
+    submitted_kinds(frames)
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Read { up_to, .. } => Some(up_to),
             _ => None,
         })
         .collect()
