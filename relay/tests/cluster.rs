@@ -10,12 +10,13 @@ use ed25519_dalek::SigningKey;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 use support::pg::PgServer;
-use tidings_engine::wire::{ErrorCode, SubmitOutcome};
+use tidings_engine::wire::{DeviceRevocation, ErrorCode, SubmitOutcome};
 use tidings_engine::{
     ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, ServerSeq, UserId,
 };
-use tidings_relay::client::{client_endpoint, RelayClient};
+use tidings_relay::client::{client_endpoint, ClientError, RelayClient};
 use tidings_relay::{RelayConfig, RelayHandle};
 
 const CONV: ConversationId = ConversationId([9; 16]);
@@ -56,6 +57,7 @@ struct Author {
     user_seed: u8,
     counter: u64,
     last: Option<EventId>,
+    conv: ConversationId,
 }
 
 impl Author {
@@ -65,6 +67,15 @@ impl Author {
             user_seed,
             counter: 0,
             last: None,
+            conv: CONV,
+        }
+    }
+
+    /// The same device writing in another conversation (a chain of its own there).
+    fn in_conv(user_seed: u8, dev_seed: u8, conv: ConversationId) -> Author {
+        Author {
+            conv,
+            ..Author::new(user_seed, dev_seed)
         }
     }
 
@@ -72,7 +83,7 @@ impl Author {
         self.counter += 1;
         let h = self
             .key
-            .header(CONV, self.counter, self.last, self.counter, 1);
+            .header(self.conv, self.counter, self.last, self.counter, 1);
         let kind = h.bind(kind);
         let ev = Event::sign(self.key.signing_key(), h, kind).expect("sign");
         self.last = Some(ev.id());
@@ -294,6 +305,194 @@ async fn postgres_hot_conversation_race_stays_dense_without_duplicates() -> Resu
     }
     let all = read_all(&mut c).await?;
     assert_eq!(all.len(), 1 + APPENDERS as usize * BATCHES * BATCH);
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// How long a change made through one node may take to be seen by another (the feed is read
+/// every `change_poll_ms` and before each authentication and pull; this is a generous bound
+/// for a loaded CI machine, not a measurement).
+const SEEN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Two nodes with one relay identity over a fresh database.
+async fn two_nodes(
+    pg: &PgServer,
+    db: &str,
+) -> Result<(RelayHandle, RelayHandle, Vec<tempfile::TempDir>)> {
+    let url = pg.create_database(db)?;
+    let dir_a = tempfile::tempdir()?;
+    let a = node(dir_a.path(), &url).await?;
+    let dir_b = same_identity(dir_a.path())?;
+    let b = node(dir_b.path(), &url).await?;
+    Ok((a, b, vec![dir_a, dir_b]))
+}
+
+/// The bound on an attempt loop: [`SEEN_WITHIN`] from its start.
+struct Deadline {
+    what: &'static str,
+    at: tokio::time::Instant,
+}
+
+impl Deadline {
+    fn new(what: &'static str) -> Deadline {
+        Deadline {
+            what,
+            at: tokio::time::Instant::now() + SEEN_WITHIN,
+        }
+    }
+
+    /// Waits before the next attempt; an error once the bound is over.
+    async fn next(&self) -> Result<()> {
+        if tokio::time::Instant::now() > self.at {
+            bail!("{}: not seen within {SEEN_WITHIN:?}", self.what);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    }
+}
+
+/// A device revoked through node B can no longer authenticate on node A, and its open session
+/// on A is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_revocation_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "revoke").await?;
+    let ep = endpoint()?;
+    let phone = Author::new(1, 11);
+    let laptop = Author::new(1, 12);
+    let mut laptop_on_a = laptop.connect(&ep, &a).await?;
+    let mut phone_on_b = phone.connect(&ep, &b).await?;
+    phone_on_b
+        .revoke(DeviceRevocation::sign(&user_key(1), laptop.key.device(), 1))
+        .await?;
+    // The open session on A ends.
+    let closed = tokio::time::timeout(SEEN_WITHIN, async {
+        loop {
+            if laptop_on_a.next_frame().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the revoked device's session on A stayed open"
+    );
+    // And it cannot authenticate on A again.
+    let deadline = Deadline::new("revocation refused on A");
+    while RelayClient::connect(&ep, a.addr(), a.fingerprint(), &laptop.key)
+        .await
+        .is_ok()
+    {
+        deadline.next().await?;
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A member removed through node B can no longer pull the conversation through node A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_removal_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "remove").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("the conversation readable on A");
+    let first = loop {
+        if let Ok(all) = bob_on_a.pull_all(CONV, 0).await {
+            break all;
+        }
+        deadline.next().await?;
+    };
+    assert_eq!(first.len(), 1);
+    let remove = alice.event(EventKind::RemoveMember { user: user_id(2) });
+    submit_until_placed(&mut alice_on_b, &[remove]).await?;
+    let after = alice.send("after the removal");
+    submit_until_placed(&mut alice_on_b, &[after]).await?;
+    let deadline = Deadline::new("pull refused on A");
+    loop {
+        match bob_on_a.pull_all(CONV, 0).await {
+            Err(ClientError::Refused { code, .. }) if code == ErrorCode::NOT_MEMBER => break,
+            Err(e) => bail!("unexpected error: {e}"),
+            Ok(_) => deadline.next().await?,
+        }
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// An invitation made through node B is listed on node A; a block made through B makes A
+/// refuse the blocked user's invitations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_consent_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "consent").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("invitation listed on A");
+    while !bob_on_a
+        .sync_state()
+        .await?
+        .1
+        .iter()
+        .any(|i| i.conversation == CONV)
+    {
+        deadline.next().await?;
+    }
+    // Bob blocks Carol through B; Carol's invitation through A is refused.
+    let mut bob_on_b = bob.connect(&ep, &b).await?;
+    bob_on_b.block(user_id(3)).await?;
+    let carol = Author::new(3, 33);
+    let mut carol_on_a = carol.connect(&ep, &a).await?;
+    let deadline = Deadline::new("block seen on A");
+    for attempt in 1u8.. {
+        let mut c = Author::in_conv(3, 33, ConversationId([attempt; 16]));
+        match carol_on_a.submit(&[c.create(&[3, 2])]).await?.as_slice() {
+            [SubmitOutcome::Rejected { code, .. }] if *code == ErrorCode::BLOCKED => break,
+            [SubmitOutcome::Accepted { .. }] => deadline.next().await?,
+            other => bail!("unexpected outcome {other:?}"),
+        }
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A device connected to node A receives a push of an event appended through node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_push_crosses_nodes() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "push").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("invitation accepted on A");
+    while bob_on_a.accept(CONV).await.is_err() {
+        deadline.next().await?;
+    }
+    bob_on_a.sync().await?;
+    let sent = alice.send("across nodes");
+    let id = sent.id();
+    submit_until_placed(&mut alice_on_b, &[sent]).await?;
+    let pushed = bob_on_a.next_push(SEEN_WITHIN).await?;
+    assert!(
+        pushed.iter().any(|p| p.event.id() == id),
+        "the push carries the event"
+    );
     a.shutdown().await?;
     b.shutdown().await?;
     Ok(())

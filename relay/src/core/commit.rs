@@ -40,6 +40,9 @@ impl CommitJob {
         for (c, rec) in &self.records {
             batch.conversations.push((*c, rec));
         }
+        batch
+            .membership_changed
+            .extend(self.staged.membership_changed.iter().copied());
         batch.former.extend(self.staged.former.iter().copied());
         for r in &self.staged.registrations {
             batch.devices.push(&r.cert);
@@ -238,6 +241,7 @@ impl<S: Storage> RelayCore<S> {
                 .iter()
                 .map(|r| r.revocation.device)
                 .collect(),
+            convs: staged.touched.clone(),
             chain: staged
                 .events
                 .iter()
@@ -397,6 +401,16 @@ impl<S: Storage> RelayCore<S> {
             let Some(conv) = self.convs.get_mut(&c) else {
                 continue;
             };
+            let before = conv.committed.as_ref().map_or(0, |r| r.max_seq);
+            if before > rec.max_seq {
+                // The change feed brought a newer record meanwhile (it holds this commit).
+                continue;
+            }
+            if conv.pushed >= before {
+                // This commit's events are pushed below; nothing of another node's is
+                // between them and what was pushed before.
+                conv.pushed = rec.max_seq;
+            }
             if staged.membership_changed.contains(&c) {
                 if let Some(old) = &conv.committed {
                     for m in old.membership.members() {

@@ -101,6 +101,8 @@ pub(super) struct Inflight {
     /// The certificates being written.
     pub(super) certs: Vec<DeviceRegistration>,
     pub(super) revocations: Vec<DeviceId>,
+    /// The conversations whose events or records are being written.
+    pub(super) convs: BTreeSet<ConversationId>,
     /// The events being written, by chain place: (id, prev).
     pub(super) chain: HashMap<ChainSlot, (EventId, Option<EventId>)>,
 }
