@@ -273,6 +273,11 @@ impl<S: Storage> RelayCore<S> {
                     self.answer(p, None);
                 }
             }
+            Err(
+                StoreError::Conflict { conversation, .. } | StoreError::Duplicate { conversation },
+            ) => {
+                self.retry_without(job, conversation, waiters);
+            }
             Err(e) => {
                 let msg = format!("store failure: {e}");
                 let touched: Vec<ConversationId> = job
@@ -293,6 +298,43 @@ impl<S: Storage> RelayCore<S> {
                 self.admit_waiting();
             }
         }
+    }
+
+    /// After a commit refused because another relay node appended to `conv` first: the
+    /// events of `conv` (in the job and staged after it) are refused with
+    /// [`ErrorCode::INTERNAL`] (their devices resubmit them, and they are sequenced after what
+    /// the other node wrote), the conversation is read again, and the rest of the job (other
+    /// conversations, cursors, registrations, consent) is written again at once on this
+    /// thread, with what is staged after it kept. A further race is handled the same way, one
+    /// conversation less each time.
+    fn retry_without(
+        &mut self,
+        mut job: CommitJob,
+        conv: ConversationId,
+        mut waiters: Vec<PendingSubmit>,
+    ) {
+        let refused = sequencing::lost("another relay node appended to the conversation first");
+        let (statements, n_job) = job.staged.take_out(&conv, &refused);
+        job.records.retain(|(c, _)| *c != conv);
+        let (_, n_later) = self.staged.take_out(&conv, &refused);
+        Staged::lose_inflight(&mut self.staged.submits, &statements, &refused);
+        Staged::lose_inflight(&mut waiters, &statements, &refused);
+        self.metrics.rejected(n_job + n_later);
+        let committed = self.convs.get(&conv).and_then(|c| c.committed.clone());
+        match committed {
+            Some(rec) => {
+                if let Some(c) = self.convs.get_mut(&conv) {
+                    c.head = rec;
+                }
+            }
+            None => {
+                self.convs.remove(&conv);
+            }
+        }
+        self.refresh_convs(&[conv]);
+        let result = job.write(&self.store);
+        self.inflight_waiters = waiters;
+        self.finish_commit(job, result);
     }
 
     /// Every conversation back to its committed state (uncommitted ones forgotten), and
