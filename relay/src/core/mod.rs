@@ -250,6 +250,9 @@ impl<S: Storage> RelayCore<S> {
             next_poll_ms: 0,
             heads_cursor: None,
         };
+        // Read before loading: a change committed meanwhile is read again from the feed
+        // (applying a change twice is harmless; missing one is not).
+        core.change_pos = core.store.change_position()?;
         core.load()?;
         core.metrics.set_stored_events(core.store.n_events()?);
         Ok(core)

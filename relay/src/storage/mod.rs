@@ -106,6 +106,10 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// nothing to report.
     fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError>;
 
+    /// The change feed's position now: a node that loads everything after reading it reads
+    /// the feed from there.
+    fn change_position(&self) -> Result<ChangeSeq, StoreError>;
+
     /// The stored head (`max_seq`) of each of `ids` that exists, in any order.
     fn heads(&self, ids: &[ConversationId])
         -> Result<Vec<(ConversationId, ServerSeq)>, StoreError>;
@@ -178,6 +182,9 @@ impl Storage for AnyStorage {
     }
     fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
         dispatch!(self, s => Storage::changes(s, after))
+    }
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        dispatch!(self, s => Storage::change_position(s))
     }
     fn heads(
         &self,

@@ -329,7 +329,10 @@ impl Rows {
             r.heads.entry(c.0).or_default().record = Some((rec.max_seq, bytes));
         }
         for c in &batch.membership_changed {
-            r.heads.entry(c.0).or_default().changed = true;
+            // Only a conversation the batch writes (a flag alone is no head to check).
+            if let Some(h) = r.heads.get_mut(&c.0) {
+                h.changed = true;
+            }
         }
         for (c, u) in &batch.former {
             r.former_conv.push(c.0.to_vec());
@@ -893,6 +896,10 @@ impl Storage for PgStore {
 
     fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
         self.read(move |c| read::changes(c, after))
+    }
+
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        self.read(read::position)
     }
 
     fn heads(

@@ -62,6 +62,9 @@ impl Storage for RelayStore {
     fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
         Ok(Changes::none(after))
     }
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        Ok(ChangeSeq::default())
+    }
     fn heads(
         &self,
         ids: &[ConversationId],

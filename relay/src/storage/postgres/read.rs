@@ -111,7 +111,7 @@ pub(super) fn block_rows(
     Ok(out)
 }
 
-fn position(c: &mut impl GenericClient) -> Result<i64, StoreError> {
+fn position_i64(c: &mut impl GenericClient) -> Result<i64, StoreError> {
     Ok(c.query_one(
         "SELECT value FROM tidings_meta WHERE key = 'change_seq'",
         &[],
@@ -119,11 +119,19 @@ fn position(c: &mut impl GenericClient) -> Result<i64, StoreError> {
     .try_get(0)?)
 }
 
+/// The feed's position now.
+pub(super) fn position(c: &mut Client) -> Result<ChangeSeq, StoreError> {
+    let p = position_i64(c)?;
+    Ok(ChangeSeq(
+        u64::try_from(p).map_err(|_| StoreError::Corrupt("change_seq"))?,
+    ))
+}
+
 /// The feed after `after`: one cheap read when nothing changed, else every changed row in
 /// one snapshot (so the position returned covers exactly what is returned).
 pub(super) fn changes(c: &mut Client, after: ChangeSeq) -> Result<Changes, StoreError> {
     let from = i64::try_from(after.0).unwrap_or(i64::MAX);
-    if position(c)? <= from {
+    if position_i64(c)? <= from {
         return Ok(Changes::none(after));
     }
     let mut tx = c
@@ -131,7 +139,7 @@ pub(super) fn changes(c: &mut Client, after: ChangeSeq) -> Result<Changes, Store
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?;
-    let upto = position(&mut tx)?;
+    let upto = position_i64(&mut tx)?;
     let p: Params<'_> = &[&from, &upto];
     let range = "change_seq > $1 AND change_seq <= $2";
     let changes = Changes {
