@@ -14,10 +14,12 @@
 //! Over redb (one node) none of this runs: the store is not shared.
 
 use super::sequencing::{Outgoing, Statement};
+use super::staged::UserRequest;
+use super::store::Decision;
 use super::RelayCore;
 use crate::storage::{Changes, Storage};
 use std::collections::{BTreeSet, HashMap};
-use tidings_engine::wire::ErrorCode;
+use tidings_engine::wire::{self, ErrorCode, ServerFrame, UserChange};
 use tidings_engine::{ConversationId, Event, ServerSeq};
 
 /// How often a node over a shared store reads the change feed and the conversation heads
@@ -86,13 +88,6 @@ impl<S: Storage> RelayCore<S> {
         for (c, u) in ch.former {
             self.user_former.entry(u).or_default().insert(c);
         }
-        for i in ch.invitations {
-            self.consent
-                .set(i.user, i.conversation, i.decision, i.inviter);
-        }
-        for (u, o, on) in ch.blocks {
-            self.consent.set_block(u, o, on);
-        }
         for (id, rec) in ch.conversations {
             let known = self.committed_seq(&id).unwrap_or(0);
             if rec.max_seq < known {
@@ -100,6 +95,46 @@ impl<S: Storage> RelayCore<S> {
             }
             let busy = self.is_busy(&id);
             self.set_committed(id, rec, !busy);
+        }
+        // Consent last (an acceptance names the conversation's head): what changed is told
+        // to the user's devices here, as the node that made the change told its own. A change
+        // this node made is in its cache already, so it is not told twice.
+        for i in ch.invitations {
+            if self.consent.decision(&i.user, &i.conversation) == Some(i.decision) {
+                continue;
+            }
+            self.consent
+                .set(i.user, i.conversation, i.decision, i.inviter);
+            let change = match i.decision {
+                Decision::Pending => Some(UserChange::Invited(wire::Invitation {
+                    conversation: i.conversation,
+                    inviter: i.inviter,
+                })),
+                Decision::Accepted => None,
+                Decision::Declined => Some(UserChange::Declined(i.conversation)),
+            };
+            for sid in self.user_sessions(&i.user) {
+                let change = match &change {
+                    Some(c) => c.clone(),
+                    None => self.user_change(UserRequest::Accept(i.conversation), sid),
+                };
+                self.send(sid, ServerFrame::UserChanged { change });
+            }
+        }
+        for (u, o, on) in ch.blocks {
+            if self.consent.blocks(&u, &o) == on {
+                continue;
+            }
+            self.consent.set_block(u, o, on);
+            let request = if on {
+                UserRequest::Block(o)
+            } else {
+                UserRequest::Unblock(o)
+            };
+            for sid in self.user_sessions(&u) {
+                let change = self.user_change(request, sid);
+                self.send(sid, ServerFrame::UserChanged { change });
+            }
         }
         self.change_pos = ch.upto;
     }
