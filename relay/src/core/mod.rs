@@ -22,6 +22,9 @@
 //! 4. After every call: drain [`RelayCore::poll_output`] and deliver each frame to its
 //!    session (or close it).
 //! 5. The connection ends: [`RelayCore::handle_disconnect`].
+//! 6. Over a store shared by several relay nodes ([`Storage::is_shared`]): at
+//!    [`RelayCore::next_tick_ms`], [`RelayCore::handle_tick`], which applies the other nodes'
+//!    changes and pushes what they appended (see `feed.rs`); then drain the outputs.
 //!
 //! ```
 //! use tidings_relay::core::{RelayCore, RelayStore, Output};
