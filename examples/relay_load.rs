@@ -4,11 +4,13 @@
 //! ```text
 //! cargo run --release --example relay_load -- [--devices 100] [--conversations 50]
 //!     [--events 3000] [--batch 32] [--window 4] [--rate 0] [--payload 100] [--no-mqtt]
-//!     [--storage redb,postgres]
+//!     [--storage redb,postgres,postgres:2,postgres:3]
 //! ```
 //!
 //! `--storage` lists the relay stores to run, one after the other in the same run: `redb`
-//! (default) and/or `postgres`. For `postgres` the example starts a throwaway PostgreSQL
+//! (default) and/or `postgres`, and `postgres:N` for N relay nodes (N = 1..3, one identity)
+//! over one database, each conversation's devices on node `conversation mod N` (its
+//! sequencer pinned to one node, so nodes never race on a conversation). For `postgres` the example starts a throwaway PostgreSQL
 //! server (fsync and synchronous_commit on, as shipped) with the tests' harness
 //! (`relay/tests/support/pg.rs`: initdb + pg_ctl as the `postgres` user in a temporary
 //! directory); it needs an installed server (`apt-get install -y postgresql`) and says so if
@@ -66,7 +68,8 @@ struct Args {
     /// Message body bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
-    /// Relay stores to run, comma-separated: redb, postgres.
+    /// Relay stores to run, comma-separated: redb, postgres, or postgres:N for N relay nodes
+    /// over one database (each conversation's devices on one node, node = conversation mod N).
     #[arg(long, value_delimiter = ',', default_value = "redb")]
     storage: Vec<String>,
     /// Skip the mosquitto comparison.
@@ -224,16 +227,34 @@ fn main() -> Result<()> {
     let relay_on = relay_rt.as_ref().map(|r| r.handle().clone());
     let mut rows = Vec::new();
     for storage in &args.storage {
-        let (system, server) = match storage.as_str() {
-            "redb" => ("relay/redb", None),
-            "postgres" => ("relay/postgres", Some(pg::PgServer::start(false, &[])?)),
-            other => bail!("--storage {other}: redb or postgres"),
+        let (system, server, nodes) = match storage.as_str() {
+            "redb" => ("relay/redb", None, 1),
+            "postgres" | "postgres:1" => {
+                ("relay/postgres", Some(pg::PgServer::start(false, &[])?), 1)
+            }
+            "postgres:2" => (
+                "relay/postgres x2",
+                Some(pg::PgServer::start(false, &[])?),
+                2,
+            ),
+            "postgres:3" => (
+                "relay/postgres x3",
+                Some(pg::PgServer::start(false, &[])?),
+                3,
+            ),
+            other => bail!("--storage {other}: redb, postgres or postgres:N (N = 1..3)"),
         };
         let url = match &server {
             Some(s) => Some(s.create_database("relay_load")?),
             None => None,
         };
-        rows.push(rt.block_on(run_relay(&args, relay_on.clone(), system, url.clone()))?);
+        rows.push(rt.block_on(run_relay(
+            &args,
+            relay_on.clone(),
+            system,
+            url.clone(),
+            nodes,
+        ))?);
         if let Some(url) = url {
             print_pg_sizes(&url)?;
         }
@@ -349,6 +370,7 @@ async fn run_relay(
     relay_on: Option<tokio::runtime::Handle>,
     system: &'static str,
     postgres: Option<String>,
+    n_nodes: usize,
 ) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let limits = Limits::default()
@@ -361,9 +383,25 @@ async fn run_relay(
         config = config.with_postgres(url);
     }
     let relay = match &relay_on {
-        Some(h) => h.spawn(tidings::relay::start(config)).await??,
-        None => tidings::relay::start(config).await?,
+        Some(h) => h.spawn(tidings::relay::start(config.clone())).await??,
+        None => tidings::relay::start(config.clone()).await?,
     };
+    // Further nodes over the same database share the first one's identity.
+    let mut nodes = vec![relay];
+    let mut node_dirs = Vec::new();
+    for _ in 1..n_nodes {
+        let d = tempfile::tempdir()?;
+        for f in ["relay.key", "tls.cert.der", "tls.key.der"] {
+            std::fs::copy(dir.path().join(f), d.path().join(f))?;
+        }
+        let mut c = config.clone();
+        c.data_dir = d.path().to_path_buf();
+        node_dirs.push(d);
+        nodes.push(match &relay_on {
+            Some(h) => h.spawn(tidings::relay::start(c)).await??,
+            None => tidings::relay::start(c).await?,
+        });
+    }
     let keys: Vec<DeviceKey> = (0..args.devices)
         .map(|i| {
             let user = UserId(user_key(i).verifying_key().to_bytes());
@@ -376,6 +414,7 @@ async fn run_relay(
     let mut clients = Vec::with_capacity(args.devices);
     for (i, key) in keys.iter().enumerate() {
         let ep = &endpoints[i % endpoints.len()];
+        let relay = &nodes[conv_of(args, i) % nodes.len()];
         let mut c = RelayClient::connect(ep, relay.addr(), relay.fingerprint(), key).await?;
         c.register(&user_key(i), key.device(), key.agreement_public().0, 0)
             .await?;
@@ -453,10 +492,13 @@ async fn run_relay(
             row.events, total
         );
     }
-    match &relay_on {
-        Some(h) => h.spawn(relay.shutdown()).await??,
-        None => relay.shutdown().await?,
+    for relay in nodes {
+        match &relay_on {
+            Some(h) => h.spawn(relay.shutdown()).await??,
+            None => relay.shutdown().await?,
+        }
     }
+    drop(node_dirs);
     Ok(row)
 }
 

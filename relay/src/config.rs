@@ -11,6 +11,9 @@
 //! shutdown_grace_secs = 5
 //! storage = "redb"                  # or "postgres", with a connection string:
 //! # postgres = "host=127.0.0.1 port=5432 user=tidings dbname=tidings"
+//! # with a standby: both servers, and only the writable one is used (reconnects follow a
+//! # promotion)
+//! # postgres = "host=db1,db2 port=5432,5432 user=tidings dbname=tidings target_session_attrs=read-write"
 //!
 //! [limits]                          # see `Limits`; every field optional
 //! events_per_sec = 5000
@@ -63,6 +66,8 @@ pub struct RelayConfig {
     /// The store: `"redb"` (default) or `"postgres"`.
     pub storage: StorageKind,
     /// PostgreSQL connection string (libpq key=value or URL), for `storage = "postgres"`.
+    /// Name the primary and its standbys (`host=a,b port=p,q`) with
+    /// `target_session_attrs=read-write` to follow a promotion.
     /// Relay nodes sharing one database must share one relay identity too (the key and
     /// certificate files in `data_dir`): they sign one chain of statements per conversation.
     pub postgres: Option<String>,

@@ -692,9 +692,14 @@ async fn core_loop<S: Storage>(
             d.start_commit(&mut writer);
             continue;
         }
-        let wait = (!busy)
-            .then(|| d.core.commit_deadline())
+        // Over a shared store the core reads other nodes' changes on a tick.
+        d.core.handle_tick(now_ms());
+        d.route();
+        let commit_at = (!busy).then(|| d.core.commit_deadline()).flatten();
+        let wait = [commit_at, d.core.next_tick_ms()]
+            .into_iter()
             .flatten()
+            .min()
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
         let input = tokio::select! {
             biased;

@@ -5,145 +5,12 @@
 
 mod support;
 
-use anyhow::{bail, Context, Result};
-use ed25519_dalek::SigningKey;
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::Path;
+use anyhow::{bail, Result};
+use support::cluster::*;
 use support::pg::PgServer;
-use tidings_engine::wire::{ErrorCode, SubmitOutcome};
-use tidings_engine::{
-    ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, ServerSeq, UserId,
-};
-use tidings_relay::client::{client_endpoint, RelayClient};
-use tidings_relay::{RelayConfig, RelayHandle};
-
-const CONV: ConversationId = ConversationId([9; 16]);
-/// Attempts of a submit refused with INTERNAL (a commit that lost a race to another node).
-const MAX_RETRIES: usize = 50;
-
-fn user_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn user_id(seed: u8) -> UserId {
-    UserId(user_key(seed).verifying_key().to_bytes())
-}
-
-fn endpoint() -> Result<quinn::Endpoint> {
-    Ok(client_endpoint("127.0.0.1:0".parse::<SocketAddr>()?)?)
-}
-
-/// A relay node over the database at `url`, its identity in `dir`.
-async fn node(dir: &Path, url: &str) -> Result<RelayHandle> {
-    let config = RelayConfig::dev(dir).with_postgres(url);
-    Ok(tidings_relay::start(config).await?)
-}
-
-/// A second node's data directory holding the same relay identity as `from` (nodes over one
-/// database sign one chain of statements per conversation).
-fn same_identity(from: &Path) -> Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir()?;
-    for f in ["relay.key", "tls.cert.der", "tls.key.der"] {
-        std::fs::copy(from.join(f), dir.path().join(f)).with_context(|| f.to_string())?;
-    }
-    Ok(dir)
-}
-
-/// A device's chain of events, independent of the connections it submits them on.
-struct Author {
-    key: DeviceKey,
-    user_seed: u8,
-    counter: u64,
-    last: Option<EventId>,
-}
-
-impl Author {
-    fn new(user_seed: u8, dev_seed: u8) -> Author {
-        Author {
-            key: DeviceKey::from_seed([dev_seed; 32], user_id(user_seed)),
-            user_seed,
-            counter: 0,
-            last: None,
-        }
-    }
-
-    fn event(&mut self, kind: EventKind) -> Event {
-        self.counter += 1;
-        let h = self
-            .key
-            .header(CONV, self.counter, self.last, self.counter, 1);
-        let kind = h.bind(kind);
-        let ev = Event::sign(self.key.signing_key(), h, kind).expect("sign");
-        self.last = Some(ev.id());
-        ev
-    }
-
-    fn create(&mut self, members: &[u8]) -> Event {
-        let members = members.iter().map(|&m| user_id(m)).collect();
-        self.event(EventKind::Create { members })
-    }
-
-    fn send(&mut self, text: &str) -> Event {
-        self.event(EventKind::Send {
-            message: MessageId::default(),
-            body: text.as_bytes().to_vec(),
-            media: vec![],
-        })
-    }
-
-    /// A connection to `relay`, registered.
-    async fn connect(&self, ep: &quinn::Endpoint, relay: &RelayHandle) -> Result<RelayClient> {
-        let mut client =
-            RelayClient::connect(ep, relay.addr(), relay.fingerprint(), &self.key).await?;
-        if !client.welcome().registered {
-            client
-                .register(
-                    &user_key(self.user_seed),
-                    self.key.device(),
-                    self.key.agreement_public().0,
-                    1,
-                )
-                .await?;
-        }
-        Ok(client)
-    }
-}
-
-/// Submits until every event is placed: a submit refused with INTERNAL (its commit lost a
-/// race with another node, which the node then catches up on) is sent again as it was.
-async fn submit_until_placed(client: &mut RelayClient, events: &[Event]) -> Result<Vec<ServerSeq>> {
-    for _ in 0..MAX_RETRIES {
-        let outcomes = client.submit(events).await?;
-        let mut seqs = Vec::new();
-        let mut retry = false;
-        for o in &outcomes {
-            match o {
-                SubmitOutcome::Accepted { seq } => seqs.push(*seq),
-                SubmitOutcome::Rejected { code, .. } if *code == ErrorCode::INTERNAL => {
-                    retry = true
-                }
-                SubmitOutcome::Rejected { code, reason } => bail!("rejected {code}: {reason}"),
-            }
-        }
-        if !retry {
-            return Ok(seqs);
-        }
-    }
-    bail!("still refused after {MAX_RETRIES} attempts")
-}
-
-/// Every event of the conversation as one node serves it: (seq, id), checked dense from 1
-/// and free of duplicates.
-async fn read_all(client: &mut RelayClient) -> Result<Vec<(ServerSeq, EventId)>> {
-    let items = client.pull_all(CONV, 0).await?;
-    let got: Vec<(ServerSeq, EventId)> = items.iter().map(|p| (p.seq, p.event.id())).collect();
-    let seqs: Vec<ServerSeq> = got.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=got.len() as u64).collect::<Vec<_>>(), "dense");
-    let ids: BTreeSet<EventId> = got.iter().map(|(_, id)| *id).collect();
-    assert_eq!(ids.len(), got.len(), "each event once");
-    Ok(got)
-}
+use tidings_engine::wire::{DeviceRevocation, ErrorCode, SubmitOutcome};
+use tidings_engine::{ConversationId, Event, EventKind};
+use tidings_relay::client::{ClientError, RelayClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_relay_restart_keeps_acked_events() -> Result<()> {
@@ -294,6 +161,152 @@ async fn postgres_hot_conversation_race_stays_dense_without_duplicates() -> Resu
     }
     let all = read_all(&mut c).await?;
     assert_eq!(all.len(), 1 + APPENDERS as usize * BATCHES * BATCH);
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A device revoked through node B can no longer authenticate on node A, and its open session
+/// on A is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_revocation_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "revoke").await?;
+    let ep = endpoint()?;
+    let phone = Author::new(1, 11);
+    let laptop = Author::new(1, 12);
+    let mut laptop_on_a = laptop.connect(&ep, &a).await?;
+    let mut phone_on_b = phone.connect(&ep, &b).await?;
+    phone_on_b
+        .revoke(DeviceRevocation::sign(&user_key(1), laptop.key.device(), 1))
+        .await?;
+    // The open session on A ends.
+    let closed = tokio::time::timeout(SEEN_WITHIN, async {
+        loop {
+            if laptop_on_a.next_frame().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the revoked device's session on A stayed open"
+    );
+    // And it cannot authenticate on A again.
+    let deadline = Deadline::new("revocation refused on A");
+    while RelayClient::connect(&ep, a.addr(), a.fingerprint(), &laptop.key)
+        .await
+        .is_ok()
+    {
+        deadline.next().await?;
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A member removed through node B can no longer pull the conversation through node A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_removal_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "remove").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("the conversation readable on A");
+    let first = loop {
+        if let Ok(all) = bob_on_a.pull_all(CONV, 0).await {
+            break all;
+        }
+        deadline.next().await?;
+    };
+    assert_eq!(first.len(), 1);
+    let remove = alice.event(EventKind::RemoveMember { user: user_id(2) });
+    submit_until_placed(&mut alice_on_b, &[remove]).await?;
+    let after = alice.send("after the removal");
+    submit_until_placed(&mut alice_on_b, &[after]).await?;
+    let deadline = Deadline::new("pull refused on A");
+    loop {
+        match bob_on_a.pull_all(CONV, 0).await {
+            Err(ClientError::Refused { code, .. }) if code == ErrorCode::NOT_MEMBER => break,
+            Err(e) => bail!("unexpected error: {e}"),
+            Ok(_) => deadline.next().await?,
+        }
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// An invitation made through node B is listed on node A; a block made through B makes A
+/// refuse the blocked user's invitations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_consent_through_one_node_holds_on_the_other() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "consent").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("invitation listed on A");
+    while !bob_on_a
+        .sync_state()
+        .await?
+        .1
+        .iter()
+        .any(|i| i.conversation == CONV)
+    {
+        deadline.next().await?;
+    }
+    // Bob blocks Carol through B; Carol's invitation through A is refused.
+    let mut bob_on_b = bob.connect(&ep, &b).await?;
+    bob_on_b.block(user_id(3)).await?;
+    let carol = Author::new(3, 33);
+    let mut carol_on_a = carol.connect(&ep, &a).await?;
+    let deadline = Deadline::new("block seen on A");
+    for attempt in 1u8.. {
+        let mut c = Author::in_conv(3, 33, ConversationId([attempt; 16]));
+        match carol_on_a.submit(&[c.create(&[3, 2])]).await?.as_slice() {
+            [SubmitOutcome::Rejected { code, .. }] if *code == ErrorCode::BLOCKED => break,
+            [SubmitOutcome::Accepted { .. }] => deadline.next().await?,
+            other => bail!("unexpected outcome {other:?}"),
+        }
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// A device connected to node A receives a push of an event appended through node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_push_crosses_nodes() -> Result<()> {
+    let pg = PgServer::start(true, &[])?;
+    let (a, b, _dirs) = two_nodes(&pg, "push").await?;
+    let ep = endpoint()?;
+    let mut alice = Author::new(1, 11);
+    let mut alice_on_b = alice.connect(&ep, &b).await?;
+    let bob = Author::new(2, 22);
+    let mut bob_on_a = bob.connect(&ep, &a).await?;
+    submit_until_placed(&mut alice_on_b, &[alice.create(&[1, 2])]).await?;
+    let deadline = Deadline::new("invitation accepted on A");
+    while bob_on_a.accept(CONV).await.is_err() {
+        deadline.next().await?;
+    }
+    bob_on_a.sync().await?;
+    let sent = alice.send("across nodes");
+    let id = sent.id();
+    submit_until_placed(&mut alice_on_b, &[sent]).await?;
+    let pushed = bob_on_a.next_push(SEEN_WITHIN).await?;
+    assert!(
+        pushed.iter().any(|p| p.event.id() == id),
+        "the push carries the event"
+    );
     a.shutdown().await?;
     b.shutdown().await?;
     Ok(())

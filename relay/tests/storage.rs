@@ -16,8 +16,8 @@ use tidings_engine::{
 };
 use tidings_relay::core::store::index_key;
 use tidings_relay::storage::{
-    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, PgStore, RelayStore,
-    SequencedRecord, Storage, StoreError,
+    ChainInfo, ChangeSeq, CommitBatch, ConversationRecord, Decision, InvitationRecord, PgStore,
+    RelayStore, SequencedRecord, Storage, StoreError,
 };
 
 const N_CONVS: u8 = 3;
@@ -204,6 +204,7 @@ impl Commit {
                 .map(|(c, s, b)| (*c, *s, b.as_slice()))
                 .collect(),
             conversations: self.conversations.iter().map(|(c, r)| (*c, r)).collect(),
+            membership_changed: self.conversations.iter().map(|(c, _)| *c).collect(),
             former: self.former.clone(),
             devices: self.devices.iter().collect(),
             revocations: self.revocations.iter().collect(),
@@ -755,4 +756,81 @@ fn postgres_two_writers_conflict_instead_of_forking() {
     assert_eq!(answer(b.commit(&second.batch())), Answer::Conflict(c, 0, 1));
     model.apply(&first);
     check_reads("postgres", &model, &b);
+}
+
+/// The change feed: what one writer commits to the directory, consent and membership, a
+/// second writer over the same database reads after its position, once; an unblock is
+/// reported as such; appends that change no membership are not in it.
+#[test]
+fn postgres_change_feed_reports_another_writers_changes() {
+    let server = PgServer::start(true, &[]).expect("postgres");
+    let url = server.create_database("feed").expect("database");
+    let (a, b) = (
+        PgStore::connect(&url).expect("a"),
+        PgStore::connect(&url).expect("b"),
+    );
+    let start = b.changes(ChangeSeq::default()).expect("feed");
+    assert!(start.is_empty());
+    let mut model = Model::default();
+    let c = conv(0);
+    let create = model.new_event(0, 0, b"first");
+    let mut first = model.append(c, 1, vec![create]);
+    first.devices.push(DeviceRegistration {
+        user: user(1),
+        device: device(1),
+        agreement: [1; 32],
+        issued_ms: 1,
+        signature: SignatureBytes([0; 64]),
+    });
+    first.blocks.push((user(1), user(2), true));
+    assert_eq!(answer(a.commit(&first.batch())), Answer::Ok);
+    let seen = b.changes(start.upto).expect("feed");
+    assert!(seen.upto > start.upto);
+    assert_eq!(seen.registrations, first.devices);
+    assert_eq!(seen.blocks, vec![(user(1), user(2), true)]);
+    assert_eq!(seen.conversations.len(), 1);
+    assert_eq!(seen.conversations[0].0, c);
+    assert!(b.changes(seen.upto).expect("feed").is_empty(), "read once");
+
+    // An append that changes no membership is not in the feed; an unblock is.
+    model.apply(&first);
+    let more = model.new_event(0, 1, b"second");
+    let mut second = model.append(c, 2, vec![more]);
+    second.conversations.clear();
+    assert_eq!(answer(a.commit(&second.batch())), Answer::Ok);
+    assert!(b.changes(seen.upto).expect("feed").is_empty());
+    let unblock = Commit {
+        blocks: vec![(user(1), user(2), false)],
+        ..Commit::default()
+    };
+    assert_eq!(answer(a.commit(&unblock.batch())), Answer::Ok);
+    let later = b.changes(seen.upto).expect("feed");
+    assert_eq!(later.blocks, vec![(user(1), user(2), false)]);
+    assert!(b.blocked().expect("blocked").is_empty());
+}
+
+/// A column of an unexpected type (a database changed behind the relay's back) is a typed
+/// error for the read that meets it; the store goes on answering other reads.
+#[test]
+fn postgres_unexpected_column_type_is_an_error_not_a_panic() {
+    let server = PgServer::start(true, &[]).expect("postgres");
+    let url = server.create_database("column_type").expect("database");
+    let store = PgStore::connect(&url).expect("connect");
+    let (d, c) = (device(0), conv(0));
+    let cursor = Commit {
+        cursors: vec![(d, c, 3)],
+        ..Commit::default()
+    };
+    assert_eq!(answer(store.commit(&cursor.batch())), Answer::Ok);
+    let admin = url.clone();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("admin");
+        client
+            .batch_execute("ALTER TABLE cursors ALTER COLUMN seq TYPE int4")
+            .expect("alter");
+    })
+    .join()
+    .expect("admin thread");
+    assert!(matches!(store.cursors(&d), Err(StoreError::Postgres(_))));
+    assert_eq!(store.n_events().expect("still answers"), 0);
 }

@@ -89,6 +89,18 @@ pub fn spawn_relay(dir: &Path, listen: Option<SocketAddr>) -> RelayProc {
     if let Some(a) = listen {
         cmd.arg("--listen").arg(a.to_string());
     }
+    spawn_relay_cmd(cmd)
+}
+
+/// Starts `tidings-test-relay --config <config>` (a TOML file naming its data directory).
+pub fn spawn_relay_config(config: &Path) -> RelayProc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings-test-relay"));
+    cmd.arg("--config").arg(config);
+    spawn_relay_cmd(cmd)
+}
+
+/// Runs a relay command and reads its address, id and fingerprint from its banner.
+fn spawn_relay_cmd(mut cmd: Command) -> RelayProc {
     cmd.env("RUST_LOG", "error");
     let proc = Proc::spawn(cmd);
     let deadline = Instant::now() + Duration::from_secs(30);

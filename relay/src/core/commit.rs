@@ -40,6 +40,9 @@ impl CommitJob {
         for (c, rec) in &self.records {
             batch.conversations.push((*c, rec));
         }
+        batch
+            .membership_changed
+            .extend(self.staged.membership_changed.iter().copied());
         batch.former.extend(self.staged.former.iter().copied());
         for r in &self.staged.registrations {
             batch.devices.push(&r.cert);
@@ -238,6 +241,7 @@ impl<S: Storage> RelayCore<S> {
                 .iter()
                 .map(|r| r.revocation.device)
                 .collect(),
+            convs: staged.touched.clone(),
             chain: staged
                 .events
                 .iter()
@@ -269,6 +273,11 @@ impl<S: Storage> RelayCore<S> {
                     self.answer(p, None);
                 }
             }
+            Err(
+                StoreError::Conflict { conversation, .. } | StoreError::Duplicate { conversation },
+            ) => {
+                self.retry_without(job, conversation, waiters);
+            }
             Err(e) => {
                 let msg = format!("store failure: {e}");
                 let touched: Vec<ConversationId> = job
@@ -289,6 +298,43 @@ impl<S: Storage> RelayCore<S> {
                 self.admit_waiting();
             }
         }
+    }
+
+    /// After a commit refused because another relay node appended to `conv` first: the
+    /// events of `conv` (in the job and staged after it) are refused with
+    /// [`ErrorCode::INTERNAL`] (their devices resubmit them, and they are sequenced after what
+    /// the other node wrote), the conversation is read again, and the rest of the job (other
+    /// conversations, cursors, registrations, consent) is written again at once on this
+    /// thread, with what is staged after it kept. A further race is handled the same way, one
+    /// conversation less each time.
+    fn retry_without(
+        &mut self,
+        mut job: CommitJob,
+        conv: ConversationId,
+        mut waiters: Vec<PendingSubmit>,
+    ) {
+        let refused = sequencing::lost("another relay node appended to the conversation first");
+        let (statements, n_job) = job.staged.take_out(&conv, &refused);
+        job.records.retain(|(c, _)| *c != conv);
+        let (_, n_later) = self.staged.take_out(&conv, &refused);
+        Staged::lose_inflight(&mut self.staged.submits, &statements, &refused);
+        Staged::lose_inflight(&mut waiters, &statements, &refused);
+        self.metrics.rejected(n_job + n_later);
+        let committed = self.convs.get(&conv).and_then(|c| c.committed.clone());
+        match committed {
+            Some(rec) => {
+                if let Some(c) = self.convs.get_mut(&conv) {
+                    c.head = rec;
+                }
+            }
+            None => {
+                self.convs.remove(&conv);
+            }
+        }
+        self.refresh_convs(&[conv]);
+        let result = job.write(&self.store);
+        self.inflight_waiters = waiters;
+        self.finish_commit(job, result);
     }
 
     /// Every conversation back to its committed state (uncommitted ones forgotten), and
@@ -397,6 +443,16 @@ impl<S: Storage> RelayCore<S> {
             let Some(conv) = self.convs.get_mut(&c) else {
                 continue;
             };
+            let before = conv.committed.as_ref().map_or(0, |r| r.max_seq);
+            if before > rec.max_seq {
+                // The change feed brought a newer record meanwhile (it holds this commit).
+                continue;
+            }
+            if conv.pushed >= before {
+                // This commit's events are pushed below; nothing of another node's is
+                // between them and what was pushed before.
+                conv.pushed = rec.max_seq;
+            }
             if staged.membership_changed.contains(&c) {
                 if let Some(old) = &conv.committed {
                     for m in old.membership.members() {

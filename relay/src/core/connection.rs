@@ -221,6 +221,8 @@ impl<S: Storage> RelayCore<S> {
         if !wire::verify_auth(&signature, &device, &user, &s.nonce, &s.tls_binding) {
             return self.close(session, ErrorCode::AUTH_FAILED, "signature does not verify");
         }
+        // Another node may have revoked or registered it: what storage says now.
+        self.sync_changes();
         if self.revoked.contains_key(&device) {
             return self.close(
                 session,

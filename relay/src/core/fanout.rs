@@ -9,7 +9,7 @@ use crate::metrics::RelayMetrics;
 use crate::storage::Storage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tidings_engine::wire::ServerFrame;
-use tidings_engine::{ConversationId, DeviceId, EventKind, Membership, UserId};
+use tidings_engine::{ConversationId, DeviceId, EventKind, Membership, ServerSeq, UserId};
 
 /// The parts of the core one fan-out pass works with.
 struct FanOut<'a> {
@@ -30,7 +30,7 @@ impl FanOut<'_> {
         &mut self,
         users: impl Iterator<Item = &'u UserId>,
         conv: ConversationId,
-        e: &StagedEvent,
+        (seq, origin): (ServerSeq, SessionId),
         item: &Outgoing,
     ) {
         for user in users {
@@ -44,7 +44,7 @@ impl FanOut<'_> {
                 let Some(&sid) = self.device_sessions.get(d) else {
                     continue;
                 };
-                if sid == e.origin {
+                if sid == origin {
                     continue;
                 }
                 let Some(s) = self.sessions.get_mut(&sid) else {
@@ -63,7 +63,7 @@ impl FanOut<'_> {
                     });
                     continue;
                 }
-                s.pushed(conv, e.seq);
+                s.pushed(conv, seq);
                 self.per_session.entry(sid).or_default().push(item.clone());
             }
         }
@@ -102,6 +102,7 @@ impl<S: Storage> RelayCore<S> {
                 event: e.event.bytes().to_vec(),
                 statement,
             };
+            let at = (e.seq, e.origin);
             match replay.get_mut(&conv) {
                 Some(state) => {
                     let author = e.event.header().user;
@@ -116,7 +117,7 @@ impl<S: Storage> RelayCore<S> {
                             }
                             // Recipients: the members before the change...
                             if let Some(m) = state.as_ref() {
-                                ctx.push(m.members().chain(extra.iter()), conv, e, &item);
+                                ctx.push(m.members().chain(extra.iter()), conv, at, &item);
                             }
                             if let Some(m) = state.as_mut() {
                                 // Accepted by the same rules when it was sequenced.
@@ -126,18 +127,52 @@ impl<S: Storage> RelayCore<S> {
                         }
                     }
                     if let Some(m) = state.as_ref() {
-                        ctx.push(m.members(), conv, e, &item);
+                        ctx.push(m.members(), conv, at, &item);
                     }
                 }
                 None => {
                     let Some(rec) = self.convs.get(&conv).and_then(|c| c.committed.as_ref()) else {
                         continue;
                     };
-                    ctx.push(rec.membership.members(), conv, e, &item);
+                    ctx.push(rec.membership.members(), conv, at, &item);
                 }
             }
         }
         let per_session = std::mem::take(&mut ctx.per_session);
+        self.send_pushes(per_session);
+    }
+
+    /// Pushes events another relay node appended (read from storage, `items` in sequence
+    /// order) to the online, push-enabled devices of the conversation's members who accepted
+    /// it, as of its committed record.
+    pub(super) fn fan_out_stored(
+        &mut self,
+        conv: ConversationId,
+        items: Vec<(ServerSeq, Outgoing)>,
+    ) {
+        let Some(rec) = self.convs.get(&conv).and_then(|c| c.committed.as_ref()) else {
+            return;
+        };
+        let mut ctx = FanOut {
+            per_session: BTreeMap::new(),
+            window: self.limits.push_window,
+            user_devices: &self.user_devices,
+            device_sessions: &self.device_sessions,
+            consent: &self.consent,
+            sessions: &mut self.sessions,
+            outputs: &mut self.outputs,
+            metrics: &self.metrics,
+        };
+        for (seq, item) in &items {
+            // No session of this node submitted it.
+            ctx.push(rec.membership.members(), conv, (*seq, 0), item);
+        }
+        let per_session = std::mem::take(&mut ctx.per_session);
+        self.send_pushes(per_session);
+        self.update_fanout_metric();
+    }
+
+    fn send_pushes(&mut self, per_session: BTreeMap<SessionId, Vec<Outgoing>>) {
         let budget = self.frame_budget();
         let max_items = self.limits.max_page_items;
         for (sid, items) in per_session {

@@ -22,6 +22,9 @@
 //! 4. After every call: drain [`RelayCore::poll_output`] and deliver each frame to its
 //!    session (or close it).
 //! 5. The connection ends: [`RelayCore::handle_disconnect`].
+//! 6. Over a store shared by several relay nodes ([`Storage::is_shared`]): at
+//!    [`RelayCore::next_tick_ms`], [`RelayCore::handle_tick`], which applies the other nodes'
+//!    changes and pushes what they appended (see `feed.rs`); then drain the outputs.
 //!
 //! ```
 //! use tidings_relay::core::{RelayCore, RelayStore, Output};
@@ -48,6 +51,7 @@ mod connection;
 mod consent;
 mod devices;
 mod fanout;
+mod feed;
 mod link;
 mod pull;
 mod rates;
@@ -60,6 +64,7 @@ mod user_requests;
 mod waiting;
 
 pub use commit::CommitJob;
+pub use feed::CHANGE_POLL_MS;
 pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 
 use crate::admission::Admission;
@@ -189,6 +194,12 @@ pub struct RelayCore<S = RelayStore> {
     sign_threads: usize,
     inflight: Option<Inflight>,
     inflight_waiters: Vec<PendingSubmit>,
+    /// Over a shared store: the change feed position applied to the caches.
+    change_pos: crate::storage::ChangeSeq,
+    /// Over a shared store: when the feed and the heads are read next (ms).
+    next_poll_ms: u64,
+    /// The last conversation whose head was polled, when there were more than one tick polls.
+    heads_cursor: Option<ConversationId>,
 }
 
 #[derive(Debug)]
@@ -197,6 +208,9 @@ struct Conv {
     committed: Option<ConversationRecord>,
     /// Including staged events.
     head: ConversationRecord,
+    /// The sequence up to which this node pushed the conversation's events to its devices
+    /// (its own commits, and over a shared store what other nodes appended).
+    pushed: tidings_engine::ServerSeq,
 }
 
 impl<S: Storage> RelayCore<S> {
@@ -242,7 +256,13 @@ impl<S: Storage> RelayCore<S> {
             },
             inflight: None,
             inflight_waiters: Vec::new(),
+            change_pos: crate::storage::ChangeSeq::default(),
+            next_poll_ms: 0,
+            heads_cursor: None,
         };
+        // Read before loading: a change committed meanwhile is read again from the feed
+        // (applying a change twice is harmless; missing one is not).
+        core.change_pos = core.store.change_position()?;
         core.load()?;
         core.metrics.set_stored_events(core.store.n_events()?);
         Ok(core)
@@ -283,6 +303,13 @@ impl<S: Storage> RelayCore<S> {
 
     /// Replaces what this node knows of a conversation by its stored record.
     fn cache_conv(&mut self, id: ConversationId, rec: ConversationRecord) {
+        self.set_committed(id, rec, true);
+    }
+
+    /// Sets a conversation's committed record (and its members' lists); with `head`, its
+    /// head too (not while events of it are staged or being written: they were sequenced
+    /// after the old head, and their commit settles it).
+    fn set_committed(&mut self, id: ConversationId, rec: ConversationRecord, head: bool) {
         let old = self.convs.get(&id).and_then(|c| c.committed.as_ref());
         for m in old.into_iter().flat_map(|r| r.membership.members()) {
             if !rec.membership.is_member(m) {
@@ -294,13 +321,24 @@ impl<S: Storage> RelayCore<S> {
         for m in rec.membership.members() {
             self.user_convs.entry(*m).or_default().insert(id);
         }
-        self.convs.insert(
-            id,
-            Conv {
-                committed: Some(rec.clone()),
-                head: rec,
-            },
-        );
+        match self.convs.get_mut(&id) {
+            Some(conv) => {
+                if head {
+                    conv.head = rec.clone();
+                }
+                conv.committed = Some(rec);
+            }
+            None => {
+                self.convs.insert(
+                    id,
+                    Conv {
+                        committed: Some(rec.clone()),
+                        pushed: rec.max_seq,
+                        head: rec,
+                    },
+                );
+            }
+        }
     }
 
     /// Reads the given conversations' heads again after a failed commit: another node may

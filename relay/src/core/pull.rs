@@ -49,6 +49,8 @@ impl<S: Storage> RelayCore<S> {
             let msg = "device is not registered to its user";
             return self.refuse(session, request_id, ErrorCode::NOT_REGISTERED, msg);
         };
+        // Another node may have removed the user: what storage says now.
+        self.sync_changes();
         self.ensure_conv(&conv);
         if !self.is_committed_member(&user, &conv) {
             let msg = "unknown conversation or not a member";

@@ -101,6 +101,8 @@ pub(super) struct Inflight {
     /// The certificates being written.
     pub(super) certs: Vec<DeviceRegistration>,
     pub(super) revocations: Vec<DeviceId>,
+    /// The conversations whose events or records are being written.
+    pub(super) convs: BTreeSet<ConversationId>,
     /// The events being written, by chain place: (id, prev).
     pub(super) chain: HashMap<ChainSlot, (EventId, Option<EventId>)>,
 }
@@ -119,4 +121,69 @@ pub(super) struct PendingRevocation {
     pub(super) session: SessionId,
     pub(super) request_id: u64,
     pub(super) revocation: DeviceRevocation,
+}
+
+impl Staged {
+    /// Takes the events of `conv` out (after a commit of it lost a race with another relay
+    /// node): their submitters' slots become `refused`, the other events keep their places
+    /// (sequences are per conversation), and everything else staged stays. Returns the
+    /// statements of the events taken out (in-flight duplicates pointing at them are lost
+    /// too) and how many were taken.
+    pub(super) fn take_out(
+        &mut self,
+        conv: &ConversationId,
+        refused: &SubmitOutcome,
+    ) -> (Vec<Statement>, usize) {
+        let mut new_index = Vec::with_capacity(self.events.len());
+        let mut kept = Vec::with_capacity(self.events.len());
+        let mut statements = Vec::new();
+        let mut n_out = 0;
+        for e in std::mem::take(&mut self.events) {
+            if e.event.conversation() == *conv {
+                new_index.push(None);
+                statements.extend(e.statement.clone());
+                n_out += 1;
+            } else {
+                new_index.push(Some(kept.len()));
+                kept.push(e);
+            }
+        }
+        self.events = kept;
+        for p in &mut self.submits {
+            for slot in &mut p.slots {
+                let Slot::Staged(i) = slot else { continue };
+                *slot = match new_index.get(*i).copied().flatten() {
+                    Some(n) => Slot::Staged(n),
+                    None => Slot::Done(refused.clone()),
+                };
+            }
+        }
+        let remap = |i: &mut usize| new_index.get(*i).copied().flatten().map(|n| *i = n);
+        self.by_id.retain(|_, i| remap(i).is_some());
+        self.chain.retain(|_, i| remap(i).is_some());
+        self.statements.retain(|(c, _, _)| c != conv);
+        self.invitations.retain(|i| i.conversation != *conv);
+        self.touched.remove(conv);
+        self.membership_changed.remove(conv);
+        self.former.retain(|(c, _)| c != conv);
+        (statements, n_out)
+    }
+
+    /// Makes the slots of submits in flight whose events were taken out (their statement is
+    /// one of `statements`) `refused`.
+    pub(super) fn lose_inflight(
+        submits: &mut [PendingSubmit],
+        statements: &[Statement],
+        refused: &SubmitOutcome,
+    ) {
+        for p in submits {
+            for slot in &mut p.slots {
+                if let Slot::Inflight(_, st) = slot {
+                    if statements.iter().any(|s| std::sync::Arc::ptr_eq(s, st)) {
+                        *slot = Slot::Done(refused.clone());
+                    }
+                }
+            }
+        }
+    }
 }

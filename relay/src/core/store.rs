@@ -97,6 +97,10 @@ pub enum StoreError {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// The connection to the database was lost during `COMMIT`, and whether the server
+    /// committed could not be found out (nothing to look for, or the server is unreachable).
+    #[error("commit outcome unknown: {0}")]
+    CommitUnknown(String),
     /// The PostgreSQL store's connection thread is gone.
     #[error("postgres connection thread stopped")]
     ConnectionGone,
@@ -227,6 +231,9 @@ pub struct CommitBatch<'a> {
     pub statements: Vec<(ConversationId, ServerSeq, &'a [u8])>,
     /// Conversations whose record changed.
     pub conversations: Vec<(ConversationId, &'a ConversationRecord)>,
+    /// Conversations of `conversations` created or whose membership changed (a store shared
+    /// by several relay nodes announces them in its change feed).
+    pub membership_changed: Vec<ConversationId>,
     /// Users removed from a conversation (users devices that catch up still need the
     /// certificates of, to verify what they wrote while members).
     pub former: Vec<(ConversationId, UserId)>,
@@ -970,6 +977,7 @@ mod tests {
             // statements from 3 and from 5.
             statements: vec![(conv, 3, b"s3"), (conv, 5, b"s5")],
             conversations: vec![(conv, &rec)],
+            membership_changed: vec![conv],
             former: vec![(conv, UserId([9; 32]))],
             devices: vec![&cert],
             revocations: vec![&rev],

@@ -248,6 +248,7 @@ impl<S: Storage> RelayCore<S> {
                 conv,
                 Conv {
                     committed: None,
+                    pushed: 0,
                     head: ConversationRecord {
                         membership,
                         max_seq: 0,

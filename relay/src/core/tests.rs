@@ -7,6 +7,8 @@ use tidings_engine::wire::{SignatureBytes, PROTOCOL_VERSION};
 use tidings_engine::MessageId;
 use tidings_engine::{EventId, EventKind, ServerSeq};
 
+mod race;
+
 const RELAY_SEED: [u8; 32] = [0xee; 32];
 
 fn user_key(seed: u8) -> SigningKey {

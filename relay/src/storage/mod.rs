@@ -26,9 +26,13 @@
 //!   config at start).
 //! - [`redb`]: the trait over [`RelayStore`] (its tables: [`crate::core::store`]).
 //! - [`postgres`]: [`PgStore`] and its schema.
+//! - [`feed`]: what a node reads to see other nodes' changes ([`Changes`]).
 
+pub mod feed;
 pub mod postgres;
 pub mod redb;
+
+pub use feed::{ChangeSeq, Changes};
 
 pub use crate::core::store::{
     ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, RelayStore,
@@ -92,6 +96,23 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// Number of stored events.
     fn n_events(&self) -> Result<u64, StoreError>;
+
+    /// Whether other relay nodes may write this store (then the core reads the change feed
+    /// and polls conversation heads; see [`feed`]).
+    fn is_shared(&self) -> bool;
+
+    /// The directory, membership and consent rows committed after `after`, as stored now,
+    /// and the position they bring the reader to. A store only this process writes has
+    /// nothing to report.
+    fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError>;
+
+    /// The change feed's position now: a node that loads everything after reading it reads
+    /// the feed from there.
+    fn change_position(&self) -> Result<ChangeSeq, StoreError>;
+
+    /// The stored head (`max_seq`) of each of `ids` that exists, in any order.
+    fn heads(&self, ids: &[ConversationId])
+        -> Result<Vec<(ConversationId, ServerSeq)>, StoreError>;
 }
 
 /// The store a relay started from its config uses: redb or PostgreSQL.
@@ -155,5 +176,20 @@ impl Storage for AnyStorage {
     }
     fn n_events(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => Storage::n_events(s))
+    }
+    fn is_shared(&self) -> bool {
+        dispatch!(self, s => Storage::is_shared(s))
+    }
+    fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
+        dispatch!(self, s => Storage::changes(s, after))
+    }
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        dispatch!(self, s => Storage::change_position(s))
+    }
+    fn heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, ServerSeq)>, StoreError> {
+        dispatch!(self, s => Storage::heads(s, ids))
     }
 }

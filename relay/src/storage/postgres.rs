@@ -13,7 +13,17 @@
 //! - `statements (conversation, first_seq) PK`: the signed `Sequenced` statements.
 //! - `cursors (device, conversation) PK`: written as `GREATEST(old, new)`.
 //! - `device_certs`, `revocations`, `former_members`, `invitations`, `blocked`: the directory
-//!   and consent rows, as in redb.
+//!   and consent rows, as in redb (an unblock keeps its row, `active = false`, so that other
+//!   nodes see it in the feed). Written in key order, so two commits never deadlock on them.
+//! - The change feed ([`super::feed`]): a commit that writes directory, consent or
+//!   membership rows takes the next `change_seq` (the `tidings_meta` row of that name,
+//!   incremented in the commit's transaction, after the conversation rows are locked) and
+//!   stamps every such row with it. The counter's row lock orders these commits, so a reader
+//!   that sees position `n` sees every change up to `n`; appends that change no membership
+//!   do not touch it.
+//! - A connection lost during `COMMIT` leaves the outcome unknown: the store reconnects and
+//!   looks for the commit's first event before answering, so a written commit is reported
+//!   written (and pushed) rather than refused.
 //!
 //! One transaction per group commit, committed with `synchronous_commit = on` (durable on the
 //! primary, and on a synchronous standby if one is configured), whatever the server's default,
@@ -25,7 +35,9 @@
 //! reads) and callers block on a channel: it works from plain threads and from inside a tokio
 //! runtime alike. A connection found closed is opened again before the next call.
 
-use super::{Page, Storage};
+mod read;
+
+use super::{ChangeSeq, Changes, Page, Storage};
 use crate::core::store::{
     ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, StoreError,
 };
@@ -38,7 +50,7 @@ use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, ServerSeq, UserId};
 
 /// Version of the table layout this build writes.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock that serializes schema creation between nodes starting together.
 const SCHEMA_LOCK: i64 = 0x7469_6469_6e67;
@@ -46,7 +58,9 @@ const SCHEMA_LOCK: i64 = 0x7469_6469_6e67;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tidings_meta (key text PRIMARY KEY, value int8 NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (
-    id bytea PRIMARY KEY, max_seq int8 NOT NULL, record bytea);
+    id bytea PRIMARY KEY, max_seq int8 NOT NULL, record bytea,
+    change_seq int8 NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS conversations_changes ON conversations (change_seq);
 CREATE TABLE IF NOT EXISTS events (
     conversation bytea NOT NULL, seq int8 NOT NULL, event_id bytea NOT NULL,
     author bytea NOT NULL, counter int8 NOT NULL, prev bytea NOT NULL,
@@ -58,17 +72,27 @@ CREATE TABLE IF NOT EXISTS statements (
     conversation bytea NOT NULL, first_seq int8 NOT NULL, statement bytea NOT NULL,
     PRIMARY KEY (conversation, first_seq));
 CREATE TABLE IF NOT EXISTS former_members (
-    conversation bytea NOT NULL, user_id bytea NOT NULL, PRIMARY KEY (conversation, user_id));
-CREATE TABLE IF NOT EXISTS device_certs (device bytea PRIMARY KEY, cert bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS revocations (device bytea PRIMARY KEY, revocation bytea NOT NULL);
+    conversation bytea NOT NULL, user_id bytea NOT NULL, change_seq int8 NOT NULL,
+    PRIMARY KEY (conversation, user_id));
+CREATE INDEX IF NOT EXISTS former_changes ON former_members (change_seq);
+CREATE TABLE IF NOT EXISTS device_certs (
+    device bytea PRIMARY KEY, cert bytea NOT NULL, change_seq int8 NOT NULL);
+CREATE INDEX IF NOT EXISTS device_certs_changes ON device_certs (change_seq);
+CREATE TABLE IF NOT EXISTS revocations (
+    device bytea PRIMARY KEY, revocation bytea NOT NULL, change_seq int8 NOT NULL);
+CREATE INDEX IF NOT EXISTS revocations_changes ON revocations (change_seq);
 CREATE TABLE IF NOT EXISTS cursors (
     device bytea NOT NULL, conversation bytea NOT NULL, seq int8 NOT NULL,
     PRIMARY KEY (device, conversation));
 CREATE TABLE IF NOT EXISTS invitations (
     user_id bytea NOT NULL, conversation bytea NOT NULL, decision int2 NOT NULL,
-    inviter bytea NOT NULL, PRIMARY KEY (user_id, conversation));
+    inviter bytea NOT NULL, change_seq int8 NOT NULL, PRIMARY KEY (user_id, conversation));
+CREATE INDEX IF NOT EXISTS invitations_changes ON invitations (change_seq);
 CREATE TABLE IF NOT EXISTS blocked (
-    user_id bytea NOT NULL, other bytea NOT NULL, PRIMARY KEY (user_id, other));
+    user_id bytea NOT NULL, other bytea NOT NULL, active bool NOT NULL,
+    change_seq int8 NOT NULL, PRIMARY KEY (user_id, other));
+CREATE INDEX IF NOT EXISTS blocked_changes ON blocked (change_seq);
+INSERT INTO tidings_meta (key, value) VALUES ('change_seq', 0) ON CONFLICT (key) DO NOTHING;
 ";
 
 type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
@@ -217,8 +241,9 @@ fn unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
-/// (user, conversation, decision, inviter).
-type InvitationRow = (Vec<u8>, Vec<u8>, i16, Vec<u8>);
+/// The key of a consent row: (user, conversation) for an invitation (its value: decision
+/// and inviter), (user, other) for a block.
+type PairKey = (Vec<u8>, Vec<u8>);
 
 /// A commit's rows, owned (the connection thread outlives the borrowed batch).
 #[derive(Default)]
@@ -238,15 +263,21 @@ struct Rows {
     st_bytes: Vec<Vec<u8>>,
     former_conv: Vec<Vec<u8>>,
     former_user: Vec<Vec<u8>>,
-    devices: Vec<(Vec<u8>, Vec<u8>)>,
-    revocations: Vec<(Vec<u8>, Vec<u8>)>,
+    // The directory and consent rows by key (the last write of a key in the batch wins),
+    // so that they are written in key order: two nodes' commits lock them in the same order
+    // and never deadlock.
+    devices: BTreeMap<Vec<u8>, Vec<u8>>,
+    revocations: BTreeMap<Vec<u8>, Vec<u8>>,
     cursors: BTreeMap<(DeviceId, ConversationId), i64>,
-    invitations: Vec<InvitationRow>,
-    blocks: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    invitations: BTreeMap<PairKey, (i16, Vec<u8>)>,
+    /// (user, other) → blocks.
+    blocks: BTreeMap<PairKey, bool>,
 }
 
 #[derive(Default)]
 struct Head {
+    /// Created, or its membership changed: announced in the change feed.
+    changed: bool,
     first: Option<ServerSeq>,
     last: Option<ServerSeq>,
     record: Option<(ServerSeq, Vec<u8>)>,
@@ -297,6 +328,12 @@ impl Rows {
                 .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
             r.heads.entry(c.0).or_default().record = Some((rec.max_seq, bytes));
         }
+        for c in &batch.membership_changed {
+            // Only a conversation the batch writes (a flag alone is no head to check).
+            if let Some(h) = r.heads.get_mut(&c.0) {
+                h.changed = true;
+            }
+        }
         for (c, u) in &batch.former {
             r.former_conv.push(c.0.to_vec());
             r.former_user.push(u.0.to_vec());
@@ -304,12 +341,12 @@ impl Rows {
         for d in &batch.devices {
             let bytes = postcard::to_stdvec(d)
                 .map_err(|_| StoreError::Corrupt("unencodable registration"))?;
-            r.devices.push((d.device.0.to_vec(), bytes));
+            r.devices.insert(d.device.0.to_vec(), bytes);
         }
         for d in &batch.revocations {
             let bytes = postcard::to_stdvec(d)
                 .map_err(|_| StoreError::Corrupt("unencodable revocation"))?;
-            r.revocations.push((d.device.0.to_vec(), bytes));
+            r.revocations.insert(d.device.0.to_vec(), bytes);
         }
         for (d, c, s) in &batch.cursors {
             let s = seq_i64(*s)?;
@@ -317,21 +354,30 @@ impl Rows {
             *slot = (*slot).max(s);
         }
         for i in &batch.invitations {
-            r.invitations.push((
-                i.user.0.to_vec(),
-                i.conversation.0.to_vec(),
-                decision_code(i.decision),
-                i.inviter.0.to_vec(),
-            ));
+            r.invitations.insert(
+                (i.user.0.to_vec(), i.conversation.0.to_vec()),
+                (decision_code(i.decision), i.inviter.0.to_vec()),
+            );
         }
         for (u, o, on) in &batch.blocks {
-            r.blocks.push((u.0.to_vec(), o.0.to_vec(), *on));
+            r.blocks.insert((u.0.to_vec(), o.0.to_vec()), *on);
         }
         Ok(r)
     }
 
+    /// Whether the commit writes rows other nodes must see (the change feed).
+    fn changes_directory(&self) -> bool {
+        self.heads.values().any(|h| h.changed)
+            || !self.former_conv.is_empty()
+            || !self.devices.is_empty()
+            || !self.revocations.is_empty()
+            || !self.invitations.is_empty()
+            || !self.blocks.is_empty()
+    }
+
     fn write(self, client: &mut Client) -> Result<(), StoreError> {
         let mut tx = client.transaction()?;
+        let mut change_seq = 0i64;
         if !self.heads.is_empty() {
             // The conversation rows are the sequencers: create missing ones, then lock them
             // all in id order.
@@ -348,9 +394,9 @@ impl Rows {
                 &[&ids],
             )?;
             for row in rows {
-                let id: Vec<u8> = row.get(0);
+                let id: Vec<u8> = row.try_get(0)?;
                 let id: [u8; 16] = arr(&id, "conversation id")?;
-                let found = seq_u64(row.get(1))?;
+                let found = seq_u64(row.try_get(1)?)?;
                 let Some(h) = self.heads.get(&id) else {
                     continue;
                 };
@@ -372,24 +418,32 @@ impl Rows {
                     &[&self.ev_conv, &self.ev_id],
                 )?;
                 if let Some(row) = dup {
-                    let c: Vec<u8> = row.get(0);
+                    let c: Vec<u8> = row.try_get(0)?;
                     return Err(StoreError::Duplicate {
                         conversation: ConversationId(arr(&c, "conversation id")?),
                     });
                 }
             }
+            if self.changes_directory() {
+                change_seq = next_change_seq(&mut tx)?;
+            }
             let mut max_seq = Vec::with_capacity(ids.len());
             let mut records: Vec<Option<Vec<u8>>> = Vec::with_capacity(ids.len());
+            let mut changed = Vec::with_capacity(ids.len());
             for h in self.heads.values() {
                 max_seq.push(seq_i64(h.new_max())?);
                 records.push(h.record.as_ref().map(|(_, b)| b.clone()));
+                changed.push(h.changed);
             }
             tx.execute(
-                "UPDATE conversations AS c SET max_seq = u.m, record = COALESCE(u.r, c.record) \
-                 FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[]) AS u(id, m, r) \
+                "UPDATE conversations AS c SET max_seq = u.m, record = COALESCE(u.r, c.record), \
+                 change_seq = CASE WHEN u.ch THEN $5 ELSE c.change_seq END \
+                 FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[], $4::bool[]) AS u(id, m, r, ch) \
                  WHERE c.id = u.id",
-                &[&ids, &max_seq, &records],
+                &[&ids, &max_seq, &records, &changed, &change_seq],
             )?;
+        } else if self.changes_directory() {
+            change_seq = next_change_seq(&mut tx)?;
         }
         if !self.ev_seq.is_empty() {
             let inserted = tx.execute(
@@ -426,23 +480,26 @@ impl Rows {
         }
         if !self.former_conv.is_empty() {
             tx.execute(
-                "INSERT INTO former_members (conversation, user_id) \
-                 SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
-                &[&self.former_conv, &self.former_user],
+                "INSERT INTO former_members (conversation, user_id, change_seq) \
+                 SELECT u.c, u.u, $3 FROM UNNEST($1::bytea[], $2::bytea[]) AS u(c, u) \
+                 ORDER BY u.c, u.u ON CONFLICT DO NOTHING",
+                &[&self.former_conv, &self.former_user, &change_seq],
             )?;
         }
         for (d, bytes) in &self.devices {
             tx.execute(
-                "INSERT INTO device_certs (device, cert) VALUES ($1, $2) \
-                 ON CONFLICT (device) DO UPDATE SET cert = EXCLUDED.cert",
-                &[d, bytes],
+                "INSERT INTO device_certs (device, cert, change_seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device) DO UPDATE SET cert = EXCLUDED.cert, \
+                 change_seq = EXCLUDED.change_seq",
+                &[d, bytes, &change_seq],
             )?;
         }
         for (d, bytes) in &self.revocations {
             tx.execute(
-                "INSERT INTO revocations (device, revocation) VALUES ($1, $2) \
-                 ON CONFLICT (device) DO UPDATE SET revocation = EXCLUDED.revocation",
-                &[d, bytes],
+                "INSERT INTO revocations (device, revocation, change_seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device) DO UPDATE SET revocation = EXCLUDED.revocation, \
+                 change_seq = EXCLUDED.change_seq",
+                &[d, bytes, &change_seq],
             )?;
         }
         if !self.cursors.is_empty() {
@@ -462,30 +519,48 @@ impl Rows {
                 &[&dev, &conv, &seq],
             )?;
         }
-        for (u, c, d, inviter) in &self.invitations {
+        for ((u, c), (d, inviter)) in &self.invitations {
             tx.execute(
-                "INSERT INTO invitations (user_id, conversation, decision, inviter) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, conversation) \
-                 DO UPDATE SET decision = EXCLUDED.decision, inviter = EXCLUDED.inviter",
-                &[u, c, d, inviter],
+                "INSERT INTO invitations (user_id, conversation, decision, inviter, change_seq) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, conversation) \
+                 DO UPDATE SET decision = EXCLUDED.decision, inviter = EXCLUDED.inviter, \
+                 change_seq = EXCLUDED.change_seq",
+                &[u, c, d, inviter, &change_seq],
             )?;
         }
-        for (u, o, on) in &self.blocks {
-            if *on {
-                tx.execute(
-                    "INSERT INTO blocked (user_id, other) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[u, o],
-                )?;
-            } else {
-                tx.execute(
-                    "DELETE FROM blocked WHERE user_id = $1 AND other = $2",
-                    &[u, o],
-                )?;
-            }
+        for ((u, o), on) in &self.blocks {
+            tx.execute(
+                "INSERT INTO blocked (user_id, other, active, change_seq) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_id, other) \
+                 DO UPDATE SET active = EXCLUDED.active, change_seq = EXCLUDED.change_seq",
+                &[u, o, on, &change_seq],
+            )?;
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit().map_err(|e| {
+            if e.as_db_error().is_some() {
+                StoreError::Postgres(e)
+            } else {
+                // The server may have committed before the connection went.
+                StoreError::CommitUnknown(e.to_string())
+            }
+        })
     }
+
+    /// The commit's first event, by which a commit whose outcome is unknown is found.
+    fn marker(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((self.ev_conv.first()?.clone(), self.ev_id.first()?.clone()))
+    }
+}
+
+/// Takes the next change feed position in `tx` (holding the counter's row lock until the
+/// transaction ends orders the commits that change the directory).
+fn next_change_seq(tx: &mut postgres::Transaction<'_>) -> Result<i64, StoreError> {
+    Ok(tx
+        .query_one(
+            "UPDATE tidings_meta SET value = value + 1 WHERE key = 'change_seq' RETURNING value",
+            &[],
+        )?
+        .try_get(0)?)
 }
 
 /// The record placing a stored event: its legacy ack, else the statement covering `seq`.
@@ -503,8 +578,10 @@ fn placing(
          ORDER BY first_seq DESC LIMIT 1",
         &[&conv, &seq],
     )?;
-    row.map(|r| r.get(0))
-        .ok_or(StoreError::Corrupt("an event no statement places"))
+    match row {
+        Some(r) => Ok(r.try_get(0)?),
+        None => Err(StoreError::Corrupt("an event no statement places")),
+    }
 }
 
 impl PgStore {
@@ -522,22 +599,27 @@ impl PgStore {
         writer.call(|c| {
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            // The version first: the tables of another version are left as they are.
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS tidings_meta (key text PRIMARY KEY, value int8 NOT NULL)",
+            )?;
+            let found: Option<i64> = tx
+                .query_opt("SELECT value FROM tidings_meta WHERE key = 'schema'", &[])?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            if let Some(found) = found.filter(|f| *f != PG_SCHEMA_VERSION) {
+                return Err(StoreError::Schema {
+                    found: u64::try_from(found).unwrap_or(0),
+                    expected: PG_SCHEMA_VERSION as u64,
+                });
+            }
             tx.batch_execute(SCHEMA)?;
             tx.execute(
                 "INSERT INTO tidings_meta (key, value) VALUES ('schema', $1) \
                  ON CONFLICT (key) DO NOTHING",
                 &[&PG_SCHEMA_VERSION],
             )?;
-            let found: i64 = tx
-                .query_one("SELECT value FROM tidings_meta WHERE key = 'schema'", &[])?
-                .get(0);
             tx.commit()?;
-            if found != PG_SCHEMA_VERSION {
-                return Err(StoreError::Schema {
-                    found: u64::try_from(found).unwrap_or(0),
-                    expected: PG_SCHEMA_VERSION as u64,
-                });
-            }
             Ok(())
         })?;
         let reader = Conn::spawn(url, "tidings-pg-reader", durable)?;
@@ -555,53 +637,43 @@ impl PgStore {
     }
 }
 
-/// Rows of (device, postcard record) whose record must name the device it is stored under;
-/// `corrupt` says what is damaged when a record does not decode, or names another device.
-fn per_device<T: serde::de::DeserializeOwned>(
-    c: &mut Client,
-    sql: &str,
-    corrupt: (&'static str, &'static str),
-    device_of: impl Fn(&T) -> DeviceId,
-) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for row in c.query(sql, &[])? {
-        let r: T = postcard::from_bytes(row.get(1)).map_err(|_| StoreError::Corrupt(corrupt.0))?;
-        if device_of(&r).0[..] != *row.get::<_, &[u8]>(0) {
-            return Err(StoreError::Corrupt(corrupt.1));
-        }
-        out.push(r);
-    }
-    Ok(out)
-}
-
-fn decode_record(bytes: &[u8]) -> Result<ConversationRecord, StoreError> {
-    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt("conversation record"))
-}
-
 impl Storage for PgStore {
     fn commit(&self, batch: &CommitBatch<'_>) -> Result<(), StoreError> {
         let rows = Rows::of(batch)?;
-        self.writer.call(move |c| rows.write(c))
+        let marker = rows.marker();
+        match self.writer.call(move |c| rows.write(c)) {
+            Err(StoreError::CommitUnknown(why)) => {
+                // Found out on a new connection: a transaction is all or nothing, so its
+                // first event stored means all of it is.
+                let Some((conv, id)) = marker else {
+                    return Err(StoreError::CommitUnknown(why));
+                };
+                let found = self.writer.call(move |c| {
+                    Ok(c.query_opt(
+                        "SELECT 1 FROM events WHERE conversation = $1 AND event_id = $2",
+                        &[&conv, &id],
+                    )?
+                    .is_some())
+                });
+                match found {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(StoreError::Failed(format!("not written: {why}"))),
+                    Err(e) => Err(StoreError::CommitUnknown(format!("{why}; then {e}"))),
+                }
+            }
+            other => other,
+        }
     }
 
     fn conversations(&self) -> Result<Vec<(ConversationId, ConversationRecord)>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query(
+            read::conversation_rows(
+                c,
                 "SELECT id, record FROM conversations WHERE record IS NOT NULL ORDER BY id",
                 &[],
-            )? {
-                let id: Vec<u8> = row.get(0);
-                let rec: Vec<u8> = row.get(1);
-                out.push((
-                    ConversationId(arr(&id, "conversation id")?),
-                    decode_record(&rec)?,
-                ));
-            }
-            Ok(out)
+            )
         })
     }
-
     fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
         let id = id.0.to_vec();
         self.read(move |c| {
@@ -609,89 +681,65 @@ impl Storage for PgStore {
                 "SELECT record FROM conversations WHERE id = $1 AND record IS NOT NULL",
                 &[&id],
             )?;
-            row.map(|r| decode_record(r.get::<_, &[u8]>(0))).transpose()
+            match row {
+                Some(r) => Ok(Some(read::decode_record(r.try_get::<_, &[u8]>(0)?)?)),
+                None => Ok(None),
+            }
         })
     }
 
     fn former_members(&self) -> Result<Vec<(ConversationId, UserId)>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query(
+            read::former_rows(
+                c,
                 "SELECT conversation, user_id FROM former_members ORDER BY conversation, user_id",
                 &[],
-            )? {
-                out.push((
-                    ConversationId(arr(row.get(0), "conversation id")?),
-                    UserId(arr(row.get(1), "user id")?),
-                ));
-            }
-            Ok(out)
+            )
         })
     }
-
     fn registrations(&self) -> Result<Vec<DeviceRegistration>, StoreError> {
         self.read(|c| {
-            per_device(
+            read::per_device(
                 c,
                 "SELECT device, cert FROM device_certs ORDER BY device",
+                &[],
                 ("device certificate", "device certificate under another key"),
                 |r: &DeviceRegistration| r.device,
             )
         })
     }
-
     fn revocations(&self) -> Result<Vec<DeviceRevocation>, StoreError> {
         self.read(|c| {
-            per_device(
+            read::per_device(
                 c,
                 "SELECT device, revocation FROM revocations ORDER BY device",
+                &[],
                 ("device revocation", "device revocation under another key"),
                 |r: &DeviceRevocation| r.device,
             )
         })
     }
-
     fn invitations(&self) -> Result<Vec<InvitationRecord>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query(
+            read::invitation_rows(
+                c,
                 "SELECT user_id, conversation, decision, inviter FROM invitations \
                  ORDER BY user_id, conversation",
                 &[],
-            )? {
-                let decision = match row.get::<_, i16>(2) {
-                    0 => Decision::Pending,
-                    1 => Decision::Accepted,
-                    2 => Decision::Declined,
-                    _ => return Err(StoreError::Corrupt("invitation decision")),
-                };
-                out.push(InvitationRecord {
-                    user: UserId(arr(row.get(0), "user id")?),
-                    conversation: ConversationId(arr(row.get(1), "conversation id")?),
-                    decision,
-                    inviter: UserId(arr(row.get(3), "user id")?),
-                });
-            }
-            Ok(out)
+            )
         })
     }
-
     fn blocked(&self) -> Result<Vec<(UserId, UserId)>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            for row in c.query(
-                "SELECT user_id, other FROM blocked ORDER BY user_id, other",
+            let rows = read::block_rows(
+                c,
+                "SELECT user_id, other, active FROM blocked WHERE active \
+                 ORDER BY user_id, other",
                 &[],
-            )? {
-                out.push((
-                    UserId(arr(row.get(0), "user id")?),
-                    UserId(arr(row.get(1), "user id")?),
-                ));
-            }
-            Ok(out)
+            )?;
+            Ok(rows.into_iter().map(|(u, o, _)| (u, o)).collect())
         })
     }
-
     fn cursors(&self, device: &DeviceId) -> Result<HashMap<ConversationId, u64>, StoreError> {
         let device = device.0.to_vec();
         self.read(move |c| {
@@ -701,8 +749,8 @@ impl Storage for PgStore {
                 &[&device],
             )? {
                 out.insert(
-                    ConversationId(arr(row.get(0), "conversation id")?),
-                    seq_u64(row.get(1))?,
+                    ConversationId(arr(row.try_get(0)?, "conversation id")?),
+                    seq_u64(row.try_get(1)?)?,
                 );
             }
             Ok(out)
@@ -738,17 +786,17 @@ impl Storage for PgStore {
             )?;
             let mut out = vec![ChainInfo::default(); slots.len()];
             for row in rows {
-                let i = usize::try_from(row.get::<_, i64>(0) - 1)
+                let i = usize::try_from(row.try_get::<_, i64>(0)? - 1)
                     .map_err(|_| StoreError::Corrupt("ordinality"))?;
                 let (Some(&(cid, counter, id)), Some(info)) = (slots.get(i), out.get_mut(i)) else {
                     continue;
                 };
-                let stored_counter = counter_of(row.get(1));
-                let other = EventId(arr(row.get(2), "event id")?);
+                let stored_counter = counter_of(row.try_get(1)?);
+                let other = EventId(arr(row.try_get(2)?, "event id")?);
                 if stored_counter == counter {
                     if other == id {
-                        let seq: i64 = row.get(3);
-                        let record = placing(c, &cid.0, seq, row.get(5))?;
+                        let seq: i64 = row.try_get(3)?;
+                        let record = placing(c, &cid.0, seq, row.try_get(5)?)?;
                         info.stored = Some((cid, seq_u64(seq)?, record));
                     } else {
                         info.fork.get_or_insert(other);
@@ -757,7 +805,7 @@ impl Storage for PgStore {
                     info.pred.get_or_insert(other);
                 } else if counter.checked_add(1) == Some(stored_counter) && info.succ_prev.is_none()
                 {
-                    let prev: &[u8] = row.get(4);
+                    let prev: &[u8] = row.try_get(4)?;
                     info.succ_prev = Some(if prev.is_empty() {
                         None
                     } else {
@@ -788,7 +836,7 @@ impl Storage for PgStore {
             let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                 return Ok((Vec::new(), Vec::new(), false));
             };
-            let (first, last): (i64, i64) = (first.get(0), last.get(0));
+            let (first, last): (i64, i64) = (first.try_get(0)?, last.try_get(0)?);
             // The statements covering [first, last]: the one at or below `first`, and after.
             let statements: Vec<(i64, Vec<u8>)> = c
                 .query(
@@ -799,16 +847,16 @@ impl Storage for PgStore {
                     &[&conv, &first, &last],
                 )?
                 .into_iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, postgres::Error>>()?;
             let (mut out, mut records) = (Vec::new(), Vec::new());
             let mut last_statement: Option<i64> = None;
             let mut bytes = 0usize;
             let mut more = false;
             for row in rows {
-                let seq: i64 = row.get(0);
-                let event: Vec<u8> = row.get(1);
-                let ack: Vec<u8> = row.get(2);
+                let seq: i64 = row.try_get(0)?;
+                let event: Vec<u8> = row.try_get(1)?;
+                let ack: Vec<u8> = row.try_get(2)?;
                 let record = if ack.is_empty() {
                     let Some((sk, st)) = statements.iter().rev().find(|(f, _)| *f <= seq) else {
                         return Err(StoreError::Corrupt("an event no statement places"));
@@ -835,8 +883,45 @@ impl Storage for PgStore {
 
     fn n_events(&self) -> Result<u64, StoreError> {
         self.read(|c| {
-            let n: i64 = c.query_one("SELECT count(*) FROM events", &[])?.get(0);
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM events", &[])?
+                .try_get(0)?;
             Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
+        self.read(move |c| read::changes(c, after))
+    }
+
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        self.read(read::position)
+    }
+
+    fn heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, ServerSeq)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u8>> = ids.iter().map(|i| i.0.to_vec()).collect();
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for row in c.query(
+                "SELECT id, max_seq FROM conversations WHERE id = ANY($1::bytea[])",
+                &[&ids],
+            )? {
+                out.push((
+                    ConversationId(arr(row.try_get(0)?, "conversation id")?),
+                    seq_u64(row.try_get(1)?)?,
+                ));
+            }
+            Ok(out)
         })
     }
 }

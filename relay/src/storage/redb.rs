@@ -3,7 +3,7 @@
 //! contract that cost nothing on one writer (dense sequences, ids stored once) are made by the
 //! core before it stages an event.
 
-use super::{Page, Storage};
+use super::{ChangeSeq, Changes, Page, Storage};
 use crate::core::store::{
     ChainInfo, CommitBatch, ConversationRecord, InvitationRecord, RelayStore, StoreError,
 };
@@ -53,5 +53,28 @@ impl Storage for RelayStore {
     }
     fn n_events(&self) -> Result<u64, StoreError> {
         RelayStore::n_events(self)
+    }
+    /// One process owns the file.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// This process made every change, and its caches hold them already.
+    fn changes(&self, after: ChangeSeq) -> Result<Changes, StoreError> {
+        Ok(Changes::none(after))
+    }
+    fn change_position(&self) -> Result<ChangeSeq, StoreError> {
+        Ok(ChangeSeq::default())
+    }
+    fn heads(
+        &self,
+        ids: &[ConversationId],
+    ) -> Result<Vec<(ConversationId, ServerSeq)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = RelayStore::conversation(self, id)? {
+                out.push((*id, rec.max_seq));
+            }
+        }
+        Ok(out)
     }
 }

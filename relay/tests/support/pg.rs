@@ -84,6 +84,22 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
     }
 }
 
+/// A temporary directory the server's user owns.
+fn owned_tempdir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("tidings-pg-").tempdir()?;
+    if is_root() {
+        check(
+            {
+                let mut c = Command::new("chown");
+                c.args(["postgres:", &dir.path().display().to_string()]);
+                c
+            },
+            "chown",
+        )?;
+    }
+    Ok(dir)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -118,17 +134,7 @@ impl PgServer {
                  with `apt-get install -y postgresql`"
             ),
         };
-        let dir = tempfile::Builder::new().prefix("tidings-pg-").tempdir()?;
-        if is_root() {
-            check(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["postgres:", &dir.path().display().to_string()]);
-                    c
-                },
-                "chown",
-            )?;
-        }
+        let dir = owned_tempdir()?;
         let data = dir.path().join("data");
         check(
             {
@@ -146,6 +152,11 @@ impl PgServer {
             },
             "initdb",
         )?;
+        PgServer::launch(bin, dir, settings)
+    }
+
+    /// Starts the server in `dir/data` on a free port.
+    fn launch(bin: PathBuf, dir: tempfile::TempDir, settings: &[&str]) -> Result<PgServer> {
         let mut server = PgServer {
             bin,
             dir: Some(dir),
@@ -165,6 +176,84 @@ impl PgServer {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("postgres did not start")))
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started on a port of its own.
+    /// Make it synchronous with [`PgServer::require_sync_standby`] on the primary.
+    pub fn standby_of(primary: &PgServer) -> Result<PgServer> {
+        let dir = owned_tempdir()?;
+        check(
+            {
+                let mut c = pg_command(&primary.bin, "pg_basebackup");
+                c.arg("-D").arg(dir.path().join("data")).args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    // A spread checkpoint would take minutes on an idle server.
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ]);
+                c
+            },
+            "pg_basebackup",
+        )?;
+        PgServer::launch(primary.bin.clone(), dir, &[])
+    }
+
+    /// Runs `sql` on database `postgres` (on a thread of its own, see
+    /// [`PgServer::create_database`]).
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        let admin = self.url("postgres");
+        let sql = sql.to_string();
+        std::thread::spawn(move || -> Result<()> {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
+            c.batch_execute(&sql)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("admin session panicked"))?
+    }
+
+    /// Commits on this server wait for a standby's flush from now on; returns once a
+    /// standby streams synchronously.
+    pub fn require_sync_standby(&self) -> Result<()> {
+        // Apart: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
+        self.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
+        self.execute("SELECT pg_reload_conf()")?;
+        let admin = self.url("postgres");
+        for _ in 0..200 {
+            let admin = admin.clone();
+            let sync = std::thread::spawn(move || -> Result<bool> {
+                let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
+                let rows = c.query(
+                    "SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'",
+                    &[],
+                )?;
+                Ok(!rows.is_empty())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("admin session panicked"))??;
+            if sync {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("no synchronous standby")
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote -w`).
+    pub fn promote(&self) -> Result<()> {
+        let mut c = pg_command(&self.bin, "pg_ctl");
+        c.arg("-D")
+            .arg(self.path().join("data"))
+            .args(["-w", "promote"]);
+        check(c, "pg_ctl promote")
     }
 
     fn path(&self) -> &Path {

@@ -1029,6 +1029,7 @@ pub fn relay_store_file() -> &'static [u8] {
                 events: records,
                 statements: vec![],
                 conversations: vec![(CONV, &rec)],
+                membership_changed: vec![CONV],
                 former: vec![],
                 devices: certs.iter().collect(),
                 revocations: vec![],
