@@ -8,7 +8,7 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::net::{accept_invitation, eventually, open};
+use common::net::{eventually, open, start_conversation};
 use common::{device, user};
 use futures::StreamExt;
 use procs::{replica_config, spawn_relay, RelayProc};
@@ -136,19 +136,7 @@ async fn relay_killed_mid_send_loses_no_acked_message() {
         watch_acks(&r, acked.clone());
         devices.push(r);
     }
-    devices[0]
-        .create_conversation(CONV, vec![bob.id])
-        .await
-        .expect("create");
-    accept_invitation(&devices[2], CONV).await;
-    for d in &devices {
-        eventually(30, "the conversation everywhere", || async {
-            d.conversation(CONV)
-                .await
-                .is_ok_and(|s| s.members.is_some())
-        })
-        .await;
-    }
+    start_conversation(&devices[0], &devices[2], bob.id, CONV, &devices, 30).await;
     // An observer device of Alice's reads what the relay stored after each restart.
     let (observer, _) = device(&alice, 99);
     {

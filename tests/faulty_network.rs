@@ -6,7 +6,7 @@ mod common;
 #[path = "common/faults.rs"]
 mod faults;
 
-use common::net::{accept_invitation, all_at_least, config, eventually, ids, open};
+use common::net::{all_at_least, config, eventually, ids, open, start_conversation};
 use common::{device, user};
 use faults::{FaultProxy, Faults};
 use std::collections::HashSet;
@@ -50,19 +50,7 @@ async fn lossy_duplicating_reordering_network_still_converges() {
         devices.push(open(dir.path(), name, key, cfg).await);
         proxies.push(proxy);
     }
-    devices[0]
-        .create_conversation(CONV, vec![bob.id])
-        .await
-        .expect("create");
-    accept_invitation(&devices[2], CONV).await;
-    for d in &devices {
-        eventually(60, "the conversation everywhere", || async {
-            d.conversation(CONV)
-                .await
-                .is_ok_and(|s| s.members.is_some())
-        })
-        .await;
-    }
+    start_conversation(&devices[0], &devices[2], bob.id, CONV, &devices, 60).await;
 
     // Everyone sends at once; each device's messages in its own order.
     let mut sent: Vec<Vec<MessageId>> = vec![Vec::new(); devices.len()];

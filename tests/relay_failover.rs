@@ -11,7 +11,7 @@ mod pg;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::net::{accept_invitation, eventually, open};
+use common::net::{eventually, open, start_conversation};
 use common::{device, user};
 use futures::StreamExt;
 use procs::{replica_config, spawn_relay_config, RelayProc};
@@ -137,19 +137,7 @@ async fn devices_move_to_another_node_when_theirs_is_killed() {
         watch_acks(&r, acked.clone());
         devices.push(r);
     }
-    devices[0]
-        .create_conversation(CONV, vec![bob.id])
-        .await
-        .expect("create");
-    accept_invitation(&devices[2], CONV).await;
-    for d in &devices {
-        eventually(30, "the conversation everywhere", || async {
-            d.conversation(CONV)
-                .await
-                .is_ok_and(|s| s.members.is_some())
-        })
-        .await;
-    }
+    start_conversation(&devices[0], &devices[2], bob.id, CONV, &devices, 30).await;
     let (observer, _) = device(&alice, 99);
     {
         let ep = client_endpoint("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).expect("ep");

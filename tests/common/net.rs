@@ -90,6 +90,31 @@ pub async fn accept_invitation(r: &Replica, conv: ConversationId) {
     r.accept(conv).await.expect("accept");
 }
 
+/// `creator` starts `conv` with `invited_user`, whose device `invited` accepts, and every
+/// device of `everyone` sees its members within `secs` seconds.
+pub async fn start_conversation(
+    creator: &Replica,
+    invited: &Replica,
+    invited_user: tidings::engine::UserId,
+    conv: ConversationId,
+    everyone: &[Replica],
+    secs: u64,
+) {
+    creator
+        .create_conversation(conv, vec![invited_user])
+        .await
+        .expect("create");
+    accept_invitation(invited, conv).await;
+    for d in everyone {
+        eventually(secs, "the conversation everywhere", || async {
+            d.conversation(conv)
+                .await
+                .is_ok_and(|s| s.members.is_some())
+        })
+        .await;
+    }
+}
+
 /// Every message of `conv` in view order, read a page of `PAGE` at a time from the latest
 /// back (index reads beside the driver, no document load).
 pub async fn all_pages(r: &Replica, conv: ConversationId) -> Vec<Rendered> {

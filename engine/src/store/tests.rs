@@ -113,16 +113,22 @@ fn outgoing(n: usize) -> Vec<Outgoing> {
         .collect()
 }
 
-fn sent_bodies(store: &mut Store) -> Vec<Vec<u8>> {
+/// The events in the outbox, in order.
+fn outbox_events(store: &mut Store) -> Vec<Event> {
     let ids: Vec<EventId> = store
         .outbox()
         .expect("outbox")
         .iter()
         .map(|e| e.event)
         .collect();
+    ids.iter()
+        .map(|id| store.log().get(id).expect("get").expect("stored"))
+        .collect()
+}
+
+fn sent_bodies(store: &mut Store) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for id in ids {
-        let ev = store.log().get(&id).expect("get").expect("stored");
+    for ev in outbox_events(store) {
         if let Some(m) = ev.message() {
             let conv = store.conversation(CONV).expect("conversation");
             let view = conv
@@ -294,15 +300,8 @@ fn a_batch_on_a_failing_disk_fails_whole_and_is_absent_after_a_crash() {
 
 /// The recipient devices of each `EpochKeys` event in the outbox, in order.
 fn sealed_to(store: &mut Store) -> Vec<Vec<DeviceId>> {
-    let ids: Vec<EventId> = store
-        .outbox()
-        .expect("outbox")
-        .iter()
-        .map(|e| e.event)
-        .collect();
     let mut out = Vec::new();
-    for id in ids {
-        let event = store.log().get(&id).expect("get").expect("stored");
+    for event in outbox_events(store) {
         if let EventKind::EpochKeys { keys, .. } = event.kind() {
             out.push(keys.iter().map(|k| k.device).collect());
         }

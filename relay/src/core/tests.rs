@@ -912,51 +912,57 @@ fn parallel_ack_signing_matches_serial() {
 /// A commit being written while the next batch is staged: duplicates of in-flight events get
 /// the in-flight ack only once it is durable; a failed write refuses it and everything staged
 /// after it, and the sequence resumes from the last durable state.
+/// Hands a Submit to the core without committing it.
+fn submit_nowait(net: &mut Net, dev: &Dev, events: &[Event], request_id: u64) {
+    net.core.handle_frame(
+        dev.session,
+        ClientFrame::Submit {
+            request_id,
+            events: events
+                .iter()
+                .map(|e| Envelope(e.bytes().to_vec()))
+                .collect(),
+        },
+        net.now,
+    );
+}
+
+/// The SubmitResults the core has answered, by request id.
+fn submit_results(net: &mut Net) -> BTreeMap<u64, Vec<SubmitOutcome>> {
+    let mut out = BTreeMap::new();
+    while let Some(o) = net.core.poll_output() {
+        if let Output::Frame {
+            frame:
+                ServerFrame::SubmitResult {
+                    request_id,
+                    outcomes,
+                    ..
+                },
+            ..
+        } = o
+        {
+            out.insert(request_id, outcomes);
+        }
+    }
+    out
+}
+
 #[test]
 fn pipelined_commits() {
     let mut net = Net::new(Limits::default());
     let mut a = net.connect(1, 10);
     let c = create(&mut a, 1, &[1]);
     assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
-    let session = a.session;
-    let submit = |net: &mut Net, evs: &[Event], id: u64| {
-        net.core.handle_frame(
-            session,
-            ClientFrame::Submit {
-                request_id: id,
-                events: evs.iter().map(|e| Envelope(e.bytes().to_vec())).collect(),
-            },
-            net.now,
-        );
-    };
-    let results = |net: &mut Net| -> BTreeMap<u64, Vec<SubmitOutcome>> {
-        let mut out = BTreeMap::new();
-        while let Some(o) = net.core.poll_output() {
-            if let Output::Frame {
-                frame:
-                    ServerFrame::SubmitResult {
-                        request_id,
-                        outcomes,
-                        ..
-                    },
-                ..
-            } = o
-            {
-                out.insert(request_id, outcomes);
-            }
-        }
-        out
-    };
     let m1 = send(&mut a, 1, "one");
-    submit(&mut net, std::slice::from_ref(&m1), 1);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m1), 1);
     let job = net.core.start_commit().expect("sign").expect("a job");
     assert!(net.core.commit_in_flight());
     // While it is written: a duplicate, and a new event.
-    submit(&mut net, std::slice::from_ref(&m1), 2);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m1), 2);
     let m2 = send(&mut a, 1, "two");
-    submit(&mut net, std::slice::from_ref(&m2), 3);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m2), 3);
     assert!(
-        results(&mut net).is_empty(),
+        submit_results(&mut net).is_empty(),
         "nothing answered before the write"
     );
     assert!(
@@ -965,22 +971,22 @@ fn pipelined_commits() {
     );
     let r = job.write(net.core.store());
     net.core.finish_commit(job, r);
-    let got = results(&mut net);
+    let got = submit_results(&mut net);
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(got[&1], got[&2]);
     assert_eq!(seq_of(&got[&1][0]), 2);
     net.core.commit().expect("commit");
-    assert_eq!(seq_of(&results(&mut net)[&3][0]), 3);
+    assert_eq!(seq_of(&submit_results(&mut net)[&3][0]), 3);
 
     // A failed write: its events and those staged after it are refused.
     let m3 = send(&mut a, 1, "three");
-    submit(&mut net, std::slice::from_ref(&m3), 4);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m3), 4);
     let job = net.core.start_commit().expect("sign").expect("a job");
     let m4 = send(&mut a, 1, "four");
-    submit(&mut net, std::slice::from_ref(&m4), 5);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m4), 5);
     net.core
         .finish_commit(job, Err(StoreError::Failed("disk on fire".into())));
-    let got = results(&mut net);
+    let got = submit_results(&mut net);
     assert_eq!(code_of(&got[&4][0]), ErrorCode::INTERNAL);
     assert_eq!(code_of(&got[&5][0]), ErrorCode::INTERNAL);
     assert!(!net.core.has_staged());

@@ -3,39 +3,6 @@
 
 use super::*;
 
-fn submit_nowait(net: &mut Net, dev: &Dev, events: &[Event], request_id: u64) {
-    net.core.handle_frame(
-        dev.session,
-        ClientFrame::Submit {
-            request_id,
-            events: events
-                .iter()
-                .map(|e| Envelope(e.bytes().to_vec()))
-                .collect(),
-        },
-        net.now,
-    );
-}
-
-fn results(net: &mut Net) -> BTreeMap<u64, Vec<SubmitOutcome>> {
-    let mut out = BTreeMap::new();
-    while let Some(o) = net.core.poll_output() {
-        if let Output::Frame {
-            frame:
-                ServerFrame::SubmitResult {
-                    request_id,
-                    outcomes,
-                    ..
-                },
-            ..
-        } = o
-        {
-            out.insert(request_id, outcomes);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_conflict_on_one_conversation_refuses_only_its_events() {
     let mut net = Net::new(Limits::default());
@@ -77,7 +44,7 @@ fn a_conflict_on_one_conversation_refuses_only_its_events() {
         }),
     );
     net.core.commit().expect("commit");
-    let got = results(&mut net);
+    let got = submit_results(&mut net);
     assert_eq!(code_of(&got[&1][0]), ErrorCode::INTERNAL);
     assert_eq!(
         seq_of(&got[&2][0]),
