@@ -52,10 +52,27 @@ fn all_decrypted(bodies: impl IntoIterator<Item = Body>) {
     assert_eq!(n, SCREEN);
 }
 
-/// Times `f` from a closed store each iteration; closing the store is not timed.
+/// Times `f` from a closed store each iteration; closing the store is not timed. The close
+/// seals the file, so each open but the first skips the full page check.
 fn timed_from_closed(iters: u64, alice: &Member, path: &Path, f: impl Fn(&mut Store)) -> Duration {
+    timed_opens(iters, alice, path, false, f)
+}
+
+/// Like [`timed_from_closed`]; with `unsealed`, the seal of the clean close is removed before
+/// each open (untimed), which is what an open after a crash, or after anything wrote to the
+/// file, costs: every page read and checked.
+fn timed_opens(
+    iters: u64,
+    alice: &Member,
+    path: &Path,
+    unsealed: bool,
+    f: impl Fn(&mut Store),
+) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
+        if unsealed {
+            let _ = std::fs::remove_file(EventLog::seal_path(path));
+        }
         let start = Instant::now();
         let mut store = open_store(alice, path);
         f(&mut store);
@@ -90,6 +107,10 @@ fn open(c: &mut Criterion) {
     let (_, big) = &fixtures[1];
     g.bench_function("log_open_only/100000", |b| {
         b.iter_custom(|iters| timed_from_closed(iters, &alice, &big.path, |_| {}))
+    });
+    // The same open with every page checked (no seal: after a crash or an outside write).
+    g.bench_function("log_open_checked/100000", |b| {
+        b.iter_custom(|iters| timed_opens(iters, &alice, &big.path, true, |_| {}))
     });
     // Part of that: redb's own open of the file, without `EventLog::open`'s full page check
     // (`check_integrity`) and its incarnation commit.

@@ -110,6 +110,9 @@ fn damaged_device_log_gives_an_error_or_the_same_data() {
         std::fs::write(&path, base).expect("write");
         let good = device_view(&path).expect("the undamaged log reads");
         assert_eq!(good.events.len(), checks::fixture_events().len());
+        // That clean close sealed the file: each damaged copy below is written over a sealed
+        // file, and the seal must not let an open skip the page check.
+        assert!(EventLog::seal_path(&path).exists(), "{name}: no seal");
         // A file left by a crash is recovered by redb from the newest commit whose checksums
         // hold: damage to the last commit looks like a commit torn by the crash, and the file
         // reads as before it (here: without the last commit's outbox entry and cursor), which

@@ -83,6 +83,15 @@ async fn builder_keys_and_pin_are_all_an_app_needs_to_reach_read() {
     );
     alice.close().await.expect("close");
     bob.close().await.expect("close");
+    // `close` let go of every handle on the log (the driver's and the reads'): the file is
+    // sealed, and the next open does not read every page again.
+    let log = tmp.path().join("bob").join("device.redb");
+    assert!(
+        tidings::engine::EventLog::seal_path(&log).exists(),
+        "close did not seal the log"
+    );
+    let reopened = tidings::engine::EventLog::open(&log).expect("reopen");
+    assert!(!reopened.checked_in_full());
 }
 
 /// The first connection problem `r` reports.

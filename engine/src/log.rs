@@ -21,6 +21,7 @@ use std::sync::Arc;
 mod error;
 mod index;
 mod records;
+mod seal;
 mod tables;
 mod txn;
 use error::corrupt;
@@ -52,10 +53,12 @@ pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug)]
 pub struct EventLog {
     /// Shared with every [`LogReader`]: redb read transactions run beside the writer.
-    db: Arc<Database>,
+    db: Arc<seal::LogDb>,
     incarnation: u64,
     /// Durable commits made through this handle (see [`EventLog::durable_commits`]).
     durable_commits: std::sync::atomic::AtomicU64,
+    /// Whether this open checked every page (see [`EventLog::checked_in_full`]).
+    checked_in_full: bool,
 }
 
 /// Runs `open`, a redb `Database::create*` call, turning a panic inside redb into
@@ -90,6 +93,8 @@ impl EventLog {
     ) -> Result<EventLog, LogError> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        // Before redb opens the file: opening writes to it.
+        let sealed = seal::take(path);
         let db = guarded_open(|| Database::builder().set_cache_size(cache_bytes).create(path))
             .map_err(|e| match e {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
@@ -99,7 +104,7 @@ impl EventLog {
                 other => other.into(),
             })?
             .ok_or_else(|| LogError::Damaged(name.clone()))?;
-        Self::init(db, &name)
+        Self::init(db, &name, !sealed, Some(path.to_owned()))
     }
 
     /// A log in memory (redb's in-memory backend), for tests and simulations.
@@ -113,22 +118,32 @@ impl EventLog {
         let name = "log on a custom backend";
         let db = guarded_open(|| Database::builder().create_with_backend(backend))?
             .ok_or_else(|| LogError::Damaged(name.to_owned()))?;
-        Self::init(db, name)
+        Self::init(db, name, true, None)
     }
 
-    fn init(mut db: Database, name: &str) -> Result<EventLog, LogError> {
+    /// `file`: the log's file, sealed when the last handle on it closes.
+    fn init(
+        mut db: Database,
+        name: &str,
+        check: bool,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<EventLog, LogError> {
         // redb checks page checksums only when it recovers from a crash. A file damaged after
         // a clean close would be read as it is, and a damaged page makes redb index out of
-        // bounds (a panic) or return wrong values. So every page is checked once, here, before
-        // anything is read: a damaged log is an error, never a panic or silent loss.
-        match db.check_integrity() {
-            Ok(true) => {}
-            // redb repaired it, possibly back to an earlier commit: events may be gone.
-            Ok(false) => return Err(LogError::Damaged(name.to_owned())),
-            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
-                return Err(LogError::Damaged(name.to_owned()))
+        // bounds (a panic) or return wrong values. So every page is checked, here, before
+        // anything is read: a damaged log is an error, never a panic or silent loss. Unless
+        // this process's own clean close sealed the file and nothing has written to it since
+        // (`seal`): then the check would read the very pages redb wrote and synced.
+        if check {
+            match db.check_integrity() {
+                Ok(true) => {}
+                // redb repaired it, possibly back to an earlier commit: events may be gone.
+                Ok(false) => return Err(LogError::Damaged(name.to_owned())),
+                Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
+                    return Err(LogError::Damaged(name.to_owned()))
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
         let txn = db.begin_write()?;
         let incarnation;
@@ -193,10 +208,23 @@ impl EventLog {
         }
         txn.commit()?;
         Ok(EventLog {
-            db: Arc::new(db),
+            db: Arc::new(seal::LogDb::new(db, file)),
             incarnation,
             durable_commits: Default::default(),
+            checked_in_full: check,
         })
+    }
+
+    /// The file beside a log at `log` that seals its clean close: `<log>.closed`. Backups
+    /// need not keep it; without it the next open checks every page.
+    pub fn seal_path(log: &Path) -> std::path::PathBuf {
+        seal::seal_path(log)
+    }
+
+    /// Whether this open read and verified every page of the file. It does unless the file
+    /// carries the seal of a clean close by this code and is unchanged since (`docs/FORMAT.md`).
+    pub fn checked_in_full(&self) -> bool {
+        self.checked_in_full
     }
 
     /// A number that grows with every open of this log.

@@ -20,7 +20,7 @@ use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageV
 use crate::event::{Event, EventKind};
 use crate::ids::{ConversationId, EventId, MessageId, ServerSeq, UserId};
 use crate::status::{derive_status, UserMarks};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub fn local_read_key(conversation: &ConversationId) -> Vec<u8> {
 /// the writer. It keeps the database (and its file lock) open while it lives.
 #[derive(Clone, Debug)]
 pub struct LogReader {
-    db: Arc<Database>,
+    db: Arc<super::seal::LogDb>,
 }
 
 impl EventLog {

@@ -390,3 +390,81 @@ fn a_read_beside_an_open_write_sees_the_last_commit() {
     let after = reader.page(CONV, None, 10).expect("page");
     assert_eq!(ids(&after), vec![MessageId([1; 16]), MessageId([2; 16])]);
 }
+
+/// A log file closed cleanly by this code and untouched since opens without reading every
+/// page again; each open takes the seal away and each clean close writes a new one.
+#[test]
+fn a_clean_close_lets_the_next_open_skip_the_full_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.redb");
+    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let event = send(&device, 1, 1);
+    let log = EventLog::open(&path).expect("create");
+    assert!(log.checked_in_full(), "a new file has no seal");
+    log.append(std::slice::from_ref(&event)).expect("append");
+    drop(log);
+    assert!(
+        seal::seal_path(&path).exists(),
+        "a clean close seals the file"
+    );
+    for _ in 0..2 {
+        let log = EventLog::open(&path).expect("reopen");
+        assert!(
+            !seal::seal_path(&path).exists(),
+            "an open takes the seal away"
+        );
+        assert!(
+            !log.checked_in_full(),
+            "a sealed, unchanged file is not checked again"
+        );
+        assert_eq!(log.get(&event.id()).expect("get"), Some(event.clone()));
+    }
+}
+
+/// Any write to the file after the seal (here: the same bytes written back, as a restore or
+/// a copy would) makes the next open check every page again.
+#[test]
+fn a_file_written_after_its_seal_is_checked_in_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.redb");
+    drop(EventLog::open(&path).expect("create"));
+    assert!(seal::seal_path(&path).exists());
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes).expect("write back");
+    let log = EventLog::open(&path).expect("reopen");
+    assert!(
+        log.checked_in_full(),
+        "a seal vouched for a file written after it"
+    );
+}
+
+/// A seal that is not one (garbage, or another file's) never lets an open skip the check. The
+/// file is sealed when the last handle on it closes, a reader that outlives the log included.
+#[test]
+fn only_a_real_seal_of_a_closed_file_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("device.redb");
+    drop(EventLog::open(&path).expect("create"));
+    std::fs::write(seal::seal_path(&path), b"not a seal").expect("garbage seal");
+    let log = EventLog::open(&path).expect("reopen");
+    assert!(log.checked_in_full());
+    let reader = log.reader();
+    drop(log);
+    assert!(
+        !seal::seal_path(&path).exists(),
+        "sealed while a reader still had the file open"
+    );
+    drop(reader);
+    assert!(
+        seal::seal_path(&path).exists(),
+        "the last handle's close sealed nothing"
+    );
+    assert!(!EventLog::open(&path).expect("reopen").checked_in_full());
+    std::fs::write(seal::seal_path(&path), b"not a seal").expect("garbage seal");
+    assert!(EventLog::open(&path).expect("reopen").checked_in_full());
+    // Another log's seal, copied beside this one.
+    let other = dir.path().join("other.redb");
+    drop(EventLog::open(&other).expect("create other"));
+    std::fs::copy(seal::seal_path(&other), seal::seal_path(&path)).expect("copy seal");
+    assert!(EventLog::open(&path).expect("reopen").checked_in_full());
+}
