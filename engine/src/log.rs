@@ -145,7 +145,11 @@ impl EventLog {
                 Err(e) => return Err(e.into()),
             }
         }
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        // Not synced: made durable by the next durable commit, or lost with everything after
+        // it. Nothing this incarnation writes (a snapshot under its actor id) can be durable
+        // without it, since redb makes commits durable in order; an open costs no fsync.
+        txn.set_durability(Durability::None)?;
         let incarnation;
         {
             let fresh = txn.list_tables()?.next().is_none();
