@@ -1684,5 +1684,6 @@ impl DeviceCore {
 
 mod directory_ask;
 mod linking;
+mod peer_items;
 #[cfg(test)]
 mod tests;

@@ -492,6 +492,7 @@ impl Driver {
                     let _ = r.send(Err(e.into()));
                 }
             },
+            Command::Peer(cmd) => crate::peers::handle(core, cmd, now),
             Command::Revoke(revocation, r) => {
                 let device = revocation.device;
                 match core.revoke(revocation) {

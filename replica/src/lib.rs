@@ -30,6 +30,8 @@
 //!   [`Replica::conversations`] read the index tables directly, beside it.
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
+//! - [`peers`]: peer links ([`Replica::peer_link`]): reconciling with other devices directly,
+//!   without the relay, at addresses the app passes in or a [`peers::Discovery`] finds.
 //! - [`link`]: linking a new device of the user with a one-time code
 //!   ([`Replica::link_device`] on the existing device, [`link::join`] on the new one).
 //! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
@@ -46,6 +48,7 @@ mod connectivity;
 mod driver;
 pub mod keystore;
 pub mod link;
+pub mod peers;
 mod status;
 
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
@@ -173,6 +176,9 @@ pub enum ReplicaError {
     /// The replica was closed.
     #[error("the replica is closed")]
     Closed,
+    /// A peer session failed or the peer was refused.
+    #[error(transparent)]
+    Peer(#[from] tidings_engine::peer::PeerError),
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
@@ -443,6 +449,7 @@ enum Command {
     DeviceList(UserId, Reply<Vec<DeviceEntry>>),
     LinkDevice(tidings_engine::link::LinkSlot, Vec<u8>, Reply<u64>),
     Revoke(tidings_engine::wire::DeviceRevocation, Reply<()>),
+    Peer(peers::PeerCommand),
     Close(Reply<()>),
 }
 

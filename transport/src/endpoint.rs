@@ -29,6 +29,9 @@ pub enum TransportError {
     /// The socket could not be set up.
     #[error("UDP socket: {0}")]
     Io(#[from] std::io::Error),
+    /// A peer certificate could not be made from the device key.
+    #[error("peer certificate: {0}")]
+    Certificate(rcgen::Error),
     /// No async runtime to run the endpoint on.
     #[error("no tokio runtime to run the QUIC endpoint on")]
     NoRuntime,
@@ -157,7 +160,7 @@ impl ListenConfig {
     }
 }
 
-fn idle(timeout: Duration) -> Result<quinn::IdleTimeout, TransportError> {
+pub(crate) fn idle(timeout: Duration) -> Result<quinn::IdleTimeout, TransportError> {
     quinn::IdleTimeout::try_from(timeout).map_err(|_| TransportError::IdleTimeout { timeout })
 }
 

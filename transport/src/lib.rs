@@ -14,6 +14,9 @@
 //!   [`endpoint`], [`client_endpoint`].
 //! - [`FrameReader`], [`FrameWriter`]: length-prefixed frames over a QUIC stream pair, with
 //!   the size limit checked before allocation and typed errors ([`FrameError`]).
+//! - [`PeerConfig`], [`PeerIdentity`], [`PeerPolicy`]: device-to-device links (ALPN
+//!   [`PEER_ALPN`]), mutual TLS where each side proves its ed25519 device key with a
+//!   self-signed certificate over it, admitted only if the other side's policy names it.
 //!
 //! # Example
 //! ```no_run
@@ -42,6 +45,7 @@
 mod endpoint;
 mod fingerprint;
 mod framed;
+mod peer;
 mod pin;
 
 pub use endpoint::{
@@ -49,6 +53,10 @@ pub use endpoint::{
 };
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use framed::{FrameError, FrameReader, FrameWriter};
+pub use peer::{
+    device_of_cert, peer_device, PeerAllowList, PeerConfig, PeerIdentity, PeerPolicy, PEER_ALPN,
+    PEER_SERVER_NAME,
+};
 pub use pin::PinnedServerCert;
 
 /// The crypto provider every configuration uses (ring, as quinn's `rustls-ring` feature).

@@ -43,6 +43,29 @@ impl PinnedServerCert {
     }
 }
 
+/// The TLS version of a handshake signature.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tls {
+    V12,
+    V13,
+}
+
+/// Checks a handshake signature with the certificate's key: what every verifier here does
+/// after it accepted the certificate itself.
+pub(crate) fn signature(
+    provider: &CryptoProvider,
+    version: Tls,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algorithms = &provider.signature_verification_algorithms;
+    match version {
+        Tls::V12 => verify_tls12_signature(message, cert, dss, algorithms),
+        Tls::V13 => verify_tls13_signature(message, cert, dss, algorithms),
+    }
+}
+
 impl ServerCertVerifier for PinnedServerCert {
     fn verify_server_cert(
         &self,
@@ -71,12 +94,7 @@ impl ServerCertVerifier for PinnedServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        signature(&self.provider, Tls::V12, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -85,12 +103,7 @@ impl ServerCertVerifier for PinnedServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        signature(&self.provider, Tls::V13, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
