@@ -6,7 +6,7 @@ mod common;
 
 use common::{device, user, World, CONV};
 use tidings::engine::peer::{admitted_peers, PeerError, PeerFrame, PeerSession};
-use tidings::engine::wire::{frame_bytes, FrameDecoder, MAX_FRAME_LEN};
+use tidings::engine::wire::{frame_bytes, DeviceRevocation, FrameDecoder, MAX_FRAME_LEN};
 use tidings::engine::{DeviceId, MessageId};
 
 /// Through the codec, as the transport carries it.
@@ -186,5 +186,45 @@ fn only_devices_that_share_a_conversation_are_peers() {
     assert!(matches!(
         PeerSession::new(&mut w.devices[bob_phone].core, unknown),
         Err(PeerError::NotAdmitted(_))
+    ));
+}
+
+#[test]
+fn a_revoked_device_is_no_peer() {
+    let (alice, bob) = (user(1), user(2));
+    let mut w = World::new(9);
+    let (k, r) = device(&alice, 11);
+    let phone = w.add_device(k, r);
+    let (k, r) = device(&alice, 12);
+    let laptop = w.add_device(k, r);
+    let (k, r) = device(&bob, 21);
+    let bob_phone = w.add_device(k, r);
+    for d in [phone, laptop, bob_phone] {
+        w.set_online(d, true);
+    }
+    w.devices[phone]
+        .core
+        .create_conversation(CONV, vec![bob.id], w.now)
+        .expect("create");
+    w.run(5_000);
+    let laptop_id = device_id(&w, laptop);
+    let admitted = admitted_peers(&mut w.devices[phone].core).expect("peers");
+    assert!(
+        admitted.contains(&laptop_id),
+        "a device of the same user is a peer"
+    );
+    // The laptop is lost (and off the network): Alice revokes it from her phone.
+    w.set_online(laptop, false);
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .revoke(DeviceRevocation::sign(&alice.key, laptop_id, now))
+        .expect("revoke");
+    w.run(10_000);
+    let admitted = admitted_peers(&mut w.devices[phone].core).expect("peers");
+    assert!(!admitted.contains(&laptop_id));
+    assert!(matches!(
+        PeerSession::new(&mut w.devices[phone].core, laptop_id),
+        Err(PeerError::NotAdmitted(d)) if d == laptop_id
     ));
 }
