@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tidings_engine::device::RelayPlaces;
 use tidings_engine::wire::{
     self, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, ServerFrame,
     SubmitOutcome, Welcome,
@@ -491,23 +492,23 @@ impl RelayClient {
         records: &[Envelope],
     ) -> Result<Vec<Placed>, ClientError> {
         let bad = |e: tidings_engine::event::DecodeError| ClientError::Unexpected(e.to_string());
-        let mut places = std::collections::HashMap::new();
-        for r in records {
-            let st = Event::decode(&r.0).map_err(bad)?;
-            if st.header().author != self.welcome.relay || !st.kind().is_sequencing() {
+        let records = records.iter().map(|r| Event::decode(&r.0));
+        let placed = RelayPlaces::of(self.welcome.relay, records);
+        match placed.refused.into_iter().next() {
+            Some(Ok(_)) => {
                 return Err(ClientError::Unexpected(
                     "a record that is not the relay's".into(),
-                ));
+                ))
             }
-            for p in st.placements() {
-                places.insert(p.event, (p, st.id()));
-            }
+            Some(Err(e)) => return Err(bad(e)),
+            None => {}
         }
+        let places = placed.places;
         events
             .iter()
             .map(|e| {
                 let event = Event::decode(&e.0).map_err(bad)?;
-                let Some((p, statement)) = places.get(&event.id()) else {
+                let Some((_, p, statement)) = places.get(&event.id()) else {
                     return Err(ClientError::Unexpected(format!(
                         "event {} without a statement",
                         event.id()
