@@ -36,6 +36,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 pub const PEER_PROTOCOL_VERSION: u16 = 1;
 /// Most author devices in one conversation's version vector.
 pub const MAX_VECTOR_AUTHORS: usize = 4096;
+/// Most events one side sends in one session (with their statements): what it holds in
+/// memory for the answer. A peer missing more gets the rest in its next session, which starts
+/// from where its log stands (the state of a sync is the log itself, so an interrupted one
+/// resumes there too).
+pub const MAX_SESSION_EVENTS: usize = 100_000;
 /// Bytes of envelopes one [`PeerFrame::Items`] carries at most (the frame limit, with room for
 /// the encoding around them).
 pub const MAX_ITEMS_BYTES: usize = MAX_FRAME_LEN / 2;
@@ -318,7 +323,12 @@ impl PeerSession {
                 if ours <= after {
                     continue;
                 }
-                for event in log.author_events_after(c, author, after, usize::MAX)? {
+                let budget = MAX_SESSION_EVENTS.saturating_sub(batches.n_events);
+                if budget == 0 {
+                    // The rest goes in the next session: the peer's vectors will have moved.
+                    break;
+                }
+                for event in log.author_events_after(c, author, after, budget)? {
                     if event.kind().is_sequencing() {
                         // A statement the peer lacks: it goes with the events it places.
                         for p in event.placements() {
@@ -371,6 +381,8 @@ struct Batches {
     /// Events sent in an earlier frame (each event goes once; a statement goes with each
     /// frame that carries one of its events, as the receiver places each frame on its own).
     sent: HashSet<EventId>,
+    /// Events added so far.
+    n_events: usize,
 }
 
 impl Batches {
@@ -394,6 +406,7 @@ impl Batches {
             self.records.push(Envelope(statement.bytes().to_vec()));
         }
         self.here.insert(event.id());
+        self.n_events += 1;
         self.bytes += event.bytes().len();
         self.events.push(Envelope(event.bytes().to_vec()));
     }
