@@ -22,7 +22,7 @@ use tidings::relay::client::{client_endpoint, RelayClient};
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server;
 use tidings::relay::Limits;
-use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::Fingerprint;
 use tidings::replica::{Replica, ReplicaConfig, Update};
 
 #[derive(Parser, Debug)]
@@ -55,7 +55,7 @@ struct Args {
 struct Served {
     addr: SocketAddr,
     relay_id: DeviceId,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     messages: usize,
 }
 
@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
         let served = Served {
             addr: relay.addr(),
             relay_id: relay.relay_id(),
-            fingerprint: relay.fingerprint().to_owned(),
+            fingerprint: relay.fingerprint(),
             messages,
         };
         catch_up(
@@ -154,7 +154,7 @@ async fn main() -> Result<()> {
     let served = Served {
         addr: next("address")?.parse()?,
         relay_id: DeviceId::from_hex(next("relay id")?).context("relay id")?,
-        fingerprint: next("fingerprint")?.to_owned(),
+        fingerprint: next("fingerprint")?.parse()?,
         messages: next("count")?.parse()?,
     };
     let result = catch_up(
@@ -271,8 +271,7 @@ async fn catch_up(
     let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
     // Bob's device comes online with an empty store.
     let key = DeviceKey::from_seed(rand::random(), bob_id);
-    let fp = parse_fingerprint(&served.fingerprint).context("fingerprint")?;
-    let mut config = ReplicaConfig::new(served.addr, served.relay_id, fp);
+    let mut config = ReplicaConfig::new(served.addr, served.relay_id, served.fingerprint);
     if let Some(mib) = args.log_cache_mib {
         config.log_cache_bytes = mib * 1024 * 1024;
     }

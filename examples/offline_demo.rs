@@ -188,7 +188,7 @@ async fn demo() -> Result<()> {
         "relay listening on {} (key {}…, certificate {}…)",
         relay.addr(),
         &relay.relay_id().to_string()[..12],
-        &relay.fingerprint()[..16]
+        &relay.fingerprint().to_string()[..16]
     );
 
     let alice = SigningKey::from_bytes(&rand::random());

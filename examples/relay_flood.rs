@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tidings::engine::wire::{self, ClientFrame};
 use tidings::engine::{ConversationId, DeviceKey, Event, EventKind, MessageId, UserId};
 use tidings::relay::client::{client_config, client_endpoint, RelayClient, SERVER_NAME};
+use tidings::relay::Fingerprint;
 use tidings::relay::{Limits, RelayConfig};
 
 /// Resident memory this process may reach (the relay with 5,000 stranger connections, their
@@ -199,7 +200,7 @@ async fn stranger(
 fn start_strangers(
     n: usize,
     addr: SocketAddr,
-    fingerprint: &str,
+    fingerprint: Fingerprint,
     stop: &Arc<AtomicBool>,
     counts: &Arc<StrangerCounts>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -228,10 +229,11 @@ fn start_strangers(
 /// Child mode: floods `addr` until the parent closes our stdin (or `--attack-secs` pass),
 /// then prints the counts on one line: connected, closed by the relay, failed.
 async fn attack(args: &Args, addr: SocketAddr) -> Result<()> {
-    let fingerprint = args
+    let fingerprint: Fingerprint = args
         .fingerprint
         .as_deref()
-        .ok_or_else(|| anyhow!("--attack needs --fingerprint"))?;
+        .ok_or_else(|| anyhow!("--attack needs --fingerprint"))?
+        .parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(StrangerCounts::default());
     let tasks = start_strangers(args.strangers, addr, fingerprint, &stop, &counts)?;
@@ -264,7 +266,7 @@ enum Attacker {
 }
 
 impl Attacker {
-    fn start(args: &Args, addr: SocketAddr, fingerprint: &str) -> Result<Attacker> {
+    fn start(args: &Args, addr: SocketAddr, fingerprint: Fingerprint) -> Result<Attacker> {
         if args.strangers_in_process {
             let stop = Arc::new(AtomicBool::new(false));
             let counts = Arc::new(StrangerCounts::default());
@@ -284,7 +286,8 @@ impl Attacker {
             std::process::Command::new(exe)
         };
         let secs = args.flood_secs * 2 + args.handshake_ms / 1000 + 10;
-        cmd.args(["--attack", &addr.to_string(), "--fingerprint", fingerprint])
+        cmd.args(["--attack", &addr.to_string()])
+            .args(["--fingerprint", &fingerprint.to_string()])
             .args(["--strangers", &args.strangers.to_string()])
             .args(["--attack-secs", &secs.to_string()])
             .stdin(std::process::Stdio::piped())

@@ -60,7 +60,7 @@ fn watch_acks(r: &Replica, acked: Acked) {
 /// ids of its Send events in sequence order. Checks sequences are 1..=n and no event twice.
 async fn stored(relay: &RelayProc, observer: &DeviceKey) -> Vec<MessageId> {
     let ep = client_endpoint("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).expect("ep");
-    let mut client = RelayClient::connect(&ep, relay.addr, &relay.fingerprint, observer)
+    let mut client = RelayClient::connect(&ep, relay.addr, relay.fingerprint, observer)
         .await
         .expect("observer connects");
     assert!(client.welcome().registered, "the registration survived");
@@ -141,7 +141,7 @@ async fn relay_killed_mid_send_loses_no_acked_message() {
     let (observer, _) = device(&alice, 99);
     {
         let ep = client_endpoint("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).expect("ep");
-        let mut c = RelayClient::connect(&ep, addr, &relay.fingerprint, &observer)
+        let mut c = RelayClient::connect(&ep, addr, relay.fingerprint, &observer)
             .await
             .expect("observer connects");
         c.register(

@@ -68,7 +68,7 @@ fn node(dir: &Path, url: &str) -> RelayProc {
 /// gap-free and free of duplicates.
 async fn stored(relay: &RelayProc, observer: &DeviceKey) -> Vec<MessageId> {
     let ep = client_endpoint("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).expect("ep");
-    let mut client = RelayClient::connect(&ep, relay.addr, &relay.fingerprint, observer)
+    let mut client = RelayClient::connect(&ep, relay.addr, relay.fingerprint, observer)
         .await
         .expect("observer connects");
     let items = client.pull_all(CONV, 0).await.expect("pull");
@@ -141,7 +141,7 @@ async fn devices_move_to_another_node_when_theirs_is_killed() {
     let (observer, _) = device(&alice, 99);
     {
         let ep = client_endpoint("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).expect("ep");
-        let mut c = RelayClient::connect(&ep, addrs[1], &nodes[1].fingerprint, &observer)
+        let mut c = RelayClient::connect(&ep, addrs[1], nodes[1].fingerprint, &observer)
             .await
             .expect("observer connects");
         c.register(

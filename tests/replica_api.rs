@@ -12,8 +12,8 @@ use tidings::engine::{ConversationId, DeviceId};
 use tidings::relay::Limits;
 use tidings::replica::keystore::Keys;
 use tidings::replica::{
-    Clock, ConnectionProblem, Connectivity, PinError, RelayPin, Replica, ReplicaConfig, Status,
-    Update,
+    Clock, ConnectionProblem, Connectivity, FingerprintError, PinError, RelayPin, Replica,
+    ReplicaConfig, Status, Update,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -116,7 +116,7 @@ async fn a_pin_that_does_not_match_is_reported_as_such() {
     let dir = tmp.path().join("alice");
     let keys = Keys::create(&dir, None).expect("keys");
     let wrong = RelayPin {
-        cert_sha256: [7; 32],
+        cert_sha256: [7; 32].into(),
         ..pin_of(&relay)
     };
     let r = Replica::builder(&dir)
@@ -160,7 +160,9 @@ fn relay_pins_parse_only_in_the_printed_form() {
     );
     assert_eq!(
         format!("{id}@abc").parse::<RelayPin>(),
-        Err(PinError::Fingerprint)
+        Err(PinError::Fingerprint(FingerprintError::Length {
+            digits: 3
+        }))
     );
 }
 

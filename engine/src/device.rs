@@ -22,7 +22,7 @@
 //! calls `handle_disconnected`.
 
 use crate::conversation::Change;
-use crate::event::{Event, EventKind, MediaRef, Placement};
+use crate::event::{Event, EventKind, MediaRef};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;
@@ -242,14 +242,6 @@ impl VerifiedItems {
             records: Event::decode_batch(records),
         }
     }
-}
-
-/// What the relay statements of one frame place, once checked: the statements themselves
-/// and, per placed event, its conversation and place.
-#[derive(Debug, Default)]
-struct Placed {
-    statements: Vec<Event>,
-    places: HashMap<EventId, (ConversationId, Placement)>,
 }
 
 /// A relay frame whose event signatures were checked by [`DeviceCore::prepare`].
@@ -1390,7 +1382,7 @@ impl DeviceCore {
                     let signed = placed
                         .places
                         .get(&entry.event)
-                        .is_some_and(|(c, p)| *c == entry.conversation && p.seq == seq);
+                        .is_some_and(|(c, p, _)| *c == entry.conversation && p.seq == seq);
                     if !signed {
                         tracing::warn!(event = %entry.event, seq, "acceptance without a matching statement");
                         self.attempt_failed(entry, now_ms)?;
@@ -1462,18 +1454,12 @@ impl DeviceCore {
 
     /// Keeps the statements the pinned relay signed and indexes what they place; anything
     /// else is logged and dropped.
-    fn placed(&self, records: Vec<Result<Event, crate::event::DecodeError>>) -> Placed {
-        let mut out = Placed::default();
-        for record in records {
-            match record {
-                Ok(st) if st.header().author == self.relay && st.kind().is_sequencing() => {
-                    for p in st.placements() {
-                        out.places.insert(p.event, (st.conversation(), p));
-                    }
-                    out.statements.push(st);
-                }
-                Ok(st) => {
-                    tracing::warn!(event = %st.id(), "a record that is not the pinned relay's statement; skipped");
+    fn placed(&self, records: Vec<Result<Event, crate::event::DecodeError>>) -> RelayPlaces {
+        let out = RelayPlaces::of(self.relay, records);
+        for refused in &out.refused {
+            match refused {
+                Ok(id) => {
+                    tracing::warn!(event = %id, "a record that is not the pinned relay's statement; skipped");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "a relay statement that does not verify; skipped");
@@ -1599,7 +1585,7 @@ impl DeviceCore {
                 }
             };
             match placed.places.get(&ev.id()) {
-                Some((conversation, p)) if *conversation == ev.conversation() => {
+                Some((conversation, p, _)) if *conversation == ev.conversation() => {
                     seqs.entry(ev.conversation()).or_default().push(p.seq);
                     accepted.push(ev);
                 }
@@ -1684,5 +1670,8 @@ impl DeviceCore {
 
 mod directory_ask;
 mod linking;
+mod peer_items;
+mod relay_places;
+pub use relay_places::RelayPlaces;
 #[cfg(test)]
 mod tests;

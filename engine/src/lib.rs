@@ -24,6 +24,8 @@
 //! - [`retry`]: exponential backoff with jitter.
 //! - [`wire`]: the device ↔ relay frames and their codec.
 //! - [`device`]: the device's protocol state machine (handshake, outbox, catch-up, receipts).
+//! - [`peer`]: device-to-device reconciliation (version vectors, then the missing events with
+//!   the relay statements that place them), admitted on the relay's path.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod conversation;
@@ -39,6 +41,7 @@ pub mod ids;
 pub mod link;
 pub mod log;
 pub mod membership;
+pub mod peer;
 pub mod retry;
 pub mod signature;
 pub mod status;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 mod error;
 mod index;
+mod peer_reads;
 mod records;
 mod seal;
 mod tables;

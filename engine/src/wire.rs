@@ -764,7 +764,8 @@ pub trait Frame: Serialize + for<'de> Deserialize<'de> + Sized {
     fn check_limits(&self) -> Result<(), WireError>;
 }
 
-fn check(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+/// Refuses a field of `len` items or bytes over `max` ([`WireError::FieldTooLarge`]).
+pub(crate) fn check(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
     if len > max {
         Err(WireError::FieldTooLarge { field, len, max })
     } else {

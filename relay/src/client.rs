@@ -1,23 +1,26 @@
-//! A minimal device-side client for tests, tools and as a reference for device libraries
-//! (apps use `tidings-replica`, which implements the same steps on its own).
+//! A minimal device-side client for tests, tools and load generators: it speaks the device
+//! protocol frame by frame, so a test can send what an honest device never would (forged
+//! events, raw bytes, requests out of order) and see exactly what the relay answers. Apps use
+//! `tidings-replica`, whose protocol decisions are `DeviceCore`'s.
 //!
-//! It shows the whole handshake: QUIC with ALPN `tidings/1` and a certificate pinned by its
-//! SHA-256 fingerprint ([`PinnedCertVerifier`]), Hello → Challenge, the TLS keying-material
-//! export bound into the signed transcript, Auth → Welcome.
+//! The QUIC plumbing is `tidings-transport`'s (the pinned certificate, the endpoint, the framed
+//! stream) and which frame answers which request is the wire module's
+//! ([`ServerFrame::answers`]); what remains here is the handshake (Hello → Challenge, the TLS
+//! keying-material export bound into the signed transcript, Auth → Welcome) and one method per
+//! request.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
+use tidings_engine::device::RelayPlaces;
 use tidings_engine::wire::{
     self, ClientFrame, DeviceRegistration, DeviceRevocation, Envelope, ErrorCode, ServerFrame,
     SubmitOutcome, Welcome,
 };
 use tidings_engine::{ConversationId, DeviceKey, Event, ServerSeq, UserId};
+use tidings_transport::{
+    DialConfig, Fingerprint, FrameError, FrameReader, FrameWriter, TransportError,
+};
 use tokio::sync::mpsc;
 
 /// The server name a client dials (the certificate is pinned, so the name is not checked
@@ -30,12 +33,9 @@ pub const CLIENT_QUEUE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The fingerprint is not 64 lowercase hex characters.
-    #[error("bad certificate fingerprint")]
-    BadFingerprint,
-    /// TLS configuration failed.
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
+    /// The QUIC endpoint or its configuration failed.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
     /// Socket failure.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -45,9 +45,9 @@ pub enum ClientError {
     /// The connection failed or was closed.
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    /// Writing failed.
-    #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
+    /// A frame could not be read or written.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
     /// A frame failed to encode or decode.
     #[error("wire: {0}")]
     Wire(#[from] wire::WireError),
@@ -78,113 +78,23 @@ pub enum ClientError {
     Timeout,
 }
 
-/// A rustls verifier that accepts exactly one certificate: the one whose SHA-256 (of the DER
-/// encoding) equals the pinned fingerprint. Handshake signatures are still verified.
-#[derive(Debug)]
-pub struct PinnedCertVerifier {
-    fingerprint: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl PinnedCertVerifier {
-    /// A verifier for a fingerprint in the relay's format (64 lowercase hex characters).
-    pub fn new(fingerprint: &str) -> Result<PinnedCertVerifier, ClientError> {
-        let mut fp = [0u8; 32];
-        hex::decode_to_slice(fingerprint, &mut fp).map_err(|_| ClientError::BadFingerprint)?;
-        Ok(PinnedCertVerifier {
-            fingerprint: fp,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        })
-    }
-}
-
-impl ServerCertVerifier for PinnedCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A quinn client config that pins the relay certificate and speaks ALPN `tidings/1`.
-pub fn client_config(fingerprint: &str) -> Result<quinn::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(fingerprint)?))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+/// A quinn client config that pins the relay certificate and speaks ALPN `tidings/1`, with a
+/// keepalive every 5 s.
+pub fn client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, ClientError> {
+    Ok(DialConfig::new(pin)
+        .keepalive(Duration::from_secs(5))
+        .build()?)
 }
 
 /// A client endpoint on an ephemeral loopback-or-any port that several clients can share.
-/// Its UDP buffers are asked for [`CLIENT_UDP_BUFFER_BYTES`] (see [`crate::server::udp_socket`]).
+/// Its UDP buffers are asked for [`CLIENT_UDP_BUFFER_BYTES`] (see
+/// [`tidings_transport::udp_socket`]).
 pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
-    let (socket, granted) = crate::server::udp_socket(bind, CLIENT_UDP_BUFFER_BYTES)?;
+    let (socket, granted) = tidings_transport::udp_socket(bind, CLIENT_UDP_BUFFER_BYTES)?;
     if granted < CLIENT_UDP_BUFFER_BYTES {
         tracing::debug!(granted, "smaller UDP buffers than asked for");
     }
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no tokio runtime"))?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        runtime,
-    )?)
+    Ok(tidings_transport::endpoint(socket, None)?)
 }
 
 /// UDP buffer a client endpoint asks for: a device's endpoint carries one connection, a test's
@@ -195,12 +105,11 @@ pub const CLIENT_UDP_BUFFER_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct RelayClient {
     conn: quinn::Connection,
-    send: quinn::SendStream,
+    send: FrameWriter,
     frames: mpsc::Receiver<Result<ServerFrame, ClientError>>,
     stash: VecDeque<ServerFrame>,
     next_request: u64,
     welcome: Welcome,
-    buf: Vec<u8>,
 }
 
 impl RelayClient {
@@ -208,18 +117,18 @@ impl RelayClient {
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
-        fingerprint: &str,
+        pin: Fingerprint,
         key: &DeviceKey,
     ) -> Result<RelayClient, ClientError> {
         let conn = endpoint
-            .connect_with(client_config(fingerprint)?, addr, SERVER_NAME)?
+            .connect_with(client_config(pin)?, addr, SERVER_NAME)?
             .await?;
         let (send, recv) = conn.open_bi().await?;
         let (tx, frames) = mpsc::channel(CLIENT_QUEUE);
-        tokio::spawn(read_frames(recv, tx));
+        tokio::spawn(read_frames(FrameReader::new(recv, wire::MAX_FRAME_LEN), tx));
         let mut c = RelayClient {
             conn,
-            send,
+            send: FrameWriter::new(send),
             frames,
             stash: VecDeque::new(),
             next_request: 1,
@@ -229,7 +138,6 @@ impl RelayClient {
                 limits: crate::Limits::default().wire(),
                 idle_timeout_ms: 0,
             },
-            buf: Vec::new(),
         };
         c.send(&ClientFrame::Hello {
             protocol_version: wire::PROTOCOL_VERSION,
@@ -266,16 +174,12 @@ impl RelayClient {
 
     /// Sends one frame.
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        self.buf.clear();
-        wire::encode_frame(frame, &mut self.buf)?;
-        self.send.write_all(&self.buf).await?;
-        Ok(())
+        Ok(self.send.write_frame(frame).await?)
     }
 
     /// Sends raw bytes on the stream (for tests of malformed input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send.write_all(bytes).await?;
-        Ok(())
+        Ok(self.send.write_raw(bytes).await?)
     }
 
     /// The next frame from the relay, stashed ones first. An Error frame becomes an error.
@@ -320,29 +224,14 @@ impl RelayClient {
                 Some(Err(e)) => break Err(e),
                 None => break Err(ClientError::Closed),
             };
-            match &f {
+            match f {
                 ServerFrame::Refused {
                     request_id: r,
                     code,
                     message,
-                } if *r == request_id => {
-                    break Err(ClientError::Refused {
-                        code: *code,
-                        message: message.clone(),
-                    })
-                }
-                ServerFrame::Registered { request_id: r, .. }
-                | ServerFrame::SubmitResult { request_id: r, .. }
-                | ServerFrame::Page { request_id: r, .. }
-                | ServerFrame::Conversations { request_id: r, .. }
-                | ServerFrame::Revoked { request_id: r, .. }
-                | ServerFrame::Devices { request_id: r, .. }
-                | ServerFrame::UserState { request_id: r, .. }
-                    if *r == request_id =>
-                {
-                    break Ok(f)
-                }
-                _ => others.push(f),
+                } if r == request_id => break Err(ClientError::Refused { code, message }),
+                f if f.answers() == Some(request_id) => break Ok(f),
+                f => others.push(f),
             }
         };
         self.stash.extend(others);
@@ -603,23 +492,23 @@ impl RelayClient {
         records: &[Envelope],
     ) -> Result<Vec<Placed>, ClientError> {
         let bad = |e: tidings_engine::event::DecodeError| ClientError::Unexpected(e.to_string());
-        let mut places = std::collections::HashMap::new();
-        for r in records {
-            let st = Event::decode(&r.0).map_err(bad)?;
-            if st.header().author != self.welcome.relay || !st.kind().is_sequencing() {
+        let records = records.iter().map(|r| Event::decode(&r.0));
+        let placed = RelayPlaces::of(self.welcome.relay, records);
+        match placed.refused.into_iter().next() {
+            Some(Ok(_)) => {
                 return Err(ClientError::Unexpected(
                     "a record that is not the relay's".into(),
-                ));
+                ))
             }
-            for p in st.placements() {
-                places.insert(p.event, (p, st.id()));
-            }
+            Some(Err(e)) => return Err(bad(e)),
+            None => {}
         }
+        let places = placed.places;
         events
             .iter()
             .map(|e| {
                 let event = Event::decode(&e.0).map_err(bad)?;
-                let Some((p, statement)) = places.get(&event.id()) else {
+                let Some((_, p, statement)) = places.get(&event.id()) else {
                     return Err(ClientError::Unexpected(format!(
                         "event {} without a statement",
                         event.id()
@@ -654,24 +543,15 @@ pub struct Placed {
     pub statement: tidings_engine::EventId,
 }
 
-async fn read_frames(
-    mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<Result<ServerFrame, ClientError>>,
-) {
+async fn read_frames(mut recv: FrameReader, tx: mpsc::Sender<Result<ServerFrame, ClientError>>) {
     loop {
-        let mut header = [0u8; wire::FRAME_HEADER_LEN];
-        if recv.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let result = match wire::decode_len(header, wire::MAX_FRAME_LEN) {
-            Ok(len) => {
-                let mut body = vec![0u8; len];
-                if recv.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                wire::decode_body::<ServerFrame>(&body).map_err(ClientError::from)
-            }
-            Err(e) => Err(e.into()),
+        let result = match recv.read_frame::<ServerFrame>().await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => return,
+            // A read error is the connection's end: `next_frame` then reports `Closed` (or
+            // the relay's close), as before the transport crate.
+            Err(FrameError::Wire(e)) => Err(ClientError::Wire(e)),
+            Err(_) => return,
         };
         let stop = result.is_err();
         if tx.send(result).await.is_err() || stop {

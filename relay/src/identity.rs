@@ -7,11 +7,11 @@
 //! - `tls.key.der`: the certificate's private key (PKCS#8 DER).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tidings_engine::{DeviceId, DeviceKey, UserId};
+use tidings_transport::Fingerprint;
 
 /// Names the certificate is issued for. Devices pin the fingerprint, so the name they dial
 /// only has to be one of these.
@@ -58,12 +58,6 @@ impl Clone for RelayIdentity {
             cert_key: self.cert_key.clone_key(),
         }
     }
-}
-
-/// The certificate fingerprint devices pin: lowercase hex of the SHA-256 of the DER
-/// certificate (64 characters).
-pub fn cert_fingerprint(cert_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(cert_der))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -158,9 +152,10 @@ impl RelayIdentity {
         PrivateKeyDer::Pkcs8(self.cert_key.clone_key())
     }
 
-    /// The fingerprint devices pin (see [`cert_fingerprint`]).
-    pub fn fingerprint(&self) -> String {
-        cert_fingerprint(&self.cert)
+    /// The fingerprint devices pin: the SHA-256 of the DER certificate, printed as 64
+    /// lowercase hex digits.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_cert(&self.cert)
     }
 }
 
@@ -181,7 +176,7 @@ mod tests {
         let b = RelayIdentity::load_or_create(dir.path()).expect("load");
         assert_eq!(a.relay_id(), b.relay_id());
         assert_eq!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint().len(), 64);
+        assert_eq!(a.fingerprint().to_string().len(), 64);
         assert_eq!(a.key().user().0, a.relay_id().0);
         fs::write(dir.path().join("relay.key"), b"short").expect("write");
         assert!(matches!(

@@ -48,6 +48,7 @@ pub mod storage;
 pub mod verify;
 
 pub use config::{RelayConfig, StorageKind};
-pub use identity::{cert_fingerprint, RelayIdentity};
+pub use identity::RelayIdentity;
 pub use limits::Limits;
 pub use server::{run, server_endpoint, start, RelayError, RelayHandle};
+pub use tidings_transport::{Fingerprint, FingerprintError};

@@ -46,6 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::event::DecodeError;
 use tidings_engine::wire::{self, ClientFrame, ErrorCode, ServerFrame};
 use tidings_engine::{DeviceId, Event};
+use tidings_transport::{Fingerprint, ListenConfig, TransportError};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -69,6 +70,9 @@ pub enum RelayError {
     /// TLS configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The QUIC endpoint could not be configured or started.
+    #[error("QUIC endpoint: {0}")]
+    Transport(#[from] TransportError),
     /// Binding a socket or another IO failure.
     #[error("{what}: {source}")]
     Io {
@@ -100,7 +104,7 @@ pub struct RelayHandle {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     relay_id: DeviceId,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     metrics: RelayMetrics,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
@@ -125,8 +129,8 @@ impl RelayHandle {
     }
 
     /// The certificate fingerprint devices pin (lowercase hex SHA-256 of the DER certificate).
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
     }
 
     /// The relay's metrics.
@@ -306,26 +310,12 @@ pub fn server_endpoint(
     idle_timeout_secs: u64,
     udp_buffer_bytes: usize,
 ) -> Result<quinn::Endpoint, RelayError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![identity.cert().clone()], identity.cert_key())?;
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| RelayError::Tls(rustls::Error::General(e.to_string())))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .max_idle_timeout(
-            quinn::IdleTimeout::try_from(Duration::from_secs(idle_timeout_secs.max(1))).ok(),
-        );
-    server.transport_config(Arc::new(transport));
+    let server = ListenConfig::new(identity.cert().clone(), identity.cert_key())
+        .idle_timeout(Duration::from_secs(idle_timeout_secs.max(1)))
+        .build()?;
     let io = |what| move |source| RelayError::Io { what, source };
-    let (socket, granted) =
-        udp_socket(addr, udp_buffer_bytes).map_err(io("binding the QUIC address"))?;
+    let (socket, granted) = tidings_transport::udp_socket(addr, udp_buffer_bytes)
+        .map_err(io("binding the QUIC address"))?;
     if granted < udp_buffer_bytes {
         warn!(
             asked = udp_buffer_bytes,
@@ -334,39 +324,7 @@ pub fn server_endpoint(
              dropped sooner; raise net.core.rmem_max and net.core.wmem_max"
         );
     }
-    let runtime = quinn::default_runtime().ok_or_else(|| {
-        io("starting the QUIC endpoint")(std::io::Error::other("no tokio runtime"))
-    })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(io("starting the QUIC endpoint"))
-}
-
-/// A UDP socket bound to `addr` whose receive and send buffers were asked for `buffer_bytes`
-/// each, and the smaller of the two sizes the kernel granted. It may grant less (Linux caps at
-/// `net.core.rmem_max` / `wmem_max`): the socket works, only with more loss under bursts, so the
-/// caller decides how loudly to say so. An IPv6 address also takes IPv4 where the system allows
-/// it, as `quinn::Endpoint::client` does.
-pub fn udp_socket(
-    addr: SocketAddr,
-    buffer_bytes: usize,
-) -> std::io::Result<(std::net::UdpSocket, usize)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // Best effort: some systems refuse dual-stack sockets; IPv6 alone still works.
-        let _ = sock.set_only_v6(false);
-    }
-    sock.set_recv_buffer_size(buffer_bytes)?;
-    sock.set_send_buffer_size(buffer_bytes)?;
-    // Linux reports twice the size granted (its bookkeeping overhead), other systems the size.
-    let granted = sock.recv_buffer_size()?.min(sock.send_buffer_size()?);
-    sock.bind(&addr.into())?;
-    Ok((sock.into(), granted))
+    Ok(tidings_transport::endpoint(socket, Some(server))?)
 }
 
 /// What a connection writer is told to do.

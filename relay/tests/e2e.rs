@@ -307,8 +307,8 @@ async fn refusals() -> Result<()> {
     }
     assert_eq!(alice.submit_ok(&[real]).await?, vec![2]);
     // Wrong certificate pin: no connection at all.
-    let wrong = "00".repeat(32);
-    assert!(RelayClient::connect(&ep, relay.addr(), &wrong, &stranger)
+    let wrong: tidings_relay::Fingerprint = "00".repeat(32).parse()?;
+    assert!(RelayClient::connect(&ep, relay.addr(), wrong, &stranger)
         .await
         .is_err());
     relay.shutdown().await?;
@@ -495,7 +495,7 @@ async fn slow_device_is_switched_to_pull_mode() -> Result<()> {
 struct RelayProcess {
     child: std::process::Child,
     addr: SocketAddr,
-    fingerprint: String,
+    fingerprint: tidings_relay::Fingerprint,
 }
 
 impl RelayProcess {
@@ -520,7 +520,7 @@ impl RelayProcess {
                 addr = Some(a.trim().parse()?);
             }
             if let Some(f) = line.strip_prefix("certificate sha256:") {
-                fingerprint = Some(f.trim().to_string());
+                fingerprint = Some(f.parse()?);
             }
         }
         Ok(RelayProcess {
@@ -532,7 +532,7 @@ impl RelayProcess {
 
     async fn connect(&self, ep: &quinn::Endpoint, user_seed: u8, dev_seed: u8) -> Result<Device> {
         let key = DeviceKey::from_seed([dev_seed; 32], user_id(user_seed));
-        let mut client = RelayClient::connect(ep, self.addr, &self.fingerprint, &key).await?;
+        let mut client = RelayClient::connect(ep, self.addr, self.fingerprint, &key).await?;
         if !client.welcome().registered {
             client
                 .register(

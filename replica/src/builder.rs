@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidings_engine::{DeviceConfig, DeviceId};
+use tidings_transport::{Fingerprint, FingerprintError};
 
 /// The relay a device trusts: its key (which signs the order of events) and the SHA-256 of its
 /// TLS certificate, parsed from the one string the relay prints on its `pin:` line,
@@ -27,7 +28,7 @@ pub struct RelayPin {
     /// The relay's key: the statements that order events must be signed by it.
     pub relay: DeviceId,
     /// SHA-256 of the relay's certificate (DER): the only certificate the device accepts.
-    pub cert_sha256: [u8; 32],
+    pub cert_sha256: Fingerprint,
 }
 
 /// Why a [`RelayPin`] did not parse.
@@ -42,9 +43,9 @@ pub enum PinError {
     /// The relay id is not 64 hex digits.
     #[error("the relay id before '@' is not 64 hex digits")]
     RelayId,
-    /// The fingerprint is not 64 hex digits (colons allowed).
-    #[error("the certificate sha256 after '@' is not 64 hex digits")]
-    Fingerprint,
+    /// The fingerprint after `@` does not parse.
+    #[error("the certificate sha256 after '@': {0}")]
+    Fingerprint(#[from] FingerprintError),
 }
 
 impl FromStr for RelayPin {
@@ -53,14 +54,14 @@ impl FromStr for RelayPin {
     fn from_str(s: &str) -> Result<RelayPin, PinError> {
         let (id, fp) = s.trim().split_once('@').ok_or(PinError::Shape)?;
         let relay = DeviceId::from_hex(id.trim()).ok_or(PinError::RelayId)?;
-        let cert_sha256 = crate::pin::parse_fingerprint(fp).ok_or(PinError::Fingerprint)?;
+        let cert_sha256 = fp.parse()?;
         Ok(RelayPin { relay, cert_sha256 })
     }
 }
 
 impl fmt::Display for RelayPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.relay, hex::encode(self.cert_sha256))
+        write!(f, "{}@{}", self.relay, self.cert_sha256)
     }
 }
 

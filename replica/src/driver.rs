@@ -5,10 +5,10 @@
 //! each other share one commit (group commit, see `Driver::send_queued`).
 
 use crate::{
-    pin, Command, ConnectionProblem, ConnectionStatus, ConversationSnapshot, ReadSlot,
-    ReplicaConfig, ReplicaError, Update, UserAction,
+    Command, ConnectionProblem, ConnectionStatus, ConversationSnapshot, ReadSlot, ReplicaConfig,
+    ReplicaError, Update, UserAction,
 };
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, Endpoint};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,13 +20,13 @@ use tidings_engine::link::LinkSlot;
 use tidings_engine::log::MAX_PAGE_LEN;
 use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
-    encode_frame, ErrorCode, FrameDecoder, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN,
-    TLS_EXPORTER_LABEL,
+    ErrorCode, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
 };
 use tidings_engine::{
     Change, ConnectionState, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog,
     LogError, MessageId, Store, StoreConfig,
 };
+use tidings_transport::{DialConfig, FrameReader, FrameWriter, TransportError};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,12 +38,12 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 struct Live {
     connection: Connection,
-    send: SendStream,
+    send: FrameWriter,
     frames: mpsc::Receiver<Result<PreparedFrame, String>>,
     reader: JoinHandle<()>,
 }
 
-type Dialed = Result<(Connection, SendStream, RecvStream, [u8; TLS_BINDING_LEN]), String>;
+type Dialed = Result<(Connection, FrameWriter, FrameReader, [u8; TLS_BINDING_LEN]), String>;
 
 /// Why the relay closed on the device, for the app.
 fn problem_of(e: &tidings_engine::DeviceError) -> ConnectionProblem {
@@ -137,20 +137,15 @@ pub(crate) async fn start(
         rand::random(),
     );
     let pin_mismatch = Arc::new(AtomicBool::new(false));
-    let client = pin::pinned_client_config(
-        config.relay_cert_sha256,
+    let client = dial_config(
+        &config,
         config.keepalive,
         config.idle_timeout,
-        Arc::clone(&pin_mismatch),
+        &pin_mismatch,
     )
-    .map_err(ReplicaError::Network)?;
-    let bind: SocketAddr = if config.relay_addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let mut endpoint = Endpoint::client(bind).map_err(|e| ReplicaError::Network(e.to_string()))?;
-    endpoint.set_default_client_config(client);
+    .map_err(|e| ReplicaError::Network(e.to_string()))?;
+    let endpoint = tidings_transport::client_endpoint(config.relay_addr, client)
+        .map_err(|e| ReplicaError::Network(e.to_string()))?;
     let driver = Driver {
         core,
         config,
@@ -260,20 +255,23 @@ impl Driver {
 
     /// Writes what the core wants sent and publishes what it wants shown.
     async fn pump(&mut self) {
-        let mut buf = Vec::new();
+        let mut written = Ok(());
         while let Some(frame) = self.core.poll_transmit() {
-            if let Err(e) = encode_frame(&frame, &mut buf) {
-                tracing::error!(error = %e, "a frame of ours does not encode; dropped");
-            }
-        }
-        if !buf.is_empty() {
+            // Without a connection the core's frames have nowhere to go: it sends again what
+            // matters after the next handshake.
             if let Some(live) = self.live.as_mut() {
-                if let Err(e) = live.send.write_all(&buf).await {
-                    tracing::info!(error = %e, "write to relay failed");
-                    let now = self.now();
-                    self.disconnect(now);
+                if let Err(e) = live.send.queue(&frame) {
+                    tracing::error!(error = %e, "a frame of ours does not encode; dropped");
                 }
             }
+        }
+        if let Some(live) = self.live.as_mut() {
+            written = live.send.flush().await;
+        }
+        if let Err(e) = written {
+            tracing::info!(error = %e, "write to relay failed");
+            let now = self.now();
+            self.disconnect(now);
         }
         while let Some(event) = self.core.poll_event() {
             let event = match event {
@@ -319,12 +317,7 @@ impl Driver {
         if (keepalive, idle) == (self.config.keepalive, self.config.idle_timeout) {
             return;
         }
-        match pin::pinned_client_config(
-            self.config.relay_cert_sha256,
-            keepalive,
-            idle,
-            Arc::clone(&self.pin_mismatch),
-        ) {
+        match dial_config(&self.config, keepalive, idle, &self.pin_mismatch) {
             Ok(client) => {
                 tracing::info!(
                     ?keepalive,
@@ -499,6 +492,7 @@ impl Driver {
                     let _ = r.send(Err(e.into()));
                 }
             },
+            Command::Peer(cmd) => crate::peers::handle(core, cmd, now),
             Command::Revoke(revocation, r) => {
                 let device = revocation.device;
                 match core.revoke(revocation) {
@@ -755,49 +749,35 @@ async fn dial(endpoint: Endpoint, addr: SocketAddr, name: String) -> Dialed {
         .export_keying_material(&mut binding, TLS_EXPORTER_LABEL, b"")
         .map_err(|_| "TLS exporter unavailable".to_string())?;
     let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    Ok((connection, send, recv, binding))
+    Ok((
+        connection,
+        FrameWriter::new(send),
+        FrameReader::new(recv, MAX_FRAME_LEN),
+        binding,
+    ))
+}
+
+/// The client configuration for `config`'s relay with this timing; `mismatch` tells a pin
+/// mismatch from an unreachable relay.
+fn dial_config(
+    config: &ReplicaConfig,
+    keepalive: Duration,
+    idle_timeout: Duration,
+    mismatch: &Arc<AtomicBool>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    DialConfig::new(config.relay_cert_sha256)
+        .keepalive(keepalive)
+        .idle_timeout(idle_timeout)
+        .report_mismatch(Arc::clone(mismatch))
+        .build()
 }
 
 /// Reads frames and checks their events' signatures here, off the driver, so that verifying
 /// one page overlaps with folding the previous one.
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<PreparedFrame, String>>) {
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut buf = vec![0u8; 64 * 1024];
+async fn read_frames(mut recv: FrameReader, tx: mpsc::Sender<Result<PreparedFrame, String>>) {
     loop {
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
-                decoder.push(&buf[..n]);
-                loop {
-                    match decoder.poll_frame::<ServerFrame>() {
-                        Ok(Some(frame)) => {
-                            let prepared = match frame {
-                                f @ (ServerFrame::Page { .. } | ServerFrame::Push { .. }) => {
-                                    match tokio::task::spawn_blocking(move || {
-                                        DeviceCore::prepare(f)
-                                    })
-                                    .await
-                                    {
-                                        Ok(p) => p,
-                                        Err(e) => {
-                                            let _ = tx.send(Err(e.to_string())).await;
-                                            return;
-                                        }
-                                    }
-                                }
-                                f => DeviceCore::prepare(f),
-                            };
-                            if tx.send(Ok(prepared)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string())).await;
-                            return;
-                        }
-                    }
-                }
-            }
+        let frame = match recv.read_frame::<ServerFrame>().await {
+            Ok(Some(frame)) => frame,
             Ok(None) => {
                 let _ = tx.send(Err("relay closed the stream".into())).await;
                 return;
@@ -806,6 +786,21 @@ async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<PreparedFrame
                 let _ = tx.send(Err(e.to_string())).await;
                 return;
             }
+        };
+        let prepared = match frame {
+            f @ (ServerFrame::Page { .. } | ServerFrame::Push { .. }) => {
+                match tokio::task::spawn_blocking(move || DeviceCore::prepare(f)).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        return;
+                    }
+                }
+            }
+            f => DeviceCore::prepare(f),
+        };
+        if tx.send(Ok(prepared)).await.is_err() {
+            return;
         }
     }
 }

@@ -30,7 +30,8 @@
 //!   [`Replica::conversations`] read the index tables directly, beside it.
 //! - `driver`: the one task that owns the device's [`tidings_engine::DeviceCore`] and its QUIC
 //!   connection, and moves frames, time and commands into the core.
-//! - [`pin`]: the QUIC client configuration pinned to the relay's certificate.
+//! - [`peers`]: peer links ([`Replica::peer_link`]): reconciling with other devices directly,
+//!   without the relay, at addresses the app passes in or a [`peers::Discovery`] finds.
 //! - [`link`]: linking a new device of the user with a one-time code
 //!   ([`Replica::link_device`] on the existing device, [`link::join`] on the new one).
 //! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
@@ -47,11 +48,12 @@ mod connectivity;
 mod driver;
 pub mod keystore;
 pub mod link;
-pub mod pin;
+pub mod peers;
 mod status;
 
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
 pub use status::{ConnectionProblem, ConnectionStatus};
+pub use tidings_transport::{Fingerprint, FingerprintError};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -85,7 +87,7 @@ pub struct ReplicaConfig {
     /// The relay's key (it signs the acks this device trusts).
     pub relay_key: DeviceId,
     /// SHA-256 of the relay's certificate (DER), as `tidings-relay` prints it.
-    pub relay_cert_sha256: [u8; 32],
+    pub relay_cert_sha256: Fingerprint,
     /// Name sent in the TLS handshake (the pin decides trust, not the name).
     pub server_name: String,
     /// Keepalive interval: a dead path is noticed within `idle_timeout`.
@@ -115,12 +117,16 @@ impl ReplicaConfig {
     /// Defaults for a relay at `relay_addr` with the given key and certificate fingerprint:
     /// [`Profile::Desktop`] (keepalive every 1 s, a dead path noticed within 5 s), the system
     /// clock, connectivity from the app. [`Replica::builder`] is the common path.
-    pub fn new(relay_addr: SocketAddr, relay_key: DeviceId, relay_cert_sha256: [u8; 32]) -> Self {
+    pub fn new(
+        relay_addr: SocketAddr,
+        relay_key: DeviceId,
+        relay_cert_sha256: impl Into<Fingerprint>,
+    ) -> Self {
         ReplicaConfig {
             relay_addr,
             fallback_addrs: Vec::new(),
             relay_key,
-            relay_cert_sha256,
+            relay_cert_sha256: relay_cert_sha256.into(),
             server_name: "tidings-relay".into(),
             keepalive: Profile::Desktop.keepalive(),
             idle_timeout: Profile::Desktop.idle_timeout(),
@@ -170,6 +176,9 @@ pub enum ReplicaError {
     /// The replica was closed.
     #[error("the replica is closed")]
     Closed,
+    /// A peer session failed or the peer was refused.
+    #[error(transparent)]
+    Peer(#[from] tidings_engine::peer::PeerError),
     /// The QUIC endpoint could not be set up.
     #[error("network setup failed: {0}")]
     Network(String),
@@ -440,6 +449,7 @@ enum Command {
     DeviceList(UserId, Reply<Vec<DeviceEntry>>),
     LinkDevice(tidings_engine::link::LinkSlot, Vec<u8>, Reply<u64>),
     Revoke(tidings_engine::wire::DeviceRevocation, Reply<()>),
+    Peer(peers::PeerCommand),
     Close(Reply<()>),
 }
 

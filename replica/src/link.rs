@@ -21,12 +21,13 @@
 //! docs/SECURITY.md, "Linking a device"). The code is shown once, taken once, and expires.
 
 use crate::keystore::{Keys, UserSecret};
-use crate::{pin, RelayPin};
+use crate::RelayPin;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tidings_engine::link::{LinkCodeError, LinkError, LinkSecret, MAX_LINK_PLAINTEXT_LEN};
-use tidings_engine::wire::{encode_frame, FrameDecoder, ServerFrame, MAX_FRAME_LEN};
+use tidings_engine::wire::{ServerFrame, MAX_FRAME_LEN};
+use tidings_transport::{DialConfig, FrameError, FrameReader, FrameWriter};
 use zeroize::Zeroizing;
 
 /// Version of the bundle's layout.
@@ -76,7 +77,7 @@ impl LinkBundle {
             user_seed: *self.user_secret.seed(),
             relay: self.relay.clone(),
             relay_key: self.pin.relay.0,
-            cert_sha256: self.pin.cert_sha256,
+            cert_sha256: self.pin.cert_sha256.to_bytes(),
             app: self.app.clone(),
         };
         let bytes = Zeroizing::new(postcard::to_stdvec(&e).map_err(|_| LinkJoinError::Bundle)?);
@@ -102,7 +103,7 @@ impl LinkBundle {
             relay: std::mem::take(&mut e.relay),
             pin: RelayPin {
                 relay: tidings_engine::DeviceId(e.relay_key),
-                cert_sha256: e.cert_sha256,
+                cert_sha256: e.cert_sha256.into(),
             },
             app: std::mem::take(&mut e.app),
         };
@@ -168,52 +169,41 @@ async fn take(
     pin: &RelayPin,
     secret: &LinkSecret,
 ) -> Result<ServerFrame, String> {
-    let config = pin::client_config(
-        pin.cert_sha256,
-        Duration::from_secs(1),
-        Duration::from_secs(5),
-    )?;
-    let bind: SocketAddr = if addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(config);
+    let config = DialConfig::new(pin.cert_sha256)
+        .keepalive(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let endpoint = tidings_transport::client_endpoint(addr, config).map_err(|e| e.to_string())?;
     let result = async {
         let connection = endpoint
             .connect(addr, "tidings-relay")
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        encode_frame(&secret.take_frame(), &mut buf).map_err(|e| e.to_string())?;
-        send.write_all(&buf).await.map_err(|e| e.to_string())?;
-        let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-        let mut chunk = vec![0u8; 16 * 1024];
-        let frame = loop {
-            if let Some(f) = decoder
-                .poll_frame::<ServerFrame>()
-                .map_err(|e| e.to_string())?
-            {
-                break f;
-            }
-            match recv.read(&mut chunk).await {
-                Ok(Some(n)) => decoder.push(&chunk[..n]),
-                Ok(None) => return Err("the relay closed the stream".to_string()),
-                // The relay's close carries the code of the Error frame it wrote before it.
-                Err(quinn::ReadError::ConnectionLost(
-                    quinn::ConnectionError::ApplicationClosed(close),
-                )) => {
-                    let code = u16::try_from(close.error_code.into_inner()).unwrap_or(u16::MAX);
-                    break ServerFrame::Error {
-                        code: tidings_engine::wire::ErrorCode(code),
-                        message: String::from_utf8_lossy(&close.reason).into_owned(),
-                    };
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let mut writer = FrameWriter::new(send);
+        writer
+            .write_frame(&secret.take_frame())
+            .await
+            .map_err(|e| e.to_string())?;
+        let frame = match FrameReader::new(recv, MAX_FRAME_LEN)
+            .read_frame::<ServerFrame>()
+            .await
+        {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("the relay closed the stream".to_string()),
+            // The relay's close carries the code of the Error frame it wrote before it.
+            Err(FrameError::Read(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::ApplicationClosed(close),
+            ))) => {
+                let code = u16::try_from(close.error_code.into_inner()).unwrap_or(u16::MAX);
+                ServerFrame::Error {
+                    code: tidings_engine::wire::ErrorCode(code),
+                    message: String::from_utf8_lossy(&close.reason).into_owned(),
                 }
-                Err(e) => return Err(e.to_string()),
             }
+            Err(e) => return Err(e.to_string()),
         };
         connection.close(0u32.into(), b"linked");
         Ok(frame)

@@ -18,7 +18,7 @@
 use futures::StreamExt;
 use std::time::Duration;
 use tidings::engine::{ConversationId, DeviceId, DeviceKey, RetryPolicy, Status, UserId};
-use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::Fingerprint;
 use tidings::replica::{Body, Replica, ReplicaConfig, Update};
 
 type Error = Box<dyn std::error::Error>;
@@ -82,7 +82,7 @@ async fn device(flags: Flags) -> Result<(), Error> {
     let user = UserId(user_key.device().0);
     let key = DeviceKey::from_seed([flags.device_seed; 32], user);
     let relay_id = DeviceId::from_hex(&flags.relay_id).ok_or("bad --relay-id")?;
-    let cert = parse_fingerprint(&flags.cert).ok_or("bad --cert")?;
+    let cert: Fingerprint = flags.cert.parse().map_err(|_| "bad --cert")?;
     let conv = ConversationId::from_hex(&flags.conversation).ok_or("bad --conversation")?;
     let count = flags.count;
     let mut config = ReplicaConfig::new(flags.relay, relay_id, cert);

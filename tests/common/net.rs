@@ -11,7 +11,6 @@ use tidings::engine::{ConversationId, DeviceKey, MessageId, RetryPolicy, Status}
 use tidings::relay::config::RelayConfig;
 use tidings::relay::server::{self, RelayHandle};
 use tidings::relay::Limits;
-use tidings::replica::pin::parse_fingerprint;
 use tidings::replica::{PageCursor, Rendered, Replica, ReplicaConfig};
 use tokio::net::UdpSocket;
 
@@ -34,7 +33,7 @@ pub fn config(
     key: &DeviceKey,
     user: &User,
 ) -> ReplicaConfig {
-    let fp = parse_fingerprint(relay.fingerprint()).expect("fingerprint");
+    let fp = relay.fingerprint();
     let mut c = ReplicaConfig::new(addr, relay.relay_id(), fp);
     c.keepalive = Duration::from_millis(300);
     c.idle_timeout = Duration::from_secs(2);

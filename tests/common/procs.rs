@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tidings::engine::{DeviceId, DeviceKey, RetryPolicy};
-use tidings::replica::pin::parse_fingerprint;
+use tidings::replica::Fingerprint;
 use tidings::replica::ReplicaConfig;
 
 use crate::common::User;
@@ -79,7 +79,7 @@ pub struct RelayProc {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub relay_id: DeviceId,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// Starts `tidings-test-relay --dev` on `dir`, on `listen` or a free loopback port.
@@ -114,7 +114,7 @@ fn spawn_relay_cmd(mut cmd: Command) -> RelayProc {
         } else if let Some(id) = line.strip_prefix("relay id:") {
             relay_id = Some(DeviceId::from_hex(id.trim()).expect("relay id"));
         } else if let Some(f) = line.strip_prefix("certificate sha256:") {
-            fingerprint = Some(f.trim().to_string());
+            fingerprint = Some(f.parse().expect("fingerprint"));
         }
     }
     RelayProc {
@@ -127,8 +127,7 @@ fn spawn_relay_cmd(mut cmd: Command) -> RelayProc {
 
 /// Device settings against a relay process, as `net::config` does for an in-process relay.
 pub fn replica_config(relay: &RelayProc, key: &DeviceKey, user: &User) -> ReplicaConfig {
-    let fp = parse_fingerprint(&relay.fingerprint).expect("fingerprint");
-    let mut c = ReplicaConfig::new(relay.addr, relay.relay_id, fp);
+    let mut c = ReplicaConfig::new(relay.addr, relay.relay_id, relay.fingerprint);
     c.keepalive = Duration::from_millis(200);
     c.idle_timeout = Duration::from_secs(1);
     c.device.registration = Some(key.certificate(&user.key, 0));

@@ -2,6 +2,7 @@
 //! workers, hands them to the core thread and writes what the core answers.
 
 use super::*;
+use tidings_transport::{FrameError, FrameReader, FrameWriter};
 
 pub(super) struct Shell {
     core_tx: mpsc::Sender<CoreInput>,
@@ -148,13 +149,14 @@ impl Shell {
             .map_err(|_| ConnError::CoreGone)?;
         let session = reply_rx.await.map_err(|_| ConnError::CoreGone)?;
         let writer = tokio::spawn(write_loop(
-            send,
+            FrameWriter::new(send),
             conn.clone(),
             out_rx,
             meter.clone(),
             self.metrics.clone(),
         ));
-        let mut recv = recv;
+        // Nothing beyond the handshake's small frames is read before Welcome.
+        let mut recv = FrameReader::new(recv, self.limits.max_handshake_frame_len);
         let result =
             match tokio::time::timeout_at(deadline, self.handshake(session, &mut recv, &out_tx))
                 .await
@@ -190,14 +192,11 @@ impl Shell {
     pub(super) async fn handshake(
         &self,
         session: SessionId,
-        recv: &mut quinn::RecvStream,
+        recv: &mut FrameReader,
         out: &mpsc::Sender<Outbound>,
     ) -> Result<bool, ConnError> {
         loop {
-            let Some(body) = self
-                .read_body(recv, self.limits.max_handshake_frame_len, out)
-                .await?
-            else {
+            let Some(body) = self.read_body(recv, out).await? else {
                 return Ok(false);
             };
             let frame = match wire::decode_handshake(&body) {
@@ -219,28 +218,19 @@ impl Shell {
         }
     }
 
-    /// Reads one frame body of at most `max_len` bytes; `None` at the end of the stream.
+    /// Reads one frame body (within the reader's size limit); `None` at the end of the
+    /// stream, also inside a frame: there is nobody left to tell.
     pub(super) async fn read_body(
         &self,
-        recv: &mut quinn::RecvStream,
-        max_len: usize,
+        recv: &mut FrameReader,
         out: &mpsc::Sender<Outbound>,
     ) -> Result<Option<Vec<u8>>, ConnError> {
-        let mut header = [0u8; wire::FRAME_HEADER_LEN];
-        match recv.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(None),
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-        }
-        let len = match wire::decode_len(header, max_len) {
-            Ok(len) => len,
-            Err(e) => return Err(self.refuse_frame(e, out).await),
-        };
-        let mut body = vec![0u8; len];
-        match recv.read_exact(&mut body).await {
-            Ok(()) => Ok(Some(body)),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => Ok(None),
-            Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+        match recv.read_body().await {
+            Ok(body) => Ok(body),
+            Err(FrameError::Truncated { .. }) => Ok(None),
+            Err(FrameError::Wire(e)) => Err(self.refuse_frame(e, out).await),
+            Err(FrameError::Read(e)) => Err(e.into()),
+            Err(e) => Err(ConnError::Frame(e)),
         }
     }
 
@@ -257,14 +247,14 @@ impl Shell {
     pub(super) async fn read_loop(
         &self,
         session: SessionId,
-        mut recv: quinn::RecvStream,
+        mut recv: FrameReader,
         out: &mpsc::Sender<Outbound>,
         meter: &Meter,
     ) -> Result<(), ConnError> {
-        let max_len = self.limits.max_frame_len;
+        recv.set_max_len(self.limits.max_frame_len);
         let mut keys = crate::verify::KeyCache::default();
         loop {
-            let Some(body) = self.read_body(&mut recv, max_len, out).await? else {
+            let Some(body) = self.read_body(&mut recv, out).await? else {
                 return Ok(());
             };
             let frame = match wire::decode_body::<ClientFrame>(&body) {
@@ -300,15 +290,13 @@ impl Shell {
 }
 
 pub(super) async fn write_loop(
-    mut send: quinn::SendStream,
+    mut send: FrameWriter,
     conn: quinn::Connection,
     mut rx: mpsc::Receiver<Outbound>,
     meter: Arc<Meter>,
     metrics: RelayMetrics,
 ) {
-    let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
-        buf.clear();
         let mut answers = 0;
         let mut charged = 0;
         let mut close = None;
@@ -319,7 +307,7 @@ pub(super) async fn write_loop(
                 Outbound::Frame(f, len) => {
                     answers += usize::from(f.answers().is_some());
                     charged += len;
-                    if let Err(e) = wire::encode_frame(&f, &mut buf) {
+                    if let Err(e) = send.queue(&f) {
                         warn!(error = %e, "dropping an unencodable frame");
                     }
                 }
@@ -333,7 +321,7 @@ pub(super) async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() && send.write_all(&buf).await.is_err() {
+        if send.flush().await.is_err() {
             return;
         }
         meter.written(charged, answers);
@@ -353,7 +341,7 @@ pub(super) fn as_i64(n: usize) -> i64 {
 /// Sends the Error frame, gives it a moment to arrive, and closes the connection with the
 /// code (so a device learns why even if the frame is lost).
 pub(super) async fn write_close(
-    send: &mut quinn::SendStream,
+    send: &mut FrameWriter,
     conn: &quinn::Connection,
     code: ErrorCode,
     message: &str,
@@ -364,10 +352,8 @@ pub(super) async fn write_close(
         code,
         message: message.clone(),
     };
-    if let Ok(bytes) = wire::frame_bytes(&frame) {
-        if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-        }
+    if send.write_frame(&frame).await.is_ok() && send.get_mut().finish().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.get_mut().stopped()).await;
     }
     conn.close(code.0.into(), message.as_bytes());
 }
@@ -381,6 +367,8 @@ pub(super) enum ConnError {
     Read(#[from] quinn::ReadError),
     #[error("frame: {0}")]
     Wire(wire::WireError),
+    #[error("framing: {0}")]
+    Frame(FrameError),
     #[error("protocol: {0}")]
     Protocol(&'static str),
     #[error("the core stopped")]

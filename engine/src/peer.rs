@@ -1,0 +1,430 @@
+//! Device-to-device reconciliation, sans-IO: two devices that share conversations send each
+//! other the events the other is missing, without the relay.
+//!
+//! Each side opens with [`PeerFrame::Hello`]: per shared conversation, its version vector
+//! (per author device, relay included, the highest counter it holds every event up to). The
+//! other side answers with what is above those counters — the device certificates it holds
+//! ([`PeerFrame::Directory`]), then the events in [`PeerFrame::Items`] together with the relay
+//! statements that place them — and ends with [`PeerFrame::Done`]. The receiver admits the
+//! items through [`crate::DeviceCore::handle_peer_items`], the very path of a relay page:
+//! signatures checked, only the pinned relay's statements trusted, every event through the
+//! gate at its place in the relay's order. A peer can therefore withhold events, never forge,
+//! reorder or inject one.
+//!
+//! Events the relay has not sequenced yet are not sent: a device shows others' events only at
+//! their place in the relay's order (the gate judges membership there), so such an event would
+//! wait, held, until the relay's statement came anyway.
+//!
+//! # Call order
+//! [`PeerSession::new`] (it queues the Hello), then for each frame read
+//! [`PeerSession::handle_frame`]; after every call drain [`PeerSession::poll_transmit`]. The
+//! session is over when [`PeerSession::is_done`].
+
+use crate::device::{DeviceCore, DeviceError, VerifiedItems};
+use crate::event::Event;
+use crate::ids::{ConversationId, DeviceId, EventId, UserId};
+use crate::log::LogError;
+use crate::store::StoreError;
+use crate::wire::{
+    check, DeviceRegistration, DeviceRevocation, Envelope, Frame, WireError, MAX_FRAME_LEN,
+    MAX_LISTED_CONVERSATIONS, MAX_LISTED_DEVICES, MAX_PAGE_ITEMS,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+
+/// The peer protocol version this build speaks.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// Most author devices in one conversation's version vector.
+pub const MAX_VECTOR_AUTHORS: usize = 4096;
+/// Most events one side sends in one session (with their statements): what it holds in
+/// memory for the answer. A peer missing more gets the rest in its next session, which starts
+/// from where its log stands (the state of a sync is the log itself, so an interrupted one
+/// resumes there too).
+pub const MAX_SESSION_EVENTS: usize = 100_000;
+/// Bytes of envelopes one [`PeerFrame::Items`] carries at most (the frame limit, with room for
+/// the encoding around them).
+pub const MAX_ITEMS_BYTES: usize = MAX_FRAME_LEN / 2;
+
+/// What one conversation's log holds: per author device, every event up to this counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationVector {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// (author device, counter), one per author.
+    pub authors: Vec<(DeviceId, u64)>,
+}
+
+/// A frame of the peer protocol (over `tidings_transport`'s framed stream, ALPN
+/// `tidings-peer/1`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PeerFrame {
+    /// The sender's version vectors of the conversations it shares with the receiver.
+    Hello {
+        /// [`PEER_PROTOCOL_VERSION`].
+        protocol_version: u16,
+        /// One per shared conversation.
+        conversations: Vec<ConversationVector>,
+    },
+    /// Device certificates and revocations the receiver needs to judge the events that follow
+    /// (each verified by the receiver under its user's key).
+    Directory {
+        /// Certificates.
+        registrations: Vec<DeviceRegistration>,
+        /// Revocations.
+        revocations: Vec<DeviceRevocation>,
+    },
+    /// Events and the relay statements that place them.
+    Items {
+        /// The events.
+        events: Vec<Envelope>,
+        /// The statements.
+        records: Vec<Envelope>,
+    },
+    /// Everything missing by the receiver's Hello was sent.
+    Done,
+}
+
+impl Frame for PeerFrame {
+    fn check_limits(&self) -> Result<(), WireError> {
+        match self {
+            PeerFrame::Hello { conversations, .. } => {
+                check(
+                    "conversations",
+                    conversations.len(),
+                    MAX_LISTED_CONVERSATIONS,
+                )?;
+                for c in conversations {
+                    check("authors", c.authors.len(), MAX_VECTOR_AUTHORS)?;
+                }
+                Ok(())
+            }
+            PeerFrame::Directory {
+                registrations,
+                revocations,
+            } => {
+                check("registrations", registrations.len(), MAX_LISTED_DEVICES)?;
+                check("revocations", revocations.len(), MAX_LISTED_DEVICES)
+            }
+            PeerFrame::Items { events, records } => {
+                check("events", events.len(), MAX_PAGE_ITEMS)?;
+                check("records", records.len(), MAX_PAGE_ITEMS)?;
+                for e in events.iter().chain(records) {
+                    check("envelope", e.0.len(), crate::event::MAX_EVENT_LEN)?;
+                }
+                Ok(())
+            }
+            PeerFrame::Done => Ok(()),
+        }
+    }
+}
+
+/// Why a peer session failed or a peer was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer is not a device this one can place: unknown to its directory, revoked, or
+    /// sharing no conversation with it.
+    #[error("device {0} is not a peer of this device")]
+    NotAdmitted(DeviceId),
+    /// The peer speaks another protocol version.
+    #[error("peer protocol version {0} is not supported")]
+    Version(u16),
+    /// A frame out of order.
+    #[error("unexpected peer frame: {0}")]
+    Unexpected(&'static str),
+    /// The device's log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The device's store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The device core failed on the items.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// The devices this device admits as peers: every certified, unrevoked device (its own
+/// user's included) of a user who shares a conversation with it, by the memberships the gate
+/// admitted and the certificates the directory verified.
+pub fn admitted_peers(core: &mut DeviceCore) -> Result<BTreeSet<DeviceId>, PeerError> {
+    let me = core.store().key().device();
+    let users: BTreeSet<UserId> = shared_users(core)?.into_keys().collect();
+    let directory = core.store_mut().directory()?;
+    let mut out = BTreeSet::new();
+    for user in users {
+        for (device, revoked) in directory.all_devices_of(&user) {
+            if !revoked && device != me {
+                out.insert(device);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The conversations this device shares with `peer` (none if the directory cannot place it).
+pub fn shared_conversations(
+    core: &mut DeviceCore,
+    peer: DeviceId,
+) -> Result<BTreeSet<ConversationId>, PeerError> {
+    let directory = core.store_mut().directory()?;
+    let user = match directory.user_of(&peer) {
+        Some(u) if !directory.is_revoked(&peer) => u,
+        _ => return Ok(BTreeSet::new()),
+    };
+    Ok(shared_users(core)?.remove(&user).unwrap_or_default())
+}
+
+/// Per user, the conversations whose current members include both that user and this
+/// device's user.
+fn shared_users(
+    core: &DeviceCore,
+) -> Result<BTreeMap<UserId, BTreeSet<ConversationId>>, PeerError> {
+    let me = core.store().key().user();
+    let mut out: BTreeMap<UserId, BTreeSet<ConversationId>> = BTreeMap::new();
+    for (conversation, meta) in core.store().log().conversations()? {
+        let Some((_, members)) = meta.members else {
+            continue;
+        };
+        if !members.contains(&me) {
+            continue;
+        }
+        for user in members {
+            out.entry(user).or_default().insert(conversation);
+        }
+    }
+    Ok(out)
+}
+
+/// One reconciliation with one peer. See the module docs for the call order.
+#[derive(Debug)]
+pub struct PeerSession {
+    peer: DeviceId,
+    shared: BTreeSet<ConversationId>,
+    transmit: VecDeque<PeerFrame>,
+    answered: bool,
+    done: bool,
+    /// Events received from this peer, counted.
+    n_received: u64,
+}
+
+impl PeerSession {
+    /// A session with `peer`, refused unless this device admits it ([`admitted_peers`]);
+    /// queues the Hello.
+    pub fn new(core: &mut DeviceCore, peer: DeviceId) -> Result<PeerSession, PeerError> {
+        let shared = shared_conversations(core, peer)?;
+        if shared.is_empty() {
+            return Err(PeerError::NotAdmitted(peer));
+        }
+        let log = core.store().log();
+        let conversations = shared
+            .iter()
+            .map(|c| {
+                Ok(ConversationVector {
+                    conversation: *c,
+                    authors: log.version_vector(*c)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LogError>>()?;
+        let mut transmit = VecDeque::new();
+        transmit.push_back(PeerFrame::Hello {
+            protocol_version: PEER_PROTOCOL_VERSION,
+            conversations,
+        });
+        Ok(PeerSession {
+            peer,
+            shared,
+            transmit,
+            answered: false,
+            done: false,
+            n_received: 0,
+        })
+    }
+
+    /// The peer device.
+    pub fn peer(&self) -> DeviceId {
+        self.peer
+    }
+
+    /// Both sides sent everything the other was missing.
+    pub fn is_done(&self) -> bool {
+        self.answered && self.done
+    }
+
+    /// Events received from the peer so far (before the store's deduplication).
+    pub fn n_received(&self) -> u64 {
+        self.n_received
+    }
+
+    /// The next frame to write.
+    pub fn poll_transmit(&mut self) -> Option<PeerFrame> {
+        self.transmit.pop_front()
+    }
+
+    /// A frame from the peer. An error means the link is unusable: close it.
+    pub fn handle_frame(
+        &mut self,
+        core: &mut DeviceCore,
+        frame: PeerFrame,
+        now_ms: u64,
+    ) -> Result<(), PeerError> {
+        match frame {
+            PeerFrame::Hello {
+                protocol_version,
+                conversations,
+            } => {
+                if protocol_version != PEER_PROTOCOL_VERSION {
+                    return Err(PeerError::Version(protocol_version));
+                }
+                if self.answered {
+                    return Err(PeerError::Unexpected("a second Hello"));
+                }
+                self.answer(core, conversations)?;
+                self.answered = true;
+                Ok(())
+            }
+            PeerFrame::Directory {
+                registrations,
+                revocations,
+            } => {
+                // Settles nobody: a peer's list is never the complete answer the relay gives.
+                core.handle_peer_directory(&registrations, &revocations, now_ms)?;
+                Ok(())
+            }
+            PeerFrame::Items { events, records } => {
+                self.n_received += events.len() as u64;
+                let items = VerifiedItems::verify(&events, &records);
+                core.handle_peer_items(items, now_ms)?;
+                Ok(())
+            }
+            PeerFrame::Done => {
+                self.done = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues what the peer's vectors say it is missing, in shared conversations only.
+    fn answer(
+        &mut self,
+        core: &mut DeviceCore,
+        theirs: Vec<ConversationVector>,
+    ) -> Result<(), PeerError> {
+        let log = core.store().log();
+        let mut batches = Batches::default();
+        for vector in theirs {
+            if !self.shared.contains(&vector.conversation) {
+                continue;
+            }
+            let c = vector.conversation;
+            let have: BTreeMap<DeviceId, u64> = vector.authors.into_iter().collect();
+            for (author, ours) in log.version_vector(c)? {
+                let after = have.get(&author).copied().unwrap_or(0);
+                if ours <= after {
+                    continue;
+                }
+                let budget = MAX_SESSION_EVENTS.saturating_sub(batches.n_events);
+                if budget == 0 {
+                    // The rest goes in the next session: the peer's vectors will have moved.
+                    break;
+                }
+                for event in log.author_events_after(c, author, after, budget)? {
+                    if event.kind().is_sequencing() {
+                        // A statement the peer lacks: it goes with the events it places.
+                        for p in event.placements() {
+                            if let Some(placed) = log.get(&p.event)? {
+                                batches.pair(&placed, &event);
+                            }
+                        }
+                    } else if let Some((seq, _)) = log.ack_of(&event.id())? {
+                        let statement = match log.statement_at(c, seq)? {
+                            Some(id) => log.get(&id)?,
+                            None => None,
+                        };
+                        if let Some(statement) = statement {
+                            batches.pair(&event, &statement);
+                        }
+                    }
+                    // Not sequenced yet: not sent (see the module docs).
+                }
+            }
+        }
+        let (registrations, revocations) = log.directory()?;
+        for chunk in registrations.chunks(MAX_LISTED_DEVICES) {
+            self.transmit.push_back(PeerFrame::Directory {
+                registrations: chunk.to_vec(),
+                revocations: Vec::new(),
+            });
+        }
+        for chunk in revocations.chunks(MAX_LISTED_DEVICES) {
+            self.transmit.push_back(PeerFrame::Directory {
+                registrations: Vec::new(),
+                revocations: chunk.to_vec(),
+            });
+        }
+        self.transmit.extend(batches.finish());
+        self.transmit.push_back(PeerFrame::Done);
+        Ok(())
+    }
+}
+
+/// Items frames under construction: every event goes out with the statement that places it,
+/// in the same frame, and each frame keeps to the limits.
+#[derive(Default)]
+struct Batches {
+    frames: Vec<PeerFrame>,
+    events: Vec<Envelope>,
+    records: Vec<Envelope>,
+    bytes: usize,
+    /// Ids of the events and statements in the current frame.
+    here: HashSet<EventId>,
+    /// Events sent in an earlier frame (each event goes once; a statement goes with each
+    /// frame that carries one of its events, as the receiver places each frame on its own).
+    sent: HashSet<EventId>,
+    /// Events added so far.
+    n_events: usize,
+}
+
+impl Batches {
+    /// Adds `event` with the statement that places it.
+    fn pair(&mut self, event: &Event, statement: &Event) {
+        if self.sent.contains(&event.id()) || self.here.contains(&event.id()) {
+            return;
+        }
+        let mut need = event.bytes().len();
+        if !self.here.contains(&statement.id()) {
+            need += statement.bytes().len();
+        }
+        let full = self.events.len() + 1 > MAX_PAGE_ITEMS
+            || self.records.len() + 1 > MAX_PAGE_ITEMS
+            || self.bytes + need > MAX_ITEMS_BYTES;
+        if full {
+            self.cut();
+        }
+        if self.here.insert(statement.id()) {
+            self.bytes += statement.bytes().len();
+            self.records.push(Envelope(statement.bytes().to_vec()));
+        }
+        self.here.insert(event.id());
+        self.n_events += 1;
+        self.bytes += event.bytes().len();
+        self.events.push(Envelope(event.bytes().to_vec()));
+    }
+
+    fn cut(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        self.sent.extend(self.here.drain());
+        self.bytes = 0;
+        self.frames.push(PeerFrame::Items {
+            events: std::mem::take(&mut self.events),
+            records: std::mem::take(&mut self.records),
+        });
+    }
+
+    fn finish(mut self) -> Vec<PeerFrame> {
+        self.cut();
+        self.frames
+    }
+}

@@ -1,0 +1,137 @@
+//! Two replicas reconcile over a peer link on 127.0.0.1 while one of them cannot reach the
+//! relay; the relay later adds nothing twice.
+
+mod common;
+
+use common::net::{all_at_least, config, eventually, ids, open, relay, start_conversation};
+use common::{device, user};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tidings::engine::{ConversationId, Status};
+use tidings::relay::Limits;
+use tidings::replica::peers::{ExplicitPeers, PeerAddr};
+use tidings::transport::{
+    client_endpoint, PeerAllowList, PeerConfig, PeerIdentity, PEER_SERVER_NAME,
+};
+
+const CONV: ConversationId = ConversationId([7; 16]);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
+    let (alice, bobu, carolu) = (user(1), user(2), user(3));
+    let (k1, _) = device(&alice, 11);
+    let (k2, _) = device(&bobu, 21);
+    let (k3, _) = device(&carolu, 31);
+    let phone = open(
+        dir.path(),
+        "phone",
+        k1.clone(),
+        config(&relay, relay.addr(), &k1, &alice),
+    )
+    .await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k2.clone(),
+        config(&relay, relay.addr(), &k2, &bobu),
+    )
+    .await;
+    let carol = open(
+        dir.path(),
+        "carol",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &carolu),
+    )
+    .await;
+    start_conversation(
+        &phone,
+        &bob,
+        bobu.id,
+        CONV,
+        &[phone.clone(), bob.clone()],
+        20,
+    )
+    .await;
+
+    // Bob loses the relay; Alice's phone sends, and the relay sequences.
+    bob.network_changed(false).await.expect("offline");
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            phone
+                .send(CONV, format!("m{i}").into_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+    eventually(20, "SENT on the phone", || {
+        all_at_least(&phone, CONV, &sent, Status::Sent)
+    })
+    .await;
+    assert!(ids(&bob, CONV).await.is_empty());
+
+    // Bob's phone next to Alice's: a peer link, at the address her phone shows.
+    let phone_link = phone.peer_link(loopback()).await.expect("phone link");
+    let bob_link = bob.peer_link(loopback()).await.expect("bob link");
+    let peers = ExplicitPeers::default();
+    peers.add(PeerAddr {
+        device: phone.device(),
+        addr: phone_link.local_addr().expect("address"),
+    });
+    let reports = bob_link.sync_all(&peers).await;
+    assert_eq!(reports.len(), 1);
+    let report = reports[0].1.as_ref().expect("synced");
+    assert_eq!((report.peer, report.received), (phone.device(), 5));
+    eventually(10, "Bob has them from the peer", || async {
+        ids(&bob, CONV).await == sent
+    })
+    .await;
+
+    // Carol shares no conversation with Alice: her phone refuses the link.
+    let carol_link = carol.peer_link(loopback()).await.expect("carol link");
+    let refused = carol_link
+        .sync(PeerAddr {
+            device: phone.device(),
+            addr: phone_link.local_addr().expect("address"),
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // And Alice's phone refuses Carol's device even when Carol's side would link.
+    let allow = Arc::new(PeerAllowList::default());
+    allow.set([phone.device()]);
+    let carol_config = PeerConfig::new(PeerIdentity::new(&k3).expect("identity"), allow);
+    let addr = phone_link.local_addr().expect("address");
+    let ep =
+        client_endpoint(addr, carol_config.dial(phone.device()).expect("dial")).expect("endpoint");
+    let exchanged = async {
+        let conn = ep.connect(addr, PEER_SERVER_NAME).ok()?.await.ok()?;
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(b"x").await.ok()?;
+        send.finish().ok()?;
+        recv.read_to_end(1024).await.ok()
+    };
+    let exchanged = tokio::time::timeout(std::time::Duration::from_secs(10), exchanged).await;
+    assert!(
+        matches!(exchanged, Ok(None)),
+        "the phone closed Carol's link during the handshake: {exchanged:?}"
+    );
+    assert!(ids(&carol, CONV).await.is_empty());
+
+    // The relay comes back for Bob: the same messages, once each, in the same order, and
+    // Alice's phone learns he has them.
+    bob.network_changed(true).await.expect("online");
+    eventually(20, "DELIVERED on the phone", || {
+        all_at_least(&phone, CONV, &sent, Status::Delivered)
+    })
+    .await;
+    assert_eq!(ids(&bob, CONV).await, sent);
+    for r in [&phone, &bob, &carol] {
+        r.close().await.expect("close");
+    }
+}
