@@ -728,6 +728,15 @@ fn updates_of(
             code,
             reason,
         }],
+        DeviceEvent::HistoryGap {
+            conversation,
+            from,
+            to,
+        } => vec![Update::HistoryGap {
+            conversation,
+            from,
+            to,
+        }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
@@ -771,7 +780,9 @@ async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<PreparedFrame
                     match decoder.poll_frame::<ServerFrame>() {
                         Ok(Some(frame)) => {
                             let prepared = match frame {
-                                f @ (ServerFrame::Page { .. } | ServerFrame::Push { .. }) => {
+                                f @ (ServerFrame::Page { .. }
+                                | ServerFrame::HistoryGap { .. }
+                                | ServerFrame::Push { .. }) => {
                                     match tokio::task::spawn_blocking(move || {
                                         DeviceCore::prepare(f)
                                     })

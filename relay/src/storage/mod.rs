@@ -110,7 +110,7 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
         max_bytes: usize,
     ) -> Result<Page, StoreError>;
 
-    /// Number of stored events.
+    /// Number of stored events (bodies: those retention dropped do not count).
     fn n_events(&self) -> Result<u64, StoreError>;
 
     /// Whether other relay nodes may write this store (then the core reads the change feed

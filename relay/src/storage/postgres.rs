@@ -924,7 +924,7 @@ impl Storage for PgStore {
     fn n_events(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             let n: i64 = c
-                .query_one("SELECT count(*) FROM events", &[])?
+                .query_one("SELECT count(*) FROM events WHERE length(event) > 0", &[])?
                 .try_get(0)?;
             Ok(u64::try_from(n).unwrap_or(0))
         })

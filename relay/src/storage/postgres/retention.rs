@@ -106,7 +106,7 @@ fn prune_one(
     stats.n_statements = tx.execute(
         "DELETE FROM statements s WHERE s.conversation = $1 AND EXISTS ( \
            SELECT 1 FROM statements n WHERE n.conversation = $1 AND n.first_seq > s.first_seq \
-           AND n.first_seq <= $2 + 1 AND NOT EXISTS ( \
+           AND n.first_seq <= $2::int8 + 1 AND NOT EXISTS ( \
              SELECT 1 FROM events e WHERE e.conversation = $1 \
              AND e.seq >= s.first_seq AND e.seq < ( \
                SELECT min(m.first_seq) FROM statements m \
