@@ -18,7 +18,6 @@ use std::time::Instant;
 use tidings::engine::wire::{self, ClientFrame, DeviceRegistration, Envelope, ServerFrame};
 use tidings::engine::{ConversationId, DeviceKey, Event, EventId, EventKind, MessageId, UserId};
 use tidings::relay::core::{Output, RelayCore, RelayStore, Retention, SessionId};
-use tidings::relay::storage::Storage;
 use tidings::relay::Limits;
 
 #[derive(Debug, Parser)]
@@ -187,6 +186,14 @@ fn main() -> Result<()> {
             relay.now,
         )?;
         *head = submit(&mut relay, sessions[0], &[create])?[0];
+        // At most 32 pending invitations from one user: the others accept as they come.
+        for &s in &sessions[1..] {
+            let accept = ClientFrame::Accept {
+                request_id: 3,
+                conversation: conv_id(i),
+            };
+            relay.frame(s, accept)?;
+        }
     }
     let started = Instant::now();
     let body = vec![0x5a; args.body_bytes];

@@ -25,8 +25,8 @@
 //!   2 declined) | inviter (32): the user's say in a conversation another user listed it in
 //!   (and `accepted` for one it created)
 //! - `blocked`: user (32) | blocked user (32) → 1
-//! - `retained`, `seq_times`, `pruned_chains`: what retention dropped and what it measures
-//!   against (schema 7, see [`retention`]).
+//! - `retained`, `seq_times`, `pruned_chains`, `seq_index`, `dedup_floor`: what retention
+//!   dropped and what it measures against (schema 7, see [`retention`]).
 //! - `meta`: `"schema"` → [`SCHEMA_VERSION`]. Schemas 5 and 6 open as 7 by adding the tables
 //!   they lack (`statements`; the retention tables); schema 4 is migrated first.
 //!
@@ -44,7 +44,7 @@ pub const SCHEMA_VERSION: u64 = 7;
 
 mod retention;
 pub use retention::{is_kept, PrunePlan, PruneStats};
-use retention::{PRUNED_CHAINS, RETAINED, SEQ_TIMES};
+use retention::{DEDUP_FLOOR, PRUNED_CHAINS, RETAINED, SEQ_INDEX, SEQ_TIMES};
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -469,10 +469,12 @@ impl RelayStore {
                 Some(SCHEMA_VERSION) => {}
                 // 6 only adds the `statements` table, 7 the retention tables (opened below).
                 Some(5 | 6) => {
+                    retention::fill_seq_index(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(4) => {
                     migrate_v4(&txn)?;
+                    retention::fill_seq_index(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(found) => {
@@ -495,6 +497,8 @@ impl RelayStore {
             txn.open_table(RETAINED)?;
             txn.open_table(SEQ_TIMES)?;
             txn.open_table(PRUNED_CHAINS)?;
+            txn.open_table(SEQ_INDEX)?;
+            txn.open_table(DEDUP_FLOOR)?;
         }
         txn.commit()?;
         let durability = if durable {
@@ -589,6 +593,7 @@ impl RelayStore {
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut index = txn.open_table(EVENT_INDEX)?;
+            let mut seq_index = txn.open_table(SEQ_INDEX)?;
             for r in &batch.events {
                 let k = seq_key(&r.conversation, r.seq);
                 // An id is stored once, forever: a second copy at another sequence would
@@ -602,6 +607,7 @@ impl RelayStore {
                     });
                 }
                 events.insert(k, (r.event, r.ack))?;
+                seq_index.insert(k, r.index_key)?;
             }
             let mut statements = txn.open_table(STATEMENTS)?;
             for (c, first, bytes) in &batch.statements {

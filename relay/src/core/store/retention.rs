@@ -1,7 +1,7 @@
 //! Retention in the redb store: dropping what no device needs any more, and the records that
 //! say what was dropped (see docs/RELIABILITY.md, "What the relay keeps").
 //!
-//! Three tables (schema 7):
+//! Five tables (schema 7):
 //! - `retained`: conversation (16) → the retention floor: every event body at or below it is
 //!   gone, except the kept ones ([`is_kept`]);
 //! - `seq_times`: conversation (16) | seq (8) → server timestamp (ms) of the commit whose last
@@ -9,7 +9,10 @@
 //! - `pruned_chains`: conversation (16) | author (32) → the highest counter of the author whose
 //!   `event_index` row is gone: an event at or below it may be a resubmission the relay can no
 //!   longer recognise, so it is refused ([`crate::core::ChainInfo::expired`]) rather than
-//!   sequenced twice.
+//!   sequenced twice;
+//! - `seq_index`: conversation (16) | seq (8) → the event's `event_index` key, so that a pass
+//!   finds the dedup rows to drop by sequence, in time proportional to what it drops;
+//! - `dedup_floor`: conversation (16) → the index floor of the last pass.
 //!
 //! A pass ([`RelayStore::prune`]) drops, per conversation, the bodies at or below its body
 //! floor and, at or below its index floor (the dedup window), the index rows, the statements
@@ -17,8 +20,8 @@
 //! (the file stops growing); [`RelayStore::compact`] gives them back to the file system.
 
 use super::{
-    seq_key, split_index_value, split_seq_key, RelayStore, SeqKey, StoreError, EVENTS, EVENT_INDEX,
-    STATEMENTS,
+    seq_key, split_index_value, split_seq_key, IndexKey, RelayStore, SeqKey, StoreError, EVENTS,
+    EVENT_INDEX, STATEMENTS,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tidings_engine::event::EventKind;
@@ -28,6 +31,20 @@ pub(super) const RETAINED: TableDefinition<[u8; 16], u64> = TableDefinition::new
 pub(super) const SEQ_TIMES: TableDefinition<SeqKey, u64> = TableDefinition::new("seq_times");
 pub(super) const PRUNED_CHAINS: TableDefinition<[u8; 48], u64> =
     TableDefinition::new("pruned_chains");
+pub(super) const SEQ_INDEX: TableDefinition<SeqKey, IndexKey> = TableDefinition::new("seq_index");
+pub(super) const DEDUP_FLOOR: TableDefinition<[u8; 16], u64> = TableDefinition::new("dedup_floor");
+
+/// Fills `seq_index` from `event_index` (a store opened from schema 5 or 6).
+pub(super) fn fill_seq_index(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let index = txn.open_table(EVENT_INDEX)?;
+    let mut by_seq = txn.open_table(SEQ_INDEX)?;
+    for row in index.iter()? {
+        let (k, v) = row?;
+        let (sk, _) = split_index_value(&v.value());
+        by_seq.insert(sk, k.value())?;
+    }
+    Ok(())
+}
 
 /// What one retention pass drops in one conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,32 +204,31 @@ fn prune_one(txn: &redb::WriteTransaction, plan: &PrunePlan) -> Result<PruneStat
     if index_floor == 0 {
         return Ok(stats);
     }
-    // Dedup rows: the index rows of the conversation placing a dropped event at or below
-    // the index floor.
+    let mut dedup = txn.open_table(DEDUP_FLOOR)?;
+    let done = dedup.get(c.0)?.map_or(0, |v| v.value());
+    if index_floor <= done {
+        return Ok(stats);
+    }
+    dedup.insert(c.0, index_floor)?;
+    // Dedup rows placing a dropped event in `done + 1..=index_floor`, found by sequence.
     let mut index = txn.open_table(EVENT_INDEX)?;
-    let mut lo = [0u8; 88];
-    lo[..16].copy_from_slice(&c.0);
-    let mut hi = [0xffu8; 88];
-    hi[..16].copy_from_slice(&c.0);
+    let mut by_seq = txn.open_table(SEQ_INDEX)?;
     let mut gone = Vec::new();
-    for row in index.range(lo..=hi)? {
-        let (k, v) = row?;
-        let (sk, _) = split_index_value(&v.value());
-        let seq = split_seq_key(&sk).1;
-        if seq > index_floor {
-            continue;
-        }
+    for row in by_seq.range(seq_key(&c, done.saturating_add(1))..=seq_key(&c, index_floor))? {
+        let (sk, ik) = row?;
+        let sk = sk.value();
         let kept = match events.get(sk)? {
             Some(r) => !r.value().0.is_empty(),
             None => false,
         };
         if !kept {
-            gone.push((k.value(), sk));
+            gone.push((ik.value(), sk));
         }
     }
     let mut chains = txn.open_table(PRUNED_CHAINS)?;
     for (k, sk) in gone {
         index.remove(k)?;
+        by_seq.remove(sk)?;
         // A legacy row (empty body, its own ack) goes with its index row.
         events.remove(sk)?;
         let mut counter = [0u8; 8];
