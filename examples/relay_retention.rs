@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release --example relay_retention -- --retention on [--events 1000000]
 //!     [--conversations 1000] [--body-bytes 200] [--confirm-every 50000] [--dir /tmp/x]
+//!     [--dedup-window-secs 600]
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,10 @@ struct Args {
     /// Events between two confirmations by every device (and retention passes).
     #[arg(long, default_value_t = 50_000)]
     confirm_every: usize,
+    /// The dedup window in seconds of virtual time (default: the relay's, 30 days; the load
+    /// advances one second per 256 events).
+    #[arg(long)]
+    dedup_window_secs: Option<u64>,
     /// Where the relay's file goes (a temporary directory if not given).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -120,14 +125,21 @@ fn conv_id(i: usize) -> ConversationId {
 fn main() -> Result<()> {
     let args = Args::parse();
     let retention = match args.retention.as_str() {
-        "on" => Retention::default(),
+        "on" => match args.dedup_window_secs {
+            Some(secs) => Retention::default().with_dedup_window_secs(secs),
+            None => Retention::default(),
+        },
         "off" => Retention::off(),
         other => bail!("--retention on|off, not {other}"),
     };
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("relay-retention-{}.redb", args.retention));
+    let path = dir.join(format!(
+        "relay-retention-{}-{}.redb",
+        args.retention,
+        args.dedup_window_secs.unwrap_or(0)
+    ));
     let _ = std::fs::remove_file(&path);
     let store = RelayStore::open_path(&path, false)?;
     let relay_key = DeviceKey::from_seed([0xee; 32], UserId([0; 32]));
