@@ -111,6 +111,18 @@ pub enum DeviceEvent {
         /// Highest sequence the relay announced.
         target: ServerSeq,
     },
+    /// The relay's retention dropped `from..=to` of the conversation before this device got
+    /// it (every member device had confirmed it, or it outlived the relay's time-to-live):
+    /// of that range, only what the relay kept (membership changes, epoch openings) arrives.
+    /// The device goes on from what is left; reported once per answer.
+    HistoryGap {
+        /// Conversation.
+        conversation: ConversationId,
+        /// First sequence gone.
+        from: ServerSeq,
+        /// Last sequence gone.
+        to: ServerSeq,
+    },
     /// A break in an author's chain of events (see [`ChainIssue`]): events were withheld,
     /// dropped or reordered on the way, or an author signed two events for one place. Forks,
     /// broken links, equivocations and head mismatches are given again by every
@@ -346,6 +358,8 @@ pub struct DeviceCore {
     synced: HashMap<ConversationId, ServerSeq>,
     /// Whether this session's catch-up was checked for chain gaps.
     gaps_checked: bool,
+    /// Conversations with a history gap recorded in this process (see `report_gaps`).
+    gap_conversations: BTreeSet<ConversationId>,
     /// Whether this session asked for the members' device certificates.
     directory_asked: bool,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
@@ -432,6 +446,7 @@ impl DeviceCore {
             reported_removals: HashSet::new(),
             synced: HashMap::new(),
             gaps_checked: false,
+            gap_conversations: BTreeSet::new(),
             directory_asked: false,
             asking: HashSet::new(),
             failed_asks: HashMap::new(),
@@ -789,6 +804,9 @@ impl DeviceCore {
             ServerFrame::Page {
                 events, records, ..
             }
+            | ServerFrame::HistoryGap {
+                events, records, ..
+            }
             | ServerFrame::Push { events, records } => {
                 let v = VerifiedItems::verify(events, records);
                 events.clear();
@@ -917,6 +935,35 @@ impl DeviceCore {
                 self.on_items(items, now_ms)?;
                 if more {
                     let cursor = self.store.log().cursor(&cursor_key(&conversation))?;
+                    self.pull(conversation, cursor);
+                }
+                self.report_if_caught_up()?;
+                Ok(())
+            }
+            (
+                State::Ready,
+                ServerFrame::HistoryGap {
+                    request_id,
+                    conversation,
+                    from,
+                    to,
+                    more,
+                    ..
+                },
+            ) => {
+                match self.requests.remove(&request_id) {
+                    Some(Request::Pull(c)) if c == conversation => {}
+                    _ => return Err(DeviceError::Protocol("HistoryGap answer to no Pull")),
+                }
+                self.pulling.remove(&conversation);
+                self.on_history_gap(conversation, from, to, now_ms)?;
+                self.on_items(items, now_ms)?;
+                let cursor = self.advance_cursor(conversation, now_ms)?;
+                // Only an answer that moved the cursor is followed by another pull: a range
+                // the device could not take (malformed, or past what the relay announced)
+                // ends here rather than in a loop.
+                let behind = self.targets.get(&conversation).is_some_and(|t| *t > cursor);
+                if cursor >= from && (more || behind) {
                     self.pull(conversation, cursor);
                 }
                 self.report_if_caught_up()?;
@@ -1163,6 +1210,36 @@ impl DeviceCore {
         });
     }
 
+    /// Records a range the relay no longer holds (see [`DeviceEvent::HistoryGap`]). The
+    /// range is the relay's word, as everything it serves is; it is cut at the highest
+    /// sequence the relay announced, so an answer cannot make the device step over sequences
+    /// that do not exist yet.
+    fn on_history_gap(
+        &mut self,
+        conversation: ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let to = match self.targets.get(&conversation) {
+            Some(&target) => to.min(target),
+            None => to,
+        };
+        if from == 0 || to < from {
+            return Ok(());
+        }
+        tracing::info!(%conversation, from, to, "the relay no longer holds a range of history");
+        self.gap_conversations.insert(conversation);
+        let out = self.store.record_history_gap(conversation, from, to)?;
+        self.emit_outcome(out, now_ms);
+        self.events.push_back(DeviceEvent::HistoryGap {
+            conversation,
+            from,
+            to,
+        });
+        Ok(())
+    }
+
     fn request_id(&mut self) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
@@ -1189,7 +1266,15 @@ impl DeviceCore {
         let mut convs: Vec<ConversationId> = self.targets.keys().copied().collect();
         convs.sort();
         for conversation in convs {
-            for issue in self.store.log().chain_gaps(conversation)? {
+            // Where the relay said it dropped history, authors' chains have holes by design.
+            let dropped = self.gap_conversations.contains(&conversation)
+                || !self.store.log().history_gaps(conversation)?.is_empty();
+            let issues = if dropped {
+                Vec::new()
+            } else {
+                self.store.log().chain_gaps(conversation)?
+            };
+            for issue in issues {
                 let ChainIssue::Gap {
                     author, missing, ..
                 } = &issue

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod error;
+mod gaps;
 mod index;
 mod peer_reads;
 mod records;
@@ -206,6 +207,7 @@ impl EventLog {
             txn.open_table(MEMBERSHIPS)?;
             txn.open_table(DIRECTORY)?;
             txn.open_table(EPOCH_KEYS)?;
+            txn.open_table(gaps::HISTORY_GAPS)?;
             if format < 3 {
                 migrate_msg_by_id(&txn)?;
                 meta.insert("format", LOG_FORMAT_VERSION.to_le_bytes().as_slice())?;
@@ -543,8 +545,8 @@ impl EventLog {
     }
 
     /// The end of the run of sequences held right after `after` in `conversation`: the
-    /// highest `s` such that every sequence in `after + 1..=s` is in the log (`after` itself
-    /// when the next one is missing).
+    /// highest `s` such that every sequence in `after + 1..=s` is in the log or inside a
+    /// recorded history gap (`after` itself when the next one is missing).
     pub fn contiguous_seq(
         &self,
         conversation: ConversationId,
@@ -552,17 +554,8 @@ impl EventLog {
     ) -> Result<ServerSeq, LogError> {
         let txn = self.db.begin_read()?;
         let by_seq = txn.open_table(BY_SEQ)?;
-        let c = &conversation.0;
-        let mut end = after;
-        for row in by_seq.range((c, after.saturating_add(1))..=(c, u64::MAX))? {
-            let (k, _) = row?;
-            let (_, seq) = k.value();
-            if seq != end + 1 {
-                break;
-            }
-            end = seq;
-        }
-        Ok(end)
+        let gaps = txn.open_table(gaps::HISTORY_GAPS)?;
+        gaps::run_end(&by_seq, &gaps, &conversation, after)
     }
 
     /// The highest sequence in `after + 1..=up_to` of a message (`Send`) in `conversation` by

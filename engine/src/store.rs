@@ -21,6 +21,7 @@ use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod evidence;
+mod history;
 mod keys;
 mod read;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};

@@ -215,6 +215,10 @@ impl ErrorCode {
     /// [`ClientFrame::LinkDeposit`]: the relay holds as many link bundles as it keeps, in
     /// total or for the user (they expire within the relay's link TTL).
     pub const LINK_FULL: ErrorCode = ErrorCode(44);
+    /// A submitted event is not stored and sits at or below a place of its author's chain
+    /// whose dedup record the relay's retention dropped: it may be a resubmission older than
+    /// the dedup window, which the relay can no longer place, so it is not sequenced (twice).
+    pub const EXPIRED: ErrorCode = ErrorCode(45);
 
     /// A short name for the known codes, `"unknown"` otherwise.
     pub fn name(self) -> &'static str {
@@ -250,6 +254,7 @@ impl ErrorCode {
             42 => "block-list-full",
             43 => "link-not-found",
             44 => "link-full",
+            45 => "expired",
             27 => "too-many-devices",
             28 => "agreement-key-changed",
             _ => "unknown",
@@ -564,7 +569,8 @@ pub enum ServerFrame {
         request_id: u64,
         /// The conversation.
         conversation: ConversationId,
-        /// Event envelopes with consecutive sequences after the requested one.
+        /// Event envelopes in sequence order after the requested one (consecutive, except
+        /// where retention dropped events: see `HistoryGap`).
         events: Vec<Envelope>,
         /// The relay's signed statements placing them (each once, even when it places several).
         records: Vec<Envelope>,
@@ -651,6 +657,28 @@ pub enum ServerFrame {
         #[serde(with = "bytes_vec")]
         sealed: Vec<u8>,
     },
+    /// Answer to `Pull` when the relay's retention dropped events after the requested
+    /// sequence: of the sequences `from..=to`, only those of `events` are left (the relay
+    /// keeps membership changes and epoch openings); the rest are gone for good. Otherwise as
+    /// `Page`: `events` in sequence order (possibly past `to`), `records` placing them, `more`
+    /// when more follow. `to` stops at the last event of the page when the page is cut
+    /// inside the range, so a device never takes a sequence it was not shown as gone.
+    HistoryGap {
+        /// The request's id.
+        request_id: u64,
+        /// The conversation.
+        conversation: ConversationId,
+        /// First sequence of the range.
+        from: ServerSeq,
+        /// Last sequence of the range.
+        to: ServerSeq,
+        /// What is left from `from` on.
+        events: Vec<Envelope>,
+        /// The relay's signed statements placing them.
+        records: Vec<Envelope>,
+        /// More events exist after the last one.
+        more: bool,
+    },
 }
 
 impl ClientFrame {
@@ -705,6 +733,7 @@ impl ServerFrame {
             | ServerFrame::Registered { request_id, .. }
             | ServerFrame::SubmitResult { request_id, .. }
             | ServerFrame::Page { request_id, .. }
+            | ServerFrame::HistoryGap { request_id, .. }
             | ServerFrame::Conversations { request_id, .. }
             | ServerFrame::Revoked { request_id, .. }
             | ServerFrame::Devices { request_id, .. }
@@ -807,6 +836,9 @@ impl Frame for ServerFrame {
                 check("records", records.len(), MAX_SUBMIT_BATCH)
             }
             ServerFrame::Page {
+                events, records, ..
+            }
+            | ServerFrame::HistoryGap {
                 events, records, ..
             }
             | ServerFrame::Push { events, records } => {

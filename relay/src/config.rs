@@ -17,8 +17,12 @@
 //!
 //! [limits]                          # see `Limits`; every field optional
 //! events_per_sec = 5000
+//!
+//! [retention]                       # see `Retention`; every field optional
+//! ttl_secs = 2592000                # 30 days
 //! ```
 
+use crate::core::Retention;
 use crate::limits::{self, Limits};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -73,6 +77,8 @@ pub struct RelayConfig {
     pub postgres: Option<String>,
     /// Limits.
     pub limits: Limits,
+    /// What the relay keeps and for how long.
+    pub retention: Retention,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +94,7 @@ impl Default for RelayConfig {
             storage: StorageKind::Redb,
             postgres: None,
             limits: Limits::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -172,6 +179,12 @@ impl RelayConfig {
         self
     }
 
+    /// Sets the retention policy.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Turns fsync per commit on or off.
     pub fn with_durable(mut self, durable: bool) -> Self {
         self.durable = durable;
@@ -199,6 +212,10 @@ mod tests {
         assert_eq!(pg.storage, StorageKind::Postgres);
         assert_eq!(pg.postgres.as_deref(), Some("host=db"));
         assert!(RelayConfig::from_toml("storage = \"sqlite\"").is_err());
+        let r =
+            RelayConfig::from_toml("[retention]\nttl_secs = 60\nenabled = false\n").expect("parse");
+        assert_eq!(r.retention, Retention::off().with_ttl_secs(60));
+        assert!(RelayConfig::from_toml("[retention]\nttl = 1").is_err());
         assert_eq!(
             RelayConfig::from_toml("").expect("empty"),
             RelayConfig::default()

@@ -51,6 +51,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+mod retention;
 mod shell;
 use shell::{as_i64, Shell};
 
@@ -219,6 +220,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         metrics.clone(),
     )?;
     core.set_idle_timeout_ms(config.idle_timeout_secs.max(1).saturating_mul(1000));
+    core.set_retention(config.retention.clone());
     let endpoint = server_endpoint(
         &identity,
         config.listen,
@@ -647,7 +649,9 @@ async fn core_loop<S: Storage>(
             None
         }
     };
+    let mut retention = retention::RetentionPass::new(d.core.retention(), now_ms());
     loop {
+        retention.poll(&d.core, now_ms());
         let busy = writer.as_ref().is_some_and(|w| w.busy);
         if !busy && d.core.wants_commit(now_ms()) {
             d.start_commit(&mut writer);
@@ -657,7 +661,7 @@ async fn core_loop<S: Storage>(
         d.core.handle_tick(now_ms());
         d.route();
         let commit_at = (!busy).then(|| d.core.commit_deadline()).flatten();
-        let wait = [commit_at, d.core.next_tick_ms()]
+        let wait = [commit_at, d.core.next_tick_ms(), retention.next_ms()]
             .into_iter()
             .flatten()
             .min()

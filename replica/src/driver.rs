@@ -722,6 +722,15 @@ fn updates_of(
             code,
             reason,
         }],
+        DeviceEvent::HistoryGap {
+            conversation,
+            from,
+            to,
+        } => vec![Update::HistoryGap {
+            conversation,
+            from,
+            to,
+        }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
@@ -788,7 +797,9 @@ async fn read_frames(mut recv: FrameReader, tx: mpsc::Sender<Result<PreparedFram
             }
         };
         let prepared = match frame {
-            f @ (ServerFrame::Page { .. } | ServerFrame::Push { .. }) => {
+            f @ (ServerFrame::Page { .. }
+            | ServerFrame::HistoryGap { .. }
+            | ServerFrame::Push { .. }) => {
                 match tokio::task::spawn_blocking(move || DeviceCore::prepare(f)).await {
                     Ok(p) => p,
                     Err(e) => {

@@ -279,6 +279,18 @@ pub enum Update {
         /// Why, for people.
         reason: String,
     },
+    /// The relay no longer holds `from..=to` of the conversation (its retention dropped it:
+    /// every member device had confirmed it, or it outlived the relay's time-to-live) and
+    /// this device never got it. What the relay kept of the range (membership changes, epoch
+    /// openings) and everything after it arrives as usual; the messages of the range are gone.
+    HistoryGap {
+        /// Conversation.
+        conversation: ConversationId,
+        /// First sequence gone.
+        from: ServerSeq,
+        /// Last sequence gone.
+        to: ServerSeq,
+    },
     /// A break in an author's chain of events: events withheld, dropped or reordered on the
     /// way (by the relay, say), or an author that signed two events for one place.
     Chain(tidings_engine::ChainIssue),

@@ -29,6 +29,7 @@ pub struct LogTxn<'a> {
     waiting: redb::Table<'a, (Id32, Conv), u64>,
     statements: redb::Table<'a, (Conv, u64), (Id32, u64)>,
     chain_reports: redb::Table<'a, u64, &'static [u8]>,
+    pub(super) gaps: redb::Table<'a, (Conv, u64), u64>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -70,6 +71,7 @@ impl<'a> LogTxn<'a> {
             waiting: txn.open_table(WAITING)?,
             statements: txn.open_table(STATEMENTS)?,
             chain_reports: txn.open_table(CHAIN_REPORTS)?,
+            gaps: txn.open_table(super::gaps::HISTORY_GAPS)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -317,7 +319,18 @@ impl<'a> LogTxn<'a> {
         loop {
             let seq = gate.through + 1;
             let Some(id) = self.by_seq.get((c, seq))?.map(|g| *g.value()) else {
-                break;
+                // Inside a history gap a missing sequence is gone: step to what is left.
+                let Some(to) = super::gaps::gap_end(&self.gaps, &conversation, seq)? else {
+                    break;
+                };
+                let next_held = self
+                    .by_seq
+                    .range((c, seq)..=(c, to))?
+                    .next()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1);
+                gate.through = next_held.map_or(to, |s| s - 1);
+                continue;
             };
             let Some(bytes) = self.events.get(&id)?.map(|g| g.value().1.to_vec()) else {
                 break;

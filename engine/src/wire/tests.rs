@@ -138,6 +138,15 @@ fn frames_round_trip() {
         records: records.clone(),
         more: true,
     });
+    check_round_trip(ServerFrame::HistoryGap {
+        request_id: 5,
+        conversation: ConversationId([5; 16]),
+        from: 3,
+        to: 900,
+        events: events.clone(),
+        records: records.clone(),
+        more: false,
+    });
     check_round_trip(ServerFrame::Conversations {
         request_id: 6,
         conversations: vec![ConversationInfo {

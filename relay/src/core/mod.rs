@@ -22,7 +22,10 @@
 //! 4. After every call: drain [`RelayCore::poll_output`] and deliver each frame to its
 //!    session (or close it).
 //! 5. The connection ends: [`RelayCore::handle_disconnect`].
-//! 6. Over a store shared by several relay nodes ([`Storage::is_shared`]): at
+//! 6. Every [`Retention::interval_secs`]: [`RelayCore::retention_plans`], then
+//!    [`Storage::prune`] on them (off the core's thread), or [`RelayCore::handle_retention`]
+//!    for both.
+//! 7. Over a store shared by several relay nodes ([`Storage::is_shared`]): at
 //!    [`RelayCore::next_tick_ms`], [`RelayCore::handle_tick`], which applies the other nodes'
 //!    changes and pushes what they appended (see `feed.rs`); then drain the outputs.
 //!
@@ -55,6 +58,7 @@ mod feed;
 mod link;
 mod pull;
 mod rates;
+mod retention;
 mod sequencing;
 mod session;
 mod staged;
@@ -65,6 +69,7 @@ mod waiting;
 
 pub use commit::CommitJob;
 pub use feed::CHANGE_POLL_MS;
+pub use retention::{Retention, MAX_PRUNE_PLANS};
 pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
 
 use crate::admission::Admission;
@@ -200,6 +205,8 @@ pub struct RelayCore<S = RelayStore> {
     next_poll_ms: u64,
     /// The last conversation whose head was polled, when there were more than one tick polls.
     heads_cursor: Option<ConversationId>,
+    /// What the relay keeps and for how long (see `retention.rs`).
+    retention: Retention,
 }
 
 #[derive(Debug)]
@@ -259,6 +266,7 @@ impl<S: Storage> RelayCore<S> {
             change_pos: crate::storage::ChangeSeq::default(),
             next_poll_ms: 0,
             heads_cursor: None,
+            retention: Retention::default(),
         };
         // Read before loading: a change committed meanwhile is read again from the feed
         // (applying a change twice is harmless; missing one is not).

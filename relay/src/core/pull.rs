@@ -5,12 +5,24 @@ use super::{RelayCore, SessionId};
 use crate::storage::Storage;
 use std::ops::Bound;
 use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame};
-use tidings_engine::{ConversationId, ServerSeq, UserId};
+use tidings_engine::{ConversationId, Event, ServerSeq, UserId};
 
 /// The most bytes one [`ConversationInfo`] takes in a frame: the id and two varints.
 pub(super) const CONVERSATION_INFO_MAX_LEN: usize = 16 + 10 + 10;
 /// The most bytes one [`wire::Invitation`] takes in a frame.
 pub(super) const INVITATION_MAX_LEN: usize = 16 + 32;
+
+/// The sequence of the last event of a page, from the statements placing it (the relay wrote
+/// both; `None` only if they do not decode).
+fn last_seq(events: &[wire::Envelope], records: &[wire::Envelope]) -> Option<ServerSeq> {
+    let last = Event::decode_trusted(&events.last()?.0).ok()?.id();
+    records
+        .iter()
+        .filter_map(|r| Event::decode_trusted(&r.0).ok())
+        .flat_map(|st| st.placements())
+        .find(|p| p.event == last)
+        .map(|p| p.seq)
+}
 
 impl<S: Storage> RelayCore<S> {
     /// Whether `user` is a member at the head of the order (staged events included): what
@@ -58,19 +70,37 @@ impl<S: Storage> RelayCore<S> {
         }
         let limit = (limit as usize).clamp(1, self.limits.max_page_items);
         let budget = self.limits.max_frame_len.saturating_sub(4096);
-        match self.store.page(&conv, after_seq, limit, budget) {
-            Ok((events, records, more)) => self.send(
-                session,
-                ServerFrame::Page {
+        let page = self.store.retained_floor(&conv).and_then(|floor| {
+            let page = self.store.page(&conv, after_seq, limit, budget)?;
+            Ok((floor, page))
+        });
+        let frame = match page {
+            Ok((floor, (events, records, more))) if after_seq < floor => {
+                let to = if more {
+                    last_seq(&events, &records).map_or(floor, |s| s.min(floor))
+                } else {
+                    floor
+                };
+                ServerFrame::HistoryGap {
                     request_id,
                     conversation: conv,
+                    from: after_seq + 1,
+                    to,
                     events,
                     records,
                     more,
-                },
-            ),
-            Err(e) => self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
-        }
+                }
+            }
+            Ok((_, (events, records, more))) => ServerFrame::Page {
+                request_id,
+                conversation: conv,
+                events,
+                records,
+                more,
+            },
+            Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        };
+        self.send(session, frame);
     }
 
     /// One page of the user's accepted conversations after `after`, in id order; the first

@@ -25,8 +25,13 @@
 //!   2 declined) | inviter (32): the user's say in a conversation another user listed it in
 //!   (and `accepted` for one it created)
 //! - `blocked`: user (32) | blocked user (32) → 1
-//! - `meta`: `"schema"` → [`SCHEMA_VERSION`]. Schema 5 opens as 6 by adding the `statements`
-//!   table; schema 4 is migrated first.
+//! - `retained`, `seq_times`, `pruned_chains`, `seq_index`, `dedup_floor`: what retention
+//!   dropped and what it measures against (schema 7, see [`retention`]).
+//! - `meta`: `"schema"` → [`SCHEMA_VERSION`]. Schemas 5 and 6 open as 7 by adding the tables
+//!   they lack (`statements`; the retention tables); schema 4 is migrated first.
+//!
+//! Since schema 7 an `events` row may be missing below a conversation's retention floor, and
+//! a row of a legacy ack may hold an empty event (its body dropped, its ack kept for dedup).
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -35,7 +40,11 @@ use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, Membership, ServerSeq, UserId};
 
 /// Version of the table layout; a store written by another version is refused.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
+
+mod retention;
+pub use retention::{is_kept, PrunePlan, PruneStats};
+use retention::{DEDUP_FLOOR, PRUNED_CHAINS, RETAINED, SEQ_INDEX, SEQ_TIMES};
 
 type SeqKey = [u8; 24];
 type CursorKey = [u8; 48];
@@ -335,6 +344,10 @@ pub struct ChainInfo {
     pub pred: Option<EventId>,
     /// The `prev` of the author's stored event at `counter + 1`, if one is stored.
     pub succ_prev: Option<Option<EventId>>,
+    /// Not stored, and at or below a counter of its author whose dedup record retention
+    /// dropped: possibly a resubmission older than the dedup window, which the relay can no
+    /// longer place (refused, never sequenced twice).
+    pub expired: bool,
 }
 
 /// The relay record placing the event stored at `key` whose row holds `ack`: that legacy ack
@@ -367,6 +380,20 @@ fn covering_statement<'t>(
         return Err(missing);
     }
     Ok((sk, v))
+}
+
+/// The relay record placing the event the index says is at `key`: its row's legacy ack, or
+/// (also when retention dropped the row) the statement covering the sequence.
+fn stored_record(
+    events: &impl ReadableTable<SeqKey, (&'static [u8], &'static [u8])>,
+    statements: &impl ReadableTable<SeqKey, &'static [u8]>,
+    key: &SeqKey,
+) -> Result<Vec<u8>, StoreError> {
+    let ack = events
+        .get(key)?
+        .map(|r| r.value().1.to_vec())
+        .unwrap_or_default();
+    Ok(placing_record(statements, key, &ack)?.1)
 }
 
 fn split_seq_key(k: &SeqKey) -> (ConversationId, ServerSeq) {
@@ -440,12 +467,14 @@ impl RelayStore {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                // 6 only adds the `statements` table (opened below).
-                Some(5) => {
+                // 6 only adds the `statements` table, 7 the retention tables (opened below).
+                Some(5 | 6) => {
+                    retention::fill_seq_index(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(4) => {
                     migrate_v4(&txn)?;
+                    retention::fill_seq_index(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(found) => {
@@ -465,6 +494,11 @@ impl RelayStore {
             txn.open_table(CURSORS)?;
             txn.open_table(INVITATIONS)?;
             txn.open_table(BLOCKED)?;
+            txn.open_table(RETAINED)?;
+            txn.open_table(SEQ_TIMES)?;
+            txn.open_table(PRUNED_CHAINS)?;
+            txn.open_table(SEQ_INDEX)?;
+            txn.open_table(DEDUP_FLOOR)?;
         }
         txn.commit()?;
         let durability = if durable {
@@ -559,6 +593,7 @@ impl RelayStore {
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut index = txn.open_table(EVENT_INDEX)?;
+            let mut seq_index = txn.open_table(SEQ_INDEX)?;
             for r in &batch.events {
                 let k = seq_key(&r.conversation, r.seq);
                 // An id is stored once, forever: a second copy at another sequence would
@@ -572,16 +607,22 @@ impl RelayStore {
                     });
                 }
                 events.insert(k, (r.event, r.ack))?;
+                seq_index.insert(k, r.index_key)?;
             }
             let mut statements = txn.open_table(STATEMENTS)?;
             for (c, first, bytes) in &batch.statements {
                 statements.insert(seq_key(c, *first), *bytes)?;
             }
             let mut convs = txn.open_table(CONVERSATIONS)?;
+            let mut times = txn.open_table(SEQ_TIMES)?;
             for (id, rec) in &batch.conversations {
                 let bytes = postcard::to_stdvec(rec)
                     .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
                 convs.insert(id.0, bytes.as_slice())?;
+                // The time-to-live counts from here (see `retention`).
+                if rec.max_seq > 0 {
+                    times.insert(seq_key(id, rec.max_seq), rec.last_ts_ms)?;
+                }
             }
             let mut former = txn.open_table(FORMER)?;
             for (c, u) in &batch.former {
@@ -794,11 +835,8 @@ impl RelayStore {
                 out.push(None);
                 continue;
             };
-            let Some(row) = events.get(k)? else {
-                return Err(StoreError::Corrupt("index points at a missing event"));
-            };
             let (conv, seq) = split_seq_key(&k);
-            let (_, record) = placing_record(&statements, &k, row.value().1)?;
+            let record = stored_record(&events, &statements, &k)?;
             out.push(Some((conv, seq, record)));
         }
         Ok(out)
@@ -812,6 +850,7 @@ impl RelayStore {
         let index = txn.open_table(EVENT_INDEX)?;
         let table = txn.open_table(EVENTS)?;
         let statements = txn.open_table(STATEMENTS)?;
+        let pruned = txn.open_table(PRUNED_CHAINS)?;
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             let h = ev.header();
@@ -823,11 +862,8 @@ impl RelayStore {
                 let other = id_of(&k.value());
                 if other == id {
                     let (sk, _) = split_index_value(&v.value());
-                    let Some(row) = table.get(sk)? else {
-                        return Err(StoreError::Corrupt("index points at a missing event"));
-                    };
                     let (conv, seq) = split_seq_key(&sk);
-                    let (_, record) = placing_record(&statements, &sk, row.value().1)?;
+                    let record = stored_record(&table, &statements, &sk)?;
                     info.stored = Some((conv, seq, record));
                 } else {
                     info.fork.get_or_insert(other);
@@ -844,6 +880,10 @@ impl RelayStore {
                 if let Some(row) = index.range(lo..=hi)?.next() {
                     info.succ_prev = Some(split_index_value(&row?.1.value()).1);
                 }
+            }
+            if info.stored.is_none() {
+                info.expired = RelayStore::pruned_counter(&pruned, &h.conversation, &h.author)?
+                    .is_some_and(|c| h.counter <= c);
             }
             out.push(info);
         }
@@ -872,6 +912,10 @@ impl RelayStore {
         for row in events.range(lo..=hi)? {
             let (k, v) = row?;
             let (event, ack) = v.value();
+            if event.is_empty() {
+                // A legacy row whose body retention dropped.
+                continue;
+            }
             let k = k.value();
             // A statement placing several events of the page travels (and counts) once.
             let record = if ack.is_empty() {

@@ -308,6 +308,14 @@ impl<S: Storage> RelayCore<S> {
             ));
         }
         let here = (h.conversation, h.author, h.counter);
+        // Past the dedup window the relay cannot tell an old resubmission from a new event:
+        // it refuses rather than sequence one event twice.
+        if stored.expired && self.chain_at(&here).is_none() {
+            return Some(rejected(
+                ErrorCode::EXPIRED,
+                "the event is older than the relay's dedup window",
+            ));
+        }
         let fork = stored.fork.is_some() || self.chain_at(&here).is_some_and(|(o, _)| o != id);
         if fork {
             return Some(rejected(

@@ -8,6 +8,7 @@ use tidings_engine::MessageId;
 use tidings_engine::{EventId, EventKind, ServerSeq};
 
 mod race;
+mod retention;
 
 const RELAY_SEED: [u8; 32] = [0xee; 32];
 

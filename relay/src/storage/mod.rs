@@ -15,7 +15,11 @@
 //!   conversation does not follow the stored head is refused with [`StoreError::Conflict`]
 //!   (only a store shared by several writers can see one), and an event id stored twice in a
 //!   conversation is refused with [`StoreError::Duplicate`], whatever its sequence;
-//! - a device's cursor only grows: writing a lower one keeps the higher.
+//! - a device's cursor only grows: writing a lower one keeps the higher;
+//! - retention ([`Storage::prune`]) drops event bodies at or below a conversation's floor
+//!   (membership and epoch openings excepted) and dedup records at or below the dedup floor;
+//!   a page skips what is gone, an event whose dedup record is gone is reported `expired` by
+//!   [`Storage::chain`], and the floor only grows.
 //!
 //! Architecture invariant: the relay core holds no connection, socket or thread of a storage
 //! engine; it calls this trait synchronously (the shell runs commits on its writer thread) and
@@ -35,8 +39,8 @@ pub mod redb;
 pub use feed::{ChangeSeq, Changes};
 
 pub use crate::core::store::{
-    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, RelayStore,
-    SequencedRecord, StoreError,
+    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, PrunePlan, PruneStats,
+    RelayStore, SequencedRecord, StoreError,
 };
 pub use postgres::PgStore;
 
@@ -84,6 +88,18 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// For each event, what is stored at its place in its author's chain (see [`ChainInfo`]).
     fn chain(&self, events: &[&Event]) -> Result<Vec<ChainInfo>, StoreError>;
 
+    /// The retention floor of `conv`: event bodies at or below it are gone, except the kept
+    /// ones ([`crate::core::store::is_kept`]); 0 when nothing was dropped.
+    fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError>;
+
+    /// The highest sequence of `conv` committed at or before `ts_ms` (server clock) whose
+    /// commit time the store still holds (0 when none): what the time-to-live drops.
+    fn sequenced_before(&self, conv: &ConversationId, ts_ms: u64) -> Result<ServerSeq, StoreError>;
+
+    /// One retention pass, in one transaction: per plan, drops the event bodies at or below
+    /// its body floor and the dedup records at or below its index floor.
+    fn prune(&self, plans: &[PrunePlan]) -> Result<PruneStats, StoreError>;
+
     /// Events of `conv` after `after_seq` in sequence order with the records placing them:
     /// at most `limit` events and about `max_bytes` (at least one event if any exists).
     fn page(
@@ -94,7 +110,7 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
         max_bytes: usize,
     ) -> Result<Page, StoreError>;
 
-    /// Number of stored events.
+    /// Number of stored events (bodies: those retention dropped do not count).
     fn n_events(&self) -> Result<u64, StoreError>;
 
     /// Whether other relay nodes may write this store (then the core reads the change feed
@@ -176,6 +192,15 @@ impl Storage for AnyStorage {
     }
     fn n_events(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => Storage::n_events(s))
+    }
+    fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError> {
+        dispatch!(self, s => Storage::retained_floor(s, conv))
+    }
+    fn sequenced_before(&self, conv: &ConversationId, ts_ms: u64) -> Result<ServerSeq, StoreError> {
+        dispatch!(self, s => Storage::sequenced_before(s, conv, ts_ms))
+    }
+    fn prune(&self, plans: &[PrunePlan]) -> Result<PruneStats, StoreError> {
+        dispatch!(self, s => Storage::prune(s, plans))
     }
     fn is_shared(&self) -> bool {
         dispatch!(self, s => Storage::is_shared(s))

@@ -36,10 +36,12 @@
 //! runtime alike. A connection found closed is opened again before the next call.
 
 mod read;
+mod retention;
 
 use super::{ChangeSeq, Changes, Page, Storage};
 use crate::core::store::{
-    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, StoreError,
+    ChainInfo, CommitBatch, ConversationRecord, Decision, InvitationRecord, PrunePlan, PruneStats,
+    StoreError,
 };
 use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, HashMap};
@@ -50,7 +52,9 @@ use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, EventId, ServerSeq, UserId};
 
 /// Version of the table layout this build writes.
-pub const PG_SCHEMA_VERSION: i64 = 2;
+pub const PG_SCHEMA_VERSION: i64 = 3;
+/// A schema this build opens by creating the tables it lacks (2: the retention tables).
+const PG_SCHEMA_UPGRADABLE: i64 = 2;
 
 /// Key of the advisory lock that serializes schema creation between nodes starting together.
 const SCHEMA_LOCK: i64 = 0x7469_6469_6e67;
@@ -92,6 +96,13 @@ CREATE TABLE IF NOT EXISTS blocked (
     user_id bytea NOT NULL, other bytea NOT NULL, active bool NOT NULL,
     change_seq int8 NOT NULL, PRIMARY KEY (user_id, other));
 CREATE INDEX IF NOT EXISTS blocked_changes ON blocked (change_seq);
+CREATE TABLE IF NOT EXISTS retained (conversation bytea PRIMARY KEY, floor int8 NOT NULL);
+CREATE TABLE IF NOT EXISTS seq_times (
+    conversation bytea NOT NULL, seq int8 NOT NULL, ts_ms int8 NOT NULL,
+    PRIMARY KEY (conversation, seq));
+CREATE TABLE IF NOT EXISTS pruned_chains (
+    conversation bytea NOT NULL, author bytea NOT NULL, counter int8 NOT NULL,
+    PRIMARY KEY (conversation, author));
 INSERT INTO tidings_meta (key, value) VALUES ('change_seq', 0) ON CONFLICT (key) DO NOTHING;
 ";
 
@@ -261,6 +272,8 @@ struct Rows {
     st_conv: Vec<Vec<u8>>,
     st_first: Vec<i64>,
     st_bytes: Vec<Vec<u8>>,
+    /// (conversation, head, server ts) of each conversation record written: `seq_times`.
+    times: (Vec<Vec<u8>>, Vec<i64>, Vec<i64>),
     former_conv: Vec<Vec<u8>>,
     former_user: Vec<Vec<u8>>,
     // The directory and consent rows by key (the last write of a key in the batch wins),
@@ -327,6 +340,13 @@ impl Rows {
             let bytes = postcard::to_stdvec(rec)
                 .map_err(|_| StoreError::Corrupt("unencodable conversation record"))?;
             r.heads.entry(c.0).or_default().record = Some((rec.max_seq, bytes));
+            if rec.max_seq > 0 {
+                r.times.0.push(c.0.to_vec());
+                r.times.1.push(seq_i64(rec.max_seq)?);
+                r.times
+                    .2
+                    .push(i64::try_from(rec.last_ts_ms).unwrap_or(i64::MAX));
+            }
         }
         for c in &batch.membership_changed {
             // Only a conversation the batch writes (a flag alone is no head to check).
@@ -478,6 +498,14 @@ impl Rows {
                 &[&self.st_conv, &self.st_first, &self.st_bytes],
             )?;
         }
+        if !self.times.0.is_empty() {
+            tx.execute(
+                "INSERT INTO seq_times (conversation, seq, ts_ms) \
+                 SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&self.times.0, &self.times.1, &self.times.2],
+            )?;
+        }
         if !self.former_conv.is_empty() {
             tx.execute(
                 "INSERT INTO former_members (conversation, user_id, change_seq) \
@@ -607,6 +635,7 @@ impl PgStore {
                 .query_opt("SELECT value FROM tidings_meta WHERE key = 'schema'", &[])?
                 .map(|r| r.try_get(0))
                 .transpose()?;
+            let found = found.filter(|f| *f != PG_SCHEMA_UPGRADABLE);
             if let Some(found) = found.filter(|f| *f != PG_SCHEMA_VERSION) {
                 return Err(StoreError::Schema {
                     found: u64::try_from(found).unwrap_or(0),
@@ -616,7 +645,7 @@ impl PgStore {
             tx.batch_execute(SCHEMA)?;
             tx.execute(
                 "INSERT INTO tidings_meta (key, value) VALUES ('schema', $1) \
-                 ON CONFLICT (key) DO NOTHING",
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[&PG_SCHEMA_VERSION],
             )?;
             tx.commit()?;
@@ -772,7 +801,7 @@ impl Storage for PgStore {
             author.push(h.author.0.to_vec());
             lo.push(counter_key(h.counter.saturating_sub(1)));
             hi.push(counter_key(h.counter.saturating_add(1)));
-            slots.push((h.conversation, h.counter, ev.id()));
+            slots.push((h.conversation, h.counter, ev.id(), h.author));
         }
         self.read(move |c| {
             let rows = c.query(
@@ -788,7 +817,8 @@ impl Storage for PgStore {
             for row in rows {
                 let i = usize::try_from(row.try_get::<_, i64>(0)? - 1)
                     .map_err(|_| StoreError::Corrupt("ordinality"))?;
-                let (Some(&(cid, counter, id)), Some(info)) = (slots.get(i), out.get_mut(i)) else {
+                let (Some(&(cid, counter, id, _)), Some(info)) = (slots.get(i), out.get_mut(i))
+                else {
                     continue;
                 };
                 let stored_counter = counter_of(row.try_get(1)?);
@@ -813,6 +843,7 @@ impl Storage for PgStore {
                     });
                 }
             }
+            retention::mark_expired(c, &slots, &mut out)?;
             Ok(out)
         })
     }
@@ -830,7 +861,7 @@ impl Storage for PgStore {
         self.read(move |c| {
             let rows = c.query(
                 "SELECT seq, event, ack FROM events WHERE conversation = $1 AND seq > $2 \
-                 ORDER BY seq LIMIT $3",
+                 AND length(event) > 0 ORDER BY seq LIMIT $3",
                 &[&conv, &after, &fetch],
             )?;
             let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -881,10 +912,19 @@ impl Storage for PgStore {
         })
     }
 
+    fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError> {
+        PgStore::retained_floor(self, conv)
+    }
+    fn sequenced_before(&self, conv: &ConversationId, ts_ms: u64) -> Result<ServerSeq, StoreError> {
+        PgStore::sequenced_before(self, conv, ts_ms)
+    }
+    fn prune(&self, plans: &[PrunePlan]) -> Result<PruneStats, StoreError> {
+        PgStore::prune(self, plans)
+    }
     fn n_events(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             let n: i64 = c
-                .query_one("SELECT count(*) FROM events", &[])?
+                .query_one("SELECT count(*) FROM events WHERE length(event) > 0", &[])?
                 .try_get(0)?;
             Ok(u64::try_from(n).unwrap_or(0))
         })

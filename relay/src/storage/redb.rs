@@ -5,7 +5,8 @@
 
 use super::{ChangeSeq, Changes, Page, Storage};
 use crate::core::store::{
-    ChainInfo, CommitBatch, ConversationRecord, InvitationRecord, RelayStore, StoreError,
+    ChainInfo, CommitBatch, ConversationRecord, InvitationRecord, PrunePlan, PruneStats,
+    RelayStore, StoreError,
 };
 use std::collections::HashMap;
 use tidings_engine::wire::{DeviceRegistration, DeviceRevocation};
@@ -50,6 +51,15 @@ impl Storage for RelayStore {
         max_bytes: usize,
     ) -> Result<Page, StoreError> {
         RelayStore::page(self, conv, after_seq, limit, max_bytes)
+    }
+    fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError> {
+        RelayStore::retained_floor(self, conv)
+    }
+    fn sequenced_before(&self, conv: &ConversationId, ts_ms: u64) -> Result<ServerSeq, StoreError> {
+        RelayStore::sequenced_before(self, conv, ts_ms)
+    }
+    fn prune(&self, plans: &[PrunePlan]) -> Result<PruneStats, StoreError> {
+        RelayStore::prune(self, plans)
     }
     fn n_events(&self) -> Result<u64, StoreError> {
         RelayStore::n_events(self)

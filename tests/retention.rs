@@ -1,0 +1,144 @@
+//! Relay retention seen from devices, sans-IO on virtual time: nothing a member device has
+//! not confirmed is dropped before the relay's time-to-live; a device that stays away past it
+//! is told exactly which range it missed (one `HistoryGap`, no endless pull), and converges
+//! on what is left.
+
+mod common;
+
+use common::{device, user, World, CONV};
+use tidings::engine::DeviceEvent;
+use tidings::engine::{MessageId, ServerSeq};
+use tidings::relay::core::Retention;
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+fn send(w: &mut World, d: usize, text: &str) -> MessageId {
+    w.now += 10;
+    let now = w.now;
+    w.devices[d]
+        .core
+        .send(CONV, text.as_bytes().to_vec(), vec![], now)
+        .expect("send")
+}
+
+fn message_ids(w: &mut World, d: usize) -> Vec<MessageId> {
+    w.devices[d]
+        .core
+        .store_mut()
+        .conversation(CONV)
+        .expect("conv")
+        .messages()
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+fn gaps(w: &World, d: usize) -> Vec<(ServerSeq, ServerSeq)> {
+    w.devices[d]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::HistoryGap {
+                conversation,
+                from,
+                to,
+            } if *conversation == CONV => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn relay_cursor(w: &World, d: usize) -> ServerSeq {
+    let device = w.devices[d].core.store().key().device();
+    w.relay
+        .store()
+        .cursors(&device)
+        .expect("cursors")
+        .get(&CONV)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
+    let (alice, bob, carol) = (user(1), user(2), user(3));
+    let mut w = World::new(9);
+    w.relay.set_retention(Retention::default());
+    let (k, r) = device(&alice, 11);
+    let a = w.add_device(k, r);
+    let (k, r) = device(&bob, 21);
+    let b = w.add_device(k, r);
+    let (k, r) = device(&carol, 31);
+    let c = w.add_device(k, r);
+    for d in [a, b, c] {
+        w.set_online(d, true);
+    }
+    w.devices[a]
+        .core
+        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
+        .expect("create");
+    w.run(5_000);
+
+    // Carol away for a day: the others confirm, a pass runs, nothing she lacks goes.
+    w.set_online(c, false);
+    let first: Vec<MessageId> = (0..5)
+        .map(|i| send(&mut w, a, &format!("first {i}")))
+        .collect();
+    w.run(10_000);
+    w.now += DAY_MS;
+    w.relay.handle_retention(w.now).expect("retention");
+    let floor = w.relay.store().retained_floor(&CONV).expect("floor");
+    assert!(
+        floor <= relay_cursor(&w, c),
+        "dropped up to {floor}, carol confirmed {}",
+        relay_cursor(&w, c)
+    );
+    w.set_online(c, true);
+    w.run(10_000);
+    assert_eq!(message_ids(&mut w, c), first);
+    assert!(gaps(&w, c).is_empty());
+    // Everyone confirmed: the next pass drops what all have.
+    let stats = w.relay.handle_retention(w.now).expect("retention");
+    assert!(stats.n_bodies >= 5, "{stats:?}");
+
+    // Carol away past the time-to-live.
+    w.set_online(c, false);
+    let away_from = relay_cursor(&w, c) + 1;
+    for i in 0..4 {
+        send(&mut w, a, &format!("missed {i}"));
+    }
+    w.run(10_000);
+    w.now += Retention::default().ttl_ms() + DAY_MS;
+    let after: Vec<MessageId> = (0..3)
+        .map(|i| send(&mut w, a, &format!("after {i}")))
+        .collect();
+    w.run(10_000);
+    w.relay.handle_retention(w.now).expect("retention");
+    let floor = w.relay.store().retained_floor(&CONV).expect("floor");
+    assert!(floor >= away_from, "{floor} >= {away_from}");
+
+    w.set_online(c, true);
+    w.run(30_000);
+    assert_eq!(
+        gaps(&w, c),
+        vec![(away_from, floor)],
+        "the exact range, once"
+    );
+    let mut expected = first.clone();
+    expected.extend(after.iter().copied());
+    assert_eq!(message_ids(&mut w, c), expected, "what is left, in order");
+    let max_seq = w
+        .relay
+        .store()
+        .conversation(&CONV)
+        .expect("read")
+        .expect("conv")
+        .max_seq;
+    assert_eq!(
+        relay_cursor(&w, c),
+        max_seq,
+        "carol caught up: no pull loop"
+    );
+    // The others still see everything they had.
+    assert_eq!(message_ids(&mut w, b).len(), 5 + 4 + 3);
+}
