@@ -24,6 +24,7 @@
 //! - [`retry`]: exponential backoff with jitter.
 //! - [`wire`]: the device ↔ relay frames and their codec.
 //! - [`device`]: the device's protocol state machine (handshake, outbox, catch-up, receipts).
+//! - [`media`]: media blobs: the segment cipher, the hash tree over the ciphertext, pieces.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod conversation;
@@ -38,6 +39,7 @@ pub mod identity;
 pub mod ids;
 pub mod link;
 pub mod log;
+pub mod media;
 pub mod membership;
 pub mod retry;
 pub mod signature;
