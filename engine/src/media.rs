@@ -22,11 +22,13 @@
 //! - this file: limits, [`BlobKey`], [`BlobDescriptor`], [`MediaBody`], sizes and ranges.
 //! - [`seal`]: the segment cipher.
 //! - [`verify`]: the hash tree, pieces and their verification.
+//! - [`wire`]: the frames of a blob stream.
 
 pub mod seal;
 #[cfg(test)]
 mod tests;
 pub mod verify;
+pub mod wire;
 
 pub use seal::{open_blob, seal_blob, BlobSealer};
 pub use verify::{verify_piece, BlobTree, Piece, PieceRefused, VerifiedPiece};
