@@ -73,6 +73,8 @@ pub struct RelayConfig {
     pub postgres: Option<String>,
     /// Limits.
     pub limits: Limits,
+    /// Limits of the blob store (`data_dir/blobs`): size cap, quota per user, TTL.
+    pub blobs: crate::blobs::BlobLimits,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +90,7 @@ impl Default for RelayConfig {
             storage: StorageKind::Redb,
             postgres: None,
             limits: Limits::default(),
+            blobs: crate::blobs::BlobLimits::default(),
         }
     }
 }

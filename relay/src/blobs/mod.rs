@@ -21,6 +21,7 @@
 //! is one.
 
 mod record;
+pub mod serve;
 #[cfg(test)]
 mod tests;
 
@@ -383,7 +384,8 @@ impl BlobStore {
         now_ms: u64,
     ) -> Result<Piece, BlobError> {
         let rec = self.readable(blob, conversation, is_member, now_ms)?;
-        let n_groups = n_groups.min(MAX_PIECE_GROUPS);
+        let left = media::n_groups(rec.len).saturating_sub(first_group);
+        let n_groups = n_groups.min(MAX_PIECE_GROUPS).min(left);
         let end = group_bytes(rec.len, first_group, n_groups).end;
         if end > rec.verified {
             return Err(BlobError::Incomplete {

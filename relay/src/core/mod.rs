@@ -46,6 +46,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blob_access;
 mod commit;
 mod connection;
 mod consent;
@@ -63,6 +64,7 @@ mod submit;
 mod user_requests;
 mod waiting;
 
+pub use blob_access::BlobAccess;
 pub use commit::CommitJob;
 pub use feed::CHANGE_POLL_MS;
 pub use store::{ChainInfo, ConversationRecord, RelayStore, StoreError};
