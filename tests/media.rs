@@ -446,13 +446,23 @@ async fn an_upload_resumes_from_the_relays_offset_after_the_relay_dies() {
         "the kill came too late to test a resume"
     );
     // Back on the same address.
-    let second = tidings::relay::server::start(RelayConfig {
-        listen: addr,
-        data_dir: relay_dir.clone(),
-        ..RelayConfig::default()
-    })
-    .await
-    .expect("restart");
+    // The dead relay's socket closes once its aborted tasks are dropped.
+    let start = std::time::Instant::now();
+    let second = loop {
+        let config = RelayConfig {
+            listen: addr,
+            data_dir: relay_dir.clone(),
+            ..RelayConfig::default()
+        };
+        match tidings::relay::server::start(config).await {
+            Ok(r) => break r,
+            Err(e) if start.elapsed() < Duration::from_secs(SECS) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
     let mut after = Vec::new();
     loop {
         let u = tokio::time::timeout(Duration::from_secs(SECS), progress.next())
