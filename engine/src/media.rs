@@ -250,12 +250,17 @@ impl MediaBody {
 
 /// Segments in a blob of `plain_len` bytes: at least one (an empty blob is one empty final
 /// segment, so even it authenticates its end).
-pub fn n_segments(plain_len: u64) -> u64 {
-    plain_len.div_ceil(SEGMENT_LEN).max(1)
+pub const fn n_segments(plain_len: u64) -> u64 {
+    let n = plain_len.div_ceil(SEGMENT_LEN);
+    if n == 0 {
+        1
+    } else {
+        n
+    }
 }
 
 /// Ciphertext length of a blob of `plain_len` bytes.
-pub fn cipher_len(plain_len: u64) -> u64 {
+pub const fn cipher_len(plain_len: u64) -> u64 {
     plain_len + n_segments(plain_len) * SEGMENT_TAG_LEN
 }
 

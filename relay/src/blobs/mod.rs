@@ -36,8 +36,9 @@ use tidings_engine::media::{
 };
 use tidings_engine::{BlobId, ConversationId, UserId};
 
-/// Largest blob ciphertext the relay takes by default: 100 MiB (Signal's attachment cap).
-pub const MAX_BLOB_LEN: u64 = 100 * 1024 * 1024;
+/// Largest blob ciphertext the relay takes by default: that of a 100 MiB file (Signal's
+/// attachment cap), 104,883,200 bytes.
+pub const MAX_BLOB_LEN: u64 = tidings_engine::media::cipher_len(100 * 1024 * 1024);
 /// Bytes of held blobs one user may have uploaded, by default.
 pub const BLOB_QUOTA_PER_USER: u64 = 1024 * 1024 * 1024;
 /// How long a conversation's reference keeps a blob, by default: 30 days.
@@ -256,7 +257,7 @@ impl BlobStore {
             }
             rec.refer(conversation, expires);
             let state = rec.state();
-            rec.write(&self.dir)?;
+            rec.write(&self.dir, true)?;
             return Ok(state);
         }
         if len > self.limits.max_blob_len {
@@ -286,7 +287,7 @@ impl BlobStore {
         obao.set_len(outboard_len(len))?;
         data.sync_all()?;
         obao.sync_all()?;
-        rec.write(&self.dir)?;
+        rec.write(&self.dir, true)?;
         *self.used.entry(user).or_default() += len;
         let state = rec.state();
         self.blobs.insert(blob, rec);
@@ -335,7 +336,7 @@ impl BlobStore {
             data.sync_data()?;
             obao.sync_data()?;
             rec.verified = end;
-            rec.write(&self.dir)?;
+            rec.write(&self.dir, rec.complete())?;
         }
         match refused {
             Some(e) => Err(BlobError::Media(e)),
@@ -367,7 +368,7 @@ impl BlobStore {
         let expires = now_ms.saturating_add(self.limits.ttl_ms);
         let rec = self.blobs.get_mut(&blob).ok_or(BlobError::NotFound)?;
         rec.refer(to.0, expires);
-        rec.write(&self.dir)?;
+        rec.write(&self.dir, true)?;
         Ok(state)
     }
 
@@ -412,7 +413,7 @@ impl BlobStore {
         let mut gone = Vec::new();
         for rec in self.blobs.values_mut() {
             if rec.drop_expired(now_ms) {
-                rec.write(&self.dir)?;
+                rec.write(&self.dir, true)?;
             }
             if rec.refs.is_empty() {
                 gone.push(rec.blob);

@@ -75,7 +75,11 @@ impl BlobRecord {
         self.refs.len() != before
     }
 
-    pub(super) fn write(&self, dir: &Path) -> std::io::Result<()> {
+    /// Replaces the record on disk. `sync_dir`: make the rename itself durable. Without it a
+    /// crash may bring back the previous record, which is safe for a mere advance of the
+    /// verified offset (the uploader sends that part again), not for a new blob, a new
+    /// reference or completion (after which the uploader forgets the blob).
+    pub(super) fn write(&self, dir: &Path, sync_dir: bool) -> std::io::Result<()> {
         let base = dir.join(hex::encode(self.blob.0));
         let tmp = base.with_extension("tmp");
         let mut bytes = vec![BLOB_RECORD_V1];
@@ -85,7 +89,10 @@ impl BlobRecord {
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, base.with_extension("meta"))?;
-        File::open(dir)?.sync_all()
+        if sync_dir {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     pub(super) fn read(path: &Path) -> std::io::Result<BlobRecord> {

@@ -78,7 +78,7 @@ impl BlobService {
         access: A,
         now_ms: impl Fn() -> u64,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
     ) -> Result<(), StreamError>
     where
         A: Fn(ConversationId) -> F,
@@ -86,17 +86,15 @@ impl BlobService {
     {
         // The upload this stream began: pieces are taken only for it, as its user.
         let mut uploading: Option<(BlobId, UserId)> = None;
+        // The next request is read while the store handles this one (the device sends pieces
+        // ahead), so the stream keeps moving during a piece's verify-write-sync.
+        let mut next = ReadAhead(tokio::spawn(read_request(recv)));
         loop {
-            let mut header = [0u8; wire::FRAME_HEADER_LEN];
-            match recv.read_exact(&mut header).await {
-                Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-            let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body).await?;
-            let request = wire::decode_body::<BlobRequest>(&body)?;
+            let read = (&mut next.0).await.map_err(|_| StreamError::Worker)?;
+            let Some((request, rest)) = read? else {
+                return Ok(());
+            };
+            next = ReadAhead(tokio::spawn(read_request(rest)));
             let reply = self
                 .answer(request, &access, now_ms(), &mut uploading)
                 .await?;
@@ -175,6 +173,32 @@ impl BlobService {
         };
         Ok(result.unwrap_or_else(|e| BlobReply::Refused(refusal(e))))
     }
+}
+
+/// The read of the next request, stopped when the stream's task ends.
+struct ReadAhead(tokio::task::JoinHandle<NextRequest>);
+
+/// A request and the stream to read the next one from; `None` at the end of the stream.
+type NextRequest = Result<Option<(BlobRequest, quinn::RecvStream)>, StreamError>;
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads one request; `None` at the end of the stream. Gives the stream back for the next.
+async fn read_request(mut recv: quinn::RecvStream) -> NextRequest {
+    let mut header = [0u8; wire::FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some((wire::decode_body::<BlobRequest>(&body)?, recv)))
 }
 
 fn state(s: super::UploadState) -> BlobReply {

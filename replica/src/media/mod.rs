@@ -38,9 +38,9 @@ use transfer::BlobStream;
 
 pub(crate) use local::MediaDir;
 
-/// Largest blob ciphertext a replica sends: the relay's default cap (100 MiB). A relay with
-/// a lower cap refuses at [`Replica::send_media`] when it is reachable.
-pub const MAX_MEDIA_LEN: u64 = 100 * 1024 * 1024;
+/// Largest blob ciphertext a replica sends: the relay's default cap, that of a 100 MiB file.
+/// A relay with a lower cap refuses at [`Replica::send_media`] when it is reachable.
+pub const MAX_MEDIA_LEN: u64 = engine_media::cipher_len(100 * 1024 * 1024);
 /// How long [`Replica::send_media`] waits for the relay's word on size and quota when
 /// connected; past it (or offline) the upload is queued and a refusal arrives as
 /// [`Update::MediaFailed`].
