@@ -159,6 +159,11 @@ async fn show(d: &Device, conv: ConversationId) -> Result<()> {
             Body::Clear(t) => format!("\"{}\" (unencrypted)", String::from_utf8_lossy(t)),
             Body::WaitingForKey(_) => "🔒 waiting for key…".to_owned(),
             Body::Unreadable(why) => format!("⚠ unreadable: {why}"),
+            Body::Media(m) => format!(
+                "\"{}\" + {} media 🔐",
+                String::from_utf8_lossy(&m.caption),
+                m.media.len()
+            ),
         };
         println!("    {text:<34} {}", label(m.view.status));
     }

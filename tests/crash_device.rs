@@ -104,6 +104,7 @@ async fn device_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
         conversation: CONV,
         members: vec![UserId(bob.id.0)],
         count: COUNT,
+        media_bytes: None,
     };
 
     // Killed after a random number of sends each time; what it printed as sent was durable.
@@ -171,4 +172,133 @@ async fn device_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
     phone_replica.close().await.expect("close");
     bob_phone.close().await.expect("close");
     relay.shutdown().await.expect("shutdown");
+}
+
+/// The uploading device is killed (SIGKILL) mid-upload and restarted: it does not send the
+/// message again, and its upload resumes from the offset the relay verified, not from zero.
+/// What is sent twice is at most what was in flight when it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_killed_mid_upload_resumes_from_the_verified_offset() {
+    const MEDIA_CONV: ConversationId = ConversationId([0xdd; 16]);
+    const LEN: u64 = 40 * 1024 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
+    let bob = user(2);
+    let (bob_key, _) = device(&bob, 22);
+    let bob_phone = open(
+        dir.path(),
+        "bob",
+        bob_key.clone(),
+        config(&relay, relay.addr(), &bob_key, &bob),
+    )
+    .await;
+    let phone_dir = dir.path().join("phone");
+    let fingerprint = relay.fingerprint().to_string();
+    let args = DeviceArgs {
+        dir: &phone_dir,
+        relay: relay.addr(),
+        relay_id: relay.relay_id(),
+        fingerprint: &fingerprint,
+        user_seed: 1,
+        device_seed: 12,
+        conversation: MEDIA_CONV,
+        members: vec![UserId(bob.id.0)],
+        count: 0,
+        media_bytes: Some(LEN),
+    };
+    let progress_of = |line: &str| -> Option<u64> {
+        line.strip_prefix("progress ")?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    // Killed once a few MiB are confirmed.
+    let mut p = spawn_device(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let confirmed = tokio::task::block_in_place(|| loop {
+        let line = p
+            .line_before(deadline)
+            .expect("the device goes on printing");
+        assert_ne!(line, "uploaded", "finished before the kill");
+        if let Some(done) = progress_of(&line) {
+            if done >= 3 * MIB {
+                p.kill();
+                break done;
+            }
+        }
+    });
+    // Restarted: the message is in its log, so only the upload goes on.
+    let mut p = spawn_device(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = tokio::task::block_in_place(|| {
+        let mut after = Vec::new();
+        loop {
+            let line = p
+                .line_before(deadline)
+                .expect("the device goes on printing");
+            assert!(
+                !line.starts_with("media-sent"),
+                "the message was sent twice"
+            );
+            if let Some(done) = progress_of(&line) {
+                after.push(done);
+            }
+            if line == "uploaded" {
+                break;
+            }
+        }
+        let status = p.wait(Duration::from_secs(30)).expect("the device exits");
+        assert!(status.success(), "{status}");
+        after
+    });
+    // The first offset confirmed after the restart is one piece (≤ 1 MiB) past where the
+    // relay stood, and the relay stood at least where it had confirmed before the kill.
+    let first_after = *after.first().expect("progress after the restart");
+    assert!(first_after > confirmed, "{first_after} <= {confirmed}");
+    assert_eq!(
+        *after.last().expect("last"),
+        tidings::engine::media::cipher_len(LEN)
+    );
+    let resumed_at = first_after.saturating_sub(MIB);
+    eprintln!(
+        "device killed: confirmed {confirmed} B before the kill, resumed at ≥ {resumed_at} B; \
+         re-sent ≤ {} B (the pieces in flight)",
+        (confirmed + tidings::replica::UPLOAD_WINDOW as u64 * MIB).saturating_sub(resumed_at)
+    );
+    // Bob fetches the whole blob and it is the pattern.
+    accept_invitation(&bob_phone, MEDIA_CONV).await;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let media = loop {
+        let page = bob_phone
+            .page(MEDIA_CONV, None, 10)
+            .await
+            .unwrap_or_default();
+        let found = page.into_iter().find_map(|m| match m.body {
+            tidings::replica::Body::Media(b) => Some(b.media[0].clone()),
+            _ => None,
+        });
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the media message never reached Bob"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dest = dir.path().join("bob-got");
+    bob_phone
+        .download_media(MEDIA_CONV, &media, &dest)
+        .await
+        .expect("download");
+    let got = std::fs::read(&dest).expect("read");
+    let want: Vec<u8> = b"MEDIA-PATTERN-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(LEN as usize)
+        .collect();
+    assert!(got == want, "the downloaded blob differs");
 }

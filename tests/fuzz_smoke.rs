@@ -26,6 +26,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
+    fn blob_pieces(data in input(600)) {
+        checks::blobs::check_blob_pieces(&data);
+    }
+
+    #[test]
     fn wire_frames(data in input(600)) {
         checks::check_wire_frames(&data);
     }

@@ -66,6 +66,11 @@ impl Names {
             }
             Body::Text(t) | Body::Clear(t) => Shown::Text(printable(t)),
             Body::WaitingForKey(_) => Shown::WaitingForKey,
+            Body::Media(m) => Shown::WaitingForMedia(format!(
+                "{} ({} attachment(s), tap to download)",
+                printable(&m.caption),
+                m.media.len()
+            )),
             _ => Shown::Unreadable,
         };
         ChatLine {

@@ -478,6 +478,7 @@ async fn show(home: &Home, cli: &Cli, to: &str, wait: Duration) -> anyhow::Resul
             let body = match &r.body {
                 Body::Text(t) | Body::Clear(t) => printable(t),
                 Body::WaitingForKey(_) => "(waiting for key)".into(),
+                Body::Media(m) => format!("{} [{} media]", printable(&m.caption), m.media.len()),
                 _ => "(unreadable)".into(),
             };
             if line.mine {

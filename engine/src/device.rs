@@ -519,6 +519,21 @@ impl DeviceCore {
         Ok(event.header().message_id())
     }
 
+    /// Sends a message with media ([`Store::send_media`]): the caption and the blobs'
+    /// descriptors sealed in its body, durable and visible (PENDING) before this returns.
+    /// The blobs travel apart (the replica's upload queue).
+    pub fn send_media(
+        &mut self,
+        conversation: ConversationId,
+        body: &crate::media::MediaBody,
+        now_ms: u64,
+    ) -> Result<MessageId, DeviceError> {
+        let (event, changes) = self.store.send_media(conversation, body, now_ms)?;
+        self.emit(changes);
+        self.flush(now_ms)?;
+        Ok(event.header().message_id())
+    }
+
     /// Sends several messages with one durable commit ([`Store::send_all`]): each is durable
     /// and visible (PENDING) before this returns, with its own outcome, in order. The outbox
     /// is offered to the relay once, after the commit. A failure to offer it is logged, not

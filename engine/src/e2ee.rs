@@ -10,7 +10,11 @@
 //!
 //! Body encoding (the `body` of a `Send`): `0x00 ‖ plaintext` for a body sent without
 //! encryption (only when a store is configured so, for measurements), or
-//! `0x01 ‖ epoch id (32) ‖ nonce (24) ‖ ciphertext ‖ tag (16)`.
+//! `0x01 ‖ epoch id (32) ‖ nonce (24) ‖ ciphertext ‖ tag (16)`. A message that carries media
+//! uses `0x02` (sealed) or `0x03` (clear) with the same layout, and its plaintext is a
+//! [`crate::media::MediaBody`] (caption and blob descriptors: keys, roots, sizes, mime types,
+//! thumbnails); a sealed one adds [`MEDIA_AAD_SUFFIX`] to its associated data, so a text body
+//! relabelled as media (or the reverse) does not decrypt.
 //!
 //! What this gives and does not give is in `docs/SECURITY.md`.
 
@@ -23,6 +27,12 @@ use crate::ids::{ConversationId, DeviceId, EventId, MessageId};
 pub const BODY_PLAIN: u8 = 0;
 /// Version byte of an encrypted body.
 pub const BODY_SEALED_V1: u8 = 1;
+/// Version byte of an encrypted body whose plaintext is a [`crate::media::MediaBody`].
+pub const BODY_SEALED_MEDIA_V1: u8 = 2;
+/// Version byte of a [`crate::media::MediaBody`] sent in the clear (measurements only).
+pub const BODY_PLAIN_MEDIA: u8 = 3;
+/// What a media body's associated data adds to [`body_aad`].
+pub const MEDIA_AAD_SUFFIX: &[u8] = b"tidings/media-body/v1\0";
 /// Bytes an encrypted body adds to its plaintext.
 pub const SEALED_BODY_OVERHEAD: usize = 1 + 32 + crypto::BODY_OVERHEAD;
 /// Largest message plaintext a store sends: the body limit of an event less what encryption
@@ -69,6 +79,16 @@ pub enum SealedBody<'a> {
         /// Nonce, ciphertext and tag.
         ciphertext: &'a [u8],
     },
+    /// A media body sent without encryption.
+    PlainMedia(&'a [u8]),
+    /// A media body encrypted under the key of `epoch` (associated data:
+    /// [`media_aad`]).
+    SealedMedia {
+        /// The epoch.
+        epoch: EventId,
+        /// Nonce, ciphertext and tag.
+        ciphertext: &'a [u8],
+    },
 }
 
 impl<'a> SealedBody<'a> {
@@ -76,16 +96,25 @@ impl<'a> SealedBody<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<SealedBody<'a>, CryptoError> {
         match bytes.split_first() {
             Some((&BODY_PLAIN, rest)) => Ok(SealedBody::Plain(rest)),
-            Some((&BODY_SEALED_V1, rest)) if rest.len() >= 32 + crypto::BODY_OVERHEAD => {
+            Some((&BODY_PLAIN_MEDIA, rest)) => Ok(SealedBody::PlainMedia(rest)),
+            Some((&v @ (BODY_SEALED_V1 | BODY_SEALED_MEDIA_V1), rest))
+                if rest.len() >= 32 + crypto::BODY_OVERHEAD =>
+            {
                 let (epoch, ciphertext) = rest.split_at(32);
                 let epoch = EventId(
                     epoch
                         .try_into()
                         .map_err(|_| CryptoError::Malformed("short epoch id"))?,
                 );
-                Ok(SealedBody::Sealed { epoch, ciphertext })
+                Ok(if v == BODY_SEALED_V1 {
+                    SealedBody::Sealed { epoch, ciphertext }
+                } else {
+                    SealedBody::SealedMedia { epoch, ciphertext }
+                })
             }
-            Some((&BODY_SEALED_V1, _)) => Err(CryptoError::Malformed("encrypted body too short")),
+            Some((&(BODY_SEALED_V1 | BODY_SEALED_MEDIA_V1), _)) => {
+                Err(CryptoError::Malformed("encrypted body too short"))
+            }
             Some((&v, _)) => Err(CryptoError::UnsupportedVersion(v)),
             None => Err(CryptoError::Malformed("empty body")),
         }
@@ -147,6 +176,34 @@ pub fn seal_body(
     out.push(BODY_SEALED_V1);
     out.extend_from_slice(&epoch.0);
     out.extend_from_slice(&ct);
+    out
+}
+
+/// The associated data of a media body: its message's [`body_aad`] and
+/// [`MEDIA_AAD_SUFFIX`].
+pub fn media_aad(mut aad: Vec<u8>) -> Vec<u8> {
+    aad.extend_from_slice(MEDIA_AAD_SUFFIX);
+    aad
+}
+
+/// Encrypts a media body's plaintext (an encoded [`crate::media::MediaBody`]); `aad` is the
+/// message's [`body_aad`] (the media suffix is added here).
+pub fn seal_media_body(
+    epoch: EventId,
+    key: &EpochKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    nonce: [u8; 24],
+) -> Vec<u8> {
+    let mut out = seal_body(epoch, key, &media_aad(aad.to_vec()), plaintext, nonce);
+    out[0] = BODY_SEALED_MEDIA_V1;
+    out
+}
+
+/// A media body sent in the clear (measurements only).
+pub fn plain_media_body(plaintext: &[u8]) -> Vec<u8> {
+    let mut out = plain_body(plaintext);
+    out[0] = BODY_PLAIN_MEDIA;
     out
 }
 

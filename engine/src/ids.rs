@@ -73,7 +73,7 @@ byte_id!(
     32
 );
 byte_id!(
-    /// A content address of a media blob (blake3 of its plaintext).
+    /// A media blob: the BLAKE3 (bao) root of its ciphertext (see `media`).
     BlobId,
     32
 );

@@ -26,6 +26,7 @@
 //! - [`device`]: the device's protocol state machine (handshake, outbox, catch-up, receipts).
 //! - [`peer`]: device-to-device reconciliation (version vectors, then the missing events with
 //!   the relay statements that place them), admitted on the relay's path.
+//! - [`media`]: media blobs: the segment cipher, the hash tree over the ciphertext, pieces.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod conversation;
@@ -40,6 +41,7 @@ pub mod identity;
 pub mod ids;
 pub mod link;
 pub mod log;
+pub mod media;
 pub mod membership;
 pub mod peer;
 pub mod retry;

@@ -23,6 +23,7 @@ use rand::{rngs::StdRng, SeedableRng};
 mod evidence;
 mod history;
 mod keys;
+mod media;
 mod read;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
 pub use read::{MessageReader, Rendered};
@@ -74,6 +75,9 @@ pub enum StoreError {
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A media body over its limits (descriptors, thumbnail, mime type).
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
     /// A document could not be used (and the log could not rebuild it).
     #[error(transparent)]
     Doc(#[from] DocError),
@@ -382,7 +386,7 @@ impl Store {
                 max,
             });
         }
-        self.send_encrypted(conversation, body, media, now_ms)
+        self.send_encrypted(conversation, body, media, now_ms, false)
     }
 
     /// Runs `f` with the events it authors committed without an fsync, then makes them all

@@ -79,6 +79,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// What the relay keeps and for how long.
     pub retention: Retention,
+    /// Limits of the blob store (`data_dir/blobs`): size cap, quota per user, TTL.
+    pub blobs: crate::blobs::BlobLimits,
 }
 
 impl Default for RelayConfig {
@@ -95,6 +97,7 @@ impl Default for RelayConfig {
             postgres: None,
             limits: Limits::default(),
             retention: Retention::default(),
+            blobs: crate::blobs::BlobLimits::default(),
         }
     }
 }

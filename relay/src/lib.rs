@@ -13,6 +13,8 @@
 //! - [`storage`]: the storage boundary ([`storage::Storage`]): the redb
 //!   [`core::RelayStore`] (embedded default) and [`storage::PgStore`] (PostgreSQL, shared by
 //!   several relay nodes).
+//! - [`blobs`]: the blob store: encrypted media in files beside the event store, verified
+//!   chunk by chunk, resumable, with size cap, quota, TTL and member-only reads.
 //! - [`admission`]: which connections the relay takes, decided on their first packet and
 //!   counted in one place.
 //! - [`limits`]: every limit as a named constant, overridable through [`Limits`].
@@ -36,6 +38,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admission;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -258,7 +258,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = config.limits.clone().clamped();
-    let shell = Shell::new(core_tx, limits, metrics.clone())?;
+    let blobs = crate::blobs::BlobStore::open(config.data_dir.join("blobs"), config.blobs.clone())
+        .map_err(|e| RelayError::Io {
+            what: "opening the blob store",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let shell = Shell::new(core_tx, limits, metrics.clone())?
+        .with_blobs(crate::blobs::serve::BlobService::new(blobs));
     let task = tokio::spawn(shell.serve(
         endpoint,
         async move {
@@ -313,6 +319,8 @@ pub fn server_endpoint(
     udp_buffer_bytes: usize,
 ) -> Result<quinn::Endpoint, RelayError> {
     let server = ListenConfig::new(identity.cert().clone(), identity.cert_key())
+        // The message stream and the blob streams (crate::blobs::serve).
+        .max_bidi_streams(1 + crate::blobs::serve::MAX_BLOB_STREAMS)
         .idle_timeout(Duration::from_secs(idle_timeout_secs.max(1)))
         .build()?;
     let io = |what| move |source| RelayError::Io { what, source };
@@ -354,6 +362,12 @@ enum CoreInput {
     Disconnect(SessionId),
     Stats(oneshot::Sender<CoreStats>),
     Shutdown(oneshot::Sender<()>),
+    /// A blob stream asks who the session is and whether they are a member.
+    BlobAccess(
+        SessionId,
+        tidings_engine::ConversationId,
+        oneshot::Sender<Option<crate::core::BlobAccess>>,
+    ),
 }
 
 struct Route {
@@ -507,6 +521,9 @@ impl<S: Storage> CoreDriver<S> {
                 let _ = reply.send(self.core.stats());
             }
             CoreInput::Shutdown(reply) => return Some(reply),
+            CoreInput::BlobAccess(s, conversation, reply) => {
+                let _ = reply.send(self.core.blob_access(s, conversation));
+            }
         }
         self.route();
         None

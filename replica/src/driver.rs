@@ -93,6 +93,9 @@ struct Driver {
     link_replies: HashMap<LinkSlot, Vec<crate::Reply<u64>>>,
     /// Callers waiting for the relay's answer to a revocation, by device.
     revoke_replies: HashMap<tidings_engine::DeviceId, Vec<crate::Reply<()>>>,
+    /// The authenticated connection, for the media worker's blob streams (`None` when
+    /// there is none).
+    media_link: tokio::sync::watch::Sender<Option<Connection>>,
 }
 
 pub(crate) async fn start(
@@ -101,6 +104,7 @@ pub(crate) async fn start(
     config: ReplicaConfig,
     commands: mpsc::Receiver<Command>,
     updates: broadcast::Sender<Update>,
+    media_link: tokio::sync::watch::Sender<Option<Connection>>,
 ) -> Result<ReadSlot, ReplicaError> {
     std::fs::create_dir_all(dir).map_err(|source| ReplicaError::Io {
         path: dir.to_path_buf(),
@@ -162,6 +166,7 @@ pub(crate) async fn start(
         next_addr: 0,
         link_replies: HashMap::new(),
         revoke_replies: HashMap::new(),
+        media_link,
     };
     tokio::spawn(driver.run());
     Ok(reads)
@@ -297,6 +302,13 @@ impl Driver {
                 if matches!(state, ConnectionState::Syncing | ConnectionState::Online) {
                     self.problem = None;
                 }
+                let link = match state {
+                    ConnectionState::Syncing | ConnectionState::Online => {
+                        self.live.as_ref().map(|l| l.connection.clone())
+                    }
+                    _ => None,
+                };
+                self.media_link.send_replace(link);
                 let status = ConnectionStatus::new(state, self.problem.clone());
                 let _ = self.updates.send(Update::Connection(status));
                 continue;
@@ -407,6 +419,9 @@ impl Driver {
                     media,
                 };
                 self.send_queued((first, r), now);
+            }
+            Command::SendMedia(c, body, r) => {
+                let _ = r.send(core.send_media(c, &body, now).map_err(Into::into));
             }
             Command::MarkRead(c, up_to, r) => {
                 let _ = r.send(core.mark_read(c, up_to, now).map_err(Into::into));

@@ -37,6 +37,8 @@
 //! - [`ReplicaBuilder`] (`builder`): the relay ([`RelayPin`]), keys ([`keystore::Keys`]),
 //!   [`Profile`], [`Connectivity`] and [`Clock`], with documented defaults.
 //! - `connectivity`: the operating system's network signal ([`Connectivity::Os`]).
+//! - `media`: photos and videos apart from their messages: [`Replica::send_media`], the
+//!   persistent upload queue and its worker, downloads on demand.
 //! - [`ConnectionStatus`] (`status`): the connection's state and why it last failed.
 //!
 //! Architecture invariant: no protocol decision is made here. The core decides what to send,
@@ -48,11 +50,17 @@ mod connectivity;
 mod driver;
 pub mod keystore;
 pub mod link;
+mod media;
 pub mod peers;
 mod status;
 
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
+pub use media::{
+    JobKind, MediaDirection, MediaError, MediaSource, UploadJob, MAX_MEDIA_LEN, PRECHECK_TIMEOUT,
+    UPLOAD_WINDOW,
+};
 pub use status::{ConnectionProblem, ConnectionStatus};
+pub use tidings_engine::media::{BlobDescriptor, MediaBody};
 pub use tidings_transport::{Fingerprint, FingerprintError};
 
 use std::net::SocketAddr;
@@ -212,6 +220,9 @@ pub enum ReplicaError {
     /// Making a link bundle failed (too large, say).
     #[error(transparent)]
     Link(#[from] link::LinkJoinError),
+    /// A media operation failed ([`Replica::send_media`], [`Replica::download_media`]...).
+    #[error(transparent)]
+    Media(#[from] MediaError),
 }
 
 /// One device of a user, as this device's directory holds it ([`Replica::device_list`]).
@@ -333,6 +344,29 @@ pub enum Update {
         /// The user.
         user: UserId,
     },
+    /// A blob transfer moved: `done` of `total` ciphertext bytes are held by the relay (an
+    /// upload) or verified here (a download).
+    MediaProgress {
+        /// The blob.
+        blob: tidings_engine::BlobId,
+        /// Which way.
+        direction: MediaDirection,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// A queued upload (or forward) was given up: the relay refused it for good (over its
+    /// cap or the quota, not a member) or its local file is gone. The message that
+    /// references it stays; recipients cannot fetch the blob.
+    MediaFailed {
+        /// The conversation whose message references it.
+        conversation: ConversationId,
+        /// The blob.
+        blob: tidings_engine::BlobId,
+        /// Why, for people.
+        reason: String,
+    },
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.
@@ -447,6 +481,7 @@ enum Command {
     AddMember(ConversationId, UserId, bool, Reply<()>),
     RemoveMember(ConversationId, UserId, Reply<()>),
     Send(ConversationId, Vec<u8>, Vec<MediaRef>, Reply<MessageId>),
+    SendMedia(ConversationId, MediaBody, Reply<MessageId>),
     MarkRead(ConversationId, Option<ServerSeq>, Reply<()>),
     Retry(MessageId, Reply<()>),
     NetworkChanged(bool, Reply<()>),
@@ -491,6 +526,8 @@ pub struct Replica {
     user: UserId,
     /// [`ReplicaBuilder::read_receipts`]: off, others' READ shows as DELIVERED.
     read_receipts: bool,
+    /// The media directory, the upload queue's worker and the driver's connection.
+    media: Arc<media::MediaShared>,
 }
 
 /// By WhatsApp's rule, a user who sends no read receipts sees none: READ shows as DELIVERED.
@@ -530,7 +567,9 @@ impl Replica {
         let weak = updates.downgrade();
         let os_signal = config.connectivity == Connectivity::Os;
         let read_receipts = config.device.read_receipts;
-        let reads = driver::start(dir.as_ref(), key, config, rx, updates).await?;
+        let (link_tx, link_rx) = tokio::sync::watch::channel(None);
+        let reads = driver::start(dir.as_ref(), key, config, rx, updates, link_tx).await?;
+        let media = media::MediaShared::new(dir.as_ref(), link_rx, weak.clone())?;
         if os_signal {
             connectivity::watch(commands.downgrade());
         }
@@ -541,6 +580,7 @@ impl Replica {
             device,
             user,
             read_receipts,
+            media,
         })
     }
 

@@ -10,6 +10,12 @@
 //! - `acked <message id>`: the relay's ack arrived (status SENT);
 //! - `drained`: all `--count` messages are sent and the outbox is empty; the process exits.
 //!
+//! With `--media-bytes N` it sends one media message instead (N bytes of a fixed pattern,
+//! unless its log holds it already) and waits for the upload:
+//! - `media-sent <message id>`: the message is durable and its upload queued;
+//! - `progress <done> <total>`: the relay confirmed `done` ciphertext bytes of the upload;
+//! - `uploaded`: the upload queue is empty; the process exits.
+//!
 //! Flags (all required unless marked): `--dir DIR --relay ADDR --relay-id HEX --cert HEX
 //! --user-seed N --device-seed N --conversation HEX --count N`, optional `--member HEX`
 //! (repeatable: other users of the conversation) and `--create`. Keys come from the seeds as in
@@ -59,6 +65,9 @@ struct Flags {
     /// Create the conversation if this device does not know it yet.
     #[arg(long)]
     create: bool,
+    /// Send one media message of this many bytes instead of numbered texts.
+    #[arg(long)]
+    media_bytes: Option<u64>,
 }
 
 fn main() {
@@ -124,6 +133,15 @@ async fn device(flags: Flags) -> Result<(), Error> {
             if let Some(m) = acked {
                 println!("acked {m}");
             }
+            if let Update::MediaProgress {
+                direction: tidings::replica::MediaDirection::Upload,
+                done,
+                total,
+                ..
+            } = u
+            {
+                println!("progress {done} {total}");
+            }
         }
     });
 
@@ -133,6 +151,9 @@ async fn device(flags: Flags) -> Result<(), Error> {
             members.push(UserId::from_hex(m).ok_or("bad --member")?);
         }
         replica.create_conversation(conv, members).await?;
+    }
+    if let Some(n) = flags.media_bytes {
+        return media(&replica, conv, me, n).await;
     }
     // Go on after the last message this device already has in its log.
     let snap = replica.conversation(conv).await?;
@@ -156,6 +177,35 @@ async fn device(flags: Flags) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("drained");
+    replica.close().await?;
+    Ok(())
+}
+
+/// Sends one media message of `n` pattern bytes (unless the log holds it) and waits until
+/// its upload finished.
+async fn media(replica: &Replica, conv: ConversationId, me: DeviceId, n: u64) -> Result<(), Error> {
+    let snap = replica.conversation(conv).await?;
+    let sent = snap
+        .messages
+        .iter()
+        .any(|m| m.view.record.author == me && matches!(m.body, Body::Media(_)));
+    if !sent {
+        let bytes: Vec<u8> = b"MEDIA-PATTERN-"
+            .iter()
+            .copied()
+            .cycle()
+            .take(n as usize)
+            .collect();
+        let source = tidings::replica::MediaSource::Bytes(bytes);
+        let m = replica
+            .send_media(conv, source, b"clip".to_vec(), "video/mp4", Vec::new())
+            .await?;
+        println!("media-sent {m}");
+    }
+    while !replica.queued_uploads()?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("uploaded");
     replica.close().await?;
     Ok(())
 }

@@ -158,6 +158,8 @@ pub struct DeviceArgs<'a> {
     pub conversation: tidings::engine::ConversationId,
     pub members: Vec<tidings::engine::UserId>,
     pub count: u64,
+    /// Send one media message of this many bytes instead of `count` texts.
+    pub media_bytes: Option<u64>,
 }
 
 /// Starts a device process that sends `count` numbered messages.
@@ -176,6 +178,9 @@ pub fn spawn_device(a: &DeviceArgs<'_>) -> Proc {
         .env("RUST_LOG", "error");
     for m in &a.members {
         cmd.args(["--member", &m.to_string()]);
+    }
+    if let Some(n) = a.media_bytes {
+        cmd.args(["--media-bytes", &n.to_string()]);
     }
     Proc::spawn(cmd)
 }

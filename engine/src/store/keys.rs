@@ -28,6 +28,9 @@ pub enum Body {
     /// The body does not decrypt with the key its epoch names: damaged or moved from another
     /// event.
     Unreadable(String),
+    /// A message with media, decrypted: its caption and the descriptors of its blobs (key,
+    /// root, sizes, mime type, thumbnail), to fetch on demand.
+    Media(crate::media::MediaBody),
 }
 
 /// An epoch-key share that opened for this device but was not taken in: the key it carries
@@ -168,6 +171,26 @@ pub(super) fn body_of(
                 Err(e) => Body::Unreadable(e.to_string()),
             })
         }
+        Ok(SealedBody::PlainMedia(b)) => Ok(media_body(b)),
+        Ok(SealedBody::SealedMedia { epoch, ciphertext }) => {
+            let Some(key) = key_of(epoch)? else {
+                return Ok(Body::WaitingForKey(epoch));
+            };
+            let aad = e2ee::record_aad(message.conversation, message.id, &message.record);
+            Ok(
+                match crate::crypto::decrypt_body(&key, &e2ee::media_aad(aad), ciphertext) {
+                    Ok(plain) => media_body(&plain),
+                    Err(e) => Body::Unreadable(e.to_string()),
+                },
+            )
+        }
+    }
+}
+
+fn media_body(plaintext: &[u8]) -> Body {
+    match crate::media::MediaBody::decode(plaintext) {
+        Ok(m) => Body::Media(m),
+        Err(e) => Body::Unreadable(e.to_string()),
     }
 }
 
@@ -461,16 +484,22 @@ impl Store {
         Ok(changes)
     }
 
-    /// Encrypts and sends a message (see [`Store::send`]).
+    /// Encrypts and sends a message (see [`Store::send`]); `is_media`: the plaintext is an
+    /// encoded [`crate::media::MediaBody`].
     pub(super) fn send_encrypted(
         &mut self,
         conversation: ConversationId,
         plaintext: &[u8],
         media: Vec<MediaRef>,
         now_ms: u64,
+        is_media: bool,
     ) -> Result<(Event, Vec<Change>), StoreError> {
         if !self.config.encrypt {
-            let body = e2ee::plain_body(plaintext);
+            let body = if is_media {
+                e2ee::plain_media_body(plaintext)
+            } else {
+                e2ee::plain_body(plaintext)
+            };
             return self.author_with(conversation, now_ms, |h| EventKind::Send {
                 message: h.message_id(),
                 body,
@@ -490,9 +519,14 @@ impl Store {
                 h.wall_ms,
                 &media,
             );
+            let body = if is_media {
+                e2ee::seal_media_body(epoch, &key, &aad, plaintext, nonce)
+            } else {
+                e2ee::seal_body(epoch, &key, &aad, plaintext, nonce)
+            };
             EventKind::Send {
                 message,
-                body: e2ee::seal_body(epoch, &key, &aad, plaintext, nonce),
+                body,
                 media,
             }
         })?;

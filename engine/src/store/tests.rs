@@ -347,3 +347,65 @@ fn a_revoked_device_gets_no_new_epoch() {
         "Bob's other device: {new:?}"
     );
 }
+
+#[test]
+fn a_media_body_travels_sealed_and_reads_back_with_its_descriptors() {
+    use crate::media::{BlobDescriptor, BlobKey, MediaBody};
+    let (mut store, _bob) = alice_before_sharing(EventLog::in_memory().expect("log"));
+    let body = MediaBody {
+        caption: b"the view".to_vec(),
+        media: vec![BlobDescriptor {
+            blob: crate::ids::BlobId([0xb1; 32]),
+            key: BlobKey::from_bytes([0x4b; 32]),
+            len: 123_456,
+            mime: "image/jpeg".into(),
+            thumbnail: vec![0x7e; 2048],
+        }],
+    };
+    let (event, _) = store.send_media(CONV, &body, T0 + 1).expect("send");
+    let EventKind::Send {
+        body: wire_body,
+        media,
+        ..
+    } = event.kind()
+    else {
+        panic!("a send");
+    };
+    // Nothing of the media in clear: no clear references, and neither the key, the root,
+    // the mime type nor the thumbnail in the body's bytes.
+    assert!(media.is_empty());
+    assert_eq!(wire_body[0], crate::e2ee::BODY_SEALED_MEDIA_V1);
+    for needle in [&[0x4b; 32][..], &[0xb1; 32], b"image/jpeg", &[0x7e; 64]] {
+        assert!(!wire_body.windows(needle.len()).any(|w| w == needle));
+    }
+    let view = store
+        .conversation(CONV)
+        .expect("conversation")
+        .messages()
+        .into_iter()
+        .find(|v| Some(v.id) == event.message())
+        .expect("folded");
+    assert_eq!(store.body(&view).expect("body"), Body::Media(body.clone()));
+    // A text body relabelled as media (or the reverse) does not open.
+    let mut relabelled = view.clone();
+    relabelled.record.body[0] = crate::e2ee::BODY_SEALED_V1;
+    assert!(matches!(
+        store.body(&relabelled).expect("body"),
+        Body::Unreadable(_)
+    ));
+    // Over the body limit: refused before anything is written.
+    let many = MediaBody {
+        caption: Vec::new(),
+        media: vec![body.media[0].clone(); 16]
+            .into_iter()
+            .map(|mut d| {
+                d.thumbnail = vec![1; crate::media::MAX_THUMBNAIL_LEN];
+                d
+            })
+            .collect(),
+    };
+    assert!(matches!(
+        store.send_media(CONV, &many, T0 + 2),
+        Err(StoreError::BodyTooLarge { .. })
+    ));
+}

@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blob_access;
 mod commit;
 mod connection;
 mod consent;
@@ -67,6 +68,7 @@ mod submit;
 mod user_requests;
 mod waiting;
 
+pub use blob_access::BlobAccess;
 pub use commit::CommitJob;
 pub use feed::CHANGE_POLL_MS;
 pub use retention::{Retention, MAX_PRUNE_PLANS};

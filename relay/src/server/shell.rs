@@ -2,7 +2,20 @@
 //! workers, hands them to the core thread and writes what the core answers.
 
 use super::*;
+use crate::blobs::serve::BlobService;
 use tidings_transport::{FrameError, FrameReader, FrameWriter};
+
+/// How often expired blob references are dropped.
+const BLOB_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A task that stops when its owner drops it.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 pub(super) struct Shell {
     core_tx: mpsc::Sender<CoreInput>,
@@ -13,6 +26,8 @@ pub(super) struct Shell {
     metrics: RelayMetrics,
     /// Verifies submits off the runtime's workers; stops with the shell.
     verify: VerifyPool,
+    /// The blob store behind every connection's blob streams, when the relay has one.
+    blobs: Option<Arc<BlobService>>,
 }
 
 impl Shell {
@@ -31,7 +46,47 @@ impl Shell {
             limits,
             metrics,
             verify,
+            blobs: None,
         })
+    }
+
+    /// Serves blob streams from `blobs`.
+    pub(super) fn with_blobs(mut self, blobs: Arc<BlobService>) -> Shell {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// Accepts the connection's blob streams (after authentication) until the connection
+    /// ends; the streams stop when the returned task is aborted or dropped.
+    fn blob_streams(&self, session: SessionId, conn: quinn::Connection) -> Option<AbortOnDrop> {
+        let svc = self.blobs.clone()?;
+        let core_tx = self.core_tx.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            let mut streams = JoinSet::new();
+            loop {
+                tokio::select! {
+                    s = conn.accept_bi() => {
+                        let Ok((send, recv)) = s else { break };
+                        let (svc, core_tx) = (svc.clone(), core_tx.clone());
+                        streams.spawn(async move {
+                            let access = |conversation| {
+                                let tx = core_tx.clone();
+                                async move {
+                                    let (reply, rx) = oneshot::channel();
+                                    let ask = CoreInput::BlobAccess(session, conversation, reply);
+                                    tx.send(ask).await.ok()?;
+                                    rx.await.ok().flatten()
+                                }
+                            };
+                            if let Err(e) = svc.serve_stream(access, now_ms, send, recv).await {
+                                debug!(error = %e, "blob stream ended");
+                            }
+                        });
+                    }
+                    Some(_) = streams.join_next(), if !streams.is_empty() => {}
+                }
+            }
+        })))
     }
 
     pub(super) async fn serve(
@@ -41,6 +96,17 @@ impl Shell {
         grace: Duration,
     ) -> Result<(), RelayError> {
         let mut conns = JoinSet::new();
+        let _expiry = self.blobs.clone().map(|svc| {
+            AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(BLOB_EXPIRY_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = svc.expire(now_ms()).await {
+                        warn!(error = %e, "blob expiry failed");
+                    }
+                }
+            }))
+        });
         let shell = Arc::new(self);
         tokio::pin!(shutdown);
         loop {
@@ -163,6 +229,7 @@ impl Shell {
             {
                 Ok(Ok(true)) => {
                     ticket.authenticated();
+                    let _blobs = self.blob_streams(session, conn.clone());
                     self.read_loop(session, recv, &out_tx, &meter).await
                 }
                 Ok(Ok(false)) => Ok(()),

@@ -19,7 +19,10 @@
 //! - [`check_event_log_file`]: `EventLog` (and a `Store` over it) on a damaged redb file.
 //! - [`check_relay_store_file`]: `RelayStore` and `RelayCore::new` on a damaged redb file.
 //! - [`check_conversation_doc`]: `ConversationDoc::load` on damaged automerge bytes.
+//! - [`blobs::check_blob_pieces`]: blob pieces, range plans and blob stream frames.
 #![allow(clippy::unwrap_used)]
+
+pub mod blobs;
 
 use automerge::ActorId;
 use redb::{Database, StorageBackend, TableDefinition};

@@ -1,0 +1,239 @@
+//! The async shell of a blob stream: reads [`BlobRequest`]s, asks the core who the session is
+//! and whether they are a member, runs the store off the runtime's workers, writes one
+//! [`BlobReply`] per request.
+//!
+//! Each transfer has its own QUIC stream, beside the connection's message stream: QUIC flow
+//! control is per stream, so a large upload does not hold back a text message. A connection
+//! has at most [`MAX_BLOB_STREAMS`] of them open at once (the relay's QUIC stream limit).
+
+use super::{BlobError, BlobStore};
+use crate::core::BlobAccess;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tidings_engine::media::wire::{BlobRefusal, BlobReply, BlobRequest, MAX_DETAIL_LEN};
+use tidings_engine::media::MediaError;
+use tidings_engine::wire::{self, WireError};
+use tidings_engine::{BlobId, ConversationId, UserId};
+
+/// Blob streams one connection may have open at once.
+pub const MAX_BLOB_STREAMS: u32 = 4;
+
+/// The store shared by every connection's blob streams.
+#[derive(Debug)]
+pub struct BlobService {
+    store: Mutex<BlobStore>,
+}
+
+/// Why a blob stream ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A frame that does not decode or is over a limit.
+    #[error("blob stream: {0}")]
+    Wire(#[from] WireError),
+    /// The peer's stream failed.
+    #[error("blob stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Our side of the stream failed.
+    #[error("blob stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The store's worker thread went away.
+    #[error("blob store worker failed")]
+    Worker,
+}
+
+impl BlobService {
+    /// Wraps an opened store.
+    pub fn new(store: BlobStore) -> Arc<BlobService> {
+        Arc::new(BlobService {
+            store: Mutex::new(store),
+        })
+    }
+
+    /// Runs `f` on the store on a blocking thread (it does file i/o and fsyncs).
+    async fn with_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut BlobStore) -> Result<T, BlobError> + Send + 'static,
+    ) -> Result<Result<T, BlobError>, StreamError> {
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = svc.store.lock().map_err(|_| StreamError::Worker)?;
+            Ok(f(&mut store))
+        })
+        .await
+        .map_err(|_| StreamError::Worker)?
+    }
+
+    /// Drops expired references and their blobs (see [`BlobStore::expire`]).
+    pub async fn expire(self: &Arc<Self>, now_ms: u64) -> Result<Vec<BlobId>, BlobError> {
+        self.with_store(move |s| s.expire(now_ms))
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Serves one blob stream until the device finishes it. `access` asks the core about the
+    /// session and a conversation.
+    pub async fn serve_stream<A, F>(
+        self: &Arc<Self>,
+        access: A,
+        now_ms: impl Fn() -> u64,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Result<(), StreamError>
+    where
+        A: Fn(ConversationId) -> F,
+        F: Future<Output = Option<BlobAccess>>,
+    {
+        // The upload this stream began: pieces are taken only for it, as its user.
+        let mut uploading: Option<(BlobId, UserId)> = None;
+        // The next request is read while the store handles this one (the device sends pieces
+        // ahead), so the stream keeps moving during a piece's verify-write-sync.
+        let mut next = ReadAhead(tokio::spawn(read_request(recv)));
+        loop {
+            let read = (&mut next.0).await.map_err(|_| StreamError::Worker)?;
+            let Some((request, rest)) = read? else {
+                return Ok(());
+            };
+            next = ReadAhead(tokio::spawn(read_request(rest)));
+            let reply = self
+                .answer(request, &access, now_ms(), &mut uploading)
+                .await?;
+            let bytes = wire::frame_bytes(&reply)?;
+            send.write_all(&bytes).await?;
+        }
+    }
+
+    async fn answer<A, F>(
+        self: &Arc<Self>,
+        request: BlobRequest,
+        access: &A,
+        now: u64,
+        uploading: &mut Option<(BlobId, UserId)>,
+    ) -> Result<BlobReply, StreamError>
+    where
+        A: Fn(ConversationId) -> F,
+        F: Future<Output = Option<BlobAccess>>,
+    {
+        let result = match request {
+            BlobRequest::Upload {
+                conversation,
+                blob,
+                len,
+            } => {
+                let Some(a) = access(conversation).await else {
+                    return Ok(BlobReply::Refused(BlobRefusal::NotMember));
+                };
+                let r = self
+                    .with_store(move |s| {
+                        s.begin_upload(a.user, conversation, a.is_member, blob, len, now)
+                    })
+                    .await?;
+                if r.is_ok() {
+                    *uploading = Some((blob, a.user));
+                }
+                r.map(state)
+            }
+            BlobRequest::Put { blob, piece } => match *uploading {
+                Some((b, user)) if b == blob => self
+                    .with_store(move |s| s.put_piece(user, blob, &piece))
+                    .await?
+                    .map(state),
+                _ => {
+                    return Ok(BlobReply::Refused(other(
+                        "no upload of this blob begun on this stream",
+                    )))
+                }
+            },
+            BlobRequest::Fetch {
+                conversation,
+                blob,
+                first_group,
+                n_groups,
+            } => {
+                let Some(a) = access(conversation).await else {
+                    return Ok(BlobReply::Refused(BlobRefusal::NotMember));
+                };
+                self.with_store(move |s| {
+                    s.read_piece(blob, conversation, a.is_member, first_group, n_groups, now)
+                })
+                .await?
+                .map(BlobReply::Piece)
+            }
+            BlobRequest::Attach { blob, from, to } => {
+                let (Some(f), Some(t)) = (access(from).await, access(to).await) else {
+                    return Ok(BlobReply::Refused(BlobRefusal::NotMember));
+                };
+                self.with_store(move |s| {
+                    s.attach(blob, (from, f.is_member), (to, t.is_member), now)
+                })
+                .await?
+                .map(state)
+            }
+            _ => return Ok(BlobReply::Refused(other("unknown request"))),
+        };
+        Ok(result.unwrap_or_else(|e| BlobReply::Refused(refusal(e))))
+    }
+}
+
+/// The read of the next request, stopped when the stream's task ends.
+struct ReadAhead(tokio::task::JoinHandle<NextRequest>);
+
+/// A request and the stream to read the next one from; `None` at the end of the stream.
+type NextRequest = Result<Option<(BlobRequest, quinn::RecvStream)>, StreamError>;
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads one request; `None` at the end of the stream. Gives the stream back for the next.
+async fn read_request(mut recv: quinn::RecvStream) -> NextRequest {
+    let mut header = [0u8; wire::FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some((wire::decode_body::<BlobRequest>(&body)?, recv)))
+}
+
+fn state(s: super::UploadState) -> BlobReply {
+    BlobReply::State {
+        verified: s.verified,
+        len: s.len,
+    }
+}
+
+fn other(detail: &str) -> BlobRefusal {
+    let mut d = detail.to_string();
+    if d.len() > MAX_DETAIL_LEN {
+        let mut cut = MAX_DETAIL_LEN;
+        while !d.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        d.truncate(cut);
+    }
+    BlobRefusal::Other(d)
+}
+
+/// The typed refusal a device gets for a store error.
+pub fn refusal(e: BlobError) -> BlobRefusal {
+    match e {
+        BlobError::TooLarge { len, max } => BlobRefusal::TooLarge { len, max },
+        BlobError::OverQuota { used, len, quota } => BlobRefusal::OverQuota { used, len, quota },
+        BlobError::NotMember => BlobRefusal::NotMember,
+        BlobError::NotFound => BlobRefusal::NotFound,
+        BlobError::Incomplete { verified, len } => BlobRefusal::Incomplete { verified, len },
+        BlobError::OutOfOrder { first, expected } => BlobRefusal::OutOfOrder { first, expected },
+        BlobError::Media(MediaError::Corrupt { group }) => BlobRefusal::Corrupt { group },
+        BlobError::Io(e) => {
+            tracing::warn!(error = %e, "blob store i/o failed");
+            other("relay storage fault")
+        }
+        e => other(&e.to_string()),
+    }
+}

@@ -1,0 +1,496 @@
+//! Media over real QUIC (issue 15): photos and videos sealed on the device, uploaded on blob
+//! streams apart from the messages, fetched on demand and checked against their root.
+
+mod common;
+// Only the proxy, not the stock profiles.
+#[allow(dead_code)]
+#[path = "common/faults.rs"]
+mod faults;
+
+use common::net::{accept_invitation, config, eventually};
+use common::{device, user};
+use std::path::Path;
+use std::time::Duration;
+use tidings::engine::media::wire::BlobRefusal;
+use tidings::engine::ConversationId;
+use tidings::relay::blobs::BlobLimits;
+use tidings::relay::server::RelayHandle;
+use tidings::relay::{Limits, RelayConfig};
+use tidings::replica::{
+    BlobDescriptor, Body, Connectivity, MediaError, MediaSource, Replica, ReplicaError,
+};
+
+const SECS: u64 = 30;
+
+async fn relay(dir: &Path, blobs: BlobLimits) -> RelayHandle {
+    tidings::relay::server::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        limits: Limits::default(),
+        blobs,
+        ..RelayConfig::default()
+    })
+    .await
+    .expect("relay starts")
+}
+
+/// A device of user `seed` (its device key seeded alike), with quick reconnects.
+async fn open(root: &Path, name: &str, seed: u8, relay: &RelayHandle) -> Replica {
+    open_at(root, name, seed, relay, relay.addr()).await
+}
+
+async fn open_at(
+    root: &Path,
+    name: &str,
+    seed: u8,
+    relay: &RelayHandle,
+    addr: std::net::SocketAddr,
+) -> Replica {
+    let u = user(seed);
+    let (key, _) = device(&u, seed);
+    let mut cfg = config(relay, addr, &key, &u);
+    cfg.connectivity = Connectivity::App;
+    common::net::open(root, name, key, cfg).await
+}
+
+/// Waits until the replica is connected (its media worker has a link).
+async fn online(r: &Replica) {
+    eventually(SECS, "online", || async {
+        r.connection()
+            .await
+            .is_ok_and(|s| s.state == tidings::replica::ConnectionState::Online)
+    })
+    .await;
+}
+
+/// A pattern that is easy to search for in the relay's files.
+fn pattern(len: usize, tag: u8) -> Vec<u8> {
+    let mut v: Vec<u8> = b"PLAINTEXT-PHOTO-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(len)
+        .collect();
+    if let Some(b) = v.last_mut() {
+        *b = tag;
+    }
+    v
+}
+
+/// The media descriptor of the message `message` once `r` shows it.
+async fn received(
+    r: &Replica,
+    conv: ConversationId,
+    message: tidings::engine::MessageId,
+) -> (Vec<u8>, BlobDescriptor) {
+    let start = std::time::Instant::now();
+    loop {
+        let page = r.page(conv, None, 100).await.unwrap_or_default();
+        let found = page.into_iter().find_map(|m| match m.body {
+            Body::Media(body) if m.view.id == message => {
+                Some((body.caption, body.media[0].clone()))
+            }
+            _ => None,
+        });
+        if let Some(f) = found {
+            return f;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(SECS),
+            "timed out waiting for the media message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn uploaded(r: &Replica) {
+    eventually(SECS, "the upload queue to drain", || async {
+        r.queued_uploads().is_ok_and(|q| q.is_empty())
+    })
+    .await;
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).expect("dir").any(|e| {
+        let bytes = std::fs::read(e.expect("entry").path()).expect("read");
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    relay: RelayHandle,
+    alice: Replica,
+    bob: Replica,
+    conv: ConversationId,
+    root: std::path::PathBuf,
+}
+
+async fn pair(blobs: BlobLimits) -> Pair {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().to_path_buf();
+    let relay = relay(&root.join("relay"), blobs).await;
+    let alice = open(&root, "alice", 1, &relay).await;
+    let bob = open(&root, "bob", 2, &relay).await;
+    let conv = ConversationId([0x3d; 16]);
+    alice
+        .create_conversation(conv, vec![bob.user()])
+        .await
+        .expect("create");
+    accept_invitation(&bob, conv).await;
+    online(&alice).await;
+    online(&bob).await;
+    Pair {
+        _tmp: tmp,
+        relay,
+        alice,
+        bob,
+        conv,
+        root,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_round_trips_at_every_edge_and_the_relay_holds_no_plaintext() {
+    let p = pair(BlobLimits::default()).await;
+    let seg = tidings::engine::media::SEGMENT_LEN as usize;
+    for (i, len) in [0, 1, seg, seg + 1, 3 * 1024 * 1024 + 5]
+        .into_iter()
+        .enumerate()
+    {
+        let plain = pattern(len, i as u8);
+        let caption = format!("photo {i}").into_bytes();
+        let thumb = vec![i as u8; 1024];
+        let id = p
+            .alice
+            .send_media(
+                p.conv,
+                MediaSource::Bytes(plain.clone()),
+                caption.clone(),
+                "image/jpeg",
+                thumb.clone(),
+            )
+            .await
+            .expect("send_media");
+        let (got_caption, media) = received(&p.bob, p.conv, id).await;
+        assert_eq!(got_caption, caption);
+        assert_eq!(media.thumbnail, thumb);
+        assert_eq!(media.len, len as u64);
+        uploaded(&p.alice).await;
+        let dest = p.root.join(format!("bob-got-{i}"));
+        p.bob
+            .download_media(p.conv, &media, &dest)
+            .await
+            .expect("download");
+        assert_eq!(std::fs::read(&dest).expect("read"), plain, "len {len}");
+        if len > 10 {
+            let range = (len as u64 / 3)..(len as u64 / 3 + 7);
+            let part = p
+                .bob
+                .fetch_media_range(p.conv, &media, range.clone())
+                .await
+                .expect("range");
+            assert_eq!(part, &plain[range.start as usize..range.end as usize]);
+        }
+    }
+    let blobs = p.root.join("relay").join("blobs");
+    assert!(std::fs::read_dir(&blobs).expect("dir").count() >= 15);
+    assert!(!files_contain(&blobs, b"PLAINTEXT-PHOTO"));
+    assert!(!files_contain(&blobs, b"image/jpeg"));
+    p.relay.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_is_refused_the_blob() {
+    let p = pair(BlobLimits::default()).await;
+    let carol = open(&p.root, "carol", 3, &p.relay).await;
+    online(&carol).await;
+    let id = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::Bytes(pattern(5000, 1)),
+            Vec::new(),
+            "image/png",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&p.bob, p.conv, id).await;
+    uploaded(&p.alice).await;
+    // Carol holds the descriptor (leaked to her, say) but is no member of the conversation.
+    let err = carol
+        .download_media(p.conv, &media, &p.root.join("carol-got"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Media(MediaError::Refused(BlobRefusal::NotMember))
+        ),
+        "{err:?}"
+    );
+    assert!(!p.root.join("carol-got").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_or_the_quota_is_refused_at_send_media() {
+    let p = pair(BlobLimits {
+        max_blob_len: 100_000,
+        quota_per_user: 150_000,
+        ..BlobLimits::default()
+    })
+    .await;
+    let send = |len: usize| {
+        p.alice.send_media(
+            p.conv,
+            MediaSource::Bytes(pattern(len, 0)),
+            b"caption".to_vec(),
+            "video/mp4",
+            Vec::new(),
+        )
+    };
+    let err = send(120_000).await.expect_err("over the cap");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Media(MediaError::Refused(BlobRefusal::TooLarge {
+                max: 100_000,
+                ..
+            }))
+        ),
+        "{err:?}"
+    );
+    send(90_000).await.expect("within");
+    let err = send(90_000).await.expect_err("over the quota");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Media(MediaError::Refused(BlobRefusal::OverQuota {
+                quota: 150_000,
+                ..
+            }))
+        ),
+        "{err:?}"
+    );
+    // The device's own cap, before anything is read: a sparse 101 MiB file.
+    let big = p.root.join("big.mp4");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(101 * 1024 * 1024))
+        .expect("sparse file");
+    let err = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::File(big),
+            Vec::new(),
+            "video/mp4",
+            Vec::new(),
+        )
+        .await
+        .expect_err("over the device's cap");
+    assert!(
+        matches!(err, ReplicaError::Media(MediaError::TooLarge { .. })),
+        "{err:?}"
+    );
+    // Only the one that fitted was sent.
+    let sent = p.alice.page(p.conv, None, 100).await.expect("page");
+    assert_eq!(
+        sent.iter()
+            .filter(|m| matches!(m.body, Body::Media(_)))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_uploads_nothing_again() {
+    let p = pair(BlobLimits::default()).await;
+    let carol = open(&p.root, "carol", 3, &p.relay).await;
+    let other = ConversationId([0x4e; 16]);
+    p.bob
+        .create_conversation(other, vec![carol.user()])
+        .await
+        .expect("create");
+    accept_invitation(&carol, other).await;
+    online(&carol).await;
+    let plain = pattern(700_000, 9);
+    let path = p.root.join("photo.jpg");
+    std::fs::write(&path, &plain).expect("write");
+    let id = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::File(path),
+            b"look".to_vec(),
+            "image/jpeg",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&p.bob, p.conv, id).await;
+    uploaded(&p.alice).await;
+    let blobs = p.root.join("relay").join("blobs");
+    let before: u64 = dir_bytes(&blobs);
+    let mut progress = p.bob.updates();
+    let fwd = p
+        .bob
+        .forward_media(p.conv, other, media.clone(), b"fwd".to_vec())
+        .await
+        .expect("forward");
+    uploaded(&p.bob).await;
+    let (_, forwarded) = received(&carol, other, fwd).await;
+    assert_eq!(forwarded, media);
+    let dest = p.root.join("carol-got");
+    carol
+        .download_media(other, &forwarded, &dest)
+        .await
+        .expect("download");
+    assert_eq!(std::fs::read(&dest).expect("read"), plain);
+    // No bytes of the blob went up again: the relay's data did not grow by a blob, and Bob's
+    // device reported no upload progress.
+    assert!(dir_bytes(&blobs) < before + 4096);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Ok(u) = progress.try_next_now() {
+        assert!(
+            !matches!(
+                u,
+                tidings::replica::Update::MediaProgress {
+                    direction: tidings::replica::MediaDirection::Upload,
+                    ..
+                }
+            ),
+            "{u:?}"
+        );
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").metadata().expect("meta").len())
+        .sum()
+}
+
+/// Reads what a stream has ready, without waiting.
+trait TryNextNow {
+    fn try_next_now(&mut self) -> Result<tidings::replica::Update, ()>;
+}
+
+impl TryNextNow for tidings::replica::Updates {
+    fn try_next_now(&mut self) -> Result<tidings::replica::Update, ()> {
+        use futures::FutureExt;
+        use futures::StreamExt;
+        self.next().now_or_never().flatten().ok_or(())
+    }
+}
+
+/// A blob damaged on the relay's disk is never shown: the relay checks what it reads against
+/// the root and refuses the group, and the downloader writes no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_damaged_at_the_relay_is_refused_and_never_shown() {
+    let p = pair(BlobLimits::default()).await;
+    let plain = pattern(300_000, 4);
+    let id = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::Bytes(plain.clone()),
+            Vec::new(),
+            "image/jpeg",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&p.bob, p.conv, id).await;
+    uploaded(&p.alice).await;
+    let data = p
+        .root
+        .join("relay")
+        .join("blobs")
+        .join(format!("{}.data", media.blob));
+    let mut bytes = std::fs::read(&data).expect("read");
+    let at = 5 * tidings::engine::media::CHUNK_GROUP_LEN as usize + 3;
+    bytes[at] ^= 0x10;
+    std::fs::write(&data, bytes).expect("damage");
+    let dest = p.root.join("bob-got");
+    let err = p
+        .bob
+        .download_media(p.conv, &media, &dest)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Media(MediaError::Refused(BlobRefusal::Corrupt { group: 5 }))
+        ),
+        "{err:?}"
+    );
+    assert!(!dest.exists());
+    // A range before the damage still plays.
+    let part = p
+        .bob
+        .fetch_media_range(p.conv, &media, 0..1000)
+        .await
+        .expect("range before the damage");
+    assert_eq!(part, &plain[..1000]);
+}
+
+/// Uploads and downloads complete through links that drop, duplicate and reorder
+/// datagrams (seeded), and the bytes arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_crosses_lossy_reordering_links() {
+    use faults::{FaultProxy, Faults};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().to_path_buf();
+    let relay = relay(&root.join("relay"), BlobLimits::default()).await;
+    // Loss high enough to hit every piece, low enough for QUIC's congestion control to move
+    // a MiB in seconds (at 10% a MiB takes tens of seconds).
+    let faults = Faults {
+        drop_pct: 3,
+        dup_pct: 3,
+        delay_ms: (0, 20),
+        reorder_pct: 10,
+        reorder_ms: 40,
+    };
+    let to_alice = FaultProxy::start(relay.addr(), faults.clone(), 15).await;
+    let to_bob = FaultProxy::start(relay.addr(), faults, 16).await;
+    let alice = open_at(&root, "alice", 1, &relay, to_alice.addr).await;
+    let bob = open_at(&root, "bob", 2, &relay, to_bob.addr).await;
+    let conv = ConversationId([0x1f; 16]);
+    alice
+        .create_conversation(conv, vec![bob.user()])
+        .await
+        .expect("create");
+    accept_invitation(&bob, conv).await;
+    online(&alice).await;
+    online(&bob).await;
+    let plain = pattern(1024 * 1024 + 300_000, 3);
+    let id = alice
+        .send_media(
+            conv,
+            MediaSource::Bytes(plain.clone()),
+            Vec::new(),
+            "video/mp4",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&bob, conv, id).await;
+    eventually(120, "the upload over the lossy link", || async {
+        alice.queued_uploads().is_ok_and(|q| q.is_empty())
+    })
+    .await;
+    // A download may meet a broken connection (the link is bad): the app tries again.
+    let dest = root.join("bob-got");
+    let mut tries = 0;
+    while let Err(e) = bob.download_media(conv, &media, &dest).await {
+        tries += 1;
+        assert!(tries < 20, "download keeps failing: {e}");
+        online(&bob).await;
+    }
+    assert_eq!(std::fs::read(&dest).expect("read"), plain);
+    let (_, dropped_a, _, reordered_a, _) = to_alice.stats.totals();
+    let (_, dropped_b, _, reordered_b, _) = to_bob.stats.totals();
+    assert!(dropped_a > 0 && dropped_b > 0 && reordered_a > 0 && reordered_b > 0);
+}
