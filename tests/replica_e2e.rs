@@ -3,8 +3,8 @@
 mod common;
 
 use common::net::{
-    accept_invitation, all_at_least, all_pages, config, eventually, ids, open, relay, statuses,
-    Proxy,
+    accept_invitation, all_at_least, all_pages, config, eventually, ids, open, open_device, relay,
+    statuses, Proxy,
 };
 use common::{device, user};
 use futures::StreamExt;
@@ -31,30 +31,9 @@ async fn trio(limits: Limits) -> Trio {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), limits).await;
     let (alice, bobu) = (user(1), user(2));
-    let (k1, _) = device(&alice, 11);
-    let (k2, _) = device(&alice, 12);
-    let (k3, _) = device(&bobu, 21);
-    let phone = open(
-        dir.path(),
-        "phone",
-        k1.clone(),
-        config(&relay, relay.addr(), &k1, &alice),
-    )
-    .await;
-    let laptop = open(
-        dir.path(),
-        "laptop",
-        k2.clone(),
-        config(&relay, relay.addr(), &k2, &alice),
-    )
-    .await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        k3.clone(),
-        config(&relay, relay.addr(), &k3, &bobu),
-    )
-    .await;
+    let (phone, _) = open_device(&relay, dir.path(), "phone", &alice, 11).await;
+    let (laptop, _) = open_device(&relay, dir.path(), "laptop", &alice, 12).await;
+    let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
     let c = conv(1);
     phone
         .create_conversation(c, vec![bobu.id])

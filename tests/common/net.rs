@@ -60,6 +60,19 @@ pub async fn open(dir: &Path, name: &str, key: DeviceKey, config: ReplicaConfig)
         .expect("replica opens")
 }
 
+/// A device of `user` (its key from `seed`) opened as `dir/name` on `relay` with [`config`].
+pub async fn open_device(
+    relay: &RelayHandle,
+    dir: &Path,
+    name: &str,
+    user: &User,
+    seed: u8,
+) -> (Replica, DeviceKey) {
+    let (key, _) = crate::common::device(user, seed);
+    let cfg = config(relay, relay.addr(), &key, user);
+    (open(dir, name, key.clone(), cfg).await, key)
+}
+
 /// Polls until `check` holds, panicking with `what` after `secs` seconds.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
