@@ -494,3 +494,88 @@ async fn an_incoming_message_arrives_rendered_with_its_body() {
     assert_eq!(read.body, shown.body);
     t.relay.shutdown().await.expect("shutdown");
 }
+
+/// Issue 17: a FAILED message stays FAILED (and in the outbox) until the app acts; once it
+/// has been FAILED for the configured age the app hears of it once, and dropping it (on the
+/// app's word) takes it out of every view without stopping what the device sends after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_is_reported_once_and_dropped_only_on_the_apps_word() {
+    // As above: the create, the epoch's keys and `first` pass; `second` is refused until the
+    // rate refills, and its two attempts run out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 3)).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (k1, _) = device(&alice, 11);
+    let (k3, _) = device(&bobu, 21);
+    let mut cfg = config(&relay, relay.addr(), &k1, &alice);
+    cfg.device.retry = RetryPolicy {
+        base_ms: 20,
+        max_ms: 40,
+        max_attempts: 2,
+        jitter_pct: 0,
+    };
+    cfg.device.failed_report_after_ms = Some(200);
+    let phone = open(dir.path(), "phone", k1.clone(), cfg).await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &bobu),
+    )
+    .await;
+    let mut updates = phone.updates();
+    let c = conv(7);
+    phone
+        .create_conversation(c, vec![bobu.id])
+        .await
+        .expect("create");
+    let first = phone.send(c, b"one".to_vec()).await.expect("send");
+    let second = phone.send(c, b"two".to_vec()).await.expect("send");
+    let reported = async {
+        loop {
+            if let Update::FailedExpired {
+                conversation,
+                messages,
+            } = updates.next().await.expect("updates")
+            {
+                return (conversation, messages);
+            }
+        }
+    };
+    let (conversation, messages) = tokio::time::timeout(Duration::from_secs(20), reported)
+        .await
+        .expect("the FAILED message is reported");
+    assert_eq!(conversation, c);
+    assert_eq!(
+        messages.iter().map(|m| m.message).collect::<Vec<_>>(),
+        vec![second]
+    );
+    // Reported, not dropped: still FAILED, still listed.
+    assert_eq!(statuses(&phone, c, &[second]).await, vec![Status::Failed]);
+    let listed = phone.failed_messages(Duration::ZERO).await.expect("list");
+    assert_eq!(listed, messages);
+    // A SENT message is not FAILED: refused, and nothing dropped.
+    assert!(phone.discard_failed(vec![second, first]).await.is_err());
+    assert_eq!(ids(&phone, c).await, vec![first, second]);
+
+    let dropped = phone.discard_failed(vec![second]).await.expect("discard");
+    assert_eq!(dropped, messages);
+    assert_eq!(ids(&phone, c).await, vec![first]);
+    let outbox = phone.outbox().await.expect("outbox");
+    assert!(outbox.iter().all(|e| e.message != Some(second)));
+    assert!(phone
+        .failed_messages(Duration::ZERO)
+        .await
+        .expect("list")
+        .is_empty());
+    // The chain goes on past the dropped event: the next message reaches Bob, the dropped
+    // one never does.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let third = phone.send(c, b"three".to_vec()).await.expect("send");
+    accept_invitation(&bob, c).await;
+    eventually(20, "third reaches Bob", || async {
+        ids(&bob, c).await == vec![first, third]
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+}

@@ -60,6 +60,10 @@ pub struct DeviceConfig {
     /// mark to itself ([`crate::log::local_read_key`]); by WhatsApp's rule the app then shows
     /// others' READ as DELIVERED too (the replica does).
     pub read_receipts: bool,
+    /// After how long a FAILED message is reported ([`DeviceEvent::FailedExpired`], once per
+    /// failure and process); `None` (the default) reports none. Nothing is dropped on its
+    /// own: the app decides ([`DeviceCore::discard_failed`] or [`DeviceCore::retry`]).
+    pub failed_report_after_ms: Option<u64>,
 }
 
 impl Default for DeviceConfig {
@@ -77,6 +81,7 @@ impl Default for DeviceConfig {
             ack_timeout_ms: 10_000,
             registration: None,
             read_receipts: true,
+            failed_report_after_ms: None,
         }
     }
 }
@@ -161,6 +166,16 @@ pub enum DeviceEvent {
         device: DeviceId,
         /// Done, or why not.
         outcome: Result<(), RequestRefused>,
+    },
+    /// FAILED messages of one conversation that have been FAILED for at least
+    /// [`DeviceConfig::failed_report_after_ms`]: the app may retry them or drop them
+    /// ([`DeviceCore::discard_failed`]). Reported once per failure and process (again after a
+    /// restart, so that a report the app never acted on is not lost).
+    FailedExpired {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The messages, in send order.
+        messages: Vec<crate::log::FailedMessage>,
     },
     /// The relay's `Welcome` said how long it keeps a silent connection
     /// ([`Welcome::idle_timeout_ms`]): a device on battery need not keep it alive more often.
@@ -346,6 +361,8 @@ pub struct DeviceCore {
     /// Per conversation, a sequence up to which the log holds no message of another user
     /// above this device's delivered mark (saves rescanning on every cursor move).
     checked_for_delivery: HashMap<ConversationId, ServerSeq>,
+    /// FAILED messages already reported as expired: (event, when it failed).
+    failed_reported: HashSet<(EventId, u64)>,
     /// Chain gaps already reported (each once per process).
     reported_gaps: HashSet<(ConversationId, DeviceId, u64)>,
     /// Sequences already reported as withheld (a receipt covers them, the log lacks them).
@@ -453,6 +470,7 @@ impl DeviceCore {
             reask: BTreeMap::new(),
             keys_requested: HashSet::new(),
             checked_for_delivery: HashMap::new(),
+            failed_reported: HashSet::new(),
             invitations: BTreeMap::new(),
             blocked: BTreeSet::new(),
             user_actions: VecDeque::new(),
@@ -1498,7 +1516,7 @@ impl DeviceCore {
                         code,
                         reason,
                     });
-                    self.give_up(entry)?;
+                    self.give_up(entry, now_ms)?;
                 }
             }
         }
@@ -1648,7 +1666,7 @@ impl DeviceCore {
         // good (and a lost Create would make every message behind it fail), so they keep
         // trying at the policy's longest delay.
         if entry.message.is_some() && self.config.retry.exhausted(entry.attempts) {
-            return self.give_up(entry);
+            return self.give_up(entry, now_ms);
         }
         entry.next_attempt_ms = now_ms + self.config.retry.delay_ms(entry.attempts, &mut self.rng);
         let changes = self.store.update_outbox(&entry)?;
@@ -1656,8 +1674,10 @@ impl DeviceCore {
         Ok(())
     }
 
-    fn give_up(&mut self, mut entry: OutboxEntry) -> Result<(), DeviceError> {
+    fn give_up(&mut self, mut entry: OutboxEntry, now_ms: u64) -> Result<(), DeviceError> {
         entry.state = OutboxState::Failed;
+        // A FAILED entry is never attempted again on its own: its time says since when.
+        entry.next_attempt_ms = now_ms;
         let changes = self.store.update_outbox(&entry)?;
         self.emit(changes);
         Ok(())
@@ -1728,11 +1748,20 @@ impl DeviceCore {
             }
         }
         self.devices_timeouts(now_ms)?;
+        self.report_failed(now_ms)?;
         self.flush(now_ms)
     }
 
     /// The next time the device wants [`DeviceCore::handle_timeout`] (or to dial).
     pub fn poll_timeout(&mut self) -> Option<u64> {
+        let connection = self.connection_timeout();
+        [connection, self.failed_wakeup()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn connection_timeout(&mut self) -> Option<u64> {
         match self.state {
             State::Offline => self.online_hint.then_some(self.next_connect_ms),
             State::Ready => {
@@ -1769,6 +1798,7 @@ impl DeviceCore {
 }
 
 mod directory_ask;
+mod failed;
 mod linking;
 mod peer_items;
 mod relay_places;

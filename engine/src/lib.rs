@@ -59,7 +59,7 @@ pub use event::{
 };
 pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-pub use log::{Appended, ChainIssue, EventLog, LogError, OutboxEntry, OutboxState};
+pub use log::{Appended, ChainIssue, EventLog, FailedMessage, LogError, OutboxEntry, OutboxState};
 pub use membership::{Membership, MembershipError, Role};
 pub use retry::RetryPolicy;
 pub use status::Status;

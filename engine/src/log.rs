@@ -32,7 +32,8 @@ use index::user_marks;
 pub use index::{local_read_key, LogReader, PageCursor, MAX_PAGE_LEN};
 use records::{covering_statement, read_history};
 pub use records::{
-    Appended, ChainIssue, ConversationMeta, GateRun, OutboxEntry, OutboxState, MAX_GAP_REPORT,
+    Appended, ChainIssue, ConversationMeta, FailedMessage, GateRun, OutboxEntry, OutboxState,
+    MAX_GAP_REPORT,
 };
 use tables::*;
 pub use tables::{SnapshotParts, MAX_CHAIN_REPORTS};

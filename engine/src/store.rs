@@ -21,11 +21,13 @@ use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod evidence;
+mod failed;
 mod history;
 mod keys;
 mod media;
 mod read;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
+pub use failed::MAX_DISCARD_BATCH;
 pub use read::{MessageReader, Rendered};
 #[cfg(test)]
 mod tests;
@@ -95,7 +97,12 @@ pub enum StoreError {
     /// No such message in the outbox.
     #[error("message {0} is not in the outbox")]
     NotInOutbox(MessageId),
-    /// More messages than [`MAX_SEND_BATCH`] for one [`Store::send_all`].
+    /// The message is in the outbox but not FAILED (its retries have not run out): only a
+    /// FAILED message may be discarded.
+    #[error("message {0} is not FAILED")]
+    NotFailed(MessageId),
+    /// More messages than [`MAX_SEND_BATCH`] for one [`Store::send_all`], or than
+    /// [`MAX_DISCARD_BATCH`] for one [`Store::discard_failed`].
     #[error("{len} messages in one send batch, over the limit of {max}")]
     BatchTooLarge {
         /// Messages in the batch.

@@ -176,6 +176,7 @@ pub struct ReplicaBuilder {
     clock: Arc<dyn Clock>,
     device: DeviceConfig,
     read_receipts: bool,
+    failed_report_after: Option<Duration>,
 }
 
 impl ReplicaBuilder {
@@ -189,7 +190,16 @@ impl ReplicaBuilder {
             clock: Arc::new(SystemClock),
             device: DeviceConfig::default(),
             read_receipts: true,
+            failed_report_after: None,
         }
+    }
+
+    /// Report a message that has been FAILED for `age` ([`crate::Update::FailedExpired`], once
+    /// per failure and process; default: never). Nothing is dropped on its own: the app
+    /// retries it ([`crate::Replica::retry`]) or drops it ([`crate::Replica::discard_failed`]).
+    pub fn failed_report_after(mut self, age: Duration) -> Self {
+        self.failed_report_after = Some(age);
+        self
     }
 
     /// Read receipts (default on). Off, the device tells nobody what its user read (no `Read`
@@ -255,6 +265,10 @@ impl ReplicaBuilder {
         config.clock = self.clock;
         config.device = self.device;
         config.device.read_receipts = self.read_receipts;
+        if let Some(age) = self.failed_report_after {
+            config.device.failed_report_after_ms =
+                Some(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        }
         config.device.registration = keys.registration.clone();
         config.storage_key = Some(keys.device.storage_key().clone());
         Ok((self.dir, keys, config))

@@ -429,6 +429,13 @@ impl Driver {
             Command::Retry(m, r) => {
                 let _ = r.send(core.retry(m, now).map_err(Into::into));
             }
+            Command::FailedMessages(age, r) => {
+                let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                let _ = r.send(core.failed_messages(now, age_ms).map_err(Into::into));
+            }
+            Command::DiscardFailed(ids, r) => {
+                let _ = r.send(core.discard_failed(&ids).map_err(Into::into));
+            }
             Command::NetworkChanged(online, r) => {
                 let res = core.network_changed(online, now).map_err(Into::into);
                 if !online {
@@ -751,6 +758,13 @@ fn updates_of(
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
         DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
         DeviceEvent::RemovalAhead(removal) => vec![Update::RemovalAhead(removal)],
+        DeviceEvent::FailedExpired {
+            conversation,
+            messages,
+        } => vec![Update::FailedExpired {
+            conversation,
+            messages,
+        }],
         DeviceEvent::User(change) => match change {
             UserChange::Invited(i) => vec![Update::Invited(i)],
             UserChange::Accepted(info) => vec![Update::Accepted {

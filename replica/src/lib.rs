@@ -75,8 +75,9 @@ pub use tidings_engine::store::{Body, Rendered};
 use tidings_engine::wire::ErrorCode;
 pub use tidings_engine::wire::Invitation;
 pub use tidings_engine::{
-    Change, ConnectionState, ConversationId, DeviceConfig, DeviceId, DeviceKey, EventId, MediaRef,
-    MessageId, MessageView, OutboxEntry, RetryPolicy, ServerSeq, Status, UserId,
+    Change, ConnectionState, ConversationId, DeviceConfig, DeviceId, DeviceKey, EventId,
+    FailedMessage, MediaRef, MessageId, MessageView, OutboxEntry, RetryPolicy, ServerSeq, Status,
+    UserId,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -320,6 +321,15 @@ pub enum Update {
     /// conversation yet (the relay withholds a sequence before it): no new epoch key goes to
     /// that user's devices meanwhile.
     RemovalAhead(tidings_engine::store::RemovalEvidence),
+    /// Messages of one conversation FAILED for longer than
+    /// [`ReplicaBuilder::failed_report_after`]: retry them or drop them
+    /// ([`Replica::discard_failed`]). Reported once per failure (again after a restart).
+    FailedExpired {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The messages, in send order.
+        messages: Vec<FailedMessage>,
+    },
     /// Another user put this user in a conversation (created it listing this user, or added
     /// it): nothing of it reaches this device until the user accepts ([`Replica::accept`]).
     Invited(Invitation),
@@ -484,6 +494,8 @@ enum Command {
     SendMedia(ConversationId, MediaBody, Reply<MessageId>),
     MarkRead(ConversationId, Option<ServerSeq>, Reply<()>),
     Retry(MessageId, Reply<()>),
+    FailedMessages(Duration, Reply<Vec<FailedMessage>>),
+    DiscardFailed(Vec<MessageId>, Reply<Vec<FailedMessage>>),
     NetworkChanged(bool, Reply<()>),
     Conversation(ConversationId, Reply<ConversationSnapshot>),
     Recipients(ConversationId, MessageId, Reply<Vec<RecipientView>>),
@@ -693,6 +705,25 @@ impl Replica {
     /// Tries a FAILED message again.
     pub async fn retry(&self, message: MessageId) -> Result<(), ReplicaError> {
         self.call(|r| Command::Retry(message, r)).await
+    }
+
+    /// The messages that have been FAILED for at least `older_than` (all of them for zero), in
+    /// send order. They stay FAILED until retried or discarded: nothing drops them on its own.
+    pub async fn failed_messages(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<FailedMessage>, ReplicaError> {
+        self.call(|r| Command::FailedMessages(older_than, r)).await
+    }
+
+    /// Drops FAILED messages for good (outbox, indexes, documents; one durable commit) and
+    /// returns them. Every id must name a FAILED message, or nothing is dropped
+    /// ([`tidings_engine::StoreError::NotInOutbox`], [`tidings_engine::StoreError::NotFailed`]).
+    pub async fn discard_failed(
+        &self,
+        messages: Vec<MessageId>,
+    ) -> Result<Vec<FailedMessage>, ReplicaError> {
+        self.call(|r| Command::DiscardFailed(messages, r)).await
     }
 
     /// The operating system's connectivity signal. `true` retries at once.

@@ -1048,3 +1048,5 @@ fn with_read_receipts_off_reading_tells_nobody() {
         );
     }
 }
+
+mod failed;

@@ -54,10 +54,43 @@ pub struct OutboxEntry {
     pub message: Option<MessageId>,
     /// Attempts made so far.
     pub attempts: u32,
-    /// Earliest time of the next attempt (ms since the Unix epoch).
+    /// Earliest time of the next attempt (ms since the Unix epoch); for a FAILED entry, when
+    /// it failed (the time of its last attempt's timeout).
     pub next_attempt_ms: u64,
     /// Queued or failed.
     pub state: OutboxState,
+}
+
+impl OutboxEntry {
+    /// The entry as a FAILED message, if it is one.
+    pub fn as_failed(&self) -> Option<FailedMessage> {
+        match (self.state, self.message) {
+            (OutboxState::Failed, Some(message)) => Some(FailedMessage {
+                message,
+                event: self.event,
+                conversation: self.conversation,
+                failed_since_ms: self.next_attempt_ms,
+                attempts: self.attempts,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// An own message whose retries ran out: it stays FAILED in the outbox, and in every view,
+/// until the app retries it or discards it. Nothing drops it on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedMessage {
+    /// The message.
+    pub message: MessageId,
+    /// Its `Send` event.
+    pub event: EventId,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// When it turned FAILED (ms since the Unix epoch).
+    pub failed_since_ms: u64,
+    /// Attempts made before it did.
+    pub attempts: u32,
 }
 
 /// What appending one event did.

@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod discard;
+
 /// One write transaction over the log's tables. Every table is opened once per transaction,
 /// and per-conversation facts are cached and written back once, at the end.
 pub struct LogTxn<'a> {
