@@ -3,9 +3,7 @@
 
 mod common;
 
-use common::net::{
-    all_at_least, eventually, ids, open_device, relay, start_conversation,
-};
+use common::net::{all_at_least, eventually, ids, open_device, relay, start_conversation};
 use common::user;
 use std::net::SocketAddr;
 use std::sync::Arc;
