@@ -1,5 +1,6 @@
 //! Two replicas reconcile over a peer link on 127.0.0.1 while one of them cannot reach the
-//! relay; the relay later adds nothing twice.
+//! relay; the relay later adds nothing twice. Two replicas find each other on the host's
+//! interfaces by mDNS, with no address passed in, and sync.
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tidings::engine::{ConversationId, Status};
 use tidings::relay::Limits;
-use tidings::replica::peers::{ExplicitPeers, PeerAddr};
+use tidings::replica::peers::mdns::MdnsConfig;
+use tidings::replica::peers::{Discovery, ExplicitPeers, PeerAddr};
 use tidings::transport::{
     client_endpoint, PeerAllowList, PeerConfig, PeerIdentity, PEER_SERVER_NAME,
 };
@@ -110,6 +112,115 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
     })
     .await;
     assert_eq!(ids(&bob, CONV).await, sent);
+    for r in [&phone, &bob, &carol] {
+        r.close().await.expect("close");
+    }
+}
+
+/// The mDNS port of the discovery test: not 5353, so that the host's own responder (if any)
+/// and other tests stay out of it.
+const TEST_MDNS_PORT: u16 = 53_535;
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_find_each_other_on_the_lan_and_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
+    let (alice, bobu, carolu) = (user(1), user(2), user(3));
+    let (k1, _) = device(&alice, 11);
+    let (k2, _) = device(&bobu, 21);
+    let (k3, _) = device(&carolu, 31);
+    let phone = open(
+        dir.path(),
+        "phone",
+        k1.clone(),
+        config(&relay, relay.addr(), &k1, &alice),
+    )
+    .await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        k2.clone(),
+        config(&relay, relay.addr(), &k2, &bobu),
+    )
+    .await;
+    let carol = open(
+        dir.path(),
+        "carol",
+        k3.clone(),
+        config(&relay, relay.addr(), &k3, &carolu),
+    )
+    .await;
+    start_conversation(
+        &phone,
+        &bob,
+        bobu.id,
+        CONV,
+        &[phone.clone(), bob.clone()],
+        20,
+    )
+    .await;
+    bob.network_changed(false).await.expect("offline");
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(
+            phone
+                .send(CONV, format!("m{i}").into_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+
+    // All three advertise; nobody is told an address.
+    let mdns = || MdnsConfig::default().mdns_port(TEST_MDNS_PORT);
+    let phone_link = phone.peer_link(unspecified()).await.expect("phone link");
+    let bob_link = bob.peer_link(unspecified()).await.expect("bob link");
+    let carol_link = carol.peer_link(unspecified()).await.expect("carol link");
+    let phone_lan = phone_link.advertise(mdns()).expect("phone advertises");
+    let bob_lan = bob_link.advertise(mdns()).expect("bob advertises");
+    let carol_lan = carol_link.advertise(mdns()).expect("carol advertises");
+    eventually(
+        20,
+        "Bob's discovery to see Alice's phone by mDNS: no multicast DNS answer came back on \
+         this host's interfaces, so multicast is not available here (the explicit-address \
+         test covers the peer link itself)",
+        || async { bob_lan.peers().iter().any(|p| p.device == phone.device()) },
+    )
+    .await;
+    let found = bob_lan.peers();
+    assert_eq!(
+        found.iter().map(|p| p.device).collect::<Vec<_>>(),
+        vec![phone.device()],
+        "Bob recognises only the device he shares a conversation with: {found:?}"
+    );
+    assert_eq!(
+        found[0].addr.port(),
+        phone_link.local_addr().expect("addr").port()
+    );
+    let reports = bob_link.sync_all(&bob_lan).await;
+    let report = reports[0].1.as_ref().expect("synced");
+    assert_eq!((report.peer, report.received), (phone.device(), 3));
+    eventually(10, "Bob has them from the LAN peer", || async {
+        ids(&bob, CONV).await == sent
+    })
+    .await;
+    // Carol sees the records too, but recognises none: she shares nothing with them.
+    eventually(20, "Alice's phone to see Bob by mDNS", || async {
+        phone_lan.peers().iter().any(|p| p.device == bob.device())
+    })
+    .await;
+    assert!(carol_lan.peers().is_empty(), "{:?}", carol_lan.peers());
+
+    // Alice's phone leaves: its record is withdrawn, and Bob forgets it.
+    phone_lan.close().await.expect("withdrawn");
+    eventually(20, "Bob to forget the withdrawn record", || async {
+        bob_lan.peers().is_empty()
+    })
+    .await;
+    drop((bob_lan, carol_lan));
     for r in [&phone, &bob, &carol] {
         r.close().await.expect("close");
     }

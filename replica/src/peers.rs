@@ -5,7 +5,10 @@
 //! the driver, which owns the device core.
 //!
 //! Where peers are comes from the app ([`ExplicitPeers`]: an address from a QR code or typed
-//! in) or from any other [`Discovery`].
+//! in), from the LAN ([`mdns::MdnsDiscovery`], advertised with [`PeerLink::advertise`]) or from
+//! any other [`Discovery`].
+
+pub mod mdns;
 
 use crate::{Command, Replica, ReplicaError};
 use std::fmt;
@@ -45,8 +48,9 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
 }
 
-/// Where peers are. Implementations: [`ExplicitPeers`] (addresses the app passes in); a LAN
-/// browser or a mobile platform's nearby-devices API can supply others.
+/// Where peers are. Implementations: [`ExplicitPeers`] (addresses the app passes in),
+/// [`mdns::MdnsDiscovery`] (the LAN); a mobile platform's nearby-devices API can supply others.
+/// What a discovery returns is only where to dial: the peer link still checks the device key.
 pub trait Discovery: Send + Sync + fmt::Debug {
     /// The peers known now.
     fn peers(&self) -> Vec<PeerAddr>;

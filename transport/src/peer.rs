@@ -57,6 +57,16 @@ impl PeerAllowList {
         *self.devices.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
+    /// The admitted devices now (discovery matches what it sees on the LAN against them).
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// Stops admitting `device` (a revocation seen, a conversation left).
     pub fn remove(&self, device: &DeviceId) {
         self.devices
