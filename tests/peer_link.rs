@@ -130,30 +130,9 @@ async fn replicas_find_each_other_on_the_lan_and_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), Limits::default()).await;
     let (alice, bobu, carolu) = (user(1), user(2), user(3));
-    let (k1, _) = device(&alice, 11);
-    let (k2, _) = device(&bobu, 21);
-    let (k3, _) = device(&carolu, 31);
-    let phone = open(
-        dir.path(),
-        "phone",
-        k1.clone(),
-        config(&relay, relay.addr(), &k1, &alice),
-    )
-    .await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        k2.clone(),
-        config(&relay, relay.addr(), &k2, &bobu),
-    )
-    .await;
-    let carol = open(
-        dir.path(),
-        "carol",
-        k3.clone(),
-        config(&relay, relay.addr(), &k3, &carolu),
-    )
-    .await;
+    let (phone, _) = open_device(&relay, dir.path(), "phone", &alice, 11).await;
+    let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
+    let (carol, _) = open_device(&relay, dir.path(), "carol", &carolu, 31).await;
     start_conversation(
         &phone,
         &bob,
