@@ -494,3 +494,94 @@ async fn media_crosses_lossy_reordering_links() {
     let (_, dropped_b, _, reordered_b, _) = to_bob.stats.totals();
     assert!(dropped_a > 0 && dropped_b > 0 && reordered_a > 0 && reordered_b > 0);
 }
+
+/// A download dropped part-way keeps its synced prefix: started again, it fetches only the
+/// rest (it failed before this was built: every download started from zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_from_its_synced_prefix() {
+    use futures::StreamExt;
+    use tidings::replica::{MediaDirection, Update, DOWNLOAD_SYNC_INTERVAL};
+    const MIB: u64 = 1024 * 1024;
+    let p = pair(BlobLimits::default()).await;
+    let plain = pattern(40 * MIB as usize, 7);
+    let id = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::Bytes(plain.clone()),
+            b"video".to_vec(),
+            "video/mp4",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&p.bob, p.conv, id).await;
+    uploaded(&p.alice).await;
+    let len = media.cipher_len();
+    let dest = p.root.join("bob-video");
+    let download_progress = |u: Update| match u {
+        Update::MediaProgress {
+            blob,
+            direction: MediaDirection::Download,
+            done,
+            ..
+        } if blob == media.blob => Some(done),
+        _ => None,
+    };
+    // Dropped once it is past the first sync interval.
+    let mut progress = p.bob.updates();
+    let task = tokio::spawn({
+        let (bob, conv, media, dest) = (p.bob.clone(), p.conv, media.clone(), dest.clone());
+        async move { bob.download_media(conv, &media, &dest).await }
+    });
+    let mut seen = 0;
+    while seen <= DOWNLOAD_SYNC_INTERVAL + MIB {
+        let u = tokio::time::timeout(Duration::from_secs(SECS), progress.next())
+            .await
+            .expect("download progress")
+            .expect("updates");
+        seen = download_progress(u).unwrap_or(seen).max(seen);
+    }
+    task.abort();
+    assert!(
+        task.await.is_err(),
+        "the download ended before it was dropped"
+    );
+    assert!(!dest.exists());
+    // Started again: the first piece fetched is the one just past the synced prefix.
+    let mut progress = p.bob.updates();
+    p.bob
+        .download_media(p.conv, &media, &dest)
+        .await
+        .expect("resumed download");
+    let mut after = Vec::new();
+    while after.last() != Some(&len) {
+        let u = tokio::time::timeout(Duration::from_secs(SECS), progress.next())
+            .await
+            .expect("download progress")
+            .expect("updates");
+        after.extend(download_progress(u));
+    }
+    let resumed_at = after[0] - MIB;
+    assert!(
+        resumed_at >= DOWNLOAD_SYNC_INTERVAL && resumed_at.is_multiple_of(DOWNLOAD_SYNC_INTERVAL),
+        "resumed at {resumed_at}, not at a synced prefix"
+    );
+    eprintln!(
+        "download dropped at ≥ {seen} B of {len}; resumed at {resumed_at} B: fetched again \
+         {} B, fetched in all {} B",
+        seen.saturating_sub(resumed_at),
+        seen + len - resumed_at
+    );
+    assert_eq!(std::fs::read(&dest).expect("read"), plain);
+    let media_dir = p.root.join("bob").join("media");
+    let left: Vec<_> = std::fs::read_dir(&media_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left
+            .iter()
+            .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("part" | "got"))),
+        "partial download files left: {left:?}"
+    );
+}

@@ -56,8 +56,8 @@ mod status;
 
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
 pub use media::{
-    JobKind, MediaDirection, MediaError, MediaSource, UploadJob, MAX_MEDIA_LEN, PRECHECK_TIMEOUT,
-    UPLOAD_WINDOW,
+    JobKind, MediaDirection, MediaError, MediaSource, UploadJob, DOWNLOAD_SYNC_INTERVAL,
+    MAX_MEDIA_LEN, PRECHECK_TIMEOUT, UPLOAD_WINDOW,
 };
 pub use status::{ConnectionProblem, ConnectionStatus};
 pub use tidings_engine::media::{BlobDescriptor, MediaBody};

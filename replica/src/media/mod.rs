@@ -14,13 +14,16 @@
 //! uploaded again.
 
 mod local;
+mod partial;
 mod transfer;
 mod worker;
 
 pub use local::{JobKind, MediaSource, UploadJob};
+pub use partial::DOWNLOAD_SYNC_INTERVAL;
 pub use transfer::UPLOAD_WINDOW;
 
 use crate::{Command, Replica, ReplicaError, Update};
+use partial::PartialDownload;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -238,8 +241,11 @@ impl Replica {
     /// Downloads a blob the message of `conversation` references into `dest`, with
     /// [`Update::MediaProgress`]: every piece is checked against the root before it is
     /// kept, and `dest` appears (renamed into place) only once the whole blob verified and
-    /// decrypted — corrupted media is never shown. A blob whose upload has not finished is
-    /// refused with [`BlobRefusal::Incomplete`] (try again later).
+    /// decrypted — corrupted media is never shown. A download that failed or was dropped
+    /// part-way (a network loss, the app restarted) resumes from the prefix it synced (at
+    /// most [`DOWNLOAD_SYNC_INTERVAL`] behind what it had fetched): only the rest is fetched.
+    /// A blob whose upload has not finished is refused with [`BlobRefusal::Incomplete`] (try
+    /// again later).
     pub async fn download_media(
         &self,
         conversation: ConversationId,
@@ -249,27 +255,30 @@ impl Replica {
         let conn = self.media.connection()?;
         let len = media.cipher_len();
         let scratch = self.media.dir.scratch(&hex::encode(media.blob.0));
-        let mut file = File::create(&scratch).map_err(MediaError::from)?;
-        let mut stream = BlobStream::open(&conn).await?;
-        let shared = self.media.clone();
-        let groups = 0..engine_media::n_groups(len);
-        stream
-            .fetch(conversation, media.blob, len, groups, |v| {
-                for (_, bytes) in &v.leaves {
-                    file.write_all(bytes)?;
-                }
-                let done = v.end().unwrap_or(0);
-                shared.progress(media.blob, MediaDirection::Download, done, len);
-                Ok(())
-            })
-            .await?;
-        stream.finish();
-        file.sync_all().map_err(MediaError::from)?;
-        drop(file);
+        let mut part = PartialDownload::open(&scratch, len).map_err(MediaError::from)?;
+        let groups = part.next_group()..engine_media::n_groups(len);
+        if !groups.is_empty() {
+            let mut stream = BlobStream::open(&conn).await?;
+            let shared = self.media.clone();
+            stream
+                .fetch(conversation, media.blob, len, groups, |v| {
+                    part.append(&v)?;
+                    shared.progress(media.blob, MediaDirection::Download, part.held(), len);
+                    Ok(())
+                })
+                .await?;
+            stream.finish();
+        }
+        drop(part);
         let (key, plain_len, dest_owned) = (media.key.clone(), media.len, dest.to_path_buf());
-        tokio::task::spawn_blocking(move || open_file(&scratch, &key, plain_len, &dest_owned))
-            .await
-            .map_err(|_| ReplicaError::Closed)??;
+        let opened = tokio::task::spawn_blocking(move || {
+            let r = open_file(&scratch, &key, plain_len, &dest_owned);
+            // Decrypted, or damaged on disk since it was verified: either way the partial
+            // download has served; a retry starts from zero.
+            partial::remove(&scratch)?;
+            r
+        });
+        opened.await.map_err(|_| ReplicaError::Closed)??;
         Ok(())
     }
 
@@ -369,7 +378,6 @@ fn open_file(cipher: &Path, key: &BlobKey, plain_len: u64, dest: &Path) -> Resul
     }
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, dest)?;
-    std::fs::remove_file(cipher)?;
     Ok(())
 }
 
