@@ -22,14 +22,26 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
+/// Alice's phone and Bob share [`CONV`]; Carol, a stranger to both, is on the same relay.
+struct Scene {
+    _dir: tempfile::TempDir,
+    _relay: tidings::relay::server::RelayHandle,
+    phone: tidings::replica::Replica,
+    bob: tidings::replica::Replica,
+    carol: tidings::replica::Replica,
+    carol_key: tidings::engine::DeviceKey,
+    /// What the phone sent while Bob was away from the relay.
+    sent: Vec<tidings::engine::MessageId>,
+}
+
+/// The [`Scene`] after Bob lost the relay and Alice's phone sent `n` messages.
+async fn bob_away_while_alice_sends(n: usize) -> Scene {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), Limits::default()).await;
     let (alice, bobu, carolu) = (user(1), user(2), user(3));
     let (phone, _) = open_device(&relay, dir.path(), "phone", &alice, 11).await;
     let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
-    let (carol, k3) = open_device(&relay, dir.path(), "carol", &carolu, 31).await;
+    let (carol, carol_key) = open_device(&relay, dir.path(), "carol", &carolu, 31).await;
     start_conversation(
         &phone,
         &bob,
@@ -39,11 +51,9 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
         20,
     )
     .await;
-
-    // Bob loses the relay; Alice's phone sends, and the relay sequences.
     bob.network_changed(false).await.expect("offline");
     let mut sent = Vec::new();
-    for i in 0..5 {
+    for i in 0..n {
         sent.push(
             phone
                 .send(CONV, format!("m{i}").into_bytes())
@@ -51,6 +61,28 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
                 .expect("send"),
         );
     }
+    Scene {
+        _dir: dir,
+        _relay: relay,
+        phone,
+        bob,
+        carol,
+        carol_key,
+        sent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
+    let Scene {
+        _dir,
+        _relay,
+        phone,
+        bob,
+        carol,
+        carol_key: k3,
+        sent,
+    } = bob_away_while_alice_sends(5).await;
     eventually(20, "SENT on the phone", || {
         all_at_least(&phone, CONV, &sent, Status::Sent)
     })
@@ -127,31 +159,15 @@ fn unspecified() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_find_each_other_on_the_lan_and_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = relay(&dir.path().join("relay"), Limits::default()).await;
-    let (alice, bobu, carolu) = (user(1), user(2), user(3));
-    let (phone, _) = open_device(&relay, dir.path(), "phone", &alice, 11).await;
-    let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
-    let (carol, _) = open_device(&relay, dir.path(), "carol", &carolu, 31).await;
-    start_conversation(
-        &phone,
-        &bob,
-        bobu.id,
-        CONV,
-        &[phone.clone(), bob.clone()],
-        20,
-    )
-    .await;
-    bob.network_changed(false).await.expect("offline");
-    let mut sent = Vec::new();
-    for i in 0..3 {
-        sent.push(
-            phone
-                .send(CONV, format!("m{i}").into_bytes())
-                .await
-                .expect("send"),
-        );
-    }
+    let Scene {
+        _dir,
+        _relay,
+        phone,
+        bob,
+        carol,
+        sent,
+        ..
+    } = bob_away_while_alice_sends(3).await;
 
     // All three advertise; nobody is told an address.
     let mdns = || MdnsConfig::default().mdns_port(TEST_MDNS_PORT);
