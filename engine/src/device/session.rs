@@ -1,0 +1,262 @@
+//! A session with the relay: the welcome, the ready state, the conversation list and the
+//! user's changes, catch-up pulls, history gaps and what is reported once caught up.
+
+use super::*;
+
+impl DeviceCore {
+    pub(super) fn on_welcome(&mut self, w: Welcome, now_ms: u64) -> Result<(), DeviceError> {
+        if w.relay != self.relay {
+            return Err(DeviceError::WrongRelay {
+                expected: self.relay,
+                got: w.relay,
+            });
+        }
+        self.config.submit_batch = self
+            .config
+            .submit_batch
+            .min(w.limits.max_submit_batch as usize)
+            .clamp(1, MAX_SUBMIT_BATCH);
+        self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
+        if w.idle_timeout_ms > 0 {
+            self.events.push_back(DeviceEvent::RelayIdle {
+                idle_timeout_ms: u64::from(w.idle_timeout_ms),
+            });
+        }
+        if w.registered {
+            return self.on_ready(now_ms);
+        }
+        let Some(registration) = self.config.registration.clone() else {
+            return Err(DeviceError::Closed {
+                code: ErrorCode::NOT_REGISTERED,
+                message: "device is not registered and has no registration to present".into(),
+            });
+        };
+        let request_id = self.request_id();
+        self.transmit.push_back(ClientFrame::RegisterDevice {
+            request_id,
+            registration,
+        });
+        self.state = State::AwaitRegistered;
+        Ok(())
+    }
+
+    pub(super) fn on_ready(&mut self, now_ms: u64) -> Result<(), DeviceError> {
+        self.state = State::Ready;
+        self.reconnect_attempts = 0;
+        self.events
+            .push_back(DeviceEvent::Connection(ConnectionState::Syncing));
+        while let Some(a) = self.user_actions.pop_front() {
+            self.send_user_action(a);
+        }
+        while let Some(d) = self.device_requests.pop_front() {
+            self.send_device_request(d);
+        }
+        // Flush first, then catch up: what the user wrote offline goes out before anything
+        // else; `flush` sends the Sync once nothing more is due.
+        self.flush(now_ms)
+    }
+
+    pub(super) fn send_sync(&mut self) {
+        self.sync_sent = true;
+        self.send_sync_page(None);
+    }
+
+    /// Asks for one page of the conversation list: the first (`None`), or the one after a
+    /// conversation id. A device asks until an answer names no next page.
+    pub(super) fn send_sync_page(&mut self, after: Option<ConversationId>) {
+        let request_id = self.request_id();
+        let request = match after {
+            None => Request::Sync,
+            Some(_) => Request::SyncPage,
+        };
+        self.requests.insert(request_id, request);
+        self.transmit
+            .push_back(ClientFrame::Sync { request_id, after });
+    }
+
+    /// The invitations and blocks the first Sync page lists: the relay's word replaces what
+    /// this device held; invitations new to it are reported.
+    pub(super) fn listed(&mut self, invitations: Vec<Invitation>, blocked: Vec<UserId>) {
+        let fresh: Vec<Invitation> = invitations
+            .iter()
+            .filter(|i| !self.invitations.contains_key(&i.conversation))
+            .cloned()
+            .collect();
+        self.invitations = invitations
+            .into_iter()
+            .map(|i| (i.conversation, i))
+            .collect();
+        self.blocked = blocked.into_iter().collect();
+        for i in fresh {
+            self.events
+                .push_back(DeviceEvent::User(UserChange::Invited(i)));
+        }
+    }
+
+    /// A durable change of the user's state, from this device's request or another's.
+    pub(super) fn on_user_change(&mut self, change: UserChange) -> Result<(), DeviceError> {
+        match &change {
+            UserChange::Invited(i) => {
+                self.invitations.insert(i.conversation, i.clone());
+            }
+            UserChange::Accepted(info) => {
+                self.invitations.remove(&info.conversation);
+                self.catch_up_on(info)?;
+            }
+            UserChange::Declined(c) => {
+                self.invitations.remove(c);
+            }
+            UserChange::Blocked(u) => {
+                self.blocked.insert(*u);
+                self.invitations.retain(|_, i| i.inviter != *u);
+            }
+            UserChange::Unblocked(u) => {
+                self.blocked.remove(u);
+            }
+        }
+        self.events.push_back(DeviceEvent::User(change));
+        Ok(())
+    }
+
+    /// Starts catching up on a conversation the relay lists: pulls what is missing after
+    /// the stored cursor.
+    pub(super) fn catch_up_on(
+        &mut self,
+        info: &ConversationInfo,
+    ) -> Result<ServerSeq, DeviceError> {
+        let target = self.targets.entry(info.conversation).or_insert(0);
+        *target = (*target).max(info.max_seq);
+        let cursor = self.store.log().cursor(&cursor_key(&info.conversation))?;
+        if info.max_seq > cursor {
+            self.pull(info.conversation, cursor);
+        }
+        Ok(cursor)
+    }
+
+    pub(super) fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
+        if !self.pulling.insert(conversation) {
+            return;
+        }
+        let request_id = self.request_id();
+        self.requests
+            .insert(request_id, Request::Pull(conversation));
+        self.transmit.push_back(ClientFrame::Pull {
+            request_id,
+            conversation,
+            after_seq,
+            limit: self.config.pull_limit,
+        });
+    }
+
+    /// Records a range the relay no longer holds (see [`DeviceEvent::HistoryGap`]). The
+    /// range is the relay's word, as everything it serves is; it is cut at the highest
+    /// sequence the relay announced, so an answer cannot make the device step over sequences
+    /// that do not exist yet.
+    pub(super) fn on_history_gap(
+        &mut self,
+        conversation: ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let to = match self.targets.get(&conversation) {
+            Some(&target) => to.min(target),
+            None => to,
+        };
+        if from == 0 || to < from {
+            return Ok(());
+        }
+        tracing::info!(%conversation, from, to, "the relay no longer holds a range of history");
+        self.gap_conversations.insert(conversation);
+        let out = self.store.record_history_gap(conversation, from, to)?;
+        self.emit_outcome(out, now_ms);
+        self.events.push_back(DeviceEvent::HistoryGap {
+            conversation,
+            from,
+            to,
+        });
+        Ok(())
+    }
+
+    pub(super) fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    pub(super) fn report_if_caught_up(&mut self) -> Result<(), DeviceError> {
+        if self.state == State::Ready && self.caught_up() {
+            self.events
+                .push_back(DeviceEvent::Connection(ConnectionState::Online));
+            if !self.gaps_checked {
+                self.gaps_checked = true;
+                self.report_gaps()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Once caught up, every author's chain the log holds should be complete up to its
+    /// highest event: what is missing below was withheld or dropped (or the author has not
+    /// managed to send it yet: a message that went FAILED there, or that the relay refused).
+    /// Reported once per missing place.
+    pub(super) fn report_gaps(&mut self) -> Result<(), DeviceError> {
+        let mut convs: Vec<ConversationId> = self.targets.keys().copied().collect();
+        convs.sort();
+        for conversation in convs {
+            // Where the relay said it dropped history, authors' chains have holes by design.
+            let dropped = self.gap_conversations.contains(&conversation)
+                || !self.store.log().history_gaps(conversation)?.is_empty();
+            let issues = if dropped {
+                Vec::new()
+            } else {
+                self.store.log().chain_gaps(conversation)?
+            };
+            for issue in issues {
+                let ChainIssue::Gap {
+                    author, missing, ..
+                } = &issue
+                else {
+                    continue;
+                };
+                let fresh: Vec<u64> = missing
+                    .iter()
+                    .copied()
+                    .filter(|n| self.reported_gaps.insert((conversation, *author, *n)))
+                    .collect();
+                if !fresh.is_empty() {
+                    tracing::warn!(%conversation, %author, missing = ?fresh, "gap in an author's chain");
+                    self.events.push_back(DeviceEvent::Chain(ChainIssue::Gap {
+                        conversation,
+                        author: *author,
+                        missing: fresh,
+                    }));
+                }
+            }
+            let Some(&listed_seq) = self.synced.get(&conversation) else {
+                continue;
+            };
+            if let Some(ChainIssue::Withheld {
+                receipt_up_to,
+                missing,
+                ..
+            }) = self.store.log().receipt_gap(conversation, listed_seq)?
+            {
+                let fresh: Vec<ServerSeq> = missing
+                    .into_iter()
+                    .filter(|n| self.reported_withheld.insert((conversation, *n)))
+                    .collect();
+                if !fresh.is_empty() {
+                    tracing::warn!(%conversation, receipt_up_to, missing = ?fresh, "sequences a receipt covers were withheld");
+                    self.events
+                        .push_back(DeviceEvent::Chain(ChainIssue::Withheld {
+                            conversation,
+                            receipt_up_to,
+                            missing: fresh,
+                        }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
