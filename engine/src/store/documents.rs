@@ -1,0 +1,168 @@
+//! The store's loaded documents: snapshots, loading and rebuilding from the log, folding
+//! what is new, eviction when too many are loaded.
+
+use super::*;
+
+impl Store {
+    /// Snapshots every loaded document that folded events since its last snapshot.
+    pub fn snapshot_all(&mut self) -> Result<(), StoreError> {
+        let convs: Vec<ConversationId> = self
+            .docs
+            .iter()
+            .filter(|(_, l)| l.since_snapshot > 0)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in convs {
+            self.snapshot(c)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every loaded document (they reload from snapshot + log tail on next use).
+    pub fn unload_all(&mut self) {
+        self.docs.clear();
+    }
+
+    pub(super) fn snapshot(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
+        let Some(l) = self.docs.get_mut(&conversation) else {
+            return Ok(());
+        };
+        // Only the documents written since their last save (the head always): a snapshot
+        // costs what was folded, not the conversation's history.
+        let parts = l.doc.save_parts();
+        let position = l.position;
+        l.since_snapshot = 0;
+        self.log.write_lazy(|t| {
+            for (part, bytes) in &parts {
+                t.put_snapshot_part(conversation, part.to_u64(), position, bytes)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn loaded(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<&mut Loaded, StoreError> {
+        self.tick += 1;
+        let tick = self.tick;
+        let l = self
+            .docs
+            .get_mut(&conversation)
+            .ok_or(StoreError::Doc(DocError::Op("document not loaded".into())))?;
+        l.last_used = tick;
+        Ok(l)
+    }
+
+    /// Folds events already appended at the given positions into the loaded document.
+    pub(super) fn fold_new(
+        &mut self,
+        conversation: ConversationId,
+        events: &[(u64, &Event)],
+    ) -> Result<Vec<Change>, StoreError> {
+        let every = self.config.snapshot_every;
+        let l = self.loaded(conversation)?;
+        let mut changes = Vec::new();
+        for (position, ev) in events {
+            if *position <= l.position {
+                continue;
+            }
+            changes.extend(l.doc.fold(ev)?);
+            l.position = *position;
+            l.since_snapshot += 1;
+        }
+        l.doc.commit();
+        if l.since_snapshot >= every {
+            self.snapshot(conversation)?;
+        }
+        Ok(changes)
+    }
+
+    pub(super) fn actor(&self, conversation: ConversationId) -> ActorId {
+        // Device, conversation and log incarnation: unique per (device, rebuild).
+        let mut bytes = Vec::with_capacity(32 + 16 + 8);
+        bytes.extend_from_slice(&self.key.device().0[..16]);
+        bytes.extend_from_slice(&conversation.0);
+        bytes.extend_from_slice(&self.log.incarnation().to_be_bytes());
+        ActorId::from(bytes)
+    }
+
+    /// Loads a conversation's document if it is not in memory: the snapshot if it loads, else
+    /// an empty document; then the log tail after the snapshot. A snapshot that fails to load
+    /// is dropped and the document rebuilt from the log (the log is the truth).
+    pub(super) fn ensure_loaded(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
+        if self.docs.contains_key(&conversation) {
+            return Ok(());
+        }
+        self.evict_if_full()?;
+        let actor = self.actor(conversation);
+        let (mut doc, mut position) = match self.log.snapshot_parts(conversation)? {
+            Some((pos, rows)) => {
+                let parts: Vec<(PartId, &[u8])> = rows
+                    .iter()
+                    .map(|(k, b)| (PartId::from_u64(*k), b.as_slice()))
+                    .collect();
+                match ConversationDoc::load_parts(conversation, &parts, actor.clone()) {
+                    Ok(doc) => (doc, pos),
+                    Err(err) => {
+                        tracing::warn!(%conversation, %err, "snapshot unusable; rebuilding from the log");
+                        self.log.write_lazy(|t| t.drop_snapshot(conversation))?;
+                        (ConversationDoc::new(conversation, actor), 0)
+                    }
+                }
+            }
+            None => (ConversationDoc::new(conversation, actor), 0),
+        };
+        let tail = self.log.conversation_events(conversation, position)?;
+        let since_snapshot = tail.len() as u64;
+        for (pos, ev) in &tail {
+            doc.fold(ev)?;
+            position = *pos;
+        }
+        // Every membership the gate admitted, not only the latest: a message's recipients are
+        // the members at its sequence (a snapshot older than a change, or none, lacks some).
+        // The gate writes each change's row in the transaction that admits it, the latest
+        // (`gate.changed_at`) included.
+        for (seq, members) in self.log.membership_history(conversation)? {
+            doc.set_members(seq, members)?;
+        }
+        doc.commit();
+        let failed: Vec<MessageId> = self
+            .outbox_entries()?
+            .filter(|e| e.conversation == conversation && e.state == OutboxState::Failed)
+            .filter_map(|e| e.message)
+            .collect();
+        for m in failed {
+            doc.set_failed(m, true);
+        }
+        self.tick += 1;
+        self.docs.insert(
+            conversation,
+            Loaded {
+                doc,
+                position,
+                since_snapshot,
+                last_used: self.tick,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) fn evict_if_full(&mut self) -> Result<(), StoreError> {
+        if self.docs.len() < self.config.max_loaded_docs.max(1) {
+            return Ok(());
+        }
+        let Some(victim) = self
+            .docs
+            .iter()
+            .min_by_key(|(_, l)| l.last_used)
+            .map(|(c, _)| *c)
+        else {
+            return Ok(());
+        };
+        self.snapshot(victim)?;
+        self.docs.remove(&victim);
+        Ok(())
+    }
+}
