@@ -6,7 +6,7 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::net::{accept_invitation, config, eventually, open, relay};
+use common::net::{accept_invitation, config, eventually, open, open_device, relay};
 use common::{device, user};
 use procs::{spawn_device, DeviceArgs, Proc};
 use rand::rngs::StdRng;
@@ -84,14 +84,7 @@ async fn device_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
     let relay = relay(&dir.path().join("relay"), Limits::default()).await;
     let (alice, bob) = (user(1), user(2));
     let (phone, _) = device(&alice, 11);
-    let (bob_key, _) = device(&bob, 21);
-    let bob_phone = open(
-        dir.path(),
-        "bob",
-        bob_key.clone(),
-        config(&relay, relay.addr(), &bob_key, &bob),
-    )
-    .await;
+    let (bob_phone, _) = open_device(&relay, dir.path(), "bob", &bob, 21).await;
     let phone_dir = dir.path().join("phone");
     let fingerprint = relay.fingerprint().to_string();
     let args = DeviceArgs {
@@ -185,14 +178,7 @@ async fn device_killed_mid_upload_resumes_from_the_verified_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), Limits::default()).await;
     let bob = user(2);
-    let (bob_key, _) = device(&bob, 22);
-    let bob_phone = open(
-        dir.path(),
-        "bob",
-        bob_key.clone(),
-        config(&relay, relay.addr(), &bob_key, &bob),
-    )
-    .await;
+    let (bob_phone, _) = open_device(&relay, dir.path(), "bob", &bob, 22).await;
     let phone_dir = dir.path().join("phone");
     let fingerprint = relay.fingerprint().to_string();
     let args = DeviceArgs {

@@ -358,15 +358,21 @@ async fn multi_device_sent_on_laptop_read_state_on_phone() {
     t.relay.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_retries_fail_and_retry_delivers() {
-    // One event per second per device, a burst of three: the create, the first epoch's
-    // keys and one message pass; the second message is refused until the rate refills.
+/// A relay that takes one event per second per device (a burst of three), Alice's phone with
+/// two quick attempts per event (and `failed_report_after_ms`), and Bob's device.
+async fn rate_limited_pair(
+    failed_report_after_ms: Option<u64>,
+) -> (
+    tempfile::TempDir,
+    tidings::relay::server::RelayHandle,
+    tidings::replica::Replica,
+    tidings::replica::Replica,
+    common::User,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 3)).await;
     let (alice, bobu) = (user(1), user(2));
     let (k1, _) = device(&alice, 11);
-    let (k3, _) = device(&bobu, 21);
     let mut cfg = config(&relay, relay.addr(), &k1, &alice);
     cfg.device.retry = RetryPolicy {
         base_ms: 20,
@@ -374,14 +380,17 @@ async fn exhausted_retries_fail_and_retry_delivers() {
         max_attempts: 2,
         jitter_pct: 0,
     };
-    let phone = open(dir.path(), "phone", k1.clone(), cfg).await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        k3.clone(),
-        config(&relay, relay.addr(), &k3, &bobu),
-    )
-    .await;
+    cfg.device.failed_report_after_ms = failed_report_after_ms;
+    let phone = open(dir.path(), "phone", k1, cfg).await;
+    let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
+    (dir, relay, phone, bob, bobu)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_fail_and_retry_delivers() {
+    // One event per second per device, a burst of three: the create, the first epoch's
+    // keys and one message pass; the second message is refused until the rate refills.
+    let (_dir, relay, phone, bob, bobu) = rate_limited_pair(None).await;
     let c = conv(6);
     phone
         .create_conversation(c, vec![bobu.id])
@@ -502,27 +511,7 @@ async fn an_incoming_message_arrives_rendered_with_its_body() {
 async fn a_failed_message_is_reported_once_and_dropped_only_on_the_apps_word() {
     // As above: the create, the epoch's keys and `first` pass; `second` is refused until the
     // rate refills, and its two attempts run out.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = relay(&dir.path().join("relay"), Limits::default().with_rate(1, 3)).await;
-    let (alice, bobu) = (user(1), user(2));
-    let (k1, _) = device(&alice, 11);
-    let (k3, _) = device(&bobu, 21);
-    let mut cfg = config(&relay, relay.addr(), &k1, &alice);
-    cfg.device.retry = RetryPolicy {
-        base_ms: 20,
-        max_ms: 40,
-        max_attempts: 2,
-        jitter_pct: 0,
-    };
-    cfg.device.failed_report_after_ms = Some(200);
-    let phone = open(dir.path(), "phone", k1.clone(), cfg).await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        k3.clone(),
-        config(&relay, relay.addr(), &k3, &bobu),
-    )
-    .await;
+    let (_dir, relay, phone, bob, bobu) = rate_limited_pair(Some(200)).await;
     let mut updates = phone.updates();
     let c = conv(7);
     phone
