@@ -2,19 +2,16 @@
 
 mod common;
 
-use common::{device, user, World, CONV};
+use common::{user, World, CONV};
 use tidings::engine::{MessageId, Status};
 
 #[test]
 fn seed_scenario_pending_to_read_across_an_outage() {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let (k, r) = device(&alice, 11);
-    let phone = w.add_device(k, r);
-    let (k, r) = device(&alice, 12);
-    let laptop = w.add_device(k, r);
-    let (k, r) = device(&bob, 21);
-    let bob_phone = w.add_device(k, r);
+    let phone = w.add_device_of(&alice, 11);
+    let laptop = w.add_device_of(&alice, 12);
+    let bob_phone = w.add_device_of(&bob, 21);
 
     // Alice creates the conversation while online; everyone syncs it.
     w.set_online(phone, true);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{device, user, World, CONV};
+use common::{user, World, CONV};
 use tidings::engine::peer::{admitted_peers, PeerError, PeerFrame, PeerSession};
 use tidings::engine::wire::{frame_bytes, DeviceRevocation, FrameDecoder, MAX_FRAME_LEN};
 use tidings::engine::{DeviceId, MessageId};
@@ -69,10 +69,8 @@ fn message_ids(w: &mut World, idx: usize) -> Vec<MessageId> {
 fn bob_missed(n: u8) -> (World, usize, usize, Vec<MessageId>) {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let (k, r) = device(&alice, 11);
-    let phone = w.add_device(k, r);
-    let (k, r) = device(&bob, 21);
-    let bob_phone = w.add_device(k, r);
+    let phone = w.add_device_of(&alice, 11);
+    let bob_phone = w.add_device_of(&bob, 21);
     w.set_online(phone, true);
     w.devices[phone]
         .core
@@ -169,8 +167,7 @@ fn a_peer_cannot_forge_or_inject_events() {
 fn only_devices_that_share_a_conversation_are_peers() {
     let (mut w, phone, bob_phone, _) = bob_missed(1);
     let stranger = user(3);
-    let (k, r) = device(&stranger, 31);
-    let outsider = w.add_device(k, r);
+    let outsider = w.add_device_of(&stranger, 31);
     w.set_online(outsider, true);
     w.run(5_000);
     let outsider_id = device_id(&w, outsider);
@@ -193,12 +190,9 @@ fn only_devices_that_share_a_conversation_are_peers() {
 fn a_revoked_device_is_no_peer() {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let (k, r) = device(&alice, 11);
-    let phone = w.add_device(k, r);
-    let (k, r) = device(&alice, 12);
-    let laptop = w.add_device(k, r);
-    let (k, r) = device(&bob, 21);
-    let bob_phone = w.add_device(k, r);
+    let phone = w.add_device_of(&alice, 11);
+    let laptop = w.add_device_of(&alice, 12);
+    let bob_phone = w.add_device_of(&bob, 21);
     for d in [phone, laptop, bob_phone] {
         w.set_online(d, true);
     }

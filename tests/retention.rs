@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{device, user, World, CONV};
+use common::{user, World, CONV};
 use tidings::engine::DeviceEvent;
 use tidings::engine::{MessageId, ServerSeq};
 use tidings::relay::core::Retention;
@@ -64,12 +64,9 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     let (alice, bob, carol) = (user(1), user(2), user(3));
     let mut w = World::new(9);
     w.relay.set_retention(Retention::default());
-    let (k, r) = device(&alice, 11);
-    let a = w.add_device(k, r);
-    let (k, r) = device(&bob, 21);
-    let b = w.add_device(k, r);
-    let (k, r) = device(&carol, 31);
-    let c = w.add_device(k, r);
+    let a = w.add_device_of(&alice, 11);
+    let b = w.add_device_of(&bob, 21);
+    let c = w.add_device_of(&carol, 31);
     for d in [a, b, c] {
         w.set_online(d, true);
     }

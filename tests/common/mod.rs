@@ -82,6 +82,12 @@ impl World {
         }
     }
 
+    /// Adds a device of `user` whose key comes from `seed` ([`device`]).
+    pub fn add_device_of(&mut self, user: &User, seed: u8) -> usize {
+        let (key, reg) = device(user, seed);
+        self.add_device(key, reg)
+    }
+
     pub fn add_device(&mut self, key: DeviceKey, reg: DeviceRegistration) -> usize {
         let relay_id = self.relay.relay_id();
         let store = Store::new(
