@@ -12,8 +12,8 @@ mod common;
 use common::{device, user, World};
 use tidings::engine::peer::{PeerFrame, PeerSession};
 use tidings::engine::store::Body;
-use tidings::engine::wire::{frame_bytes, DeviceRegistration, FrameDecoder, MAX_FRAME_LEN};
 use tidings::engine::store::Outgoing;
+use tidings::engine::wire::{frame_bytes, DeviceRegistration, FrameDecoder, MAX_FRAME_LEN};
 use tidings::engine::{ConversationId, DeviceId};
 
 /// Messages per conversation.
