@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tidings_engine::{ConversationId, UserId};
-use tidings_replica::RelayPin;
+use tidings_replica::{HistoryPolicy, RelayPin};
 
 /// File of the settings.
 pub const SETTINGS_FILE: &str = "tidings.toml";
@@ -230,4 +230,33 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
         bail!("'{name}' is not a usable name (1 to {MAX_NAME_LEN} characters, no ':')");
     }
     Ok(())
+}
+
+/// The `--history` flag: `all`, `none`, or a number of days (`30d` or `30`).
+pub fn parse_history(s: &str) -> Result<HistoryPolicy, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "all" => Ok(HistoryPolicy::All),
+        "none" | "nothing" => Ok(HistoryPolicy::Nothing),
+        other => other
+            .strip_suffix('d')
+            .unwrap_or(other)
+            .parse::<u32>()
+            .map(HistoryPolicy::LastDays)
+            .map_err(|_| format!("`{s}`: expected all, none, or a number of days such as 30d")),
+    }
+}
+
+#[cfg(test)]
+mod history_flag_tests {
+    use super::*;
+
+    #[test]
+    fn the_history_flag_reads_all_none_and_days() {
+        assert_eq!(parse_history("all"), Ok(HistoryPolicy::All));
+        assert_eq!(parse_history("None"), Ok(HistoryPolicy::Nothing));
+        assert_eq!(parse_history("30d"), Ok(HistoryPolicy::LastDays(30)));
+        assert_eq!(parse_history("7"), Ok(HistoryPolicy::LastDays(7)));
+        assert!(parse_history("soon").is_err());
+        assert!(parse_history("-3d").is_err());
+    }
 }

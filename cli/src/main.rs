@@ -15,7 +15,8 @@ use tidings_cli::app::{App, AppEvent, Key};
 use tidings_cli::backend::{conn, printable, Names, ReplicaBackend};
 use tidings_cli::home::Carried;
 use tidings_cli::home::{
-    check_name, contact_code, pair_conversation, parse_contact_code, Contact, Home, Settings,
+    check_name, contact_code, pair_conversation, parse_contact_code, parse_history, Contact, Home,
+    Settings,
 };
 use tidings_cli::session::{bus, Session};
 use tidings_engine::link::LinkError;
@@ -23,7 +24,7 @@ use tidings_engine::DeviceId;
 use tidings_engine::{ConnectionState, ConversationId, Status, UserId};
 use tidings_replica::keystore::{Keys, KeystoreError};
 use tidings_replica::link::{LinkBundle, LinkJoinError};
-use tidings_replica::{Body, ConnectionProblem, RelayPin, Replica, ReplicaError};
+use tidings_replica::{Body, ConnectionProblem, HistoryPolicy, RelayPin, Replica, ReplicaError};
 use tokio::time::Instant;
 
 /// The longest `--wait`: a deadline past it could overflow the clock.
@@ -52,6 +53,10 @@ struct Cli {
     #[arg(long, default_value_t = 10, global = true,
           value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     wait: u64,
+    /// How much history this device hands a newly linked device of the user, and takes when
+    /// it is the new one: `all`, `none`, or a number of days (`30d`).
+    #[arg(long, default_value = "all", global = true, value_parser = parse_history)]
+    history: HistoryPolicy,
     #[command(subcommand)]
     command: Command,
 }
@@ -270,6 +275,7 @@ async fn open(home: &Home, cli: &Cli) -> anyhow::Result<Device> {
         .relay(settings.relay.clone(), pin)
         .keys(keys.clone())
         .read_receipts(settings.read_receipts)
+        .history(cli.history)
         .open()
         .await
         .map_err(|e| match e {

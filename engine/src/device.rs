@@ -128,6 +128,18 @@ pub enum DeviceEvent {
         /// Last sequence gone.
         to: ServerSeq,
     },
+    /// History from another device of this user over a peer link ([`crate::history`]):
+    /// events and epoch keys taken so far in the session; `done` once the peer sent all.
+    HistoryProgress {
+        /// The peer device.
+        peer: DeviceId,
+        /// Events received.
+        events: u64,
+        /// Epoch keys taken (epochs readable now).
+        keys: u64,
+        /// The peer sent everything.
+        done: bool,
+    },
     /// A break in an author's chain of events (see [`ChainIssue`]): events were withheld,
     /// dropped or reordered on the way, or an author signed two events for one place. Forks,
     /// broken links, equivocations and head mismatches are given again by every

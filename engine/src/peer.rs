@@ -314,6 +314,23 @@ impl PeerSession {
         frame: PeerFrame,
         now_ms: u64,
     ) -> Result<(), PeerError> {
+        let progress = matches!(
+            frame,
+            PeerFrame::Items { .. } | PeerFrame::HistoryKeys { .. } | PeerFrame::Done
+        );
+        self.take_frame(core, frame, now_ms)?;
+        if self.own && progress && (self.n_received > 0 || self.n_keys > 0) {
+            core.report_history_progress(self.peer, self.n_received, self.n_keys, self.done);
+        }
+        Ok(())
+    }
+
+    fn take_frame(
+        &mut self,
+        core: &mut DeviceCore,
+        frame: PeerFrame,
+        now_ms: u64,
+    ) -> Result<(), PeerError> {
         match frame {
             PeerFrame::Hello {
                 protocol_version,

@@ -2,7 +2,7 @@
 //! [`Connectivity`], [`Clock`]).
 
 use crate::keystore::Keys;
-use crate::{Replica, ReplicaConfig, ReplicaError};
+use crate::{HistoryPolicy, Replica, ReplicaConfig, ReplicaError};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -174,6 +174,7 @@ pub struct ReplicaBuilder {
     profile: Profile,
     connectivity: Connectivity,
     clock: Arc<dyn Clock>,
+    history: HistoryPolicy,
     device: DeviceConfig,
     read_receipts: bool,
     failed_report_after: Option<Duration>,
@@ -188,6 +189,7 @@ impl ReplicaBuilder {
             profile: Profile::default(),
             connectivity: Connectivity::default(),
             clock: Arc::new(SystemClock),
+            history: HistoryPolicy::All,
             device: DeviceConfig::default(),
             read_receipts: true,
             failed_report_after: None,
@@ -242,6 +244,14 @@ impl ReplicaBuilder {
         self
     }
 
+    /// How much history a new device of the user gets from this one, and this one takes when
+    /// it is new (default [`HistoryPolicy::All`]: every conversation key; `LastDays(n)`: the
+    /// epochs in use during the last `n` days; `Nothing`).
+    pub fn history(mut self, policy: HistoryPolicy) -> Self {
+        self.history = policy;
+        self
+    }
+
     /// Outbox, retry, reconnect and catch-up settings (default [`DeviceConfig::default`]).
     /// The registration comes from [`keys`](Self::keys) whatever this holds.
     pub fn device_config(mut self, device: DeviceConfig) -> Self {
@@ -263,6 +273,7 @@ impl ReplicaBuilder {
         config.profile = self.profile;
         config.connectivity = self.connectivity;
         config.clock = self.clock;
+        config.history = self.history;
         config.device = self.device;
         config.device.read_receipts = self.read_receipts;
         if let Some(age) = self.failed_report_after {

@@ -70,6 +70,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tidings_engine::conversation::RecipientView;
+pub use tidings_engine::history::HistoryPolicy;
 use tidings_engine::log::ConversationMeta;
 pub use tidings_engine::log::{PageCursor, MAX_PAGE_LEN};
 use tidings_engine::store::MessageReader;
@@ -122,6 +123,10 @@ pub struct ReplicaConfig {
     /// Bytes of the log's page cache (default [`tidings_engine::log::LOG_CACHE_BYTES`]): the
     /// most of the device's memory that grows with what it reads and writes.
     pub log_cache_bytes: usize,
+    /// How much of the user's history this device hands a new device of the user, and
+    /// takes when it is the new one (default [`HistoryPolicy::All`]; see
+    /// [`tidings_engine::history`]).
+    pub history: HistoryPolicy,
 }
 
 impl ReplicaConfig {
@@ -147,6 +152,7 @@ impl ReplicaConfig {
             connectivity: Connectivity::App,
             clock: Arc::new(SystemClock),
             log_cache_bytes: tidings_engine::log::LOG_CACHE_BYTES,
+            history: HistoryPolicy::All,
         }
     }
 }

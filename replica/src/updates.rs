@@ -145,6 +145,19 @@ pub enum Update {
         /// Why, for people.
         reason: String,
     },
+    /// History from another device of this user over a peer link (a new device receiving
+    /// the user's past): events and epoch keys taken so far; `done` once the peer sent all.
+    /// The device is usable meanwhile: what arrived is shown as it is folded.
+    HistoryProgress {
+        /// The device handing the history over.
+        peer: DeviceId,
+        /// Events received.
+        events: u64,
+        /// Epoch keys taken (conversation epochs readable now).
+        keys: u64,
+        /// The peer sent everything.
+        done: bool,
+    },
     /// This subscriber fell behind and missed `missed` updates: re-read what is on screen.
     Lagged {
         /// Updates dropped for this subscriber.

@@ -30,6 +30,22 @@ impl DeviceCore {
         Ok(outcome)
     }
 
+    /// Reports a history session's progress ([`DeviceEvent::HistoryProgress`]).
+    pub(crate) fn report_history_progress(
+        &mut self,
+        peer: DeviceId,
+        events: u64,
+        keys: u64,
+        done: bool,
+    ) {
+        self.events.push_back(DeviceEvent::HistoryProgress {
+            peer,
+            events,
+            keys,
+            done,
+        });
+    }
+
     /// Certificates the relay listed: every other device of this user gets the history keys
     /// it is not known to hold, through the relay ([`Store::share_history`]), so a device
     /// linked while this one is online reads the past even after this one goes off.
@@ -41,8 +57,8 @@ impl DeviceCore {
         let me = self.store.key().user();
         let mut shared = false;
         for r in registrations.iter().filter(|r| r.user == me) {
-            let changes = self.store.share_history(r.device, now_ms)?;
-            shared |= !changes.is_empty();
+            let (n_shared, changes) = self.store.share_history(r.device, now_ms)?;
+            shared |= n_shared > 0;
             self.emit(changes);
         }
         if shared {

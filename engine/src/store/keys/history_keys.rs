@@ -151,18 +151,20 @@ impl Store {
     /// Shares the epoch keys the policy offers with `device` (another device of this user)
     /// through the relay: the `EpochKeys` re-shares a key request is answered with, one per
     /// epoch the device is not known to hold and no queued share already carries. Nothing
-    /// for any other device, or when bodies are not encrypted.
+    /// for any other device, or when bodies are not encrypted. Returns how many epochs were
+    /// shared (events now in the outbox) and the changes to show.
     pub fn share_history(
         &mut self,
         device: DeviceId,
         now_ms: u64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<(usize, Vec<Change>), StoreError> {
         if !self.config.encrypt {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         }
         let Some(public) = self.own_device(device)? else {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         };
+        let mut n_shared = 0;
         let mut changes = Vec::new();
         for (conversation, epoch) in self.history_epochs(now_ms)? {
             let held = self
@@ -173,11 +175,12 @@ impl Store {
                 continue;
             }
             changes.extend(self.share_epoch(conversation, epoch, &[(device, public)], now_ms)?);
+            n_shared += 1;
         }
-        if !changes.is_empty() {
-            tracing::debug!(%device, "shared history keys with a new device of this user");
+        if n_shared > 0 {
+            tracing::debug!(%device, n_shared, "shared history keys with a device of this user");
         }
-        Ok(changes)
+        Ok((n_shared, changes))
     }
 
     /// Takes in the history keys another device of this user sealed to this one (see
