@@ -36,6 +36,8 @@ pub struct LogTxn<'a> {
     chain_reports: redb::Table<'a, u64, &'static [u8]>,
     pub(super) gaps: redb::Table<'a, (Conv, u64), u64>,
     early: redb::Table<'a, Id32, (Conv, u64)>,
+    pub(super) erased: redb::Table<'a, Id32, super::erase::ErasedValue>,
+    pub(super) retention: redb::Table<'a, (Conv, u64), &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
     /// Next fold position per conversation, once looked up.
     fold_next: HashMap<ConversationId, u64>,
@@ -79,6 +81,8 @@ impl<'a> LogTxn<'a> {
             chain_reports: txn.open_table(CHAIN_REPORTS)?,
             gaps: txn.open_table(super::gaps::HISTORY_GAPS)?,
             early: txn.open_table(EARLY)?,
+            erased: txn.open_table(super::erase::ERASED)?,
+            retention: txn.open_table(super::erase::RETENTION)?,
             metas: HashMap::new(),
             fold_next: HashMap::new(),
             next_position: None,
@@ -190,7 +194,7 @@ impl<'a> LogTxn<'a> {
     /// Writes the event and its append-time indexes. False for a duplicate.
     fn store(&mut self, event: &Event) -> Result<bool, LogError> {
         let id = event.id();
-        if self.events.get(&id.0)?.is_some() {
+        if self.events.get(&id.0)?.is_some() || self.is_erased(&id)? {
             return Ok(false);
         }
         let position = match self.next_position {
@@ -355,6 +359,9 @@ impl<'a> LogTxn<'a> {
             };
             match verdict {
                 Verdict::Admit { membership_changed } => {
+                    if let EventKind::SetRetention { policy } = event.kind() {
+                        self.record_policy(conversation, seq, policy)?;
+                    }
                     if membership_changed {
                         run.changes.push((seq, gate.members()));
                     }
