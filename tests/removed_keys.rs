@@ -87,7 +87,11 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
     w.run(5_000);
 
     assert_eq!(body(&w, b, late), None, "not readable, not shown");
-    assert_eq!(body(&w, b, m1), None, "nor what came before: its key is gone");
+    assert_eq!(
+        body(&w, b, m1),
+        None,
+        "nor what came before: its key is gone"
+    );
     assert!(w.devices[b]
         .core
         .store_mut()
