@@ -840,6 +840,7 @@ mod actions;
 mod directory_ask;
 mod failed;
 mod frames;
+mod history;
 mod linking;
 mod outbox;
 mod peer_items;

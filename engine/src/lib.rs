@@ -37,6 +37,7 @@ pub mod doc;
 pub mod e2ee;
 pub mod event;
 pub mod gate;
+pub mod history;
 pub mod identity;
 pub mod ids;
 pub mod link;

@@ -21,7 +21,8 @@
 //! session is over when [`PeerSession::is_done`].
 
 use crate::device::{DeviceCore, DeviceError, VerifiedItems};
-use crate::event::Event;
+use crate::event::{Event, MAX_SEALED_KEY_LEN};
+use crate::history::{HistoryKey, MAX_HISTORY_KEYS_PER_FRAME};
 use crate::ids::{ConversationId, DeviceId, EventId, UserId};
 use crate::log::LogError;
 use crate::store::StoreError;
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 /// The peer protocol version this build speaks.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// Most author devices in one conversation's version vector.
 pub const MAX_VECTOR_AUTHORS: usize = 4096;
 /// Most events one side sends in one session (with their statements): what it holds in
@@ -83,6 +84,13 @@ pub enum PeerFrame {
     },
     /// Everything missing by the receiver's Hello was sent.
     Done,
+    /// Epoch keys sealed to the receiver by another device of the same user: its history
+    /// (see [`crate::history`]). Sent after the Items, before Done, to the sender's own
+    /// user's devices only; the receiver refuses it from anyone else.
+    HistoryKeys {
+        /// At most [`crate::history::MAX_HISTORY_KEYS_PER_FRAME`].
+        keys: Vec<HistoryKey>,
+    },
 }
 
 impl Frame for PeerFrame {
@@ -115,6 +123,13 @@ impl Frame for PeerFrame {
                 Ok(())
             }
             PeerFrame::Done => Ok(()),
+            PeerFrame::HistoryKeys { keys } => {
+                check("history keys", keys.len(), MAX_HISTORY_KEYS_PER_FRAME)?;
+                for k in keys {
+                    check("sealed key", k.sealed.sealed.len(), MAX_SEALED_KEY_LEN)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -149,7 +164,10 @@ pub enum PeerError {
 /// admitted and the certificates the directory verified.
 pub fn admitted_peers(core: &mut DeviceCore) -> Result<BTreeSet<DeviceId>, PeerError> {
     let me = core.store().key().device();
-    let users: BTreeSet<UserId> = shared_users(core)?.into_keys().collect();
+    let mut users: BTreeSet<UserId> = shared_users(core)?.into_keys().collect();
+    // A device of the same user is a peer even before it holds any conversation: it may be
+    // new, and its history comes from here (see `crate::history`).
+    users.insert(core.store().key().user());
     let directory = core.store_mut().directory()?;
     let mut out = BTreeSet::new();
     for user in users {
@@ -173,6 +191,16 @@ pub fn shared_conversations(
         _ => return Ok(BTreeSet::new()),
     };
     Ok(shared_users(core)?.remove(&user).unwrap_or_default())
+}
+
+/// Whether `peer` is a certified, unrevoked device of this device's own user.
+fn is_own_device(core: &mut DeviceCore, peer: DeviceId) -> Result<bool, PeerError> {
+    let me = core.store().key();
+    let (me_user, me_device) = (me.user(), me.device());
+    let directory = core.store_mut().directory()?;
+    Ok(peer != me_device
+        && directory.user_of(&peer) == Some(me_user)
+        && !directory.is_revoked(&peer))
 }
 
 /// Per user, the conversations whose current members include both that user and this
@@ -201,11 +229,16 @@ fn shared_users(
 pub struct PeerSession {
     peer: DeviceId,
     shared: BTreeSet<ConversationId>,
+    /// The peer is another device of this device's user: it gets every conversation of the
+    /// user (listed in its Hello or not) and the history keys.
+    own: bool,
     transmit: VecDeque<PeerFrame>,
     answered: bool,
     done: bool,
     /// Events received from this peer, counted.
     n_received: u64,
+    /// History keys taken from this peer.
+    n_keys: u64,
 }
 
 impl PeerSession {
@@ -213,7 +246,8 @@ impl PeerSession {
     /// queues the Hello.
     pub fn new(core: &mut DeviceCore, peer: DeviceId) -> Result<PeerSession, PeerError> {
         let shared = shared_conversations(core, peer)?;
-        if shared.is_empty() {
+        let own = is_own_device(core, peer)?;
+        if shared.is_empty() && !own {
             return Err(PeerError::NotAdmitted(peer));
         }
         let log = core.store().log();
@@ -234,10 +268,12 @@ impl PeerSession {
         Ok(PeerSession {
             peer,
             shared,
+            own,
             transmit,
             answered: false,
             done: false,
             n_received: 0,
+            n_keys: 0,
         })
     }
 
@@ -254,6 +290,16 @@ impl PeerSession {
     /// Events received from the peer so far (before the store's deduplication).
     pub fn n_received(&self) -> u64 {
         self.n_received
+    }
+
+    /// History keys taken from the peer so far (epochs readable now that were not).
+    pub fn n_keys(&self) -> u64 {
+        self.n_keys
+    }
+
+    /// Whether the peer is another device of this device's user (a history peer).
+    pub fn is_own_device(&self) -> bool {
+        self.own
     }
 
     /// The next frame to write.
@@ -279,7 +325,7 @@ impl PeerSession {
                 if self.answered {
                     return Err(PeerError::Unexpected("a second Hello"));
                 }
-                self.answer(core, conversations)?;
+                self.answer(core, conversations, now_ms)?;
                 self.answered = true;
                 Ok(())
             }
@@ -301,6 +347,11 @@ impl PeerSession {
                 self.done = true;
                 Ok(())
             }
+            PeerFrame::HistoryKeys { keys } => {
+                let outcome = core.handle_history_keys(self.peer, &keys, now_ms)?;
+                self.n_keys += outcome.taken as u64;
+                Ok(())
+            }
         }
     }
 
@@ -308,8 +359,17 @@ impl PeerSession {
     fn answer(
         &mut self,
         core: &mut DeviceCore,
-        theirs: Vec<ConversationVector>,
+        mut theirs: Vec<ConversationVector>,
+        now_ms: u64,
     ) -> Result<(), PeerError> {
+        if self.own {
+            // A new device of this user lists nothing yet: it gets every conversation.
+            let listed: BTreeSet<ConversationId> = theirs.iter().map(|v| v.conversation).collect();
+            theirs.extend(self.shared.difference(&listed).map(|c| ConversationVector {
+                conversation: *c,
+                authors: Vec::new(),
+            }));
+        }
         let log = core.store().log();
         let mut batches = Batches::default();
         for vector in theirs {
@@ -363,6 +423,14 @@ impl PeerSession {
             });
         }
         self.transmit.extend(batches.finish());
+        if self.own {
+            let keys = core.seal_history_keys(self.peer, now_ms)?;
+            for chunk in keys.chunks(MAX_HISTORY_KEYS_PER_FRAME) {
+                self.transmit.push_back(PeerFrame::HistoryKeys {
+                    keys: chunk.to_vec(),
+                });
+            }
+        }
         self.transmit.push_back(PeerFrame::Done);
         Ok(())
     }

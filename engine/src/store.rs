@@ -57,6 +57,8 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// Whether message bodies are encrypted end to end (on unless measuring the cost).
     pub encrypt: bool,
+    /// How much history this device hands a new device of its user, and takes from one.
+    pub history: crate::history::HistoryPolicy,
 }
 
 impl StoreConfig {
@@ -67,6 +69,7 @@ impl StoreConfig {
             max_loaded_docs: MAX_LOADED_DOCS,
             snapshot_every: SNAPSHOT_EVERY,
             encrypt: true,
+            history: crate::history::HistoryPolicy::All,
         }
     }
 }
@@ -75,6 +78,9 @@ impl StoreConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// History keys refused as a whole (see [`crate::history`]).
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryRefusal),
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),

@@ -153,6 +153,7 @@ impl DeviceCore {
                     resume_after,
                     now_ms,
                 )?;
+                self.share_history_with(&registrations, now_ms)?;
                 // Newly learned member devices get the epochs this device started.
                 let learned: BTreeSet<UserId> = registrations.iter().map(|r| r.user).collect();
                 if !learned.is_empty() {

@@ -6,6 +6,8 @@
 //! directory holds no plaintext: bodies stay encrypted in the log and in the documents and
 //! are decrypted when read.
 
+mod history_keys;
+
 use super::{Store, StoreError};
 use crate::conversation::{Change, MessageView};
 use crate::crypto::{EpochKey, StorageKey};

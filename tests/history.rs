@@ -1,0 +1,218 @@
+//! New-device history (issue 14): a laptop linked to Alice receives her history — the events
+//! of every conversation she is a member of and the epoch keys to read them — from her
+//! phone: peer to peer when both are reachable, else sealed to the laptop through the relay.
+//!
+//! Alice has 3 conversations × `N` messages, half of them hers, half Bob's, with a new epoch
+//! in the middle of the third (Carol joins). The laptop must read every one of them:
+//! (a) with the phone and the relay both reachable, (b) with the relay down (peer only),
+//! (c) with the phone off (relay only).
+
+mod common;
+
+use common::{device, user, World};
+use tidings::engine::peer::{PeerFrame, PeerSession};
+use tidings::engine::store::Body;
+use tidings::engine::store::Outgoing;
+use tidings::engine::wire::{frame_bytes, DeviceRegistration, FrameDecoder, MAX_FRAME_LEN};
+use tidings::engine::{ConversationId, DeviceId};
+
+/// Messages per conversation.
+const N: usize = 1_000;
+/// Messages one device sends per batch (one commit each).
+const BATCH: usize = 100;
+const CONVS: [ConversationId; 3] = [
+    ConversationId([0xa1; 16]),
+    ConversationId([0xa2; 16]),
+    ConversationId([0xa3; 16]),
+];
+
+struct Cast {
+    w: World,
+    phone: usize,
+    bob: usize,
+    carol: usize,
+}
+
+fn id(w: &World, idx: usize) -> DeviceId {
+    w.devices[idx].core.store().key().device()
+}
+
+/// Alice's phone, Bob's phone and Carol's phone, and Alice's history: `N` messages in each of
+/// `CONVS` (her conversations with Bob), Carol added to the third halfway.
+fn alice_history() -> Cast {
+    let (alice, bob_user, carol_user) = (user(1), user(2), user(3));
+    let mut w = World::new(9);
+    let phone = w.add_device_of(&alice, 11);
+    let bob = w.add_device_of(&bob_user, 21);
+    let carol = w.add_device_of(&carol_user, 31);
+    for d in [phone, bob, carol] {
+        w.set_online(d, true);
+    }
+    for c in CONVS {
+        let now = w.now;
+        w.devices[phone]
+            .core
+            .create_conversation(c, vec![bob_user.id], now)
+            .expect("create");
+    }
+    w.run(10_000);
+    for round in 0..N / (2 * BATCH) {
+        if round == N / (4 * BATCH) {
+            let now = w.now;
+            w.devices[phone]
+                .core
+                .add_member(CONVS[2], carol_user.id, false, now)
+                .expect("add Carol");
+            w.run(10_000);
+        }
+        for (sender, who) in [(phone, "alice"), (bob, "bob")] {
+            for c in CONVS {
+                w.now += 10;
+                let batch = (0..BATCH)
+                    .map(|i| Outgoing {
+                        conversation: c,
+                        body: format!("{who} {round}/{i}").into_bytes(),
+                        media: vec![],
+                    })
+                    .collect();
+                let now = w.now;
+                for r in w.devices[sender].core.send_all(batch, now) {
+                    r.expect("send");
+                }
+            }
+            w.run(60_000);
+        }
+    }
+    for c in CONVS {
+        assert_eq!(readable(&mut w, phone, c), (N, N), "the phone reads {c:?}");
+    }
+    Cast {
+        w,
+        phone,
+        bob,
+        carol,
+    }
+}
+
+/// (messages the device shows in `c`, how many of them it can read).
+fn readable(w: &mut World, idx: usize, c: ConversationId) -> (usize, usize) {
+    let store = w.devices[idx].core.store_mut();
+    let messages = match store.conversation(c) {
+        Ok(view) => view.messages().to_vec(),
+        Err(_) => return (0, 0),
+    };
+    let mut n_read = 0;
+    for m in &messages {
+        if let Body::Text(_) = store.body(m).expect("body") {
+            n_read += 1;
+        }
+    }
+    (messages.len(), n_read)
+}
+
+fn all_readable(w: &mut World, idx: usize) -> Vec<(usize, usize)> {
+    CONVS.iter().map(|c| readable(w, idx, *c)).collect()
+}
+
+/// Alice's new laptop: its key and the certificate her user key signs for it (what linking
+/// gives the new device).
+fn laptop_of(cast: &mut Cast) -> (usize, DeviceRegistration) {
+    let (key, reg) = device(&user(1), 12);
+    let laptop = cast.w.add_device(key, reg.clone());
+    (laptop, reg)
+}
+
+/// Through the codec, as the transport carries it.
+fn carried(frame: PeerFrame) -> PeerFrame {
+    let bytes = frame_bytes(&frame).expect("encode");
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    decoder.push(&bytes);
+    decoder
+        .poll_frame::<PeerFrame>()
+        .expect("decode")
+        .expect("a whole frame")
+}
+
+/// One peer session between `a` and `b`, run to its end.
+fn peer_sync(w: &mut World, a: usize, b: usize) {
+    let (ida, idb) = (id(w, a), id(w, b));
+    let mut sa = PeerSession::new(&mut w.devices[a].core, idb).expect("a admits b");
+    let mut sb = PeerSession::new(&mut w.devices[b].core, ida).expect("b admits a");
+    let now = w.now;
+    for _ in 0..100_000 {
+        let mut moved = false;
+        while let Some(f) = sa.poll_transmit() {
+            sb.handle_frame(&mut w.devices[b].core, carried(f), now)
+                .expect("b takes a's frame");
+            moved = true;
+        }
+        while let Some(f) = sb.poll_transmit() {
+            sa.handle_frame(&mut w.devices[a].core, carried(f), now)
+                .expect("a takes b's frame");
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(sa.is_done() && sb.is_done(), "both sides said Done");
+}
+
+/// The link: each device learns the other's certificate (the phone holds the user's key
+/// and the new device's certificate; the new device the phone's).
+fn introduce(w: &mut World, phone: usize, laptop: usize, laptop_reg: &DeviceRegistration) {
+    let phone_reg = device(&user(1), 11).1;
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .handle_peer_directory(std::slice::from_ref(laptop_reg), &[], now)
+        .expect("the phone learns the laptop");
+    w.devices[laptop]
+        .core
+        .handle_peer_directory(&[phone_reg], &[], now)
+        .expect("the laptop learns the phone");
+}
+
+#[test]
+fn a_new_laptop_reads_alice_history_with_phone_and_relay_reachable() {
+    let mut cast = alice_history();
+    let (laptop, reg) = laptop_of(&mut cast);
+    let (w, phone) = (&mut cast.w, cast.phone);
+    introduce(w, phone, laptop, &reg);
+    w.set_online(laptop, true);
+    peer_sync(w, phone, laptop);
+    w.run(120_000);
+    assert_eq!(all_readable(w, laptop), vec![(N, N); 3]);
+}
+
+#[test]
+fn a_new_laptop_reads_alice_history_from_her_phone_with_the_relay_down() {
+    let mut cast = alice_history();
+    let (laptop, reg) = laptop_of(&mut cast);
+    let (w, phone) = (&mut cast.w, cast.phone);
+    // The relay is out of reach for both from now on.
+    for d in [phone, cast.bob, cast.carol] {
+        w.set_online(d, false);
+    }
+    introduce(w, phone, laptop, &reg);
+    peer_sync(w, phone, laptop);
+    assert_eq!(all_readable(w, laptop), vec![(N, N); 3]);
+}
+
+#[test]
+fn a_new_laptop_reads_alice_history_through_the_relay_with_her_phone_off() {
+    let mut cast = alice_history();
+    let (laptop, _) = laptop_of(&mut cast);
+    let (w, phone) = (&mut cast.w, cast.phone);
+    // The laptop registers (linking) while the phone is online, then the phone is switched
+    // off before the laptop syncs anything: whatever the laptop reads came sealed through
+    // the relay, left there by the phone.
+    w.set_online(laptop, true);
+    w.run(60_000);
+    w.set_online(phone, false);
+    w.set_online(laptop, false);
+    w.run(1_000);
+    w.set_online(laptop, true);
+    w.run(120_000);
+    assert_eq!(all_readable(w, laptop), vec![(N, N); 3]);
+}
