@@ -27,6 +27,7 @@ mod history;
 mod keys;
 mod media;
 mod read;
+mod retention;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
 pub use failed::MAX_DISCARD_BATCH;
 pub use read::{MessageReader, Rendered};
@@ -128,6 +129,9 @@ pub enum StoreError {
     /// An epoch key this device should hold is missing.
     #[error("no key for epoch {0}")]
     NoKey(EventId),
+    /// A retention policy outside its limits.
+    #[error(transparent)]
+    Policy(crate::retention::PolicyError),
     /// A message body longer than [`crate::e2ee::MAX_PLAINTEXT_LEN`].
     #[error("message body of {len} bytes is over the limit of {max}")]
     BodyTooLarge {
@@ -253,6 +257,8 @@ pub struct Store {
     deferred: bool,
     /// ... and one is owed at its end.
     unsynced: bool,
+    /// Conversations the next erasure pass looks at, and when messages are due.
+    eraser: retention::Eraser,
 }
 
 impl Store {
@@ -284,6 +290,7 @@ impl Store {
             waiting: HashSet::new(),
             deferred: false,
             unsynced: false,
+            eraser: Default::default(),
         }
     }
 
@@ -464,6 +471,7 @@ impl Store {
             return Ok(None);
         }
         let head = self.log.statement_at(conversation, up_to)?;
+        self.eraser.touch([conversation]);
         self.author(conversation, EventKind::Read { up_to, head }, now_ms)
             .map(Some)
     }
@@ -624,6 +632,7 @@ impl Store {
             }
         }
         self.fold_runs(by_conv, &runs, &mut outcome)?;
+        self.eraser.touch(convs.iter().copied());
         for c in &convs {
             let ahead = self.removals_ahead(*c)?;
             outcome
