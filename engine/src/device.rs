@@ -800,13 +800,14 @@ impl DeviceCore {
         }
         self.devices_timeouts(now_ms)?;
         self.report_failed(now_ms)?;
+        self.erase_due(now_ms)?;
         self.flush(now_ms)
     }
 
     /// The next time the device wants [`DeviceCore::handle_timeout`] (or to dial).
     pub fn poll_timeout(&mut self) -> Option<u64> {
         let connection = self.connection_timeout();
-        [connection, self.failed_wakeup()]
+        [connection, self.failed_wakeup(), self.store.erase_wakeup()]
             .into_iter()
             .flatten()
             .min()
@@ -857,6 +858,7 @@ mod linking;
 mod outbox;
 mod peer_items;
 mod relay_places;
+mod retention;
 mod session;
 pub use relay_places::RelayPlaces;
 #[cfg(test)]

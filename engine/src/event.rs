@@ -231,6 +231,12 @@ pub enum EventKind {
         /// The epoch whose key is missing.
         epoch: EventId,
     },
+    /// The conversation's retention policy from this event's place on (see
+    /// [`crate::retention`]: any member may set it).
+    SetRetention {
+        /// The policy.
+        policy: crate::retention::RetentionPolicy,
+    },
     /// A kind this build does not know: kept, verified and forwarded, but not folded.
     Unknown {
         /// The kind tag.
@@ -259,11 +265,13 @@ mod tag {
     pub const DELIVERED_AT: u16 = 12;
     /// A `Read` carrying the chain head its author saw at `up_to`.
     pub const READ_AT: u16 = 13;
+    /// A conversation's retention policy.
+    pub const SET_RETENTION: u16 = 14;
 
     /// Whether this build gives `tag` a kind of its own: an `EventKind::Unknown` must not
     /// carry one, or it would be read back as that kind (or not at all).
     pub fn is_known(tag: u16) -> bool {
-        (CREATE..=READ_AT).contains(&tag)
+        (CREATE..=SET_RETENTION).contains(&tag)
     }
 }
 
@@ -489,6 +497,7 @@ impl EventKind {
                 }),
             ),
             EventKind::KeyRequest { epoch } => (tag::KEY_REQUEST, enc(epoch)),
+            EventKind::SetRetention { policy } => (tag::SET_RETENTION, enc(policy)),
             EventKind::Unknown { tag, payload } => (*tag, payload.clone()),
         }
     }
@@ -577,6 +586,9 @@ impl EventKind {
             tag::KEY_REQUEST => EventKind::KeyRequest {
                 epoch: exact(payload)?,
             },
+            tag::SET_RETENTION => EventKind::SetRetention {
+                policy: exact(payload)?,
+            },
             tag => EventKind::Unknown {
                 tag,
                 payload: payload.to_vec(),
@@ -618,6 +630,9 @@ impl EventKind {
                 keys.iter()
                     .try_for_each(|k| check("sealed key", k.sealed.len(), MAX_SEALED_KEY_LEN))
             }
+            EventKind::SetRetention { policy } => policy
+                .check()
+                .map_err(|_| DecodeError::Malformed("retention policy out of limits")),
             _ => Ok(()),
         }
     }
@@ -644,6 +659,7 @@ impl EventKind {
             EventKind::RemoveMember { .. } => "remove-member",
             EventKind::EpochKeys { .. } => "epoch-keys",
             EventKind::KeyRequest { .. } => "key-request",
+            EventKind::SetRetention { .. } => "set-retention",
             EventKind::Unknown { .. } => "unknown",
         }
     }

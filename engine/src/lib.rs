@@ -21,6 +21,7 @@
 //! - [`doc`]: the automerge document layout and the fold.
 //! - [`log`]: the redb event log with its indexes, outbox, cursors and snapshots.
 //! - [`store`]: the log and the documents together: append, fold, replay, fast reads.
+//! - [`retention`]: retention policies (keep all, keep N days, disappearing messages).
 //! - [`retry`]: exponential backoff with jitter.
 //! - [`wire`]: the device ↔ relay frames and their codec.
 //! - [`device`]: the device's protocol state machine (handshake, outbox, catch-up, receipts).
@@ -45,6 +46,7 @@ pub mod log;
 pub mod media;
 pub mod membership;
 pub mod peer;
+pub mod retention;
 pub mod retry;
 pub mod signature;
 pub mod status;
@@ -62,6 +64,7 @@ pub use identity::DeviceKey;
 pub use ids::{BlobId, ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 pub use log::{Appended, ChainIssue, EventLog, FailedMessage, LogError, OutboxEntry, OutboxState};
 pub use membership::{Membership, MembershipError, Role};
+pub use retention::{ErasureReason, RetentionPolicy};
 pub use retry::RetryPolicy;
 pub use status::Status;
 pub use store::{ApplyOutcome, Store, StoreConfig, StoreError};

@@ -18,16 +18,20 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+mod erase;
 mod error;
 mod gaps;
+mod holds;
 mod index;
 mod peer_reads;
 mod records;
 mod seal;
 mod tables;
 mod txn;
+pub use erase::{ErasePass, ErasedMessage, COMPACT_AFTER_BYTES, MAX_ERASE_BATCH};
 use error::corrupt;
 pub use error::LogError;
+pub use holds::HoldsVector;
 use index::user_marks;
 pub use index::{local_read_key, LogReader, PageCursor, MAX_PAGE_LEN};
 use records::{covering_statement, read_history};
@@ -37,8 +41,8 @@ pub use records::{
 };
 use tables::*;
 pub use tables::{SnapshotParts, MAX_CHAIN_REPORTS};
-pub use txn::LogTxn;
-use txn::{chain_head, migrate_msg_by_id, read_meta};
+use txn::{chain_head, migrate_msg_by_id, read_meta, EARLY};
+pub use txn::{goes_early, EarlyAppend, LogTxn};
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
@@ -209,12 +213,19 @@ impl EventLog {
             txn.open_table(DIRECTORY)?;
             txn.open_table(EPOCH_KEYS)?;
             txn.open_table(gaps::HISTORY_GAPS)?;
+            txn.open_table(EARLY)?;
+            txn.open_table(holds::PEER_HOLDS)?;
+            txn.open_table(holds::PEER_HELD)?;
+            erase::create_tables(&txn)?;
             if format < 3 {
                 migrate_msg_by_id(&txn)?;
                 meta.insert("format", LOG_FORMAT_VERSION.to_le_bytes().as_slice())?;
             }
         }
         txn.commit()?;
+        if erase::compaction_due(&db)? {
+            erase::compact_db(&mut db)?;
+        }
         Ok(EventLog {
             db: Arc::new(seal::LogDb::new(db, file)),
             incarnation,
@@ -345,15 +356,19 @@ impl EventLog {
         let txn = self.db.begin_read()?;
         let conv_log = txn.open_table(CONV_LOG)?;
         let events = txn.open_table(EVENTS)?;
+        let erased = txn.open_table(erase::ERASED)?;
         let mut out = Vec::new();
         let lo = (&conversation.0, after.saturating_add(1));
         let hi = (&conversation.0, u64::MAX);
         for row in conv_log.range(lo..=hi)? {
             let (k, id) = row?;
             let (_, pos) = k.value();
-            let guard = events
-                .get(id.value())?
-                .ok_or_else(|| corrupt("conv_log", "points at a missing event"))?;
+            let Some(guard) = events.get(id.value())? else {
+                if erased.get(id.value())?.is_some() {
+                    continue;
+                }
+                return Err(corrupt("conv_log", "points at a missing event"));
+            };
             let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
             out.push((pos, ev));
         }

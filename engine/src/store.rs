@@ -21,12 +21,15 @@ use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod documents;
+mod early;
 mod evidence;
 mod failed;
 mod history;
+mod holds;
 mod keys;
 mod media;
 mod read;
+mod retention;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
 pub use failed::MAX_DISCARD_BATCH;
 pub use read::{MessageReader, Rendered};
@@ -128,6 +131,9 @@ pub enum StoreError {
     /// An epoch key this device should hold is missing.
     #[error("no key for epoch {0}")]
     NoKey(EventId),
+    /// A retention policy outside its limits.
+    #[error(transparent)]
+    Policy(crate::retention::PolicyError),
     /// A message body longer than [`crate::e2ee::MAX_PLAINTEXT_LEN`].
     #[error("message body of {len} bytes is over the limit of {max}")]
     BodyTooLarge {
@@ -172,6 +178,9 @@ pub struct ApplyOutcome {
     /// cannot place yet (see [`Store::removals_ahead`]): no new epoch key goes to those users
     /// meanwhile. Listed after every batch while they last.
     pub removals_ahead: Vec<RemovalEvidence>,
+    /// Events a peer handed over before the relay placed them that the gate's rules refuse
+    /// now ([`Store::apply_early`]): kept out of sight, judged again at their place.
+    pub held_early: Vec<RefusedEvent>,
 }
 
 /// One message for [`Store::send_all`].
@@ -253,6 +262,8 @@ pub struct Store {
     deferred: bool,
     /// ... and one is owed at its end.
     unsynced: bool,
+    /// Conversations the next erasure pass looks at, and when messages are due.
+    eraser: retention::Eraser,
 }
 
 impl Store {
@@ -284,6 +295,7 @@ impl Store {
             waiting: HashSet::new(),
             deferred: false,
             unsynced: false,
+            eraser: Default::default(),
         }
     }
 
@@ -464,6 +476,7 @@ impl Store {
             return Ok(None);
         }
         let head = self.log.statement_at(conversation, up_to)?;
+        self.eraser.touch([conversation]);
         self.author(conversation, EventKind::Read { up_to, head }, now_ms)
             .map(Some)
     }
@@ -624,6 +637,7 @@ impl Store {
             }
         }
         self.fold_runs(by_conv, &runs, &mut outcome)?;
+        self.eraser.touch(convs.iter().copied());
         for c in &convs {
             let ahead = self.removals_ahead(*c)?;
             outcome
@@ -640,6 +654,11 @@ impl Store {
         runs: &'e [(ConversationId, GateRun)],
         outcome: &mut ApplyOutcome,
     ) -> Result<(), StoreError> {
+        for (conv, run) in runs {
+            if !run.retracted.is_empty() {
+                self.rebuild_retracted(*conv, outcome)?;
+            }
+        }
         for (conv, run) in runs {
             if !run.admitted.is_empty() || !run.refused.is_empty() {
                 outcome.gated.push(*conv);

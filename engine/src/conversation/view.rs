@@ -91,6 +91,16 @@ pub enum Change {
         /// The epoch.
         epoch: EventId,
     },
+    /// A message's body was erased from this device (see [`crate::retention`]): it is gone
+    /// from every view; [`crate::Store::erased`] keeps its tombstone.
+    MessageErased {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Why.
+        reason: crate::retention::ErasureReason,
+    },
 }
 
 /// One message as a UI shows it.

@@ -121,6 +121,11 @@ fn round_trips_every_kind() {
     check_round_trip(EventKind::KeyRequest {
         epoch: EventId([6; 32]),
     });
+    check_round_trip(EventKind::SetRetention {
+        policy: crate::retention::RetentionPolicy::Disappear {
+            after_read_secs: 60,
+        },
+    });
     check_round_trip(EventKind::Unknown {
         tag: 999,
         payload: vec![1, 2, 3],

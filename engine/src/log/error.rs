@@ -35,6 +35,10 @@ pub enum LogError {
         /// What was wrong.
         detail: String,
     },
+    /// [`crate::EventLog::compact`] needs the only handle on the database, and a
+    /// [`crate::log::LogReader`] still holds one.
+    #[error("cannot compact the log while a reader holds it")]
+    CompactionBusy,
 }
 
 macro_rules! storage_from {
@@ -52,7 +56,8 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 pub(super) fn corrupt(table: &'static str, detail: impl ToString) -> LogError {

@@ -132,6 +132,12 @@ impl std::ops::Deref for LogDb {
     }
 }
 
+impl std::ops::DerefMut for LogDb {
+    fn deref_mut(&mut self) -> &mut redb::Database {
+        &mut self.db
+    }
+}
+
 /// Seals its log file when dropped, which is after the database beside it has closed.
 #[derive(Debug)]
 struct SealOnClose(Option<PathBuf>);

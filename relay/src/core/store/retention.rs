@@ -81,7 +81,8 @@ impl std::ops::AddAssign for PruneStats {
 /// gap (or a new member's device) needs to judge what is left. Membership changes (its gate
 /// walks the membership through the order) and epoch openings (the keys of messages after the
 /// gap may belong to an epoch opened inside it). Everything else (messages, receipts, key
-/// requests and re-shares, which a device asks for again) may go. An envelope that does not
+/// requests and re-shares, which a device asks for again) may go. Retention policies stay too
+/// (a device's gate needs them to erase what the conversation no longer keeps). An envelope that does not
 /// decode is not kept (the relay stored only envelopes it decoded).
 pub fn is_kept(envelope: &[u8]) -> bool {
     let Ok(ev) = Event::decode_trusted(envelope) else {
@@ -93,6 +94,7 @@ pub fn is_kept(envelope: &[u8]) -> bool {
             | EventKind::AddMember { .. }
             | EventKind::RemoveMember { .. }
             | EventKind::EpochKeys { epoch: None, .. }
+            | EventKind::SetRetention { .. }
     )
 }
 

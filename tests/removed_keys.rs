@@ -1,0 +1,112 @@
+//! A removed member's device drops the keys it can no longer use: once its gate admits the
+//! removal of its user, the erasure pass erases the conversation's epoch keys and every body
+//! it held (tombstoned, reason `Removed`), so that even a message sent after the removal
+//! under an epoch the device knew (by a member who had not learned of the removal yet), fed
+//! to it by a relay that does not stop, cannot be read there.
+
+mod common;
+
+use common::{user, World, CONV};
+use tidings::engine::store::Body;
+use tidings::engine::{ErasureReason, Event, MessageId};
+
+fn send(w: &mut World, d: usize, text: &str) -> MessageId {
+    w.now += 10;
+    let now = w.now;
+    w.devices[d]
+        .core
+        .send(CONV, text.as_bytes().to_vec(), vec![], now)
+        .expect("send")
+}
+
+fn body(w: &World, d: usize, m: MessageId) -> Option<Body> {
+    let reader = w.devices[d].core.store().reader();
+    reader.message(CONV, m).expect("read").map(|r| r.body)
+}
+
+/// Every event and statement the relay holds for the conversation, as a relay that keeps
+/// feeding a removed member would hand them over.
+fn everything(w: &World) -> Vec<Event> {
+    let (events, records, _) = w
+        .relay
+        .store()
+        .page(&CONV, 0, 10_000, 1 << 24)
+        .expect("relay page");
+    records
+        .iter()
+        .chain(events.iter())
+        .map(|e| Event::decode_trusted(&e.0).expect("decode"))
+        .collect()
+}
+
+#[test]
+fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
+    let (alice, bob, carol) = (user(1), user(2), user(3));
+    let mut w = World::new(9);
+    let a = w.add_device_of(&alice, 11);
+    let b = w.add_device_of(&bob, 21);
+    let c = w.add_device_of(&carol, 31);
+    for d in [a, b, c] {
+        w.set_online(d, true);
+    }
+    w.devices[a]
+        .core
+        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
+        .expect("create");
+    w.run(5_000);
+    let m1 = send(&mut w, a, "all three");
+    w.run(5_000);
+    assert_eq!(body(&w, b, m1), Some(Body::Text(b"all three".to_vec())));
+    assert!(!w.devices[b]
+        .core
+        .store_mut()
+        .epochs(CONV)
+        .expect("epochs")
+        .is_empty());
+
+    // Carol is away when Alice removes Bob: she writes under the epoch Bob still holds.
+    w.set_online(c, false);
+    let now = w.now;
+    w.devices[a]
+        .core
+        .remove_member(CONV, bob.id, now)
+        .expect("remove");
+    w.run(5_000);
+    let late = send(&mut w, c, "bob must not read this");
+    w.set_online(c, true);
+    w.run(10_000);
+    assert_eq!(
+        body(&w, a, late),
+        Some(Body::Text(b"bob must not read this".to_vec())),
+        "the members read it"
+    );
+
+    // A relay that keeps feeding Bob everything.
+    let all = everything(&w);
+    w.devices[b].core.store_mut().apply(&all).expect("apply");
+    w.run(5_000);
+
+    assert_eq!(body(&w, b, late), None, "not readable, not shown");
+    assert_eq!(
+        body(&w, b, m1),
+        None,
+        "nor what came before: its key is gone"
+    );
+    assert!(w.devices[b]
+        .core
+        .store_mut()
+        .epochs(CONV)
+        .expect("epochs")
+        .is_empty());
+    let tombs = w.devices[b].core.store().erased(CONV).expect("tombstones");
+    let gone: Vec<(MessageId, ErasureReason)> =
+        tombs.iter().map(|t| (t.message, t.reason)).collect();
+    assert!(gone.contains(&(m1, ErasureReason::Removed)), "{gone:?}");
+    assert!(gone.contains(&(late, ErasureReason::Removed)), "{gone:?}");
+    // Fed again, nothing comes back.
+    w.devices[b].core.store_mut().apply(&all).expect("apply");
+    w.run(5_000);
+    assert_eq!(body(&w, b, late), None);
+    // The members keep everything.
+    assert_eq!(body(&w, c, m1), Some(Body::Text(b"all three".to_vec())));
+}
