@@ -6,8 +6,8 @@ mod common;
 
 use common::{user, World, CONV};
 use tidings::engine::peer::{admitted_peers, PeerError, PeerFrame, PeerSession};
-use tidings::engine::wire::{frame_bytes, DeviceRevocation, FrameDecoder, MAX_FRAME_LEN};
-use tidings::engine::{DeviceId, MessageId};
+use tidings::engine::wire::{frame_bytes, DeviceRevocation, Envelope, FrameDecoder, MAX_FRAME_LEN};
+use tidings::engine::{DeviceId, DeviceKey, Event, EventKind, MessageId, Status};
 
 /// Through the codec, as the transport carries it.
 fn carried(frame: PeerFrame) -> PeerFrame {
@@ -221,4 +221,202 @@ fn a_revoked_device_is_no_peer() {
         PeerSession::new(&mut w.devices[phone].core, laptop_id),
         Err(PeerError::NotAdmitted(d)) if d == laptop_id
     ));
+}
+
+/// Alice's phone and Bob's phone share CONV (created through the relay), then both lose the
+/// relay. Returns (world, alice's phone, bob's phone).
+fn both_away() -> (World, usize, usize) {
+    let (alice, bob) = (user(1), user(2));
+    let mut w = World::new(9);
+    let phone = w.add_device_of(&alice, 11);
+    let bob_phone = w.add_device_of(&bob, 21);
+    w.set_online(phone, true);
+    w.devices[phone]
+        .core
+        .create_conversation(CONV, vec![bob.id], w.now)
+        .expect("create");
+    w.set_online(bob_phone, true);
+    w.run(5_000);
+    w.set_online(phone, false);
+    w.set_online(bob_phone, false);
+    (w, phone, bob_phone)
+}
+
+fn send(w: &mut World, idx: usize, text: &str) -> MessageId {
+    w.now += 10;
+    let now = w.now;
+    w.devices[idx]
+        .core
+        .send(CONV, text.as_bytes().to_vec(), vec![], now)
+        .expect("send")
+}
+
+fn status_of(w: &mut World, idx: usize, m: &MessageId) -> Status {
+    w.devices[idx]
+        .core
+        .store_mut()
+        .conversation(CONV)
+        .expect("conversation")
+        .status(m)
+        .expect("a status")
+}
+
+/// The view from the index tables (what a replica's pages read), with statuses.
+fn indexed(w: &World, idx: usize) -> Vec<(MessageId, Option<u64>, Status)> {
+    w.devices[idx]
+        .core
+        .store()
+        .log()
+        .latest_messages(CONV, 1_000)
+        .expect("page")
+        .iter()
+        .map(|m| (m.id, m.seq, m.status))
+        .collect()
+}
+
+#[test]
+fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places() {
+    let (mut w, phone, bob_phone) = both_away();
+    let a1 = send(&mut w, phone, "a1");
+    let b1 = send(&mut w, bob_phone, "b1");
+    let a2 = send(&mut w, phone, "a2");
+    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 2, "a1 and a2");
+    let view = message_ids(&mut w, phone);
+    assert_eq!(view.len(), 3);
+    for m in [a1, a2, b1] {
+        assert!(view.contains(&m));
+    }
+    assert_eq!(message_ids(&mut w, bob_phone), view, "one order on both");
+    // Each has the other's messages: ✓✓ for every message, though no relay placed any.
+    for (idx, own) in [(phone, vec![a1, a2]), (bob_phone, vec![b1])] {
+        for m in &own {
+            assert_eq!(status_of(&mut w, idx, m), Status::Delivered, "{m}");
+        }
+        let from_index: Vec<_> = indexed(&w, idx)
+            .into_iter()
+            .filter(|(m, _, _)| own.contains(m))
+            .collect();
+        assert!(
+            from_index
+                .iter()
+                .all(|(_, seq, s)| seq.is_none() && *s == Status::Delivered),
+            "the index agrees: {from_index:?}"
+        );
+    }
+    // A message written after the link shows PENDING until the peer has it.
+    let a3 = send(&mut w, phone, "a3");
+    assert_eq!(status_of(&mut w, phone, &a3), Status::Pending);
+    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 1);
+    assert_eq!(status_of(&mut w, phone, &a3), Status::Delivered);
+    // Nothing twice in a second session, nothing received.
+    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 0);
+
+    // The relay again: every message takes its place, once, on both; nothing goes back.
+    w.set_online(phone, true);
+    w.set_online(bob_phone, true);
+    w.run(20_000);
+    let on_phone = indexed(&w, phone);
+    assert_eq!(on_phone.len(), 4, "{on_phone:?}");
+    assert!(on_phone.iter().all(|(_, seq, _)| seq.is_some()));
+    assert_eq!(
+        indexed(&w, bob_phone)
+            .iter()
+            .map(|(m, seq, _)| (*m, *seq))
+            .collect::<Vec<_>>(),
+        on_phone
+            .iter()
+            .map(|(m, seq, _)| (*m, *seq))
+            .collect::<Vec<_>>(),
+        "the relay's order on both"
+    );
+    for m in [a1, a2, a3] {
+        assert!(status_of(&mut w, phone, &m).rank() >= Status::Delivered.rank());
+    }
+    assert_eq!(message_ids(&mut w, phone), message_ids(&mut w, bob_phone));
+    for idx in [phone, bob_phone] {
+        assert_eq!(w.devices[idx].core.store().log().n_early().expect("n"), 0);
+    }
+}
+
+/// An event of `key` (a device of `author`) in CONV, signed, with the given counter.
+fn forged_send(key: &DeviceKey, counter: u64, prev: Option<tidings::engine::EventId>) -> Event {
+    let h = key.header(CONV, counter, prev, 1_000 + counter, 1);
+    let kind = h.bind(EventKind::Send {
+        message: MessageId([0; 16]),
+        body: b"hello".to_vec(),
+        media: vec![],
+    });
+    Event::sign(key.signing_key(), h, kind).expect("sign")
+}
+
+/// Hands `frames` to `idx` as if they came from its admitted peer `from`, in a session.
+fn hand_over(w: &mut World, idx: usize, from: usize, frames: Vec<PeerFrame>) {
+    let peer = device_id(w, from);
+    let now = w.now;
+    let mut s = PeerSession::new(&mut w.devices[idx].core, peer).expect("admitted");
+    for f in frames {
+        s.handle_frame(&mut w.devices[idx].core, carried(f), now)
+            .expect("frame taken");
+    }
+}
+
+fn envelope(e: &Event) -> Envelope {
+    Envelope(e.bytes().to_vec())
+}
+
+#[test]
+fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
+    let (mut w, phone, bob_phone) = both_away();
+    let carol = user(3);
+    let (carol_key, carol_reg) = common::device(&carol, 31);
+    // Carol is certified (Alice's phone passes her certificate on) but no member of CONV.
+    let stranger = forged_send(&carol_key, 1, None);
+    // A device of Alice's, certified, then revoked (its key leaked, say).
+    let alice = user(1);
+    let (lost_key, lost_reg) = common::device(&alice, 13);
+    let revocation = DeviceRevocation::sign(&alice.key, lost_key.device(), w.now - 1);
+    let from_lost = forged_send(&lost_key, 1, None);
+    // A message Alice's phone really sent, one byte changed.
+    let real = send(&mut w, phone, "real");
+    let sent = w.devices[phone]
+        .core
+        .store()
+        .log()
+        .author_events_after(CONV, device_id(&w, phone), 0, 1_000)
+        .expect("events");
+    let last = sent.last().expect("the send");
+    let mut tampered = envelope(last);
+    let n = tampered.0.len();
+    tampered.0[n - 1] ^= 1;
+    hand_over(
+        &mut w,
+        bob_phone,
+        phone,
+        vec![
+            PeerFrame::Directory {
+                registrations: vec![carol_reg, lost_reg],
+                revocations: vec![revocation],
+            },
+            PeerFrame::Unsequenced {
+                events: vec![envelope(&stranger), envelope(&from_lost), tampered],
+            },
+        ],
+    );
+    assert!(message_ids(&mut w, bob_phone).is_empty(), "none shown");
+    let log = w.devices[bob_phone].core.store().log();
+    assert_eq!(log.n_early().expect("n"), 0);
+    assert!(
+        !log.contains(&last.id()).expect("contains"),
+        "the forgery is not even stored"
+    );
+    // The real message, intact, is shown: what kept it out above was the tampering.
+    hand_over(
+        &mut w,
+        bob_phone,
+        phone,
+        vec![PeerFrame::Unsequenced {
+            events: vec![envelope(last)],
+        }],
+    );
+    assert_eq!(message_ids(&mut w, bob_phone), vec![real]);
 }

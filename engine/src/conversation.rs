@@ -13,7 +13,7 @@ pub use view::{
 };
 
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use crate::status::{derive_status, recipient_status, Status, UserMarks};
+use crate::status::{derive_status_with, recipient_status, PeerHeld, Status, UserMarks};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The in-memory state of one conversation.
@@ -37,6 +37,8 @@ pub struct Conversation {
     users: BTreeMap<UserId, UserMarks>,
     /// Local outbox outcome, not replicated.
     failed: HashSet<MessageId>,
+    /// Peer receipts (kept by the log, not in the documents: each device has its own peers).
+    peer_held: HashMap<MessageId, PeerHeld>,
 }
 
 /// Every membership change a device's gate admitted in one conversation: the change's
@@ -72,6 +74,7 @@ impl Conversation {
             devices: BTreeMap::new(),
             users: BTreeMap::new(),
             failed: HashSet::new(),
+            peer_held: HashMap::new(),
         }
     }
 
@@ -223,6 +226,13 @@ impl Conversation {
         } else {
             self.failed.remove(&message);
         }
+        self.changed(message, before)
+    }
+
+    /// Records who holds a message by a peer receipt (see [`PeerHeld`]): local, like FAILED.
+    pub fn set_peer_held(&mut self, message: MessageId, held: PeerHeld) -> Vec<Change> {
+        let before = self.status(&message);
+        self.peer_held.insert(message, held);
         self.changed(message, before)
     }
 
@@ -403,6 +413,7 @@ impl Conversation {
 
     pub(crate) fn copy_failed_from(&mut self, other: &Conversation) {
         self.failed.clone_from(&other.failed);
+        self.peer_held.clone_from(&other.peer_held);
     }
 
     /// What changed between `self` and a later state `new` of the same conversation.
@@ -460,12 +471,13 @@ impl Conversation {
     }
 
     fn status_of(&self, id: &MessageId, rec: &MessageRecord) -> Status {
-        derive_status(
+        derive_status_with(
             self.seq_of.get(id).map(|(s, _)| *s),
             self.failed.contains(id),
             rec.user,
             self.members_at(self.seq_of.get(id).map(|(s, _)| *s)),
             &self.users,
+            self.peer_held.get(id),
         )
     }
 

@@ -180,6 +180,15 @@ impl ConversationDoc {
         self.state.set_failed(message, failed)
     }
 
+    /// Records who holds a message by a peer receipt (local, not written to the documents).
+    pub fn set_peer_held(
+        &mut self,
+        message: MessageId,
+        held: crate::status::PeerHeld,
+    ) -> Vec<Change> {
+        self.state.set_peer_held(message, held)
+    }
+
     /// Records the members after the membership change the device's gate admitted at `seq`.
     pub fn set_members(
         &mut self,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 mod erase;
 mod error;
 mod gaps;
+mod holds;
 mod index;
 mod peer_reads;
 mod records;
@@ -30,6 +31,7 @@ mod txn;
 pub use erase::{ErasePass, ErasedMessage, COMPACT_AFTER_BYTES, MAX_ERASE_BATCH};
 use error::corrupt;
 pub use error::LogError;
+pub use holds::HoldsVector;
 use index::user_marks;
 pub use index::{local_read_key, LogReader, PageCursor, MAX_PAGE_LEN};
 use records::{covering_statement, read_history};
@@ -39,8 +41,8 @@ pub use records::{
 };
 use tables::*;
 pub use tables::{SnapshotParts, MAX_CHAIN_REPORTS};
-pub use txn::LogTxn;
-use txn::{chain_head, migrate_msg_by_id, read_meta};
+use txn::{chain_head, migrate_msg_by_id, read_meta, EARLY};
+pub use txn::{goes_early, EarlyAppend, LogTxn};
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
@@ -211,6 +213,9 @@ impl EventLog {
             txn.open_table(DIRECTORY)?;
             txn.open_table(EPOCH_KEYS)?;
             txn.open_table(gaps::HISTORY_GAPS)?;
+            txn.open_table(EARLY)?;
+            txn.open_table(holds::PEER_HOLDS)?;
+            txn.open_table(holds::PEER_HELD)?;
             erase::create_tables(&txn)?;
             if format < 3 {
                 migrate_msg_by_id(&txn)?;

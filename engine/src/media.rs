@@ -30,6 +30,7 @@ mod tests;
 pub mod verify;
 pub mod wire;
 
+pub use bytes::Bytes;
 pub use seal::{open_blob, seal_blob, BlobSealer};
 pub use verify::{verify_piece, BlobTree, Piece, PieceRefused, VerifiedPiece};
 

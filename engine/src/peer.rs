@@ -11,9 +11,13 @@
 //! gate at its place in the relay's order. A peer can therefore withhold events, never forge,
 //! reorder or inject one.
 //!
-//! Events the relay has not sequenced yet are not sent: a device shows others' events only at
-//! their place in the relay's order (the gate judges membership there), so such an event would
-//! wait, held, until the relay's statement came anyway.
+//! Events the relay has not sequenced yet (two phones on one Wi-Fi with no internet) go in
+//! [`PeerFrame::Unsequenced`], after the placed ones. The receiver checks their signatures and
+//! takes them in through [`crate::DeviceCore::handle_peer_early`]: the gate's rules judge each
+//! one now, against the membership where the conversation's gate stands (as if the relay placed
+//! it next); an admitted message shows at once, after the sequenced ones like a pending message,
+//! and moves to its server place when the relay's statement comes, where the gate judges it
+//! again (see [`crate::log::LogTxn::append_early`]).
 //!
 //! # Call order
 //! [`PeerSession::new`] (it queues the Hello), then for each frame read
@@ -34,6 +38,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 /// The peer protocol version this build speaks.
+///
+/// 2: [`PeerFrame::HistoryKeys`] (a new device's history), [`PeerFrame::Unsequenced`] (events
+/// the relay has not placed yet) and [`PeerFrame::Holds`] (peer receipts).
 pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// Most author devices in one conversation's version vector.
 pub const MAX_VECTOR_AUTHORS: usize = 4096;
@@ -91,12 +98,25 @@ pub enum PeerFrame {
         /// At most [`crate::history::MAX_HISTORY_KEYS_PER_FRAME`].
         keys: Vec<HistoryKey>,
     },
+    /// Events the relay has not placed yet (protocol 2), sent after every placed one: each
+    /// judged by the receiver's gate rules now, shown before its place.
+    Unsequenced {
+        /// The events.
+        events: Vec<Envelope>,
+    },
+    /// A receipt, sent once the other side's [`PeerFrame::Done`] came (protocol 2): per shared
+    /// conversation, per author device, every event up to this counter is now held here. The
+    /// receiver shows DELIVERED for the messages every recipient holds, sequenced or not.
+    Holds {
+        /// One per shared conversation.
+        conversations: Vec<ConversationVector>,
+    },
 }
 
 impl Frame for PeerFrame {
     fn check_limits(&self) -> Result<(), WireError> {
         match self {
-            PeerFrame::Hello { conversations, .. } => {
+            PeerFrame::Hello { conversations, .. } | PeerFrame::Holds { conversations } => {
                 check(
                     "conversations",
                     conversations.len(),
@@ -127,6 +147,13 @@ impl Frame for PeerFrame {
                 check("history keys", keys.len(), MAX_HISTORY_KEYS_PER_FRAME)?;
                 for k in keys {
                     check("sealed key", k.sealed.sealed.len(), MAX_SEALED_KEY_LEN)?;
+                }
+                Ok(())
+            }
+            PeerFrame::Unsequenced { events } => {
+                check("events", events.len(), MAX_PAGE_ITEMS)?;
+                for e in events {
+                    check("envelope", e.0.len(), crate::event::MAX_EVENT_LEN)?;
                 }
                 Ok(())
             }
@@ -235,6 +262,8 @@ pub struct PeerSession {
     transmit: VecDeque<PeerFrame>,
     answered: bool,
     done: bool,
+    /// The peer's receipt came.
+    holds: bool,
     /// Events received from this peer, counted.
     n_received: u64,
     /// History keys taken from this peer.
@@ -250,16 +279,7 @@ impl PeerSession {
         if shared.is_empty() && !own {
             return Err(PeerError::NotAdmitted(peer));
         }
-        let log = core.store().log();
-        let conversations = shared
-            .iter()
-            .map(|c| {
-                Ok(ConversationVector {
-                    conversation: *c,
-                    authors: log.version_vector(*c)?,
-                })
-            })
-            .collect::<Result<Vec<_>, LogError>>()?;
+        let conversations = vectors(core, &shared)?;
         let mut transmit = VecDeque::new();
         transmit.push_back(PeerFrame::Hello {
             protocol_version: PEER_PROTOCOL_VERSION,
@@ -272,6 +292,7 @@ impl PeerSession {
             transmit,
             answered: false,
             done: false,
+            holds: false,
             n_received: 0,
             n_keys: 0,
         })
@@ -282,9 +303,9 @@ impl PeerSession {
         self.peer
     }
 
-    /// Both sides sent everything the other was missing.
+    /// Both sides sent everything the other was missing, and the peer's receipt came.
     pub fn is_done(&self) -> bool {
-        self.answered && self.done
+        self.answered && self.done && self.holds
     }
 
     /// Events received from the peer so far (before the store's deduplication).
@@ -344,7 +365,29 @@ impl PeerSession {
                 Ok(())
             }
             PeerFrame::Done => {
+                if self.done {
+                    return Err(PeerError::Unexpected("a second Done"));
+                }
                 self.done = true;
+                // Everything the peer sent is in: say what this device holds now.
+                self.transmit.push_back(PeerFrame::Holds {
+                    conversations: vectors(core, &self.shared)?,
+                });
+                Ok(())
+            }
+            PeerFrame::Holds { conversations } => {
+                let theirs: Vec<_> = conversations
+                    .iter()
+                    .filter(|v| self.shared.contains(&v.conversation))
+                    .map(|v| (v.conversation, v.authors.as_slice()))
+                    .collect();
+                core.handle_peer_holds(self.peer, &theirs)?;
+                self.holds = true;
+                Ok(())
+            }
+            PeerFrame::Unsequenced { events } => {
+                self.n_received += events.len() as u64;
+                core.handle_peer_early(&events, now_ms)?;
                 Ok(())
             }
             PeerFrame::HistoryKeys { keys } => {
@@ -404,8 +447,9 @@ impl PeerSession {
                         if let Some(statement) = statement {
                             batches.pair(&event, &statement);
                         }
+                    } else {
+                        batches.early(&event);
                     }
-                    // Not sequenced yet: not sent (see the module docs).
                 }
             }
         }
@@ -436,6 +480,23 @@ impl PeerSession {
     }
 }
 
+/// This device's version vectors of `shared`.
+fn vectors(
+    core: &DeviceCore,
+    shared: &BTreeSet<ConversationId>,
+) -> Result<Vec<ConversationVector>, LogError> {
+    let log = core.store().log();
+    shared
+        .iter()
+        .map(|c| {
+            Ok(ConversationVector {
+                conversation: *c,
+                authors: log.version_vector(*c)?,
+            })
+        })
+        .collect()
+}
+
 /// Items frames under construction: every event goes out with the statement that places it,
 /// in the same frame, and each frame keeps to the limits.
 #[derive(Default)]
@@ -451,6 +512,10 @@ struct Batches {
     sent: HashSet<EventId>,
     /// Events added so far.
     n_events: usize,
+    /// Unsequenced frames, and the one under construction with its bytes.
+    early_frames: Vec<PeerFrame>,
+    early: Vec<Envelope>,
+    early_bytes: usize,
 }
 
 impl Batches {
@@ -479,6 +544,27 @@ impl Batches {
         self.events.push(Envelope(event.bytes().to_vec()));
     }
 
+    /// Adds an event the relay has not placed yet.
+    fn early(&mut self, event: &Event) {
+        let len = event.bytes().len();
+        if self.early.len() + 1 > MAX_PAGE_ITEMS || self.early_bytes + len > MAX_ITEMS_BYTES {
+            self.cut_early();
+        }
+        self.n_events += 1;
+        self.early_bytes += len;
+        self.early.push(Envelope(event.bytes().to_vec()));
+    }
+
+    fn cut_early(&mut self) {
+        if self.early.is_empty() {
+            return;
+        }
+        self.early_bytes = 0;
+        self.early_frames.push(PeerFrame::Unsequenced {
+            events: std::mem::take(&mut self.early),
+        });
+    }
+
     fn cut(&mut self) {
         if self.events.is_empty() {
             return;
@@ -491,8 +577,11 @@ impl Batches {
         });
     }
 
+    /// Every frame: the placed events first, then the unplaced ones.
     fn finish(mut self) -> Vec<PeerFrame> {
         self.cut();
+        self.cut_early();
+        self.frames.append(&mut self.early_frames);
         self.frames
     }
 }

@@ -94,6 +94,53 @@ pub fn derive_status(
     }
 }
 
+/// Who holds a message by a peer receipt ([`crate::peer::PeerFrame::Holds`]): a recipient
+/// device that got it directly said so, before (or beside) its `Delivered` receipt through the
+/// relay. Both only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHeld {
+    /// Users one of whose devices holds the message.
+    pub users: std::collections::BTreeSet<UserId>,
+    /// Every recipient held it when a receipt came (the members then): DELIVERED from then
+    /// on, even if a member joins before the relay places the message (a max-register: the
+    /// status never goes back).
+    pub complete: bool,
+}
+
+/// [`derive_status`], with the peer receipts of the message: a recipient user has it when
+/// their relay receipt covers its sequence or a device of theirs said it holds it; DELIVERED
+/// once every recipient has it, with or without a sequence (✓✓ means the recipients have it,
+/// however it reached them). READ still comes only from read receipts through the relay.
+pub fn derive_status_with(
+    seq: Option<ServerSeq>,
+    failed: bool,
+    sender: UserId,
+    members: Option<&[UserId]>,
+    marks: &BTreeMap<UserId, UserMarks>,
+    held: Option<&PeerHeld>,
+) -> Status {
+    let base = derive_status(seq, failed, sender, members, marks);
+    let Some(held) = held else {
+        return base;
+    };
+    if base.rank() >= Status::Delivered.rank() {
+        return base;
+    }
+    let has_it = |u: &UserId| {
+        held.users.contains(u)
+            || seq.is_some_and(|s| marks.get(u).is_some_and(|m| m.delivered >= s))
+    };
+    let all = members.is_some_and(|m| {
+        let mut recipients = m.iter().filter(|u| **u != sender).peekable();
+        recipients.peek().is_some() && recipients.all(has_it)
+    });
+    if held.complete || all {
+        Status::Delivered
+    } else {
+        base
+    }
+}
+
 /// Status of a message for one recipient user.
 pub fn recipient_status(seq: Option<ServerSeq>, marks: UserMarks) -> Status {
     match seq {

@@ -21,9 +21,11 @@ use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod documents;
+mod early;
 mod evidence;
 mod failed;
 mod history;
+mod holds;
 mod keys;
 mod media;
 mod read;
@@ -176,6 +178,9 @@ pub struct ApplyOutcome {
     /// cannot place yet (see [`Store::removals_ahead`]): no new epoch key goes to those users
     /// meanwhile. Listed after every batch while they last.
     pub removals_ahead: Vec<RemovalEvidence>,
+    /// Events a peer handed over before the relay placed them that the gate's rules refuse
+    /// now ([`Store::apply_early`]): kept out of sight, judged again at their place.
+    pub held_early: Vec<RefusedEvent>,
 }
 
 /// One message for [`Store::send_all`].
@@ -649,6 +654,11 @@ impl Store {
         runs: &'e [(ConversationId, GateRun)],
         outcome: &mut ApplyOutcome,
     ) -> Result<(), StoreError> {
+        for (conv, run) in runs {
+            if !run.retracted.is_empty() {
+                self.rebuild_retracted(*conv, outcome)?;
+            }
+        }
         for (conv, run) in runs {
             if !run.admitted.is_empty() || !run.refused.is_empty() {
                 outcome.gated.push(*conv);

@@ -31,3 +31,50 @@ impl DeviceCore {
         self.take_gate_outcome(out, now_ms)
     }
 }
+
+impl DeviceCore {
+    /// Events a peer device handed over before the relay placed them: each signature checked
+    /// here, then stored and judged by the gate's rules now ([`Store::apply_early`]); those
+    /// admitted show at once where pending messages show, and take their server place when
+    /// the relay's statement comes. An envelope that does not verify is skipped (logged).
+    pub fn handle_peer_early(
+        &mut self,
+        events: &[Envelope],
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let mut verified = Vec::with_capacity(events.len());
+        for ev in Event::decode_batch(events) {
+            match ev {
+                Ok(ev) => verified.push(ev),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a peer sent an event that does not verify; skipped")
+                }
+            }
+        }
+        if verified.is_empty() {
+            return Ok(());
+        }
+        let out = self.store.apply_early(&verified, now_ms)?;
+        for r in &out.held_early {
+            tracing::warn!(conversation = %r.conversation, event = %r.event, author = %r.author,
+                kind = r.kind, reason = %r.refusal, "held an early event the gate's rules refuse");
+        }
+        self.emit_outcome(out, now_ms);
+        self.after_frame(now_ms)
+    }
+}
+
+impl DeviceCore {
+    /// A peer device's receipt: per conversation and author device, it holds every event up to
+    /// the counter given. Messages every recipient now has show DELIVERED (✓✓), placed by the
+    /// relay or not.
+    pub fn handle_peer_holds(
+        &mut self,
+        holder: DeviceId,
+        vectors: &[crate::log::HoldsVector<'_>],
+    ) -> Result<(), DeviceError> {
+        let changes = self.store.apply_holds(holder, vectors)?;
+        self.emit(changes);
+        Ok(())
+    }
+}

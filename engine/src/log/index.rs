@@ -19,7 +19,7 @@ use super::{
 use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
 use crate::event::{Event, EventKind};
 use crate::ids::{ConversationId, EventId, MessageId, ServerSeq, UserId};
-use crate::status::{derive_status, UserMarks};
+use crate::status::{derive_status_with, UserMarks};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -282,6 +282,7 @@ struct Views {
     convs: redb::ReadOnlyTable<Conv, &'static [u8]>,
     memberships: redb::ReadOnlyTable<(Conv, u64), &'static [u8]>,
     marks: redb::ReadOnlyTable<(Conv, Id32), MarksValue>,
+    peer_held: redb::ReadOnlyTable<(Conv, &'static [u8; 16]), &'static [u8]>,
     facts: HashMap<ConversationId, Facts>,
 }
 
@@ -295,6 +296,7 @@ impl Views {
             convs: txn.open_table(CONVS)?,
             memberships: txn.open_table(MEMBERSHIPS)?,
             marks: txn.open_table(MARKS)?,
+            peer_held: txn.open_table(super::holds::PEER_HELD)?,
             facts: HashMap::new(),
         })
     }
@@ -348,6 +350,7 @@ impl Views {
         };
         let h = ev.header();
         let seq = ack.map(|a| a.0);
+        let held = super::holds::read_peer_held(&self.peer_held, &conversation, message)?;
         let facts = self.facts(conversation)?;
         let members = members_at(&facts.history, facts.create.as_deref(), seq);
         Ok(Some(MessageView {
@@ -355,7 +358,7 @@ impl Views {
             conversation,
             seq,
             server_ts_ms: ack.map(|a| a.1),
-            status: derive_status(seq, failed, h.user, members, &facts.marks),
+            status: derive_status_with(seq, failed, h.user, members, &facts.marks, held.as_ref()),
             record: MessageRecord {
                 event: ev.id(),
                 author: h.author,

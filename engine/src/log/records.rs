@@ -124,6 +124,10 @@ pub struct GateRun {
     /// Each membership change admitted in this run (none: the membership did not change): its
     /// sequence and the members after it.
     pub changes: Vec<(ServerSeq, Vec<UserId>)>,
+    /// Events shown before the relay placed them that the gate refused at their place
+    /// (see [`LogTxn::append_early`]): out of the fold order, the conversation's snapshots
+    /// dropped.
+    pub retracted: Vec<EventId>,
 }
 
 /// A break in one device's chain of events in a conversation (its per-conversation counter

@@ -3,6 +3,9 @@
 use super::*;
 
 mod discard;
+mod early;
+pub(super) use early::EARLY;
+pub use early::{goes_early, EarlyAppend};
 
 /// One write transaction over the log's tables. Every table is opened once per transaction,
 /// and per-conversation facts are cached and written back once, at the end.
@@ -32,6 +35,7 @@ pub struct LogTxn<'a> {
     statements: redb::Table<'a, (Conv, u64), (Id32, u64)>,
     chain_reports: redb::Table<'a, u64, &'static [u8]>,
     pub(super) gaps: redb::Table<'a, (Conv, u64), u64>,
+    early: redb::Table<'a, Id32, (Conv, u64)>,
     pub(super) erased: redb::Table<'a, Id32, super::erase::ErasedValue>,
     pub(super) retention: redb::Table<'a, (Conv, u64), &'static [u8]>,
     metas: HashMap<ConversationId, ConversationMeta>,
@@ -76,6 +80,7 @@ impl<'a> LogTxn<'a> {
             statements: txn.open_table(STATEMENTS)?,
             chain_reports: txn.open_table(CHAIN_REPORTS)?,
             gaps: txn.open_table(super::gaps::HISTORY_GAPS)?,
+            early: txn.open_table(EARLY)?,
             erased: txn.open_table(super::erase::ERASED)?,
             retention: txn.open_table(super::erase::RETENTION)?,
             metas: HashMap::new(),
@@ -365,11 +370,16 @@ impl<'a> LogTxn<'a> {
                     if self.held.remove(&id)?.is_some() && event.header().author != me {
                         let position = self.admit(&event)?;
                         run.admitted.push((position, event));
+                    } else {
+                        self.settle_early(&event, true)?;
                     }
                 }
                 Verdict::Refuse(refusal) => {
                     if !foreign {
                         self.held.remove(&id)?;
+                        if self.settle_early(&event, false)? {
+                            run.retracted.push(event.id());
+                        }
                     }
                     self.msg_by_seq.remove((c, seq))?;
                     let text = refusal.to_string();

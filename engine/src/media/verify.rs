@@ -11,10 +11,11 @@
 use super::{n_groups, MediaError, CHUNK_GROUP_LEN, CHUNK_GROUP_LOG, MAX_PIECE_GROUPS};
 use crate::ids::BlobId;
 use bao_tree::io::outboard::PreOrderMemOutboard;
-use bao_tree::io::sync::{encode_ranges_validated, DecodeResponseIter, Outboard, ReadAt};
-use bao_tree::io::{BaoContentItem, DecodeError, EncodeError};
+use bao_tree::io::sync::{encode_ranges_validated, Outboard, ReadAt};
+use bao_tree::io::EncodeError;
 use bao_tree::iter::BaoChunk;
 use bao_tree::{blake3, BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 
@@ -25,7 +26,8 @@ const CHUNKS_PER_GROUP: u64 = 1 << CHUNK_GROUP_LOG;
 pub const PAIR_LEN: u64 = 64;
 
 /// A run of chunk groups as it travels: bao's encoding of groups
-/// `first_group..first_group + n_groups`, parents from the root included.
+/// `first_group..first_group + n_groups`, parents from the root included. The bytes are
+/// shared, not copied, between the frame they arrived in and the groups they verify into.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Piece {
     /// The first chunk group.
@@ -33,18 +35,18 @@ pub struct Piece {
     /// Chunk groups in the piece (1..=[`MAX_PIECE_GROUPS`]).
     pub n_groups: u64,
     /// The encoding.
-    #[serde(with = "crate::event::serde_bytes_vec")]
-    pub bytes: Vec<u8>,
+    #[serde(with = "serde_shared_bytes")]
+    pub bytes: Bytes,
 }
 
 /// What a piece proved: parent pairs (at their outboard offsets) and ciphertext (at its blob
-/// offsets), each checked against the root.
+/// offsets), each checked against the root. The ciphertext is a view of the piece's bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifiedPiece {
     /// `(outboard byte offset, left hash ‖ right hash)`.
     pub parents: Vec<(u64, [u8; 64])>,
     /// `(ciphertext byte offset, bytes)`, one entry per chunk group, in order.
-    pub leaves: Vec<(u64, Vec<u8>)>,
+    pub leaves: Vec<(u64, Bytes)>,
 }
 
 impl VerifiedPiece {
@@ -125,7 +127,6 @@ impl BlobTree {
         n_groups: u64,
     ) -> Result<Piece, MediaError> {
         encode_piece(
-            self.root,
             self.cipher_len,
             &self.outboard[..],
             data,
@@ -140,11 +141,12 @@ pub fn outboard_len(cipher_len: u64) -> u64 {
     BaoTree::new(cipher_len, BLOCK_SIZE).outboard_size()
 }
 
-/// Encodes a piece from any positioned reader of the outboard and of the ciphertext (the
-/// relay serves from its files). The bytes are checked against the root as they are read,
-/// so a damaged file is noticed here rather than by the receiver.
+/// Encodes a piece from any positioned reader of the outboard and of the ciphertext (a
+/// device's own files, the relay's store), reading the groups straight into the piece. The
+/// bytes are not hashed here: the receiver verifies every group against the root
+/// ([`verify_piece`]), so one hash per transfer is enough; [`check_stored`] is the sender's
+/// own check when it has reason to doubt its files.
 pub fn encode_piece(
-    root: BlobId,
     cipher_len: u64,
     outboard: impl ReadAt,
     data: impl ReadAt,
@@ -152,13 +154,59 @@ pub fn encode_piece(
     n_groups: u64,
 ) -> Result<Piece, MediaError> {
     let ranges = piece_ranges(cipher_len, first_group, n_groups)?;
+    let len = piece_len(cipher_len, first_group, n_groups)?;
+    let len = usize::try_from(len).map_err(|_| MediaError::Io("piece too large".into()))?;
+    let tree = BaoTree::new(cipher_len, BLOCK_SIZE);
+    let mut bytes = BytesMut::zeroed(len);
+    let mut at = 0usize;
+    let io = |e: std::io::Error| MediaError::Io(e.to_string());
+    for chunk in tree.ranges_pre_order_chunks_iter_ref(&ranges, 0) {
+        match chunk {
+            BaoChunk::Parent { node, .. } => {
+                let offset = tree
+                    .pre_order_offset(node)
+                    .ok_or_else(|| MediaError::Io("parent outside the outboard".into()))?;
+                let end = at + PAIR_LEN as usize;
+                outboard
+                    .read_exact_at(offset * PAIR_LEN, &mut bytes[at..end])
+                    .map_err(io)?;
+                at = end;
+            }
+            BaoChunk::Leaf {
+                start_chunk, size, ..
+            } => {
+                data.read_exact_at(start_chunk.to_bytes(), &mut bytes[at..at + size])
+                    .map_err(io)?;
+                at += size;
+            }
+        }
+    }
+    Ok(Piece {
+        first_group,
+        n_groups,
+        bytes: bytes.freeze(),
+    })
+}
+
+/// Checks groups `first_group..first_group + n_groups` of a stored blob (ciphertext and
+/// outboard) against its root, reading them from positioned readers: `Ok` when every group
+/// and every parent on their way verifies, [`MediaError::Corrupt`] naming the first that
+/// does not. A relay re-checks the unsynced tail of a partial upload this way after a crash.
+pub fn check_stored(
+    root: BlobId,
+    cipher_len: u64,
+    outboard: impl ReadAt,
+    data: impl ReadAt,
+    first_group: u64,
+    n_groups: u64,
+) -> Result<(), MediaError> {
+    let ranges = piece_ranges(cipher_len, first_group, n_groups)?;
     let ob = PositionedOutboard {
         root: blake3::Hash::from(root.0),
         tree: BaoTree::new(cipher_len, BLOCK_SIZE),
         data: outboard,
     };
-    let mut bytes = Vec::new();
-    encode_ranges_validated(data, ob, &ranges, &mut bytes).map_err(|e| match e {
+    encode_ranges_validated(data, ob, &ranges, std::io::sink()).map_err(|e| match e {
         EncodeError::LeafHashMismatch(c) => MediaError::Corrupt {
             group: c.0 / CHUNKS_PER_GROUP,
         },
@@ -166,11 +214,6 @@ pub fn encode_piece(
             group: n.chunk_range().start.0 / CHUNKS_PER_GROUP,
         },
         other => MediaError::Io(other.to_string()),
-    })?;
-    Ok(Piece {
-        first_group,
-        n_groups,
-        bytes,
     })
 }
 
@@ -188,61 +231,123 @@ pub fn piece_len(cipher_len: u64, first_group: u64, n_groups: u64) -> Result<u64
         .sum())
 }
 
-/// Checks a piece against the blob's root, group by group. On the first bad group (or a
-/// piece of the wrong length) it stops: what verified before stays usable in
+/// Checks a piece against the blob's root, group by group, hashing each group once and
+/// copying nothing: the verified groups are views of the piece's bytes. On the first bad
+/// group (or a piece of the wrong length) it stops: what verified before stays usable in
 /// [`PieceRefused::kept`].
 pub fn verify_piece(
     root: BlobId,
     cipher_len: u64,
     piece: &Piece,
 ) -> Result<VerifiedPiece, PieceRefused> {
-    let refuse = |kept: VerifiedPiece, error| PieceRefused { kept, error };
-    let expected = piece_len(cipher_len, piece.first_group, piece.n_groups)
-        .map_err(|e| refuse(VerifiedPiece::default(), e))?;
-    if piece.bytes.len() as u64 != expected {
-        let error = MediaError::PieceLength {
-            len: piece.bytes.len(),
-            expected,
-        };
-        return Err(refuse(VerifiedPiece::default(), error));
-    }
-    let ranges = piece_ranges(cipher_len, piece.first_group, piece.n_groups)
-        .map_err(|e| refuse(VerifiedPiece::default(), e))?;
-    let tree = BaoTree::new(cipher_len, BLOCK_SIZE);
-    let root = blake3::Hash::from(root.0);
     let mut out = VerifiedPiece::default();
-    for item in DecodeResponseIter::new(root, tree, &piece.bytes[..], &ranges) {
-        match item {
-            Ok(BaoContentItem::Parent(p)) => {
-                if let Some(at) = tree.pre_order_offset(p.node) {
-                    let mut pair = [0u8; 64];
-                    pair[..32].copy_from_slice(p.pair.0.as_bytes());
-                    pair[32..].copy_from_slice(p.pair.1.as_bytes());
-                    out.parents.push((at * PAIR_LEN, pair));
-                }
-            }
-            Ok(BaoContentItem::Leaf(l)) => out.leaves.push((l.offset, l.data.to_vec())),
-            Err(e) => {
-                let error = decode_error(e, piece.bytes.len(), expected);
-                return Err(refuse(out, error));
-            }
-        }
+    match verify_into(root, cipher_len, piece, &mut out) {
+        Ok(()) => Ok(out),
+        Err(error) => Err(PieceRefused { kept: out, error }),
     }
-    Ok(out)
 }
 
-fn decode_error(e: DecodeError, len: usize, expected: u64) -> MediaError {
-    match e {
-        DecodeError::LeafHashMismatch(c) => MediaError::Corrupt {
-            group: c.0 / CHUNKS_PER_GROUP,
-        },
-        DecodeError::ParentHashMismatch(n) => MediaError::Corrupt {
-            group: n.chunk_range().start.0 / CHUNKS_PER_GROUP,
-        },
-        DecodeError::ParentNotFound(_) | DecodeError::LeafNotFound(_) => {
-            MediaError::PieceLength { len, expected }
+fn verify_into(
+    root: BlobId,
+    cipher_len: u64,
+    piece: &Piece,
+    out: &mut VerifiedPiece,
+) -> Result<(), MediaError> {
+    let expected = piece_len(cipher_len, piece.first_group, piece.n_groups)?;
+    let bytes = &piece.bytes;
+    if bytes.len() as u64 != expected {
+        return Err(MediaError::PieceLength {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    let ranges = piece_ranges(cipher_len, piece.first_group, piece.n_groups)?;
+    let tree = BaoTree::new(cipher_len, BLOCK_SIZE);
+    // The hashes still to be matched, the next one on top: the walk is bao's pre-order.
+    let mut stack = vec![blake3::Hash::from(root.0)];
+    let mut at = 0usize;
+    let short = MediaError::PieceLength {
+        len: bytes.len(),
+        expected,
+    };
+    for chunk in tree.ranges_pre_order_chunks_iter_ref(&ranges, 0) {
+        match chunk {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => {
+                let corrupt = MediaError::Corrupt {
+                    group: node.chunk_range().start.0 / CHUNKS_PER_GROUP,
+                };
+                let mut pair = [0u8; 64];
+                pair.copy_from_slice(bytes.get(at..at + 64).ok_or(short.clone())?);
+                at += 64;
+                let mut l = [0u8; 32];
+                let mut r = [0u8; 32];
+                l.copy_from_slice(&pair[..32]);
+                r.copy_from_slice(&pair[32..]);
+                let want = stack.pop().ok_or(corrupt.clone())?;
+                if parent_cv(&l, &r, is_root) != want {
+                    return Err(corrupt);
+                }
+                if right {
+                    stack.push(blake3::Hash::from(r));
+                }
+                if left {
+                    stack.push(blake3::Hash::from(l));
+                }
+                if let Some(offset) = tree.pre_order_offset(node) {
+                    out.parents.push((offset * PAIR_LEN, pair));
+                }
+            }
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                is_root,
+                ..
+            } => {
+                let corrupt = MediaError::Corrupt {
+                    group: start_chunk.0 / CHUNKS_PER_GROUP,
+                };
+                if at + size > bytes.len() {
+                    return Err(short);
+                }
+                let data = bytes.slice(at..at + size);
+                at += size;
+                let want = stack.pop().ok_or(corrupt.clone())?;
+                if hash_subtree(start_chunk, &data, is_root) != want {
+                    return Err(corrupt);
+                }
+                out.leaves.push((start_chunk.to_bytes(), data));
+            }
         }
-        DecodeError::Io(e) => MediaError::Io(e.to_string()),
+    }
+    Ok(())
+}
+
+/// BLAKE3's chaining value of a run of chunks starting at `start` (bao's leaf hash).
+fn hash_subtree(start: ChunkNum, data: &[u8], is_root: bool) -> blake3::Hash {
+    use blake3::hazmat::HasherExt;
+    if is_root {
+        blake3::hash(data)
+    } else {
+        let mut hasher = blake3::Hasher::new();
+        hasher.set_input_offset(start.to_bytes());
+        hasher.update(data);
+        blake3::Hash::from(hasher.finalize_non_root())
+    }
+}
+
+/// BLAKE3's chaining value of a parent from its two children.
+fn parent_cv(left: &[u8; 32], right: &[u8; 32], is_root: bool) -> blake3::Hash {
+    use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
+    if is_root {
+        merge_subtrees_root(left, right, Mode::Hash)
+    } else {
+        blake3::Hash::from(merge_subtrees_non_root(left, right, Mode::Hash))
     }
 }
 
@@ -301,4 +406,18 @@ impl<D: ReadAt> Outboard for PositionedOutboard<D> {
 pub fn group_bytes(cipher_len: u64, first: u64, n: u64) -> std::ops::Range<u64> {
     let at = |g: u64| g.saturating_mul(CHUNK_GROUP_LEN).min(cipher_len);
     at(first)..at(first.saturating_add(n))
+}
+
+/// A piece's bytes as postcard bytes (a length, then the bytes), shared on decode.
+mod serde_shared_bytes {
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        crate::event::serde_bytes_vec::deserialize(d).map(Bytes::from)
+    }
 }

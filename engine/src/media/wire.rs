@@ -7,10 +7,17 @@
 //! big-endian length, then the postcard body: [`crate::wire::encode_frame`]). A piece is at
 //! most [`MAX_PIECE_GROUPS`] chunk groups (1 MiB and its parents), under
 //! [`crate::wire::MAX_FRAME_LEN`].
+//!
+//! A piece's bytes are never copied between the network and the disk: [`put_frame`] and
+//! [`piece_frame`] give a frame as two parts (the length prefix and the fields before the
+//! bytes, then the bytes themselves), and [`decode_request`] and [`decode_reply`] hand a
+//! piece back as a view of the frame body it arrived in. The bytes on the wire are the same
+//! as [`crate::wire::encode_frame`]'s.
 
 use super::{Piece, MAX_PIECE_GROUPS};
 use crate::ids::{BlobId, ConversationId};
-use crate::wire::{Frame, WireError};
+use crate::wire::{decode_body, Frame, WireError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Bytes of a piece's encoding at most (its groups and the parent pairs above them).
@@ -175,6 +182,129 @@ impl Frame for BlobReply {
     }
 }
 
+/// postcard's variant index of [`BlobRequest::Put`] (its first byte).
+const PUT_VARIANT: u8 = 1;
+/// postcard's variant index of [`BlobReply::Piece`].
+const PIECE_VARIANT: u8 = 1;
+
+/// A [`BlobRequest::Put`] frame for `piece`, as the two parts to write one after the other.
+pub fn put_frame(blob: BlobId, piece: &Piece) -> Result<[Bytes; 2], WireError> {
+    let empty = BlobRequest::Put {
+        blob,
+        piece: hollow(piece),
+    };
+    split_frame(&empty, &piece.bytes)
+}
+
+/// A [`BlobReply::Piece`] frame for `piece`, as the two parts to write one after the other.
+pub fn piece_frame(piece: &Piece) -> Result<[Bytes; 2], WireError> {
+    split_frame(&BlobReply::Piece(hollow(piece)), &piece.bytes)
+}
+
+/// Decodes a request body ([`crate::wire::decode_body`]); a `Put`'s piece is a view of
+/// `body`, not a copy.
+pub fn decode_request(body: Bytes) -> Result<BlobRequest, WireError> {
+    if body.first() != Some(&PUT_VARIANT) {
+        return decode_body(&body);
+    }
+    let view: PutView<'_> = exactly(&body[1..])?;
+    let request = BlobRequest::Put {
+        blob: view.blob,
+        piece: view.piece.share(&body),
+    };
+    request.check_limits()?;
+    Ok(request)
+}
+
+/// Decodes a reply body; a piece is a view of `body`, not a copy.
+pub fn decode_reply(body: Bytes) -> Result<BlobReply, WireError> {
+    if body.first() != Some(&PIECE_VARIANT) {
+        return decode_body(&body);
+    }
+    let view: PieceView<'_> = exactly(&body[1..])?;
+    let reply = BlobReply::Piece(view.share(&body));
+    reply.check_limits()?;
+    Ok(reply)
+}
+
+/// The piece's place without its bytes.
+fn hollow(piece: &Piece) -> Piece {
+    Piece {
+        first_group: piece.first_group,
+        n_groups: piece.n_groups,
+        bytes: Bytes::new(),
+    }
+}
+
+/// The length prefix and the body of `empty` (a frame whose piece is empty, last in its
+/// encoding) with the piece's real length in place of its zero; then the bytes.
+fn split_frame<F: Frame>(empty: &F, bytes: &Bytes) -> Result<[Bytes; 2], WireError> {
+    if bytes.len() > MAX_PIECE_BYTES {
+        return Err(WireError::FieldTooLarge {
+            field: "piece",
+            len: bytes.len(),
+            max: MAX_PIECE_BYTES,
+        });
+    }
+    let unencodable = || WireError::Malformed("unencodable frame");
+    let mut head = vec![0u8; FRAME_HEADER_LEN];
+    head = postcard::to_extend(empty, head).map_err(|_| unencodable())?;
+    // postcard writes a byte string as a varint length then the bytes: an empty piece
+    // ends the frame with one zero byte.
+    if head.pop() != Some(0) {
+        return Err(unencodable());
+    }
+    head = postcard::to_extend(&(bytes.len() as u64), head).map_err(|_| unencodable())?;
+    let body_len = head.len() - FRAME_HEADER_LEN + bytes.len();
+    if body_len > MAX_FRAME_LEN {
+        return Err(WireError::FrameTooLarge {
+            len: body_len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    // body_len <= MAX_FRAME_LEN < u32::MAX.
+    head[..FRAME_HEADER_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
+    Ok([Bytes::from(head), bytes.clone()])
+}
+
+/// A `Put` as postcard lays it out after its variant index, the piece's bytes borrowed.
+#[derive(Deserialize)]
+struct PutView<'a> {
+    blob: BlobId,
+    #[serde(borrow)]
+    piece: PieceView<'a>,
+}
+
+/// A [`Piece`] as postcard lays it out, its bytes borrowed.
+#[derive(Deserialize)]
+struct PieceView<'a> {
+    first_group: u64,
+    n_groups: u64,
+    bytes: &'a [u8],
+}
+
+impl PieceView<'_> {
+    /// The piece, its bytes a view of `body` (which they were borrowed from).
+    fn share(&self, body: &Bytes) -> Piece {
+        Piece {
+            first_group: self.first_group,
+            n_groups: self.n_groups,
+            bytes: body.slice_ref(self.bytes),
+        }
+    }
+}
+
+fn exactly<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => WireError::Malformed("frame body cut short"),
+        _ => WireError::Malformed("frame body"),
+    })?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed("trailing bytes after frame"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,7 +327,7 @@ mod tests {
         let piece = Piece {
             first_group: 3,
             n_groups: MAX_PIECE_GROUPS,
-            bytes: vec![7; MAX_PIECE_BYTES],
+            bytes: Bytes::from(vec![7; MAX_PIECE_BYTES]),
         };
         round_trip(BlobRequest::Put {
             blob: BlobId([1; 32]),
@@ -224,7 +354,7 @@ mod tests {
             piece: Piece {
                 first_group: 0,
                 n_groups: 1,
-                bytes: vec![0; MAX_PIECE_BYTES + 1],
+                bytes: Bytes::from(vec![0; MAX_PIECE_BYTES + 1]),
             },
         };
         let body = postcard::to_stdvec(&f).expect("encode");
@@ -232,5 +362,58 @@ mod tests {
             decode_body::<BlobRequest>(&body),
             Err(WireError::FieldTooLarge { field: "piece", .. })
         ));
+    }
+
+    /// The two-part frames are `encode_frame`'s bytes, and the sharing decoders give what
+    /// `decode_body` gives, their pieces views of the body.
+    #[test]
+    fn piece_frames_without_copies_are_the_plain_frames() {
+        for len in [0usize, 1, 127, 128, 16_384, MAX_PIECE_BYTES] {
+            let piece = Piece {
+                first_group: 300,
+                n_groups: 5,
+                bytes: Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>()),
+            };
+            let blob = BlobId([9; 32]);
+            let put = BlobRequest::Put {
+                blob,
+                piece: piece.clone(),
+            };
+            let reply = BlobReply::Piece(piece.clone());
+            for (parts, plain) in [
+                (put_frame(blob, &piece).expect("put"), frame_bytes(&put)),
+                (piece_frame(&piece).expect("piece"), frame_bytes(&reply)),
+            ] {
+                assert_eq!(parts.concat(), plain.expect("plain"), "len {len}");
+            }
+            let body = Bytes::from(frame_bytes(&put).expect("encode")).slice(FRAME_HEADER_LEN..);
+            let got = decode_request(body.clone()).expect("decode");
+            assert_eq!(got, put);
+            let BlobRequest::Put { piece: p, .. } = got else {
+                panic!("not a put")
+            };
+            if len > 0 {
+                assert!(body.as_ptr_range().contains(&p.bytes.as_ptr()), "copied");
+            }
+            let body = Bytes::from(frame_bytes(&reply).expect("encode")).slice(FRAME_HEADER_LEN..);
+            assert_eq!(decode_reply(body).expect("decode"), reply);
+        }
+        let other = BlobReply::State {
+            verified: 3,
+            len: 4,
+        };
+        let body = Bytes::from(frame_bytes(&other).expect("encode")).slice(FRAME_HEADER_LEN..);
+        assert_eq!(decode_reply(body).expect("decode"), other);
+        let mut cut = Bytes::from(
+            frame_bytes(&BlobReply::Piece(Piece {
+                first_group: 0,
+                n_groups: 1,
+                bytes: Bytes::from_static(b"abc"),
+            }))
+            .expect("encode"),
+        )
+        .slice(FRAME_HEADER_LEN..);
+        cut.truncate(cut.len() - 1);
+        assert!(decode_reply(cut).is_err());
     }
 }

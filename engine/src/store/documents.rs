@@ -136,6 +136,9 @@ impl Store {
         for m in failed {
             doc.set_failed(m, true);
         }
+        for (m, held) in self.log.peer_held(conversation)? {
+            doc.set_peer_held(m, held);
+        }
         self.tick += 1;
         self.docs.insert(
             conversation,

@@ -9,8 +9,18 @@
 //!   serves any range with its proof;
 //! - `<root>.meta`: the [`BlobRecord`] — length, owner, how far the verified prefix reaches,
 //!   the conversations that reference it — replaced atomically (write, fsync, rename) only
-//!   after the data and outboard it vouches for are synced. A relay that crashes mid-upload
-//!   restarts from the last recorded offset; what it wrote past it is written again.
+//!   after the data and outboard it vouches for are synced.
+//!
+//! Durability: verified pieces are written as they come, and synced (data and outboard,
+//! then the record) each time the verified prefix crosses a multiple of
+//! [`BLOB_SYNC_INTERVAL`] and when the blob is complete — before the answer that says so,
+//! after which the device forgets its copy. The offsets answered in between are progress, not
+//! a promise: the device keeps its copy until the blob is complete. When the store opens
+//! again after a crash, it checks the tail of every partial blob against the root
+//! ([`tidings_engine::media::verify::check_stored`]): the last sync interval the record
+//! vouches for and whatever was written past it. What verifies counts as held (a relay
+//! killed mid-upload resumes where its file stands, not where its last sync stood); a group
+//! torn by the crash, and everything after it, does not.
 //!
 //! Uploads are sequential from the verified offset: a device asks where to resume
 //! ([`BlobStore::begin_upload`]) and sends [`Piece`]s from there. Limits
@@ -32,7 +42,8 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use tidings_engine::media::{
-    self, verify::group_bytes, verify::outboard_len, verify_piece, Piece, MAX_PIECE_GROUPS,
+    self, verify::check_stored, verify::group_bytes, verify::outboard_len, verify_piece, Piece,
+    CHUNK_GROUP_LEN, MAX_PIECE_GROUPS,
 };
 use tidings_engine::{BlobId, ConversationId, UserId};
 
@@ -45,6 +56,11 @@ pub const BLOB_QUOTA_PER_USER: u64 = 1024 * 1024 * 1024;
 pub const BLOB_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Blobs the store holds at most (complete or not), by default.
 pub const MAX_BLOBS: usize = 1_000_000;
+/// An upload's written pieces are synced (and recorded) each time its verified prefix
+/// crosses a multiple of this, and at its end: a sync per 8 MiB rather than per piece. It
+/// also bounds what a restart re-checks per partial blob (this much before the record's
+/// offset, and at most this much written past it).
+pub const BLOB_SYNC_INTERVAL: u64 = 8 * 1024 * 1024;
 
 /// The blob store's limits; `Default` gives the constants above.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -190,7 +206,13 @@ impl BlobStore {
             if path.extension().and_then(|e| e.to_str()) != Some("meta") {
                 continue;
             }
-            match BlobRecord::read(&path) {
+            let rec = BlobRecord::read(&path).and_then(|mut rec| {
+                if !rec.complete() {
+                    recheck_tail(&store.dir, &mut rec)?;
+                }
+                Ok(rec)
+            });
+            match rec {
                 Ok(rec) => {
                     *store.used.entry(rec.owner).or_default() += rec.len;
                     store.blobs.insert(rec.blob, rec);
@@ -294,8 +316,9 @@ impl BlobStore {
         Ok(state)
     }
 
-    /// Takes a piece of an upload: verifies it against the root, writes what verified, syncs,
-    /// then records the new offset. A piece wholly before the offset (a resend after a lost
+    /// Takes a piece of an upload: verifies it against the root and writes what verified;
+    /// syncs and records the new offset when it crosses a multiple of [`BLOB_SYNC_INTERVAL`]
+    /// or completes the blob (see the module doc). A piece wholly before the offset (a resend after a lost
     /// answer) changes nothing; one that starts past it is refused. A piece with a bad group
     /// keeps the groups before it and is refused.
     pub fn put_piece(
@@ -333,10 +356,14 @@ impl BlobStore {
             for (at, bytes) in &verified.leaves {
                 data.write_all_at(bytes, *at)?;
             }
-            data.sync_data()?;
-            obao.sync_data()?;
-            rec.verified = end;
-            rec.write(&self.dir, rec.complete())?;
+            rec.held = end;
+            let due = end / BLOB_SYNC_INTERVAL > rec.verified / BLOB_SYNC_INTERVAL;
+            if due || rec.complete() {
+                data.sync_data()?;
+                obao.sync_data()?;
+                rec.verified = end;
+                rec.write(&self.dir, rec.complete())?;
+            }
         }
         match refused {
             Some(e) => Err(BlobError::Media(e)),
@@ -373,8 +400,9 @@ impl BlobStore {
     }
 
     /// Reads groups `first_group..first_group + n_groups` of a blob with their proof, for a
-    /// member (`is_member`) of `conversation`, which must reference it. Only verified groups
-    /// are served.
+    /// member (`is_member`) of `conversation`, which must reference it. Only groups that
+    /// verified when they arrived are served; they are not hashed again here (the downloader
+    /// checks every group against the root, and refuses a group damaged on disk since).
     pub fn read_piece(
         &self,
         blob: BlobId,
@@ -388,9 +416,9 @@ impl BlobStore {
         let left = media::n_groups(rec.len).saturating_sub(first_group);
         let n_groups = n_groups.min(MAX_PIECE_GROUPS).min(left);
         let end = group_bytes(rec.len, first_group, n_groups).end;
-        if end > rec.verified {
+        if end > rec.held {
             return Err(BlobError::Incomplete {
-                verified: rec.verified,
+                verified: rec.held,
                 len: rec.len,
             });
         }
@@ -398,7 +426,6 @@ impl BlobStore {
         let data = File::open(base.with_extension("data"))?;
         let obao = File::open(base.with_extension("obao"))?;
         Ok(media::verify::encode_piece(
-            blob,
             rec.len,
             &obao,
             &data,
@@ -448,6 +475,45 @@ impl BlobStore {
     fn base(&self, blob: BlobId) -> PathBuf {
         self.dir.join(hex::encode(blob.0))
     }
+}
+
+/// Re-checks the tail of a partial blob after a restart (see the module doc): from one
+/// [`BLOB_SYNC_INTERVAL`] before the recorded offset, group by group against the root, up to
+/// the first group that does not verify. The record is rewritten when what is held differs
+/// from what it says (after syncing what it newly vouches for).
+fn recheck_tail(dir: &Path, rec: &mut BlobRecord) -> std::io::Result<()> {
+    let base = dir.join(hex::encode(rec.blob.0));
+    let data = File::open(base.with_extension("data"))?;
+    let obao = File::open(base.with_extension("obao"))?;
+    let groups = media::n_groups(rec.len);
+    let from = rec.verified.saturating_sub(BLOB_SYNC_INTERVAL) / CHUNK_GROUP_LEN;
+    let mut next = from;
+    while next < groups {
+        let n = (groups - next).min(MAX_PIECE_GROUPS);
+        match check_stored(rec.blob, rec.len, &obao, &data, next, n) {
+            Ok(()) => next += n,
+            Err(media::MediaError::Corrupt { group }) => {
+                next = group.clamp(next, next + n);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let held = group_bytes(rec.len, next, 0).start;
+    if held != rec.verified {
+        tracing::info!(
+            blob = %rec.blob, recorded = rec.verified, held,
+            "partial blob re-checked after a restart"
+        );
+        if held > rec.verified {
+            open_rw(&base.with_extension("data"))?.sync_data()?;
+            open_rw(&base.with_extension("obao"))?.sync_data()?;
+        }
+        rec.verified = held;
+        rec.write(dir, true)?;
+    }
+    rec.held = held;
+    Ok(())
 }
 
 fn create(path: &Path) -> std::io::Result<File> {

@@ -29,6 +29,11 @@ pub struct BlobRecord {
     pub owner: UserId,
     /// Bytes from the start that verified against the root and are synced.
     pub verified: u64,
+    /// Bytes from the start that verified and are written, maybe not synced yet: what the
+    /// store serves and reports. Not persisted: after a restart it is what the record
+    /// vouches for, re-checked, plus what of the file past it checks against the root.
+    #[serde(skip)]
+    pub(super) held: u64,
     /// Conversations that reference it, each with when its reference expires (ms).
     pub refs: BTreeMap<ConversationId, u64>,
 }
@@ -46,19 +51,20 @@ impl BlobRecord {
             len,
             owner,
             verified: 0,
+            held: 0,
             refs: BTreeMap::from([(conversation, expires_ms)]),
         }
     }
 
     pub(super) fn state(&self) -> UploadState {
         UploadState {
-            verified: self.verified,
+            verified: self.held,
             len: self.len,
         }
     }
 
     pub(super) fn complete(&self) -> bool {
-        self.verified == self.len
+        self.held == self.len
     }
 
     /// References the blob from `conversation` until `expires_ms` (a later reference
@@ -111,6 +117,9 @@ impl BlobRecord {
         if !named || rec.verified > rec.len {
             return Err(bad("record does not match its file"));
         }
-        Ok(rec)
+        Ok(BlobRecord {
+            held: rec.verified,
+            ..rec
+        })
     }
 }

@@ -8,9 +8,12 @@
 
 use super::{BlobError, BlobStore};
 use crate::core::BlobAccess;
+use bytes::Bytes;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use tidings_engine::media::wire::{BlobRefusal, BlobReply, BlobRequest, MAX_DETAIL_LEN};
+use tidings_engine::media::wire::{
+    decode_request, piece_frame, BlobRefusal, BlobReply, BlobRequest, MAX_DETAIL_LEN,
+};
 use tidings_engine::media::MediaError;
 use tidings_engine::wire::{self, WireError};
 use tidings_engine::{BlobId, ConversationId, UserId};
@@ -98,8 +101,14 @@ impl BlobService {
             let reply = self
                 .answer(request, &access, now_ms(), &mut uploading)
                 .await?;
-            let bytes = wire::frame_bytes(&reply)?;
-            send.write_all(&bytes).await?;
+            // A piece goes out as it was read from the file, not copied into a frame.
+            match &reply {
+                BlobReply::Piece(piece) => send.write_all_chunks(&mut piece_frame(piece)?).await?,
+                other => {
+                    send.write_chunk(Bytes::from(wire::frame_bytes(other)?))
+                        .await?
+                }
+            }
         }
     }
 
@@ -198,7 +207,8 @@ async fn read_request(mut recv: quinn::RecvStream) -> NextRequest {
     let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
-    Ok(Some((wire::decode_body::<BlobRequest>(&body)?, recv)))
+    // A piece stays in this buffer from here to the file: verified and written as views.
+    Ok(Some((decode_request(Bytes::from(body))?, recv)))
 }
 
 fn state(s: super::UploadState) -> BlobReply {

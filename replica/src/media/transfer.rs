@@ -3,18 +3,22 @@
 //! the root before anything is kept.
 
 use super::MediaError;
+use bytes::Bytes;
 use std::fs::File;
 use std::ops::Range;
-use tidings_engine::media::wire::{BlobReply, BlobRequest};
+use tidings_engine::media::wire::{decode_reply, put_frame, BlobReply, BlobRequest};
 use tidings_engine::media::{
-    n_groups, verify::encode_piece, verify_piece, VerifiedPiece, MAX_PIECE_GROUPS,
+    n_groups, verify::encode_piece, verify_piece, Piece, VerifiedPiece, MAX_PIECE_GROUPS,
 };
 use tidings_engine::wire::{self, FRAME_HEADER_LEN};
 use tidings_engine::{BlobId, ConversationId};
 
 /// Pieces sent ahead of the relay's answers: keeps the stream busy across the round trip
-/// without holding more than this many MiB unanswered.
-pub const UPLOAD_WINDOW: usize = 4;
+/// and the relay's periodic sync without holding more than this many MiB unanswered.
+pub const UPLOAD_WINDOW: usize = 8;
+/// Piece requests sent ahead of the relay's answers on a download (each answer at most
+/// 1 MiB): the relay reads the next piece while this one travels.
+pub const FETCH_WINDOW: usize = 4;
 
 /// One blob stream.
 pub(crate) struct BlobStream {
@@ -30,7 +34,16 @@ impl BlobStream {
 
     async fn write(&mut self, request: &BlobRequest) -> Result<(), MediaError> {
         let bytes = wire::frame_bytes(request).map_err(|e| MediaError::Protocol(e.to_string()))?;
-        self.send.write_all(&bytes).await.map_err(lost)
+        self.send
+            .write_chunk(Bytes::from(bytes))
+            .await
+            .map_err(lost)
+    }
+
+    /// Sends a piece as read from the files, not copied into a frame.
+    async fn put(&mut self, blob: BlobId, piece: &Piece) -> Result<(), MediaError> {
+        let mut parts = put_frame(blob, piece).map_err(|e| MediaError::Protocol(e.to_string()))?;
+        self.send.write_all_chunks(&mut parts).await.map_err(lost)
     }
 
     async fn read(&mut self) -> Result<BlobReply, MediaError> {
@@ -40,7 +53,8 @@ impl BlobStream {
             .map_err(|e| MediaError::Protocol(e.to_string()))?;
         let mut body = vec![0u8; len];
         self.recv.read_exact(&mut body).await.map_err(lost)?;
-        match wire::decode_body::<BlobReply>(&body) {
+        // A piece stays in this buffer until it is written: verified as views of it.
+        match decode_reply(Bytes::from(body)) {
             Ok(BlobReply::Refused(r)) => Err(MediaError::Refused(r)),
             Ok(reply) => Ok(reply),
             Err(e) => Err(MediaError::Protocol(e.to_string())),
@@ -96,10 +110,10 @@ impl BlobStream {
         while next < groups || unanswered > 0 {
             if next < groups && unanswered < UPLOAD_WINDOW {
                 let n = (groups - next).min(MAX_PIECE_GROUPS);
-                let piece = encode_piece(blob, len, outboard, data, next, n)?;
+                let piece = encode_piece(len, outboard, data, next, n)?;
                 let span = tidings_engine::media::verify::group_bytes(len, next, n);
                 sent += span.end - span.start;
-                self.write(&BlobRequest::Put { blob, piece }).await?;
+                self.put(blob, &piece).await?;
                 next += n;
                 unanswered += 1;
                 continue;
@@ -111,9 +125,10 @@ impl BlobStream {
         Ok(sent)
     }
 
-    /// Fetches groups `groups` of a blob, verified, in order; `each` gets every verified
-    /// piece. A piece that fails verification ends the fetch with [`MediaError::Corrupt`]
-    /// before anything of it is handed on.
+    /// Fetches groups `groups` of a blob, verified, in order, [`FETCH_WINDOW`] requests
+    /// ahead of the answers; `each` gets every verified piece. A piece that fails
+    /// verification ends the fetch with [`MediaError::Corrupt`] before anything of it is
+    /// handed on.
     pub(crate) async fn fetch(
         &mut self,
         conversation: ConversationId,
@@ -122,16 +137,26 @@ impl BlobStream {
         groups: Range<u64>,
         mut each: impl FnMut(VerifiedPiece) -> Result<(), MediaError>,
     ) -> Result<(), MediaError> {
-        let mut first = groups.start;
-        while first < groups.end {
-            let n = (groups.end - first).min(MAX_PIECE_GROUPS);
-            let request = BlobRequest::Fetch {
-                conversation,
-                blob,
-                first_group: first,
-                n_groups: n,
+        let mut asked = groups.start;
+        let mut expected = std::collections::VecDeque::with_capacity(FETCH_WINDOW);
+        while asked < groups.end || !expected.is_empty() {
+            if asked < groups.end && expected.len() < FETCH_WINDOW {
+                let n = (groups.end - asked).min(MAX_PIECE_GROUPS);
+                let request = BlobRequest::Fetch {
+                    conversation,
+                    blob,
+                    first_group: asked,
+                    n_groups: n,
+                };
+                self.write(&request).await?;
+                expected.push_back((asked, n));
+                asked += n;
+                continue;
+            }
+            let Some((first, n)) = expected.pop_front() else {
+                break;
             };
-            let piece = match self.ask(&request).await? {
+            let piece = match self.read().await? {
                 BlobReply::Piece(p) if p.first_group == first && p.n_groups == n => p,
                 other => return Err(MediaError::Protocol(format!("unexpected {other:?}"))),
             };
@@ -142,7 +167,6 @@ impl BlobStream {
                 e => MediaError::Engine(e),
             })?;
             each(verified)?;
-            first += n;
         }
         Ok(())
     }

@@ -3,9 +3,9 @@
 
 use super::{patch, Reader};
 use std::sync::OnceLock;
-use tidings_engine::media::wire::{BlobReply, BlobRequest};
+use tidings_engine::media::wire::{decode_reply, decode_request, BlobReply, BlobRequest};
 use tidings_engine::media::{
-    cipher_len, n_groups, plan_range, verify_piece, BlobTree, Piece, CHUNK_GROUP_LEN,
+    cipher_len, n_groups, plan_range, verify_piece, BlobTree, Bytes, Piece, CHUNK_GROUP_LEN,
     MAX_PIECE_GROUPS, SEGMENT_LEN,
 };
 use tidings_engine::wire::decode_body;
@@ -24,8 +24,8 @@ fn blob() -> &'static (Vec<u8>, BlobTree) {
     })
 }
 
-/// Mode 0: the bytes as a blob stream frame body, both directions: no panic, and what
-/// decodes re-encodes to the same value. Mode 1: a real piece of the oracle blob, damaged by
+/// Mode 0: the bytes as a blob stream frame body, both directions: no panic, what decodes
+/// re-encodes to the same value, and the sharing decoders decode the same. Mode 1: a real piece of the oracle blob, damaged by
 /// the rest of the input: a piece whose bytes changed is refused, and whatever verifies (all
 /// of it, or the part before the first bad group) is exactly the blob's bytes at their
 /// offsets. Mode 2: any piece header and bytes against any root and length: no panic.
@@ -35,6 +35,16 @@ pub fn check_blob_pieces(data: &[u8]) {
     match r.u8() % 4 {
         0 => {
             let body = r.rest();
+            // The decoders that share a piece's bytes agree with the plain ones.
+            let shared = Bytes::copy_from_slice(body);
+            assert_eq!(
+                decode_request(shared.clone()).ok(),
+                decode_body::<BlobRequest>(body).ok()
+            );
+            assert_eq!(
+                decode_reply(shared).ok(),
+                decode_body::<BlobReply>(body).ok()
+            );
             if let Ok(f) = decode_body::<BlobRequest>(body) {
                 let again = postcard::to_stdvec(&f).expect("encode");
                 assert_eq!(decode_body::<BlobRequest>(&again).expect("decode"), f);
@@ -53,7 +63,7 @@ pub fn check_blob_pieces(data: &[u8]) {
             let piece = tree.encode_piece(&bytes[..], first, n).expect("encode");
             let (damaged, changed) = patch(&piece.bytes, r.rest());
             let piece = Piece {
-                bytes: damaged,
+                bytes: damaged.into(),
                 ..piece
             };
             let kept = match verify_piece(tree.root(), len, &piece) {
@@ -77,7 +87,7 @@ pub fn check_blob_pieces(data: &[u8]) {
             let piece = Piece {
                 first_group: r.u64(),
                 n_groups: r.u64(),
-                bytes: r.rest().to_vec(),
+                bytes: r.rest().to_vec().into(),
             };
             let _ = verify_piece(root, len, &piece);
         }
