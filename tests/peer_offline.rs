@@ -149,3 +149,59 @@ async fn two_replicas_without_a_relay_exchange_messages_then_take_the_relay_orde
     }
     relay.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_in_step_each_side_sees_the_other_send_without_asking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = relay_at(&dir.path().join("relay"), loopback()).await;
+    let (alice, bobu) = (user(1), user(2));
+    let (phone, _) = open_device(&relay, dir.path(), "phone", &alice, 11).await;
+    let (bob, _) = open_device(&relay, dir.path(), "bob", &bobu, 21).await;
+    start_conversation(
+        &phone,
+        &bob,
+        bobu.id,
+        CONV,
+        &[phone.clone(), bob.clone()],
+        20,
+    )
+    .await;
+    let first = send(&phone, "before").await;
+    eventually(20, "Bob has the first message", || async {
+        ids(&bob, CONV).await == vec![first]
+    })
+    .await;
+    relay.shutdown().await.expect("relay stops");
+    let phone_link = phone.peer_link(loopback()).await.expect("phone link");
+    let bob_link = bob.peer_link(loopback()).await.expect("bob link");
+    let at = |r: &Replica, l: &tidings::replica::peers::PeerLink| PeerAddr {
+        device: r.device(),
+        addr: l.local_addr().expect("address"),
+    };
+    let to_phone = bob_link.keep_synced(at(&phone, &phone_link));
+    let to_bob = phone_link.keep_synced(at(&bob, &bob_link));
+    let (mut by_phone, mut by_bob) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        by_phone.push(send(&phone, &format!("a{i}")).await);
+        by_bob.push(send(&bob, &format!("b{i}")).await);
+    }
+    let sent: Vec<MessageId> = [vec![first], by_phone.clone(), by_bob.clone()].concat();
+    for r in [&phone, &bob] {
+        eventually(20, "every message on both, nobody calling sync", || async {
+            let got = ids(r, CONV).await;
+            got.len() == sent.len() && sent.iter().all(|m| got.contains(m))
+        })
+        .await;
+    }
+    assert_eq!(ids(&phone, CONV).await, ids(&bob, CONV).await, "one order");
+    eventually(20, "✓✓ for every message on its sender", || async {
+        all_at_least(&phone, CONV, &by_phone, Status::Delivered).await
+            && all_at_least(&bob, CONV, &by_bob, Status::Delivered).await
+    })
+    .await;
+    assert!(to_phone.stats().sessions >= 1 && to_bob.stats().sessions >= 1);
+    drop((to_phone, to_bob, phone_link, bob_link));
+    for r in [&phone, &bob] {
+        r.close().await.expect("close");
+    }
+}

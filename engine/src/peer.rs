@@ -19,6 +19,11 @@
 //! and moves to its server place when the relay's statement comes, where the gate judges it
 //! again (see [`crate::log::LogTxn::append_early`]).
 //!
+//! Each side answers the other's `Done` with [`PeerFrame::Holds`], its version vectors after
+//! taking everything in: a receipt from the recipient device itself, which shows DELIVERED for
+//! the messages every recipient now holds, placed by the relay or not
+//! ([`crate::status::derive_status_with`]).
+//!
 //! # Call order
 //! [`PeerSession::new`] (it queues the Hello), then for each frame read
 //! [`PeerSession::handle_frame`]; after every call drain [`PeerSession::poll_transmit`]. The

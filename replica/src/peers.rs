@@ -8,7 +8,9 @@
 //! in), from the LAN ([`mdns::MdnsDiscovery`], advertised with [`PeerLink::advertise`]) or from
 //! any other [`Discovery`].
 
+mod keep;
 pub mod mdns;
+pub use keep::{KeepSynced, PeerSyncStats, KEEP_SYNCED_EVERY};
 
 use crate::{Command, Replica, ReplicaError};
 use std::fmt;
@@ -195,21 +197,7 @@ impl PeerLink {
     /// Dials `peer` and reconciles with it: each side gets what the other holds and it
     /// misses, admitted as if it came from the relay.
     pub async fn sync(&self, peer: PeerAddr) -> Result<PeerReport, ReplicaError> {
-        let net = |e: &dyn fmt::Display| ReplicaError::Network(e.to_string());
-        self.allow
-            .set(self.replica.peer_call(PeerCommand::Admitted).await?);
-        let dial = self.config.dial(peer.device).map_err(|e| net(&e))?;
-        let endpoint = client_endpoint(peer.addr, dial).map_err(|e| net(&e))?;
-        let conn = endpoint
-            .connect(peer.addr, PEER_SERVER_NAME)
-            .map_err(|e| net(&e))?
-            .await
-            .map_err(|e| net(&e))?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| net(&e))?;
-        let report = session(&self.replica, peer.device, send, recv).await;
-        conn.close(0u32.into(), b"synced");
-        endpoint.wait_idle().await;
-        report
+        sync_once(&self.replica, &self.config, &self.allow, peer).await
     }
 
     /// [`PeerLink::sync`] with every peer `discovery` knows now, one after the other.
@@ -223,6 +211,29 @@ impl PeerLink {
         }
         out
     }
+}
+
+/// Dials `peer` and runs one session ([`PeerLink::sync`]).
+async fn sync_once(
+    replica: &Replica,
+    config: &PeerConfig,
+    allow: &PeerAllowList,
+    peer: PeerAddr,
+) -> Result<PeerReport, ReplicaError> {
+    let net = |e: &dyn fmt::Display| ReplicaError::Network(e.to_string());
+    allow.set(replica.peer_call(PeerCommand::Admitted).await?);
+    let dial = config.dial(peer.device).map_err(|e| net(&e))?;
+    let endpoint = client_endpoint(peer.addr, dial).map_err(|e| net(&e))?;
+    let conn = endpoint
+        .connect(peer.addr, PEER_SERVER_NAME)
+        .map_err(|e| net(&e))?
+        .await
+        .map_err(|e| net(&e))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| net(&e))?;
+    let report = session(replica, peer.device, send, recv).await;
+    conn.close(0u32.into(), b"synced");
+    endpoint.wait_idle().await;
+    report
 }
 
 /// Accepts peers until the link is dropped, at most [`MAX_PEER_SESSIONS`] at once.
