@@ -412,9 +412,6 @@ impl Driver {
             Command::RemoveMember(c, user, r) => {
                 let _ = r.send(core.remove_member(c, user, now).map_err(Into::into));
             }
-            Command::SetRetention(c, policy, r) => {
-                let _ = r.send(core.set_retention(c, policy, now).map_err(Into::into));
-            }
             Command::Send(conversation, body, media, r) => {
                 let first = Outgoing {
                     conversation,
@@ -714,15 +711,6 @@ fn updates_of(
                             });
                         }
                     }
-                    Change::MessageErased {
-                        conversation,
-                        message,
-                        reason,
-                    } => out.push(Update::MessageErased {
-                        conversation,
-                        message,
-                        reason,
-                    }),
                     Change::MarksChanged { conversation, .. }
                     | Change::KeyArrived { conversation, .. }
                     | Change::MembersChanged { conversation } => {
