@@ -55,6 +55,8 @@ pub struct DeviceConfig {
     /// The user-signed statement that adds this device to its user, sent when the relay does
     /// not know the device yet.
     pub registration: Option<DeviceRegistration>,
+    /// The history policy ([`crate::history`]) set on the store; `None` keeps its config's.
+    pub history: Option<crate::history::HistoryPolicy>,
     /// Whether [`DeviceCore::mark_read`] tells the conversation (a `Read` event: the senders'
     /// blue ticks, and the user's other devices' unread counts). Off, the device keeps its read
     /// mark to itself ([`crate::log::local_read_key`]); by WhatsApp's rule the app then shows
@@ -80,6 +82,7 @@ impl Default for DeviceConfig {
             pull_limit: MAX_PAGE_ITEMS as u32,
             ack_timeout_ms: 10_000,
             registration: None,
+            history: None,
             read_receipts: true,
             failed_report_after_ms: None,
         }
@@ -446,7 +449,10 @@ impl DeviceCore {
     /// The first events are the chain reports the log holds (forks, broken links,
     /// equivocations, head mismatches, see [`crate::EventLog::chain_reports`]): a report is
     /// given at least once, even when the process that found it died before the app took it.
-    pub fn new(store: Store, relay: DeviceId, config: DeviceConfig, seed: u64) -> DeviceCore {
+    pub fn new(mut store: Store, relay: DeviceId, config: DeviceConfig, seed: u64) -> DeviceCore {
+        if let Some(policy) = config.history {
+            store.set_history_policy(policy);
+        }
         let events = match store.log().chain_reports() {
             Ok(reports) => reports.into_iter().map(DeviceEvent::Chain).collect(),
             Err(err) => {

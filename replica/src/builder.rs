@@ -273,7 +273,7 @@ impl ReplicaBuilder {
         config.profile = self.profile;
         config.connectivity = self.connectivity;
         config.clock = self.clock;
-        config.history = self.history;
+        config.device.history = Some(self.history);
         config.device = self.device;
         config.device.read_receipts = self.read_receipts;
         if let Some(age) = self.failed_report_after {

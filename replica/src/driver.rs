@@ -128,9 +128,7 @@ pub(crate) async fn start(
             .map_err(|e| ReplicaError::Random(e.to_string()))?;
         bytes
     };
-    let mut store_config = StoreConfig::new(config.relay_key);
-    store_config.history = config.history;
-    let mut store = Store::new(log, key, store_config, entropy);
+    let mut store = Store::new(log, key, StoreConfig::new(config.relay_key), entropy);
     if let Some(k) = config.storage_key.clone() {
         store.set_storage_key(k);
     }
@@ -754,17 +752,6 @@ fn updates_of(
             conversation,
             from,
             to,
-        }],
-        DeviceEvent::HistoryProgress {
-            peer,
-            events,
-            keys,
-            done,
-        } => vec![Update::HistoryProgress {
-            peer,
-            events,
-            keys,
-            done,
         }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],

@@ -123,10 +123,6 @@ pub struct ReplicaConfig {
     /// Bytes of the log's page cache (default [`tidings_engine::log::LOG_CACHE_BYTES`]): the
     /// most of the device's memory that grows with what it reads and writes.
     pub log_cache_bytes: usize,
-    /// How much of the user's history this device hands a new device of the user, and
-    /// takes when it is the new one (default [`HistoryPolicy::All`]; see
-    /// [`tidings_engine::history`]).
-    pub history: HistoryPolicy,
 }
 
 impl ReplicaConfig {
@@ -152,7 +148,6 @@ impl ReplicaConfig {
             connectivity: Connectivity::App,
             clock: Arc::new(SystemClock),
             log_cache_bytes: tidings_engine::log::LOG_CACHE_BYTES,
-            history: HistoryPolicy::All,
         }
     }
 }

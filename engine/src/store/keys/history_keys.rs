@@ -54,6 +54,11 @@ fn in_policy(dated: &[Dated], policy: HistoryPolicy, now_ms: u64) -> BTreeSet<Ev
 }
 
 impl Store {
+    /// Sets the history policy ([`crate::store::StoreConfig::history`]).
+    pub fn set_history_policy(&mut self, policy: HistoryPolicy) {
+        self.config.history = policy;
+    }
+
     /// The certified X25519 key of `device` when it is another certified, unrevoked device of
     /// this device's own user: the only devices history goes to or comes from.
     fn own_device(&mut self, device: DeviceId) -> Result<Option<AgreementPublic>, StoreError> {
