@@ -1,8 +1,10 @@
 //! A removed member's device drops the keys it can no longer use: once its gate admits the
-//! removal of its user, the erasure pass erases the conversation's epoch keys and every body
-//! it held (tombstoned, reason `Removed`), so that even a message sent after the removal
-//! under an epoch the device knew (by a member who had not learned of the removal yet), fed
-//! to it by a relay that does not stop, cannot be read there.
+//! removal of its user, the erasure pass erases every message sequenced after the removal
+//! (tombstoned, reason `Removed`), so that even a message sent after the removal under an
+//! epoch the device knew (by a member who had not learned of the removal yet), fed to it by a
+//! relay that does not stop, cannot be read there; and it erases every epoch key that no
+//! message kept from before the removal is sealed under. What the device had accepted before
+//! the removal stays readable: an admin's removal does not wipe a member's copy.
 
 mod common;
 
@@ -89,24 +91,73 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
     assert_eq!(body(&w, b, late), None, "not readable, not shown");
     assert_eq!(
         body(&w, b, m1),
-        None,
-        "nor what came before: its key is gone"
+        Some(Body::Text(b"all three".to_vec())),
+        "what came before the removal stays readable"
     );
-    assert!(w.devices[b]
-        .core
-        .store_mut()
-        .epochs(CONV)
-        .expect("epochs")
-        .is_empty());
     let tombs = w.devices[b].core.store().erased(CONV).expect("tombstones");
     let gone: Vec<(MessageId, ErasureReason)> =
         tombs.iter().map(|t| (t.message, t.reason)).collect();
-    assert!(gone.contains(&(m1, ErasureReason::Removed)), "{gone:?}");
     assert!(gone.contains(&(late, ErasureReason::Removed)), "{gone:?}");
+    assert!(
+        !gone.iter().any(|(m, _)| *m == m1),
+        "nothing from before the removal is erased: {gone:?}"
+    );
     // Fed again, nothing comes back.
     w.devices[b].core.store_mut().apply(&all).expect("apply");
     w.run(5_000);
     assert_eq!(body(&w, b, late), None);
     // The members keep everything.
     assert_eq!(body(&w, c, m1), Some(Body::Text(b"all three".to_vec())));
+}
+
+#[test]
+fn a_removed_members_device_keeps_the_keys_of_what_it_read_and_drops_the_rest() {
+    let (alice, bob, carol, dave) = (user(1), user(2), user(3), user(4));
+    let mut w = World::new(10);
+    let a = w.add_device_of(&alice, 11);
+    let b = w.add_device_of(&bob, 21);
+    let c = w.add_device_of(&carol, 31);
+    let d = w.add_device_of(&dave, 41);
+    for x in [a, b, c, d] {
+        w.set_online(x, true);
+    }
+    w.devices[a]
+        .core
+        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
+        .expect("create");
+    w.run(5_000);
+    let m1 = send(&mut w, a, "before");
+    w.run(5_000);
+    let first = w.devices[b].core.store_mut().epochs(CONV).expect("epochs");
+    assert_eq!(first.len(), 1, "one epoch so far: {first:?}");
+
+    // Dave joins; Carol learns of it, then goes away before Bob's removal. Her next message
+    // starts a new epoch for the members she knows, Bob's device among them.
+    let now = w.now;
+    w.devices[a]
+        .core
+        .add_member(CONV, dave.id, false, now)
+        .expect("add");
+    w.run(5_000);
+    w.set_online(c, false);
+    let now = w.now;
+    w.devices[a]
+        .core
+        .remove_member(CONV, bob.id, now)
+        .expect("remove");
+    w.run(5_000);
+    let late = send(&mut w, c, "after");
+    w.set_online(c, true);
+    w.run(10_000);
+
+    let all = everything(&w);
+    w.devices[b].core.store_mut().apply(&all).expect("apply");
+    w.run(5_000);
+    assert_eq!(body(&w, b, late), None, "not readable, not shown");
+    assert_eq!(body(&w, b, m1), Some(Body::Text(b"before".to_vec())));
+    assert_eq!(
+        w.devices[b].core.store_mut().epochs(CONV).expect("epochs"),
+        first,
+        "the key of what it read stays, the one only later messages use is gone"
+    );
 }

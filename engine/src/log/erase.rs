@@ -20,6 +20,7 @@ use super::tables::{Conv, Id32};
 use super::*;
 use crate::retention::{ErasureReason, RetentionPolicy, DAY_MS};
 use redb::TableDefinition;
+use std::collections::HashSet;
 
 /// (conversation, sequence of an admitted `SetRetention`) → postcard([`RetentionPolicy`]): the
 /// policy in force after that sequence.
@@ -245,9 +246,10 @@ impl EventLog {
                     Some(g) => postcard::from_bytes(g.value()).map_err(|e| corrupt("gates", e))?,
                     None => continue,
                 };
-                let (due, next) = if removed(&gate, &read_history(&memberships, c)?, &me) {
-                    let due = removed_due(&t, c, gate.through, budget)?;
-                    if drop_keys(&mut t, c)? {
+                let history = read_history(&memberships, c)?;
+                let (due, next) = if let Some(at) = removed_at(&gate, &history, &me) {
+                    let due = removed_due(&t, c, at, gate.through, budget)?;
+                    if drop_unused_keys(&mut t, c, at)? {
                         pass.keys_dropped.push(*c);
                     }
                     (due, None)
@@ -300,15 +302,27 @@ impl EventLog {
     }
 }
 
-/// Whether `me` was a member of the conversation and no longer is, at the gate's point.
-fn removed(gate: &Gate, history: &crate::conversation::MembershipHistory, me: &UserId) -> bool {
-    let Some(m) = &gate.membership else {
-        return false;
-    };
-    !m.is_member(me)
-        && history
-            .range(..=gate.through)
-            .any(|(_, members)| members.contains(me))
+/// Where `me` stopped being a member, if it was one and, at the gate's point, no longer is:
+/// the sequence of the membership change that removed it (the last such change).
+fn removed_at(
+    gate: &Gate,
+    history: &crate::conversation::MembershipHistory,
+    me: &UserId,
+) -> Option<ServerSeq> {
+    let m = gate.membership.as_ref()?;
+    if m.is_member(me) {
+        return None;
+    }
+    let mut was_member = false;
+    let mut at = None;
+    for (seq, members) in history.range(..=gate.through) {
+        let is_member = members.contains(me);
+        if was_member && !is_member {
+            at = Some(*seq);
+        }
+        was_member = is_member;
+    }
+    at
 }
 
 fn read_policies(
@@ -324,17 +338,24 @@ fn read_policies(
     Ok(out)
 }
 
-/// Every message up to `through`: the device can read none of them any more.
+/// Every message sequenced after the removal at `removed` (up to `through`): the device's
+/// user was no longer a member when the relay placed them, so the device must not read them,
+/// whoever sealed them under which epoch. What came before stays: a removal does not take
+/// away what the device had already accepted.
 fn removed_due(
     t: &Tables<'_>,
     c: &ConversationId,
+    removed: ServerSeq,
     through: ServerSeq,
     budget: usize,
 ) -> Result<Vec<Due>, LogError> {
     let mut out = Vec::new();
+    if removed >= through {
+        return Ok(out);
+    }
     for row in t
         .msg_by_seq
-        .range((&c.0, 0)..=(&c.0, through))?
+        .range((&c.0, removed + 1)..=(&c.0, through))?
         .take(budget)
     {
         let (k, v) = row?;
@@ -347,13 +368,49 @@ fn removed_due(
     Ok(out)
 }
 
-/// Erases the conversation's epoch keys. True when there were some.
-fn drop_keys(t: &mut Tables<'_>, c: &ConversationId) -> Result<bool, LogError> {
+/// Erases the conversation's epoch keys that no message kept from before the removal at
+/// `removed` is sealed under: the keys the device can no longer use (what they open is not
+/// for it). True when it erased some.
+fn drop_unused_keys(
+    t: &mut Tables<'_>,
+    c: &ConversationId,
+    removed: ServerSeq,
+) -> Result<bool, LogError> {
+    let mut held = false;
+    for row in t
+        .epoch_keys
+        .range((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]))?
+    {
+        row?;
+        held = true;
+        break;
+    }
+    if !held {
+        return Ok(false);
+    }
+    let mut needed: HashSet<[u8; 32]> = HashSet::new();
+    for row in t.msg_by_seq.range((&c.0, 0)..=(&c.0, removed))? {
+        let (_, v) = row?;
+        let Some(g) = t.events.get(v.value())? else {
+            continue;
+        };
+        let ev = Event::decode_trusted(g.value().1).map_err(|e| corrupt("events", e))?;
+        if let EventKind::Send { body, .. } = ev.kind() {
+            match crate::e2ee::SealedBody::parse(body) {
+                Ok(crate::e2ee::SealedBody::Sealed { epoch, .. })
+                | Ok(crate::e2ee::SealedBody::SealedMedia { epoch, .. }) => {
+                    needed.insert(epoch.0);
+                }
+                _ => {}
+            }
+        }
+    }
     let mut any = false;
     t.epoch_keys
-        .retain_in((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]), |_, _| {
-            any = true;
-            false
+        .retain_in((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]), |k, _| {
+            let keep = needed.contains(k.1);
+            any |= !keep;
+            keep
         })?;
     Ok(any)
 }
