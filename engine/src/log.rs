@@ -41,7 +41,7 @@ pub use records::{
 };
 use tables::*;
 pub use tables::{SnapshotParts, MAX_CHAIN_REPORTS};
-use txn::{chain_head, migrate_msg_by_id, read_meta, EARLY};
+use txn::{chain_head, migrate_msg_by_id, read_meta};
 pub use txn::{goes_early, EarlyAppend, LogTxn};
 
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
@@ -189,31 +189,10 @@ impl EventLog {
                 .unwrap_or(0)
                 + 1;
             meta.insert("incarnation", incarnation.to_le_bytes().as_slice())?;
-            // Create every table up front, so readers never meet a missing one.
-            txn.open_table(EVENTS)?;
-            txn.open_table(LOG)?;
-            txn.open_table(CONV_LOG)?;
-            txn.open_table(BY_AUTHOR)?;
-            txn.open_table(BY_SEQ)?;
-            txn.open_table(MSG_BY_SEQ)?;
-            txn.open_table(MSG_BY_ID)?;
-            txn.open_table(UNSEQUENCED)?;
-            txn.open_table(ACKS)?;
-            txn.open_table(MARKS)?;
-            txn.open_table(CONVS)?;
-            txn.open_table(OUTBOX)?;
-            txn.open_table(OUTBOX_BY_EVENT)?;
-            txn.open_table(CURSORS)?;
-            txn.open_table(SNAPSHOTS)?;
+            // Create every table up front, so readers never meet a missing one: the write
+            // path's set (one list, in `LogTxn::open`) and the few it does not touch.
+            txn::LogTxn::open(&txn)?.finish()?;
             txn.delete_table(OLD_SNAPSHOTS)?;
-            txn.open_table(GATES)?;
-            txn.open_table(HELD)?;
-            txn.open_table(REFUSED)?;
-            txn.open_table(MEMBERSHIPS)?;
-            txn.open_table(DIRECTORY)?;
-            txn.open_table(EPOCH_KEYS)?;
-            txn.open_table(gaps::HISTORY_GAPS)?;
-            txn.open_table(EARLY)?;
             txn.open_table(holds::PEER_HOLDS)?;
             txn.open_table(holds::PEER_HELD)?;
             erase::create_tables(&txn)?;

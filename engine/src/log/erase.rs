@@ -376,15 +376,12 @@ fn drop_unused_keys(
     c: &ConversationId,
     removed: ServerSeq,
 ) -> Result<bool, LogError> {
-    let mut held = false;
-    for row in t
+    let held = t
         .epoch_keys
         .range((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]))?
-    {
-        row?;
-        held = true;
-        break;
-    }
+        .next()
+        .transpose()?
+        .is_some();
     if !held {
         return Ok(false);
     }

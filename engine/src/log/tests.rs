@@ -468,3 +468,12 @@ fn only_a_real_seal_of_a_closed_file_counts() {
     std::fs::copy(seal::seal_path(&other), seal::seal_path(&path)).expect("copy seal");
     assert!(EventLog::open(&path).expect("reopen").checked_in_full());
 }
+
+/// Every reader works on a log that was opened and never written: a table a reader opens
+/// must exist from the open on (redb's read transactions cannot create one).
+#[test]
+fn a_fresh_log_answers_every_reader() {
+    let log = EventLog::in_memory().expect("log");
+    assert_eq!(log.chain_reports().expect("chain reports"), Vec::new());
+    assert_eq!(log.statement_at(CONV, 1).expect("statement"), None);
+}
