@@ -17,15 +17,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tidings_engine::device::PreparedFrame;
 use tidings_engine::link::LinkSlot;
-use tidings_engine::log::MAX_PAGE_LEN;
-use tidings_engine::store::{MessageReader, Outgoing, Rendered, MAX_SEND_BATCH};
+use tidings_engine::store::{Outgoing, Rendered, MAX_SEND_BATCH};
 use tidings_engine::wire::{
-    ErrorCode, ServerFrame, UserChange, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
+    ErrorCode, ServerFrame, MAX_FRAME_LEN, TLS_BINDING_LEN, TLS_EXPORTER_LABEL,
 };
 use tidings_engine::{
-    Change, ConnectionState, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog,
-    LogError, MessageId, Store, StoreConfig,
+    ConnectionState, ConversationId, DeviceCore, DeviceEvent, DeviceKey, EventLog, LogError,
+    MessageId, Store, StoreConfig,
 };
+mod render;
+use render::Renderer;
+
 use tidings_transport::{DialConfig, FrameReader, FrameWriter, TransportError};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -75,9 +77,8 @@ struct Driver {
     config: ReplicaConfig,
     endpoint: Endpoint,
     commands: mpsc::Receiver<Command>,
-    updates: broadcast::Sender<Update>,
-    /// The index reader: renders the messages updates carry, and is shared with the handles.
-    reader: MessageReader,
+    /// Publishes updates, in order, rendering the messages they carry on its own thread.
+    render: Renderer,
     reads: ReadSlot,
     live: Option<Live>,
     dialing: Option<JoinHandle<Dialed>>,
@@ -150,13 +151,19 @@ pub(crate) async fn start(
     .map_err(|e| ReplicaError::Network(e.to_string()))?;
     let endpoint = tidings_transport::client_endpoint(config.relay_addr, client)
         .map_err(|e| ReplicaError::Network(e.to_string()))?;
+    let render =
+        Renderer::start(reader, updates, config.device.read_receipts).map_err(|source| {
+            ReplicaError::Io {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
     let driver = Driver {
         core,
         config,
         endpoint,
         commands,
-        updates,
-        reader,
+        render,
         reads: Arc::clone(&reads),
         live: None,
         dialing: None,
@@ -203,6 +210,7 @@ impl Driver {
                     Some(cmd) => self.command(cmd).await,
                     None => {
                         let _ = self.shutdown().await;
+                        self.render.finish().await;
                         return;
                     }
                 },
@@ -245,7 +253,7 @@ impl Driver {
                             // The core reports no state change for a failed dial; the app
                             // hears why.
                             let status = ConnectionStatus::new(self.core.connection(), self.problem.clone());
-                            let _ = self.updates.send(Update::Connection(status));
+                            self.render.update(Update::Connection(status)).await;
                         }
                     }
                 }
@@ -310,15 +318,10 @@ impl Driver {
                 };
                 self.media_link.send_replace(link);
                 let status = ConnectionStatus::new(state, self.problem.clone());
-                let _ = self.updates.send(Update::Connection(status));
+                self.render.update(Update::Connection(status)).await;
                 continue;
             }
-            // Nobody to render for: the messages are not read.
-            let reader = (self.updates.receiver_count() > 0).then_some(&self.reader);
-            for u in updates_of(event, reader, self.config.device.read_receipts) {
-                // No subscriber is fine: the app reads state when it wants.
-                let _ = self.updates.send(u);
-            }
+            self.render.event(event).await;
         }
     }
 
@@ -370,6 +373,9 @@ impl Driver {
 
     async fn close(mut self, reply: crate::Reply<()>) {
         let result = self.shutdown().await;
+        // Updates made before the close are published, and the render thread's reader
+        // released, before the caller hears back.
+        self.render.finish().await;
         // Handles lose their reader once the reads under way ended; then the last handle on
         // the database is the store's.
         let reads = Arc::clone(&self.reads);
@@ -630,153 +636,6 @@ fn snapshot(
         messages,
         unread,
     })
-}
-
-/// The messages `changes` name, rendered from the index in one read per [`MAX_PAGE_LEN`]
-/// (after the fold committed, so the index holds them); `None` each without a reader or
-/// when the read fails (logged: the update still says what changed).
-fn rendered(changes: &[Change], reader: Option<&MessageReader>) -> Vec<Option<Box<Rendered>>> {
-    let wanted: Vec<(ConversationId, MessageId)> = changes
-        .iter()
-        .filter_map(|ch| match ch {
-            Change::MessageAdded {
-                conversation,
-                message,
-                ..
-            }
-            | Change::StatusChanged {
-                conversation,
-                message,
-                ..
-            } => Some((*conversation, *message)),
-            _ => None,
-        })
-        .collect();
-    let Some(reader) = reader else {
-        return vec![None; wanted.len()];
-    };
-    let mut out = Vec::with_capacity(wanted.len());
-    for chunk in wanted.chunks(MAX_PAGE_LEN) {
-        match reader.messages(chunk) {
-            Ok(found) => out.extend(found.into_iter().map(|r| r.map(Box::new))),
-            Err(e) => {
-                tracing::warn!(error = %e, "rendering updated messages failed");
-                out.extend(chunk.iter().map(|_| None));
-            }
-        }
-    }
-    out
-}
-
-fn updates_of(
-    event: DeviceEvent,
-    reader: Option<&MessageReader>,
-    read_receipts: bool,
-) -> Vec<Update> {
-    let shown = |r: Option<Box<Rendered>>| r.map(|r| Box::new(crate::as_shown(*r, read_receipts)));
-    let shown_status = |s| crate::status_shown(s, read_receipts);
-    match event {
-        DeviceEvent::Changes(changes) => {
-            let mut out = Vec::with_capacity(changes.len());
-            let mut touched = BTreeSet::new();
-            let mut views = rendered(&changes, reader).into_iter();
-            for ch in changes {
-                match ch {
-                    Change::MessageAdded {
-                        conversation,
-                        message,
-                        status,
-                    } => out.push(Update::MessageAdded {
-                        conversation,
-                        message,
-                        status: shown_status(status),
-                        rendered: shown(views.next().flatten()),
-                    }),
-                    Change::StatusChanged {
-                        conversation,
-                        message,
-                        from,
-                        to,
-                    } => {
-                        let rendered = shown(views.next().flatten());
-                        let (from, to) = (shown_status(from), shown_status(to));
-                        // DELIVERED → READ with receipts off: nothing to show.
-                        if from != to {
-                            out.push(Update::StatusChanged {
-                                conversation,
-                                message,
-                                from,
-                                to,
-                                rendered,
-                            });
-                        }
-                    }
-                    Change::MarksChanged { conversation, .. }
-                    | Change::KeyArrived { conversation, .. }
-                    | Change::MembersChanged { conversation } => {
-                        touched.insert(conversation);
-                    }
-                    _ => {}
-                }
-            }
-            out.extend(
-                touched
-                    .into_iter()
-                    .map(|conversation| Update::ConversationChanged { conversation }),
-            );
-            out
-        }
-        DeviceEvent::SyncProgress {
-            conversation,
-            received,
-            target,
-        } => vec![Update::SyncProgress {
-            conversation,
-            received,
-            target,
-        }],
-        DeviceEvent::Refused {
-            event,
-            code,
-            reason,
-        } => vec![Update::Refused {
-            event,
-            code,
-            reason,
-        }],
-        DeviceEvent::HistoryGap {
-            conversation,
-            from,
-            to,
-        } => vec![Update::HistoryGap {
-            conversation,
-            from,
-            to,
-        }],
-        DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
-        DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
-        DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
-        DeviceEvent::KeyShareRefused(refused) => vec![Update::KeyShareRefused(refused)],
-        DeviceEvent::RemovalAhead(removal) => vec![Update::RemovalAhead(removal)],
-        DeviceEvent::FailedExpired {
-            conversation,
-            messages,
-        } => vec![Update::FailedExpired {
-            conversation,
-            messages,
-        }],
-        DeviceEvent::User(change) => match change {
-            UserChange::Invited(i) => vec![Update::Invited(i)],
-            UserChange::Accepted(info) => vec![Update::Accepted {
-                conversation: info.conversation,
-            }],
-            UserChange::Declined(conversation) => vec![Update::Declined { conversation }],
-            UserChange::Blocked(user) => vec![Update::Blocked { user }],
-            UserChange::Unblocked(user) => vec![Update::Unblocked { user }],
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    }
 }
 
 async fn dial(endpoint: Endpoint, addr: SocketAddr, name: String) -> Dialed {
