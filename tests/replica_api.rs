@@ -205,3 +205,71 @@ async fn the_device_stamps_events_with_the_clock_it_is_given() {
     assert_eq!(shown.view.record.wall_ms, when);
     r.close().await.expect("close");
 }
+
+/// Waits for `message`'s erasure on `updates`.
+async fn erased(
+    updates: &mut tidings::replica::Updates,
+    message: tidings::engine::MessageId,
+) -> tidings::replica::ErasureReason {
+    tokio::time::timeout(WAIT, async {
+        while let Some(u) = updates.next().await {
+            if let Update::MessageErased {
+                message: m, reason, ..
+            } = u
+            {
+                if m == message {
+                    return reason;
+                }
+            }
+        }
+        panic!("the updates ended")
+    })
+    .await
+    .expect("the erasure is announced in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disappearing_message_leaves_both_screens_through_an_update() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = relay(&tmp.path().join("relay"), Limits::default()).await;
+    let alice = open(&tmp.path().join("alice"), &relay).await;
+    let bob = open(&tmp.path().join("bob"), &relay).await;
+    let c = ConversationId([5; 16]);
+    alice
+        .create_conversation(c, vec![bob.user()])
+        .await
+        .expect("create");
+    accept_invitation(&bob, c).await;
+    alice
+        .set_retention(
+            c,
+            tidings::replica::RetentionPolicy::Disappear { after_read_secs: 1 },
+        )
+        .await
+        .expect("policy");
+    let (mut on_alice, mut on_bob) = (alice.updates(), bob.updates());
+    let id = alice.send(c, b"gone soon".to_vec()).await.expect("send");
+    tokio::time::timeout(WAIT, async {
+        while let Some(u) = on_bob.next().await {
+            if matches!(u, Update::MessageAdded { message, .. } if message == id) {
+                return;
+            }
+        }
+        panic!("bob's updates ended")
+    })
+    .await
+    .expect("bob gets the message");
+    bob.mark_read(c, None).await.expect("read");
+    assert_eq!(
+        erased(&mut on_bob, id).await,
+        tidings::replica::ErasureReason::Disappeared
+    );
+    assert_eq!(
+        erased(&mut on_alice, id).await,
+        tidings::replica::ErasureReason::Disappeared
+    );
+    for r in [&alice, &bob] {
+        let left = r.page(c, None, 50).await.expect("page");
+        assert!(left.iter().all(|m| m.view.id != id), "still listed");
+    }
+}

@@ -97,8 +97,8 @@ pub enum ErasureReason {
     Expired,
     /// Read, and the conversation's [`RetentionPolicy::Disappear`] delay passed.
     Disappeared,
-    /// This device's user was removed from the conversation: its epoch keys are erased, and
-    /// with them every body it could no longer read.
+    /// This device's user was removed from the conversation and the relay placed the message
+    /// after the removal: the device must not read it.
     Removed,
 }
 

@@ -418,6 +418,9 @@ impl Driver {
             Command::RemoveMember(c, user, r) => {
                 let _ = r.send(core.remove_member(c, user, now).map_err(Into::into));
             }
+            Command::SetRetention(c, policy, r) => {
+                let _ = r.send(core.set_retention(c, policy, now).map_err(Into::into));
+            }
             Command::Send(conversation, body, media, r) => {
                 let first = Outgoing {
                     conversation,

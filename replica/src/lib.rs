@@ -52,6 +52,7 @@ pub mod keystore;
 pub mod link;
 mod media;
 pub mod peers;
+mod retention;
 mod status;
 mod updates;
 
@@ -82,6 +83,7 @@ pub use tidings_engine::{
     FailedMessage, MediaRef, MessageId, MessageView, OutboxEntry, RetryPolicy, ServerSeq, Status,
     UserId,
 };
+pub use tidings_engine::{ErasureReason, RetentionPolicy};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Commands queued to the driver at most; `send` waits when the driver is this far behind.
@@ -303,6 +305,7 @@ enum Command {
     Create(ConversationId, Vec<UserId>, Reply<()>),
     AddMember(ConversationId, UserId, bool, Reply<()>),
     RemoveMember(ConversationId, UserId, Reply<()>),
+    SetRetention(ConversationId, RetentionPolicy, Reply<()>),
     Send(ConversationId, Vec<u8>, Vec<MediaRef>, Reply<MessageId>),
     SendMedia(ConversationId, MediaBody, Reply<MessageId>),
     MarkRead(ConversationId, Option<ServerSeq>, Reply<()>),

@@ -34,6 +34,16 @@ pub enum Update {
         /// The message as it is shown now (see [`Update::MessageAdded`]).
         rendered: Option<Box<Rendered>>,
     },
+    /// A message's body was erased from this device (the conversation's retention policy, or
+    /// this user's removal from it): drop it from the screen; it does not come back.
+    MessageErased {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Message.
+        message: MessageId,
+        /// Why.
+        reason: ErasureReason,
+    },
     /// Something else about a conversation changed (receipts, unread count, members).
     ConversationChanged {
         /// Conversation.

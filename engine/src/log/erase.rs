@@ -1,5 +1,6 @@
-//! Erasure: message bodies removed from the log by the conversation's retention policy (or
-//! because this device's user was removed), with a tombstone each, and the compaction that
+//! Erasure: message bodies removed from the log by the conversation's retention policy (or,
+//! for what the relay placed after this device's user was removed, because of that), with a
+//! tombstone each, and the compaction that
 //! gives their space back to the file system.
 //!
 //! Erasing a message deletes its `Send` envelope (the only copy of its ciphertext body in the

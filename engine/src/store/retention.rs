@@ -66,7 +66,8 @@ impl Store {
 
     /// The erasure pass: erases every message that is due at `now_ms` (see
     /// [`crate::retention`]), and, in a conversation this device's user was removed from,
-    /// its epoch keys and every body (they can no longer be read). One durable commit when
+    /// every message placed after the removal and the epoch keys only those used (what came
+    /// before stays readable). One durable commit when
     /// anything is due. The documents of a conversation that lost messages are rebuilt from
     /// the log on next use. Returns a [`Change::MessageErased`] per message.
     pub fn erase_due(&mut self, now_ms: u64) -> Result<Vec<Change>, StoreError> {

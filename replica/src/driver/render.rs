@@ -178,6 +178,15 @@ fn updates_of(
                             });
                         }
                     }
+                    Change::MessageErased {
+                        conversation,
+                        message,
+                        reason,
+                    } => out.push(Update::MessageErased {
+                        conversation,
+                        message,
+                        reason,
+                    }),
                     Change::MarksChanged { conversation, .. }
                     | Change::KeyArrived { conversation, .. }
                     | Change::MembersChanged { conversation } => {
@@ -220,6 +229,17 @@ fn updates_of(
             from,
             to,
         }],
+        DeviceEvent::HistoryProgress {
+            peer,
+            events,
+            keys,
+            done,
+        } => vec![Update::HistoryProgress {
+            peer,
+            events,
+            keys,
+            done,
+        }],
         DeviceEvent::Chain(issue) => vec![Update::Chain(issue)],
         DeviceEvent::Ignored(refused) => vec![Update::Ignored(refused)],
         DeviceEvent::Directory(refused) => vec![Update::Directory(refused)],
@@ -243,5 +263,31 @@ fn updates_of(
             _ => Vec::new(),
         },
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_engine::DeviceId;
+
+    #[test]
+    fn history_progress_reaches_the_app() {
+        let peer = DeviceId([7; 32]);
+        let event = DeviceEvent::HistoryProgress {
+            peer,
+            events: 120,
+            keys: 3,
+            done: true,
+        };
+        match updates_of(event, None, true).as_slice() {
+            [Update::HistoryProgress {
+                peer: p,
+                events: 120,
+                keys: 3,
+                done: true,
+            }] => assert_eq!(*p, peer),
+            other => panic!("{other:?}"),
+        }
     }
 }
