@@ -311,7 +311,8 @@ enum Request {
     SyncPage,
     /// Answered by `UserState`; sent again after a reconnect until answered.
     User(UserAction),
-    Pull(ConversationId),
+    /// A page of a conversation after a sequence.
+    Pull(ConversationId, ServerSeq),
     /// One page of device certificates.
     Devices(DevicesAsk),
     /// A link deposit or a revocation; sent again after a reconnect until answered.
@@ -347,6 +348,18 @@ pub const DEVICE_ASK_RETRY_MS: u64 = 1_000;
 pub const MAX_DEVICE_ASK_RETRY_MS: u64 = 60_000;
 /// Quarter-ask units: see [`MAX_DEVICE_ASKS`].
 const ASK_UNITS: u32 = 4;
+/// Pulls of one conversation in flight at most: a catch-up pays one round trip per
+/// `PULL_WINDOW` pages instead of one per page (a phone on a slow link with thousands of
+/// events to fetch).
+pub const PULL_WINDOW: usize = 4;
+
+/// The pulls of one conversation in flight.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pulls {
+    in_flight: usize,
+    /// Every sequence up to here is asked for (or answered).
+    asked_to: ServerSeq,
+}
 
 #[derive(Debug)]
 struct Inflight {
@@ -370,7 +383,8 @@ pub struct DeviceCore {
     next_request: u64,
     inflight: Option<Inflight>,
     requests: HashMap<u64, Request>,
-    pulling: HashSet<ConversationId>,
+    /// Per conversation being caught up on: the pulls in flight.
+    pulling: HashMap<ConversationId, Pulls>,
     sync_sent: bool,
     targets: HashMap<ConversationId, ServerSeq>,
     /// Per conversation, a sequence up to which the log holds no message of another user
@@ -473,7 +487,7 @@ impl DeviceCore {
             next_request: 1,
             inflight: None,
             requests: HashMap::new(),
-            pulling: HashSet::new(),
+            pulling: HashMap::new(),
             sync_sent: false,
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),

@@ -82,10 +82,22 @@ impl DeviceCore {
                     ..
                 },
             ) => {
-                self.requests.remove(&request_id);
-                self.pulling.remove(&conversation);
+                let after = match self.requests.remove(&request_id) {
+                    Some(Request::Pull(c, after)) if c == conversation => {
+                        self.pull_answered(conversation);
+                        Some(after)
+                    }
+                    _ => None,
+                };
+                let n = items.events.len() as u64;
                 self.on_items(items, now_ms)?;
                 if more {
+                    let limit = u64::from(self.config.pull_limit.max(1));
+                    if let Some(after) = after.filter(|_| n < limit) {
+                        // A page cut short (by bytes): what lies between its end and the
+                        // next pull's start is asked for again.
+                        self.pull_from(conversation, after.saturating_add(n.max(1)));
+                    }
                     let cursor = self.store.log().cursor(&cursor_key(&conversation))?;
                     self.pull(conversation, cursor);
                 }
@@ -104,10 +116,10 @@ impl DeviceCore {
                 },
             ) => {
                 match self.requests.remove(&request_id) {
-                    Some(Request::Pull(c)) if c == conversation => {}
+                    Some(Request::Pull(c, _)) if c == conversation => {}
                     _ => return Err(DeviceError::Protocol("HistoryGap answer to no Pull")),
                 }
-                self.pulling.remove(&conversation);
+                self.pull_answered(conversation);
                 self.on_history_gap(conversation, from, to, now_ms)?;
                 self.on_items(items, now_ms)?;
                 let cursor = self.advance_cursor(conversation, now_ms)?;
@@ -194,8 +206,8 @@ impl DeviceCore {
                 },
             ) => {
                 match self.requests.remove(&request_id) {
-                    Some(Request::Pull(c)) => {
-                        self.pulling.remove(&c);
+                    Some(Request::Pull(c, _)) => {
+                        self.pull_answered(c);
                         // Not served, so not caught up: receipts past what the log holds say
                         // nothing about withholding there (a member removed since the Sync).
                         self.synced.remove(&c);

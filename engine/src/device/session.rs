@@ -133,19 +133,60 @@ impl DeviceCore {
         Ok(cursor)
     }
 
+    /// Pulls `conversation` after `after_seq`, and keeps up to [`PULL_WINDOW`] pages in
+    /// flight while the relay announced more than is asked for: each next pull starts where the
+    /// one before ends (`pull_limit` further), so the pages come back to back. A pull after a
+    /// sequence that pulls in flight already cover asks for nothing new.
     pub(super) fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
-        if !self.pulling.insert(conversation) {
-            return;
+        let target = self.targets.get(&conversation).copied().unwrap_or(0);
+        let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
+        if p.in_flight == 0 {
+            p.asked_to = after_seq;
+        } else {
+            p.asked_to = p.asked_to.max(after_seq);
         }
+        let mut first = p.in_flight == 0;
+        while p.in_flight < PULL_WINDOW && (first || p.asked_to < target) {
+            first = false;
+            let after = p.asked_to;
+            self.send_pull(conversation, after, &mut p);
+        }
+        if p.in_flight > 0 {
+            self.pulling.insert(conversation, p);
+        }
+    }
+
+    /// One more pull of `conversation` after `after_seq`, outside the window: the hole a page
+    /// cut short (by bytes) left before the next pull's start.
+    pub(super) fn pull_from(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
+        let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
+        self.send_pull(conversation, after_seq, &mut p);
+        self.pulling.insert(conversation, p);
+    }
+
+    fn send_pull(&mut self, conversation: ConversationId, after_seq: ServerSeq, p: &mut Pulls) {
         let request_id = self.request_id();
         self.requests
-            .insert(request_id, Request::Pull(conversation));
+            .insert(request_id, Request::Pull(conversation, after_seq));
         self.transmit.push_back(ClientFrame::Pull {
             request_id,
             conversation,
             after_seq,
             limit: self.config.pull_limit,
         });
+        let end = after_seq.saturating_add(u64::from(self.config.pull_limit.max(1)));
+        p.asked_to = p.asked_to.max(end);
+        p.in_flight += 1;
+    }
+
+    /// A pull of `conversation` was answered (or refused): one fewer in flight.
+    pub(super) fn pull_answered(&mut self, conversation: ConversationId) {
+        if let Some(p) = self.pulling.get_mut(&conversation) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            if p.in_flight == 0 {
+                self.pulling.remove(&conversation);
+            }
+        }
     }
 
     /// Records a range the relay no longer holds (see [`DeviceEvent::HistoryGap`]). The
