@@ -99,6 +99,19 @@ impl Renderer {
     }
 }
 
+impl Drop for Renderer {
+    /// A driver dropped where it stands (its runtime shut down, no close) still ends the
+    /// thread before it is gone: the thread's reader holds the database, and a reopen of the
+    /// same files right after must find it released. The thread has at most
+    /// [`RENDER_QUEUE`] events left to render, so the wait is short.
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The messages `changes` name, rendered from the index in one read per [`MAX_PAGE_LEN`]
 /// (after the fold committed, so the index holds them); `None` each without a reader or
 /// when the read fails (logged: the update still says what changed).
