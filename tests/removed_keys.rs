@@ -10,7 +10,7 @@ mod common;
 
 use common::{user, World, CONV};
 use tidings::engine::store::Body;
-use tidings::engine::{ErasureReason, Event, MessageId};
+use tidings::engine::{ErasureReason, Event, MessageId, UserId};
 
 fn send(w: &mut World, d: usize, text: &str) -> MessageId {
     w.now += 10;
@@ -41,21 +41,39 @@ fn everything(w: &World) -> Vec<Event> {
         .collect()
 }
 
+/// Carol (`c`) is away when Alice (`a`) removes Bob: then she writes `text`, under an epoch
+/// Bob's device holds, and comes back. Returns her message.
+fn remove_bob_while_carol_is_away(
+    w: &mut World,
+    (a, c): (usize, usize),
+    bob: UserId,
+    text: &str,
+) -> MessageId {
+    w.set_online(c, false);
+    let now = w.now;
+    w.devices[a]
+        .core
+        .remove_member(CONV, bob, now)
+        .expect("remove");
+    w.run(5_000);
+    let late = send(w, c, text);
+    w.set_online(c, true);
+    w.run(10_000);
+    late
+}
+
+/// A relay that keeps feeding the removed device `b` everything it holds.
+fn feed_everything(w: &mut World, b: usize) {
+    let all = everything(w);
+    w.devices[b].core.store_mut().apply(&all).expect("apply");
+    w.run(5_000);
+}
+
 #[test]
 fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
     let (alice, bob, carol) = (user(1), user(2), user(3));
     let mut w = World::new(9);
-    let a = w.add_device_of(&alice, 11);
-    let b = w.add_device_of(&bob, 21);
-    let c = w.add_device_of(&carol, 31);
-    for d in [a, b, c] {
-        w.set_online(d, true);
-    }
-    w.devices[a]
-        .core
-        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
-        .expect("create");
-    w.run(5_000);
+    let [a, b, c] = w.online_in_conversation([&alice, &bob, &carol]);
     let m1 = send(&mut w, a, "all three");
     w.run(5_000);
     assert_eq!(body(&w, b, m1), Some(Body::Text(b"all three".to_vec())));
@@ -66,27 +84,14 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
         .expect("epochs")
         .is_empty());
 
-    // Carol is away when Alice removes Bob: she writes under the epoch Bob still holds.
-    w.set_online(c, false);
-    let now = w.now;
-    w.devices[a]
-        .core
-        .remove_member(CONV, bob.id, now)
-        .expect("remove");
-    w.run(5_000);
-    let late = send(&mut w, c, "bob must not read this");
-    w.set_online(c, true);
-    w.run(10_000);
+    let late = remove_bob_while_carol_is_away(&mut w, (a, c), bob.id, "bob must not read this");
     assert_eq!(
         body(&w, a, late),
         Some(Body::Text(b"bob must not read this".to_vec())),
         "the members read it"
     );
 
-    // A relay that keeps feeding Bob everything.
-    let all = everything(&w);
-    w.devices[b].core.store_mut().apply(&all).expect("apply");
-    w.run(5_000);
+    feed_everything(&mut w, b);
 
     assert_eq!(body(&w, b, late), None, "not readable, not shown");
     assert_eq!(
@@ -103,8 +108,7 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
         "nothing from before the removal is erased: {gone:?}"
     );
     // Fed again, nothing comes back.
-    w.devices[b].core.store_mut().apply(&all).expect("apply");
-    w.run(5_000);
+    feed_everything(&mut w, b);
     assert_eq!(body(&w, b, late), None);
     // The members keep everything.
     assert_eq!(body(&w, c, m1), Some(Body::Text(b"all three".to_vec())));
@@ -114,18 +118,10 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
 fn a_removed_members_device_keeps_the_keys_of_what_it_read_and_drops_the_rest() {
     let (alice, bob, carol, dave) = (user(1), user(2), user(3), user(4));
     let mut w = World::new(10);
-    let a = w.add_device_of(&alice, 11);
-    let b = w.add_device_of(&bob, 21);
-    let c = w.add_device_of(&carol, 31);
+    let [a, b, c] = w.online_in_conversation([&alice, &bob, &carol]);
+    // Dave's device, online, not a member yet.
     let d = w.add_device_of(&dave, 41);
-    for x in [a, b, c, d] {
-        w.set_online(x, true);
-    }
-    w.devices[a]
-        .core
-        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
-        .expect("create");
-    w.run(5_000);
+    w.set_online(d, true);
     let m1 = send(&mut w, a, "before");
     w.run(5_000);
     let first = w.devices[b].core.store_mut().epochs(CONV).expect("epochs");
@@ -139,20 +135,8 @@ fn a_removed_members_device_keeps_the_keys_of_what_it_read_and_drops_the_rest() 
         .add_member(CONV, dave.id, false, now)
         .expect("add");
     w.run(5_000);
-    w.set_online(c, false);
-    let now = w.now;
-    w.devices[a]
-        .core
-        .remove_member(CONV, bob.id, now)
-        .expect("remove");
-    w.run(5_000);
-    let late = send(&mut w, c, "after");
-    w.set_online(c, true);
-    w.run(10_000);
-
-    let all = everything(&w);
-    w.devices[b].core.store_mut().apply(&all).expect("apply");
-    w.run(5_000);
+    let late = remove_bob_while_carol_is_away(&mut w, (a, c), bob.id, "after");
+    feed_everything(&mut w, b);
     assert_eq!(body(&w, b, late), None, "not readable, not shown");
     assert_eq!(body(&w, b, m1), Some(Body::Text(b"before".to_vec())));
     assert_eq!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::net::{accept_invitation, relay};
+use common::net::{accept_invitation, next_update, relay};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,21 +51,13 @@ async fn builder_keys_and_pin_are_all_an_app_needs_to_reach_read() {
 
     let mut on_bob = bob.updates();
     let id = alice.send(c, b"hello".to_vec()).await.expect("send");
-    let arrived = tokio::time::timeout(WAIT, async {
-        while let Some(u) = on_bob.next().await {
-            if let Update::MessageAdded {
-                rendered: Some(r), ..
-            } = u
-            {
-                if r.view.id == id {
-                    return r;
-                }
-            }
-        }
-        panic!("bob's updates ended")
+    let arrived = next_update(&mut on_bob, 30, "bob's copy", |u| match u {
+        Update::MessageAdded {
+            rendered: Some(r), ..
+        } if r.view.id == id => Some(r),
+        _ => None,
     })
-    .await
-    .expect("bob gets the message as an update");
+    .await;
     assert_eq!(
         arrived.body,
         tidings::replica::Body::Text(b"hello".to_vec())
@@ -206,26 +198,18 @@ async fn the_device_stamps_events_with_the_clock_it_is_given() {
     r.close().await.expect("close");
 }
 
-/// Waits for `message`'s erasure on `updates`.
+/// Waits for `message`'s erasure on `updates`; its reason.
 async fn erased(
     updates: &mut tidings::replica::Updates,
     message: tidings::engine::MessageId,
 ) -> tidings::replica::ErasureReason {
-    tokio::time::timeout(WAIT, async {
-        while let Some(u) = updates.next().await {
-            if let Update::MessageErased {
-                message: m, reason, ..
-            } = u
-            {
-                if m == message {
-                    return reason;
-                }
-            }
-        }
-        panic!("the updates ended")
+    next_update(updates, 30, "the erasure", |u| match u {
+        Update::MessageErased {
+            message: m, reason, ..
+        } if m == message => Some(reason),
+        _ => None,
     })
     .await
-    .expect("the erasure is announced in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,16 +233,10 @@ async fn a_disappearing_message_leaves_both_screens_through_an_update() {
         .expect("policy");
     let (mut on_alice, mut on_bob) = (alice.updates(), bob.updates());
     let id = alice.send(c, b"gone soon".to_vec()).await.expect("send");
-    tokio::time::timeout(WAIT, async {
-        while let Some(u) = on_bob.next().await {
-            if matches!(u, Update::MessageAdded { message, .. } if message == id) {
-                return;
-            }
-        }
-        panic!("bob's updates ended")
+    next_update(&mut on_bob, 30, "bob's copy", |u| {
+        matches!(u, Update::MessageAdded { message, .. } if message == id).then_some(())
     })
-    .await
-    .expect("bob gets the message");
+    .await;
     bob.mark_read(c, None).await.expect("read");
     assert_eq!(
         erased(&mut on_bob, id).await,

@@ -64,17 +64,7 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     let (alice, bob, carol) = (user(1), user(2), user(3));
     let mut w = World::new(9);
     w.relay.set_retention(Retention::default());
-    let a = w.add_device_of(&alice, 11);
-    let b = w.add_device_of(&bob, 21);
-    let c = w.add_device_of(&carol, 31);
-    for d in [a, b, c] {
-        w.set_online(d, true);
-    }
-    w.devices[a]
-        .core
-        .create_conversation(CONV, vec![bob.id, carol.id], w.now)
-        .expect("create");
-    w.run(5_000);
+    let [a, b, c] = w.online_in_conversation([&alice, &bob, &carol]);
 
     // Carol away for a day: the others confirm, a pass runs, nothing she lacks goes.
     w.set_online(c, false);

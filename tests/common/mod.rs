@@ -110,6 +110,27 @@ impl World {
         idx
     }
 
+    /// One online device per user (keys from seeds 11, 21, 31, …), the first user creating
+    /// [`CONV`] with the others as members, and the world run until they all have it.
+    /// Returns the devices, in the users' order.
+    pub fn online_in_conversation<const N: usize>(&mut self, users: [&User; N]) -> [usize; N] {
+        let mut devices = [0; N];
+        for ((slot, u), i) in devices.iter_mut().zip(users).zip(0u8..) {
+            *slot = self.add_device_of(u, 10 * (i + 1) + 1);
+        }
+        for d in &devices {
+            self.set_online(*d, true);
+        }
+        let members = users.iter().skip(1).map(|u| u.id).collect();
+        let now = self.now;
+        self.devices[devices[0]]
+            .core
+            .create_conversation(CONV, members, now)
+            .expect("create");
+        self.run(5_000);
+        devices
+    }
+
     /// Cuts or restores a device's network (the OS signal goes to the core too).
     pub fn set_online(&mut self, idx: usize, online: bool) {
         let now = self.now;

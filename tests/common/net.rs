@@ -89,6 +89,31 @@ where
     }
 }
 
+/// The first update on `updates` that `pick` takes, panicking with `what` after `secs`
+/// seconds or when the stream ends.
+pub async fn next_update<T>(
+    updates: &mut tidings::replica::Updates,
+    secs: u64,
+    what: &str,
+    mut pick: impl FnMut(tidings::replica::Update) -> Option<T>,
+) -> T {
+    use futures::StreamExt;
+    let found = tokio::time::timeout(Duration::from_secs(secs), async {
+        while let Some(u) = updates.next().await {
+            if let Some(t) = pick(u) {
+                return Some(t);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(t)) => t,
+        Ok(None) => panic!("the updates ended before {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
 /// Waits until the relay has told `r` of its invitation to `conv`, then accepts it (what
 /// the invited user's app does when the user taps "accept").
 pub async fn accept_invitation(r: &Replica, conv: ConversationId) {
