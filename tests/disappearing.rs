@@ -15,27 +15,6 @@ use tidings::engine::{
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-fn send(w: &mut World, d: usize, text: &str) -> MessageId {
-    w.now += 10;
-    let now = w.now;
-    w.devices[d]
-        .core
-        .send(CONV, text.as_bytes().to_vec(), vec![], now)
-        .expect("send")
-}
-
-fn shown(w: &mut World, d: usize) -> Vec<MessageId> {
-    w.devices[d]
-        .core
-        .store_mut()
-        .conversation(CONV)
-        .expect("conv")
-        .messages()
-        .iter()
-        .map(|m| m.id)
-        .collect()
-}
-
 /// What the index shows (the app's fast path), with bodies.
 fn indexed(w: &World, d: usize) -> Vec<MessageId> {
     let reader = w.devices[d].core.store().reader();
@@ -113,16 +92,16 @@ fn a_disappearing_message_is_erased_after_it_was_read_and_stays_erased() {
             "device {d}"
         );
     }
-    let m = send(&mut w, a, "this message will self-destruct");
+    let m = w.send_text(a, "this message will self-destruct");
     w.run(5_000);
-    assert_eq!(shown(&mut w, b), vec![m]);
+    assert_eq!(w.shown_ids(b), vec![m]);
 
     // Unread, it stays on Bob's device however long; Alice's copy goes a minute after sending.
     w.now += 10 * MINUTE_MS;
     w.run(5_000);
-    assert_eq!(shown(&mut w, b), vec![m], "unread: kept");
+    assert_eq!(w.shown_ids(b), vec![m], "unread: kept");
     assert_eq!(indexed(&w, b), vec![m]);
-    assert_eq!(shown(&mut w, a), Vec::<MessageId>::new(), "sender's copy");
+    assert_eq!(w.shown_ids(a), Vec::<MessageId>::new(), "sender's copy");
     assert_eq!(indexed(&w, a), Vec::<MessageId>::new());
     assert_eq!(
         erased_reported(&w, a),
@@ -133,10 +112,10 @@ fn a_disappearing_message_is_erased_after_it_was_read_and_stays_erased() {
     let now = w.now;
     w.devices[b].core.mark_read(CONV, None, now).expect("read");
     w.run(5_000);
-    assert_eq!(shown(&mut w, b), vec![m], "just read: still there");
+    assert_eq!(w.shown_ids(b), vec![m], "just read: still there");
     w.now += MINUTE_MS + 1;
     w.run(5_000);
-    assert_eq!(shown(&mut w, b), Vec::<MessageId>::new());
+    assert_eq!(w.shown_ids(b), Vec::<MessageId>::new());
     assert_eq!(indexed(&w, b), Vec::<MessageId>::new());
     let reader = w.devices[b].core.store().reader();
     assert!(reader.message(CONV, m).expect("read").is_none());
@@ -181,40 +160,40 @@ fn a_disappearing_message_is_erased_after_it_was_read_and_stays_erased() {
         vec![Appended::Duplicate]
     );
     w.devices[b].core.store_mut().unload_all();
-    assert_eq!(shown(&mut w, b), Vec::<MessageId>::new());
+    assert_eq!(w.shown_ids(b), Vec::<MessageId>::new());
 
     // Messages keep flowing and statuses of what is kept are intact.
-    let later = send(&mut w, a, "after");
+    let later = w.send_text(a, "after");
     w.run(5_000);
-    assert_eq!(shown(&mut w, b), vec![later]);
+    assert_eq!(w.shown_ids(b), vec![later]);
 }
 
 #[test]
 fn keep_days_erases_what_is_older_and_a_policy_does_not_reach_back() {
     let mut w = World::new(9);
     let (a, b) = pair(&mut w);
-    let before = send(&mut w, a, "before any policy");
+    let before = w.send_text(a, "before any policy");
     w.run(5_000);
     set_policy(&mut w, a, RetentionPolicy::KeepDays { days: 7 });
-    let old = send(&mut w, a, "old");
+    let old = w.send_text(a, "old");
     w.run(5_000);
     w.now += 5 * DAY_MS;
-    let young = send(&mut w, b, "young");
+    let young = w.send_text(b, "young");
     w.run(5_000);
     w.now += 3 * DAY_MS;
     w.run(5_000);
     for d in [a, b] {
-        assert_eq!(shown(&mut w, d), vec![before, young], "device {d}");
+        assert_eq!(w.shown_ids(d), vec![before, young], "device {d}");
         assert_eq!(indexed(&w, d), vec![before, young], "device {d}");
         assert_eq!(erased_reported(&w, d), vec![(old, ErasureReason::Expired)]);
     }
     // Back to keeping everything: what came after stays whatever its age.
     set_policy(&mut w, b, RetentionPolicy::KeepAll);
-    let kept = send(&mut w, a, "kept");
+    let kept = w.send_text(a, "kept");
     w.run(5_000);
     w.now += 30 * DAY_MS;
     w.run(5_000);
     for d in [a, b] {
-        assert_eq!(shown(&mut w, d), vec![before, kept], "device {d}");
+        assert_eq!(w.shown_ids(d), vec![before, kept], "device {d}");
     }
 }

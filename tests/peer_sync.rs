@@ -52,18 +52,6 @@ fn sync_with(w: &mut World, a: usize, b: usize, tamper: impl Fn(PeerFrame) -> Pe
     sb.n_received()
 }
 
-fn message_ids(w: &mut World, idx: usize) -> Vec<MessageId> {
-    w.devices[idx]
-        .core
-        .store_mut()
-        .conversation(CONV)
-        .expect("conversation")
-        .messages()
-        .iter()
-        .map(|m| m.id)
-        .collect()
-}
-
 /// Alice's phone and Bob's phone share CONV; Bob's phone goes offline, Alice sends `n`
 /// messages that the relay sequences. Returns (world, alice's phone, bob's phone, ids).
 fn bob_missed(n: u8) -> (World, usize, usize, Vec<MessageId>) {
@@ -91,8 +79,8 @@ fn bob_missed(n: u8) -> (World, usize, usize, Vec<MessageId>) {
         );
     }
     w.run(10_000);
-    assert_eq!(message_ids(&mut w, phone), ids);
-    assert!(message_ids(&mut w, bob_phone).is_empty());
+    assert_eq!(w.shown_ids(phone), ids);
+    assert!(w.shown_ids(bob_phone).is_empty());
     (w, phone, bob_phone, ids)
 }
 
@@ -102,13 +90,13 @@ fn a_device_gets_what_it_missed_from_a_peer_while_the_relay_is_out_of_reach() {
     // The relay stays out of reach for Bob's phone; Alice's phone is next to it.
     let received = sync_with(&mut w, phone, bob_phone, |f| f);
     assert_eq!(received, 5, "the five messages");
-    assert_eq!(message_ids(&mut w, bob_phone), ids, "in the relay's order");
+    assert_eq!(w.shown_ids(bob_phone), ids, "in the relay's order");
     // A second session finds nothing missing.
     assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 0);
     // The relay comes back: nothing twice, the same order, and Alice learns Bob has them.
     w.set_online(bob_phone, true);
     w.run(20_000);
-    assert_eq!(message_ids(&mut w, bob_phone), ids);
+    assert_eq!(w.shown_ids(bob_phone), ids);
     let statuses: Vec<_> = ids
         .iter()
         .map(|m| {
@@ -147,7 +135,7 @@ fn a_peer_cannot_forge_or_inject_events() {
         f => f,
     });
     assert_eq!(received, 3);
-    assert!(message_ids(&mut w, bob_phone).is_empty());
+    assert!(w.shown_ids(bob_phone).is_empty());
     // Intact events without the relay statements that place them: not shown either (a peer
     // cannot put an event anywhere in the order).
     sync_with(&mut w, phone, bob_phone, |f| match f {
@@ -157,10 +145,10 @@ fn a_peer_cannot_forge_or_inject_events() {
         },
         f => f,
     });
-    assert!(message_ids(&mut w, bob_phone).is_empty());
+    assert!(w.shown_ids(bob_phone).is_empty());
     // The same session untouched brings them: what kept them out above was the tampering.
     assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 3);
-    assert_eq!(message_ids(&mut w, bob_phone), ids);
+    assert_eq!(w.shown_ids(bob_phone), ids);
 }
 
 #[test]
@@ -242,15 +230,6 @@ fn both_away() -> (World, usize, usize) {
     (w, phone, bob_phone)
 }
 
-fn send(w: &mut World, idx: usize, text: &str) -> MessageId {
-    w.now += 10;
-    let now = w.now;
-    w.devices[idx]
-        .core
-        .send(CONV, text.as_bytes().to_vec(), vec![], now)
-        .expect("send")
-}
-
 fn status_of(w: &mut World, idx: usize, m: &MessageId) -> Status {
     w.devices[idx]
         .core
@@ -277,16 +256,16 @@ fn indexed(w: &World, idx: usize) -> Vec<(MessageId, Option<u64>, Status)> {
 #[test]
 fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places() {
     let (mut w, phone, bob_phone) = both_away();
-    let a1 = send(&mut w, phone, "a1");
-    let b1 = send(&mut w, bob_phone, "b1");
-    let a2 = send(&mut w, phone, "a2");
+    let a1 = w.send_text(phone, "a1");
+    let b1 = w.send_text(bob_phone, "b1");
+    let a2 = w.send_text(phone, "a2");
     assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 2, "a1 and a2");
-    let view = message_ids(&mut w, phone);
+    let view = w.shown_ids(phone);
     assert_eq!(view.len(), 3);
     for m in [a1, a2, b1] {
         assert!(view.contains(&m));
     }
-    assert_eq!(message_ids(&mut w, bob_phone), view, "one order on both");
+    assert_eq!(w.shown_ids(bob_phone), view, "one order on both");
     // Each has the other's messages: ✓✓ for every message, though no relay placed any.
     for (idx, own) in [(phone, vec![a1, a2]), (bob_phone, vec![b1])] {
         for m in &own {
@@ -304,7 +283,7 @@ fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places()
         );
     }
     // A message written after the link shows PENDING until the peer has it.
-    let a3 = send(&mut w, phone, "a3");
+    let a3 = w.send_text(phone, "a3");
     assert_eq!(status_of(&mut w, phone, &a3), Status::Pending);
     assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 1);
     assert_eq!(status_of(&mut w, phone, &a3), Status::Delivered);
@@ -332,7 +311,7 @@ fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places()
     for m in [a1, a2, a3] {
         assert!(status_of(&mut w, phone, &m).rank() >= Status::Delivered.rank());
     }
-    assert_eq!(message_ids(&mut w, phone), message_ids(&mut w, bob_phone));
+    assert_eq!(w.shown_ids(phone), w.shown_ids(bob_phone));
     for idx in [phone, bob_phone] {
         assert_eq!(w.devices[idx].core.store().log().n_early().expect("n"), 0);
     }
@@ -377,7 +356,7 @@ fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
     let revocation = DeviceRevocation::sign(&alice.key, lost_key.device(), w.now - 1);
     let from_lost = forged_send(&lost_key, 1, None);
     // A message Alice's phone really sent, one byte changed.
-    let real = send(&mut w, phone, "real");
+    let real = w.send_text(phone, "real");
     let sent = w.devices[phone]
         .core
         .store()
@@ -402,7 +381,7 @@ fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
             },
         ],
     );
-    assert!(message_ids(&mut w, bob_phone).is_empty(), "none shown");
+    assert!(w.shown_ids(bob_phone).is_empty(), "none shown");
     let log = w.devices[bob_phone].core.store().log();
     assert_eq!(log.n_early().expect("n"), 0);
     assert!(
@@ -418,5 +397,5 @@ fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
             events: vec![envelope(last)],
         }],
     );
-    assert_eq!(message_ids(&mut w, bob_phone), vec![real]);
+    assert_eq!(w.shown_ids(bob_phone), vec![real]);
 }

@@ -12,15 +12,6 @@ use common::{user, World, CONV};
 use tidings::engine::store::Body;
 use tidings::engine::{ErasureReason, Event, MessageId, UserId};
 
-fn send(w: &mut World, d: usize, text: &str) -> MessageId {
-    w.now += 10;
-    let now = w.now;
-    w.devices[d]
-        .core
-        .send(CONV, text.as_bytes().to_vec(), vec![], now)
-        .expect("send")
-}
-
 fn body(w: &World, d: usize, m: MessageId) -> Option<Body> {
     let reader = w.devices[d].core.store().reader();
     reader.message(CONV, m).expect("read").map(|r| r.body)
@@ -56,7 +47,7 @@ fn remove_bob_while_carol_is_away(
         .remove_member(CONV, bob, now)
         .expect("remove");
     w.run(5_000);
-    let late = send(w, c, text);
+    let late = w.send_text(c, text);
     w.set_online(c, true);
     w.run(10_000);
     late
@@ -74,7 +65,7 @@ fn a_removed_members_device_erases_its_keys_and_cannot_read_what_follows() {
     let (alice, bob, carol) = (user(1), user(2), user(3));
     let mut w = World::new(9);
     let [a, b, c] = w.online_in_conversation([&alice, &bob, &carol]);
-    let m1 = send(&mut w, a, "all three");
+    let m1 = w.send_text(a, "all three");
     w.run(5_000);
     assert_eq!(body(&w, b, m1), Some(Body::Text(b"all three".to_vec())));
     assert!(!w.devices[b]
@@ -122,7 +113,7 @@ fn a_removed_members_device_keeps_the_keys_of_what_it_read_and_drops_the_rest() 
     // Dave's device, online, not a member yet.
     let d = w.add_device_of(&dave, 41);
     w.set_online(d, true);
-    let m1 = send(&mut w, a, "before");
+    let m1 = w.send_text(a, "before");
     w.run(5_000);
     let first = w.devices[b].core.store_mut().epochs(CONV).expect("epochs");
     assert_eq!(first.len(), 1, "one epoch so far: {first:?}");

@@ -12,27 +12,6 @@ use tidings::relay::core::Retention;
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-fn send(w: &mut World, d: usize, text: &str) -> MessageId {
-    w.now += 10;
-    let now = w.now;
-    w.devices[d]
-        .core
-        .send(CONV, text.as_bytes().to_vec(), vec![], now)
-        .expect("send")
-}
-
-fn message_ids(w: &mut World, d: usize) -> Vec<MessageId> {
-    w.devices[d]
-        .core
-        .store_mut()
-        .conversation(CONV)
-        .expect("conv")
-        .messages()
-        .iter()
-        .map(|m| m.id)
-        .collect()
-}
-
 fn gaps(w: &World, d: usize) -> Vec<(ServerSeq, ServerSeq)> {
     w.devices[d]
         .events
@@ -69,7 +48,7 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     // Carol away for a day: the others confirm, a pass runs, nothing she lacks goes.
     w.set_online(c, false);
     let first: Vec<MessageId> = (0..5)
-        .map(|i| send(&mut w, a, &format!("first {i}")))
+        .map(|i| w.send_text(a, &format!("first {i}")))
         .collect();
     w.run(10_000);
     w.now += DAY_MS;
@@ -82,7 +61,7 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     );
     w.set_online(c, true);
     w.run(10_000);
-    assert_eq!(message_ids(&mut w, c), first);
+    assert_eq!(w.shown_ids(c), first);
     assert!(gaps(&w, c).is_empty());
     // Everyone confirmed: the next pass drops what all have.
     let stats = w.relay.handle_retention(w.now).expect("retention");
@@ -92,12 +71,12 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     w.set_online(c, false);
     let away_from = relay_cursor(&w, c) + 1;
     for i in 0..4 {
-        send(&mut w, a, &format!("missed {i}"));
+        w.send_text(a, &format!("missed {i}"));
     }
     w.run(10_000);
     w.now += Retention::default().ttl_ms() + DAY_MS;
     let after: Vec<MessageId> = (0..3)
-        .map(|i| send(&mut w, a, &format!("after {i}")))
+        .map(|i| w.send_text(a, &format!("after {i}")))
         .collect();
     w.run(10_000);
     w.relay.handle_retention(w.now).expect("retention");
@@ -113,7 +92,7 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     );
     let mut expected = first.clone();
     expected.extend(after.iter().copied());
-    assert_eq!(message_ids(&mut w, c), expected, "what is left, in order");
+    assert_eq!(w.shown_ids(c), expected, "what is left, in order");
     let max_seq = w
         .relay
         .store()
@@ -127,5 +106,5 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
         "carol caught up: no pull loop"
     );
     // The others still see everything they had.
-    assert_eq!(message_ids(&mut w, b).len(), 5 + 4 + 3);
+    assert_eq!(w.shown_ids(b).len(), 5 + 4 + 3);
 }

@@ -587,15 +587,9 @@ impl Store {
         // instead of into the unsequenced one and out again.
         accepted.sort_by_key(|e| !e.kind().is_sequencing());
         let convs: HashSet<ConversationId> = accepted.iter().map(|e| e.conversation()).collect();
-        for c in &convs {
-            self.ensure_loaded(*c)?;
-        }
-        self.ensure_directory()?;
+        self.ready_to_judge(convs.iter().copied())?;
         let me = self.key.device();
-        let directory = self
-            .directory
-            .as_ref()
-            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let directory = self.loaded_directory()?;
         let (results, acked, chain_issues, runs) = self.log.write(|t| {
             let results = accepted
                 .iter()
@@ -784,10 +778,7 @@ impl Store {
             self.ensure_loaded(*c)?;
         }
         let me = self.key.device();
-        let directory = self
-            .directory
-            .as_ref()
-            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let directory = self.loaded_directory()?;
         let runs = self.log.write(|t| {
             for c in &certs {
                 t.put_statement(Ok(c))?;
@@ -822,9 +813,27 @@ impl Store {
     /// The device directory (certificates and revocations this device verified).
     pub fn directory(&mut self) -> Result<&DeviceDirectory, StoreError> {
         self.ensure_directory()?;
+        self.loaded_directory()
+    }
+
+    /// The directory once [`Store::ensure_directory`] ran (borrowing only `self`, so a write
+    /// can judge events against it).
+    fn loaded_directory(&self) -> Result<&DeviceDirectory, StoreError> {
         self.directory
             .as_ref()
             .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))
+    }
+
+    /// Loads the documents of `convs` and the directory: what a write that judges events
+    /// against the gate needs first.
+    fn ready_to_judge(
+        &mut self,
+        convs: impl IntoIterator<Item = ConversationId>,
+    ) -> Result<(), StoreError> {
+        for c in convs {
+            self.ensure_loaded(c)?;
+        }
+        self.ensure_directory()
     }
 
     fn ensure_directory(&mut self) -> Result<(), StoreError> {

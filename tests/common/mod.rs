@@ -8,8 +8,8 @@ use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use tidings::engine::wire::{DeviceRegistration, UserChange};
 use tidings::engine::{
-    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceKey, EventLog, Store, StoreConfig,
-    UserId,
+    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store,
+    StoreConfig, UserId,
 };
 use tidings::relay::core::{Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -129,6 +129,29 @@ impl World {
             .expect("create");
         self.run(5_000);
         devices
+    }
+
+    /// Device `d` sends `text` in [`CONV`], 10 ms after the last thing that happened.
+    pub fn send_text(&mut self, d: usize, text: &str) -> MessageId {
+        self.now += 10;
+        let now = self.now;
+        self.devices[d]
+            .core
+            .send(CONV, text.as_bytes().to_vec(), vec![], now)
+            .expect("send")
+    }
+
+    /// The messages device `d`'s document of [`CONV`] shows, in order.
+    pub fn shown_ids(&mut self, d: usize) -> Vec<MessageId> {
+        self.devices[d]
+            .core
+            .store_mut()
+            .conversation(CONV)
+            .expect("conversation")
+            .messages()
+            .iter()
+            .map(|m| m.id)
+            .collect()
     }
 
     /// Cuts or restores a device's network (the OS signal goes to the core too).

@@ -27,15 +27,9 @@ impl Store {
             self.apply(&statements)?
         };
         let convs: HashSet<ConversationId> = early.iter().map(|e| e.conversation()).collect();
-        for c in &convs {
-            self.ensure_loaded(*c)?;
-        }
-        self.ensure_directory()?;
+        self.ready_to_judge(convs.iter().copied())?;
         let me = self.key.device();
-        let directory = self
-            .directory
-            .as_ref()
-            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let directory = self.loaded_directory()?;
         let (results, chain_issues) = self.log.write(|t| {
             let results = early
                 .iter()

@@ -13,13 +13,9 @@ impl Store {
         from: ServerSeq,
         to: ServerSeq,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.ensure_loaded(conversation)?;
-        self.ensure_directory()?;
+        self.ready_to_judge([conversation])?;
         let me = self.key.device();
-        let directory = self
-            .directory
-            .as_ref()
-            .ok_or(StoreError::Doc(DocError::Op("directory not loaded".into())))?;
+        let directory = self.loaded_directory()?;
         let run = self.log.write(|t| {
             t.record_gap(conversation, from, to)?;
             t.advance_gate(conversation, directory, me, &|_| AuthorLookup::Asking)
