@@ -1,58 +1,23 @@
 //! An encrypted two-party conversation under a retention policy, as Alice's device receives
 //! it: Bob's real store creates it, sets the policy, sends every message (encrypted), and a
-//! relay key acks each event (server time `T0 + seq` ms). For the compaction test and the
-//! `device_compaction` example (included with `#[path]`).
+//! relay key acks each event (server time `T0 + seq` ms). For the compaction test (included
+//! with `#[path]`).
 #![allow(dead_code)]
 
-use ed25519_dalek::SigningKey;
 use tidings::engine::event::MAX_SEQUENCED_ENTRIES;
 use tidings::engine::store::Outgoing;
-use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::{
-    ConversationId, DeviceKey, Event, EventHeader, EventId, EventKind, EventLog, RetentionPolicy,
-    SeqEntry, Store, StoreConfig, UserId,
+    ConversationId, Event, EventHeader, EventId, EventKind, EventLog, RetentionPolicy, SeqEntry,
+    Store, UserId,
 };
 
 /// The conversation.
 pub const CONV: ConversationId = ConversationId([0x2d; 16]);
-/// Wall clock of the first event, and the relay's clock at sequence 0.
-pub const T0: u64 = 1_700_000_000_000;
 
-/// A user (identity key) with one certified device.
-#[derive(Clone)]
-pub struct Member {
-    pub device: DeviceKey,
-    pub cert: DeviceRegistration,
-}
-
-fn member(i: u8) -> Member {
-    let user_key = SigningKey::from_bytes(&[0x51 ^ i; 32]);
-    let user = UserId(user_key.verifying_key().to_bytes());
-    let device = DeviceKey::from_seed([0x62 ^ i; 32], user);
-    let cert = device.certificate(&user_key, 1);
-    Member { device, cert }
-}
-
-/// Alice (the reading device) and Bob (the sender).
-pub fn cast() -> (Member, Member) {
-    (member(1), member(2))
-}
-
-fn relay() -> DeviceKey {
-    DeviceKey::from_seed([0x19; 32], UserId([0x19; 32]))
-}
-
-fn config() -> StoreConfig {
-    StoreConfig::new(relay().device())
-}
-
-/// The text of message `i` (100 bytes).
-pub fn body(i: u64) -> Vec<u8> {
-    let mut b = vec![b'x'; 100];
-    let tag = format!("message {i}: ");
-    b[..tag.len()].copy_from_slice(tag.as_bytes());
-    b
-}
+/// The cast, the keys, the bodies and Alice's store are the benches' (one definition).
+#[path = "../../benches/common/encrypted.rs"]
+mod encrypted;
+pub use encrypted::{alice_store, body, cast, config, open_alice, relay, Member, T0};
 
 /// Bob's conversation with Alice: `Create`, the epoch key, `policy`, then `n` messages, each
 /// event placed by the relay's signed statements, 256 a statement (server time `T0 + seq`).
@@ -124,24 +89,6 @@ pub fn history(alice: &Member, bob: &Member, n: u64, policy: RetentionPolicy) ->
         out.extend(chunk.iter().cloned());
     }
     out
-}
-
-/// Alice's store on `log` with both certificates, `events` taken in as pages of 512.
-pub fn alice_store(log: EventLog, alice: &Member, bob: &Member, events: &[Event]) -> Store {
-    let mut store = open_alice(log, alice);
-    store
-        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
-        .expect("certificates");
-    for page in events.chunks(512) {
-        let out = store.apply(page).expect("apply");
-        assert!(out.rejected.is_empty() && out.refused.is_empty());
-    }
-    store
-}
-
-/// Alice's store over an existing log.
-pub fn open_alice(log: EventLog, alice: &Member) -> Store {
-    Store::new(log, alice.device.clone(), config(), [8; 32])
 }
 
 /// Runs erasure passes at `now_ms` until nothing is due; the number of messages erased.
