@@ -10,11 +10,10 @@
 mod common;
 
 use common::{device, user, World};
-use tidings::engine::peer::{PeerFrame, PeerSession};
 use tidings::engine::store::Body;
 use tidings::engine::store::Outgoing;
-use tidings::engine::wire::{frame_bytes, DeviceRegistration, FrameDecoder, MAX_FRAME_LEN};
-use tidings::engine::{ConversationId, DeviceId};
+use tidings::engine::wire::DeviceRegistration;
+use tidings::engine::ConversationId;
 
 /// Messages per conversation.
 const N: usize = 1_000;
@@ -31,10 +30,6 @@ struct Cast {
     phone: usize,
     bob: usize,
     carol: usize,
-}
-
-fn id(w: &World, idx: usize) -> DeviceId {
-    w.devices[idx].core.store().key().device()
 }
 
 /// Alice's phone, Bob's phone and Carol's phone, and Alice's history: `N` messages in each of
@@ -122,42 +117,6 @@ fn laptop_of(cast: &mut Cast) -> (usize, DeviceRegistration) {
     (laptop, reg)
 }
 
-/// Through the codec, as the transport carries it.
-fn carried(frame: PeerFrame) -> PeerFrame {
-    let bytes = frame_bytes(&frame).expect("encode");
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    decoder.push(&bytes);
-    decoder
-        .poll_frame::<PeerFrame>()
-        .expect("decode")
-        .expect("a whole frame")
-}
-
-/// One peer session between `a` and `b`, run to its end.
-fn peer_sync(w: &mut World, a: usize, b: usize) {
-    let (ida, idb) = (id(w, a), id(w, b));
-    let mut sa = PeerSession::new(&mut w.devices[a].core, idb).expect("a admits b");
-    let mut sb = PeerSession::new(&mut w.devices[b].core, ida).expect("b admits a");
-    let now = w.now;
-    for _ in 0..100_000 {
-        let mut moved = false;
-        while let Some(f) = sa.poll_transmit() {
-            sb.handle_frame(&mut w.devices[b].core, carried(f), now)
-                .expect("b takes a's frame");
-            moved = true;
-        }
-        while let Some(f) = sb.poll_transmit() {
-            sa.handle_frame(&mut w.devices[a].core, carried(f), now)
-                .expect("a takes b's frame");
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(sa.is_done() && sb.is_done(), "both sides said Done");
-}
-
 /// The link: each device learns the other's certificate (the phone holds the user's key
 /// and the new device's certificate; the new device the phone's).
 fn introduce(w: &mut World, phone: usize, laptop: usize, laptop_reg: &DeviceRegistration) {
@@ -180,7 +139,7 @@ fn a_new_laptop_reads_alice_history_with_phone_and_relay_reachable() {
     let (w, phone) = (&mut cast.w, cast.phone);
     introduce(w, phone, laptop, &reg);
     w.set_online(laptop, true);
-    peer_sync(w, phone, laptop);
+    w.peer_sync(phone, laptop, |f| f);
     w.run(120_000);
     assert_eq!(all_readable(w, laptop), vec![(N, N); 3]);
 }
@@ -196,7 +155,7 @@ fn a_new_laptop_reads_alice_history_from_her_phone_with_the_relay_down() {
     }
     introduce(w, phone, laptop, &reg);
     let started = std::time::Instant::now();
-    peer_sync(w, phone, laptop);
+    w.peer_sync(phone, laptop, |f| f);
     // The figure in docs/BENCHMARKS.md (printed, never asserted).
     eprintln!(
         "history, peer only: {} conversations x {N} messages in {:?}",

@@ -11,17 +11,13 @@ use tidings::engine::history::{HistoryKey, HistoryRefusal};
 use tidings::engine::peer::{PeerError, PeerFrame, PeerSession};
 use tidings::engine::store::{Body, StoreError};
 use tidings::engine::wire::DeviceRevocation;
-use tidings::engine::{DeviceError, DeviceId, EventId};
+use tidings::engine::{DeviceError, EventId};
 
 struct Cast {
     w: World,
     phone: usize,
     bob: usize,
     laptop: usize,
-}
-
-fn id(w: &World, idx: usize) -> DeviceId {
-    w.devices[idx].core.store().key().device()
 }
 
 /// Alice's phone and Bob's phone share CONV with 6 messages; Alice's new laptop knows the
@@ -76,7 +72,7 @@ fn cast() -> Cast {
 
 fn peer_sync(c: &mut Cast, keep: impl Fn(&PeerFrame) -> bool) {
     let (a, b) = (c.phone, c.laptop);
-    let (ida, idb) = (id(&c.w, a), id(&c.w, b));
+    let (ida, idb) = (c.w.device_id(a), c.w.device_id(b));
     let now = c.w.now;
     let mut sa = PeerSession::new(&mut c.w.devices[a].core, idb).expect("a admits b");
     let mut sb = PeerSession::new(&mut c.w.devices[b].core, ida).expect("b admits a");
@@ -112,7 +108,7 @@ fn readable(c: &mut Cast) -> (usize, usize) {
 }
 
 fn genuine_keys(c: &mut Cast) -> Vec<HistoryKey> {
-    let (laptop, now) = (id(&c.w, c.laptop), c.w.now);
+    let (laptop, now) = (c.w.device_id(c.laptop), c.w.now);
     let keys = c.w.devices[c.phone]
         .core
         .seal_history_keys(laptop, now)
@@ -122,7 +118,7 @@ fn genuine_keys(c: &mut Cast) -> Vec<HistoryKey> {
 }
 
 fn take(c: &mut Cast, from: usize, keys: &[HistoryKey]) -> Result<(usize, usize), DeviceError> {
-    let (from, now) = (id(&c.w, from), c.w.now);
+    let (from, now) = (c.w.device_id(from), c.w.now);
     let o = c.w.devices[c.laptop]
         .core
         .handle_history_keys(from, keys, now)?;
@@ -165,7 +161,7 @@ fn forged_history_keys_are_refused() {
     );
     // Well sealed to the laptop, but not the key the epoch committed to.
     let laptop_public = c.w.devices[c.laptop].core.store().key().agreement_public();
-    let laptop = id(&c.w, c.laptop);
+    let laptop = c.w.device_id(c.laptop);
     let wrong: Vec<HistoryKey> = keys
         .iter()
         .map(|k| {
@@ -206,7 +202,7 @@ fn history_keys_from_another_users_device_are_refused() {
     ));
     // Over a peer link too: Bob's phone is a peer of the laptop's only for what they share,
     // and a HistoryKeys frame from it closes the link.
-    let (bob_id, now) = (id(&c.w, bob), c.w.now);
+    let (bob_id, now) = (c.w.device_id(bob), c.w.now);
     let laptop = c.laptop;
     c.w.devices[laptop]
         .core
@@ -251,7 +247,7 @@ fn history_keys_sealed_to_another_device_or_from_a_revoked_one_are_refused() {
     );
     // Alice revokes her phone: from then on the laptop takes nothing from it.
     let keys = genuine_keys(&mut c);
-    let revocation = DeviceRevocation::sign(&alice.key, id(&c.w, phone), now);
+    let revocation = DeviceRevocation::sign(&alice.key, c.w.device_id(phone), now);
     let laptop = c.laptop;
     c.w.devices[laptop]
         .core

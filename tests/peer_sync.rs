@@ -4,53 +4,10 @@
 
 mod common;
 
-use common::{user, World, CONV};
+use common::{carried, user, World, CONV};
 use tidings::engine::peer::{admitted_peers, PeerError, PeerFrame, PeerSession};
-use tidings::engine::wire::{frame_bytes, DeviceRevocation, Envelope, FrameDecoder, MAX_FRAME_LEN};
+use tidings::engine::wire::{DeviceRevocation, Envelope};
 use tidings::engine::{DeviceId, DeviceKey, Event, EventKind, MessageId, Status};
-
-/// Through the codec, as the transport carries it.
-fn carried(frame: PeerFrame) -> PeerFrame {
-    let bytes = frame_bytes(&frame).expect("encode");
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    decoder.push(&bytes);
-    decoder
-        .poll_frame::<PeerFrame>()
-        .expect("decode")
-        .expect("a whole frame")
-}
-
-fn device_id(w: &World, idx: usize) -> DeviceId {
-    w.devices[idx].core.store().key().device()
-}
-
-/// Runs one peer session between devices `a` and `b` to its end, passing every frame from
-/// `a` to `b` through `tamper`. Returns the events `b` received.
-fn sync_with(w: &mut World, a: usize, b: usize, tamper: impl Fn(PeerFrame) -> PeerFrame) -> u64 {
-    let (ida, idb) = (device_id(w, a), device_id(w, b));
-    let mut sa = PeerSession::new(&mut w.devices[a].core, idb).expect("a admits b");
-    let mut sb = PeerSession::new(&mut w.devices[b].core, ida).expect("b admits a");
-    let now = w.now;
-    for _ in 0..10_000 {
-        let mut moved = false;
-        while let Some(f) = sa.poll_transmit() {
-            let f = tamper(carried(f));
-            sb.handle_frame(&mut w.devices[b].core, f, now)
-                .expect("b takes a's frame");
-            moved = true;
-        }
-        while let Some(f) = sb.poll_transmit() {
-            sa.handle_frame(&mut w.devices[a].core, carried(f), now)
-                .expect("a takes b's frame");
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-    assert!(sa.is_done() && sb.is_done(), "both sides said Done");
-    sb.n_received()
-}
 
 /// Alice's phone and Bob's phone share CONV; Bob's phone goes offline, Alice sends `n`
 /// messages that the relay sequences. Returns (world, alice's phone, bob's phone, ids).
@@ -88,11 +45,11 @@ fn bob_missed(n: u8) -> (World, usize, usize, Vec<MessageId>) {
 fn a_device_gets_what_it_missed_from_a_peer_while_the_relay_is_out_of_reach() {
     let (mut w, phone, bob_phone, ids) = bob_missed(5);
     // The relay stays out of reach for Bob's phone; Alice's phone is next to it.
-    let received = sync_with(&mut w, phone, bob_phone, |f| f);
+    let received = w.peer_sync(phone, bob_phone, |f| f);
     assert_eq!(received, 5, "the five messages");
     assert_eq!(w.shown_ids(bob_phone), ids, "in the relay's order");
     // A second session finds nothing missing.
-    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 0);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 0);
     // The relay comes back: nothing twice, the same order, and Alice learns Bob has them.
     w.set_online(bob_phone, true);
     w.run(20_000);
@@ -121,7 +78,7 @@ fn a_device_gets_what_it_missed_from_a_peer_while_the_relay_is_out_of_reach() {
 fn a_peer_cannot_forge_or_inject_events() {
     let (mut w, phone, bob_phone, ids) = bob_missed(3);
     // Every event envelope altered in one byte: no signature verifies, nothing is shown.
-    let received = sync_with(&mut w, phone, bob_phone, |f| match f {
+    let received = w.peer_sync(phone, bob_phone, |f| match f {
         PeerFrame::Items {
             mut events,
             records,
@@ -138,7 +95,7 @@ fn a_peer_cannot_forge_or_inject_events() {
     assert!(w.shown_ids(bob_phone).is_empty());
     // Intact events without the relay statements that place them: not shown either (a peer
     // cannot put an event anywhere in the order).
-    sync_with(&mut w, phone, bob_phone, |f| match f {
+    w.peer_sync(phone, bob_phone, |f| match f {
         PeerFrame::Items { events, .. } => PeerFrame::Items {
             events,
             records: Vec::new(),
@@ -147,7 +104,7 @@ fn a_peer_cannot_forge_or_inject_events() {
     });
     assert!(w.shown_ids(bob_phone).is_empty());
     // The same session untouched brings them: what kept them out above was the tampering.
-    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 3);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 3);
     assert_eq!(w.shown_ids(bob_phone), ids);
 }
 
@@ -158,9 +115,9 @@ fn only_devices_that_share_a_conversation_are_peers() {
     let outsider = w.add_device_of(&stranger, 31);
     w.set_online(outsider, true);
     w.run(5_000);
-    let outsider_id = device_id(&w, outsider);
+    let outsider_id = w.device_id(outsider);
     let admitted = admitted_peers(&mut w.devices[phone].core).expect("peers");
-    assert!(admitted.contains(&device_id(&w, bob_phone)));
+    assert!(admitted.contains(&w.device_id(bob_phone)));
     assert!(!admitted.contains(&outsider_id));
     assert!(matches!(
         PeerSession::new(&mut w.devices[phone].core, outsider_id),
@@ -189,7 +146,7 @@ fn a_revoked_device_is_no_peer() {
         .create_conversation(CONV, vec![bob.id], w.now)
         .expect("create");
     w.run(5_000);
-    let laptop_id = device_id(&w, laptop);
+    let laptop_id = w.device_id(laptop);
     let admitted = admitted_peers(&mut w.devices[phone].core).expect("peers");
     assert!(
         admitted.contains(&laptop_id),
@@ -259,7 +216,7 @@ fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places()
     let a1 = w.send_text(phone, "a1");
     let b1 = w.send_text(bob_phone, "b1");
     let a2 = w.send_text(phone, "a2");
-    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 2, "a1 and a2");
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 2, "a1 and a2");
     let view = w.shown_ids(phone);
     assert_eq!(view.len(), 3);
     for m in [a1, a2, b1] {
@@ -285,10 +242,10 @@ fn messages_the_relay_never_saw_pass_between_peers_and_later_take_their_places()
     // A message written after the link shows PENDING until the peer has it.
     let a3 = w.send_text(phone, "a3");
     assert_eq!(status_of(&mut w, phone, &a3), Status::Pending);
-    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 1);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 1);
     assert_eq!(status_of(&mut w, phone, &a3), Status::Delivered);
     // Nothing twice in a second session, nothing received.
-    assert_eq!(sync_with(&mut w, phone, bob_phone, |f| f), 0);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 0);
 
     // The relay again: every message takes its place, once, on both; nothing goes back.
     w.set_online(phone, true);
@@ -330,7 +287,7 @@ fn forged_send(key: &DeviceKey, counter: u64, prev: Option<tidings::engine::Even
 
 /// Hands `frames` to `idx` as if they came from its admitted peer `from`, in a session.
 fn hand_over(w: &mut World, idx: usize, from: usize, frames: Vec<PeerFrame>) {
-    let peer = device_id(w, from);
+    let peer = w.device_id(from);
     let now = w.now;
     let mut s = PeerSession::new(&mut w.devices[idx].core, peer).expect("admitted");
     for f in frames {
@@ -361,7 +318,7 @@ fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
         .core
         .store()
         .log()
-        .author_events_after(CONV, device_id(&w, phone), 0, 1_000)
+        .author_events_after(CONV, w.device_id(phone), 0, 1_000)
         .expect("events");
     let last = sent.last().expect("the send");
     let mut tampered = envelope(last);

@@ -6,10 +6,13 @@ pub mod net;
 
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
-use tidings::engine::wire::{DeviceRegistration, UserChange};
+use tidings::engine::peer::{PeerFrame, PeerSession};
+use tidings::engine::wire::{
+    frame_bytes, DeviceRegistration, FrameDecoder, UserChange, MAX_FRAME_LEN,
+};
 use tidings::engine::{
-    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceKey, EventLog, MessageId, Store,
-    StoreConfig, UserId,
+    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceId, DeviceKey, EventLog,
+    MessageId, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -18,6 +21,17 @@ use tidings::relay::Limits;
 pub struct User {
     pub key: SigningKey,
     pub id: UserId,
+}
+
+/// A peer frame through the codec, as the transport carries it.
+pub fn carried(frame: PeerFrame) -> PeerFrame {
+    let bytes = frame_bytes(&frame).expect("encode");
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    decoder.push(&bytes);
+    decoder
+        .poll_frame::<PeerFrame>()
+        .expect("decode")
+        .expect("a whole frame")
 }
 
 pub fn user(seed: u8) -> User {
@@ -129,6 +143,44 @@ impl World {
             .expect("create");
         self.run(5_000);
         devices
+    }
+
+    /// Device `idx`'s id.
+    pub fn device_id(&self, idx: usize) -> DeviceId {
+        self.devices[idx].core.store().key().device()
+    }
+
+    /// Runs one peer session between devices `a` and `b` to its end, every frame through the
+    /// codec ([`carried`]), and those from `a` to `b` through `tamper` too. Returns the events
+    /// `b` received.
+    pub fn peer_sync(
+        &mut self,
+        a: usize,
+        b: usize,
+        tamper: impl Fn(PeerFrame) -> PeerFrame,
+    ) -> u64 {
+        let (ida, idb) = (self.device_id(a), self.device_id(b));
+        let mut sa = PeerSession::new(&mut self.devices[a].core, idb).expect("a admits b");
+        let mut sb = PeerSession::new(&mut self.devices[b].core, ida).expect("b admits a");
+        let now = self.now;
+        for _ in 0..100_000 {
+            let mut moved = false;
+            while let Some(f) = sa.poll_transmit() {
+                sb.handle_frame(&mut self.devices[b].core, tamper(carried(f)), now)
+                    .expect("b takes a's frame");
+                moved = true;
+            }
+            while let Some(f) = sb.poll_transmit() {
+                sa.handle_frame(&mut self.devices[a].core, carried(f), now)
+                    .expect("a takes b's frame");
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(sa.is_done() && sb.is_done(), "both sides said Done");
+        sb.n_received()
     }
 
     /// Device `d` sends `text` in [`CONV`], 10 ms after the last thing that happened.
