@@ -42,6 +42,9 @@ struct Args {
     /// The device log's page cache in MiB (default: the replica's, 16 MiB; redb's own is 1,024).
     #[arg(long)]
     log_cache_mib: Option<usize>,
+    /// Pulls of one conversation in flight at most (default: the device's, 4).
+    #[arg(long)]
+    pull_window: Option<usize>,
     /// Run the relay and the fillers in this process too (the printed memory is then all of it).
     #[arg(long)]
     in_process: bool,
@@ -274,6 +277,9 @@ async fn catch_up(
     let mut config = ReplicaConfig::new(served.addr, served.relay_id, served.fingerprint);
     if let Some(mib) = args.log_cache_mib {
         config.log_cache_bytes = mib * 1024 * 1024;
+    }
+    if let Some(w) = args.pull_window {
+        config.device.pull_window = w;
     }
     config.device.registration = Some(key.certificate(bob, 0));
     let t = Instant::now();

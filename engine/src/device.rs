@@ -50,6 +50,9 @@ pub struct DeviceConfig {
     pub submit_batch: usize,
     /// Most items asked for per Pull (capped by [`MAX_PAGE_ITEMS`]).
     pub pull_limit: u32,
+    /// Pulls of one conversation in flight at most during a catch-up (at least 1; default
+    /// [`PULL_WINDOW`]).
+    pub pull_window: usize,
     /// A Submit without a result after this long counts as a failed attempt.
     pub ack_timeout_ms: u64,
     /// The user-signed statement that adds this device to its user, sent when the relay does
@@ -80,6 +83,7 @@ impl Default for DeviceConfig {
             },
             submit_batch: 256,
             pull_limit: MAX_PAGE_ITEMS as u32,
+            pull_window: PULL_WINDOW,
             ack_timeout_ms: 10_000,
             registration: None,
             history: None,
@@ -348,9 +352,9 @@ pub const DEVICE_ASK_RETRY_MS: u64 = 1_000;
 pub const MAX_DEVICE_ASK_RETRY_MS: u64 = 60_000;
 /// Quarter-ask units: see [`MAX_DEVICE_ASKS`].
 const ASK_UNITS: u32 = 4;
-/// Pulls of one conversation in flight at most: a catch-up pays one round trip per
-/// `PULL_WINDOW` pages instead of one per page (a phone on a slow link with thousands of
-/// events to fetch).
+/// Pulls of one conversation in flight at most, by default ([`DeviceConfig::pull_window`]): a
+/// catch-up pays one round trip per `PULL_WINDOW` pages instead of one per page (a phone on a
+/// slow link with thousands of events to fetch).
 pub const PULL_WINDOW: usize = 4;
 
 /// The pulls of one conversation in flight.

@@ -133,7 +133,7 @@ impl DeviceCore {
         Ok(cursor)
     }
 
-    /// Pulls `conversation` after `after_seq`, and keeps up to [`PULL_WINDOW`] pages in
+    /// Pulls `conversation` after `after_seq`, and keeps up to `pull_window` pages in
     /// flight while the relay announced more than is asked for: each next pull starts where the
     /// one before ends (`pull_limit` further), so the pages come back to back. A pull after a
     /// sequence that pulls in flight already cover asks for nothing new.
@@ -145,8 +145,9 @@ impl DeviceCore {
         } else {
             p.asked_to = p.asked_to.max(after_seq);
         }
+        let window = self.config.pull_window.max(1);
         let mut first = p.in_flight == 0;
-        while p.in_flight < PULL_WINDOW && (first || p.asked_to < target) {
+        while p.in_flight < window && (first || p.asked_to < target) {
             first = false;
             let after = p.asked_to;
             self.send_pull(conversation, after, &mut p);
