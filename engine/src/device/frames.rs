@@ -82,10 +82,12 @@ impl DeviceCore {
                     ..
                 },
             ) => {
+                // The pull it answers is no longer in flight, whatever the page holds (a page
+                // naming another conversation than its pull is taken as a push would be).
                 let after = match self.requests.remove(&request_id) {
-                    Some(Request::Pull(c, after)) if c == conversation => {
-                        self.pull_answered(conversation);
-                        Some(after)
+                    Some(Request::Pull(c, after)) => {
+                        self.pull_answered(c);
+                        (c == conversation).then_some(after)
                     }
                     _ => None,
                 };

@@ -241,6 +241,7 @@ impl EventLog {
             let gates = txn.open_table(GATES)?;
             let memberships = txn.open_table(MEMBERSHIPS)?;
             let retention = txn.open_table(RETENTION)?;
+            let mut cursors = txn.open_table(CURSORS)?;
             for c in conversations {
                 let budget = MAX_ERASE_BATCH.saturating_sub(pass.erased.len());
                 let gate: Gate = match gates.get(&c.0)? {
@@ -250,8 +251,16 @@ impl EventLog {
                 let history = read_history(&memberships, c)?;
                 let (due, next) = if let Some(at) = removed_at(&gate, &history, &me) {
                     let due = removed_due(&t, c, at, gate.through, budget)?;
-                    if drop_unused_keys(&mut t, c, at)? {
-                        pass.keys_dropped.push(*c);
+                    // The keys are judged again only when something may have changed: a
+                    // message erased now, or keys other than those left by the last judgement
+                    // (judging reads every message kept from before the removal).
+                    let judged = keys_cursor(c);
+                    let left = cursors.get(judged.as_slice())?.map(|g| g.value());
+                    if !due.is_empty() || left != Some(count_keys(&t, c)?) {
+                        if drop_unused_keys(&mut t, c, at)? {
+                            pass.keys_dropped.push(*c);
+                        }
+                        cursors.insert(judged.as_slice(), count_keys(&t, c)?)?;
                     }
                     (due, None)
                 } else {
@@ -279,7 +288,6 @@ impl EventLog {
                 t.snapshots
                     .retain_in((&c.0, 0)..=(&c.0, u64::MAX), |_, _| false)?;
             }
-            let mut cursors = txn.open_table(CURSORS)?;
             let before = cursors.get(ERASED_BYTES)?.map_or(0, |g| g.value());
             cursors.insert(ERASED_BYTES, before.saturating_add(t.bytes))?;
         }
@@ -367,6 +375,27 @@ fn removed_due(
         });
     }
     Ok(out)
+}
+
+/// The `cursors` row holding how many epoch keys of `c` the last judgement of a removed
+/// member's keys left.
+fn keys_cursor(c: &ConversationId) -> Vec<u8> {
+    let mut k = b"erase/keys-left/".to_vec();
+    k.extend_from_slice(&c.0);
+    k
+}
+
+/// The epoch keys of `c` the device holds.
+fn count_keys(t: &Tables<'_>, c: &ConversationId) -> Result<u64, LogError> {
+    let mut n = 0;
+    for row in t
+        .epoch_keys
+        .range((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]))?
+    {
+        row?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Erases the conversation's epoch keys that no message kept from before the removal at
