@@ -208,6 +208,12 @@ impl DeviceCore {
         if from == 0 || to < from {
             return Ok(());
         }
+        // Pulls in flight together into one pruned range are each answered with the part
+        // after their own start: a range inside one already recorded is not news.
+        let known = self.store.log().history_gaps(conversation)?;
+        if known.iter().any(|(f, t)| *f <= from && to <= *t) {
+            return Ok(());
+        }
         tracing::info!(%conversation, from, to, "the relay no longer holds a range of history");
         self.gap_conversations.insert(conversation);
         let out = self.store.record_history_gap(conversation, from, to)?;

@@ -796,3 +796,67 @@ fn a_catch_up_keeps_a_window_of_pulls_in_flight() {
     }
     assert_eq!(core.connection(), ConnectionState::Online);
 }
+
+/// With a window of pulls in flight into a range the relay no longer holds, every pull is
+/// answered with a `HistoryGap` whose range starts at its own `after_seq`: the device reports
+/// the range once (the widest), not once per pull.
+#[test]
+fn a_history_gap_answered_to_a_window_of_pulls_is_reported_once() {
+    let t0 = 1_000_000;
+    let config = DeviceConfig {
+        pull_limit: 4,
+        ..DeviceConfig::default()
+    };
+    let mut core = ready(config, t0);
+    let (request_id, _) = sync_request(&drain(&mut core));
+    let conv = ConversationId([1; 16]);
+    core.handle_frame(
+        ServerFrame::Conversations {
+            request_id,
+            conversations: vec![crate::wire::ConversationInfo {
+                conversation: conv,
+                max_seq: 50,
+                cursor: 0,
+            }],
+            next: None,
+            invitations: vec![],
+            blocked: vec![],
+        },
+        t0,
+    )
+    .expect("list");
+    let pulls: Vec<(u64, u64)> = drain(&mut core)
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Pull {
+                request_id,
+                after_seq,
+                ..
+            } => Some((request_id, after_seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pulls.len(), PULL_WINDOW);
+    for (request_id, after) in pulls {
+        core.handle_frame(
+            ServerFrame::HistoryGap {
+                request_id,
+                conversation: conv,
+                from: after + 1,
+                to: 50,
+                events: vec![],
+                records: vec![],
+                more: false,
+            },
+            t0,
+        )
+        .expect("gap");
+    }
+    let gaps: Vec<(u64, u64)> = std::iter::from_fn(|| core.poll_event())
+        .filter_map(|e| match e {
+            DeviceEvent::HistoryGap { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, vec![(1, 50)]);
+}
