@@ -1,7 +1,6 @@
 //! Erasure: message bodies removed from the log by the conversation's retention policy (or,
 //! for what the relay placed after this device's user was removed, because of that), with a
-//! tombstone each, and the compaction that
-//! gives their space back to the file system.
+//! tombstone each, and the compaction that gives their space back to the file system.
 //!
 //! Erasing a message deletes its `Send` envelope (the only copy of its ciphertext body in the
 //! log) and its rows in the message indexes (`msg_by_seq`, `msg_by_id`), drops the
@@ -406,13 +405,7 @@ fn drop_unused_keys(
     c: &ConversationId,
     removed: ServerSeq,
 ) -> Result<bool, LogError> {
-    let held = t
-        .epoch_keys
-        .range((&c.0, &[0u8; 32])..=(&c.0, &[0xffu8; 32]))?
-        .next()
-        .transpose()?
-        .is_some();
-    if !held {
+    if count_keys(t, c)? == 0 {
         return Ok(false);
     }
     let mut needed: HashSet<[u8; 32]> = HashSet::new();
