@@ -108,3 +108,62 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     // The others still see everything they had.
     assert_eq!(w.shown_ids(b).len(), 5 + 4 + 3);
 }
+
+/// A member away since before the conversation began, back after the TTL: the relay keeps
+/// the `Create` (and the epoch opening) inside the range it dropped, and the device takes
+/// them from the gap answer, so it shows the members and what is sent next. Found by the
+/// simulator with retention on: the device recorded the gap before taking the answer's
+/// events, stepped its gate over the `Create` it had not stored yet, and refused every later
+/// event of the conversation as "not created".
+#[test]
+fn a_device_away_since_before_the_create_takes_what_the_relay_kept() {
+    let (alice, bob, carol) = (user(1), user(2), user(3));
+    let mut w = World::new(9);
+    w.relay.set_retention(Retention::default());
+    let [a, b] = [w.add_device_of(&alice, 11), w.add_device_of(&bob, 21)];
+    let c = w.add_device_of(&carol, 31);
+    for d in [a, b, c] {
+        w.set_online(d, true);
+    }
+    w.run(5_000);
+    w.set_online(c, false);
+    let now = w.now;
+    w.devices[a]
+        .core
+        .create_conversation(CONV, vec![bob.id, carol.id], now)
+        .expect("create");
+    w.run(5_000);
+    for i in 0..3 {
+        w.send_text(a, &format!("missed {i}"));
+    }
+    w.run(10_000);
+    w.now += Retention::default().ttl_ms() + DAY_MS;
+    w.relay.handle_retention(w.now).expect("retention");
+    let floor = w.relay.store().retained_floor(&CONV).expect("floor");
+    assert!(floor >= 4, "the messages are gone: floor {floor}");
+
+    w.set_online(c, true);
+    w.run(30_000);
+    let after = w.send_text(a, "after");
+    w.run(10_000);
+    assert_eq!(gaps(&w, c), vec![(1, floor)], "told once, from the start");
+    let ignored: Vec<_> = w.devices[c]
+        .events
+        .iter()
+        .filter(|e| matches!(e, DeviceEvent::Ignored(_)))
+        .collect();
+    assert!(
+        ignored.is_empty(),
+        "carol refused honest events: {ignored:?}"
+    );
+    let members = w.devices[c]
+        .core
+        .store_mut()
+        .conversation(CONV)
+        .expect("conversation")
+        .members()
+        .map(|m| m.len());
+    assert_eq!(members, Some(3), "the Create was taken from the gap answer");
+    assert_eq!(w.shown_ids(c), vec![after]);
+    assert_eq!(w.shown_ids(b).len(), 4);
+}

@@ -468,7 +468,9 @@ impl EventLog {
     /// Sequences that members' receipts cover but this log does not hold, between the first
     /// sequence it holds and the highest receipt, at most `limit` (the relay's announced
     /// sequence: past it, pushes may still be on their way). A device that joined later holds
-    /// nothing before its first sequence, which is not a gap. `None` when nothing is missing.
+    /// nothing before its first sequence, which is not a gap; nor is a sequence inside a
+    /// recorded history gap (the relay's retention dropped it, and said so). `None` when
+    /// nothing is missing.
     pub fn receipt_gap(
         &self,
         conversation: ConversationId,
@@ -481,24 +483,22 @@ impl EventLog {
         };
         let up_to = up_to.min(limit);
         let by_seq = txn.open_table(BY_SEQ)?;
+        let gaps = txn.open_table(gaps::HISTORY_GAPS)?;
         let c = &conversation.0;
-        let mut expected = None;
         let mut missing = Vec::new();
-        for row in by_seq.range((c, 0u64)..=(c, up_to))? {
-            let (k, _) = row?;
-            let (_, seq) = k.value();
-            let mut next = expected.unwrap_or(seq);
-            while next < seq && missing.len() < MAX_GAP_REPORT {
-                missing.push(next);
-                next += 1;
+        let Some(first) = by_seq.range((c, 0u64)..=(c, up_to))?.next().transpose()? else {
+            return Ok(None);
+        };
+        // From the first held sequence on, walk runs of held or dropped sequences; what
+        // stops a run is missing.
+        let mut after = first.0.value().1.saturating_sub(1);
+        while missing.len() < MAX_GAP_REPORT {
+            after = gaps::run_end(&by_seq, &gaps, &conversation, after)?;
+            if after >= up_to {
+                break;
             }
-            expected = Some(seq + 1);
-        }
-        if let Some(mut next) = expected {
-            while next <= up_to && missing.len() < MAX_GAP_REPORT {
-                missing.push(next);
-                next += 1;
-            }
+            missing.push(after + 1);
+            after += 1;
         }
         Ok((!missing.is_empty()).then_some(ChainIssue::Withheld {
             conversation,

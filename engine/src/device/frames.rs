@@ -122,8 +122,11 @@ impl DeviceCore {
                     _ => return Err(DeviceError::Protocol("HistoryGap answer to no Pull")),
                 }
                 self.pull_answered(conversation);
-                self.on_history_gap(conversation, from, to, now_ms)?;
+                // What the relay kept inside the range (the `Create`, membership changes,
+                // epoch openings) is stored first: the gate then walks over the gap through
+                // it, rather than stepping over a place whose event it has not seen yet.
                 self.on_items(items, now_ms)?;
+                self.on_history_gap(conversation, from, to, now_ms)?;
                 let cursor = self.advance_cursor(conversation, now_ms)?;
                 // Only an answer that moved the cursor is followed by another pull: a range
                 // the device could not take (malformed, or past what the relay announced)

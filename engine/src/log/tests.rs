@@ -204,6 +204,42 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
     assert_eq!(log.receipt_gap(CONV, 1).expect("gap"), None);
 }
 
+/// Issue 17: what the relay's retention dropped, and said so (a recorded history gap), is
+/// gone, not withheld: a receipt covering it reports only what lies outside the gap.
+#[test]
+fn a_receipt_over_a_recorded_history_gap_reports_only_what_lies_outside_it() {
+    let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let log = EventLog::in_memory().expect("log");
+    let one = send(&alice, 1, 1);
+    log.append(&[one.clone(), ack(&relay, &one, 1)])
+        .expect("append");
+    // Bob's receipt, sequenced at 6, covers 2..=5; the relay said 2..=3 are gone.
+    let receipt = Event::sign(
+        bob.signing_key(),
+        bob.header(CONV, 1, None, 6, 3_000),
+        EventKind::Delivered {
+            up_to: 5,
+            head: None,
+        },
+    )
+    .expect("sign");
+    log.append(&[receipt.clone(), ack(&relay, &receipt, 6)])
+        .expect("append");
+    log.write(|t| t.record_gap(CONV, 2, 3)).expect("gap");
+    assert_eq!(
+        log.receipt_gap(CONV, 10).expect("gap"),
+        Some(ChainIssue::Withheld {
+            conversation: CONV,
+            receipt_up_to: 5,
+            missing: vec![4, 5],
+        })
+    );
+    log.write(|t| t.record_gap(CONV, 4, 5)).expect("gap");
+    assert_eq!(log.receipt_gap(CONV, 10).expect("gap"), None);
+}
+
 /// The relay's statement placing `events` from `first` on, after the statement `prev`.
 fn statement(relay: &DeviceKey, events: &[&Event], first: u64, prev: Option<EventId>) -> Event {
     let header = relay.header(CONV, first, prev, 1, 2_000);

@@ -4,7 +4,8 @@
 //!
 //! - The acknowledged frontier of a conversation is the lowest durable cursor over the
 //!   current member users' devices that are not revoked (a device that never reported one
-//!   counts as 0): every such device holds every event up to it.
+//!   counts as 0, and so does a member with no such device: the relay has not seen one
+//!   yet): every such device holds every event up to it.
 //! - The time-to-live floor is the highest sequence committed more than
 //!   [`Retention::ttl_ms`] ago: dropped even if some device never came back, so that a lost
 //!   or silent device does not hold the frontier forever (its cursor expires with the TTL).
@@ -175,10 +176,12 @@ impl<S: Storage> RelayCore<S> {
         };
         let mut frontier: Option<ServerSeq> = None;
         for user in rec.membership.members() {
+            let mut known = false;
             for device in self.user_devices.get(user).into_iter().flatten() {
                 if self.revoked.contains_key(device) {
                     continue;
                 }
+                known = true;
                 if !cursors.contains_key(device) {
                     cursors.insert(*device, self.store.cursors(device)?);
                 }
@@ -188,6 +191,10 @@ impl<S: Storage> RelayCore<S> {
                     .copied()
                     .unwrap_or(0);
                 frontier = Some(frontier.map_or(at, |f| f.min(at)));
+            }
+            if !known {
+                // A member none of whose devices the relay knows has confirmed nothing.
+                return Ok(0);
             }
         }
         Ok(frontier.unwrap_or(0))

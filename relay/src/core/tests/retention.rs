@@ -205,3 +205,25 @@ fn a_revoked_device_does_not_hold_the_frontier() {
     );
     assert_eq!(net.core.handle_retention(net.now).expect("r").n_bodies, 4);
 }
+
+/// A member user none of whose devices the relay knows yet (it never connected) has
+/// confirmed nothing: what is sent to them stays until the TTL. Found by the simulator with
+/// retention on, where every device dials at once and a conversation may name a user before
+/// any of their devices registered: the frontier skipped that user and the pass dropped
+/// messages their first device then pulled as a gap.
+#[test]
+fn a_member_with_no_known_device_holds_the_frontier() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let b = net.connect(2, 20);
+    let create = create(&mut a, 1, &[1, 2, 3]);
+    assert_eq!(seq_of(&net.submit(&a, &[create])[0]), 1);
+    send_all(&mut net, &mut a, "m", 4);
+    for d in [&a, &b] {
+        received(&mut net, d, 5);
+    }
+    assert_eq!(net.core.handle_retention(net.now).expect("r").n_bodies, 0);
+    let c = net.connect(3, 30);
+    received(&mut net, &c, 5);
+    assert_eq!(net.core.handle_retention(net.now).expect("r").n_bodies, 4);
+}
