@@ -13,6 +13,7 @@ use tidings::engine::{
     ConversationId, DeviceCore, Event, EventId, EventKind, MessageId, MessageView, ServerSeq,
     Status, UserId,
 };
+use tidings::relay::core::store::is_kept;
 use tidings::relay::core::RelayStore;
 
 pub type Violation = String;
@@ -33,12 +34,22 @@ pub struct Oracle {
     /// Per device: (conversation, message) → highest status rank shown.
     ranks: Vec<HashMap<(ConversationId, MessageId), u8>>,
     pub n_acks: u64,
+    /// The user of each device (by index).
+    device_users: Vec<UserId>,
+    /// (conversation, seq) → the server time its statement gives.
+    server_ts: HashMap<(ConversationId, ServerSeq), u64>,
+    /// Per device: conversation → the highest `Received` that reached the relay.
+    received: Vec<HashMap<ConversationId, ServerSeq>>,
+    /// Per conversation: the relay's retention floor (sequences at or below may be gone).
+    floors: HashMap<ConversationId, ServerSeq>,
 }
 
 impl Oracle {
-    pub fn new(n_devices: usize) -> Oracle {
+    pub fn new(device_users: Vec<UserId>) -> Oracle {
         Oracle {
-            ranks: vec![HashMap::new(); n_devices],
+            ranks: vec![HashMap::new(); device_users.len()],
+            received: vec![HashMap::new(); device_users.len()],
+            device_users,
             ..Oracle::default()
         }
     }
@@ -75,6 +86,87 @@ impl Oracle {
         }
         for p in st.placements() {
             self.record_place(conv, p.event, p.seq)?;
+            self.server_ts.insert((conv, p.seq), p.server_ts_ms);
+        }
+        Ok(())
+    }
+
+    /// The relay's retention floor of `conv` as last seen (0: nothing dropped).
+    pub fn floor(&self, conv: &ConversationId) -> ServerSeq {
+        self.floors.get(conv).copied().unwrap_or(0)
+    }
+
+    /// The relay's floor after a prune: it never goes back.
+    pub fn raise_floor(&mut self, conv: ConversationId, floor: ServerSeq) -> Result<(), Violation> {
+        let old = self.floor(&conv);
+        if floor < old {
+            return Err(format!(
+                "relay retention floor of {conv} went back from {old} to {floor}"
+            ));
+        }
+        self.floors.insert(conv, floor);
+        Ok(())
+    }
+
+    /// A `Received` from device `dev` reached the relay.
+    pub fn record_received(&mut self, dev: usize, conv: ConversationId, up_to: ServerSeq) {
+        let at = self.received[dev].entry(conv).or_insert(0);
+        *at = (*at).max(up_to);
+    }
+
+    /// The highest `Received` of device `dev` in `conv` that reached the relay.
+    pub fn received(&self, dev: usize, conv: ConversationId) -> ServerSeq {
+        self.received[dev].get(&conv).copied().unwrap_or(0)
+    }
+
+    /// The acked events of `conv` in `after + 1..=up_to`, by sequence.
+    pub fn events_between(
+        &self,
+        conv: ConversationId,
+        after: ServerSeq,
+        up_to: ServerSeq,
+    ) -> Vec<(ServerSeq, EventId)> {
+        if up_to <= after {
+            return Vec::new();
+        }
+        self.by_seq
+            .range((conv, after + 1)..=(conv, up_to))
+            .map(|((_, s), e)| (*s, *e))
+            .collect()
+    }
+
+    /// The relay may drop `seq` of `conv` at `now`: it was committed at least `ttl_ms` ago, or
+    /// every device the relay knows (`known`, by index) of every user who was a member at
+    /// `seq` and still is confirmed it.
+    pub fn check_droppable(
+        &self,
+        conv: ConversationId,
+        seq: ServerSeq,
+        now: u64,
+        ttl_ms: u64,
+        line: Option<&Timeline>,
+        known: &[bool],
+    ) -> Result<(), Violation> {
+        let ts = self.server_ts.get(&(conv, seq)).copied();
+        if ts.is_some_and(|t| t.saturating_add(ttl_ms) <= now) {
+            return Ok(());
+        }
+        let members = line
+            .and_then(|l| l.versions.range(..=seq).next_back().map(|(_, m)| (l, m)))
+            .map(|(l, m)| m.intersection(&l.current).copied().collect::<BTreeSet<_>>())
+            .unwrap_or_default();
+        for (dev, user) in self.device_users.iter().enumerate() {
+            if !members.contains(user) || !known.get(dev).copied().unwrap_or(false) {
+                continue;
+            }
+            let confirmed = self.received(dev, conv);
+            if confirmed < seq {
+                return Err(format!(
+                    "relay dropped seq {seq} of {conv} (committed at {ts:?}, now {now}, TTL \
+                     {ttl_ms} ms) though device #{dev} of a member confirmed only up to \
+                     {confirmed}"
+                ));
+            }
         }
         Ok(())
     }
@@ -112,31 +204,31 @@ impl Oracle {
     }
 
     /// Every ack ever emitted is in the relay's store, with the same event at the same seq,
-    /// and every conversation's sequences there are 1..=max without a gap.
+    /// and every conversation's sequences there are 1..=max without a gap — but for what
+    /// retention dropped at or below the conversation's floor.
     pub fn check_relay_store(&self, store: &RelayStore) -> Result<(), Violation> {
         let records = store
             .conversations()
             .map_err(|e| format!("relay store unreadable: {e}"))?;
         let mut stored: HashMap<(ConversationId, ServerSeq), EventId> = HashMap::new();
+        let mut floors: HashMap<ConversationId, ServerSeq> = HashMap::new();
         let mut n_total = 0u64;
         for (conv, rec) in &records {
+            let floor = retained_floor(store, conv)?;
+            floors.insert(*conv, floor);
             let mut after = 0;
             for (ev, seq) in stored_events(store, conv)? {
-                if seq != after + 1 {
-                    return Err(format!(
-                        "relay store of {conv}: seq {seq} follows {after} (gap or duplicate)"
-                    ));
-                }
                 after = seq;
                 stored.insert((*conv, seq), ev.id());
+                n_total += 1;
             }
-            if after != rec.max_seq {
+            if after != rec.max_seq && rec.max_seq > floor {
                 return Err(format!(
-                    "relay store of {conv}: events up to seq {after}, record says {}",
+                    "relay store of {conv}: events up to seq {after}, record says {} (floor \
+                     {floor})",
                     rec.max_seq
                 ));
             }
-            n_total += after;
         }
         let n_events = store
             .n_events()
@@ -155,6 +247,7 @@ impl Oracle {
                          in the relay's store"
                     ))
                 }
+                None if *seq <= floors.get(conv).copied().unwrap_or(0) => {}
                 None => {
                     return Err(format!(
                         "acknowledged event {event} (seq {seq} of {conv}) is missing from the \
@@ -276,12 +369,35 @@ impl Timeline {
     }
 }
 
+/// The sequences in `after + 1..=up_to` of `conv` whose events the relay keeps whatever its
+/// floor (membership changes, epoch openings: see `is_kept`).
+pub fn kept_seqs(
+    store: &RelayStore,
+    conv: &ConversationId,
+    after: ServerSeq,
+    up_to: ServerSeq,
+) -> Result<BTreeSet<ServerSeq>, Violation> {
+    Ok(stored_events(store, conv)?
+        .into_iter()
+        .filter(|(ev, seq)| (after + 1..=up_to).contains(seq) && is_kept(ev.bytes()))
+        .map(|(_, seq)| seq)
+        .collect())
+}
+
+/// The relay's retention floor of `conv`.
+fn retained_floor(store: &RelayStore, conv: &ConversationId) -> Result<ServerSeq, Violation> {
+    store
+        .retained_floor(conv)
+        .map_err(|e| format!("relay retained floor: {e}"))
+}
+
 /// Every event the relay stored in `conv`, in server order, with the seq of its ack (checked
-/// to name it).
+/// to name it): consecutive, but where retention dropped events at or below the floor.
 fn stored_events(
     store: &RelayStore,
     conv: &ConversationId,
 ) -> Result<Vec<(Event, ServerSeq)>, Violation> {
+    let floor = retained_floor(store, conv)?;
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -302,9 +418,9 @@ fn stored_events(
             let Some(&seq) = places.get(&ev.id()) else {
                 return Err(format!("stored event {} has no statement", ev.id()));
             };
-            if seq != after + 1 {
+            if seq <= after || (seq != after + 1 && seq - 1 > floor) {
                 return Err(format!(
-                    "stored event {} at seq {seq} after {after}",
+                    "stored event {} at seq {seq} after {after} (retention floor {floor})",
                     ev.id()
                 ));
             }
@@ -337,10 +453,14 @@ pub fn check_unique(view: &[MessageView]) -> Result<(), Violation> {
 /// The final-state requirements on a converged conversation view. A message's recipients
 /// are the members at its sequence; it must be DELIVERED when it has some and all of them
 /// are still members (one removed since may never have received it).
+///
+/// `told_late(seq)`: what made a message at `seq` DELIVERED may never reach this device (the
+/// relay's retention dropped it first, and said so), so the rule does not hold there.
 pub fn check_final_view(
     conv: ConversationId,
     view: &[MessageView],
     timeline: &Timeline,
+    told_late: impl Fn(ServerSeq) -> bool,
 ) -> Result<(), Violation> {
     for m in view {
         let Some(seq) = m.seq else {
@@ -355,7 +475,11 @@ pub fn check_final_view(
         let mut recipients = members.iter().filter(|u| **u != m.record.user).peekable();
         let has_recipients = recipients.peek().is_some();
         let all_stayed = recipients.all(|u| timeline.current.contains(u));
-        if has_recipients && all_stayed && m.status.rank() < Status::Delivered.rank() {
+        if has_recipients
+            && all_stayed
+            && !told_late(seq)
+            && m.status.rank() < Status::Delivered.rank()
+        {
             return Err(format!(
                 "message {} of {conv} reached every member device but shows {:?}, not DELIVERED",
                 m.id, m.status

@@ -145,15 +145,27 @@ fn seeds() {
     );
 }
 
-/// The same seed gives the same trace, in one process, with fresh hash-map seeds each time.
+/// A seed that runs with retention on the relay (see `world::retention`).
+const RETENTION_SEED: u64 = 23;
+
+/// The same seed gives the same trace, in one process, with fresh hash-map seeds each time
+/// (seed 7, and a seed with retention on).
 #[test]
 fn same_seed_same_trace() {
     let seed = env_u64("SEED").unwrap_or(7);
     let a = run_seed(seed, false).unwrap_or_else(|f| panic!("{f}"));
-    let b = run_seed(seed, false).unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(
-        a.trace_hash, b.trace_hash,
-        "seed {seed} replayed to a different trace"
+    for s in [seed, RETENTION_SEED] {
+        let first = run_seed(s, false).unwrap_or_else(|f| panic!("{f}"));
+        let again = run_seed(s, false).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            first.trace_hash, again.trace_hash,
+            "seed {s} replayed to a different trace"
+        );
+    }
+    assert!(
+        run_seed(RETENTION_SEED, false)
+            .is_ok_and(|r| r.stats.retention_seeds == 1 && r.stats.bodies_pruned > 0),
+        "seed {RETENTION_SEED} runs with retention on and drops bodies"
     );
     let c = run_seed(seed + 1, false).unwrap_or_else(|f| panic!("{f}"));
     assert_ne!(

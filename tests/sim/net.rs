@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use tidings::engine::wire::{ClientFrame, ServerFrame};
+use tidings::relay::core::store::PrunePlan;
 use tidings::relay::core::SessionId;
 
 /// QUIC idle timeout: a connection with no traffic in one direction for this long is dead.
@@ -117,6 +118,15 @@ pub enum Ev {
     RelayCommitDone {
         inc: u64,
         job: u64,
+    },
+    /// A retention pass of the relay plans what to drop.
+    RelayRetention {
+        inc: u64,
+    },
+    /// Its prune is written.
+    RelayPrune {
+        inc: u64,
+        plans: Vec<PrunePlan>,
     },
     RelayRestart,
     DeviceRestart {

@@ -17,6 +17,8 @@ pub(super) struct Profile {
     pub(super) registration_flood: bool,
     /// Weights of [`Action`]s.
     pub(super) weights: Vec<(Action, u32)>,
+    /// Retention on the relay (drawn apart: see `retention`).
+    pub(super) retention: Option<super::SimRetention>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,7 @@ impl Profile {
                 (Action::Membership, [0u32, 0, 1, 3][rng.random_range(0..4)]),
                 (Action::Attack, [0u32, 2, 4, 6][rng.random_range(0..4)]),
             ],
+            retention: None,
         }
     }
 }

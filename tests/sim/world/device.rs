@@ -275,6 +275,7 @@ impl Sim {
         let mut states = Vec::new();
         let mut chain = Vec::new();
         let mut invited = Vec::new();
+        let mut gaps = Vec::new();
         while let Some(ev) = core.poll_event() {
             match ev {
                 DeviceEvent::Changes(c) => changed |= !c.is_empty(),
@@ -285,6 +286,11 @@ impl Sim {
                 // device till then); a flooder's stay pending.
                 DeviceEvent::User(UserChange::Invited(inv)) => invited.push(inv.conversation),
                 DeviceEvent::KeyShareRefused(_) => self.stats.key_shares_refused += 1,
+                DeviceEvent::HistoryGap {
+                    conversation,
+                    from,
+                    to,
+                } => gaps.push((conversation, from, to)),
                 DeviceEvent::Ignored(refused) => {
                     return fail(format!(
                         "{} ignored an honest event: {refused:?}",
@@ -303,6 +309,9 @@ impl Sim {
             frames.push(f);
         }
         self.devices[i].dirty |= changed;
+        for (conversation, from, to) in gaps {
+            self.device_hears_gap(i, conversation, from, to)?;
+        }
         for issue in chain {
             if self.equivocation_report(i, &issue) {
                 continue;

@@ -1,5 +1,6 @@
 //! The heal, convergence, and the checks at every step and at the end.
 
+use super::retention::in_gaps;
 use super::*;
 
 impl Sim {
@@ -136,7 +137,14 @@ impl Sim {
                     .log()
                     .cursor(&key)
                     .map_err(|e| format!("cursor: {e}"))?;
-                if held != head || cursor != head {
+                // What lies in a gap the device was told of is not waited for.
+                let gaps = core
+                    .store()
+                    .log()
+                    .history_gaps(spec.id)
+                    .map_err(|e| format!("gaps: {e}"))?;
+                let held_all = (held + 1..=head).all(|s| in_gaps(&gaps, s));
+                if !held_all || cursor != head {
                     why.push(format!(
                         "{name}: holds {} up to seq {held}, cursor {cursor}, relay head {head} \
                          ({:?})",
@@ -149,24 +157,29 @@ impl Sim {
         let ids: Vec<ConversationId> = self.convs.iter().map(|c| c.id).collect();
         let exempt = self.equivocation.as_ref().and_then(|e| e.exempt());
         for id in ids {
-            let mut first: Option<(String, tidings::engine::ConversationView)> = None;
+            let mut shown = Vec::new();
             for i in 0..self.devices.len() {
                 // The victim of the relay's lie was shown another history of it.
                 if !is_member(&id, self.users[self.devices[i].user].id) || exempt == Some((i, id)) {
                     continue;
                 }
-                let name = self.devices[i].name.clone();
-                let view = self.shown(i, id)?.view();
-                match &first {
-                    None => first = Some((name, view)),
-                    Some((n0, v0)) if *v0 != view => {
+                shown.push(Shown {
+                    name: self.devices[i].name.clone(),
+                    gaps: self.gaps_of(i, id)?,
+                    view: self.shown(i, id)?.view(),
+                });
+            }
+            // The reference: the first device told of no gap, when there is one.
+            let at = shown.iter().position(|s| s.gaps.is_empty()).unwrap_or(0);
+            if at < shown.len() {
+                let reference = shown.remove(at);
+                for other in &shown {
+                    if let Some(diff) = reference.differs(other) {
                         why.push(format!(
-                            "{} differs between {n0} and {name}: {}",
-                            id,
-                            describe_diff(v0, &view)
+                            "{id} differs between {} and {}: {diff}",
+                            reference.name, other.name
                         ));
                     }
-                    Some(_) => {}
                 }
             }
         }
@@ -232,24 +245,50 @@ impl Sim {
             let id = self.convs[spec_idx].id;
             let timeline = lines.get(&id).ok_or("no timeline")?;
             let mut digest = Vec::new();
-            for i in 0..self.devices.len() {
-                if !timeline
-                    .current
-                    .contains(&self.users[self.devices[i].user].id)
-                {
-                    continue;
-                }
+            let members: Vec<usize> = (0..self.devices.len())
+                .filter(|i| {
+                    timeline
+                        .current
+                        .contains(&self.users[self.devices[*i].user].id)
+                })
+                .collect();
+            // Every gap a member device was told of: a message in one may never have reached
+            // that device, so it may stay short of DELIVERED everywhere.
+            let mut all_gaps = Vec::new();
+            for &i in &members {
+                all_gaps.extend(self.gaps_of(i, id)?);
+            }
+            for &i in &members {
                 let name = self.devices[i].name.clone();
+                let gaps = self.gaps_of(i, id)?;
                 let view = self.shown(i, id)?.messages();
                 check_unique(&view)?;
-                check_final_view(id, &view, timeline).map_err(|e| format!("{name}: {e}"))?;
+                // A receipt in a gap of this device never reached it.
+                let told_late = |seq: ServerSeq| {
+                    in_gaps(&all_gaps, seq) || gaps.iter().any(|(_, to)| *to > seq)
+                };
+                check_final_view(id, &view, timeline, told_late)
+                    .map_err(|e| format!("{name}: {e}"))?;
                 self.check_bodies(i, &view, timeline)?;
                 for (m, conv) in &sent {
-                    if *conv == id && !view.iter().any(|v| v.id == *m) {
-                        return fail(format!(
-                            "message {m} sent in {id} (send returned Ok) never reached {name}"
-                        ));
+                    if *conv != id || view.iter().any(|v| v.id == *m) {
+                        continue;
                     }
+                    // Gone before it reached this device: then it was told so.
+                    let author = self
+                        .oracle
+                        .sent
+                        .get(m)
+                        .map(|(_, d)| *d)
+                        .ok_or("no author")?;
+                    let seq = self.shown(author, id)?.message(m).and_then(|v| v.seq);
+                    if seq.is_some_and(|s| in_gaps(&gaps, s)) {
+                        continue;
+                    }
+                    return fail(format!(
+                        "message {m} sent in {id} (send returned Ok, seq {seq:?}) never \
+                         reached {name}, and no history gap it was told of covers it"
+                    ));
                 }
                 let exempt = self.equivocation.as_ref().and_then(|e| e.exempt());
                 if digest.is_empty() && exempt != Some((i, id)) {
@@ -389,13 +428,61 @@ impl Sim {
         Ok(())
     }
 }
+/// What one member device shows of a conversation, and the history gaps it was told of.
+struct Shown {
+    name: String,
+    view: tidings::engine::ConversationView,
+    gaps: Vec<(ServerSeq, ServerSeq)>,
+}
+
+impl Shown {
+    /// How `other` differs from this view, or `None` when they agree. Two devices told of no
+    /// gap show the same. Otherwise, what a device was told is gone it may lack: it shows
+    /// every other message at the same place, and a status at most the other's when only it
+    /// was told of gaps (a receipt in its gap never reached it).
+    fn differs(&self, other: &Shown) -> Option<String> {
+        let (a, b) = (&self.view, &other.view);
+        if a.members != b.members {
+            return Some(format!("members {:?} vs {:?}", a.members, b.members));
+        }
+        if self.gaps.is_empty() && other.gaps.is_empty() {
+            return (a != b).then(|| describe_diff(a, b));
+        }
+        for (x, y) in [(self, other), (other, self)] {
+            // x was told of no gap, so y was: y may show less.
+            let lower_only = x.gaps.is_empty();
+            for m in &x.view.messages {
+                if m.seq.is_some_and(|s| in_gaps(&y.gaps, s)) {
+                    continue;
+                }
+                let Some(n) = y.view.messages.iter().find(|n| n.id == m.id) else {
+                    return Some(format!(
+                        "{} shows message {} (seq {:?}), {} does not",
+                        x.name, m.id, m.seq, y.name
+                    ));
+                };
+                if n.seq != m.seq {
+                    return Some(format!(
+                        "message {} at seq {:?} on {}, {:?} on {}",
+                        m.id, m.seq, x.name, n.seq, y.name
+                    ));
+                }
+                if lower_only && n.status.rank() > m.status.rank() {
+                    return Some(format!(
+                        "message {} is {:?} on {} (told of gaps), {:?} on {}",
+                        m.id, n.status, y.name, m.status, x.name
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
 fn describe_diff(
     a: &tidings::engine::ConversationView,
     b: &tidings::engine::ConversationView,
 ) -> String {
-    if a.members != b.members {
-        return format!("members {:?} vs {:?}", a.members, b.members);
-    }
     if a.messages.len() != b.messages.len() {
         return format!("{} vs {} messages", a.messages.len(), b.messages.len());
     }

@@ -23,7 +23,7 @@ use tidings::engine::wire::{ClientFrame, Envelope, ErrorCode, ServerFrame, UserC
 use tidings::engine::{
     ChainIssue, ConnectionState, Conversation, ConversationId, DeviceConfig, DeviceCore,
     DeviceError, DeviceEvent, DeviceKey, Event, EventId, EventKind, EventLog, MessageId,
-    RetryPolicy, Status, Store, StoreConfig, UserId,
+    RetryPolicy, ServerSeq, Status, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{CommitJob, Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -231,11 +231,13 @@ mod end;
 mod equivocation;
 mod network;
 mod relay;
+mod retention;
 mod stats;
 
 use actions::Profile;
 use attacks::{AttackLog, ADVERSARY_REQUESTS};
 use equivocation::Equivocation;
+use retention::SimRetention;
 pub use stats::Stats;
 
 impl Sim {
@@ -308,6 +310,7 @@ impl Sim {
             ));
         }
         let n_devices = devices.len();
+        let device_users: Vec<UserId> = devices.iter().map(|d| users[d.user].id).collect();
         let attacks = AttackLog {
             flood_devices: vec![0; users.len()],
             flood_registered: vec![0; users.len()],
@@ -343,7 +346,7 @@ impl Sim {
             conns: BTreeMap::new(),
             next_conn: 1,
             next_dial: 1,
-            oracle: Oracle::new(n_devices),
+            oracle: Oracle::new(device_users),
             trace: Trace::new(verbose),
             stats: Stats::default(),
             healing: false,
@@ -356,6 +359,8 @@ impl Sim {
             equivocation: None,
         };
         sim.equivocation = Equivocation::draw(seed, n_devices, &mut sim.stats);
+        sim.profile.retention = SimRetention::draw(seed, sim.equivocation.is_some());
+        sim.stats.retention_seeds = u64::from(sim.profile.retention.is_some());
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)
     }
@@ -460,6 +465,8 @@ impl Sim {
             Ev::DialFailed { device, inc, dial } => self.dial_failed(device, inc, dial),
             Ev::RelayCommit { inc } => self.relay_commit(inc),
             Ev::RelayCommitDone { inc, job } => self.relay_commit_done(inc, job),
+            Ev::RelayRetention { inc } => self.relay_retention(inc),
+            Ev::RelayPrune { inc, plans } => self.relay_prune(inc, plans),
             Ev::RelayRestart => {
                 if self.relay.core.is_none() {
                     self.relay_restart()?;

@@ -18,9 +18,13 @@ impl Sim {
                 self.relay.committed_heads
             ));
         }
-        let core = RelayCore::new(store, self.relay.key.clone(), self.relay.limits.clone())
+        let mut core = RelayCore::new(store, self.relay.key.clone(), self.relay.limits.clone())
             .map_err(|e| format!("relay core does not start: {e}"))?;
+        if let Some(r) = self.profile.retention.as_ref() {
+            core.set_retention(r.config());
+        }
         self.relay.core = Some(core);
+        self.schedule_retention();
         if self.relay.inc > 0 {
             self.stats.relay_restarts += 1;
         }
@@ -84,6 +88,14 @@ impl Sim {
         }
         tr!(self, "relay <- {name} {}", client_frame_name(&frame));
         let session = c.session;
+        if let ClientFrame::Received {
+            conversation,
+            up_to,
+        } = frame
+        {
+            let device = c.device;
+            self.relay_hears_received(device, conversation, up_to)?;
+        }
         let now = self.now;
         if let Some(core) = self.relay.core.as_mut() {
             core.handle_frame(session, frame, now);

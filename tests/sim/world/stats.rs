@@ -75,6 +75,12 @@ pub struct Stats {
     pub equivocations_unreached: u64,
     /// Per kind of [`REPORT_KINDS`], the detected seeds in which some device reported it.
     pub equivocation_reports: [u64; REPORT_KINDS.len()],
+    /// Seeds with retention on the relay, its passes, the bodies they dropped, and the
+    /// history gaps devices were told of.
+    pub retention_seeds: u64,
+    pub retention_passes: u64,
+    pub bodies_pruned: u64,
+    pub history_gaps: u64,
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
     pub virtual_ms: u64,
@@ -131,6 +137,10 @@ impl Stats {
             equivocations_tried,
             equivocations_detected,
             equivocations_unreached,
+            retention_seeds,
+            retention_passes,
+            bodies_pruned,
+            history_gaps,
             converge_ms_sum,
             virtual_ms
         );
@@ -220,6 +230,12 @@ impl fmt::Display for Stats {
             .map(|(kind, n)| format!("{kind} {n}"))
             .collect();
         writeln!(f, " {}", reports.join(", "))?;
+        writeln!(
+            f,
+            "retention: {} seeds with a short TTL on the relay, {} passes, {} bodies dropped, \
+             {} history gaps reported to devices",
+            self.retention_seeds, self.retention_passes, self.bodies_pruned, self.history_gaps
+        )?;
         writeln!(
             f,
             "network: {} frames, {} delay spikes, {} lost with dead connections; \
