@@ -162,6 +162,21 @@ fn a_disappearing_message_is_erased_after_it_was_read_and_stays_erased() {
     w.devices[b].core.store_mut().unload_all();
     assert_eq!(w.shown_ids(b), Vec::<MessageId>::new());
 
+    // Both member devices confirmed it (`Received`): the relay's next retention pass drops
+    // its copy too, and what it serves no longer holds the event.
+    let stats = w.relay.handle_retention(w.now).expect("retention");
+    assert!(stats.n_bodies >= 1, "{stats:?}");
+    let (left, _, _) = w
+        .relay
+        .store()
+        .page(&CONV, 0, 100, 1 << 20)
+        .expect("relay events");
+    assert!(
+        left.iter()
+            .all(|e| Event::decode_trusted(&e.0).map(|e| e.id()) != Ok(event)),
+        "the relay's copy is gone"
+    );
+
     // Messages keep flowing and statuses of what is kept are intact.
     let later = w.send_text(a, "after");
     w.run(5_000);
