@@ -584,3 +584,88 @@ async fn an_interrupted_download_resumes_from_its_synced_prefix() {
         "partial download files left: {left:?}"
     );
 }
+
+/// Prefetch by policy: on a metered network a "Wi-Fi only" policy queues small media and
+/// fetches nothing; back on an unmetered one it fetches them ahead of any tap (a tap then
+/// needs no network: the relay is gone by then), and a blob over the size is left for a tap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fetches_small_media_ahead_and_only_when_unmetered() {
+    use futures::StreamExt;
+    use tidings::replica::{PrefetchPolicy, Update};
+    const KIB: usize = 1024;
+    let p = pair(BlobLimits::default()).await;
+    let mut updates = p.bob.updates();
+    p.bob
+        .set_prefetch(PrefetchPolicy::up_to(1024 * KIB as u64).unmetered_only());
+    p.bob.set_metered(true);
+    let mut sent = Vec::new();
+    for (i, len) in [300 * KIB, 3 * 1024 * KIB, 200 * KIB]
+        .into_iter()
+        .enumerate()
+    {
+        let plain = pattern(len, i as u8);
+        let id = p
+            .alice
+            .send_media(
+                p.conv,
+                MediaSource::Bytes(plain.clone()),
+                format!("photo {i}").into_bytes(),
+                "image/jpeg",
+                Vec::new(),
+            )
+            .await
+            .expect("send_media");
+        let (_, media) = received(&p.bob, p.conv, id).await;
+        sent.push((plain, media));
+    }
+    uploaded(&p.alice).await;
+    let (small, big, last) = (&sent[0].1, &sent[1].1, &sent[2].1);
+    // The last one queued means the big one was judged before it.
+    eventually(SECS, "both small blobs queued", || async {
+        let q = p.bob.prefetch_queue();
+        q.contains(&small.blob) && q.contains(&last.blob)
+    })
+    .await;
+    assert!(!p.bob.prefetch_queue().contains(&big.blob), "over the size");
+    let parts = || {
+        std::fs::read_dir(p.root.join("bob").join("media"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(parts(), 0, "nothing fetched on a metered network");
+
+    p.bob.set_metered(false);
+    let mut ready = Vec::new();
+    while ready.len() < 2 {
+        let u = tokio::time::timeout(Duration::from_secs(SECS), updates.next())
+            .await
+            .expect("prefetched in time")
+            .expect("updates");
+        if let Update::MediaReady { conversation, blob } = u {
+            assert_eq!(conversation, p.conv);
+            ready.push(blob);
+        }
+    }
+    ready.sort();
+    let mut want = vec![small.blob, last.blob];
+    want.sort();
+    assert_eq!(ready, want);
+    assert!(p.bob.prefetch_queue().is_empty());
+
+    // No relay any more: what was prefetched opens without it; the big one cannot.
+    p.relay.shutdown().await.expect("shutdown");
+    for (i, (plain, media)) in sent.iter().enumerate() {
+        let dest = p.root.join(format!("bob-prefetched-{i}"));
+        let r = p.bob.download_media(p.conv, media, &dest).await;
+        if media.blob == big.blob {
+            assert!(r.is_err(), "the big one was never fetched: {r:?}");
+        } else {
+            r.unwrap_or_else(|e| panic!("#{i} not opened from the prefetched ciphertext: {e}"));
+            assert_eq!(&std::fs::read(&dest).expect("read"), plain);
+        }
+    }
+}

@@ -58,8 +58,9 @@ mod updates;
 
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
 pub use media::{
-    JobKind, MediaDirection, MediaError, MediaSource, UploadJob, DOWNLOAD_SYNC_INTERVAL,
-    MAX_MEDIA_LEN, PRECHECK_TIMEOUT, UPLOAD_WINDOW,
+    JobKind, MediaDirection, MediaError, MediaSource, PrefetchPolicy, UploadJob,
+    DOWNLOAD_SYNC_INTERVAL, MAX_MEDIA_LEN, MAX_PREFETCH_QUEUE, PRECHECK_TIMEOUT,
+    PREFETCH_MAX_ATTEMPTS, PREFETCH_RETRY_BASE, PREFETCH_RETRY_MAX, UPLOAD_WINDOW,
 };
 pub use status::{ConnectionProblem, ConnectionStatus};
 pub use tidings_engine::media::{BlobDescriptor, MediaBody};

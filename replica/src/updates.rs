@@ -144,6 +144,14 @@ pub enum Update {
         /// Bytes in all.
         total: u64,
     },
+    /// A received blob was prefetched ([`Replica::set_prefetch`]): its ciphertext is on this
+    /// device, verified, and [`Replica::download_media`] opens it without the network.
+    MediaReady {
+        /// The conversation whose message references it.
+        conversation: ConversationId,
+        /// The blob.
+        blob: tidings_engine::BlobId,
+    },
     /// A queued upload (or forward) was given up: the relay refused it for good (over its
     /// cap or the quota, not a member) or its local file is gone. The message that
     /// references it stays; recipients cannot fetch the blob.

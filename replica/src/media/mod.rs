@@ -15,20 +15,27 @@
 
 mod local;
 mod partial;
+mod prefetch;
 mod transfer;
 mod worker;
 
 pub use local::{JobKind, MediaSource, UploadJob};
 pub use partial::DOWNLOAD_SYNC_INTERVAL;
+pub use prefetch::{
+    PrefetchPolicy, MAX_PREFETCH_QUEUE, PREFETCH_MAX_ATTEMPTS, PREFETCH_RETRY_BASE,
+    PREFETCH_RETRY_MAX,
+};
 pub use transfer::UPLOAD_WINDOW;
 
 use crate::{Command, Replica, ReplicaError, Update};
 use partial::PartialDownload;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tidings_engine::media::wire::BlobRefusal;
 use tidings_engine::media::{
@@ -105,6 +112,16 @@ pub(crate) struct MediaShared {
     /// Wakes the worker when a job is queued.
     pub(crate) wake: Notify,
     pub(crate) updates: broadcast::WeakSender<Update>,
+    /// One lock per blob being fetched: a tap and a prefetch of one blob never write its
+    /// partial download at once.
+    fetching: Mutex<HashMap<BlobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The prefetch policy ([`Replica::set_prefetch`]).
+    pub(crate) prefetch: watch::Sender<PrefetchPolicy>,
+    /// The network costs money now ([`Replica::set_metered`]).
+    pub(crate) metered: watch::Sender<bool>,
+    /// The prefetcher runs.
+    pub(crate) prefetching: AtomicBool,
+    prefetch_queue: Mutex<prefetch::PrefetchQueue>,
 }
 
 impl MediaShared {
@@ -122,6 +139,11 @@ impl MediaShared {
             link,
             wake: Notify::new(),
             updates,
+            fetching: Mutex::new(HashMap::new()),
+            prefetch: watch::Sender::new(PrefetchPolicy::OFF),
+            metered: watch::Sender::new(false),
+            prefetching: AtomicBool::new(false),
+            prefetch_queue: Mutex::new(prefetch::PrefetchQueue::default()),
         });
         tokio::spawn(worker::run(shared.clone()));
         Ok(shared)
@@ -129,6 +151,51 @@ impl MediaShared {
 
     fn connection(&self) -> Result<quinn::Connection, MediaError> {
         self.link.borrow().clone().ok_or(MediaError::Offline)
+    }
+
+    /// Holds `blob`'s fetch lock until the guard drops (waiting for another holder).
+    pub(crate) async fn lock_blob(&self, blob: BlobId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks nobody holds or waits for go: the map stays as small as what is fetched.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(blob).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub(crate) fn lock_prefetch(&self) -> MutexGuard<'_, prefetch::PrefetchQueue> {
+        self.prefetch_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetches what this device does not hold yet of `media`'s ciphertext into its partial
+    /// download (resuming the synced prefix), every piece checked against the root, with
+    /// [`Update::MediaProgress`]; returns the partial download's path. The caller holds the
+    /// blob's lock ([`MediaShared::lock_blob`]).
+    pub(crate) async fn fetch_cipher(
+        self: &Arc<Self>,
+        conversation: ConversationId,
+        media: &BlobDescriptor,
+    ) -> Result<PathBuf, ReplicaError> {
+        let len = media.cipher_len();
+        let scratch = self.dir.scratch(&hex::encode(media.blob.0));
+        let mut part = PartialDownload::open(&scratch, len).map_err(MediaError::from)?;
+        let groups = part.next_group()..engine_media::n_groups(len);
+        if !groups.is_empty() {
+            let conn = self.connection()?;
+            let mut stream = BlobStream::open(&conn).await?;
+            stream
+                .fetch(conversation, media.blob, len, groups, |v| {
+                    part.append(&v)?;
+                    self.progress(media.blob, MediaDirection::Download, part.held(), len);
+                    Ok(())
+                })
+                .await?;
+            stream.finish();
+        }
+        Ok(scratch)
     }
 
     pub(crate) fn progress(&self, blob: BlobId, direction: MediaDirection, done: u64, total: u64) {
@@ -244,32 +311,17 @@ impl Replica {
     /// decrypted — corrupted media is never shown. A download that failed or was dropped
     /// part-way (a network loss, the app restarted) resumes from the prefix it synced (at
     /// most [`DOWNLOAD_SYNC_INTERVAL`] behind what it had fetched): only the rest is fetched.
-    /// A blob whose upload has not finished is refused with [`BlobRefusal::Incomplete`] (try
-    /// again later).
+    /// A blob prefetched already ([`Replica::set_prefetch`]) is decrypted here without the
+    /// network. A blob whose upload has not finished is refused with
+    /// [`BlobRefusal::Incomplete`] (try again later).
     pub async fn download_media(
         &self,
         conversation: ConversationId,
         media: &BlobDescriptor,
         dest: &Path,
     ) -> Result<(), ReplicaError> {
-        let conn = self.media.connection()?;
-        let len = media.cipher_len();
-        let scratch = self.media.dir.scratch(&hex::encode(media.blob.0));
-        let mut part = PartialDownload::open(&scratch, len).map_err(MediaError::from)?;
-        let groups = part.next_group()..engine_media::n_groups(len);
-        if !groups.is_empty() {
-            let mut stream = BlobStream::open(&conn).await?;
-            let shared = self.media.clone();
-            stream
-                .fetch(conversation, media.blob, len, groups, |v| {
-                    part.append(&v)?;
-                    shared.progress(media.blob, MediaDirection::Download, part.held(), len);
-                    Ok(())
-                })
-                .await?;
-            stream.finish();
-        }
-        drop(part);
+        let _held = self.media.lock_blob(media.blob).await;
+        let scratch = self.media.fetch_cipher(conversation, media).await?;
         let (key, plain_len, dest_owned) = (media.key.clone(), media.len, dest.to_path_buf());
         let opened = tokio::task::spawn_blocking(move || {
             let r = open_file(&scratch, &key, plain_len, &dest_owned);

@@ -67,9 +67,10 @@ impl PartialDownload {
         self.held
     }
 
-    /// The chunk group to fetch next.
+    /// The chunk group to fetch next: past the last one once the whole blob is held (a
+    /// prefix short of the end always ends on a group boundary).
     pub(crate) fn next_group(&self) -> u64 {
-        self.held / CHUNK_GROUP_LEN
+        self.held.div_ceil(CHUNK_GROUP_LEN)
     }
 
     /// Appends a verified piece (it must start where the prefix ends); syncs and records the
@@ -126,5 +127,40 @@ fn read_got(path: &Path) -> Option<u64> {
     match bytes.split_first() {
         Some((&GOT_V1, rest)) => Some(u64::from_le_bytes(rest.try_into().ok()?)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_engine::media::n_groups;
+
+    /// A download fetched whole but not yet decrypted (the app closed in between, or a
+    /// prefetch: see `prefetch.rs`) reopens with nothing left to fetch. Before, its next group
+    /// was the last one again when the blob did not end on a group boundary, and the relay's
+    /// answer to that ("piece at …, the download stands at …") failed every later try.
+    #[test]
+    fn a_whole_download_reopens_with_nothing_left_to_fetch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let part = dir.path().join("blob.part");
+        for len in [
+            1,
+            CHUNK_GROUP_LEN - 1,
+            CHUNK_GROUP_LEN,
+            3 * CHUNK_GROUP_LEN + 5,
+        ] {
+            let mut d = PartialDownload::open(&part, len).expect("open");
+            assert_eq!(d.next_group(), 0);
+            let piece = VerifiedPiece {
+                parents: Vec::new(),
+                leaves: vec![(0, vec![7u8; len as usize].into())],
+            };
+            d.append(&piece).expect("append");
+            drop(d);
+            let again = PartialDownload::open(&part, len).expect("reopen");
+            assert_eq!(again.held(), len);
+            assert_eq!(again.next_group(), n_groups(len), "len {len}");
+            remove(&part).expect("remove");
+        }
     }
 }
