@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod encrypted;
+pub mod kept;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::Criterion;
