@@ -7,6 +7,7 @@
 
 pub mod encrypted;
 pub mod kept;
+pub mod opens;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::Criterion;
