@@ -10,16 +10,13 @@
 
 mod common;
 
-use common::encrypted::{alice_store, cast, history, open_alice, Member, CONV};
+use common::encrypted::{alice_store, cast, history, Member, CONV};
+use common::opens::{all_decrypted, open_store, timed_from_closed, timed_opens, unseal, SCREEN};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tidings::engine::store::Body;
-use tidings::engine::{EventLog, Store};
-
-/// Messages on the screen.
-const SCREEN: usize = 50;
+use tidings::engine::EventLog;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -37,49 +34,6 @@ fn fixture(alice: &Member, bob: &Member, n_messages: u64) -> Fixture {
     store.snapshot_all().expect("snapshot");
     drop(store);
     Fixture { _dir: dir, path }
-}
-
-fn open_store(alice: &Member, path: &Path) -> Store {
-    open_alice(EventLog::open(path).expect("open"), alice)
-}
-
-fn all_decrypted(bodies: impl IntoIterator<Item = Body>) {
-    let mut n = 0;
-    for b in bodies {
-        assert!(matches!(b, Body::Text(_)), "{b:?}");
-        n += 1;
-    }
-    assert_eq!(n, SCREEN);
-}
-
-/// Times `f` from a closed store each iteration; closing the store is not timed. The close
-/// seals the file, so each open but the first skips the full page check.
-fn timed_from_closed(iters: u64, alice: &Member, path: &Path, f: impl Fn(&mut Store)) -> Duration {
-    timed_opens(iters, alice, path, false, f)
-}
-
-/// Like [`timed_from_closed`]; with `unsealed`, the seal of the clean close is removed before
-/// each open (untimed), which is what an open after a crash, or after anything wrote to the
-/// file, costs: every page read and checked.
-fn timed_opens(
-    iters: u64,
-    alice: &Member,
-    path: &Path,
-    unsealed: bool,
-    f: impl Fn(&mut Store),
-) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        if unsealed {
-            let _ = std::fs::remove_file(EventLog::seal_path(path));
-        }
-        let start = Instant::now();
-        let mut store = open_store(alice, path);
-        f(&mut store);
-        total += start.elapsed();
-        drop(store);
-    }
-    total
 }
 
 fn open(c: &mut Criterion) {
@@ -110,7 +64,7 @@ fn open(c: &mut Criterion) {
     });
     // The same open with every page checked (no seal: after a crash or an outside write).
     g.bench_function("log_open_checked/100000", |b| {
-        b.iter_custom(|iters| timed_opens(iters, &alice, &big.path, true, |_| {}))
+        b.iter_custom(|iters| timed_opens(iters, &alice, &big.path, || unseal(&big.path), |_| {}))
     });
     // Part of that: redb's own open of the file, without `EventLog::open`'s full page check
     // (`check_integrity`) and its incarnation commit.

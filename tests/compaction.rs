@@ -3,58 +3,31 @@
 //! same status as before, nothing erased comes back, and the erased ciphertext is no longer
 //! in the file.
 
-#[path = "common/kept_history.rs"]
-mod kept_history;
+// The fixture is the compaction bench's (benches/common: one definition).
+#[allow(dead_code)]
+#[path = "../benches/common/encrypted.rs"]
+mod encrypted;
+#[allow(dead_code)]
+#[path = "../benches/common/kept.rs"]
+mod kept;
 
-use kept_history::{alice_store, body, cast, erase_all_due, history, open_alice, CONV};
+use encrypted::{alice_store, body, cast, open_alice};
+use kept::{due_at, erase_all_due, history, view, CONV};
 use tidings::engine::store::Body;
-use tidings::engine::{EventKind, EventLog, MessageId, RetentionPolicy, Status};
+use tidings::engine::{EventKind, EventLog, MessageId, RetentionPolicy};
 
 const N: u64 = 2_000;
-const DAY_MS: u64 = 24 * 3600 * 1000;
-
-fn view(store: &tidings::engine::Store) -> Vec<(MessageId, Status, Body)> {
-    let reader = store.reader();
-    let mut out = Vec::new();
-    let mut before = None;
-    loop {
-        let page = reader.page(CONV, before, 200).expect("page");
-        let Some(first) = page.first() else {
-            break;
-        };
-        before = Some(tidings::engine::log::PageCursor::of(&first.view));
-        let mut p: Vec<_> = page
-            .into_iter()
-            .map(|r| (r.view.id, r.view.status, r.body))
-            .collect();
-        p.extend(out);
-        out = p;
-    }
-    out
-}
+/// The policy keeps a day.
+const KEEP_DAYS: u32 = 1;
 
 #[test]
 fn compaction_shrinks_the_file_and_keeps_everything_the_policy_keeps() {
     let (alice, bob) = cast();
-    let events = history(&alice, &bob, N, RetentionPolicy::KeepDays { days: 1 });
-    // Message server times, in order: 90% are a day old at `now`.
-    let mut placed: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e.kind() {
-            EventKind::Sequenced { entries } => Some(
-                entries
-                    .iter()
-                    .filter(|e| e.message.is_some())
-                    .map(|e| e.server_ts_ms)
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    placed.sort();
+    let policy = RetentionPolicy::KeepDays { days: KEEP_DAYS };
+    let events = history(&alice, &bob, N, policy);
+    // 90% are a day old at `now`.
     let n_erased = (N * 9 / 10) as usize;
-    let now = placed[n_erased - 1] + DAY_MS;
+    let now = due_at(&events, n_erased, KEEP_DAYS);
     // The ciphertext of the first message (erased), to look for in the file.
     let first_send = events
         .iter()

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod encrypted;
+pub mod kept;
+pub mod opens;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::Criterion;

@@ -1,23 +1,27 @@
 //! An encrypted two-party conversation under a retention policy, as Alice's device receives
 //! it: Bob's real store creates it, sets the policy, sends every message (encrypted), and a
-//! relay key acks each event (server time `T0 + seq` ms). For the compaction test (included
-//! with `#[path]`).
-#![allow(dead_code)]
+//! relay key acks each event (server time `T0 + seq` ms). With what a compaction check needs
+//! beside it: the erasure passes, the time at which a share of the history is due, and the
+//! full view a reader shows. For the compaction test and bench.
+//!
+//! Expects [`super::encrypted`] beside it (the cast, the keys, the bodies and Alice's store:
+//! one definition); the test crate includes both files with `#[path]`.
 
+use super::encrypted::{body, config, relay, Member, T0};
 use tidings::engine::event::MAX_SEQUENCED_ENTRIES;
-use tidings::engine::store::Outgoing;
+use tidings::engine::log::PageCursor;
+use tidings::engine::retention::DAY_MS;
+use tidings::engine::store::{Body, Outgoing};
 use tidings::engine::{
-    ConversationId, Event, EventHeader, EventId, EventKind, EventLog, RetentionPolicy, SeqEntry,
-    Store, UserId,
+    ConversationId, Event, EventHeader, EventId, EventKind, EventLog, MessageId, RetentionPolicy,
+    SeqEntry, Status, Store, UserId,
 };
 
 /// The conversation.
 pub const CONV: ConversationId = ConversationId([0x2d; 16]);
 
-/// The cast, the keys, the bodies and Alice's store are the benches' (one definition).
-#[path = "../../benches/common/encrypted.rs"]
-mod encrypted;
-pub use encrypted::{alice_store, body, cast, config, open_alice, relay, Member, T0};
+/// Messages read per page by [`view`].
+const VIEW_PAGE: usize = 200;
 
 /// Bob's conversation with Alice: `Create`, the epoch key, `policy`, then `n` messages, each
 /// event placed by the relay's signed statements, 256 a statement (server time `T0 + seq`).
@@ -101,4 +105,48 @@ pub fn erase_all_due(store: &mut Store, now_ms: u64) -> usize {
         }
         n += changes.len();
     }
+}
+
+/// The time at which the first `n_due` messages of `events` (by server time) are past a
+/// [`RetentionPolicy::KeepDays`] of `days`, and no later one is: the `now` of an erasure pass
+/// that erases exactly those.
+pub fn due_at(events: &[Event], n_due: usize, days: u32) -> u64 {
+    let mut placed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.kind() {
+            EventKind::Sequenced { entries } => Some(
+                entries
+                    .iter()
+                    .filter(|e| e.message.is_some())
+                    .map(|e| e.server_ts_ms)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    placed.sort();
+    placed[n_due - 1] + u64::from(days) * DAY_MS
+}
+
+/// Every message of [`CONV`] the reader shows, oldest first: id, status and body.
+pub fn view(store: &Store) -> Vec<(MessageId, Status, Body)> {
+    let reader = store.reader();
+    // Newest page first; each page oldest first.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = reader.page(CONV, before, VIEW_PAGE).expect("page");
+        let Some(first) = page.first() else {
+            break;
+        };
+        before = Some(PageCursor::of(&first.view));
+        pages.push(page);
+    }
+    pages
+        .into_iter()
+        .rev()
+        .flatten()
+        .map(|r| (r.view.id, r.view.status, r.body))
+        .collect()
 }
