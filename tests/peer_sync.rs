@@ -356,3 +356,28 @@ fn unsequenced_events_of_non_members_revoked_devices_or_forged_are_not_shown() {
     );
     assert_eq!(w.shown_ids(bob_phone), vec![real]);
 }
+
+/// What a peer brings while the device has no relay session queues no relay frame (it would go
+/// out on no connection, or before the next handshake): the cursor it moved is told to the
+/// relay by the next session's sync step instead. Found by the simulator with peer links:
+/// the `Received` of a peer session on a device with no connection.
+#[test]
+fn a_peer_session_while_offline_queues_nothing_for_the_relay_and_the_next_session_tells_it() {
+    let (mut w, phone, bob_phone, ids) = bob_missed(3);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 3);
+    let queued: Vec<_> = std::iter::from_fn(|| w.devices[bob_phone].core.poll_transmit()).collect();
+    assert!(queued.is_empty(), "frames for no connection: {queued:?}");
+    w.set_online(bob_phone, true);
+    w.run(20_000);
+    let device = w.device_id(bob_phone);
+    let cursor = w.relay.store().cursors(&device).expect("cursors")[&CONV];
+    let max_seq = w
+        .relay
+        .store()
+        .conversation(&CONV)
+        .expect("read")
+        .expect("conv")
+        .max_seq;
+    assert_eq!(cursor, max_seq, "the relay learnt what the peer brought");
+    assert_eq!(w.shown_ids(bob_phone), ids);
+}

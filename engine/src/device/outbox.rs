@@ -214,8 +214,9 @@ impl DeviceCore {
     }
 
     /// Moves a conversation's gap-free cursor over every sequence the log now holds after it
-    /// (from pages, pushes and the device's own acks alike), durably, tells the relay, and
-    /// sends the Delivered receipt that is due.
+    /// (from pages, pushes, the device's own acks and peers alike), durably, tells the relay
+    /// (in a ready session; without one, the next session's sync step tells it), and sends
+    /// the Delivered receipt that is due.
     pub(super) fn advance_cursor(
         &mut self,
         conversation: ConversationId,
@@ -226,10 +227,12 @@ impl DeviceCore {
         let cursor = self.store.log().contiguous_seq(conversation, before)?;
         if cursor > before {
             self.store.log().write(|t| t.set_cursor(&key, cursor))?;
-            self.transmit.push_back(ClientFrame::Received {
-                conversation,
-                up_to: cursor,
-            });
+            if self.state == State::Ready {
+                self.transmit.push_back(ClientFrame::Received {
+                    conversation,
+                    up_to: cursor,
+                });
+            }
         }
         self.deliver_up_to(conversation, cursor, now_ms)?;
         Ok(cursor)

@@ -136,8 +136,13 @@ impl DeviceCore {
     /// Pulls `conversation` after `after_seq`, and keeps up to `pull_window` pages in
     /// flight while the relay announced more than is asked for: each next pull starts where the
     /// one before ends (`pull_limit` further), so the pages come back to back. A pull after a
-    /// sequence that pulls in flight already cover asks for nothing new.
+    /// sequence that pulls in flight already cover asks for nothing new. Only in a ready
+    /// session (a peer's events can move things while there is none): the next session's
+    /// sync step pulls what is missing then.
     pub(super) fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
+        if self.state != State::Ready {
+            return;
+        }
         let target = self.targets.get(&conversation).copied().unwrap_or(0);
         let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
         if p.in_flight == 0 {
@@ -160,6 +165,9 @@ impl DeviceCore {
     /// One more pull of `conversation` after `after_seq`, outside the window: the hole a page
     /// cut short (by bytes) left before the next pull's start.
     pub(super) fn pull_from(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
+        if self.state != State::Ready {
+            return;
+        }
         let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
         self.send_pull(conversation, after_seq, &mut p);
         self.pulling.insert(conversation, p);
