@@ -206,7 +206,9 @@ async fn run(shared: Arc<MediaShared>, me: DeviceId, mut updates: broadcast::Rec
         }
         let metered = *metered_rx.borrow_and_update();
         let connected = link.borrow_and_update().is_some();
-        if in_flight.is_none() && connected && policy.allows(metered) {
+        // Otherwise a change of the network's cost, the policy or the link wakes the loop.
+        let can_fetch = connected && policy.allows(metered);
+        if in_flight.is_none() && can_fetch {
             if let Some(p) = shared.lock_prefetch().take_due(Instant::now()) {
                 let shared = shared.clone();
                 in_flight = Some(tokio::spawn(async move {
@@ -248,7 +250,9 @@ async fn run(shared: Arc<MediaShared>, me: DeviceId, mut updates: broadcast::Rec
                     }
                 }
             }
-            _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() && in_flight.is_none() => {}
+            // Only when fetching may go on: anything due now was taken above, so this waits
+            // for a retry's time and never spins.
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if can_fetch && next_due.is_some() && in_flight.is_none() => {}
         }
     }
     if let Some(t) = in_flight {
