@@ -513,3 +513,219 @@ proptest! {
         exact_session(&mut w, phone, bob_phone)?;
     }
 }
+
+/// Bob's phone holds Alice's messages with a hole (so the two reconcile CONV), and a session
+/// on `at` with the other device has taken that device's real Hello and Above: its
+/// reconciliation of CONV is under way. Returns (world, session, index of `at`).
+fn reconciling(bob_side: bool) -> (World, PeerSession, usize, usize) {
+    let (mut w, phone, bob_phone, ids) = bob_missed(12);
+    let hole = send_envelopes(&w, phone, phone, &ids[3..5]);
+    w.peer_sync(phone, bob_phone, without(hole));
+    let (at, other) = if bob_side {
+        (bob_phone, phone)
+    } else {
+        (phone, bob_phone)
+    };
+    let (id_at, id_other) = (w.device_id(at), w.device_id(other));
+    let mut theirs = PeerSession::new(&mut w.devices[other].core, id_at).expect("admitted");
+    let mut s = PeerSession::new(&mut w.devices[at].core, id_other).expect("admitted");
+    let now = w.now;
+    for _ in 0..2 {
+        let f = theirs.poll_transmit().expect("Hello, then Above");
+        s.handle_frame(&mut w.devices[at].core, carried(f), now)
+            .expect("taken");
+    }
+    (w, s, at, other)
+}
+
+/// Whether `s` is the side that initiates (it sent a Reconcile of CONV already).
+fn drain_initiates(s: &mut PeerSession) -> bool {
+    std::iter::from_fn(|| s.poll_transmit())
+        .any(|f| matches!(f, PeerFrame::Reconcile { conversation, .. } if conversation == CONV))
+}
+
+#[test]
+fn hostile_reconcile_messages_end_the_session_with_a_typed_error() {
+    for bob_side in [false, true] {
+        let (mut w, mut s, at, _) = reconciling(bob_side);
+        let before = held(&w, at);
+        let now = w.now;
+        let initiator = drain_initiates(&mut s);
+        // Not a negentropy message at all: refused, whichever role this side has.
+        let garbage = PeerFrame::Reconcile {
+            conversation: CONV,
+            message: vec![0xff, 0x00, 0x13],
+        };
+        let err = s.handle_frame(&mut w.devices[at].core, carried(garbage), now);
+        assert!(
+            matches!(err, Err(PeerError::Reconcile { conversation, .. }) if conversation == CONV),
+            "initiator {initiator}: {err:?}"
+        );
+        // A reconciliation of a conversation that is not being reconciled.
+        let (mut w, mut s, at, _) = reconciling(bob_side);
+        let other = tidings::engine::ConversationId([0x77; 16]);
+        let stray = PeerFrame::Reconcile {
+            conversation: other,
+            message: vec![0x61],
+        };
+        assert!(matches!(
+            s.handle_frame(&mut w.devices[at].core, carried(stray), now),
+            Err(PeerError::Unexpected(_))
+        ));
+        assert_eq!(held(&w, at), before, "nothing taken in");
+    }
+}
+
+#[test]
+fn a_responder_answers_at_most_max_rounds_and_wants_at_most_what_it_holds() {
+    // The side that does not initiate answers whatever comes, up to the limit of rounds.
+    let (mut w, mut s, at, _) = {
+        let r = reconciling(true);
+        let mut r = r;
+        if drain_initiates(&mut r.1) {
+            reconciling(false)
+        } else {
+            r
+        }
+    };
+    drain_initiates(&mut s);
+    let now = w.now;
+    let query = PeerFrame::Reconcile {
+        conversation: CONV,
+        message: vec![0x61],
+    };
+    for _ in 0..tidings::engine::peer::MAX_RECONCILE_ROUNDS {
+        s.handle_frame(&mut w.devices[at].core, carried(query.clone()), now)
+            .expect("an empty query is answered");
+        assert!(matches!(
+            s.poll_transmit(),
+            Some(PeerFrame::Reconcile { .. })
+        ));
+    }
+    assert!(matches!(
+        s.handle_frame(&mut w.devices[at].core, carried(query), now),
+        Err(PeerError::Limit { .. })
+    ));
+    // Wanting more events than this side put in the reconciliation is refused; ids of
+    // events it does not hold, or of another conversation, bring nothing.
+    let (mut w, mut s, at, _) = {
+        let mut r = reconciling(true);
+        if drain_initiates(&mut r.1) {
+            let mut r = reconciling(false);
+            drain_initiates(&mut r.1);
+            r
+        } else {
+            r
+        }
+    };
+    let unknown = PeerFrame::Want {
+        conversation: CONV,
+        ids: vec![tidings::engine::EventId([0x42; 32])],
+        last: false,
+    };
+    s.handle_frame(&mut w.devices[at].core, carried(unknown), now)
+        .expect("an unknown id is skipped");
+    assert!(s.poll_transmit().is_none(), "nothing sent for it");
+    let greedy = PeerFrame::Want {
+        conversation: CONV,
+        ids: vec![tidings::engine::EventId([0x43; 32]); tidings::engine::peer::MAX_WANT_IDS],
+        last: true,
+    };
+    assert!(matches!(
+        s.handle_frame(&mut w.devices[at].core, carried(greedy), now),
+        Err(PeerError::Limit { .. })
+    ));
+}
+
+#[test]
+fn reconcile_messages_of_any_bytes_never_panic_and_admit_nothing() {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::cell::RefCell;
+    for bob_side in [false, true] {
+        let (w, s, at, _) = reconciling(bob_side);
+        let before = held(&w, at);
+        let state = RefCell::new((w, s));
+        let mut runner = TestRunner::new(Config::with_cases(200));
+        let bytes = (
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..600),
+        );
+        runner
+            .run(&bytes, |(versioned, mut message)| {
+                if versioned {
+                    // Past negentropy's version byte, into the ranges.
+                    message.insert(0, 0x61);
+                }
+                let (w, s) = &mut *state.borrow_mut();
+                let now = w.now;
+                let frame = PeerFrame::Reconcile {
+                    conversation: CONV,
+                    message,
+                };
+                // A fresh copy of the session state is not available (sessions do not clone):
+                // one session takes every message until it fails, then a new one starts.
+                match s.handle_frame(&mut w.devices[at].core, frame, now) {
+                    Ok(()) => {}
+                    Err(PeerError::Reconcile { .. } | PeerError::Limit { .. }) => {
+                        *s = PeerSession::new(&mut w.devices[at].core, s.peer()).expect("again");
+                    }
+                    Err(PeerError::Unexpected(_)) => {
+                        // The initiator's reconciliation ended (the message parsed as its
+                        // last answer): start another.
+                        *s = PeerSession::new(&mut w.devices[at].core, s.peer()).expect("again");
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                }
+                while s.poll_transmit().is_some() {}
+                Ok(())
+            })
+            .expect("no panic, typed errors only");
+        let (w, _) = state.into_inner();
+        assert_eq!(
+            held(&w, at),
+            before,
+            "nothing admitted from reconcile messages"
+        );
+    }
+}
+
+#[test]
+fn a_peer_of_protocol_2_is_refused_with_a_typed_error() {
+    let (mut w, phone, bob_phone, _) = bob_missed(1);
+    let now = w.now;
+    let peer = w.device_id(phone);
+    let mut s = PeerSession::new(&mut w.devices[bob_phone].core, peer).expect("admitted");
+    let old = PeerFrame::Hello {
+        protocol_version: 2,
+        conversations: Vec::new(),
+    };
+    assert!(matches!(
+        s.handle_frame(&mut w.devices[bob_phone].core, carried(old), now),
+        Err(PeerError::Version(2))
+    ));
+    // What this side sends first is a Hello of version 3, which a protocol 2 peer refuses
+    // the same way (its check: `protocol_version != 2` → `PeerError::Version(3)`).
+    assert!(matches!(
+        s.poll_transmit(),
+        Some(PeerFrame::Hello {
+            protocol_version: 3,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_oversized_reconcile_message_does_not_decode() {
+    use tidings::engine::wire::{FrameDecoder, MAX_FRAME_LEN};
+    let big = PeerFrame::Reconcile {
+        conversation: CONV,
+        message: vec![0; tidings::engine::peer::MAX_RECONCILE_MESSAGE_LEN + 1],
+    };
+    // The receiver checks the limit before the message reaches negentropy.
+    let body = postcard::to_allocvec(&big).expect("postcard");
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend(body);
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    decoder.push(&bytes);
+    assert!(decoder.poll_frame::<PeerFrame>().is_err());
+}
