@@ -79,6 +79,17 @@ fn a_device_gets_what_it_missed_from_a_peer_while_the_relay_is_out_of_reach() {
 #[test]
 fn a_peer_cannot_forge_or_inject_events() {
     let (mut w, phone, bob_phone, ids) = bob_missed(3);
+    let no_statements = |f| match f {
+        PeerFrame::Items { events, .. } => PeerFrame::Items {
+            events,
+            records: Vec::new(),
+        },
+        f => f,
+    };
+    // Intact events without the relay statements that place them, which Bob's phone does not
+    // hold either: not shown (a peer cannot put an event anywhere in the order).
+    assert_eq!(w.peer_sync(phone, bob_phone, no_statements), 3);
+    assert!(w.shown_ids(bob_phone).is_empty());
     // Every event envelope altered in one byte: no signature verifies, nothing is shown.
     let received = w.peer_sync(phone, bob_phone, |f| match f {
         PeerFrame::Items {
@@ -95,19 +106,13 @@ fn a_peer_cannot_forge_or_inject_events() {
     });
     assert_eq!(received, 3);
     assert!(w.shown_ids(bob_phone).is_empty());
-    // Intact events without the relay statements that place them: not shown either (a peer
-    // cannot put an event anywhere in the order).
-    w.peer_sync(phone, bob_phone, |f| match f {
-        PeerFrame::Items { events, .. } => PeerFrame::Items {
-            events,
-            records: Vec::new(),
-        },
-        f => f,
-    });
-    assert!(w.shown_ids(bob_phone).is_empty());
-    // The same session untouched brings them: what kept them out above was the tampering.
-    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 3);
+    // The relay's statements came with them and are held now: intact events without
+    // statements take the places those give (a peer may leave out a statement the receiver
+    // holds; only the pinned relay's statements place events). What kept them out above was
+    // the tampering.
+    assert_eq!(w.peer_sync(phone, bob_phone, no_statements), 3);
     assert_eq!(w.shown_ids(bob_phone), ids);
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 0);
 }
 
 #[test]

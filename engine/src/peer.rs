@@ -639,7 +639,7 @@ impl PeerSession {
         ids: &[EventId],
     ) -> Result<(), PeerError> {
         let log = core.store().log();
-        let mut batches = Batches::default();
+        let mut batches = Batches::sending(ids);
         for id in ids {
             if self.n_sent + batches.n_events >= MAX_SESSION_EVENTS {
                 break;
