@@ -2,14 +2,34 @@
 //! other the events the other is missing, without the relay.
 //!
 //! Each side opens with [`PeerFrame::Hello`]: per shared conversation, its version vector
-//! (per author device, relay included, the highest counter it holds every event up to). The
-//! other side answers with what is above those counters — the device certificates it holds
-//! ([`PeerFrame::Directory`]), then the events in [`PeerFrame::Items`] together with the relay
-//! statements that place them — and ends with [`PeerFrame::Done`]. The receiver admits the
-//! items through [`crate::DeviceCore::handle_peer_items`], the very path of a relay page:
-//! signatures checked, only the pinned relay's statements trusted, every event through the
-//! gate at its place in the relay's order. A peer can therefore withhold events, never forge,
-//! reorder or inject one.
+//! (per author device, relay included, the highest counter it holds every event up to), then
+//! [`PeerFrame::Above`]: the conversations in which it holds events *above* its vector (past a
+//! hole in an author's counters: relay pages that came out of order, a session cut short, a
+//! retention gap, a message that never reached the relay). Both sides see both, and decide
+//! alike for each shared conversation:
+//!
+//! - **Neither side holds anything above its vector** (the usual case): vectors describe each
+//!   side's set exactly, so the other side answers with what is above the counters — the device
+//!   certificates it holds ([`PeerFrame::Directory`]), then the events in [`PeerFrame::Items`]
+//!   together with the relay statements that place them. No round trip beyond the Hellos.
+//! - **Either does**: a vector would make the other side send events the receiver already holds
+//!   above its hole (every one of them, every session), or, when the sender's own prefix is the
+//!   shorter, nothing at all of what is above it. The two sides run a range-based set
+//!   reconciliation instead (the negentropy protocol, see `reconcile`) over the events each
+//!   holds above the lower of the two vectors, author by author, in [`PeerFrame::Reconcile`]
+//!   messages. The side with the lower device id initiates; when it knows the two
+//!   differences, it sends what the other lacks and asks, with [`PeerFrame::Want`], for what
+//!   it lacks itself. Only the missing events cross, each with the relay statement that
+//!   places it unless the receiver holds that statement already.
+//!
+//! Each side ends with [`PeerFrame::Done`] once its answer is queued and its reconciliations
+//! are over. The receiver admits the items through [`crate::DeviceCore::handle_peer_items`],
+//! the very path of a relay page: signatures checked, only the pinned relay's statements
+//! trusted (in the frame, or already in the log), every event through the gate at its place in
+//! the relay's order. A peer can therefore withhold events, never forge, reorder or inject one.
+//! Reconciliation messages carry no events: malformed ones end the session with
+//! [`PeerError::Reconcile`], and the rounds, message sizes and wanted ids are bounded
+//! ([`MAX_RECONCILE_ROUNDS`], [`MAX_RECONCILE_MESSAGE_LEN`], [`MAX_WANT_IDS`]).
 //!
 //! Events the relay has not sequenced yet (two phones on one Wi-Fi with no internet) go in
 //! [`PeerFrame::Unsequenced`], after the placed ones. The receiver checks their signatures and
@@ -24,8 +44,19 @@
 //! the messages every recipient now holds, placed by the relay or not
 //! ([`crate::status::derive_status_with`]).
 //!
+//! # Sync state
+//! There is no per-peer sync state besides the log, and none is needed for an interrupted
+//! session to resume: every event is admitted (durably, one transaction per frame) as its
+//! frame arrives, so a session cut at any point leaves the receiver holding exactly what it
+//! admitted. The next session starts from the two logs: the vectors cover every prefix held,
+//! and the reconciliation finds the rest whatever holes the cut left. What a resumed session
+//! re-sends is therefore at most what was in flight when the link broke (frames written but
+//! not yet admitted), never what was already taken in. A per-peer cursor would add nothing
+//! but a second truth to keep in step with the log (and would be wrong after the log learns
+//! the same events from the relay or a third device).
+//!
 //! # Call order
-//! [`PeerSession::new`] (it queues the Hello), then for each frame read
+//! [`PeerSession::new`] (it queues the Hello and Above), then for each frame read
 //! [`PeerSession::handle_frame`]; after every call drain [`PeerSession::poll_transmit`]. The
 //! session is over when [`PeerSession::is_done`].
 
