@@ -62,11 +62,16 @@ struct Figures {
     /// Rounds of the loop in which something moved: each is one flight from a, then one
     /// from b.
     round_trips: usize,
+    /// Bytes per kind of frame.
+    by_kind: std::collections::BTreeMap<&'static str, usize>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     println!("# peer_sync {args:?}");
+    println!(
+        "| scene | protocol | session | rate | events received (a + b) | events lacked | frames | bytes | missing envelopes | bytes beyond them | round trips |"
+    );
     let scenes: Vec<&str> = match args.only.as_deref() {
         Some(s) => vec![s],
         None => vec!["missing", "differ"],
@@ -101,6 +106,7 @@ fn main() -> Result<()> {
                 f.bytes.saturating_sub(f.missing_bytes),
                 f.round_trips,
             );
+            println!("    bytes by frame: {:?}", f.by_kind);
         }
     }
     Ok(())
@@ -275,6 +281,7 @@ fn flight(
         let bytes = frame_bytes(&frame)?;
         f.frames += 1;
         f.bytes += bytes.len();
+        *f.by_kind.entry(kind(&frame)).or_default() += bytes.len();
         let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
         decoder.push(&bytes);
         let frame = decoder
@@ -284,4 +291,20 @@ fn flight(
         moved = true;
     }
     Ok(moved)
+}
+
+fn kind(frame: &PeerFrame) -> &'static str {
+    match frame {
+        PeerFrame::Hello { .. } => "Hello",
+        PeerFrame::Directory { .. } => "Directory",
+        PeerFrame::Items { .. } => "Items",
+        PeerFrame::Done => "Done",
+        PeerFrame::HistoryKeys { .. } => "HistoryKeys",
+        PeerFrame::Unsequenced { .. } => "Unsequenced",
+        PeerFrame::Holds { .. } => "Holds",
+        PeerFrame::Above { .. } => "Above",
+        PeerFrame::Reconcile { .. } => "Reconcile",
+        PeerFrame::Want { .. } => "Want",
+        _ => "other",
+    }
 }

@@ -520,9 +520,9 @@ proptest! {
 }
 
 /// Bob's phone holds Alice's messages with a hole (so the two reconcile CONV), and a session
-/// on `at` with the other device has taken that device's real Hello and Above: its
-/// reconciliation of CONV is under way. Returns (world, session, index of `at`).
-fn reconciling(bob_side: bool) -> (World, PeerSession, usize, usize) {
+/// on one of them with the other has taken the other's real Hello and Above: its
+/// reconciliation of CONV is under way. Returns (world, session, index of its device).
+fn reconciling(bob_side: bool) -> (World, PeerSession, usize) {
     let (mut w, phone, bob_phone, ids) = bob_missed(12);
     let hole = send_envelopes(&w, phone, phone, &ids[3..5]);
     w.peer_sync(phone, bob_phone, without(hole));
@@ -540,7 +540,18 @@ fn reconciling(bob_side: bool) -> (World, PeerSession, usize, usize) {
         s.handle_frame(&mut w.devices[at].core, carried(f), now)
             .expect("taken");
     }
-    (w, s, at, other)
+    (w, s, at)
+}
+
+/// A [`reconciling`] session on the side that does not initiate, its frames drained.
+fn responder() -> (World, PeerSession, usize) {
+    for bob_side in [false, true] {
+        let (w, mut s, at) = reconciling(bob_side);
+        if !drain_initiates(&mut s) {
+            return (w, s, at);
+        }
+    }
+    panic!("one of the two sides responds");
 }
 
 /// Whether `s` is the side that initiates (it sent a Reconcile of CONV already).
@@ -552,7 +563,7 @@ fn drain_initiates(s: &mut PeerSession) -> bool {
 #[test]
 fn hostile_reconcile_messages_end_the_session_with_a_typed_error() {
     for bob_side in [false, true] {
-        let (mut w, mut s, at, _) = reconciling(bob_side);
+        let (mut w, mut s, at) = reconciling(bob_side);
         let before = held(&w, at);
         let now = w.now;
         let initiator = drain_initiates(&mut s);
@@ -567,7 +578,7 @@ fn hostile_reconcile_messages_end_the_session_with_a_typed_error() {
             "initiator {initiator}: {err:?}"
         );
         // A reconciliation of a conversation that is not being reconciled.
-        let (mut w, mut s, at, _) = reconciling(bob_side);
+        let (mut w, mut s, at) = reconciling(bob_side);
         let other = tidings::engine::ConversationId([0x77; 16]);
         let stray = PeerFrame::Reconcile {
             conversation: other,
@@ -584,16 +595,7 @@ fn hostile_reconcile_messages_end_the_session_with_a_typed_error() {
 #[test]
 fn a_responder_answers_at_most_max_rounds_and_wants_at_most_what_it_holds() {
     // The side that does not initiate answers whatever comes, up to the limit of rounds.
-    let (mut w, mut s, at, _) = {
-        let r = reconciling(true);
-        let mut r = r;
-        if drain_initiates(&mut r.1) {
-            reconciling(false)
-        } else {
-            r
-        }
-    };
-    drain_initiates(&mut s);
+    let (mut w, mut s, at) = responder();
     let now = w.now;
     let query = PeerFrame::Reconcile {
         conversation: CONV,
@@ -612,17 +614,8 @@ fn a_responder_answers_at_most_max_rounds_and_wants_at_most_what_it_holds() {
         Err(PeerError::Limit { .. })
     ));
     // Wanting more events than this side put in the reconciliation is refused; ids of
-    // events it does not hold, or of another conversation, bring nothing.
-    let (mut w, mut s, at, _) = {
-        let mut r = reconciling(true);
-        if drain_initiates(&mut r.1) {
-            let mut r = reconciling(false);
-            drain_initiates(&mut r.1);
-            r
-        } else {
-            r
-        }
-    };
+    // events it does not hold bring nothing.
+    let (mut w, mut s, at) = responder();
     let unknown = PeerFrame::Want {
         conversation: CONV,
         ids: vec![tidings::engine::EventId([0x42; 32])],
@@ -647,7 +640,7 @@ fn reconcile_messages_of_any_bytes_never_panic_and_admit_nothing() {
     use proptest::test_runner::{Config, TestRunner};
     use std::cell::RefCell;
     for bob_side in [false, true] {
-        let (w, s, at, _) = reconciling(bob_side);
+        let (w, s, at) = reconciling(bob_side);
         let before = held(&w, at);
         let state = RefCell::new((w, s));
         let mut runner = TestRunner::new(Config::with_cases(200));
