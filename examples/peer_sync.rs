@@ -14,7 +14,6 @@
 //! `cargo run --release --example peer_sync -- --missing 10000 --held 100000 --differ 10`
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use anyhow::{ensure, Context, Result};
