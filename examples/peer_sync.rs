@@ -61,6 +61,10 @@ struct Figures {
     /// Rounds of the loop in which something moved: each is one flight from a, then one
     /// from b.
     round_trips: usize,
+    /// Messages each side showed before and after the session (a's, b's): a hole holds back
+    /// the fold of every message after it, until it fills.
+    shown_before: (usize, usize),
+    shown_after: (usize, usize),
     /// Bytes per kind of frame.
     by_kind: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -105,7 +109,10 @@ fn main() -> Result<()> {
                 f.bytes.saturating_sub(f.missing_bytes),
                 f.round_trips,
             );
-            println!("    bytes by frame: {:?}", f.by_kind);
+            println!(
+                "    messages shown before → after: a {} → {}, b {} → {}; bytes by frame: {:?}",
+                f.shown_before.0, f.shown_after.0, f.shown_before.1, f.shown_after.1, f.by_kind
+            );
         }
     }
     Ok(())
@@ -234,6 +241,7 @@ fn measure(w: &mut World, a: usize, b: usize, vectors_only: bool) -> Result<Figu
         let event = w.devices[from].core.store().log().get(id)?;
         missing_bytes += event.map(|e| e.bytes().len()).unwrap_or(0);
     }
+    let shown_before = (w.shown_ids(a).len(), w.shown_ids(b).len());
     let (ida, idb) = (w.device_id(a), w.device_id(b));
     let start = if vectors_only {
         PeerSession::vectors_only
@@ -262,6 +270,8 @@ fn measure(w: &mut World, a: usize, b: usize, vectors_only: bool) -> Result<Figu
     f.secs = started.elapsed().as_secs_f64();
     ensure!(sa.is_done() && sb.is_done(), "both sides said Done");
     f.received = (sa.n_received(), sb.n_received());
+    f.shown_before = shown_before;
+    f.shown_after = (w.shown_ids(a).len(), w.shown_ids(b).len());
     Ok(f)
 }
 

@@ -182,3 +182,78 @@ impl Reconciler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn id(n: u32) -> EventId {
+        EventId(*blake3::hash(&n.to_be_bytes()).as_bytes())
+    }
+
+    /// Runs a whole reconciliation between two item sets; returns (have, need, messages).
+    fn check(a: &BTreeSet<u32>, b: &BTreeSet<u32>) -> (Vec<EventId>, Vec<EventId>, usize) {
+        let items = |s: &BTreeSet<u32>| s.iter().map(|n| (u64::from(n / 7), id(*n))).collect();
+        let c = ConversationId([1; 16]);
+        let (mut init, first) = Reconciler::new(c, items(a), true).expect("initiator");
+        let (mut resp, none) = Reconciler::new(c, items(b), false).expect("responder");
+        assert!(none.is_none());
+        let mut message = first.expect("a first message");
+        let mut n_messages = 1;
+        loop {
+            let answer = resp.respond(&message).expect("answer");
+            n_messages += 1;
+            match init.step(&answer).expect("step") {
+                Step::Next(m) => {
+                    message = m;
+                    n_messages += 1;
+                }
+                Step::Finished { have, need } => return (have, need, n_messages),
+            }
+        }
+    }
+
+    proptest! {
+        /// The initiator learns exactly what it holds that the responder lacks, and what it
+        /// lacks, whatever the two sets.
+        #[test]
+        fn the_differences_are_exact(
+            common in proptest::collection::btree_set(0u32..100_000, 0..3_000),
+            only_a in proptest::collection::btree_set(100_000u32..200_000, 0..40),
+            only_b in proptest::collection::btree_set(200_000u32..300_000, 0..40),
+        ) {
+            let a: BTreeSet<u32> = common.union(&only_a).copied().collect();
+            let b: BTreeSet<u32> = common.union(&only_b).copied().collect();
+            let (have, need, _) = check(&a, &b);
+            let sorted = |s: &BTreeSet<u32>| {
+                let mut v: Vec<EventId> = s.iter().map(|n| id(*n)).collect();
+                v.sort_unstable();
+                v
+            };
+            prop_assert_eq!(have, sorted(&only_a));
+            prop_assert_eq!(need, sorted(&only_b));
+        }
+    }
+
+    #[test]
+    fn a_responder_refuses_what_is_not_a_negentropy_message() {
+        let c = ConversationId([1; 16]);
+        let (mut resp, _) = Reconciler::new(c, vec![(1, id(1))], false).expect("responder");
+        // Empty; a foreign version byte; mode 7; a bound id of 33 bytes; a fingerprint cut short.
+        let bad: [&[u8]; 5] = [
+            &[],
+            &[0x00],
+            &[0x61, 0x01, 0x00, 0x07],
+            &[0x61, 0x01, 0x21],
+            &[0x61, 0x01, 0x00, 0x01, 0xaa],
+        ];
+        for bad in bad {
+            assert!(
+                matches!(resp.respond(bad), Err(PeerError::Reconcile { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}
