@@ -593,7 +593,7 @@ fn hostile_reconcile_messages_end_the_session_with_a_typed_error() {
 }
 
 #[test]
-fn a_responder_answers_at_most_max_rounds_and_wants_at_most_what_it_holds() {
+fn a_responder_answers_at_most_max_rounds_and_sends_only_shared_events_it_holds() {
     // The side that does not initiate answers whatever comes, up to the limit of rounds.
     let (mut w, mut s, at) = responder();
     let now = w.now;
@@ -624,6 +624,32 @@ fn a_responder_answers_at_most_max_rounds_and_wants_at_most_what_it_holds() {
     s.handle_frame(&mut w.devices[at].core, carried(unknown), now)
         .expect("an unknown id is skipped");
     assert!(s.poll_transmit().is_none(), "nothing sent for it");
+    // An event of a conversation the peer does not share (Alice's notes to herself) is not
+    // sent, though this side holds it and the peer names its id.
+    let notes = tidings::engine::ConversationId([0x70; 16]);
+    let now = w.now;
+    w.devices[at]
+        .core
+        .create_conversation(notes, vec![], now)
+        .expect("create");
+    let private = w.devices[at]
+        .core
+        .store()
+        .log()
+        .ids_above(notes, |_| 0, 10)
+        .expect("ids");
+    assert!(!private.is_empty());
+    let prying = PeerFrame::Want {
+        conversation: CONV,
+        ids: private.iter().map(|(_, id)| *id).collect(),
+        last: false,
+    };
+    s.handle_frame(&mut w.devices[at].core, carried(prying), now)
+        .expect("an id of another conversation is skipped");
+    assert!(
+        s.poll_transmit().is_none(),
+        "nothing of the other conversation sent"
+    );
     let greedy = PeerFrame::Want {
         conversation: CONV,
         ids: vec![tidings::engine::EventId([0x43; 32]); tidings::engine::peer::MAX_WANT_IDS],
