@@ -60,8 +60,11 @@
 //! [`PeerSession::handle_frame`]; after every call drain [`PeerSession::poll_transmit`]. The
 //! session is over when [`PeerSession::is_done`].
 
+mod admitted;
 mod batches;
 mod reconcile;
+
+pub use admitted::{admitted_peers, shared_conversations};
 
 pub use reconcile::{
     MAX_RECONCILE_ITEMS, MAX_RECONCILE_MESSAGE_LEN, MAX_RECONCILE_ROUNDS, RECONCILE_FRAME_LIMIT,
@@ -70,13 +73,14 @@ pub use reconcile::{
 use crate::device::{DeviceCore, DeviceError, VerifiedItems};
 use crate::event::MAX_SEALED_KEY_LEN;
 use crate::history::{HistoryKey, MAX_HISTORY_KEYS_PER_FRAME};
-use crate::ids::{ConversationId, DeviceId, EventId, UserId};
+use crate::ids::{ConversationId, DeviceId, EventId};
 use crate::log::LogError;
 use crate::store::StoreError;
 use crate::wire::{
     check, DeviceRegistration, DeviceRevocation, Envelope, Frame, WireError, MAX_FRAME_LEN,
     MAX_LISTED_CONVERSATIONS, MAX_LISTED_DEVICES, MAX_PAGE_ITEMS,
 };
+use admitted::is_own_device;
 use batches::Batches;
 use reconcile::{Reconciler, Step};
 use serde::{Deserialize, Serialize};
@@ -290,71 +294,6 @@ pub enum PeerError {
         /// The limit.
         max: usize,
     },
-}
-
-/// The devices this device admits as peers: every certified, unrevoked device (its own
-/// user's included) of a user who shares a conversation with it, by the memberships the gate
-/// admitted and the certificates the directory verified.
-pub fn admitted_peers(core: &mut DeviceCore) -> Result<BTreeSet<DeviceId>, PeerError> {
-    let me = core.store().key().device();
-    let mut users: BTreeSet<UserId> = shared_users(core)?.into_keys().collect();
-    // A device of the same user is a peer even before it holds any conversation: it may be
-    // new, and its history comes from here (see `crate::history`).
-    users.insert(core.store().key().user());
-    let directory = core.store_mut().directory()?;
-    let mut out = BTreeSet::new();
-    for user in users {
-        for (device, revoked) in directory.all_devices_of(&user) {
-            if !revoked && device != me {
-                out.insert(device);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The conversations this device shares with `peer` (none if the directory cannot place it).
-pub fn shared_conversations(
-    core: &mut DeviceCore,
-    peer: DeviceId,
-) -> Result<BTreeSet<ConversationId>, PeerError> {
-    let directory = core.store_mut().directory()?;
-    let user = match directory.user_of(&peer) {
-        Some(u) if !directory.is_revoked(&peer) => u,
-        _ => return Ok(BTreeSet::new()),
-    };
-    Ok(shared_users(core)?.remove(&user).unwrap_or_default())
-}
-
-/// Whether `peer` is a certified, unrevoked device of this device's own user.
-fn is_own_device(core: &mut DeviceCore, peer: DeviceId) -> Result<bool, PeerError> {
-    let me = core.store().key();
-    let (me_user, me_device) = (me.user(), me.device());
-    let directory = core.store_mut().directory()?;
-    Ok(peer != me_device
-        && directory.user_of(&peer) == Some(me_user)
-        && !directory.is_revoked(&peer))
-}
-
-/// Per user, the conversations whose current members include both that user and this
-/// device's user.
-fn shared_users(
-    core: &DeviceCore,
-) -> Result<BTreeMap<UserId, BTreeSet<ConversationId>>, PeerError> {
-    let me = core.store().key().user();
-    let mut out: BTreeMap<UserId, BTreeSet<ConversationId>> = BTreeMap::new();
-    for (conversation, meta) in core.store().log().conversations()? {
-        let Some((_, members)) = meta.members else {
-            continue;
-        };
-        if !members.contains(&me) {
-            continue;
-        }
-        for user in members {
-            out.entry(user).or_default().insert(conversation);
-        }
-    }
-    Ok(out)
 }
 
 /// One reconciliation with one peer. See the module docs for the call order.
