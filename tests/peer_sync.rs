@@ -13,7 +13,7 @@ use tidings::engine::{DeviceId, DeviceKey, Event, EventKind, MessageId, Status};
 
 /// Alice's phone and Bob's phone share CONV; Bob's phone goes offline, Alice sends `n`
 /// messages that the relay sequences. Returns (world, alice's phone, bob's phone, ids).
-fn bob_missed(n: u8) -> (World, usize, usize, Vec<MessageId>) {
+fn bob_missed(n: usize) -> (World, usize, usize, Vec<MessageId>) {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
     let phone = w.add_device_of(&alice, 11);
@@ -404,7 +404,7 @@ fn a_device_holding_events_above_a_hole_gets_only_the_hole() {
     let hole = send_envelopes(&w, phone, phone, &ids[5..7]);
     assert_eq!(hole.len(), 2);
     let first = w.peer_sync(phone, bob_phone, without(hole));
-    assert_eq!(first, u64::from(n) - 2);
+    assert_eq!(first, n as u64 - 2);
     // The next session sends what is missing, and only that.
     assert_eq!(
         w.peer_sync(phone, bob_phone, |f| f),
@@ -752,4 +752,41 @@ fn an_oversized_reconcile_message_does_not_decode() {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     decoder.push(&bytes);
     assert!(decoder.poll_frame::<PeerFrame>().is_err());
+}
+
+#[test]
+fn a_session_cut_short_resumes_from_the_log_and_sends_nothing_twice() {
+    // More than one Items frame of events (MAX_PAGE_ITEMS each).
+    let n = 1_100;
+    let (mut w, phone, bob_phone, ids) = bob_missed(n);
+    let (idp, idb) = (w.device_id(phone), w.device_id(bob_phone));
+    let now = w.now;
+    let mut sp = PeerSession::new(&mut w.devices[phone].core, idb).expect("admitted");
+    let mut sb = PeerSession::new(&mut w.devices[bob_phone].core, idp).expect("admitted");
+    while let Some(f) = sb.poll_transmit() {
+        sp.handle_frame(&mut w.devices[phone].core, carried(f), now)
+            .expect("taken");
+    }
+    // The link breaks after the phone's first Items frame.
+    let mut first = 0;
+    while let Some(f) = sp.poll_transmit() {
+        if let PeerFrame::Items { events, .. } = &f {
+            first = events.len();
+        }
+        sb.handle_frame(&mut w.devices[bob_phone].core, carried(f), now)
+            .expect("taken");
+        if first > 0 {
+            break;
+        }
+    }
+    assert!(first > 0 && first < n, "{first}");
+    drop((sp, sb));
+    assert_eq!(
+        w.shown_ids(bob_phone),
+        ids[..first].to_vec(),
+        "what came is in"
+    );
+    // No state but the log: the next session sends the rest, and only the rest.
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), (n - first) as u64);
+    assert_eq!(w.shown_ids(bob_phone), ids);
 }
