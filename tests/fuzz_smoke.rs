@@ -46,6 +46,11 @@ proptest! {
     }
 
     #[test]
+    fn peer_reconcile(data in input(600)) {
+        checks::reconcile::check_peer_reconcile(&data);
+    }
+
+    #[test]
     fn conversation_doc(data in input(200)) {
         checks::check_conversation_doc(&data);
     }

@@ -764,7 +764,7 @@ impl DeviceCore {
     /// those statements), advances each conversation's gap-free cursor, tells the relay, and
     /// sends one cumulative Delivered receipt per conversation for messages of other users.
     fn on_items(&mut self, items: VerifiedItems, now_ms: u64) -> Result<(), DeviceError> {
-        if items.events.is_empty() {
+        if items.events.is_empty() && items.records.is_empty() {
             return Ok(());
         }
         let placed = self.placed(items.records);
@@ -784,9 +784,16 @@ impl DeviceCore {
                     seqs.entry(ev.conversation()).or_default().push(p.seq);
                     accepted.push(ev);
                 }
-                _ => {
-                    tracing::warn!(event = %ev.id(), "event no statement of the frame places; skipped");
-                }
+                _ => match self.place_held(&ev)? {
+                    // A peer that knows this device holds the statement leaves it out.
+                    Some(seq) => {
+                        seqs.entry(ev.conversation()).or_default().push(seq);
+                        accepted.push(ev);
+                    }
+                    None => {
+                        tracing::warn!(event = %ev.id(), "event no statement places; skipped");
+                    }
+                },
             }
         }
         accepted.extend(placed.statements);
@@ -811,6 +818,27 @@ impl DeviceCore {
             });
         }
         self.flush(now_ms)
+    }
+
+    /// The place of `ev` by a statement this log holds (stored only if signed by the pinned
+    /// relay, see [`crate::Store::apply`]), when that statement places it in its own conversation.
+    fn place_held(&self, ev: &Event) -> Result<Option<ServerSeq>, DeviceError> {
+        let log = self.store.log();
+        let Some((seq, _)) = log.ack_of(&ev.id())? else {
+            return Ok(None);
+        };
+        let Some(statement) = log.statement_at(ev.conversation(), seq)? else {
+            return Ok(None);
+        };
+        let Some(statement) = log.get(&statement)? else {
+            return Ok(None);
+        };
+        let places = statement.conversation() == ev.conversation()
+            && statement
+                .placements()
+                .iter()
+                .any(|p| p.event == ev.id() && p.seq == seq);
+        Ok(places.then_some(seq))
     }
 
     // ---- time and outputs ----

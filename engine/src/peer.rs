@@ -2,14 +2,34 @@
 //! other the events the other is missing, without the relay.
 //!
 //! Each side opens with [`PeerFrame::Hello`]: per shared conversation, its version vector
-//! (per author device, relay included, the highest counter it holds every event up to). The
-//! other side answers with what is above those counters — the device certificates it holds
-//! ([`PeerFrame::Directory`]), then the events in [`PeerFrame::Items`] together with the relay
-//! statements that place them — and ends with [`PeerFrame::Done`]. The receiver admits the
-//! items through [`crate::DeviceCore::handle_peer_items`], the very path of a relay page:
-//! signatures checked, only the pinned relay's statements trusted, every event through the
-//! gate at its place in the relay's order. A peer can therefore withhold events, never forge,
-//! reorder or inject one.
+//! (per author device, relay included, the highest counter it holds every event up to), then
+//! [`PeerFrame::Above`]: the conversations in which it holds events *above* its vector (past a
+//! hole in an author's counters: relay pages that came out of order, a session cut short, a
+//! retention gap, a message that never reached the relay). Both sides see both, and decide
+//! alike for each shared conversation:
+//!
+//! - **Neither side holds anything above its vector** (the usual case): vectors describe each
+//!   side's set exactly, so the other side answers with what is above the counters — the device
+//!   certificates it holds ([`PeerFrame::Directory`]), then the events in [`PeerFrame::Items`]
+//!   together with the relay statements that place them. No round trip beyond the Hellos.
+//! - **Either does**: a vector would make the other side send events the receiver already holds
+//!   above its hole (every one of them, every session), or, when the sender's own prefix is the
+//!   shorter, nothing at all of what is above it. The two sides run a range-based set
+//!   reconciliation instead (the negentropy protocol, see `reconcile`) over the events each
+//!   holds above the lower of the two vectors, author by author, in [`PeerFrame::Reconcile`]
+//!   messages. The side with the lower device id initiates; when it knows the two
+//!   differences, it sends what the other lacks and asks, with [`PeerFrame::Want`], for what
+//!   it lacks itself. Only the missing events cross, each with the relay statement that
+//!   places it unless the receiver holds that statement already.
+//!
+//! Each side ends with [`PeerFrame::Done`] once its answer is queued and its reconciliations
+//! are over. The receiver admits the items through [`crate::DeviceCore::handle_peer_items`],
+//! the very path of a relay page: signatures checked, only the pinned relay's statements
+//! trusted (in the frame, or already in the log), every event through the gate at its place in
+//! the relay's order. A peer can therefore withhold events, never forge, reorder or inject one.
+//! Reconciliation messages carry no events: malformed ones end the session with
+//! [`PeerError::Reconcile`], and the rounds, message sizes and wanted ids are bounded
+//! ([`MAX_RECONCILE_ROUNDS`], [`MAX_RECONCILE_MESSAGE_LEN`], [`MAX_WANT_IDS`]).
 //!
 //! Events the relay has not sequenced yet (two phones on one Wi-Fi with no internet) go in
 //! [`PeerFrame::Unsequenced`], after the placed ones. The receiver checks their signatures and
@@ -24,29 +44,57 @@
 //! the messages every recipient now holds, placed by the relay or not
 //! ([`crate::status::derive_status_with`]).
 //!
+//! # Sync state
+//! There is no per-peer sync state besides the log, and none is needed for an interrupted
+//! session to resume: every event is admitted (durably, one transaction per frame) as its
+//! frame arrives, so a session cut at any point leaves the receiver holding exactly what it
+//! admitted. The next session starts from the two logs: the vectors cover every prefix held,
+//! and the reconciliation finds the rest whatever holes the cut left. What a resumed session
+//! re-sends is therefore at most what was in flight when the link broke (frames written but
+//! not yet admitted), never what was already taken in. A per-peer cursor would add nothing
+//! but a second truth to keep in step with the log (and would be wrong after the log learns
+//! the same events from the relay or a third device).
+//!
 //! # Call order
-//! [`PeerSession::new`] (it queues the Hello), then for each frame read
+//! [`PeerSession::new`] (it queues the Hello and Above), then for each frame read
 //! [`PeerSession::handle_frame`]; after every call drain [`PeerSession::poll_transmit`]. The
 //! session is over when [`PeerSession::is_done`].
 
+mod admitted;
+mod batches;
+mod reconcile;
+
+pub use admitted::{admitted_peers, shared_conversations};
+
+pub use reconcile::{
+    MAX_RECONCILE_ITEMS, MAX_RECONCILE_MESSAGE_LEN, MAX_RECONCILE_ROUNDS, RECONCILE_FRAME_LIMIT,
+};
+
 use crate::device::{DeviceCore, DeviceError, VerifiedItems};
-use crate::event::{Event, MAX_SEALED_KEY_LEN};
+use crate::event::MAX_SEALED_KEY_LEN;
 use crate::history::{HistoryKey, MAX_HISTORY_KEYS_PER_FRAME};
-use crate::ids::{ConversationId, DeviceId, EventId, UserId};
+use crate::ids::{ConversationId, DeviceId, EventId};
 use crate::log::LogError;
 use crate::store::StoreError;
 use crate::wire::{
     check, DeviceRegistration, DeviceRevocation, Envelope, Frame, WireError, MAX_FRAME_LEN,
     MAX_LISTED_CONVERSATIONS, MAX_LISTED_DEVICES, MAX_PAGE_ITEMS,
 };
+use admitted::is_own_device;
+use batches::Batches;
+use reconcile::{Reconciler, Step};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The peer protocol version this build speaks.
 ///
 /// 2: [`PeerFrame::HistoryKeys`] (a new device's history), [`PeerFrame::Unsequenced`] (events
 /// the relay has not placed yet) and [`PeerFrame::Holds`] (peer receipts).
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// 3: [`PeerFrame::Above`], [`PeerFrame::Reconcile`] and [`PeerFrame::Want`] (set
+/// reconciliation above the version vectors). A peer of another version is refused with
+/// [`PeerError::Version`]: the two sides' Hellos cross, so a side cannot wait to learn the
+/// other's version before it speaks its own, and a version 2 peer refuses this Hello in turn.
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 /// Most author devices in one conversation's version vector.
 pub const MAX_VECTOR_AUTHORS: usize = 4096;
 /// Most events one side sends in one session (with their statements): what it holds in
@@ -57,6 +105,8 @@ pub const MAX_SESSION_EVENTS: usize = 100_000;
 /// Bytes of envelopes one [`PeerFrame::Items`] carries at most (the frame limit, with room for
 /// the encoding around them).
 pub const MAX_ITEMS_BYTES: usize = MAX_FRAME_LEN / 2;
+/// Most event ids in one [`PeerFrame::Want`] (128 KiB of ids).
+pub const MAX_WANT_IDS: usize = 4096;
 
 /// What one conversation's log holds: per author device, every event up to this counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +166,33 @@ pub enum PeerFrame {
         /// One per shared conversation.
         conversations: Vec<ConversationVector>,
     },
+    /// Sent right after the Hello (protocol 3): the shared conversations in which the sender
+    /// holds events above its version vector (past a hole in an author's counters), with how
+    /// many. A conversation either side lists is reconciled with [`PeerFrame::Reconcile`];
+    /// the others by the vectors alone.
+    Above {
+        /// (conversation, events held above the vector), only those with some.
+        conversations: Vec<(ConversationId, u64)>,
+    },
+    /// A negentropy message of one conversation's set reconciliation (protocol 3): the
+    /// initiator's queries and the responder's answers alternate until the initiator knows
+    /// both differences.
+    Reconcile {
+        /// The conversation.
+        conversation: ConversationId,
+        /// At most [`MAX_RECONCILE_MESSAGE_LEN`] bytes.
+        message: Vec<u8>,
+    },
+    /// The initiator's last word on a conversation's reconciliation (protocol 3): the events
+    /// it lacks, which the responder sends back, and, on the last frame, that it is over.
+    Want {
+        /// The conversation.
+        conversation: ConversationId,
+        /// At most [`MAX_WANT_IDS`].
+        ids: Vec<EventId>,
+        /// No more `Want` for this conversation in this session.
+        last: bool,
+    },
 }
 
 impl Frame for PeerFrame {
@@ -162,6 +239,17 @@ impl Frame for PeerFrame {
                 }
                 Ok(())
             }
+            PeerFrame::Above { conversations } => check(
+                "conversations",
+                conversations.len(),
+                MAX_LISTED_CONVERSATIONS,
+            ),
+            PeerFrame::Reconcile { message, .. } => check(
+                "reconcile message",
+                message.len(),
+                MAX_RECONCILE_MESSAGE_LEN,
+            ),
+            PeerFrame::Want { ids, .. } => check("wanted ids", ids.len(), MAX_WANT_IDS),
         }
     }
 }
@@ -189,86 +277,55 @@ pub enum PeerError {
     /// The device core failed on the items.
     #[error(transparent)]
     Device(#[from] DeviceError),
-}
-
-/// The devices this device admits as peers: every certified, unrevoked device (its own
-/// user's included) of a user who shares a conversation with it, by the memberships the gate
-/// admitted and the certificates the directory verified.
-pub fn admitted_peers(core: &mut DeviceCore) -> Result<BTreeSet<DeviceId>, PeerError> {
-    let me = core.store().key().device();
-    let mut users: BTreeSet<UserId> = shared_users(core)?.into_keys().collect();
-    // A device of the same user is a peer even before it holds any conversation: it may be
-    // new, and its history comes from here (see `crate::history`).
-    users.insert(core.store().key().user());
-    let directory = core.store_mut().directory()?;
-    let mut out = BTreeSet::new();
-    for user in users {
-        for (device, revoked) in directory.all_devices_of(&user) {
-            if !revoked && device != me {
-                out.insert(device);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The conversations this device shares with `peer` (none if the directory cannot place it).
-pub fn shared_conversations(
-    core: &mut DeviceCore,
-    peer: DeviceId,
-) -> Result<BTreeSet<ConversationId>, PeerError> {
-    let directory = core.store_mut().directory()?;
-    let user = match directory.user_of(&peer) {
-        Some(u) if !directory.is_revoked(&peer) => u,
-        _ => return Ok(BTreeSet::new()),
-    };
-    Ok(shared_users(core)?.remove(&user).unwrap_or_default())
-}
-
-/// Whether `peer` is a certified, unrevoked device of this device's own user.
-fn is_own_device(core: &mut DeviceCore, peer: DeviceId) -> Result<bool, PeerError> {
-    let me = core.store().key();
-    let (me_user, me_device) = (me.user(), me.device());
-    let directory = core.store_mut().directory()?;
-    Ok(peer != me_device
-        && directory.user_of(&peer) == Some(me_user)
-        && !directory.is_revoked(&peer))
-}
-
-/// Per user, the conversations whose current members include both that user and this
-/// device's user.
-fn shared_users(
-    core: &DeviceCore,
-) -> Result<BTreeMap<UserId, BTreeSet<ConversationId>>, PeerError> {
-    let me = core.store().key().user();
-    let mut out: BTreeMap<UserId, BTreeSet<ConversationId>> = BTreeMap::new();
-    for (conversation, meta) in core.store().log().conversations()? {
-        let Some((_, members)) = meta.members else {
-            continue;
-        };
-        if !members.contains(&me) {
-            continue;
-        }
-        for user in members {
-            out.entry(user).or_default().insert(conversation);
-        }
-    }
-    Ok(out)
+    /// A reconciliation message that does not parse, or that the negentropy protocol refuses.
+    #[error("reconciliation of conversation {conversation} failed: {source}")]
+    Reconcile {
+        /// The conversation.
+        conversation: ConversationId,
+        /// What negentropy found wrong.
+        #[source]
+        source: negentropy::Error,
+    },
+    /// The peer went past a limit of the protocol.
+    #[error("peer went past the limit of {max} {what}")]
+    Limit {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// One reconciliation with one peer. See the module docs for the call order.
 #[derive(Debug)]
 pub struct PeerSession {
     peer: DeviceId,
+    /// This device: the lower id of the two initiates the set reconciliations.
+    me: DeviceId,
     shared: BTreeSet<ConversationId>,
     /// The peer is another device of this device's user: it gets every conversation of the
     /// user (listed in its Hello or not) and the history keys.
     own: bool,
+    /// This side's Hello: its vectors, and the events it said it holds above them (both sides
+    /// decide what to reconcile from the two Hellos, so each keeps what it sent).
+    my_vectors: BTreeMap<ConversationId, Vec<(DeviceId, u64)>>,
+    my_above: BTreeMap<ConversationId, u64>,
+    /// The peer's Hello, until its `Above` comes.
+    their_hello: Option<Vec<ConversationVector>>,
+    /// Set reconciliations under way, by conversation.
+    reconciling: BTreeMap<ConversationId, Reconciler>,
     transmit: VecDeque<PeerFrame>,
     answered: bool,
+    /// This side sent its Done.
+    sent_done: bool,
+    /// The peer's Done came.
     done: bool,
     /// The peer's receipt came.
     holds: bool,
+    /// Events queued for the peer so far (at most [`MAX_SESSION_EVENTS`]).
+    n_sent: usize,
+    /// Items put in this session's reconciliations (at most [`MAX_RECONCILE_ITEMS`]).
+    n_items: usize,
     /// Events received from this peer, counted.
     n_received: u64,
     /// History keys taken from this peer.
@@ -279,25 +336,67 @@ impl PeerSession {
     /// A session with `peer`, refused unless this device admits it ([`admitted_peers`]);
     /// queues the Hello.
     pub fn new(core: &mut DeviceCore, peer: DeviceId) -> Result<PeerSession, PeerError> {
+        PeerSession::start(core, peer, true)
+    }
+
+    /// A session that reconciles by version vectors alone, unless the peer asks for more: its
+    /// [`PeerFrame::Above`] lists nothing, whatever the log holds above its vectors. The
+    /// protocol 2 exchange, kept to measure what the set reconciliation saves
+    /// (`examples/peer_sync.rs`).
+    pub fn vectors_only(core: &mut DeviceCore, peer: DeviceId) -> Result<PeerSession, PeerError> {
+        PeerSession::start(core, peer, false)
+    }
+
+    fn start(
+        core: &mut DeviceCore,
+        peer: DeviceId,
+        tell_above: bool,
+    ) -> Result<PeerSession, PeerError> {
         let shared = shared_conversations(core, peer)?;
         let own = is_own_device(core, peer)?;
         if shared.is_empty() && !own {
             return Err(PeerError::NotAdmitted(peer));
         }
-        let conversations = vectors(core, &shared)?;
+        let log = core.store().log();
+        let mut my_vectors = BTreeMap::new();
+        let mut my_above = BTreeMap::new();
+        for c in &shared {
+            let (vector, n_above) = log.vector_and_above(*c)?;
+            my_vectors.insert(*c, vector);
+            if n_above > 0 && tell_above {
+                my_above.insert(*c, n_above);
+            }
+        }
         let mut transmit = VecDeque::new();
         transmit.push_back(PeerFrame::Hello {
             protocol_version: PEER_PROTOCOL_VERSION,
-            conversations,
+            conversations: my_vectors
+                .iter()
+                .map(|(c, v)| ConversationVector {
+                    conversation: *c,
+                    authors: v.clone(),
+                })
+                .collect(),
+        });
+        transmit.push_back(PeerFrame::Above {
+            conversations: my_above.iter().map(|(c, n)| (*c, *n)).collect(),
         });
         Ok(PeerSession {
             peer,
+            me: core.store().key().device(),
             shared,
             own,
+            my_vectors,
+            my_above,
+            their_hello: None,
+            reconciling: BTreeMap::new(),
             transmit,
             answered: false,
+            sent_done: false,
             done: false,
             holds: false,
+            n_sent: 0,
+            n_items: 0,
             n_received: 0,
             n_keys: 0,
         })
@@ -310,7 +409,7 @@ impl PeerSession {
 
     /// Both sides sent everything the other was missing, and the peer's receipt came.
     pub fn is_done(&self) -> bool {
-        self.answered && self.done && self.holds
+        self.answered && self.sent_done && self.done && self.holds
     }
 
     /// Events received from the peer so far (before the store's deduplication).
@@ -365,11 +464,19 @@ impl PeerSession {
                 if protocol_version != PEER_PROTOCOL_VERSION {
                     return Err(PeerError::Version(protocol_version));
                 }
-                if self.answered {
+                if self.answered || self.their_hello.is_some() {
                     return Err(PeerError::Unexpected("a second Hello"));
                 }
-                self.answer(core, conversations, now_ms)?;
+                self.their_hello = Some(conversations);
+                Ok(())
+            }
+            PeerFrame::Above { conversations } => {
+                let Some(theirs) = self.their_hello.take() else {
+                    return Err(PeerError::Unexpected("Above without a Hello before it"));
+                };
+                self.answer(core, theirs, conversations, now_ms)?;
                 self.answered = true;
+                self.finish_if_settled();
                 Ok(())
             }
             PeerFrame::Directory {
@@ -417,19 +524,134 @@ impl PeerSession {
                 self.n_keys += outcome.taken as u64;
                 Ok(())
             }
+            PeerFrame::Reconcile {
+                conversation,
+                message,
+            } => self.take_reconcile(core, conversation, &message),
+            PeerFrame::Want {
+                conversation,
+                ids,
+                last,
+            } => {
+                let Some(r) = self
+                    .reconciling
+                    .get_mut(&conversation)
+                    .filter(|r| !r.is_initiator())
+                else {
+                    return Err(PeerError::Unexpected("Want for no reconciliation"));
+                };
+                r.count_wanted(ids.len())?;
+                self.send_ids(core, conversation, &ids)?;
+                if last {
+                    self.reconciling.remove(&conversation);
+                    self.finish_if_settled();
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Queues what the peer's vectors say it is missing, in shared conversations only.
+    /// A negentropy message: the responder answers it; the initiator sends the next query,
+    /// or, reconciled, the events the peer lacks and the ids it lacks itself.
+    fn take_reconcile(
+        &mut self,
+        core: &mut DeviceCore,
+        conversation: ConversationId,
+        message: &[u8],
+    ) -> Result<(), PeerError> {
+        let Some(r) = self.reconciling.get_mut(&conversation) else {
+            return Err(PeerError::Unexpected("Reconcile for no reconciliation"));
+        };
+        if !r.is_initiator() {
+            let message = r.respond(message)?;
+            self.transmit.push_back(PeerFrame::Reconcile {
+                conversation,
+                message,
+            });
+            return Ok(());
+        }
+        match r.step(message)? {
+            Step::Next(message) => self.transmit.push_back(PeerFrame::Reconcile {
+                conversation,
+                message,
+            }),
+            Step::Finished { have, need } => {
+                self.reconciling.remove(&conversation);
+                self.send_ids(core, conversation, &have)?;
+                let mut chunks = need.chunks(MAX_WANT_IDS).peekable();
+                if chunks.peek().is_none() {
+                    self.transmit.push_back(PeerFrame::Want {
+                        conversation,
+                        ids: Vec::new(),
+                        last: true,
+                    });
+                }
+                while let Some(chunk) = chunks.next() {
+                    self.transmit.push_back(PeerFrame::Want {
+                        conversation,
+                        ids: chunk.to_vec(),
+                        last: chunks.peek().is_none(),
+                    });
+                }
+                self.finish_if_settled();
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the events of `conversation` among `ids` this log holds (with their
+    /// statements), within the session's budget. An id of another conversation, or one this
+    /// log does not hold, is skipped: a peer asks only for what it may read.
+    fn send_ids(
+        &mut self,
+        core: &DeviceCore,
+        conversation: ConversationId,
+        ids: &[EventId],
+    ) -> Result<(), PeerError> {
+        let log = core.store().log();
+        let mut batches = Batches::sending(ids);
+        for id in ids {
+            if self.n_sent + batches.n_events >= MAX_SESSION_EVENTS {
+                break;
+            }
+            match log.get(id)? {
+                Some(event) if event.conversation() == conversation => {
+                    batches.add(log, &event)?;
+                }
+                _ => {}
+            }
+        }
+        self.n_sent += batches.n_events;
+        self.transmit.extend(batches.finish());
+        Ok(())
+    }
+
+    /// Queues Done once the vectors' answer is queued and every reconciliation is over.
+    fn finish_if_settled(&mut self) {
+        if self.answered && self.reconciling.is_empty() && !self.sent_done {
+            self.sent_done = true;
+            self.transmit.push_back(PeerFrame::Done);
+        }
+    }
+
+    /// Queues what the peer's vectors say it is missing, in shared conversations only, and
+    /// starts a set reconciliation for each shared conversation in which either side holds
+    /// events above its vector.
     fn answer(
         &mut self,
         core: &mut DeviceCore,
         mut theirs: Vec<ConversationVector>,
+        their_above: Vec<(ConversationId, u64)>,
         now_ms: u64,
     ) -> Result<(), PeerError> {
+        let listed: BTreeSet<ConversationId> = theirs.iter().map(|v| v.conversation).collect();
+        let their_above: BTreeSet<ConversationId> = their_above
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, _)| c)
+            .collect();
         if self.own {
             // A new device of this user lists nothing yet: it gets every conversation.
-            let listed: BTreeSet<ConversationId> = theirs.iter().map(|v| v.conversation).collect();
             theirs.extend(self.shared.difference(&listed).map(|c| ConversationVector {
                 conversation: *c,
                 authors: Vec::new(),
@@ -437,41 +659,32 @@ impl PeerSession {
         }
         let log = core.store().log();
         let mut batches = Batches::default();
+        let mut to_reconcile = Vec::new();
         for vector in theirs {
-            if !self.shared.contains(&vector.conversation) {
+            let c = vector.conversation;
+            if !self.shared.contains(&c) {
                 continue;
             }
-            let c = vector.conversation;
+            // Both sides see both Hellos and decide alike: a conversation both list, in which
+            // either holds events above its vector (what a vector cannot describe).
+            let ragged = self.my_above.contains_key(&c) || their_above.contains(&c);
+            if listed.contains(&c) && ragged {
+                to_reconcile.push((c, vector.authors));
+                continue;
+            }
             let have: BTreeMap<DeviceId, u64> = vector.authors.into_iter().collect();
             for (author, ours) in log.version_vector(c)? {
                 let after = have.get(&author).copied().unwrap_or(0);
                 if ours <= after {
                     continue;
                 }
-                let budget = MAX_SESSION_EVENTS.saturating_sub(batches.n_events);
+                let budget = MAX_SESSION_EVENTS.saturating_sub(self.n_sent + batches.n_events);
                 if budget == 0 {
                     // The rest goes in the next session: the peer's vectors will have moved.
                     break;
                 }
                 for event in log.author_events_after(c, author, after, budget)? {
-                    if event.kind().is_sequencing() {
-                        // A statement the peer lacks: it goes with the events it places.
-                        for p in event.placements() {
-                            if let Some(placed) = log.get(&p.event)? {
-                                batches.pair(&placed, &event);
-                            }
-                        }
-                    } else if let Some((seq, _)) = log.ack_of(&event.id())? {
-                        let statement = match log.statement_at(c, seq)? {
-                            Some(id) => log.get(&id)?,
-                            None => None,
-                        };
-                        if let Some(statement) = statement {
-                            batches.pair(&event, &statement);
-                        }
-                    } else {
-                        batches.early(&event);
-                    }
+                    batches.add(log, &event)?;
                 }
             }
         }
@@ -488,6 +701,7 @@ impl PeerSession {
                 revocations: chunk.to_vec(),
             });
         }
+        self.n_sent += batches.n_events;
         self.transmit.extend(batches.finish());
         if self.own {
             let keys = core.seal_history_keys(self.peer, now_ms)?;
@@ -497,7 +711,45 @@ impl PeerSession {
                 });
             }
         }
-        self.transmit.push_back(PeerFrame::Done);
+        for (c, authors) in to_reconcile {
+            self.start_reconcile(core, c, authors)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the set reconciliation of `conversation` over the events above the lower of
+    /// the two vectors, per author: below it both sides hold everything.
+    fn start_reconcile(
+        &mut self,
+        core: &DeviceCore,
+        conversation: ConversationId,
+        their_authors: Vec<(DeviceId, u64)>,
+    ) -> Result<(), PeerError> {
+        if self.reconciling.contains_key(&conversation) {
+            return Ok(());
+        }
+        let mine: BTreeMap<DeviceId, u64> = self
+            .my_vectors
+            .get(&conversation)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
+        let theirs: BTreeMap<DeviceId, u64> = their_authors.into_iter().collect();
+        let floor = |a: &DeviceId| {
+            let m = mine.get(a).copied().unwrap_or(0);
+            m.min(theirs.get(a).copied().unwrap_or(0))
+        };
+        let budget = MAX_RECONCILE_ITEMS.saturating_sub(self.n_items);
+        let items = core.store().log().ids_above(conversation, floor, budget)?;
+        self.n_items += items.len();
+        let initiator = self.me < self.peer;
+        let (reconciler, first) = Reconciler::new(conversation, items, initiator)?;
+        if let Some(message) = first {
+            self.transmit.push_back(PeerFrame::Reconcile {
+                conversation,
+                message,
+            });
+        }
+        self.reconciling.insert(conversation, reconciler);
         Ok(())
     }
 }
@@ -517,93 +769,4 @@ fn vectors(
             })
         })
         .collect()
-}
-
-/// Items frames under construction: every event goes out with the statement that places it,
-/// in the same frame, and each frame keeps to the limits.
-#[derive(Default)]
-struct Batches {
-    frames: Vec<PeerFrame>,
-    events: Vec<Envelope>,
-    records: Vec<Envelope>,
-    bytes: usize,
-    /// Ids of the events and statements in the current frame.
-    here: HashSet<EventId>,
-    /// Events sent in an earlier frame (each event goes once; a statement goes with each
-    /// frame that carries one of its events, as the receiver places each frame on its own).
-    sent: HashSet<EventId>,
-    /// Events added so far.
-    n_events: usize,
-    /// Unsequenced frames, and the one under construction with its bytes.
-    early_frames: Vec<PeerFrame>,
-    early: Vec<Envelope>,
-    early_bytes: usize,
-}
-
-impl Batches {
-    /// Adds `event` with the statement that places it.
-    fn pair(&mut self, event: &Event, statement: &Event) {
-        if self.sent.contains(&event.id()) || self.here.contains(&event.id()) {
-            return;
-        }
-        let mut need = event.bytes().len();
-        if !self.here.contains(&statement.id()) {
-            need += statement.bytes().len();
-        }
-        let full = self.events.len() + 1 > MAX_PAGE_ITEMS
-            || self.records.len() + 1 > MAX_PAGE_ITEMS
-            || self.bytes + need > MAX_ITEMS_BYTES;
-        if full {
-            self.cut();
-        }
-        if self.here.insert(statement.id()) {
-            self.bytes += statement.bytes().len();
-            self.records.push(Envelope(statement.bytes().to_vec()));
-        }
-        self.here.insert(event.id());
-        self.n_events += 1;
-        self.bytes += event.bytes().len();
-        self.events.push(Envelope(event.bytes().to_vec()));
-    }
-
-    /// Adds an event the relay has not placed yet.
-    fn early(&mut self, event: &Event) {
-        let len = event.bytes().len();
-        if self.early.len() + 1 > MAX_PAGE_ITEMS || self.early_bytes + len > MAX_ITEMS_BYTES {
-            self.cut_early();
-        }
-        self.n_events += 1;
-        self.early_bytes += len;
-        self.early.push(Envelope(event.bytes().to_vec()));
-    }
-
-    fn cut_early(&mut self) {
-        if self.early.is_empty() {
-            return;
-        }
-        self.early_bytes = 0;
-        self.early_frames.push(PeerFrame::Unsequenced {
-            events: std::mem::take(&mut self.early),
-        });
-    }
-
-    fn cut(&mut self) {
-        if self.events.is_empty() {
-            return;
-        }
-        self.sent.extend(self.here.drain());
-        self.bytes = 0;
-        self.frames.push(PeerFrame::Items {
-            events: std::mem::take(&mut self.events),
-            records: std::mem::take(&mut self.records),
-        });
-    }
-
-    /// Every frame: the placed events first, then the unplaced ones.
-    fn finish(mut self) -> Vec<PeerFrame> {
-        self.cut();
-        self.cut_early();
-        self.frames.append(&mut self.early_frames);
-        self.frames
-    }
 }

@@ -159,6 +159,16 @@ impl World {
         b: usize,
         tamper: impl Fn(PeerFrame) -> PeerFrame,
     ) -> u64 {
+        self.peer_sync_both(a, b, tamper).1
+    }
+
+    /// [`World::peer_sync`], returning the events each side received: (`a`'s, `b`'s).
+    pub fn peer_sync_both(
+        &mut self,
+        a: usize,
+        b: usize,
+        tamper: impl Fn(PeerFrame) -> PeerFrame,
+    ) -> (u64, u64) {
         let (ida, idb) = (self.device_id(a), self.device_id(b));
         let mut sa = PeerSession::new(&mut self.devices[a].core, idb).expect("a admits b");
         let mut sb = PeerSession::new(&mut self.devices[b].core, ida).expect("b admits a");
@@ -180,7 +190,7 @@ impl World {
             }
         }
         assert!(sa.is_done() && sb.is_done(), "both sides said Done");
-        sb.n_received()
+        (sa.n_received(), sb.n_received())
     }
 
     /// Device `d` sends `text` in [`CONV`], 10 ms after the last thing that happened.

@@ -5,7 +5,7 @@ use super::error::corrupt;
 use super::tables::{BY_AUTHOR, EVENTS};
 use super::{EventLog, LogError};
 use crate::event::Event;
-use crate::ids::{ConversationId, DeviceId};
+use crate::ids::{ConversationId, DeviceId, EventId};
 use redb::ReadableDatabase;
 
 impl EventLog {
@@ -16,43 +16,85 @@ impl EventLog {
         &self,
         conversation: ConversationId,
     ) -> Result<Vec<(DeviceId, u64)>, LogError> {
+        Ok(self.vector_and_above(conversation)?.0)
+    }
+
+    /// The version vector ([`EventLog::version_vector`]) and how many events the log holds
+    /// above it (past a hole in an author's counters, or of an author whose first event is
+    /// missing): the part a vector cannot describe.
+    pub fn vector_and_above(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<(Vec<(DeviceId, u64)>, u64), LogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BY_AUTHOR)?;
         let c = &conversation.0;
         let mut out: Vec<(DeviceId, u64)> = Vec::new();
-        // (author, next counter expected; u64::MAX once a gap was seen)
-        let mut current: Option<(DeviceId, u64)> = None;
-        let close = |cur: Option<(DeviceId, u64)>, out: &mut Vec<(DeviceId, u64)>| {
-            if let Some((author, next)) = cur {
-                let held = if next == u64::MAX {
-                    None
-                } else {
-                    Some(next - 1)
-                };
-                if let Some(n) = held.filter(|n| *n > 0) {
-                    out.push((author, n));
-                }
+        let mut n_above = 0u64;
+        // (author, counters held from the first, whether a hole came after them)
+        let mut current: Option<(DeviceId, u64, bool)> = None;
+        let close = |cur: Option<(DeviceId, u64, bool)>, out: &mut Vec<(DeviceId, u64)>| {
+            if let Some((author, held, _)) = cur.filter(|(_, held, _)| *held > 0) {
+                out.push((author, held));
             }
         };
         for row in table.range((c, &[0u8; 32], 0u64)..=(c, &[0xFFu8; 32], u64::MAX))? {
             let (k, _) = row?;
             let (_, author, counter) = k.value();
             let author = DeviceId(*author);
-            if current.as_ref().is_none_or(|(a, _)| *a != author) {
+            if current.as_ref().is_none_or(|(a, _, _)| *a != author) {
                 close(current.take(), &mut out);
-                current = Some((author, 1));
+                current = Some((author, 0, false));
             }
-            if let Some((_, next)) = current.as_mut() {
-                if *next != u64::MAX {
-                    *next = if counter == *next {
-                        *next + 1
-                    } else {
-                        u64::MAX
-                    };
+            if let Some((_, held, holed)) = current.as_mut() {
+                if !*holed && counter == *held + 1 {
+                    *held += 1;
+                } else {
+                    *holed = true;
+                    n_above += 1;
                 }
             }
         }
         close(current, &mut out);
+        Ok((out, n_above))
+    }
+
+    /// The ids of the events of `conversation` each author holds above `floor(author)`, as
+    /// (counter, id) in (author, counter) order, at most `limit`: one side's items of a set
+    /// reconciliation (see `crate::peer`).
+    pub fn ids_above(
+        &self,
+        conversation: ConversationId,
+        floor: impl Fn(&DeviceId) -> u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventId)>, LogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BY_AUTHOR)?;
+        let c = &conversation.0;
+        let mut out = Vec::new();
+        let mut from = [0u8; 32];
+        // One range per author, from its floor up: what both sides hold below it is not read.
+        loop {
+            let mut rows = table.range((c, &from, 0u64)..=(c, &[0xFFu8; 32], u64::MAX))?;
+            let Some(first) = rows.next() else {
+                break;
+            };
+            let (k, _) = first?;
+            let author = DeviceId(*k.value().1);
+            drop(rows);
+            let start = floor(&author).saturating_add(1);
+            for row in table.range((c, &author.0, start)..=(c, &author.0, u64::MAX))? {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (k, id) = row?;
+                out.push((k.value().2, EventId(*id.value())));
+            }
+            match next_device_id(author.0) {
+                Some(a) => from = a,
+                None => break,
+            }
+        }
         Ok(out)
     }
 
@@ -84,4 +126,17 @@ impl EventLog {
         }
         Ok(out)
     }
+}
+
+/// The smallest device id above `id`, if any (big-endian increment).
+fn next_device_id(mut id: [u8; 32]) -> Option<[u8; 32]> {
+    for b in id.iter_mut().rev() {
+        if *b == 0xFF {
+            *b = 0;
+        } else {
+            *b += 1;
+            return Some(id);
+        }
+    }
+    None
 }

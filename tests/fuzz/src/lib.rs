@@ -20,9 +20,11 @@
 //! - [`check_relay_store_file`]: `RelayStore` and `RelayCore::new` on a damaged redb file.
 //! - [`check_conversation_doc`]: `ConversationDoc::load` on damaged automerge bytes.
 //! - [`blobs::check_blob_pieces`]: blob pieces, range plans and blob stream frames.
+//! - [`reconcile::check_peer_reconcile`]: negentropy messages as the peer protocol takes them.
 #![allow(clippy::unwrap_used)]
 
 pub mod blobs;
+pub mod reconcile;
 
 use automerge::ActorId;
 use redb::{Database, StorageBackend, TableDefinition};
