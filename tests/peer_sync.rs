@@ -815,3 +815,40 @@ fn a_session_cut_short_resumes_from_the_log_and_sends_nothing_twice() {
     assert_eq!(w.peer_sync(phone, bob_phone, |f| f), (n - first) as u64);
     assert_eq!(w.shown_ids(bob_phone), ids);
 }
+
+/// A message Bob's phone got early from Alice's phone takes its server place when the relay's
+/// statement reaches Bob's phone through a peer too (Bob still away from the relay). Found by
+/// the simulator with peer links (seed 11: "seq None on b1, Some(13) on a0").
+#[test]
+fn an_early_message_takes_its_place_when_the_statement_comes_from_a_peer() {
+    let (mut w, phone, bob_phone) = both_away();
+    let a1 = w.send_text(phone, "a1");
+    assert_eq!(w.peer_sync(phone, bob_phone, |f| f), 1);
+    assert_eq!(indexed(&w, bob_phone)[0].1, None, "early: no place yet");
+    // Alice's phone reaches the relay: a1 is placed there.
+    w.set_online(phone, true);
+    w.run(10_000);
+    let placed = indexed(&w, phone)[0].1;
+    assert!(placed.is_some(), "placed at the relay");
+    w.set_online(phone, false);
+    // Bob's phone learns the place from Alice's phone only.
+    w.peer_sync(phone, bob_phone, |f| f);
+    assert_eq!(
+        indexed(&w, bob_phone)
+            .iter()
+            .map(|(m, seq, _)| (*m, *seq))
+            .collect::<Vec<_>>(),
+        vec![(a1, placed)],
+        "the index"
+    );
+    let shown: Vec<_> = w.devices[bob_phone]
+        .core
+        .store_mut()
+        .conversation(CONV)
+        .expect("conversation")
+        .messages()
+        .iter()
+        .map(|m| (m.id, m.seq))
+        .collect();
+    assert_eq!(shown, vec![(a1, placed)], "the document");
+}

@@ -516,6 +516,11 @@ impl DeviceCore {
         }
     }
 
+    /// The relay this device pins (whose statements it trusts).
+    pub fn relay(&self) -> DeviceId {
+        self.relay
+    }
+
     /// The store (for reads).
     pub fn store(&self) -> &Store {
         &self.store

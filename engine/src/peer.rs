@@ -367,16 +367,24 @@ impl PeerSession {
                 my_above.insert(*c, n_above);
             }
         }
+        let relay = core.relay();
+        let mut conversations = Vec::with_capacity(my_vectors.len());
+        for (c, v) in &my_vectors {
+            let mut authors = v.clone();
+            // The relay's entry: every sequence up to it is placed here (see `placed_after`).
+            let placed = log.contiguous_seq(*c, 0)?;
+            if placed > 0 {
+                authors.push((relay, placed));
+            }
+            conversations.push(ConversationVector {
+                conversation: *c,
+                authors,
+            });
+        }
         let mut transmit = VecDeque::new();
         transmit.push_back(PeerFrame::Hello {
             protocol_version: PEER_PROTOCOL_VERSION,
-            conversations: my_vectors
-                .iter()
-                .map(|(c, v)| ConversationVector {
-                    conversation: *c,
-                    authors: v.clone(),
-                })
-                .collect(),
+            conversations,
         });
         transmit.push_back(PeerFrame::Above {
             conversations: my_above.iter().map(|(c, n)| (*c, *n)).collect(),
@@ -658,13 +666,21 @@ impl PeerSession {
             }));
         }
         let log = core.store().log();
+        let relay = core.relay();
         let mut batches = Batches::default();
         let mut to_reconcile = Vec::new();
+        let mut placements = Vec::new();
         for vector in theirs {
             let c = vector.conversation;
             if !self.shared.contains(&c) {
                 continue;
             }
+            let their_placed = vector
+                .authors
+                .iter()
+                .find(|(a, _)| *a == relay)
+                .map_or(0, |(_, n)| *n);
+            placements.push((c, their_placed));
             // Both sides see both Hellos and decide alike: a conversation both list, in which
             // either holds events above its vector (what a vector cannot describe).
             let ragged = self.my_above.contains_key(&c) || their_above.contains(&c);
@@ -700,6 +716,11 @@ impl PeerSession {
                 registrations: Vec::new(),
                 revocations: chunk.to_vec(),
             });
+        }
+        // After the events (a statement that went with one is not sent again): the statements
+        // placing what the peer holds unplaced, an event it took early from a peer, say.
+        for (c, their_placed) in placements {
+            placed_after(log, &mut batches, c, their_placed)?;
         }
         self.n_sent += batches.n_events;
         self.transmit.extend(batches.finish());
@@ -752,6 +773,35 @@ impl PeerSession {
         self.reconciling.insert(conversation, reconciler);
         Ok(())
     }
+}
+
+/// Adds the relay statements placing `conversation`'s sequences after `their_placed` that
+/// this log holds placed, at most [`MAX_SESSION_EVENTS`] of them. A version vector counts an
+/// event the peer holds whatever its place, so an event it took early (from a peer, before the
+/// relay placed it) is not sent again, and neither would the statement that places it be: the
+/// Hello therefore carries, under the relay's id, the sequence up to which every event is
+/// placed on its side (its gap-free cursor).
+fn placed_after(
+    log: &crate::log::EventLog,
+    batches: &mut Batches,
+    conversation: ConversationId,
+    their_placed: u64,
+) -> Result<(), PeerError> {
+    let ours = log.contiguous_seq(conversation, 0)?;
+    let last = ours.min(their_placed.saturating_add(MAX_SESSION_EVENTS as u64));
+    let mut seen = std::collections::HashSet::new();
+    for seq in their_placed.saturating_add(1)..=last {
+        let Some(id) = log.statement_at(conversation, seq)? else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Some(statement) = log.get(&id)? {
+            batches.statement(&statement);
+        }
+    }
+    Ok(())
 }
 
 /// This device's version vectors of `shared`.

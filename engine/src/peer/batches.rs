@@ -81,6 +81,12 @@ impl Batches {
         Ok(())
     }
 
+    /// Adds a relay statement alone (the peer holds, or gets in this session, the events it
+    /// places); nothing if it went already.
+    pub(super) fn statement(&mut self, statement: &Event) {
+        self.put(None, Some(statement));
+    }
+
     /// Adds an event, a statement, or an event with the statement that places it, to the
     /// frame under construction (each event once; a statement once per frame).
     fn put(&mut self, event: Option<&Event>, statement: Option<&Event>) {
