@@ -376,16 +376,11 @@ fn a_peer_session_while_offline_queues_nothing_for_the_relay_and_the_next_sessio
     assert!(queued.is_empty(), "frames for no connection: {queued:?}");
     w.set_online(bob_phone, true);
     w.run(20_000);
-    let device = w.device_id(bob_phone);
-    let cursor = w.relay.store().cursors(&device).expect("cursors")[&CONV];
-    let max_seq = w
-        .relay
-        .store()
-        .conversation(&CONV)
-        .expect("read")
-        .expect("conv")
-        .max_seq;
-    assert_eq!(cursor, max_seq, "the relay learnt what the peer brought");
+    assert_eq!(
+        w.relay_cursor(bob_phone),
+        w.relay_head(),
+        "the relay learnt what the peer brought"
+    );
     assert_eq!(w.shown_ids(bob_phone), ids);
 }
 
@@ -841,14 +836,9 @@ fn an_early_message_takes_its_place_when_the_statement_comes_from_a_peer() {
         vec![(a1, placed)],
         "the index"
     );
-    let shown: Vec<_> = w.devices[bob_phone]
-        .core
-        .store_mut()
-        .conversation(CONV)
-        .expect("conversation")
-        .messages()
-        .iter()
-        .map(|m| (m.id, m.seq))
-        .collect();
-    assert_eq!(shown, vec![(a1, placed)], "the document");
+    assert_eq!(
+        w.shown_places(bob_phone),
+        vec![(a1, placed)],
+        "the document"
+    );
 }

@@ -27,17 +27,6 @@ fn gaps(w: &World, d: usize) -> Vec<(ServerSeq, ServerSeq)> {
         .collect()
 }
 
-fn relay_cursor(w: &World, d: usize) -> ServerSeq {
-    let device = w.devices[d].core.store().key().device();
-    w.relay
-        .store()
-        .cursors(&device)
-        .expect("cursors")
-        .get(&CONV)
-        .copied()
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     let (alice, bob, carol) = (user(1), user(2), user(3));
@@ -55,9 +44,9 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     w.relay.handle_retention(w.now).expect("retention");
     let floor = w.relay.store().retained_floor(&CONV).expect("floor");
     assert!(
-        floor <= relay_cursor(&w, c),
+        floor <= w.relay_cursor(c),
         "dropped up to {floor}, carol confirmed {}",
-        relay_cursor(&w, c)
+        w.relay_cursor(c)
     );
     w.set_online(c, true);
     w.run(10_000);
@@ -69,7 +58,7 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
 
     // Carol away past the time-to-live.
     w.set_online(c, false);
-    let away_from = relay_cursor(&w, c) + 1;
+    let away_from = w.relay_cursor(c) + 1;
     for i in 0..4 {
         w.send_text(a, &format!("missed {i}"));
     }
@@ -93,18 +82,8 @@ fn a_device_away_past_the_ttl_gets_the_exact_gap_and_converges() {
     let mut expected = first.clone();
     expected.extend(after.iter().copied());
     assert_eq!(w.shown_ids(c), expected, "what is left, in order");
-    let max_seq = w
-        .relay
-        .store()
-        .conversation(&CONV)
-        .expect("read")
-        .expect("conv")
-        .max_seq;
-    assert_eq!(
-        relay_cursor(&w, c),
-        max_seq,
-        "carol caught up: no pull loop"
-    );
+    let max_seq = w.relay_head();
+    assert_eq!(w.relay_cursor(c), max_seq, "carol caught up: no pull loop");
     // The others still see everything they had.
     assert_eq!(w.shown_ids(b).len(), 5 + 4 + 3);
 }

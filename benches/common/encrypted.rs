@@ -82,6 +82,26 @@ impl Sequencer {
     }
 }
 
+/// Sends `n` messages (`body(0..n)`) into `conversation` from `store`, 256 to a group
+/// commit, the one at index `j` at `T0 + 1 + j`.
+pub fn send_messages(store: &mut Store, conversation: ConversationId, n: u64) {
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Outgoing> = (i..n.min(i + 256))
+            .map(|j| Outgoing {
+                conversation,
+                body: body(j),
+                media: Vec::new(),
+            })
+            .collect();
+        let len = batch.len() as u64;
+        for sent in store.send_all(batch, T0 + 1 + i) {
+            sent.expect("send");
+        }
+        i += len;
+    }
+}
+
 /// Bob's conversation with Alice of `n` messages as the relay serves it: Bob's events
 /// (`Create`, the epoch key sealed to both devices, the messages), each followed by its ack.
 pub fn history(alice: &Member, bob: &Member, n: u64) -> Vec<Event> {
@@ -93,21 +113,7 @@ pub fn history(alice: &Member, bob: &Member, n: u64) -> Vec<Event> {
     store
         .create_conversation(CONV, vec![alice.device.user()], T0)
         .expect("create");
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Outgoing> = (i..n.min(i + 256))
-            .map(|j| Outgoing {
-                conversation: CONV,
-                body: body(j),
-                media: Vec::new(),
-            })
-            .collect();
-        let len = batch.len() as u64;
-        for sent in store.send_all(batch, T0 + 1 + i) {
-            sent.expect("send");
-        }
-        i += len;
-    }
+    send_messages(&mut store, CONV, n);
     let ids: Vec<EventId> = store
         .outbox()
         .expect("outbox")

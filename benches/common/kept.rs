@@ -7,11 +7,11 @@
 //! Expects [`super::encrypted`] beside it (the cast, the keys, the bodies and Alice's store:
 //! one definition); the test crate includes both files with `#[path]`.
 
-use super::encrypted::{body, config, relay, Member, T0};
+use super::encrypted::{config, relay, send_messages, Member, T0};
 use tidings::engine::event::MAX_SEQUENCED_ENTRIES;
 use tidings::engine::log::PageCursor;
 use tidings::engine::retention::DAY_MS;
-use tidings::engine::store::{Body, Outgoing};
+use tidings::engine::store::Body;
 use tidings::engine::{
     ConversationId, Event, EventHeader, EventId, EventKind, EventLog, MessageId, RetentionPolicy,
     SeqEntry, Status, Store, UserId,
@@ -39,21 +39,7 @@ pub fn history(alice: &Member, bob: &Member, n: u64, policy: RetentionPolicy) ->
         .create_conversation(CONV, vec![alice.device.user()], T0)
         .expect("create");
     store.set_retention(CONV, policy, T0).expect("policy");
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Outgoing> = (i..n.min(i + 256))
-            .map(|j| Outgoing {
-                conversation: CONV,
-                body: body(j),
-                media: Vec::new(),
-            })
-            .collect();
-        let len = batch.len() as u64;
-        for sent in store.send_all(batch, T0 + 1 + i) {
-            sent.expect("send");
-        }
-        i += len;
-    }
+    send_messages(&mut store, CONV, n);
     let key = relay();
     let stored: Vec<Event> = store
         .outbox()

@@ -12,7 +12,7 @@ use tidings::engine::wire::{
 };
 use tidings::engine::{
     ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceId, DeviceKey, EventLog,
-    MessageId, Store, StoreConfig, UserId,
+    MessageId, ServerSeq, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -201,6 +201,40 @@ impl World {
             .core
             .send(CONV, text.as_bytes().to_vec(), vec![], now)
             .expect("send")
+    }
+
+    /// The cursor device `d` last confirmed to the relay in [`CONV`] (`Received`; 0 if none).
+    pub fn relay_cursor(&self, d: usize) -> ServerSeq {
+        self.relay
+            .store()
+            .cursors(&self.device_id(d))
+            .expect("cursors")
+            .get(&CONV)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The relay's highest sequence of [`CONV`].
+    pub fn relay_head(&self) -> ServerSeq {
+        self.relay
+            .store()
+            .conversation(&CONV)
+            .expect("read")
+            .expect("conv")
+            .max_seq
+    }
+
+    /// The messages device `d`'s document of [`CONV`] shows, in order, with their places.
+    pub fn shown_places(&mut self, d: usize) -> Vec<(MessageId, Option<ServerSeq>)> {
+        self.devices[d]
+            .core
+            .store_mut()
+            .conversation(CONV)
+            .expect("conversation")
+            .messages()
+            .iter()
+            .map(|m| (m.id, m.seq))
+            .collect()
     }
 
     /// The messages device `d`'s document of [`CONV`] shows, in order.

@@ -160,10 +160,9 @@ fn chains_report_gaps_forks_and_broken_links() {
         .all(|i| matches!(i, ChainIssue::BrokenLink { found: None, .. })));
 }
 
-/// Issue #12, "malicious relay, withholding": a member's receipt covers sequences this log
-/// never got (the tail of an author's chain, which no later event of that author reveals).
-#[test]
-fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
+/// A log holding Alice's first message at seq 1 and Bob's receipt, sequenced at `at`, saying
+/// he holds everything up to `up_to`.
+fn log_with_receipt(up_to: u64, at: u64) -> EventLog {
     let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
     let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
     let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
@@ -172,18 +171,23 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
     let one = send(&alice, 1, 1);
     log.append(&[one.clone(), ack(&relay, &one, 1)])
         .expect("append");
-    // Seqs 2..=4 withheld; Bob's receipt, sequenced at 5, says he has them.
     let receipt = Event::sign(
         bob.signing_key(),
         bob.header(CONV, 1, None, 6, 3_000),
-        EventKind::Delivered {
-            up_to: 4,
-            head: None,
-        },
+        EventKind::Delivered { up_to, head: None },
     )
     .expect("sign");
-    log.append(&[receipt.clone(), ack(&relay, &receipt, 5)])
+    log.append(&[receipt.clone(), ack(&relay, &receipt, at)])
         .expect("append");
+    log
+}
+
+/// Issue #12, "malicious relay, withholding": a member's receipt covers sequences this log
+/// never got (the tail of an author's chain, which no later event of that author reveals).
+#[test]
+fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
+    // Seqs 2..=4 withheld; Bob's receipt, sequenced at 5, says he has them.
+    let log = log_with_receipt(4, 5);
     assert_eq!(
         log.receipt_gap(CONV, 10).expect("gap"),
         Some(ChainIssue::Withheld {
@@ -208,25 +212,8 @@ fn a_receipt_past_what_the_log_holds_reveals_withheld_sequences() {
 /// gone, not withheld: a receipt covering it reports only what lies outside the gap.
 #[test]
 fn a_receipt_over_a_recorded_history_gap_reports_only_what_lies_outside_it() {
-    let alice = DeviceKey::from_seed([1; 32], UserId([1; 32]));
-    let bob = DeviceKey::from_seed([2; 32], UserId([2; 32]));
-    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
-    let log = EventLog::in_memory().expect("log");
-    let one = send(&alice, 1, 1);
-    log.append(&[one.clone(), ack(&relay, &one, 1)])
-        .expect("append");
     // Bob's receipt, sequenced at 6, covers 2..=5; the relay said 2..=3 are gone.
-    let receipt = Event::sign(
-        bob.signing_key(),
-        bob.header(CONV, 1, None, 6, 3_000),
-        EventKind::Delivered {
-            up_to: 5,
-            head: None,
-        },
-    )
-    .expect("sign");
-    log.append(&[receipt.clone(), ack(&relay, &receipt, 6)])
-        .expect("append");
+    let log = log_with_receipt(5, 6);
     log.write(|t| t.record_gap(CONV, 2, 3)).expect("gap");
     assert_eq!(
         log.receipt_gap(CONV, 10).expect("gap"),
