@@ -842,3 +842,23 @@ fn an_early_message_takes_its_place_when_the_statement_comes_from_a_peer() {
         "the document"
     );
 }
+
+/// Alice's phone stays with the relay; Bob's phone, away from it, hands her three messages
+/// early over the LAN, then reaches the relay: its statement places them on Alice's phone, and
+/// none of the three is ever out of view.
+#[test]
+fn early_messages_of_a_connected_device_stay_in_view_when_the_relay_places_them() {
+    let (mut w, phone, bob_phone, _) = bob_missed(0);
+    let sent: Vec<MessageId> = (0..3)
+        .map(|i| w.send_text(bob_phone, &format!("b{i}")))
+        .collect();
+    w.peer_sync(bob_phone, phone, |f| f);
+    assert_eq!(w.shown_ids(phone), sent);
+    w.set_online(bob_phone, true);
+    for _ in 0..50 {
+        w.run(100);
+        let shown = w.shown_ids(phone);
+        assert!(sent.iter().all(|m| shown.contains(m)), "{shown:?}");
+    }
+    assert!(w.shown_places(phone).iter().all(|(_, s)| s.is_some()));
+}
