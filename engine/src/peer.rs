@@ -373,7 +373,9 @@ impl PeerSession {
             let mut authors = v.clone();
             // The relay's entry: every sequence up to it is placed here (see `placed_after`).
             let placed = log.contiguous_seq(*c, 0)?;
-            if placed > 0 {
+            // Within the frame's limit of authors (past it the peer learns places from the
+            // events it is sent, as before).
+            if placed > 0 && authors.len() < MAX_VECTOR_AUTHORS {
                 authors.push((relay, placed));
             }
             conversations.push(ConversationVector {
