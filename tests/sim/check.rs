@@ -362,6 +362,15 @@ impl Timeline {
         Ok(t)
     }
 
+    /// For a message of `author` at `seq`: whether it has recipients (the other members at
+    /// its seq), and whether they all are members still (`None` before the `Create`).
+    pub fn recipients_stayed(&self, author: UserId, seq: ServerSeq) -> Option<(bool, bool)> {
+        let (_, members) = self.versions.range(..=seq).next_back()?;
+        let mut recipients = members.iter().filter(|u| **u != author).peekable();
+        let has = recipients.peek().is_some();
+        Some((has, recipients.all(|u| self.current.contains(u))))
+    }
+
     fn join(&mut self, user: UserId, seq: ServerSeq) {
         self.current.insert(user);
         self.first_join.entry(user).or_insert(seq);
@@ -466,15 +475,13 @@ pub fn check_final_view(
         let Some(seq) = m.seq else {
             return Err(format!("message {} of {conv} never got a seq", m.id));
         };
-        let Some((_, members)) = timeline.versions.range(..=seq).next_back() else {
+        let Some((has_recipients, all_stayed)) = timeline.recipients_stayed(m.record.user, seq)
+        else {
             return Err(format!(
                 "message {} of {conv} sequenced before its Create",
                 m.id
             ));
         };
-        let mut recipients = members.iter().filter(|u| **u != m.record.user).peekable();
-        let has_recipients = recipients.peek().is_some();
-        let all_stayed = recipients.all(|u| timeline.current.contains(u));
         if has_recipients
             && all_stayed
             && !told_late(seq)

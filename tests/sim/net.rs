@@ -147,6 +147,8 @@ pub enum Ev {
     },
     /// The next app action or fault.
     Action,
+    /// Two devices run a peer session (seeds with peer links).
+    PeerSync,
     /// Faults stop; the network heals.
     Heal,
     /// Periodic work after the heal: the user retries FAILED messages; convergence check.

@@ -163,10 +163,25 @@ impl Sim {
                 if !is_member(&id, self.users[self.devices[i].user].id) || exempt == Some((i, id)) {
                     continue;
                 }
+                let mut view = self.shown(i, id)?.view();
+                if self.peers.is_some() {
+                    // A peer's receipt (`Holds`) reaches only the two devices of a session; the
+                    // relay's receipt of a recipient removed since may never come. Whether such
+                    // a message shows DELIVERED depends on the sessions a device had.
+                    let line = lines.get(&id);
+                    for m in &mut view.messages {
+                        let removed = m
+                            .seq
+                            .and_then(|s| line.and_then(|l| l.recipients_stayed(m.record.user, s)));
+                        if m.status == Status::Delivered && removed.is_some_and(|(_, all)| !all) {
+                            m.status = Status::Sent;
+                        }
+                    }
+                }
                 shown.push(Shown {
                     name: self.devices[i].name.clone(),
                     gaps: self.gaps_of(i, id)?,
-                    view: self.shown(i, id)?.view(),
+                    view,
                 });
             }
             // The reference: the first device told of no gap, when there is one.

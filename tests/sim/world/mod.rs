@@ -212,6 +212,8 @@ pub struct Sim {
     bodies: HashMap<MessageId, Vec<u8>>,
     /// The relay's lie to one device, in the seeds that stage one (see `equivocation`).
     equivocation: Option<Equivocation>,
+    /// Peer links, in the seeds that have them (see `peers`).
+    peers: Option<SimPeers>,
 }
 
 macro_rules! tr {
@@ -230,6 +232,7 @@ mod device;
 mod end;
 mod equivocation;
 mod network;
+mod peers;
 mod relay;
 mod retention;
 mod stats;
@@ -237,6 +240,7 @@ mod stats;
 use actions::Profile;
 use attacks::{AttackLog, ADVERSARY_REQUESTS};
 use equivocation::Equivocation;
+use peers::SimPeers;
 use retention::SimRetention;
 pub use stats::Stats;
 
@@ -357,10 +361,13 @@ impl Sim {
             attacks,
             bodies: HashMap::new(),
             equivocation: None,
+            peers: None,
         };
         sim.equivocation = Equivocation::draw(seed, n_devices, &mut sim.stats);
         sim.profile.retention = SimRetention::draw(seed, sim.equivocation.is_some());
         sim.stats.retention_seeds = u64::from(sim.profile.retention.is_some());
+        sim.peers = SimPeers::draw(seed, sim.equivocation.is_some());
+        sim.stats.peer_seeds = u64::from(sim.peers.is_some());
         tr!(sim, "seed {seed}: {:?}", sim.profile);
         Ok(sim)
     }
@@ -428,6 +435,7 @@ impl Sim {
         }
         let first = self.next_action_gap();
         self.queue.push(self.now + first, Ev::Action);
+        self.schedule_peer_sync();
         self.queue.push(self.now + self.profile.fault_ms, Ev::Heal);
         Ok(())
     }
@@ -500,6 +508,7 @@ impl Sim {
                 }
                 Ok(())
             }
+            Ev::PeerSync => self.peer_sync(),
             Ev::Heal => self.heal(),
             Ev::HealTick => self.heal_tick(),
         }

@@ -81,6 +81,10 @@ pub struct Stats {
     pub retention_passes: u64,
     pub bodies_pruned: u64,
     pub history_gaps: u64,
+    /// Seeds with peer links, the sessions that ran to their end, and those cut.
+    pub peer_seeds: u64,
+    pub peer_sessions: u64,
+    pub peer_sessions_cut: u64,
     pub converge_ms_max: u64,
     pub converge_ms_sum: u64,
     pub virtual_ms: u64,
@@ -141,6 +145,9 @@ impl Stats {
             retention_passes,
             bodies_pruned,
             history_gaps,
+            peer_seeds,
+            peer_sessions,
+            peer_sessions_cut,
             converge_ms_sum,
             virtual_ms
         );
@@ -235,6 +242,11 @@ impl fmt::Display for Stats {
             "retention: {} seeds with a short TTL on the relay, {} passes, {} bodies dropped, \
              {} history gaps reported to devices",
             self.retention_seeds, self.retention_passes, self.bodies_pruned, self.history_gaps
+        )?;
+        writeln!(
+            f,
+            "peer links: {} seeds, {} sessions done, {} cut",
+            self.peer_seeds, self.peer_sessions, self.peer_sessions_cut
         )?;
         writeln!(
             f,
