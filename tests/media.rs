@@ -595,9 +595,14 @@ async fn prefetch_fetches_small_media_ahead_and_only_when_unmetered() {
     const KIB: usize = 1024;
     let p = pair(BlobLimits::default()).await;
     let mut updates = p.bob.updates();
-    p.bob
-        .set_prefetch(PrefetchPolicy::up_to(1024 * KIB as u64).unmetered_only());
-    p.bob.set_metered(true);
+    // Set from a thread outside the runtime, as a UI thread would.
+    let bob = p.bob.clone();
+    std::thread::spawn(move || {
+        bob.set_prefetch(PrefetchPolicy::up_to(1024 * KIB as u64).unmetered_only());
+        bob.set_metered(true);
+    })
+    .join()
+    .expect("set from any thread");
     let mut sent = Vec::new();
     for (i, len) in [300 * KIB, 3 * 1024 * KIB, 200 * KIB]
         .into_iter()

@@ -121,6 +121,9 @@ pub(crate) struct MediaShared {
     pub(crate) metered: watch::Sender<bool>,
     /// The prefetcher runs.
     pub(crate) prefetching: AtomicBool,
+    /// The runtime the replica was opened in: the prefetcher is started on it from a call
+    /// that may come from any thread.
+    pub(crate) runtime: tokio::runtime::Handle,
     prefetch_queue: Mutex<prefetch::PrefetchQueue>,
 }
 
@@ -143,6 +146,7 @@ impl MediaShared {
             prefetch: watch::Sender::new(PrefetchPolicy::OFF),
             metered: watch::Sender::new(false),
             prefetching: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
             prefetch_queue: Mutex::new(prefetch::PrefetchQueue::default()),
         });
         tokio::spawn(worker::run(shared.clone()));

@@ -164,7 +164,8 @@ impl Replica {
             shared.prefetching.store(false, Ordering::SeqCst);
             return;
         };
-        tokio::spawn(run(shared.clone(), self.device, updates.subscribe()));
+        let rx = updates.subscribe();
+        shared.runtime.spawn(run(shared.clone(), self.device, rx));
     }
 
     /// Tells the replica whether the network costs money now (a phone on mobile data: `true`;
