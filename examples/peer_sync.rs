@@ -18,13 +18,13 @@ mod common;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use common::{user, World, CONV};
+use common::{dropping, user, World, CONV};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::time::Instant;
 use tidings::engine::peer::{PeerFrame, PeerSession};
 use tidings::engine::wire::{frame_bytes, FrameDecoder, MAX_FRAME_LEN};
-use tidings::engine::{EventId, EventKind, MessageId};
+use tidings::engine::{EventId, MessageId};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -118,19 +118,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Device `from` sends `n` messages through the relay (the world run every 512 of them and
+/// until they are placed).
+fn send_many(w: &mut World, from: usize, n: usize) -> Vec<MessageId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(w.send_text(from, &format!("message {i}")));
+        if i % 512 == 511 {
+            w.run(1_000);
+        }
+    }
+    w.run(60_000);
+    ids
+}
+
 /// Alice's phone and Bob's phone in CONV; Bob's phone away while Alice's sends `n`.
 fn missing_scene(n: usize) -> Result<(World, usize, usize)> {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
     let [phone, bob_phone] = w.online_in_conversation([&alice, &bob]);
     w.set_online(bob_phone, false);
-    for i in 0..n {
-        w.send_text(phone, &format!("message {i}"));
-        if i % 512 == 511 {
-            w.run(1_000);
-        }
-    }
-    w.run(60_000);
+    send_many(&mut w, phone, n);
     ensure!(
         w.shown_ids(phone).len() == n,
         "the phone holds every message"
@@ -143,28 +151,10 @@ fn missing_scene(n: usize) -> Result<(World, usize, usize)> {
 fn differ_scene(n: usize, differ: usize, seed: u64) -> Result<(World, usize, usize)> {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let phone = w.add_device_of(&alice, 11);
-    let laptop = w.add_device_of(&alice, 12);
-    let bob_phone = w.add_device_of(&bob, 21);
-    for d in [phone, laptop, bob_phone] {
-        w.set_online(d, true);
-    }
-    let now = w.now;
-    w.devices[phone]
-        .core
-        .create_conversation(CONV, vec![bob.id], now)
-        .context("create")?;
-    w.run(5_000);
+    let [phone, laptop, bob_phone] = w.phone_laptop_and_bob(&alice, &bob);
     w.set_online(phone, false);
     w.set_online(bob_phone, false);
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(w.send_text(laptop, &format!("message {i}")));
-        if i % 512 == 511 {
-            w.run(1_000);
-        }
-    }
-    w.run(60_000);
+    let ids = send_many(&mut w, laptop, n);
     ensure!(
         w.shown_ids(laptop).len() == n,
         "the laptop holds every message"
@@ -183,38 +173,14 @@ fn differ_scene(n: usize, differ: usize, seed: u64) -> Result<(World, usize, usi
             .filter(|(k, _)| k % 2 == parity)
             .map(|(_, i)| ids[*i])
             .collect();
-        let drop = send_envelopes(&w, laptop, &messages);
+        let drop: BTreeSet<Vec<u8>> = w
+            .send_envelopes(laptop, laptop, &messages)
+            .into_iter()
+            .collect();
         // Sessions until nothing more comes (one session sends at most MAX_SESSION_EVENTS).
-        while w.peer_sync(laptop, idx, without(&drop)) > 0 {}
+        while w.peer_sync(laptop, idx, dropping(|e| drop.contains(e))) > 0 {}
     }
     Ok((w, phone, bob_phone))
-}
-
-/// The envelopes of the `Send` events of `messages` in `idx`'s log.
-fn send_envelopes(w: &World, idx: usize, messages: &[MessageId]) -> BTreeSet<Vec<u8>> {
-    let wanted: BTreeSet<MessageId> = messages.iter().copied().collect();
-    let log = w.devices[idx].core.store().log();
-    log.ids_above(CONV, |_| 0, usize::MAX)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(_, id)| log.get(&id).ok().flatten())
-        .filter(|e| matches!(e.kind(), EventKind::Send { message, .. } if wanted.contains(message)))
-        .map(|e| e.bytes().to_vec())
-        .collect()
-}
-
-/// Drops the events in `drop` from `Items` frames (their statements still pass).
-fn without(drop: &BTreeSet<Vec<u8>>) -> impl Fn(PeerFrame) -> PeerFrame + '_ {
-    move |f| match f {
-        PeerFrame::Items { events, records } => PeerFrame::Items {
-            events: events
-                .into_iter()
-                .filter(|e| !drop.contains(&e.0))
-                .collect(),
-            records,
-        },
-        f => f,
-    }
 }
 
 fn held(w: &World, idx: usize) -> BTreeSet<EventId> {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{carried, user, World, CONV};
+use common::{carried, dropping, user, World, CONV};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use tidings::engine::peer::{admitted_peers, PeerError, PeerFrame, PeerSession};
@@ -142,17 +142,7 @@ fn only_devices_that_share_a_conversation_are_peers() {
 fn a_revoked_device_is_no_peer() {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let phone = w.add_device_of(&alice, 11);
-    let laptop = w.add_device_of(&alice, 12);
-    let bob_phone = w.add_device_of(&bob, 21);
-    for d in [phone, laptop, bob_phone] {
-        w.set_online(d, true);
-    }
-    w.devices[phone]
-        .core
-        .create_conversation(CONV, vec![bob.id], w.now)
-        .expect("create");
-    w.run(5_000);
+    let [phone, laptop, _bob_phone] = w.phone_laptop_and_bob(&alice, &bob);
     let laptop_id = w.device_id(laptop);
     let admitted = admitted_peers(&mut w.devices[phone].core).expect("peers");
     assert!(
@@ -384,46 +374,15 @@ fn a_peer_session_while_offline_queues_nothing_for_the_relay_and_the_next_sessio
     assert_eq!(w.shown_ids(bob_phone), ids);
 }
 
-/// The envelopes of the `Send` events of `messages` in `idx`'s log (author `author`).
-fn send_envelopes(w: &World, idx: usize, author: usize, messages: &[MessageId]) -> Vec<Vec<u8>> {
-    w.devices[idx]
-        .core
-        .store()
-        .log()
-        .author_events_after(CONV, w.device_id(author), 0, 100_000)
-        .expect("events")
-        .into_iter()
-        .filter(
-            |e| matches!(e.kind(), EventKind::Send { message, .. } if messages.contains(message)),
-        )
-        .map(|e| e.bytes().to_vec())
-        .collect()
-}
-
-/// A peer session where `Items` from the sender lose the events in `drop` (their statements
-/// still pass): the receiver ends up holding its author's events with holes.
-fn without(drop: Vec<Vec<u8>>) -> impl Fn(PeerFrame) -> PeerFrame {
-    move |f| match f {
-        PeerFrame::Items { events, records } => PeerFrame::Items {
-            events: events
-                .into_iter()
-                .filter(|e| !drop.contains(&e.0))
-                .collect(),
-            records,
-        },
-        f => f,
-    }
-}
-
 #[test]
 fn a_device_holding_events_above_a_hole_gets_only_the_hole() {
     let n = 40;
     let (mut w, phone, bob_phone, ids) = bob_missed(n);
     // Bob's phone gets all but two of Alice's messages, the sixth and seventh: it holds her
     // counters up to a point, then a hole, then the rest.
-    let hole = send_envelopes(&w, phone, phone, &ids[5..7]);
+    let hole = w.send_envelopes(phone, phone, &ids[5..7]);
     assert_eq!(hole.len(), 2);
-    let first = w.peer_sync(phone, bob_phone, without(hole));
+    let first = w.peer_sync(phone, bob_phone, dropping(|e| hole.iter().any(|h| h == e)));
     assert_eq!(first, n as u64 - 2);
     // The next session sends what is missing, and only that.
     assert_eq!(
@@ -458,17 +417,7 @@ fn holes_on_both(
 ) -> (World, usize, usize, Vec<MessageId>) {
     let (alice, bob) = (user(1), user(2));
     let mut w = World::new(9);
-    let phone = w.add_device_of(&alice, 11);
-    let laptop = w.add_device_of(&alice, 12);
-    let bob_phone = w.add_device_of(&bob, 21);
-    for d in [phone, laptop, bob_phone] {
-        w.set_online(d, true);
-    }
-    w.devices[phone]
-        .core
-        .create_conversation(CONV, vec![bob.id], w.now)
-        .expect("create");
-    w.run(5_000);
+    let [phone, laptop, bob_phone] = w.phone_laptop_and_bob(&alice, &bob);
     w.set_online(phone, false);
     w.set_online(bob_phone, false);
     let ids: Vec<MessageId> = (0..n)
@@ -483,8 +432,8 @@ fn holes_on_both(
             .filter(|(_, l)| **l)
             .map(|(m, _)| *m)
             .collect();
-        let drop = send_envelopes(&w, laptop, laptop, &lost);
-        w.peer_sync(laptop, idx, without(drop));
+        let drop = w.send_envelopes(laptop, laptop, &lost);
+        w.peer_sync(laptop, idx, dropping(|e| drop.iter().any(|d| d == e)));
     }
     (w, phone, bob_phone, ids)
 }
@@ -544,8 +493,8 @@ proptest! {
 /// reconciliation of CONV is under way. Returns (world, session, index of its device).
 fn reconciling(bob_side: bool) -> (World, PeerSession, usize) {
     let (mut w, phone, bob_phone, ids) = bob_missed(12);
-    let hole = send_envelopes(&w, phone, phone, &ids[3..5]);
-    w.peer_sync(phone, bob_phone, without(hole));
+    let hole = w.send_envelopes(phone, phone, &ids[3..5]);
+    w.peer_sync(phone, bob_phone, dropping(|e| hole.iter().any(|h| h == e)));
     let (at, other) = if bob_side {
         (bob_phone, phone)
     } else {

@@ -82,6 +82,19 @@ impl Sequencer {
     }
 }
 
+/// Bob's store (in memory) with both certificates, having created `conversation` with Alice.
+pub fn bob_store(alice: &Member, bob: &Member, conversation: ConversationId) -> Store {
+    let log = EventLog::in_memory().expect("log");
+    let mut store = Store::new(log, bob.device.clone(), config(), [7; 32]);
+    store
+        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
+        .expect("certificates");
+    store
+        .create_conversation(conversation, vec![alice.device.user()], T0)
+        .expect("create");
+    store
+}
+
 /// Sends `n` messages (`body(0..n)`) into `conversation` from `store`, 256 to a group
 /// commit, the one at index `j` at `T0 + 1 + j`.
 pub fn send_messages(store: &mut Store, conversation: ConversationId, n: u64) {
@@ -105,14 +118,7 @@ pub fn send_messages(store: &mut Store, conversation: ConversationId, n: u64) {
 /// Bob's conversation with Alice of `n` messages as the relay serves it: Bob's events
 /// (`Create`, the epoch key sealed to both devices, the messages), each followed by its ack.
 pub fn history(alice: &Member, bob: &Member, n: u64) -> Vec<Event> {
-    let log = EventLog::in_memory().expect("log");
-    let mut store = Store::new(log, bob.device.clone(), config(), [7; 32]);
-    store
-        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
-        .expect("certificates");
-    store
-        .create_conversation(CONV, vec![alice.device.user()], T0)
-        .expect("create");
+    let mut store = bob_store(alice, bob, CONV);
     send_messages(&mut store, CONV, n);
     let ids: Vec<EventId> = store
         .outbox()

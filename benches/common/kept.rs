@@ -7,14 +7,14 @@
 //! Expects [`super::encrypted`] beside it (the cast, the keys, the bodies and Alice's store:
 //! one definition); the test crate includes both files with `#[path]`.
 
-use super::encrypted::{config, relay, send_messages, Member, T0};
+use super::encrypted::{bob_store, relay, send_messages, Member, T0};
 use tidings::engine::event::MAX_SEQUENCED_ENTRIES;
 use tidings::engine::log::PageCursor;
 use tidings::engine::retention::DAY_MS;
 use tidings::engine::store::Body;
 use tidings::engine::{
-    ConversationId, Event, EventHeader, EventId, EventKind, EventLog, MessageId, RetentionPolicy,
-    SeqEntry, Status, Store, UserId,
+    ConversationId, Event, EventHeader, EventId, EventKind, MessageId, RetentionPolicy, SeqEntry,
+    Status, Store, UserId,
 };
 
 /// The conversation.
@@ -26,18 +26,7 @@ const VIEW_PAGE: usize = 200;
 /// Bob's conversation with Alice: `Create`, the epoch key, `policy`, then `n` messages, each
 /// event placed by the relay's signed statements, 256 a statement (server time `T0 + seq`).
 pub fn history(alice: &Member, bob: &Member, n: u64, policy: RetentionPolicy) -> Vec<Event> {
-    let mut store = Store::new(
-        EventLog::in_memory().expect("log"),
-        bob.device.clone(),
-        config(),
-        [7; 32],
-    );
-    store
-        .absorb_devices(&[alice.cert.clone(), bob.cert.clone()], &[], &[])
-        .expect("certificates");
-    store
-        .create_conversation(CONV, vec![alice.device.user()], T0)
-        .expect("create");
+    let mut store = bob_store(alice, bob, CONV);
     store.set_retention(CONV, policy, T0).expect("policy");
     send_messages(&mut store, CONV, n);
     let key = relay();

@@ -11,8 +11,8 @@ use tidings::engine::wire::{
     frame_bytes, DeviceRegistration, FrameDecoder, UserChange, MAX_FRAME_LEN,
 };
 use tidings::engine::{
-    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceId, DeviceKey, EventLog,
-    MessageId, ServerSeq, Store, StoreConfig, UserId,
+    ConversationId, DeviceConfig, DeviceCore, DeviceEvent, DeviceId, DeviceKey, EventKind,
+    EventLog, MessageId, ServerSeq, Store, StoreConfig, UserId,
 };
 use tidings::relay::core::{Output, RelayCore, RelayStore, SessionId};
 use tidings::relay::Limits;
@@ -21,6 +21,18 @@ use tidings::relay::Limits;
 pub struct User {
     pub key: SigningKey,
     pub id: UserId,
+}
+
+/// A peer-frame filter: `Items` lose the events whose envelope `drop` names (their statements
+/// still pass), so the receiver ends up holding authors' events with holes.
+pub fn dropping(drop: impl Fn(&[u8]) -> bool) -> impl Fn(PeerFrame) -> PeerFrame {
+    move |f| match f {
+        PeerFrame::Items { events, records } => PeerFrame::Items {
+            events: events.into_iter().filter(|e| !drop(&e.0)).collect(),
+            records,
+        },
+        f => f,
+    }
 }
 
 /// A peer frame through the codec, as the transport carries it.
@@ -239,14 +251,49 @@ impl World {
 
     /// The messages device `d`'s document of [`CONV`] shows, in order.
     pub fn shown_ids(&mut self, d: usize) -> Vec<MessageId> {
-        self.devices[d]
+        self.shown_places(d).into_iter().map(|(m, _)| m).collect()
+    }
+
+    /// Alice's phone (key seed 11) and laptop (12) and Bob's phone (21), all online; the phone
+    /// creates [`CONV`] with Bob and the world runs until everyone has it. Returns
+    /// `[phone, laptop, bob_phone]`.
+    pub fn phone_laptop_and_bob(&mut self, alice: &User, bob: &User) -> [usize; 3] {
+        let devices = [
+            self.add_device_of(alice, 11),
+            self.add_device_of(alice, 12),
+            self.add_device_of(bob, 21),
+        ];
+        for d in devices {
+            self.set_online(d, true);
+        }
+        let now = self.now;
+        self.devices[devices[0]]
             .core
-            .store_mut()
-            .conversation(CONV)
-            .expect("conversation")
-            .messages()
-            .iter()
-            .map(|m| m.id)
+            .create_conversation(CONV, vec![bob.id], now)
+            .expect("create");
+        self.run(5_000);
+        devices
+    }
+
+    /// The envelopes of the `Send` events of `messages` that device `author` wrote, as device
+    /// `idx`'s log holds them.
+    pub fn send_envelopes(
+        &self,
+        idx: usize,
+        author: usize,
+        messages: &[MessageId],
+    ) -> Vec<Vec<u8>> {
+        self.devices[idx]
+            .core
+            .store()
+            .log()
+            .author_events_after(CONV, self.device_id(author), 0, usize::MAX)
+            .expect("events")
+            .into_iter()
+            .filter(|e| {
+                matches!(e.kind(), EventKind::Send { message, .. } if messages.contains(message))
+            })
+            .map(|e| e.bytes().to_vec())
             .collect()
     }
 
