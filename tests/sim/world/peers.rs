@@ -139,6 +139,39 @@ impl Sim {
     }
 }
 
+impl Ended {
+    /// A failure blamed on side `side` (the receiving one of a hand-over).
+    fn map_side(self, side: usize) -> Ended {
+        match self {
+            Ended::Failed(_, e) => Ended::Failed(side, e),
+            other => other,
+        }
+    }
+}
+
+/// Hands every frame `from` queued to `to` (on `core`), counting them in `moved`; stops with
+/// `Cut` at `cut_after` frames, or with the receiver's failure. Whether any frame moved.
+fn hand_over(
+    from: &mut PeerSession,
+    to: &mut PeerSession,
+    core: &mut DeviceCore,
+    now: u64,
+    cut_after: Option<u32>,
+    moved: &mut u32,
+) -> Result<bool, Ended> {
+    let mut any = false;
+    while let Some(f) = from.poll_transmit() {
+        if cut_after.is_some_and(|c| *moved >= c) {
+            return Err(Ended::Cut(*moved));
+        }
+        *moved += 1;
+        any = true;
+        to.handle_frame(core, f, now)
+            .map_err(|e| Ended::Failed(0, e))?;
+    }
+    Ok(any)
+}
+
 /// Runs one session between `a` and `b`, frames handed over at once, cut after `cut_after`
 /// frames if set.
 fn run_session(
@@ -161,29 +194,18 @@ fn run_session(
     };
     let mut moved = 0u32;
     loop {
-        let mut any = false;
-        while let Some(f) = sa.poll_transmit() {
-            if cut_after.is_some_and(|c| moved >= c) {
-                return Ended::Cut(moved);
-            }
-            moved += 1;
-            any = true;
-            if let Err(e) = sb.handle_frame(b, f, now_b) {
-                return Ended::Failed(1, e);
-            }
-        }
-        while let Some(f) = sb.poll_transmit() {
-            if cut_after.is_some_and(|c| moved >= c) {
-                return Ended::Cut(moved);
-            }
-            moved += 1;
-            any = true;
-            if let Err(e) = sa.handle_frame(a, f, now_a) {
-                return Ended::Failed(0, e);
-            }
-        }
-        if !any || moved > MAX_SESSION_FRAMES {
-            break;
+        let a_to_b =
+            hand_over(&mut sa, &mut sb, b, now_b, cut_after, &mut moved).map_err(|e| e.map_side(1));
+        let b_to_a = match a_to_b {
+            Ok(any) => hand_over(&mut sb, &mut sa, a, now_a, cut_after, &mut moved)
+                .map_err(|e| e.map_side(0))
+                .map(|other| any || other),
+            Err(end) => return end,
+        };
+        match b_to_a {
+            Ok(true) if moved <= MAX_SESSION_FRAMES => {}
+            Ok(_) => break,
+            Err(end) => return end,
         }
     }
     if sa.is_done() && sb.is_done() {
