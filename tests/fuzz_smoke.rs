@@ -32,12 +32,12 @@ proptest! {
 
     #[test]
     fn wire_frames(data in input(600)) {
-        checks::check_wire_frames(&data);
+        checks::wire::check_wire_frames(&data);
     }
 
     #[test]
     fn event_envelope(data in input(600)) {
-        checks::check_event_envelope(&data);
+        checks::events::check_event_envelope(&data);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! See `tidings_fuzz::check_event_envelope`.
+//! See `tidings_fuzz::events::check_event_envelope`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tidings_fuzz::check_event_envelope(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tidings_fuzz::events::check_event_envelope(data));
