@@ -316,7 +316,7 @@ pub struct DeviceCore {
     events: VecDeque<DeviceEvent>,
 }
 
-fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
+pub(crate) fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
     let mut k = b"pull/".to_vec();
     k.extend_from_slice(&conversation.0);
     k

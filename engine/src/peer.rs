@@ -372,7 +372,7 @@ impl PeerSession {
         for (c, v) in &my_vectors {
             let mut authors = v.clone();
             // The relay's entry: every sequence up to it is placed here (see `placed_after`).
-            let placed = log.contiguous_seq(*c, 0)?;
+            let placed = placed_up_to(log, *c)?;
             // Within the frame's limit of authors (past it the peer learns places from the
             // events it is sent, as before).
             if placed > 0 && authors.len() < MAX_VECTOR_AUTHORS {
@@ -777,6 +777,14 @@ impl PeerSession {
     }
 }
 
+/// The sequence up to which every event of `conversation` this log holds is placed (or inside a
+/// recorded history gap): the device's gap-free pull cursor, walked on over what came since it
+/// was stored (a peer's events), so a session start does not read the whole history.
+fn placed_up_to(log: &crate::log::EventLog, conversation: ConversationId) -> Result<u64, LogError> {
+    let stored = log.cursor(&crate::device::cursor_key(&conversation))?;
+    log.contiguous_seq(conversation, stored)
+}
+
 /// Adds the relay statements placing `conversation`'s sequences after `their_placed` that
 /// this log holds placed, at most [`MAX_SESSION_EVENTS`] of them. A version vector counts an
 /// event the peer holds whatever its place, so an event it took early (from a peer, before the
@@ -789,7 +797,7 @@ fn placed_after(
     conversation: ConversationId,
     their_placed: u64,
 ) -> Result<(), PeerError> {
-    let ours = log.contiguous_seq(conversation, 0)?;
+    let ours = placed_up_to(log, conversation)?;
     let last = ours.min(their_placed.saturating_add(MAX_SESSION_EVENTS as u64));
     let mut seen = std::collections::HashSet::new();
     for seq in their_placed.saturating_add(1)..=last {
