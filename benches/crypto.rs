@@ -1,5 +1,5 @@
 //! Encryption primitives (issue 6): message bodies, a group rekey, at-rest records and the
-//! passphrase unwrap, on one core.
+//! passphrase unwrap, and the signature rule (issue 13), on one core.
 //!
 //! `cargo bench --bench crypto`
 
@@ -8,6 +8,7 @@ mod common;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
+use tidings::engine::signature;
 use tidings::engine::crypto::{
     decrypt_body, encrypt_body, open, seal, unwrap_with_passphrase, wrap_with_passphrase,
     AgreementSecret, EpochKey, KdfParams, StorageKey,
@@ -119,6 +120,28 @@ fn crypto<M: common::Clock>(c: &mut Criterion<M>) {
                     .expect("open"),
             )
         })
+    });
+    g.finish();
+
+    // The one signature rule on an event id (what the relay and every device run per event),
+    // against ed25519-dalek's `verify_strict`, which decompresses R to check its order.
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
+    let key = signature::verifying_key(&signing.verifying_key().to_bytes()).expect("key");
+    let id = [7u8; 32];
+    let sig = ed25519_dalek::Signer::sign(&signing, &id);
+    let mut g = c.benchmark_group(common::group::<M>("crypto_signature"));
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    g.bench_function("verify_rule", |b| {
+        b.iter(|| assert!(signature::verify(&key, black_box(&id), black_box(&sig))))
+    });
+    g.bench_function("verify_strict_dalek", |b| {
+        b.iter(|| assert!(key.verify_strict(black_box(&id), black_box(&sig)).is_ok()))
+    });
+    g.bench_function("sign", |b| {
+        b.iter(|| black_box(ed25519_dalek::Signer::sign(&signing, black_box(&id))))
     });
     g.finish();
 
