@@ -223,3 +223,93 @@ fn the_phone_leaves_the_history_keys_at_the_relay_before_the_laptop_asks() {
     );
     assert_eq!(all_readable(w, laptop), vec![(N, N); 3]);
 }
+
+/// A laptop linked with `HistoryPolicy::LastDays(3)` fetches, through the relay, only the
+/// bodies of the last three days: Alice's phone sent `OLD` messages ten days ago and `NEW`
+/// ones today; the laptop shows and reads the `NEW` ones, was told of the older range as a
+/// history gap, holds none of the older messages (their bodies never travelled), and still
+/// takes part: its own message reaches Bob. Before `Pull::history_since_ms` it pulled every
+/// body (and showed the old messages, unreadable for want of their keys).
+#[test]
+fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
+    use tidings::engine::history::{HistoryPolicy, DAY_MS};
+    use tidings::engine::DeviceEvent;
+    const OLD: usize = 300;
+    const NEW: usize = 120;
+    let (alice, bob_user) = (user(1), user(2));
+    let mut w = World::new(9);
+    let phone = w.add_device_of(&alice, 11);
+    let bob = w.add_device_of(&bob_user, 21);
+    for d in [phone, bob] {
+        w.set_online(d, true);
+    }
+    let c = CONVS[0];
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .create_conversation(c, vec![bob_user.id], now)
+        .expect("create");
+    w.run(10_000);
+    let send = |w: &mut World, who: usize, n: usize, tag: &str| {
+        for chunk in 0..n / 60 {
+            w.now += 10;
+            let batch = (0..60)
+                .map(|i| Outgoing {
+                    conversation: c,
+                    body: format!("{tag} {chunk}/{i}").into_bytes(),
+                    media: vec![],
+                })
+                .collect();
+            let now = w.now;
+            for r in w.devices[who].core.send_all(batch, now) {
+                r.expect("send");
+            }
+            w.run(20_000);
+        }
+    };
+    send(&mut w, phone, OLD, "old");
+    w.now += 10 * DAY_MS;
+    w.run(10_000);
+    send(&mut w, phone, NEW, "new");
+    assert_eq!(readable(&mut w, phone, c), (OLD + NEW, OLD + NEW));
+
+    let (key, reg) = device(&alice, 12);
+    let laptop = w.add_device(key, reg);
+    w.devices[laptop]
+        .core
+        .store_mut()
+        .set_history_policy(HistoryPolicy::LastDays(3));
+    w.set_online(laptop, true);
+    w.run(120_000);
+
+    assert_eq!(
+        readable(&mut w, laptop, c),
+        (NEW, NEW),
+        "the laptop shows and reads the last days, and nothing older"
+    );
+    let gaps: Vec<_> = w.devices[laptop]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::HistoryGap { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    assert!(!gaps.is_empty(), "the older range is told as a gap");
+    let log = w.devices[laptop].core.store_mut().log();
+    let held_old = log
+        .conversation_events(c, 0)
+        .expect("events")
+        .iter()
+        .filter(|(_, e)| matches!(e.kind(), tidings::engine::EventKind::Send { .. }))
+        .count();
+    assert_eq!(held_old, NEW, "no older message's body reached the laptop");
+
+    let now = w.now;
+    w.devices[laptop]
+        .core
+        .send(c, b"from the laptop".to_vec(), vec![], now)
+        .expect("send");
+    w.run(30_000);
+    assert_eq!(readable(&mut w, bob, c), (OLD + NEW + 1, OLD + NEW + 1));
+}

@@ -291,6 +291,9 @@ pub struct DeviceCore {
     gaps_checked: bool,
     /// Conversations with a history gap recorded in this process (see `report_gaps`).
     gap_conversations: BTreeSet<ConversationId>,
+    /// Per conversation, the relay time before which this device does not take bodies (its
+    /// history policy at its first catch-up; see `history_since`).
+    history_since: HashMap<ConversationId, u64>,
     /// Whether this session asked for the members' device certificates.
     directory_asked: bool,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
@@ -318,6 +321,13 @@ pub struct DeviceCore {
 
 pub(crate) fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
     let mut k = b"pull/".to_vec();
+    k.extend_from_slice(&conversation.0);
+    k
+}
+
+/// The log's cursor holding a conversation's history bound (see `DeviceCore::history_since`).
+pub(crate) fn since_key(conversation: &ConversationId) -> Vec<u8> {
+    let mut k = b"since/".to_vec();
     k.extend_from_slice(&conversation.0);
     k
 }
@@ -381,6 +391,7 @@ impl DeviceCore {
             synced: HashMap::new(),
             gaps_checked: false,
             gap_conversations: BTreeSet::new(),
+            history_since: HashMap::new(),
             directory_asked: false,
             asking: HashSet::new(),
             failed_asks: HashMap::new(),

@@ -39,8 +39,9 @@ pub use certificate::{
 /// The protocol version this build speaks, sent in [`ClientFrame::Hello`]. 2: paged `Sync`
 /// and `Devices`, invitations and blocks (issue #12). 3: events travel with the relay's
 /// batch-signed `Sequenced` statements instead of one signed `ServerAck` each (issue #13). 4:
-/// device links (`LinkDeposit`, `LinkTake`) and `Welcome::idle_timeout_ms` (issue 18).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// device links (`LinkDeposit`, `LinkTake`) and `Welcome::idle_timeout_ms` (issue 18). 5:
+/// `Pull::history_since_ms` (a new device's history bounded by time, issue 14).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The QUIC/TLS application protocol name.
 pub const ALPN: &[u8] = b"tidings/1";
 /// Bytes in the length prefix of a frame.
@@ -425,6 +426,13 @@ pub enum ClientFrame {
         after_seq: ServerSeq,
         /// Most items wanted (the relay caps it at its own limit).
         limit: u32,
+        /// Bodies the relay placed before this time (Unix ms, relay clock) are not wanted:
+        /// the relay answers the leading run of such events with a `HistoryGap` that carries
+        /// only the kinds it would keep under retention (the `Create`, membership changes,
+        /// epoch openings), as if retention had dropped the rest. `None`: everything. A
+        /// device whose history policy is `LastDays` asks so on its first catch-up of a
+        /// conversation.
+        history_since_ms: Option<u64>,
     },
     /// Lists the device's accepted conversations, one page at a time (answered by
     /// `Conversations`), and turns on pushes.

@@ -426,6 +426,7 @@ impl RelayClient {
             conversation,
             after_seq,
             limit,
+            history_since_ms: None,
         })
         .await?;
         match self.reply(request_id).await? {

@@ -112,6 +112,7 @@ impl<S: Storage> Net<S> {
             conversation: CONV,
             after_seq,
             limit: 100,
+            history_since_ms: None,
         };
         match self.ask(s, f)? {
             ServerFrame::Page { events, .. } => Ok((None, events.len())),

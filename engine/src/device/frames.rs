@@ -65,6 +65,7 @@ impl DeviceCore {
                         });
                     }
                     if info.max_seq > cursor {
+                        self.settle_history_since(info.conversation, cursor, now_ms)?;
                         self.pull(info.conversation, cursor);
                     }
                     // A receipt a crash kept from being written goes out now.

@@ -2,6 +2,7 @@
 //! user's changes, catch-up pulls, history gaps and what is reported once caught up.
 
 use super::*;
+use crate::history::{HistoryPolicy, DAY_MS};
 
 impl DeviceCore {
     pub(super) fn on_welcome(&mut self, w: Welcome, now_ms: u64) -> Result<(), DeviceError> {
@@ -162,6 +163,48 @@ impl DeviceCore {
         }
     }
 
+    /// Settles how far back this device takes `conversation`'s bodies, before its pulls: on
+    /// the first catch-up of a conversation the device holds nothing of (a new device, a
+    /// conversation joined elsewhere), its history policy bounds them — `LastDays(n)`: the
+    /// bodies the relay placed in the last `n` days; `Nothing`: only those placed from now on
+    /// — and its pulls say so ([`ClientFrame::Pull::history_since_ms`]): the relay answers the
+    /// older part with a `HistoryGap` carrying only the kinds it keeps under retention, which
+    /// the device takes as it takes a retention gap. The bound is kept in the log, so a
+    /// catch-up cut short goes on under it; a conversation the device already holds events of
+    /// is taken whole (the policy is for what a new device fetches, not a reason to leave
+    /// holes).
+    pub(super) fn settle_history_since(
+        &mut self,
+        conversation: ConversationId,
+        cursor: ServerSeq,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
+        if self.history_since.contains_key(&conversation) {
+            return Ok(());
+        }
+        let key = since_key(&conversation);
+        let kept = self.store.log().cursor(&key)?;
+        if kept > 0 {
+            self.history_since.insert(conversation, kept);
+            return Ok(());
+        }
+        if cursor > 0 || self.store.log().conversation_meta(conversation)?.is_some() {
+            return Ok(());
+        }
+        let since = match self.store.history_policy() {
+            HistoryPolicy::LastDays(n) => now_ms.saturating_sub(u64::from(n) * DAY_MS),
+            HistoryPolicy::Nothing => now_ms,
+            _ => 0,
+        };
+        if since == 0 {
+            return Ok(());
+        }
+        // Lazy: the cursors a catch-up moves are durable commits, which carry this one.
+        self.store.log().write_lazy(|t| t.set_cursor(&key, since))?;
+        self.history_since.insert(conversation, since);
+        Ok(())
+    }
+
     /// One more pull of `conversation` after `after_seq`, outside the window: the hole a page
     /// cut short (by bytes) left before the next pull's start.
     pub(super) fn pull_from(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
@@ -182,6 +225,7 @@ impl DeviceCore {
             conversation,
             after_seq,
             limit: self.config.pull_limit,
+            history_since_ms: self.history_since.get(&conversation).copied(),
         });
         let end = after_seq.saturating_add(u64::from(self.config.pull_limit.max(1)));
         p.asked_to = p.asked_to.max(end);

@@ -46,6 +46,7 @@ fn frames_round_trip() {
         conversation: ConversationId([5; 16]),
         after_seq: 10,
         limit: 100,
+        history_since_ms: Some(1_700_000_000_000),
     });
     check_round_trip(ClientFrame::Sync {
         request_id: 2,
@@ -304,14 +305,20 @@ mod props {
                     request_id: id,
                     events: evs.into_iter().map(Envelope).collect(),
                 }),
-            (any::<u64>(), any::<[u8; 16]>(), any::<u64>(), any::<u32>()).prop_map(
-                |(id, c, after, limit)| ClientFrame::Pull {
+            (
+                any::<u64>(),
+                any::<[u8; 16]>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<Option<u64>>()
+            )
+                .prop_map(|(id, c, after, limit, since)| ClientFrame::Pull {
                     request_id: id,
                     conversation: ConversationId(c),
                     after_seq: after,
                     limit,
-                }
-            ),
+                    history_since_ms: since,
+                }),
             (any::<[u8; 16]>(), any::<u64>()).prop_map(|(c, up_to)| ClientFrame::Received {
                 conversation: ConversationId(c),
                 up_to,
@@ -595,6 +602,7 @@ fn requests_and_their_answers() {
             conversation: ConversationId([5; 16]),
             after_seq: 0,
             limit: 1,
+            history_since_ms: None,
         },
         ClientFrame::Sync {
             request_id: 4,

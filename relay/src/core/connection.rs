@@ -277,7 +277,15 @@ impl<S: Storage> RelayCore<S> {
                 conversation,
                 after_seq,
                 limit,
-            } => self.on_pull(session, request_id, conversation, after_seq, limit),
+                history_since_ms,
+            } => self.on_pull(
+                session,
+                request_id,
+                conversation,
+                after_seq,
+                limit,
+                history_since_ms,
+            ),
             ClientFrame::Sync { request_id, after } => self.on_sync(session, request_id, after),
             ClientFrame::Revoke {
                 request_id,

@@ -1,11 +1,13 @@
 //! Reads: `Pull` of a conversation's sequenced events, `Sync` of the conversations a user
 //! belongs to, and `Received`, which moves a device's cursor.
 
+use super::store::is_kept;
 use super::{RelayCore, SessionId};
 use crate::storage::Storage;
+use std::collections::HashMap;
 use std::ops::Bound;
 use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame};
-use tidings_engine::{ConversationId, Event, ServerSeq, UserId};
+use tidings_engine::{ConversationId, Event, EventId, ServerSeq, UserId};
 
 /// The most bytes one [`ConversationInfo`] takes in a frame: the id and two varints.
 pub(super) const CONVERSATION_INFO_MAX_LEN: usize = 16 + 10 + 10;
@@ -22,6 +24,63 @@ fn last_seq(events: &[wire::Envelope], records: &[wire::Envelope]) -> Option<Ser
         .flat_map(|st| st.placements())
         .find(|p| p.event == last)
         .map(|p| p.seq)
+}
+
+/// A page with its leading run of events placed before `since_ms` left out, but for the kinds
+/// retention keeps ([`is_kept`]: a device needs them to judge what follows): the events, the
+/// records still placing one of them, and the last sequence of the run (`None` when the page
+/// does not start before `since_ms`). Server times never go back along a conversation's
+/// order, so the run is every event of the page placed before that time.
+fn leave_out_before(
+    events: Vec<wire::Envelope>,
+    records: Vec<wire::Envelope>,
+    since_ms: u64,
+) -> (Vec<wire::Envelope>, Vec<wire::Envelope>, Option<ServerSeq>) {
+    // event id → (record placing it, seq, server time)
+    let places: HashMap<EventId, (usize, ServerSeq, u64)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, Event::decode_trusted(&r.0).ok()?)))
+        .flat_map(|(i, st)| {
+            st.placements()
+                .into_iter()
+                .map(move |p| (p.event, (i, p.seq, p.server_ts_ms)))
+        })
+        .collect();
+    let place = |id: EventId| places.get(&id).copied();
+    let mut run_to = None;
+    let mut kept = Vec::with_capacity(events.len());
+    let mut used = vec![false; records.len()];
+    let mut in_run = true;
+    for env in events {
+        let placed = Event::decode_trusted(&env.0)
+            .ok()
+            .and_then(|ev| place(ev.id()));
+        if in_run {
+            match placed {
+                Some((_, seq, ts)) if ts < since_ms => {
+                    run_to = Some(seq);
+                    if !is_kept(&env.0) {
+                        continue;
+                    }
+                }
+                _ => in_run = false,
+            }
+        }
+        if let Some((i, _, _)) = placed {
+            used[i] = true;
+        }
+        kept.push(env);
+    }
+    if run_to.is_none() {
+        return (kept, records, None);
+    }
+    let records = records
+        .into_iter()
+        .zip(used)
+        .filter_map(|(r, used)| used.then_some(r))
+        .collect();
+    (kept, records, run_to)
 }
 
 impl<S: Storage> RelayCore<S> {
@@ -56,6 +115,7 @@ impl<S: Storage> RelayCore<S> {
         conv: ConversationId,
         after_seq: ServerSeq,
         limit: u32,
+        history_since_ms: Option<u64>,
     ) {
         let Some((_, user)) = self.registered(session) else {
             let msg = "device is not registered to its user";
@@ -75,29 +135,39 @@ impl<S: Storage> RelayCore<S> {
             Ok((floor, page))
         });
         let frame = match page {
-            Ok((floor, (events, records, more))) if after_seq < floor => {
-                let to = if more {
-                    last_seq(&events, &records).map_or(floor, |s| s.min(floor))
-                } else {
-                    floor
+            Ok((floor, (events, records, more))) => {
+                // Retention: the range up to the floor is gone but for the kept kinds.
+                let dropped_to = (after_seq < floor).then(|| {
+                    if more {
+                        last_seq(&events, &records).map_or(floor, |s| s.min(floor))
+                    } else {
+                        floor
+                    }
+                });
+                // The device's history policy: bodies placed before its time are not wanted.
+                let (events, records, unwanted_to) = match history_since_ms {
+                    Some(since) => leave_out_before(events, records, since),
+                    None => (events, records, None),
                 };
-                ServerFrame::HistoryGap {
-                    request_id,
-                    conversation: conv,
-                    from: after_seq + 1,
-                    to,
-                    events,
-                    records,
-                    more,
+                match dropped_to.max(unwanted_to) {
+                    Some(to) => ServerFrame::HistoryGap {
+                        request_id,
+                        conversation: conv,
+                        from: after_seq + 1,
+                        to,
+                        events,
+                        records,
+                        more,
+                    },
+                    None => ServerFrame::Page {
+                        request_id,
+                        conversation: conv,
+                        events,
+                        records,
+                        more,
+                    },
                 }
             }
-            Ok((_, (events, records, more))) => ServerFrame::Page {
-                request_id,
-                conversation: conv,
-                events,
-                records,
-                more,
-            },
             Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
         };
         self.send(session, frame);

@@ -299,6 +299,7 @@ fn refuses_what_it_must() {
             conversation: ConversationId([1; 16]),
             after_seq: 0,
             limit: 10,
+            history_since_ms: None,
         },
     );
     assert!(
@@ -511,6 +512,7 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
             conversation: ConversationId([1; 16]),
             after_seq: 0,
             limit: 1000,
+            history_since_ms: None,
         },
     );
     let [ServerFrame::Page {
@@ -612,6 +614,7 @@ fn pull(net: &mut Net, dev: &Dev, conv: u8) -> Result<Vec<(Event, ServerSeq)>, E
             conversation: ConversationId([conv; 16]),
             after_seq: 0,
             limit: 100,
+            history_since_ms: None,
         },
     );
     match &got[..] {

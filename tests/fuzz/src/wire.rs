@@ -121,6 +121,7 @@ fn client_frame(r: &mut Reader<'_>) -> ClientFrame {
             conversation: ConversationId(r.array()),
             after_seq: r.u64(),
             limit: r.uint(4) as u32,
+            history_since_ms: (r.u8() & 1 == 1).then(|| r.u64()),
         },
         5 => ClientFrame::Sync {
             request_id: r.u64(),

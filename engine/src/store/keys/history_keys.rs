@@ -59,6 +59,11 @@ impl Store {
         self.config.history = policy;
     }
 
+    /// The history policy in force.
+    pub fn history_policy(&self) -> HistoryPolicy {
+        self.config.history
+    }
+
     /// The certified X25519 key of `device` when it is another certified, unrevoked device of
     /// this device's own user: the only devices history goes to or comes from.
     fn own_device(&mut self, device: DeviceId) -> Result<Option<AgreementPublic>, StoreError> {

@@ -204,12 +204,14 @@ fn every_request_gets_exactly_one_answer() {
             conversation: ConversationId([1; 16]),
             after_seq: 0,
             limit: 10,
+            history_since_ms: None,
         },
         ClientFrame::Pull {
             request_id: 44,
             conversation: ConversationId([77; 16]),
             after_seq: 0,
             limit: 10,
+            history_since_ms: None,
         },
         ClientFrame::Sync {
             request_id: 45,

@@ -133,6 +133,7 @@ fn pull(net: &mut Net, dev: &Dev, after_seq: ServerSeq) -> ServerFrame {
             conversation: ConversationId([1; 16]),
             after_seq,
             limit: 100,
+            history_since_ms: None,
         },
     );
     let mut got: Vec<ServerFrame> = got

@@ -70,6 +70,7 @@ fn pages_respect_limits_and_order() {
                 conversation: ConversationId([1; 16]),
                 after_seq: after,
                 limit: 4,
+                history_since_ms: None,
             },
         );
         let [ServerFrame::Page {
