@@ -246,7 +246,8 @@ impl ReplicaBuilder {
 
     /// How much history a new device of the user gets from this one, and this one takes when
     /// it is new (default [`HistoryPolicy::All`]: every conversation key; `LastDays(n)`: the
-    /// epochs in use during the last `n` days; `Nothing`).
+    /// epochs in use during the last `n` days, and through the relay only the bodies placed in
+    /// them; `Nothing`: neither keys nor bodies from before the device's first catch-up).
     pub fn history(mut self, policy: HistoryPolicy) -> Self {
         self.history = policy;
         self
