@@ -660,10 +660,26 @@ impl DeviceCore {
     /// Stores the events of a page or a push that the frame's relay statements place (with
     /// those statements), advances each conversation's gap-free cursor, tells the relay, and
     /// sends one cumulative Delivered receipt per conversation for messages of other users.
+    /// Takes in verified relay items (a page, a push, a gap answer's kept events): stores and
+    /// folds them, moves the cursors, authors the Delivered receipts due, all made durable by
+    /// one fsync at the end; only then is the outbox offered. Frames queued meanwhile (the
+    /// `Received` claims) are dropped if that fsync fails: nothing claims what is not on disk.
     fn on_items(&mut self, items: VerifiedItems, now_ms: u64) -> Result<(), DeviceError> {
         if items.events.is_empty() && items.records.is_empty() {
             return Ok(());
         }
+        let queued = self.transmit.len();
+        let outer = self.store.defer_sync();
+        let taken = self.take_items(items, now_ms);
+        if let Err(e) = self.store.end_deferred(outer) {
+            self.transmit.truncate(queued);
+            return Err(e.into());
+        }
+        taken?;
+        self.flush(now_ms)
+    }
+
+    fn take_items(&mut self, items: VerifiedItems, now_ms: u64) -> Result<(), DeviceError> {
         let placed = self.placed(items.records);
         let mut accepted = Vec::with_capacity(items.events.len() + placed.statements.len());
         // Per conversation: sequences received in this batch.
@@ -714,7 +730,7 @@ impl DeviceCore {
                 target,
             });
         }
-        self.flush(now_ms)
+        Ok(())
     }
 
     /// The place of `ev` by a statement this log holds (stored only if signed by the pinned

@@ -15,7 +15,9 @@ use crate::event::{DecodeError, Event, EventKind, MediaRef};
 use crate::gate::{AuthorLookup, Refusal};
 use crate::identity::DeviceKey;
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
-use crate::log::{Appended, ChainIssue, EventLog, GateRun, LogError, OutboxEntry, OutboxState};
+use crate::log::{
+    Appended, ChainIssue, EventLog, GateRun, LogError, LogTxn, OutboxEntry, OutboxState,
+};
 use crate::wire::{DeviceRegistration, DeviceRevocation};
 use automerge::ActorId;
 use rand::{rngs::StdRng, SeedableRng};
@@ -426,12 +428,27 @@ impl Store {
     /// When the sync fails, the cached outbox, documents and epoch keys are dropped (they may
     /// hold what did not reach the disk) and reload from the log on next use.
     fn durably<T>(&mut self, f: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
-        let outer = self.deferred;
-        self.deferred = true;
+        let outer = self.defer_sync();
         let out = f(self);
+        self.end_deferred(outer)?;
+        Ok(out)
+    }
+
+    /// Opens a scope like [`Store::durably`]'s for a caller that cannot pass a closure (the
+    /// device core around a relay page): until [`Store::end_deferred`], the store's commits
+    /// of authored and received events skip their fsync. Returns what `end_deferred` takes.
+    pub(crate) fn defer_sync(&mut self) -> bool {
+        std::mem::replace(&mut self.deferred, true)
+    }
+
+    /// Closes the scope [`Store::defer_sync`] opened: makes everything committed in it durable
+    /// with one fsync (none if nothing was written; an inner scope leaves it to the outer
+    /// one). When the sync fails, the cached outbox, documents and epoch keys are dropped
+    /// (they may hold what did not reach the disk) and reload from the log on next use.
+    pub(crate) fn end_deferred(&mut self, outer: bool) -> Result<(), StoreError> {
         self.deferred = outer;
         if outer || !self.unsynced {
-            return Ok(out);
+            return Ok(());
         }
         self.unsynced = false;
         if let Err(e) = self.log.sync() {
@@ -440,7 +457,21 @@ impl Store {
             self.epochs.clear();
             return Err(e.into());
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// A log transaction: committed without an fsync inside a deferred scope (which then owes
+    /// one), durably otherwise.
+    pub(crate) fn write_log<T>(
+        &mut self,
+        f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        if self.deferred {
+            self.unsynced = true;
+            self.log.write_lazy(f)
+        } else {
+            self.log.write(f)
+        }
     }
 
     /// Adds `user` to the conversation (an admin's act); the next message starts a new epoch.
@@ -591,7 +622,9 @@ impl Store {
         self.ready_to_judge(convs.iter().copied())?;
         let me = self.key.device();
         let directory = self.loaded_directory()?;
-        let (results, acked, chain_issues, runs) = self.log.write(|t| {
+        // Inside a deferred scope (a relay page) the commit's fsync is the scope's.
+        let lazy = self.deferred;
+        let txn = |t: &mut LogTxn<'_>| {
             let results = accepted
                 .iter()
                 .map(|ev| {
@@ -610,7 +643,13 @@ impl Store {
                 ));
             }
             Ok((results, t.take_dequeued(), t.take_chain_issues()?, runs))
-        })?;
+        };
+        let (results, acked, chain_issues, runs) = if lazy {
+            self.log.write_lazy(txn)?
+        } else {
+            self.log.write(txn)?
+        };
+        self.unsynced |= lazy;
         outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {
             let gone: HashSet<&EventId> = acked.iter().collect();

@@ -226,7 +226,8 @@ impl DeviceCore {
         let before = self.store.log().cursor(&key)?;
         let cursor = self.store.log().contiguous_seq(conversation, before)?;
         if cursor > before {
-            self.store.log().write(|t| t.set_cursor(&key, cursor))?;
+            // Inside a page's deferred scope this commit shares the page's fsync.
+            self.store.write_log(|t| t.set_cursor(&key, cursor))?;
             if self.state == State::Ready {
                 self.transmit.push_back(ClientFrame::Received {
                     conversation,

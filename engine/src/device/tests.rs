@@ -836,3 +836,45 @@ fn a_history_gap_answered_to_a_window_of_pulls_is_reported_once() {
         .collect();
     assert_eq!(gaps, vec![(1, 50)]);
 }
+
+/// A page of a catch-up costs one fsync: its events, the cursor they move and the Delivered
+/// receipt they call for are made durable together before any frame about them leaves (it
+/// took three: the events' commit, the cursor's and the receipt's).
+#[test]
+fn a_page_of_the_catch_up_is_one_durable_commit() {
+    let t0 = 1_000_000;
+    let (create, send) = bobs_conversation(t0);
+    let (mut core, pulls) = catching_up(CONV, 2, t0);
+    let (request_id, _, _) = pulls[0];
+    let before = core.store().log().durable_commits();
+    core.handle_frame(
+        ServerFrame::Page {
+            request_id,
+            conversation: CONV,
+            events: vec![
+                Envelope(create.bytes().to_vec()),
+                Envelope(send.bytes().to_vec()),
+            ],
+            records: vec![
+                Envelope(ack(&create, 1, t0).into_bytes()),
+                Envelope(ack(&send, 2, t0).into_bytes()),
+            ],
+            more: false,
+        },
+        t0,
+    )
+    .expect("page");
+    assert_eq!(core.store().log().durable_commits() - before, 1);
+    let frames = drain(&mut core);
+    assert_eq!(delivered_receipts(&frames), vec![2]);
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Received { up_to: 2, .. })));
+    assert_eq!(
+        core.store()
+            .log()
+            .cursor(&cursor_key(&CONV))
+            .expect("cursor"),
+        2
+    );
+}
