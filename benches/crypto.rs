@@ -8,11 +8,11 @@ mod common;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tidings::engine::signature;
 use tidings::engine::crypto::{
     decrypt_body, encrypt_body, open, seal, unwrap_with_passphrase, wrap_with_passphrase,
     AgreementSecret, EpochKey, KdfParams, StorageKey,
 };
+use tidings::engine::signature;
 
 /// A 100-member group with 2 devices each.
 const N_DEVICES: usize = 200;
