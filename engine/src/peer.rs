@@ -62,9 +62,11 @@
 
 mod admitted;
 mod batches;
+mod blobs;
 mod reconcile;
 
 pub use admitted::{admitted_peers, shared_conversations};
+pub use blobs::{judge_blob_fetch, HeldBlob};
 
 pub use reconcile::{
     MAX_RECONCILE_ITEMS, MAX_RECONCILE_MESSAGE_LEN, MAX_RECONCILE_ROUNDS, RECONCILE_FRAME_LIMIT,

@@ -59,8 +59,9 @@ mod updates;
 pub use builder::{Clock, Connectivity, PinError, Profile, RelayPin, ReplicaBuilder, SystemClock};
 pub use media::{
     JobKind, MediaDirection, MediaError, MediaSource, PrefetchPolicy, UploadJob,
-    DOWNLOAD_SYNC_INTERVAL, MAX_MEDIA_LEN, MAX_PREFETCH_QUEUE, PRECHECK_TIMEOUT,
-    PREFETCH_MAX_ATTEMPTS, PREFETCH_RETRY_BASE, PREFETCH_RETRY_MAX, UPLOAD_WINDOW,
+    DOWNLOAD_SYNC_INTERVAL, MAX_BLOB_PEERS, MAX_MEDIA_LEN, MAX_PREFETCH_QUEUE,
+    PEER_BLOB_DIAL_TIMEOUT, PRECHECK_TIMEOUT, PREFETCH_MAX_ATTEMPTS, PREFETCH_RETRY_BASE,
+    PREFETCH_RETRY_MAX, UPLOAD_WINDOW,
 };
 pub use status::{ConnectionProblem, ConnectionStatus};
 pub use tidings_engine::media::{BlobDescriptor, MediaBody};

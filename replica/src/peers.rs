@@ -8,6 +8,7 @@
 //! in), from the LAN ([`mdns::MdnsDiscovery`], advertised with [`PeerLink::advertise`]) or from
 //! any other [`Discovery`].
 
+mod blobs;
 mod keep;
 pub mod mdns;
 pub use keep::{KeepSynced, PeerSyncStats, KEEP_SYNCED_EVERY};
@@ -17,12 +18,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tidings_engine::peer::{admitted_peers, PeerFrame, PeerSession};
+use tidings_engine::media::wire::BlobRefusal;
+use tidings_engine::peer::{admitted_peers, judge_blob_fetch, HeldBlob, PeerFrame, PeerSession};
 use tidings_engine::wire::MAX_FRAME_LEN;
-use tidings_engine::{DeviceCore, DeviceId};
+use tidings_engine::{ConversationId, DeviceCore, DeviceId};
 use tidings_transport::{
-    client_endpoint, endpoint, peer_device, udp_socket, FrameReader, FrameWriter, PeerAllowList,
-    PeerConfig, PeerIdentity, PEER_SERVER_NAME,
+    client_endpoint, endpoint, is_blob_link, peer_device, udp_socket, FrameReader, FrameWriter,
+    PeerAllowList, PeerConfig, PeerIdentity, PEER_SERVER_NAME,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -99,6 +101,15 @@ pub(crate) enum PeerCommand {
         PeerFrame,
         crate::Reply<(PeerSession, Vec<PeerFrame>)>,
     ),
+    /// A peer's fetch of groups `(first, n)` of a blob named for a conversation, and what
+    /// this device holds of it: the groups to serve, or the refusal.
+    BlobFetch(
+        DeviceId,
+        ConversationId,
+        (u64, u64),
+        Option<HeldBlob>,
+        crate::Reply<Result<std::ops::Range<u64>, BlobRefusal>>,
+    ),
 }
 
 /// The driver's side: runs a peer command on the core.
@@ -121,6 +132,10 @@ pub(crate) fn handle(core: &mut DeviceCore, cmd: PeerCommand, now_ms: u64) {
                 (s, out)
             });
             let _ = r.send(started.map_err(ReplicaError::from));
+        }
+        PeerCommand::BlobFetch(peer, conversation, groups, held, r) => {
+            let judged = judge_blob_fetch(core, peer, conversation, groups, held.as_ref());
+            let _ = r.send(judged.map_err(ReplicaError::from));
         }
         PeerCommand::Frame(mut session, frame, r) => {
             let handled = session.handle_frame(core, frame, now_ms).map(|()| {
@@ -149,6 +164,7 @@ pub struct PeerLink {
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
+        self.replica.media.peers.set_config(None);
         self.listener.abort();
         self.endpoint.close(0u32.into(), b"peer link closed");
     }
@@ -176,6 +192,7 @@ impl Replica {
         let (socket, _) = udp_socket(bind, PEER_UDP_BUFFER_BYTES).map_err(|e| net(&e))?;
         let endpoint = endpoint(socket, Some(server)).map_err(|e| net(&e))?;
         let listener = tokio::spawn(listen(endpoint.clone(), self.clone(), allow.clone()));
+        self.media.peers.set_config(Some(config.clone()));
         Ok(PeerLink {
             endpoint,
             config,
@@ -233,6 +250,10 @@ async fn sync_once(
     let report = session(replica, peer.device, send, recv).await;
     conn.close(0u32.into(), b"synced");
     endpoint.wait_idle().await;
+    if report.is_ok() {
+        // It answered: a source of blobs for downloads from now on.
+        replica.media.peers.note(peer);
+    }
     report
 }
 
@@ -267,17 +288,22 @@ async fn listen(endpoint: quinn::Endpoint, replica: Replica, allow: Arc<PeerAllo
                     .map_err(|e| ReplicaError::Network(e.to_string()))?;
                 let peer = peer_device(&conn)
                     .ok_or_else(|| ReplicaError::Network("a peer without a device key".into()))?;
+                if is_blob_link(&conn) {
+                    blobs::serve_link(replica, peer, conn).await;
+                    return Ok(None);
+                }
                 let (send, recv) = conn
                     .accept_bi()
                     .await
                     .map_err(|e| ReplicaError::Network(e.to_string()))?;
                 let report = session(&replica, peer, send, recv).await;
                 conn.close(0u32.into(), b"synced");
-                report
+                report.map(Some)
             }
             .await;
             match result {
-                Ok(r) => tracing::info!(peer = %r.peer, received = r.received, "peer synced"),
+                Ok(None) => {}
+                Ok(Some(r)) => tracing::info!(peer = %r.peer, received = r.received, "peer synced"),
                 Err(e) => tracing::info!(error = %e, "peer session failed"),
             }
         });

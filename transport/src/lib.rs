@@ -54,8 +54,8 @@ pub use endpoint::{
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use framed::{FrameError, FrameReader, FrameWriter};
 pub use peer::{
-    device_of_cert, peer_device, PeerAllowList, PeerConfig, PeerIdentity, PeerPolicy, PEER_ALPN,
-    PEER_SERVER_NAME,
+    device_of_cert, is_blob_link, peer_device, PeerAllowList, PeerConfig, PeerIdentity, PeerPolicy,
+    MAX_PEER_STREAMS, PEER_ALPN, PEER_BLOB_ALPN, PEER_SERVER_NAME,
 };
 pub use pin::PinnedServerCert;
 

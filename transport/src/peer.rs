@@ -24,6 +24,14 @@ use tidings_engine::{DeviceId, DeviceKey};
 /// The application protocol of peer links (a relay never speaks it, so a device cannot mistake
 /// one for the other).
 pub const PEER_ALPN: &[u8] = b"tidings-peer/1";
+/// The application protocol of a peer connection that carries blob streams (media fetched
+/// from a device that holds it). Its own connection, not a stream beside a sync session: a
+/// session's connection ends with the session, a blob connection lives across downloads, and
+/// the session protocol stays as it is.
+pub const PEER_BLOB_ALPN: &[u8] = b"tidings-peer-blob/1";
+/// Bidirectional streams a peer may have open at once on one connection: a session uses one,
+/// a blob connection one per transfer.
+pub const MAX_PEER_STREAMS: u32 = 4;
 /// The server name a peer dials: the certificate is judged by its key, never by a name.
 pub const PEER_SERVER_NAME: &str = "tidings-peer";
 
@@ -147,6 +155,15 @@ pub fn peer_device(conn: &quinn::Connection) -> Option<DeviceId> {
     device_of_cert(certs.first()?)
 }
 
+/// Whether an established peer connection carries blob streams ([`PEER_BLOB_ALPN`]) rather
+/// than a sync session.
+pub fn is_blob_link(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == PEER_BLOB_ALPN)
+}
+
 /// Peer link settings: the device's identity, who it admits, the connection's timing.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -198,7 +215,7 @@ impl PeerConfig {
         transport
             .keep_alive_interval(Some(self.keepalive))
             .max_idle_timeout(Some(idle(self.idle_timeout)?))
-            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_bidi_streams(MAX_PEER_STREAMS.into())
             .max_concurrent_uni_streams(0u32.into());
         Ok(Arc::new(transport))
     }
@@ -206,6 +223,19 @@ impl PeerConfig {
     /// The client side of a link to `expect` (the device the app or discovery named; a peer
     /// proving another key is refused even if the policy admits it).
     pub fn dial(&self, expect: DeviceId) -> Result<quinn::ClientConfig, TransportError> {
+        self.dial_for(expect, PEER_ALPN)
+    }
+
+    /// [`PeerConfig::dial`] for a connection of blob streams ([`PEER_BLOB_ALPN`]).
+    pub fn dial_blobs(&self, expect: DeviceId) -> Result<quinn::ClientConfig, TransportError> {
+        self.dial_for(expect, PEER_BLOB_ALPN)
+    }
+
+    fn dial_for(
+        &self,
+        expect: DeviceId,
+        alpn: &[u8],
+    ) -> Result<quinn::ClientConfig, TransportError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(crate::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
@@ -214,14 +244,15 @@ impl PeerConfig {
                 vec![self.identity.cert.clone()],
                 PrivateKeyDer::Pkcs8(self.identity.key.clone_key()),
             )?;
-        tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.transport()?);
         Ok(config)
     }
 
-    /// The server side: accepts peers that prove an admitted device key, and only those.
+    /// The server side: accepts peers that prove an admitted device key, and only those, for a
+    /// sync session or for blob streams ([`is_blob_link`] tells which).
     pub fn listen(&self) -> Result<quinn::ServerConfig, TransportError> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -230,7 +261,7 @@ impl PeerConfig {
                 vec![self.identity.cert.clone()],
                 PrivateKeyDer::Pkcs8(self.identity.key.clone_key()),
             )?;
-        tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        tls.alpn_protocols = vec![PEER_ALPN.to_vec(), PEER_BLOB_ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(self.transport()?);

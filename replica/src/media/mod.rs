@@ -15,7 +15,9 @@
 
 mod local;
 mod partial;
+mod plain;
 mod prefetch;
+mod sources;
 mod transfer;
 mod worker;
 
@@ -25,10 +27,12 @@ pub use prefetch::{
     PrefetchPolicy, MAX_PREFETCH_QUEUE, PREFETCH_MAX_ATTEMPTS, PREFETCH_RETRY_BASE,
     PREFETCH_RETRY_MAX,
 };
+pub use sources::{MAX_BLOB_PEERS, PEER_BLOB_DIAL_TIMEOUT};
 pub use transfer::UPLOAD_WINDOW;
 
 use crate::{Command, Replica, ReplicaError, Update};
 use partial::PartialDownload;
+use plain::PlainDownload;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
@@ -47,6 +51,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use transfer::BlobStream;
 
 pub(crate) use local::MediaDir;
+pub(crate) use sources::Holding;
 
 /// Largest blob ciphertext a replica sends: the relay's default cap, that of a 100 MiB file.
 /// A relay with a lower cap refuses at [`Replica::send_media`] when it is reachable.
@@ -125,6 +130,8 @@ pub(crate) struct MediaShared {
     /// that may come from any thread.
     pub(crate) runtime: tokio::runtime::Handle,
     prefetch_queue: Mutex<prefetch::PrefetchQueue>,
+    /// Peers a download may ask before the relay.
+    pub(crate) peers: sources::PeerSources,
 }
 
 impl MediaShared {
@@ -148,6 +155,7 @@ impl MediaShared {
             prefetching: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             prefetch_queue: Mutex::new(prefetch::PrefetchQueue::default()),
+            peers: sources::PeerSources::default(),
         });
         tokio::spawn(worker::run(shared.clone()));
         Ok(shared)
@@ -185,21 +193,57 @@ impl MediaShared {
     ) -> Result<PathBuf, ReplicaError> {
         let len = media.cipher_len();
         let scratch = self.dir.scratch(&hex::encode(media.blob.0));
-        let mut part = PartialDownload::open(&scratch, len).map_err(MediaError::from)?;
+        let mut part =
+            PartialDownload::open(&scratch, len, conversation).map_err(MediaError::from)?;
         let groups = part.next_group()..engine_media::n_groups(len);
-        if !groups.is_empty() {
-            let conn = self.connection()?;
-            let mut stream = BlobStream::open(&conn).await?;
-            stream
-                .fetch(conversation, media.blob, len, groups, |v| {
-                    part.append(&v)?;
-                    self.progress(media.blob, MediaDirection::Download, part.held(), len);
-                    Ok(())
-                })
-                .await?;
-            stream.finish();
-        }
+        self.fetch_groups(conversation, media.blob, len, groups, |v| {
+            part.append(&v)?;
+            self.progress(media.blob, MediaDirection::Download, part.held(), len);
+            Ok(())
+        })
+        .await?;
         Ok(scratch)
+    }
+
+    /// Downloads `media` into `dest`, decrypting each segment as soon as its verified
+    /// ciphertext is there: the plaintext is written once (see `plain.rs`, which also says
+    /// how a resume knows its good prefix). The caller holds the blob's lock.
+    pub(crate) async fn fetch_plain(
+        self: &Arc<Self>,
+        conversation: ConversationId,
+        media: &BlobDescriptor,
+        dest: &Path,
+    ) -> Result<(), ReplicaError> {
+        let len = media.cipher_len();
+        let mut download = PlainDownload::open(dest, media)?;
+        let groups = download.next_group()..engine_media::n_groups(len);
+        let mut bad_key = false;
+        let fetched = self
+            .fetch_groups(conversation, media.blob, len, groups, |v| {
+                let end = v.end();
+                download.take(&v).inspect_err(|e| {
+                    bad_key = matches!(
+                        e,
+                        MediaError::Engine(engine_media::MediaError::Decrypt { .. })
+                    );
+                })?;
+                if let Some(end) = end {
+                    self.progress(media.blob, MediaDirection::Download, end, len);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = fetched {
+            if bad_key {
+                // Verified bytes that do not open: the descriptor's key is not this blob's.
+                download.discard().map_err(MediaError::from)?;
+            }
+            return Err(e.into());
+        }
+        tokio::task::spawn_blocking(move || download.finish())
+            .await
+            .map_err(|_| ReplicaError::Closed)??;
+        Ok(())
     }
 
     pub(crate) fn progress(&self, blob: BlobId, direction: MediaDirection, done: u64, total: u64) {
@@ -325,6 +369,11 @@ impl Replica {
         dest: &Path,
     ) -> Result<(), ReplicaError> {
         let _held = self.media.lock_blob(media.blob).await;
+        let scratch = self.media.dir.scratch(&hex::encode(media.blob.0));
+        if partial::recorded(&scratch).is_none() {
+            return self.media.fetch_plain(conversation, media, dest).await;
+        }
+        // Prefetched (whole or in part): kept as ciphertext on purpose, decrypted here.
         let scratch = self.media.fetch_cipher(conversation, media).await?;
         let (key, plain_len, dest_owned) = (media.key.clone(), media.len, dest.to_path_buf());
         let opened = tokio::task::spawn_blocking(move || {
@@ -348,13 +397,11 @@ impl Replica {
         range: Range<u64>,
     ) -> Result<Vec<u8>, ReplicaError> {
         let plan = plan_range(media.len, range.clone()).map_err(MediaError::from)?;
-        let conn = self.media.connection()?;
         let len = media.cipher_len();
-        let mut stream = BlobStream::open(&conn).await?;
         let mut cipher = Vec::new();
         let mut base = None;
-        stream
-            .fetch(conversation, media.blob, len, plan.groups.clone(), |v| {
+        self.media
+            .fetch_groups(conversation, media.blob, len, plan.groups.clone(), |v| {
                 for (at, bytes) in v.leaves {
                     base.get_or_insert(at);
                     cipher.extend_from_slice(&bytes);
@@ -362,7 +409,6 @@ impl Replica {
                 Ok(())
             })
             .await?;
-        stream.finish();
         let base = base.unwrap_or(0);
         let sealer = BlobSealer::new(&media.key, media.len).map_err(MediaError::from)?;
         let mut plain = Vec::new();
