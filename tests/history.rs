@@ -11,7 +11,6 @@ mod common;
 
 use common::{device, user, World};
 use tidings::engine::store::Body;
-use tidings::engine::store::Outgoing;
 use tidings::engine::wire::DeviceRegistration;
 use tidings::engine::ConversationId;
 
@@ -62,18 +61,7 @@ fn alice_history() -> Cast {
         }
         for (sender, who) in [(phone, "alice"), (bob, "bob")] {
             for c in CONVS {
-                w.now += 10;
-                let batch = (0..BATCH)
-                    .map(|i| Outgoing {
-                        conversation: c,
-                        body: format!("{who} {round}/{i}").into_bytes(),
-                        media: vec![],
-                    })
-                    .collect();
-                let now = w.now;
-                for r in w.devices[sender].core.send_all(batch, now) {
-                    r.expect("send");
-                }
+                w.send_batch(sender, c, BATCH, &format!("{who} {round}/"));
             }
             w.run(60_000);
         }
@@ -252,18 +240,7 @@ fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
     w.run(10_000);
     let send = |w: &mut World, who: usize, n: usize, tag: &str| {
         for chunk in 0..n / 60 {
-            w.now += 10;
-            let batch = (0..60)
-                .map(|i| Outgoing {
-                    conversation: c,
-                    body: format!("{tag} {chunk}/{i}").into_bytes(),
-                    media: vec![],
-                })
-                .collect();
-            let now = w.now;
-            for r in w.devices[who].core.send_all(batch, now) {
-                r.expect("send");
-            }
+            w.send_batch(who, c, 60, &format!("{tag} {chunk}/"));
             w.run(20_000);
         }
     };

@@ -111,6 +111,24 @@ async fn uploaded(r: &Replica) {
     .await;
 }
 
+/// `who` sends `plain` as a JPEG without caption or thumbnail in `conv`: the message's id.
+async fn send_photo(
+    who: &Replica,
+    conv: ConversationId,
+    plain: &[u8],
+    what: &str,
+) -> tidings::engine::MessageId {
+    who.send_media(
+        conv,
+        MediaSource::Bytes(plain.to_vec()),
+        Vec::new(),
+        "image/jpeg",
+        Vec::new(),
+    )
+    .await
+    .expect(what)
+}
+
 fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).expect("dir").any(|e| {
         let bytes = std::fs::read(e.expect("entry").path()).expect("read");
@@ -392,17 +410,7 @@ impl TryNextNow for tidings::replica::Updates {
 async fn a_blob_damaged_at_the_relay_is_refused_and_never_shown() {
     let p = pair(BlobLimits::default()).await;
     let plain = pattern(300_000, 4);
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(plain.clone()),
-            Vec::new(),
-            "image/jpeg",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_photo(&p.alice, p.conv, &plain, "send").await;
     let (_, media) = received(&p.bob, p.conv, id).await;
     uploaded(&p.alice).await;
     let data = p
@@ -757,17 +765,7 @@ async fn a_peer_refuses_a_blob_to_a_device_that_is_not_a_member() {
     greet(&p.alice, &carol, elsewhere).await;
     p.relay.shutdown().await.expect("relay stops");
     let plain = pattern(100_000, 5);
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(plain.clone()),
-            Vec::new(),
-            "image/jpeg",
-            Vec::new(),
-        )
-        .await
-        .expect("send without a relay");
+    let id = send_photo(&p.alice, p.conv, &plain, "send without a relay").await;
     let (_alice_link, alice_at) = peer_link(&p.alice).await;
     let (bob_link, _) = peer_link(&p.bob).await;
     let (carol_link, _) = peer_link(&carol).await;
@@ -828,19 +826,12 @@ async fn a_peer_that_serves_a_damaged_group_is_refused_and_the_relay_serves_the_
     carol.set_prefetch(PrefetchPolicy::up_to(8 * MIB as u64));
     let mut carol_updates = carol.updates();
     let plain = pattern(3 * MIB + 5, 6);
-    let id = alice
-        .send_media(
-            conv,
-            MediaSource::Bytes(plain.clone()),
-            Vec::new(),
-            "image/jpeg",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_photo(&alice, conv, &plain, "send").await;
     let (_, media) = received(&bob, conv, id).await;
+    // Carol's first tries may come before the upload ends and back off (2, 4, 8, 16 s...):
+    // on a loaded machine the copy can take more than one `SECS`.
     loop {
-        let u = tokio::time::timeout(Duration::from_secs(SECS), carol_updates.next())
+        let u = tokio::time::timeout(Duration::from_secs(4 * SECS), carol_updates.next())
             .await
             .expect("Carol prefetched in time")
             .expect("updates");

@@ -275,6 +275,23 @@ impl World {
         devices
     }
 
+    /// Device `who` sends `n` messages in `c` ("`tag` i", i = 0..n) in one group commit, 10 ms
+    /// after the last action (the relay is not run).
+    pub fn send_batch(&mut self, who: usize, c: ConversationId, n: usize, tag: &str) {
+        self.now += 10;
+        let batch = (0..n)
+            .map(|i| tidings::engine::store::Outgoing {
+                conversation: c,
+                body: format!("{tag} {i}").into_bytes(),
+                media: vec![],
+            })
+            .collect();
+        let now = self.now;
+        for r in self.devices[who].core.send_all(batch, now) {
+            r.expect("send");
+        }
+    }
+
     /// The envelopes of the `Send` events of `messages` that device `author` wrote, as device
     /// `idx`'s log holds them.
     pub fn send_envelopes(
