@@ -274,8 +274,8 @@ impl ReplicaBuilder {
         config.profile = self.profile;
         config.connectivity = self.connectivity;
         config.clock = self.clock;
-        config.device.history = Some(self.history);
         config.device = self.device;
+        config.device.history = Some(self.history);
         config.device.read_receipts = self.read_receipts;
         if let Some(age) = self.failed_report_after {
             config.device.failed_report_after_ms =
@@ -296,6 +296,26 @@ impl ReplicaBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The history policy reaches the device's config whatever else is set (the device
+    /// settings used to be copied over it, so `history` never took effect).
+    #[test]
+    fn the_history_policy_reaches_the_device() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let keys = Keys::create(dir.path(), None).expect("keys");
+        let pin = RelayPin {
+            relay: keys.device_key().device(),
+            cert_sha256: Fingerprint::from([7; 32]),
+        };
+        let (_, _, config) = ReplicaBuilder::new(dir.path().to_path_buf())
+            .relay(["127.0.0.1:9".parse().expect("addr")], pin)
+            .keys(keys)
+            .history(HistoryPolicy::LastDays(3))
+            .device_config(DeviceConfig::default())
+            .config()
+            .expect("config");
+        assert_eq!(config.device.history, Some(HistoryPolicy::LastDays(3)));
+    }
 
     #[test]
     fn a_phone_sleeps_as_long_as_the_relay_lets_it_and_a_desktop_does_not() {
