@@ -226,18 +226,8 @@ fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
     const NEW: usize = 120;
     let (alice, bob_user) = (user(1), user(2));
     let mut w = World::new(9);
-    let phone = w.add_device_of(&alice, 11);
-    let bob = w.add_device_of(&bob_user, 21);
-    for d in [phone, bob] {
-        w.set_online(d, true);
-    }
     let c = CONVS[0];
-    let now = w.now;
-    w.devices[phone]
-        .core
-        .create_conversation(c, vec![bob_user.id], now)
-        .expect("create");
-    w.run(10_000);
+    let [phone, bob] = w.phone_and_bob(&alice, &bob_user, c);
     let send = |w: &mut World, who: usize, n: usize, tag: &str| {
         for chunk in 0..n / 60 {
             w.send_batch(who, c, 60, &format!("{tag} {chunk}/"));

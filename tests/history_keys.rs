@@ -26,17 +26,7 @@ struct Cast {
 fn cast() -> Cast {
     let (alice, bob_user) = (user(1), user(2));
     let mut w = World::new(9);
-    let phone = w.add_device_of(&alice, 11);
-    let bob = w.add_device_of(&bob_user, 21);
-    for d in [phone, bob] {
-        w.set_online(d, true);
-    }
-    let now = w.now;
-    w.devices[phone]
-        .core
-        .create_conversation(CONV, vec![bob_user.id], now)
-        .expect("create");
-    w.run(5_000);
+    let [phone, bob] = w.phone_and_bob(&alice, &bob_user, CONV);
     for i in 0..3 {
         for d in [phone, bob] {
             w.now += 10;

@@ -275,6 +275,22 @@ impl World {
         devices
     }
 
+    /// Alice's phone (seed 11) and Bob's (21), online, sharing `conv`, which the phone
+    /// created.
+    pub fn phone_and_bob(&mut self, alice: &User, bob: &User, conv: ConversationId) -> [usize; 2] {
+        let devices = [self.add_device_of(alice, 11), self.add_device_of(bob, 21)];
+        for d in devices {
+            self.set_online(d, true);
+        }
+        let now = self.now;
+        self.devices[devices[0]]
+            .core
+            .create_conversation(conv, vec![bob.id], now)
+            .expect("create");
+        self.run(5_000);
+        devices
+    }
+
     /// Device `who` sends `n` messages in `c` ("`tag` i", i = 0..n) in one group commit, 10 ms
     /// after the last action (the relay is not run).
     pub fn send_batch(&mut self, who: usize, c: ConversationId, n: usize, tag: &str) {
