@@ -8,7 +8,7 @@
 
 use super::{BlobError, BlobStore};
 use crate::core::BlobAccess;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tidings_engine::media::wire::{
@@ -205,10 +205,17 @@ async fn read_request(mut recv: quinn::RecvStream) -> NextRequest {
         Err(e) => return Err(e.into()),
     }
     let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
-    // A piece stays in this buffer from here to the file: verified and written as views.
-    Ok(Some((decode_request(Bytes::from(body))?, recv)))
+    // Gathered from quinn's chunks without zeroing the buffer first. A piece stays in it from
+    // here to the file: verified and written as views.
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+            Err(e) => return Err(quinn::ReadExactError::ReadError(e).into()),
+        }
+    }
+    Ok(Some((decode_request(body.freeze())?, recv)))
 }
 
 fn state(s: super::UploadState) -> BlobReply {
