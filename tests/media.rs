@@ -444,6 +444,56 @@ async fn a_blob_damaged_at_the_relay_is_refused_and_never_shown() {
     assert_eq!(part, &plain[..1000]);
 }
 
+/// A descriptor whose key is not its blob's (the blob verifies, its segments do not open):
+/// the download fails with the decrypt error, nothing appears at `dest` and nothing of the
+/// download is left beside it. Several pieces long, so the error comes from the writer while
+/// the stream is still delivering pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_with_another_key_shows_nothing_and_leaves_nothing() {
+    let p = pair(BlobLimits::default()).await;
+    let plain = pattern(3_000_000, 9);
+    let id = p
+        .alice
+        .send_media(
+            p.conv,
+            MediaSource::Bytes(plain),
+            Vec::new(),
+            "video/mp4",
+            Vec::new(),
+        )
+        .await
+        .expect("send");
+    let (_, media) = received(&p.bob, p.conv, id).await;
+    uploaded(&p.alice).await;
+    let wrong = BlobDescriptor {
+        key: tidings::engine::media::BlobKey::from_bytes([0x42; 32]),
+        ..media
+    };
+    let dest = p.root.join("bob-wrong-key");
+    let err = p
+        .bob
+        .download_media(p.conv, &wrong, &dest)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Media(MediaError::Engine(
+                tidings::engine::media::MediaError::Decrypt { index: 0 }
+            ))
+        ),
+        "{err:?}"
+    );
+    assert!(!dest.exists());
+    let left: Vec<_> = std::fs::read_dir(&p.root)
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bob-wrong-key"))
+        .collect();
+    assert!(left.is_empty(), "left beside dest: {left:?}");
+}
+
 /// Uploads and downloads complete through links that drop, duplicate and reorder
 /// datagrams (seeded), and the bytes arrive intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

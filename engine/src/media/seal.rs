@@ -94,21 +94,27 @@ impl BlobSealer {
 
     /// Decrypts segment `index` (its plaintext length plus the 16-byte tag).
     pub fn open_segment(&self, index: u64, ciphertext: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let mut buf = ciphertext.to_vec();
+        self.open_segment_in_place(index, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decrypts segment `index` where it lies: `buf` holds its ciphertext and tag and is left
+    /// holding its plaintext (the tag cut off). A download opens each segment in the buffer it
+    /// gathered the ciphertext in, rather than copying it into a fresh one first. On an error
+    /// the content of `buf` is unspecified: nothing of it may be used.
+    pub fn open_segment_in_place(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), MediaError> {
         let expected = self.segment_len(index)? + SEGMENT_TAG_LEN;
-        if ciphertext.len() as u64 != expected {
+        if buf.len() as u64 != expected {
             return Err(MediaError::SegmentLength {
                 index,
-                len: ciphertext.len(),
+                len: buf.len(),
                 expected,
             });
         }
         let (position, last) = self.position(index)?;
-        let payload = Payload {
-            msg: ciphertext,
-            aad: &self.aad,
-        };
         self.stream
-            .decrypt(position, last, payload)
+            .decrypt_in_place(position, last, &self.aad, buf)
             .map_err(|_| MediaError::Decrypt { index })
     }
 

@@ -98,6 +98,37 @@ fn any_segment_opens_alone_and_only_in_its_place() {
     assert!(open_blob(&k, 3 * SEGMENT_LEN, cut).is_err());
 }
 
+/// Opening in place gives what opening into a fresh buffer gives, and refuses what it refuses.
+#[test]
+fn a_segment_opens_in_place_as_it_opens_into_a_new_buffer() {
+    let plain = pattern(2 * SEGMENT_LEN as usize + 7);
+    let k = key(5);
+    let sealed = seal_blob(&k, &plain).expect("seal");
+    let s = BlobSealer::new(&k, plain.len() as u64).expect("sealer");
+    for i in 0..s.n_segments() {
+        let start = (i * SEALED_SEGMENT_LEN) as usize;
+        let len = (s.segment_len(i).expect("len") + SEGMENT_TAG_LEN) as usize;
+        let mut buf = sealed[start..start + len].to_vec();
+        s.open_segment_in_place(i, &mut buf).expect("opens");
+        assert_eq!(
+            buf,
+            s.open_segment(i, &sealed[start..start + len])
+                .expect("open")
+        );
+        // One flipped bit, a wrong place, a wrong length: refused.
+        let mut bad = sealed[start..start + len].to_vec();
+        bad[len / 2] ^= 1;
+        assert_eq!(
+            s.open_segment_in_place(i, &mut bad),
+            Err(MediaError::Decrypt { index: i })
+        );
+        let mut moved = sealed[start..start + len].to_vec();
+        assert!(s.open_segment_in_place(i + 1, &mut moved).is_err());
+        let mut short = sealed[start..start + len - 1].to_vec();
+        assert!(s.open_segment_in_place(i, &mut short).is_err());
+    }
+}
+
 #[test]
 fn a_range_read_fetches_only_its_groups_and_opens_its_segments() {
     let plain = pattern(5 * SEGMENT_LEN as usize + 333);

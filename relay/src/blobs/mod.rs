@@ -15,7 +15,10 @@
 //! then the record) each time the verified prefix crosses a multiple of
 //! [`BLOB_SYNC_INTERVAL`] and when the blob is complete — before the answer that says so,
 //! after which the device forgets its copy. The offsets answered in between are progress, not
-//! a promise: the device keeps its copy until the blob is complete. When the store opens
+//! a promise: the device keeps its copy until the blob is complete. The relay's blob stream
+//! runs an interval's sync off the store's lock while it verifies and writes the next pieces
+//! ([`BlobStore::put_piece_deferring_sync`]); the record moves only once that sync passed,
+//! and the piece that completes a blob waits for it. When the store opens
 //! again after a crash, it checks the tail of every partial blob against the root
 //! ([`tidings_engine::media::verify::check_stored`]): the last sync interval the record
 //! vouches for and whatever was written past it. What verifies counts as held (a relay
@@ -180,6 +183,26 @@ impl UploadState {
     }
 }
 
+/// An interval's sync an upload came due for (see [`BlobStore::put_piece_deferring_sync`]):
+/// the blob's files as written up to `end`.
+#[derive(Debug)]
+pub struct DueSync {
+    blob: BlobId,
+    end: u64,
+    data: File,
+    obao: File,
+    data_ino: u64,
+}
+
+impl DueSync {
+    /// Syncs the data and outboard (everything written before this call, `end` included).
+    /// Blocking: run it off the runtime's workers.
+    pub fn run(&self) -> std::io::Result<()> {
+        self.data.sync_data()?;
+        self.obao.sync_data()
+    }
+}
+
 /// The blob store (see the module doc).
 #[derive(Debug)]
 pub struct BlobStore {
@@ -327,6 +350,69 @@ impl BlobStore {
         blob: BlobId,
         piece: &Piece,
     ) -> Result<UploadState, BlobError> {
+        let (state, due) = self.put_piece_deferring_sync(user, blob, piece);
+        if let Some(due) = due {
+            let synced = due.run();
+            self.finish_sync(&due, synced)?;
+        }
+        state
+    }
+
+    /// [`BlobStore::put_piece`], except that an interval's sync (not the final one) is left
+    /// to the caller: run [`DueSync::run`] off the store's lock, then hand its outcome to
+    /// [`BlobStore::finish_sync`], which records the offset. The relay's stream goes on
+    /// verifying and writing the next pieces meanwhile. The sync that completes a blob is
+    /// still done here, before the answer that says so; the caller must have finished any
+    /// sync it has running for the blob before it passes the last piece (a failed sync's
+    /// error is reported once: a later one may pass over lost pages).
+    pub fn put_piece_deferring_sync(
+        &mut self,
+        user: UserId,
+        blob: BlobId,
+        piece: &Piece,
+    ) -> (Result<UploadState, BlobError>, Option<DueSync>) {
+        let mut due = None;
+        let state = self.put_piece_inner(user, blob, piece, &mut due);
+        (state, due)
+    }
+
+    /// Records the offset a [`DueSync`] made durable, or, when the sync failed, forgets what
+    /// was written past the last recorded offset (the device resumes from there).
+    pub fn finish_sync(
+        &mut self,
+        due: &DueSync,
+        synced: std::io::Result<()>,
+    ) -> Result<(), BlobError> {
+        let current = std::fs::metadata(self.base(due.blob).with_extension("data"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let Some(rec) = self.blobs.get_mut(&due.blob) else {
+            return Ok(()); // deleted meanwhile
+        };
+        // Deleted and begun again meanwhile: these are not its files.
+        if current.ok() != Some(due.data_ino) {
+            return Ok(());
+        }
+        match synced {
+            Ok(()) if due.end > rec.verified && due.end <= rec.held => {
+                rec.verified = due.end;
+                rec.write(&self.dir, rec.complete())?;
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+            Err(e) => {
+                rec.held = rec.held.min(rec.verified);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn put_piece_inner(
+        &mut self,
+        user: UserId,
+        blob: BlobId,
+        piece: &Piece,
+        deferred: &mut Option<DueSync>,
+    ) -> Result<UploadState, BlobError> {
         let base = self.base(blob);
         let rec = self.blobs.get_mut(&blob).ok_or(BlobError::NotFound)?;
         if rec.owner != user && !rec.complete() {
@@ -358,11 +444,20 @@ impl BlobStore {
             }
             rec.held = end;
             let due = end / BLOB_SYNC_INTERVAL > rec.verified / BLOB_SYNC_INTERVAL;
-            if due || rec.complete() {
+            if rec.complete() {
                 data.sync_data()?;
                 obao.sync_data()?;
                 rec.verified = end;
-                rec.write(&self.dir, rec.complete())?;
+                rec.write(&self.dir, true)?;
+            } else if due {
+                let data_ino = std::os::unix::fs::MetadataExt::ino(&data.metadata()?);
+                *deferred = Some(DueSync {
+                    blob,
+                    end,
+                    data,
+                    obao,
+                    data_ino,
+                });
             }
         }
         match refused {

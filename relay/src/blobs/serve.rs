@@ -6,11 +6,12 @@
 //! control is per stream, so a large upload does not hold back a text message. A connection
 //! has at most [`MAX_BLOB_STREAMS`] of them open at once (the relay's QUIC stream limit).
 
-use super::{BlobError, BlobStore};
+use super::{BlobError, BlobStore, DueSync};
 use crate::core::BlobAccess;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use tidings_engine::media::verify::group_bytes;
 use tidings_engine::media::wire::{
     decode_request, piece_frame, BlobRefusal, BlobReply, BlobRequest, MAX_DETAIL_LEN,
 };
@@ -88,13 +89,17 @@ impl BlobService {
         F: Future<Output = Option<BlobAccess>>,
     {
         // The upload this stream began: pieces are taken only for it, as its user.
-        let mut uploading: Option<(BlobId, UserId)> = None;
+        let mut uploading: Option<Uploading> = None;
         // The next request is read while the store handles this one (the device sends pieces
         // ahead), so the stream keeps moving during a piece's verify-write-sync.
         let mut next = ReadAhead(tokio::spawn(read_request(recv)));
         loop {
             let read = (&mut next.0).await.map_err(|_| StreamError::Worker)?;
             let Some((request, rest)) = read? else {
+                if let Some(u) = uploading.as_mut() {
+                    // Recorded if it passes; a failure has no one left to hear it.
+                    let _ = self.finish_sync(&mut u.syncing).await?;
+                }
                 return Ok(());
             };
             next = ReadAhead(tokio::spawn(read_request(rest)));
@@ -117,7 +122,7 @@ impl BlobService {
         request: BlobRequest,
         access: &A,
         now: u64,
-        uploading: &mut Option<(BlobId, UserId)>,
+        uploading: &mut Option<Uploading>,
     ) -> Result<BlobReply, StreamError>
     where
         A: Fn(ConversationId) -> F,
@@ -137,16 +142,21 @@ impl BlobService {
                         s.begin_upload(a.user, conversation, a.is_member, blob, len, now)
                     })
                     .await?;
-                if r.is_ok() {
-                    *uploading = Some((blob, a.user));
+                if let Ok(s) = &r {
+                    if let Some(u) = uploading.as_mut() {
+                        let _ = self.finish_sync(&mut u.syncing).await?;
+                    }
+                    *uploading = Some(Uploading {
+                        blob,
+                        user: a.user,
+                        len: s.len,
+                        syncing: None,
+                    });
                 }
                 r.map(state)
             }
-            BlobRequest::Put { blob, piece } => match *uploading {
-                Some((b, user)) if b == blob => self
-                    .with_store(move |s| s.put_piece(user, blob, &piece))
-                    .await?
-                    .map(state),
+            BlobRequest::Put { blob, piece } => match uploading.as_mut() {
+                Some(u) if u.blob == blob => self.put(u, piece).await?.map(state),
                 _ => {
                     return Ok(BlobReply::Refused(other(
                         "no upload of this blob begun on this stream",
@@ -184,6 +194,67 @@ impl BlobService {
     }
 }
 
+impl BlobService {
+    /// Takes a piece of this stream's upload. An interval's sync runs off the store's lock
+    /// while the next pieces are verified and written (at most one per stream: the previous
+    /// one is finished first); the piece that completes the blob waits for it, then is synced
+    /// with everything before it ahead of its answer.
+    async fn put(
+        self: &Arc<Self>,
+        u: &mut Uploading,
+        piece: tidings_engine::media::Piece,
+    ) -> Result<Result<super::UploadState, BlobError>, StreamError> {
+        let last = group_bytes(u.len, piece.first_group, piece.n_groups).end >= u.len;
+        if last {
+            if let Err(e) = self.finish_sync(&mut u.syncing).await? {
+                return Ok(Err(e));
+            }
+        }
+        let (user, blob) = (u.user, u.blob);
+        let put = self
+            .with_store(move |s| Ok(s.put_piece_deferring_sync(user, blob, &piece)))
+            .await?;
+        let (state, due) = match put {
+            Ok(put) => put,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(due) = due {
+            if let Err(e) = self.finish_sync(&mut u.syncing).await? {
+                return Ok(Err(e));
+            }
+            u.syncing = Some(tokio::task::spawn_blocking(move || {
+                let synced = due.run();
+                (due, synced)
+            }));
+        }
+        Ok(state)
+    }
+
+    /// Waits for the stream's running sync, if any, and records it (or its failure).
+    async fn finish_sync(
+        self: &Arc<Self>,
+        syncing: &mut Option<Syncing>,
+    ) -> Result<Result<(), BlobError>, StreamError> {
+        let Some(running) = syncing.take() else {
+            return Ok(Ok(()));
+        };
+        let (due, synced) = running.await.map_err(|_| StreamError::Worker)?;
+        self.with_store(move |s| s.finish_sync(&due, synced)).await
+    }
+}
+
+/// The upload a stream began, and the interval sync it has running.
+struct Uploading {
+    blob: BlobId,
+    user: UserId,
+    /// Its ciphertext length.
+    len: u64,
+    syncing: Option<Syncing>,
+}
+
+/// A [`DueSync`] running on a blocking thread.
+type Syncing = tokio::task::JoinHandle<(DueSync, std::io::Result<()>)>;
+
 /// The read of the next request, stopped when the stream's task ends.
 struct ReadAhead(tokio::task::JoinHandle<NextRequest>);
 
@@ -205,10 +276,17 @@ async fn read_request(mut recv: quinn::RecvStream) -> NextRequest {
         Err(e) => return Err(e.into()),
     }
     let len = wire::decode_len(header, wire::MAX_FRAME_LEN)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
-    // A piece stays in this buffer from here to the file: verified and written as views.
-    Ok(Some((decode_request(Bytes::from(body))?, recv)))
+    // Gathered from quinn's chunks without zeroing the buffer first. A piece stays in it from
+    // here to the file: verified and written as views.
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+            Err(e) => return Err(quinn::ReadExactError::ReadError(e).into()),
+        }
+    }
+    Ok(Some((decode_request(body.freeze())?, recv)))
 }
 
 fn state(s: super::UploadState) -> BlobReply {

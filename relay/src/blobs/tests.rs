@@ -390,3 +390,69 @@ fn a_damaged_record_is_dropped_with_its_files_on_open() {
     assert!(s.state(b.tree.root()).is_none());
     assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
+
+/// An interval's sync left to the caller: nothing is recorded until it is finished; a
+/// finished one records its offset; a failed one drops what was written past the record (the
+/// device resumes there), and the next piece from past it is refused as out of order.
+#[test]
+fn a_deferred_sync_records_its_offset_only_when_finished() {
+    let b = sealed((BLOB_SYNC_INTERVAL + 2 * SEGMENT_LEN) as usize);
+    let id = b.tree.root();
+    let len = b.cipher.len() as u64;
+    let meta = |dir: &Path| dir.join(hex::encode(id.0)).with_extension("meta");
+    let piece_at = |first: u64| {
+        let n = (n_groups(len) - first).min(MAX_PIECE_GROUPS);
+        b.tree
+            .encode_piece(&b.cipher[..], first, n)
+            .expect("encode")
+    };
+    for fails in [false, true] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = store(dir.path());
+        let mut state = s
+            .begin_upload(ALICE, CHAT, true, id, len, NOW)
+            .expect("begin");
+        let mut due = None;
+        while due.is_none() {
+            let (r, d) = s.put_piece_deferring_sync(ALICE, id, &piece_at(state.next_group()));
+            state = r.expect("piece");
+            due = d;
+        }
+        let due = due.expect("due");
+        assert_eq!(state.verified, BLOB_SYNC_INTERVAL);
+        let recorded = || {
+            BlobRecord::read(&meta(dir.path()))
+                .expect("record")
+                .verified
+        };
+        assert_eq!(
+            recorded(),
+            0,
+            "nothing recorded before the sync is finished"
+        );
+        if fails {
+            let failed = s.finish_sync(&due, Err(std::io::Error::other("disk gone")));
+            assert!(matches!(failed, Err(BlobError::Io(_))));
+            assert_eq!(recorded(), 0);
+            assert_eq!(
+                s.state(id).expect("state").verified,
+                0,
+                "resume from the record"
+            );
+            let past = piece_at(state.next_group());
+            assert!(matches!(
+                s.put_piece(ALICE, id, &past),
+                Err(BlobError::OutOfOrder { expected: 0, .. })
+            ));
+            continue;
+        }
+        due.run().expect("sync");
+        s.finish_sync(&due, Ok(())).expect("finish");
+        assert_eq!(recorded(), BLOB_SYNC_INTERVAL);
+        // The last piece is synced and recorded before its answer.
+        let (r, d) = s.put_piece_deferring_sync(ALICE, id, &piece_at(state.next_group()));
+        assert!(r.expect("last").complete());
+        assert!(d.is_none());
+        assert_eq!(recorded(), len);
+    }
+}

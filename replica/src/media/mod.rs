@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tidings_engine::media::wire::BlobRefusal;
 use tidings_engine::media::{
-    self as engine_media, plan_range, BlobDescriptor, BlobKey, BlobSealer, MediaBody, MAX_MIME_LEN,
-    MAX_THUMBNAIL_LEN, SEALED_SEGMENT_LEN, SEGMENT_TAG_LEN,
+    self as engine_media, plan_range, BlobDescriptor, BlobKey, BlobSealer, MediaBody,
+    VerifiedPiece, MAX_MIME_LEN, MAX_THUMBNAIL_LEN, SEALED_SEGMENT_LEN, SEGMENT_TAG_LEN,
 };
 use tidings_engine::{BlobId, ConversationId, MessageId};
 use tokio::sync::{broadcast, watch, Notify};
@@ -60,6 +60,10 @@ pub const MAX_MEDIA_LEN: u64 = engine_media::cipher_len(100 * 1024 * 1024);
 /// connected; past it (or offline) the upload is queued and a refusal arrives as
 /// [`Update::MediaFailed`].
 pub const PRECHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Verified pieces (each at most 1 MiB) a download holds between the task that reads the
+/// stream and the writer that opens and writes them: enough that the stream keeps moving
+/// while a piece is opened, few enough that memory stays bounded.
+pub const PLAIN_QUEUE: usize = 4;
 
 /// Why a media operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -197,9 +201,11 @@ impl MediaShared {
             PartialDownload::open(&scratch, len, conversation).map_err(MediaError::from)?;
         let groups = part.next_group()..engine_media::n_groups(len);
         self.fetch_groups(conversation, media.blob, len, groups, |v| {
-            part.append(&v)?;
-            self.progress(media.blob, MediaDirection::Download, part.held(), len);
-            Ok(())
+            let appended = part.append(&v).map_err(MediaError::from);
+            if appended.is_ok() {
+                self.progress(media.blob, MediaDirection::Download, part.held(), len);
+            }
+            std::future::ready(appended)
         })
         .await?;
         Ok(scratch)
@@ -207,39 +213,60 @@ impl MediaShared {
 
     /// Downloads `media` into `dest`, decrypting each segment as soon as its verified
     /// ciphertext is there: the plaintext is written once (see `plain.rs`, which also says
-    /// how a resume knows its good prefix). The caller holds the blob's lock.
+    /// how a resume knows its good prefix). `held` is the blob's lock
+    /// ([`MediaShared::lock_blob`]).
+    ///
+    /// The task that reads the stream only verifies: each verified piece goes through a
+    /// channel of [`PLAIN_QUEUE`] pieces to a blocking writer that opens its segments and
+    /// writes them, so the next pieces arrive while one is opened and written. The writer
+    /// holds the blob's lock until it has stopped: a download dropped part-way is never
+    /// resumed over a writer still at work on the same file. Dropped, it stops after the piece
+    /// in hand (the queued ones are not written) and reports no progress after the drop.
     pub(crate) async fn fetch_plain(
         self: &Arc<Self>,
         conversation: ConversationId,
         media: &BlobDescriptor,
         dest: &Path,
+        held: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<(), ReplicaError> {
         let len = media.cipher_len();
-        let mut download = PlainDownload::open(dest, media)?;
+        let download = PlainDownload::open(dest, media)?;
         let groups = download.next_group()..engine_media::n_groups(len);
-        let mut bad_key = false;
+        let (tx, rx) = tokio::sync::mpsc::channel::<VerifiedPiece>(PLAIN_QUEUE);
+        let shared = self.clone();
+        let blob = media.blob;
+        let dropped = DropFlag::default();
+        let flag = dropped.0.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let written = write_plain(&shared, (blob, len), download, rx, &flag);
+            drop(held);
+            written
+        });
         let fetched = self
             .fetch_groups(conversation, media.blob, len, groups, |v| {
-                let end = v.end();
-                download.take(&v).inspect_err(|e| {
-                    bad_key = matches!(
-                        e,
-                        MediaError::Engine(engine_media::MediaError::Decrypt { .. })
-                    );
-                })?;
-                if let Some(end) = end {
-                    self.progress(media.blob, MediaDirection::Download, end, len);
+                let tx = tx.clone();
+                // A closed channel: the writer stopped on an error, which it reports below.
+                async move {
+                    tx.send(v)
+                        .await
+                        .map_err(|_| MediaError::Protocol("the download's writer stopped".into()))
                 }
-                Ok(())
             })
             .await;
-        if let Err(e) = fetched {
-            if bad_key {
+        drop(tx);
+        let (download, written) = writer.await.map_err(|_| ReplicaError::Closed)?;
+        drop(dropped);
+        if let Err(e) = written {
+            if matches!(
+                e,
+                MediaError::Engine(engine_media::MediaError::Decrypt { .. })
+            ) {
                 // Verified bytes that do not open: the descriptor's key is not this blob's.
                 download.discard().map_err(MediaError::from)?;
             }
             return Err(e.into());
         }
+        fetched?;
         tokio::task::spawn_blocking(move || download.finish())
             .await
             .map_err(|_| ReplicaError::Closed)??;
@@ -255,6 +282,46 @@ impl MediaShared {
                 total,
             });
         }
+    }
+}
+
+/// The writer of a plaintext download (on a blocking thread): takes the verified pieces in
+/// order until the channel closes or one fails; gives the download back with how it ended.
+fn write_plain(
+    shared: &MediaShared,
+    (blob, len): (BlobId, u64),
+    mut download: PlainDownload,
+    mut pieces: tokio::sync::mpsc::Receiver<VerifiedPiece>,
+    dropped: &Mutex<bool>,
+) -> (PlainDownload, Result<(), MediaError>) {
+    let is_dropped = || *dropped.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(v) = pieces.blocking_recv() {
+        if is_dropped() {
+            break;
+        }
+        let end = v.end();
+        if let Err(e) = download.take(&v) {
+            return (download, Err(e));
+        }
+        // Under the flag's lock: once the drop has set it, no progress goes out.
+        let dropped = dropped.lock().unwrap_or_else(|e| e.into_inner());
+        if *dropped {
+            break;
+        }
+        if let Some(end) = end {
+            shared.progress(blob, MediaDirection::Download, end, len);
+        }
+    }
+    (download, Ok(()))
+}
+
+/// Set when a download's future is dropped (or ends): its writer stops at the next piece.
+#[derive(Default)]
+struct DropFlag(Arc<Mutex<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }
 
@@ -368,10 +435,13 @@ impl Replica {
         media: &BlobDescriptor,
         dest: &Path,
     ) -> Result<(), ReplicaError> {
-        let _held = self.media.lock_blob(media.blob).await;
+        let held = self.media.lock_blob(media.blob).await;
         let scratch = self.media.dir.scratch(&hex::encode(media.blob.0));
         if partial::recorded(&scratch).is_none() {
-            return self.media.fetch_plain(conversation, media, dest).await;
+            return self
+                .media
+                .fetch_plain(conversation, media, dest, held)
+                .await;
         }
         // Prefetched (whole or in part): kept as ciphertext on purpose, decrypted here.
         let scratch = self.media.fetch_cipher(conversation, media).await?;
@@ -406,7 +476,7 @@ impl Replica {
                     base.get_or_insert(at);
                     cipher.extend_from_slice(&bytes);
                 }
-                Ok(())
+                std::future::ready(Ok(()))
             })
             .await?;
         let base = base.unwrap_or(0);

@@ -135,8 +135,10 @@ impl PlainDownload {
     }
 
     fn write_segment(&mut self) -> Result<(), MediaError> {
-        let plain = self.sealer.open_segment(self.segment, &self.carry)?;
-        self.file.write_all(&plain)?;
+        // Opened where it was gathered: no second buffer, no copy of its ciphertext.
+        self.sealer
+            .open_segment_in_place(self.segment, &mut self.carry)?;
+        self.file.write_all(&self.carry)?;
         self.carry.clear();
         self.segment += 1;
         let written = (self.segment * SEGMENT_LEN).min(self.plain_len);

@@ -16,8 +16,10 @@ use super::transfer::BlobStream;
 use super::{MediaError, MediaShared};
 use crate::peers::PeerAddr;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidings_engine::media::{VerifiedPiece, CHUNK_GROUP_LEN};
@@ -129,32 +131,48 @@ impl MediaShared {
     /// segment that does not open) ends it at once; a source's error moves on to the next.
     /// When every source failed, the answer is the relay's error, or the first peer's when
     /// the relay is out of reach (offline, or the connection broke).
-    pub(crate) async fn fetch_groups(
+    pub(crate) async fn fetch_groups<F: Future<Output = Result<(), MediaError>>>(
         self: &Arc<Self>,
         conversation: ConversationId,
         blob: BlobId,
         len: u64,
         groups: Range<u64>,
-        each: impl FnMut(VerifiedPiece) -> Result<(), MediaError>,
+        each: impl FnMut(VerifiedPiece) -> F,
     ) -> Result<(), MediaError> {
-        let mut sink = Sink {
-            each,
-            next: groups.start,
-            local_failed: false,
+        let sink = Sink {
+            next: AtomicU64::new(groups.start),
+            local_failed: AtomicBool::new(false),
+        };
+        let mut each = each;
+        let sink = &sink;
+        // Notes where the fetch stands after each piece `each` took, or that it failed.
+        let mut take = |v: VerifiedPiece| {
+            let end = v.end();
+            let taken = each(v);
+            async move {
+                if let Err(e) = taken.await {
+                    sink.local_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                if let Some(end) = end {
+                    sink.next
+                        .store(end.div_ceil(CHUNK_GROUP_LEN), Ordering::Relaxed);
+                }
+                Ok(())
+            }
         };
         let mut peer_error = None;
         if let Some((config, peers)) = self.peers.candidates() {
             for peer in peers {
-                if sink.next >= groups.end {
+                if sink.next() >= groups.end {
                     return Ok(());
                 }
-                let wanted = sink.next..groups.end;
-                let mut take = |v| sink.take(v);
+                let wanted = sink.next()..groups.end;
                 match fetch_from_peer(&config, peer, (conversation, blob, len), wanted, &mut take)
                     .await
                 {
                     Ok(()) => return Ok(()),
-                    Err(e) if sink.local_failed => return Err(e),
+                    Err(e) if sink.local_failed() => return Err(e),
                     Err(e) => {
                         tracing::info!(peer = %peer.device, %blob, error = %e, "blob not fetched from a peer");
                         peer_error.get_or_insert(e);
@@ -162,22 +180,20 @@ impl MediaShared {
                 }
             }
         }
-        if sink.next >= groups.end {
+        if sink.next() >= groups.end {
             return Ok(());
         }
-        let wanted = sink.next..groups.end;
+        let wanted = sink.next()..groups.end;
         let from_relay = async {
             let conn = self.connection()?;
             let mut stream = BlobStream::open(&conn).await?;
-            stream
-                .fetch(conversation, blob, len, wanted, |v| sink.take(v))
-                .await?;
+            stream.fetch(conversation, blob, len, wanted, take).await?;
             stream.finish();
             Ok(())
         };
         match from_relay.await {
             Ok(()) => Ok(()),
-            Err(e @ (MediaError::Offline | MediaError::Connection(_))) if !sink.local_failed => {
+            Err(e @ (MediaError::Offline | MediaError::Connection(_))) if !sink.local_failed() => {
                 Err(peer_error.unwrap_or(e))
             }
             Err(e) => Err(e),
@@ -185,35 +201,32 @@ impl MediaShared {
     }
 }
 
-/// The caller's `each`, with where the fetch stands and whether `each` itself failed.
-struct Sink<F> {
-    each: F,
+/// Where a fetch stands and whether the caller's `each` itself failed. Atomics, not plain
+/// fields: the futures `each` returns are awaited after the call that made them, and note
+/// the outcome then.
+struct Sink {
     /// The next group wanted.
-    next: u64,
-    local_failed: bool,
+    next: AtomicU64,
+    local_failed: AtomicBool,
 }
 
-impl<F: FnMut(VerifiedPiece) -> Result<(), MediaError>> Sink<F> {
-    fn take(&mut self, v: VerifiedPiece) -> Result<(), MediaError> {
-        let end = v.end();
-        if let Err(e) = (self.each)(v) {
-            self.local_failed = true;
-            return Err(e);
-        }
-        if let Some(end) = end {
-            self.next = end.div_ceil(CHUNK_GROUP_LEN);
-        }
-        Ok(())
+impl Sink {
+    fn next(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    fn local_failed(&self) -> bool {
+        self.local_failed.load(Ordering::Relaxed)
     }
 }
 
 /// Dials `peer` for blob streams and fetches `groups` from it.
-async fn fetch_from_peer(
+async fn fetch_from_peer<F: Future<Output = Result<(), MediaError>>>(
     config: &PeerConfig,
     peer: PeerAddr,
     (conversation, blob, len): (ConversationId, BlobId, u64),
     groups: Range<u64>,
-    each: &mut impl FnMut(VerifiedPiece) -> Result<(), MediaError>,
+    each: impl FnMut(VerifiedPiece) -> F,
 ) -> Result<(), MediaError> {
     let lost = |e: &dyn std::fmt::Display| MediaError::Connection(e.to_string());
     let dial = config.dial_blobs(peer.device).map_err(|e| lost(&e))?;

@@ -3,8 +3,9 @@
 //! the root before anything is kept.
 
 use super::MediaError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::fs::File;
+use std::future::Future;
 use std::ops::Range;
 use tidings_engine::media::wire::{decode_reply, put_frame, BlobReply, BlobRequest};
 use tidings_engine::media::{
@@ -51,10 +52,17 @@ impl BlobStream {
         self.recv.read_exact(&mut header).await.map_err(lost)?;
         let len = wire::decode_len(header, wire::MAX_FRAME_LEN)
             .map_err(|e| MediaError::Protocol(e.to_string()))?;
-        let mut body = vec![0u8; len];
-        self.recv.read_exact(&mut body).await.map_err(lost)?;
-        // A piece stays in this buffer until it is written: verified as views of it.
-        match decode_reply(Bytes::from(body)) {
+        // Gathered from quinn's chunks without zeroing the buffer first. A piece stays in it
+        // until it is written: verified as views of it.
+        let mut body = BytesMut::with_capacity(len);
+        while body.len() < len {
+            match self.recv.read_chunk(len - body.len(), true).await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(lost("the stream ended inside a frame")),
+                Err(e) => return Err(lost(e)),
+            }
+        }
+        match decode_reply(body.freeze()) {
             Ok(BlobReply::Refused(r)) => Err(MediaError::Refused(r)),
             Ok(reply) => Ok(reply),
             Err(e) => Err(MediaError::Protocol(e.to_string())),
@@ -129,13 +137,13 @@ impl BlobStream {
     /// ahead of the answers; `each` gets every verified piece. A piece that fails
     /// verification ends the fetch with [`MediaError::Corrupt`] before anything of it is
     /// handed on.
-    pub(crate) async fn fetch(
+    pub(crate) async fn fetch<F: Future<Output = Result<(), MediaError>>>(
         &mut self,
         conversation: ConversationId,
         blob: BlobId,
         len: u64,
         groups: Range<u64>,
-        mut each: impl FnMut(VerifiedPiece) -> Result<(), MediaError>,
+        mut each: impl FnMut(VerifiedPiece) -> F,
     ) -> Result<(), MediaError> {
         let mut asked = groups.start;
         let mut expected = std::collections::VecDeque::with_capacity(FETCH_WINDOW);
@@ -166,7 +174,7 @@ impl BlobStream {
                 }
                 e => MediaError::Engine(e),
             })?;
-            each(verified)?;
+            each(verified).await?;
         }
         Ok(())
     }
