@@ -70,28 +70,18 @@ impl<S: Storage> RelayCore<S> {
         }
         let limit = (limit as usize).clamp(1, self.limits.max_page_items);
         let budget = self.limits.max_frame_len.saturating_sub(4096);
-        let page = self.store.retained_floor(&conv).and_then(|floor| {
-            let page = self.store.page(&conv, after_seq, limit, budget)?;
-            Ok((floor, page))
-        });
-        let frame = match page {
-            Ok((floor, (events, records, more))) if after_seq < floor => {
-                let to = if more {
-                    last_seq(&events, &records).map_or(floor, |s| s.min(floor))
-                } else {
-                    floor
-                };
-                ServerFrame::HistoryGap {
-                    request_id,
-                    conversation: conv,
-                    from: after_seq + 1,
-                    to,
-                    events,
-                    records,
-                    more,
-                }
-            }
-            Ok((_, (events, records, more))) => ServerFrame::Page {
+        let floor = match self.store.retained_floor(&conv) {
+            Ok(floor) => floor,
+            Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        };
+        if after_seq < floor {
+            return match self.gap_answer(request_id, conv, after_seq, floor, limit, budget) {
+                Ok(frame) => self.send(session, frame),
+                Err(e) => self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+            };
+        }
+        let frame = match self.store.page(&conv, after_seq, limit, budget) {
+            Ok((events, records, more)) => ServerFrame::Page {
                 request_id,
                 conversation: conv,
                 events,
@@ -101,6 +91,65 @@ impl<S: Storage> RelayCore<S> {
             Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
         };
         self.send(session, frame);
+    }
+
+    /// The answer to a pull below the retention floor: what is left from `after_seq + 1` on,
+    /// and the statements of the dropped range the relay still holds (half the frame each). A
+    /// device may hold an event of the range without its place (taken early from a peer);
+    /// the statement is how it learns it. The range stops where the statements that fit stop.
+    fn gap_answer(
+        &self,
+        request_id: u64,
+        conv: ConversationId,
+        after_seq: ServerSeq,
+        floor: ServerSeq,
+        limit: usize,
+        budget: usize,
+    ) -> Result<ServerFrame, crate::storage::StoreError> {
+        let from = after_seq + 1;
+        let (events, mut records, more) = self.store.page(&conv, after_seq, limit, budget / 2)?;
+        let mut to = if more {
+            last_seq(&events, &records).map_or(floor, |s| s.min(floor))
+        } else {
+            floor
+        };
+        let (statements, mut all) = self.store.statements_between(&conv, from, to, budget / 2)?;
+        // A frame carries at most `MAX_PAGE_ITEMS` records.
+        let room = wire::MAX_PAGE_ITEMS.saturating_sub(records.len());
+        let mut added = 0usize;
+        let mut last_added = None;
+        for st in statements {
+            if records.contains(&st) {
+                continue;
+            }
+            if added == room {
+                all = false;
+                break;
+            }
+            added += 1;
+            last_added = Some(st.clone());
+            records.push(st);
+        }
+        let mut more = more;
+        if !all {
+            // Up to the last sequence the statements that fit place: the rest comes next.
+            let covered = last_added
+                .and_then(|st| Event::decode_trusted(&st.0).ok())
+                .and_then(|st| st.placements().last().map(|p| p.seq));
+            if let Some(covered) = covered.filter(|c| *c >= from && *c < to) {
+                to = covered;
+                more = true;
+            }
+        }
+        Ok(ServerFrame::HistoryGap {
+            request_id,
+            conversation: conv,
+            from,
+            to,
+            events,
+            records,
+            more,
+        })
     }
 
     /// One page of the user's accepted conversations after `after`, in id order; the first
