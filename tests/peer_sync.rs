@@ -811,3 +811,38 @@ fn early_messages_of_a_connected_device_stay_in_view_when_the_relay_places_them(
     }
     assert!(w.shown_places(phone).iter().all(|(_, s)| s.is_some()));
 }
+
+/// Alice's phone, away from the relay, removes Bob from CONV and then writes a message: the
+/// relay will place the removal first, so the message is not Bob's to read. A peer session
+/// with Bob's phone (still a member by what the relay placed) must not hand it over early:
+/// Bob's phone would show it, then erase it once the relay's order reached it. Found by the
+/// simulator with peer links (seed 167 of `SIM_PEERS=1`: "message … was shown before and
+/// disappeared").
+#[test]
+fn an_event_written_after_a_pending_removal_of_the_peer_does_not_go_early() {
+    let (mut w, phone, bob_phone) = both_away();
+    w.send_text(phone, "before");
+    let now = w.now;
+    let bob = w.devices[bob_phone].core.store().key().user();
+    w.devices[phone]
+        .core
+        .remove_member(CONV, bob, now)
+        .expect("remove");
+    let after = w.send_text(phone, "after");
+    w.peer_sync(phone, bob_phone, |f| f);
+    let shown = w.shown_ids(bob_phone);
+    assert!(
+        !shown.contains(&after),
+        "a message written after Bob's removal reached Bob's phone: {shown:?}"
+    );
+    // The relay again: the removal, then the message; Bob's phone never lost a shown message.
+    w.set_online(phone, true);
+    w.set_online(bob_phone, true);
+    w.run(20_000);
+    let now_shown = w.shown_ids(bob_phone);
+    assert!(
+        shown.iter().all(|m| now_shown.contains(m)),
+        "{shown:?} → {now_shown:?}"
+    );
+    assert!(!now_shown.contains(&after));
+}
