@@ -31,6 +31,9 @@ pub struct Oracle {
     statements: HashMap<(ConversationId, ServerSeq), EventId>,
     /// Messages whose `send` returned Ok: message → (conversation, device index).
     pub sent: BTreeMap<MessageId, (ConversationId, usize)>,
+    /// Per message sent, the members its author's device knew then (its gate's): the
+    /// recipients a peer receipt before the relay placed it is measured against.
+    pub sent_members: HashMap<MessageId, BTreeSet<UserId>>,
     /// Per device: (conversation, message) → highest status rank shown.
     ranks: Vec<HashMap<(ConversationId, MessageId), u8>>,
     pub n_acks: u64,
@@ -360,6 +363,15 @@ impl Timeline {
             t.versions.insert(seq, t.current.clone());
         }
         Ok(t)
+    }
+
+    /// Whether a user of `sent_to` (the members the author's device knew when it sent the
+    /// message) is no member at `seq`, the message's place: removed in between.
+    pub fn recipient_removed_before(&self, sent_to: &BTreeSet<UserId>, seq: ServerSeq) -> bool {
+        let Some((_, members)) = self.versions.range(..=seq).next_back() else {
+            return false;
+        };
+        sent_to.iter().any(|u| !members.contains(u))
     }
 
     /// For a message of `author` at `seq`: whether it has recipients (the other members at
