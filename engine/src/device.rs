@@ -733,6 +733,37 @@ impl DeviceCore {
         Ok(())
     }
 
+    /// A gap answer's items without the statements that place only events retention dropped
+    /// (neither in the answer nor in this log): this device never gets those, and storing
+    /// their statements would keep their places waiting for good.
+    fn gap_items(&self, mut items: VerifiedItems) -> Result<VerifiedItems, DeviceError> {
+        let carried: HashSet<EventId> = items
+            .events
+            .iter()
+            .filter_map(|e| e.as_ref().ok().map(Event::id))
+            .collect();
+        let log = self.store.log();
+        let mut kept = Vec::with_capacity(items.records.len());
+        for record in items.records {
+            let Ok(st) = &record else {
+                kept.push(record);
+                continue;
+            };
+            let mut useful = false;
+            for p in st.placements() {
+                if carried.contains(&p.event) || log.contains(&p.event)? {
+                    useful = true;
+                    break;
+                }
+            }
+            if useful {
+                kept.push(record);
+            }
+        }
+        items.records = kept;
+        Ok(items)
+    }
+
     /// The place of `ev` by a statement this log holds (stored only if signed by the pinned
     /// relay, see [`crate::Store::apply`]), when that statement places it in its own conversation.
     fn place_held(&self, ev: &Event) -> Result<Option<ServerSeq>, DeviceError> {

@@ -82,11 +82,11 @@ use crate::wire::{
     check, DeviceRegistration, DeviceRevocation, Envelope, Frame, WireError, MAX_FRAME_LEN,
     MAX_LISTED_CONVERSATIONS, MAX_LISTED_DEVICES, MAX_PAGE_ITEMS,
 };
-use admitted::is_own_device;
+use admitted::{is_own_device, withheld_conversations};
 use batches::Batches;
 use reconcile::{Reconciler, Step};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 /// The peer protocol version this build speaks.
 ///
@@ -324,6 +324,11 @@ pub struct PeerSession {
     done: bool,
     /// The peer's receipt came.
     holds: bool,
+    /// Shared conversations whose unplaced events the peer does not get: a removal of its
+    /// user waits for its place, and the relay may place those events after it (the
+    /// simulator with peer links found one shown early on the removed user's device, then
+    /// erased there).
+    withheld: HashSet<ConversationId>,
     /// Events queued for the peer so far (at most [`MAX_SESSION_EVENTS`]).
     n_sent: usize,
     /// Items put in this session's reconciliations (at most [`MAX_RECONCILE_ITEMS`]).
@@ -359,6 +364,7 @@ impl PeerSession {
         if shared.is_empty() && !own {
             return Err(PeerError::NotAdmitted(peer));
         }
+        let withheld = withheld_conversations(core, peer)?;
         let log = core.store().log();
         let mut my_vectors = BTreeMap::new();
         let mut my_above = BTreeMap::new();
@@ -398,6 +404,7 @@ impl PeerSession {
             me: core.store().key().device(),
             shared,
             own,
+            withheld,
             my_vectors,
             my_above,
             their_hello: None,
@@ -621,7 +628,7 @@ impl PeerSession {
         ids: &[EventId],
     ) -> Result<(), PeerError> {
         let log = core.store().log();
-        let mut batches = Batches::sending(ids);
+        let mut batches = Batches::sending(ids).withholding(&self.withheld);
         for id in ids {
             if self.n_sent + batches.n_events >= MAX_SESSION_EVENTS {
                 break;
@@ -671,7 +678,7 @@ impl PeerSession {
         }
         let log = core.store().log();
         let relay = core.relay();
-        let mut batches = Batches::default();
+        let mut batches = Batches::default().withholding(&self.withheld);
         let mut to_reconcile = Vec::new();
         let mut placements = Vec::new();
         for vector in theirs {

@@ -669,7 +669,10 @@ pub enum ServerFrame {
     /// sequence: of the sequences `from..=to`, only those of `events` are left (the relay
     /// keeps membership changes and epoch openings); the rest are gone for good. Otherwise as
     /// `Page`: `events` in sequence order (possibly past `to`), `records` placing them, `more`
-    /// when more follow. `to` stops at the last event of the page when the page is cut
+    /// when more follow. `records` also carries the statements of the range the relay still
+    /// holds (it keeps them for its dedup window), so that a device holding an event of the
+    /// range, taken early from a peer, learns its place; `to` stops at the last sequence
+    /// they place when they do not all fit. `to` stops at the last event of the page when the page is cut
     /// inside the range, so a device never takes a sequence it was not shown as gone.
     HistoryGap {
         /// The request's id.

@@ -31,8 +31,14 @@ pub struct Oracle {
     statements: HashMap<(ConversationId, ServerSeq), EventId>,
     /// Messages whose `send` returned Ok: message → (conversation, device index).
     pub sent: BTreeMap<MessageId, (ConversationId, usize)>,
+    /// Per message sent, the members its author's device knew then (its gate's): the
+    /// recipients a peer receipt before the relay placed it is measured against.
+    pub sent_members: HashMap<MessageId, BTreeSet<UserId>>,
     /// Per device: (conversation, message) → highest status rank shown.
     ranks: Vec<HashMap<(ConversationId, MessageId), u8>>,
+    /// Per device: (conversation, message) → its author's user, for the messages of other
+    /// devices last shown before the relay placed them (taken early from a peer).
+    early_shown: Vec<HashMap<(ConversationId, MessageId), UserId>>,
     pub n_acks: u64,
     /// The user of each device (by index).
     device_users: Vec<UserId>,
@@ -48,6 +54,7 @@ impl Oracle {
     pub fn new(device_users: Vec<UserId>) -> Oracle {
         Oracle {
             ranks: vec![HashMap::new(); device_users.len()],
+            early_shown: vec![HashMap::new(); device_users.len()],
             received: vec![HashMap::new(); device_users.len()],
             device_users,
             ..Oracle::default()
@@ -271,6 +278,17 @@ impl Oracle {
         member: bool,
         shown_other_history: bool,
     ) -> Result<(), Violation> {
+        let me = core.store().key().device();
+        // The members where the device's gate stands: an early message of a user no longer
+        // among them may leave the view (see below).
+        let gate_members: Vec<UserId> = core
+            .store()
+            .log()
+            .conversation_meta(conv)
+            .map_err(|e| format!("store error reading {conv}: {e}"))?
+            .and_then(|m| m.members)
+            .map(|(_, users)| users)
+            .unwrap_or_default();
         let c = core
             .store_mut()
             .conversation(conv)
@@ -286,6 +304,14 @@ impl Oracle {
         }
         let view = c.messages();
         check_unique(&view)?;
+        let early = &mut self.early_shown[dev];
+        for m in &view {
+            if m.seq.is_none() && m.record.author != me {
+                early.insert((conv, m.id), m.record.user);
+            } else {
+                early.remove(&(conv, m.id));
+            }
+        }
         let ranks = &mut self.ranks[dev];
         let mut shown: HashSet<MessageId> = HashSet::with_capacity(view.len());
         for m in &view {
@@ -317,10 +343,22 @@ impl Oracle {
                 }
             }
         }
+        // A message of another device shown before the relay placed it leaves the view when the
+        // gate finds its author's user removed first (PROTOCOL.md, "Before the relay has seen
+        // it": retracted, and held for a place the relay will not give it unless the user
+        // comes back); every other shown message stays.
+        let mut retracted = Vec::new();
         for (c2, id) in ranks.keys() {
             if *c2 == conv && !shown.contains(id) {
-                return Err(format!("message {id} was shown before and disappeared"));
+                match early.get(&(conv, *id)) {
+                    Some(author) if !gate_members.contains(author) => retracted.push(*id),
+                    _ => return Err(format!("message {id} was shown before and disappeared")),
+                }
             }
+        }
+        for id in retracted {
+            ranks.remove(&(conv, id));
+            early.remove(&(conv, id));
         }
         Ok(())
     }
@@ -360,6 +398,15 @@ impl Timeline {
             t.versions.insert(seq, t.current.clone());
         }
         Ok(t)
+    }
+
+    /// Whether a user of `sent_to` (the members the author's device knew when it sent the
+    /// message) is no member at `seq`, the message's place: removed in between.
+    pub fn recipient_removed_before(&self, sent_to: &BTreeSet<UserId>, seq: ServerSeq) -> bool {
+        let Some((_, members)) = self.versions.range(..=seq).next_back() else {
+            return false;
+        };
+        sent_to.iter().any(|u| !members.contains(u))
     }
 
     /// For a message of `author` at `seq`: whether it has recipients (the other members at

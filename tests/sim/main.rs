@@ -5,6 +5,8 @@
 //!   runs on one thread from start to end: the simulation itself has no threads).
 //! - `SIM_SEEDS=<n>` runs `n` seeds instead; `SIM_SEED_START=<s>` starts at seed `s`.
 //! - `SEED=<n> cargo test --test sim -- --nocapture` runs seed `n` alone and prints its trace.
+//! - `SIM_PEERS=0` turns peer links off (on by default in one seed of three, see
+//!   `world::peers`).
 //!
 //! A failing seed prints the seed, the command that reruns it, and the last trace lines.
 //! See docs/RELIABILITY.md ("Deterministic simulation") for the fault model and invariants.

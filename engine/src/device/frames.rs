@@ -125,7 +125,10 @@ impl DeviceCore {
                 self.pull_answered(conversation);
                 // What the relay kept inside the range (the `Create`, membership changes,
                 // epoch openings) is stored first: the gate then walks over the gap through
-                // it, rather than stepping over a place whose event it has not seen yet.
+                // it, rather than stepping over a place whose event it has not seen yet. So
+                // are the statements of the range that place an event this log holds (taken
+                // early from a peer): its place, which no page will bring.
+                let items = self.gap_items(items)?;
                 self.on_items(items, now_ms)?;
                 self.on_history_gap(conversation, from, to, now_ms)?;
                 let cursor = self.advance_cursor(conversation, now_ms)?;

@@ -2,11 +2,13 @@
 //! past a point.
 
 use super::error::corrupt;
-use super::tables::{BY_AUTHOR, EVENTS};
+use super::records::OutboxEntry;
+use super::tables::{BY_AUTHOR, EVENTS, HELD, OUTBOX};
 use super::{EventLog, LogError};
-use crate::event::Event;
-use crate::ids::{ConversationId, DeviceId, EventId};
-use redb::ReadableDatabase;
+use crate::event::{Event, EventKind};
+use crate::ids::{ConversationId, DeviceId, EventId, UserId};
+use redb::{ReadableDatabase, ReadableTable};
+use std::collections::{BTreeMap, BTreeSet};
 
 impl EventLog {
     /// Per author device of the conversation (relay included), the highest counter up to
@@ -123,6 +125,39 @@ impl EventLog {
             };
             let (_, bytes) = stored.value();
             out.push(Event::decode_trusted(bytes).map_err(|e| corrupt("events", e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl EventLog {
+    /// Per conversation, the users that a removal this log holds but has not admitted takes
+    /// out: this device's own removals still in the outbox, and others' held for their place
+    /// (or placed, before the gate reached them). The relay places such a removal before
+    /// the author's later events, and perhaps before other events not placed yet: a peer of a user listed here gets none of
+    /// the conversation's unplaced events (see `crate::peer`).
+    pub fn pending_removals(&self) -> Result<BTreeMap<ConversationId, BTreeSet<UserId>>, LogError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let mut ids: Vec<[u8; 32]> = Vec::new();
+        for row in txn.open_table(OUTBOX)?.iter()? {
+            let (_, v) = row?;
+            let entry: OutboxEntry =
+                postcard::from_bytes(v.value()).map_err(|e| corrupt("outbox", e))?;
+            ids.push(entry.event.0);
+        }
+        for row in txn.open_table(HELD)?.iter()? {
+            ids.push(*row?.0.value());
+        }
+        let mut out: BTreeMap<ConversationId, BTreeSet<UserId>> = BTreeMap::new();
+        for id in ids {
+            let Some(stored) = events.get(&id)? else {
+                continue;
+            };
+            let ev = Event::decode_trusted(stored.value().1).map_err(|e| corrupt("events", e))?;
+            if let EventKind::RemoveMember { user } = ev.kind() {
+                out.entry(ev.conversation()).or_default().insert(*user);
+            }
         }
         Ok(out)
     }

@@ -406,6 +406,10 @@ impl<'a> LogTxn<'a> {
         if gate.through != start || !run.changes.is_empty() {
             self.gates.insert(c, encode(&gate).as_slice())?;
         }
+        if !run.changes.is_empty() {
+            let retracted = self.rejudge_early(conversation, &gate, directory, me, lookup)?;
+            run.retracted.extend(retracted);
+        }
         run.gate = gate;
         Ok(run)
     }

@@ -4,7 +4,7 @@
 use super::PeerError;
 use crate::device::DeviceCore;
 use crate::ids::{ConversationId, DeviceId, UserId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// The devices this device admits as peers: every certified, unrevoked device (its own
 /// user's included) of a user who shares a conversation with it, by the memberships the gate
@@ -38,6 +38,26 @@ pub fn shared_conversations(
         _ => return Ok(BTreeSet::new()),
     };
     Ok(shared_users(core)?.remove(&user).unwrap_or_default())
+}
+
+/// The conversations in which a removal of `peer`'s user waits for its place in this log
+/// (see [`crate::log::EventLog::pending_removals`]): the peer gets none of their unplaced
+/// events, which the relay may place after the removal.
+pub(super) fn withheld_conversations(
+    core: &mut DeviceCore,
+    peer: DeviceId,
+) -> Result<HashSet<ConversationId>, PeerError> {
+    let Some(user) = core.store_mut().directory()?.user_of(&peer) else {
+        return Ok(HashSet::new());
+    };
+    Ok(core
+        .store()
+        .log()
+        .pending_removals()?
+        .into_iter()
+        .filter(|(_, users)| users.contains(&user))
+        .map(|(c, _)| c)
+        .collect())
 }
 
 /// Whether `peer` is a certified, unrevoked device of this device's own user.

@@ -3,7 +3,7 @@
 
 use super::{PeerFrame, MAX_ITEMS_BYTES};
 use crate::event::Event;
-use crate::ids::EventId;
+use crate::ids::{ConversationId, EventId};
 use crate::log::{EventLog, LogError};
 use crate::wire::{Envelope, MAX_PAGE_ITEMS};
 use std::collections::HashSet;
@@ -31,6 +31,9 @@ pub(super) struct Batches {
     /// conversation it could need (a set reconciliation found them): a statement outside it
     /// is not attached, the receiver finds it in its own log.
     known: Option<HashSet<EventId>>,
+    /// Conversations whose unplaced events the peer does not get: a removal of its user
+    /// waits for its place (see [`crate::log::EventLog::pending_removals`]).
+    withheld: HashSet<ConversationId>,
 }
 
 impl Batches {
@@ -41,6 +44,12 @@ impl Batches {
             known: Some(ids.iter().copied().collect()),
             ..Batches::default()
         }
+    }
+
+    /// The same batches, without the unplaced events of `withheld` conversations.
+    pub(super) fn withholding(mut self, withheld: &HashSet<ConversationId>) -> Batches {
+        self.withheld = withheld.clone();
+        self
     }
 
     /// Adds `event` of the log: with the statement that places it, or, for a statement, with
@@ -75,7 +84,7 @@ impl Batches {
                 Some(_) => self.put(Some(event), None),
                 None => {}
             }
-        } else {
+        } else if !self.withheld.contains(&event.conversation()) {
             self.early(event);
         }
         Ok(())

@@ -83,6 +83,35 @@ fn leave_out_before(
     (kept, records, run_to)
 }
 
+/// A retention gap answer with the device's history policy applied too: the bodies placed
+/// before `since_ms` that retention kept (none but the kept kinds, below the floor; above it,
+/// any) are left out, and the range grows over them. The statements stay as the gap answer
+/// chose them (they place early events the device may hold).
+fn unwanted_in_gap(frame: ServerFrame, since_ms: u64) -> ServerFrame {
+    let ServerFrame::HistoryGap {
+        request_id,
+        conversation,
+        from,
+        to,
+        events,
+        records,
+        more,
+    } = frame
+    else {
+        return frame;
+    };
+    let (events, _, unwanted_to) = leave_out_before(events, records.clone(), since_ms);
+    ServerFrame::HistoryGap {
+        request_id,
+        conversation,
+        from,
+        to: unwanted_to.map_or(to, |u| u.max(to)),
+        events,
+        records,
+        more,
+    }
+}
+
 impl<S: Storage> RelayCore<S> {
     /// Whether `user` is a member at the head of the order (staged events included): what
     /// submissions are checked against.
@@ -130,26 +159,31 @@ impl<S: Storage> RelayCore<S> {
         }
         let limit = (limit as usize).clamp(1, self.limits.max_page_items);
         let budget = self.limits.max_frame_len.saturating_sub(4096);
-        let page = self.store.retained_floor(&conv).and_then(|floor| {
-            let page = self.store.page(&conv, after_seq, limit, budget)?;
-            Ok((floor, page))
-        });
-        let frame = match page {
-            Ok((floor, (events, records, more))) => {
-                // Retention: the range up to the floor is gone but for the kept kinds.
-                let dropped_to = (after_seq < floor).then(|| {
-                    if more {
-                        last_seq(&events, &records).map_or(floor, |s| s.min(floor))
-                    } else {
-                        floor
-                    }
-                });
+        let floor = match self.store.retained_floor(&conv) {
+            Ok(floor) => floor,
+            Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+        };
+        if after_seq < floor {
+            // Retention: the range up to the floor is gone but for the kept kinds.
+            return match self.gap_answer(request_id, conv, after_seq, floor, limit, budget) {
+                Ok(frame) => {
+                    let frame = match history_since_ms {
+                        Some(since) => unwanted_in_gap(frame, since),
+                        None => frame,
+                    };
+                    self.send(session, frame)
+                }
+                Err(e) => self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
+            };
+        }
+        let frame = match self.store.page(&conv, after_seq, limit, budget) {
+            Ok((events, records, more)) => {
                 // The device's history policy: bodies placed before its time are not wanted.
                 let (events, records, unwanted_to) = match history_since_ms {
                     Some(since) => leave_out_before(events, records, since),
                     None => (events, records, None),
                 };
-                match dropped_to.max(unwanted_to) {
+                match unwanted_to {
                     Some(to) => ServerFrame::HistoryGap {
                         request_id,
                         conversation: conv,
@@ -171,6 +205,65 @@ impl<S: Storage> RelayCore<S> {
             Err(e) => return self.refuse(session, request_id, ErrorCode::INTERNAL, &e.to_string()),
         };
         self.send(session, frame);
+    }
+
+    /// The answer to a pull below the retention floor: what is left from `after_seq + 1` on,
+    /// and the statements of the dropped range the relay still holds (half the frame each). A
+    /// device may hold an event of the range without its place (taken early from a peer);
+    /// the statement is how it learns it. The range stops where the statements that fit stop.
+    fn gap_answer(
+        &self,
+        request_id: u64,
+        conv: ConversationId,
+        after_seq: ServerSeq,
+        floor: ServerSeq,
+        limit: usize,
+        budget: usize,
+    ) -> Result<ServerFrame, crate::storage::StoreError> {
+        let from = after_seq + 1;
+        let (events, mut records, more) = self.store.page(&conv, after_seq, limit, budget / 2)?;
+        let mut to = if more {
+            last_seq(&events, &records).map_or(floor, |s| s.min(floor))
+        } else {
+            floor
+        };
+        let (statements, mut all) = self.store.statements_between(&conv, from, to, budget / 2)?;
+        // A frame carries at most `MAX_PAGE_ITEMS` records.
+        let room = wire::MAX_PAGE_ITEMS.saturating_sub(records.len());
+        let mut added = 0usize;
+        let mut last_added = None;
+        for st in statements {
+            if records.contains(&st) {
+                continue;
+            }
+            if added == room {
+                all = false;
+                break;
+            }
+            added += 1;
+            last_added = Some(st.clone());
+            records.push(st);
+        }
+        let mut more = more;
+        if !all {
+            // Up to the last sequence the statements that fit place: the rest comes next.
+            let covered = last_added
+                .and_then(|st| Event::decode_trusted(&st.0).ok())
+                .and_then(|st| st.placements().last().map(|p| p.seq));
+            if let Some(covered) = covered.filter(|c| *c >= from && *c < to) {
+                to = covered;
+                more = true;
+            }
+        }
+        Ok(ServerFrame::HistoryGap {
+            request_id,
+            conversation: conv,
+            from,
+            to,
+            events,
+            records,
+            more,
+        })
     }
 
     /// One page of the user's accepted conversations after `after`, in id order; the first

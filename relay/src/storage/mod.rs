@@ -110,6 +110,18 @@ pub trait Storage: Clone + Send + Sync + std::fmt::Debug + 'static {
         max_bytes: usize,
     ) -> Result<Page, StoreError>;
 
+    /// The signed statements of `conv` that place sequences in `from..=to` and that the store
+    /// still holds (retention keeps them for the dedup window, after the bodies they place
+    /// are gone), in sequence order: about `max_bytes` (at least one if any exists), and
+    /// whether every such statement is among them.
+    fn statements_between(
+        &self,
+        conv: &ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        max_bytes: usize,
+    ) -> Result<(Vec<Envelope>, bool), StoreError>;
+
     /// Number of stored events (bodies: those retention dropped do not count).
     fn n_events(&self) -> Result<u64, StoreError>;
 
@@ -189,6 +201,15 @@ impl Storage for AnyStorage {
         max_bytes: usize,
     ) -> Result<Page, StoreError> {
         dispatch!(self, s => Storage::page(s, conv, after_seq, limit, max_bytes))
+    }
+    fn statements_between(
+        &self,
+        conv: &ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        max_bytes: usize,
+    ) -> Result<(Vec<Envelope>, bool), StoreError> {
+        dispatch!(self, s => Storage::statements_between(s, conv, from, to, max_bytes))
     }
     fn n_events(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => Storage::n_events(s))

@@ -558,6 +558,46 @@ impl Storage for PgStore {
         })
     }
 
+    fn statements_between(
+        &self,
+        conv: &ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        max_bytes: usize,
+    ) -> Result<(Vec<Envelope>, bool), StoreError> {
+        if to < from {
+            return Ok((Vec::new(), true));
+        }
+        let conv = conv.0.to_vec();
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let to = i64::try_from(to).unwrap_or(i64::MAX);
+        // A statement takes more than this many bytes (a signature alone is 64): no more rows
+        // than fit in `max_bytes` are read.
+        const MIN_STATEMENT_LEN: usize = 64;
+        let fetch = i64::try_from(max_bytes / MIN_STATEMENT_LEN + 1).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            // The statement covering `from` (at or below it), and those after, up to `to`.
+            let rows = c.query(
+                "SELECT statement FROM statements WHERE conversation = $1 \
+                 AND first_seq <= $3 AND first_seq >= COALESCE((SELECT max(first_seq) \
+                 FROM statements WHERE conversation = $1 AND first_seq <= $2), 0) \
+                 ORDER BY first_seq LIMIT $4",
+                &[&conv, &from, &to, &fetch],
+            )?;
+            let all = i64::try_from(rows.len()).unwrap_or(i64::MAX) < fetch;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            for row in rows {
+                let st: Vec<u8> = row.try_get(0)?;
+                if !out.is_empty() && bytes + st.len() > max_bytes {
+                    return Ok((out, false));
+                }
+                bytes += st.len();
+                out.push(Envelope(st));
+            }
+            Ok((out, all))
+        })
+    }
+
     fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError> {
         PgStore::retained_floor(self, conv)
     }

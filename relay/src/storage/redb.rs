@@ -9,7 +9,7 @@ use crate::core::store::{
     RelayStore, StoreError,
 };
 use std::collections::HashMap;
-use tidings_engine::wire::{DeviceRegistration, DeviceRevocation};
+use tidings_engine::wire::{DeviceRegistration, DeviceRevocation, Envelope};
 use tidings_engine::{ConversationId, DeviceId, Event, ServerSeq, UserId};
 
 impl Storage for RelayStore {
@@ -51,6 +51,15 @@ impl Storage for RelayStore {
         max_bytes: usize,
     ) -> Result<Page, StoreError> {
         RelayStore::page(self, conv, after_seq, limit, max_bytes)
+    }
+    fn statements_between(
+        &self,
+        conv: &ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        max_bytes: usize,
+    ) -> Result<(Vec<Envelope>, bool), StoreError> {
+        RelayStore::statements_between(self, conv, from, to, max_bytes)
     }
     fn retained_floor(&self, conv: &ConversationId) -> Result<ServerSeq, StoreError> {
         RelayStore::retained_floor(self, conv)

@@ -235,6 +235,16 @@ impl Sim {
             Ok(message) => {
                 tr!(self, "{} SEND {message} in {conv}", self.devices[i].name);
                 self.oracle.sent.insert(message, (conv, i));
+                let members = self
+                    .core(i)?
+                    .store()
+                    .log()
+                    .conversation_meta(conv)
+                    .map_err(|e| format!("meta: {e}"))?
+                    .and_then(|m| m.members)
+                    .map(|(_, users)| users.into_iter().collect())
+                    .unwrap_or_default();
+                self.oracle.sent_members.insert(message, members);
                 self.bodies.insert(message, body);
                 Ok(())
             }

@@ -167,13 +167,23 @@ impl Sim {
                 if self.peers.is_some() {
                     // A peer's receipt (`Holds`) reaches only the two devices of a session; the
                     // relay's receipt of a recipient removed since may never come. Whether such
-                    // a message shows DELIVERED depends on the sessions a device had.
+                    // a message shows DELIVERED depends on the sessions a device had. "Since"
+                    // counts from the send: a recipient whose peer receipt made the message
+                    // DELIVERED before the relay placed it (a max-register) may have been
+                    // removed before its place.
                     let line = lines.get(&id);
                     for m in &mut view.messages {
                         let removed = m
                             .seq
                             .and_then(|s| line.and_then(|l| l.recipients_stayed(m.record.user, s)));
-                        if m.status == Status::Delivered && removed.is_some_and(|(_, all)| !all) {
+                        let before_place = m.seq.is_some_and(|s| {
+                            let sent_to = self.oracle.sent_members.get(&m.id);
+                            line.zip(sent_to)
+                                .is_some_and(|(l, to)| l.recipient_removed_before(to, s))
+                        });
+                        if m.status == Status::Delivered
+                            && (removed.is_some_and(|(_, all)| !all) || before_place)
+                        {
                             m.status = Status::Sent;
                         }
                     }

@@ -102,6 +102,51 @@ impl LogTxn<'_> {
         Ok(EarlyAppend::Admitted { position })
     }
 
+    /// The membership changed where the gate stands: every event of `conversation` shown
+    /// before its place is judged again as if the relay placed it next, now. One the rules
+    /// refuse there (its author's user removed first in the relay's order) is retracted, as
+    /// at a refusing place, and held again: the relay will not place it after the removal
+    /// unless the user comes back, and then the gate judges it at that place. Without this,
+    /// a device that took it early showed it for good while the others never did (the
+    /// simulator with peer links found it: the relay refused the author's resubmissions).
+    pub(super) fn rejudge_early(
+        &mut self,
+        conversation: ConversationId,
+        gate: &Gate,
+        directory: &DeviceDirectory,
+        me: DeviceId,
+        lookup: &dyn Fn(&UserId) -> AuthorLookup,
+    ) -> Result<Vec<EventId>, LogError> {
+        let mut shown = Vec::new();
+        for row in self.early.iter()? {
+            let (id, v) = row?;
+            if *v.value().0 == conversation.0 {
+                shown.push(*id.value());
+            }
+        }
+        let mut retracted = Vec::new();
+        for id in shown {
+            // Placed already, past the gate: judged at its place when the gate gets there.
+            if self.acks.get(&id)?.is_some() {
+                continue;
+            }
+            let Some(bytes) = self.events.get(&id)?.map(|g| g.value().1.to_vec()) else {
+                continue;
+            };
+            let event = Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?;
+            let next = gate.through.saturating_add(1);
+            // Membership decides here; a revocation is judged at the event's place.
+            let verdict = gate.clone().judge(&event, next, 0, directory, me, lookup);
+            if let Verdict::Refuse(_) = verdict {
+                if self.settle_early(&event, false)? {
+                    self.held.insert(&id, ())?;
+                    retracted.push(event.id());
+                }
+            }
+        }
+        Ok(retracted)
+    }
+
     /// The gate reached an event at its place: an early one leaves the early table, and when
     /// the gate refused it there, the fold order and the message indexes. True when it was
     /// retracted (the conversation's documents must be rebuilt without it).

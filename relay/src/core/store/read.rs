@@ -272,6 +272,41 @@ impl RelayStore {
         Ok((out, records, more))
     }
 
+    /// The statements of `conv` placing sequences in `from..=to` that the store still holds,
+    /// in order, about `max_bytes` (at least one if any), and whether all of them came (see
+    /// [`crate::storage::Storage::statements_between`]).
+    pub fn statements_between(
+        &self,
+        conv: &ConversationId,
+        from: ServerSeq,
+        to: ServerSeq,
+        max_bytes: usize,
+    ) -> Result<(Vec<Envelope>, bool), StoreError> {
+        let txn = self.db.begin_read()?;
+        let statements = txn.open_table(STATEMENTS)?;
+        if to < from {
+            return Ok((Vec::new(), true));
+        }
+        // The statement covering `from` starts at or below it (statements of a conversation
+        // cover consecutive ranges); retention may have dropped it, then the range starts later.
+        let covering = statements
+            .range(seq_key(conv, 0)..=seq_key(conv, from))?
+            .next_back()
+            .transpose()?
+            .map_or(seq_key(conv, from), |(k, _)| k.value());
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for row in statements.range(covering..=seq_key(conv, to))? {
+            let (_, v) = row?;
+            let st = v.value();
+            if !out.is_empty() && bytes + st.len() > max_bytes {
+                return Ok((out, false));
+            }
+            bytes += st.len();
+            out.push(Envelope(st.to_vec()));
+        }
+        Ok((out, true))
+    }
+
     /// Number of stored events (for tests and the metrics).
     pub fn n_events(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;

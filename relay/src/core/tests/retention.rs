@@ -228,3 +228,43 @@ fn a_member_with_no_known_device_holds_the_frontier() {
     received(&mut net, &c, 5);
     assert_eq!(net.core.handle_retention(net.now).expect("r").n_bodies, 4);
 }
+
+/// A device may hold an event of the dropped range without its place: one a peer handed it
+/// before the relay placed it. The gap answer carries the statements of the range the relay
+/// still holds (it keeps them for the dedup window), so such an event gets its place. Found
+/// by the simulator with peer links (seeds 78 of `SIM_PEERS=1`): the early message stayed
+/// unplaced for good on the devices that took it from a peer.
+#[test]
+fn a_gap_answer_carries_the_statements_of_the_dropped_range() {
+    let mut net = Net::new(Limits::default());
+    let ttl_secs = Retention::default().ttl_ms() / 1000;
+    net.core
+        .set_retention(Retention::default().with_dedup_window_secs(2 * ttl_secs));
+    let [mut a, b, c] = three_members(&mut net);
+    let sent = send_all(&mut net, &mut a, "old", 8);
+    net.now += Retention::default().ttl_ms() + DAY_MS;
+    for d in [&a, &b] {
+        received(&mut net, d, 9);
+    }
+    send_all(&mut net, &mut a, "new", 2);
+    net.core.handle_retention(net.now).expect("retention");
+    let ServerFrame::HistoryGap {
+        from, to, records, ..
+    } = pull(&mut net, &c, 0)
+    else {
+        panic!("a gap")
+    };
+    assert_eq!((from, to), (1, 9));
+    let places: HashMap<EventId, ServerSeq> = statements(&records)
+        .iter()
+        .flat_map(Event::placements)
+        .map(|p| (p.event, p.seq))
+        .collect();
+    for (i, e) in sent.iter().enumerate() {
+        assert_eq!(
+            places.get(&e.id()),
+            Some(&(i as ServerSeq + 2)),
+            "the statement placing dropped event {i} is in the gap answer"
+        );
+    }
+}
