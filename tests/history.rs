@@ -228,16 +228,16 @@ fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
     let mut w = World::new(9);
     let c = CONVS[0];
     let [phone, bob] = w.phone_and_bob(&alice, &bob_user, c);
-    let send = |w: &mut World, who: usize, n: usize, tag: &str| {
+    let send = |w: &mut World, who: usize, conv: ConversationId, n: usize, tag: &str| {
         for chunk in 0..n / 60 {
-            w.send_batch(who, c, 60, &format!("{tag} {chunk}/"));
+            w.send_batch(who, conv, 60, &format!("{tag} {chunk}/"));
             w.run(20_000);
         }
     };
-    send(&mut w, phone, OLD, "old");
+    send(&mut w, phone, c, OLD, "old");
     w.now += 10 * DAY_MS;
     w.run(10_000);
-    send(&mut w, phone, NEW, "new");
+    send(&mut w, phone, c, NEW, "new");
     assert_eq!(readable(&mut w, phone, c), (OLD + NEW, OLD + NEW));
 
     let (key, reg) = device(&alice, 12);
@@ -279,4 +279,24 @@ fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
         .expect("send");
     w.run(30_000);
     assert_eq!(readable(&mut w, bob, c), (OLD + NEW + 1, OLD + NEW + 1));
+
+    // The policy counts from when the laptop joined, not from each catch-up: a conversation
+    // started while it was away for ten days is taken whole when it comes back.
+    let later = CONVS[1];
+    w.set_online(laptop, false);
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .create_conversation(later, vec![bob_user.id], now)
+        .expect("create");
+    w.run(10_000);
+    send(&mut w, phone, later, 60, "while away");
+    w.now += 10 * DAY_MS;
+    w.set_online(laptop, true);
+    w.run(120_000);
+    assert_eq!(
+        readable(&mut w, laptop, later),
+        (60, 60),
+        "a conversation started after the laptop joined is taken whole"
+    );
 }

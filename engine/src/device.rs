@@ -325,6 +325,10 @@ pub(crate) fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
     k
 }
 
+/// The log's cursor holding when this device first caught up on a conversation it held nothing
+/// of (Unix ms, its clock): the time its history policy counts back from.
+pub(crate) const JOINED_KEY: &[u8] = b"history/joined";
+
 /// The log's cursor holding a conversation's history bound (see `DeviceCore::history_since`).
 pub(crate) fn since_key(conversation: &ConversationId) -> Vec<u8> {
     let mut k = b"since/".to_vec();

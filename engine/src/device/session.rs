@@ -164,15 +164,17 @@ impl DeviceCore {
     }
 
     /// Settles how far back this device takes `conversation`'s bodies, before its pulls: on
-    /// the first catch-up of a conversation the device holds nothing of (a new device, a
-    /// conversation joined elsewhere), its history policy bounds them — `LastDays(n)`: the
-    /// bodies the relay placed in the last `n` days; `Nothing`: only those placed from now on
-    /// — and its pulls say so ([`ClientFrame::Pull::history_since_ms`]): the relay answers the
-    /// older part with a `HistoryGap` carrying only the kinds it keeps under retention, which
-    /// the device takes as it takes a retention gap. The bound is kept in the log, so a
-    /// catch-up cut short goes on under it; a conversation the device already holds events of
-    /// is taken whole (the policy is for what a new device fetches, not a reason to leave
-    /// holes).
+    /// the first catch-up of a conversation the device holds nothing of, its history policy
+    /// bounds them, counted from the device's own first catch-up (when it joined: see
+    /// [`JOINED_KEY`]) — `LastDays(n)`: the bodies the relay placed from n days before it;
+    /// `Nothing`: those placed from it on — and its pulls say so
+    /// ([`ClientFrame::Pull::history_since_ms`]): the relay answers the older part with a
+    /// `HistoryGap` carrying only the kinds it keeps under retention, which the device takes
+    /// as it takes a retention gap. Counting from the join, not from now, a conversation that
+    /// started after the device joined (one it first hears of after a week offline, say) is
+    /// always taken whole. The bound is kept in the log, so a catch-up cut short goes on under
+    /// it; a conversation the device already holds events of is taken whole (the policy is for
+    /// what a new device fetches, not a reason to leave holes).
     pub(super) fn settle_history_since(
         &mut self,
         conversation: ConversationId,
@@ -191,9 +193,18 @@ impl DeviceCore {
         if cursor > 0 || self.store.log().conversation_meta(conversation)?.is_some() {
             return Ok(());
         }
+        let joined = match self.store.log().cursor(JOINED_KEY)? {
+            0 => {
+                self.store
+                    .log()
+                    .write_lazy(|t| t.set_cursor(JOINED_KEY, now_ms))?;
+                now_ms
+            }
+            at => at,
+        };
         let since = match self.store.history_policy() {
-            HistoryPolicy::LastDays(n) => now_ms.saturating_sub(u64::from(n) * DAY_MS),
-            HistoryPolicy::Nothing => now_ms,
+            HistoryPolicy::LastDays(n) => joined.saturating_sub(u64::from(n) * DAY_MS),
+            HistoryPolicy::Nothing => joined,
             _ => 0,
         };
         if since == 0 {
