@@ -325,8 +325,9 @@ pub(crate) fn cursor_key(conversation: &ConversationId) -> Vec<u8> {
     k
 }
 
-/// The log's cursor holding when this device first caught up on a conversation it held nothing
-/// of (Unix ms, its clock): the time its history policy counts back from.
+/// The log's cursor holding when this device, under a history policy other than `All`, first
+/// caught up on a conversation it held nothing of (Unix ms, its clock): the time the policy
+/// counts back from.
 pub(crate) const JOINED_KEY: &[u8] = b"history/joined";
 
 /// The log's cursor holding a conversation's history bound (see `DeviceCore::history_since`).

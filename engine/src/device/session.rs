@@ -193,6 +193,10 @@ impl DeviceCore {
         if cursor > 0 || self.store.log().conversation_meta(conversation)?.is_some() {
             return Ok(());
         }
+        let policy = self.store.history_policy();
+        if policy == HistoryPolicy::All {
+            return Ok(());
+        }
         let joined = match self.store.log().cursor(JOINED_KEY)? {
             0 => {
                 self.store
@@ -202,7 +206,7 @@ impl DeviceCore {
             }
             at => at,
         };
-        let since = match self.store.history_policy() {
+        let since = match policy {
             HistoryPolicy::LastDays(n) => joined.saturating_sub(u64::from(n) * DAY_MS),
             HistoryPolicy::Nothing => joined,
             _ => 0,
