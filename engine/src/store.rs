@@ -269,6 +269,20 @@ pub struct Store {
     eraser: retention::Eraser,
 }
 
+/// A log transaction committed without an fsync when `lazy` (inside a deferred scope, which
+/// then owes one: the caller marks it), durably otherwise.
+fn commit<T>(
+    log: &EventLog,
+    lazy: bool,
+    f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    if lazy {
+        log.write_lazy(f)
+    } else {
+        log.write(f)
+    }
+}
+
 impl Store {
     /// A store over `log`, authoring as `key`.
     ///
@@ -466,12 +480,9 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut LogTxn<'_>) -> Result<T, LogError>,
     ) -> Result<T, LogError> {
-        if self.deferred {
-            self.unsynced = true;
-            self.log.write_lazy(f)
-        } else {
-            self.log.write(f)
-        }
+        let out = commit(&self.log, self.deferred, f);
+        self.unsynced |= self.deferred;
+        out
     }
 
     /// Adds `user` to the conversation (an admin's act); the next message starts a new epoch.
@@ -582,14 +593,10 @@ impl Store {
             let entry = t.enqueue(&event, now_ms)?;
             Ok((event, position, entry))
         };
-        let (event, position, entry) = if self.deferred {
-            // Not visible to the relay before `durably` syncs: the device core reads the
-            // outbox only after this store call returns.
-            self.unsynced = true;
-            self.log.write_lazy(txn)?
-        } else {
-            self.log.write(txn)?
-        };
+        // Inside `durably`, not visible to the relay before its sync: the device core reads
+        // the outbox only after this store call returns.
+        let (event, position, entry) = commit(&self.log, self.deferred, txn)?;
+        self.unsynced |= self.deferred;
         if let Some(o) = self.outbox.as_mut() {
             o.insert(entry.position, entry);
         }
@@ -644,11 +651,7 @@ impl Store {
             }
             Ok((results, t.take_dequeued(), t.take_chain_issues()?, runs))
         };
-        let (results, acked, chain_issues, runs) = if lazy {
-            self.log.write_lazy(txn)?
-        } else {
-            self.log.write(txn)?
-        };
+        let (results, acked, chain_issues, runs) = commit(&self.log, lazy, txn)?;
         self.unsynced |= lazy;
         outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {

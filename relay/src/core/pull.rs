@@ -1,10 +1,10 @@
 //! Reads: `Pull` of a conversation's sequenced events, `Sync` of the conversations a user
 //! belongs to, and `Received`, which moves a device's cursor.
 
-use super::store::is_kept;
+use super::store::is_kept_kind;
 use super::{RelayCore, SessionId};
 use crate::storage::Storage;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use tidings_engine::wire::{self, ConversationInfo, ErrorCode, ServerFrame};
 use tidings_engine::{ConversationId, Event, EventId, ServerSeq, UserId};
@@ -27,15 +27,15 @@ fn last_seq(events: &[wire::Envelope], records: &[wire::Envelope]) -> Option<Ser
 }
 
 /// A page with its leading run of events placed before `since_ms` left out, but for the kinds
-/// retention keeps ([`is_kept`]: a device needs them to judge what follows): the events, the
-/// records still placing one of them, and the last sequence of the run (`None` when the page
-/// does not start before `since_ms`). Server times never go back along a conversation's
-/// order, so the run is every event of the page placed before that time.
+/// retention keeps ([`is_kept_kind`]: a device needs them to judge what follows): the events
+/// left, which of `records` still place one of them, and the last sequence of the run (`None`
+/// when the page does not start before `since_ms`). Server times never go back along a
+/// conversation's order, so the run is every event of the page placed before that time.
 fn leave_out_before(
     events: Vec<wire::Envelope>,
-    records: Vec<wire::Envelope>,
+    records: &[wire::Envelope],
     since_ms: u64,
-) -> (Vec<wire::Envelope>, Vec<wire::Envelope>, Option<ServerSeq>) {
+) -> (Vec<wire::Envelope>, Vec<bool>, Option<ServerSeq>) {
     // event id → (record placing it, seq, server time)
     let places: HashMap<EventId, (usize, ServerSeq, u64)> = records
         .iter()
@@ -47,20 +47,18 @@ fn leave_out_before(
                 .map(move |p| (p.event, (i, p.seq, p.server_ts_ms)))
         })
         .collect();
-    let place = |id: EventId| places.get(&id).copied();
     let mut run_to = None;
     let mut kept = Vec::with_capacity(events.len());
     let mut used = vec![false; records.len()];
     let mut in_run = true;
     for env in events {
-        let placed = Event::decode_trusted(&env.0)
-            .ok()
-            .and_then(|ev| place(ev.id()));
+        let ev = Event::decode_trusted(&env.0).ok();
+        let placed = ev.as_ref().and_then(|ev| places.get(&ev.id()).copied());
         if in_run {
-            match placed {
-                Some((_, seq, ts)) if ts < since_ms => {
+            match (&ev, placed) {
+                (Some(ev), Some((_, seq, ts))) if ts < since_ms => {
                     run_to = Some(seq);
-                    if !is_kept(&env.0) {
+                    if !is_kept_kind(ev.kind()) {
                         continue;
                     }
                 }
@@ -72,15 +70,7 @@ fn leave_out_before(
         }
         kept.push(env);
     }
-    if run_to.is_none() {
-        return (kept, records, None);
-    }
-    let records = records
-        .into_iter()
-        .zip(used)
-        .filter_map(|(r, used)| used.then_some(r))
-        .collect();
-    (kept, records, run_to)
+    (kept, used, run_to)
 }
 
 /// A retention gap answer with the device's history policy applied too: the bodies placed
@@ -100,7 +90,7 @@ fn unwanted_in_gap(frame: ServerFrame, since_ms: u64) -> ServerFrame {
     else {
         return frame;
     };
-    let (events, _, unwanted_to) = leave_out_before(events, records.clone(), since_ms);
+    let (events, _, unwanted_to) = leave_out_before(events, &records, since_ms);
     ServerFrame::HistoryGap {
         request_id,
         conversation,
@@ -179,9 +169,9 @@ impl<S: Storage> RelayCore<S> {
         let frame = match self.store.page(&conv, after_seq, limit, budget) {
             Ok((events, records, more)) => {
                 // The device's history policy: bodies placed before its time are not wanted.
-                let (events, records, unwanted_to) = match history_since_ms {
-                    Some(since) => leave_out_before(events, records, since),
-                    None => (events, records, None),
+                let (events, used, unwanted_to) = match history_since_ms {
+                    Some(since) => leave_out_before(events, &records, since),
+                    None => (events, Vec::new(), None),
                 };
                 match unwanted_to {
                     Some(to) => ServerFrame::HistoryGap {
@@ -190,7 +180,12 @@ impl<S: Storage> RelayCore<S> {
                         from: after_seq + 1,
                         to,
                         events,
-                        records,
+                        // Only the statements placing what the frame carries.
+                        records: records
+                            .into_iter()
+                            .zip(used)
+                            .filter_map(|(r, used)| used.then_some(r))
+                            .collect(),
                         more,
                     },
                     None => ServerFrame::Page {
@@ -230,24 +225,23 @@ impl<S: Storage> RelayCore<S> {
         let (statements, mut all) = self.store.statements_between(&conv, from, to, budget / 2)?;
         // A frame carries at most `MAX_PAGE_ITEMS` records.
         let room = wire::MAX_PAGE_ITEMS.saturating_sub(records.len());
-        let mut added = 0usize;
-        let mut last_added = None;
+        let in_page: HashSet<&[u8]> = records.iter().map(|r| r.0.as_slice()).collect();
+        let mut added = Vec::new();
         for st in statements {
-            if records.contains(&st) {
+            if in_page.contains(st.0.as_slice()) {
                 continue;
             }
-            if added == room {
+            if added.len() == room {
                 all = false;
                 break;
             }
-            added += 1;
-            last_added = Some(st.clone());
-            records.push(st);
+            added.push(st);
         }
         let mut more = more;
         if !all {
             // Up to the last sequence the statements that fit place: the rest comes next.
-            let covered = last_added
+            let covered = added
+                .last()
                 .and_then(|st| Event::decode_trusted(&st.0).ok())
                 .and_then(|st| st.placements().last().map(|p| p.seq));
             if let Some(covered) = covered.filter(|c| *c >= from && *c < to) {
@@ -255,6 +249,7 @@ impl<S: Storage> RelayCore<S> {
                 more = true;
             }
         }
+        records.extend(added);
         Ok(ServerFrame::HistoryGap {
             request_id,
             conversation: conv,

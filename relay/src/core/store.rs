@@ -44,7 +44,7 @@ pub const SCHEMA_VERSION: u64 = 7;
 
 mod read;
 mod retention;
-pub use retention::{is_kept, PrunePlan, PruneStats};
+pub use retention::{is_kept, is_kept_kind, PrunePlan, PruneStats};
 use retention::{DEDUP_FLOOR, PRUNED_CHAINS, RETAINED, SEQ_INDEX, SEQ_TIMES};
 
 type SeqKey = [u8; 24];

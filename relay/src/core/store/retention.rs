@@ -85,11 +85,13 @@ impl std::ops::AddAssign for PruneStats {
 /// (a device's gate needs them to erase what the conversation no longer keeps). An envelope that does not
 /// decode is not kept (the relay stored only envelopes it decoded).
 pub fn is_kept(envelope: &[u8]) -> bool {
-    let Ok(ev) = Event::decode_trusted(envelope) else {
-        return false;
-    };
+    Event::decode_trusted(envelope).is_ok_and(|ev| is_kept_kind(ev.kind()))
+}
+
+/// [`is_kept`] of an event already decoded.
+pub fn is_kept_kind(kind: &EventKind) -> bool {
     matches!(
-        ev.kind(),
+        kind,
         EventKind::Create { .. }
             | EventKind::AddMember { .. }
             | EventKind::RemoveMember { .. }
