@@ -2,6 +2,7 @@
 //! that wires device cores to a relay core on virtual time.
 #![allow(dead_code)]
 
+pub mod media;
 pub mod net;
 
 use ed25519_dalek::SigningKey;
