@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 #[cfg(doc)]
-use super::{ServerFrame, SubmitOutcome};
+use super::{
+    ClientFrame, ServerFrame, SubmitOutcome, MAX_BLOCKED_USERS, MAX_INVITATIONS_PER_INVITER,
+    MAX_PENDING_INVITATIONS,
+};
 
 /// A protocol error code, carried by [`ServerFrame::Error`], [`ServerFrame::Refused`] and
 /// [`SubmitOutcome::Rejected`]. A plain number so that a device can read codes newer than
