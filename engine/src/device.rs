@@ -54,6 +54,9 @@ pub struct DeviceConfig {
     /// Pulls of one conversation in flight at most during a catch-up (at least 1; default
     /// [`PULL_WINDOW`]).
     pub pull_window: usize,
+    /// Pulls in flight at most over all conversations (at least 1; default
+    /// [`MAX_PULLS_IN_FLIGHT`]), and never more than half of the relay's request window.
+    pub max_pulls_in_flight: usize,
     /// A Submit without a result after this long counts as a failed attempt.
     pub ack_timeout_ms: u64,
     /// The user-signed statement that adds this device to its user, sent when the relay does
@@ -85,6 +88,7 @@ impl Default for DeviceConfig {
             submit_batch: 256,
             pull_limit: MAX_PAGE_ITEMS as u32,
             pull_window: PULL_WINDOW,
+            max_pulls_in_flight: MAX_PULLS_IN_FLIGHT,
             ack_timeout_ms: 10_000,
             registration: None,
             history: None,
@@ -237,6 +241,13 @@ const ASK_UNITS: u32 = 4;
 /// catch-up pays one round trip per `PULL_WINDOW` pages instead of one per page (a phone on a
 /// slow link with thousands of events to fetch).
 pub const PULL_WINDOW: usize = 4;
+/// Pulls in flight over all conversations at most, by default
+/// ([`DeviceConfig::max_pulls_in_flight`]). The relay reads a connection's requests in order
+/// and a window of them at a time, so every request made during a catch-up (the certificates
+/// that open a gate, a Submit of the user's message) waits behind the pulls sent before it:
+/// with a pull per conversation sent at once, behind the whole catch-up. Conversations
+/// waiting for a pull are served in turn.
+pub const MAX_PULLS_IN_FLIGHT: usize = 8;
 
 /// The pulls of one conversation in flight.
 #[derive(Debug, Default, Clone, Copy)]
@@ -244,6 +255,9 @@ struct Pulls {
     in_flight: usize,
     /// Every sequence up to here is asked for (or answered).
     asked_to: ServerSeq,
+    /// One pull is due whatever the announced target says (a gap a push revealed, the first
+    /// pull of a catch-up).
+    owed: bool,
 }
 
 #[derive(Debug)]
@@ -270,6 +284,12 @@ pub struct DeviceCore {
     requests: HashMap<u64, Request>,
     /// Per conversation being caught up on: the pulls in flight.
     pulling: HashMap<ConversationId, Pulls>,
+    /// Conversations waiting for a pull, in turn (see [`MAX_PULLS_IN_FLIGHT`]).
+    pull_turns: VecDeque<ConversationId>,
+    /// Pulls in flight over all conversations.
+    pulls_in_flight: usize,
+    /// This session's bound on `pulls_in_flight`: the config's, within the relay's window.
+    pull_budget: usize,
     sync_sent: bool,
     targets: HashMap<ConversationId, ServerSeq>,
     /// Per conversation, a sequence up to which the log holds no message of another user
@@ -388,6 +408,9 @@ impl DeviceCore {
             inflight: None,
             requests: HashMap::new(),
             pulling: HashMap::new(),
+            pull_turns: VecDeque::new(),
+            pulls_in_flight: 0,
+            pull_budget: 1,
             sync_sent: false,
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),
@@ -549,6 +572,8 @@ impl DeviceCore {
         }
         self.requests.clear();
         self.pulling.clear();
+        self.pull_turns.clear();
+        self.pulls_in_flight = 0;
         self.sync_sent = false;
         self.gaps_checked = false;
         self.synced.clear();

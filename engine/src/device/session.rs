@@ -18,6 +18,8 @@ impl DeviceCore {
             .min(w.limits.max_submit_batch as usize)
             .clamp(1, MAX_SUBMIT_BATCH);
         self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
+        let relay_window = usize::try_from(w.limits.max_inflight_requests).unwrap_or(usize::MAX);
+        self.pull_budget = self.config.max_pulls_in_flight.min(relay_window / 2).max(1);
         if w.idle_timeout_ms > 0 {
             self.events.push_back(DeviceEvent::RelayIdle {
                 idle_timeout_ms: u64::from(w.idle_timeout_ms),
@@ -137,29 +139,65 @@ impl DeviceCore {
     /// Pulls `conversation` after `after_seq`, and keeps up to `pull_window` pages in
     /// flight while the relay announced more than is asked for: each next pull starts where the
     /// one before ends (`pull_limit` further), so the pages come back to back. A pull after a
-    /// sequence that pulls in flight already cover asks for nothing new. Only in a ready
-    /// session (a peer's events can move things while there is none): the next session's
-    /// sync step pulls what is missing then.
+    /// sequence that pulls in flight already cover asks for nothing new. Within this session's
+    /// budget over all conversations: past it, the conversation waits for its turn (see
+    /// [`MAX_PULLS_IN_FLIGHT`]). Only in a ready session (a peer's events can move things
+    /// while there is none): the next session's sync step pulls what is missing then.
     pub(super) fn pull(&mut self, conversation: ConversationId, after_seq: ServerSeq) {
         if self.state != State::Ready {
             return;
         }
-        let target = self.targets.get(&conversation).copied().unwrap_or(0);
-        let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
+        let p = self.pulling.entry(conversation).or_default();
         if p.in_flight == 0 {
             p.asked_to = after_seq;
+            p.owed = true;
         } else {
             p.asked_to = p.asked_to.max(after_seq);
         }
-        let window = self.config.pull_window.max(1);
-        let mut first = p.in_flight == 0;
-        while p.in_flight < window && (first || p.asked_to < target) {
-            first = false;
+        if self.wants_pull(conversation) && !self.pull_turns.contains(&conversation) {
+            self.pull_turns.push_back(conversation);
+        }
+        self.dispatch_pulls();
+        self.forget_idle_pulls(conversation);
+    }
+
+    /// Whether `conversation` has room in its window and something to ask for.
+    fn wants_pull(&self, conversation: ConversationId) -> bool {
+        let Some(p) = self.pulling.get(&conversation) else {
+            return false;
+        };
+        let target = self.targets.get(&conversation).copied().unwrap_or(0);
+        p.in_flight < self.config.pull_window.max(1) && (p.owed || p.asked_to < target)
+    }
+
+    /// Sends pulls while the budget allows, one per conversation in turn.
+    fn dispatch_pulls(&mut self) {
+        while self.pulls_in_flight < self.pull_budget {
+            let Some(conversation) = self.pull_turns.pop_front() else {
+                return;
+            };
+            if !self.wants_pull(conversation) {
+                continue;
+            }
+            let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
             let after = p.asked_to;
             self.send_pull(conversation, after, &mut p);
-        }
-        if p.in_flight > 0 {
+            p.owed = false;
             self.pulling.insert(conversation, p);
+            if self.wants_pull(conversation) {
+                self.pull_turns.push_back(conversation);
+            }
+        }
+    }
+
+    /// Drops the state of a conversation with nothing in flight and nothing due.
+    fn forget_idle_pulls(&mut self, conversation: ConversationId) {
+        if self
+            .pulling
+            .get(&conversation)
+            .is_some_and(|p| p.in_flight == 0 && !self.pull_turns.contains(&conversation))
+        {
+            self.pulling.remove(&conversation);
         }
     }
 
@@ -245,16 +283,18 @@ impl DeviceCore {
         let end = after_seq.saturating_add(u64::from(self.config.pull_limit.max(1)));
         p.asked_to = p.asked_to.max(end);
         p.in_flight += 1;
+        self.pulls_in_flight += 1;
     }
 
-    /// A pull of `conversation` was answered (or refused): one fewer in flight.
+    /// A pull of `conversation` was answered (or refused): one fewer in flight, and the next
+    /// conversation's turn.
     pub(super) fn pull_answered(&mut self, conversation: ConversationId) {
         if let Some(p) = self.pulling.get_mut(&conversation) {
             p.in_flight = p.in_flight.saturating_sub(1);
-            if p.in_flight == 0 {
-                self.pulling.remove(&conversation);
-            }
+            self.pulls_in_flight = self.pulls_in_flight.saturating_sub(1);
         }
+        self.forget_idle_pulls(conversation);
+        self.dispatch_pulls();
     }
 
     /// Records a range the relay no longer holds (see [`DeviceEvent::HistoryGap`]). The

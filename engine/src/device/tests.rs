@@ -731,6 +731,7 @@ fn with_read_receipts_off_reading_tells_nobody() {
 
 mod failed;
 mod gates;
+mod pulls;
 
 /// A ready device with pages of 4 told that `conv` has `max_seq` events: its pulls, as
 /// (request id, after_seq, limit).
