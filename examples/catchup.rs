@@ -122,6 +122,7 @@ async fn main() -> Result<()> {
             &served,
             tmp.path(),
             "this whole process: relay, fillers and device",
+            None,
         )
         .await?;
         relay.shutdown().await?;
@@ -166,6 +167,7 @@ async fn main() -> Result<()> {
         &served,
         tmp.path(),
         "this process: the device alone",
+        Some(child.id()),
     )
     .await;
     // Closing its stdin tells the child to shut the relay down.
@@ -268,7 +270,12 @@ async fn catch_up(
     served: &Served,
     dir: &std::path::Path,
     memory_of: &str,
+    relay_pid: Option<u32>,
 ) -> Result<()> {
+    let cpu_before = (
+        cpu_seconds("self"),
+        relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
     let n_msgs = served.messages;
     let bob_id = UserId(bob.verifying_key().to_bytes());
     let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
@@ -322,6 +329,10 @@ async fn catch_up(
         }
     }
     let total_s = t.elapsed().as_secs_f64();
+    let cpu_after = (
+        cpu_seconds("self"),
+        relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
     let folded_s = folded_s.unwrap_or(total_s);
     let list = replica.conversations().await?;
     let unread: usize = list.iter().map(|c| c.unread).sum();
@@ -340,6 +351,20 @@ async fn catch_up(
         "  … and receipts acknowledged: {total_s:>7.2} s  {:>9.0} messages/s",
         n_msgs as f64 / total_s
     );
+    if let (Some(d0), Some(d1)) = (cpu_before.0, cpu_after.0) {
+        let device = d1 - d0;
+        let relay = match (cpu_before.1, cpu_after.1) {
+            (Some(r0), Some(r1)) => r1 - r0,
+            _ => 0.0,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "  CPU time until acknowledged: device {device:.2} s, relay {relay:.2} s \
+             ({:.1} µs a message in all; {cores} cores busy for {:.2} s of {total_s:.2} s)",
+            (device + relay) * 1e6 / n_msgs as f64,
+            (device + relay) / cores as f64
+        );
+    }
     match peak_resident_kib() {
         Some(kib) => println!(
             "  peak resident memory (VmHWM, {memory_of}): {:.1} MiB",
@@ -349,6 +374,18 @@ async fn catch_up(
     }
     replica.close().await?;
     Ok(())
+}
+
+/// User and system CPU time a process used so far, all its threads (`utime` and `stime` of
+/// /proc/<pid>/stat, in the kernel's USER_HZ ticks: 100 a second on Linux).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The process's peak resident set (`VmHWM` in /proc/self/status), in KiB.
