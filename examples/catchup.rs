@@ -273,7 +273,7 @@ async fn catch_up(
     relay_pid: Option<u32>,
 ) -> Result<()> {
     let cpu_before = (
-        cpu_seconds("self"),
+        Some(cpu_time::ProcessTime::now().as_duration().as_secs_f64()),
         relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
     );
     let n_msgs = served.messages;
@@ -330,7 +330,7 @@ async fn catch_up(
     }
     let total_s = t.elapsed().as_secs_f64();
     let cpu_after = (
-        cpu_seconds("self"),
+        Some(cpu_time::ProcessTime::now().as_duration().as_secs_f64()),
         relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
     );
     let folded_s = folded_s.unwrap_or(total_s);
@@ -376,8 +376,9 @@ async fn catch_up(
     Ok(())
 }
 
-/// User and system CPU time a process used so far, all its threads (`utime` and `stime` of
-/// /proc/<pid>/stat, in the kernel's USER_HZ ticks: 100 a second on Linux).
+/// User and system CPU time another process used so far, all its threads (`utime` and
+/// `stime` of /proc/<pid>/stat, in the kernel's USER_HZ ticks: 100 a second on Linux; the
+/// `cpu-time` crate reads only the calling process).
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces.
