@@ -148,12 +148,12 @@ impl DeviceCore {
                     Some(Request::User(_)) => {}
                     _ => return Err(DeviceError::Protocol("UserState answer to no request")),
                 }
-                self.on_user_change(change)?;
+                self.on_user_change(change, now_ms)?;
                 self.report_if_caught_up()?;
                 self.flush(now_ms)
             }
             (State::Ready, ServerFrame::UserChanged { change }) => {
-                self.on_user_change(change)?;
+                self.on_user_change(change, now_ms)?;
                 self.flush(now_ms)
             }
             (

@@ -97,13 +97,19 @@ impl DeviceCore {
     }
 
     /// A durable change of the user's state, from this device's request or another's.
-    pub(super) fn on_user_change(&mut self, change: UserChange) -> Result<(), DeviceError> {
+    pub(super) fn on_user_change(
+        &mut self,
+        change: UserChange,
+        now_ms: u64,
+    ) -> Result<(), DeviceError> {
         match &change {
             UserChange::Invited(i) => {
                 self.invitations.insert(i.conversation, i.clone());
             }
             UserChange::Accepted(info) => {
-                self.invitations.remove(&info.conversation);
+                if let Some(invitation) = self.invitations.remove(&info.conversation) {
+                    self.ask_for_inviter(invitation.inviter, now_ms)?;
+                }
                 self.catch_up_on(info)?;
             }
             UserChange::Declined(c) => {
@@ -118,6 +124,22 @@ impl DeviceCore {
             }
         }
         self.events.push_back(DeviceEvent::User(change));
+        Ok(())
+    }
+
+    /// Asks for the certificates of the user whose invitation was just accepted, unless the
+    /// device holds some or a request for them is in flight: the conversation's first page
+    /// (its `Create`, by that user) then finds the gate open, instead of being held until an
+    /// answer that a request sent only then brings a round trip later, and read back.
+    fn ask_for_inviter(&mut self, inviter: UserId, now_ms: u64) -> Result<(), DeviceError> {
+        if self.state != State::Ready
+            || self.asking.contains(&inviter)
+            || inviter == self.store.key().user()
+            || !self.store.directory()?.all_devices_of(&inviter).is_empty()
+        {
+            return Ok(());
+        }
+        self.ask_devices(vec![inviter], Vec::new(), None, now_ms);
         Ok(())
     }
 
