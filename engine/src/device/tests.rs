@@ -502,28 +502,7 @@ fn invitations_are_listed_accepted_and_blocked() {
     .expect("invited");
     assert_eq!(core.invitations().len(), 3);
 
-    core.accept(ConversationId([1; 16]));
-    let accept_id = drain(&mut core)
-        .into_iter()
-        .find_map(|f| match f {
-            ClientFrame::Accept { request_id, .. } => Some(request_id),
-            _ => None,
-        })
-        .expect("an Accept");
-    let info = crate::wire::ConversationInfo {
-        conversation: ConversationId([1; 16]),
-        max_seq: 4,
-        cursor: 0,
-    };
-    core.handle_frame(
-        ServerFrame::UserState {
-            request_id: accept_id,
-            change: UserChange::Accepted(info),
-        },
-        t0,
-    )
-    .expect("accepted");
-    assert!(drain(&mut core).iter().any(
+    assert!(accept_answered(&mut core, ConversationId([1; 16]), 4, t0).iter().any(
         |f| matches!(f, ClientFrame::Pull { conversation, .. } if *conversation == ConversationId([1; 16]))
     ));
     // Blocked from another device: the stranger's invitations go.
@@ -550,6 +529,38 @@ fn invitations_are_listed_accepted_and_blocked() {
     assert!(drain(&mut core)
         .iter()
         .any(|f| matches!(f, ClientFrame::Unblock { user, .. } if *user == stranger)));
+}
+
+/// The user accepts the invitation to `conversation` and the relay answers that it holds
+/// `max_seq` events: what the device sent after the answer.
+fn accept_answered(
+    core: &mut DeviceCore,
+    conversation: ConversationId,
+    max_seq: ServerSeq,
+    t0: u64,
+) -> Vec<ClientFrame> {
+    core.accept(conversation);
+    let accept_id = drain(core)
+        .into_iter()
+        .find_map(|f| match f {
+            ClientFrame::Accept { request_id, .. } => Some(request_id),
+            _ => None,
+        })
+        .expect("an Accept");
+    let info = crate::wire::ConversationInfo {
+        conversation,
+        max_seq,
+        cursor: 0,
+    };
+    core.handle_frame(
+        ServerFrame::UserState {
+            request_id: accept_id,
+            change: crate::wire::UserChange::Accepted(info),
+        },
+        t0,
+    )
+    .expect("accepted");
+    drain(core)
 }
 
 /// The relay's whole Sync answer listing CONV alone, at sequence 2, with the device's cursor

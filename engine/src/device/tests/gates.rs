@@ -331,7 +331,7 @@ fn a_removal_held_past_a_withheld_sequence_is_reported_once() {
 /// third of the catch-up's store work done twice.
 #[test]
 fn accepting_an_invitation_asks_for_the_inviters_certificates_before_pulling() {
-    use crate::wire::{Invitation, UserChange};
+    use crate::wire::Invitation;
     let t0 = 1_000_000;
     let mut core = ready(DeviceConfig::default(), t0);
     let (request_id, _) = sync_request(&drain(&mut core));
@@ -360,29 +360,8 @@ fn accepting_an_invitation_asks_for_the_inviters_certificates_before_pulling() {
     .expect("list");
     drain(&mut core);
     let accepted = |core: &mut DeviceCore, c: ConversationId| {
-        core.accept(c);
-        let accept_id = drain(core)
-            .into_iter()
-            .find_map(|f| match f {
-                ClientFrame::Accept { request_id, .. } => Some(request_id),
-                _ => None,
-            })
-            .expect("an Accept");
-        let info = crate::wire::ConversationInfo {
-            conversation: c,
-            max_seq: 40,
-            cursor: 0,
-        };
-        core.handle_frame(
-            ServerFrame::UserState {
-                request_id: accept_id,
-                change: UserChange::Accepted(info),
-            },
-            t0,
-        )
-        .expect("accepted");
         // In the order sent, a window of pulls counted once.
-        let mut sent: Vec<String> = drain(core)
+        let mut sent: Vec<String> = accept_answered(core, c, 40, t0)
             .into_iter()
             .filter_map(|f| match f {
                 ClientFrame::Devices { users, .. } => Some(format!("devices {users:?}")),
