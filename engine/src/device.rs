@@ -258,6 +258,8 @@ struct Pulls {
     /// One pull is due whatever the announced target says (a gap a push revealed, the first
     /// pull of a catch-up).
     owed: bool,
+    /// In `pull_turns`, waiting for its turn.
+    in_turn: bool,
 }
 
 #[derive(Debug)]

@@ -176,11 +176,20 @@ impl DeviceCore {
         } else {
             p.asked_to = p.asked_to.max(after_seq);
         }
-        if self.wants_pull(conversation) && !self.pull_turns.contains(&conversation) {
-            self.pull_turns.push_back(conversation);
-        }
+        self.take_turn(conversation);
         self.dispatch_pulls();
         self.forget_idle_pulls(conversation);
+    }
+
+    /// Queues `conversation` for a pull if it wants one and is not queued yet.
+    fn take_turn(&mut self, conversation: ConversationId) {
+        if !self.wants_pull(conversation) {
+            return;
+        }
+        if let Some(p) = self.pulling.get_mut(&conversation).filter(|p| !p.in_turn) {
+            p.in_turn = true;
+            self.pull_turns.push_back(conversation);
+        }
     }
 
     /// Whether `conversation` has room in its window and something to ask for.
@@ -198,7 +207,11 @@ impl DeviceCore {
             let Some(conversation) = self.pull_turns.pop_front() else {
                 return;
             };
+            if let Some(p) = self.pulling.get_mut(&conversation) {
+                p.in_turn = false;
+            }
             if !self.wants_pull(conversation) {
+                self.forget_idle_pulls(conversation);
                 continue;
             }
             let mut p = self.pulling.get(&conversation).copied().unwrap_or_default();
@@ -206,9 +219,7 @@ impl DeviceCore {
             self.send_pull(conversation, after, &mut p);
             p.owed = false;
             self.pulling.insert(conversation, p);
-            if self.wants_pull(conversation) {
-                self.pull_turns.push_back(conversation);
-            }
+            self.take_turn(conversation);
         }
     }
 
@@ -217,7 +228,7 @@ impl DeviceCore {
         if self
             .pulling
             .get(&conversation)
-            .is_some_and(|p| p.in_flight == 0 && !self.pull_turns.contains(&conversation))
+            .is_some_and(|p| p.in_flight == 0 && !p.in_turn)
         {
             self.pulling.remove(&conversation);
         }
