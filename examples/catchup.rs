@@ -272,10 +272,8 @@ async fn catch_up(
     memory_of: &str,
     relay_pid: Option<u32>,
 ) -> Result<()> {
-    let cpu_before = (
-        Some(cpu_time::ProcessTime::now().as_duration().as_secs_f64()),
-        relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
-    );
+    let device_cpu = cpu_time::ProcessTime::now();
+    let relay_cpu = relay_pid.and_then(cpu_seconds);
     let n_msgs = served.messages;
     let bob_id = UserId(bob.verifying_key().to_bytes());
     let per_conv_seq = (n_msgs / args.conversations) as u64 + 1;
@@ -329,10 +327,11 @@ async fn catch_up(
         }
     }
     let total_s = t.elapsed().as_secs_f64();
-    let cpu_after = (
-        Some(cpu_time::ProcessTime::now().as_duration().as_secs_f64()),
-        relay_pid.and_then(|p| cpu_seconds(&p.to_string())),
-    );
+    let device = device_cpu.elapsed().as_secs_f64();
+    let relay = match (relay_cpu, relay_pid.and_then(cpu_seconds)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let folded_s = folded_s.unwrap_or(total_s);
     let list = replica.conversations().await?;
     let unread: usize = list.iter().map(|c| c.unread).sum();
@@ -351,20 +350,18 @@ async fn catch_up(
         "  … and receipts acknowledged: {total_s:>7.2} s  {:>9.0} messages/s",
         n_msgs as f64 / total_s
     );
-    if let (Some(d0), Some(d1)) = (cpu_before.0, cpu_after.0) {
-        let device = d1 - d0;
-        let relay = match (cpu_before.1, cpu_after.1) {
-            (Some(r0), Some(r1)) => r1 - r0,
-            _ => 0.0,
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        println!(
-            "  CPU time until acknowledged: device {device:.2} s, relay {relay:.2} s \
-             ({:.1} µs a message in all; {cores} cores busy for {:.2} s of {total_s:.2} s)",
-            (device + relay) * 1e6 / n_msgs as f64,
-            (device + relay) / cores as f64
-        );
-    }
+    // In-process, the relay's time is in the device's.
+    let (relay_s, relay_text) = match relay {
+        Some(r) => (r, format!(", relay {r:.2} s")),
+        None => (0.0, String::new()),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "  CPU time until acknowledged: device {device:.2} s{relay_text} ({:.1} µs a message; \
+         {:.2} s of {total_s:.2} s with all {cores} cores busy)",
+        (device + relay_s) * 1e6 / n_msgs as f64,
+        (device + relay_s) / cores as f64
+    );
     match peak_resident_kib() {
         Some(kib) => println!(
             "  peak resident memory (VmHWM, {memory_of}): {:.1} MiB",
@@ -379,10 +376,10 @@ async fn catch_up(
 /// User and system CPU time another process used so far, all its threads (`utime` and
 /// `stime` of /proc/<pid>/stat, in the kernel's USER_HZ ticks: 100 a second on Linux; the
 /// `cpu-time` crate reads only the calling process).
-fn cpu_seconds(pid: &str) -> Option<f64> {
+fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
