@@ -8,7 +8,7 @@ mod common;
 mod faults;
 
 use common::media::*;
-use common::net::{accept_invitation, eventually};
+use common::net::eventually;
 use std::path::Path;
 use std::time::Duration;
 use tidings::engine::media::wire::BlobRefusal;
@@ -71,17 +71,15 @@ async fn a_non_member_is_refused_the_blob() {
     let p = pair(BlobLimits::default()).await;
     let carol = open(&p.root, "carol", 3, &p.relay).await;
     online(&carol).await;
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(pattern(5000, 1)),
-            Vec::new(),
-            "image/png",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_bytes(
+        &p.alice,
+        p.conv,
+        pattern(5000, 1),
+        Vec::new(),
+        "image/png",
+        "send",
+    )
+    .await;
     let (_, media) = received(&p.bob, p.conv, id).await;
     uploaded(&p.alice).await;
     // Carol holds the descriptor (leaked to her, say) but is no member of the conversation.
@@ -174,11 +172,7 @@ async fn a_forward_uploads_nothing_again() {
     let p = pair(BlobLimits::default()).await;
     let carol = open(&p.root, "carol", 3, &p.relay).await;
     let other = ConversationId([0x4e; 16]);
-    p.bob
-        .create_conversation(other, vec![carol.user()])
-        .await
-        .expect("create");
-    accept_invitation(&carol, other).await;
+    start_with(&p.bob, &carol, other).await;
     online(&carol).await;
     let plain = pattern(700_000, 9);
     let path = p.root.join("photo.jpg");
@@ -299,17 +293,7 @@ async fn a_blob_damaged_at_the_relay_is_refused_and_never_shown() {
 async fn a_descriptor_with_another_key_shows_nothing_and_leaves_nothing() {
     let p = pair(BlobLimits::default()).await;
     let plain = pattern(3_000_000, 9);
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(plain),
-            Vec::new(),
-            "video/mp4",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_bytes(&p.alice, p.conv, plain, Vec::new(), "video/mp4", "send").await;
     let (_, media) = received(&p.bob, p.conv, id).await;
     uploaded(&p.alice).await;
     let wrong = BlobDescriptor {
@@ -363,24 +347,11 @@ async fn media_crosses_lossy_reordering_links() {
     let alice = open_at(&root, "alice", 1, &relay, to_alice.addr).await;
     let bob = open_at(&root, "bob", 2, &relay, to_bob.addr).await;
     let conv = ConversationId([0x1f; 16]);
-    alice
-        .create_conversation(conv, vec![bob.user()])
-        .await
-        .expect("create");
-    accept_invitation(&bob, conv).await;
+    start_with(&alice, &bob, conv).await;
     online(&alice).await;
     online(&bob).await;
     let plain = pattern(1024 * 1024 + 300_000, 3);
-    let id = alice
-        .send_media(
-            conv,
-            MediaSource::Bytes(plain.clone()),
-            Vec::new(),
-            "video/mp4",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_bytes(&alice, conv, plain.clone(), Vec::new(), "video/mp4", "send").await;
     let (_, media) = received(&bob, conv, id).await;
     eventually(120, "the upload over the lossy link", || async {
         alice.queued_uploads().is_ok_and(|q| q.is_empty())
@@ -409,17 +380,15 @@ async fn an_interrupted_download_resumes_from_its_synced_prefix() {
     const MIB: u64 = 1024 * 1024;
     let p = pair(BlobLimits::default()).await;
     let plain = pattern(40 * MIB as usize, 7);
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(plain.clone()),
-            b"video".to_vec(),
-            "video/mp4",
-            Vec::new(),
-        )
-        .await
-        .expect("send");
+    let id = send_bytes(
+        &p.alice,
+        p.conv,
+        plain.clone(),
+        b"video".to_vec(),
+        "video/mp4",
+        "send",
+    )
+    .await;
     let (_, media) = received(&p.bob, p.conv, id).await;
     uploaded(&p.alice).await;
     let len = media.cipher_len();
@@ -515,17 +484,15 @@ async fn prefetch_fetches_small_media_ahead_and_only_when_unmetered() {
         .enumerate()
     {
         let plain = pattern(len, i as u8);
-        let id = p
-            .alice
-            .send_media(
-                p.conv,
-                MediaSource::Bytes(plain.clone()),
-                format!("photo {i}").into_bytes(),
-                "image/jpeg",
-                Vec::new(),
-            )
-            .await
-            .expect("send_media");
+        let id = send_bytes(
+            &p.alice,
+            p.conv,
+            plain.clone(),
+            format!("photo {i}").into_bytes(),
+            "image/jpeg",
+            "send_media",
+        )
+        .await;
         let (_, media) = received(&p.bob, p.conv, id).await;
         sent.push((plain, media));
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tidings::engine::media::wire::BlobRefusal;
 use tidings::engine::ConversationId;
 use tidings::relay::blobs::BlobLimits;
-use tidings::replica::{MediaError, MediaSource, ReplicaError};
+use tidings::replica::{MediaError, ReplicaError};
 
 /// Alice sends a photo with no relay running; Bob takes the message from her device over
 /// the peer link and then the photo itself, every piece verified, from her device too.
@@ -20,17 +20,15 @@ async fn a_member_downloads_a_photo_from_the_senders_device_with_no_relay() {
     greet(&p.alice, &p.bob, p.conv).await;
     p.relay.shutdown().await.expect("relay stops");
     let plain = pattern(3 * 1024 * 1024 + 5, 9);
-    let id = p
-        .alice
-        .send_media(
-            p.conv,
-            MediaSource::Bytes(plain.clone()),
-            b"no relay".to_vec(),
-            "image/jpeg",
-            Vec::new(),
-        )
-        .await
-        .expect("send without a relay");
+    let id = send_bytes(
+        &p.alice,
+        p.conv,
+        plain.clone(),
+        b"no relay".to_vec(),
+        "image/jpeg",
+        "send without a relay",
+    )
+    .await;
     let (_alice_link, alice_at) = peer_link(&p.alice).await;
     let (bob_link, _) = peer_link(&p.bob).await;
     bob_link.sync(alice_at).await.expect("synced");
@@ -58,11 +56,7 @@ async fn a_peer_refuses_a_blob_to_a_device_that_is_not_a_member() {
     let p = pair(BlobLimits::default()).await;
     let carol = open(&p.root, "carol", 3, &p.relay).await;
     let elsewhere = ConversationId([0x3e; 16]);
-    p.alice
-        .create_conversation(elsewhere, vec![carol.user()])
-        .await
-        .expect("create");
-    accept_invitation(&carol, elsewhere).await;
+    start_with(&p.alice, &carol, elsewhere).await;
     greet(&p.alice, &p.bob, p.conv).await;
     greet(&p.alice, &carol, elsewhere).await;
     p.relay.shutdown().await.expect("relay stops");

@@ -109,15 +109,22 @@ pub async fn send_photo(
     plain: &[u8],
     what: &str,
 ) -> tidings::engine::MessageId {
-    who.send_media(
-        conv,
-        MediaSource::Bytes(plain.to_vec()),
-        Vec::new(),
-        "image/jpeg",
-        Vec::new(),
-    )
-    .await
-    .expect(what)
+    send_bytes(who, conv, plain.to_vec(), Vec::new(), "image/jpeg", what).await
+}
+
+/// `who` sends `plain` as a `mime` attachment with `caption` and no thumbnail; `what` names
+/// the step if it fails.
+pub async fn send_bytes(
+    who: &Replica,
+    conv: ConversationId,
+    plain: Vec<u8>,
+    caption: Vec<u8>,
+    mime: &str,
+    what: &str,
+) -> tidings::engine::MessageId {
+    who.send_media(conv, MediaSource::Bytes(plain), caption, mime, Vec::new())
+        .await
+        .expect(what)
 }
 
 pub fn files_contain(dir: &Path, needle: &[u8]) -> bool {
@@ -136,6 +143,15 @@ pub struct Pair {
     pub root: std::path::PathBuf,
 }
 
+/// `owner` starts `conv` with `member`, who accepts the invitation.
+pub async fn start_with(owner: &Replica, member: &Replica, conv: ConversationId) {
+    owner
+        .create_conversation(conv, vec![member.user()])
+        .await
+        .expect("create");
+    accept_invitation(member, conv).await;
+}
+
 pub async fn pair(blobs: BlobLimits) -> Pair {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().to_path_buf();
@@ -143,11 +159,7 @@ pub async fn pair(blobs: BlobLimits) -> Pair {
     let alice = open(&root, "alice", 1, &relay).await;
     let bob = open(&root, "bob", 2, &relay).await;
     let conv = ConversationId([0x3d; 16]);
-    alice
-        .create_conversation(conv, vec![bob.user()])
-        .await
-        .expect("create");
-    accept_invitation(&bob, conv).await;
+    start_with(&alice, &bob, conv).await;
     online(&alice).await;
     online(&bob).await;
     Pair {
