@@ -87,13 +87,7 @@ async fn a_non_member_is_refused_the_blob() {
         .download_media(p.conv, &media, &p.root.join("carol-got"))
         .await
         .expect_err("refused");
-    assert!(
-        matches!(
-            err,
-            ReplicaError::Media(MediaError::Refused(BlobRefusal::NotMember))
-        ),
-        "{err:?}"
-    );
+    assert!(refused_as_non_member(&err), "{err:?}");
     assert!(!p.root.join("carol-got").exists());
 }
 

@@ -7,7 +7,6 @@ mod common;
 use common::media::*;
 use common::net::{accept_invitation, eventually};
 use std::time::Duration;
-use tidings::engine::media::wire::BlobRefusal;
 use tidings::engine::ConversationId;
 use tidings::relay::blobs::BlobLimits;
 use tidings::replica::{MediaError, ReplicaError};
@@ -75,13 +74,7 @@ async fn a_peer_refuses_a_blob_to_a_device_that_is_not_a_member() {
             .download_media(named, &media, &dest)
             .await
             .expect_err("refused");
-        assert!(
-            matches!(
-                err,
-                ReplicaError::Media(MediaError::Refused(BlobRefusal::NotMember))
-            ),
-            "named {named:?}: {err:?}"
-        );
+        assert!(refused_as_non_member(&err), "named {named:?}: {err:?}");
         assert!(!dest.exists());
     }
     // The member is served by the same peer.

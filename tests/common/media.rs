@@ -127,6 +127,16 @@ pub async fn send_bytes(
         .expect(what)
 }
 
+/// Whether a download was refused because the device is no member of the conversation.
+pub fn refused_as_non_member(err: &tidings::replica::ReplicaError) -> bool {
+    matches!(
+        err,
+        tidings::replica::ReplicaError::Media(tidings::replica::MediaError::Refused(
+            tidings::engine::media::wire::BlobRefusal::NotMember
+        ))
+    )
+}
+
 pub fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).expect("dir").any(|e| {
         let bytes = std::fs::read(e.expect("entry").path()).expect("read");
