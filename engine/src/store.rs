@@ -622,12 +622,22 @@ impl Store {
                 accepted.push(ev);
             }
         }
-        // Acks first: a Send whose ack is already stored goes straight to the sequenced index,
-        // instead of into the unsequenced one and out again.
-        accepted.sort_by_key(|e| !e.kind().is_sequencing());
+        // Other devices' events first, then the relay's statements, then this device's own
+        // events. A statement finds the others' events stored and indexes their places at
+        // once (placed before them, each place went into the `waiting` table and out again
+        // when its event came); this device's own Send, admitted as it is stored, finds its
+        // ack and goes straight to the sequenced index instead of into the unsequenced one
+        // and out again. Stable: each group keeps the page's order.
+        let me = self.key.device();
+        accepted.sort_by_key(
+            |e| match (e.kind().is_sequencing(), e.header().author == me) {
+                (false, false) => 0u8,
+                (true, _) => 1,
+                (false, true) => 2,
+            },
+        );
         let convs: HashSet<ConversationId> = accepted.iter().map(|e| e.conversation()).collect();
         self.ready_to_judge(convs.iter().copied())?;
-        let me = self.key.device();
         let directory = self.loaded_directory()?;
         // Inside a deferred scope (a relay page) the commit's fsync is the scope's.
         let lazy = self.deferred;

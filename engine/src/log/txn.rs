@@ -44,7 +44,14 @@ pub struct LogTxn<'a> {
     next_position: Option<u64>,
     dequeued: Vec<EventId>,
     chain_issues: Vec<ChainIssue>,
+    /// Events of other devices stored in this transaction and not judged by their gate yet:
+    /// the gate judges them from here (no read back and decode of what was just written), and
+    /// only those still waiting when the transaction ends get a `held` row. Disjoint from the
+    /// `held` table.
+    fresh_held: HashMap<Id32Bytes, Event>,
 }
+
+type Id32Bytes = [u8; 32];
 
 impl std::fmt::Debug for LogTxn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +95,7 @@ impl<'a> LogTxn<'a> {
             next_position: None,
             dequeued: Vec::new(),
             chain_issues: Vec::new(),
+            fresh_held: HashMap::new(),
         })
     }
 
@@ -96,7 +104,20 @@ impl<'a> LogTxn<'a> {
         for (conv, meta) in std::mem::take(&mut self.metas) {
             self.convs.insert(&conv.0, encode(&meta).as_slice())?;
         }
+        for id in std::mem::take(&mut self.fresh_held).into_keys() {
+            self.held.insert(&id, ())?;
+        }
         Ok(())
+    }
+
+    /// Whether a stored event waits for its gate.
+    fn is_held(&self, id: &Id32Bytes) -> Result<bool, LogError> {
+        Ok(self.fresh_held.contains_key(id) || self.held.get(id)?.is_some())
+    }
+
+    /// Takes an event out of the held set; whether it was held.
+    fn unhold(&mut self, id: &Id32Bytes) -> Result<bool, LogError> {
+        Ok(self.fresh_held.remove(id).is_some() || self.held.remove(id)?.is_some())
     }
 
     fn meta_mut(
@@ -187,7 +208,7 @@ impl<'a> LogTxn<'a> {
         if !self.store(event)? {
             return Ok(Appended::Duplicate);
         }
-        self.held.insert(&event.id().0, ())?;
+        self.fresh_held.insert(event.id().0, event.clone());
         Ok(Appended::Held)
     }
 
@@ -343,10 +364,18 @@ impl<'a> LogTxn<'a> {
                 gate.through = next_held.map_or(to, |s| s - 1);
                 continue;
             };
-            let Some(bytes) = self.events.get(&id)?.map(|g| g.value().1.to_vec()) else {
-                break;
+            // Held since this transaction stored it: judged from memory.
+            let fresh = self.fresh_held.remove(&id);
+            let was_fresh = fresh.is_some();
+            let event = match fresh {
+                Some(event) => event,
+                None => {
+                    let Some(bytes) = self.events.get(&id)?.map(|g| g.value().1.to_vec()) else {
+                        break;
+                    };
+                    Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?
+                }
             };
-            let event = Event::decode_trusted(&bytes).map_err(|e| corrupt("events", e))?;
             let ts = self.acks.get(&id)?.map(|g| g.value().1).unwrap_or(0);
             // An ack in this conversation for an event of another one: the relay moved it.
             // Judged here it would be admitted into its own conversation's fold under this
@@ -367,7 +396,8 @@ impl<'a> LogTxn<'a> {
                     }
                     // Own events, and events stored before gates existed, were admitted
                     // when they were written.
-                    if self.held.remove(&id)?.is_some() && event.header().author != me {
+                    let held = was_fresh || self.held.remove(&id)?.is_some();
+                    if held && event.header().author != me {
                         let position = self.admit(&event)?;
                         run.admitted.push((position, event));
                     } else {
@@ -375,8 +405,15 @@ impl<'a> LogTxn<'a> {
                     }
                 }
                 Verdict::Refuse(refusal) => {
-                    if !foreign {
-                        self.held.remove(&id)?;
+                    if foreign {
+                        // Stays held: its own conversation's gate judges it.
+                        if was_fresh {
+                            self.fresh_held.insert(id, event.clone());
+                        }
+                    } else {
+                        if !was_fresh {
+                            self.held.remove(&id)?;
+                        }
                         if self.settle_early(&event, false)? {
                             run.retracted.push(event.id());
                         }
@@ -387,6 +424,9 @@ impl<'a> LogTxn<'a> {
                     run.refused.push((event, refusal));
                 }
                 Verdict::Wait(user) => {
+                    if was_fresh {
+                        self.fresh_held.insert(id, event);
+                    }
                     run.waiting = Some(user);
                     break;
                 }
@@ -459,7 +499,7 @@ impl<'a> LogTxn<'a> {
         // one stored later finds this ack when it is appended. (The ack names the message:
         // acks come from the trusted relay.)
         if let Some(message) = message {
-            if self.events.get(&acked.0)?.is_some() && self.held.get(&acked.0)?.is_none() {
+            if self.events.get(&acked.0)?.is_some() && !self.is_held(&acked.0)? {
                 self.unsequenced.remove((c, &message.0))?;
                 self.msg_by_seq.insert((c, seq), &acked.0)?;
             }

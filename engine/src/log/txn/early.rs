@@ -71,7 +71,7 @@ impl LogTxn<'_> {
         }
         let appended = self.append_held(event)?;
         // A duplicate still held may be admitted now (its author's certificate came since).
-        let held = self.held.get(&id.0)?.is_some();
+        let held = self.is_held(&id.0)?;
         if !held {
             return Ok(match appended {
                 Appended::Duplicate => EarlyAppend::Duplicate,
@@ -96,7 +96,7 @@ impl LogTxn<'_> {
             Verdict::Admit { .. } | Verdict::Wait(_) => return Ok(EarlyAppend::Held(None)),
             Verdict::Refuse(r) => return Ok(EarlyAppend::Held(Some(r))),
         }
-        self.held.remove(&id.0)?;
+        self.unhold(&id.0)?;
         let position = self.admit(event)?;
         self.early.insert(&id.0, (&conversation.0, position))?;
         Ok(EarlyAppend::Admitted { position })
