@@ -319,6 +319,20 @@ impl<S: Storage> RelayCore<S> {
         let (_, n_later) = self.staged.take_out(&conv, &refused);
         Staged::lose_inflight(&mut self.staged.submits, &statements, &refused);
         Staged::lose_inflight(&mut waiters, &statements, &refused);
+        // A submit of the next batch left without a staged event is not in any commit any
+        // more: answered now, or with the job if it still waits for places in it. (Left in the
+        // batch, it was never answered when no event was staged after it.)
+        let (kept, unstaged): (Vec<_>, Vec<_>) = std::mem::take(&mut self.staged.submits)
+            .into_iter()
+            .partition(|p| p.slots.iter().any(|s| matches!(s, Slot::Staged(_))));
+        self.staged.submits = kept;
+        for p in unstaged {
+            if p.slots.iter().any(|s| matches!(s, Slot::Inflight(..))) {
+                waiters.push(p);
+            } else {
+                self.answer(p, None);
+            }
+        }
         self.metrics.rejected(n_job + n_later);
         let committed = self.convs.get(&conv).and_then(|c| c.committed.clone());
         match committed {

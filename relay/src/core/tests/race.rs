@@ -69,3 +69,34 @@ fn a_conflict_on_one_conversation_refuses_only_its_events() {
     );
     assert_eq!(net.core.store().n_events().expect("n"), 6);
 }
+
+/// A submit staged after the job whose only events are in the raced conversation is taken out
+/// with them and answered at once. Before, it stayed in the next batch, which had no event
+/// left, so no commit ever took it and its device waited for an answer forever (found by
+/// `relay/tests/cluster.rs`'s hot-conversation race, which hung about one run in fifteen).
+#[test]
+fn a_later_submit_left_with_nothing_staged_is_answered() {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c1 = create(&mut a, 1, &[1]);
+    assert_eq!(seq_of(&net.submit(&a, &[c1])[0]), 1);
+    let in_1 = send(&mut a, 1, "in the raced conversation");
+    submit_nowait(&mut net, &a, std::slice::from_ref(&in_1), 1);
+    let job = net.core.start_commit().expect("sign").expect("a job");
+    let later = send(&mut a, 1, "later, raced too");
+    submit_nowait(&mut net, &a, std::slice::from_ref(&later), 2);
+    net.core.finish_commit(
+        job,
+        Err(StoreError::Conflict {
+            conversation: ConversationId([1; 16]),
+            expected: 1,
+            found: 1,
+        }),
+    );
+    net.core.commit().expect("commit");
+    let got = submit_results(&mut net);
+    assert_eq!(code_of(&got[&1][0]), ErrorCode::INTERNAL);
+    let later_answer = got.get(&2).expect("the later submit is answered");
+    assert_eq!(code_of(&later_answer[0]), ErrorCode::INTERNAL);
+    assert!(!net.core.has_staged());
+}
