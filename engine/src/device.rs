@@ -622,38 +622,8 @@ impl DeviceCore {
         prepared: PreparedFrame,
         now_ms: u64,
     ) -> Result<(), DeviceError> {
-        self.handle_prepared_all([prepared], now_ms)
-    }
-
-    /// Frames from [`DeviceCore::prepare`] that were waiting together (a catch-up's pages come
-    /// faster than one fsync each), handled in order inside one deferred scope: what they
-    /// store is made durable by one fsync at the end. Nothing they queue for the relay
-    /// leaves before it: the outbox is offered only after it, and when it fails every frame
-    /// queued since the first one (cursor claims, receipts, pulls) is dropped, as for one
-    /// page. A frame that fails stops the run (the shell drops the connection), after what
-    /// the frames before it stored is synced.
-    pub fn handle_prepared_all(
-        &mut self,
-        frames: impl IntoIterator<Item = PreparedFrame>,
-        now_ms: u64,
-    ) -> Result<(), DeviceError> {
-        let queued = self.transmit.len();
-        let outer = self.store.defer_sync();
-        let mut handled = Ok(());
-        for prepared in frames {
-            handled = self
-                .handle_prepared_inner(prepared, now_ms)
-                .and_then(|()| self.after_frame(now_ms));
-            if handled.is_err() {
-                break;
-            }
-        }
-        if let Err(e) = self.store.end_deferred(outer) {
-            self.transmit.truncate(queued);
-            return Err(e.into());
-        }
-        handled?;
-        self.flush(now_ms)
+        self.handle_prepared_inner(prepared, now_ms)?;
+        self.after_frame(now_ms)
     }
 
     /// Key work after a frame: answers the key requests it brought, and once caught up asks

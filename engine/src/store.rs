@@ -455,12 +455,6 @@ impl Store {
         std::mem::replace(&mut self.deferred, true)
     }
 
-    /// Whether a scope [`Store::defer_sync`] opened is open: commits made now are not on disk
-    /// until it ends.
-    pub(crate) fn is_deferred(&self) -> bool {
-        self.deferred
-    }
-
     /// Closes the scope [`Store::defer_sync`] opened: makes everything committed in it durable
     /// with one fsync (none if nothing was written; an inner scope leaves it to the outer
     /// one). When the sync fails, the cached outbox, documents and epoch keys are dropped

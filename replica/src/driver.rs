@@ -35,10 +35,6 @@ use tokio::time::Instant;
 
 /// Frames read ahead of the driver per connection; beyond that, QUIC flow control pushes back.
 const READ_AHEAD_FRAMES: usize = 256;
-/// Most frames handled under one fsync when several are waiting (`DeviceCore::handle_prepared_all`):
-/// as many as the catch-up keeps pulls in flight, so a page's receipts wait for a few more
-/// pages at most.
-const FRAMES_PER_SYNC: usize = tidings_engine::device::MAX_PULLS_IN_FLIGHT;
 /// How long `close` waits for the connection to say goodbye.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
@@ -47,9 +43,6 @@ struct Live {
     send: FrameWriter,
     frames: mpsc::Receiver<Result<PreparedFrame, String>>,
     reader: JoinHandle<()>,
-    /// The reader's failure, taken from the channel behind frames handled together; the
-    /// next turn reports it.
-    failed: Option<String>,
 }
 
 type Dialed = Result<(Connection, FrameWriter, FrameReader, [u8; TLS_BINDING_LEN]), String>;
@@ -225,23 +218,7 @@ impl Driver {
                     let now = self.now();
                     match frame {
                         Some(Ok(f)) => {
-                            // Frames already checked and waiting behind this one share its
-                            // fsync (a catch-up's pages come faster than one fsync each).
-                            let mut frames = vec![f];
-                            if let Some(l) = self.live.as_mut() {
-                                while frames.len() < FRAMES_PER_SYNC {
-                                    match l.frames.try_recv() {
-                                        Ok(Ok(f)) => frames.push(f),
-                                        Ok(Err(e)) => {
-                                            // Handled after the frames before it.
-                                            l.failed = Some(e);
-                                            break;
-                                        }
-                                        Err(_) => break,
-                                    }
-                                }
-                            }
-                            if let Err(e) = self.core.handle_prepared_all(frames, now) {
+                            if let Err(e) = self.core.handle_prepared(f, now) {
                                 tracing::warn!(error = %e, "dropping the relay connection");
                                 self.problem = Some(problem_of(&e));
                                 self.disconnect(now);
@@ -261,7 +238,7 @@ impl Driver {
                         Ok((connection, send, recv, binding)) => {
                             let (tx, frames) = mpsc::channel(READ_AHEAD_FRAMES);
                             let reader = tokio::spawn(read_frames(recv, tx));
-                            self.live = Some(Live { connection, send, frames, reader, failed: None });
+                            self.live = Some(Live { connection, send, frames, reader });
                             self.core.handle_connected(binding, now);
                         }
                         Err(e) => {
@@ -732,10 +709,7 @@ async fn read_frames(mut recv: FrameReader, tx: mpsc::Sender<Result<PreparedFram
 
 async fn next_frame(live: &mut Option<Live>) -> Option<Result<PreparedFrame, String>> {
     match live.as_mut() {
-        Some(l) => match l.failed.take() {
-            Some(e) => Some(Err(e)),
-            None => l.frames.recv().await,
-        },
+        Some(l) => l.frames.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -8,10 +8,7 @@ impl DeviceCore {
     /// conversation, entries go in outbox order: one still backing off holds back the ones
     /// behind it.
     pub(super) fn flush(&mut self, now_ms: u64) -> Result<(), DeviceError> {
-        // Inside a deferred scope the outbox may hold events not on disk yet: offered when
-        // the scope's fsync is done (a relay that holds an event its author lost would see
-        // the author sign another one with the same counter).
-        if self.state != State::Ready || self.inflight.is_some() || self.store.is_deferred() {
+        if self.state != State::Ready || self.inflight.is_some() {
             return Ok(());
         }
         self.forget_clock_steps(now_ms)?;

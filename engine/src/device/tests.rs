@@ -747,18 +747,8 @@ mod pulls;
 /// A ready device with pages of 4 told that `conv` has `max_seq` events: its pulls, as
 /// (request id, after_seq, limit).
 fn catching_up(conv: ConversationId, max_seq: u64, t0: u64) -> (DeviceCore, Vec<(u64, u64, u32)>) {
-    catching_up_in_pages_of(conv, max_seq, 4, t0)
-}
-
-/// [`catching_up`] with pulls of `pull_limit` events.
-fn catching_up_in_pages_of(
-    conv: ConversationId,
-    max_seq: u64,
-    pull_limit: u32,
-    t0: u64,
-) -> (DeviceCore, Vec<(u64, u64, u32)>) {
     let config = DeviceConfig {
-        pull_limit,
+        pull_limit: 4,
         ..DeviceConfig::default()
     };
     let mut core = ready(config, t0);
@@ -862,56 +852,6 @@ fn a_history_gap_answered_to_a_window_of_pulls_is_reported_once() {
 /// A page of a catch-up costs one fsync: its events, the cursor they move and the Delivered
 /// receipt they call for are made durable together before any frame about them leaves (it
 /// took three: the events' commit, the cursor's and the receipt's).
-/// One durable commit since `before`; then the Delivered receipt and the cursor claim for
-/// sequence 2 are queued for the relay.
-fn one_commit_then_claims_through_2(core: &mut DeviceCore, before: u64) {
-    assert_eq!(core.store().log().durable_commits() - before, 1);
-    let frames = drain(core);
-    assert_eq!(delivered_receipts(&frames), vec![2]);
-    assert!(frames
-        .iter()
-        .any(|f| matches!(f, ClientFrame::Received { up_to: 2, .. })));
-}
-
-/// Pages that wait together behind the driver share one fsync: two pages handled one by one
-/// were two durable commits, handled together they are one, and what they queue for the
-/// relay (the cursor claim, the receipt) is there once it is done.
-#[test]
-fn pages_waiting_together_are_one_durable_commit() {
-    let t0 = 1_000_000;
-    let (create, send) = bobs_conversation(t0);
-    let (mut core, pulls) = catching_up_in_pages_of(CONV, 2, 1, t0);
-    assert_eq!(pulls.len(), 2, "{pulls:?}");
-    let page = |request_id: u64, event: &Event, seq: u64, more: bool| {
-        DeviceCore::prepare(ServerFrame::Page {
-            request_id,
-            conversation: CONV,
-            events: vec![Envelope(event.bytes().to_vec())],
-            records: vec![Envelope(ack(event, seq, t0).into_bytes())],
-            more,
-        })
-    };
-    let before = core.store().log().durable_commits();
-    core.handle_prepared_all(
-        [
-            page(pulls[0].0, &create, 1, true),
-            page(pulls[1].0, &send, 2, false),
-        ],
-        t0,
-    )
-    .expect("pages");
-    one_commit_then_claims_through_2(&mut core, before);
-
-    // The same two pages one frame at a time: one fsync each.
-    let (mut core, pulls) = catching_up_in_pages_of(CONV, 2, 1, t0);
-    let before = core.store().log().durable_commits();
-    core.handle_prepared(page(pulls[0].0, &create, 1, true), t0)
-        .expect("page 1");
-    core.handle_prepared(page(pulls[1].0, &send, 2, false), t0)
-        .expect("page 2");
-    assert_eq!(core.store().log().durable_commits() - before, 2);
-}
-
 #[test]
 fn a_page_of_the_catch_up_is_one_durable_commit() {
     let t0 = 1_000_000;
@@ -936,7 +876,12 @@ fn a_page_of_the_catch_up_is_one_durable_commit() {
         t0,
     )
     .expect("page");
-    one_commit_then_claims_through_2(&mut core, before);
+    assert_eq!(core.store().log().durable_commits() - before, 1);
+    let frames = drain(&mut core);
+    assert_eq!(delivered_receipts(&frames), vec![2]);
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Received { up_to: 2, .. })));
     assert_eq!(
         core.store()
             .log()
