@@ -48,10 +48,8 @@ pub struct LogTxn<'a> {
     /// the gate judges them from here (no read back and decode of what was just written), and
     /// only those still waiting when the transaction ends get a `held` row. Disjoint from the
     /// `held` table.
-    fresh_held: HashMap<Id32Bytes, Event>,
+    fresh_held: HashMap<[u8; 32], Event>,
 }
-
-type Id32Bytes = [u8; 32];
 
 impl std::fmt::Debug for LogTxn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,12 +109,12 @@ impl<'a> LogTxn<'a> {
     }
 
     /// Whether a stored event waits for its gate.
-    fn is_held(&self, id: &Id32Bytes) -> Result<bool, LogError> {
+    fn is_held(&self, id: &[u8; 32]) -> Result<bool, LogError> {
         Ok(self.fresh_held.contains_key(id) || self.held.get(id)?.is_some())
     }
 
     /// Takes an event out of the held set; whether it was held.
-    fn unhold(&mut self, id: &Id32Bytes) -> Result<bool, LogError> {
+    fn unhold(&mut self, id: &[u8; 32]) -> Result<bool, LogError> {
         Ok(self.fresh_held.remove(id).is_some() || self.held.remove(id)?.is_some())
     }
 
