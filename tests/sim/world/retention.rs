@@ -95,6 +95,16 @@ impl Sim {
             if plan.body_floor <= old {
                 continue;
             }
+            // A commit the relay made durable just before a crash was never emitted, so the
+            // oracle has not seen its statement yet: it learns the places (and their server
+            // times) from the store, which the restarted relay serves as committed.
+            let (stored, _) = core
+                .store()
+                .statements_between(&conv, old + 1, plan.body_floor, usize::MAX)
+                .map_err(|e| format!("relay stored statements: {e}"))?;
+            for st in &stored {
+                self.oracle.record_statement(&st.0)?;
+            }
             let kept = kept_seqs(core.store(), &conv, old, plan.body_floor)?;
             for seq in (old + 1..=plan.body_floor).filter(|s| !kept.contains(s)) {
                 self.oracle.check_droppable(
