@@ -186,14 +186,14 @@ fn the_phone_leaves_the_history_keys_at_the_relay_before_the_laptop_asks() {
     let (n_shared, _) = w.devices[phone]
         .core
         .store_mut()
-        .share_history(reg.device, now)
+        .share_history(std::slice::from_ref(&reg.device), now)
         .expect("share");
     assert!(n_shared > 0, "EpochKeys re-shares queued for the laptop");
     // A second call adds nothing: the laptop counts as holding them.
     let (again, _) = w.devices[phone]
         .core
         .store_mut()
-        .share_history(reg.device, now)
+        .share_history(std::slice::from_ref(&reg.device), now)
         .expect("share");
     assert_eq!(again, 0);
     w.set_online(phone, false);
@@ -299,4 +299,85 @@ fn a_new_laptop_keeping_the_last_days_fetches_only_their_bodies() {
         (60, 60),
         "a conversation started after the laptop joined is taken whole"
     );
+}
+
+/// The `EpochKeys` events device `idx` has queued, each with how many devices it seals to.
+fn queued_shares(w: &mut World, idx: usize) -> Vec<usize> {
+    use tidings::engine::event::EventKind;
+    let store = w.devices[idx].core.store_mut();
+    let ids: Vec<_> = store
+        .outbox_entries()
+        .expect("outbox")
+        .filter(|e| e.message.is_none())
+        .map(|e| e.event)
+        .collect();
+    ids.iter()
+        .filter_map(|id| store.log().get(id).expect("log"))
+        .filter_map(|ev| match ev.kind() {
+            EventKind::EpochKeys { keys, .. } => Some(keys.len()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Found by the simulator (seed 1941, a registration flood on Alice's account): her phone
+/// learned some 250 new devices of hers in a `Devices` answer and sealed each history epoch
+/// to each device in an event of its own, about 1,500 `EpochKeys` events; with the relay
+/// taking 2 events per submit, her read receipts waited minutes behind them in the outbox.
+/// Devices a page lists together get each epoch in one event (up to `MAX_SEALED_KEYS`
+/// devices an event), and a second page listing them again queues nothing.
+#[test]
+fn devices_listed_together_get_each_history_epoch_in_one_event() {
+    use tidings::engine::wire::ServerFrame;
+    const NEW: u8 = 40;
+    let (alice, bob_user) = (user(1), user(2));
+    let mut w = World::new(9);
+    let [phone, bob] = w.phone_and_bob(&alice, &bob_user, CONVS[0]);
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .create_conversation(CONVS[1], vec![bob_user.id], now)
+        .expect("create");
+    for c in &CONVS[..2] {
+        w.send_batch(phone, *c, 3, "alice");
+        w.send_batch(bob, *c, 3, "bob");
+    }
+    w.run(30_000);
+    assert_eq!(queued_shares(&mut w, phone), Vec::<usize>::new());
+    let n_epochs: usize = CONVS[..2]
+        .iter()
+        .map(|c| {
+            w.devices[phone]
+                .core
+                .store_mut()
+                .epochs(*c)
+                .expect("epochs")
+                .len()
+        })
+        .sum();
+    assert!(n_epochs >= 2, "one epoch per conversation at least");
+    let registrations: Vec<DeviceRegistration> =
+        (0..NEW).map(|i| device(&alice, 100 + i).1).collect();
+    let page = || ServerFrame::Devices {
+        request_id: 0,
+        registrations: registrations.clone(),
+        revocations: vec![],
+        complete: 0,
+        resume_after: None,
+    };
+    let now = w.now;
+    w.devices[phone]
+        .core
+        .handle_frame(page(), now)
+        .expect("the phone learns Alice's new devices");
+    assert_eq!(
+        queued_shares(&mut w, phone),
+        vec![usize::from(NEW); n_epochs],
+        "one EpochKeys event per epoch, sealed to every new device"
+    );
+    w.devices[phone]
+        .core
+        .handle_frame(page(), now + 1)
+        .expect("the same page again");
+    assert_eq!(queued_shares(&mut w, phone).len(), n_epochs, "nothing more");
 }

@@ -55,13 +55,17 @@ impl DeviceCore {
         now_ms: u64,
     ) -> Result<(), DeviceError> {
         let me = self.store.key().user();
-        let mut shared = false;
-        for r in registrations.iter().filter(|r| r.user == me) {
-            let (n_shared, changes) = self.store.share_history(r.device, now_ms)?;
-            shared |= n_shared > 0;
-            self.emit(changes);
+        let own: Vec<DeviceId> = registrations
+            .iter()
+            .filter(|r| r.user == me)
+            .map(|r| r.device)
+            .collect();
+        if own.is_empty() {
+            return Ok(());
         }
-        if shared {
+        let (n_shared, changes) = self.store.share_history(&own, now_ms)?;
+        self.emit(changes);
+        if n_shared > 0 {
             self.flush(now_ms)?;
         }
         Ok(())

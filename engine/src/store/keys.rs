@@ -801,7 +801,18 @@ impl Store {
         epoch: EventId,
         device: DeviceId,
     ) -> Result<bool, StoreError> {
-        let pending: Vec<EventId> = self
+        Ok(self
+            .pending_shares(conversation)?
+            .contains(&(epoch, device)))
+    }
+
+    /// The (epoch, device) pairs the `EpochKeys` events of this device still waiting in the
+    /// outbox of `conversation` seal.
+    pub(super) fn pending_shares(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<BTreeSet<(EventId, DeviceId)>, StoreError> {
+        let queued: Vec<EventId> = self
             .outbox_entries()?
             .filter(|e| {
                 e.conversation == conversation
@@ -810,7 +821,8 @@ impl Store {
             })
             .map(|e| e.event)
             .collect();
-        for id in pending {
+        let mut out = BTreeSet::new();
+        for id in queued {
             let Some(ev) = self.log.get(&id)? else {
                 continue;
             };
@@ -818,13 +830,11 @@ impl Store {
                 epoch: named, keys, ..
             } = ev.kind()
             {
-                let same = named.unwrap_or(id) == epoch;
-                if same && keys.iter().any(|k| k.device == device) {
-                    return Ok(true);
-                }
+                let epoch = named.unwrap_or(id);
+                out.extend(keys.iter().map(|k| (epoch, k.device)));
             }
         }
-        Ok(false)
+        Ok(out)
     }
 
     /// Epochs of folded messages whose key this device lacks.

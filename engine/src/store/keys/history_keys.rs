@@ -158,37 +158,69 @@ impl Store {
         Ok(out)
     }
 
-    /// Shares the epoch keys the policy offers with `device` (another device of this user)
-    /// through the relay: the `EpochKeys` re-shares a key request is answered with, one per
-    /// epoch the device is not known to hold and no queued share already carries. Nothing
-    /// for any other device, or when bodies are not encrypted. Returns how many epochs were
-    /// shared (events now in the outbox) and the changes to show.
+    /// Shares the epoch keys the policy offers with `devices` (other devices of this user)
+    /// through the relay: the `EpochKeys` re-shares a key request is answered with, for the
+    /// devices not known to hold an epoch and to which no queued share already seals it. The
+    /// devices missing an epoch share its events (up to `MAX_SEALED_KEYS` each): a user's
+    /// devices listed together cost one event per epoch, not one per device and epoch (a
+    /// registration flood on the account would otherwise fill the outbox with thousands of
+    /// events, ahead of the user's own). Devices of other users are ignored; nothing happens
+    /// when bodies are not encrypted. Returns how many epochs were shared (events now in the
+    /// outbox) and the changes to show.
     pub fn share_history(
         &mut self,
-        device: DeviceId,
+        devices: &[DeviceId],
         now_ms: u64,
     ) -> Result<(usize, Vec<Change>), StoreError> {
         if !self.config.encrypt {
             return Ok((0, Vec::new()));
         }
-        let Some(public) = self.own_device(device)? else {
+        let mut own = Vec::new();
+        for d in devices.iter().collect::<BTreeSet<_>>() {
+            if let Some(public) = self.own_device(*d)? {
+                own.push((*d, public));
+            }
+        }
+        if own.is_empty() {
             return Ok((0, Vec::new()));
-        };
+        }
         let mut n_shared = 0;
         let mut changes = Vec::new();
+        let mut pending: BTreeMap<ConversationId, BTreeSet<(EventId, DeviceId)>> = BTreeMap::new();
         for (conversation, epoch) in self.history_epochs(now_ms)? {
-            let held = self
+            let Some(holders) = self
                 .epochs_of(conversation)?
                 .get(&epoch)
-                .is_none_or(|e| e.holders.contains(&device));
-            if held || self.sharing_pending(conversation, epoch, device)? {
+                .map(|e| e.holders.clone())
+            else {
+                continue;
+            };
+            if own.iter().all(|(d, _)| holders.contains(d)) {
                 continue;
             }
-            changes.extend(self.share_epoch(conversation, epoch, &[(device, public)], now_ms)?);
+            let queued = match pending.entry(conversation) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(self.pending_shares(conversation)?)
+                }
+            };
+            let to: Vec<_> = own
+                .iter()
+                .filter(|(d, _)| !holders.contains(d) && !queued.contains(&(epoch, *d)))
+                .copied()
+                .collect();
+            if to.is_empty() {
+                continue;
+            }
+            changes.extend(self.share_epoch(conversation, epoch, &to, now_ms)?);
             n_shared += 1;
         }
         if n_shared > 0 {
-            tracing::debug!(%device, n_shared, "shared history keys with a device of this user");
+            tracing::debug!(
+                n_devices = own.len(),
+                n_shared,
+                "shared history keys with devices of this user"
+            );
         }
         Ok((n_shared, changes))
     }
