@@ -30,8 +30,8 @@ use crate::store::RefusedEvent;
 use crate::store::{Outgoing, Store, StoreError};
 use crate::wire::{
     sign_auth, ClientFrame, ConversationInfo, DeviceRegistration, DeviceRevocation, Envelope,
-    ErrorCode, Invitation, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_PAGE_ITEMS,
-    MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
+    ErrorCode, Invitation, ServerFrame, SubmitOutcome, UserChange, Welcome, MAX_FRAME_LEN,
+    MAX_PAGE_ITEMS, MAX_SUBMIT_BATCH, PROTOCOL_VERSION, TLS_BINDING_LEN,
 };
 pub use events::{ConnectionState, DeviceEvent};
 use linking::DeviceRequest;
@@ -292,6 +292,8 @@ pub struct DeviceCore {
     pulls_in_flight: usize,
     /// This session's bound on `pulls_in_flight`: the config's, within the relay's window.
     pull_budget: usize,
+    /// The largest frame body the relay reads (its `Welcome`), within [`MAX_FRAME_LEN`].
+    frame_limit: usize,
     sync_sent: bool,
     targets: HashMap<ConversationId, ServerSeq>,
     /// Per conversation, a sequence up to which the log holds no message of another user
@@ -413,6 +415,7 @@ impl DeviceCore {
             pull_turns: VecDeque::new(),
             pulls_in_flight: 0,
             pull_budget: 1,
+            frame_limit: MAX_FRAME_LEN,
             sync_sent: false,
             targets: HashMap::new(),
             reported_gaps: HashSet::new(),

@@ -3,10 +3,16 @@
 
 use super::*;
 
+/// The bytes of a `Submit` frame's body besides its envelopes, at most: its variant, request
+/// id and envelope count (postcard varints).
+const SUBMIT_OVERHEAD: usize = 1 + 10 + 5;
+/// The bytes of an envelope in a frame besides the event's: its length (a varint).
+const ENVELOPE_OVERHEAD: usize = 5;
+
 impl DeviceCore {
-    /// Submits the next due outbox entries, if connected and nothing is in flight. Per
-    /// conversation, entries go in outbox order: one still backing off holds back the ones
-    /// behind it.
+    /// Submits the next due outbox entries, if connected and nothing is in flight: at most
+    /// `submit_batch` of them, in a frame the relay reads. Per conversation, entries go in
+    /// outbox order: one still backing off holds back the ones behind it.
     pub(super) fn flush(&mut self, now_ms: u64) -> Result<(), DeviceError> {
         if self.state != State::Ready || self.inflight.is_some() {
             return Ok(());
@@ -37,15 +43,24 @@ impl DeviceCore {
             }
             return Ok(());
         }
+        // The Submit must fit in a frame the relay reads: the entries after the first that
+        // would overflow it wait for the next one (one event always fits, see
+        // `Welcome::limits`).
         let mut envelopes = Vec::with_capacity(batch.len());
-        for e in &batch {
+        let mut bytes = SUBMIT_OVERHEAD;
+        for (i, e) in batch.iter().enumerate() {
             let ev = self
                 .store
                 .log()
                 .get(&e.event)?
                 .ok_or(DeviceError::Protocol("outbox entry without its event"))?;
+            bytes += ev.bytes().len() + ENVELOPE_OVERHEAD;
+            if i > 0 && bytes > self.frame_limit {
+                break;
+            }
             envelopes.push(Envelope(ev.into_bytes()));
         }
+        batch.truncate(envelopes.len());
         let request_id = self.request_id();
         self.transmit.push_back(ClientFrame::Submit {
             request_id,

@@ -17,6 +17,9 @@ impl DeviceCore {
             .submit_batch
             .min(w.limits.max_submit_batch as usize)
             .clamp(1, MAX_SUBMIT_BATCH);
+        self.frame_limit = usize::try_from(w.limits.max_frame_len)
+            .unwrap_or(MAX_FRAME_LEN)
+            .min(MAX_FRAME_LEN);
         self.config.pull_limit = self.config.pull_limit.min(w.limits.max_page_items).max(1);
         let relay_window = usize::try_from(w.limits.max_inflight_requests).unwrap_or(usize::MAX);
         self.pull_budget = self.config.max_pulls_in_flight.min(relay_window / 2).max(1);

@@ -51,19 +51,28 @@ fn ready(config: DeviceConfig, now_ms: u64) -> DeviceCore {
     core
 }
 
-/// Connects and authenticates with the scripted relay; drains what the core wrote.
-fn handshake(core: &mut DeviceCore, now_ms: u64) {
-    let relay = relay();
-    core.handle_connected([0; TLS_BINDING_LEN], now_ms);
-    core.handle_frame(ServerFrame::Challenge { nonce: [0; 32] }, now_ms)
-        .expect("challenge");
-    let limits = WireLimits {
+/// The limits the scripted relay announces.
+fn limits() -> WireLimits {
+    WireLimits {
         max_frame_len: 1 << 20,
         max_submit_batch: 16,
         max_page_items: 16,
         max_inflight_requests: 8,
         push_window: 64,
-    };
+    }
+}
+
+/// Connects and authenticates with the scripted relay; drains what the core wrote.
+fn handshake(core: &mut DeviceCore, now_ms: u64) {
+    handshake_with(core, limits(), now_ms)
+}
+
+/// [`handshake`] with a relay announcing `limits`.
+fn handshake_with(core: &mut DeviceCore, limits: WireLimits, now_ms: u64) {
+    let relay = relay();
+    core.handle_connected([0; TLS_BINDING_LEN], now_ms);
+    core.handle_frame(ServerFrame::Challenge { nonce: [0; 32] }, now_ms)
+        .expect("challenge");
     let welcome = Welcome {
         relay: relay.device(),
         registered: true,
@@ -90,6 +99,47 @@ fn welcome_tells_the_relays_idle_timeout() {
 
 fn drain(core: &mut DeviceCore) -> Vec<ClientFrame> {
     std::iter::from_fn(|| core.poll_transmit()).collect()
+}
+
+/// A Submit fits in the frames the relay reads: messages written offline with large bodies
+/// (long texts, photos' thumbnails) went in batches of `submit_batch` events whatever their
+/// size, so 16 bodies of 40 KiB made a 640 KiB frame for a relay reading 100 KiB ones (and
+/// 256 of them would not even encode under `MAX_FRAME_LEN`): the frame was dropped, the
+/// submission timed out, and the same batch went again until the messages FAILED.
+#[test]
+fn a_submit_fits_in_the_relays_frames() {
+    let t0 = 1_000_000;
+    let max_frame_len: u32 = 100 * 1024;
+    let mut core = DeviceCore::new(store(), relay().device(), DeviceConfig::default(), 1);
+    for i in 0..16u8 {
+        core.send(CONV, vec![i; 40 * 1024], vec![], t0)
+            .expect("send");
+    }
+    handshake_with(
+        &mut core,
+        WireLimits {
+            max_frame_len,
+            ..limits()
+        },
+        t0,
+    );
+    let submits: Vec<ClientFrame> = drain(&mut core)
+        .into_iter()
+        .filter(|f| matches!(f, ClientFrame::Submit { .. }))
+        .collect();
+    let [submit] = submits.as_slice() else {
+        panic!("one Submit in flight, got {}", submits.len());
+    };
+    let ClientFrame::Submit { events, .. } = submit else {
+        unreachable!()
+    };
+    let len = crate::wire::encoded_len(submit);
+    assert!(
+        len <= max_frame_len as usize + crate::wire::FRAME_HEADER_LEN,
+        "{} events in a frame of {len} bytes",
+        events.len()
+    );
+    assert_eq!(events.len(), 2, "as many 40 KiB events as fit");
 }
 
 /// Found by the simulator (tests/sim, seed 91): a submission timed out, its answer came
