@@ -723,6 +723,63 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     assert!(phone2.missing_keys().is_empty());
 }
 
+/// Devices asking for one epoch's key together get one answer sealed to all of them, as
+/// devices of her own user listed together do (a crowd of new devices asking at once cost
+/// their epoch's creator one `EpochKeys` event per device).
+#[test]
+fn key_requests_for_one_epoch_are_answered_in_one_event() {
+    let k = cast();
+    let (b2, cb2) = device(&k.bob, 22);
+    let (b3, cb3) = device(&k.bob, 23);
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
+    let m1 = send_text(&mut a, X, b"before the links", relay.now);
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    let certs = [k.certs.clone(), vec![cb2.clone(), cb3.clone()]].concat();
+    let mut asks = Vec::new();
+    let mut phones = Vec::new();
+    for key in [b2.clone(), b3.clone()] {
+        let mut phone = store(key, &certs);
+        feed(&mut phone, &log);
+        phone.request_key(X, epoch, relay.now).expect("request");
+        asks.extend(relay.pump(&mut phone));
+        phones.push(phone);
+    }
+    a.absorb_devices(&[cb2, cb3], &[], &[])
+        .expect("certificates");
+    let out = feed(&mut a, &asks);
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    a.answer_key_requests(relay.now).expect("answer");
+    let answer = outbox_events(&mut a);
+    assert_eq!(answer.len(), 1, "one answer for both devices");
+    match answer[0].kind() {
+        EventKind::EpochKeys {
+            epoch: Some(e),
+            keys,
+            ..
+        } => {
+            assert_eq!(*e, epoch);
+            let mut sealed_to: Vec<_> = keys.iter().map(|k| k.device).collect();
+            sealed_to.sort();
+            let mut asked = vec![b2.device(), b3.device()];
+            asked.sort();
+            assert_eq!(sealed_to, asked);
+        }
+        other => panic!("expected shared epoch keys, got {other:?}"),
+    }
+    let answer = relay.pump(&mut a);
+    for phone in &mut phones {
+        // The other phone's request too: each device holds the whole sequence.
+        feed(phone, &[asks.clone(), answer.clone()].concat());
+        assert_eq!(
+            body_of(phone, X, m1),
+            Body::Text(b"before the links".to_vec())
+        );
+    }
+}
+
 /// Statuses of Alice's messages on her store and on the index tables, before and after the
 /// document is rebuilt from the log.
 fn statuses(s: &mut Store, conv: ConversationId) -> Vec<Vec<(MessageId, Status)>> {

@@ -10,13 +10,13 @@ mod history_keys;
 
 use super::{Store, StoreError};
 use crate::conversation::{Change, MessageView};
-use crate::crypto::{EpochKey, StorageKey};
+use crate::crypto::{AgreementPublic, EpochKey, StorageKey};
 use crate::e2ee::{self, EpochOrigin, SealedBody};
 use crate::event::{Event, EventKind, MediaRef, SealedKey, MAX_SEALED_KEYS};
 use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A message body as the app shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -723,44 +723,65 @@ impl Store {
     }
 
     /// Answers the key requests folded since the last call (see
-    /// [`Store::answer_key_request`]); the answers are events in the outbox.
+    /// [`Store::may_answer_key_request`]); the answers are events in the outbox. The devices
+    /// asking for one epoch share its answer (one `EpochKeys` event sealed to all of them, up
+    /// to `MAX_SEALED_KEYS`): a crowd of devices asking at once costs one event per epoch.
     pub fn answer_key_requests(&mut self, now_ms: u64) -> Result<Vec<Change>, StoreError> {
-        let mut changes = Vec::new();
+        let mut answers: BTreeMap<(ConversationId, EventId), Vec<(DeviceId, AgreementPublic)>> =
+            BTreeMap::new();
+        let mut queued = QueuedShares::default();
         for (conversation, epoch, device, user) in std::mem::take(&mut self.key_requests) {
-            changes.extend(self.answer_key_request(conversation, epoch, device, user, now_ms)?);
+            let Some(public) = self.may_answer_key_request(conversation, epoch, device, user)?
+            else {
+                continue;
+            };
+            if queued.seals(self, conversation, epoch, device)? {
+                // The answer is already on its way (sealed when this device learned the
+                // other's certificate, or an earlier request): a second copy would only cost
+                // the sender's rate and the relay's storage.
+                continue;
+            }
+            let to = answers.entry((conversation, epoch)).or_default();
+            if !to.iter().any(|(d, _)| *d == device) {
+                to.push((device, public));
+            }
+        }
+        let mut changes = Vec::new();
+        for ((conversation, epoch), to) in answers {
+            tracing::debug!(%conversation, %epoch, n_devices = to.len(), "answering key requests");
+            changes.extend(self.share_epoch(conversation, epoch, &to, now_ms)?);
         }
         Ok(changes)
     }
 
-    /// Shares `epoch` with the `device` of `user` that asked, when this device started the
-    /// epoch or belongs to the same user, the asking device is certified for `user`, `user` is
-    /// a member now and joined before the epoch started (no history for new members), this
-    /// device holds no removal of `user` ahead of its gate, and the device does not hold it
-    /// already.
-    fn answer_key_request(
+    /// The certified key of `device` of `user`, which asked for `epoch`, when this device
+    /// answers it: this device started the epoch or belongs to the same user, the asking
+    /// device is certified for `user`, `user` is a member now and joined before the epoch
+    /// started (no history for new members), and this device holds no removal of `user`
+    /// ahead of its gate.
+    fn may_answer_key_request(
         &mut self,
         conversation: ConversationId,
         epoch: EventId,
         device: DeviceId,
         user: UserId,
-        now_ms: u64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Option<AgreementPublic>, StoreError> {
         let me = self.key.device();
         let Some(e) = self.epochs_of(conversation)?.get(&epoch).cloned() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if e.creator != Some(me) && user != self.key.user() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let gate = self.log.gate(conversation)?;
         let Some(joined) = gate.joined.get(&user).copied() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let Some((epoch_seq, _)) = self.log.ack_of(&epoch)? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if joined > epoch_seq {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if self
             .removals_ahead(conversation)?
@@ -769,46 +790,22 @@ impl Store {
         {
             tracing::warn!(%conversation, %epoch, %device,
                 "not answering a key request of a user whose removal this device holds");
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let dir = self.directory()?;
         if dir.user_of(&device) != Some(user) {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let Some(public) = dir
+        Ok(dir
             .devices_of(&user)
             .into_iter()
             .find(|(d, _)| *d == device)
-            .map(|(_, p)| p)
-        else {
-            return Ok(Vec::new());
-        };
-        if self.sharing_pending(conversation, epoch, device)? {
-            // The answer is already on its way (sealed when this device learned the other's
-            // certificate, or an earlier request): a second copy would only cost the
-            // sender's rate and the relay's storage.
-            return Ok(Vec::new());
-        }
-        tracing::debug!(%conversation, %epoch, %device, "answering a key request");
-        self.share_epoch(conversation, epoch, &[(device, public)], now_ms)
-    }
-
-    /// Whether an `EpochKeys` event of this device still waiting in the outbox seals `epoch`
-    /// to `device`.
-    fn sharing_pending(
-        &mut self,
-        conversation: ConversationId,
-        epoch: EventId,
-        device: DeviceId,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .pending_shares(conversation)?
-            .contains(&(epoch, device)))
+            .map(|(_, p)| p))
     }
 
     /// The (epoch, device) pairs the `EpochKeys` events of this device still waiting in the
     /// outbox of `conversation` seal.
-    pub(super) fn pending_shares(
+    fn pending_shares(
         &mut self,
         conversation: ConversationId,
     ) -> Result<BTreeSet<(EventId, DeviceId)>, StoreError> {
@@ -874,6 +871,30 @@ impl Store {
         let mut v: Vec<EventId> = self.epochs_of(conversation)?.keys().copied().collect();
         v.sort();
         Ok(v)
+    }
+}
+
+/// The shares this device's queued `EpochKeys` events carry, read from the outbox once per
+/// conversation asked about (a batch of shares or answers asks about many devices).
+#[derive(Default)]
+pub(super) struct QueuedShares(HashMap<ConversationId, BTreeSet<(EventId, DeviceId)>>);
+
+impl QueuedShares {
+    /// Whether a queued event of `store` already seals `epoch` of `conversation` to `device`.
+    pub(super) fn seals(
+        &mut self,
+        store: &mut Store,
+        conversation: ConversationId,
+        epoch: EventId,
+        device: DeviceId,
+    ) -> Result<bool, StoreError> {
+        let queued = match self.0.entry(conversation) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(store.pending_shares(conversation)?)
+            }
+        };
+        Ok(queued.contains(&(epoch, device)))
     }
 }
 

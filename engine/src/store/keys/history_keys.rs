@@ -186,7 +186,7 @@ impl Store {
         }
         let mut n_shared = 0;
         let mut changes = Vec::new();
-        let mut pending: BTreeMap<ConversationId, BTreeSet<(EventId, DeviceId)>> = BTreeMap::new();
+        let mut queued = super::QueuedShares::default();
         for (conversation, epoch) in self.history_epochs(now_ms)? {
             let Some(holders) = self
                 .epochs_of(conversation)?
@@ -195,20 +195,12 @@ impl Store {
             else {
                 continue;
             };
-            if own.iter().all(|(d, _)| holders.contains(d)) {
-                continue;
-            }
-            let queued = match pending.entry(conversation) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(self.pending_shares(conversation)?)
+            let mut to = Vec::new();
+            for (d, public) in &own {
+                if !holders.contains(d) && !queued.seals(self, conversation, epoch, *d)? {
+                    to.push((*d, *public));
                 }
-            };
-            let to: Vec<_> = own
-                .iter()
-                .filter(|(d, _)| !holders.contains(d) && !queued.contains(&(epoch, *d)))
-                .copied()
-                .collect();
+            }
             if to.is_empty() {
                 continue;
             }
