@@ -281,6 +281,49 @@ impl OnRuntime {
     }
 }
 
+/// Messages already queued (offline) in the long-outbox store of [`outbox_length`].
+const QUEUED: usize = 5_000;
+
+/// `Store::send` on redb's in-memory backend, in alternating rounds, on a store with an empty
+/// outbox and on one with [`QUEUED`] messages waiting offline (a phone that wrote for days in
+/// a tunnel): a send's cost must not grow with what waits to be sent.
+fn outbox_length(alice: &Member, bob: &Member, i: &mut u64) {
+    let events = history(alice, bob, N_HISTORY);
+    let mut short = alice_store(EventLog::in_memory().expect("log"), alice, bob, &events).0;
+    let mut long = alice_store(EventLog::in_memory().expect("log"), alice, bob, &events).0;
+    for chunk in (0..QUEUED as u64).collect::<Vec<_>>().chunks(250) {
+        let batch = chunk
+            .iter()
+            .map(|k| tidings::engine::store::Outgoing {
+                conversation: CONV,
+                body: body(*k),
+                media: vec![],
+            })
+            .collect();
+        for r in long.send_all(batch, T0) {
+            r.expect("queue");
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (store, samples) in [(&mut short, &mut a), (&mut long, &mut b)] {
+            for _ in 0..PER_ROUND / 5 {
+                *i += 1;
+                let n = *i;
+                samples.push(time(|| {
+                    black_box(store.send(CONV, body(n), vec![], T0 + n).expect("send"));
+                }));
+            }
+        }
+    }
+    let (short_p50, _) = report("store_mem outbox 1-200", a);
+    let (long_p50, _) = report(&format!("store_mem outbox {QUEUED}+"), b);
+    println!(
+        "local_send p50 with {QUEUED} queued / with none: {:.2}x",
+        long_p50.as_secs_f64() / short_p50.as_secs_f64()
+    );
+}
+
 fn main() {
     let (alice, bob) = cast();
     let mut fx = fixture(&alice, &bob);
@@ -353,6 +396,9 @@ fn main() {
             p99.as_secs_f64() / sqlite_p99.as_secs_f64()
         );
     }
+
+    // 1b. The send's cost against the outbox's length.
+    outbox_length(&alice, &bob, &mut i);
 
     // 2. Bursts through the replicas.
     for r in &replicas {

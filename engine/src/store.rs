@@ -31,6 +31,7 @@ mod history;
 mod holds;
 mod keys;
 mod media;
+mod outbox_cache;
 mod read;
 mod retention;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
@@ -39,7 +40,7 @@ pub use read::{MessageReader, Rendered};
 #[cfg(test)]
 mod tests;
 pub use keys::{Body, KeyShareRefusal, RefusedKeyShare};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 /// Documents kept in memory at once; the least recently used one is snapshotted and dropped.
 pub const MAX_LOADED_DOCS: usize = 256;
@@ -244,7 +245,7 @@ pub struct Store {
     tick: u64,
     /// Mirror of the outbox table, loaded on first use: the device core consults the outbox
     /// on every wake-up, and it changes only through this store.
-    outbox: Option<BTreeMap<u64, OutboxEntry>>,
+    outbox: Option<outbox_cache::OutboxCache>,
     /// Verified device certificates and revocations, loaded from the log on first use.
     directory: Option<DeviceDirectory>,
     /// Conversations whose gate waits for a user's certificates.
@@ -598,7 +599,7 @@ impl Store {
         let (event, position, entry) = commit(&self.log, self.deferred, txn)?;
         self.unsynced |= self.deferred;
         if let Some(o) = self.outbox.as_mut() {
-            o.insert(entry.position, entry);
+            o.insert(entry);
         }
         let changes = self.fold_new(conversation, &[(position, &event)])?;
         Ok((event, changes))
@@ -666,7 +667,7 @@ impl Store {
         outcome.chain_issues = chain_issues;
         if let Some(o) = self.outbox.as_mut() {
             let gone: HashSet<&EventId> = acked.iter().collect();
-            o.retain(|_, e| !gone.contains(&e.event));
+            o.retain(|e| !gone.contains(&e.event));
         }
         outcome.acked = acked;
         let mut by_conv: HashMap<ConversationId, Vec<(u64, &Event)>> = HashMap::new();
@@ -797,12 +798,20 @@ impl Store {
         Ok(self.outbox_map()?.values())
     }
 
-    fn outbox_map(&mut self) -> Result<&mut BTreeMap<u64, OutboxEntry>, StoreError> {
+    fn outbox_map(&mut self) -> Result<&mut outbox_cache::OutboxCache, StoreError> {
         if self.outbox.is_none() {
-            let entries = self.log.outbox()?;
-            self.outbox = Some(entries.into_iter().map(|e| (e.position, e)).collect());
+            self.outbox = Some(outbox_cache::OutboxCache::new(self.log.outbox()?));
         }
-        Ok(self.outbox.get_or_insert_with(BTreeMap::new))
+        Ok(self.outbox.get_or_insert_with(Default::default))
+    }
+
+    /// The outbox entries of `conversation` that carry no message (receipts, membership
+    /// changes, key shares and requests), in send order, without walking the messages.
+    pub(crate) fn outbox_controls(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<impl Iterator<Item = &OutboxEntry> + '_, StoreError> {
+        Ok(self.outbox_map()?.controls_of(conversation))
     }
 
     /// Records an outbox attempt's outcome (next attempt time, or FAILED when the policy ran
@@ -812,7 +821,7 @@ impl Store {
         if !present {
             return Ok(Vec::new());
         }
-        self.outbox_map()?.insert(entry.position, entry.clone());
+        self.outbox_map()?.insert(entry.clone());
         self.show_failed(entry, entry.state == OutboxState::Failed)
     }
 
@@ -845,13 +854,13 @@ impl Store {
         for mut e in ahead {
             e.next_attempt_ms = now_ms;
             if self.log.write(|t| t.update_outbox(&e))? {
-                self.outbox_map()?.insert(e.position, e);
+                self.outbox_map()?.insert(e);
             }
         }
         if !self.log.write(|t| t.update_outbox(&entry))? {
             return Err(StoreError::NotInOutbox(message));
         }
-        self.outbox_map()?.insert(entry.position, entry.clone());
+        self.outbox_map()?.insert(entry.clone());
         let changes = self.show_failed(&entry, false)?;
         Ok((entry, changes))
     }

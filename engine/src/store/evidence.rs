@@ -104,8 +104,7 @@ impl Store {
         conversation: ConversationId,
     ) -> Result<Vec<Event>, StoreError> {
         let ids: Vec<EventId> = self
-            .outbox_entries()?
-            .filter(|e| e.conversation == conversation && e.message.is_none())
+            .outbox_controls(conversation)?
             .map(|e| e.event)
             .collect();
         let mut out = Vec::new();

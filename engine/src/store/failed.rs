@@ -66,7 +66,7 @@ impl Store {
         })?;
         let outbox = self.outbox_map()?;
         for e in &dropped {
-            outbox.remove(&e.position);
+            outbox.remove(e.position);
         }
         for e in &dropped {
             // Its snapshots are gone: the next load rebuilds it from the log, without them.

@@ -810,12 +810,8 @@ impl Store {
         conversation: ConversationId,
     ) -> Result<BTreeSet<(EventId, DeviceId)>, StoreError> {
         let queued: Vec<EventId> = self
-            .outbox_entries()?
-            .filter(|e| {
-                e.conversation == conversation
-                    && e.message.is_none()
-                    && e.state == crate::log::OutboxState::Queued
-            })
+            .outbox_controls(conversation)?
+            .filter(|e| e.state == crate::log::OutboxState::Queued)
             .map(|e| e.event)
             .collect();
         let mut out = BTreeSet::new();
