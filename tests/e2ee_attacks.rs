@@ -664,17 +664,47 @@ fn a_removed_member_cannot_read_on_and_a_new_member_cannot_read_back() {
     assert!(matches!(body_of(&mut dv, X, m1), Body::WaitingForKey(_)));
 }
 
+/// Alice's store with conversation `X` created with Bob and one message of hers in it, all
+/// sequenced: (her store, the sequenced events, the message, its epoch).
+fn alice_sends_one(
+    relay: &mut EvilRelay,
+    k: &Cast,
+    text: &[u8],
+) -> (Store, Vec<Event>, MessageId, EventId) {
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut log = create(relay, &mut a, X, vec![k.bob.id]);
+    let m = send_text(&mut a, X, text, relay.now);
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    (a, log, m, epoch)
+}
+
+/// The devices (sorted) the one event in `s`'s outbox, an `EpochKeys` re-share of `epoch`,
+/// seals it to.
+fn one_share_of(s: &mut Store, epoch: EventId) -> Vec<tidings::engine::DeviceId> {
+    let queued = outbox_events(s);
+    assert_eq!(queued.len(), 1, "one event queued: {queued:?}");
+    match queued[0].kind() {
+        EventKind::EpochKeys {
+            epoch: Some(e),
+            keys,
+            ..
+        } if *e == epoch => {
+            let mut sealed_to: Vec<_> = keys.iter().map(|k| k.device).collect();
+            sealed_to.sort();
+            sealed_to
+        }
+        other => panic!("expected a re-share of {epoch}, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     let k = cast();
     let (b2, cb2) = device(&k.bob, 22);
     let mut relay = EvilRelay::new();
     // Alice does not know Bob's second device yet when she starts the epoch.
-    let mut a = store(k.a.clone(), &k.certs);
-    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    let m1 = send_text(&mut a, X, b"before the link", relay.now);
-    log.extend(relay.pump(&mut a));
-    let epoch = new_epochs(&log)[0].0;
+    let (mut a, log, m1, epoch) = alice_sends_one(&mut relay, &k, b"before the link");
     assert!(!new_epochs(&log)[0].1.contains(&b2.device()));
     let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
     let mut phone2 = store(b2.clone(), &certs);
@@ -691,22 +721,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     let out = feed(&mut a, &ask);
     assert!(out.refused.is_empty(), "{:?}", out.refused);
     a.answer_key_requests(relay.now).expect("answer");
-    let answer = outbox_events(&mut a);
-    assert_eq!(answer.len(), 1);
-    match answer[0].kind() {
-        EventKind::EpochKeys {
-            epoch: Some(e),
-            keys,
-            ..
-        } => {
-            assert_eq!(*e, epoch);
-            assert_eq!(
-                keys.iter().map(|k| k.device).collect::<Vec<_>>(),
-                vec![b2.device()]
-            );
-        }
-        other => panic!("expected shared epoch keys, got {other:?}"),
-    }
+    assert_eq!(one_share_of(&mut a, epoch), vec![b2.device()]);
     // Asked again before the answer went out: the answer waiting in the outbox serves both.
     phone2.request_key(X, epoch, relay.now).expect("request");
     let again = relay.pump(&mut phone2);
@@ -732,11 +747,7 @@ fn key_requests_for_one_epoch_are_answered_in_one_event() {
     let (b2, cb2) = device(&k.bob, 22);
     let (b3, cb3) = device(&k.bob, 23);
     let mut relay = EvilRelay::new();
-    let mut a = store(k.a.clone(), &k.certs);
-    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id]);
-    let m1 = send_text(&mut a, X, b"before the links", relay.now);
-    log.extend(relay.pump(&mut a));
-    let epoch = new_epochs(&log)[0].0;
+    let (mut a, log, m1, epoch) = alice_sends_one(&mut relay, &k, b"before the links");
     let certs = [k.certs.clone(), vec![cb2.clone(), cb3.clone()]].concat();
     let mut asks = Vec::new();
     let mut phones = Vec::new();
@@ -752,23 +763,13 @@ fn key_requests_for_one_epoch_are_answered_in_one_event() {
     let out = feed(&mut a, &asks);
     assert!(out.refused.is_empty(), "{:?}", out.refused);
     a.answer_key_requests(relay.now).expect("answer");
-    let answer = outbox_events(&mut a);
-    assert_eq!(answer.len(), 1, "one answer for both devices");
-    match answer[0].kind() {
-        EventKind::EpochKeys {
-            epoch: Some(e),
-            keys,
-            ..
-        } => {
-            assert_eq!(*e, epoch);
-            let mut sealed_to: Vec<_> = keys.iter().map(|k| k.device).collect();
-            sealed_to.sort();
-            let mut asked = vec![b2.device(), b3.device()];
-            asked.sort();
-            assert_eq!(sealed_to, asked);
-        }
-        other => panic!("expected shared epoch keys, got {other:?}"),
-    }
+    let mut asked = vec![b2.device(), b3.device()];
+    asked.sort();
+    assert_eq!(
+        one_share_of(&mut a, epoch),
+        asked,
+        "one answer for both devices"
+    );
     let answer = relay.pump(&mut a);
     for phone in &mut phones {
         // The other phone's request too: each device holds the whole sequence.
