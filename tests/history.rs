@@ -328,8 +328,38 @@ fn queued_shares(w: &mut World, idx: usize) -> Vec<usize> {
 /// devices an event), and a second page listing them again queues nothing.
 #[test]
 fn devices_listed_together_get_each_history_epoch_in_one_event() {
-    use tidings::engine::wire::ServerFrame;
     const NEW: u8 = 40;
+    let (mut w, phone, n_epochs) = phone_with_two_conversations();
+    let registrations: Vec<DeviceRegistration> =
+        (0..NEW).map(|i| device(&user(1), 100 + i).1).collect();
+    list_devices(&mut w, phone, &registrations);
+    assert_eq!(
+        queued_shares(&mut w, phone),
+        vec![usize::from(NEW); n_epochs],
+        "one EpochKeys event per epoch, sealed to every new device"
+    );
+    list_devices(&mut w, phone, &registrations);
+    assert_eq!(queued_shares(&mut w, phone).len(), n_epochs, "nothing more");
+}
+
+/// A device of Alice whose certificate carries a low-order X25519 key (whoever holds her user
+/// key can sign one) cannot be sealed to: the phone queued an `EpochKeys` event sealed to
+/// nobody, and again for every `Devices` answer listing the device.
+#[test]
+fn a_device_that_cannot_be_sealed_to_gets_no_empty_shares() {
+    let (mut w, phone, _) = phone_with_two_conversations();
+    let key = tidings::engine::DeviceKey::from_seed([200; 32], user(1).id);
+    let unusable = DeviceRegistration::sign(&user(1).key, key.device(), [0; 32], w.now);
+    for _ in 0..2 {
+        list_devices(&mut w, phone, std::slice::from_ref(&unusable));
+        assert_eq!(queued_shares(&mut w, phone), Vec::<usize>::new());
+    }
+}
+
+/// Alice's phone (and Bob's) in two conversations with three messages from each, all
+/// delivered; the phone's outbox is empty. Returns the world, the phone and how many epochs
+/// the phone holds.
+fn phone_with_two_conversations() -> (World, usize, usize) {
     let (alice, bob_user) = (user(1), user(2));
     let mut w = World::new(9);
     let [phone, bob] = w.phone_and_bob(&alice, &bob_user, CONVS[0]);
@@ -356,28 +386,22 @@ fn devices_listed_together_get_each_history_epoch_in_one_event() {
         })
         .sum();
     assert!(n_epochs >= 2, "one epoch per conversation at least");
-    let registrations: Vec<DeviceRegistration> =
-        (0..NEW).map(|i| device(&alice, 100 + i).1).collect();
-    let page = || ServerFrame::Devices {
+    (w, phone, n_epochs)
+}
+
+/// The relay's `Devices` answer listing `registrations` reaches device `idx`.
+fn list_devices(w: &mut World, idx: usize, registrations: &[DeviceRegistration]) {
+    let page = tidings::engine::wire::ServerFrame::Devices {
         request_id: 0,
-        registrations: registrations.clone(),
+        registrations: registrations.to_vec(),
         revocations: vec![],
         complete: 0,
         resume_after: None,
     };
+    w.now += 1;
     let now = w.now;
-    w.devices[phone]
+    w.devices[idx]
         .core
-        .handle_frame(page(), now)
-        .expect("the phone learns Alice's new devices");
-    assert_eq!(
-        queued_shares(&mut w, phone),
-        vec![usize::from(NEW); n_epochs],
-        "one EpochKeys event per epoch, sealed to every new device"
-    );
-    w.devices[phone]
-        .core
-        .handle_frame(page(), now + 1)
-        .expect("the same page again");
-    assert_eq!(queued_shares(&mut w, phone).len(), n_epochs, "nothing more");
+        .handle_frame(page, now)
+        .expect("the device takes the Devices answer");
 }

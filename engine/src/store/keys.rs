@@ -319,7 +319,7 @@ impl Store {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
-        self.share_epoch(conversation, id, &missing, now_ms)
+        Ok(self.share_epoch(conversation, id, &missing, now_ms)?.1)
     }
 
     /// The best epoch to send under now, if any, with the member devices and the held epochs.
@@ -387,7 +387,7 @@ impl Store {
                     .copied()
                     .collect();
                 if !missing.is_empty() {
-                    changes.extend(self.share_epoch(conversation, id, &missing, now_ms)?);
+                    changes.extend(self.share_epoch(conversation, id, &missing, now_ms)?.1);
                 }
                 id
             }
@@ -443,26 +443,30 @@ impl Store {
         };
         self.keep_epoch(conversation, event.id(), epoch)?;
         if !rest.is_empty() {
-            changes.extend(self.share_epoch(conversation, event.id(), rest, now_ms)?);
+            changes.extend(self.share_epoch(conversation, event.id(), rest, now_ms)?.1);
         }
         tracing::debug!(%conversation, epoch = %event.id(), "started a new epoch");
         Ok((event.id(), changes))
     }
 
-    /// Shares the key of `epoch` with `devices` (an `EpochKeys` event naming the epoch).
+    /// Shares the key of `epoch` with `devices` (`EpochKeys` events naming the epoch). Returns
+    /// how many events it queued: none for a chunk of devices none of whose keys could be
+    /// sealed to (a low-order X25519 key), which an empty event would only carry to the relay
+    /// again on every later attempt.
     fn share_epoch(
         &mut self,
         conversation: ConversationId,
         epoch: EventId,
         devices: &[(DeviceId, crate::crypto::AgreementPublic)],
         now_ms: u64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<(usize, Vec<Change>), StoreError> {
         let Some(e) = self.epochs_of(conversation)?.get(&epoch).cloned() else {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         };
         let key = e.key();
         let mut updated = e;
         let mut changes = Vec::new();
+        let mut n_events = 0;
         // One event per `MAX_SEALED_KEYS` devices; each is kept as soon as it is queued, so a
         // crash between two leaves the rest to the next send (it shares with devices missing
         // from the recipients) or to their key requests.
@@ -473,6 +477,12 @@ impl Store {
                 &key,
                 chunk,
             );
+            if keys.is_empty() {
+                tracing::warn!(%conversation, %epoch, n_devices = chunk.len(),
+                    "no epoch-key share could be sealed to these devices (unusable X25519 keys)");
+                continue;
+            }
+            n_events += 1;
             updated.named.extend(keys.iter().map(|k| k.device));
             updated.holders.extend(keys.iter().map(|k| k.device));
             let (_, more) = self.author_with(conversation, now_ms, |_| EventKind::EpochKeys {
@@ -483,7 +493,7 @@ impl Store {
             changes.extend(more);
             self.keep_epoch(conversation, epoch, updated.clone())?;
         }
-        Ok(changes)
+        Ok((n_events, changes))
     }
 
     /// Encrypts and sends a message (see [`Store::send`]); `is_media`: the plaintext is an
@@ -749,7 +759,7 @@ impl Store {
         let mut changes = Vec::new();
         for ((conversation, epoch), to) in answers {
             tracing::debug!(%conversation, %epoch, n_devices = to.len(), "answering key requests");
-            changes.extend(self.share_epoch(conversation, epoch, &to, now_ms)?);
+            changes.extend(self.share_epoch(conversation, epoch, &to, now_ms)?.1);
         }
         Ok(changes)
     }

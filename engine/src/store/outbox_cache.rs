@@ -136,5 +136,13 @@ mod tests {
             c.values().map(|e| e.position).collect::<Vec<_>>(),
             vec![1, 2]
         );
+        // A position reused (the outbox emptied and filled again) by a message, then by a
+        // control entry of another conversation.
+        c.insert(entry(2, 1, true));
+        assert_eq!(controls(&c, 1), Vec::<u64>::new());
+        c.insert(entry(2, 2, false));
+        assert_eq!(controls(&c, 2), vec![2]);
+        c.insert(entry(2, 1, false));
+        assert_eq!((controls(&c, 1), controls(&c, 2)), (vec![2], vec![]));
     }
 }

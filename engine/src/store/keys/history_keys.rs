@@ -204,8 +204,11 @@ impl Store {
             if to.is_empty() {
                 continue;
             }
-            changes.extend(self.share_epoch(conversation, epoch, &to, now_ms)?);
-            n_shared += 1;
+            let (n_events, more) = self.share_epoch(conversation, epoch, &to, now_ms)?;
+            changes.extend(more);
+            if n_events > 0 {
+                n_shared += 1;
+            }
         }
         if n_shared > 0 {
             tracing::debug!(
