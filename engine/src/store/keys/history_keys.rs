@@ -186,7 +186,7 @@ impl Store {
         }
         let mut n_shared = 0;
         let mut changes = Vec::new();
-        let mut queued = super::QueuedShares::default();
+        let mut queued = super::requests::QueuedShares::default();
         for (conversation, epoch) in self.history_epochs(now_ms)? {
             let Some(holders) = self
                 .epochs_of(conversation)?
