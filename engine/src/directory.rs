@@ -352,6 +352,14 @@ impl DeviceDirectory {
             .collect()
     }
 
+    /// The X25519 key of `device` when it is a certified, unrevoked device of `user`.
+    pub fn agreement_of(&self, device: &DeviceId, user: &UserId) -> Option<AgreementPublic> {
+        self.devices
+            .get(device)
+            .filter(|e| e.revoked_ms.is_none() && e.cert.user == *user)
+            .map(|e| AgreementPublic(e.cert.agreement))
+    }
+
     /// The user a certified, unrevoked device acts for.
     pub fn user_of(&self, device: &DeviceId) -> Option<UserId> {
         self.devices

@@ -555,9 +555,6 @@ fn a_slow_device_is_switched_to_pull_mode_and_resumes_on_sync() {
     assert_eq!(pushed(&net.take(b.session))[0].id(), s.id());
 }
 
-/// A commit being written while the next batch is staged: duplicates of in-flight events get
-/// the in-flight ack only once it is durable; a failed write refuses it and everything staged
-/// after it, and the sequence resumes from the last durable state.
 /// Hands a Submit to the core without committing it.
 fn submit_nowait(net: &mut Net, dev: &Dev, events: &[Event], request_id: u64) {
     net.core.handle_frame(
@@ -571,6 +568,20 @@ fn submit_nowait(net: &mut Net, dev: &Dev, events: &[Event], request_id: u64) {
         },
         net.now,
     );
+}
+
+/// Device `a` (user 1) in conversation 1, whose `Create` is sequenced at 1, and a message of
+/// it (`text`) submitted as request 1 and taken into a commit job that is started, not yet
+/// written: (the net, the device, the message, the job).
+fn one_send_in_a_started_job(text: &str) -> (Net, Dev, Event, CommitJob) {
+    let mut net = Net::new(Limits::default());
+    let mut a = net.connect(1, 10);
+    let c = create(&mut a, 1, &[1]);
+    assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
+    let m = send(&mut a, 1, text);
+    submit_nowait(&mut net, &a, std::slice::from_ref(&m), 1);
+    let job = net.core.start_commit().expect("sign").expect("a job");
+    (net, a, m, job)
 }
 
 /// The SubmitResults the core has answered, by request id.

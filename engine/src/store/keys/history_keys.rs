@@ -71,15 +71,7 @@ impl Store {
         if device == me.0 {
             return Ok(None);
         }
-        let dir = self.directory()?;
-        if dir.user_of(&device) != Some(me.1) || dir.is_revoked(&device) {
-            return Ok(None);
-        }
-        Ok(dir
-            .devices_of(&me.1)
-            .into_iter()
-            .find(|(d, _)| *d == device)
-            .map(|(_, p)| p))
+        Ok(self.directory()?.agreement_of(&device, &me.1))
     }
 
     /// The epochs this device holds, in conversations its user is a member of, that its

@@ -80,15 +80,7 @@ impl Store {
                 "not answering a key request of a user whose removal this device holds");
             return Ok(None);
         }
-        let dir = self.directory()?;
-        if dir.user_of(&device) != Some(user) {
-            return Ok(None);
-        }
-        Ok(dir
-            .devices_of(&user)
-            .into_iter()
-            .find(|(d, _)| *d == device)
-            .map(|(_, p)| p))
+        Ok(self.directory()?.agreement_of(&device, &user))
     }
 
     /// The (epoch, device) pairs the `EpochKeys` events of this device still waiting in the

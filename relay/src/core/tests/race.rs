@@ -76,13 +76,7 @@ fn a_conflict_on_one_conversation_refuses_only_its_events() {
 /// `relay/tests/cluster.rs`'s hot-conversation race, which hung about one run in fifteen).
 #[test]
 fn a_later_submit_left_with_nothing_staged_is_answered() {
-    let mut net = Net::new(Limits::default());
-    let mut a = net.connect(1, 10);
-    let c1 = create(&mut a, 1, &[1]);
-    assert_eq!(seq_of(&net.submit(&a, &[c1])[0]), 1);
-    let in_1 = send(&mut a, 1, "in the raced conversation");
-    submit_nowait(&mut net, &a, std::slice::from_ref(&in_1), 1);
-    let job = net.core.start_commit().expect("sign").expect("a job");
+    let (mut net, mut a, _, job) = one_send_in_a_started_job("in the raced conversation");
     let later = send(&mut a, 1, "later, raced too");
     submit_nowait(&mut net, &a, std::slice::from_ref(&later), 2);
     net.core.finish_commit(

@@ -245,15 +245,12 @@ fn parallel_ack_signing_matches_serial() {
     }
 }
 
+/// A commit being written while the next batch is staged: duplicates of in-flight events get
+/// the in-flight ack only once it is durable; a failed write refuses it and everything staged
+/// after it, and the sequence resumes from the last durable state.
 #[test]
 fn pipelined_commits() {
-    let mut net = Net::new(Limits::default());
-    let mut a = net.connect(1, 10);
-    let c = create(&mut a, 1, &[1]);
-    assert_eq!(seq_of(&net.submit(&a, &[c])[0]), 1);
-    let m1 = send(&mut a, 1, "one");
-    submit_nowait(&mut net, &a, std::slice::from_ref(&m1), 1);
-    let job = net.core.start_commit().expect("sign").expect("a job");
+    let (mut net, mut a, m1, job) = one_send_in_a_started_job("one");
     assert!(net.core.commit_in_flight());
     // While it is written: a duplicate, and a new event.
     submit_nowait(&mut net, &a, std::slice::from_ref(&m1), 2);
