@@ -320,6 +320,11 @@ pub struct DeviceCore {
     history_since: HashMap<ConversationId, u64>,
     /// Whether this session asked for the members' device certificates.
     directory_asked: bool,
+    /// Users the relay answered for (or whose ask was given up) since this core started:
+    /// messages no longer wait for their certificates (see `held_for_devices`).
+    heard_of: HashSet<UserId>,
+    /// Conversations whose messages the last flush held for a member's certificates.
+    held: HashSet<ConversationId>,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
     asking: HashSet<UserId>,
     /// Failed asks per user for a waiting gate (see [`MAX_DEVICE_ASKS`]), kept across
@@ -365,11 +370,16 @@ pub(crate) fn since_key(conversation: &ConversationId) -> Vec<u8> {
 /// order). Per conversation only the first queued entry counts: `flush` holds back everything
 /// behind an entry still backing off, so an entry queued later may be due without being
 /// sendable, and waking for it would spin until the one ahead of it is due.
-fn next_attempt_ms<'a>(entries: impl Iterator<Item = &'a OutboxEntry>) -> Option<u64> {
+/// Nor does a message of a conversation `held` for a member's certificates.
+fn next_attempt_ms<'a>(
+    entries: impl Iterator<Item = &'a OutboxEntry>,
+    held: &HashSet<ConversationId>,
+) -> Option<u64> {
     let mut heads: HashSet<ConversationId> = HashSet::new();
     entries
         .filter(|e| e.state == OutboxState::Queued)
         .filter(|e| heads.insert(e.conversation))
+        .filter(|e| e.message.is_none() || !held.contains(&e.conversation))
         .map(|e| e.next_attempt_ms)
         .min()
 }
@@ -427,6 +437,8 @@ impl DeviceCore {
             history_since: HashMap::new(),
             directory_asked: false,
             asking: HashSet::new(),
+            heard_of: HashSet::new(),
+            held: HashSet::new(),
             failed_asks: HashMap::new(),
             reask: BTreeMap::new(),
             keys_requested: HashSet::new(),
@@ -850,7 +862,11 @@ impl DeviceCore {
             State::Ready => {
                 let inflight = self.inflight.as_ref().map(|f| f.deadline_ms);
                 let due = if self.inflight.is_none() {
-                    self.store.outbox_entries().ok().and_then(next_attempt_ms)
+                    let held = &self.held;
+                    self.store
+                        .outbox_entries()
+                        .ok()
+                        .and_then(|e| next_attempt_ms(e, held))
                 } else {
                     None
                 };

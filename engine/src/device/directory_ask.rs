@@ -43,6 +43,70 @@ impl DeviceCore {
         Ok(out)
     }
 
+    /// Conversations whose messages wait for the relay's word on a member's devices. When
+    /// this device encrypts, a member of whom it knows no device gets no key for what it
+    /// sends now; the share follows once the directory answers, but the device may be gone
+    /// by then (killed, out of coverage), and the member would hold messages nobody can
+    /// open until it comes back. The wait lasts until the relay answered for that user
+    /// since this core started, or the ask was given up at its deadline: one ask at most.
+    /// Asks for those users, unless an ask for them is in flight or a control entry of the
+    /// conversation (its `Create`, an `AddMember`) is queued ahead: placing that asks
+    /// ([`DeviceCore::ask_for_new_members`]), and before it the relay would answer nothing.
+    pub(super) fn held_for_devices(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<HashSet<ConversationId>, DeviceError> {
+        // Conversations with queued messages, each with whether a control entry is ahead.
+        let mut with_messages: HashMap<ConversationId, bool> = HashMap::new();
+        let mut with_controls: HashSet<ConversationId> = HashSet::new();
+        for e in self.store.outbox_entries()? {
+            if e.state != OutboxState::Queued {
+                continue;
+            }
+            if e.message.is_none() {
+                with_controls.insert(e.conversation);
+            } else {
+                with_messages
+                    .entry(e.conversation)
+                    .or_insert_with(|| with_controls.contains(&e.conversation));
+            }
+        }
+        let mut held = HashSet::new();
+        if with_messages.is_empty() {
+            return Ok(held);
+        }
+        let in_flight: HashSet<UserId> = self
+            .requests
+            .values()
+            .filter_map(|r| match r {
+                Request::Devices(a) => Some(a.users.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut ask = BTreeSet::new();
+        for (c, control_ahead) in with_messages {
+            let waiting: Vec<UserId> = self
+                .store
+                .members_without_devices(c)?
+                .into_iter()
+                .filter(|u| !self.heard_of.contains(u))
+                .collect();
+            if waiting.is_empty() {
+                continue;
+            }
+            held.insert(c);
+            if !control_ahead {
+                ask.extend(waiting.into_iter().filter(|u| !in_flight.contains(u)));
+            }
+        }
+        let ask: Vec<UserId> = ask.into_iter().collect();
+        for chunk in ask.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
+            self.ask_devices(chunk.to_vec(), Vec::new(), None, now_ms);
+        }
+        Ok(held)
+    }
+
     pub(super) fn ask_devices(
         &mut self,
         users: Vec<UserId>,
@@ -91,6 +155,9 @@ impl DeviceCore {
         let n = ask.users.len();
         let sane = complete <= n && (resume_after.is_none() || complete < n);
         let (done, rest) = ask.users.split_at(complete.min(n));
+        if sane {
+            self.heard_of.extend(done.iter().copied());
+        }
         let settled: Vec<UserId> = ask
             .settles
             .iter()
@@ -121,6 +188,7 @@ impl DeviceCore {
             self.ask_devices(rest.to_vec(), rest_settles, resume_after, now_ms);
             Ok(())
         } else {
+            self.heard_of.extend(rest.iter().copied());
             self.failed_ask(&rest_settles, now_ms, ASK_UNITS)
         }
     }
@@ -187,6 +255,8 @@ impl DeviceCore {
             .collect();
         for id in expired {
             if let Some(Request::Devices(ask)) = self.requests.remove(&id) {
+                // Given up: messages waiting for these users go (see `held_for_devices`).
+                self.heard_of.extend(ask.users.iter().copied());
                 self.failed_ask(&ask.settles, now_ms, 0)?;
             }
         }
@@ -209,10 +279,13 @@ impl DeviceCore {
         Ok(())
     }
 
-    /// The earliest Devices deadline or re-ask.
+    /// The earliest Devices deadline or re-ask: of asks a gate waits for, or any ask while
+    /// messages wait for certificates.
     pub(super) fn devices_wakeup(&self) -> Option<u64> {
         let deadlines = self.requests.values().filter_map(|r| match r {
-            Request::Devices(a) if !a.settles.is_empty() => Some(a.deadline_ms),
+            Request::Devices(a) if !a.settles.is_empty() || !self.held.is_empty() => {
+                Some(a.deadline_ms)
+            }
             _ => None,
         });
         deadlines.chain(self.reask.values().copied()).min()

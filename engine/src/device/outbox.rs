@@ -12,12 +12,14 @@ const ENVELOPE_OVERHEAD: usize = 5;
 impl DeviceCore {
     /// Submits the next due outbox entries, if connected and nothing is in flight: at most
     /// `submit_batch` of them, in a frame the relay reads. Per conversation, entries go in
-    /// outbox order: one still backing off holds back the ones behind it.
+    /// outbox order: one still backing off holds back the ones behind it, and so does a
+    /// message waiting for a member's certificates (`held_for_devices`).
     pub(super) fn flush(&mut self, now_ms: u64) -> Result<(), DeviceError> {
         if self.state != State::Ready || self.inflight.is_some() {
             return Ok(());
         }
         self.forget_clock_steps(now_ms)?;
+        self.held = self.held_for_devices(now_ms)?;
         let mut blocked: HashSet<ConversationId> = HashSet::new();
         let mut batch = Vec::new();
         let limit = self.config.submit_batch;
@@ -28,7 +30,8 @@ impl DeviceCore {
             if entry.state != OutboxState::Queued || blocked.contains(&entry.conversation) {
                 continue;
             }
-            if entry.next_attempt_ms > now_ms {
+            let held = entry.message.is_some() && self.held.contains(&entry.conversation);
+            if held || entry.next_attempt_ms > now_ms {
                 blocked.insert(entry.conversation);
                 continue;
             }

@@ -274,6 +274,25 @@ impl Store {
         Ok(users.into_iter().filter(|u| !removed.contains(u)).collect())
     }
 
+    /// Members of `conversation` besides this device's user of whom the directory knows no
+    /// device a key could be sealed to (none when this device does not encrypt): what it
+    /// sends there now would reach them without a key (see `DeviceCore::flush`).
+    pub fn members_without_devices(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<Vec<UserId>, StoreError> {
+        if !self.config.encrypt {
+            return Ok(Vec::new());
+        }
+        let me = self.key.user();
+        let users = self.member_users(conversation)?;
+        let dir = self.directory()?;
+        Ok(users
+            .into_iter()
+            .filter(|u| *u != me && dir.devices_of(u).is_empty())
+            .collect())
+    }
+
     /// The member devices a new key goes to: every certified, unrevoked device of every member
     /// the directory knows, and this device.
     pub(super) fn member_devices(

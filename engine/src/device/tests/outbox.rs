@@ -145,3 +145,167 @@ fn poll_timeout_ignores_entries_held_behind_a_backing_off_one() {
         other => panic!("expected one Submit of both messages, got {other:?}"),
     }
 }
+
+/// A device encrypting its bodies that knows no certificate of Bob yet.
+fn unacquainted(t0: u64) -> DeviceCore {
+    let me = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let mut config = StoreConfig::new(relay().device());
+    config.encrypt = true;
+    let store = Store::new(EventLog::in_memory().expect("log"), me, config, [1; 32]);
+    let mut core = DeviceCore::new(store, relay().device(), DeviceConfig::default(), 1);
+    handshake(&mut core, t0);
+    drain(&mut core);
+    core
+}
+
+/// Accepts every event of `submit` from `seq` on, each with the relay's statement.
+fn accept_all(submit: &ClientFrame, seq: &mut ServerSeq, t0: u64) -> ServerFrame {
+    let ClientFrame::Submit { request_id, events } = submit else {
+        panic!("expected a Submit, got {submit:?}");
+    };
+    let mut outcomes = Vec::new();
+    let mut records = Vec::new();
+    for e in events {
+        *seq += 1;
+        let ev = Event::decode(&e.0).expect("own event");
+        outcomes.push(SubmitOutcome::Accepted { seq: *seq });
+        records.push(Envelope(ack(&ev, *seq, t0).into_bytes()));
+    }
+    ServerFrame::SubmitResult {
+        request_id: *request_id,
+        outcomes,
+        records,
+    }
+}
+
+/// The events of the Submit frames among `frames`.
+fn submitted(frames: &[ClientFrame]) -> Vec<Event> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Submit { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| Event::decode(&e.0).expect("own event"))
+        .collect()
+}
+
+/// The request ids of the `Devices` asks among `frames` that name `user`.
+fn devices_asks(frames: &[ClientFrame], user: UserId) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Devices {
+                request_id, users, ..
+            } if users.contains(&user) => Some(*request_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates CONV with Bob and has the relay sequence the Create (and the epoch's opening);
+/// the connection drops before the relay says which devices Bob has.
+fn created_then_cut_off(t0: u64) -> DeviceCore {
+    let mut core = unacquainted(t0);
+    core.create_conversation(CONV, vec![bob_user()], t0)
+        .expect("create");
+    let mut seq = 0;
+    let frames = drain(&mut core);
+    let submit = frames
+        .iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+        .expect("the Create goes");
+    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
+        .expect("result");
+    let asks = devices_asks(&drain(&mut core), bob_user());
+    assert!(
+        !asks.is_empty(),
+        "asks for Bob's devices once the Create is placed"
+    );
+    core.handle_disconnected(t0).expect("disconnect");
+    core
+}
+
+/// Found by the crash test (tests/crash_device.rs, 3 seeds of 29 with the cores loaded): the
+/// phone's Create was sequenced but the phone was killed before the relay said which devices
+/// Bob has. The next run flushed its messages, saw its outbox empty and exited before it
+/// asked the directory again (that ask waits for the catch-up, after the flush), so the
+/// epoch's key never reached Bob: he held 150 messages and could read none until the phone
+/// came back. Now a message waits while the device knows no device of a member and has not
+/// heard from the relay about that user since it started.
+#[test]
+fn messages_wait_for_the_devices_of_a_member_none_of_whose_is_known() {
+    let t0 = 1_000_000;
+    let mut core = created_then_cut_off(t0);
+    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    handshake(&mut core, t0);
+    let frames = drain(&mut core);
+    let early: Vec<Event> = submitted(&frames)
+        .into_iter()
+        .filter(|e| matches!(e.kind(), EventKind::Send { .. }))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "the message left before Bob's devices were known: {frames:?}"
+    );
+    let asks = devices_asks(&frames, bob_user());
+    let [request_id] = asks.as_slice() else {
+        panic!("one ask for Bob's devices, got {frames:?}");
+    };
+    let cert = bob().certificate(&bob_user_key(), 1);
+    core.handle_frame(
+        ServerFrame::Devices {
+            request_id: *request_id,
+            registrations: vec![cert],
+            revocations: vec![],
+            complete: 1,
+            resume_after: None,
+        },
+        t0,
+    )
+    .expect("devices");
+    let sent = submitted(&drain(&mut core));
+    let shared_to_bob = sent.iter().any(|e| {
+        matches!(e.kind(), EventKind::EpochKeys { keys, .. }
+            if keys.iter().any(|k| k.device == bob().device()))
+    });
+    let sends: Vec<MessageId> = sent
+        .iter()
+        .filter_map(|e| match e.kind() {
+            EventKind::Send { message, .. } => Some(*message),
+            _ => None,
+        })
+        .collect();
+    assert!(shared_to_bob, "the epoch goes to Bob's device: {sent:?}");
+    assert_eq!(
+        sends,
+        vec![message],
+        "then the message goes, in the same Submit"
+    );
+}
+
+/// The wait is bounded: a relay that never answers for Bob holds the message for one ask's
+/// deadline, then it goes (Bob's devices get the key when the directory answers later).
+#[test]
+fn a_member_the_relay_never_answers_for_holds_messages_one_deadline_at_most() {
+    let t0 = 1_000_000;
+    let config = DeviceConfig::default();
+    let mut core = created_then_cut_off(t0);
+    core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    handshake(&mut core, t0);
+    let frames = drain(&mut core);
+    assert!(!devices_asks(&frames, bob_user()).is_empty(), "{frames:?}");
+    assert!(submitted(&frames).is_empty(), "{frames:?}");
+    let wake = core
+        .poll_timeout()
+        .expect("a wakeup for the ask's deadline");
+    assert!(wake <= t0 + config.ack_timeout_ms, "wakes at {wake}");
+    core.handle_timeout(t0 + config.ack_timeout_ms)
+        .expect("timeout");
+    let sends = submitted(&drain(&mut core))
+        .into_iter()
+        .filter(|e| matches!(e.kind(), EventKind::Send { .. }))
+        .count();
+    assert_eq!(sends, 1, "the message goes once the ask is given up");
+}
