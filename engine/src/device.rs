@@ -320,9 +320,16 @@ pub struct DeviceCore {
     history_since: HashMap<ConversationId, u64>,
     /// Whether this session asked for the members' device certificates.
     directory_asked: bool,
-    /// Users the relay answered for (or whose ask was given up) since this core started:
-    /// messages no longer wait for their certificates (see `held_for_devices`).
+    /// Users the relay answered for completely since this core started: messages no longer
+    /// wait for their certificates (see `held_for_devices`).
     heard_of: HashSet<UserId>,
+    /// Users whose ask this connection gave up on (refused, no progress, past its deadline):
+    /// messages go without waiting for them until the next connection asks again.
+    gave_up_on: HashSet<UserId>,
+    /// Per user this device brought into a conversation: the first request id whose answer
+    /// about them counts (one sent before the relay placed the `Create` or `AddMember` was
+    /// answered with nothing, as about a stranger).
+    counts_from: HashMap<UserId, u64>,
     /// Conversations whose messages the last flush held for a member's certificates.
     held: HashSet<ConversationId>,
     /// Users whose certificates a request in flight asks for, to settle a waiting gate.
@@ -438,6 +445,8 @@ impl DeviceCore {
             directory_asked: false,
             asking: HashSet::new(),
             heard_of: HashSet::new(),
+            gave_up_on: HashSet::new(),
+            counts_from: HashMap::new(),
             held: HashSet::new(),
             failed_asks: HashMap::new(),
             reask: BTreeMap::new(),
@@ -596,6 +605,7 @@ impl DeviceCore {
         self.synced.clear();
         self.directory_asked = false;
         self.asking.clear();
+        self.gave_up_on.clear();
         self.transmit.clear();
     }
 

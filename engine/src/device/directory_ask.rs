@@ -47,31 +47,36 @@ impl DeviceCore {
     /// this device encrypts, a member of whom it knows no device gets no key for what it
     /// sends now; the share follows once the directory answers, but the device may be gone
     /// by then (killed, out of coverage), and the member would hold messages nobody can
-    /// open until it comes back. The wait lasts until the relay answered for that user
-    /// since this core started, or the ask was given up at its deadline: one ask at most.
-    /// Asks for those users, unless an ask for them is in flight or a control entry of the
-    /// conversation (its `Create`, an `AddMember`) is queued ahead: placing that asks
-    /// ([`DeviceCore::ask_for_new_members`]), and before it the relay would answer nothing.
+    /// open until it comes back. So a conversation's messages wait:
+    /// - behind this device's own `Create` still queued ahead of them that names a user it
+    ///   knows no device of: the relay says nothing about a user before they share a
+    ///   conversation, and placing the `Create` asks ([`DeviceCore::ask_for_new_members`]);
+    /// - while a member has no known device and the relay has not answered for that user
+    ///   since this core started: asked here, unless an ask is in flight. The wait ends with
+    ///   the answer, or when this connection gives the ask up (refused, no progress, its
+    ///   deadline): one ask per connection at most.
     pub(super) fn held_for_devices(
         &mut self,
         now_ms: u64,
     ) -> Result<HashSet<ConversationId>, DeviceError> {
-        // Conversations with queued messages, each with whether a control entry is ahead.
-        let mut with_messages: HashMap<ConversationId, bool> = HashMap::new();
-        let mut with_controls: HashSet<ConversationId> = HashSet::new();
+        let mut held = HashSet::new();
+        if !self.store.encrypts() {
+            return Ok(held);
+        }
+        // Conversations with queued messages, each with the control entries ahead of them.
+        let mut with_messages: HashMap<ConversationId, Vec<EventId>> = HashMap::new();
+        let mut controls: HashMap<ConversationId, Vec<EventId>> = HashMap::new();
         for e in self.store.outbox_entries()? {
-            if e.state != OutboxState::Queued {
+            if e.state != OutboxState::Queued || with_messages.contains_key(&e.conversation) {
                 continue;
             }
             if e.message.is_none() {
-                with_controls.insert(e.conversation);
+                controls.entry(e.conversation).or_default().push(e.event);
             } else {
-                with_messages
-                    .entry(e.conversation)
-                    .or_insert_with(|| with_controls.contains(&e.conversation));
+                let ahead = controls.remove(&e.conversation).unwrap_or_default();
+                with_messages.insert(e.conversation, ahead);
             }
         }
-        let mut held = HashSet::new();
         if with_messages.is_empty() {
             return Ok(held);
         }
@@ -85,20 +90,20 @@ impl DeviceCore {
             .flatten()
             .collect();
         let mut ask = BTreeSet::new();
-        for (c, control_ahead) in with_messages {
-            let waiting: Vec<UserId> = self
+        for (c, ahead) in with_messages {
+            if !self.store.created_without_devices(&ahead)?.is_empty() {
+                held.insert(c);
+                continue;
+            }
+            let (heard, gave_up) = (&self.heard_of, &self.gave_up_on);
+            let waiting = self
                 .store
-                .members_without_devices(c)?
-                .into_iter()
-                .filter(|u| !self.heard_of.contains(u))
-                .collect();
+                .members_without_devices(c, |u| !heard.contains(u) && !gave_up.contains(u))?;
             if waiting.is_empty() {
                 continue;
             }
             held.insert(c);
-            if !control_ahead {
-                ask.extend(waiting.into_iter().filter(|u| !in_flight.contains(u)));
-            }
+            ask.extend(waiting.into_iter().filter(|u| !in_flight.contains(u)));
         }
         let ask: Vec<UserId> = ask.into_iter().collect();
         for chunk in ask.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
@@ -156,7 +161,13 @@ impl DeviceCore {
         let sane = complete <= n && (resume_after.is_none() || complete < n);
         let (done, rest) = ask.users.split_at(complete.min(n));
         if sane {
-            self.heard_of.extend(done.iter().copied());
+            let counts_from = &self.counts_from;
+            let counted = done
+                .iter()
+                .filter(|u| counts_from.get(u).is_none_or(|from| request_id >= *from));
+            self.heard_of.extend(counted);
+        } else {
+            self.gave_up_on.extend(ask.users.iter().copied());
         }
         let settled: Vec<UserId> = ask
             .settles
@@ -188,7 +199,7 @@ impl DeviceCore {
             self.ask_devices(rest.to_vec(), rest_settles, resume_after, now_ms);
             Ok(())
         } else {
-            self.heard_of.extend(rest.iter().copied());
+            self.gave_up_on.extend(rest.iter().copied());
             self.failed_ask(&rest_settles, now_ms, ASK_UNITS)
         }
     }
@@ -256,7 +267,7 @@ impl DeviceCore {
         for id in expired {
             if let Some(Request::Devices(ask)) = self.requests.remove(&id) {
                 // Given up: messages waiting for these users go (see `held_for_devices`).
-                self.heard_of.extend(ask.users.iter().copied());
+                self.gave_up_on.extend(ask.users.iter().copied());
                 self.failed_ask(&ask.settles, now_ms, 0)?;
             }
         }

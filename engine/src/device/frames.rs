@@ -222,7 +222,7 @@ impl DeviceCore {
                         self.synced.remove(&c);
                     }
                     Some(Request::Devices(ask)) => {
-                        self.heard_of.extend(ask.users.iter().copied());
+                        self.gave_up_on.extend(ask.users.iter().copied());
                         let units = if retryable(code) { 1 } else { ASK_UNITS };
                         self.failed_ask(&ask.settles, now_ms, units)?
                     }

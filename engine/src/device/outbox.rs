@@ -189,6 +189,15 @@ impl DeviceCore {
             }
         }
         users.remove(&self.store.key().user());
+        // What the relay said about them before (as about strangers) no longer counts: only
+        // the answer to this ask, or a later one, lets messages go to them
+        // (`held_for_devices`).
+        let from = self.next_request;
+        for u in &users {
+            self.heard_of.remove(u);
+            self.gave_up_on.remove(u);
+            self.counts_from.insert(*u, from);
+        }
         let users: Vec<UserId> = users.into_iter().collect();
         for chunk in users.chunks(crate::wire::MAX_DEVICE_QUERY_USERS) {
             self.ask_devices(chunk.to_vec(), Vec::new(), None, now_ms);

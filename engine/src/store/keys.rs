@@ -256,8 +256,18 @@ impl Store {
     /// relay sequenced anything (a conversation created offline), without the users whose
     /// removal this device holds ahead of its gate ([`Store::removals_ahead`]).
     fn member_users(&mut self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
+        let users = self.gate_or_create_members(conversation)?;
+        let removed = self.removed_ahead(conversation)?;
+        Ok(users.into_iter().filter(|u| !removed.contains(u)).collect())
+    }
+
+    /// The gate's members, or the `Create` list before the relay sequenced anything.
+    fn gate_or_create_members(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<Vec<UserId>, StoreError> {
         let gate = self.log.gate(conversation)?;
-        let users = if gate.membership.is_some() {
+        Ok(if gate.membership.is_some() {
             gate.members()
         } else {
             self.log
@@ -265,27 +275,76 @@ impl Store {
                 .and_then(|m| m.members)
                 .map(|(_, m)| m)
                 .unwrap_or_default()
-        };
-        let removed: BTreeSet<UserId> = self
+        })
+    }
+
+    /// The users whose removal this device holds ahead of its gate.
+    fn removed_ahead(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<BTreeSet<UserId>, StoreError> {
+        Ok(self
             .removals_ahead(conversation)?
             .into_iter()
             .map(|r| r.user)
-            .collect();
-        Ok(users.into_iter().filter(|u| !removed.contains(u)).collect())
+            .collect())
     }
 
-    /// Members of `conversation` besides this device's user of whom the directory knows no
-    /// device a key could be sealed to (none when this device does not encrypt): what it
-    /// sends there now would reach them without a key (see `DeviceCore::flush`).
+    /// Whether this device seals its bodies (and so shares epoch keys).
+    pub fn encrypts(&self) -> bool {
+        self.config.encrypt
+    }
+
+    /// Members of `conversation` besides this device's user, among those `counted`, of whom
+    /// the directory knows no device a key could be sealed to: what this device sends there
+    /// now would reach them without a key (see `DeviceCore::held_for_devices`). Nothing when
+    /// this device does not encrypt. The removals it holds ahead of its gate are looked up
+    /// only when some member is left.
     pub fn members_without_devices(
         &mut self,
         conversation: ConversationId,
+        counted: impl Fn(&UserId) -> bool,
     ) -> Result<Vec<UserId>, StoreError> {
         if !self.config.encrypt {
             return Ok(Vec::new());
         }
         let me = self.key.user();
-        let users = self.member_users(conversation)?;
+        let users = self.gate_or_create_members(conversation)?;
+        let dir = self.directory()?;
+        let unknown: Vec<UserId> = users
+            .into_iter()
+            .filter(|u| *u != me && counted(u) && dir.devices_of(u).is_empty())
+            .collect();
+        if unknown.is_empty() {
+            return Ok(unknown);
+        }
+        let removed = self.removed_ahead(conversation)?;
+        Ok(unknown
+            .into_iter()
+            .filter(|u| !removed.contains(u))
+            .collect())
+    }
+
+    /// The users a `Create` of this device among `events` (queued, not placed yet) names
+    /// and the directory knows no device of: the relay says nothing about them before the
+    /// `Create` is placed, and the epoch it opens is the one messages behind it are sealed
+    /// under, shared with their devices once they are known.
+    pub fn created_without_devices(
+        &mut self,
+        events: &[EventId],
+    ) -> Result<Vec<UserId>, StoreError> {
+        if !self.config.encrypt || events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let me = self.key.user();
+        let mut users = BTreeSet::new();
+        for id in events {
+            if let Some(ev) = self.log.get(id)? {
+                if let EventKind::Create { members } = ev.kind() {
+                    users.extend(members.iter().copied());
+                }
+            }
+        }
         let dir = self.directory()?;
         Ok(users
             .into_iter()

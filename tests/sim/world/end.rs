@@ -117,9 +117,22 @@ impl Sim {
                     outbox.len(),
                 ));
             }
+            // A gate waiting for an author's certificate has not judged (nor shown) all the
+            // device holds: a receipt in it may be what makes a message DELIVERED there.
+            let stalled = core
+                .store()
+                .log()
+                .stalled_gates()
+                .map_err(|e| format!("gates of {name}: {e}"))?;
             for spec in &self.convs {
                 if !is_member(&spec.id, user_id) {
                     continue;
+                }
+                if stalled.contains(&spec.id) {
+                    why.push(format!(
+                        "{name}: the gate of {} waits for a certificate",
+                        spec.id
+                    ));
                 }
                 let head = heads.get(&spec.id).copied().unwrap_or(0);
                 // Its own events come back as acks, not pages, so the pull cursor may lag;
