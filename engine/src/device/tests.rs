@@ -260,8 +260,8 @@ fn bobs_conversation(t0: u64) -> (Event, Event) {
     (create, send)
 }
 
-/// The kinds of the events submitted in Submit frames.
-fn submitted_kinds(frames: &[ClientFrame]) -> Vec<EventKind> {
+/// The events of the Submit frames among `frames`.
+fn submitted(frames: &[ClientFrame]) -> Vec<Event> {
     frames
         .iter()
         .filter_map(|f| match f {
@@ -269,7 +269,15 @@ fn submitted_kinds(frames: &[ClientFrame]) -> Vec<EventKind> {
             _ => None,
         })
         .flatten()
-        .map(|e| Event::decode(&e.0).expect("own event").kind().clone())
+        .map(|e| Event::decode(&e.0).expect("own event"))
+        .collect()
+}
+
+/// The kinds of the events submitted in Submit frames.
+fn submitted_kinds(frames: &[ClientFrame]) -> Vec<EventKind> {
+    submitted(frames)
+        .into_iter()
+        .map(|e| e.kind().clone())
         .collect()
 }
 

@@ -179,19 +179,6 @@ fn accept_all(submit: &ClientFrame, seq: &mut ServerSeq, t0: u64) -> ServerFrame
     }
 }
 
-/// The events of the Submit frames among `frames`.
-fn submitted(frames: &[ClientFrame]) -> Vec<Event> {
-    frames
-        .iter()
-        .filter_map(|f| match f {
-            ClientFrame::Submit { events, .. } => Some(events),
-            _ => None,
-        })
-        .flatten()
-        .map(|e| Event::decode(&e.0).expect("own event"))
-        .collect()
-}
-
 /// The `Devices` asks among `frames` that name `user`: each one's request id and how many
 /// users it names.
 fn devices_asks(frames: &[ClientFrame], user: UserId) -> Vec<(u64, u32)> {
