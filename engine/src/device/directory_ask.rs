@@ -48,9 +48,10 @@ impl DeviceCore {
     /// sends now; the share follows once the directory answers, but the device may be gone
     /// by then (killed, out of coverage), and the member would hold messages nobody can
     /// open until it comes back. So a conversation's messages wait:
-    /// - behind this device's own `Create` still queued ahead of them that names a user it
-    ///   knows no device of: the relay says nothing about a user before they share a
-    ///   conversation, and placing the `Create` asks ([`DeviceCore::ask_for_new_members`]);
+    /// - behind this device's own `Create` or `AddMember` still queued ahead of them that
+    ///   brings in a user it knows no device of: the relay says nothing about a user before
+    ///   they share a conversation, and placing the event asks
+    ///   ([`DeviceCore::ask_for_new_members`]);
     /// - while a member has no known device and the relay has not answered for that user
     ///   since this core started: asked here, unless an ask is in flight. The wait ends with
     ///   the answer, or when this connection gives the ask up (refused, no progress, its
@@ -91,7 +92,7 @@ impl DeviceCore {
             .collect();
         let mut ask = BTreeSet::new();
         for (c, ahead) in with_messages {
-            if !self.store.created_without_devices(&ahead)?.is_empty() {
+            if !self.store.joining_without_devices(&ahead)?.is_empty() {
                 held.insert(c);
                 continue;
             }

@@ -325,11 +325,12 @@ impl Store {
             .collect())
     }
 
-    /// The users a `Create` of this device among `events` (queued, not placed yet) names
-    /// and the directory knows no device of: the relay says nothing about them before the
-    /// `Create` is placed, and the epoch it opens is the one messages behind it are sealed
-    /// under, shared with their devices once they are known.
-    pub fn created_without_devices(
+    /// The users this device's own `Create` or `AddMember` events among `events` (queued,
+    /// not placed yet) bring in and of whom the directory knows no device: the relay says
+    /// nothing about them before the event is placed. Messages queued behind such an event
+    /// are sealed under an epoch opened after it (see `pick_epoch`), shared with their
+    /// devices once they are known.
+    pub fn joining_without_devices(
         &mut self,
         events: &[EventId],
     ) -> Result<Vec<UserId>, StoreError> {
@@ -339,10 +340,15 @@ impl Store {
         let me = self.key.user();
         let mut users = BTreeSet::new();
         for id in events {
-            if let Some(ev) = self.log.get(id)? {
-                if let EventKind::Create { members } = ev.kind() {
-                    users.extend(members.iter().copied());
+            let Some(ev) = self.log.get(id)? else {
+                continue;
+            };
+            match ev.kind() {
+                EventKind::Create { members } => users.extend(members.iter().copied()),
+                EventKind::AddMember { user, .. } => {
+                    users.insert(*user);
                 }
+                _ => {}
             }
         }
         let dir = self.directory()?;
@@ -401,6 +407,40 @@ impl Store {
         Ok(self.share_epoch(conversation, id, &missing, now_ms)?.1)
     }
 
+    /// When this device's own `AddMember` is queued in `conversation`: the epoch openings
+    /// queued behind the last such one (the only epochs a message written now may use);
+    /// `None` when no addition is queued.
+    fn opened_after_own_addition(
+        &mut self,
+        conversation: ConversationId,
+    ) -> Result<Option<BTreeSet<EventId>>, StoreError> {
+        let queued: Vec<(u64, EventId)> = self
+            .outbox_controls(conversation)?
+            .map(|e| (e.position, e.event))
+            .collect();
+        let mut last_addition = None;
+        let mut openings = Vec::new();
+        for (position, id) in queued {
+            let Some(ev) = self.log.get(&id)? else {
+                continue;
+            };
+            match ev.kind() {
+                EventKind::AddMember { .. } => {
+                    last_addition = last_addition.max(Some(position));
+                }
+                EventKind::EpochKeys { epoch: None, .. } => openings.push((position, id)),
+                _ => {}
+            }
+        }
+        Ok(last_addition.map(|after| {
+            openings
+                .into_iter()
+                .filter(|(p, _)| *p > after)
+                .map(|(_, id)| id)
+                .collect()
+        }))
+    }
+
     /// The best epoch to send under now, if any, with the member devices and the held epochs.
     #[allow(clippy::type_complexity)]
     fn pick_epoch(
@@ -425,9 +465,20 @@ impl Store {
             .iter()
             .map(|(id, e)| (*id, e.clone()))
             .collect();
+        let opened_after_addition = self.opened_after_own_addition(conversation)?;
         for (id, e) in &candidates {
             // Sealed to nobody outside the membership (a removed member, a revoked device).
             if !e.named.is_subset(&allowed) {
+                continue;
+            }
+            // Behind a member this device adds (its `AddMember` still queued): only an epoch
+            // opened behind that too. A message sealed under an earlier one would be placed
+            // after the join under an epoch from before it, which the new member never gets
+            // (no history for new members).
+            if opened_after_addition
+                .as_ref()
+                .is_some_and(|opened| !opened.contains(id))
+            {
                 continue;
             }
             // Started after the last membership change: sequenced after it, or started here

@@ -290,6 +290,87 @@ fn assert_shared_then_sent(sent: &[Event], message: MessageId) {
     );
 }
 
+/// Found by reviewing the fix above: a member this device adds is not in its gate before the
+/// `AddMember` is placed, so messages queued behind it went in the same Submit, sealed under
+/// the epoch from before the join: the new member never gets that key (key requests for an
+/// epoch from before a join are refused), though the messages are placed after the join.
+/// They now wait, and are sealed under an epoch opened behind the `AddMember`, which the
+/// new member's devices get once the relay names them.
+#[test]
+fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
+    let t0 = 1_000_000;
+    let (mut core, _) = unacquainted(t0);
+    let mut seq = 0;
+    core.create_conversation(CONV, vec![], t0).expect("create");
+    let frames = drain(&mut core);
+    let submit = frames
+        .iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+        .expect("the Create goes");
+    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
+        .expect("result");
+    drain(&mut core);
+    core.add_member(CONV, bob_user(), false, t0).expect("add");
+    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    let frames = drain(&mut core);
+    let first = submitted(&frames);
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e.kind(), EventKind::AddMember { .. })),
+        "the AddMember goes: {frames:?}"
+    );
+    assert!(sends(&first).is_empty(), "the message waits: {frames:?}");
+    let submit = frames
+        .iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+        .expect("a Submit");
+    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
+        .expect("result");
+    let frames = drain(&mut core);
+    assert!(sends(&submitted(&frames)).is_empty(), "{frames:?}");
+    let asks = devices_asks(&frames, bob_user());
+    let [ask] = asks.as_slice() else {
+        panic!("one ask for Bob's devices once the AddMember is placed, got {frames:?}");
+    };
+    // The epoch's opening, queued behind the AddMember, goes on its own.
+    let submit = frames
+        .iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+        .expect("the opening goes");
+    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
+        .expect("result");
+    assert!(sends(&submitted(&drain(&mut core))).is_empty());
+    answer_about_bob(&mut core, *ask, true, t0);
+    let sent = submitted(&drain(&mut core));
+    assert_shared_then_sent(&sent, message);
+    // And the share is of the very epoch the message is sealed under.
+    let shared: Vec<EventId> = sent
+        .iter()
+        .filter_map(|e| match e.kind() {
+            EventKind::EpochKeys {
+                epoch: Some(epoch), ..
+            } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    let send = sent
+        .iter()
+        .find(|e| matches!(e.kind(), EventKind::Send { .. }))
+        .expect("the message");
+    let EventKind::Send { body, .. } = send.kind() else {
+        unreachable!()
+    };
+    let Ok(crate::e2ee::SealedBody::Sealed { epoch, .. }) = crate::e2ee::SealedBody::parse(body)
+    else {
+        panic!("a sealed body");
+    };
+    assert!(
+        shared.contains(&epoch),
+        "the message's epoch {epoch} is shared with Bob: {shared:?}"
+    );
+}
+
 /// Found by reviewing the fix above: the relay answers about a user it shares no
 /// conversation with with nothing, and answers a `Devices` ask at once while a `Submit`
 /// waits for its durable commit. An ask sent while the `Create` was not placed yet (the
