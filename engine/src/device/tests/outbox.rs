@@ -179,6 +179,24 @@ fn accept_all(submit: &ClientFrame, seq: &mut ServerSeq, t0: u64) -> ServerFrame
     }
 }
 
+/// Accepts the Submit among `frames` (`what` says which one is expected) from `seq` on, and
+/// returns what the device wrote next.
+fn accept_submit_in(
+    core: &mut DeviceCore,
+    frames: &[ClientFrame],
+    seq: &mut ServerSeq,
+    t: u64,
+    what: &str,
+) -> Vec<ClientFrame> {
+    let submit = frames
+        .iter()
+        .find(|f| matches!(f, ClientFrame::Submit { .. }))
+        .unwrap_or_else(|| panic!("{what}: {frames:?}"));
+    core.handle_frame(accept_all(submit, seq, t), t)
+        .expect("result");
+    drain(core)
+}
+
 /// The `Devices` asks among `frames` that name `user`: each one's request id and how many
 /// users it names.
 fn devices_asks(frames: &[ClientFrame], user: UserId) -> Vec<(u64, u32)> {
@@ -201,13 +219,8 @@ fn created_then_cut_off(t0: u64) -> DeviceCore {
         .expect("create");
     let mut seq = 0;
     let frames = drain(&mut core);
-    let submit = frames
-        .iter()
-        .find(|f| matches!(f, ClientFrame::Submit { .. }))
-        .expect("the Create goes");
-    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
-        .expect("result");
-    let asks = devices_asks(&drain(&mut core), bob_user());
+    let next = accept_submit_in(&mut core, &frames, &mut seq, t0, "the Create goes");
+    let asks = devices_asks(&next, bob_user());
     assert!(
         !asks.is_empty(),
         "asks for Bob's devices once the Create is placed"
@@ -303,13 +316,7 @@ fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
     let mut seq = 0;
     core.create_conversation(CONV, vec![], t0).expect("create");
     let frames = drain(&mut core);
-    let submit = frames
-        .iter()
-        .find(|f| matches!(f, ClientFrame::Submit { .. }))
-        .expect("the Create goes");
-    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
-        .expect("result");
-    drain(&mut core);
+    accept_submit_in(&mut core, &frames, &mut seq, t0, "the Create goes");
     core.add_member(CONV, bob_user(), false, t0).expect("add");
     let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
     let frames = drain(&mut core);
@@ -321,26 +328,15 @@ fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
         "the AddMember goes: {frames:?}"
     );
     assert!(sends(&first).is_empty(), "the message waits: {frames:?}");
-    let submit = frames
-        .iter()
-        .find(|f| matches!(f, ClientFrame::Submit { .. }))
-        .expect("a Submit");
-    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
-        .expect("result");
-    let frames = drain(&mut core);
+    let frames = accept_submit_in(&mut core, &frames, &mut seq, t0, "a Submit");
     assert!(sends(&submitted(&frames)).is_empty(), "{frames:?}");
     let asks = devices_asks(&frames, bob_user());
     let [ask] = asks.as_slice() else {
         panic!("one ask for Bob's devices once the AddMember is placed, got {frames:?}");
     };
     // The epoch's opening, queued behind the AddMember, goes on its own.
-    let submit = frames
-        .iter()
-        .find(|f| matches!(f, ClientFrame::Submit { .. }))
-        .expect("the opening goes");
-    core.handle_frame(accept_all(submit, &mut seq, t0), t0)
-        .expect("result");
-    assert!(sends(&submitted(&drain(&mut core))).is_empty());
+    let next = accept_submit_in(&mut core, &frames, &mut seq, t0, "the opening goes");
+    assert!(sends(&submitted(&next)).is_empty());
     answer_about_bob(&mut core, *ask, true, t0);
     let sent = submitted(&drain(&mut core));
     assert_shared_then_sent(&sent, message);
