@@ -22,7 +22,7 @@
 //! calls `handle_disconnected`.
 
 use crate::conversation::Change;
-use crate::event::{Event, EventKind, MediaRef};
+use crate::event::{Event, MediaRef};
 use crate::ids::{ConversationId, DeviceId, EventId, MessageId, ServerSeq, UserId};
 use crate::log::{ChainIssue, OutboxEntry, OutboxState};
 use crate::retry::RetryPolicy;

@@ -646,6 +646,16 @@ impl EventKind {
         )
     }
 
+    /// The users this event brings into its conversation: a `Create`'s members, an
+    /// `AddMember`'s user; none for other kinds.
+    pub fn users_brought_in(&self) -> &[UserId] {
+        match self {
+            EventKind::Create { members } => members,
+            EventKind::AddMember { user, .. } => std::slice::from_ref(user),
+            _ => &[],
+        }
+    }
+
     /// A short name for logs and traces.
     pub fn name(&self) -> &'static str {
         match self {

@@ -180,13 +180,7 @@ impl DeviceCore {
             if event.header().author != me {
                 continue;
             }
-            match event.kind() {
-                EventKind::Create { members } => users.extend(members.iter().copied()),
-                EventKind::AddMember { user, .. } => {
-                    users.insert(*user);
-                }
-                _ => {}
-            }
+            users.extend(event.kind().users_brought_in().iter().copied());
         }
         users.remove(&self.store.key().user());
         // What the relay said about them before (as about strangers) no longer counts: only

@@ -1,7 +1,7 @@
 //! Unit tests of the device core against a scripted relay.
 
 use super::*;
-use crate::event::SeqEntry;
+use crate::event::{EventKind, SeqEntry};
 use crate::gate::Refusal;
 use crate::identity::DeviceKey;
 use crate::ids::UserId;

@@ -340,15 +340,8 @@ impl Store {
         let me = self.key.user();
         let mut users = BTreeSet::new();
         for id in events {
-            let Some(ev) = self.log.get(id)? else {
-                continue;
-            };
-            match ev.kind() {
-                EventKind::Create { members } => users.extend(members.iter().copied()),
-                EventKind::AddMember { user, .. } => {
-                    users.insert(*user);
-                }
-                _ => {}
+            if let Some(ev) = self.log.get(id)? {
+                users.extend(ev.kind().users_brought_in().iter().copied());
             }
         }
         let dir = self.directory()?;
