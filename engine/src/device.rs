@@ -373,31 +373,6 @@ pub(crate) fn since_key(conversation: &ConversationId) -> Vec<u8> {
     k
 }
 
-/// When [`DeviceCore::flush`] can next submit something from `entries` (the outbox in
-/// order). Per conversation only the first queued entry counts: `flush` holds back everything
-/// behind an entry still backing off, so an entry queued later may be due without being
-/// sendable, and waking for it would spin until the one ahead of it is due.
-/// Nor does a message of a conversation `held` for a member's certificates.
-fn next_attempt_ms<'a>(
-    entries: impl Iterator<Item = &'a OutboxEntry>,
-    held: &HashSet<ConversationId>,
-) -> Option<u64> {
-    let mut heads: HashSet<ConversationId> = HashSet::new();
-    entries
-        .filter(|e| e.state == OutboxState::Queued)
-        .filter(|e| heads.insert(e.conversation))
-        .filter(|e| e.message.is_none() || !held.contains(&e.conversation))
-        .map(|e| e.next_attempt_ms)
-        .min()
-}
-
-fn retryable(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::RATE_LIMITED | ErrorCode::INTERNAL | ErrorCode::SHUTTING_DOWN
-    )
-}
-
 impl DeviceCore {
     /// A device over `store`, pinning `relay` (the relay's DeviceId). `seed` drives jitter.
     ///
@@ -914,6 +889,7 @@ mod frames;
 mod history;
 mod linking;
 mod outbox;
+use outbox::{next_attempt_ms, retryable};
 mod peer_items;
 mod relay_places;
 mod retention;

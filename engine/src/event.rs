@@ -246,115 +246,12 @@ pub enum EventKind {
     },
 }
 
-/// Stable kind tags. Never reuse a number; new kinds (Edit, Delete, React, membership) take new ones.
-mod tag {
-    pub const CREATE: u16 = 1;
-    pub const SEND: u16 = 2;
-    pub const SERVER_ACK: u16 = 3;
-    pub const DELIVERED: u16 = 4;
-    pub const READ: u16 = 5;
-    pub const ADD_MEMBER: u16 = 6;
-    pub const REMOVE_MEMBER: u16 = 7;
-    pub const EPOCH_KEYS: u16 = 8;
-    pub const KEY_REQUEST: u16 = 9;
-    /// An `EpochKeys` that opens an epoch with a key commitment.
-    pub const EPOCH_OPEN: u16 = 10;
-    /// The relay's statement placing a run of events (protocol 3).
-    pub const SEQUENCED: u16 = 11;
-    /// A `Delivered` carrying the chain head its author saw at `up_to`.
-    pub const DELIVERED_AT: u16 = 12;
-    /// A `Read` carrying the chain head its author saw at `up_to`.
-    pub const READ_AT: u16 = 13;
-    /// A conversation's retention policy.
-    pub const SET_RETENTION: u16 = 14;
-
-    /// Whether this build gives `tag` a kind of its own: an `EventKind::Unknown` must not
-    /// carry one, or it would be read back as that kind (or not at all).
-    pub fn is_known(tag: u16) -> bool {
-        (CREATE..=SET_RETENTION).contains(&tag)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct AddMemberPayload {
-    user: UserId,
-    admin: bool,
-}
-
-#[derive(Deserialize)]
-struct EpochKeysPayload {
-    epoch: Option<EventId>,
-    keys: Vec<SealedKey>,
-}
-
-#[derive(Serialize)]
-struct EpochKeysPayloadRef<'a> {
-    epoch: Option<EventId>,
-    keys: &'a [SealedKey],
-}
-
-#[derive(Deserialize)]
-struct EpochOpenPayload {
-    commitment: [u8; 32],
-    keys: Vec<SealedKey>,
-}
-
-#[derive(Serialize)]
-struct EpochOpenPayloadRef<'a> {
-    commitment: [u8; 32],
-    keys: &'a [SealedKey],
-}
-
-#[derive(Deserialize)]
-struct SendPayload {
-    message: MessageId,
-    #[serde(deserialize_with = "serde_bytes_vec::deserialize")]
-    body: Vec<u8>,
-    media: Vec<MediaRef>,
-}
-
-#[derive(Serialize)]
-struct SendPayloadRef<'a> {
-    message: MessageId,
-    #[serde(with = "serde_bytes_vec")]
-    body: &'a [u8],
-    media: &'a [MediaRef],
-}
-
-#[derive(Serialize, Deserialize)]
-struct AckPayload {
-    event: EventId,
-    message: Option<MessageId>,
-    seq: ServerSeq,
-    server_ts_ms: u64,
-}
-
-/// postcard writes `Vec<u8>` as a sequence of varint-free bytes either way; going through
-/// `serialize_bytes` lets the decoder borrow the slice instead of visiting byte by byte.
-pub(crate) mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}
+mod payload;
+pub(crate) use payload::serde_bytes_vec;
+use payload::{
+    tag, AckPayload, AddMemberPayload, EpochKeysPayload, EpochKeysPayloadRef, EpochOpenPayload,
+    EpochOpenPayloadRef, SendPayload, SendPayloadRef,
+};
 
 /// Why bytes were not accepted as an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -813,17 +813,9 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     assert!(phone2.missing_keys().is_empty());
 }
 
-#[test]
-fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
-    let k = cast();
-    let mut relay = EvilRelay::new();
-    let mut a = store(k.a.clone(), &k.certs);
-    let mut b = store(k.b.clone(), &k.certs);
-    let mut c = store(k.c.clone(), &k.certs);
-    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    feed(&mut b, &log);
-    feed(&mut c, &log);
-    // Carol opens an epoch with one key for Alice and another for Bob: a split group.
+/// Carol's opening of an epoch in X that seals one key to Alice's device and another to
+/// Bob's, committed to Alice's: the opening and the key Alice got.
+fn carols_split_opening(k: &Cast) -> (Event, tidings::engine::crypto::EpochKey) {
     let (k1, k2) = (
         tidings::engine::crypto::EpochKey::from_bytes([0x71; 32]),
         tidings::engine::crypto::EpochKey::from_bytes([0x72; 32]),
@@ -846,7 +838,6 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
         &[(k.b.device(), k.b.agreement_public())],
         &[[0x74; 32]],
     ));
-    // She commits to the key she gave Alice, the one public value every device checks.
     let commitment = tidings::engine::e2ee::epoch_commitment(X, k.c.device(), 1, &k1);
     let open = forge(
         &k.c,
@@ -859,6 +850,22 @@ fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
             keys,
         },
     );
+    (open, k1)
+}
+
+#[test]
+fn an_opener_sealing_different_keys_to_different_devices_is_caught() {
+    let k = cast();
+    let mut relay = EvilRelay::new();
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut b = store(k.b.clone(), &k.certs);
+    let mut c = store(k.c.clone(), &k.certs);
+    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
+    feed(&mut b, &log);
+    feed(&mut c, &log);
+    // Carol opens an epoch with one key for Alice and another for Bob: a split group.
+    // She commits to the key she gave Alice, the one public value every device checks.
+    let (open, k1) = carols_split_opening(&k);
     let start = log.len();
     log.extend(relay.sequence(&open));
     let epoch = open.id();
@@ -1320,40 +1327,7 @@ fn an_honest_sender_shares_an_epoch_with_a_device_its_opener_sealed_a_wrong_key_
     let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
     feed(&mut b, &log);
     // Carol opens an epoch, commits to the key she seals to Alice and seals Bob another one.
-    let (k1, k2) = (
-        tidings::engine::crypto::EpochKey::from_bytes([0x71; 32]),
-        tidings::engine::crypto::EpochKey::from_bytes([0x72; 32]),
-    );
-    let origin = tidings::engine::e2ee::EpochOrigin::New {
-        author: k.c.device(),
-        counter: 1,
-    };
-    let mut keys = tidings::engine::e2ee::seal_epoch_key(
-        X,
-        origin,
-        &k1,
-        &[(k.a.device(), k.a.agreement_public())],
-        &[[0x73; 32]],
-    );
-    keys.extend(tidings::engine::e2ee::seal_epoch_key(
-        X,
-        origin,
-        &k2,
-        &[(k.b.device(), k.b.agreement_public())],
-        &[[0x74; 32]],
-    ));
-    let commitment = tidings::engine::e2ee::epoch_commitment(X, k.c.device(), 1, &k1);
-    let open = forge(
-        &k.c,
-        X,
-        1,
-        None,
-        EventKind::EpochKeys {
-            epoch: None,
-            commitment: Some(commitment),
-            keys,
-        },
-    );
+    let (open, _) = carols_split_opening(&k);
     let start = log.len();
     log.extend(relay.sequence(&open));
     let epoch = open.id();

@@ -51,6 +51,26 @@ fn ready(config: DeviceConfig, now_ms: u64) -> DeviceCore {
     core
 }
 
+/// A ready core (`config` with one attempt per entry) that sent "hi" in CONV and then
+/// created CONV with Bob: the message is in flight alone, the Create queued behind it.
+/// Returns the core, the message and the ack timeout.
+fn one_try_then_create(config: DeviceConfig, t0: u64) -> (DeviceCore, MessageId, u64) {
+    let config = DeviceConfig {
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..config
+    };
+    let ack_timeout = config.ack_timeout_ms;
+    let mut core = ready(config, t0);
+    drain(&mut core);
+    let m1 = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    core.create_conversation(CONV, vec![bob_user()], t0)
+        .expect("create");
+    (core, m1, ack_timeout)
+}
+
 /// The limits the scripted relay announces.
 fn limits() -> WireLimits {
     WireLimits {

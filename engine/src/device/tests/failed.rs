@@ -10,19 +10,10 @@ const REPORT_AFTER_MS: u64 = 60_000;
 fn check() -> (DeviceCore, MessageId, MessageId, u64) {
     let t0 = 1_000_000;
     let config = DeviceConfig {
-        retry: RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        },
         failed_report_after_ms: Some(REPORT_AFTER_MS),
         ..DeviceConfig::default()
     };
-    let ack_timeout = config.ack_timeout_ms;
-    let mut core = ready(config, t0);
-    drain(&mut core);
-    let m1 = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
-    core.create_conversation(CONV, vec![bob_user()], t0)
-        .expect("create");
+    let (mut core, m1, ack_timeout) = one_try_then_create(config, t0);
     // The message goes alone, never answered: it is FAILED (the Create goes next).
     let failed_at = t0 + ack_timeout;
     core.handle_timeout(failed_at).expect("timeout");

@@ -76,19 +76,7 @@ fn a_clock_set_back_does_not_hold_the_outbox() {
 #[test]
 fn only_messages_give_up_when_retries_run_out() {
     let t0 = 1_000_000;
-    let config = DeviceConfig {
-        retry: RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        },
-        ..DeviceConfig::default()
-    };
-    let ack_timeout = config.ack_timeout_ms;
-    let mut core = ready(config, t0);
-    drain(&mut core);
-    let m1 = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
-    core.create_conversation(CONV, vec![bob_user()], t0)
-        .expect("create");
+    let (mut core, m1, ack_timeout) = one_try_then_create(DeviceConfig::default(), t0);
     let submitted = |core: &mut DeviceCore| match core.poll_transmit() {
         Some(ClientFrame::Submit { events, .. }) => events.len(),
         other => panic!("expected a Submit, got {other:?}"),
