@@ -748,6 +748,29 @@ fn nonce_of(ev: &Event) -> Vec<u8> {
     }
 }
 
+/// Carol's "share" of `epoch` in X with `to`: a key of her own, not the epoch's.
+fn carols_wrong_share(k: &Cast, epoch: EventId, to: &DeviceKey) -> Event {
+    let wrong = tidings::engine::crypto::EpochKey::from_bytes([0x66; 32]);
+    let keys = tidings::engine::e2ee::seal_epoch_key(
+        X,
+        tidings::engine::e2ee::EpochOrigin::Shared(epoch),
+        &wrong,
+        &[(to.device(), to.agreement_public())],
+        &[[0x67; 32]],
+    );
+    forge(
+        &k.c,
+        X,
+        1,
+        None,
+        EventKind::EpochKeys {
+            epoch: Some(epoch),
+            commitment: None,
+            keys,
+        },
+    )
+}
+
 #[test]
 fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     let k = cast();
@@ -760,25 +783,7 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     // Carol, a member, hands Bob's new device a key of her own for Alice's epoch.
-    let wrong = tidings::engine::crypto::EpochKey::from_bytes([0x66; 32]);
-    let keys = tidings::engine::e2ee::seal_epoch_key(
-        X,
-        tidings::engine::e2ee::EpochOrigin::Shared(epoch),
-        &wrong,
-        &[(b2.device(), b2.agreement_public())],
-        &[[0x67; 32]],
-    );
-    let poison = forge(
-        &k.c,
-        X,
-        1,
-        None,
-        EventKind::EpochKeys {
-            epoch: Some(epoch),
-            commitment: None,
-            keys,
-        },
-    );
+    let poison = carols_wrong_share(&k, epoch, &b2);
     let poisoned = relay.sequence(&poison);
     feed(&mut a, &poisoned);
     log.extend(poisoned);
@@ -1262,25 +1267,7 @@ fn a_members_wrong_re_share_does_not_count_its_recipient_as_holding_the_key() {
     log.extend(relay.pump(&mut a));
     let epoch = new_epochs(&log)[0].0;
     // Carol, a member, "shares" Alice's epoch with Bob's new device: a key of her own.
-    let wrong = tidings::engine::crypto::EpochKey::from_bytes([0x66; 32]);
-    let keys = tidings::engine::e2ee::seal_epoch_key(
-        X,
-        tidings::engine::e2ee::EpochOrigin::Shared(epoch),
-        &wrong,
-        &[(b2.device(), b2.agreement_public())],
-        &[[0x67; 32]],
-    );
-    let poison = forge(
-        &k.c,
-        X,
-        1,
-        None,
-        EventKind::EpochKeys {
-            epoch: Some(epoch),
-            commitment: None,
-            keys,
-        },
-    );
+    let poison = carols_wrong_share(&k, epoch, &b2);
     let poisoned = relay.sequence(&poison);
     feed(&mut a, &poisoned);
     log.extend(poisoned);
