@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+mod entries;
 mod erase;
 mod error;
 mod gaps;
@@ -47,7 +48,7 @@ pub use txn::{goes_early, EarlyAppend, LogTxn};
 /// Written in the `meta` table so that a file of someone else's is never mistaken for ours.
 pub const LOG_MAGIC: &[u8] = b"tidings-event-log";
 /// The table layout this build writes. A file with a higher number is refused.
-pub const LOG_FORMAT_VERSION: u32 = 3;
+pub const LOG_FORMAT_VERSION: u32 = 4;
 
 /// Bytes of redb's page cache for a log [`EventLog::open`] opens. redb's own default is 1 GiB,
 /// which a device filling its log (a week's catch-up) grows into: with it, a 100k-message
@@ -196,8 +197,14 @@ impl EventLog {
             txn.open_table(holds::PEER_HOLDS)?;
             txn.open_table(holds::PEER_HELD)?;
             erase::create_tables(&txn)?;
+            if format < 4 {
+                let moved = entries::migrate_to_positions(&txn)?;
+                tracing::info!(events = moved, "log format 4: envelopes keyed by position");
+            }
             if format < 3 {
                 migrate_msg_by_id(&txn)?;
+            }
+            if format < LOG_FORMAT_VERSION {
                 meta.insert("format", LOG_FORMAT_VERSION.to_le_bytes().as_slice())?;
             }
         }
@@ -300,7 +307,7 @@ impl EventLog {
     /// An event by id.
     pub fn get(&self, id: &EventId) -> Result<Option<Event>, LogError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let events = entries::read(&txn)?;
         let Some(guard) = events.get(&id.0)? else {
             return Ok(None);
         };
@@ -313,17 +320,13 @@ impl EventLog {
     /// True when the event is stored.
     pub fn contains(&self, id: &EventId) -> Result<bool, LogError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(EVENTS)?.get(&id.0)?.is_some())
+        entries::read(&txn)?.contains(&id.0)
     }
 
     /// The highest log position, 0 for an empty log.
     pub fn head(&self) -> Result<u64, LogError> {
         let txn = self.db.begin_read()?;
-        Ok(txn
-            .open_table(LOG)?
-            .last()?
-            .map(|(k, _)| k.value())
-            .unwrap_or(0))
+        entries::read(&txn)?.last_position()
     }
 
     /// Events of a conversation after log position `after`, in log order, with their positions.
@@ -334,7 +337,7 @@ impl EventLog {
     ) -> Result<Vec<(u64, Event)>, LogError> {
         let txn = self.db.begin_read()?;
         let conv_log = txn.open_table(CONV_LOG)?;
-        let events = txn.open_table(EVENTS)?;
+        let events = entries::read(&txn)?;
         let erased = txn.open_table(erase::ERASED)?;
         let mut out = Vec::new();
         let lo = (&conversation.0, after.saturating_add(1));
@@ -518,7 +521,7 @@ impl EventLog {
     ) -> Result<Vec<(ServerSeq, u64, Event)>, LogError> {
         let txn = self.db.begin_read()?;
         let by_seq = txn.open_table(BY_SEQ)?;
-        let events = txn.open_table(EVENTS)?;
+        let events = entries::read(&txn)?;
         let acks = txn.open_table(ACKS)?;
         let c = &conversation.0;
         let mut out = Vec::new();
@@ -567,7 +570,7 @@ impl EventLog {
         }
         let txn = self.db.begin_read()?;
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
-        let events = txn.open_table(EVENTS)?;
+        let events = entries::read(&txn)?;
         let c = &conversation.0;
         for row in by_seq.range((c, after + 1)..=(c, up_to))?.rev() {
             let (k, id) = row?;

@@ -127,8 +127,7 @@ impl LogTxn<'_> {
 
 /// The tables one pass writes.
 struct Tables<'t> {
-    events: redb::Table<'t, Id32, (u64, &'static [u8])>,
-    log: redb::Table<'t, u64, Id32>,
+    events: super::entries::WriteEvents<'t>,
     msg_by_seq: redb::Table<'t, (Conv, u64), Id32>,
     msg_by_id: redb::Table<'t, UnseqKey, Id32>,
     acks: redb::Table<'t, Id32, (u64, u64, Id32)>,
@@ -229,8 +228,7 @@ impl EventLog {
         let mut pass = ErasePass::default();
         {
             let mut t = Tables {
-                events: txn.open_table(EVENTS)?,
-                log: txn.open_table(LOG)?,
+                events: super::entries::write(&txn)?,
                 msg_by_seq: txn.open_table(MSG_BY_SEQ)?,
                 msg_by_id: txn.open_table(MSG_BY_ID)?,
                 acks: txn.open_table(ACKS)?,
@@ -546,11 +544,7 @@ fn erase_one(
     d: &Due,
     now_ms: u64,
 ) -> Result<Option<ErasedMessage>, LogError> {
-    let Some((position, bytes)) = t
-        .events
-        .remove(&d.event.0)?
-        .map(|g| (g.value().0, g.value().1.to_vec()))
-    else {
+    let Some((_, bytes)) = t.events.remove(&d.event.0)? else {
         return Ok(None);
     };
     t.bytes += bytes.len() as u64;
@@ -561,7 +555,6 @@ fn erase_one(
             "points at an event that is not a Send",
         ));
     };
-    t.log.remove(position)?;
     t.msg_by_seq.remove((&c.0, d.seq))?;
     if t.msg_by_id
         .get((&c.0, &message.0))?

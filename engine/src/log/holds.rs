@@ -7,7 +7,7 @@
 //! row: the relay's watermark says it already.
 
 use super::error::corrupt;
-use super::tables::{Conv, Id32, ACKS, BY_AUTHOR, CONVS, EVENTS, MARKS};
+use super::tables::{Conv, Id32, ACKS, BY_AUTHOR, CONVS, MARKS};
 use super::txn::encode;
 use super::{read_meta, user_marks, EventLog, LogError};
 use crate::event::{Event, EventKind};
@@ -46,7 +46,7 @@ impl EventLog {
             let mut holds = txn.open_table(PEER_HOLDS)?;
             let mut held = txn.open_table(PEER_HELD)?;
             let by_author = txn.open_table(BY_AUTHOR)?;
-            let events = txn.open_table(EVENTS)?;
+            let events = super::entries::write(&txn)?;
             let acks = txn.open_table(ACKS)?;
             let convs = txn.open_table(CONVS)?;
             let marks = txn.open_table(MARKS)?;

@@ -13,8 +13,8 @@
 
 use super::{
     corrupt, read_history, read_meta, Conv, ConversationMeta, EventLog, Id32, LogError, MarksValue,
-    OutboxEntry, OutboxState, UnseqKey, ACKS, CONVS, EPOCH_KEYS, EVENTS, MARKS, MEMBERSHIPS,
-    MSG_BY_ID, MSG_BY_SEQ, OUTBOX, OUTBOX_BY_EVENT, UNSEQUENCED,
+    OutboxEntry, OutboxState, UnseqKey, ACKS, CONVS, EPOCH_KEYS, MARKS, MEMBERSHIPS, MSG_BY_ID,
+    MSG_BY_SEQ, OUTBOX, OUTBOX_BY_EVENT, UNSEQUENCED,
 };
 use crate::conversation::{members_at, MembershipHistory, MessageRecord, MessageView};
 use crate::event::{Event, EventKind};
@@ -185,7 +185,7 @@ impl LogReader {
             .unwrap_or(0);
         let read = marks.get(&user).map(|m| m.read).unwrap_or(0).max(local);
         let by_seq = txn.open_table(MSG_BY_SEQ)?;
-        let events = txn.open_table(EVENTS)?;
+        let events = super::entries::read(&txn)?;
         let pending = unsequenced(&txn.open_table(UNSEQUENCED)?, &conversation)?;
         let acked = by_seq.range((c, read.saturating_add(1))..=(c, u64::MAX))?;
         let mut n = 0;
@@ -275,7 +275,7 @@ struct Facts {
 /// The tables that turn a `Send` event id into its [`MessageView`], open in one read
 /// transaction, with each conversation's [`Facts`] read once.
 struct Views {
-    events: redb::ReadOnlyTable<Id32, (u64, &'static [u8])>,
+    events: super::entries::ReadEvents,
     acks: redb::ReadOnlyTable<Id32, (u64, u64, Id32)>,
     outbox: redb::ReadOnlyTable<u64, &'static [u8]>,
     outbox_by_event: redb::ReadOnlyTable<Id32, u64>,
@@ -289,7 +289,7 @@ struct Views {
 impl Views {
     fn open(txn: &ReadTransaction) -> Result<Views, LogError> {
         Ok(Views {
-            events: txn.open_table(EVENTS)?,
+            events: super::entries::read(txn)?,
             acks: txn.open_table(ACKS)?,
             outbox: txn.open_table(OUTBOX)?,
             outbox_by_event: txn.open_table(OUTBOX_BY_EVENT)?,
@@ -322,11 +322,13 @@ impl Views {
         conversation: ConversationId,
         id: &[u8; 32],
     ) -> Result<Option<MessageView>, LogError> {
-        let guard = self
-            .events
-            .get(id)?
-            .ok_or_else(|| corrupt("msg_by_seq", "points at a missing event"))?;
-        let ev = Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?;
+        let ev = {
+            let guard = self
+                .events
+                .get(id)?
+                .ok_or_else(|| corrupt("msg_by_seq", "points at a missing event"))?;
+            Event::decode_trusted(guard.value().1).map_err(|e| corrupt("events", e))?
+        };
         let EventKind::Send {
             message,
             body,

@@ -3,7 +3,7 @@
 
 use super::error::corrupt;
 use super::records::OutboxEntry;
-use super::tables::{BY_AUTHOR, EVENTS, HELD, OUTBOX};
+use super::tables::{BY_AUTHOR, HELD, OUTBOX};
 use super::{EventLog, LogError};
 use crate::event::{Event, EventKind};
 use crate::ids::{ConversationId, DeviceId, EventId, UserId};
@@ -111,7 +111,7 @@ impl EventLog {
     ) -> Result<Vec<Event>, LogError> {
         let txn = self.db.begin_read()?;
         let by_author = txn.open_table(BY_AUTHOR)?;
-        let events = txn.open_table(EVENTS)?;
+        let events = super::entries::read(&txn)?;
         let (c, a) = (&conversation.0, &author.0);
         let mut out = Vec::new();
         let start = after.saturating_add(1);
@@ -138,7 +138,7 @@ impl EventLog {
     /// the conversation's unplaced events (see `crate::peer`).
     pub fn pending_removals(&self) -> Result<BTreeMap<ConversationId, BTreeSet<UserId>>, LogError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let events = super::entries::read(&txn)?;
         let mut ids: Vec<[u8; 32]> = Vec::new();
         for row in txn.open_table(OUTBOX)?.iter()? {
             let (_, v) = row?;

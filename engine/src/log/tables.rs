@@ -12,10 +12,7 @@ pub(super) type UnseqKey = (Conv, &'static [u8; 16]);
 pub(super) type MarksValue = (Id32, u64, u64);
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// event id → (log position, envelope)
-pub(super) const EVENTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("events");
-/// log position → event id (append order)
-pub(super) const LOG: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("log");
+// The events themselves (`entries`, `event_pos`): see `super::entries`.
 /// (conversation, fold position) → event id: the events admitted to the conversation's fold,
 /// in the order they were admitted (own events and relay acks at once, others' events when
 /// the [`Gate`] passed them)

@@ -335,8 +335,96 @@ fn a_receipt_naming_another_chain_head_is_reported() {
     );
 }
 
+/// Rewrites a log's events the way formats 2 and 3 kept them (`events`: id → (position,
+/// envelope), `log`: position → id), drops the format-4 tables and says `format`.
+fn to_old_layout(log: &EventLog, format: u32) {
+    let txn = log.db.begin_write().expect("write");
+    {
+        let mut old_events = txn.open_table(entries::OLD_EVENTS).expect("events");
+        let mut old_log = txn.open_table(entries::OLD_LOG).expect("log");
+        for row in txn
+            .open_table(entries::ENTRIES)
+            .expect("entries")
+            .iter()
+            .expect("iter")
+        {
+            let (k, v) = row.expect("row");
+            let (id, bytes) = v.value();
+            old_events.insert(id, (k.value(), bytes)).expect("insert");
+            old_log.insert(k.value(), id).expect("insert");
+        }
+        txn.open_table(META)
+            .expect("meta")
+            .insert("format", format.to_le_bytes().as_slice())
+            .expect("format");
+    }
+    txn.delete_table(entries::ENTRIES).expect("delete");
+    txn.delete_table(entries::EVENT_POS).expect("delete");
+    txn.commit().expect("commit");
+}
+
+fn format_of(log: &EventLog) -> Option<Vec<u8>> {
+    let txn = log.db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    let format = meta.get("format").expect("get").map(|g| g.value().to_vec());
+    format
+}
+
+/// Format 4 keeps envelopes by log position. A format-3 log (envelopes keyed by event id)
+/// is moved over at open: every event is found by id and by conversation as before, at the
+/// position it had, the next append takes the next position, and the old tables are gone.
+#[test]
+fn a_format_3_log_is_moved_to_envelopes_by_position_at_open() {
+    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
+    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log.redb");
+    let events: Vec<Event> = (1..=5).map(|i| send(&device, i, i as u8)).collect();
+    let placed = ack(&relay, &events[0], 1);
+    let before = {
+        let log = EventLog::open(&path).expect("open");
+        let mut all = events.clone();
+        all.push(placed.clone());
+        log.append(&all).expect("append");
+        let before = log.conversation_events(CONV, 0).expect("events");
+        to_old_layout(&log, 3);
+        before
+    };
+    let log = EventLog::open(&path).expect("reopen");
+    assert_eq!(
+        format_of(&log),
+        Some(LOG_FORMAT_VERSION.to_le_bytes().to_vec())
+    );
+    for e in events.iter().chain([&placed]) {
+        assert_eq!(log.get(&e.id()).expect("get").as_ref(), Some(e));
+    }
+    let after = log.conversation_events(CONV, 0).expect("events");
+    assert_eq!(
+        after.iter().map(|(p, e)| (*p, e.id())).collect::<Vec<_>>(),
+        before.iter().map(|(p, e)| (*p, e.id())).collect::<Vec<_>>()
+    );
+    let head = log.head().expect("head");
+    assert_eq!(head, 6);
+    let next = send(&device, 6, 6);
+    assert_eq!(
+        log.append(std::slice::from_ref(&next)).expect("append"),
+        vec![Appended::New { position: head + 1 }]
+    );
+    let txn = log.db.begin_read().expect("read");
+    let names: Vec<String> = txn
+        .list_tables()
+        .expect("list")
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "events" || n == "log"),
+        "{names:?}"
+    );
+}
+
 /// Format 3 added `msg_by_id`; a format-2 log gets it filled at open from its two message
-/// listings (a sequenced and a pending message here), and says format 3 from then on.
+/// listings (a sequenced and a pending message here), and says the current format from then
+/// on (the format-4 move of its envelopes comes first).
 #[test]
 fn a_format_2_log_gets_its_message_index_at_open() {
     let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
@@ -348,13 +436,10 @@ fn a_format_2_log_gets_its_message_index_at_open() {
         let log = EventLog::open(&path).expect("open");
         log.append(&[placed.clone(), pending.clone(), ack(&relay, &placed, 1)])
             .expect("append");
-        // What a format-2 build left: no message index.
+        // What a format-2 build left: no message index, the old event tables.
+        to_old_layout(&log, 2);
         let txn = log.db.begin_write().expect("write");
         txn.delete_table(MSG_BY_ID).expect("delete");
-        txn.open_table(META)
-            .expect("meta")
-            .insert("format", 2u32.to_le_bytes().as_slice())
-            .expect("format");
         txn.commit().expect("commit");
     }
     let log = EventLog::open(&path).expect("reopen");
@@ -366,14 +451,10 @@ fn a_format_2_log_gets_its_message_index_at_open() {
             .expect("found by id");
         assert_eq!((view.record.event, view.seq), (event.id(), seq));
     }
-    let txn = log.db.begin_read().expect("read");
-    let format = txn
-        .open_table(META)
-        .expect("meta")
-        .get("format")
-        .expect("get")
-        .map(|g| g.value().to_vec());
-    assert_eq!(format, Some(3u32.to_le_bytes().to_vec()));
+    assert_eq!(
+        format_of(&log),
+        Some(LOG_FORMAT_VERSION.to_le_bytes().to_vec())
+    );
 }
 
 /// `message` reads only what a page would show: a message held for the gate (stored, not

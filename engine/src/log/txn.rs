@@ -10,8 +10,7 @@ pub use early::{goes_early, EarlyAppend};
 /// One write transaction over the log's tables. Every table is opened once per transaction,
 /// and per-conversation facts are cached and written back once, at the end.
 pub struct LogTxn<'a> {
-    events: redb::Table<'a, Id32, (u64, &'static [u8])>,
-    log: redb::Table<'a, u64, Id32>,
+    events: super::entries::WriteEvents<'a>,
     conv_log: redb::Table<'a, (Conv, u64), Id32>,
     by_author: redb::Table<'a, AuthorKey, Id32>,
     by_seq: redb::Table<'a, (Conv, u64), Id32>,
@@ -60,8 +59,7 @@ impl std::fmt::Debug for LogTxn<'_> {
 impl<'a> LogTxn<'a> {
     pub(super) fn open(txn: &'a redb::WriteTransaction) -> Result<LogTxn<'a>, LogError> {
         Ok(LogTxn {
-            events: txn.open_table(EVENTS)?,
-            log: txn.open_table(LOG)?,
+            events: super::entries::write(txn)?,
             conv_log: txn.open_table(CONV_LOG)?,
             by_author: txn.open_table(BY_AUTHOR)?,
             by_seq: txn.open_table(BY_SEQ)?,
@@ -157,7 +155,7 @@ impl<'a> LogTxn<'a> {
     }
 
     fn contains_event(&self, event: &Event) -> Result<bool, LogError> {
-        Ok(self.events.get(&event.id().0)?.is_some())
+        self.events.contains(&event.id().0)
     }
 
     /// The places `statement` gives that a statement this log holds gives to another event.
@@ -213,16 +211,15 @@ impl<'a> LogTxn<'a> {
     /// Writes the event and its append-time indexes. False for a duplicate.
     fn store(&mut self, event: &Event) -> Result<bool, LogError> {
         let id = event.id();
-        if self.events.get(&id.0)?.is_some() || self.is_erased(&id)? {
+        if self.events.contains(&id.0)? || self.is_erased(&id)? {
             return Ok(false);
         }
         let position = match self.next_position {
             Some(p) => p,
-            None => self.log.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1,
+            None => self.events.last_position()? + 1,
         };
         self.next_position = Some(position + 1);
-        self.log.insert(position, &id.0)?;
-        self.events.insert(&id.0, (position, event.bytes()))?;
+        self.events.insert(&id.0, position, event.bytes())?;
         let h = event.header();
         let mut placed = Vec::new();
         for row in self
@@ -469,7 +466,7 @@ impl<'a> LogTxn<'a> {
         // relay that acked it in another conversation first must not leave a hole here
         // (the gate refuses it there, see `advance_gate`, and judges it here). An event the
         // log does not hold yet waits for it: the gap-free cursor counts `by_seq` rows.
-        if self.events.get(&acked.0)?.is_some() {
+        if self.events.contains(&acked.0)? {
             let before = self
                 .by_seq
                 .insert((c, seq), &acked.0)?
@@ -497,7 +494,7 @@ impl<'a> LogTxn<'a> {
         // one stored later finds this ack when it is appended. (The ack names the message:
         // acks come from the trusted relay.)
         if let Some(message) = message {
-            if self.events.get(&acked.0)?.is_some() && !self.is_held(&acked.0)? {
+            if self.events.contains(&acked.0)? && !self.is_held(&acked.0)? {
                 self.unsequenced.remove((c, &message.0))?;
                 self.msg_by_seq.insert((c, seq), &acked.0)?;
             }
@@ -873,7 +870,7 @@ pub(super) fn chain_head(
 /// decode per sequenced message, once).
 pub(super) fn migrate_msg_by_id(txn: &redb::WriteTransaction) -> Result<(), LogError> {
     let mut by_id = txn.open_table(MSG_BY_ID)?;
-    let events = txn.open_table(EVENTS)?;
+    let events = super::entries::write(txn)?;
     for row in txn.open_table(UNSEQUENCED)?.iter()? {
         let (k, v) = row?;
         let (c, m) = k.value();
