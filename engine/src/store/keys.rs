@@ -70,6 +70,15 @@ pub enum KeyShareRefusal {
     UnknownOpening,
 }
 
+/// This device's own `AddMember`s still queued in a conversation (see
+/// [`Store::own_additions`]).
+struct OwnAdditions {
+    /// Epoch openings queued behind the last of them.
+    opened_after: BTreeSet<EventId>,
+    /// Users they bring in.
+    joining: BTreeSet<UserId>,
+}
+
 /// One epoch key with what decides whether new messages may still use it.
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Epoch {
@@ -401,36 +410,39 @@ impl Store {
     }
 
     /// When this device's own `AddMember` is queued in `conversation`: the epoch openings
-    /// queued behind the last such one (the only epochs a message written now may use);
-    /// `None` when no addition is queued.
-    fn opened_after_own_addition(
+    /// queued behind the last such one (the only epochs a message written now may use), and
+    /// the users the queued additions bring in; `None` when no addition is queued.
+    fn own_additions(
         &mut self,
         conversation: ConversationId,
-    ) -> Result<Option<BTreeSet<EventId>>, StoreError> {
+    ) -> Result<Option<OwnAdditions>, StoreError> {
         let queued: Vec<(u64, EventId)> = self
             .outbox_controls(conversation)?
             .map(|e| (e.position, e.event))
             .collect();
         let mut last_addition = None;
+        let mut joining = BTreeSet::new();
         let mut openings = Vec::new();
         for (position, id) in queued {
             let Some(ev) = self.log.get(&id)? else {
                 continue;
             };
             match ev.kind() {
-                EventKind::AddMember { .. } => {
+                k @ EventKind::AddMember { .. } => {
                     last_addition = last_addition.max(Some(position));
+                    joining.extend(k.users_brought_in().iter().copied());
                 }
                 EventKind::EpochKeys { epoch: None, .. } => openings.push((position, id)),
                 _ => {}
             }
         }
-        Ok(last_addition.map(|after| {
-            openings
+        Ok(last_addition.map(|after| OwnAdditions {
+            opened_after: openings
                 .into_iter()
                 .filter(|(p, _)| *p > after)
                 .map(|(_, id)| id)
-                .collect()
+                .collect(),
+            joining,
         }))
     }
 
@@ -449,7 +461,24 @@ impl Store {
         StoreError,
     > {
         let gate = self.log.gate(conversation)?;
-        let devices = self.member_devices(conversation)?;
+        let mut devices = self.member_devices(conversation)?;
+        let additions = self.own_additions(conversation)?;
+        if let Some(a) = &additions {
+            // Users this device's own queued `AddMember`s bring in: an epoch opened behind
+            // them is sealed to their known devices too, so the key leaves with the messages
+            // instead of after the relay's answer to the ask made at placement (a sender gone
+            // in that round trip left the messages unreadable for them). Not those a queued
+            // removal of its own takes out again.
+            let removed = self.removed_ahead(conversation)?;
+            let dir = self.directory()?;
+            for u in a.joining.iter().filter(|u| !removed.contains(u)) {
+                for d in dir.devices_of(u) {
+                    if !devices.iter().any(|(known, _)| *known == d.0) {
+                        devices.push(d);
+                    }
+                }
+            }
+        }
         let allowed: BTreeSet<DeviceId> = devices.iter().map(|(d, _)| *d).collect();
         let me = self.key.device();
         let mut best: Option<(u64, EventId)> = None;
@@ -458,7 +487,6 @@ impl Store {
             .iter()
             .map(|(id, e)| (*id, e.clone()))
             .collect();
-        let opened_after_addition = self.opened_after_own_addition(conversation)?;
         for (id, e) in &candidates {
             // Sealed to nobody outside the membership (a removed member, a revoked device).
             if !e.named.is_subset(&allowed) {
@@ -468,9 +496,9 @@ impl Store {
             // opened behind that too. A message sealed under an earlier one would be placed
             // after the join under an epoch from before it, which the new member never gets
             // (no history for new members).
-            if opened_after_addition
+            if additions
                 .as_ref()
-                .is_some_and(|opened| !opened.contains(id))
+                .is_some_and(|a| !a.opened_after.contains(id))
             {
                 continue;
             }

@@ -355,6 +355,81 @@ fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
     );
 }
 
+/// The epoch a message is sealed under, from its `Send` event.
+fn sealed_epoch(send: &Event) -> EventId {
+    let EventKind::Send { body, .. } = send.kind() else {
+        panic!("not a Send: {send:?}");
+    };
+    match crate::e2ee::SealedBody::parse(body) {
+        Ok(crate::e2ee::SealedBody::Sealed { epoch, .. }) => epoch,
+        other => panic!("a sealed body, got {other:?}"),
+    }
+}
+
+/// Left open at stop 31: a member this device adds whose devices it already knows (from
+/// another conversation) was not held for, and the epoch opened behind the `AddMember` was
+/// sealed to the members from before the join only. The new member's devices got it only
+/// once the relay answered the ask made at placement: a sender gone in that round trip (killed,
+/// out of coverage) left the messages unreadable for them until it came back. The opening is
+/// now sealed to the known devices of the users its own queued `AddMember`s bring in, so the
+/// key leaves with the messages.
+#[test]
+fn an_added_member_whose_devices_are_known_gets_the_key_with_the_messages() {
+    let t0 = 1_000_000;
+    let (mut core, _) = unacquainted(t0);
+    let mut seq = 0;
+    // Bob's device becomes known through another conversation.
+    let other = ConversationId([8; 16]);
+    core.create_conversation(other, vec![bob_user()], t0)
+        .expect("create");
+    let frames = drain(&mut core);
+    let frames = accept_submit_in(&mut core, &frames, &mut seq, t0, "other Create");
+    let [ask] = devices_asks(&frames, bob_user())[..] else {
+        panic!("one ask for Bob's devices: {frames:?}");
+    };
+    answer_about_bob(&mut core, ask, true, t0);
+    let frames = drain(&mut core);
+    accept_submit_in(
+        &mut core,
+        &frames,
+        &mut seq,
+        t0,
+        "the share in the other conversation",
+    );
+    // A conversation without Bob, then Bob added and a message right behind.
+    core.create_conversation(CONV, vec![], t0).expect("create");
+    let frames = drain(&mut core);
+    accept_submit_in(&mut core, &frames, &mut seq, t0, "the Create goes");
+    core.add_member(CONV, bob_user(), false, t0).expect("add");
+    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    let frames = drain(&mut core);
+    let first = submitted(&frames);
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e.kind(), EventKind::AddMember { .. })),
+        "the AddMember goes: {frames:?}"
+    );
+    // Placed; the relay has not answered the ask about Bob yet (and never does here).
+    let frames = accept_submit_in(&mut core, &frames, &mut seq, t0, "the AddMember goes");
+    let sent = submitted(&frames);
+    assert_eq!(sends(&sent), vec![message], "the message goes: {frames:?}");
+    let send = sent
+        .iter()
+        .find(|e| e.conversation() == CONV && matches!(e.kind(), EventKind::Send { .. }))
+        .expect("the message");
+    let epoch = sealed_epoch(send);
+    let to_bob = sent.iter().any(|e| {
+        e.id() == epoch
+            && matches!(e.kind(), EventKind::EpochKeys { keys, .. }
+                if keys.iter().any(|k| k.device == bob().device()))
+    });
+    assert!(
+        to_bob,
+        "the message's epoch {epoch} is opened with a share for Bob's known device: {sent:?}"
+    );
+}
+
 /// Found by reviewing the fix above: the relay answers about a user it shares no
 /// conversation with with nothing, and answers a `Devices` ask at once while a `Submit`
 /// waits for its durable commit. An ask sent while the `Create` was not placed yet (the
