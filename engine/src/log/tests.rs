@@ -335,6 +335,15 @@ fn a_receipt_naming_another_chain_head_is_reported() {
     );
 }
 
+/// The device and relay keys of the on-disk format tests.
+fn alice() -> DeviceKey {
+    DeviceKey::from_seed([1; 32], UserId([1; 32]))
+}
+
+fn relay_key() -> DeviceKey {
+    DeviceKey::from_seed([9; 32], UserId([9; 32]))
+}
+
 /// Rewrites a log's events the way formats 2 and 3 kept them (`events`: id → (position,
 /// envelope), `log`: position → id), drops the format-4 tables and says `format`.
 fn to_old_layout(log: &EventLog, format: u32) {
@@ -375,9 +384,7 @@ fn format_of(log: &EventLog) -> Option<Vec<u8>> {
 /// position it had, the next append takes the next position, and the old tables are gone.
 #[test]
 fn a_format_3_log_is_moved_to_envelopes_by_position_at_open() {
-    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
-    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (device, relay, dir) = (alice(), relay_key(), tempfile::tempdir().expect("tempdir"));
     let path = dir.path().join("log.redb");
     let events: Vec<Event> = (1..=5).map(|i| send(&device, i, i as u8)).collect();
     let placed = ack(&relay, &events[0], 1);
@@ -427,9 +434,7 @@ fn a_format_3_log_is_moved_to_envelopes_by_position_at_open() {
 /// on (the format-4 move of its envelopes comes first).
 #[test]
 fn a_format_2_log_gets_its_message_index_at_open() {
-    let device = DeviceKey::from_seed([1; 32], UserId([1; 32]));
-    let relay = DeviceKey::from_seed([9; 32], UserId([9; 32]));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (device, relay, dir) = (alice(), relay_key(), tempfile::tempdir().expect("tempdir"));
     let path = dir.path().join("log.redb");
     let (placed, pending) = (send(&device, 1, 1), send(&device, 2, 2));
     {

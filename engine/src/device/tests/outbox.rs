@@ -291,6 +291,40 @@ fn assert_shared_then_sent(sent: &[Event], message: MessageId) {
     );
 }
 
+/// The epoch a message is sealed under, from its `Send` event.
+fn sealed_epoch(send: &Event) -> EventId {
+    let EventKind::Send { body, .. } = send.kind() else {
+        panic!("not a Send: {send:?}");
+    };
+    match crate::e2ee::SealedBody::parse(body) {
+        Ok(crate::e2ee::SealedBody::Sealed { epoch, .. }) => epoch,
+        other => panic!("a sealed body, got {other:?}"),
+    }
+}
+
+/// Creates CONV without Bob and has it placed, then adds Bob and writes a message right
+/// behind the `AddMember`: the frames that follow, whose first `Submit` carries the
+/// `AddMember`, and the message.
+fn add_bob_then_send(
+    core: &mut DeviceCore,
+    seq: &mut ServerSeq,
+    t0: u64,
+) -> (Vec<ClientFrame>, MessageId) {
+    core.create_conversation(CONV, vec![], t0).expect("create");
+    let frames = drain(core);
+    accept_submit_in(core, &frames, seq, t0, "the Create goes");
+    core.add_member(CONV, bob_user(), false, t0).expect("add");
+    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
+    let frames = drain(core);
+    assert!(
+        submitted(&frames)
+            .iter()
+            .any(|e| matches!(e.kind(), EventKind::AddMember { .. })),
+        "the AddMember goes: {frames:?}"
+    );
+    (frames, message)
+}
+
 /// Found by reviewing the fix above: a member this device adds is not in its gate before the
 /// `AddMember` is placed, so messages queued behind it went in the same Submit, sealed under
 /// the epoch from before the join: the new member never gets that key (key requests for an
@@ -302,20 +336,11 @@ fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
     let t0 = 1_000_000;
     let (mut core, _) = unacquainted(t0);
     let mut seq = 0;
-    core.create_conversation(CONV, vec![], t0).expect("create");
-    let frames = drain(&mut core);
-    accept_submit_in(&mut core, &frames, &mut seq, t0, "the Create goes");
-    core.add_member(CONV, bob_user(), false, t0).expect("add");
-    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
-    let frames = drain(&mut core);
-    let first = submitted(&frames);
+    let (frames, message) = add_bob_then_send(&mut core, &mut seq, t0);
     assert!(
-        first
-            .iter()
-            .any(|e| matches!(e.kind(), EventKind::AddMember { .. })),
-        "the AddMember goes: {frames:?}"
+        sends(&submitted(&frames)).is_empty(),
+        "the message waits: {frames:?}"
     );
-    assert!(sends(&first).is_empty(), "the message waits: {frames:?}");
     let frames = accept_submit_in(&mut core, &frames, &mut seq, t0, "a Submit");
     assert!(sends(&submitted(&frames)).is_empty(), "{frames:?}");
     let asks = devices_asks(&frames, bob_user());
@@ -342,28 +367,11 @@ fn messages_behind_an_unplaced_add_member_are_sealed_for_the_new_member() {
         .iter()
         .find(|e| matches!(e.kind(), EventKind::Send { .. }))
         .expect("the message");
-    let EventKind::Send { body, .. } = send.kind() else {
-        unreachable!()
-    };
-    let Ok(crate::e2ee::SealedBody::Sealed { epoch, .. }) = crate::e2ee::SealedBody::parse(body)
-    else {
-        panic!("a sealed body");
-    };
+    let epoch = sealed_epoch(send);
     assert!(
         shared.contains(&epoch),
         "the message's epoch {epoch} is shared with Bob: {shared:?}"
     );
-}
-
-/// The epoch a message is sealed under, from its `Send` event.
-fn sealed_epoch(send: &Event) -> EventId {
-    let EventKind::Send { body, .. } = send.kind() else {
-        panic!("not a Send: {send:?}");
-    };
-    match crate::e2ee::SealedBody::parse(body) {
-        Ok(crate::e2ee::SealedBody::Sealed { epoch, .. }) => epoch,
-        other => panic!("a sealed body, got {other:?}"),
-    }
 }
 
 /// Left open at stop 31: a member this device adds whose devices it already knows (from
@@ -397,19 +405,7 @@ fn an_added_member_whose_devices_are_known_gets_the_key_with_the_messages() {
         "the share in the other conversation",
     );
     // A conversation without Bob, then Bob added and a message right behind.
-    core.create_conversation(CONV, vec![], t0).expect("create");
-    let frames = drain(&mut core);
-    accept_submit_in(&mut core, &frames, &mut seq, t0, "the Create goes");
-    core.add_member(CONV, bob_user(), false, t0).expect("add");
-    let message = core.send(CONV, b"hi".to_vec(), vec![], t0).expect("send");
-    let frames = drain(&mut core);
-    let first = submitted(&frames);
-    assert!(
-        first
-            .iter()
-            .any(|e| matches!(e.kind(), EventKind::AddMember { .. })),
-        "the AddMember goes: {frames:?}"
-    );
+    let (frames, message) = add_bob_then_send(&mut core, &mut seq, t0);
     // Placed; the relay has not answered the ask about Bob yet (and never does here).
     let frames = accept_submit_in(&mut core, &frames, &mut seq, t0, "the AddMember goes");
     let sent = submitted(&frames);
