@@ -7,6 +7,7 @@
 //! are decrypted when read.
 
 mod history_keys;
+mod recipients;
 mod requests;
 
 use super::{Store, StoreError};
@@ -14,7 +15,7 @@ use crate::conversation::{Change, MessageView};
 use crate::crypto::{EpochKey, StorageKey};
 use crate::e2ee::{self, EpochOrigin, SealedBody};
 use crate::event::{Event, EventKind, MediaRef, SealedKey, MAX_SEALED_KEYS};
-use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq, UserId};
+use crate::ids::{ConversationId, DeviceId, EventId, ServerSeq};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -68,15 +69,6 @@ pub enum KeyShareRefusal {
     /// conversation.
     #[error("the epoch's opening event is unknown here")]
     UnknownOpening,
-}
-
-/// This device's own `AddMember`s still queued in a conversation (see
-/// [`Store::own_additions`]).
-struct OwnAdditions {
-    /// Epoch openings queued behind the last of them.
-    opened_after: BTreeSet<EventId>,
-    /// Users they bring in.
-    joining: BTreeSet<UserId>,
 }
 
 /// One epoch key with what decides whether new messages may still use it.
@@ -261,121 +253,6 @@ impl Store {
         Ok(())
     }
 
-    /// Member users new keys go to: the gate's membership, or the `Create` list before the
-    /// relay sequenced anything (a conversation created offline), without the users whose
-    /// removal this device holds ahead of its gate ([`Store::removals_ahead`]).
-    fn member_users(&mut self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
-        let users = self.gate_or_create_members(conversation)?;
-        let removed = self.removed_ahead(conversation)?;
-        Ok(users.into_iter().filter(|u| !removed.contains(u)).collect())
-    }
-
-    /// The gate's members, or the `Create` list before the relay sequenced anything.
-    fn gate_or_create_members(
-        &mut self,
-        conversation: ConversationId,
-    ) -> Result<Vec<UserId>, StoreError> {
-        let gate = self.log.gate(conversation)?;
-        Ok(if gate.membership.is_some() {
-            gate.members()
-        } else {
-            self.log
-                .conversation_meta(conversation)?
-                .and_then(|m| m.members)
-                .map(|(_, m)| m)
-                .unwrap_or_default()
-        })
-    }
-
-    /// The users whose removal this device holds ahead of its gate.
-    fn removed_ahead(
-        &mut self,
-        conversation: ConversationId,
-    ) -> Result<BTreeSet<UserId>, StoreError> {
-        Ok(self
-            .removals_ahead(conversation)?
-            .into_iter()
-            .map(|r| r.user)
-            .collect())
-    }
-
-    /// Whether this device seals its bodies (and so shares epoch keys).
-    pub fn encrypts(&self) -> bool {
-        self.config.encrypt
-    }
-
-    /// Members of `conversation` besides this device's user, among those `counted`, of whom
-    /// the directory knows no device a key could be sealed to: what this device sends there
-    /// now would reach them without a key (see `DeviceCore::held_for_devices`). Nothing when
-    /// this device does not encrypt. The removals it holds ahead of its gate are looked up
-    /// only when some member is left.
-    pub fn members_without_devices(
-        &mut self,
-        conversation: ConversationId,
-        counted: impl Fn(&UserId) -> bool,
-    ) -> Result<Vec<UserId>, StoreError> {
-        if !self.config.encrypt {
-            return Ok(Vec::new());
-        }
-        let me = self.key.user();
-        let users = self.gate_or_create_members(conversation)?;
-        let dir = self.directory()?;
-        let unknown: Vec<UserId> = users
-            .into_iter()
-            .filter(|u| *u != me && counted(u) && dir.devices_of(u).is_empty())
-            .collect();
-        if unknown.is_empty() {
-            return Ok(unknown);
-        }
-        let removed = self.removed_ahead(conversation)?;
-        Ok(unknown
-            .into_iter()
-            .filter(|u| !removed.contains(u))
-            .collect())
-    }
-
-    /// The users this device's own `Create` or `AddMember` events among `events` (queued,
-    /// not placed yet) bring in and of whom the directory knows no device: the relay says
-    /// nothing about them before the event is placed. Messages queued behind such an event
-    /// are sealed under an epoch opened after it (see `pick_epoch`), shared with their
-    /// devices once they are known.
-    pub fn joining_without_devices(
-        &mut self,
-        events: &[EventId],
-    ) -> Result<Vec<UserId>, StoreError> {
-        if !self.config.encrypt || events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let me = self.key.user();
-        let mut users = BTreeSet::new();
-        for id in events {
-            if let Some(ev) = self.log.get(id)? {
-                users.extend(ev.kind().users_brought_in().iter().copied());
-            }
-        }
-        let dir = self.directory()?;
-        Ok(users
-            .into_iter()
-            .filter(|u| *u != me && dir.devices_of(u).is_empty())
-            .collect())
-    }
-
-    /// The member devices a new key goes to: every certified, unrevoked device of every member
-    /// the directory knows, and this device.
-    pub(super) fn member_devices(
-        &mut self,
-        conversation: ConversationId,
-    ) -> Result<Vec<(DeviceId, crate::crypto::AgreementPublic)>, StoreError> {
-        let users = self.member_users(conversation)?;
-        let me = (self.key.device(), self.key.agreement_public());
-        let dir = self.directory()?;
-        let mut out: Vec<_> = users.iter().flat_map(|u| dir.devices_of(u)).collect();
-        if !out.iter().any(|(d, _)| *d == me.0) {
-            out.push(me);
-        }
-        Ok(out)
-    }
-
     /// Shares the epoch this device would send under with member devices that do not hold
     /// it yet (newly learned certificates), when this device started that epoch. Call after
     /// the directory learned devices; nothing happens when there is nothing to share.
@@ -409,43 +286,6 @@ impl Store {
         Ok(self.share_epoch(conversation, id, &missing, now_ms)?.1)
     }
 
-    /// When this device's own `AddMember` is queued in `conversation`: the epoch openings
-    /// queued behind the last such one (the only epochs a message written now may use), and
-    /// the users the queued additions bring in; `None` when no addition is queued.
-    fn own_additions(
-        &mut self,
-        conversation: ConversationId,
-    ) -> Result<Option<OwnAdditions>, StoreError> {
-        let queued: Vec<(u64, EventId)> = self
-            .outbox_controls(conversation)?
-            .map(|e| (e.position, e.event))
-            .collect();
-        let mut last_addition = None;
-        let mut joining = BTreeSet::new();
-        let mut openings = Vec::new();
-        for (position, id) in queued {
-            let Some(ev) = self.log.get(&id)? else {
-                continue;
-            };
-            match ev.kind() {
-                k @ EventKind::AddMember { .. } => {
-                    last_addition = last_addition.max(Some(position));
-                    joining.extend(k.users_brought_in().iter().copied());
-                }
-                EventKind::EpochKeys { epoch: None, .. } => openings.push((position, id)),
-                _ => {}
-            }
-        }
-        Ok(last_addition.map(|after| OwnAdditions {
-            opened_after: openings
-                .into_iter()
-                .filter(|(p, _)| *p > after)
-                .map(|(_, id)| id)
-                .collect(),
-            joining,
-        }))
-    }
-
     /// The best epoch to send under now, if any, with the member devices and the held epochs.
     #[allow(clippy::type_complexity)]
     fn pick_epoch(
@@ -461,24 +301,13 @@ impl Store {
         StoreError,
     > {
         let gate = self.log.gate(conversation)?;
-        let mut devices = self.member_devices(conversation)?;
         let additions = self.own_additions(conversation)?;
-        if let Some(a) = &additions {
-            // Users this device's own queued `AddMember`s bring in: an epoch opened behind
-            // them is sealed to their known devices too, so the key leaves with the messages
-            // instead of after the relay's answer to the ask made at placement (a sender gone
-            // in that round trip left the messages unreadable for them). Not those a queued
-            // removal of its own takes out again.
-            let removed = self.removed_ahead(conversation)?;
-            let dir = self.directory()?;
-            for u in a.joining.iter().filter(|u| !removed.contains(u)) {
-                for d in dir.devices_of(u) {
-                    if !devices.iter().any(|(known, _)| *known == d.0) {
-                        devices.push(d);
-                    }
-                }
-            }
-        }
+        // Users this device's own queued `AddMember`s bring in: an epoch opened behind them is
+        // sealed to their known devices too, so the key leaves with the messages instead of
+        // after the relay's answer to the ask made at placement (a sender gone in that round
+        // trip left the messages unreadable for them).
+        let joining = additions.as_ref().map(|a| &a.joining);
+        let devices = self.recipient_devices(conversation, joining)?;
         let allowed: BTreeSet<DeviceId> = devices.iter().map(|(d, _)| *d).collect();
         let me = self.key.device();
         let mut best: Option<(u64, EventId)> = None;
