@@ -11,12 +11,7 @@ fn alice_sends_one(
     k: &Cast,
     text: &[u8],
 ) -> (Store, Vec<Event>, MessageId, EventId) {
-    let mut a = store(k.a.clone(), &k.certs);
-    let mut log = create(relay, &mut a, X, vec![k.bob.id]);
-    let m = send_text(&mut a, X, text, relay.now);
-    log.extend(relay.pump(&mut a));
-    let epoch = new_epochs(&log)[0].0;
-    (a, log, m, epoch)
+    alice_opens_with(relay, k, vec![k.bob.id], text)
 }
 
 /// The devices (sorted) the one event in `s`'s outbox, an `EpochKeys` re-share of `epoch`,
@@ -71,11 +66,7 @@ fn a_device_without_its_key_copy_asks_and_reads_once_answered() {
     assert_eq!(outbox_events(&mut a).len(), 1, "one answer per device");
     let answer = relay.pump(&mut a);
     feed(&mut phone2, &answer);
-    assert_eq!(
-        body_of(&mut phone2, X, m1),
-        Body::Text(b"before the link".to_vec())
-    );
-    assert!(phone2.missing_keys().is_empty());
+    reads_all(&mut phone2, m1, b"before the link");
 }
 
 /// Devices asking for one epoch's key together get one answer sealed to all of them, as

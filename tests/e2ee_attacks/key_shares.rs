@@ -27,22 +27,31 @@ fn carols_wrong_share(k: &Cast, epoch: EventId, to: &DeviceKey) -> Event {
     )
 }
 
+/// Alice opens X with Bob and Carol and writes "before the link" before she knows Bob's
+/// second device `b2`; Carol then hands `b2` a wrong key for that epoch, which Alice sees
+/// sequenced. Alice's store, the sequenced events, the message, the epoch and Carol's event.
+fn carol_poisons_alices_epoch(
+    relay: &mut EvilRelay,
+    k: &Cast,
+    b2: &DeviceKey,
+) -> (Store, Vec<Event>, MessageId, EventId, Event) {
+    let members = vec![k.bob.id, k.carol.id];
+    let (mut a, mut log, m1, epoch) = alice_opens_with(relay, k, members, b"before the link");
+    let poison = carols_wrong_share(k, epoch, b2);
+    let poisoned = relay.sequence(&poison);
+    feed(&mut a, &poisoned);
+    log.extend(poisoned);
+    (a, log, m1, epoch, poison)
+}
+
 #[test]
 fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     let k = cast();
     let (b2, cb2) = device(&k.bob, 22);
     let mut relay = EvilRelay::new();
-    // Alice does not know Bob's second device when she starts the epoch.
-    let mut a = store(k.a.clone(), &k.certs);
-    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    let m1 = send_text(&mut a, X, b"before the link", relay.now);
-    log.extend(relay.pump(&mut a));
-    let epoch = new_epochs(&log)[0].0;
-    // Carol, a member, hands Bob's new device a key of her own for Alice's epoch.
-    let poison = carols_wrong_share(&k, epoch, &b2);
-    let poisoned = relay.sequence(&poison);
-    feed(&mut a, &poisoned);
-    log.extend(poisoned);
+    // Alice does not know Bob's second device when she starts the epoch; Carol, a member,
+    // hands that device a key of her own for Alice's epoch.
+    let (mut a, log, m1, epoch, poison) = carol_poisons_alices_epoch(&mut relay, &k, &b2);
     let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
     let mut phone2 = store(b2.clone(), &certs);
     let out = feed(&mut phone2, &log);
@@ -67,11 +76,7 @@ fn a_wrong_epoch_key_share_is_refused_and_the_device_keeps_asking() {
     a.answer_key_requests(relay.now).expect("answer");
     let answer = relay.pump(&mut a);
     feed(&mut phone2, &answer);
-    assert_eq!(
-        body_of(&mut phone2, X, m1),
-        Body::Text(b"before the link".to_vec())
-    );
-    assert!(phone2.missing_keys().is_empty());
+    reads_all(&mut phone2, m1, b"before the link");
 }
 
 /// Carol's opening of an epoch in X that seals one key to Alice's device and another to
@@ -197,18 +202,10 @@ fn a_members_wrong_re_share_does_not_count_its_recipient_as_holding_the_key() {
     let (b2, cb2) = device(&k.bob, 22);
     let certs = [k.certs.clone(), vec![cb2.clone()]].concat();
     let mut relay = EvilRelay::new();
-    // Neither Alice nor Bob knows Bob's second device when the epoch starts.
-    let mut a = store(k.a.clone(), &k.certs);
+    // Neither Alice nor Bob knows Bob's second device when the epoch starts. Carol, a member,
+    // "shares" Alice's epoch with Bob's new device: a key of her own.
     let mut b = store(k.b.clone(), &k.certs);
-    let mut log = create(&mut relay, &mut a, X, vec![k.bob.id, k.carol.id]);
-    let m1 = send_text(&mut a, X, b"before the link", relay.now);
-    log.extend(relay.pump(&mut a));
-    let epoch = new_epochs(&log)[0].0;
-    // Carol, a member, "shares" Alice's epoch with Bob's new device: a key of her own.
-    let poison = carols_wrong_share(&k, epoch, &b2);
-    let poisoned = relay.sequence(&poison);
-    feed(&mut a, &poisoned);
-    log.extend(poisoned);
+    let (mut a, mut log, m1, epoch, _) = carol_poisons_alices_epoch(&mut relay, &k, &b2);
     // Alice learns the new device and shares her epoch with the member devices that lack it.
     a.absorb_devices(std::slice::from_ref(&cb2), &[], &[])
         .expect("certificate");
@@ -223,11 +220,7 @@ fn a_members_wrong_re_share_does_not_count_its_recipient_as_holding_the_key() {
     let mut phone2 = store(b2.clone(), &certs);
     let out = feed(&mut phone2, &log);
     assert_eq!(out.refused_keys.len(), 1, "{:?}", out.refused_keys);
-    assert_eq!(
-        body_of(&mut phone2, X, m1),
-        Body::Text(b"before the link".to_vec())
-    );
-    assert!(phone2.missing_keys().is_empty());
+    reads_all(&mut phone2, m1, b"before the link");
     // Bob checks the shares he cannot open against the key he holds: Alice's to his phone is
     // right, so his next message shares nothing again (honest re-shares still count).
     b.absorb_devices(&[cb2], &[], &[]).expect("certificate");

@@ -205,6 +205,28 @@ fn shown_everywhere(s: &mut Store, conv: ConversationId) -> Vec<MessageId> {
     ids
 }
 
+/// Alice creates X with `members`, writes `text` and has the relay sequence both: her store,
+/// the sequenced events, the message and the epoch it opened.
+fn alice_opens_with(
+    relay: &mut EvilRelay,
+    k: &Cast,
+    members: Vec<UserId>,
+    text: &[u8],
+) -> (Store, Vec<Event>, MessageId, EventId) {
+    let mut a = store(k.a.clone(), &k.certs);
+    let mut log = create(relay, &mut a, X, members);
+    let m = send_text(&mut a, X, text, relay.now);
+    log.extend(relay.pump(&mut a));
+    let epoch = new_epochs(&log)[0].0;
+    (a, log, m, epoch)
+}
+
+/// `s` reads `m` in X as `text`, and misses no key.
+fn reads_all(s: &mut Store, m: MessageId, text: &[u8]) {
+    assert_eq!(body_of(s, X, m), Body::Text(text.to_vec()));
+    assert!(s.missing_keys().is_empty());
+}
+
 fn body_of(s: &mut Store, conv: ConversationId, m: MessageId) -> Body {
     let view = s
         .conversation(conv)
