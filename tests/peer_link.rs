@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::net::{all_at_least, eventually, ids, open_device, relay, start_conversation};
+use common::net::{
+    all_at_least, all_pages, eventually, ids, open_device, relay, start_conversation,
+};
 use common::user;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,11 +32,26 @@ struct Scene {
     bob: tidings::replica::Replica,
     carol: tidings::replica::Replica,
     carol_key: tidings::engine::DeviceKey,
+    /// What Bob read before he lost the relay (the phone's greeting), then what the phone
+    /// sent while he was away.
+    before: Vec<tidings::engine::MessageId>,
     /// What the phone sent while Bob was away from the relay.
     sent: Vec<tidings::engine::MessageId>,
 }
 
+impl Scene {
+    /// Every message Bob should end with, in order.
+    fn all(&self) -> Vec<tidings::engine::MessageId> {
+        self.before.iter().chain(&self.sent).copied().collect()
+    }
+}
+
 /// The [`Scene`] after Bob lost the relay and Alice's phone sent `n` messages.
+///
+/// Bob reads the phone's greeting before he goes: he holds the phone's epoch key then, so a
+/// peer has exactly the `n` messages to give him. (Without it, whether the phone's key share
+/// reached Bob through the relay before he went was a race, and a peer link gave him the
+/// share too: `n + 1` events.)
 async fn bob_away_while_alice_sends(n: usize) -> Scene {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = relay(&dir.path().join("relay"), Limits::default()).await;
@@ -50,6 +67,14 @@ async fn bob_away_while_alice_sends(n: usize) -> Scene {
         &[phone.clone(), bob.clone()],
         20,
     )
+    .await;
+    let hello = phone.send(CONV, b"hello".to_vec()).await.expect("greeting");
+    eventually(20, "Bob reads the greeting", || async {
+        all_pages(&bob, CONV).await.iter().any(|m| {
+            m.view.id == hello
+                && matches!(&m.body, tidings::replica::Body::Text(t) if t == b"hello")
+        })
+    })
     .await;
     bob.network_changed(false).await.expect("offline");
     let mut sent = Vec::new();
@@ -68,12 +93,15 @@ async fn bob_away_while_alice_sends(n: usize) -> Scene {
         bob,
         carol,
         carol_key,
+        before: vec![hello],
         sent,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
+    let scene = bob_away_while_alice_sends(5).await;
+    let all = scene.all();
     let Scene {
         _dir,
         _relay,
@@ -81,13 +109,14 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
         bob,
         carol,
         carol_key: k3,
+        before,
         sent,
-    } = bob_away_while_alice_sends(5).await;
+    } = scene;
     eventually(20, "SENT on the phone", || {
         all_at_least(&phone, CONV, &sent, Status::Sent)
     })
     .await;
-    assert!(ids(&bob, CONV).await.is_empty());
+    assert_eq!(ids(&bob, CONV).await, before);
 
     // Bob's phone next to Alice's: a peer link, at the address her phone shows.
     let phone_link = phone.peer_link(loopback()).await.expect("phone link");
@@ -102,7 +131,7 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
     let report = reports[0].1.as_ref().expect("synced");
     assert_eq!((report.peer, report.received), (phone.device(), 5));
     eventually(10, "Bob has them from the peer", || async {
-        ids(&bob, CONV).await == sent
+        ids(&bob, CONV).await == all
     })
     .await;
 
@@ -143,7 +172,7 @@ async fn a_replica_that_cannot_reach_the_relay_gets_messages_from_a_peer() {
         all_at_least(&phone, CONV, &sent, Status::Delivered)
     })
     .await;
-    assert_eq!(ids(&bob, CONV).await, sent);
+    assert_eq!(ids(&bob, CONV).await, all);
     for r in [&phone, &bob, &carol] {
         r.close().await.expect("close");
     }
@@ -159,15 +188,16 @@ fn unspecified() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_find_each_other_on_the_lan_and_sync() {
+    let scene = bob_away_while_alice_sends(3).await;
+    let all = scene.all();
     let Scene {
         _dir,
         _relay,
         phone,
         bob,
         carol,
-        sent,
         ..
-    } = bob_away_while_alice_sends(3).await;
+    } = scene;
 
     // All three advertise; nobody is told an address.
     let mdns = || MdnsConfig::default().mdns_port(TEST_MDNS_PORT);
@@ -199,7 +229,7 @@ async fn replicas_find_each_other_on_the_lan_and_sync() {
     let report = reports[0].1.as_ref().expect("synced");
     assert_eq!((report.peer, report.received), (phone.device(), 3));
     eventually(10, "Bob has them from the LAN peer", || async {
-        ids(&bob, CONV).await == sent
+        ids(&bob, CONV).await == all
     })
     .await;
     // Carol sees the records too, but recognises none: she shares nothing with them.
