@@ -21,7 +21,7 @@
 //!    - `store_cpu`: the thread CPU time of each `store` send (the rest of its wall time is
 //!      waiting: the fsync, and other processes holding the core);
 //!    - `store_mem`: `Store::send` on redb's in-memory backend: the send path's work without
-//!      any I/O;
+//!      any I/O (also a criterion function, `store_mem_send_100B`, to profile alone);
 //! 2. Burst: [`BURST`] `Replica::send` calls queued at once, timed until every caller has
 //!    its answer; sends per second, median of [`N_BURSTS`] bursts, on both runtimes.
 //! 3. The same single sends under criterion (means, with its statistics).
@@ -428,6 +428,15 @@ fn main() {
         b.iter(|| {
             i += 1;
             black_box(store.send(CONV, body(i), vec![], T0 + i).expect("send"))
+        })
+    });
+    // The same send with no I/O at all (redb's in-memory backend): what a profile of the
+    // send's own work runs (`send --bench store_mem`).
+    g.bench_function(BenchmarkId::new("store_mem_send_100B", N_HISTORY), |b| {
+        let s = &mut fx.in_memory;
+        b.iter(|| {
+            i += 1;
+            black_box(s.send(CONV, body(i), vec![], T0 + i).expect("send"))
         })
     });
     for r in &replicas {
