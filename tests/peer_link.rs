@@ -32,8 +32,7 @@ struct Scene {
     bob: tidings::replica::Replica,
     carol: tidings::replica::Replica,
     carol_key: tidings::engine::DeviceKey,
-    /// What Bob read before he lost the relay (the phone's greeting), then what the phone
-    /// sent while he was away.
+    /// What Bob read before he lost the relay: the phone's greeting.
     before: Vec<tidings::engine::MessageId>,
     /// What the phone sent while Bob was away from the relay.
     sent: Vec<tidings::engine::MessageId>,
