@@ -31,11 +31,13 @@ mod history;
 mod holds;
 mod keys;
 mod media;
+mod offload;
 mod outbox_cache;
 mod read;
 mod retention;
 pub use evidence::{RemovalEvidence, MAX_EVIDENCE_SCAN};
 pub use failed::MAX_DISCARD_BATCH;
+pub use offload::{FoldDone, FoldHandle, FoldJob, FoldRunner, OFFLOAD_MIN_EVENTS};
 pub use read::{MessageReader, Rendered};
 #[cfg(test)]
 mod tests;
@@ -66,6 +68,9 @@ pub struct StoreConfig {
     pub encrypt: bool,
     /// How much history this device hands a new device of its user, and takes from one.
     pub history: crate::history::HistoryPolicy,
+    /// Smallest page whose fold leaves as a job when a fold runner is set (see
+    /// [`OFFLOAD_MIN_EVENTS`]; the simulator lowers it to exercise the path).
+    pub offload_min_events: usize,
 }
 
 impl StoreConfig {
@@ -77,6 +82,7 @@ impl StoreConfig {
             snapshot_every: SNAPSHOT_EVERY,
             encrypt: true,
             history: crate::history::HistoryPolicy::All,
+            offload_min_events: OFFLOAD_MIN_EVENTS,
         }
     }
 }
@@ -268,6 +274,8 @@ pub struct Store {
     unsynced: bool,
     /// Conversations the next erasure pass looks at, and when messages are due.
     eraser: retention::Eraser,
+    /// A relay page's fold running beside the rest of the page (see `store/offload.rs`).
+    offload: offload::Offload,
 }
 
 /// A log transaction committed without an fsync when `lazy` (inside a deferred scope, which
@@ -314,6 +322,7 @@ impl Store {
             deferred: false,
             unsynced: false,
             eraser: Default::default(),
+            offload: Default::default(),
         }
     }
 
@@ -460,6 +469,9 @@ impl Store {
     /// with one fsync (none if nothing was written; an inner scope leaves it to the outer
     /// one). When the sync fails, the cached outbox, documents and epoch keys are dropped
     /// (they may hold what did not reach the disk) and reload from the log on next use.
+    ///
+    /// A page's fold running beside the page (`store/offload.rs`) goes on past the scope: it
+    /// holds no durable state, and is taken back at the next use of its documents.
     pub(crate) fn end_deferred(&mut self, outer: bool) -> Result<(), StoreError> {
         self.deferred = outer;
         if outer || !self.unsynced {
@@ -467,9 +479,14 @@ impl Store {
         }
         self.unsynced = false;
         if let Err(e) = self.log.sync() {
+            // The job's documents come back first, to be dropped with the others.
+            if let Err(err) = self.settle_folds() {
+                tracing::warn!(%err, "a page's fold failed");
+            }
             self.outbox = None;
             self.docs.clear();
             self.epochs.clear();
+            self.offload_late_clear();
             return Err(e.into());
         }
         Ok(())
@@ -736,10 +753,14 @@ impl Store {
                 }
             }
         }
-        for (conv, mut evs) in by_conv {
-            evs.sort_by_key(|(p, _)| *p);
-            outcome.changes.extend(self.fold_new(conv, &evs)?);
-        }
+        let page: Vec<(ConversationId, Vec<(u64, &Event)>)> = by_conv
+            .into_iter()
+            .map(|(conv, mut evs)| {
+                evs.sort_by_key(|(p, _)| *p);
+                (conv, evs)
+            })
+            .collect();
+        outcome.changes.extend(self.fold_page(page)?);
         for (conv, run) in runs {
             let events: Vec<&Event> = run.admitted.iter().map(|(_, e)| e).collect();
             outcome.changes.extend(self.after_fold(*conv, &events)?);
@@ -748,8 +769,12 @@ impl Store {
         for (conv, run) in runs {
             if !run.changes.is_empty() {
                 self.ensure_loaded(*conv)?;
-                let doc = &mut self.loaded(*conv)?.doc;
                 for (seq, members) in &run.changes {
+                    // Behind the page's fold when that runs beside the page.
+                    if self.queue_members_behind_job(*conv, *seq, members) {
+                        continue;
+                    }
+                    let doc = &mut self.loaded(*conv)?.doc;
                     outcome
                         .changes
                         .extend(doc.set_members(*seq, members.clone())?);

@@ -133,6 +133,17 @@ pub(crate) async fn start(
     if let Some(k) = config.storage_key.clone() {
         store.set_storage_key(k);
     }
+    // A relay page's automerge fold runs on the blocking pool while the core goes on with the
+    // page's cursors, receipts and fsync (the core waits for it before any other use of the
+    // documents).
+    let pool = tokio::runtime::Handle::current();
+    store.set_fold_runner(Box::new(move |job| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        pool.spawn_blocking(move || {
+            let _ = tx.send(job.run());
+        });
+        Box::new(move || rx.recv().ok())
+    }));
     let reader = store.reader();
     let reads: ReadSlot = Arc::new(RwLock::new(Some(reader.clone())));
     let core = DeviceCore::new(
@@ -222,6 +233,13 @@ impl Driver {
                                 tracing::warn!(error = %e, "dropping the relay connection");
                                 self.problem = Some(problem_of(&e));
                                 self.disconnect(now);
+                            }
+                            // A page's fold runs beside the next page; with none waiting, it
+                            // is taken back now so its messages show.
+                            if self.live.as_ref().is_none_or(|l| l.frames.is_empty()) {
+                                if let Err(e) = self.core.settle_folds() {
+                                    tracing::warn!(error = %e, "a page's fold failed; its documents reload from the log");
+                                }
                             }
                         }
                         Some(Err(e)) => {

@@ -676,6 +676,7 @@ fn with_read_receipts_off_reading_tells_nobody() {
 }
 
 mod failed;
+mod fold_beside;
 mod gates;
 mod outbox;
 mod pulls;

@@ -6,6 +6,7 @@ use super::*;
 impl Store {
     /// Snapshots every loaded document that folded events since its last snapshot.
     pub fn snapshot_all(&mut self) -> Result<(), StoreError> {
+        self.settle_folds()?;
         let convs: Vec<ConversationId> = self
             .docs
             .iter()
@@ -20,10 +21,18 @@ impl Store {
 
     /// Drops every loaded document (they reload from snapshot + log tail on next use).
     pub fn unload_all(&mut self) {
+        // A job's documents are dropped with the rest (they reload from the log); what it
+        // folded is in the log already.
+        if let Err(err) = self.settle_folds() {
+            tracing::warn!(%err, "a page's fold failed while unloading");
+        }
         self.docs.clear();
     }
 
     pub(super) fn snapshot(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
+        if self.is_out(conversation) {
+            self.settle_folds()?;
+        }
         let Some(l) = self.docs.get_mut(&conversation) else {
             return Ok(());
         };
@@ -45,6 +54,9 @@ impl Store {
         &mut self,
         conversation: ConversationId,
     ) -> Result<&mut Loaded, StoreError> {
+        if self.is_out(conversation) {
+            self.settle_folds()?;
+        }
         self.tick += 1;
         let tick = self.tick;
         let l = self
@@ -61,6 +73,9 @@ impl Store {
         conversation: ConversationId,
         events: &[(u64, &Event)],
     ) -> Result<Vec<Change>, StoreError> {
+        if self.queue_behind_job(conversation, events) {
+            return Ok(Vec::new());
+        }
         let every = self.config.snapshot_every;
         let l = self.loaded(conversation)?;
         let mut changes = Vec::new();
@@ -92,7 +107,8 @@ impl Store {
     /// an empty document; then the log tail after the snapshot. A snapshot that fails to load
     /// is dropped and the document rebuilt from the log (the log is the truth).
     pub(super) fn ensure_loaded(&mut self, conversation: ConversationId) -> Result<(), StoreError> {
-        if self.docs.contains_key(&conversation) {
+        // A document out with a page's fold is loaded: it comes back before its next use.
+        if self.docs.contains_key(&conversation) || self.is_out(conversation) {
             return Ok(());
         }
         self.evict_if_full()?;

@@ -68,6 +68,7 @@ impl Store {
         for e in &dropped {
             outbox.remove(e.position);
         }
+        self.settle_folds()?;
         for e in &dropped {
             // Its snapshots are gone: the next load rebuilds it from the log, without them.
             self.docs.remove(&e.conversation);

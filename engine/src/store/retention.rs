@@ -100,6 +100,7 @@ impl Store {
         }
         let touched: BTreeSet<ConversationId> =
             pass.erased.iter().map(|m| m.conversation).collect();
+        self.settle_folds()?;
         for c in touched {
             // Its snapshots are gone with the bodies: the next use rebuilds it from the log.
             self.docs.remove(&c);

@@ -175,6 +175,16 @@ impl Sim {
         }
         let now = d.dev_now(self.now);
         let r = self.core(i)?.handle_frame(frame, now);
+        // The replica takes a page's fold back when no frame waits; here, every other frame.
+        let r = r.and_then(|()| {
+            if self.rng.random_bool(0.5) {
+                self.core(i)
+                    .map_err(|_| DeviceError::Protocol("no core"))?
+                    .settle_folds()
+            } else {
+                Ok(())
+            }
+        });
         match r {
             Ok(()) => {
                 self.drain_device(i)?;
@@ -423,12 +433,22 @@ impl Sim {
         let d = &mut self.devices[i];
         let log = EventLog::with_backend(d.disk.backend())
             .map_err(|e| format!("device {} cannot reopen its durable image: {e}", d.name))?;
-        let config = StoreConfig::new(relay_id);
+        let mut config = StoreConfig::new(relay_id);
+        // Half the incarnations fold relay pages beside the core, as the replica does: the
+        // job runs when it is taken back, so the trace stays the seed's. Every page leaves,
+        // so the queueing behind a job is exercised, not only catch-up's big pages.
+        let fold_beside = self.rng.random_bool(0.5);
+        if fold_beside {
+            config.offload_min_events = 1;
+        }
         // Keys and nonces from the seed too: the same seed gives the same trace.
         let mut entropy = [0u8; 32];
         entropy[..8].copy_from_slice(&seed.to_le_bytes());
         entropy[8] = i as u8;
-        let store = Store::new(log, d.key.clone(), config, entropy);
+        let mut store = Store::new(log, d.key.clone(), config, entropy);
+        if fold_beside {
+            store.set_fold_runner(Box::new(|job| Box::new(move || Some(job.run()))));
+        }
         let mut core = DeviceCore::new(store, relay_id, d.config.clone(), seed);
         if !d.os_online {
             let now = d.dev_now(self.now);
