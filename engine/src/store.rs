@@ -241,6 +241,27 @@ struct Loaded {
     last_used: u64,
 }
 
+impl Loaded {
+    /// Folds the events past `position` (given at their log positions, in order) and commits
+    /// them as one change.
+    fn fold<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = (u64, &'e Event)>,
+    ) -> Result<Vec<Change>, DocError> {
+        let mut changes = Vec::new();
+        for (position, ev) in events {
+            if position <= self.position {
+                continue;
+            }
+            changes.extend(self.doc.fold(ev)?);
+            self.position = position;
+            self.since_snapshot += 1;
+        }
+        self.doc.commit();
+        Ok(changes)
+    }
+}
+
 /// The log and the folded conversations of one device.
 #[derive(Debug)]
 pub struct Store {

@@ -7,6 +7,9 @@
 //! - `SEED=<n> cargo test --test sim -- --nocapture` runs seed `n` alone and prints its trace.
 //! - `SIM_PEERS=0` turns peer links off (on by default in one seed of three, see
 //!   `world::peers`).
+//! - `NO_FOLD=1` folds every relay page in place (by default half the device incarnations
+//!   fold beside the core, see `world::device`); the random draws stay, so a seed keeps its
+//!   schedule otherwise.
 //!
 //! A failing seed prints the seed, the command that reruns it, and the last trace lines.
 //! See docs/RELIABILITY.md ("Deterministic simulation") for the fault model and invariants.

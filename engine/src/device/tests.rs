@@ -688,6 +688,16 @@ fn catching_up(conv: ConversationId, max_seq: u64, t0: u64) -> (DeviceCore, Vec<
         pull_limit: 4,
         ..DeviceConfig::default()
     };
+    catching_up_with(conv, max_seq, config, t0)
+}
+
+/// [`catching_up`] with `config`.
+fn catching_up_with(
+    conv: ConversationId,
+    max_seq: u64,
+    config: DeviceConfig,
+    t0: u64,
+) -> (DeviceCore, Vec<(u64, u64, u32)>) {
     let mut core = ready(config, t0);
     let (request_id, _) = sync_request(&drain(&mut core));
     core.handle_frame(

@@ -78,16 +78,7 @@ impl Store {
         }
         let every = self.config.snapshot_every;
         let l = self.loaded(conversation)?;
-        let mut changes = Vec::new();
-        for (position, ev) in events {
-            if *position <= l.position {
-                continue;
-            }
-            changes.extend(l.doc.fold(ev)?);
-            l.position = *position;
-            l.since_snapshot += 1;
-        }
-        l.doc.commit();
+        let changes = l.fold(events.iter().map(|(p, e)| (*p, *e)))?;
         if l.since_snapshot >= every {
             self.snapshot(conversation)?;
         }

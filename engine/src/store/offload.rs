@@ -71,27 +71,17 @@ impl FoldJob {
             .items
             .into_iter()
             .map(|(conversation, mut l, events)| {
-                let folded = (|| {
-                    let mut changes = Vec::new();
-                    for (position, ev) in &events {
-                        if *position <= l.position {
-                            continue;
-                        }
-                        changes.extend(l.doc.fold(ev)?);
-                        l.position = *position;
-                        l.since_snapshot += 1;
-                    }
-                    l.doc.commit();
+                let folded = l.fold(events.iter().map(|(p, e)| (*p, e))).map(|changes| {
                     let snapshot = (l.since_snapshot >= every).then(|| {
                         l.since_snapshot = 0;
                         l.doc.save_parts()
                     });
-                    Ok(Folded {
+                    Folded {
                         loaded: l,
                         changes,
                         snapshot,
-                    })
-                })();
+                    }
+                });
                 (conversation, folded)
             })
             .collect();

@@ -437,7 +437,7 @@ impl Sim {
         // Half the incarnations fold relay pages beside the core, as the replica does: the
         // job runs when it is taken back, so the trace stays the seed's. Every page leaves,
         // so the queueing behind a job is exercised, not only catch-up's big pages.
-        let fold_beside = self.rng.random_bool(0.5);
+        let fold_beside = self.rng.random_bool(0.5) && std::env::var("NO_FOLD").is_err();
         if fold_beside {
             config.offload_min_events = 1;
         }

@@ -25,40 +25,18 @@ fn bobs_messages(n: usize, t0: u64) -> Vec<Event> {
     events
 }
 
-/// A ready core told that CONV holds `events` (placed at 1, 2, ...), with `runner` if any,
-/// answered with one page holding them all. Returns the core and the app events it queued.
+/// A ready core (with `runner` if any) told that CONV holds `events`, placed at 1, 2, ...,
+/// after it handled one page holding them all.
 fn caught_up(events: &[Event], runner: Option<FoldRunner>, t0: u64) -> DeviceCore {
     let config = DeviceConfig {
         pull_limit: crate::wire::MAX_PAGE_ITEMS as u32,
         ..DeviceConfig::default()
     };
-    let mut core = ready(config, t0);
+    let (mut core, pulls) = catching_up_with(CONV, events.len() as u64, config, t0);
     if let Some(r) = runner {
         core.store_mut().set_fold_runner(r);
     }
-    let (request_id, _) = sync_request(&drain(&mut core));
-    core.handle_frame(
-        ServerFrame::Conversations {
-            request_id,
-            conversations: vec![crate::wire::ConversationInfo {
-                conversation: CONV,
-                max_seq: events.len() as u64,
-                cursor: 0,
-            }],
-            next: None,
-            invitations: vec![],
-            blocked: vec![],
-        },
-        t0,
-    )
-    .expect("list");
-    let request_id = drain(&mut core)
-        .into_iter()
-        .find_map(|f| match f {
-            ClientFrame::Pull { request_id, .. } => Some(request_id),
-            _ => None,
-        })
-        .expect("a pull");
+    let (request_id, _, _) = pulls[0];
     core.handle_frame(
         ServerFrame::Page {
             request_id,
