@@ -81,6 +81,9 @@ impl Store {
         conversation: ConversationId,
         outcome: &mut ApplyOutcome,
     ) -> Result<(), StoreError> {
+        // A document out with a page's fold comes back first: rebuilt here, it must not be
+        // put back over the rebuild later.
+        self.settle_folds()?;
         let before = self
             .docs
             .remove(&conversation)
