@@ -153,8 +153,8 @@ impl Store {
         self.offload.late.clear();
     }
 
-    /// Changes made by folds that ran beside the page and were taken back since the last
-    /// call: the device core hands them out after the page's scope ends.
+    /// Changes made by folds that ran beside the core and were taken back since the last
+    /// call: the device core hands them out ahead of its next changes.
     pub fn take_late_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.offload.late)
     }
