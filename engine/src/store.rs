@@ -24,6 +24,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 mod directory;
 mod documents;
+use documents::Loaded;
 mod early;
 mod evidence;
 mod failed;
@@ -230,36 +231,6 @@ fn rng_seed(entropy: &[u8; 32], incarnation: u64, device: DeviceId) -> [u8; 32] 
     input.extend_from_slice(&incarnation.to_be_bytes());
     input.extend_from_slice(&device.0);
     blake3::derive_key("tidings store rng v1", &input)
-}
-
-#[derive(Debug)]
-struct Loaded {
-    doc: ConversationDoc,
-    /// Highest log position folded into `doc`.
-    position: u64,
-    since_snapshot: u64,
-    last_used: u64,
-}
-
-impl Loaded {
-    /// Folds the events past `position` (given at their log positions, in order) and commits
-    /// them as one change.
-    fn fold<'e>(
-        &mut self,
-        events: impl IntoIterator<Item = (u64, &'e Event)>,
-    ) -> Result<Vec<Change>, DocError> {
-        let mut changes = Vec::new();
-        for (position, ev) in events {
-            if position <= self.position {
-                continue;
-            }
-            changes.extend(self.doc.fold(ev)?);
-            self.position = position;
-            self.since_snapshot += 1;
-        }
-        self.doc.commit();
-        Ok(changes)
-    }
 }
 
 /// The log and the folded conversations of one device.

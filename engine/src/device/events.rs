@@ -123,3 +123,27 @@ pub enum DeviceEvent {
         reason: String,
     },
 }
+
+impl DeviceCore {
+    /// Waits for a relay page's fold running beside the core (see `Store::set_fold_runner`)
+    /// and queues its changes: the shell calls it when no frame is waiting, so the app sees a
+    /// page's messages without waiting for the next page. A failed fold dropped its
+    /// documents (they reload from the log), which the error says.
+    pub fn settle_folds(&mut self) -> Result<(), DeviceError> {
+        let settled = self.store.settle_folds();
+        self.emit(Vec::new());
+        Ok(settled?)
+    }
+
+    /// Queues `changes` for the app, behind those of a page's fold that ran beside the core
+    /// and was taken back since (`Store::take_late_changes`): those folds came first.
+    pub(super) fn emit(&mut self, changes: Vec<Change>) {
+        let late = self.store.take_late_changes();
+        if !late.is_empty() {
+            self.events.push_back(DeviceEvent::Changes(late));
+        }
+        if !changes.is_empty() {
+            self.events.push_back(DeviceEvent::Changes(changes));
+        }
+    }
+}

@@ -3,6 +3,37 @@
 
 use super::*;
 
+/// A conversation's document in memory, with where its fold stands.
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub(super) doc: ConversationDoc,
+    /// Highest log position folded into `doc`.
+    pub(super) position: u64,
+    pub(super) since_snapshot: u64,
+    pub(super) last_used: u64,
+}
+
+impl Loaded {
+    /// Folds the events past `position` (given at their log positions, in order) and commits
+    /// them as one change.
+    pub(super) fn fold<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = (u64, &'e Event)>,
+    ) -> Result<Vec<Change>, DocError> {
+        let mut changes = Vec::new();
+        for (position, ev) in events {
+            if position <= self.position {
+                continue;
+            }
+            changes.extend(self.doc.fold(ev)?);
+            self.position = position;
+            self.since_snapshot += 1;
+        }
+        self.doc.commit();
+        Ok(changes)
+    }
+}
+
 impl Store {
     /// Snapshots every loaded document that folded events since its last snapshot.
     pub fn snapshot_all(&mut self) -> Result<(), StoreError> {
