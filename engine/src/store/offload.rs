@@ -87,16 +87,6 @@ impl FoldJob {
             .collect();
         FoldDone { items }
     }
-
-    /// Events in the job.
-    pub fn len(&self) -> usize {
-        self.items.iter().map(|(_, _, evs)| evs.len()).sum()
-    }
-
-    /// Whether the job folds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A job started and not taken back yet.
